@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One-time set-up of a fresh machine (Debian-like, x86-64, with or without a GPU): system packages,
+# libtorch from PyPI into a project-local venv, sqlx tooling, Chromium for browser tests, and the build.
+# Idempotent: every step is skipped when already done, so `make demo` and `make test` can call it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.11.0
+need_apt=()
+command -v cc >/dev/null || need_apt+=(build-essential)
+[ -f /usr/include/gloo/algorithm.h ] || need_apt+=(libgloo-dev)   # c10d Gloo headers (not in the wheel)
+command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  echo "setup: apt-get install ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! .venv/bin/python -c "import torch, safetensors; assert torch.__version__.startswith('$TORCH_VERSION')" 2>/dev/null; then
+  echo "setup: installing torch==$TORCH_VERSION into .venv (about 2 minutes, 4.6 GB)"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" safetensors numpy
+fi
+# tch finds libtorch through LIBTORCH (.cargo/config.toml -> .libtorch); the python3.X part of the
+# path differs between machines, so a stable link points at it.
+torch_dir=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')
+ln -sfn "$torch_dir" .libtorch
+
+if ! cargo sqlx --version >/dev/null 2>&1; then
+  echo "setup: installing sqlx-cli (for editing migrations and queries; the build itself uses .sqlx/)"
+  cargo install -q sqlx-cli --version 0.8.6 --no-default-features --features sqlite --locked
+fi
+
+if [ "${SKIP_CHROMIUM:-0}" != 1 ] && ! command -v chromium >/dev/null; then
+  echo "setup: installing Debian's chromium (dashboard browser tests)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+echo "setup: building (first build about 6 minutes on 2 cores: libtorch's bindings)"
+cargo build --workspace --all-targets

@@ -1,0 +1,169 @@
+//! Throughput of the full network beside PyTorch eager (`torch_throughput.py`), same machine, same
+//! thread count, same pattern: random CIFAR-shaped batches, cross-entropy, SGD(momentum, wd) steps.
+use crate::checkpoint::Params;
+use crate::model::{self, ModelConfig, SeedNet};
+use crate::optim::Sgd;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
+    pub batch_sizes: Vec<i64>,
+    #[arg(long, default_value_t = 512)]
+    pub eval_batch: i64,
+    /// Seconds of timed steps per row (after 2 warm-up steps, at least 3 steps).
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    #[arg(long)]
+    pub channels_last: bool,
+    #[arg(long)]
+    pub bf16: bool,
+    /// PyTorch's side: the reference script, run with this Python in the same command.
+    #[arg(long, default_value = "../shared/reference/torch_throughput.py")]
+    pub reference: PathBuf,
+    #[arg(long, default_value = ".venv/bin/python")]
+    pub python: PathBuf,
+    /// Measure only the Rust side.
+    #[arg(long)]
+    pub no_reference: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    pub mode: String,
+    pub batch: i64,
+    pub steps: usize,
+    pub images_per_sec: f64,
+}
+
+fn timed(seconds: f64, device: Device, mut step: impl FnMut()) -> (usize, f64) {
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    for _ in 0..2 {
+        step();
+    }
+    sync();
+    let t0 = Instant::now();
+    let mut n = 0;
+    while n < 3 || t0.elapsed().as_secs_f64() < seconds {
+        step();
+        n += 1;
+    }
+    sync();
+    (n, t0.elapsed().as_secs_f64())
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+pub fn rust_rows(a: &BenchArgs) -> Result<(Vec<Row>, Option<f64>)> {
+    let device = crate::train::parse_device(&a.device)?;
+    tch::set_num_threads(a.threads as i32);
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(device);
+    let mut net = SeedNet::new(&vs.root(), &ModelConfig::default());
+    let params = Params::of(&vs);
+    if a.channels_last {
+        net.set_channels_last(true);
+        tch::no_grad(|| {
+            for (_, t) in &params.all {
+                if t.dim() == 4 {
+                    t.shallow_clone().set_data(&model::to_channels_last(t));
+                }
+            }
+        });
+    }
+    let trainable = params.trainable_tensors();
+    let mut sgd = Sgd::new(trainable.len(), 0.9, 1e-4);
+    let mut rows = Vec::new();
+    for &bs in &a.batch_sizes {
+        let x = Tensor::randn([bs, 3, 32, 32], (Kind::Float, device));
+        let y = Tensor::randint(10, [bs], (Kind::Int64, device));
+        let (n, dt) = timed(a.seconds, device, || {
+            Sgd::zero_grad(&trainable);
+            let loss = bf16(a.bf16, || net.forward_t(&x, true)).to_kind(Kind::Float).cross_entropy_for_logits(&y);
+            loss.backward();
+            sgd.step(&trainable, 1e-2);
+        });
+        rows.push(Row { mode: "train".into(), batch: bs, steps: n, images_per_sec: n as f64 * bs as f64 / dt });
+    }
+    let rss = peak_rss_mib();
+    let x = Tensor::randn([a.eval_batch, 3, 32, 32], (Kind::Float, device));
+    let (n, dt) = timed(a.seconds, device, || {
+        let _ = tch::no_grad(|| bf16(a.bf16, || net.forward_t(&x, false)).argmax(-1, false));
+    });
+    rows.push(Row { mode: "eval".into(), batch: a.eval_batch, steps: n, images_per_sec: n as f64 * a.eval_batch as f64 / dt });
+    Ok((rows, rss))
+}
+
+fn bf16<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    if on {
+        crate::shim::set_autocast_bf16(true).expect("bf16 autocast");
+    }
+    let out = f();
+    if on {
+        crate::shim::set_autocast_bf16(false).expect("bf16 autocast");
+    }
+    out
+}
+
+fn torch_rows(a: &BenchArgs) -> Result<Vec<Row>> {
+    let json = std::env::temp_dir().join(format!("torch-throughput-{}.json", std::process::id()));
+    let bs: Vec<String> = a.batch_sizes.iter().map(|b| b.to_string()).collect();
+    let mut cmd = std::process::Command::new(&a.python);
+    cmd.arg(&a.reference)
+        .args(["--device", &a.device, "--threads", &a.threads.to_string(), "--batch-sizes", &bs.join(",")])
+        .args(["--eval-batch", &a.eval_batch.to_string(), "--seconds", &a.seconds.to_string()])
+        .arg("--json")
+        .arg(&json);
+    if a.bf16 {
+        cmd.arg("--bf16");
+    }
+    if a.channels_last {
+        cmd.arg("--channels-last");
+    }
+    let status = cmd.status().with_context(|| format!("cannot run {}", a.python.display()))?;
+    anyhow::ensure!(status.success(), "{} {} failed", a.python.display(), a.reference.display());
+    let rows = serde_json::from_slice(&std::fs::read(&json)?)?;
+    let _ = std::fs::remove_file(&json);
+    Ok(rows)
+}
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    let (ours, rss) = rust_rows(a)?;
+    let theirs = if a.no_reference { vec![] } else { torch_rows(a)? };
+    println!(
+        "\nSeedNet throughput, device {}, {} threads, channels_last {}, bf16 {}",
+        a.device, a.threads, a.channels_last, a.bf16
+    );
+    println!("| mode | batch | Rust (tch) images/s | PyTorch eager images/s | ratio |");
+    println!("|---|---:|---:|---:|---:|");
+    for r in &ours {
+        let peer = theirs.iter().find(|t| t.mode == r.mode && t.batch == r.batch);
+        let (p, ratio) = match peer {
+            Some(t) => (format!("{:.1}", t.images_per_sec), format!("{:.2}x", r.images_per_sec / t.images_per_sec)),
+            None => ("-".into(), "-".into()),
+        };
+        println!("| {} | {} | {:.1} | {p} | {ratio} |", r.mode, r.batch, r.images_per_sec);
+    }
+    if let Some(mib) = rss {
+        println!("peak RSS of the Rust process after the training rows: {mib:.0} MiB");
+    }
+    Ok(())
+}

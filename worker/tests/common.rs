@@ -1,0 +1,89 @@
+//! Shared helpers of the worker's integration tests.
+#![allow(dead_code)]
+use std::path::PathBuf;
+use worker::config::{DatasetKind, TrainConfig};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The shared folder beside the checkout (CI has it too); `SEED_SHARED` points elsewhere.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("SEED_SHARED").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared"))
+}
+
+/// Real CIFAR-10 records: 5,000 train + 1,000 test (`CIFAR10_MINI` overrides the location).
+pub fn cifar_mini() -> PathBuf {
+    let dir = std::env::var_os("CIFAR10_MINI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shared_dir().join("data/cifar10-mini"));
+    assert!(
+        dir.join("data_batch_1.bin").exists(),
+        "CIFAR-10 test records not found at {}: set CIFAR10_MINI (see README, Tests)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn worker_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_worker"))
+}
+
+/// The study's structure at a few thousand parameters, on the CPU, one thread, fast.
+pub fn tiny(dataset: DatasetKind) -> TrainConfig {
+    TrainConfig {
+        dataset,
+        data_dir: cifar_mini_or_unused(dataset),
+        model_widths: vec![8, 16, 32, 64],
+        model_depth: 1,
+        model_heads: 2,
+        threads: Some(1),
+        epochs: 3,
+        batch_size: 32,
+        limit_train: Some(256),
+        limit_test: Some(200),
+        ..TrainConfig::default()
+    }
+}
+
+fn cifar_mini_or_unused(d: DatasetKind) -> PathBuf {
+    match d {
+        DatasetKind::Cifar10 => cifar_mini(),
+        DatasetKind::Synthetic => PathBuf::from("unused"),
+    }
+}
+
+/// `worker train` flags for a config (the binary is what users run).
+pub fn train_args(cfg: &TrainConfig) -> Vec<String> {
+    let v = serde_json::to_value(cfg).unwrap();
+    let mut args = vec!["train".to_string()];
+    for (k, val) in v.as_object().unwrap() {
+        let flag = format!("--{}", k.replace('_', "-"));
+        match val {
+            serde_json::Value::Null => {}
+            serde_json::Value::Bool(true) => args.push(flag),
+            serde_json::Value::Bool(false) => {}
+            serde_json::Value::Array(a) => {
+                args.push(flag);
+                args.push(a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","));
+            }
+            serde_json::Value::String(s) => {
+                args.push(flag);
+                args.push(s.clone());
+            }
+            other => {
+                args.push(flag);
+                args.push(other.to_string());
+            }
+        }
+    }
+    args
+}
+
+pub fn read_metrics(dir: &std::path::Path) -> Vec<worker::metrics::EpochMetrics> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
