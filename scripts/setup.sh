@@ -32,12 +32,5 @@ if ! cargo sqlx --version >/dev/null 2>&1; then
   cargo install -q sqlx-cli --version 0.8.6 --no-default-features --features sqlite --locked
 fi
 
-if [ "${SKIP_CHROMIUM:-0}" != 1 ] && ! command -v chromium >/dev/null; then
-  echo "setup: installing Debian's chromium (dashboard browser tests)"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
-fi
-
 echo "setup: building (first build about 6 minutes on 2 cores: libtorch's bindings)"
 cargo build --workspace --all-targets

@@ -5,7 +5,9 @@ use std::process::Command;
 
 fn main() {
     // torch-sys (`links = "tch"`) tells dependants where libtorch's shared libraries are.
-    let lib = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys exports DEP_TCH_LIBTORCH_LIB"));
+    let lib = PathBuf::from(
+        std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys exports DEP_TCH_LIBTORCH_LIB"),
+    );
     // torch-sys passes its rpath only to its own C++ objects; give our binaries, tests and benches one too.
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     // rustc links with --as-needed, which drops libtorch.so (and with it libtorch_cuda.so): CUDA would

@@ -19,7 +19,14 @@ pub const STD: [f64; 3] = [0.2023, 0.1994, 0.2010];
 pub const PAD: i64 = 4;
 pub const CUTOUT: i64 = 16;
 /// The six orders of (brightness, contrast, hue).
-const ORDERS: [[u8; 3]; 6] = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+const ORDERS: [[u8; 3]; 6] = [
+    [0, 1, 2],
+    [0, 2, 1],
+    [1, 0, 2],
+    [1, 2, 0],
+    [2, 0, 1],
+    [2, 1, 0],
+];
 
 /// One sample's draw.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -74,7 +81,9 @@ impl EpochPlan {
 
 /// `[3]` constants as a `[1, 3, 1, 1]` tensor.
 fn per_channel(v: [f64; 3], device: Device) -> Tensor {
-    Tensor::from_slice(&v.map(|x| x as f32)).view([1, 3, 1, 1]).to_device(device)
+    Tensor::from_slice(&v.map(|x| x as f32))
+        .view([1, 3, 1, 1])
+        .to_device(device)
 }
 
 /// u8 images `[B, 3, 32, 32]` to normalised floats, for evaluation.
@@ -99,7 +108,9 @@ pub fn augment(images: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
     assert_eq!(images.size()[0], b, "one augmentation per image");
     let x = images.to_device(device).to_kind(Kind::Float) / 255.0;
     let x = random_crop(&x, aug, device);
-    let flip = Tensor::from_slice(&column(aug, |a| a.flip)).view([b, 1, 1, 1]).to_device(device);
+    let flip = Tensor::from_slice(&column(aug, |a| a.flip))
+        .view([b, 1, 1, 1])
+        .to_device(device);
     let x = x.flip([3]).where_self(&flip, &x);
     let x = color_jitter(&x, aug, device);
     let x = (x - per_channel(MEAN, device)) / per_channel(STD, device);
@@ -111,8 +122,12 @@ pub fn random_crop(x: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
     let (b, c) = (x.size()[0], x.size()[1]);
     let padded = x.constant_pad_nd([PAD, PAD, PAD, PAD]); // [B, C, 40, 40]
     let ar = Tensor::arange(32, (Kind::Int64, device));
-    let oy = Tensor::from_slice(&column(aug, |a| a.crop_y)).to_device(device).view([b, 1]);
-    let ox = Tensor::from_slice(&column(aug, |a| a.crop_x)).to_device(device).view([b, 1]);
+    let oy = Tensor::from_slice(&column(aug, |a| a.crop_y))
+        .to_device(device)
+        .view([b, 1]);
+    let ox = Tensor::from_slice(&column(aug, |a| a.crop_x))
+        .to_device(device)
+        .view([b, 1]);
     let rows = (&ar + oy).view([b, 1, 32, 1]).expand([b, c, 32, 40], false);
     let cols = (&ar + ox).view([b, 1, 1, 32]).expand([b, c, 32, 32], false);
     padded.gather(2, &rows, false).gather(3, &cols, false)
@@ -120,7 +135,9 @@ pub fn random_crop(x: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
 
 fn grayscale(x: &Tensor) -> Tensor {
     // ITU-R 601-2 luma, as torchvision's rgb_to_grayscale: [B, 3, H, W] -> [B, 1, H, W].
-    let w = Tensor::from_slice(&[0.2989f32, 0.587, 0.114]).view([1, 3, 1, 1]).to_device(x.device());
+    let w = Tensor::from_slice(&[0.2989f32, 0.587, 0.114])
+        .view([1, 3, 1, 1])
+        .to_device(x.device());
     (x * w).sum_dim_intlist(&[1i64][..], true, Kind::Float)
 }
 
@@ -182,10 +199,13 @@ pub fn color_jitter(x: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
     let bright = per_sample(column(aug, |a| a.brightness), device);
     let contrast = per_sample(column(aug, |a| a.contrast), device);
     let hue = per_sample(column(aug, |a| a.hue), device);
+    // ops_at_step[s][i]: the op image i applies at step s.
+    let ops_at_step: [Vec<u8>; 3] =
+        std::array::from_fn(|s| aug.iter().map(|a| ORDERS[a.order as usize][s]).collect());
     let mut x = x.shallow_clone();
-    for step in 0..3 {
+    for ops in &ops_at_step {
         let op_at = |op: u8| {
-            let m: Vec<bool> = aug.iter().map(|a| ORDERS[a.order as usize][step] == op).collect();
+            let m: Vec<bool> = ops.iter().map(|&o| o == op).collect();
             Tensor::from_slice(&m).view([b, 1, 1, 1]).to_device(device)
         };
         let mut next = adjust_brightness(&x, &bright).where_self(&op_at(0), &x);
@@ -200,11 +220,21 @@ pub fn color_jitter(x: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
 pub fn cutout(x: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
     let b = aug.len() as i64;
     let ar = Tensor::arange(32, (Kind::Int64, device)).view([1, 32]);
-    let cy = Tensor::from_slice(&column(aug, |a| a.cutout_y)).to_device(device).view([b, 1]);
-    let cx = Tensor::from_slice(&column(aug, |a| a.cutout_x)).to_device(device).view([b, 1]);
+    let cy = Tensor::from_slice(&column(aug, |a| a.cutout_y))
+        .to_device(device)
+        .view([b, 1]);
+    let cx = Tensor::from_slice(&column(aug, |a| a.cutout_x))
+        .to_device(device)
+        .view([b, 1]);
     let half = CUTOUT / 2;
-    let in_rows = ar.ge_tensor(&(&cy - half)).logical_and(&ar.lt_tensor(&(&cy + half))); // [B, 32]
-    let in_cols = ar.ge_tensor(&(&cx - half)).logical_and(&ar.lt_tensor(&(&cx + half)));
-    let mask = in_rows.view([b, 1, 32, 1]).logical_and(&in_cols.view([b, 1, 1, 32])); // [B, 1, 32, 32]
+    let in_rows = ar
+        .ge_tensor(&(&cy - half))
+        .logical_and(&ar.lt_tensor(&(&cy + half))); // [B, 32]
+    let in_cols = ar
+        .ge_tensor(&(&cx - half))
+        .logical_and(&ar.lt_tensor(&(&cx + half)));
+    let mask = in_rows
+        .view([b, 1, 32, 1])
+        .logical_and(&in_cols.view([b, 1, 1, 32])); // [B, 1, 32, 32]
     x.masked_fill(&mask, 0.0)
 }

@@ -97,18 +97,30 @@ pub fn rust_rows(a: &BenchArgs) -> Result<(Vec<Row>, Option<f64>)> {
         let y = Tensor::randint(10, [bs], (Kind::Int64, device));
         let (n, dt) = timed(a.seconds, device, || {
             Sgd::zero_grad(&trainable);
-            let loss = bf16(a.bf16, || net.forward_t(&x, true)).to_kind(Kind::Float).cross_entropy_for_logits(&y);
+            let loss = bf16(a.bf16, || net.forward_t(&x, true))
+                .to_kind(Kind::Float)
+                .cross_entropy_for_logits(&y);
             loss.backward();
             sgd.step(&trainable, 1e-2);
         });
-        rows.push(Row { mode: "train".into(), batch: bs, steps: n, images_per_sec: n as f64 * bs as f64 / dt });
+        rows.push(Row {
+            mode: "train".into(),
+            batch: bs,
+            steps: n,
+            images_per_sec: n as f64 * bs as f64 / dt,
+        });
     }
     let rss = peak_rss_mib();
     let x = Tensor::randn([a.eval_batch, 3, 32, 32], (Kind::Float, device));
     let (n, dt) = timed(a.seconds, device, || {
         let _ = tch::no_grad(|| bf16(a.bf16, || net.forward_t(&x, false)).argmax(-1, false));
     });
-    rows.push(Row { mode: "eval".into(), batch: a.eval_batch, steps: n, images_per_sec: n as f64 * a.eval_batch as f64 / dt });
+    rows.push(Row {
+        mode: "eval".into(),
+        batch: a.eval_batch,
+        steps: n,
+        images_per_sec: n as f64 * a.eval_batch as f64 / dt,
+    });
     Ok((rows, rss))
 }
 
@@ -128,8 +140,20 @@ fn torch_rows(a: &BenchArgs) -> Result<Vec<Row>> {
     let bs: Vec<String> = a.batch_sizes.iter().map(|b| b.to_string()).collect();
     let mut cmd = std::process::Command::new(&a.python);
     cmd.arg(&a.reference)
-        .args(["--device", &a.device, "--threads", &a.threads.to_string(), "--batch-sizes", &bs.join(",")])
-        .args(["--eval-batch", &a.eval_batch.to_string(), "--seconds", &a.seconds.to_string()])
+        .args([
+            "--device",
+            &a.device,
+            "--threads",
+            &a.threads.to_string(),
+            "--batch-sizes",
+            &bs.join(","),
+        ])
+        .args([
+            "--eval-batch",
+            &a.eval_batch.to_string(),
+            "--seconds",
+            &a.seconds.to_string(),
+        ])
         .arg("--json")
         .arg(&json);
     if a.bf16 {
@@ -138,8 +162,15 @@ fn torch_rows(a: &BenchArgs) -> Result<Vec<Row>> {
     if a.channels_last {
         cmd.arg("--channels-last");
     }
-    let status = cmd.status().with_context(|| format!("cannot run {}", a.python.display()))?;
-    anyhow::ensure!(status.success(), "{} {} failed", a.python.display(), a.reference.display());
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {}", a.python.display()))?;
+    anyhow::ensure!(
+        status.success(),
+        "{} {} failed",
+        a.python.display(),
+        a.reference.display()
+    );
     let rows = serde_json::from_slice(&std::fs::read(&json)?)?;
     let _ = std::fs::remove_file(&json);
     Ok(rows)
@@ -147,7 +178,11 @@ fn torch_rows(a: &BenchArgs) -> Result<Vec<Row>> {
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     let (ours, rss) = rust_rows(a)?;
-    let theirs = if a.no_reference { vec![] } else { torch_rows(a)? };
+    let theirs = if a.no_reference {
+        vec![]
+    } else {
+        torch_rows(a)?
+    };
     println!(
         "\nSeedNet throughput, device {}, {} threads, channels_last {}, bf16 {}",
         a.device, a.threads, a.channels_last, a.bf16
@@ -155,12 +190,20 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     println!("| mode | batch | Rust (tch) images/s | PyTorch eager images/s | ratio |");
     println!("|---|---:|---:|---:|---:|");
     for r in &ours {
-        let peer = theirs.iter().find(|t| t.mode == r.mode && t.batch == r.batch);
+        let peer = theirs
+            .iter()
+            .find(|t| t.mode == r.mode && t.batch == r.batch);
         let (p, ratio) = match peer {
-            Some(t) => (format!("{:.1}", t.images_per_sec), format!("{:.2}x", r.images_per_sec / t.images_per_sec)),
+            Some(t) => (
+                format!("{:.1}", t.images_per_sec),
+                format!("{:.2}x", r.images_per_sec / t.images_per_sec),
+            ),
             None => ("-".into(), "-".into()),
         };
-        println!("| {} | {} | {:.1} | {p} | {ratio} |", r.mode, r.batch, r.images_per_sec);
+        println!(
+            "| {} | {} | {:.1} | {p} | {ratio} |",
+            r.mode, r.batch, r.images_per_sec
+        );
     }
     if let Some(mib) = rss {
         println!("peak RSS of the Rust process after the training rows: {mib:.0} MiB");

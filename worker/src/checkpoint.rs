@@ -26,16 +26,24 @@ impl Params {
     pub fn of(vs: &nn::VarStore) -> Self {
         let mut all: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
-        let trainable = (0..all.len()).filter(|&i| all[i].1.requires_grad()).collect();
+        let trainable = (0..all.len())
+            .filter(|&i| all[i].1.requires_grad())
+            .collect();
         Params { all, trainable }
     }
 
     pub fn trainable_tensors(&self) -> Vec<Tensor> {
-        self.trainable.iter().map(|&i| self.all[i].1.shallow_clone()).collect()
+        self.trainable
+            .iter()
+            .map(|&i| self.all[i].1.shallow_clone())
+            .collect()
     }
 
     pub fn trainable_names(&self) -> Vec<&str> {
-        self.trainable.iter().map(|&i| self.all[i].0.as_str()).collect()
+        self.trainable
+            .iter()
+            .map(|&i| self.all[i].0.as_str())
+            .collect()
     }
 }
 
@@ -46,9 +54,11 @@ fn cpu(t: &Tensor) -> Tensor {
 /// Writes `tensors` to `path` through a temporary file and a rename, so readers never see half a file.
 pub fn write_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
     let tmp = tmp_path(path);
-    Tensor::write_safetensors(tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    Tensor::write_safetensors(tensors, &tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename onto {}", path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename onto {}", path.display()))?;
     Ok(())
 }
 
@@ -61,11 +71,23 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 /// The study-named state dict: our variables plus `num_batches_tracked` for every BatchNorm.
 /// Every BN layer runs once per training step, so each one's count is the number of steps taken.
 pub fn study_state_dict(params: &Params, steps: i64) -> Vec<(String, Tensor)> {
-    let mut out: BTreeMap<String, Tensor> = params.all.iter().map(|(n, t)| (n.clone(), cpu(t))).collect();
-    let bns: Vec<String> =
-        out.keys().filter_map(|n| n.strip_suffix(".running_mean").map(|p| format!("{p}.num_batches_tracked"))).collect();
+    let mut out: BTreeMap<String, Tensor> = params
+        .all
+        .iter()
+        .map(|(n, t)| (n.clone(), cpu(t)))
+        .collect();
+    let bns: Vec<String> = out
+        .keys()
+        .filter_map(|n| {
+            n.strip_suffix(".running_mean")
+                .map(|p| format!("{p}.num_batches_tracked"))
+        })
+        .collect();
     for name in bns {
-        out.insert(name, Tensor::scalar_tensor(steps as f64, (Kind::Int64, Device::Cpu)));
+        out.insert(
+            name,
+            Tensor::scalar_tensor(steps as f64, (Kind::Int64, Device::Cpu)),
+        );
     }
     out.into_iter().collect()
 }
@@ -77,7 +99,8 @@ pub fn save_weights(params: &Params, steps: i64, path: &Path) -> Result<()> {
 /// Loads a study-named checkpoint into the model, strictly: every name present with its exact shape
 /// and dtype, nothing unexpected. Returns the `num_batches_tracked` it carried (0 if none).
 pub fn load_weights(params: &Params, path: &Path) -> Result<i64> {
-    let file = Tensor::read_safetensors(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let file = Tensor::read_safetensors(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
     let ours: BTreeMap<&str, &Tensor> = params.all.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut seen = HashSet::new();
     let mut steps = 0;
@@ -93,7 +116,10 @@ pub fn load_weights(params: &Params, path: &Path) -> Result<i64> {
             continue;
         }
         let Some(dst) = ours.get(name.as_str()) else {
-            bail!("{}: unexpected tensor {name} (not part of this model configuration)", path.display());
+            bail!(
+                "{}: unexpected tensor {name} (not part of this model configuration)",
+                path.display()
+            );
         };
         if t.size() != dst.size() || t.kind() != dst.kind() {
             bail!(
@@ -130,8 +156,17 @@ pub struct ResumeMeta {
     pub rng: String,
 }
 
-pub fn save_resume(params: &Params, momentum: &[Option<Tensor>], meta: &ResumeMeta, path: &Path) -> Result<()> {
-    let mut tensors: Vec<(String, Tensor)> = params.all.iter().map(|(n, t)| (format!("model.{n}"), cpu(t))).collect();
+pub fn save_resume(
+    params: &Params,
+    momentum: &[Option<Tensor>],
+    meta: &ResumeMeta,
+    path: &Path,
+) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = params
+        .all
+        .iter()
+        .map(|(n, t)| (format!("model.{n}"), cpu(t)))
+        .collect();
     for (name, buf) in params.trainable_names().into_iter().zip(momentum) {
         if let Some(buf) = buf {
             tensors.push((format!("momentum.{name}"), cpu(buf)));
@@ -143,17 +178,32 @@ pub fn save_resume(params: &Params, momentum: &[Option<Tensor>], meta: &ResumeMe
 }
 
 /// Restores weights and momentum; returns the metadata.
-pub fn load_resume(params: &Params, momentum: &mut [Option<Tensor>], path: &Path) -> Result<ResumeMeta> {
-    let file = Tensor::read_safetensors(path).with_context(|| format!("cannot read {}", path.display()))?;
+pub fn load_resume(
+    params: &Params,
+    momentum: &mut [Option<Tensor>],
+    path: &Path,
+) -> Result<ResumeMeta> {
+    let file = Tensor::read_safetensors(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let mut by_name: BTreeMap<String, Tensor> = file.into_iter().collect();
-    let meta_t = by_name.remove("meta").with_context(|| format!("{}: no meta entry", path.display()))?;
+    let meta_t = by_name
+        .remove("meta")
+        .with_context(|| format!("{}: no meta entry", path.display()))?;
     let bytes: Vec<u8> = Vec::<u8>::try_from(&meta_t)?;
-    let meta: ResumeMeta = serde_json::from_slice(&bytes).with_context(|| format!("{}: bad meta", path.display()))?;
+    let meta: ResumeMeta =
+        serde_json::from_slice(&bytes).with_context(|| format!("{}: bad meta", path.display()))?;
     for (name, t) in &params.all {
-        let src = by_name.get(&format!("model.{name}")).with_context(|| format!("{}: missing {name}", path.display()))?;
+        let src = by_name
+            .get(&format!("model.{name}"))
+            .with_context(|| format!("{}: missing {name}", path.display()))?;
         tch::no_grad(|| t.shallow_clone().copy_(src));
     }
-    for ((name, t), slot) in params.trainable_names().into_iter().zip(params.trainable_tensors()).zip(momentum) {
+    for ((name, t), slot) in params
+        .trainable_names()
+        .into_iter()
+        .zip(params.trainable_tensors())
+        .zip(momentum)
+    {
         *slot = by_name.get(&format!("momentum.{name}")).map(|b| {
             // Same device and memory format as the parameter.
             let dst = t.detach().zeros_like();

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "worker", version, about = "Runs the study's trainer; later, pulls sweep jobs from a coordinator")]
+#[command(
+    name = "worker",
+    version,
+    about = "Runs the study's trainer; later, pulls sweep jobs from a coordinator"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -15,7 +19,7 @@ pub enum Command {
     /// Train one run of the study's network (resumes when --out holds an unfinished run).
     Train {
         #[command(flatten)]
-        config: TrainConfig,
+        config: Box<TrainConfig>,
         /// Output directory: metrics.jsonl, summary.json, checkpoint.safetensors, resume state.
         #[arg(long)]
         out: PathBuf,
@@ -25,8 +29,13 @@ pub enum Command {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 /// Parses the command line, runs it, and returns the process exit code.
@@ -34,10 +43,12 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
-        Command::Train { config, out } => crate::train::run(&config, &out, &mut |_| {}).map(|s| match s.status {
-            crate::train::Status::Completed => 0,
-            crate::train::Status::Diverged => crate::EXIT_DIVERGED,
-        }),
+        Command::Train { config, out } => {
+            crate::train::run(&config, &out, &mut |_| {}).map(|s| match s.status {
+                crate::train::Status::Completed => 0,
+                crate::train::Status::Diverged => crate::EXIT_DIVERGED,
+            })
+        }
         Command::Bench(args) => crate::bench::run(&args).map(|()| 0),
     };
     match result {

@@ -121,14 +121,23 @@ impl TrainConfig {
             bail!("--eval-interval must be at least 1");
         }
         if self.milestones.windows(2).any(|w| w[0] >= w[1]) {
-            bail!("--milestones must be strictly increasing, got {:?}", self.milestones);
+            bail!(
+                "--milestones must be strictly increasing, got {:?}",
+                self.milestones
+            );
         }
         if self.model_widths.len() != 4 || self.model_widths.iter().any(|&w| w <= 0) {
-            bail!("--model-widths needs four positive widths, got {:?}", self.model_widths);
+            bail!(
+                "--model-widths needs four positive widths, got {:?}",
+                self.model_widths
+            );
         }
         let d = self.model_widths[3];
         if self.model_heads <= 0 || d % self.model_heads != 0 {
-            bail!("--model-heads ({}) must divide the last width ({d})", self.model_heads);
+            bail!(
+                "--model-heads ({}) must divide the last width ({d})",
+                self.model_heads
+            );
         }
         if self.bf16 && !self.device.starts_with("cuda") {
             bail!("--bf16 needs --device cuda (autocast to bfloat16 is CUDA-only here)");

@@ -15,7 +15,13 @@ pub const CIFAR10_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.
 pub const CIFAR10_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
 pub const CIFAR10_ARCHIVE_BYTES: u64 = 170_052_171;
 const RECORD: usize = 1 + 3 * 32 * 32;
-const TRAIN_FILES: [&str; 5] = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
+const TRAIN_FILES: [&str; 5] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+];
 const TEST_FILE: &str = "test_batch.bin";
 /// The archive's members we unpack; anything else in it is ignored.
 const MEMBERS: [&str; 8] = [
@@ -47,9 +53,10 @@ impl Split {
 
     fn truncate(self, limit: Option<usize>) -> Split {
         match limit {
-            Some(n) if n < self.len() => {
-                Split { images: self.images.narrow(0, 0, n as i64), labels: self.labels.narrow(0, 0, n as i64) }
-            }
+            Some(n) if n < self.len() => Split {
+                images: self.images.narrow(0, 0, n as i64),
+                labels: self.labels.narrow(0, 0, n as i64),
+            },
             _ => self,
         }
     }
@@ -96,12 +103,23 @@ pub fn read_records(path: &Path) -> Result<Split> {
 fn concat(parts: Vec<Split>) -> Split {
     let images: Vec<_> = parts.iter().map(|s| s.images.shallow_clone()).collect();
     let labels: Vec<_> = parts.iter().map(|s| s.labels.shallow_clone()).collect();
-    Split { images: Tensor::cat(&images, 0), labels: Tensor::cat(&labels, 0) }
+    Split {
+        images: Tensor::cat(&images, 0),
+        labels: Tensor::cat(&labels, 0),
+    }
 }
 
 /// Loads every `data_batch_N.bin` present (in order) and `test_batch.bin` from `dir`.
-pub fn load_cifar10(dir: &Path, limit_train: Option<usize>, limit_test: Option<usize>) -> Result<Dataset> {
-    let train: Vec<PathBuf> = TRAIN_FILES.iter().map(|f| dir.join(f)).filter(|p| p.exists()).collect();
+pub fn load_cifar10(
+    dir: &Path,
+    limit_train: Option<usize>,
+    limit_test: Option<usize>,
+) -> Result<Dataset> {
+    let train: Vec<PathBuf> = TRAIN_FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|p| p.exists())
+        .collect();
     let test = dir.join(TEST_FILE);
     if train.is_empty() || !test.exists() {
         bail!(
@@ -118,7 +136,10 @@ pub fn load_cifar10(dir: &Path, limit_train: Option<usize>, limit_test: Option<u
             break;
         }
     }
-    Ok(Dataset { train: concat(parts).truncate(limit_train), test: read_records(&test)?.truncate(limit_test) })
+    Ok(Dataset {
+        train: concat(parts).truncate(limit_train),
+        test: read_records(&test)?.truncate(limit_test),
+    })
 }
 
 /// True when `dir` holds at least one training file and the test file.
@@ -139,16 +160,33 @@ pub fn download_cifar10(dir: &Path, url: &str, md5_hex: &str) -> Result<()> {
     result
 }
 
-fn fetch_and_unpack(dir: &Path, url: &str, md5_hex: &str, partial: &Path, staging: &Path) -> Result<()> {
+fn fetch_and_unpack(
+    dir: &Path,
+    url: &str,
+    md5_hex: &str,
+    partial: &Path,
+    staging: &Path,
+) -> Result<()> {
     tracing::info!(%url, dest = %dir.display(), "downloading CIFAR-10");
-    let response = ureq::get(url).call().map_err(|e| anyhow!("downloading {url} failed: {e}"))?;
+    // Connect and read timeouts, so an unreachable host ends the run with an error rather than a hang.
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(std::time::Duration::from_secs(30))
+        .timeout_read(std::time::Duration::from_secs(60))
+        .build();
+    let response = agent
+        .get(url)
+        .call()
+        .map_err(|e| anyhow!("downloading {url} failed: {e}"))?;
     let mut reader = response.into_reader();
-    let mut file = fs::File::create(partial).with_context(|| format!("cannot write {}", partial.display()))?;
+    let mut file =
+        fs::File::create(partial).with_context(|| format!("cannot write {}", partial.display()))?;
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = reader.read(&mut buf).with_context(|| format!("download of {url} broke off after {total} bytes"))?;
+        let n = reader
+            .read(&mut buf)
+            .with_context(|| format!("download of {url} broke off after {total} bytes"))?;
         if n == 0 {
             break;
         }
@@ -171,22 +209,31 @@ fn fetch_and_unpack(dir: &Path, url: &str, md5_hex: &str, partial: &Path, stagin
     let gz = flate2::read::GzDecoder::new(fs::File::open(partial)?);
     let mut archive = tar::Archive::new(gz);
     let mut unpacked = Vec::new();
-    for entry in archive.entries().context("the archive is not a tar.gz file")? {
+    for entry in archive
+        .entries()
+        .context("the archive is not a tar.gz file")?
+    {
         let mut entry = entry.context("the archive is damaged")?;
         let path = entry.path()?.into_owned();
         // Only a known file name directly under the archive's one folder: never a path from the archive.
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
         if !MEMBERS.contains(&name) || !entry.header().entry_type().is_file() {
             continue;
         }
         let dest = staging.join(name);
-        entry.unpack(&dest).with_context(|| format!("cannot unpack {name}"))?;
+        entry
+            .unpack(&dest)
+            .with_context(|| format!("cannot unpack {name}"))?;
         if name.ends_with(".bin") {
             read_records(&dest).with_context(|| format!("archive member {name} is not valid"))?;
         }
         unpacked.push(name.to_string());
     }
-    if !unpacked.iter().any(|n| n == TEST_FILE) || !unpacked.iter().any(|n| n.starts_with("data_batch_")) {
+    if !unpacked.iter().any(|n| n == TEST_FILE)
+        || !unpacked.iter().any(|n| n.starts_with("data_batch_"))
+    {
         bail!("{url}: the archive holds no CIFAR-10 binary files");
     }
     for name in &unpacked {
@@ -200,7 +247,9 @@ fn fetch_and_unpack(dir: &Path, url: &str, md5_hex: &str, partial: &Path, stagin
 /// each image is its class's pattern plus pixel noise. Same seed, same data.
 pub fn synthetic(seed: u64, n_train: usize, n_test: usize) -> Dataset {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_DA7A);
-    let prototypes: Vec<[u8; 48]> = (0..10).map(|_| std::array::from_fn(|_| rng.gen_range(40..216))).collect();
+    let prototypes: Vec<[u8; 48]> = (0..10)
+        .map(|_| std::array::from_fn(|_| rng.gen_range(40..216)))
+        .collect();
     let mut make = |n: usize| {
         let mut pixels = Vec::with_capacity(n * 3072);
         let mut labels = Vec::with_capacity(n);
@@ -216,7 +265,10 @@ pub fn synthetic(seed: u64, n_train: usize, n_test: usize) -> Dataset {
                 }
             }
         }
-        Split { images: Tensor::from_slice(&pixels).reshape([n as i64, 3, 32, 32]), labels: Tensor::from_slice(&labels) }
+        Split {
+            images: Tensor::from_slice(&pixels).reshape([n as i64, 3, 32, 32]),
+            labels: Tensor::from_slice(&labels),
+        }
     };
     let train = make(n_train);
     let test = make(n_test);
@@ -226,9 +278,11 @@ pub fn synthetic(seed: u64, n_train: usize, n_test: usize) -> Dataset {
 /// Loads the dataset a run asks for, downloading CIFAR-10 when its directory is empty.
 pub fn load(cfg: &crate::config::TrainConfig) -> Result<Dataset> {
     let ds = match cfg.dataset {
-        crate::config::DatasetKind::Synthetic => {
-            synthetic(cfg.seed, cfg.limit_train.unwrap_or(5000), cfg.limit_test.unwrap_or(1000))
-        }
+        crate::config::DatasetKind::Synthetic => synthetic(
+            cfg.seed,
+            cfg.limit_train.unwrap_or(5000),
+            cfg.limit_test.unwrap_or(1000),
+        ),
         crate::config::DatasetKind::Cifar10 => {
             if !has_cifar10(&cfg.data_dir) {
                 download_cifar10(&cfg.data_dir, &cfg.data_url, &cfg.data_md5)?;

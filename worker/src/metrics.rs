@@ -18,7 +18,10 @@ pub struct Scores {
 
 impl Confusion {
     pub fn new(classes: usize) -> Self {
-        Confusion { classes, counts: vec![vec![0; classes]; classes] }
+        Confusion {
+            classes,
+            counts: vec![vec![0; classes]; classes],
+        }
     }
 
     pub fn add(&mut self, truth: &[i64], pred: &[i64]) {
@@ -42,16 +45,32 @@ impl Confusion {
                 continue;
             }
             labels += 1;
-            let p = if predicted > 0 { tp / predicted as f64 } else { 0.0 };
-            let r = if support > 0 { tp / support as f64 } else { 0.0 };
-            let f = if p + r > 0.0 { 2.0 * p * r / (p + r) } else { 0.0 };
+            let p = if predicted > 0 {
+                tp / predicted as f64
+            } else {
+                0.0
+            };
+            let r = if support > 0 {
+                tp / support as f64
+            } else {
+                0.0
+            };
+            let f = if p + r > 0.0 {
+                2.0 * p * r / (p + r)
+            } else {
+                0.0
+            };
             p_sum += p;
             r_sum += r;
             f_sum += f;
         }
         let mean = |s: f64| if labels == 0 { 0.0 } else { s / labels as f64 };
         Scores {
-            accuracy: if total == 0 { 0.0 } else { correct as f64 / total as f64 },
+            accuracy: if total == 0 {
+                0.0
+            } else {
+                correct as f64 / total as f64
+            },
             precision: mean(p_sum),
             recall: mean(r_sum),
             f1: mean(f_sum),

@@ -18,14 +18,24 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { widths: vec![64, 128, 256, 512], depth: 4, heads: 4, classes: 10 }
+        ModelConfig {
+            widths: vec![64, 128, 256, 512],
+            depth: 4,
+            heads: 4,
+            classes: 10,
+        }
     }
 }
 
 impl ModelConfig {
     /// A few-thousand-parameter variant with the same structure, for tests and the CPU demo.
     pub fn tiny() -> Self {
-        ModelConfig { widths: vec![8, 16, 32, 64], depth: 1, heads: 2, classes: 10 }
+        ModelConfig {
+            widths: vec![8, 16, 32, 64],
+            depth: 1,
+            heads: 2,
+            classes: 10,
+        }
     }
 }
 
@@ -36,7 +46,10 @@ fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -
         stride,
         padding,
         bias: false,
-        ws_init: nn::Init::Randn { mean: 0.0, stdev: std },
+        ws_init: nn::Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
         ..Default::default()
     };
     nn::conv2d(p, c_in, c_out, k, cfg)
@@ -55,8 +68,20 @@ fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
 
 fn linear(p: nn::Path, d_in: i64, d_out: i64, bias: bool) -> nn::Linear {
     let bound = 1.0 / (d_in as f64).sqrt();
-    let init = nn::Init::Uniform { lo: -bound, up: bound };
-    nn::linear(p, d_in, d_out, nn::LinearConfig { ws_init: init, bs_init: bias.then_some(init), bias })
+    let init = nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    nn::linear(
+        p,
+        d_in,
+        d_out,
+        nn::LinearConfig {
+            ws_init: init,
+            bs_init: bias.then_some(init),
+            bias,
+        },
+    )
 }
 
 /// `conv1x1 -> BN -> ReLU -> conv3x3 -> BN -> ReLU -> conv1x1 -> BN`, then `BN(ReLU(branch + x))`.
@@ -72,15 +97,23 @@ impl ResidualBlock {
         // PyTorch indices inside the block's `conv` Sequential: ReLUs sit at 2 and 5.
         let q = &p / "conv";
         ResidualBlock {
-            convs: [conv(&q / 0, c, c, 1, 1, 0), conv(&q / 3, c, c, 3, 1, 1), conv(&q / 6, c, c, 1, 1, 0)],
+            convs: [
+                conv(&q / 0, c, c, 1, 1, 0),
+                conv(&q / 3, c, c, 3, 1, 1),
+                conv(&q / 6, c, c, 1, 1, 0),
+            ],
             bns: [bn(&q / 1, c), bn(&q / 4, c), bn(&q / 7, c)],
             bn: bn(&p / "bn", c),
         }
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let h = self.bns[0].forward_t(&self.convs[0].forward(x), train).relu();
-        let h = self.bns[1].forward_t(&self.convs[1].forward(&h), train).relu();
+        let h = self.bns[0]
+            .forward_t(&self.convs[0].forward(x), train)
+            .relu();
+        let h = self.bns[1]
+            .forward_t(&self.convs[1].forward(&h), train)
+            .relu();
         let h = self.bns[2].forward_t(&self.convs[2].forward(&h), train);
         self.bn.forward_t(&(h + x).relu(), train)
     }
@@ -125,11 +158,16 @@ impl AttentionBlock {
         let (b, n, c) = x.size3().expect("attention input is [B, N, C]");
         let dh = c / self.heads;
         // [B, N, 3C] -> [3, B, H, N, dh]
-        let qkv = self.qkv.forward(x).reshape([b, n, 3, self.heads, dh]).permute([2, 0, 3, 1, 4]);
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([b, n, 3, self.heads, dh])
+            .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let a = (q.matmul(&k.transpose(-2, -1)) * (dh as f64).powf(-0.5)).softmax(-1, q.kind());
         // [B, H, N, dh] -> [B, N, C]
-        self.proj.forward(&a.matmul(&v).transpose(1, 2).reshape([b, n, c]))
+        self.proj
+            .forward(&a.matmul(&v).transpose(1, 2).reshape([b, n, c]))
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
@@ -164,17 +202,27 @@ impl SeedNet {
                 let stage = Stage {
                     conv: conv(&conv_seq / i, c_in, w, 3, stride, 1),
                     bn: bn(&conv_seq / (i + 1), w),
-                    blocks: [ResidualBlock::new(&conv_seq / (i + 2), w), ResidualBlock::new(&conv_seq / (i + 3), w)],
+                    blocks: [
+                        ResidualBlock::new(&conv_seq / (i + 2), w),
+                        ResidualBlock::new(&conv_seq / (i + 3), w),
+                    ],
                 };
                 c_in = w;
                 stage
             })
             .collect();
         let d = *cfg.widths.last().expect("four widths");
-        let blocks = (0..cfg.depth).map(|i| AttentionBlock::new(&(root / "blocks") / i, d, cfg.heads)).collect();
+        let blocks = (0..cfg.depth)
+            .map(|i| AttentionBlock::new(&(root / "blocks") / i, d, cfg.heads))
+            .collect();
         // After the 2x2 max-pool over (token, channel): 8 tokens x d/2 channels.
         let fc = linear(root / "fc", 8 * d / 2, cfg.classes, true);
-        SeedNet { stages, blocks, fc, channels_last: false }
+        SeedNet {
+            stages,
+            blocks,
+            fc,
+            channels_last: false,
+        }
     }
 
     /// Keep convolution inputs in channels-last (NHWC). The caller converts the conv weights
@@ -184,7 +232,11 @@ impl SeedNet {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut x = if self.channels_last { to_channels_last(x) } else { x.shallow_clone() };
+        let mut x = if self.channels_last {
+            to_channels_last(x)
+        } else {
+            x.shallow_clone()
+        };
         for stage in &self.stages {
             x = stage.bn.forward_t(&stage.conv.forward(&x), train);
             for block in &stage.blocks {
@@ -199,7 +251,10 @@ impl SeedNet {
         let (b, n, c) = x.size3().expect("[B, N, C]");
         // The seed's MaxPool2d(2, 2) on a 3-D tensor pools 2x2 windows of the (token, channel) matrix:
         // [B, 16, C] -> [B, 8, C/2] -> [B, 4C].
-        let x = x.reshape([b, n / 2, 2, c / 2, 2]).amax([2, 4], false).flatten(1, 2);
+        let x = x
+            .reshape([b, n / 2, 2, c / 2, 2])
+            .amax([2, 4], false)
+            .flatten(1, 2);
         self.fc.forward(&x)
     }
 }
@@ -214,5 +269,8 @@ pub fn to_channels_last(t: &Tensor) -> Tensor {
 
 /// Number of trainable parameters.
 pub fn parameter_count(vs: &nn::VarStore) -> i64 {
-    vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum()
 }

@@ -43,7 +43,11 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(n_params: usize, momentum: f64, weight_decay: f64) -> Self {
-        Sgd { momentum, weight_decay, buffers: (0..n_params).map(|_| None).collect() }
+        Sgd {
+            momentum,
+            weight_decay,
+            buffers: (0..n_params).map(|_| None).collect(),
+        }
     }
 
     /// `d = g + wd * p; buf = momentum * buf + d; p -= lr * buf`, all in place.

@@ -9,7 +9,9 @@ extern "C" {
 
 fn last_error() -> String {
     // SAFETY: the shim returns a pointer to a thread-local, NUL-terminated string it owns.
-    unsafe { CStr::from_ptr(seedshim_last_error()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(seedshim_last_error()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Turns CUDA autocast to bfloat16 on or off for the calling thread.

@@ -56,7 +56,14 @@ pub fn parse_device(s: &str) -> Result<Device> {
 }
 
 /// Configuration keys that do not change the numbers a run produces; a resume may differ in them.
-const RESUME_NEUTRAL: [&str; 6] = ["threads", "save_predictions", "data_dir", "data_url", "data_md5", "init_from"];
+const RESUME_NEUTRAL: [&str; 6] = [
+    "threads",
+    "save_predictions",
+    "data_dir",
+    "data_url",
+    "data_md5",
+    "init_from",
+];
 
 fn fingerprint(cfg: &TrainConfig) -> Result<serde_json::Value> {
     let mut v = serde_json::to_value(cfg)?;
@@ -70,7 +77,8 @@ fn fingerprint(cfg: &TrainConfig) -> Result<serde_json::Value> {
 
 fn write_json_atomic<T: Serialize>(value: &T, path: &Path) -> Result<()> {
     let tmp = checkpoint::tmp_path(path);
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
@@ -88,7 +96,10 @@ fn write_metrics_file(history: &[EpochMetrics], path: &Path) -> Result<()> {
 }
 
 fn append_metrics(m: &EpochMetrics, path: &Path) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
     writeln!(f, "{}", serde_json::to_string(m)?)?;
     f.flush()?;
     Ok(())
@@ -101,7 +112,13 @@ pub struct Evaluation {
     pub predictions: Vec<i64>,
 }
 
-pub fn evaluate(model: &SeedNet, split: &Split, device: Device, batch: usize, bf16: bool) -> Result<Evaluation> {
+pub fn evaluate(
+    model: &SeedNet,
+    split: &Split,
+    device: Device,
+    batch: usize,
+    bf16: bool,
+) -> Result<Evaluation> {
     let n = split.len();
     let mut confusion = Confusion::new(10);
     let mut predictions = Vec::with_capacity(n);
@@ -111,7 +128,9 @@ pub fn evaluate(model: &SeedNet, split: &Split, device: Device, batch: usize, bf
             let len = batch.min(n - start) as i64;
             let x = augment::normalize_u8(&split.images.narrow(0, start as i64, len), device);
             let y = split.labels.narrow(0, start as i64, len);
-            let logits = autocast(bf16, || model.forward_t(&x, false))?.to_kind(Kind::Float).to_device(Device::Cpu);
+            let logits = autocast(bf16, || model.forward_t(&x, false))?
+                .to_kind(Kind::Float)
+                .to_device(Device::Cpu);
             let loss = logits.cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0);
             loss_sum += loss.double_value(&[]);
             let pred: Vec<i64> = Vec::try_from(&logits.argmax(-1, false))?;
@@ -121,7 +140,11 @@ pub fn evaluate(model: &SeedNet, split: &Split, device: Device, batch: usize, bf
         }
         Ok(())
     })?;
-    Ok(Evaluation { loss: loss_sum / n as f64, confusion, predictions })
+    Ok(Evaluation {
+        loss: loss_sum / n as f64,
+        confusion,
+        predictions,
+    })
 }
 
 fn autocast<T>(bf16: bool, f: impl FnOnce() -> T) -> Result<T> {
@@ -149,25 +172,38 @@ fn write_predictions(split: &Split, preds: &[i64], path: &Path) -> Result<()> {
 /// Runs (or resumes) the training run configured by `cfg` with its files in `out`, calling
 /// `on_epoch` after each evaluated epoch has been written. Errors are crashes; a non-finite loss is
 /// a result (`Status::Diverged`).
-pub fn run(cfg: &TrainConfig, out: &Path, on_epoch: &mut dyn FnMut(&EpochMetrics)) -> Result<Summary> {
+pub fn run(
+    cfg: &TrainConfig,
+    out: &Path,
+    on_epoch: &mut dyn FnMut(&EpochMetrics),
+) -> Result<Summary> {
     cfg.validate()?;
     let started = Instant::now();
     let device = parse_device(&cfg.device)?;
     if let Device::Cuda(i) = device {
         if !tch::Cuda::is_available() || i >= tch::Cuda::device_count() as usize {
-            bail!("--device {}: no such CUDA device is visible (found {})", cfg.device, tch::Cuda::device_count());
+            bail!(
+                "--device {}: no such CUDA device is visible (found {})",
+                cfg.device,
+                tch::Cuda::device_count()
+            );
         }
     }
     if let Some(t) = cfg.threads {
         tch::set_num_threads(t as i32);
     }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create --out {}", out.display()))?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create --out {}", out.display()))?;
     let summary_path = out.join(SUMMARY_FILE);
     let metrics_path = out.join(METRICS_FILE);
     let resume_path = out.join(RESUME_FILE);
 
     let data = data::load(cfg)?;
-    tracing::info!(train = data.train.len(), test = data.test.len(), "data loaded");
+    tracing::info!(
+        train = data.train.len(),
+        test = data.test.len(),
+        "data loaded"
+    );
 
     // Model init is the one use of libtorch's generator; data randomness has its own (augment.rs).
     tch::manual_seed(cfg.seed as i64);
@@ -199,7 +235,13 @@ pub fn run(cfg: &TrainConfig, out: &Path, on_epoch: &mut dyn FnMut(&EpochMetrics
     };
 
     let fp = fingerprint(cfg)?;
-    let mut meta = ResumeMeta { epoch: 0, steps: 0, history: vec![], config: fp.clone(), rng: "chacha8(seed, stream=epoch)".into() };
+    let mut meta = ResumeMeta {
+        epoch: 0,
+        steps: 0,
+        history: vec![],
+        config: fp.clone(),
+        rng: "chacha8(seed, stream=epoch)".into(),
+    };
     if summary_path.exists() && !resume_path.exists() {
         // A diverged run keeps no resume state: starting it again would only diverge again.
         let done: Summary = serde_json::from_slice(&std::fs::read(&summary_path)?)?;
@@ -207,12 +249,18 @@ pub fn run(cfg: &TrainConfig, out: &Path, on_epoch: &mut dyn FnMut(&EpochMetrics
             tracing::info!(status = ?done.status, "run already finished in {}", out.display());
             return Ok(done);
         }
-        bail!("{} holds a finished run with another configuration; use another --out", out.display());
+        bail!(
+            "{} holds a finished run with another configuration; use another --out",
+            out.display()
+        );
     }
     if resume_path.exists() {
         meta = checkpoint::load_resume(&params, &mut sgd.buffers, &resume_path)?;
         if meta.config != fp {
-            bail!("{} holds a run with another configuration; use another --out", out.display());
+            bail!(
+                "{} holds a run with another configuration; use another --out",
+                out.display()
+            );
         }
         tracing::info!(epoch = meta.epoch, "resuming after epoch {}", meta.epoch);
     }
@@ -249,10 +297,16 @@ pub fn run(cfg: &TrainConfig, out: &Path, on_epoch: &mut dyn FnMut(&EpochMetrics
             let labels = data.train.labels.index_select(0, &idx).to_device(device);
             let x = augment::augment(&images, &plan.aug[start..end], device);
             let logits = autocast(cfg.bf16, || net.forward_t(&x, true))?;
-            let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(&labels);
+            let loss = logits
+                .to_kind(Kind::Float)
+                .cross_entropy_for_logits(&labels);
             let lv = loss.double_value(&[]);
             if !lv.is_finite() {
-                tracing::warn!(epoch, step = meta.steps, "non-finite loss {lv}: the run diverged");
+                tracing::warn!(
+                    epoch,
+                    step = meta.steps,
+                    "non-finite loss {lv}: the run diverged"
+                );
                 diverged = true;
                 break;
             }
@@ -264,18 +318,32 @@ pub fn run(cfg: &TrainConfig, out: &Path, on_epoch: &mut dyn FnMut(&EpochMetrics
             seen += end - start;
             if let Some(pb) = &bar {
                 pb.inc(1);
-                pb.set_message(format!("loss {:.4} lr {lr:.2e} {:.1} img/s", loss_sum / seen as f64, seen as f64 / t0.elapsed().as_secs_f64()));
+                pb.set_message(format!(
+                    "loss {:.4} lr {lr:.2e} {:.1} img/s",
+                    loss_sum / seen as f64,
+                    seen as f64 / t0.elapsed().as_secs_f64()
+                ));
             }
         }
         let train_seconds = t0.elapsed().as_secs_f64();
         let evaluate_now = diverged || epoch % cfg.eval_interval == 0 || epoch == cfg.epochs;
         if evaluate_now {
-            let ev = evaluate(&net, &data.test, device, cfg.eval_batch_size as usize, cfg.bf16)?;
+            let ev = evaluate(
+                &net,
+                &data.test,
+                device,
+                cfg.eval_batch_size as usize,
+                cfg.bf16,
+            )?;
             let s = ev.confusion.scores();
             let m = EpochMetrics {
                 epoch,
                 lr,
-                train_loss: if diverged { f64::NAN } else { loss_sum / seen.max(1) as f64 },
+                train_loss: if diverged {
+                    f64::NAN
+                } else {
+                    loss_sum / seen.max(1) as f64
+                },
                 test_loss: if diverged { f64::NAN } else { ev.loss },
                 accuracy: s.accuracy,
                 precision: s.precision,

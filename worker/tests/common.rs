@@ -9,7 +9,9 @@ pub fn repo_root() -> PathBuf {
 
 /// The shared folder beside the checkout (CI has it too); `SEED_SHARED` points elsewhere.
 pub fn shared_dir() -> PathBuf {
-    std::env::var_os("SEED_SHARED").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared"))
+    std::env::var_os("SEED_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared"))
 }
 
 /// Real CIFAR-10 records: 5,000 train + 1,000 test (`CIFAR10_MINI` overrides the location).
@@ -65,7 +67,12 @@ pub fn train_args(cfg: &TrainConfig) -> Vec<String> {
             serde_json::Value::Bool(false) => {}
             serde_json::Value::Array(a) => {
                 args.push(flag);
-                args.push(a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","));
+                args.push(
+                    a.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
             }
             serde_json::Value::String(s) => {
                 args.push(flag);

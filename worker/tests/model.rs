@@ -20,8 +20,13 @@ fn full_model_has_the_study_parameter_count_and_state_dict() {
     let _net = SeedNet::new(&vs.root(), &ModelConfig::default());
     assert_eq!(parameter_count(&vs), 15_553_098);
 
-    let expected = std::fs::read_to_string(common::shared_dir().join("seed-state-dict.txt")).unwrap();
-    let expected: Vec<String> = expected.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    let expected =
+        std::fs::read_to_string(common::shared_dir().join("seed-state-dict.txt")).unwrap();
+    let expected: Vec<String> = expected
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
     assert_eq!(expected.len(), 254);
     let ours: BTreeMap<String, String> = checkpoint::study_state_dict(&Params::of(&vs), 0)
         .into_iter()
@@ -64,7 +69,10 @@ fn init_follows_pytorch_defaults() {
 #[test]
 fn pytorch_checkpoint_round_trip() {
     let python = common::repo_root().join(".venv/bin/python");
-    assert!(python.exists(), "the project venv (scripts/setup.sh) provides PyTorch for this test");
+    assert!(
+        python.exists(),
+        "the project venv (scripts/setup.sh) provides PyTorch for this test"
+    );
     let dir = tempfile::tempdir().unwrap();
     let ours_path = dir.path().join("ours.safetensors");
     let theirs_path = dir.path().join("theirs.safetensors");
@@ -100,10 +108,18 @@ print("ok", len(out))
         .arg(&theirs_path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok"));
 
-    let before: BTreeMap<String, tch::Tensor> = params.all.iter().map(|(n, t)| (n.clone(), t.copy())).collect();
+    let before: BTreeMap<String, tch::Tensor> = params
+        .all
+        .iter()
+        .map(|(n, t)| (n.clone(), t.copy()))
+        .collect();
     let steps = checkpoint::load_weights(&params, &theirs_path).unwrap();
     assert_eq!(steps, 43);
     for (name, t) in &params.all {
@@ -121,7 +137,18 @@ fn a_checkpoint_of_another_configuration_is_refused_with_the_tensor_named() {
     checkpoint::save_weights(&Params::of(&vs), 0, &path).unwrap();
 
     let other = nn::VarStore::new(Device::Cpu);
-    let _net = SeedNet::new(&other.root(), &ModelConfig { widths: vec![8, 16, 32, 32], ..ModelConfig::tiny() });
-    let err = checkpoint::load_weights(&Params::of(&other), &path).unwrap_err().to_string();
-    assert!(err.contains("conv.12.weight") || err.contains("expects"), "{err}");
+    let _net = SeedNet::new(
+        &other.root(),
+        &ModelConfig {
+            widths: vec![8, 16, 32, 32],
+            ..ModelConfig::tiny()
+        },
+    );
+    let err = checkpoint::load_weights(&Params::of(&other), &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("conv.12.weight") || err.contains("expects"),
+        "{err}"
+    );
 }

@@ -1,0 +1,219 @@
+//! Whole runs of the trainer on the CPU: learning on real CIFAR-10 records, determinism, divergence,
+//! kill-and-resume, and the command line's behaviour on bad input.
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use worker::config::DatasetKind;
+use worker::train::{self, Status};
+
+#[test]
+fn tiny_model_learns_real_cifar10_well_above_chance() {
+    let out = tempfile::tempdir().unwrap();
+    let cfg = worker::config::TrainConfig {
+        epochs: 5,
+        warmup_epochs: 0,
+        lr: 0.05,
+        limit_train: Some(2000),
+        limit_test: None,
+        seed: 1,
+        save_predictions: true,
+        ..common::tiny(DatasetKind::Cifar10)
+    };
+    let mut seen = vec![];
+    let summary = train::run(&cfg, out.path(), &mut |m| seen.push(m.epoch)).unwrap();
+    assert_eq!(summary.status, Status::Completed);
+    assert_eq!(
+        seen,
+        vec![1, 2, 3, 4, 5],
+        "the callback sees every evaluated epoch"
+    );
+    let m = summary.final_metrics.unwrap();
+    // Measured 0.285 (seed 1, 2,000 train / 1,000 test records, 5 epochs); chance is 0.10.
+    assert!(m.accuracy >= 0.20, "accuracy {}", m.accuracy);
+    assert!(m.test_loss.is_finite() && m.images_per_sec > 0.0 && m.seconds > 0.0);
+    assert_eq!(common::read_metrics(out.path()).len(), 5);
+    let preds = std::fs::read_to_string(out.path().join("predictions.csv")).unwrap();
+    assert_eq!(preds.lines().next(), Some("index,label,prediction"));
+    assert_eq!(preds.lines().count(), 1001);
+    // Accuracy recomputed from the predictions file agrees with the metric.
+    let right = preds.lines().skip(1).filter(|l| {
+        let f: Vec<&str> = l.split(',').collect();
+        f[1] == f[2]
+    });
+    assert_eq!(right.count() as f64 / 1000.0, m.accuracy);
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["status"], "completed");
+    assert_eq!(s["world_size"], 1);
+    assert!(s["parameters"].as_i64().unwrap() > 0 && s["git_commit"].is_string());
+    assert!(
+        out.path().join("checkpoint.safetensors").exists()
+            && out.path().join("resume.safetensors").exists()
+    );
+}
+
+#[test]
+fn same_seed_same_metrics_bit_for_bit() {
+    let cfg = worker::config::TrainConfig {
+        epochs: 2,
+        seed: 11,
+        ..common::tiny(DatasetKind::Synthetic)
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    train::run(&cfg, a.path(), &mut |_| {}).unwrap();
+    train::run(&cfg, b.path(), &mut |_| {}).unwrap();
+    let (ma, mb) = (
+        common::read_metrics(a.path()),
+        common::read_metrics(b.path()),
+    );
+    assert_eq!(ma.len(), 2);
+    for (x, y) in ma.iter().zip(&mb) {
+        assert!(x.bits_eq_ignoring_time(y), "{x:?} != {y:?}");
+    }
+    let other = worker::config::TrainConfig { seed: 12, ..cfg };
+    let c = tempfile::tempdir().unwrap();
+    train::run(&other, c.path(), &mut |_| {}).unwrap();
+    assert!(
+        !common::read_metrics(c.path())[1].bits_eq_ignoring_time(&ma[1]),
+        "another seed, another run"
+    );
+}
+
+#[test]
+fn a_huge_lr_diverges_with_nan_recorded_and_its_own_exit_code() {
+    let out = tempfile::tempdir().unwrap();
+    let cfg = worker::config::TrainConfig {
+        lr: 1e8,
+        warmup_epochs: 0,
+        epochs: 4,
+        ..common::tiny(DatasetKind::Synthetic)
+    };
+    let status = Command::new(common::worker_bin())
+        .args(common::train_args(&cfg))
+        .arg("--out")
+        .arg(out.path())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(worker::EXIT_DIVERGED));
+    let metrics = common::read_metrics(out.path());
+    let last = metrics.last().expect("the diverged epoch is recorded");
+    assert!(last.train_loss.is_nan() && last.test_loss.is_nan());
+    assert!(metrics.len() < 4, "stopped at once");
+    let text = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    assert!(text.lines().last().unwrap().contains("\"test_loss\":null"));
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["status"], "diverged");
+}
+
+#[test]
+fn killed_and_restarted_run_ends_with_the_uninterrupted_metrics() {
+    let cfg = worker::config::TrainConfig {
+        epochs: 5,
+        seed: 3,
+        limit_train: Some(512),
+        ..common::tiny(DatasetKind::Synthetic)
+    };
+    let args = common::train_args(&cfg);
+    let whole = tempfile::tempdir().unwrap();
+    let ok = Command::new(common::worker_bin())
+        .args(&args)
+        .arg("--out")
+        .arg(whole.path())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+
+    let cut = tempfile::tempdir().unwrap();
+    for kill_after in [1, 3] {
+        let mut child = Command::new(common::worker_bin())
+            .args(&args)
+            .arg("--out")
+            .arg(cut.path())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while common::read_metrics(cut.path()).len() < kill_after {
+            assert!(Instant::now() < deadline, "no progress");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Somewhere inside the next epoch (or while it writes its files).
+        std::thread::sleep(Duration::from_millis(150 * kill_after as u64));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let ok = Command::new(common::worker_bin())
+        .args(&args)
+        .arg("--out")
+        .arg(cut.path())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let (a, b) = (
+        common::read_metrics(whole.path()),
+        common::read_metrics(cut.path()),
+    );
+    assert_eq!(
+        b.iter().map(|m| m.epoch).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5],
+        "each epoch once"
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x.bits_eq_ignoring_time(y), "{x:?} != {y:?}");
+    }
+    let wa = std::fs::read(whole.path().join("checkpoint.safetensors")).unwrap();
+    let wb = std::fs::read(cut.path().join("checkpoint.safetensors")).unwrap();
+    assert!(wa == wb, "final weights identical");
+}
+
+#[test]
+fn bad_flags_and_missing_data_get_one_clear_line() {
+    let out = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(common::worker_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(&["train", "--out", "x", "--batch-size", "lots"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("--batch-size") && !err.contains("panicked"),
+        "{err}"
+    );
+
+    let (code, err) = run(&["train", "--out", "x", "--lr", "0"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--lr") && !err.contains("panicked"), "{err}");
+
+    // An empty data directory and an unreachable archive URL: a download error that names the URL.
+    let empty = out.path().join("empty");
+    let (code, err) = run(&[
+        "train",
+        "--out",
+        out.path().join("o").to_str().unwrap(),
+        "--data-dir",
+        empty.to_str().unwrap(),
+        "--data-url",
+        "http://127.0.0.1:9/cifar.tar.gz",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("127.0.0.1:9") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "nothing half-written"
+    );
+}
