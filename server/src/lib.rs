@@ -1,1 +1,23 @@
+//! The sweep coordinator: an axum service over one SQLite file.
+//!
+//! Layout:
+//! - [`spec`]: sweep files parsed and validated at the edge; grid expansion as a pure function.
+//! - [`store`]: every query (plain SQL, checked at compile time); claims, leases and attempt fencing.
+//! - [`api`]: the REST routes and the worker protocol; [`error`] maps every failure to HTTP in one place.
+//! - [`events`]: server-sent events for the dashboard; [`telemetry`]: Prometheus counters.
+//! - [`export`]: the study's markdown table, CSV, JSON and the README block.
+//! - [`startup`]: `Application::build` / `run_until_stopped`, the lease reaper, shutdown signals.
+//! - [`client`] and [`cli`]: the `server` command line (serve, and thin clients of the API).
+//! - [`state`]: the `AppState` of cheap handles and the injectable clock.
 
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod error;
+pub mod events;
+pub mod export;
+pub mod spec;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,381 @@
+//! The REST API: users' sweeps and results, and the worker protocol (claim, heartbeat, metrics,
+//! finish), public so a worker in any language can take part.
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Instant;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::error::{ApiError, AppJson};
+use crate::events::{self, Event};
+use crate::export::{self, Format, TableOptions};
+use crate::spec::{SweepSpec, MAX_BODY};
+use crate::state::AppState;
+use crate::store::{
+    Capacity, Claim, HeartbeatReply, JobChange, JobDetail, MetricsReport, SweepDetail, SweepRow,
+};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "sweep coordinator", description = "Hyperparameter sweeps of the study's CIFAR-10 trainer: sweeps, jobs under leases, metrics, results."),
+    paths(submit_sweep, list_sweeps, get_sweep, cancel_sweep, get_job, results, claim, heartbeat, report_metrics, finish,
+          events::stream, healthz, prometheus, openapi),
+    components(schemas(SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
+                       HeartbeatReply, MetricsReport, FinishRequest, JobChange, Created, crate::store::JobRow,
+                       crate::store::EpochRow, crate::store::AttemptRow)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/sweeps", post(submit_sweep).get(list_sweeps))
+        .route("/api/sweeps/{id}", get(get_sweep))
+        .route("/api/sweeps/{id}/cancel", post(cancel_sweep))
+        .route("/api/sweeps/{id}/results", get(results))
+        .route("/api/jobs/claim", post(claim))
+        .route("/api/jobs/{id}", get(get_job))
+        .route("/api/jobs/{id}/heartbeat", post(heartbeat))
+        .route("/api/jobs/{id}/metrics", post(report_metrics))
+        .route("/api/jobs/{id}/finish", post(finish))
+        .route("/api/events", get(events::stream))
+        .route("/api/openapi.json", get(openapi))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(prometheus))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe_latency,
+        ))
+        .with_state(state)
+}
+
+async fn observe_latency(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let t0 = Instant::now();
+    let res = next.run(req).await;
+    state.telemetry.observe(t0.elapsed().as_secs_f64());
+    res
+}
+
+/// Writes need the bearer token; reads too when the server is `--private` (health checks never).
+async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let is_read = req.method() == Method::GET || req.method() == Method::HEAD;
+    let open = req.uri().path() == "/healthz" || (is_read && !state.private);
+    if !open {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes())) {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Created {
+    pub id: i64,
+    pub jobs: usize,
+}
+
+/// Submit a sweep: JSON, or TOML with `Content-Type: application/toml`. Rejected whole (422, the field
+/// named) if any part is wrong; nothing is stored then.
+#[utoipa::path(post, path = "/api/sweeps", tag = "sweeps", request_body(content = Object, description = "sweep spec (JSON or TOML)"),
+    responses((status = 201, body = Created), (status = 400), (status = 401), (status = 413), (status = 422)),
+    security(("bearer" = [])))]
+async fn submit_sweep(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Created>)> {
+    if body.len() > MAX_BODY {
+        return Err(ApiError::TooLarge(MAX_BODY));
+    }
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let spec = if ctype.contains("toml") {
+        SweepSpec::from_toml(text)?
+    } else {
+        SweepSpec::from_json(text)?
+    };
+    let (id, jobs) = state
+        .store
+        .create_sweep(&spec, state.clock.now_ms())
+        .await?;
+    tracing::info!(sweep = id, name = %spec.name, jobs, "sweep submitted");
+    state.publish(Event::Sweep {
+        sweep_id: id,
+        status: "pending".into(),
+    });
+    Ok((StatusCode::CREATED, Json(Created { id, jobs })))
+}
+
+#[utoipa::path(get, path = "/api/sweeps", tag = "sweeps", responses((status = 200, body = Vec<SweepRow>)))]
+async fn list_sweeps(State(state): State<AppState>) -> ApiResult<Json<Vec<SweepRow>>> {
+    Ok(Json(state.store.list_sweeps().await?))
+}
+
+#[utoipa::path(get, path = "/api/sweeps/{id}", tag = "sweeps", params(("id" = i64, Path)),
+    responses((status = 200, body = SweepDetail), (status = 404)))]
+async fn get_sweep(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<SweepDetail>> {
+    Ok(Json(state.store.get_sweep(id).await?))
+}
+
+/// Cancel a sweep: pending jobs at once, running jobs on their next heartbeat.
+#[utoipa::path(post, path = "/api/sweeps/{id}/cancel", tag = "sweeps", params(("id" = i64, Path)),
+    responses((status = 200), (status = 404)), security(("bearer" = [])))]
+async fn cancel_sweep(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Value>> {
+    let changed = state.store.cancel_sweep(id, state.clock.now_ms()).await?;
+    let n = changed.len();
+    for c in changed {
+        state.publish(Event::Job(c));
+    }
+    state.publish(Event::Sweep {
+        sweep_id: id,
+        status: "cancelled".into(),
+    });
+    Ok(Json(serde_json::json!({ "cancelled_pending": n })))
+}
+
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = i64, Path)),
+    responses((status = 200, body = JobDetail), (status = 404)))]
+async fn get_job(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<JobDetail>> {
+    Ok(Json(state.store.get_job(id).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ResultsQuery {
+    /// markdown (default), csv or json.
+    pub format: Option<String>,
+    /// Add precision, recall, F1, epochs and wall time columns (markdown).
+    #[serde(default)]
+    pub extra: bool,
+    /// The study's Chinese headings (markdown).
+    #[serde(default)]
+    pub chinese: bool,
+}
+
+/// Results in the study's format.
+#[utoipa::path(get, path = "/api/sweeps/{id}/results", tag = "sweeps", params(("id" = i64, Path), ResultsQuery),
+    responses((status = 200, description = "markdown, CSV or JSON"), (status = 404)))]
+async fn results(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<ResultsQuery>,
+) -> ApiResult<Response> {
+    let format = match q.format.as_deref().unwrap_or("markdown") {
+        "markdown" | "md" => Format::Markdown,
+        "csv" => Format::Csv,
+        "json" => Format::Json,
+        other => {
+            return Err(ApiError::Unprocessable(format!(
+                "format: unknown format {other:?} (markdown, csv, json)"
+            )))
+        }
+    };
+    let detail = state.store.get_sweep(id).await?;
+    let opts = TableOptions {
+        extra: q.extra,
+        chinese: q.chinese,
+    };
+    let (ctype, body) = export::render(&detail, format, &opts);
+    Ok(([(header::CONTENT_TYPE, ctype)], body).into_response())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ClaimRequest {
+    pub worker: String,
+    pub capacity: Option<Capacity>,
+}
+
+/// Take the oldest pending job that fits; 204 when none does.
+#[utoipa::path(post, path = "/api/jobs/claim", tag = "worker protocol", request_body = ClaimRequest,
+    responses((status = 200, body = Claim), (status = 204)), security(("bearer" = [])))]
+async fn claim(
+    State(state): State<AppState>,
+    AppJson(req): AppJson<ClaimRequest>,
+) -> ApiResult<Response> {
+    if req.worker.trim().is_empty() || req.worker.len() > 200 {
+        return Err(ApiError::Unprocessable(
+            "worker: must be a non-empty name of at most 200 bytes".into(),
+        ));
+    }
+    let now = state.clock.now_ms();
+    match state
+        .store
+        .claim_next(&req.worker, req.capacity, now, state.lease_ms)
+        .await?
+    {
+        Some(c) => {
+            state
+                .telemetry
+                .claims
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.publish(Event::Job(JobChange {
+                job_id: c.id,
+                sweep_id: c.sweep_id,
+                status: "running".into(),
+                attempt: c.attempt,
+            }));
+            Ok(Json(c).into_response())
+        }
+        None => {
+            state
+                .telemetry
+                .empty_claims
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct HeartbeatRequest {
+    pub attempt: i64,
+}
+
+/// Renew the lease; the reply says whether the job was cancelled.
+#[utoipa::path(post, path = "/api/jobs/{id}/heartbeat", tag = "worker protocol", params(("id" = i64, Path)),
+    request_body = HeartbeatRequest, responses((status = 200, body = HeartbeatReply), (status = 409)), security(("bearer" = [])))]
+async fn heartbeat(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    AppJson(req): AppJson<HeartbeatRequest>,
+) -> ApiResult<Json<HeartbeatReply>> {
+    Ok(Json(
+        state
+            .store
+            .heartbeat(id, req.attempt, state.clock.now_ms(), state.lease_ms)
+            .await?,
+    ))
+}
+
+/// Record one epoch's metrics (idempotent per epoch; 409 from an attempt that lost the lease).
+#[utoipa::path(post, path = "/api/jobs/{id}/metrics", tag = "worker protocol", params(("id" = i64, Path)),
+    request_body = MetricsReport, responses((status = 200), (status = 409)), security(("bearer" = [])))]
+async fn report_metrics(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    AppJson(m): AppJson<MetricsReport>,
+) -> ApiResult<Json<Value>> {
+    if m.epoch < 1 {
+        return Err(ApiError::Unprocessable("epoch: must be at least 1".into()));
+    }
+    let sweep_id = state
+        .store
+        .record_metrics(id, &m, state.clock.now_ms())
+        .await?;
+    state.publish(Event::Metrics {
+        job_id: id,
+        sweep_id,
+        metrics: m,
+    });
+    Ok(Json(serde_json::json!({ "ok": true })))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct FinishRequest {
+    pub attempt: i64,
+    /// completed, diverged, failed, or cancelled (after a cancel seen on a heartbeat).
+    pub status: String,
+    #[schema(value_type = Object)]
+    pub summary: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// End the attempt. `failed` is retried until the job's attempts run out; a repeat is a no-op.
+#[utoipa::path(post, path = "/api/jobs/{id}/finish", tag = "worker protocol", params(("id" = i64, Path)),
+    request_body = FinishRequest, responses((status = 200, body = JobChange), (status = 409), (status = 422)), security(("bearer" = [])))]
+async fn finish(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    AppJson(req): AppJson<FinishRequest>,
+) -> ApiResult<Json<JobChange>> {
+    if !["completed", "diverged", "failed", "cancelled"].contains(&req.status.as_str()) {
+        return Err(ApiError::Unprocessable(format!(
+            "status: {:?} is not completed, diverged, failed or cancelled",
+            req.status
+        )));
+    }
+    let error = req.error.as_deref().map(|e| truncate(e, 8192));
+    let change = state
+        .store
+        .finish(
+            id,
+            req.attempt,
+            &req.status,
+            req.summary.as_ref(),
+            error,
+            state.clock.now_ms(),
+        )
+        .await?;
+    state.publish(Event::Job(change.clone()));
+    Ok(Json(change))
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Prometheus text: jobs by status, claims, lease expiries, request latency.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+async fn prometheus(State(state): State<AppState>) -> ApiResult<Response> {
+    let counts = state.store.job_counts().await?;
+    let body = state.telemetry.render(&counts);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations", responses((status = 200, description = "this document")))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary (errors carry stderr tails of any size).
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,61 @@
+//! Server-sent events for the dashboard: job state changes and new metrics, as they are committed.
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::Stream;
+use serde::Serialize;
+use std::convert::Infallible;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::StreamExt;
+
+use crate::state::AppState;
+use crate::store::{JobChange, MetricsReport};
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Event {
+    Job(JobChange),
+    Metrics {
+        job_id: i64,
+        sweep_id: i64,
+        #[serde(flatten)]
+        metrics: MetricsReport,
+    },
+    Sweep {
+        sweep_id: i64,
+        status: String,
+    },
+}
+
+impl AppState {
+    /// Publishes an event; nobody listening is fine.
+    pub fn publish(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+}
+
+/// `GET /api/events`: a stream of JSON events (`type` = job, metrics or sweep). A client that falls
+/// behind gets a `lagged` event and should refetch.
+#[utoipa::path(get, path = "/api/events", tag = "dashboard",
+    responses((status = 200, description = "text/event-stream of job, metrics and sweep events")))]
+pub async fn stream(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = BroadcastStream::new(state.events.subscribe());
+    let events = rx.map(|msg| {
+        Ok(match msg {
+            Ok(e) => {
+                let kind = match &e {
+                    Event::Job(_) => "job",
+                    Event::Metrics { .. } => "metrics",
+                    Event::Sweep { .. } => "sweep",
+                };
+                SseEvent::default()
+                    .event(kind)
+                    .json_data(&e)
+                    .unwrap_or_default()
+            }
+            Err(_) => SseEvent::default().event("lagged").data("{}"),
+        })
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}

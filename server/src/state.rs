@@ -1,0 +1,50 @@
+//! The application state: cheap handles shared by every request.
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+use crate::store::Store;
+use crate::telemetry::Telemetry;
+
+/// Where "now" comes from. Scheduling code takes `now` as an argument; only handlers read the clock,
+/// so tests can move time forward by hand.
+#[derive(Clone, Debug)]
+pub enum Clock {
+    System,
+    Manual(Arc<AtomicI64>),
+}
+
+impl Clock {
+    pub fn manual(start_ms: i64) -> Self {
+        Clock::Manual(Arc::new(AtomicI64::new(start_ms)))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        match self {
+            Clock::System => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+            Clock::Manual(t) => t.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Moves a manual clock forward (no-op on the system clock).
+    pub fn advance_ms(&self, ms: i64) {
+        if let Clock::Manual(t) = self {
+            t.fetch_add(ms, Ordering::SeqCst);
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub clock: Clock,
+    pub lease_ms: i64,
+    pub token: Arc<str>,
+    /// Reads need the token too.
+    pub private: bool,
+    pub events: broadcast::Sender<crate::events::Event>,
+    pub telemetry: Arc<Telemetry>,
+}

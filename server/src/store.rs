@@ -1,0 +1,737 @@
+//! The coordinator's state in SQLite. Every state change is one transaction; every worker write is
+//! fenced by attempt inside the statement that makes it, never by a read followed by a write.
+//!
+//! Writes go through a pool of one connection (SQLite has one writer anyway; queuing in the pool is
+//! cheaper than SQLITE_BUSY retries), reads through a pool of several (WAL lets them run alongside).
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::spec::{self, SweepSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A write from an attempt that no longer holds the job (or a job no longer running).
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+/// Job statuses that end a job.
+pub const FINAL: [&str; 4] = ["completed", "diverged", "failed", "cancelled"];
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Claim {
+    pub id: i64,
+    pub sweep_id: i64,
+    pub attempt: i64,
+    #[schema(value_type = Object)]
+    pub params: Value,
+    pub lease_expires_at: i64,
+}
+
+/// What a worker has free; a claim only hands out a job that fits.
+#[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
+pub struct Capacity {
+    /// Free ranks (devices or CPU rank slots): a job needs `nproc_per_node` of them.
+    pub ranks: i64,
+    /// Largest per-process batch size the free slot takes (packing small jobs); none: any.
+    pub max_batch_size: Option<i64>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize, Serialize, utoipa::ToSchema)]
+pub struct MetricsReport {
+    pub attempt: i64,
+    pub epoch: i64,
+    pub lr: Option<f64>,
+    pub train_loss: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub f1: Option<f64>,
+    pub images_per_sec: Option<f64>,
+    pub seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct EpochRow {
+    pub epoch: i64,
+    pub attempt: i64,
+    pub lr: Option<f64>,
+    pub train_loss: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub f1: Option<f64>,
+    pub images_per_sec: Option<f64>,
+    pub seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct AttemptRow {
+    pub attempt: i64,
+    pub worker: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct JobRow {
+    pub id: i64,
+    pub sweep_id: i64,
+    #[schema(value_type = Object)]
+    pub params: Value,
+    pub status: String,
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub epoch: i64,
+    pub epochs: i64,
+    pub worker: Option<String>,
+    pub error: Option<String>,
+    #[schema(value_type = Object)]
+    pub summary: Option<Value>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// The last recorded epoch's metrics.
+    pub latest: Option<EpochRow>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: JobRow,
+    pub metrics: Vec<EpochRow>,
+    pub attempts: Vec<AttemptRow>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct SweepRow {
+    pub id: i64,
+    pub name: String,
+    pub status: String,
+    pub created_at: i64,
+    /// Number of jobs (the sweep document's `jobs` is the list of them).
+    pub total: i64,
+    pub pending: i64,
+    pub running: i64,
+    pub completed: i64,
+    pub diverged: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    pub best_accuracy: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct SweepDetail {
+    #[serde(flatten)]
+    pub sweep: SweepRow,
+    #[schema(value_type = Object)]
+    pub spec: Value,
+    pub jobs: Vec<JobRow>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct HeartbeatReply {
+    pub cancel: bool,
+    pub lease_expires_at: i64,
+}
+
+/// A job whose state changed, for the event stream.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct JobChange {
+    pub job_id: i64,
+    pub sweep_id: i64,
+    pub status: String,
+    pub attempt: i64,
+}
+
+fn sweep_status(cancelled: bool, pending: i64, running: i64, total: i64) -> String {
+    if cancelled {
+        "cancelled"
+    } else if running > 0 || (pending > 0 && pending < total) {
+        "running"
+    } else if pending > 0 {
+        "pending"
+    } else {
+        "finished"
+    }
+    .into()
+}
+
+fn parse_json(text: Option<&str>) -> Option<Value> {
+    text.and_then(|t| serde_json::from_str(t).ok())
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and applies the migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL in WAL mode: a commit survives a crash of this process (SIGKILL included); on
+            // power loss the last commits before the WAL was synced may be lost, never corrupted.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        sqlx::migrate!("../migrations").run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(Store { read, write })
+    }
+
+    /// After a restart, running jobs get a fresh lease: their workers could not heartbeat while the
+    /// coordinator was down, and must not lose their jobs for it.
+    pub async fn extend_running_leases(&self, now: i64, lease_ms: i64) -> Result<u64> {
+        let until = now + lease_ms;
+        let r = sqlx::query!(
+            "UPDATE jobs SET lease_expires_at = max(lease_expires_at, ?) WHERE status = 'running'",
+            until
+        )
+        .execute(&self.write)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn create_sweep(&self, spec: &SweepSpec, now: i64) -> Result<(i64, usize)> {
+        let jobs = spec.expand();
+        let spec_json = spec.to_value().to_string();
+        let mut tx = self.write.begin().await?;
+        let sweep_id = sqlx::query_scalar!(
+            r#"INSERT INTO sweeps (name, spec, created_at) VALUES (?, ?, ?) RETURNING id AS "id!""#,
+            spec.name,
+            spec_json,
+            now
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        for (idx, params) in jobs.iter().enumerate() {
+            let (batch_size, nproc, epochs) = spec::job_shape(params);
+            let idx = idx as i64;
+            let params = Value::Object(params.clone()).to_string();
+            sqlx::query!(
+                "INSERT INTO jobs (sweep_id, idx, params, max_attempts, batch_size, nproc, epochs, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                sweep_id,
+                idx,
+                params,
+                spec.max_attempts,
+                batch_size,
+                nproc,
+                epochs,
+                now
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((sweep_id, jobs.len()))
+    }
+
+    /// Hands the oldest pending job that fits `capacity` to `worker`, under a lease. One statement
+    /// picks and takes the job, so two claims can never get the same one.
+    pub async fn claim_next(
+        &self,
+        worker: &str,
+        capacity: Option<Capacity>,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Option<Claim>> {
+        let until = now + lease_ms;
+        let (ranks, max_batch) = match capacity {
+            Some(c) => (Some(c.ranks), c.max_batch_size),
+            None => (None, None),
+        };
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query!(
+            r#"UPDATE jobs SET status = 'running', worker = ?1, lease_expires_at = ?2,
+                   started_at = coalesce(started_at, ?3), cancel_requested = 0
+               WHERE id = (SELECT id FROM jobs WHERE status = 'pending'
+                             AND (?4 IS NULL OR nproc <= ?4)
+                             AND (?5 IS NULL OR batch_size <= ?5)
+                           ORDER BY id LIMIT 1)
+               RETURNING id AS "id!", sweep_id AS "sweep_id!", attempt AS "attempt!", params AS "params!""#,
+            worker,
+            until,
+            now,
+            ranks,
+            max_batch
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        sqlx::query!(
+            "INSERT INTO attempts (job_id, attempt, worker, started_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (job_id, attempt) DO UPDATE SET worker = excluded.worker, started_at = excluded.started_at",
+            row.id,
+            row.attempt,
+            worker,
+            now
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Claim {
+            id: row.id,
+            sweep_id: row.sweep_id,
+            attempt: row.attempt,
+            params: serde_json::from_str(&row.params).unwrap_or(Value::Null),
+            lease_expires_at: until,
+        }))
+    }
+
+    /// The fence: Ok if `attempt` holds `job` (running), else why not.
+    async fn fence_error(&self, job: i64, attempt: i64) -> StoreError {
+        match sqlx::query!("SELECT status, attempt FROM jobs WHERE id = ?", job)
+            .fetch_optional(&self.write)
+            .await
+        {
+            Ok(None) => StoreError::NotFound(format!("job {job}")),
+            Ok(Some(r)) if r.attempt != attempt => StoreError::Conflict(format!(
+                "job {job}: attempt {attempt} no longer holds the lease (current attempt {})",
+                r.attempt
+            )),
+            Ok(Some(r)) => StoreError::Conflict(format!("job {job} is {}, not running", r.status)),
+            Err(e) => e.into(),
+        }
+    }
+
+    pub async fn heartbeat(
+        &self,
+        job: i64,
+        attempt: i64,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<HeartbeatReply> {
+        let until = now + lease_ms;
+        let row = sqlx::query!(
+            r#"UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND attempt = ? AND status = 'running'
+               RETURNING cancel_requested AS "cancel!""#,
+            until,
+            job,
+            attempt
+        )
+        .fetch_optional(&self.write)
+        .await?;
+        match row {
+            Some(r) => Ok(HeartbeatReply {
+                cancel: r.cancel != 0,
+                lease_expires_at: until,
+            }),
+            None => Err(self.fence_error(job, attempt).await),
+        }
+    }
+
+    /// Stores one epoch's metrics. The same epoch reported twice is stored once; a later attempt's
+    /// report of an epoch replaces an earlier attempt's (it is the trajectory that continues).
+    pub async fn record_metrics(&self, job: i64, m: &MetricsReport, now: i64) -> Result<i64> {
+        let mut tx = self.write.begin().await?;
+        let sweep = sqlx::query_scalar!(
+            r#"UPDATE jobs SET epoch = max(epoch, ?) WHERE id = ? AND attempt = ? AND status = 'running'
+               RETURNING sweep_id AS "sweep_id!""#,
+            m.epoch,
+            job,
+            m.attempt
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(sweep) = sweep else {
+            drop(tx);
+            return Err(self.fence_error(job, m.attempt).await);
+        };
+        sqlx::query!(
+            "INSERT INTO metrics (job_id, epoch, attempt, lr, train_loss, test_loss, accuracy, precision, recall, f1,
+                                  images_per_sec, seconds, recorded_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (job_id, epoch) DO UPDATE SET
+                attempt = excluded.attempt, lr = excluded.lr, train_loss = excluded.train_loss,
+                test_loss = excluded.test_loss, accuracy = excluded.accuracy, precision = excluded.precision,
+                recall = excluded.recall, f1 = excluded.f1, images_per_sec = excluded.images_per_sec,
+                seconds = excluded.seconds, recorded_at = excluded.recorded_at
+             WHERE excluded.attempt > metrics.attempt",
+            job,
+            m.epoch,
+            m.attempt,
+            m.lr,
+            m.train_loss,
+            m.test_loss,
+            m.accuracy,
+            m.precision,
+            m.recall,
+            m.f1,
+            m.images_per_sec,
+            m.seconds,
+            now
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(sweep)
+    }
+
+    /// Ends an attempt. `completed`, `diverged` and `cancelled` end the job; `failed` sends it back to
+    /// pending with the next attempt unless it has used all of them. A repeated finish is a no-op.
+    pub async fn finish(
+        &self,
+        job: i64,
+        attempt: i64,
+        outcome: &str,
+        summary: Option<&Value>,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<JobChange> {
+        let summary = summary.map(Value::to_string);
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query!(
+            r#"UPDATE jobs SET
+                 status = CASE WHEN ?3 = 'failed' AND attempt < max_attempts THEN 'pending' ELSE ?3 END,
+                 attempt = CASE WHEN ?3 = 'failed' AND attempt < max_attempts THEN attempt + 1 ELSE attempt END,
+                 finished_at = CASE WHEN ?3 = 'failed' AND attempt < max_attempts THEN NULL ELSE ?4 END,
+                 summary = coalesce(?5, summary),
+                 error = ?6,
+                 worker = CASE WHEN ?3 = 'failed' AND attempt < max_attempts THEN NULL ELSE worker END,
+                 lease_expires_at = NULL
+               WHERE id = ?1 AND attempt = ?2 AND status = 'running'
+               RETURNING sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!""#,
+            job,
+            attempt,
+            outcome,
+            now,
+            summary,
+            error
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            drop(tx);
+            // Idempotent: the same attempt finishing the same way again changes nothing.
+            let done = sqlx::query!(
+                r#"SELECT outcome AS "outcome?", sweep_id, j.status, j.attempt FROM attempts a JOIN jobs j ON j.id = a.job_id
+                   WHERE a.job_id = ? AND a.attempt = ?"#,
+                job,
+                attempt
+            )
+            .fetch_optional(&self.write)
+            .await?;
+            if let Some(d) = done {
+                if d.outcome.as_deref() == Some(outcome) {
+                    return Ok(JobChange {
+                        job_id: job,
+                        sweep_id: d.sweep_id,
+                        status: d.status,
+                        attempt: d.attempt,
+                    });
+                }
+            }
+            return Err(self.fence_error(job, attempt).await);
+        };
+        sqlx::query!(
+            "UPDATE attempts SET ended_at = ?, outcome = ?, error = ? WHERE job_id = ? AND attempt = ?",
+            now,
+            outcome,
+            error,
+            job,
+            attempt
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(JobChange {
+            job_id: job,
+            sweep_id: row.sweep_id,
+            status: row.status,
+            attempt: row.attempt,
+        })
+    }
+
+    /// Returns every running job whose lease ran out before `now` to pending with the next attempt,
+    /// or fails it when it has used all its attempts.
+    pub async fn requeue_expired(&self, now: i64) -> Result<Vec<JobChange>> {
+        let mut tx = self.write.begin().await?;
+        let rows = sqlx::query!(
+            r#"UPDATE jobs SET
+                 status = CASE WHEN attempt < max_attempts THEN 'pending' ELSE 'failed' END,
+                 error = CASE WHEN attempt < max_attempts THEN error
+                              ELSE 'lease expired on attempt ' || attempt || ' of ' || max_attempts || ' (worker ' || coalesce(worker, '?') || ' stopped heartbeating)' END,
+                 finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE ?1 END,
+                 attempt = CASE WHEN attempt < max_attempts THEN attempt + 1 ELSE attempt END,
+                 worker = NULL, lease_expires_at = NULL
+               WHERE status = 'running' AND lease_expires_at < ?1
+               RETURNING id AS "id!", sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!""#,
+            now
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &rows {
+            // The attempt that lost its lease is the one before a requeue, the current one after a failure.
+            let lost = if r.status == "pending" {
+                r.attempt - 1
+            } else {
+                r.attempt
+            };
+            sqlx::query!(
+                "UPDATE attempts SET ended_at = ?, outcome = 'lease expired', error = 'no heartbeat before the lease ran out'
+                 WHERE job_id = ? AND attempt = ? AND ended_at IS NULL",
+                now,
+                r.id,
+                lost
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| JobChange {
+                job_id: r.id,
+                sweep_id: r.sweep_id,
+                status: r.status,
+                attempt: r.attempt,
+            })
+            .collect())
+    }
+
+    /// Cancels pending jobs at once; running ones learn it on their next heartbeat.
+    pub async fn cancel_sweep(&self, sweep: i64, now: i64) -> Result<Vec<JobChange>> {
+        let mut tx = self.write.begin().await?;
+        let found = sqlx::query!(
+            "UPDATE sweeps SET cancelled_at = coalesce(cancelled_at, ?) WHERE id = ?",
+            now,
+            sweep
+        )
+        .execute(&mut *tx)
+        .await?;
+        if found.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("sweep {sweep}")));
+        }
+        let rows = sqlx::query!(
+            r#"UPDATE jobs SET status = 'cancelled', finished_at = ?, error = 'cancelled before it started'
+               WHERE sweep_id = ? AND status = 'pending'
+               RETURNING id AS "id!", attempt AS "attempt!""#,
+            now,
+            sweep
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "UPDATE jobs SET cancel_requested = 1 WHERE sweep_id = ? AND status = 'running'",
+            sweep
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| JobChange {
+                job_id: r.id,
+                sweep_id: sweep,
+                status: "cancelled".into(),
+                attempt: r.attempt,
+            })
+            .collect())
+    }
+
+    pub async fn list_sweeps(&self) -> Result<Vec<SweepRow>> {
+        let rows = sqlx::query!(
+            r#"SELECT s.id AS "id!", s.name, s.created_at, s.cancelled_at,
+                 count(j.id) AS "total!: i64",
+                 coalesce(sum(j.status = 'pending'), 0) AS "pending!: i64",
+                 coalesce(sum(j.status = 'running'), 0) AS "running!: i64",
+                 coalesce(sum(j.status = 'completed'), 0) AS "completed!: i64",
+                 coalesce(sum(j.status = 'diverged'), 0) AS "diverged!: i64",
+                 coalesce(sum(j.status = 'failed'), 0) AS "failed!: i64",
+                 coalesce(sum(j.status = 'cancelled'), 0) AS "cancelled!: i64",
+                 (SELECT max(m.accuracy) FROM metrics m JOIN jobs j2 ON j2.id = m.job_id WHERE j2.sweep_id = s.id
+                    AND m.epoch = j2.epoch) AS "best_accuracy: f64"
+               FROM sweeps s LEFT JOIN jobs j ON j.sweep_id = s.id
+               GROUP BY s.id ORDER BY s.id DESC"#
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SweepRow {
+                status: sweep_status(r.cancelled_at.is_some(), r.pending, r.running, r.total),
+                id: r.id,
+                name: r.name,
+                created_at: r.created_at,
+                total: r.total,
+                pending: r.pending,
+                running: r.running,
+                completed: r.completed,
+                diverged: r.diverged,
+                failed: r.failed,
+                cancelled: r.cancelled,
+                best_accuracy: r.best_accuracy,
+            })
+            .collect())
+    }
+
+    pub async fn get_sweep(&self, sweep: i64) -> Result<SweepDetail> {
+        let s = sqlx::query!("SELECT spec FROM sweeps WHERE id = ?", sweep)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))?;
+        let row = self
+            .list_sweeps()
+            .await?
+            .into_iter()
+            .find(|r| r.id == sweep)
+            .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))?;
+        let jobs = self.jobs_of(sweep).await?;
+        Ok(SweepDetail {
+            sweep: row,
+            spec: serde_json::from_str(&s.spec).unwrap_or(Value::Null),
+            jobs,
+        })
+    }
+
+    /// The jobs of a sweep in grid order, each with its latest epoch's metrics.
+    pub async fn jobs_of(&self, sweep: i64) -> Result<Vec<JobRow>> {
+        let rows = sqlx::query!(
+            r#"SELECT j.id AS "id!", j.sweep_id, j.params, j.status, j.attempt, j.max_attempts, j.epoch, j.epochs,
+                      j.worker, j.error, j.summary, j.started_at, j.finished_at,
+                      m.epoch AS "m_epoch?", m.attempt AS "m_attempt?", m.lr, m.train_loss, m.test_loss, m.accuracy,
+                      m.precision, m.recall, m.f1, m.images_per_sec, m.seconds
+               FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+               WHERE j.sweep_id = ? ORDER BY j.idx"#,
+            sweep
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| JobRow {
+                latest: r.m_epoch.map(|epoch| EpochRow {
+                    epoch,
+                    attempt: r.m_attempt.unwrap_or(0),
+                    lr: r.lr,
+                    train_loss: r.train_loss,
+                    test_loss: r.test_loss,
+                    accuracy: r.accuracy,
+                    precision: r.precision,
+                    recall: r.recall,
+                    f1: r.f1,
+                    images_per_sec: r.images_per_sec,
+                    seconds: r.seconds,
+                }),
+                id: r.id,
+                sweep_id: r.sweep_id,
+                params: serde_json::from_str(&r.params).unwrap_or(Value::Null),
+                status: r.status,
+                attempt: r.attempt,
+                max_attempts: r.max_attempts,
+                epoch: r.epoch,
+                epochs: r.epochs,
+                worker: r.worker,
+                error: r.error,
+                summary: parse_json(r.summary.as_deref()),
+                started_at: r.started_at,
+                finished_at: r.finished_at,
+            })
+            .collect())
+    }
+
+    pub async fn get_job(&self, job: i64) -> Result<JobDetail> {
+        let sweep = sqlx::query_scalar!("SELECT sweep_id FROM jobs WHERE id = ?", job)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
+        let row = self
+            .jobs_of(sweep)
+            .await?
+            .into_iter()
+            .find(|j| j.id == job)
+            .expect("job of its sweep");
+        let metrics = sqlx::query_as!(
+            EpochRow,
+            "SELECT epoch, attempt, lr, train_loss, test_loss, accuracy, precision, recall, f1, images_per_sec, seconds
+             FROM metrics WHERE job_id = ? ORDER BY epoch",
+            job
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let attempts = sqlx::query_as!(
+            AttemptRow,
+            "SELECT attempt, worker, started_at, ended_at, outcome, error FROM attempts WHERE job_id = ? ORDER BY attempt",
+            job
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(JobDetail {
+            job: row,
+            metrics,
+            attempts,
+        })
+    }
+
+    /// Every recorded epoch of every job of a sweep, for curves and figures.
+    pub async fn sweep_metrics(&self, sweep: i64) -> Result<Vec<(i64, EpochRow)>> {
+        let rows = sqlx::query!(
+            r#"SELECT m.job_id, m.epoch, m.attempt, m.lr, m.train_loss, m.test_loss, m.accuracy, m.precision, m.recall,
+                      m.f1, m.images_per_sec, m.seconds
+               FROM metrics m JOIN jobs j ON j.id = m.job_id WHERE j.sweep_id = ? ORDER BY m.job_id, m.epoch"#,
+            sweep
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let e = EpochRow {
+                    epoch: r.epoch,
+                    attempt: r.attempt,
+                    lr: r.lr,
+                    train_loss: r.train_loss,
+                    test_loss: r.test_loss,
+                    accuracy: r.accuracy,
+                    precision: r.precision,
+                    recall: r.recall,
+                    f1: r.f1,
+                    images_per_sec: r.images_per_sec,
+                    seconds: r.seconds,
+                };
+                (r.job_id, e)
+            })
+            .collect())
+    }
+
+    pub async fn job_counts(&self) -> Result<Map<String, Value>> {
+        let rows =
+            sqlx::query!(r#"SELECT status, count(*) AS "n!: i64" FROM jobs GROUP BY status"#)
+                .fetch_all(&self.read)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.status, Value::from(r.n)))
+            .collect())
+    }
+}

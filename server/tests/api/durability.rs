@@ -1,0 +1,132 @@
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// Starts the real `server` binary on a random port; returns it and its base URL.
+fn start(db: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--token", "t", "--db"])
+        .arg(db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("the server prints its address")
+        .to_string();
+    (child, base)
+}
+
+async fn post(http: &reqwest::Client, url: String, body: Value) -> (StatusCode, Value) {
+    let r = http
+        .post(url)
+        .bearer_auth("t")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Everything acknowledged before a SIGKILL is there after a restart, and the running job's worker
+/// can carry on heartbeating.
+#[tokio::test]
+async fn sigkill_and_restart_lose_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let http = reqwest::Client::new();
+    let (mut child, base) = start(&db);
+    let r = http
+        .post(format!("{base}/api/sweeps"))
+        .bearer_auth("t")
+        .header("content-type", "application/toml")
+        .body("name = \"durable\"\n[grid]\nseed = [1, 2, 3]\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (_, c) = post(
+        &http,
+        format!("{base}/api/jobs/claim"),
+        json!({"worker": "w"}),
+    )
+    .await;
+    let job = c["id"].as_i64().unwrap();
+    let mut acked = 0;
+    for epoch in 1..=50 {
+        let (s, _) = post(
+            &http,
+            format!("{base}/api/jobs/{job}/metrics"),
+            json!({"attempt": 1, "epoch": epoch, "accuracy": epoch as f64 / 100.0}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        acked = epoch;
+    }
+    let (_, c2) = post(
+        &http,
+        format!("{base}/api/jobs/claim"),
+        json!({"worker": "w"}),
+    )
+    .await;
+    let (s, _) = post(
+        &http,
+        format!("{base}/api/jobs/{}/finish", c2["id"]),
+        json!({"attempt": 1, "status": "completed"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    child.kill().unwrap(); // SIGKILL: no shutdown path runs
+    child.wait().unwrap();
+
+    let (mut child, base) = start(&db);
+    let job_doc: Value = http
+        .get(format!("{base}/api/jobs/{job}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job_doc["status"], "running");
+    assert_eq!(job_doc["metrics"].as_array().unwrap().len(), acked as usize);
+    assert_eq!(job_doc["epoch"], acked);
+    let (s, hb) = post(
+        &http,
+        format!("{base}/api/jobs/{job}/heartbeat"),
+        json!({"attempt": 1}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{hb}");
+    let done: Value = http
+        .get(format!("{base}/api/jobs/{}", c2["id"]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed");
+    let (_, c3) = post(
+        &http,
+        format!("{base}/api/jobs/claim"),
+        json!({"worker": "w"}),
+    )
+    .await;
+    assert!(
+        c3["id"]
+            .as_i64()
+            .is_some_and(|id| id != job && id != c2["id"].as_i64().unwrap()),
+        "the third job is still pending"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -1,0 +1,150 @@
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use server::startup::{Application, ServeConfig};
+use server::state::{AppState, Clock};
+
+pub const TOKEN: &str = "test-token";
+pub const LEASE_MS: i64 = 30_000;
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub state: AppState,
+    pub clock: Clock,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+/// Starts the real server on port 0 over a fresh SQLite file, with a clock the test moves by hand
+/// and the reaper effectively off (tests call `reap`).
+pub async fn spawn_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sweeps.db");
+    let clock = Clock::manual(1_800_000_000_000);
+    let mut cfg = ServeConfig::new(db);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.token = Some(TOKEN.into());
+    cfg.lease_ms = LEASE_MS;
+    cfg.clock = clock.clone();
+    cfg.reap_every = std::time::Duration::from_secs(3600);
+    tweak(&mut cfg);
+    let app = Application::build(cfg).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state().clone();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    TestApp {
+        base,
+        http: reqwest::Client::new(),
+        state,
+        clock,
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_text(&self, path: &str) -> String {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.text().await.unwrap()
+    }
+
+    pub async fn submit_toml(&self, toml: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/sweeps", self.base))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/toml")
+            .body(toml.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn claim(&self, worker: &str) -> Option<Value> {
+        let (status, body) = self
+            .post("/api/jobs/claim", json!({ "worker": worker }))
+            .await;
+        match status {
+            StatusCode::OK => Some(body),
+            StatusCode::NO_CONTENT => None,
+            other => panic!("claim: {other} {body}"),
+        }
+    }
+
+    pub async fn metrics(
+        &self,
+        job: i64,
+        attempt: i64,
+        epoch: i64,
+        loss: Option<f64>,
+        acc: f64,
+    ) -> StatusCode {
+        let body = json!({"attempt": attempt, "epoch": epoch, "lr": 0.01, "train_loss": loss, "test_loss": loss,
+                          "accuracy": acc, "precision": acc, "recall": acc, "f1": acc, "images_per_sec": 100.0, "seconds": 1.0});
+        self.post(&format!("/api/jobs/{job}/metrics"), body).await.0
+    }
+
+    pub async fn finish(&self, job: i64, attempt: i64, status: &str) -> (StatusCode, Value) {
+        self.post(
+            &format!("/api/jobs/{job}/finish"),
+            json!({"attempt": attempt, "status": status,
+            "summary": {"device": "Cpu", "git_commit": "abc123"}}),
+        )
+        .await
+    }
+
+    pub async fn job(&self, id: i64) -> Value {
+        let (s, v) = self.get(&format!("/api/jobs/{id}")).await;
+        assert_eq!(s, StatusCode::OK);
+        v
+    }
+
+    /// Moves time past the lease and runs the reaper once.
+    pub async fn expire_leases(&self) -> usize {
+        self.clock.advance_ms(LEASE_MS + 1);
+        server::startup::reap_once(&self.state).await.unwrap()
+    }
+}
+
+pub const TWO_JOBS: &str = r#"
+name = "two"
+[train]
+dataset = "synthetic"
+epochs = 2
+[grid]
+lr = [0.01, 0.0001]
+"#;

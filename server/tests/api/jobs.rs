@@ -1,0 +1,450 @@
+use crate::helpers::*;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn a_sweep_lives_from_submit_to_finished() {
+    let app = spawn_app().await;
+    let (s, created) = app.submit_toml(TWO_JOBS).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(created["jobs"], 2);
+    let sweep = created["id"].as_i64().unwrap();
+
+    let c = app.claim("w1").await.expect("a job");
+    assert_eq!(
+        (c["sweep_id"].as_i64(), c["attempt"].as_i64()),
+        (Some(sweep), Some(1))
+    );
+    assert_eq!(c["params"]["lr"], 0.01, "oldest first");
+    assert_eq!(c["params"]["epochs"], 2);
+    let job = c["id"].as_i64().unwrap();
+    let (s, hb) = app
+        .post(&format!("/api/jobs/{job}/heartbeat"), json!({"attempt": 1}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(hb["cancel"], false);
+    assert!(hb["lease_expires_at"].as_i64().unwrap() > c["lease_expires_at"].as_i64().unwrap() - 1);
+    assert_eq!(app.metrics(job, 1, 1, Some(1.5), 0.4).await, StatusCode::OK);
+    assert_eq!(app.metrics(job, 1, 2, Some(1.2), 0.5).await, StatusCode::OK);
+    let (_, sw) = app.get(&format!("/api/sweeps/{sweep}")).await;
+    assert_eq!(sw["status"], "running");
+    assert_eq!(sw["jobs"][0]["status"], "running");
+    assert_eq!(sw["jobs"][0]["worker"], "w1");
+    assert_eq!(sw["jobs"][0]["epoch"], 2);
+    assert_eq!(sw["jobs"][0]["latest"]["accuracy"], 0.5);
+    assert_eq!(app.finish(job, 1, "completed").await.0, StatusCode::OK);
+
+    let c2 = app.claim("w2").await.expect("second job");
+    let job2 = c2["id"].as_i64().unwrap();
+    assert_eq!(
+        app.metrics(job2, 1, 1, None, 0.1).await,
+        StatusCode::OK,
+        "a NaN loss is stored as null"
+    );
+    assert_eq!(app.finish(job2, 1, "diverged").await.0, StatusCode::OK);
+    assert!(app.claim("w1").await.is_none(), "nothing left: 204");
+
+    let detail = app.job(job).await;
+    assert_eq!(detail["status"], "completed");
+    assert_eq!(detail["metrics"].as_array().unwrap().len(), 2);
+    assert_eq!(detail["metrics"][1]["epoch"], 2);
+    assert_eq!(detail["metrics"][1]["attempt"], 1);
+    assert_eq!(detail["attempts"][0]["outcome"], "completed");
+    assert_eq!(detail["summary"]["git_commit"], "abc123");
+    let d2 = app.job(job2).await;
+    assert_eq!(d2["status"], "diverged");
+    assert!(d2["metrics"][0]["test_loss"].is_null());
+    let (_, list) = app.get("/api/sweeps").await;
+    assert_eq!(list[0]["status"], "finished");
+    assert_eq!(
+        (list[0]["completed"].as_i64(), list[0]["diverged"].as_i64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(list[0]["best_accuracy"], 0.5);
+}
+
+#[tokio::test]
+async fn a_stale_attempt_gets_409_and_changes_nothing() {
+    let app = spawn_app().await;
+    app.submit_toml(TWO_JOBS).await;
+    let c = app.claim("w1").await.unwrap();
+    let job = c["id"].as_i64().unwrap();
+    assert_eq!(app.metrics(job, 1, 1, Some(1.0), 0.3).await, StatusCode::OK);
+
+    assert_eq!(app.expire_leases().await, 1);
+    let j = app.job(job).await;
+    assert_eq!(
+        (j["status"].as_str(), j["attempt"].as_i64()),
+        (Some("pending"), Some(2))
+    );
+    assert_eq!(j["attempts"][0]["outcome"], "lease expired");
+
+    // The old worker wakes up: every write is refused.
+    let (s, body) = app
+        .post(&format!("/api/jobs/{job}/heartbeat"), json!({"attempt": 1}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(body["error"].as_str().unwrap().contains("attempt 1"));
+    assert_eq!(
+        app.metrics(job, 1, 2, Some(0.9), 0.4).await,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        app.finish(job, 1, "completed").await.0,
+        StatusCode::CONFLICT
+    );
+    let after = app.job(job).await;
+    assert_eq!(after["status"], "pending");
+    assert_eq!(
+        after["metrics"].as_array().unwrap().len(),
+        1,
+        "the stale epoch 2 was not stored"
+    );
+
+    // The next claim resumes it as attempt 2; attempt 1 still cannot finish it.
+    let c2 = app.claim("w2").await.unwrap();
+    assert_eq!(
+        (c2["id"].as_i64(), c2["attempt"].as_i64()),
+        (Some(job), Some(2))
+    );
+    assert_eq!(
+        app.finish(job, 1, "completed").await.0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        app.metrics(job, 2, 1, Some(0.8), 0.35).await,
+        StatusCode::OK,
+        "a later attempt replaces its epoch"
+    );
+    assert_eq!(app.finish(job, 2, "completed").await.0, StatusCode::OK);
+    let done = app.job(job).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["metrics"][0]["attempt"], 2);
+    assert_eq!(done["metrics"][0]["accuracy"], 0.35);
+}
+
+#[tokio::test]
+async fn leases_renewed_by_heartbeat_do_not_expire() {
+    let app = spawn_app().await;
+    app.submit_toml(TWO_JOBS).await;
+    let job = app.claim("w1").await.unwrap()["id"].as_i64().unwrap();
+    for _ in 0..3 {
+        app.clock.advance_ms(LEASE_MS / 2);
+        assert_eq!(
+            app.post(&format!("/api/jobs/{job}/heartbeat"), json!({"attempt": 1}))
+                .await
+                .0,
+            StatusCode::OK
+        );
+        assert_eq!(server::startup::reap_once(&app.state).await.unwrap(), 0);
+    }
+    assert_eq!(app.job(job).await["status"], "running");
+}
+
+#[tokio::test]
+async fn attempts_run_out_then_the_job_fails_with_the_reason() {
+    let app = spawn_app().await;
+    let spec = "name = \"retry\"\n[train]\nepochs = 1\n[run]\nmax_attempts = 2\n";
+    app.submit_toml(spec).await;
+    // Attempt 1: a crashed child is reported as failed and retried.
+    let c = app.claim("w1").await.unwrap();
+    let job = c["id"].as_i64().unwrap();
+    let (s, change) = app
+        .post(
+            &format!("/api/jobs/{job}/finish"),
+            json!({"attempt": 1, "status": "failed", "error": "child exited with signal 11"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (change["status"].as_str(), change["attempt"].as_i64()),
+        (Some("pending"), Some(2))
+    );
+    // Attempt 2: the worker disappears; its lease runs out and no attempt is left.
+    let c = app.claim("w2").await.unwrap();
+    assert_eq!(c["attempt"], 2);
+    assert_eq!(app.expire_leases().await, 1);
+    let j = app.job(job).await;
+    assert_eq!(j["status"], "failed");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains("lease expired on attempt 2 of 2"),
+        "{}",
+        j["error"]
+    );
+    assert_eq!(j["attempts"][0]["error"], "child exited with signal 11");
+    assert!(app.claim("w3").await.is_none());
+}
+
+#[tokio::test]
+async fn cancel_stops_pending_jobs_and_tells_running_ones() {
+    let app = spawn_app().await;
+    let (_, created) = app
+        .submit_toml("name = \"c\"\n[grid]\nseed = [1, 2, 3]\n")
+        .await;
+    let sweep = created["id"].as_i64().unwrap();
+    let job = app.claim("w1").await.unwrap()["id"].as_i64().unwrap();
+    let (s, r) = app
+        .post(&format!("/api/sweeps/{sweep}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(r["cancelled_pending"], 2);
+    assert!(
+        app.claim("w2").await.is_none(),
+        "cancelled jobs are not handed out"
+    );
+    let (_, hb) = app
+        .post(&format!("/api/jobs/{job}/heartbeat"), json!({"attempt": 1}))
+        .await;
+    assert_eq!(hb["cancel"], true);
+    assert_eq!(app.finish(job, 1, "cancelled").await.0, StatusCode::OK);
+    let (_, sw) = app.get(&format!("/api/sweeps/{sweep}")).await;
+    assert_eq!(sw["status"], "cancelled");
+    assert!(sw["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|j| j["status"] == "cancelled"));
+    assert_eq!(
+        app.post("/api/sweeps/999/cancel", json!({})).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn repeated_metrics_and_finishes_are_stored_once() {
+    let app = spawn_app().await;
+    app.submit_toml(TWO_JOBS).await;
+    let job = app.claim("w1").await.unwrap()["id"].as_i64().unwrap();
+    for _ in 0..3 {
+        assert_eq!(app.metrics(job, 1, 1, Some(1.0), 0.3).await, StatusCode::OK);
+    }
+    assert_eq!(app.job(job).await["metrics"].as_array().unwrap().len(), 1);
+    let (s1, a) = app.finish(job, 1, "completed").await;
+    let (s2, b) = app.finish(job, 1, "completed").await;
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(a, b);
+    assert_eq!(
+        app.finish(job, 1, "failed").await.0,
+        StatusCode::CONFLICT,
+        "a different outcome is not a repeat"
+    );
+    assert_eq!(app.job(job).await["status"], "completed");
+    let (s, _) = app
+        .post(
+            &format!("/api/jobs/{job}/finish"),
+            json!({"attempt": 1, "status": "great"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn concurrent_claims_hand_each_job_out_exactly_once() {
+    let app = spawn_app().await;
+    let (_, c) = app.submit_toml("name = \"many\"\n[grid]\nseed = [0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39]\n").await;
+    assert_eq!(c["jobs"], 40);
+    let mut tasks = vec![];
+    for w in 0..16 {
+        let (base, http) = (app.base.clone(), app.http.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut got = vec![];
+            loop {
+                let r = http
+                    .post(format!("{base}/api/jobs/claim"))
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"worker": format!("w{w}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() == StatusCode::NO_CONTENT {
+                    return got;
+                }
+                got.push(
+                    r.json::<serde_json::Value>().await.unwrap()["id"]
+                        .as_i64()
+                        .unwrap(),
+                );
+            }
+        }));
+    }
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(
+        (before, all.len()),
+        (40, 40),
+        "no job handed out twice, none lost"
+    );
+}
+
+#[tokio::test]
+async fn capacity_limits_what_a_claim_gets() {
+    let app = spawn_app().await;
+    app.submit_toml("name = \"cap\"\n[train]\nnproc_per_node = 2\n[grid]\nbatch_size = [512, 8]\n")
+        .await;
+    let (s, _) = app
+        .post(
+            "/api/jobs/claim",
+            json!({"worker": "w", "capacity": {"ranks": 1}}),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::NO_CONTENT,
+        "a 2-rank job does not fit 1 free rank"
+    );
+    let (s, c) = app
+        .post(
+            "/api/jobs/claim",
+            json!({"worker": "w", "capacity": {"ranks": 2, "max_batch_size": 16}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        c["params"]["batch_size"], 8,
+        "the small-batch job fits a packed slot"
+    );
+}
+
+#[tokio::test]
+async fn writes_need_the_token_and_private_servers_guard_reads() {
+    let app = spawn_app().await;
+    let url = format!("{}/api/sweeps", app.base);
+    let r = app
+        .http
+        .post(&url)
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.json::<serde_json::Value>().await.unwrap()["error"].is_string());
+    let r = app
+        .http
+        .post(&url)
+        .bearer_auth("wrong")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = app
+        .http
+        .post(format!("{}/api/jobs/claim", app.base))
+        .json(&json!({"worker": "w"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.get("/api/sweeps").await.0,
+        StatusCode::OK,
+        "reads are open by default"
+    );
+
+    let private = spawn_with(|c| c.private = true).await;
+    assert_eq!(private.get("/api/sweeps").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        private
+            .http
+            .get(format!("{}/healthz", private.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let r = private
+        .http
+        .get(format!("{}/api/sweeps", private.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn events_stream_job_changes_and_metrics() {
+    use futures::StreamExt;
+    let app = spawn_app().await;
+    let res = app
+        .http
+        .get(format!("{}/api/events", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut stream = res.bytes_stream();
+    app.submit_toml(TWO_JOBS).await;
+    let job = app.claim("w1").await.unwrap()["id"].as_i64().unwrap();
+    app.metrics(job, 1, 1, Some(1.25), 0.625).await;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !text.contains("0.625") {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("event: sweep"), "{text}");
+    assert!(
+        text.contains("event: job") && text.contains("\"status\":\"running\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("event: metrics") && text.contains(&format!("\"job_id\":{job}")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn health_prometheus_and_openapi() {
+    let app = spawn_app().await;
+    app.submit_toml(TWO_JOBS).await;
+    app.claim("w").await.unwrap();
+    assert_eq!(app.get_text("/healthz").await, "ok");
+    let prom = app.get_text("/metrics").await;
+    assert!(prom.contains("sweep_jobs{status=\"pending\"} 1"), "{prom}");
+    assert!(prom.contains("sweep_jobs{status=\"running\"} 1"), "{prom}");
+    assert!(prom.contains("sweep_claims_total 1"), "{prom}");
+    assert!(
+        prom.contains("sweep_http_request_duration_seconds_count"),
+        "{prom}"
+    );
+    let (s, doc) = app.get("/api/openapi.json").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/sweeps",
+        "/api/sweeps/{id}",
+        "/api/sweeps/{id}/cancel",
+        "/api/sweeps/{id}/results",
+        "/api/jobs/claim",
+        "/api/jobs/{id}",
+        "/api/jobs/{id}/heartbeat",
+        "/api/jobs/{id}/metrics",
+        "/api/jobs/{id}/finish",
+        "/api/events",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(doc["components"]["schemas"]["MetricsReport"].is_object());
+}

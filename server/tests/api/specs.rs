@@ -1,0 +1,90 @@
+use crate::helpers::*;
+use reqwest::StatusCode;
+
+/// Each bad spec is rejected whole with the field named, and nothing is stored.
+#[tokio::test]
+async fn bad_specs_are_rejected_with_the_field_named() {
+    let app = spawn_app().await;
+    let cases: &[(&str, &str, u16, &str)] = &[
+        ("toml", "name = \"x\"\n[train]\nepochz = 3\n", 422, "train.epochz"),
+        ("toml", "name = \"x\"\ncolour = \"red\"\n", 422, "colour"),
+        ("toml", "name = \"x\"\n[train]\nepochs = \"many\"\n", 422, "train.epochs"),
+        ("toml", "name = \"x\"\n[train]\nepochs = 0\n", 422, "train.epochs"),
+        ("toml", "name = \"x\"\n[grid]\nbatch_size = [32, 0]\n", 422, "grid.batch_size[1]"),
+        ("toml", "name = \"x\"\n[grid]\nbatch_size = []\n", 422, "grid.batch_size"),
+        ("toml", "name = \"x\"\n[grid]\nlr = [0.1, 0.1]\n", 422, "grid.lr[1]"),
+        ("toml", "name = \"x\"\n[grid]\nlr = [0.1, -0.1]\n", 422, "grid.lr[1]"),
+        ("toml", "name = \"x\"\n[grid]\nlr = [0.1, nan]\n", 422, "grid.lr[1]"),
+        ("toml", "name = \"x\"\n[grid]\nlr = [0.1, inf]\n", 422, "grid.lr[1]"),
+        ("toml", "name = \"x\"\n[grid]\nlr = 0.1\n", 422, "grid.lr"),
+        ("toml", "name = \"x\"\n[train]\nlr = 0.1\n[grid]\nlr = [0.2]\n", 422, "grid.lr"),
+        ("toml", "name = \"x\"\n[train]\nmilestones = [60, 60]\n", 422, "train.milestones"),
+        ("toml", "name = \"x\"\n[train]\nmodel_widths = [8, 16]\n", 422, "train.model_widths"),
+        ("toml", "name = \"x\"\n[train]\ndataset = \"mnist\"\n", 422, "train.dataset"),
+        ("toml", "name = \"x\"\n[run]\nmax_attempts = 0\n", 422, "run.max_attempts"),
+        ("toml", "name = \"x\"\n[run]\nretries = 2\n", 422, "run.retries"),
+        ("toml", "[train]\nepochs = 1\n", 422, "name"),
+        ("toml", &format!("name = \"{}\"\n", "n".repeat(101)), 422, "name"),
+        (
+            "toml",
+            "name = \"x\"\n[grid]\nseed = [1,2,3,4,5,6,7,8,9,10]\nbatch_size = [1,2,3,4,5,6,7,8,9,10]\nepochs = [1,2,3,4,5,6,7,8,9,10]\nlimit_train = [1,2,3,4,5,6,7,8,9,10,11]\n",
+            422,
+            "grid",
+        ),
+        ("toml", "name = \"x\"\n[train\n", 400, "TOML"),
+        ("json", "{\"name\": \"x\", \"train\": {\"lr\": \"fast\"}}", 422, "train.lr"),
+        ("json", "{\"name\": ", 400, "JSON"),
+        ("json", "[1, 2]", 422, "(root)"),
+    ];
+    for (format, body, want, field) in cases {
+        let ctype = if *format == "toml" {
+            "application/toml"
+        } else {
+            "application/json"
+        };
+        let r = app
+            .http
+            .post(format!("{}/api/sweeps", app.base))
+            .bearer_auth(TOKEN)
+            .header("content-type", ctype)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let msg = r.json::<serde_json::Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(status, *want, "{body:?} -> {msg}");
+        assert!(
+            msg.contains(field),
+            "{body:?}: error {msg:?} does not name {field}"
+        );
+    }
+    // A body over 1 MiB.
+    let big = format!("name = \"x\"\n# {}\n", "x".repeat(1 << 20));
+    assert_eq!(app.submit_toml(&big).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    let (_, list) = app.get("/api/sweeps").await;
+    assert_eq!(list.as_array().unwrap().len(), 0, "nothing stored");
+    assert!(app.claim("w").await.is_none());
+}
+
+#[tokio::test]
+async fn the_repository_sweep_files_are_valid() {
+    let app = spawn_app().await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sweeps");
+    let study = std::fs::read_to_string(dir.join("cifar10-bs-lr.toml")).unwrap();
+    let (s, c) = app.submit_toml(&study).await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    assert_eq!(c["jobs"], 18, "the study's 18 runs");
+    let (_, sw) = app.get(&format!("/api/sweeps/{}", c["id"])).await;
+    for j in sw["jobs"].as_array().unwrap() {
+        assert_eq!(j["params"]["epochs"], 300);
+        assert_eq!(j["params"]["nproc_per_node"], 2);
+        assert_eq!(j["params"]["gamma"], 0.5);
+    }
+    let demo = std::fs::read_to_string(dir.join("demo-cpu.toml")).unwrap();
+    let (s, c) = app.submit_toml(&demo).await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+}
