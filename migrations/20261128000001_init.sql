@@ -32,10 +32,17 @@ CREATE TABLE jobs (
     -- Highest epoch recorded so far.
     epoch            INTEGER NOT NULL DEFAULT 0,
     summary          TEXT,
+    -- Why the job failed (or last failed), for users.
     error            TEXT,
     created_at       INTEGER NOT NULL,
     started_at       INTEGER,
     finished_at      INTEGER,
+    -- The running attempt's start, and how the last attempt ended: the statement that ends an attempt
+    -- sets these and the trigger below files them in `attempts`, so every hot write is one statement.
+    claimed_at       INTEGER,
+    attempt_ended_at INTEGER,
+    attempt_outcome  TEXT,
+    attempt_error    TEXT,
     UNIQUE (sweep_id, idx)
 );
 
@@ -44,7 +51,7 @@ CREATE INDEX jobs_pending ON jobs (status, id);
 CREATE INDEX jobs_lease ON jobs (status, lease_expires_at);
 CREATE INDEX jobs_sweep ON jobs (sweep_id, idx);
 
--- One row per attempt: who ran it and how it ended.
+-- One row per ended attempt: who ran it and how it ended (the running one is read from `jobs`).
 CREATE TABLE attempts (
     job_id     INTEGER NOT NULL REFERENCES jobs (id),
     attempt    INTEGER NOT NULL,
@@ -74,3 +81,19 @@ CREATE TABLE metrics (
     recorded_at    INTEGER NOT NULL,
     PRIMARY KEY (job_id, epoch)
 ) WITHOUT ROWID;
+
+-- An attempt ends when its job leaves 'running' (finished, failed and requeued, lease expired).
+CREATE TRIGGER attempt_ended AFTER UPDATE OF status ON jobs
+WHEN OLD.status = 'running' AND NEW.status <> 'running'
+BEGIN
+    INSERT INTO attempts (job_id, attempt, worker, started_at, ended_at, outcome, error)
+    VALUES (OLD.id, OLD.attempt, coalesce(OLD.worker, '?'), coalesce(OLD.claimed_at, NEW.attempt_ended_at),
+            NEW.attempt_ended_at, NEW.attempt_outcome, NEW.attempt_error)
+    ON CONFLICT (job_id, attempt) DO NOTHING;
+END;
+
+-- jobs.epoch follows the highest recorded epoch, inside the same statement as the metrics insert.
+CREATE TRIGGER epoch_recorded AFTER INSERT ON metrics
+BEGIN
+    UPDATE jobs SET epoch = max(epoch, NEW.epoch) WHERE id = NEW.job_id;
+END;

@@ -59,6 +59,8 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Benchmark: simulated workers (claim, 3 metrics, finish) against a real coordinator.
+    Loadgen(crate::loadgen::LoadArgs),
     /// A sweep's results: markdown (the study's table), csv or json; or rewrite a README's results block.
     Export {
         sweep: i64,
@@ -109,6 +111,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             app.run_until_stopped(crate::startup::shutdown_signal())
                 .await
         }
+        Command::Loadgen(args) => crate::loadgen::run(&args).await,
         Command::Submit { file, remote } => {
             let r = Client::new(&remote.server, remote.token)
                 .submit(&file)

@@ -8,6 +8,7 @@
 //! - [`export`]: the study's markdown table, CSV, JSON and the README block.
 //! - [`startup`]: `Application::build` / `run_until_stopped`, the lease reaper, shutdown signals.
 //! - [`client`] and [`cli`]: the `server` command line (serve, and thin clients of the API).
+//! - [`loadgen`]: simulated workers against a real server, for the benchmark.
 //! - [`state`]: the `AppState` of cheap handles and the injectable clock.
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod client;
 pub mod error;
 pub mod events;
 pub mod export;
+pub mod loadgen;
 pub mod spec;
 pub mod startup;
 pub mod state;

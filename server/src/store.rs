@@ -268,9 +268,8 @@ impl Store {
             Some(c) => (Some(c.ranks), c.max_batch_size),
             None => (None, None),
         };
-        let mut tx = self.write.begin().await?;
         let row = sqlx::query!(
-            r#"UPDATE jobs SET status = 'running', worker = ?1, lease_expires_at = ?2,
+            r#"UPDATE jobs SET status = 'running', worker = ?1, lease_expires_at = ?2, claimed_at = ?3,
                    started_at = coalesce(started_at, ?3), cancel_requested = 0
                WHERE id = (SELECT id FROM jobs WHERE status = 'pending'
                              AND (?4 IS NULL OR nproc <= ?4)
@@ -283,22 +282,11 @@ impl Store {
             ranks,
             max_batch
         )
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.write)
         .await?;
         let Some(row) = row else {
             return Ok(None);
         };
-        sqlx::query!(
-            "INSERT INTO attempts (job_id, attempt, worker, started_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (job_id, attempt) DO UPDATE SET worker = excluded.worker, started_at = excluded.started_at",
-            row.id,
-            row.attempt,
-            worker,
-            now
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
         Ok(Some(Claim {
             id: row.id,
             sweep_id: row.sweep_id,
@@ -353,24 +341,13 @@ impl Store {
     /// Stores one epoch's metrics. The same epoch reported twice is stored once; a later attempt's
     /// report of an epoch replaces an earlier attempt's (it is the trajectory that continues).
     pub async fn record_metrics(&self, job: i64, m: &MetricsReport, now: i64) -> Result<i64> {
-        let mut tx = self.write.begin().await?;
-        let sweep = sqlx::query_scalar!(
-            r#"UPDATE jobs SET epoch = max(epoch, ?) WHERE id = ? AND attempt = ? AND status = 'running'
-               RETURNING sweep_id AS "sweep_id!""#,
-            m.epoch,
-            job,
-            m.attempt
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(sweep) = sweep else {
-            drop(tx);
-            return Err(self.fence_error(job, m.attempt).await);
-        };
-        sqlx::query!(
+        // One statement: the fence is the SELECT's WHERE, the idempotence the primary key, and the
+        // job's epoch follows by trigger.
+        let stored = sqlx::query!(
             "INSERT INTO metrics (job_id, epoch, attempt, lr, train_loss, test_loss, accuracy, precision, recall, f1,
                                   images_per_sec, seconds, recorded_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             SELECT id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 FROM jobs
+             WHERE id = ?1 AND attempt = ?3 AND status = 'running'
              ON CONFLICT (job_id, epoch) DO UPDATE SET
                 attempt = excluded.attempt, lr = excluded.lr, train_loss = excluded.train_loss,
                 test_loss = excluded.test_loss, accuracy = excluded.accuracy, precision = excluded.precision,
@@ -391,10 +368,17 @@ impl Store {
             m.seconds,
             now
         )
-        .execute(&mut *tx)
+        .execute(&self.write)
         .await?;
-        tx.commit().await?;
-        Ok(sweep)
+        let row = sqlx::query!("SELECT sweep_id, status, attempt FROM jobs WHERE id = ?", job)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
+        // Nothing stored: a repeat of an epoch (fine) or a write from an attempt without the lease.
+        if stored.rows_affected() == 0 && (row.attempt != m.attempt || row.status != "running") {
+            return Err(self.fence_error(job, m.attempt).await);
+        }
+        Ok(row.sweep_id)
     }
 
     /// Ends an attempt. `completed`, `diverged` and `cancelled` end the job; `failed` sends it back to
@@ -409,16 +393,16 @@ impl Store {
         now: i64,
     ) -> Result<JobChange> {
         let summary = summary.map(Value::to_string);
-        let mut tx = self.write.begin().await?;
         let row = sqlx::query!(
             r#"UPDATE jobs SET
                  status = CASE WHEN ?3 = 'failed' AND attempt < max_attempts THEN 'pending' ELSE ?3 END,
                  attempt = CASE WHEN ?3 = 'failed' AND attempt < max_attempts THEN attempt + 1 ELSE attempt END,
                  finished_at = CASE WHEN ?3 = 'failed' AND attempt < max_attempts THEN NULL ELSE ?4 END,
                  summary = coalesce(?5, summary),
-                 error = ?6,
+                 error = coalesce(?6, error),
                  worker = CASE WHEN ?3 = 'failed' AND attempt < max_attempts THEN NULL ELSE worker END,
-                 lease_expires_at = NULL
+                 lease_expires_at = NULL,
+                 attempt_ended_at = ?4, attempt_outcome = ?3, attempt_error = ?6
                WHERE id = ?1 AND attempt = ?2 AND status = 'running'
                RETURNING sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!""#,
             job,
@@ -428,54 +412,31 @@ impl Store {
             summary,
             error
         )
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.write)
         .await?;
-        let Some(row) = row else {
-            drop(tx);
-            // Idempotent: the same attempt finishing the same way again changes nothing.
-            let done = sqlx::query!(
-                r#"SELECT outcome AS "outcome?", sweep_id, j.status, j.attempt FROM attempts a JOIN jobs j ON j.id = a.job_id
-                   WHERE a.job_id = ? AND a.attempt = ?"#,
-                job,
-                attempt
-            )
-            .fetch_optional(&self.write)
-            .await?;
-            if let Some(d) = done {
-                if d.outcome.as_deref() == Some(outcome) {
-                    return Ok(JobChange {
-                        job_id: job,
-                        sweep_id: d.sweep_id,
-                        status: d.status,
-                        attempt: d.attempt,
-                    });
-                }
-            }
-            return Err(self.fence_error(job, attempt).await);
-        };
-        sqlx::query!(
-            "UPDATE attempts SET ended_at = ?, outcome = ?, error = ? WHERE job_id = ? AND attempt = ?",
-            now,
-            outcome,
-            error,
+        if let Some(row) = row {
+            return Ok(JobChange { job_id: job, sweep_id: row.sweep_id, status: row.status, attempt: row.attempt });
+        }
+        // Idempotent: the same attempt finishing the same way again changes nothing.
+        let done = sqlx::query!(
+            r#"SELECT a.outcome AS "outcome?", j.sweep_id, j.status, j.attempt FROM attempts a JOIN jobs j ON j.id = a.job_id
+               WHERE a.job_id = ? AND a.attempt = ?"#,
             job,
             attempt
         )
-        .execute(&mut *tx)
+        .fetch_optional(&self.write)
         .await?;
-        tx.commit().await?;
-        Ok(JobChange {
-            job_id: job,
-            sweep_id: row.sweep_id,
-            status: row.status,
-            attempt: row.attempt,
-        })
+        match done {
+            Some(d) if d.outcome.as_deref() == Some(outcome) => {
+                Ok(JobChange { job_id: job, sweep_id: d.sweep_id, status: d.status, attempt: d.attempt })
+            }
+            _ => Err(self.fence_error(job, attempt).await),
+        }
     }
 
     /// Returns every running job whose lease ran out before `now` to pending with the next attempt,
     /// or fails it when it has used all its attempts.
     pub async fn requeue_expired(&self, now: i64) -> Result<Vec<JobChange>> {
-        let mut tx = self.write.begin().await?;
         let rows = sqlx::query!(
             r#"UPDATE jobs SET
                  status = CASE WHEN attempt < max_attempts THEN 'pending' ELSE 'failed' END,
@@ -483,39 +444,18 @@ impl Store {
                               ELSE 'lease expired on attempt ' || attempt || ' of ' || max_attempts || ' (worker ' || coalesce(worker, '?') || ' stopped heartbeating)' END,
                  finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE ?1 END,
                  attempt = CASE WHEN attempt < max_attempts THEN attempt + 1 ELSE attempt END,
-                 worker = NULL, lease_expires_at = NULL
+                 worker = NULL, lease_expires_at = NULL,
+                 attempt_ended_at = ?1, attempt_outcome = 'lease expired',
+                 attempt_error = 'no heartbeat before the lease ran out'
                WHERE status = 'running' AND lease_expires_at < ?1
                RETURNING id AS "id!", sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!""#,
             now
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.write)
         .await?;
-        for r in &rows {
-            // The attempt that lost its lease is the one before a requeue, the current one after a failure.
-            let lost = if r.status == "pending" {
-                r.attempt - 1
-            } else {
-                r.attempt
-            };
-            sqlx::query!(
-                "UPDATE attempts SET ended_at = ?, outcome = 'lease expired', error = 'no heartbeat before the lease ran out'
-                 WHERE job_id = ? AND attempt = ? AND ended_at IS NULL",
-                now,
-                r.id,
-                lost
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
         Ok(rows
             .into_iter()
-            .map(|r| JobChange {
-                job_id: r.id,
-                sweep_id: r.sweep_id,
-                status: r.status,
-                attempt: r.attempt,
-            })
+            .map(|r| JobChange { job_id: r.id, sweep_id: r.sweep_id, status: r.status, attempt: r.attempt })
             .collect())
     }
 
@@ -679,13 +619,25 @@ impl Store {
         )
         .fetch_all(&self.read)
         .await?;
-        let attempts = sqlx::query_as!(
+        let mut attempts = sqlx::query_as!(
             AttemptRow,
             "SELECT attempt, worker, started_at, ended_at, outcome, error FROM attempts WHERE job_id = ? ORDER BY attempt",
             job
         )
         .fetch_all(&self.read)
         .await?;
+        // The running attempt lives in the job row until it ends.
+        if row.status == "running" {
+            let claimed_at = sqlx::query_scalar!("SELECT claimed_at FROM jobs WHERE id = ?", job).fetch_one(&self.read).await?;
+            attempts.push(AttemptRow {
+                attempt: row.attempt,
+                worker: row.worker.clone().unwrap_or_default(),
+                started_at: claimed_at.unwrap_or_default(),
+                ended_at: None,
+                outcome: None,
+                error: None,
+            });
+        }
         Ok(JobDetail {
             job: row,
             metrics,

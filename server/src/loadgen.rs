@@ -1,0 +1,196 @@
+//! The coordinator's load generator: N simulated workers, each cycling claim -> 3 metrics -> finish
+//! against a real server over loopback HTTP, counting duplicate claims and lost jobs. Optional: the
+//! same pattern in Optuna on SQLite (`optuna_peer.py`), run in the same command, for comparison.
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Concurrent simulated workers, one run per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    pub workers: Vec<usize>,
+    /// Jobs per run (a sweep of this many jobs, drained completely).
+    #[arg(long, default_value_t = 5000)]
+    pub jobs: usize,
+    /// Target this coordinator instead of starting one (`server serve` on a temporary database).
+    #[arg(long)]
+    pub server: Option<String>,
+    #[arg(long, default_value = "loadgen-token")]
+    pub token: String,
+    /// Also run Optuna on SQLite with the same pattern (ask, 3 reports, tell).
+    #[arg(long)]
+    pub optuna: bool,
+    #[arg(long, default_value = ".venv/bin/python")]
+    pub python: PathBuf,
+    #[arg(long, default_value = "../shared/reference/optuna_peer.py")]
+    pub optuna_script: PathBuf,
+    #[arg(long, default_value_t = 300)]
+    pub optuna_trials: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadResult {
+    pub workers: usize,
+    pub cycles: usize,
+    pub seconds: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub duplicates: usize,
+    pub lost: usize,
+    pub errors: usize,
+}
+
+struct Served {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(token: &str) -> Result<Served> {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--listen", "127.0.0.1:0", "--token", token, "--db"])
+        .arg(dir.path().join("load.db"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the coordinator")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+    let base = line.trim().strip_prefix("listening on ").context("the coordinator did not start")?.to_string();
+    Ok(Served { child, base, _dir: dir })
+}
+
+/// One run: submit `jobs` jobs, drain them with `workers` concurrent clients.
+pub async fn run_level(base: &str, token: &str, workers: usize, jobs: usize) -> Result<LoadResult> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(workers.max(1)).build()?;
+    let seeds: Vec<usize> = (0..jobs).collect();
+    let spec = json!({"name": format!("load-{workers}"), "train": {"epochs": 3}, "grid": {"seed": seeds}});
+    let r = http.post(format!("{base}/api/sweeps")).bearer_auth(token).json(&spec).send().await?;
+    if !r.status().is_success() {
+        bail!("submitting the load sweep failed: {}", r.status());
+    }
+    let sweep = r.json::<Value>().await?["id"].as_i64().context("no sweep id")?;
+    let claimed: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (http, base, token, claimed) = (http.clone(), base.to_string(), token.to_string(), claimed.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            let name = format!("load-{w}");
+            loop {
+                let c0 = Instant::now();
+                let r = match http.post(format!("{base}/api/jobs/claim")).bearer_auth(&token).json(&json!({"worker": name})).send().await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        errors += 1;
+                        continue;
+                    }
+                };
+                if r.status() == reqwest::StatusCode::NO_CONTENT {
+                    break;
+                }
+                let Ok(claim) = r.json::<Value>().await else {
+                    errors += 1;
+                    continue;
+                };
+                let (id, attempt) = (claim["id"].as_i64().unwrap_or(-1), claim["attempt"].as_i64().unwrap_or(0));
+                *claimed.lock().expect("not poisoned").entry(id).or_default() += 1;
+                for epoch in 1..=3 {
+                    let m = json!({"attempt": attempt, "epoch": epoch, "lr": 0.01, "test_loss": 1.0 / epoch as f64, "accuracy": 0.5});
+                    let ok = http.post(format!("{base}/api/jobs/{id}/metrics")).bearer_auth(&token).json(&m).send().await;
+                    if !ok.is_ok_and(|r| r.status().is_success()) {
+                        errors += 1;
+                    }
+                }
+                let f = json!({"attempt": attempt, "status": "completed"});
+                let ok = http.post(format!("{base}/api/jobs/{id}/finish")).bearer_auth(&token).json(&f).send().await;
+                if !ok.is_ok_and(|r| r.status().is_success()) {
+                    errors += 1;
+                }
+                latencies.push(c0.elapsed());
+            }
+            (latencies, errors)
+        }));
+    }
+    let (mut latencies, mut errors) = (Vec::<Duration>::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0);
+    let claimed = claimed.lock().expect("not poisoned");
+    let duplicates = claimed.values().filter(|&&n| n > 1).count();
+    let detail: Value = http.get(format!("{base}/api/sweeps/{sweep}")).bearer_auth(token).send().await?.json().await?;
+    let completed = detail["jobs"].as_array().map(|j| j.iter().filter(|j| j["status"] == "completed").count()).unwrap_or(0);
+    Ok(LoadResult {
+        workers,
+        cycles: latencies.len(),
+        seconds,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        duplicates,
+        lost: jobs - completed,
+        errors,
+    })
+}
+
+fn optuna(a: &LoadArgs, workers: usize) -> Result<String> {
+    let out = Command::new(&a.python)
+        .arg(&a.optuna_script)
+        .args(["--trials", &a.optuna_trials.to_string(), "--workers", &workers.to_string()])
+        .output()
+        .with_context(|| format!("cannot run {}", a.python.display()))?;
+    if !out.status.success() {
+        bail!("optuna_peer.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub async fn run(a: &LoadArgs) -> Result<()> {
+    let served = match &a.server {
+        Some(_) => None,
+        None => Some(start_server(&a.token)?),
+    };
+    let base = a.server.clone().or_else(|| served.as_ref().map(|s| s.base.clone())).expect("a server");
+    println!("| workers | cycles | cycles/s | p50 ms | p99 ms | duplicate claims | lost jobs | errors |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &w in &a.workers {
+        let r = run_level(&base, &a.token, w, a.jobs).await?;
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
+            r.workers,
+            r.cycles,
+            r.cycles as f64 / r.seconds,
+            r.p50_ms,
+            r.p99_ms,
+            r.duplicates,
+            r.lost,
+            r.errors
+        );
+    }
+    drop(served);
+    if a.optuna {
+        for w in [1, 16] {
+            println!("{}", optuna(a, w)?);
+        }
+    }
+    Ok(())
+}
