@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`spec`]: sweep files parsed and validated at the edge; grid expansion as a pure function.
 //! - [`store`]: every query (plain SQL, checked at compile time); claims, leases and attempt fencing.
+//!   [`writer`] batches concurrent writes into one transaction (group commit).
 //! - [`api`]: the REST routes and the worker protocol; [`error`] maps every failure to HTTP in one place.
 //! - [`events`]: server-sent events for the dashboard; [`telemetry`]: Prometheus counters.
 //! - [`export`]: the study's markdown table, CSV, JSON and the README block.
@@ -23,3 +24,4 @@ pub mod startup;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod writer;

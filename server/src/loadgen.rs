@@ -70,25 +70,48 @@ fn start_server(token: &str) -> Result<Served> {
         .context("cannot start the coordinator")?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-    let base = line.trim().strip_prefix("listening on ").context("the coordinator did not start")?.to_string();
-    Ok(Served { child, base, _dir: dir })
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .context("the coordinator did not start")?
+        .to_string();
+    Ok(Served {
+        child,
+        base,
+        _dir: dir,
+    })
 }
 
 /// One run: submit `jobs` jobs, drain them with `workers` concurrent clients.
 pub async fn run_level(base: &str, token: &str, workers: usize, jobs: usize) -> Result<LoadResult> {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(workers.max(1)).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(workers.max(1))
+        .build()?;
     let seeds: Vec<usize> = (0..jobs).collect();
-    let spec = json!({"name": format!("load-{workers}"), "train": {"epochs": 3}, "grid": {"seed": seeds}});
-    let r = http.post(format!("{base}/api/sweeps")).bearer_auth(token).json(&spec).send().await?;
+    let spec =
+        json!({"name": format!("load-{workers}"), "train": {"epochs": 3}, "grid": {"seed": seeds}});
+    let r = http
+        .post(format!("{base}/api/sweeps"))
+        .bearer_auth(token)
+        .json(&spec)
+        .send()
+        .await?;
     if !r.status().is_success() {
         bail!("submitting the load sweep failed: {}", r.status());
     }
-    let sweep = r.json::<Value>().await?["id"].as_i64().context("no sweep id")?;
+    let sweep = r.json::<Value>().await?["id"]
+        .as_i64()
+        .context("no sweep id")?;
     let claimed: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..workers {
-        let (http, base, token, claimed) = (http.clone(), base.to_string(), token.to_string(), claimed.clone());
+        let (http, base, token, claimed) = (
+            http.clone(),
+            base.to_string(),
+            token.to_string(),
+            claimed.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let (mut latencies, mut errors) = (Vec::new(), 0usize);
             let name = format!("load-{w}");
@@ -135,11 +158,25 @@ pub async fn run_level(base: &str, token: &str, workers: usize, jobs: usize) -> 
     }
     let seconds = t0.elapsed().as_secs_f64();
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or(0.0)
+    };
     let claimed = claimed.lock().expect("not poisoned");
     let duplicates = claimed.values().filter(|&&n| n > 1).count();
-    let detail: Value = http.get(format!("{base}/api/sweeps/{sweep}")).bearer_auth(token).send().await?.json().await?;
-    let completed = detail["jobs"].as_array().map(|j| j.iter().filter(|j| j["status"] == "completed").count()).unwrap_or(0);
+    let detail: Value = http
+        .get(format!("{base}/api/sweeps/{sweep}"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let completed = detail["jobs"]
+        .as_array()
+        .map(|j| j.iter().filter(|j| j["status"] == "completed").count())
+        .unwrap_or(0);
     Ok(LoadResult {
         workers,
         cycles: latencies.len(),
@@ -155,11 +192,19 @@ pub async fn run_level(base: &str, token: &str, workers: usize, jobs: usize) -> 
 fn optuna(a: &LoadArgs, workers: usize) -> Result<String> {
     let out = Command::new(&a.python)
         .arg(&a.optuna_script)
-        .args(["--trials", &a.optuna_trials.to_string(), "--workers", &workers.to_string()])
+        .args([
+            "--trials",
+            &a.optuna_trials.to_string(),
+            "--workers",
+            &workers.to_string(),
+        ])
         .output()
         .with_context(|| format!("cannot run {}", a.python.display()))?;
     if !out.status.success() {
-        bail!("optuna_peer.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "optuna_peer.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -169,8 +214,14 @@ pub async fn run(a: &LoadArgs) -> Result<()> {
         Some(_) => None,
         None => Some(start_server(&a.token)?),
     };
-    let base = a.server.clone().or_else(|| served.as_ref().map(|s| s.base.clone())).expect("a server");
-    println!("| workers | cycles | cycles/s | p50 ms | p99 ms | duplicate claims | lost jobs | errors |");
+    let base = a
+        .server
+        .clone()
+        .or_else(|| served.as_ref().map(|s| s.base.clone()))
+        .expect("a server");
+    println!(
+        "| workers | cycles | cycles/s | p50 ms | p99 ms | duplicate claims | lost jobs | errors |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &w in &a.workers {
         let r = run_level(&base, &a.token, w, a.jobs).await?;

@@ -1,8 +1,8 @@
 //! The coordinator's state in SQLite. Every state change is one transaction; every worker write is
 //! fenced by attempt inside the statement that makes it, never by a read followed by a write.
 //!
-//! Writes go through a pool of one connection (SQLite has one writer anyway; queuing in the pool is
-//! cheaper than SQLITE_BUSY retries), reads through a pool of several (WAL lets them run alongside).
+//! Writes go through one connection owned by the group-commit [`Writer`] (SQLite has one writer
+//! anyway); reads through a pool of several (WAL lets them run alongside).
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -12,6 +12,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::spec::{self, SweepSpec};
+use crate::writer::Writer;
+use futures::FutureExt;
+use sqlx::{ConnectOptions, SqliteConnection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -24,6 +27,9 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The write's batch did not commit (or the writer is gone): nothing of it was stored.
+    #[error("the write was not committed")]
+    NotCommitted,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -31,7 +37,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Clone, Debug)]
 pub struct Store {
     read: SqlitePool,
-    write: SqlitePool,
+    writer: Writer,
 }
 
 /// Job statuses that end a job.
@@ -194,64 +200,77 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts.clone())
-            .await?;
-        sqlx::migrate!("../migrations").run(&write).await?;
+        let mut write: SqliteConnection = opts.clone().connect().await?;
+        sqlx::migrate!("../migrations").run(&mut write).await?;
+        // No ping before each acquire: on a local file it only adds a round trip to every request.
         let read = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(Store { read, write })
+        Ok(Store {
+            read,
+            writer: Writer::spawn(write),
+        })
     }
 
     /// After a restart, running jobs get a fresh lease: their workers could not heartbeat while the
     /// coordinator was down, and must not lose their jobs for it.
     pub async fn extend_running_leases(&self, now: i64, lease_ms: i64) -> Result<u64> {
         let until = now + lease_ms;
-        let r = sqlx::query!(
-            "UPDATE jobs SET lease_expires_at = max(lease_expires_at, ?) WHERE status = 'running'",
-            until
-        )
-        .execute(&self.write)
-        .await?;
-        Ok(r.rows_affected())
+        self.writer
+            .run(move |c| {
+                async move {
+                    let r = sqlx::query!("UPDATE jobs SET lease_expires_at = max(lease_expires_at, ?) WHERE status = 'running'", until)
+                        .execute(&mut *c)
+                        .await?;
+                    Ok(r.rows_affected())
+                }
+                .boxed()
+            })
+            .await
     }
 
     pub async fn create_sweep(&self, spec: &SweepSpec, now: i64) -> Result<(i64, usize)> {
         let jobs = spec.expand();
         let spec_json = spec.to_value().to_string();
-        let mut tx = self.write.begin().await?;
-        let sweep_id = sqlx::query_scalar!(
-            r#"INSERT INTO sweeps (name, spec, created_at) VALUES (?, ?, ?) RETURNING id AS "id!""#,
-            spec.name,
-            spec_json,
-            now
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        for (idx, params) in jobs.iter().enumerate() {
-            let (batch_size, nproc, epochs) = spec::job_shape(params);
-            let idx = idx as i64;
-            let params = Value::Object(params.clone()).to_string();
-            sqlx::query!(
-                "INSERT INTO jobs (sweep_id, idx, params, max_attempts, batch_size, nproc, epochs, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                sweep_id,
-                idx,
-                params,
-                spec.max_attempts,
-                batch_size,
-                nproc,
-                epochs,
-                now
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok((sweep_id, jobs.len()))
+        let (name, max_attempts) = (spec.name.clone(), spec.max_attempts);
+        // The sweep and all its jobs commit together (the writer's batch is one transaction).
+        self.writer
+            .run(move |c| {
+                async move {
+                    let sweep_id = sqlx::query_scalar!(
+                        r#"INSERT INTO sweeps (name, spec, created_at) VALUES (?, ?, ?) RETURNING id AS "id!""#,
+                        name,
+                        spec_json,
+                        now
+                    )
+                    .fetch_one(&mut *c)
+                    .await?;
+                    for (idx, params) in jobs.iter().enumerate() {
+                        let (batch_size, nproc, epochs) = spec::job_shape(params);
+                        let idx = idx as i64;
+                        let params = Value::Object(params.clone()).to_string();
+                        sqlx::query!(
+                            "INSERT INTO jobs (sweep_id, idx, params, max_attempts, batch_size, nproc, epochs, created_at)
+                             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            sweep_id,
+                            idx,
+                            params,
+                            max_attempts,
+                            batch_size,
+                            nproc,
+                            epochs,
+                            now
+                        )
+                        .execute(&mut *c)
+                        .await?;
+                    }
+                    Ok((sweep_id, jobs.len()))
+                }
+                .boxed()
+            })
+            .await
     }
 
     /// Hands the oldest pending job that fits `capacity` to `worker`, under a lease. One statement
@@ -268,7 +287,8 @@ impl Store {
             Some(c) => (Some(c.ranks), c.max_batch_size),
             None => (None, None),
         };
-        let row = sqlx::query!(
+        let worker = worker.to_string();
+        let row = self.writer.run(move |c| async move { Ok(sqlx::query!(
             r#"UPDATE jobs SET status = 'running', worker = ?1, lease_expires_at = ?2, claimed_at = ?3,
                    started_at = coalesce(started_at, ?3), cancel_requested = 0
                WHERE id = (SELECT id FROM jobs WHERE status = 'pending'
@@ -282,7 +302,8 @@ impl Store {
             ranks,
             max_batch
         )
-        .fetch_optional(&self.write)
+        .fetch_optional(&mut *c)
+        .await?) }.boxed())
         .await?;
         let Some(row) = row else {
             return Ok(None);
@@ -299,7 +320,7 @@ impl Store {
     /// The fence: Ok if `attempt` holds `job` (running), else why not.
     async fn fence_error(&self, job: i64, attempt: i64) -> StoreError {
         match sqlx::query!("SELECT status, attempt FROM jobs WHERE id = ?", job)
-            .fetch_optional(&self.write)
+            .fetch_optional(&self.read)
             .await
         {
             Ok(None) => StoreError::NotFound(format!("job {job}")),
@@ -320,15 +341,23 @@ impl Store {
         lease_ms: i64,
     ) -> Result<HeartbeatReply> {
         let until = now + lease_ms;
-        let row = sqlx::query!(
-            r#"UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND attempt = ? AND status = 'running'
-               RETURNING cancel_requested AS "cancel!""#,
-            until,
-            job,
-            attempt
-        )
-        .fetch_optional(&self.write)
-        .await?;
+        let row = self
+            .writer
+            .run(move |c| {
+                async move {
+                    Ok(sqlx::query!(
+                        r#"UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND attempt = ? AND status = 'running'
+                           RETURNING cancel_requested AS "cancel!""#,
+                        until,
+                        job,
+                        attempt
+                    )
+                    .fetch_optional(&mut *c)
+                    .await?)
+                }
+                .boxed()
+            })
+            .await?;
         match row {
             Some(r) => Ok(HeartbeatReply {
                 cancel: r.cancel != 0,
@@ -343,7 +372,9 @@ impl Store {
     pub async fn record_metrics(&self, job: i64, m: &MetricsReport, now: i64) -> Result<i64> {
         // One statement: the fence is the SELECT's WHERE, the idempotence the primary key, and the
         // job's epoch follows by trigger.
-        let stored = sqlx::query!(
+        let m = m.clone();
+        let attempt = m.attempt;
+        let stored = self.writer.run(move |c| async move { Ok(sqlx::query!(
             "INSERT INTO metrics (job_id, epoch, attempt, lr, train_loss, test_loss, accuracy, precision, recall, f1,
                                   images_per_sec, seconds, recorded_at)
              SELECT id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 FROM jobs
@@ -368,15 +399,20 @@ impl Store {
             m.seconds,
             now
         )
-        .execute(&self.write)
+        .execute(&mut *c)
+        .await?
+        .rows_affected()) }.boxed())
         .await?;
-        let row = sqlx::query!("SELECT sweep_id, status, attempt FROM jobs WHERE id = ?", job)
-            .fetch_optional(&self.read)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
+        let row = sqlx::query!(
+            "SELECT sweep_id, status, attempt FROM jobs WHERE id = ?",
+            job
+        )
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
         // Nothing stored: a repeat of an epoch (fine) or a write from an attempt without the lease.
-        if stored.rows_affected() == 0 && (row.attempt != m.attempt || row.status != "running") {
-            return Err(self.fence_error(job, m.attempt).await);
+        if stored == 0 && (row.attempt != attempt || row.status != "running") {
+            return Err(self.fence_error(job, attempt).await);
         }
         Ok(row.sweep_id)
     }
@@ -393,7 +429,8 @@ impl Store {
         now: i64,
     ) -> Result<JobChange> {
         let summary = summary.map(Value::to_string);
-        let row = sqlx::query!(
+        let (outcome_s, error_s) = (outcome.to_string(), error.map(str::to_string));
+        let row = self.writer.run(move |c| async move { let (outcome, error) = (outcome_s, error_s); Ok(sqlx::query!(
             r#"UPDATE jobs SET
                  status = CASE WHEN ?3 = 'failed' AND attempt < max_attempts THEN 'pending' ELSE ?3 END,
                  attempt = CASE WHEN ?3 = 'failed' AND attempt < max_attempts THEN attempt + 1 ELSE attempt END,
@@ -412,10 +449,16 @@ impl Store {
             summary,
             error
         )
-        .fetch_optional(&self.write)
+        .fetch_optional(&mut *c)
+        .await?) }.boxed())
         .await?;
         if let Some(row) = row {
-            return Ok(JobChange { job_id: job, sweep_id: row.sweep_id, status: row.status, attempt: row.attempt });
+            return Ok(JobChange {
+                job_id: job,
+                sweep_id: row.sweep_id,
+                status: row.status,
+                attempt: row.attempt,
+            });
         }
         // Idempotent: the same attempt finishing the same way again changes nothing.
         let done = sqlx::query!(
@@ -424,12 +467,15 @@ impl Store {
             job,
             attempt
         )
-        .fetch_optional(&self.write)
+        .fetch_optional(&self.read)
         .await?;
         match done {
-            Some(d) if d.outcome.as_deref() == Some(outcome) => {
-                Ok(JobChange { job_id: job, sweep_id: d.sweep_id, status: d.status, attempt: d.attempt })
-            }
+            Some(d) if d.outcome.as_deref() == Some(outcome) => Ok(JobChange {
+                job_id: job,
+                sweep_id: d.sweep_id,
+                status: d.status,
+                attempt: d.attempt,
+            }),
             _ => Err(self.fence_error(job, attempt).await),
         }
     }
@@ -437,7 +483,7 @@ impl Store {
     /// Returns every running job whose lease ran out before `now` to pending with the next attempt,
     /// or fails it when it has used all its attempts.
     pub async fn requeue_expired(&self, now: i64) -> Result<Vec<JobChange>> {
-        let rows = sqlx::query!(
+        let rows = self.writer.run(move |c| async move { Ok(sqlx::query!(
             r#"UPDATE jobs SET
                  status = CASE WHEN attempt < max_attempts THEN 'pending' ELSE 'failed' END,
                  error = CASE WHEN attempt < max_attempts THEN error
@@ -451,43 +497,49 @@ impl Store {
                RETURNING id AS "id!", sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!""#,
             now
         )
-        .fetch_all(&self.write)
+        .fetch_all(&mut *c)
+        .await?) }.boxed())
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| JobChange { job_id: r.id, sweep_id: r.sweep_id, status: r.status, attempt: r.attempt })
+            .map(|r| JobChange {
+                job_id: r.id,
+                sweep_id: r.sweep_id,
+                status: r.status,
+                attempt: r.attempt,
+            })
             .collect())
     }
 
     /// Cancels pending jobs at once; running ones learn it on their next heartbeat.
     pub async fn cancel_sweep(&self, sweep: i64, now: i64) -> Result<Vec<JobChange>> {
-        let mut tx = self.write.begin().await?;
-        let found = sqlx::query!(
-            "UPDATE sweeps SET cancelled_at = coalesce(cancelled_at, ?) WHERE id = ?",
-            now,
-            sweep
-        )
-        .execute(&mut *tx)
-        .await?;
-        if found.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("sweep {sweep}")));
-        }
-        let rows = sqlx::query!(
-            r#"UPDATE jobs SET status = 'cancelled', finished_at = ?, error = 'cancelled before it started'
-               WHERE sweep_id = ? AND status = 'pending'
-               RETURNING id AS "id!", attempt AS "attempt!""#,
-            now,
-            sweep
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        sqlx::query!(
-            "UPDATE jobs SET cancel_requested = 1 WHERE sweep_id = ? AND status = 'running'",
-            sweep
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let rows = self
+            .writer
+            .run(move |c| {
+                async move {
+                    let found = sqlx::query!("UPDATE sweeps SET cancelled_at = coalesce(cancelled_at, ?) WHERE id = ?", now, sweep)
+                        .execute(&mut *c)
+                        .await?;
+                    if found.rows_affected() == 0 {
+                        return Err(StoreError::NotFound(format!("sweep {sweep}")));
+                    }
+                    let rows = sqlx::query!(
+                        r#"UPDATE jobs SET status = 'cancelled', finished_at = ?, error = 'cancelled before it started'
+                           WHERE sweep_id = ? AND status = 'pending'
+                           RETURNING id AS "id!", attempt AS "attempt!""#,
+                        now,
+                        sweep
+                    )
+                    .fetch_all(&mut *c)
+                    .await?;
+                    sqlx::query!("UPDATE jobs SET cancel_requested = 1 WHERE sweep_id = ? AND status = 'running'", sweep)
+                        .execute(&mut *c)
+                        .await?;
+                    Ok(rows)
+                }
+                .boxed()
+            })
+            .await?;
         Ok(rows
             .into_iter()
             .map(|r| JobChange {
@@ -628,7 +680,9 @@ impl Store {
         .await?;
         // The running attempt lives in the job row until it ends.
         if row.status == "running" {
-            let claimed_at = sqlx::query_scalar!("SELECT claimed_at FROM jobs WHERE id = ?", job).fetch_one(&self.read).await?;
+            let claimed_at = sqlx::query_scalar!("SELECT claimed_at FROM jobs WHERE id = ?", job)
+                .fetch_one(&self.read)
+                .await?;
             attempts.push(AttemptRow {
                 attempt: row.attempt,
                 worker: row.worker.clone().unwrap_or_default(),
