@@ -67,6 +67,8 @@ CREATE TABLE attempts (
 -- REAL as NULL, which is how a diverged epoch's NaN loss is kept.
 CREATE TABLE metrics (
     job_id         INTEGER NOT NULL REFERENCES jobs (id),
+    -- Denormalised so a metrics write returns its sweep (for events) without a second query.
+    sweep_id       INTEGER NOT NULL,
     epoch          INTEGER NOT NULL,
     attempt        INTEGER NOT NULL,
     lr             REAL,

@@ -374,35 +374,46 @@ impl Store {
         // job's epoch follows by trigger.
         let m = m.clone();
         let attempt = m.attempt;
-        let stored = self.writer.run(move |c| async move { Ok(sqlx::query!(
-            "INSERT INTO metrics (job_id, epoch, attempt, lr, train_loss, test_loss, accuracy, precision, recall, f1,
-                                  images_per_sec, seconds, recorded_at)
-             SELECT id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 FROM jobs
-             WHERE id = ?1 AND attempt = ?3 AND status = 'running'
-             ON CONFLICT (job_id, epoch) DO UPDATE SET
-                attempt = excluded.attempt, lr = excluded.lr, train_loss = excluded.train_loss,
-                test_loss = excluded.test_loss, accuracy = excluded.accuracy, precision = excluded.precision,
-                recall = excluded.recall, f1 = excluded.f1, images_per_sec = excluded.images_per_sec,
-                seconds = excluded.seconds, recorded_at = excluded.recorded_at
-             WHERE excluded.attempt > metrics.attempt",
-            job,
-            m.epoch,
-            m.attempt,
-            m.lr,
-            m.train_loss,
-            m.test_loss,
-            m.accuracy,
-            m.precision,
-            m.recall,
-            m.f1,
-            m.images_per_sec,
-            m.seconds,
-            now
-        )
-        .execute(&mut *c)
-        .await?
-        .rows_affected()) }.boxed())
-        .await?;
+        let stored = self
+            .writer
+            .run(move |c| {
+                async move {
+                    Ok(sqlx::query_scalar!(
+                        r#"INSERT INTO metrics (job_id, sweep_id, epoch, attempt, lr, train_loss, test_loss, accuracy, precision,
+                                                recall, f1, images_per_sec, seconds, recorded_at)
+                           SELECT id, sweep_id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 FROM jobs
+                           WHERE id = ?1 AND attempt = ?3 AND status = 'running'
+                           ON CONFLICT (job_id, epoch) DO UPDATE SET
+                              attempt = excluded.attempt, lr = excluded.lr, train_loss = excluded.train_loss,
+                              test_loss = excluded.test_loss, accuracy = excluded.accuracy, precision = excluded.precision,
+                              recall = excluded.recall, f1 = excluded.f1, images_per_sec = excluded.images_per_sec,
+                              seconds = excluded.seconds, recorded_at = excluded.recorded_at
+                           WHERE excluded.attempt > metrics.attempt
+                           RETURNING sweep_id AS "sweep_id!""#,
+                        job,
+                        m.epoch,
+                        m.attempt,
+                        m.lr,
+                        m.train_loss,
+                        m.test_loss,
+                        m.accuracy,
+                        m.precision,
+                        m.recall,
+                        m.f1,
+                        m.images_per_sec,
+                        m.seconds,
+                        now
+                    )
+                    .fetch_optional(&mut *c)
+                    .await?)
+                }
+                .boxed()
+            })
+            .await?;
+        if let Some(sweep_id) = stored {
+            return Ok(sweep_id);
+        }
+        // Nothing stored: a repeat of an epoch (fine) or a write from an attempt without the lease.
         let row = sqlx::query!(
             "SELECT sweep_id, status, attempt FROM jobs WHERE id = ?",
             job
@@ -410,8 +421,7 @@ impl Store {
         .fetch_optional(&self.read)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
-        // Nothing stored: a repeat of an epoch (fine) or a write from an attempt without the lease.
-        if stored == 0 && (row.attempt != attempt || row.status != "running") {
+        if row.attempt != attempt || row.status != "running" {
             return Err(self.fence_error(job, attempt).await);
         }
         Ok(row.sweep_id)
