@@ -26,10 +26,11 @@ type ApiResult<T> = Result<T, ApiError>;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "sweep coordinator", description = "Hyperparameter sweeps of the study's CIFAR-10 trainer: sweeps, jobs under leases, metrics, results."),
-    paths(submit_sweep, list_sweeps, get_sweep, cancel_sweep, get_job, results, claim, heartbeat, report_metrics, finish,
+    paths(submit_sweep, list_sweeps, get_sweep, cancel_sweep, get_job, results, claim, heartbeat, report_metrics, finish, release,
+          crate::artifacts::upload, crate::artifacts::download,
           events::stream, healthz, prometheus, openapi),
     components(schemas(SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
-                       HeartbeatReply, MetricsReport, FinishRequest, JobChange, Created, crate::store::JobRow,
+                       HeartbeatReply, MetricsReport, FinishRequest, ReleaseRequest, JobChange, Created, crate::store::JobRow,
                        crate::store::EpochRow, crate::store::AttemptRow)),
     modifiers(&BearerAuth)
 )]
@@ -59,6 +60,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/jobs/{id}/heartbeat", post(heartbeat))
         .route("/api/jobs/{id}/metrics", post(report_metrics))
         .route("/api/jobs/{id}/finish", post(finish))
+        .route("/api/jobs/{id}/release", post(release))
+        .route(
+            "/api/jobs/{id}/checkpoint",
+            axum::routing::put(crate::artifacts::upload)
+                .get(crate::artifacts::download)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/api/events", get(events::stream))
         .route("/api/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
@@ -348,6 +356,34 @@ async fn finish(
             error,
             state.clock.now_ms(),
         )
+        .await?;
+    state.publish(Event::Job(change.clone()));
+    Ok(Json(change))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ReleaseRequest {
+    pub attempt: i64,
+    pub reason: Option<String>,
+}
+
+/// Give the job back without failing it (a worker shutting down after a checkpoint): it is pending
+/// again and resumes from its last uploaded checkpoint; the attempt does not count against it.
+#[utoipa::path(post, path = "/api/jobs/{id}/release", tag = "worker protocol", params(("id" = i64, Path)),
+    request_body = ReleaseRequest, responses((status = 200, body = JobChange), (status = 409)), security(("bearer" = [])))]
+async fn release(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    AppJson(req): AppJson<ReleaseRequest>,
+) -> ApiResult<Json<JobChange>> {
+    let reason = req
+        .reason
+        .as_deref()
+        .map(|r| truncate(r, 2000))
+        .unwrap_or("released by its worker");
+    let change = state
+        .store
+        .release(id, req.attempt, reason, state.clock.now_ms())
         .await?;
     state.publish(Event::Job(change.clone()));
     Ok(Json(change))

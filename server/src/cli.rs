@@ -46,6 +46,9 @@ pub enum Command {
         /// Reads need the token too.
         #[arg(long)]
         private: bool,
+        /// Largest checkpoint a worker may upload, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        max_checkpoint_mib: u64,
     },
     /// Submit a sweep file (TOML, or JSON by extension).
     Submit {
@@ -89,6 +92,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             artifacts,
             lease_seconds,
             private,
+            max_checkpoint_mib,
         } => {
             let mut cfg = ServeConfig::new(db);
             cfg.listen = listen;
@@ -98,6 +102,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             cfg.lease_ms = lease_seconds as i64 * 1000;
             cfg.private = private;
+            cfg.max_checkpoint_bytes = max_checkpoint_mib << 20;
             let app = Application::build(cfg.clone()).await?;
             if app.new_token {
                 println!(

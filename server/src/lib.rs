@@ -5,6 +5,7 @@
 //! - [`store`]: every query (plain SQL, checked at compile time); claims, leases and attempt fencing.
 //!   [`writer`] batches concurrent writes into one transaction (group commit).
 //! - [`api`]: the REST routes and the worker protocol; [`error`] maps every failure to HTTP in one place.
+//! - [`artifacts`]: job checkpoints uploaded by workers, kept by job id under the artifacts folder.
 //! - [`events`]: server-sent events for the dashboard; [`telemetry`]: Prometheus counters.
 //! - [`export`]: the study's markdown table, CSV, JSON and the README block.
 //! - [`startup`]: `Application::build` / `run_until_stopped`, the lease reaper, shutdown signals.
@@ -13,6 +14,7 @@
 //! - [`state`]: the `AppState` of cheap handles and the injectable clock.
 
 pub mod api;
+pub mod artifacts;
 pub mod cli;
 pub mod client;
 pub mod error;

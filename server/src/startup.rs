@@ -23,6 +23,7 @@ pub struct ServeConfig {
     /// How often expired leases are looked for.
     pub reap_every: Duration,
     pub clock: Clock,
+    pub max_checkpoint_bytes: u64,
 }
 
 impl ServeConfig {
@@ -37,6 +38,8 @@ impl ServeConfig {
             private: false,
             reap_every: Duration::from_secs(1),
             clock: Clock::System,
+            // The full network's resume state (weights + momentum) is about 125 MB.
+            max_checkpoint_bytes: 1 << 30,
         }
     }
 }
@@ -116,6 +119,8 @@ impl Application {
             private: cfg.private,
             events,
             telemetry: Arc::new(Default::default()),
+            artifacts: cfg.artifacts.clone().into(),
+            max_checkpoint_bytes: cfg.max_checkpoint_bytes,
         };
         Ok(Application {
             listener,

@@ -47,4 +47,7 @@ pub struct AppState {
     pub private: bool,
     pub events: broadcast::Sender<crate::events::Event>,
     pub telemetry: Arc<Telemetry>,
+    /// Uploaded checkpoints, one folder per job id.
+    pub artifacts: Arc<std::path::Path>,
+    pub max_checkpoint_bytes: u64,
 }

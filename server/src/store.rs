@@ -490,6 +490,66 @@ impl Store {
         }
     }
 
+    /// Gives a running job back without counting it as a failure (a worker shutting down after a
+    /// checkpoint): pending again with the next attempt, and one more attempt allowed.
+    pub async fn release(
+        &self,
+        job: i64,
+        attempt: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<JobChange> {
+        let reason = reason.to_string();
+        let row = self
+            .writer
+            .run(move |c| {
+                async move {
+                    Ok(sqlx::query!(
+                        r#"UPDATE jobs SET status = 'pending', attempt = attempt + 1, max_attempts = max_attempts + 1,
+                             worker = NULL, lease_expires_at = NULL,
+                             attempt_ended_at = ?3, attempt_outcome = 'released', attempt_error = ?4
+                           WHERE id = ?1 AND attempt = ?2 AND status = 'running'
+                           RETURNING sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!""#,
+                        job,
+                        attempt,
+                        now,
+                        reason
+                    )
+                    .fetch_optional(&mut *c)
+                    .await?)
+                }
+                .boxed()
+            })
+            .await?;
+        match row {
+            Some(r) => Ok(JobChange {
+                job_id: job,
+                sweep_id: r.sweep_id,
+                status: r.status,
+                attempt: r.attempt,
+            }),
+            None => Err(self.fence_error(job, attempt).await),
+        }
+    }
+
+    /// Ok when `attempt` holds `job` now (for writes outside the database, like checkpoint files).
+    pub async fn check_fence(&self, job: i64, attempt: i64) -> Result<()> {
+        let row = sqlx::query!("SELECT status, attempt FROM jobs WHERE id = ?", job)
+            .fetch_optional(&self.read)
+            .await?;
+        match row {
+            Some(r) if r.attempt == attempt && r.status == "running" => Ok(()),
+            _ => Err(self.fence_error(job, attempt).await),
+        }
+    }
+
+    pub async fn job_exists(&self, job: i64) -> Result<bool> {
+        Ok(sqlx::query_scalar!("SELECT id FROM jobs WHERE id = ?", job)
+            .fetch_optional(&self.read)
+            .await?
+            .is_some())
+    }
+
     /// Returns every running job whose lease ran out before `now` to pending with the next attempt,
     /// or fails it when it has used all its attempts.
     pub async fn requeue_expired(&self, now: i64) -> Result<Vec<JobChange>> {

@@ -149,6 +149,37 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The `worker train` flags that reproduce this configuration (without `--out`).
+    pub fn to_args(&self) -> Vec<String> {
+        let v = serde_json::to_value(self).expect("config serialises");
+        let mut args = vec!["train".to_string()];
+        for (k, val) in v.as_object().expect("an object") {
+            let flag = format!("--{}", k.replace('_', "-"));
+            match val {
+                serde_json::Value::Null | serde_json::Value::Bool(false) => {}
+                serde_json::Value::Bool(true) => args.push(flag),
+                serde_json::Value::Array(a) => {
+                    args.push(flag);
+                    args.push(
+                        a.iter()
+                            .map(|x| x.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    );
+                }
+                serde_json::Value::String(s) => {
+                    args.push(flag);
+                    args.push(s.clone());
+                }
+                other => {
+                    args.push(flag);
+                    args.push(other.to_string());
+                }
+            }
+        }
+        args
+    }
+
     pub fn model(&self) -> crate::model::ModelConfig {
         crate::model::ModelConfig {
             widths: self.model_widths.clone(),

@@ -9,7 +9,8 @@
 //! - [`checkpoint`]: study-named safetensors weights and the atomic resume state.
 //! - [`train`]: the epoch loop; it reports each epoch through a callback and knows nothing of HTTP.
 //! - [`bench`]: throughput of the full network beside PyTorch eager.
-//! - [`cli`]: `worker train` / `worker bench` argument parsing and output files.
+//! - [`service`]: `worker run`: claims jobs from a coordinator and supervises their trainers.
+//! - [`cli`]: `worker train` / `worker bench` / `worker run` argument parsing.
 //! - [`shim`]: the C++ pieces of libtorch that tch does not expose.
 
 pub mod augment;
@@ -21,9 +22,13 @@ pub mod data;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod service;
 pub mod shim;
 pub mod train;
 
 /// Exit code of a run that ended `diverged` (non-finite loss): distinct from success (0), a crash or
 /// bad input (1) and a usage error (2), so a supervising worker can tell a result from a failure.
 pub const EXIT_DIVERGED: i32 = 3;
+
+/// Exit code of a run stopped by SIGTERM/SIGINT after committing its last epoch: resumable.
+pub const EXIT_INTERRUPTED: i32 = 4;

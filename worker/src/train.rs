@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
@@ -23,6 +25,8 @@ pub const PREDICTIONS_FILE: &str = "predictions.csv";
 pub enum Status {
     Completed,
     Diverged,
+    /// Stopped by SIGTERM/SIGINT after committing an epoch; running again resumes.
+    Interrupted,
 }
 
 /// `summary.json`.
@@ -280,6 +284,12 @@ pub fn run(
         pb
     });
 
+    // SIGTERM or ctrl-c: finish and commit the running epoch, then stop (a second one stops at once).
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())?;
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
     let mut status = Status::Completed;
     for epoch in meta.epoch + 1..=cfg.epochs {
         let t0 = Instant::now();
@@ -385,6 +395,11 @@ pub fn run(
         meta.epoch = epoch;
         checkpoint::save_weights(&params, meta.steps, &out.join(WEIGHTS_FILE))?;
         checkpoint::save_resume(&params, &sgd.buffers, &meta, &resume_path)?;
+        if stop.load(Ordering::SeqCst) && epoch < cfg.epochs {
+            tracing::info!(epoch, "stopping after a committed epoch (signal)");
+            status = Status::Interrupted;
+            break;
+        }
     }
     if let Some(pb) = &bar {
         pb.finish_and_clear();
@@ -403,6 +418,8 @@ pub fn run(
         threads: tch::get_num_threads(),
         wall_seconds: started.elapsed().as_secs_f64(),
     };
-    write_json_atomic(&summary, &summary_path)?;
+    if status != Status::Interrupted {
+        write_json_atomic(&summary, &summary_path)?;
+    }
     Ok(summary)
 }

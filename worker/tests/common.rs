@@ -57,34 +57,7 @@ fn cifar_mini_or_unused(d: DatasetKind) -> PathBuf {
 
 /// `worker train` flags for a config (the binary is what users run).
 pub fn train_args(cfg: &TrainConfig) -> Vec<String> {
-    let v = serde_json::to_value(cfg).unwrap();
-    let mut args = vec!["train".to_string()];
-    for (k, val) in v.as_object().unwrap() {
-        let flag = format!("--{}", k.replace('_', "-"));
-        match val {
-            serde_json::Value::Null => {}
-            serde_json::Value::Bool(true) => args.push(flag),
-            serde_json::Value::Bool(false) => {}
-            serde_json::Value::Array(a) => {
-                args.push(flag);
-                args.push(
-                    a.iter()
-                        .map(|x| x.to_string())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
-            }
-            serde_json::Value::String(s) => {
-                args.push(flag);
-                args.push(s.clone());
-            }
-            other => {
-                args.push(flag);
-                args.push(other.to_string());
-            }
-        }
-    }
-    args
+    cfg.to_args()
 }
 
 pub fn read_metrics(dir: &std::path::Path) -> Vec<worker::metrics::EpochMetrics> {

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The main job: a sweep end to end on this machine. Starts the coordinator on an embedded SQLite file,
+# one worker, submits sweeps/demo-cpu.toml, shows progress until the sweep is done, prints the
+# study-format table. Everything lands in .demo/ (database, token, job outputs, logs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=target/debug
+SWEEP=${SWEEP:-sweeps/demo-cpu.toml}
+DEMO=.demo
+mkdir -p "$DEMO"
+
+# Data: the full CIFAR-10 when present or downloadable, else the shared 5,000-image subset.
+DATA=data/cifar-10-batches-bin
+if ! "$BIN/worker" fetch-data --data-dir "$DATA" 2>"$DEMO/fetch.log"; then
+  if [ -f ../shared/data/cifar10-mini/data_batch_1.bin ]; then
+    DATA=../shared/data/cifar10-mini
+    echo "demo: CIFAR-10 could not be downloaded ($(tail -n 1 "$DEMO/fetch.log")); using $DATA"
+  else
+    echo "demo: no CIFAR-10 data. Put the official binary files (data_batch_1..5.bin, test_batch.bin)"
+    echo "      into $DATA, or make https://www.cs.toronto.edu reachable, and run again." >&2
+    exit 1
+  fi
+fi
+
+TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+"$BIN/server" serve --db "$DEMO/sweeps.db" --listen 127.0.0.1:0 --token "$TOKEN" >"$DEMO/server.out" 2>"$DEMO/server.log" &
+SERVER_PID=$!
+WORKER_PID=
+cleanup() {
+  [ -n "$WORKER_PID" ] && kill "$WORKER_PID" 2>/dev/null || true
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 50); do grep -q "listening on" "$DEMO/server.out" 2>/dev/null && break; sleep 0.1; done
+URL=$(sed -n 's/^listening on //p' "$DEMO/server.out")
+export SWEEP_SERVER=$URL SWEEP_TOKEN=$TOKEN
+echo "demo: coordinator at $URL (database $DEMO/sweeps.db, dashboard API $URL/api/sweeps)"
+
+ID=$("$BIN/server" submit "$SWEEP" | sed -n 's/^submitted sweep \([0-9]*\).*/\1/p')
+echo "demo: submitted $SWEEP as sweep $ID"
+START=$(date +%s)
+"$BIN/worker" run --cpu-ranks 2 --work-dir "$DEMO/runs" --data-dir "$DATA" --exit-when-idle 2>"$DEMO/worker.log" &
+WORKER_PID=$!
+while kill -0 "$WORKER_PID" 2>/dev/null; do
+  sleep 10
+  "$BIN/server" status | grep -E "^ +$ID " || true
+done
+wait "$WORKER_PID" || true
+WORKER_PID=
+echo "demo: sweep finished in $(( $(date +%s) - START )) s"
+"$BIN/server" status "$ID"
+echo
+"$BIN/server" export "$ID" --extra

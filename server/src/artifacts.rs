@@ -1,0 +1,101 @@
+//! Job checkpoints (the trainer's resume state) uploaded by workers after each epoch, so a job
+//! claimed again resumes on any machine. Stored as `<artifacts>/job-<id>/resume.safetensors`: the path
+//! comes from the job id alone, never from the client. Uploads are fenced by attempt, streamed to a
+//! temporary file, size-limited, and renamed into place whole.
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct AttemptQuery {
+    pub attempt: i64,
+}
+
+fn job_dir(state: &AppState, job: i64) -> std::path::PathBuf {
+    state.artifacts.join(format!("job-{job}"))
+}
+
+pub const FILE: &str = "resume.safetensors";
+
+/// Upload the job's latest checkpoint (raw bytes).
+#[utoipa::path(put, path = "/api/jobs/{id}/checkpoint", tag = "worker protocol", params(("id" = i64, Path), AttemptQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200), (status = 409), (status = 413)), security(("bearer" = [])))]
+pub async fn upload(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<AttemptQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    state.store.check_fence(id, q.attempt).await?;
+    let dir = job_dir(&state, id);
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let tmp = dir.join(format!(".{FILE}.{}.partial", q.attempt));
+    let result = async {
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let mut stream = body.into_data_stream();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::BadRequest(format!("upload broke off: {e}")))?;
+            size += chunk.len() as u64;
+            if size > state.max_checkpoint_bytes {
+                return Err(ApiError::TooLarge(state.max_checkpoint_bytes as usize));
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| ApiError::Internal(e.into()))?;
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        // The attempt may have lost its lease while uploading: then the file is not kept.
+        state.store.check_fence(id, q.attempt).await?;
+        tokio::fs::rename(&tmp, dir.join(FILE))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        Ok(size)
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    let size = result?;
+    Ok(axum::Json(serde_json::json!({ "bytes": size })).into_response())
+}
+
+/// The job's latest checkpoint, or 404 when none was uploaded.
+#[utoipa::path(get, path = "/api/jobs/{id}/checkpoint", tag = "worker protocol", params(("id" = i64, Path)),
+    responses((status = 200, content_type = "application/octet-stream"), (status = 404)))]
+pub async fn download(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    if !state.store.job_exists(id).await? {
+        return Err(ApiError::NotFound(format!("job {id} not found")));
+    }
+    let path = job_dir(&state, id).join(FILE);
+    match tokio::fs::File::open(&path).await {
+        Ok(f) => {
+            let stream = tokio_util::io::ReaderStream::new(f);
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                Body::from_stream(stream),
+            )
+                .into_response())
+        }
+        Err(_) => Err(ApiError::NotFound(format!("job {id} has no checkpoint"))),
+    }
+}

@@ -1,0 +1,190 @@
+//! The worker protocol over HTTP (blocking; each job's supervisor thread makes its own calls).
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+/// How a call failed, which decides what the caller does next.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// 409: this attempt no longer holds the job. Stop its child at once.
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
+    /// The coordinator is unreachable or failing (network, 5xx): keep the write and retry later.
+    #[error("coordinator unavailable: {0}")]
+    Unavailable(String),
+    /// Any other refusal (401, 404, 422): retrying will not help.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Claim {
+    pub id: i64,
+    pub sweep_id: i64,
+    pub attempt: i64,
+    pub params: Value,
+}
+
+#[derive(Clone)]
+pub struct Coordinator {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Coordinator {
+    pub fn new(base: &str, token: &str) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout_read(Duration::from_secs(60))
+            .timeout_write(Duration::from_secs(60))
+            .build();
+        Coordinator {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            agent,
+        }
+    }
+
+    fn classify(e: ureq::Error) -> CallError {
+        match e {
+            ureq::Error::Status(409, r) => {
+                CallError::LeaseLost(r.into_string().unwrap_or_default())
+            }
+            ureq::Error::Status(code, r) if code >= 500 => {
+                CallError::Unavailable(format!("{code} {}", r.into_string().unwrap_or_default()))
+            }
+            ureq::Error::Status(code, r) => {
+                CallError::Refused(format!("{code} {}", r.into_string().unwrap_or_default()))
+            }
+            ureq::Error::Transport(t) => CallError::Unavailable(t.to_string()),
+        }
+    }
+
+    fn post(&self, path: &str, body: Value) -> Result<Option<Value>, CallError> {
+        let r = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .send_json(body)
+            .map_err(Self::classify)?;
+        if r.status() == 204 {
+            return Ok(None);
+        }
+        r.into_json()
+            .map(Some)
+            .map_err(|e| CallError::Unavailable(e.to_string()))
+    }
+
+    /// The oldest pending job that fits `capacity`, or None.
+    pub fn claim(
+        &self,
+        worker: &str,
+        ranks: usize,
+        max_batch_size: Option<i64>,
+    ) -> Result<Option<Claim>, CallError> {
+        let body = json!({"worker": worker, "capacity": {"ranks": ranks, "max_batch_size": max_batch_size}});
+        match self.post("/api/jobs/claim", body)? {
+            Some(v) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| CallError::Refused(e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// Jobs pending or running across all sweeps (for `--exit-when-idle`).
+    pub fn unfinished_jobs(&self) -> Result<i64, CallError> {
+        let v: Value = self
+            .agent
+            .get(&format!("{}/api/sweeps", self.base))
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .map_err(Self::classify)?
+            .into_json()
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s["pending"].as_i64().unwrap_or(0) + s["running"].as_i64().unwrap_or(0))
+            .sum())
+    }
+
+    /// Renews the lease; true when the job was cancelled.
+    pub fn heartbeat(&self, job: i64, attempt: i64) -> Result<bool, CallError> {
+        let v = self.post(
+            &format!("/api/jobs/{job}/heartbeat"),
+            json!({ "attempt": attempt }),
+        )?;
+        Ok(v.and_then(|v| v["cancel"].as_bool()).unwrap_or(false))
+    }
+
+    pub fn metrics(
+        &self,
+        job: i64,
+        attempt: i64,
+        m: &crate::metrics::EpochMetrics,
+    ) -> Result<(), CallError> {
+        let mut body = serde_json::to_value(m).expect("metrics serialise");
+        body["attempt"] = attempt.into();
+        self.post(&format!("/api/jobs/{job}/metrics"), body)
+            .map(|_| ())
+    }
+
+    pub fn finish(
+        &self,
+        job: i64,
+        attempt: i64,
+        status: &str,
+        summary: Option<&Value>,
+        error: Option<&str>,
+    ) -> Result<(), CallError> {
+        let body =
+            json!({"attempt": attempt, "status": status, "summary": summary, "error": error});
+        self.post(&format!("/api/jobs/{job}/finish"), body)
+            .map(|_| ())
+    }
+
+    pub fn release(&self, job: i64, attempt: i64, reason: &str) -> Result<(), CallError> {
+        self.post(
+            &format!("/api/jobs/{job}/release"),
+            json!({"attempt": attempt, "reason": reason}),
+        )
+        .map(|_| ())
+    }
+
+    pub fn upload_checkpoint(&self, job: i64, attempt: i64, file: &Path) -> Result<(), CallError> {
+        // Opened before sending: the trainer replaces the file by rename, so this handle stays whole.
+        let f = std::fs::File::open(file)
+            .map_err(|e| CallError::Refused(format!("{}: {e}", file.display())))?;
+        self.agent
+            .put(&format!(
+                "{}/api/jobs/{job}/checkpoint?attempt={attempt}",
+                self.base
+            ))
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .set("Content-Type", "application/octet-stream")
+            .send(f)
+            .map_err(Self::classify)?;
+        Ok(())
+    }
+
+    /// Fetches the job's last checkpoint into `dest`; false when it has none.
+    pub fn download_checkpoint(&self, job: i64, dest: &Path) -> Result<bool, CallError> {
+        let r = match self
+            .agent
+            .get(&format!("{}/api/jobs/{job}/checkpoint", self.base))
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .call()
+        {
+            Ok(r) => r,
+            Err(ureq::Error::Status(404, _)) => return Ok(false),
+            Err(e) => return Err(Self::classify(e)),
+        };
+        let tmp = crate::checkpoint::tmp_path(dest);
+        let mut f = std::fs::File::create(&tmp).map_err(|e| CallError::Refused(e.to_string()))?;
+        std::io::copy(&mut r.into_reader(), &mut f)
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        std::fs::rename(&tmp, dest).map_err(|e| CallError::Refused(e.to_string()))?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,421 @@
+//! One claimed job: its `worker train` child, and everything that flows to the coordinator.
+//!
+//! Each epoch the trainer appends a line to `metrics.jsonl` and then commits `resume.safetensors`;
+//! the supervisor forwards the line and uploads the file, in that order, through an outbox that
+//! keeps every write until the coordinator has acknowledged it (retrying with backoff while it is
+//! unreachable). A 409 means this attempt lost the job: the child is stopped at once.
+use super::client::{CallError, Claim, Coordinator};
+use super::slots::{DeviceKind, Placement};
+use crate::checkpoint::RESUME_FILE;
+use crate::metrics::EpochMetrics;
+use crate::train::{METRICS_FILE, SUMMARY_FILE};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Exit code of a trainer stopped by SIGTERM after committing its epoch (see `train.rs`).
+pub const EXIT_INTERRUPTED: i32 = crate::EXIT_INTERRUPTED;
+const STDERR_TAIL: usize = 30;
+
+#[derive(Debug, Clone)]
+pub struct JobOptions {
+    pub exe: PathBuf,
+    pub work_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    pub heartbeat: Duration,
+    pub poll: Duration,
+}
+
+/// What the supervisor reports to the worker's main loop as it goes.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub epoch: u32,
+    pub epochs: u32,
+    pub accuracy: Option<f64>,
+    pub done: Option<String>,
+}
+
+enum Write {
+    Metrics(EpochMetrics),
+    Upload,
+    Finish {
+        status: String,
+        summary: Option<Value>,
+        error: Option<String>,
+    },
+    Release(String),
+}
+
+/// Builds `worker train` arguments from the job's params and where it was placed.
+pub fn train_command(
+    opts: &JobOptions,
+    params: &Value,
+    placement: &Placement,
+    out: &Path,
+) -> anyhow::Result<Command> {
+    let mut cfg: crate::config::TrainConfig = serde_json::from_value(params.clone())
+        .map_err(|e| anyhow::anyhow!("the job's params are not valid train options: {e}"))?;
+    cfg.threads = Some(placement.threads);
+    if let Some(d) = &opts.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    let mut cmd = Command::new(&opts.exe);
+    cmd.args(cfg.to_args()).arg("--out").arg(out);
+    // A trainer must not outlive its worker: if the worker is killed, nobody would report its epochs
+    // while it kept a device busy. Its checkpoint is on the coordinator; another worker resumes it.
+    // SAFETY: prctl in the child between fork and exec touches no Rust state.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let gpus: Vec<String> = placement
+        .devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceKind::Gpu(i) => Some(i.to_string()),
+            DeviceKind::Cpu(_) => None,
+        })
+        .collect();
+    if !gpus.is_empty() {
+        cmd.env("CUDA_VISIBLE_DEVICES", gpus.join(","));
+    }
+    // Keep libraries' own thread pools to the job's share as well.
+    cmd.env("OMP_NUM_THREADS", placement.threads.to_string());
+    Ok(cmd)
+}
+
+pub struct Supervisor {
+    claim: Claim,
+    coord: Coordinator,
+    opts: JobOptions,
+    out: PathBuf,
+    outbox: VecDeque<Write>,
+    metrics_offset: u64,
+    resume_seen: Option<(SystemTime, u64)>,
+    retry_at: Instant,
+    backoff: Duration,
+    progress: Arc<Mutex<Progress>>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Supervisor {
+    pub fn new(
+        claim: Claim,
+        coord: Coordinator,
+        opts: JobOptions,
+        progress: Arc<Mutex<Progress>>,
+    ) -> Self {
+        let out = opts.work_dir.join(format!("job-{}", claim.id));
+        Supervisor {
+            claim,
+            coord,
+            opts,
+            out,
+            outbox: VecDeque::new(),
+            metrics_offset: 0,
+            resume_seen: None,
+            retry_at: Instant::now(),
+            backoff: Duration::from_millis(200),
+            progress,
+            stderr_tail: Arc::default(),
+        }
+    }
+
+    fn job(&self) -> i64 {
+        self.claim.id
+    }
+
+    /// Runs the job to its end; `stopping` asks it to checkpoint and give the job back.
+    pub fn run(mut self, placement: Placement, stopping: Arc<AtomicBool>) {
+        let (id, attempt) = (self.claim.id, self.claim.attempt);
+        {
+            let mut p = self.progress.lock().expect("not poisoned");
+            p.epochs = self
+                .claim
+                .params
+                .get("epochs")
+                .and_then(Value::as_u64)
+                .unwrap_or(300) as u32;
+        }
+        // The coordinator's checkpoint is the truth: start from it, or from nothing.
+        let _ = std::fs::remove_dir_all(&self.out);
+        if let Err(e) = std::fs::create_dir_all(&self.out) {
+            let msg = format!("cannot create {}: {e}", self.out.display());
+            return self.end_without_child(msg);
+        }
+        loop {
+            match self
+                .coord
+                .download_checkpoint(id, &self.out.join(RESUME_FILE))
+            {
+                Ok(found) => {
+                    if found {
+                        tracing::info!(
+                            job = id,
+                            attempt,
+                            "resuming from the coordinator's checkpoint"
+                        );
+                    }
+                    break;
+                }
+                Err(CallError::Unavailable(e)) if !stopping.load(Ordering::SeqCst) => {
+                    tracing::warn!(job = id, error = %e, "coordinator unavailable; retrying the checkpoint download");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return self.end_without_child(format!("checkpoint download failed: {e}"))
+                }
+            }
+        }
+        let mut child = match train_command(&self.opts, &self.claim.params, &placement, &self.out)
+            .and_then(|mut c| {
+                c.stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(Into::into)
+            }) {
+            Ok(c) => c,
+            Err(e) => return self.end_without_child(format!("cannot start the trainer: {e}")),
+        };
+        self.capture_stderr(&mut child);
+
+        let mut last_beat = Instant::now();
+        let mut signalled = false;
+        let mut cancelled = false;
+        let code = loop {
+            self.collect();
+            if stopping.load(Ordering::SeqCst) && !signalled {
+                // The trainer finishes and commits its epoch, then exits with EXIT_INTERRUPTED.
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                signalled = true;
+            }
+            if last_beat.elapsed() >= self.opts.heartbeat {
+                last_beat = Instant::now();
+                match self.coord.heartbeat(id, attempt) {
+                    Ok(true) if !cancelled => {
+                        // Nothing to keep from a cancelled run: stop it now rather than at its epoch's end.
+                        tracing::info!(job = id, "cancelled: stopping the trainer");
+                        cancelled = true;
+                        let _ = child.kill();
+                    }
+                    Ok(_) => {}
+                    Err(CallError::LeaseLost(why)) => return self.abandon(&mut child, &why),
+                    Err(e) => {
+                        tracing::warn!(job = id, error = %e, "heartbeat failed; training goes on")
+                    }
+                }
+            }
+            if let Err(why) = self.flush() {
+                return self.abandon(&mut child, &why);
+            }
+            match child.try_wait() {
+                Ok(Some(status)) => break status.code().unwrap_or(-1),
+                Ok(None) => std::thread::sleep(self.opts.poll),
+                Err(e) => {
+                    break {
+                        tracing::error!(job = id, error = %e, "cannot wait for the trainer");
+                        -1
+                    }
+                }
+            }
+        };
+        // Whatever the trainer wrote last goes out before the job ends.
+        self.collect();
+        let summary: Option<Value> = std::fs::read(self.out.join(SUMMARY_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let end = match code {
+            _ if cancelled => Write::Finish {
+                status: "cancelled".into(),
+                summary,
+                error: Some("cancelled by the user".into()),
+            },
+            0 => Write::Finish {
+                status: "completed".into(),
+                summary,
+                error: None,
+            },
+            c if c == crate::EXIT_DIVERGED => Write::Finish {
+                status: "diverged".into(),
+                summary,
+                error: Some("non-finite loss".into()),
+            },
+            c if c == EXIT_INTERRUPTED => {
+                Write::Release("the worker shut down after a checkpoint".into())
+            }
+            c => {
+                let tail: Vec<String> = self
+                    .stderr_tail
+                    .lock()
+                    .expect("not poisoned")
+                    .iter()
+                    .cloned()
+                    .collect();
+                Write::Finish {
+                    status: "failed".into(),
+                    summary,
+                    error: Some(format!(
+                        "trainer exited with code {c}:\n{}",
+                        tail.join("\n")
+                    )),
+                }
+            }
+        };
+        self.outbox.push_back(end);
+        self.drain_until_done(&stopping);
+    }
+
+    fn capture_stderr(&mut self, child: &mut Child) {
+        let Some(stderr) = child.stderr.take() else {
+            return;
+        };
+        let tail = self.stderr_tail.clone();
+        let job = self.job();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                tracing::debug!(job, "trainer: {line}");
+                let mut t = tail.lock().expect("not poisoned");
+                if t.len() == STDERR_TAIL {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        });
+    }
+
+    /// New metric lines and a newly committed checkpoint, queued in the order they were written.
+    fn collect(&mut self) {
+        let path = self.out.join(METRICS_FILE);
+        if let Ok(mut f) = std::fs::File::open(&path) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if len < self.metrics_offset {
+                // Rewritten on resume from the checkpoint's history: read it again (the coordinator
+                // stores each epoch once).
+                self.metrics_offset = 0;
+            }
+            let mut text = String::new();
+            if f.seek(SeekFrom::Start(self.metrics_offset)).is_ok()
+                && f.read_to_string(&mut text).is_ok()
+            {
+                // Only whole lines: the trainer may be half-way through one.
+                let whole = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+                for line in text[..whole].lines() {
+                    if let Ok(m) = serde_json::from_str::<EpochMetrics>(line) {
+                        let mut p = self.progress.lock().expect("not poisoned");
+                        p.epoch = m.epoch;
+                        p.accuracy = Some(m.accuracy);
+                        drop(p);
+                        self.outbox.push_back(Write::Metrics(m));
+                    }
+                }
+                self.metrics_offset += whole as u64;
+            }
+        }
+        if let Ok(meta) = std::fs::metadata(self.out.join(RESUME_FILE)) {
+            let stamp = (
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+            );
+            if self.resume_seen != Some(stamp) {
+                self.resume_seen = Some(stamp);
+                // Only the latest checkpoint matters: drop an older upload still queued.
+                self.outbox.retain(|w| !matches!(w, Write::Upload));
+                self.outbox.push_back(Write::Upload);
+            }
+        }
+    }
+
+    /// Sends queued writes in order until one fails. Err only when the lease is lost.
+    fn flush(&mut self) -> Result<(), String> {
+        if Instant::now() < self.retry_at {
+            return Ok(());
+        }
+        let (id, attempt) = (self.claim.id, self.claim.attempt);
+        while let Some(w) = self.outbox.front() {
+            let r = match w {
+                Write::Metrics(m) => self.coord.metrics(id, attempt, m),
+                Write::Upload => {
+                    self.coord
+                        .upload_checkpoint(id, attempt, &self.out.join(RESUME_FILE))
+                }
+                Write::Finish {
+                    status,
+                    summary,
+                    error,
+                } => self
+                    .coord
+                    .finish(id, attempt, status, summary.as_ref(), error.as_deref()),
+                Write::Release(reason) => self.coord.release(id, attempt, reason),
+            };
+            match r {
+                Ok(()) => {
+                    self.outbox.pop_front();
+                    self.backoff = Duration::from_millis(200);
+                }
+                Err(CallError::LeaseLost(why)) => return Err(why),
+                Err(CallError::Unavailable(e)) => {
+                    tracing::warn!(job = id, error = %e, pending = self.outbox.len(), "coordinator unavailable; will retry");
+                    self.retry_at = Instant::now() + self.backoff;
+                    self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+                    return Ok(());
+                }
+                Err(CallError::Refused(e)) => {
+                    tracing::error!(job = id, error = %e, "the coordinator refused a write; dropping it");
+                    self.outbox.pop_front();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_until_done(mut self, stopping: &AtomicBool) {
+        let deadline_after_stop = Duration::from_secs(30);
+        let mut stop_seen: Option<Instant> = None;
+        while !self.outbox.is_empty() {
+            if self.flush().is_err() {
+                break;
+            }
+            if stopping.load(Ordering::SeqCst) {
+                let t = *stop_seen.get_or_insert_with(Instant::now);
+                if t.elapsed() > deadline_after_stop {
+                    tracing::error!(
+                        job = self.job(),
+                        "giving up on {} undelivered writes at shutdown",
+                        self.outbox.len()
+                    );
+                    break;
+                }
+            }
+            if !self.outbox.is_empty() {
+                std::thread::sleep(self.opts.poll);
+            }
+        }
+        self.progress.lock().expect("not poisoned").done = Some("done".into());
+    }
+
+    fn end_without_child(mut self, error: String) {
+        tracing::error!(job = self.job(), %error, "job failed before training");
+        self.outbox.push_back(Write::Finish {
+            status: "failed".into(),
+            summary: None,
+            error: Some(error),
+        });
+        self.drain_until_done(&AtomicBool::new(false));
+    }
+
+    fn abandon(self, child: &mut Child, why: &str) {
+        tracing::warn!(job = self.job(), %why, "lease lost: stopping the trainer at once");
+        let _ = child.kill();
+        let _ = child.wait();
+        self.progress.lock().expect("not poisoned").done = Some("lease lost".into());
+    }
+}

@@ -1,0 +1,43 @@
+//! The coordinator accepts exactly the options `worker train` has, with the same defaults it
+//! schedules by.
+use std::collections::BTreeSet;
+use worker::config::TrainConfig;
+
+#[test]
+fn sweep_keys_are_the_train_options() {
+    let ours: BTreeSet<String> = serde_json::to_value(TrainConfig::default())
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let theirs: BTreeSet<String> = server::spec::TRAIN_KEYS
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .collect();
+    assert_eq!(ours, theirs);
+    let d = TrainConfig::default();
+    assert_eq!(d.epochs as i64, server::spec::DEFAULT_EPOCHS);
+    assert_eq!(d.batch_size as i64, server::spec::DEFAULT_BATCH_SIZE);
+    assert_eq!(d.nproc_per_node as i64, server::spec::DEFAULT_NPROC);
+}
+
+#[test]
+fn every_job_of_the_repository_sweeps_is_a_valid_train_config() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sweeps");
+    for file in ["cifar10-bs-lr.toml", "demo-cpu.toml"] {
+        let spec =
+            server::spec::SweepSpec::from_toml(&std::fs::read_to_string(dir.join(file)).unwrap())
+                .unwrap();
+        for params in spec.expand() {
+            let cfg: TrainConfig =
+                serde_json::from_value(serde_json::Value::Object(params.clone())).unwrap();
+            // Data-parallel jobs are validated by the DDP launcher; the rest must pass as they are.
+            if cfg.nproc_per_node == 1 {
+                cfg.validate()
+                    .unwrap_or_else(|e| panic!("{file}: {params:?}: {e}"));
+            }
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! `worker run` with a real coordinator process and real worker processes, on the CPU: sweeps
+//! complete, killed workers and coordinators lose nothing, crashes are retried then failed, cancel
+//! stops a job, and packed jobs share a device without oversubscribing threads.
+mod common;
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "svc-token";
+
+/// The coordinator binary, built on demand when this package's tests run alone.
+fn server_bin() -> PathBuf {
+    let bin = common::worker_bin().with_file_name("server");
+    if !bin.exists() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "-p", "server", "--bin", "server"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    bin
+}
+
+struct Coordinator {
+    child: Child,
+    url: String,
+}
+
+impl Coordinator {
+    fn start(db: &Path, listen: &str, lease_seconds: u32) -> Self {
+        let mut child = Command::new(server_bin())
+            .args([
+                "serve",
+                "--listen",
+                listen,
+                "--token",
+                TOKEN,
+                "--lease-seconds",
+                &lease_seconds.to_string(),
+                "--db",
+            ])
+            .arg(db)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("listening line")
+            .to_string();
+        Coordinator { child, url }
+    }
+
+    fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        ureq::post(&format!("{}{path}", self.url))
+            .set("Authorization", &format!("Bearer {TOKEN}"))
+            .send_json(body)
+            .unwrap()
+            .into_json()
+            .unwrap_or(Value::Null)
+    }
+
+    fn get(&self, path: &str) -> Value {
+        ureq::get(&format!("{}{path}", self.url))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap()
+    }
+
+    fn submit(&self, spec: Value) -> i64 {
+        self.post("/api/sweeps", spec)["id"].as_i64().unwrap()
+    }
+
+    fn wait_sweep(&self, sweep: i64, timeout: Duration) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let s = self.get(&format!("/api/sweeps/{sweep}"));
+            if s["status"] == "finished" || s["status"] == "cancelled" {
+                return s;
+            }
+            assert!(t0.elapsed() < timeout, "sweep not done in time: {s}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `worker run` process, killed if the test ends first (a failing test must not leave it behind).
+struct Worker(Child);
+
+impl Worker {
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn worker(url: &str, work: &Path, extra: &[&str]) -> Worker {
+    Worker(
+        Command::new(common::worker_bin())
+            .args([
+                "run",
+                "--server",
+                url,
+                "--token",
+                TOKEN,
+                "--heartbeat-seconds",
+                "0.5",
+                "--idle-seconds",
+                "0.2",
+                "--work-dir",
+            ])
+            .arg(work)
+            .args(extra)
+            .stderr(Stdio::from(
+                std::fs::File::create(work.with_extension("log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The tiny network on synthetic data: no files needed, a second or two per epoch.
+fn tiny_train(epochs: u32) -> Value {
+    json!({"dataset": "synthetic", "epochs": epochs, "model_widths": [8, 16, 32, 64], "model_depth": 1, "model_heads": 2,
+           "limit_train": 256, "limit_test": 100, "warmup_epochs": 0})
+}
+
+fn epochs_of(c: &Coordinator, job: i64) -> Vec<i64> {
+    c.get(&format!("/api/jobs/{job}"))["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["epoch"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_four_job_sweep_completes_with_every_epoch_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    let sweep = c.submit(json!({"name": "four", "train": tiny_train(2), "grid": {"lr": [0.05, 0.01], "batch_size": [32, 64]}}));
+    let mut w = worker(
+        &c.url,
+        &dir.path().join("w"),
+        &["--cpu-ranks", "2", "--exit-when-idle"],
+    );
+    let s = c.wait_sweep(sweep, Duration::from_secs(240));
+    assert!(w.wait().unwrap().success());
+    let jobs = s["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 4);
+    for j in jobs {
+        assert_eq!(j["status"], "completed", "{j}");
+        assert_eq!(epochs_of(&c, j["id"].as_i64().unwrap()), vec![1, 2]);
+        assert_eq!(j["summary"]["status"], "completed");
+        assert!(j["latest"]["accuracy"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn a_killed_workers_job_is_resumed_from_its_checkpoint_by_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 2);
+    let mut train = tiny_train(5);
+    train["limit_train"] = json!(1024);
+    train["seed"] = json!(5);
+    let sweep = c.submit(json!({"name": "resume", "train": train.clone()}));
+    let mut a = worker(&c.url, &dir.path().join("a"), &["--cpu-ranks", "1"]);
+    // Wait for epoch 2's checkpoint to be on the coordinator, then kill the worker outright.
+    let t0 = Instant::now();
+    let job = loop {
+        let s = c.get(&format!("/api/sweeps/{sweep}"));
+        let j = &s["jobs"][0];
+        if j["epoch"].as_i64().unwrap_or(0) >= 2 {
+            let id = j["id"].as_i64().unwrap();
+            if ureq::get(&format!("{}/api/jobs/{id}/checkpoint", c.url))
+                .call()
+                .is_ok()
+            {
+                break id;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let mut b = worker(
+        &c.url,
+        &dir.path().join("b"),
+        &["--cpu-ranks", "1", "--exit-when-idle"],
+    );
+    let s = c.wait_sweep(sweep, Duration::from_secs(240));
+    b.wait().unwrap();
+    assert_eq!(s["jobs"][0]["status"], "completed");
+    assert_eq!(
+        epochs_of(&c, job),
+        vec![1, 2, 3, 4, 5],
+        "each epoch exactly once"
+    );
+    let detail = c.get(&format!("/api/jobs/{job}"));
+    let attempts = detail["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["outcome"], "lease expired");
+    assert_eq!(attempts.last().unwrap()["outcome"], "completed");
+    assert!(detail["attempt"].as_i64().unwrap() >= 2);
+    // Resumed, not restarted: the second worker's trainer began after epoch 2 or later, and the final
+    // numbers are those of an uninterrupted run with the same settings (2 threads, as the worker gave it).
+    let mut cfg: worker::config::TrainConfig = serde_json::from_value(train).unwrap();
+    cfg.threads = Some(2);
+    let straight = tempfile::tempdir().unwrap();
+    worker::train::run(&cfg, straight.path(), &mut |_| {}).unwrap();
+    let want = common::read_metrics(straight.path());
+    let got = detail["metrics"].as_array().unwrap();
+    for (w, g) in want.iter().zip(got) {
+        assert_eq!(
+            g["accuracy"].as_f64().unwrap(),
+            w.accuracy,
+            "epoch {}",
+            w.epoch
+        );
+        assert_eq!(
+            g["test_loss"].as_f64().unwrap(),
+            w.test_loss,
+            "epoch {}",
+            w.epoch
+        );
+    }
+}
+
+#[test]
+fn a_coordinator_killed_and_restarted_mid_sweep_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let mut c = Coordinator::start(&db, "127.0.0.1:0", 30);
+    let port = c.port();
+    let mut train = tiny_train(4);
+    train["limit_train"] = json!(768);
+    let sweep = c.submit(json!({"name": "restart", "train": train, "grid": {"seed": [1, 2]}}));
+    let mut w = worker(
+        &c.url,
+        &dir.path().join("w"),
+        &["--cpu-ranks", "2", "--exit-when-idle"],
+    );
+    let t0 = Instant::now();
+    while c.get(&format!("/api/sweeps/{sweep}"))["jobs"][0]["epoch"]
+        .as_i64()
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(t0.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.kill(); // SIGKILL
+    std::thread::sleep(Duration::from_secs(3)); // training goes on; writes wait in the workers' outboxes
+    let c = Coordinator::start(&db, &format!("127.0.0.1:{port}"), 30);
+    let s = c.wait_sweep(sweep, Duration::from_secs(240));
+    assert!(w.wait().unwrap().success());
+    for j in s["jobs"].as_array().unwrap() {
+        assert_eq!(j["status"], "completed", "{j}");
+        assert_eq!(epochs_of(&c, j["id"].as_i64().unwrap()), vec![1, 2, 3, 4]);
+        assert_eq!(j["attempt"], 1, "no lease was lost to the restart");
+    }
+}
+
+#[test]
+fn a_crashing_trainer_is_retried_then_failed_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    let mut train = tiny_train(2);
+    train["init_from"] = json!("/nonexistent/weights.safetensors");
+    let sweep = c.submit(json!({"name": "crash", "train": train, "run": {"max_attempts": 2}}));
+    let mut w = worker(&c.url, &dir.path().join("w"), &["--exit-when-idle"]);
+    let s = c.wait_sweep(sweep, Duration::from_secs(120));
+    w.wait().unwrap();
+    let job = &s["jobs"][0];
+    assert_eq!(job["status"], "failed");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/weights.safetensors"),
+        "{}",
+        job["error"]
+    );
+    let d = c.get(&format!("/api/jobs/{}", job["id"]));
+    let attempts = d["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "retried once");
+    assert!(attempts.iter().all(|a| a["outcome"] == "failed"));
+}
+
+#[test]
+fn cancel_stops_a_running_job_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    let sweep = c.submit(json!({"name": "cancel", "train": tiny_train(200)}));
+    let mut w = worker(&c.url, &dir.path().join("w"), &["--exit-when-idle"]);
+    let t0 = Instant::now();
+    while c.get(&format!("/api/sweeps/{sweep}"))["jobs"][0]["epoch"]
+        .as_i64()
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(t0.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let asked = Instant::now();
+    c.post(&format!("/api/sweeps/{sweep}/cancel"), json!({}));
+    // The sweep shows cancelled at once; its running job ends when the worker has stopped it.
+    let s = loop {
+        let s = c.get(&format!("/api/sweeps/{sweep}"));
+        if s["jobs"][0]["status"] == "cancelled" {
+            break s;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(60), "{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let took = asked.elapsed();
+    assert!(w.wait().unwrap().success());
+    assert!(took < Duration::from_secs(10), "cancel took {took:?}");
+    assert!(s["jobs"][0]["epoch"].as_i64().unwrap() < 200);
+}
+
+#[test]
+fn packed_jobs_share_a_slot_concurrently_without_oversubscribing_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    let mut train = tiny_train(3);
+    train["limit_train"] = json!(768);
+    let sweep = c.submit(json!({"name": "pack", "train": train, "grid": {"seed": [1, 2]}}));
+    let mut w = worker(
+        &c.url,
+        &dir.path().join("w"),
+        &[
+            "--cpu-ranks",
+            "1",
+            "--slots-per-device",
+            "2",
+            "--pack-max-batch",
+            "64",
+            "--exit-when-idle",
+        ],
+    );
+    let s = c.wait_sweep(sweep, Duration::from_secs(240));
+    assert!(w.wait().unwrap().success());
+    let cores = std::thread::available_parallelism().unwrap().get() as i64;
+    let jobs = s["jobs"].as_array().unwrap();
+    let threads: i64 = jobs
+        .iter()
+        .map(|j| j["summary"]["threads"].as_i64().unwrap())
+        .sum();
+    assert!(
+        threads <= cores.max(2),
+        "{threads} threads on {cores} cores"
+    );
+    // Concurrent: each started before the other finished.
+    let (a, b) = (&jobs[0], &jobs[1]);
+    let (sa, fa, sb, fb) = (
+        a["started_at"].as_i64().unwrap(),
+        a["finished_at"].as_i64().unwrap(),
+        b["started_at"].as_i64().unwrap(),
+        b["finished_at"].as_i64().unwrap(),
+    );
+    assert!(
+        sa < fb && sb < fa,
+        "the two jobs ran one after the other: {sa}-{fa} and {sb}-{fb}"
+    );
+}
