@@ -52,3 +52,7 @@ echo "demo: sweep finished in $(( $(date +%s) - START )) s"
 "$BIN/server" status "$ID"
 echo
 "$BIN/server" export "$ID" --extra
+
+if [ "${UPDATE_README:-0}" = 1 ]; then
+  "$BIN/server" export "$ID" --readme README.md
+fi

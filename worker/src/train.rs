@@ -46,6 +46,8 @@ pub struct Summary {
     pub threads: i32,
     /// Wall time of this process's share of the run.
     pub wall_seconds: f64,
+    /// When this process took its first training step (Unix ms): start latency for benchmarks.
+    pub first_step_at: Option<i64>,
 }
 
 pub fn parse_device(s: &str) -> Result<Device> {
@@ -291,6 +293,7 @@ pub fn run(
         signal_hook::flag::register(sig, stop.clone())?;
     }
     let mut status = Status::Completed;
+    let mut first_step_at = None;
     for epoch in meta.epoch + 1..=cfg.epochs {
         let t0 = Instant::now();
         let lr = schedule.lr_at(epoch);
@@ -324,6 +327,7 @@ pub fn run(
             loss.backward();
             sgd.step(&trainable, lr);
             meta.steps += 1;
+            first_step_at.get_or_insert_with(unix_ms);
             loss_sum += lv * (end - start) as f64;
             seen += end - start;
             if let Some(pb) = &bar {
@@ -417,9 +421,14 @@ pub fn run(
         git_commit: env!("SEED_GIT_COMMIT").to_string(),
         threads: tch::get_num_threads(),
         wall_seconds: started.elapsed().as_secs_f64(),
+        first_step_at,
     };
     if status != Status::Interrupted {
         write_json_atomic(&summary, &summary_path)?;
     }
     Ok(summary)
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
