@@ -164,7 +164,12 @@ pub async fn run_level(base: &str, token: &str, workers: usize, jobs: usize) -> 
             .map(|d| d.as_secs_f64() * 1e3)
             .unwrap_or(0.0)
     };
-    let duplicates = claimed.lock().expect("not poisoned").values().filter(|&&n| n > 1).count();
+    let duplicates = claimed
+        .lock()
+        .expect("not poisoned")
+        .values()
+        .filter(|&&n| n > 1)
+        .count();
     let detail: Value = http
         .get(format!("{base}/api/sweeps/{sweep}"))
         .bearer_auth(token)

@@ -398,3 +398,45 @@ fn packed_jobs_share_a_slot_concurrently_without_oversubscribing_threads() {
         "the two jobs ran one after the other: {sa}-{fa} and {sb}-{fb}"
     );
 }
+
+#[test]
+fn sigterm_makes_a_worker_checkpoint_give_its_job_back_and_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    let mut train = tiny_train(6);
+    train["limit_train"] = json!(1024);
+    let sweep = c.submit(json!({"name": "term", "train": train}));
+    let mut a = worker(&c.url, &dir.path().join("a"), &["--cpu-ranks", "1"]);
+    let t0 = Instant::now();
+    while c.get(&format!("/api/sweeps/{sweep}"))["jobs"][0]["epoch"]
+        .as_i64()
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(t0.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: kill(2) on a child process of this test.
+    unsafe { libc::kill(a.0.id() as i32, libc::SIGTERM) };
+    assert!(a.wait().unwrap().success(), "the worker exits cleanly");
+    let job = c.get(&format!("/api/sweeps/{sweep}"))["jobs"][0].clone();
+    assert_eq!(job["status"], "pending", "given back, not failed: {job}");
+    let id = job["id"].as_i64().unwrap();
+    let d = c.get(&format!("/api/jobs/{id}"));
+    assert_eq!(d["attempts"][0]["outcome"], "released");
+    assert!(
+        ureq::get(&format!("{}/api/jobs/{id}/checkpoint", c.url))
+            .call()
+            .is_ok(),
+        "its last epoch was uploaded"
+    );
+    let mut b = worker(
+        &c.url,
+        &dir.path().join("b"),
+        &["--cpu-ranks", "1", "--exit-when-idle"],
+    );
+    let s = c.wait_sweep(sweep, Duration::from_secs(240));
+    b.wait().unwrap();
+    assert_eq!(s["jobs"][0]["status"], "completed");
+    assert_eq!(epochs_of(&c, id), vec![1, 2, 3, 4, 5, 6]);
+}
