@@ -31,7 +31,7 @@ type ApiResult<T> = Result<T, ApiError>;
           events::stream, healthz, prometheus, openapi),
     components(schemas(SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
                        HeartbeatReply, MetricsReport, FinishRequest, ReleaseRequest, JobChange, Created, crate::store::JobRow,
-                       crate::store::EpochRow, crate::store::AttemptRow)),
+                        crate::store::AttemptRow)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

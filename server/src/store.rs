@@ -62,25 +62,12 @@ pub struct Capacity {
     pub max_batch_size: Option<i64>,
 }
 
+/// One epoch's metrics: what a worker reports, and what is stored and served (with the attempt that
+/// recorded it). A non-finite number is `null`.
 #[derive(Debug, Clone, serde::Deserialize, Serialize, utoipa::ToSchema)]
 pub struct MetricsReport {
     pub attempt: i64,
     pub epoch: i64,
-    pub lr: Option<f64>,
-    pub train_loss: Option<f64>,
-    pub test_loss: Option<f64>,
-    pub accuracy: Option<f64>,
-    pub precision: Option<f64>,
-    pub recall: Option<f64>,
-    pub f1: Option<f64>,
-    pub images_per_sec: Option<f64>,
-    pub seconds: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct EpochRow {
-    pub epoch: i64,
-    pub attempt: i64,
     pub lr: Option<f64>,
     pub train_loss: Option<f64>,
     pub test_loss: Option<f64>,
@@ -120,14 +107,14 @@ pub struct JobRow {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     /// The last recorded epoch's metrics.
-    pub latest: Option<EpochRow>,
+    pub latest: Option<MetricsReport>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct JobDetail {
     #[serde(flatten)]
     pub job: JobRow,
-    pub metrics: Vec<EpochRow>,
+    pub metrics: Vec<MetricsReport>,
     pub attempts: Vec<AttemptRow>,
 }
 
@@ -692,7 +679,7 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|r| JobRow {
-                latest: r.m_epoch.map(|epoch| EpochRow {
+                latest: r.m_epoch.map(|epoch| MetricsReport {
                     epoch,
                     attempt: r.m_attempt.unwrap_or(0),
                     lr: r.lr,
@@ -734,7 +721,7 @@ impl Store {
             .find(|j| j.id == job)
             .expect("job of its sweep");
         let metrics = sqlx::query_as!(
-            EpochRow,
+            MetricsReport,
             "SELECT epoch, attempt, lr, train_loss, test_loss, accuracy, precision, recall, f1, images_per_sec, seconds
              FROM metrics WHERE job_id = ? ORDER BY epoch",
             job
@@ -767,37 +754,6 @@ impl Store {
             metrics,
             attempts,
         })
-    }
-
-    /// Every recorded epoch of every job of a sweep, for curves and figures.
-    pub async fn sweep_metrics(&self, sweep: i64) -> Result<Vec<(i64, EpochRow)>> {
-        let rows = sqlx::query!(
-            r#"SELECT m.job_id, m.epoch, m.attempt, m.lr, m.train_loss, m.test_loss, m.accuracy, m.precision, m.recall,
-                      m.f1, m.images_per_sec, m.seconds
-               FROM metrics m JOIN jobs j ON j.id = m.job_id WHERE j.sweep_id = ? ORDER BY m.job_id, m.epoch"#,
-            sweep
-        )
-        .fetch_all(&self.read)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                let e = EpochRow {
-                    epoch: r.epoch,
-                    attempt: r.attempt,
-                    lr: r.lr,
-                    train_loss: r.train_loss,
-                    test_loss: r.test_loss,
-                    accuracy: r.accuracy,
-                    precision: r.precision,
-                    recall: r.recall,
-                    f1: r.f1,
-                    images_per_sec: r.images_per_sec,
-                    seconds: r.seconds,
-                };
-                (r.job_id, e)
-            })
-            .collect())
     }
 
     pub async fn job_counts(&self) -> Result<Map<String, Value>> {

@@ -1,7 +1,7 @@
 //! Throughput of the full network beside PyTorch eager (`torch_throughput.py`), same machine, same
 //! thread count, same pattern: random CIFAR-shaped batches, cross-entropy, SGD(momentum, wd) steps.
 use crate::checkpoint::Params;
-use crate::model::{self, ModelConfig, SeedNet};
+use crate::model::{ModelConfig, SeedNet};
 use crate::optim::Sgd;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -80,14 +80,7 @@ pub fn rust_rows(a: &BenchArgs) -> Result<(Vec<Row>, Option<f64>)> {
     let mut net = SeedNet::new(&vs.root(), &ModelConfig::default());
     let params = Params::of(&vs);
     if a.channels_last {
-        net.set_channels_last(true);
-        tch::no_grad(|| {
-            for (_, t) in &params.all {
-                if t.dim() == 4 {
-                    t.shallow_clone().set_data(&model::to_channels_last(t));
-                }
-            }
-        });
+        net.use_channels_last(&vs);
     }
     let trainable = params.trainable_tensors();
     let mut sgd = Sgd::new(trainable.len(), 0.9, 1e-4);

@@ -225,10 +225,17 @@ impl SeedNet {
         }
     }
 
-    /// Keep convolution inputs in channels-last (NHWC). The caller converts the conv weights
-    /// (see [`to_channels_last`]); outputs follow their inputs' format through the network.
-    pub fn set_channels_last(&mut self, on: bool) {
-        self.channels_last = on;
+    /// Switches to channels-last (NHWC): the 4-D variables of `vs` (conv weights) are converted in
+    /// place and inputs are converted in `forward_t`; activations follow their inputs' format.
+    pub fn use_channels_last(&mut self, vs: &nn::VarStore) {
+        self.channels_last = true;
+        tch::no_grad(|| {
+            for t in vs.variables().values() {
+                if t.dim() == 4 {
+                    t.shallow_clone().set_data(&to_channels_last(t));
+                }
+            }
+        });
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {

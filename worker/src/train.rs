@@ -221,14 +221,7 @@ pub fn run(
         checkpoint::load_weights(&params, path)?;
     }
     if cfg.channels_last {
-        net.set_channels_last(true);
-        tch::no_grad(|| {
-            for (_, t) in &params.all {
-                if t.dim() == 4 {
-                    t.shallow_clone().set_data(&model::to_channels_last(t));
-                }
-            }
-        });
+        net.use_channels_last(&vs);
     }
     let trainable = params.trainable_tensors();
     let mut sgd = Sgd::new(trainable.len(), cfg.momentum, cfg.weight_decay);

@@ -89,6 +89,22 @@ impl Coordinator {
         self.post("/api/sweeps", spec)["id"].as_i64().unwrap()
     }
 
+    /// Until the sweep's first job has recorded an epoch.
+    fn wait_first_epoch(&self, sweep: i64) {
+        let t0 = Instant::now();
+        while self.get(&format!("/api/sweeps/{sweep}"))["jobs"][0]["epoch"]
+            .as_i64()
+            .unwrap_or(0)
+            < 1
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "no epoch recorded in time"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn wait_sweep(&self, sweep: i64, timeout: Duration) -> Value {
         let t0 = Instant::now();
         loop {
@@ -274,15 +290,7 @@ fn a_coordinator_killed_and_restarted_mid_sweep_loses_nothing() {
         &dir.path().join("w"),
         &["--cpu-ranks", "2", "--exit-when-idle"],
     );
-    let t0 = Instant::now();
-    while c.get(&format!("/api/sweeps/{sweep}"))["jobs"][0]["epoch"]
-        .as_i64()
-        .unwrap_or(0)
-        < 1
-    {
-        assert!(t0.elapsed() < Duration::from_secs(120));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.wait_first_epoch(sweep);
     c.kill(); // SIGKILL
     std::thread::sleep(Duration::from_secs(3)); // training goes on; writes wait in the workers' outboxes
     let c = Coordinator::start(&db, &format!("127.0.0.1:{port}"), 30);
@@ -327,15 +335,7 @@ fn cancel_stops_a_running_job_within_seconds() {
     let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
     let sweep = c.submit(json!({"name": "cancel", "train": tiny_train(200)}));
     let mut w = worker(&c.url, &dir.path().join("w"), &["--exit-when-idle"]);
-    let t0 = Instant::now();
-    while c.get(&format!("/api/sweeps/{sweep}"))["jobs"][0]["epoch"]
-        .as_i64()
-        .unwrap_or(0)
-        < 1
-    {
-        assert!(t0.elapsed() < Duration::from_secs(120));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.wait_first_epoch(sweep);
     let asked = Instant::now();
     c.post(&format!("/api/sweeps/{sweep}/cancel"), json!({}));
     // The sweep shows cancelled at once; its running job ends when the worker has stopped it.
@@ -407,15 +407,7 @@ fn sigterm_makes_a_worker_checkpoint_give_its_job_back_and_exit() {
     train["limit_train"] = json!(1024);
     let sweep = c.submit(json!({"name": "term", "train": train}));
     let mut a = worker(&c.url, &dir.path().join("a"), &["--cpu-ranks", "1"]);
-    let t0 = Instant::now();
-    while c.get(&format!("/api/sweeps/{sweep}"))["jobs"][0]["epoch"]
-        .as_i64()
-        .unwrap_or(0)
-        < 1
-    {
-        assert!(t0.elapsed() < Duration::from_secs(120));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.wait_first_epoch(sweep);
     // SAFETY: kill(2) on a child process of this test.
     unsafe { libc::kill(a.0.id() as i32, libc::SIGTERM) };
     assert!(a.wait().unwrap().success(), "the worker exits cleanly");
