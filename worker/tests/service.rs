@@ -432,3 +432,48 @@ fn sigterm_makes_a_worker_checkpoint_give_its_job_back_and_exit() {
     assert_eq!(s["jobs"][0]["status"], "completed");
     assert_eq!(epochs_of(&c, id), vec![1, 2, 3, 4, 5, 6]);
 }
+
+#[test]
+fn a_worker_that_lost_its_lease_stops_its_trainer_and_the_job_is_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 2);
+    let mut train = tiny_train(6);
+    train["limit_train"] = json!(1024);
+    let sweep = c.submit(json!({"name": "frozen", "train": train}));
+    let mut a = worker(
+        &c.url,
+        &dir.path().join("a"),
+        &["--cpu-ranks", "1", "--exit-when-idle"],
+    );
+    c.wait_first_epoch(sweep);
+    // Freeze the worker (not its trainer) past its lease: the coordinator requeues the job, and the
+    // worker's next write after waking gets 409.
+    let pid = a.0.id() as i32;
+    // SAFETY: signals to a child process of this test.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let t0 = Instant::now();
+    while c.get(&format!("/api/sweeps/{sweep}"))["jobs"][0]["attempt"]
+        .as_i64()
+        .unwrap()
+        < 2
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "lease never expired"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let s = c.wait_sweep(sweep, Duration::from_secs(240));
+    assert!(a.wait().unwrap().success());
+    let job = &s["jobs"][0];
+    assert_eq!(job["status"], "completed");
+    let id = job["id"].as_i64().unwrap();
+    assert_eq!(epochs_of(&c, id), vec![1, 2, 3, 4, 5, 6], "each epoch once");
+    let d = c.get(&format!("/api/jobs/{id}"));
+    assert_eq!(d["attempts"][0]["outcome"], "lease expired");
+    assert_eq!(
+        d["attempts"].as_array().unwrap().last().unwrap()["outcome"],
+        "completed"
+    );
+}
