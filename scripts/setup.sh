@@ -10,6 +10,7 @@ need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 [ -f /usr/include/gloo/algorithm.h ] || need_apt+=(libgloo-dev)   # c10d Gloo headers (not in the wheel)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)   # figure text
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

@@ -26,7 +26,7 @@ type ApiResult<T> = Result<T, ApiError>;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "sweep coordinator", description = "Hyperparameter sweeps of the study's CIFAR-10 trainer: sweeps, jobs under leases, metrics, results."),
-    paths(submit_sweep, list_sweeps, get_sweep, cancel_sweep, get_job, results, claim, heartbeat, report_metrics, finish, release,
+    paths(submit_sweep, list_sweeps, get_sweep, cancel_sweep, get_job, results, figure, claim, heartbeat, report_metrics, finish, release,
           crate::artifacts::upload, crate::artifacts::download,
           events::stream, healthz, prometheus, openapi),
     components(schemas(SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sweeps/{id}", get(get_sweep))
         .route("/api/sweeps/{id}/cancel", post(cancel_sweep))
         .route("/api/sweeps/{id}/results", get(results))
+        .route("/api/sweeps/{id}/figures/{file}", get(figure))
         .route("/api/jobs/claim", post(claim))
         .route("/api/jobs/{id}", get(get_job))
         .route("/api/jobs/{id}/heartbeat", post(heartbeat))
@@ -239,6 +240,45 @@ async fn results(
     };
     let (ctype, body) = export::render(&detail, format, &opts);
     Ok(([(header::CONTENT_TYPE, ctype)], body).into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct FigureQuery {
+    /// The headline run of lr/loss/acc (default: batch 32 at lr 1e-2, else the best run).
+    pub job: Option<i64>,
+    /// The lr of batch_and_loss/batch_and_acc (default: 1e-2 when present).
+    pub lr: Option<f64>,
+}
+
+/// A figure as PNG: lr.png, loss.png, acc.png, batch_and_loss.png, batch_and_acc.png.
+#[utoipa::path(get, path = "/api/sweeps/{id}/figures/{file}", tag = "sweeps",
+    params(("id" = i64, Path), ("file" = String, Path, description = "e.g. batch_and_acc.png"), FigureQuery),
+    responses((status = 200, content_type = "image/png"), (status = 404)))]
+async fn figure(
+    State(state): State<AppState>,
+    Path((id, file)): Path<(i64, String)>,
+    Query(q): Query<FigureQuery>,
+) -> ApiResult<Response> {
+    use crate::figures::{self, FigureError};
+    let name = file.strip_suffix(".png").unwrap_or(&file);
+    let detail = state.store.get_sweep(id).await?;
+    let points = state.store.sweep_curves(id).await?;
+    let opts = figures::FigureOptions {
+        job: q.job,
+        lr: q.lr,
+    };
+    let name = name.to_string();
+    // Drawing is CPU work: keep it off the async workers.
+    let png = tokio::task::spawn_blocking(move || {
+        figures::render(&name, &detail.sweep.name, &detail.jobs, &points, &opts)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+    .map_err(|e| match e {
+        FigureError::Unknown(_) | FigureError::NoData(_) => ApiError::NotFound(e.to_string()),
+        FigureError::Draw(_) => ApiError::Internal(e.into()),
+    })?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

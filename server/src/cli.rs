@@ -62,6 +62,20 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Draw the study's figures of a sweep (lr, loss, acc, batch_and_loss, batch_and_acc) as PNG files.
+    Plot {
+        sweep: i64,
+        #[arg(long, default_value = "images")]
+        out: PathBuf,
+        /// Headline run of lr/loss/acc (a job id).
+        #[arg(long)]
+        job: Option<i64>,
+        /// lr of the per-batch-size figures.
+        #[arg(long)]
+        lr: Option<f64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Benchmark: simulated workers (claim, 3 metrics, finish) against a real coordinator.
     Loadgen(crate::loadgen::LoadArgs),
     /// A sweep's results: markdown (the study's table), csv or json; or rewrite a README's results block.
@@ -117,6 +131,37 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .await
         }
         Command::Loadgen(args) => crate::loadgen::run(&args).await,
+        Command::Plot {
+            sweep,
+            out,
+            job,
+            lr,
+            remote,
+        } => {
+            let client = Client::new(&remote.server, remote.token);
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let mut query = vec![];
+            if let Some(j) = job {
+                query.push(format!("job={j}"));
+            }
+            if let Some(l) = lr {
+                query.push(format!("lr={l}"));
+            }
+            for name in crate::figures::NAMES {
+                let bytes = client
+                    .get_bytes(&format!(
+                        "/api/sweeps/{sweep}/figures/{name}.png?{}",
+                        query.join("&")
+                    ))
+                    .await?;
+                let path = out.join(format!("{name}.png"));
+                std::fs::write(&path, bytes)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
         Command::Submit { file, remote } => {
             let r = Client::new(&remote.server, remote.token)
                 .submit(&file)

@@ -72,6 +72,15 @@ impl Client {
             .await?)
     }
 
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        Ok(self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?
+            .bytes()
+            .await?
+            .to_vec())
+    }
+
     /// One line per sweep, or one line per job of a sweep.
     pub async fn status(&self, sweep: Option<i64>) -> Result<String> {
         let mut out = String::new();

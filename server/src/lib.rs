@@ -7,7 +7,7 @@
 //! - [`api`]: the REST routes and the worker protocol; [`error`] maps every failure to HTTP in one place.
 //! - [`artifacts`]: job checkpoints uploaded by workers, kept by job id under the artifacts folder.
 //! - [`events`]: server-sent events for the dashboard; [`telemetry`]: Prometheus counters.
-//! - [`export`]: the study's markdown table, CSV, JSON and the README block.
+//! - [`export`]: the study's markdown table, CSV, JSON and the README block; [`figures`]: its plots.
 //! - [`startup`]: `Application::build` / `run_until_stopped`, the lease reaper, shutdown signals.
 //! - [`client`] and [`cli`]: the `server` command line (serve, and thin clients of the API).
 //! - [`loadgen`]: simulated workers against a real server, for the benchmark.
@@ -20,6 +20,7 @@ pub mod client;
 pub mod error;
 pub mod events;
 pub mod export;
+pub mod figures;
 pub mod loadgen;
 pub mod spec;
 pub mod startup;

@@ -150,6 +150,17 @@ pub struct HeartbeatReply {
     pub lease_expires_at: i64,
 }
 
+/// One epoch of one job, as figures need it.
+#[derive(Debug, Clone)]
+pub struct CurvePoint {
+    pub job_id: i64,
+    pub epoch: i64,
+    pub lr: Option<f64>,
+    pub train_loss: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub accuracy: Option<f64>,
+}
+
 /// A job whose state changed, for the event stream.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct JobChange {
@@ -754,6 +765,17 @@ impl Store {
             metrics,
             attempts,
         })
+    }
+
+    /// Every recorded epoch of a sweep as (job id, epoch, lr, train loss, test loss, accuracy), for figures.
+    pub async fn sweep_curves(&self, sweep: i64) -> Result<Vec<CurvePoint>> {
+        Ok(sqlx::query_as!(
+            CurvePoint,
+            "SELECT job_id, epoch, lr, train_loss, test_loss, accuracy FROM metrics WHERE sweep_id = ? ORDER BY job_id, epoch",
+            sweep
+        )
+        .fetch_all(&self.read)
+        .await?)
     }
 
     pub async fn job_counts(&self) -> Result<Map<String, Value>> {

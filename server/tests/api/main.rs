@@ -1,5 +1,6 @@
 //! The coordinator end to end: the real server on a random port over a fresh SQLite file per test.
 mod durability;
+mod figures;
 mod helpers;
 mod jobs;
 mod results;

@@ -11,7 +11,7 @@ lr = [1e-2, 1e-4]
 "#;
 
 /// Drives the six jobs to the study's kind of outcomes: one diverged, four completed, one running.
-async fn golden_sweep(app: &TestApp) -> i64 {
+pub async fn golden_sweep(app: &TestApp) -> i64 {
     let (_, c) = app.submit_toml(GRID).await;
     let outcomes = [
         // (batch, lr) -> final (loss, acc) and status

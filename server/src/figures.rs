@@ -1,0 +1,290 @@
+//! The study's figures as PNG, drawn with plotters from the database: `lr` (the staircase), `loss` and
+//! `acc` (the headline run), `batch_and_loss` and `batch_and_acc` (one line per batch size at one lr;
+//! diverged runs are not drawn and are named in the caption).
+use plotters::prelude::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use crate::store::{CurvePoint, JobRow};
+
+pub const NAMES: [&str; 5] = ["lr", "loss", "acc", "batch_and_loss", "batch_and_acc"];
+pub const SIZE: (u32, u32) = (800, 500);
+const FONT_PATHS: [&str; 2] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum FigureError {
+    #[error("unknown figure {0:?} (lr, loss, acc, batch_and_loss, batch_and_acc)")]
+    Unknown(String),
+    #[error("{0}")]
+    NoData(String),
+    #[error("drawing failed: {0}")]
+    Draw(String),
+}
+
+/// Which runs to draw.
+#[derive(Debug, Clone, Default)]
+pub struct FigureOptions {
+    /// The headline run of `lr`, `loss` and `acc` (default: batch 32 at lr 1e-2, else the best run).
+    pub job: Option<i64>,
+    /// The lr of the per-batch-size figures (default: 1e-2 when the sweep has it, else its largest).
+    pub lr: Option<f64>,
+}
+
+/// Text needs a TTF; Debian's fonts-dejavu-core provides one (scripts/setup.sh installs it).
+fn font() -> Result<(), FigureError> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let bytes = FONT_PATHS
+                .iter()
+                .find_map(|p| std::fs::read(p).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "no DejaVuSans.ttf in {FONT_PATHS:?}: install Debian's fonts-dejavu-core"
+                    )
+                })?;
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                .map_err(|_| "invalid font file".to_string())
+        })
+        .clone()
+        .map_err(FigureError::Draw)
+}
+
+fn param(j: &JobRow, k: &str) -> Option<f64> {
+    j.params.get(k).and_then(Value::as_f64)
+}
+
+fn batch(j: &JobRow) -> i64 {
+    j.params
+        .get("batch_size")
+        .and_then(Value::as_i64)
+        .unwrap_or(32)
+}
+
+fn headline<'a>(jobs: &'a [JobRow], opts: &FigureOptions) -> Option<&'a JobRow> {
+    if let Some(id) = opts.job {
+        return jobs.iter().find(|j| j.id == id);
+    }
+    jobs.iter()
+        .find(|j| batch(j) == 32 && param(j, "lr") == Some(1e-2) && j.latest.is_some())
+        .or_else(|| {
+            jobs.iter()
+                .filter(|j| j.status != "diverged")
+                .max_by(|a, b| acc_of(a).total_cmp(&acc_of(b)))
+        })
+}
+
+fn acc_of(j: &JobRow) -> f64 {
+    j.latest.as_ref().and_then(|m| m.accuracy).unwrap_or(-1.0)
+}
+
+/// One line of a chart: label and (x, y) points.
+type Line = (String, Vec<(f64, f64)>);
+
+fn series(
+    points: &[CurvePoint],
+    job: i64,
+    f: impl Fn(&CurvePoint) -> Option<f64>,
+) -> Vec<(f64, f64)> {
+    points
+        .iter()
+        .filter(|p| p.job_id == job)
+        .filter_map(|p| f(p).filter(|y| y.is_finite()).map(|y| (p.epoch as f64, y)))
+        .collect()
+}
+
+/// Renders figure `name` of a sweep as PNG bytes.
+pub fn render(
+    name: &str,
+    sweep: &str,
+    jobs: &[JobRow],
+    points: &[CurvePoint],
+    opts: &FigureOptions,
+) -> Result<Vec<u8>, FigureError> {
+    font()?;
+    let (title, y_label, lines): (String, &str, Vec<Line>) = match name {
+        "lr" | "loss" | "acc" => {
+            let j =
+                headline(jobs, opts).ok_or_else(|| FigureError::NoData("no run to draw".into()))?;
+            let run = format!(
+                "batch {}, lr {:e}",
+                batch(j),
+                param(j, "lr").unwrap_or(f64::NAN)
+            );
+            match name {
+                "lr" => {
+                    // A staircase: each epoch's lr held over that epoch.
+                    let mut pts = vec![];
+                    for (e, lr) in series(points, j.id, |p| p.lr) {
+                        pts.push((e - 1.0, lr));
+                        pts.push((e, lr));
+                    }
+                    (
+                        format!("{sweep}: learning rate per epoch ({run})"),
+                        "learning rate",
+                        vec![("lr".into(), pts)],
+                    )
+                }
+                "loss" => (
+                    format!("{sweep}: loss ({run})"),
+                    "cross-entropy loss",
+                    vec![
+                        ("test loss".into(), series(points, j.id, |p| p.test_loss)),
+                        ("train loss".into(), series(points, j.id, |p| p.train_loss)),
+                    ],
+                ),
+                _ => (
+                    format!("{sweep}: test accuracy ({run})"),
+                    "test accuracy (%)",
+                    vec![(
+                        "test accuracy".into(),
+                        series(points, j.id, |p| p.accuracy.map(|a| 100.0 * a)),
+                    )],
+                ),
+            }
+        }
+        "batch_and_loss" | "batch_and_acc" => {
+            let lrs: Vec<f64> = jobs.iter().filter_map(|j| param(j, "lr")).collect();
+            let lr = opts
+                .lr
+                .or_else(|| lrs.iter().copied().find(|&l| l == 1e-2))
+                .or_else(|| lrs.iter().copied().reduce(f64::max));
+            let lr = lr.ok_or_else(|| FigureError::NoData("the sweep has no lr axis".into()))?;
+            let at_lr: Vec<&JobRow> = jobs.iter().filter(|j| param(j, "lr") == Some(lr)).collect();
+            let diverged: Vec<String> = at_lr
+                .iter()
+                .filter(|j| j.status == "diverged")
+                .map(|j| batch(j).to_string())
+                .collect();
+            let mut by_batch: BTreeMap<i64, &JobRow> = BTreeMap::new();
+            for j in at_lr.iter().filter(|j| j.status != "diverged") {
+                by_batch.entry(batch(j)).or_insert(j);
+            }
+            let loss = name == "batch_and_loss";
+            let lines = by_batch
+                .iter()
+                .map(|(b, j)| {
+                    let pts = if loss {
+                        series(points, j.id, |p| p.test_loss)
+                    } else {
+                        series(points, j.id, |p| p.accuracy.map(|a| 100.0 * a))
+                    };
+                    (format!("batch {b}"), pts)
+                })
+                .collect();
+            let what = if loss { "test loss" } else { "test accuracy" };
+            let note = if diverged.is_empty() {
+                String::new()
+            } else {
+                format!("; diverged, not drawn: batch {}", diverged.join(", "))
+            };
+            (
+                format!("{sweep}: {what} by batch size, lr {lr:e}{note}"),
+                if loss {
+                    "test loss"
+                } else {
+                    "test accuracy (%)"
+                },
+                lines,
+            )
+        }
+        other => return Err(FigureError::Unknown(other.into())),
+    };
+    draw(&title, y_label, &lines)
+}
+
+fn draw(title: &str, y_label: &str, lines: &[Line]) -> Result<Vec<u8>, FigureError> {
+    let all: Vec<(f64, f64)> = lines.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+    if all.is_empty() {
+        return Err(FigureError::NoData("no recorded epochs to draw yet".into()));
+    }
+    let (x0, x1) = all
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.0), b.max(p.0))
+        });
+    let (mut y0, mut y1) = all
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.1), b.max(p.1))
+        });
+    if y1 - y0 <= 1e-9 * y1.abs().max(1e-12) {
+        // A constant series (an lr without warm-up or decay): show it against zero, not as a sliver.
+        y0 = y0.min(0.0);
+        y1 = if y1 > 0.0 { y1 * 1.25 } else { y1 + 1.0 };
+    }
+    let pad = (y1 - y0) * 0.05;
+    let span = y1 - y0 + 2.0 * pad;
+    let decimals = ((-span.log10()).ceil() as i32 + 1).clamp(0, 6) as usize;
+    let scientific = y0.abs().max(y1.abs()) < 1e-3;
+    let y_fmt = move |v: &f64| {
+        if scientific && *v != 0.0 {
+            format!("{v:.1e}")
+        } else {
+            format!("{v:.decimals$}")
+        }
+    };
+    let (w, h) = SIZE;
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    {
+        let err = |e: &dyn std::fmt::Display| FigureError::Draw(e.to_string());
+        let root = BitMapBackend::with_buffer(&mut buf, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 17))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x0.min(x1 - 1.0)..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc(y_label)
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 15))
+            .y_label_formatter(&y_fmt)
+            .x_labels(((x1 - x0) as usize).clamp(2, 12))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (i, (label, pts)) in lines.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    let mut png_bytes = Vec::new();
+    let mut enc = png::Encoder::new(&mut png_bytes, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc
+        .write_header()
+        .map_err(|e| FigureError::Draw(e.to_string()))?;
+    writer
+        .write_image_data(&buf)
+        .map_err(|e| FigureError::Draw(e.to_string()))?;
+    writer
+        .finish()
+        .map_err(|e| FigureError::Draw(e.to_string()))?;
+    Ok(png_bytes)
+}
