@@ -620,6 +620,11 @@ impl Store {
     }
 
     pub async fn list_sweeps(&self) -> Result<Vec<SweepRow>> {
+        self.sweeps(None).await
+    }
+
+    /// All sweeps, or only `only`: one query either way, so a single sweep costs a single sweep.
+    async fn sweeps(&self, only: Option<i64>) -> Result<Vec<SweepRow>> {
         let rows = sqlx::query!(
             r#"SELECT s.id AS "id!", s.name, s.created_at, s.cancelled_at,
                  count(j.id) AS "total!: i64",
@@ -632,7 +637,9 @@ impl Store {
                  (SELECT max(m.accuracy) FROM metrics m JOIN jobs j2 ON j2.id = m.job_id WHERE j2.sweep_id = s.id
                     AND m.epoch = j2.epoch) AS "best_accuracy: f64"
                FROM sweeps s LEFT JOIN jobs j ON j.sweep_id = s.id
-               GROUP BY s.id ORDER BY s.id DESC"#
+               WHERE ?1 IS NULL OR s.id = ?1
+               GROUP BY s.id ORDER BY s.id DESC"#,
+            only
         )
         .fetch_all(&self.read)
         .await?;
@@ -661,12 +668,11 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))?;
         let row = self
-            .list_sweeps()
+            .sweeps(Some(sweep))
             .await?
-            .into_iter()
-            .find(|r| r.id == sweep)
+            .pop()
             .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))?;
-        let jobs = self.jobs_of(sweep).await?;
+        let jobs = self.jobs_of(sweep, None).await?;
         Ok(SweepDetail {
             sweep: row,
             spec: serde_json::from_str(&s.spec).unwrap_or(Value::Null),
@@ -674,16 +680,17 @@ impl Store {
         })
     }
 
-    /// The jobs of a sweep in grid order, each with its latest epoch's metrics.
-    pub async fn jobs_of(&self, sweep: i64) -> Result<Vec<JobRow>> {
+    /// The jobs of a sweep in grid order (or only job `only`), each with its latest epoch's metrics.
+    async fn jobs_of(&self, sweep: i64, only: Option<i64>) -> Result<Vec<JobRow>> {
         let rows = sqlx::query!(
             r#"SELECT j.id AS "id!", j.sweep_id, j.params, j.status, j.attempt, j.max_attempts, j.epoch, j.epochs,
                       j.worker, j.error, j.summary, j.started_at, j.finished_at,
                       m.epoch AS "m_epoch?", m.attempt AS "m_attempt?", m.lr, m.train_loss, m.test_loss, m.accuracy,
                       m.precision, m.recall, m.f1, m.images_per_sec, m.seconds
                FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
-               WHERE j.sweep_id = ? ORDER BY j.idx"#,
-            sweep
+               WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.id = ?2) ORDER BY j.idx"#,
+            sweep,
+            only
         )
         .fetch_all(&self.read)
         .await?;
@@ -726,11 +733,10 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
         let row = self
-            .jobs_of(sweep)
+            .jobs_of(sweep, Some(job))
             .await?
-            .into_iter()
-            .find(|j| j.id == job)
-            .expect("job of its sweep");
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
         let metrics = sqlx::query_as!(
             MetricsReport,
             "SELECT epoch, attempt, lr, train_loss, test_loss, accuracy, precision, recall, f1, images_per_sec, seconds
