@@ -11,6 +11,16 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "svc-token";
 
+/// One test at a time: each starts trainers sized to own the machine's cores, and two tests' worth
+/// of OpenMP threads spinning on 2 cores slows epochs by orders of magnitude (seen as a timeout).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The coordinator binary, built on demand when this package's tests run alone.
 fn server_bin() -> PathBuf {
     let bin = common::worker_bin().with_file_name("server");
@@ -186,6 +196,7 @@ fn epochs_of(c: &Coordinator, job: i64) -> Vec<i64> {
 
 #[test]
 fn a_four_job_sweep_completes_with_every_epoch_recorded() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
     let sweep = c.submit(json!({"name": "four", "train": tiny_train(2), "grid": {"lr": [0.05, 0.01], "batch_size": [32, 64]}}));
@@ -208,6 +219,7 @@ fn a_four_job_sweep_completes_with_every_epoch_recorded() {
 
 #[test]
 fn a_killed_workers_job_is_resumed_from_its_checkpoint_by_another() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 2);
     let mut train = tiny_train(5);
@@ -278,6 +290,7 @@ fn a_killed_workers_job_is_resumed_from_its_checkpoint_by_another() {
 
 #[test]
 fn a_coordinator_killed_and_restarted_mid_sweep_loses_nothing() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
     let mut c = Coordinator::start(&db, "127.0.0.1:0", 30);
@@ -305,6 +318,7 @@ fn a_coordinator_killed_and_restarted_mid_sweep_loses_nothing() {
 
 #[test]
 fn a_crashing_trainer_is_retried_then_failed_with_its_error() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
     let mut train = tiny_train(2);
@@ -331,6 +345,7 @@ fn a_crashing_trainer_is_retried_then_failed_with_its_error() {
 
 #[test]
 fn cancel_stops_a_running_job_within_seconds() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
     let sweep = c.submit(json!({"name": "cancel", "train": tiny_train(200)}));
@@ -355,6 +370,7 @@ fn cancel_stops_a_running_job_within_seconds() {
 
 #[test]
 fn packed_jobs_share_a_slot_concurrently_without_oversubscribing_threads() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
     let mut train = tiny_train(3);
@@ -401,6 +417,7 @@ fn packed_jobs_share_a_slot_concurrently_without_oversubscribing_threads() {
 
 #[test]
 fn sigterm_makes_a_worker_checkpoint_give_its_job_back_and_exit() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
     let mut train = tiny_train(6);
@@ -435,6 +452,7 @@ fn sigterm_makes_a_worker_checkpoint_give_its_job_back_and_exit() {
 
 #[test]
 fn a_worker_that_lost_its_lease_stops_its_trainer_and_the_job_is_recorded_once() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 2);
     let mut train = tiny_train(6);
