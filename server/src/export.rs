@@ -27,8 +27,13 @@ pub fn format_lr(lr: f64) -> String {
     format!("{lr:e}")
 }
 
-fn param_f64(j: &JobRow, k: &str) -> Option<f64> {
+pub(crate) fn param_f64(j: &JobRow, k: &str) -> Option<f64> {
     j.params.get(k).and_then(Value::as_f64)
+}
+
+/// The job's per-process batch size, when its params set one.
+pub(crate) fn batch_size(j: &JobRow) -> Option<i64> {
+    j.params.get("batch_size").and_then(Value::as_i64)
 }
 
 /// Grid keys other than lr and batch_size that vary across the sweep's jobs: extra columns.
@@ -57,12 +62,7 @@ fn sorted_jobs(d: &SweepDetail) -> Vec<&JobRow> {
     // lr descending, then batch size ascending; grid order breaks ties.
     jobs.sort_by(|a, b| {
         let lr = |j: &JobRow| param_f64(j, "lr").unwrap_or(f64::NAN);
-        let bs = |j: &JobRow| {
-            j.params
-                .get("batch_size")
-                .and_then(Value::as_i64)
-                .unwrap_or(i64::MAX)
-        };
+        let bs = |j: &JobRow| batch_size(j).unwrap_or(i64::MAX);
         lr(b).total_cmp(&lr(a)).then(bs(a).cmp(&bs(b)))
     });
     jobs
@@ -72,7 +72,7 @@ fn final_loss(j: &JobRow) -> Option<f64> {
     j.latest.as_ref().and_then(|m| m.test_loss)
 }
 
-fn final_acc(j: &JobRow) -> Option<f64> {
+pub(crate) fn final_acc(j: &JobRow) -> Option<f64> {
     j.latest.as_ref().and_then(|m| m.accuracy)
 }
 

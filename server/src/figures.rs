@@ -2,10 +2,10 @@
 //! `acc` (the headline run), `batch_and_loss` and `batch_and_acc` (one line per batch size at one lr;
 //! diverged runs are not drawn and are named in the caption).
 use plotters::prelude::*;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+use crate::export::{batch_size, final_acc, param_f64};
 use crate::store::{CurvePoint, JobRow};
 
 pub const NAMES: [&str; 5] = ["lr", "loss", "acc", "batch_and_loss", "batch_and_acc"];
@@ -55,15 +55,8 @@ fn font() -> Result<(), FigureError> {
         .map_err(FigureError::Draw)
 }
 
-fn param(j: &JobRow, k: &str) -> Option<f64> {
-    j.params.get(k).and_then(Value::as_f64)
-}
-
 fn batch(j: &JobRow) -> i64 {
-    j.params
-        .get("batch_size")
-        .and_then(Value::as_i64)
-        .unwrap_or(32)
+    batch_size(j).unwrap_or(crate::spec::DEFAULT_BATCH_SIZE)
 }
 
 fn headline<'a>(jobs: &'a [JobRow], opts: &FigureOptions) -> Option<&'a JobRow> {
@@ -71,7 +64,7 @@ fn headline<'a>(jobs: &'a [JobRow], opts: &FigureOptions) -> Option<&'a JobRow> 
         return jobs.iter().find(|j| j.id == id);
     }
     jobs.iter()
-        .find(|j| batch(j) == 32 && param(j, "lr") == Some(1e-2) && j.latest.is_some())
+        .find(|j| batch(j) == 32 && param_f64(j, "lr") == Some(1e-2) && j.latest.is_some())
         .or_else(|| {
             jobs.iter()
                 .filter(|j| j.status != "diverged")
@@ -80,7 +73,7 @@ fn headline<'a>(jobs: &'a [JobRow], opts: &FigureOptions) -> Option<&'a JobRow> 
 }
 
 fn acc_of(j: &JobRow) -> f64 {
-    j.latest.as_ref().and_then(|m| m.accuracy).unwrap_or(-1.0)
+    final_acc(j).unwrap_or(-1.0)
 }
 
 /// One line of a chart: label and (x, y) points.
@@ -114,7 +107,7 @@ pub fn render(
             let run = format!(
                 "batch {}, lr {:e}",
                 batch(j),
-                param(j, "lr").unwrap_or(f64::NAN)
+                param_f64(j, "lr").unwrap_or(f64::NAN)
             );
             match name {
                 "lr" => {
@@ -149,13 +142,16 @@ pub fn render(
             }
         }
         "batch_and_loss" | "batch_and_acc" => {
-            let lrs: Vec<f64> = jobs.iter().filter_map(|j| param(j, "lr")).collect();
+            let lrs: Vec<f64> = jobs.iter().filter_map(|j| param_f64(j, "lr")).collect();
             let lr = opts
                 .lr
                 .or_else(|| lrs.iter().copied().find(|&l| l == 1e-2))
                 .or_else(|| lrs.iter().copied().reduce(f64::max));
             let lr = lr.ok_or_else(|| FigureError::NoData("the sweep has no lr axis".into()))?;
-            let at_lr: Vec<&JobRow> = jobs.iter().filter(|j| param(j, "lr") == Some(lr)).collect();
+            let at_lr: Vec<&JobRow> = jobs
+                .iter()
+                .filter(|j| param_f64(j, "lr") == Some(lr))
+                .collect();
             let diverged: Vec<String> = at_lr
                 .iter()
                 .filter(|j| j.status == "diverged")

@@ -55,11 +55,6 @@ fn cifar_mini_or_unused(d: DatasetKind) -> PathBuf {
     }
 }
 
-/// `worker train` flags for a config (the binary is what users run).
-pub fn train_args(cfg: &TrainConfig) -> Vec<String> {
-    cfg.to_args()
-}
-
 pub fn read_metrics(dir: &std::path::Path) -> Vec<worker::metrics::EpochMetrics> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap_or_default()

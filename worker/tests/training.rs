@@ -90,7 +90,7 @@ fn a_huge_lr_diverges_with_nan_recorded_and_its_own_exit_code() {
         ..common::tiny(DatasetKind::Synthetic)
     };
     let status = Command::new(common::worker_bin())
-        .args(common::train_args(&cfg))
+        .args(cfg.to_args())
         .arg("--out")
         .arg(out.path())
         .stderr(Stdio::null())
@@ -116,7 +116,7 @@ fn killed_and_restarted_run_ends_with_the_uninterrupted_metrics() {
         limit_train: Some(512),
         ..common::tiny(DatasetKind::Synthetic)
     };
-    let args = common::train_args(&cfg);
+    let args = cfg.to_args();
     let whole = tempfile::tempdir().unwrap();
     let ok = Command::new(common::worker_bin())
         .args(&args)

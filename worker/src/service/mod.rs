@@ -127,12 +127,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
             for ask in slots.asks() {
                 match coord.claim(&name, ask.ranks, ask.max_batch_size) {
                     Ok(Some(claim)) => {
-                        let (batch, _nproc, _) = server_shape(&claim.params);
-                        let nproc = claim
-                            .params
-                            .get("nproc_per_node")
-                            .and_then(|v| v.as_u64())
-                            .unwrap_or(1) as usize;
+                        let (batch, nproc) = job_shape(&claim.params);
                         let Some(placement) = slots.place(claim.id, nproc, batch) else {
                             // The coordinator honoured our capacity, so this does not happen; give it back.
                             let _ =
@@ -197,11 +192,11 @@ pub fn run(a: &RunArgs) -> Result<()> {
     }
 }
 
-fn server_shape(params: &serde_json::Value) -> (i64, i64, i64) {
+/// Per-process batch size and process count of a job, with `worker train`'s defaults.
+fn job_shape(params: &serde_json::Value) -> (i64, usize) {
     let get = |k: &str, d: i64| params.get(k).and_then(|v| v.as_i64()).unwrap_or(d);
     (
         get("batch_size", 32),
-        get("nproc_per_node", 1),
-        get("epochs", 300),
+        get("nproc_per_node", 1).max(1) as usize,
     )
 }
