@@ -19,17 +19,39 @@ fn main() {
     }
 
     let include = lib.join("../include");
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .std("c++17")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        // ProcessGroupGloo.hpp is empty without it; gloo's headers come from libgloo-dev, its code
+        // from libtorch_cpu.so (the shim only calls exported symbols and virtuals).
+        .define("USE_C10D_GLOO", None)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-interference-size")
         .file("csrc/shim.cpp")
-        .compile("seedshim");
+        .file("csrc/dist.cpp");
+    if std::env::var_os("CARGO_FEATURE_NCCL").is_some() {
+        // ProcessGroupNCCL needs the CUDA and NCCL headers installed with torch, plus two header-only
+        // packages torch does not pull in (scripts/setup.sh --nccl puts them in .venv/cuda-headers).
+        let nvidia = lib.join("../../nvidia");
+        let extra = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/cuda-headers/nvidia");
+        build
+            .define("USE_C10D_NCCL", None)
+            .define("SEED_NCCL", None)
+            .include(nvidia.join("cu13/include"))
+            .include(nvidia.join("nccl/include"))
+            .include(extra.join("cu13/include"))
+            .include(extra.join("cu13/include/cccl"));
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+    build.compile("seedshim");
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
+    println!("cargo:rerun-if-changed=csrc/dist.cpp");
 
     // The commit is recorded in every summary.json, so results can be traced to the code that made them.
     let commit = Command::new("git")

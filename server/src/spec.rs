@@ -49,6 +49,7 @@ pub const TRAIN_KEYS: &[(&str, KeyType)] = &[
     ("seed", KeyType::Int(0)),
     ("device", KeyType::Str),
     ("bf16", KeyType::Bool),
+    ("fp64", KeyType::Bool),
     ("channels_last", KeyType::Bool),
     ("limit_train", KeyType::Int(1)),
     ("limit_test", KeyType::Int(1)),
@@ -61,6 +62,9 @@ pub const TRAIN_KEYS: &[(&str, KeyType)] = &[
     ("data_url", KeyType::Str),
     ("data_md5", KeyType::Str),
     ("nproc_per_node", KeyType::Int(1)),
+    ("no_sync_bn", KeyType::Bool),
+    ("dist_backend", KeyType::Choice(&["gloo", "nccl"])),
+    ("dist_timeout", KeyType::Int(1)),
 ];
 
 /// A rejected spec: which field, and why.

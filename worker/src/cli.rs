@@ -23,9 +23,13 @@ pub enum Command {
         /// Output directory: metrics.jsonl, summary.json, checkpoint.safetensors, resume state.
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        launch: LaunchArgs,
     },
     /// Training and eval throughput of the full network beside PyTorch eager.
     Bench(crate::bench::BenchArgs),
+    /// All-reduce bandwidth and DDP step cost (launches its own ranks).
+    BenchDdp(crate::ddp::bench::BenchDdpArgs),
     /// Make sure CIFAR-10 is in --data-dir: download and verify the official archive when it is not.
     FetchData {
         #[arg(long, default_value = "data/cifar-10-batches-bin")]
@@ -39,12 +43,51 @@ pub enum Command {
     Run(crate::service::RunArgs),
 }
 
+/// Where the ranks of a multi-machine run meet (torchrun's flags of the same names).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LaunchArgs {
+    #[arg(long, default_value_t = 1)]
+    pub nnodes: usize,
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub master_addr: String,
+    /// 0: a free port (one machine only).
+    #[arg(long, default_value_t = 0)]
+    pub master_port: u16,
+}
+
+fn train(config: &TrainConfig, out: &std::path::Path, launch: &LaunchArgs) -> anyhow::Result<i32> {
+    use crate::ddp::launch as l;
+    // The launcher's children, and ranks started by torchrun, carry WORLD_SIZE and train; a plain
+    // `worker train --nproc-per-node N` (or --nnodes M) starts its node's ranks.
+    let is_rank = std::env::var_os(l::CHILD_MARKER).is_some() || l::RankEnv::from_env()?.is_some();
+    if !is_rank && (config.nproc_per_node > 1 || launch.nnodes > 1) {
+        config.validate()?;
+        return l::launch(&l::LaunchPlan {
+            nproc_per_node: config.nproc_per_node as usize,
+            nnodes: launch.nnodes,
+            node_rank: launch.node_rank,
+            master_addr: launch.master_addr.clone(),
+            master_port: launch.master_port,
+        });
+    }
+    let s = crate::train::run(config, out, &mut |_| {})?;
+    Ok(match s.status {
+        crate::train::Status::Completed => 0,
+        crate::train::Status::Diverged => crate::EXIT_DIVERGED,
+        crate::train::Status::Interrupted => crate::EXIT_INTERRUPTED,
+    })
+}
+
 fn init_tracing() {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Ranks' output goes through the launcher's pipes: no colour codes there.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -54,14 +97,13 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
-        Command::Train { config, out } => {
-            crate::train::run(&config, &out, &mut |_| {}).map(|s| match s.status {
-                crate::train::Status::Completed => 0,
-                crate::train::Status::Diverged => crate::EXIT_DIVERGED,
-                crate::train::Status::Interrupted => crate::EXIT_INTERRUPTED,
-            })
-        }
+        Command::Train {
+            config,
+            out,
+            launch,
+        } => train(&config, &out, &launch),
         Command::Bench(args) => crate::bench::run(&args).map(|()| 0),
+        Command::BenchDdp(args) => crate::ddp::bench::run(&args).map(|()| 0),
         Command::Run(args) => crate::service::run(&args).map(|()| 0),
         Command::FetchData {
             data_dir,

@@ -55,6 +55,10 @@ pub struct TrainConfig {
     /// CUDA only: autocast to bfloat16 (the study ran fp32).
     #[arg(long)]
     pub bf16: bool,
+    /// Train and evaluate in float64: slow, for checking numerics (e.g. that N ranks with
+    /// SyncBatchNorm equal one process with N times the batch, beyond fp32 rounding).
+    #[arg(long)]
+    pub fp64: bool,
     /// Keep activations and conv weights in channels-last (NHWC) memory format.
     #[arg(long)]
     pub channels_last: bool,
@@ -87,9 +91,19 @@ pub struct TrainConfig {
     /// Expected md5 of that archive.
     #[arg(long, default_value = crate::data::CIFAR10_MD5)]
     pub data_md5: String,
-    /// Processes per node (data-parallel ranks); the worker protocol passes it through.
+    /// Data-parallel ranks on this machine (DDP through c10d, like torchrun --nproc-per-node);
+    /// --batch-size is per rank, as in the study.
     #[arg(long, default_value_t = 1)]
     pub nproc_per_node: u32,
+    /// With more than one rank, plain per-rank BatchNorm instead of SyncBatchNorm.
+    #[arg(long)]
+    pub no_sync_bn: bool,
+    /// Collective backend: gloo or nccl (default: nccl on CUDA, gloo on CPU).
+    #[arg(long)]
+    pub dist_backend: Option<String>,
+    /// Seconds a rank waits for its peers (rendezvous and each collective) before failing.
+    #[arg(long, default_value_t = 300)]
+    pub dist_timeout: u64,
 }
 
 impl Default for TrainConfig {
@@ -142,8 +156,17 @@ impl TrainConfig {
         if self.bf16 && !self.device.starts_with("cuda") {
             bail!("--bf16 needs --device cuda (autocast to bfloat16 is CUDA-only here)");
         }
-        if self.nproc_per_node != 1 {
-            bail!("--nproc-per-node > 1 is not supported yet: data-parallel training is not built");
+        if self.bf16 && self.fp64 {
+            bail!("--bf16 and --fp64 exclude each other");
+        }
+        if self.nproc_per_node == 0 {
+            bail!("--nproc-per-node must be at least 1");
+        }
+        if let Some(b) = &self.dist_backend {
+            crate::ddp::Backend::parse(b)?;
+        }
+        if self.dist_timeout == 0 {
+            bail!("--dist-timeout must be at least 1 second");
         }
         crate::train::parse_device(&self.device)?;
         Ok(())

@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod ddp;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -3,8 +3,14 @@
 //!
 //! Initialisation follows PyTorch's defaults as the seed relied on them, set explicitly because tch's
 //! differ: conv Kaiming-normal (fan_out, ReLU gain), BN weight 1 and bias 0, Linear U(+-1/sqrt(fan_in)).
+use crate::ddp::ProcessGroup;
+use std::cell::OnceCell;
+use std::rc::Rc;
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
+
+/// Set once by [`SeedNet::use_sync_batch_norm`]; every BN layer holds a handle to it.
+type SyncGroup = Rc<OnceCell<Rc<ProcessGroup>>>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -55,15 +61,48 @@ fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -
     nn::conv2d(p, c_in, c_out, k, cfg)
 }
 
-fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+
+/// BatchNorm2d, or SyncBatchNorm in training once the model is given a process group.
+#[derive(Debug)]
+struct Bn {
+    inner: nn::BatchNorm,
+    sync: SyncGroup,
+}
+
+impl Bn {
+    fn forward_t(&self, x: &Tensor, train: bool) -> anyhow::Result<Tensor> {
+        match (train, self.sync.get()) {
+            (true, Some(pg)) => {
+                let (w, b) = (self.inner.ws.as_ref(), self.inner.bs.as_ref());
+                pg.sync_batch_norm(
+                    x,
+                    w.expect("affine BN"),
+                    b.expect("affine BN"),
+                    &self.inner.running_mean,
+                    &self.inner.running_var,
+                    BN_MOMENTUM,
+                    BN_EPS,
+                )
+            }
+            _ => Ok(self.inner.forward_t(x, train)),
+        }
+    }
+}
+
+fn bn(p: nn::Path, c: i64, sync: &SyncGroup) -> Bn {
     let cfg = nn::BatchNormConfig {
-        eps: 1e-5,
-        momentum: 0.1,
+        eps: BN_EPS,
+        momentum: BN_MOMENTUM,
         ws_init: nn::Init::Const(1.0),
         bs_init: nn::Init::Const(0.0),
         ..Default::default()
     };
-    nn::batch_norm2d(p, c, cfg)
+    Bn {
+        inner: nn::batch_norm2d(p, c, cfg),
+        sync: sync.clone(),
+    }
 }
 
 fn linear(p: nn::Path, d_in: i64, d_out: i64, bias: bool) -> nn::Linear {
@@ -88,12 +127,12 @@ fn linear(p: nn::Path, d_in: i64, d_out: i64, bias: bool) -> nn::Linear {
 #[derive(Debug)]
 struct ResidualBlock {
     convs: [nn::Conv2D; 3],
-    bns: [nn::BatchNorm; 3],
-    bn: nn::BatchNorm,
+    bns: [Bn; 3],
+    bn: Bn,
 }
 
 impl ResidualBlock {
-    fn new(p: nn::Path, c: i64) -> Self {
+    fn new(p: nn::Path, c: i64, sync: &SyncGroup) -> Self {
         // PyTorch indices inside the block's `conv` Sequential: ReLUs sit at 2 and 5.
         let q = &p / "conv";
         ResidualBlock {
@@ -102,19 +141,23 @@ impl ResidualBlock {
                 conv(&q / 3, c, c, 3, 1, 1),
                 conv(&q / 6, c, c, 1, 1, 0),
             ],
-            bns: [bn(&q / 1, c), bn(&q / 4, c), bn(&q / 7, c)],
-            bn: bn(&p / "bn", c),
+            bns: [
+                bn(&q / 1, c, sync),
+                bn(&q / 4, c, sync),
+                bn(&q / 7, c, sync),
+            ],
+            bn: bn(&p / "bn", c, sync),
         }
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    fn forward_t(&self, x: &Tensor, train: bool) -> anyhow::Result<Tensor> {
         let h = self.bns[0]
-            .forward_t(&self.convs[0].forward(x), train)
+            .forward_t(&self.convs[0].forward(x), train)?
             .relu();
         let h = self.bns[1]
-            .forward_t(&self.convs[1].forward(&h), train)
+            .forward_t(&self.convs[1].forward(&h), train)?
             .relu();
-        let h = self.bns[2].forward_t(&self.convs[2].forward(&h), train);
+        let h = self.bns[2].forward_t(&self.convs[2].forward(&h), train)?;
         self.bn.forward_t(&(h + x).relu(), train)
     }
 }
@@ -123,7 +166,7 @@ impl ResidualBlock {
 #[derive(Debug)]
 struct Stage {
     conv: nn::Conv2D,
-    bn: nn::BatchNorm,
+    bn: Bn,
     blocks: [ResidualBlock; 2],
 }
 
@@ -184,11 +227,13 @@ pub struct SeedNet {
     blocks: Vec<AttentionBlock>,
     fc: nn::Linear,
     channels_last: bool,
+    sync: SyncGroup,
 }
 
 impl SeedNet {
     pub fn new(root: &nn::Path, cfg: &ModelConfig) -> Self {
         let conv_seq = root / "conv";
+        let sync = SyncGroup::default();
         let mut c_in = 3;
         let stages = cfg
             .widths
@@ -201,10 +246,10 @@ impl SeedNet {
                 let stride = if s == 0 { 1 } else { 2 };
                 let stage = Stage {
                     conv: conv(&conv_seq / i, c_in, w, 3, stride, 1),
-                    bn: bn(&conv_seq / (i + 1), w),
+                    bn: bn(&conv_seq / (i + 1), w, &sync),
                     blocks: [
-                        ResidualBlock::new(&conv_seq / (i + 2), w),
-                        ResidualBlock::new(&conv_seq / (i + 3), w),
+                        ResidualBlock::new(&conv_seq / (i + 2), w, &sync),
+                        ResidualBlock::new(&conv_seq / (i + 3), w, &sync),
                     ],
                 };
                 c_in = w;
@@ -222,7 +267,14 @@ impl SeedNet {
             blocks,
             fc,
             channels_last: false,
+            sync,
         }
+    }
+
+    /// Turns every BN layer into SyncBatchNorm over `pg` (in training; evaluation uses the running
+    /// statistics, which SyncBatchNorm keeps identical on every rank).
+    pub fn use_sync_batch_norm(&self, pg: Rc<ProcessGroup>) {
+        let _ = self.sync.set(pg);
     }
 
     /// Switches to channels-last (NHWC): the 4-D variables of `vs` (conv weights) are converted in
@@ -238,16 +290,22 @@ impl SeedNet {
         });
     }
 
+    /// Panics if a SyncBatchNorm collective fails; the trainer uses [`SeedNet::try_forward_t`].
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.try_forward_t(x, train)
+            .expect("forward failed (a SyncBatchNorm collective)")
+    }
+
+    pub fn try_forward_t(&self, x: &Tensor, train: bool) -> anyhow::Result<Tensor> {
         let mut x = if self.channels_last {
             to_channels_last(x)
         } else {
             x.shallow_clone()
         };
         for stage in &self.stages {
-            x = stage.bn.forward_t(&stage.conv.forward(&x), train);
+            x = stage.bn.forward_t(&stage.conv.forward(&x), train)?;
             for block in &stage.blocks {
-                x = block.forward_t(&x, train);
+                x = block.forward_t(&x, train)?;
             }
         }
         // [B, C, 4, 4] -> [B, 16, C]: tokens in row-major (H, W) order.
@@ -262,7 +320,7 @@ impl SeedNet {
             .reshape([b, n / 2, 2, c / 2, 2])
             .amax([2, 4], false)
             .flatten(1, 2);
-        self.fc.forward(&x)
+        Ok(self.fc.forward(&x))
     }
 }
 

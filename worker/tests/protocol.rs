@@ -33,11 +33,8 @@ fn every_job_of_the_repository_sweeps_is_a_valid_train_config() {
         for params in spec.expand() {
             let cfg: TrainConfig =
                 serde_json::from_value(serde_json::Value::Object(params.clone())).unwrap();
-            // Data-parallel jobs are validated by the DDP launcher; the rest must pass as they are.
-            if cfg.nproc_per_node == 1 {
-                cfg.validate()
-                    .unwrap_or_else(|e| panic!("{file}: {params:?}: {e}"));
-            }
+            cfg.validate()
+                .unwrap_or_else(|e| panic!("{file}: {params:?}: {e}"));
         }
     }
 }

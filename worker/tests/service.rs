@@ -218,6 +218,29 @@ fn a_four_job_sweep_completes_with_every_epoch_recorded() {
 }
 
 #[test]
+fn a_two_rank_job_trains_data_parallel_on_two_slots() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    let mut train = tiny_train(2);
+    train["nproc_per_node"] = json!(2);
+    let sweep = c.submit(json!({"name": "ddp", "train": train, "grid": {"batch_size": [16]}}));
+    let mut w = worker(
+        &c.url,
+        &dir.path().join("w"),
+        &["--cpu-ranks", "2", "--exit-when-idle"],
+    );
+    let s = c.wait_sweep(sweep, Duration::from_secs(240));
+    assert!(w.wait().unwrap().success());
+    let j = &s["jobs"][0];
+    assert_eq!(j["status"], "completed", "{j}");
+    assert_eq!(epochs_of(&c, j["id"].as_i64().unwrap()), vec![1, 2]);
+    // The summary comes from rank 0 of a world of two whose replicas stayed identical.
+    assert_eq!(j["summary"]["world_size"], 2, "{j}");
+    assert_eq!(j["summary"]["rank_param_max_diff"], 0.0, "{j}");
+}
+
+#[test]
 fn a_killed_workers_job_is_resumed_from_its_checkpoint_by_another() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
