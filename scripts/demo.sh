@@ -54,5 +54,6 @@ echo
 "$BIN/server" export "$ID" --extra
 
 if [ "${UPDATE_README:-0}" = 1 ]; then
-  "$BIN/server" export "$ID" --readme README.md
+  # The README's results block and images/ come from this run, never from typed numbers.
+  "$BIN/server" publish "$ID" --readme README.md --images images
 fi

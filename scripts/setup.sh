@@ -11,6 +11,7 @@ command -v cc >/dev/null || need_apt+=(build-essential)
 [ -f /usr/include/gloo/algorithm.h ] || need_apt+=(libgloo-dev)   # c10d Gloo headers (not in the wheel)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)   # figure text
+command -v chromium >/dev/null || need_apt+=(chromium)   # the dashboard's browser tests (headless)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -22,6 +23,14 @@ if ! .venv/bin/python -c "import torch, safetensors; assert torch.__version__.st
   echo "setup: installing torch==$TORCH_VERSION into .venv (about 2 minutes, 4.6 GB)"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" safetensors numpy
+fi
+
+# Multi-GPU (`cargo build --features worker/nccl`): ProcessGroupNCCL's headers need two header-only
+# CUDA packages that torch does not pull in. NCCL=1 scripts/setup.sh installs them.
+if [ "${NCCL:-0}" = 1 ] && [ ! -f .venv/cuda-headers/nvidia/cu13/include/cccl/nv/target ]; then
+  echo "setup: CUDA headers for ProcessGroupNCCL into .venv/cuda-headers"
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps --target .venv/cuda-headers \
+    'nvidia-cuda-crt==13.0.88.*' 'nvidia-cuda-cccl==13.0.85.*'
 fi
 # tch finds libtorch through LIBTORCH (.cargo/config.toml -> .libtorch); the python3.X part of the
 # path differs between machines, so a stable link points at it.

@@ -27,11 +27,12 @@ type ApiResult<T> = Result<T, ApiError>;
 #[openapi(
     info(title = "sweep coordinator", description = "Hyperparameter sweeps of the study's CIFAR-10 trainer: sweeps, jobs under leases, metrics, results."),
     paths(submit_sweep, list_sweeps, get_sweep, cancel_sweep, get_job, results, figure, claim, heartbeat, report_metrics, finish, release,
+          crate::dashboard::jobs_page, crate::dashboard::grid, crate::dashboard::curves,
           crate::artifacts::upload, crate::artifacts::download,
           events::stream, healthz, prometheus, openapi),
     components(schemas(SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
                        HeartbeatReply, MetricsReport, FinishRequest, ReleaseRequest, JobChange, Created, crate::store::JobRow,
-                        crate::store::AttemptRow)),
+                        crate::store::AttemptRow, crate::store::JobPage, crate::store::GridCell, crate::store::Series)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -61,6 +62,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sweeps/{id}/cancel", post(cancel_sweep))
         .route("/api/sweeps/{id}/results", get(results))
         .route("/api/sweeps/{id}/figures/{file}", get(figure))
+        .route("/api/sweeps/{id}/jobs", get(crate::dashboard::jobs_page))
+        .route("/api/sweeps/{id}/grid", get(crate::dashboard::grid))
+        .route("/api/sweeps/{id}/curves", get(crate::dashboard::curves))
+        .route("/", get(crate::dashboard::index))
+        .route("/app.js", get(crate::dashboard::app_js))
+        .route("/style.css", get(crate::dashboard::style))
         .route("/api/jobs/claim", post(claim))
         .route("/api/jobs/{id}", get(get_job))
         .route("/api/jobs/{id}/heartbeat", post(heartbeat))
@@ -169,13 +176,22 @@ async fn list_sweeps(State(state): State<AppState>) -> ApiResult<Json<Vec<SweepR
     Ok(Json(state.store.list_sweeps().await?))
 }
 
-#[utoipa::path(get, path = "/api/sweeps/{id}", tag = "sweeps", params(("id" = i64, Path)),
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct SweepQuery {
+    /// `false`: leave the job list out (`/api/sweeps/{id}/jobs` pages it).
+    pub jobs: Option<bool>,
+}
+
+#[utoipa::path(get, path = "/api/sweeps/{id}", tag = "sweeps", params(("id" = i64, Path), SweepQuery),
     responses((status = 200, body = SweepDetail), (status = 404)))]
 async fn get_sweep(
     State(state): State<AppState>,
     Path(id): Path<i64>,
+    Query(q): Query<SweepQuery>,
 ) -> ApiResult<Json<SweepDetail>> {
-    Ok(Json(state.store.get_sweep(id).await?))
+    Ok(Json(
+        state.store.sweep_detail(id, q.jobs.unwrap_or(true)).await?,
+    ))
 }
 
 /// Cancel a sweep: pending jobs at once, running jobs on their next heartbeat.

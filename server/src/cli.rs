@@ -78,6 +78,27 @@ pub enum Command {
     },
     /// Benchmark: simulated workers (claim, 3 metrics, finish) against a real coordinator.
     Loadgen(crate::loadgen::LoadArgs),
+    /// Refresh a README from a sweep in one go: its results block (the study's table with the
+    /// provenance line) and the five figures.
+    Publish {
+        sweep: i64,
+        #[arg(long, default_value = "README.md")]
+        readme: PathBuf,
+        #[arg(long, default_value = "images")]
+        images: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Scale testing: add a finished synthetic sweep (the study's 10 batch sizes x 2 lrs, repeated
+    /// up to --jobs jobs, each with --epochs epochs of made-up metrics) to a database file.
+    Synth {
+        #[arg(long, default_value = "sweeps.db")]
+        db: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 300)]
+        epochs: i64,
+    },
     /// A sweep's results: markdown (the study's table), csv or json; or rewrite a README's results block.
     Export {
         sweep: i64,
@@ -131,6 +152,24 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .await
         }
         Command::Loadgen(args) => crate::loadgen::run(&args).await,
+        Command::Synth { db, jobs, epochs } => {
+            let repeats = jobs.div_ceil(20).clamp(1, 1000);
+            let spec = crate::spec::SweepSpec::from_toml(&format!(
+                "name = \"synthetic {} x {epochs}\"\n[run]\nrepeats = {repeats}\n[train]\ndataset = \"synthetic\"\nepochs = {epochs}\n\
+                 [grid]\nbatch_size = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]\nlr = [0.01, 0.0001]\n",
+                repeats * 20
+            ))?;
+            let store = crate::store::Store::open(&db).await?;
+            let now = crate::state::Clock::System.now_ms();
+            let t0 = std::time::Instant::now();
+            let (id, n) = store.create_sweep(&spec, now).await?;
+            let rows = store.fill_synthetic(id, epochs, now).await?;
+            println!(
+                "sweep {id}: {n} jobs, {rows} metric rows in {:.1} s",
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         Command::Plot {
             sweep,
             out,
@@ -139,28 +178,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             remote,
         } => {
             let client = Client::new(&remote.server, remote.token);
-            std::fs::create_dir_all(&out)
-                .with_context(|| format!("cannot create {}", out.display()))?;
-            let mut query = vec![];
-            if let Some(j) = job {
-                query.push(format!("job={j}"));
-            }
-            if let Some(l) = lr {
-                query.push(format!("lr={l}"));
-            }
-            for name in crate::figures::NAMES {
-                let bytes = client
-                    .get_bytes(&format!(
-                        "/api/sweeps/{sweep}/figures/{name}.png?{}",
-                        query.join("&")
-                    ))
-                    .await?;
-                let path = out.join(format!("{name}.png"));
-                std::fs::write(&path, bytes)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                println!("wrote {}", path.display());
-            }
-            Ok(())
+            write_figures(&client, sweep, &out, job, lr).await
+        }
+        Command::Publish {
+            sweep,
+            readme,
+            images,
+            remote,
+        } => {
+            let client = Client::new(&remote.server, remote.token);
+            rewrite_readme(&client, sweep, &readme, false, false).await?;
+            write_figures(&client, sweep, &images, None, None).await
         }
         Command::Submit { file, remote } => {
             let r = Client::new(&remote.server, remote.token)
@@ -193,21 +221,66 @@ pub async fn run(cli: Cli) -> Result<()> {
                     print!("{}", client.get_text(&path).await?);
                 }
                 Some(file) => {
-                    let table = client.get_text(&format!("/api/sweeps/{sweep}/results?format=markdown&extra={extra}&chinese={chinese}")).await?;
-                    let detail: crate::store::SweepDetail = serde_json::from_value(
-                        client.get_json(&format!("/api/sweeps/{sweep}")).await?,
-                    )
-                    .context("unexpected sweep document")?;
-                    let block = format!("{}\n\n{table}", crate::export::provenance(&detail));
-                    let text = std::fs::read_to_string(&file)
-                        .with_context(|| format!("cannot read {}", file.display()))?;
-                    let new = crate::export::rewrite_block(&text, &block)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-                    std::fs::write(&file, new)?;
-                    println!("updated the results block of {}", file.display());
+                    rewrite_readme(&client, sweep, &file, extra, chinese).await?;
                 }
             }
             Ok(())
         }
     }
+}
+
+/// Draws the study's five figures of `sweep` into `out` (through the coordinator's figure route).
+async fn write_figures(
+    client: &Client,
+    sweep: i64,
+    out: &std::path::Path,
+    job: Option<i64>,
+    lr: Option<f64>,
+) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut query = vec![];
+    if let Some(j) = job {
+        query.push(format!("job={j}"));
+    }
+    if let Some(l) = lr {
+        query.push(format!("lr={l}"));
+    }
+    for name in crate::figures::NAMES {
+        let bytes = client
+            .get_bytes(&format!(
+                "/api/sweeps/{sweep}/figures/{name}.png?{}",
+                query.join("&")
+            ))
+            .await?;
+        let path = out.join(format!("{name}.png"));
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Rewrites the block between the results markers of `file` with the sweep's table.
+async fn rewrite_readme(
+    client: &Client,
+    sweep: i64,
+    file: &std::path::Path,
+    extra: bool,
+    chinese: bool,
+) -> Result<()> {
+    let table = client
+        .get_text(&format!(
+            "/api/sweeps/{sweep}/results?format=markdown&extra={extra}&chinese={chinese}"
+        ))
+        .await?;
+    let detail: crate::store::SweepDetail =
+        serde_json::from_value(client.get_json(&format!("/api/sweeps/{sweep}")).await?)
+            .context("unexpected sweep document")?;
+    let block = format!("{}\n\n{table}", crate::export::provenance(&detail));
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let new = crate::export::rewrite_block(&text, &block)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    std::fs::write(file, new)?;
+    println!("updated the results block of {}", file.display());
+    Ok(())
 }

@@ -41,7 +41,11 @@ pub async fn stream(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = BroadcastStream::new(state.events.subscribe());
-    let events = rx.map(|msg| {
+    let mut stopping = state.stopping.subscribe();
+    let end = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    let events = futures::StreamExt::take_until(rx, end).map(|msg| {
         Ok(match msg {
             Ok(e) => {
                 let kind = match &e {

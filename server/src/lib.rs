@@ -17,6 +17,7 @@ pub mod api;
 pub mod artifacts;
 pub mod cli;
 pub mod client;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod export;

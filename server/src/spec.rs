@@ -10,6 +10,8 @@ pub const MAX_BODY: usize = 1 << 20;
 /// check these against its own defaults).
 pub const DEFAULT_EPOCHS: i64 = 300;
 pub const DEFAULT_BATCH_SIZE: i64 = 32;
+/// The trainer's default `lr` (the study's 1e-2).
+pub const DEFAULT_LR: f64 = 0.01;
 pub const DEFAULT_NPROC: i64 = 1;
 
 /// The type of a `worker train` option, as a sweep may set it.

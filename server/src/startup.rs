@@ -121,6 +121,7 @@ impl Application {
             telemetry: Arc::new(Default::default()),
             artifacts: cfg.artifacts.clone().into(),
             max_checkpoint_bytes: cfg.max_checkpoint_bytes,
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
         };
         Ok(Application {
             listener,
@@ -147,9 +148,13 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let reaper = tokio::spawn(reap_forever(self.state.clone(), self.reap_every));
+        let stopping = self.state.stopping.clone();
         let app = crate::api::router(self.state);
         let result = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stopping.send_replace(true);
+            })
             .await;
         reaper.abort();
         result.context("server error")

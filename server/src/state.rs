@@ -50,4 +50,7 @@ pub struct AppState {
     /// Uploaded checkpoints, one folder per job id.
     pub artifacts: Arc<std::path::Path>,
     pub max_checkpoint_bytes: u64,
+    /// Turns true when shutdown begins: open event streams end, so graceful shutdown does not
+    /// wait forever on a dashboard's never-ending response.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }

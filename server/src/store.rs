@@ -110,6 +110,120 @@ pub struct JobRow {
     pub latest: Option<MetricsReport>,
 }
 
+/// A jobs row as SQL returns it (shared by the queries that list jobs).
+struct JobSql {
+    id: i64,
+    sweep_id: i64,
+    params: String,
+    status: String,
+    attempt: i64,
+    max_attempts: i64,
+    epoch: i64,
+    epochs: i64,
+    worker: Option<String>,
+    error: Option<String>,
+    summary: Option<String>,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    m_epoch: Option<i64>,
+    m_attempt: Option<i64>,
+    lr: Option<f64>,
+    train_loss: Option<f64>,
+    test_loss: Option<f64>,
+    accuracy: Option<f64>,
+    precision: Option<f64>,
+    recall: Option<f64>,
+    f1: Option<f64>,
+    images_per_sec: Option<f64>,
+    seconds: Option<f64>,
+}
+
+impl From<JobSql> for JobRow {
+    fn from(r: JobSql) -> Self {
+        JobRow {
+            latest: r.m_epoch.map(|epoch| MetricsReport {
+                epoch,
+                attempt: r.m_attempt.unwrap_or(0),
+                lr: r.lr,
+                train_loss: r.train_loss,
+                test_loss: r.test_loss,
+                accuracy: r.accuracy,
+                precision: r.precision,
+                recall: r.recall,
+                f1: r.f1,
+                images_per_sec: r.images_per_sec,
+                seconds: r.seconds,
+            }),
+            id: r.id,
+            sweep_id: r.sweep_id,
+            params: serde_json::from_str(&r.params).unwrap_or(Value::Null),
+            status: r.status,
+            attempt: r.attempt,
+            max_attempts: r.max_attempts,
+            epoch: r.epoch,
+            epochs: r.epochs,
+            worker: r.worker,
+            error: r.error,
+            summary: parse_json(r.summary.as_deref()),
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+/// Which page of a sweep's jobs, in what order, with what filter.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(default)]
+pub struct JobQuery {
+    pub offset: i64,
+    /// At most 500 (default 50).
+    pub limit: i64,
+    /// idx (grid order), batch_size, lr, status, attempt, epoch, test_loss, train_loss, accuracy,
+    /// images_per_sec or worker.
+    pub sort: Option<String>,
+    pub desc: bool,
+    /// Only jobs with this status.
+    pub status: Option<String>,
+    /// Only jobs whose params or worker contain this text.
+    pub q: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct JobPage {
+    /// Jobs matching the filter, over all pages.
+    pub total: i64,
+    pub offset: i64,
+    pub jobs: Vec<JobRow>,
+}
+
+/// One batch size x lr cell of a sweep.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct GridCell {
+    pub batch_size: i64,
+    pub lr: f64,
+    pub jobs: i64,
+    pub completed: i64,
+    pub diverged: i64,
+    pub running: i64,
+    /// Best final (or latest) accuracy over the cell's jobs.
+    pub accuracy: Option<f64>,
+    pub epoch: i64,
+    pub epochs: i64,
+}
+
+/// One learning curve, column-wise (downsampled epochs).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Series {
+    pub batch_size: i64,
+    pub job_id: i64,
+    pub status: String,
+    pub epoch: Vec<i64>,
+    pub lr: Vec<Option<f64>>,
+    pub train_loss: Vec<Option<f64>>,
+    pub test_loss: Vec<Option<f64>>,
+    pub accuracy: Vec<Option<f64>>,
+}
+
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct JobDetail {
     #[serde(flatten)]
@@ -662,7 +776,56 @@ impl Store {
             .collect())
     }
 
+    /// Scale testing (`server synth`): gives every job of `sweep` `epochs` epochs of made-up
+    /// metrics and marks it completed, in one statement per table (millions of rows in seconds).
+    pub async fn fill_synthetic(&self, sweep: i64, epochs: i64, now: i64) -> Result<u64> {
+        self.writer
+            .run(move |c| {
+                async move {
+                    let n = sqlx::query!(
+                        r#"WITH RECURSIVE e(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM e WHERE n < ?2)
+                           INSERT INTO metrics (job_id, sweep_id, epoch, attempt, lr, train_loss, test_loss, accuracy,
+                                                precision, recall, f1, images_per_sec, seconds, recorded_at)
+                           SELECT j.id, j.sweep_id, e.n, 1, json_extract(j.params, '$.lr'),
+                                  2.3 * 30.0 / (30.0 + e.n), 2.3 * 35.0 / (35.0 + e.n),
+                                  0.1 + 0.8 * e.n / (e.n + 30.0) * (0.85 + 0.15 * ((j.id * 7919) % 100) / 100.0),
+                                  0.5, 0.5, 0.5, 1000.0, 30.0, ?3
+                           FROM jobs j, e WHERE j.sweep_id = ?1"#,
+                        sweep,
+                        epochs,
+                        now
+                    )
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                    sqlx::query!(
+                        "UPDATE jobs SET status = 'completed', finished_at = ?2, worker = 'synth' WHERE sweep_id = ?1",
+                        sweep,
+                        now
+                    )
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(n)
+                }
+                .boxed()
+            })
+            .await
+    }
+
+    /// A sweep's summary row (no jobs); NotFound if there is no such sweep.
+    pub async fn get_sweep_row(&self, sweep: i64) -> Result<SweepRow> {
+        self.sweeps(Some(sweep))
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))
+    }
+
     pub async fn get_sweep(&self, sweep: i64) -> Result<SweepDetail> {
+        self.sweep_detail(sweep, true).await
+    }
+
+    /// A sweep with its spec; its jobs too unless `with_jobs` is false (the dashboard pages them).
+    pub async fn sweep_detail(&self, sweep: i64, with_jobs: bool) -> Result<SweepDetail> {
         let s = sqlx::query!("SELECT spec FROM sweeps WHERE id = ?", sweep)
             .fetch_optional(&self.read)
             .await?
@@ -672,7 +835,11 @@ impl Store {
             .await?
             .pop()
             .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))?;
-        let jobs = self.jobs_of(sweep, None).await?;
+        let jobs = if with_jobs {
+            self.jobs_of(sweep, None).await?
+        } else {
+            vec![]
+        };
         Ok(SweepDetail {
             sweep: row,
             spec: serde_json::from_str(&s.spec).unwrap_or(Value::Null),
@@ -682,7 +849,8 @@ impl Store {
 
     /// The jobs of a sweep in grid order (or only job `only`), each with its latest epoch's metrics.
     async fn jobs_of(&self, sweep: i64, only: Option<i64>) -> Result<Vec<JobRow>> {
-        let rows = sqlx::query!(
+        let rows = sqlx::query_as!(
+            JobSql,
             r#"SELECT j.id AS "id!", j.sweep_id, j.params, j.status, j.attempt, j.max_attempts, j.epoch, j.epochs,
                       j.worker, j.error, j.summary, j.started_at, j.finished_at,
                       m.epoch AS "m_epoch?", m.attempt AS "m_attempt?", m.lr, m.train_loss, m.test_loss, m.accuracy,
@@ -694,37 +862,142 @@ impl Store {
         )
         .fetch_all(&self.read)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| JobRow {
-                latest: r.m_epoch.map(|epoch| MetricsReport {
-                    epoch,
-                    attempt: r.m_attempt.unwrap_or(0),
-                    lr: r.lr,
-                    train_loss: r.train_loss,
-                    test_loss: r.test_loss,
-                    accuracy: r.accuracy,
-                    precision: r.precision,
-                    recall: r.recall,
-                    f1: r.f1,
-                    images_per_sec: r.images_per_sec,
-                    seconds: r.seconds,
-                }),
-                id: r.id,
-                sweep_id: r.sweep_id,
-                params: serde_json::from_str(&r.params).unwrap_or(Value::Null),
-                status: r.status,
-                attempt: r.attempt,
-                max_attempts: r.max_attempts,
-                epoch: r.epoch,
-                epochs: r.epochs,
-                worker: r.worker,
-                error: r.error,
-                summary: parse_json(r.summary.as_deref()),
-                started_at: r.started_at,
-                finished_at: r.finished_at,
-            })
-            .collect())
+        Ok(rows.into_iter().map(JobRow::from).collect())
+    }
+
+    /// One page of a sweep's jobs, filtered and sorted in SQL so a 10,000-job sweep costs one page.
+    pub async fn jobs_page(&self, sweep: i64, q: &JobQuery) -> Result<JobPage> {
+        self.get_sweep_row(sweep).await?;
+        let status = q.status.as_deref().filter(|s| !s.is_empty());
+        let text = q.q.as_deref().filter(|s| !s.is_empty());
+        let sort = q.sort.as_deref().unwrap_or("idx");
+        let desc = q.desc as i64;
+        let limit = if q.limit <= 0 { 50 } else { q.limit.min(500) };
+        let offset = q.offset.max(0);
+        let total = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!: i64" FROM jobs j
+               WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.status = ?2)
+                 AND (?3 IS NULL OR j.params LIKE '%' || ?3 || '%' OR coalesce(j.worker, '') LIKE '%' || ?3 || '%')"#,
+            sweep,
+            status,
+            text
+        )
+        .fetch_one(&self.read)
+        .await?;
+        // The sort key is chosen by CASE so the statement stays one compile-checked query; unknown
+        // keys fall back to grid order.
+        let rows = sqlx::query_as!(
+            JobSql,
+            r#"SELECT j.id AS "id!", j.sweep_id, j.params, j.status, j.attempt, j.max_attempts, j.epoch, j.epochs,
+                      j.worker, j.error, j.summary, j.started_at, j.finished_at,
+                      m.epoch AS "m_epoch?", m.attempt AS "m_attempt?", m.lr, m.train_loss, m.test_loss, m.accuracy,
+                      m.precision, m.recall, m.f1, m.images_per_sec, m.seconds
+               FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+               WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.status = ?2)
+                 AND (?3 IS NULL OR j.params LIKE '%' || ?3 || '%' OR coalesce(j.worker, '') LIKE '%' || ?3 || '%')
+               ORDER BY
+                 CASE WHEN ?5 = 0 THEN (CASE ?4
+                   WHEN 'batch_size' THEN json_extract(j.params, '$.batch_size') WHEN 'lr' THEN json_extract(j.params, '$.lr')
+                   WHEN 'status' THEN j.status WHEN 'attempt' THEN j.attempt WHEN 'epoch' THEN j.epoch
+                   WHEN 'test_loss' THEN m.test_loss WHEN 'train_loss' THEN m.train_loss WHEN 'accuracy' THEN m.accuracy
+                   WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'worker' THEN j.worker ELSE j.idx END) END ASC,
+                 CASE WHEN ?5 = 1 THEN (CASE ?4
+                   WHEN 'batch_size' THEN json_extract(j.params, '$.batch_size') WHEN 'lr' THEN json_extract(j.params, '$.lr')
+                   WHEN 'status' THEN j.status WHEN 'attempt' THEN j.attempt WHEN 'epoch' THEN j.epoch
+                   WHEN 'test_loss' THEN m.test_loss WHEN 'train_loss' THEN m.train_loss WHEN 'accuracy' THEN m.accuracy
+                   WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'worker' THEN j.worker ELSE j.idx END) END DESC,
+                 j.idx
+               LIMIT ?6 OFFSET ?7"#,
+            sweep,
+            status,
+            text,
+            sort,
+            desc,
+            limit,
+            offset
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(JobPage {
+            total,
+            offset,
+            jobs: rows.into_iter().map(JobRow::from).collect(),
+        })
+    }
+
+    /// The batch size x lr grid of a sweep: per cell its jobs, how many diverged, the best final
+    /// (or latest) accuracy. Jobs that leave a key out run with the trainer's default.
+    pub async fn grid(&self, sweep: i64) -> Result<Vec<GridCell>> {
+        let (bs, lr) = (crate::spec::DEFAULT_BATCH_SIZE, crate::spec::DEFAULT_LR);
+        Ok(sqlx::query_as!(
+            GridCell,
+            r#"SELECT coalesce(json_extract(j.params, '$.batch_size'), ?2) AS "batch_size!: i64",
+                      coalesce(json_extract(j.params, '$.lr'), ?3) AS "lr!: f64",
+                      count(*) AS "jobs!: i64",
+                      sum(j.status = 'completed') AS "completed!: i64",
+                      sum(j.status = 'diverged') AS "diverged!: i64",
+                      sum(j.status = 'running') AS "running!: i64",
+                      max(m.accuracy) AS "accuracy: f64",
+                      max(j.epoch) AS "epoch!: i64", max(j.epochs) AS "epochs!: i64"
+               FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+               WHERE j.sweep_id = ?1 GROUP BY 1, 2 ORDER BY 1, 2"#,
+            sweep,
+            bs,
+            lr
+        )
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Learning curves at one lr, one line per batch size (its first job), at most about `points`
+    /// epochs per line (every k-th epoch, plus the first and the latest).
+    pub async fn curves(&self, sweep: i64, lr: f64, points: i64) -> Result<Vec<Series>> {
+        let (dbs, dlr) = (crate::spec::DEFAULT_BATCH_SIZE, crate::spec::DEFAULT_LR);
+        let epochs = sqlx::query_scalar!(
+            r#"SELECT max(epochs) AS "n: i64" FROM jobs WHERE sweep_id = ?"#,
+            sweep
+        )
+        .fetch_one(&self.read)
+        .await?
+        .unwrap_or(1);
+        let stride = (epochs + points.max(2) - 1) / points.max(2);
+        let rows = sqlx::query!(
+            r#"WITH reps AS (
+                 SELECT min(j.id) AS job_id, coalesce(json_extract(j.params, '$.batch_size'), ?3) AS bs
+                 FROM jobs j
+                 WHERE j.sweep_id = ?1 AND abs(coalesce(json_extract(j.params, '$.lr'), ?4) - ?2) <= 1e-9 * abs(?2)
+                 GROUP BY bs)
+               SELECT r.bs AS "batch_size!: i64", r.job_id AS "job_id!: i64", j.status, m.epoch, m.lr,
+                      m.train_loss, m.test_loss, m.accuracy
+               FROM reps r JOIN jobs j ON j.id = r.job_id JOIN metrics m ON m.job_id = r.job_id
+               WHERE m.epoch % ?5 = 0 OR m.epoch = 1 OR m.epoch = j.epoch
+               ORDER BY r.bs, m.epoch"#,
+            sweep,
+            lr,
+            dbs,
+            dlr,
+            stride
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let mut out: Vec<Series> = Vec::new();
+        for r in rows {
+            if out.last().is_none_or(|s| s.job_id != r.job_id) {
+                out.push(Series {
+                    batch_size: r.batch_size,
+                    job_id: r.job_id,
+                    status: r.status.clone(),
+                    ..Default::default()
+                });
+            }
+            let s = out.last_mut().expect("pushed above");
+            s.epoch.push(r.epoch);
+            s.lr.push(r.lr);
+            s.train_loss.push(r.train_loss);
+            s.test_loss.push(r.test_loss);
+            s.accuracy.push(r.accuracy);
+        }
+        Ok(out)
     }
 
     pub async fn get_job(&self, job: i64) -> Result<JobDetail> {

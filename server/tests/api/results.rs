@@ -138,3 +138,40 @@ async fn the_readme_block_is_rewritten_in_place_and_idempotently() {
     );
     assert!(server::export::rewrite_block("no markers", "x").is_err());
 }
+
+#[tokio::test]
+async fn publish_refreshes_the_readme_block_and_the_five_figures_in_one_command() {
+    let app = spawn_app().await;
+    let sweep = golden_sweep(&app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let readme = dir.path().join("README.md");
+    std::fs::write(
+        &readme,
+        "x\n<!-- results:begin -->\nold\n<!-- results:end -->\n",
+    )
+    .unwrap();
+    let images = dir.path().join("images");
+    let (base, r, i) = (app.base.clone(), readme.clone(), images.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+            .args(["publish", &sweep.to_string(), "--server", &base, "--readme"])
+            .arg(&r)
+            .arg("--images")
+            .arg(&i)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&readme).unwrap();
+    assert!(text.contains(include_str!("../golden/results.md").trim_end()));
+    for name in server::figures::NAMES {
+        let png = std::fs::read(images.join(format!("{name}.png"))).unwrap();
+        assert_eq!(&png[1..4], b"PNG", "{name}");
+    }
+}

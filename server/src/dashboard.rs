@@ -1,0 +1,89 @@
+//! The dashboard: the files of `dashboards/` compiled into the binary (it works offline, with no
+//! CDN), and the read-only views it needs at scale: a page of jobs, the batch x lr grid, and
+//! downsampled curves, so a 10,000-job x 300-epoch sweep never ships whole to the browser.
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::{GridCell, JobPage, JobQuery, Series};
+
+const INDEX: &str = include_str!("../../dashboards/index.html");
+const APP_JS: &str = include_str!("../../dashboards/app.js");
+const STYLE: &str = include_str!("../../dashboards/style.css");
+
+fn asset(ctype: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, ctype),
+            // Assets change only with the binary; a restart must not serve a stale page.
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX)
+}
+
+pub async fn app_js() -> Response {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+pub async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+/// A page of a sweep's jobs, filtered and sorted.
+#[utoipa::path(get, path = "/api/sweeps/{id}/jobs", tag = "dashboard", params(("id" = i64, Path), JobQuery),
+    responses((status = 200, body = JobPage), (status = 404)))]
+pub async fn jobs_page(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<JobQuery>,
+) -> Result<Json<JobPage>, ApiError> {
+    Ok(Json(state.store.jobs_page(id, &q).await?))
+}
+
+/// The batch size x lr grid with each cell's best final (or latest) accuracy.
+#[utoipa::path(get, path = "/api/sweeps/{id}/grid", tag = "dashboard", params(("id" = i64, Path)),
+    responses((status = 200, body = Vec<GridCell>), (status = 404)))]
+pub async fn grid(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Vec<GridCell>>, ApiError> {
+    state.store.get_sweep_row(id).await?;
+    Ok(Json(state.store.grid(id).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct CurvesQuery {
+    /// The lr whose runs to draw (default 1e-2).
+    pub lr: Option<f64>,
+    /// About how many epochs per line (default 150).
+    pub points: Option<i64>,
+}
+
+/// Learning curves at one lr, one line per batch size, downsampled.
+#[utoipa::path(get, path = "/api/sweeps/{id}/curves", tag = "dashboard", params(("id" = i64, Path), CurvesQuery),
+    responses((status = 200, body = Vec<Series>), (status = 404)))]
+pub async fn curves(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<CurvesQuery>,
+) -> Result<Json<Vec<Series>>, ApiError> {
+    state.store.get_sweep_row(id).await?;
+    let lr = q.lr.unwrap_or(crate::spec::DEFAULT_LR);
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(ApiError::Unprocessable(format!(
+            "lr: must be a positive number, got {lr}"
+        )));
+    }
+    let points = q.points.unwrap_or(150).clamp(2, 2000);
+    Ok(Json(state.store.curves(id, lr, points).await?))
+}
