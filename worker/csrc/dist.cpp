@@ -105,40 +105,10 @@ extern "C" void seeddist_destroy(void *h) {
   delete d;
 }
 
-// In-place sum over ranks of n tensors (one coalesced op when they share a dtype and device).
-extern "C" int seeddist_allreduce_sum(void *h, at::Tensor **ts, size_t n) {
-  GUARD_BEGIN
-  auto d = static_cast<Dist *>(h);
-  auto v = tensors(ts, n);
-  c10d::AllreduceOptions o;
-  o.reduceOp = c10d::ReduceOp::SUM;
-  if (v.size() == 1) {
-    d->pg->allreduce(v, o)->wait();
-  } else {
-    // Flatten into one buffer per call: one message instead of n.
-    std::vector<at::Tensor> flat{at::cat([&] {
-      std::vector<at::Tensor> parts;
-      for (auto &t : v) parts.push_back(t.reshape({-1}));
-      return parts;
-    }())};
-    d->pg->allreduce(flat, o)->wait();
-    int64_t off = 0;
-    for (auto &t : v) {
-      t.copy_(flat[0].narrow(0, off, t.numel()).view(t.sizes()));
-      off += t.numel();
-    }
-  }
-  return 0;
-  GUARD_END(-1)
-}
-
-// Overwrites n tensors on every rank with root's values (flattened into one message per dtype run).
-extern "C" int seeddist_broadcast(void *h, at::Tensor **ts, size_t n, int root) {
-  GUARD_BEGIN
-  auto d = static_cast<Dist *>(h);
-  auto v = tensors(ts, n);
-  c10d::BroadcastOptions o;
-  o.rootRank = root;
+// Runs `op` on one flat buffer per run of same-dtype, same-device tensors (one message instead of
+// one per tensor; gloo's broadcast takes a single tensor anyway), then copies the results back.
+template <typename Op>
+static void flat_runs(std::vector<at::Tensor> &v, Op op) {
   size_t i = 0;
   while (i < v.size()) {
     size_t j = i;
@@ -148,15 +118,39 @@ extern "C" int seeddist_broadcast(void *h, at::Tensor **ts, size_t n, int root) 
       parts.push_back(v[j].reshape({-1}));
       j++;
     }
-    std::vector<at::Tensor> flat{at::cat(parts)};
-    d->pg->broadcast(flat, o)->wait();
-    int64_t off = 0;
-    for (size_t k = i; k < j; k++) {
-      v[k].copy_(flat[0].narrow(0, off, v[k].numel()).view(v[k].sizes()));
-      off += v[k].numel();
+    std::vector<at::Tensor> flat{parts.size() == 1 ? v[i] : at::cat(parts)};
+    op(flat);
+    if (parts.size() > 1) {
+      int64_t off = 0;
+      for (size_t k = i; k < j; k++) {
+        v[k].copy_(flat[0].narrow(0, off, v[k].numel()).view(v[k].sizes()));
+        off += v[k].numel();
+      }
     }
     i = j;
   }
+}
+
+// In-place sum over ranks of n tensors.
+extern "C" int seeddist_allreduce_sum(void *h, at::Tensor **ts, size_t n) {
+  GUARD_BEGIN
+  auto d = static_cast<Dist *>(h);
+  auto v = tensors(ts, n);
+  c10d::AllreduceOptions o;
+  o.reduceOp = c10d::ReduceOp::SUM;
+  flat_runs(v, [&](std::vector<at::Tensor> &flat) { d->pg->allreduce(flat, o)->wait(); });
+  return 0;
+  GUARD_END(-1)
+}
+
+// Overwrites n tensors on every rank with root's values.
+extern "C" int seeddist_broadcast(void *h, at::Tensor **ts, size_t n, int root) {
+  GUARD_BEGIN
+  auto d = static_cast<Dist *>(h);
+  auto v = tensors(ts, n);
+  c10d::BroadcastOptions o;
+  o.rootRank = root;
+  flat_runs(v, [&](std::vector<at::Tensor> &flat) { d->pg->broadcast(flat, o)->wait(); });
   return 0;
   GUARD_END(-1)
 }

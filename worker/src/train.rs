@@ -361,6 +361,23 @@ pub fn run(
         config: fp.clone(),
         rng: "chacha8(seed, stream=epoch)".into(),
     };
+    let world = ranks.world;
+    let summary_of =
+        |status, epochs_completed, final_metrics, first_step_at, rank_param_max_diff| Summary {
+            status,
+            epochs_completed,
+            final_metrics,
+            config: cfg.clone(),
+            parameters: n_params,
+            device: format!("{device:?}"),
+            seed: cfg.seed,
+            world_size: world as u32,
+            git_commit: env!("SEED_GIT_COMMIT").to_string(),
+            threads: tch::get_num_threads(),
+            wall_seconds: started.elapsed().as_secs_f64(),
+            first_step_at,
+            rank_param_max_diff,
+        };
     // Rank 0 reads `out`; the others learn the outcome from it.
     let mut found = (FRESH, None::<Summary>, None::<anyhow::Error>);
     if main {
@@ -385,21 +402,13 @@ pub fn run(
         (FINISHED, (_, Some(done), _)) => return Ok(done),
         (FINISHED, _) => {
             tracing::info!("rank 0 found the run finished");
-            return Ok(Summary {
-                status: Status::Completed,
-                epochs_completed: told[1] as u32,
-                final_metrics: None,
-                config: cfg.clone(),
-                parameters: n_params,
-                device: format!("{device:?}"),
-                seed: cfg.seed,
-                world_size: ranks.world as u32,
-                git_commit: env!("SEED_GIT_COMMIT").to_string(),
-                threads: tch::get_num_threads(),
-                wall_seconds: started.elapsed().as_secs_f64(),
-                first_step_at: None,
-                rank_param_max_diff: None,
-            });
+            return Ok(summary_of(
+                Status::Completed,
+                told[1] as u32,
+                None,
+                None,
+                None,
+            ));
         }
         _ => {}
     }
@@ -621,21 +630,13 @@ pub fn run(
         _ => None,
     };
 
-    let summary = Summary {
+    let summary = summary_of(
         status,
-        epochs_completed: meta.epoch,
-        final_metrics: meta.history.last().cloned(),
-        config: cfg.clone(),
-        parameters: n_params,
-        device: format!("{device:?}"),
-        seed: cfg.seed,
-        world_size: ranks.world as u32,
-        git_commit: env!("SEED_GIT_COMMIT").to_string(),
-        threads: tch::get_num_threads(),
-        wall_seconds: started.elapsed().as_secs_f64(),
+        meta.epoch,
+        meta.history.last().cloned(),
         first_step_at,
         rank_param_max_diff,
-    };
+    );
     if main && status != Status::Interrupted {
         write_json_atomic(&summary, &summary_path)?;
     }

@@ -194,12 +194,11 @@ fn epochs_of(c: &Coordinator, job: i64) -> Vec<i64> {
         .collect()
 }
 
-#[test]
-fn a_four_job_sweep_completes_with_every_epoch_recorded() {
-    let _serial = serial();
+/// Submits `spec` to a fresh coordinator and drains it with one `worker run --cpu-ranks 2`.
+fn drain(spec: Value) -> (tempfile::TempDir, Coordinator, Value) {
     let dir = tempfile::tempdir().unwrap();
     let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
-    let sweep = c.submit(json!({"name": "four", "train": tiny_train(2), "grid": {"lr": [0.05, 0.01], "batch_size": [32, 64]}}));
+    let sweep = c.submit(spec);
     let mut w = worker(
         &c.url,
         &dir.path().join("w"),
@@ -207,6 +206,15 @@ fn a_four_job_sweep_completes_with_every_epoch_recorded() {
     );
     let s = c.wait_sweep(sweep, Duration::from_secs(240));
     assert!(w.wait().unwrap().success());
+    (dir, c, s)
+}
+
+#[test]
+fn a_four_job_sweep_completes_with_every_epoch_recorded() {
+    let _serial = serial();
+    let (_dir, c, s) = drain(
+        json!({"name": "four", "train": tiny_train(2), "grid": {"lr": [0.05, 0.01], "batch_size": [32, 64]}}),
+    );
     let jobs = s["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 4);
     for j in jobs {
@@ -220,18 +228,9 @@ fn a_four_job_sweep_completes_with_every_epoch_recorded() {
 #[test]
 fn a_two_rank_job_trains_data_parallel_on_two_slots() {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
     let mut train = tiny_train(2);
     train["nproc_per_node"] = json!(2);
-    let sweep = c.submit(json!({"name": "ddp", "train": train, "grid": {"batch_size": [16]}}));
-    let mut w = worker(
-        &c.url,
-        &dir.path().join("w"),
-        &["--cpu-ranks", "2", "--exit-when-idle"],
-    );
-    let s = c.wait_sweep(sweep, Duration::from_secs(240));
-    assert!(w.wait().unwrap().success());
+    let (_dir, c, s) = drain(json!({"name": "ddp", "train": train, "grid": {"batch_size": [16]}}));
     let j = &s["jobs"][0];
     assert_eq!(j["status"], "completed", "{j}");
     assert_eq!(epochs_of(&c, j["id"].as_i64().unwrap()), vec![1, 2]);

@@ -109,22 +109,21 @@ async fn the_readme_block_is_rewritten_in_place_and_idempotently() {
         "# Title\n\nbefore\n\n<!-- results:begin -->\nold table\n<!-- results:end -->\n\nafter\n",
     )
     .unwrap();
-    let (base, path) = (app.base.clone(), readme.clone());
-    let export = move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
-            .args(["export", &sweep.to_string(), "--server", &base, "--readme"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::read_to_string(&path).unwrap()
+    let args = |sweep: i64| {
+        let s = sweep.to_string();
+        vec![
+            "export".into(),
+            s.into(),
+            "--server".into(),
+            app.base.clone().into(),
+            "--readme".into(),
+            readme.clone().into_os_string(),
+        ]
     };
-    let once = tokio::task::spawn_blocking(export.clone()).await.unwrap();
-    let twice = tokio::task::spawn_blocking(export).await.unwrap();
+    server_cli(args(sweep)).await;
+    let once = std::fs::read_to_string(&readme).unwrap();
+    server_cli(args(sweep)).await;
+    let twice = std::fs::read_to_string(&readme).unwrap();
     assert_eq!(once, twice, "idempotent");
     assert!(once.starts_with("# Title\n\nbefore\n\n<!-- results:begin -->\n"));
     assert!(once.ends_with("<!-- results:end -->\n\nafter\n"));
@@ -151,13 +150,30 @@ async fn publish_refreshes_the_readme_block_and_the_five_figures_in_one_command(
     )
     .unwrap();
     let images = dir.path().join("images");
-    let (base, r, i) = (app.base.clone(), readme.clone(), images.clone());
+    server_cli(vec![
+        "publish".into(),
+        sweep.to_string().into(),
+        "--server".into(),
+        app.base.clone().into(),
+        "--readme".into(),
+        readme.clone().into_os_string(),
+        "--images".into(),
+        images.clone().into_os_string(),
+    ])
+    .await;
+    let text = std::fs::read_to_string(&readme).unwrap();
+    assert!(text.contains(include_str!("../golden/results.md").trim_end()));
+    for name in server::figures::NAMES {
+        let png = std::fs::read(images.join(format!("{name}.png"))).unwrap();
+        assert_eq!(&png[1..4], b"PNG", "{name}");
+    }
+}
+
+/// Runs the `server` binary's command line (off the async runtime) and insists it succeeds.
+async fn server_cli(args: Vec<std::ffi::OsString>) {
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_server"))
-            .args(["publish", &sweep.to_string(), "--server", &base, "--readme"])
-            .arg(&r)
-            .arg("--images")
-            .arg(&i)
+            .args(&args)
             .output()
             .unwrap()
     })
@@ -168,10 +184,4 @@ async fn publish_refreshes_the_readme_block_and_the_five_figures_in_one_command(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = std::fs::read_to_string(&readme).unwrap();
-    assert!(text.contains(include_str!("../golden/results.md").trim_end()));
-    for name in server::figures::NAMES {
-        let png = std::fs::read(images.join(format!("{name}.png"))).unwrap();
-        assert_eq!(&png[1..4], b"PNG", "{name}");
-    }
 }
