@@ -277,17 +277,16 @@ fn an_interrupted_two_rank_run_resumes_to_the_uninterrupted_result() {
     assert_eq!(summary(cut.path()).rank_param_max_diff, Some(0.0));
 }
 
-#[test]
-fn a_killed_rank_ends_the_run_with_an_error_within_the_timeout() {
-    let _g = serial();
+/// Two plain `worker train` processes given the torchrun variables by hand; once they train, rank 1
+/// gets `signal`. Returns how long rank 0 took to fail after that, and its stderr.
+fn lose_rank_1(signal: i32, timeout: u64) -> (Duration, String) {
     let mut c = cfg(200);
     c.limit_train = Some(5000);
     c.epochs = 50;
     c.batch_size = 8;
-    c.dist_timeout = 20;
+    c.dist_timeout = timeout;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().to_string();
-    // The torchrun contract, set by hand: two processes of the plain binary find each other.
     let mut ranks: Vec<_> = (0..2)
         .map(|r| {
             Command::new(common::worker_bin())
@@ -304,21 +303,23 @@ fn a_killed_rank_ends_the_run_with_an_error_within_the_timeout() {
                 .unwrap()
         })
         .collect();
-    // Let them rendezvous and train a while, then kill rank 1 mid-epoch.
     std::thread::sleep(Duration::from_secs(4));
     assert!(ranks[0].try_wait().unwrap().is_none(), "rank 0 ended early");
-    ranks[1].kill().unwrap();
+    unsafe { libc::kill(ranks[1].id() as i32, signal) };
     let t0 = Instant::now();
     let status = loop {
         if let Some(s) = ranks[0].try_wait().unwrap() {
             break s;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(c.dist_timeout + 15),
-            "rank 0 hangs after its peer died"
+            t0.elapsed() < Duration::from_secs(timeout + 15),
+            "rank 0 hangs after losing its peer"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
+    let took = t0.elapsed();
+    let _ = ranks[1].kill(); // SIGKILL also ends a stopped process
+    let _ = ranks[1].wait();
     let mut err = String::new();
     std::io::Read::read_to_string(ranks[0].stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(!status.success());
@@ -326,7 +327,24 @@ fn a_killed_rank_ends_the_run_with_an_error_within_the_timeout() {
         err.contains("error:") && err.contains("failed"),
         "no clear error: {err}"
     );
-    let _ = ranks[1].wait();
+    (took, err)
+}
+
+#[test]
+fn a_killed_rank_ends_the_run_with_an_error_within_the_timeout() {
+    let _g = serial();
+    // A dead peer closes its sockets: the survivor fails at once, long before the 20 s timeout.
+    let (took, err) = lose_rank_1(libc::SIGKILL, 20);
+    assert!(took < Duration::from_secs(20), "{took:?}: {err}");
+}
+
+#[test]
+fn a_stuck_rank_ends_the_run_with_a_timeout_error() {
+    let _g = serial();
+    // A stopped peer keeps its sockets open: only the timeout ends the wait.
+    let (took, err) = lose_rank_1(libc::SIGSTOP, 5);
+    assert!(err.contains("Timed out"), "{err}");
+    assert!(took >= Duration::from_secs(3), "{took:?}");
 }
 
 #[test]
