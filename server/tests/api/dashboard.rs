@@ -490,3 +490,20 @@ async fn bench_first_paint_of_a_10000_job_sweep() {
         println!("{line}");
     }
 }
+
+/// Tooling, not a test (`scripts/dashboard-screenshot.sh URL OUT`): a screenshot of a running
+/// coordinator's page once it has painted, e.g. for the README.
+#[test]
+#[ignore]
+fn screenshot_of_a_running_coordinator() {
+    let url = std::env::var("SCREENSHOT_URL").expect("SCREENSHOT_URL");
+    let out = PathBuf::from(std::env::var("SCREENSHOT_OUT").expect("SCREENSHOT_OUT"));
+    let page = Page::open(&url);
+    page.wait(
+        "document.documentElement.dataset.firstPaintMs",
+        "first paint",
+    );
+    let png = page.screenshot("url.png");
+    std::fs::copy(&png, &out).unwrap();
+    println!("wrote {}", out.display());
+}
