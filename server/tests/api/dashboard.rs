@@ -346,9 +346,17 @@ async fn the_dashboard_shows_sweeps_and_updates_live_without_reload() {
         p.wait("document.querySelectorAll('#attempts tbody tr').length === 1", "attempts");
         p.wait("document.querySelectorAll('#curves svg path').length >= 3", "job curves");
         p.screenshot("dashboard-job.png");
+        // Cancel from the sweep page (the token as the prompt would have stored it for the tab).
+        p.eval(&format!("sessionStorage.setItem('token', '{TOKEN}')"));
+        p.eval(&format!("location.hash = '#/sweeps/{id}'"));
+        p.wait("document.querySelector('#cancel') && !document.querySelector('#cancel').disabled", "the cancel button");
+        p.eval("document.querySelector('#cancel').click()");
+        p.wait("document.querySelector('h1').innerText.includes('cancelled')", "the sweep cancelled");
         shot
     })
     .await;
+    let (_, sweep) = app.get(&format!("/api/sweeps/{id}?jobs=false")).await;
+    assert_eq!(sweep["status"], "cancelled");
     let png = std::fs::read(&shot).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     assert!(png.len() > 10_000, "an empty-looking screenshot");
