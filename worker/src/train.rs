@@ -5,7 +5,7 @@ use crate::checkpoint::{self, Params, ResumeMeta, RESUME_FILE, WEIGHTS_FILE};
 use crate::config::TrainConfig;
 use crate::data::{self, Split};
 use crate::ddp::launch::RankEnv;
-use crate::ddp::{Backend, InitOptions, ProcessGroup};
+use crate::ddp::{Backend, ProcessGroup};
 use crate::metrics::{Confusion, EpochMetrics};
 use crate::model::{self, SeedNet};
 use crate::optim::{LrSchedule, Sgd};
@@ -262,8 +262,7 @@ pub fn run(
         (Some(t), _) => tch::set_num_threads(t as i32),
         // Ranks on one machine share its cores (torchrun sets OMP_NUM_THREADS for the same reason).
         (None, Some(e)) if device == Device::Cpu => {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            tch::set_num_threads((cores / e.local_world.max(1)).max(1) as i32);
+            tch::set_num_threads(crate::ddp::launch::threads_per_rank(e.local_world) as i32);
         }
         _ => {}
     }
@@ -275,24 +274,8 @@ pub fn run(
     };
     let mut group = None;
     if let Some(e) = &env {
-        let backend = match &cfg.dist_backend {
-            Some(b) => Backend::parse(b)?,
-            None if device == Device::Cpu => Backend::Gloo,
-            None => Backend::Nccl,
-        };
-        let g = ProcessGroup::init(&InitOptions {
-            master_addr: e.master_addr.clone(),
-            master_port: e.master_port,
-            rank: e.rank,
-            world: e.world,
-            agent_store: e.agent_store,
-            backend,
-            timeout: Duration::from_secs(cfg.dist_timeout),
-            device_index: match device {
-                Device::Cuda(i) => i,
-                _ => 0,
-            },
-        })?;
+        let backend = Backend::choose(cfg.dist_backend.as_deref(), device)?;
+        let g = ProcessGroup::from_env(e, backend, Duration::from_secs(cfg.dist_timeout), device)?;
         tracing::info!(
             rank = e.rank,
             world = e.world,

@@ -142,18 +142,14 @@ fn two_ranks_with_sync_bn_equal_one_process_with_twice_the_batch() {
 
 /// Runs as one rank of `sharded_evaluation_equals_one_process` (the test spawns its own binary).
 fn eval_rank(out: &str) {
-    use worker::ddp::{launch::RankEnv, Backend, InitOptions, ProcessGroup};
+    use worker::ddp::{launch::RankEnv, Backend, ProcessGroup};
     let env = RankEnv::from_env().unwrap().expect("WORLD_SIZE is set");
-    let pg = ProcessGroup::init(&InitOptions {
-        master_addr: env.master_addr,
-        master_port: env.master_port,
-        rank: env.rank,
-        world: env.world,
-        agent_store: false,
-        backend: Backend::Gloo,
-        timeout: Duration::from_secs(30),
-        device_index: 0,
-    })
+    let pg = ProcessGroup::from_env(
+        &env,
+        Backend::Gloo,
+        Duration::from_secs(30),
+        tch::Device::Cpu,
+    )
     .unwrap();
     let ev = evaluation(Some(&pg));
     std::fs::write(out, serde_json::to_vec(&ev).unwrap()).unwrap();
@@ -225,11 +221,7 @@ fn sharded_evaluation_equals_one_process() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    worker::ddp::launch::free_port().unwrap()
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `worker bench-ddp`: all-reduce bandwidth and the cost of a DDP training step (reducer and
 //! SyncBatchNorm) against the same step without DDP. Not a test: figures for the README.
 use super::launch::{self, RankEnv};
-use super::{Backend, InitOptions, ProcessGroup};
+use super::{Backend, ProcessGroup};
 use crate::checkpoint::Params;
 use crate::model::{ModelConfig, SeedNet};
 use crate::optim::Sgd;
@@ -57,26 +57,14 @@ pub fn run(a: &BenchDdpArgs) -> Result<()> {
     }
     let device = crate::train::parse_device(&a.device)?;
     let local_world = env.as_ref().map_or(1, |e| e.local_world);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    tch::set_num_threads(a.threads.unwrap_or((cores / local_world).max(1)) as i32);
+    tch::set_num_threads(a.threads.unwrap_or(launch::threads_per_rank(local_world)) as i32);
     let pg = match &env {
-        Some(e) => Some(ProcessGroup::init(&InitOptions {
-            master_addr: e.master_addr.clone(),
-            master_port: e.master_port,
-            rank: e.rank,
-            world: e.world,
-            agent_store: e.agent_store,
-            backend: match &a.backend {
-                Some(b) => Backend::parse(b)?,
-                None if device == Device::Cpu => Backend::Gloo,
-                None => Backend::Nccl,
-            },
-            timeout: Duration::from_secs(300),
-            device_index: match device {
-                Device::Cuda(i) => i,
-                _ => 0,
-            },
-        })?),
+        Some(e) => Some(ProcessGroup::from_env(
+            e,
+            Backend::choose(a.backend.as_deref(), device)?,
+            Duration::from_secs(300),
+            device,
+        )?),
         None => None,
     };
     let (rank, world) = pg.as_ref().map_or((0, 1), |g| (g.rank(), g.world()));

@@ -85,7 +85,13 @@ pub struct LaunchPlan {
     pub master_port: u16,
 }
 
-fn free_port() -> Result<u16> {
+/// Intra-op threads for each of `local_world` ranks sharing this machine's cores (at least 1).
+pub fn threads_per_rank(local_world: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / local_world.max(1)).max(1)
+}
+
+pub fn free_port() -> Result<u16> {
     // Bind port 0 and release it: the OS hands out a port nobody holds now. Rank 0's TCPStore binds
     // it a moment later; a collision within that moment fails the rendezvous with a clear error.
     let l = std::net::TcpListener::bind(("127.0.0.1", 0)).context("no free local port")?;
@@ -114,8 +120,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
     let world = plan.nproc_per_node * plan.nnodes;
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / plan.nproc_per_node).max(1);
+    let threads = threads_per_rank(plan.nproc_per_node);
 
     // SIGTERM/SIGINT reach the launcher; they are passed on to every rank (which then stop together
     // after a committed epoch).

@@ -82,6 +82,16 @@ impl Backend {
         }
     }
 
+    /// The explicit choice if any, else what torch.distributed users pick: nccl for CUDA, gloo
+    /// for the CPU.
+    pub fn choose(explicit: Option<&str>, device: tch::Device) -> Result<Self> {
+        match explicit {
+            Some(b) => Backend::parse(b),
+            None if device == tch::Device::Cpu => Ok(Backend::Gloo),
+            None => Ok(Backend::Nccl),
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Backend::Gloo => "gloo",
@@ -152,6 +162,28 @@ impl ProcessGroup {
             rank: o.rank,
             world: o.world,
             reducer: false,
+        })
+    }
+
+    /// Joins the group that torchrun's environment (or our launcher's) describes.
+    pub fn from_env(
+        e: &launch::RankEnv,
+        backend: Backend,
+        timeout: Duration,
+        device: tch::Device,
+    ) -> Result<Self> {
+        Self::init(&InitOptions {
+            master_addr: e.master_addr.clone(),
+            master_port: e.master_port,
+            rank: e.rank,
+            world: e.world,
+            agent_store: e.agent_store,
+            backend,
+            timeout,
+            device_index: match device {
+                tch::Device::Cuda(i) => i,
+                _ => 0,
+            },
         })
     }
 
