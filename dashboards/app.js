@@ -16,8 +16,27 @@ function esc(s) {
   return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
 
-async function api(path, opts) {
+// A `--private` coordinator answers 401 until this tab has a session: ask for the token once, trade
+// it for a read-only session cookie (POST /api/session), and retry. The cookie also opens the
+// event stream. Concurrent requests share one prompt.
+let signingIn = null;
+function signIn() {
+  signingIn ??= (async () => {
+    const token = prompt("This coordinator is private. Its token:");
+    if (!token) return false;
+    const r = await fetch("/api/session", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token }) });
+    if (r.ok) sessionStorage.setItem("token", token);
+    return r.ok;
+  })().finally(() => { setTimeout(() => { signingIn = null; }, 0); });
+  return signingIn;
+}
+
+async function api(path, opts, retried) {
   const r = await fetch(path, opts);
+  if (r.status === 401 && !retried && !(opts && opts.headers && opts.headers.Authorization) && await signIn()) {
+    connect();
+    return api(path, opts, true);
+  }
   if (!r.ok) {
     let msg = `${r.status} ${r.statusText}`;
     try { msg = (await r.json()).error || msg; } catch (_) { /* not JSON */ }
@@ -203,7 +222,9 @@ async function sweepView(id) {
   const gone = line("accuracy").filter((l) => l.note === "diverged").map((l) => l.name);
   const goneNote = gone.length ? `<p class="muted">Left out (diverged): ${esc(gone.join(", "))}</p>` : "";
   const st = series[0] ? stairs(series[0].epoch, series[0].lr) : { xs: [], ys: [] };
-  const gridKeys = Object.keys((s.spec && s.spec.grid) || {});
+  // `grid` is one table, or a list of tables whose products are united ([[grid]]).
+  const grids = [].concat((s.spec && s.spec.grid) || []);
+  const gridKeys = [...new Set(grids.flatMap((g) => Object.keys(g)))];
   const base = `/api/sweeps/${id}/results`;
   return `<p><a href="#/">← all sweeps</a></p>
     <h1>${esc(s.name)} <span class="status">${esc(s.status)}</span></h1>
@@ -309,8 +330,10 @@ function soon() {
   pending = setTimeout(() => { pending = null; render(); }, 1000);
 }
 
+let stream = null;
 function connect() {
-  const es = new EventSource("/api/events");
+  if (stream && stream.readyState !== EventSource.CLOSED) return;
+  const es = stream = new EventSource("/api/events");
   es.onopen = () => { live.textContent = "live"; live.className = "live on"; soon(); };
   es.onerror = () => {
     live.textContent = "reconnecting…"; live.className = "live off";

@@ -2,7 +2,7 @@
 //! finish), public so a worker in any language can take part.
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,10 +29,10 @@ type ApiResult<T> = Result<T, ApiError>;
     paths(submit_sweep, list_sweeps, get_sweep, cancel_sweep, get_job, results, figure, claim, heartbeat, report_metrics, finish, release,
           crate::dashboard::jobs_page, crate::dashboard::grid, crate::dashboard::curves,
           crate::artifacts::upload, crate::artifacts::download,
-          events::stream, healthz, prometheus, openapi),
+          events::stream, healthz, prometheus, openapi, crate::auth::create_session),
     components(schemas(SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
                        HeartbeatReply, MetricsReport, FinishRequest, ReleaseRequest, JobChange, Created, crate::store::JobRow,
-                        crate::store::AttemptRow, crate::store::JobPage, crate::store::GridCell, crate::store::Series)),
+                        crate::store::AttemptRow, crate::store::JobPage, crate::auth::SessionRequest, crate::store::GridCell, crate::store::Series)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -84,9 +84,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
+        .route("/api/session", post(crate::auth::create_session))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            authorize,
+            crate::auth::authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::guard_host_and_headers,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -100,27 +105,6 @@ async fn observe_latency(State(state): State<AppState>, req: Request, next: Next
     let res = next.run(req).await;
     state.telemetry.observe(t0.elapsed().as_secs_f64());
     res
-}
-
-/// Writes need the bearer token; reads too when the server is `--private` (health checks never).
-async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let is_read = req.method() == Method::GET || req.method() == Method::HEAD;
-    let open = req.uri().path() == "/healthz" || (is_read && !state.private);
-    if !open {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes())) {
-            return ApiError::Unauthorized.into_response();
-        }
-    }
-    next.run(req).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Serialize, ToSchema)]
@@ -180,7 +164,15 @@ async fn list_sweeps(State(state): State<AppState>) -> ApiResult<Json<Vec<SweepR
 pub struct SweepQuery {
     /// `false`: leave the job list out (`/api/sweeps/{id}/jobs` pages it).
     pub jobs: Option<bool>,
+    /// At most this many jobs, in grid order (default 1000, at most 10000); the sweep's `total`
+    /// says how many there are.
+    #[param(minimum = 1, maximum = 10000)]
+    pub limit: Option<usize>,
 }
+
+/// Jobs listed inline by `GET /api/sweeps/{id}` unless `limit` says otherwise: a 10,000-job sweep
+/// is paged through `/api/sweeps/{id}/jobs`, not sent whole to every anonymous reader.
+pub const DEFAULT_JOBS_INLINE: usize = 1000;
 
 #[utoipa::path(get, path = "/api/sweeps/{id}", tag = "sweeps", params(("id" = i64, Path), SweepQuery),
     responses((status = 200, body = SweepDetail), (status = 404)))]
@@ -189,9 +181,16 @@ async fn get_sweep(
     Path(id): Path<i64>,
     Query(q): Query<SweepQuery>,
 ) -> ApiResult<Json<SweepDetail>> {
-    Ok(Json(
-        state.store.sweep_detail(id, q.jobs.unwrap_or(true)).await?,
-    ))
+    let limit = q.limit.unwrap_or(DEFAULT_JOBS_INLINE);
+    if !(1..=crate::spec::MAX_JOBS).contains(&limit) {
+        return Err(ApiError::Unprocessable(format!(
+            "limit: must be between 1 and {}",
+            crate::spec::MAX_JOBS
+        )));
+    }
+    let mut detail = state.store.sweep_detail(id, q.jobs.unwrap_or(true)).await?;
+    detail.jobs.truncate(limit);
+    Ok(Json(detail))
 }
 
 /// Cancel a sweep: pending jobs at once, running jobs on their next heartbeat.
@@ -229,6 +228,9 @@ pub struct ResultsQuery {
     /// The study's Chinese headings (markdown).
     #[serde(default)]
     pub chinese: bool,
+    /// The study's table (its first README) beside this sweep's results, cell by cell (markdown).
+    #[serde(default)]
+    pub compare: bool,
 }
 
 /// Results in the study's format.
@@ -253,6 +255,7 @@ async fn results(
     let opts = TableOptions {
         extra: q.extra,
         chinese: q.chinese,
+        compare: q.compare,
     };
     let (ctype, body) = export::render(&detail, format, &opts);
     Ok(([(header::CONTENT_TYPE, ctype)], body).into_response())
@@ -276,16 +279,26 @@ async fn figure(
     Query(q): Query<FigureQuery>,
 ) -> ApiResult<Response> {
     use crate::figures::{self, FigureError};
-    let name = file.strip_suffix(".png").unwrap_or(&file);
+    let name = file.strip_suffix(".png").unwrap_or(&file).to_string();
     let detail = state.store.get_sweep(id).await?;
-    let points = state.store.sweep_curves(id).await?;
     let opts = figures::FigureOptions {
         job: q.job,
         lr: q.lr,
     };
-    let name = name.to_string();
-    // Drawing is CPU work: keep it off the async workers.
+    let drawn = figures::drawn_jobs(&name, &detail.jobs, &opts)
+        .map_err(|e| ApiError::NotFound(e.to_string()))?;
+    // Drawing is CPU work: off the async workers, and at most FIGURE_PERMITS at a time; a request
+    // that cannot get a turn soon is told to come back rather than queue without bound.
+    let permit = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        state.figure_permits.clone().acquire_owned(),
+    )
+    .await
+    .map_err(|_| ApiError::Unavailable("figures are busy; try again".into()))?
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    let points = state.store.job_curves(&drawn).await?;
     let png = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         figures::render(&name, &detail.sweep.name, &detail.jobs, &points, &opts)
     })
     .await
@@ -373,9 +386,7 @@ async fn report_metrics(
     Path(id): Path<i64>,
     AppJson(m): AppJson<MetricsReport>,
 ) -> ApiResult<Json<Value>> {
-    if m.epoch < 1 {
-        return Err(ApiError::Unprocessable("epoch: must be at least 1".into()));
-    }
+    check_metrics(&m)?;
     let sweep_id = state
         .store
         .record_metrics(id, &m, state.clock.now_ms())
@@ -386,6 +397,38 @@ async fn report_metrics(
         metrics: m,
     });
     Ok(Json(serde_json::json!({ "ok": true })))
+}
+
+/// Every reported value is checked before it is stored: a wrong number would otherwise reach the
+/// figures, the exports and the early-stopping decisions of every later reader. (The epoch's upper
+/// bound, the job's own epochs, is checked by the store.)
+fn check_metrics(m: &MetricsReport) -> ApiResult<()> {
+    if m.epoch < 1 {
+        return Err(ApiError::Unprocessable("epoch: must be at least 1".into()));
+    }
+    // Largest value an fp32 trainer can report.
+    let big = f32::MAX as f64;
+    let checks: [(&str, Option<f64>, f64, f64); 9] = [
+        ("lr", m.lr, 0.0, big),
+        ("train_loss", m.train_loss, 0.0, big),
+        ("test_loss", m.test_loss, 0.0, big),
+        ("accuracy", m.accuracy, 0.0, 1.0),
+        ("precision", m.precision, 0.0, 1.0),
+        ("recall", m.recall, 0.0, 1.0),
+        ("f1", m.f1, 0.0, 1.0),
+        ("images_per_sec", m.images_per_sec, 0.0, 1e12),
+        ("seconds", m.seconds, 0.0, 1e9),
+    ];
+    for (name, value, lo, hi) in checks {
+        if let Some(x) = value {
+            if !(lo..=hi).contains(&x) {
+                return Err(ApiError::Unprocessable(format!(
+                    "{name}: {x} is outside {lo}..={hi} (a non-finite loss is sent as null)"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -424,6 +467,9 @@ async fn finish(
             state.clock.now_ms(),
         )
         .await?;
+    if change.status != "pending" {
+        crate::artifacts::forget(&state, id).await;
+    }
     state.publish(Event::Job(change.clone()));
     Ok(Json(change))
 }
@@ -452,6 +498,9 @@ async fn release(
         .store
         .release(id, req.attempt, reason, state.clock.now_ms())
         .await?;
+    if change.status != "pending" {
+        crate::artifacts::forget(&state, id).await;
+    }
     state.publish(Event::Job(change.clone()));
     Ok(Json(change))
 }

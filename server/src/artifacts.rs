@@ -1,7 +1,9 @@
 //! Job checkpoints (the trainer's resume state) uploaded by workers after each epoch, so a job
 //! claimed again resumes on any machine. Stored as `<artifacts>/job-<id>/resume.safetensors`: the path
 //! comes from the job id alone, never from the client. Uploads are fenced by attempt, streamed to a
-//! temporary file, size-limited, and renamed into place whole.
+//! temporary file of their own (two uploads never share one), size-limited, renamed into place whole,
+//! and the directory is fsynced so the rename survives a power loss. A job's checkpoint is deleted
+//! when the job ends (it only serves resumes), unless the coordinator runs with `--keep-checkpoints`.
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -39,7 +41,8 @@ pub async fn upload(
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
-    let tmp = dir.join(format!(".{FILE}.{}.partial", q.attempt));
+    let unique: u64 = rand::random();
+    let tmp = dir.join(format!(".{FILE}.{}.{unique:016x}.partial", q.attempt));
     let result = async {
         let mut file = tokio::fs::File::create(&tmp)
             .await
@@ -63,6 +66,9 @@ pub async fn upload(
         // The attempt may have lost its lease while uploading: then the file is not kept.
         state.store.check_fence(id, q.attempt).await?;
         tokio::fs::rename(&tmp, dir.join(FILE))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        sync_dir(&dir)
             .await
             .map_err(|e| ApiError::Internal(e.into()))?;
         Ok(size)
@@ -97,5 +103,27 @@ pub async fn download(
                 .into_response())
         }
         Err(_) => Err(ApiError::NotFound(format!("job {id} has no checkpoint"))),
+    }
+}
+
+/// Makes a rename in `dir` durable.
+async fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// Deletes the checkpoint of a job that has ended (nothing will resume it), unless the coordinator
+/// keeps them. Failure to delete is logged, never an error for the worker that finished the job.
+pub async fn forget(state: &AppState, job: i64) {
+    if state.keep_checkpoints {
+        return;
+    }
+    let dir = job_dir(state, job);
+    match tokio::fs::remove_dir_all(&dir).await {
+        Ok(()) => tracing::debug!(job, "checkpoint deleted"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(job, error = %e, "cannot delete the checkpoint"),
     }
 }

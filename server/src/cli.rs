@@ -35,9 +35,25 @@ pub enum Command {
         db: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Bearer token for writes; generated at first start (stored as <db>.token) when not given.
+        /// Admin bearer token (every right). Prefer the SWEEP_TOKEN environment variable or
+        /// --token-file: a flag's value shows in `ps`. Generated at first start into <db>.token
+        /// (mode 0600) when none is given.
         #[arg(long, env = "SWEEP_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// A file holding the admin token (refused when empty or readable by group or others).
+        #[arg(long, conflicts_with = "token")]
+        token_file: Option<PathBuf>,
+        /// Worker token: the worker protocol and reads only (give this one to worker hosts).
+        /// Generated at first start into <db>.worker-token when none is given.
+        #[arg(long, env = "SWEEP_WORKER_TOKEN", hide_env_values = true)]
+        worker_token: Option<String>,
+        /// A file holding the worker token.
+        #[arg(long, conflicts_with = "worker_token")]
+        worker_token_file: Option<PathBuf>,
+        /// Host names (in the Host header) this coordinator answers to; repeat for several.
+        /// Default: the loopback names when listening on loopback, any name otherwise.
+        #[arg(long = "allowed-host")]
+        allowed_hosts: Vec<String>,
         /// Where uploaded checkpoints are kept (default: <db>.artifacts/).
         #[arg(long)]
         artifacts: Option<PathBuf>,
@@ -46,6 +62,10 @@ pub enum Command {
         /// Reads need the token too.
         #[arg(long)]
         private: bool,
+        /// Keep the checkpoints of ended jobs (default: deleted when the job ends; they only serve
+        /// resumes, and the study's network makes them about 125 MB each).
+        #[arg(long)]
+        keep_checkpoints: bool,
         /// Largest checkpoint a worker may upload, in MiB.
         #[arg(long, default_value_t = 1024)]
         max_checkpoint_mib: u64,
@@ -78,8 +98,8 @@ pub enum Command {
     },
     /// Benchmark: simulated workers (claim, 3 metrics, finish) against a real coordinator.
     Loadgen(crate::loadgen::LoadArgs),
-    /// Refresh a README from a sweep in one go: its results block (the study's table with the
-    /// provenance line) and the five figures.
+    /// Refresh a README from a sweep in one go: its results block (the provenance line, then the
+    /// study's table beside ours, cell by cell) and the five figures.
     Publish {
         sweep: i64,
         #[arg(long, default_value = "README.md")]
@@ -110,6 +130,10 @@ pub enum Command {
         /// The study's Chinese headings.
         #[arg(long)]
         chinese: bool,
+        /// The study's table (its first README, SEED.md) beside this sweep's, cell by cell, with the
+        /// difference in points.
+        #[arg(long)]
+        compare: bool,
         /// Rewrite the block between <!-- results:begin --> and <!-- results:end --> of this file.
         #[arg(long)]
         readme: Option<PathBuf>,
@@ -124,26 +148,44 @@ pub async fn run(cli: Cli) -> Result<()> {
             db,
             listen,
             token,
+            token_file,
+            worker_token,
+            worker_token_file,
+            allowed_hosts,
             artifacts,
             lease_seconds,
             private,
+            keep_checkpoints,
             max_checkpoint_mib,
         } => {
             let mut cfg = ServeConfig::new(db);
             cfg.listen = listen;
             cfg.token = token;
+            cfg.token_file = token_file;
+            cfg.worker_token = worker_token;
+            cfg.worker_token_file = worker_token_file;
+            cfg.allowed_hosts = allowed_hosts;
             if let Some(a) = artifacts {
                 cfg.artifacts = a;
             }
             cfg.lease_ms = lease_seconds as i64 * 1000;
             cfg.private = private;
             cfg.max_checkpoint_bytes = max_checkpoint_mib << 20;
+            cfg.keep_checkpoints = keep_checkpoints;
             let app = Application::build(cfg.clone()).await?;
+            // Notices on stderr: stdout's first line is `listening on URL`, which scripts wait for.
             if app.new_token {
-                println!(
+                eprintln!(
                     "generated token (stored in {}): {}",
                     crate::startup::token_path(&cfg.db).display(),
                     app.token()
+                );
+            }
+            if app.new_worker_token {
+                eprintln!(
+                    "generated worker token (stored in {}): {}",
+                    crate::startup::worker_token_path(&cfg.db).display(),
+                    app.worker_token()
                 );
             }
             tracing::info!(db = %cfg.db.display(), port = app.port(), "coordinator listening on {}", listen.ip());
@@ -187,7 +229,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             remote,
         } => {
             let client = Client::new(&remote.server, remote.token);
-            rewrite_readme(&client, sweep, &readme, false, false).await?;
+            rewrite_readme(&client, sweep, &readme, "compare=true").await?;
             write_figures(&client, sweep, &images, None, None).await
         }
         Command::Submit { file, remote } => {
@@ -211,17 +253,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             format,
             extra,
             chinese,
+            compare,
             readme,
             remote,
         } => {
             let client = Client::new(&remote.server, remote.token);
+            let query = format!("extra={extra}&chinese={chinese}&compare={compare}");
             match readme {
                 None => {
-                    let path = format!("/api/sweeps/{sweep}/results?format={format}&extra={extra}&chinese={chinese}");
+                    let path = format!("/api/sweeps/{sweep}/results?format={format}&{query}");
                     print!("{}", client.get_text(&path).await?);
                 }
                 Some(file) => {
-                    rewrite_readme(&client, sweep, &file, extra, chinese).await?;
+                    rewrite_readme(&client, sweep, &file, &query).await?;
                 }
             }
             Ok(())
@@ -264,17 +308,19 @@ async fn rewrite_readme(
     client: &Client,
     sweep: i64,
     file: &std::path::Path,
-    extra: bool,
-    chinese: bool,
+    query: &str,
 ) -> Result<()> {
     let table = client
         .get_text(&format!(
-            "/api/sweeps/{sweep}/results?format=markdown&extra={extra}&chinese={chinese}"
+            "/api/sweeps/{sweep}/results?format=markdown&{query}"
         ))
         .await?;
-    let detail: crate::store::SweepDetail =
-        serde_json::from_value(client.get_json(&format!("/api/sweeps/{sweep}")).await?)
-            .context("unexpected sweep document")?;
+    let detail: crate::store::SweepDetail = serde_json::from_value(
+        client
+            .get_json(&format!("/api/sweeps/{sweep}?limit=10000"))
+            .await?,
+    )
+    .context("unexpected sweep document")?;
     let block = format!("{}\n\n{table}", crate::export::provenance(&detail));
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;

@@ -14,12 +14,18 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// A valid token without the right (the worker token outside the worker protocol).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
     #[error("the body is larger than {0} bytes")]
     TooLarge(usize),
+    /// Nothing was stored (the database could not take the write); the client may retry.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -29,6 +35,11 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
             StoreError::Conflict(why) => ApiError::Conflict(why),
+            StoreError::Invalid(why) => ApiError::Unprocessable(why),
+            StoreError::NotCommitted => ApiError::Unavailable(
+                "the database could not take the write (busy or locked); nothing was stored: retry"
+                    .into(),
+            ),
             other => ApiError::Internal(other.into()),
         }
     }
@@ -49,9 +60,11 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(cause) => {
                 tracing::error!(error = ?cause, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -36,16 +36,21 @@ impl AppState {
 /// `GET /api/events`: a stream of JSON events (`type` = job, metrics or sweep). A client that falls
 /// behind gets a `lagged` event and should refetch.
 #[utoipa::path(get, path = "/api/events", tag = "dashboard",
-    responses((status = 200, description = "text/event-stream of job, metrics and sweep events")))]
+    responses((status = 200, description = "text/event-stream of job, metrics and sweep events"), (status = 503, description = "too many open streams")))]
 pub async fn stream(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, crate::error::ApiError> {
+    // Each open stream holds a permit for its whole life: a bounded number of subscribers.
+    let permit = state.sse_permits.clone().try_acquire_owned().map_err(|_| {
+        crate::error::ApiError::Unavailable("too many open event streams; try again later".into())
+    })?;
     let rx = BroadcastStream::new(state.events.subscribe());
     let mut stopping = state.stopping.subscribe();
     let end = async move {
         let _ = stopping.wait_for(|s| *s).await;
     };
-    let events = futures::StreamExt::take_until(rx, end).map(|msg| {
+    let events = futures::StreamExt::take_until(rx, end).map(move |msg| {
+        let _held = &permit;
         Ok(match msg {
             Ok(e) => {
                 let kind = match &e {
@@ -61,5 +66,5 @@ pub async fn stream(
             Err(_) => SseEvent::default().event("lagged").data("{}"),
         })
     });
-    Sse::new(events).keep_alive(KeepAlive::default())
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

@@ -1,5 +1,7 @@
-//! Results in the study's format: a markdown table (lr descending, then batch size; the best row of
-//! each lr in bold; diverged runs as NaN and /), CSV and JSON with every field, and the README block.
+//! Results in the study's format: a markdown table laid out as the study's first README lays it out
+//! (batch size ascending, then lr descending; the best row of each lr in bold; a diverged run's loss
+//! `NaN` beside the accuracy of its diverged weights; empty cells where nothing was reported), CSV
+//! and JSON with every field, and the README block.
 use serde_json::{Map, Value};
 
 use crate::store::{JobRow, SweepDetail};
@@ -17,6 +19,8 @@ pub struct TableOptions {
     pub extra: bool,
     /// The study's Chinese headings.
     pub chinese: bool,
+    /// The study's table beside ours, cell by cell ([`crate::study::compare`]).
+    pub compare: bool,
 }
 
 pub const BEGIN: &str = "<!-- results:begin -->";
@@ -38,12 +42,17 @@ pub(crate) fn batch_size(j: &JobRow) -> Option<i64> {
 
 /// Grid keys other than lr and batch_size that vary across the sweep's jobs: extra columns.
 fn other_axes(d: &SweepDetail) -> Vec<String> {
-    let mut keys: Vec<String> = d
-        .spec
-        .get("grid")
-        .and_then(Value::as_object)
-        .map(|g| g.keys().cloned().collect())
-        .unwrap_or_default();
+    let mut keys: Vec<String> = vec![];
+    let tables: Vec<&Map<String, Value>> = match d.spec.get("grid") {
+        Some(Value::Object(g)) => vec![g],
+        Some(Value::Array(list)) => list.iter().filter_map(Value::as_object).collect(),
+        _ => vec![],
+    };
+    for k in tables.iter().flat_map(|g| g.keys()) {
+        if !keys.contains(k) {
+            keys.push(k.clone());
+        }
+    }
     if d.spec
         .pointer("/run/repeats")
         .and_then(Value::as_i64)
@@ -57,13 +66,23 @@ fn other_axes(d: &SweepDetail) -> Vec<String> {
     keys
 }
 
+/// The job's lr, the trainer's default when the sweep leaves it unset.
+pub(crate) fn job_lr(j: &JobRow) -> f64 {
+    param_f64(j, "lr").unwrap_or(crate::spec::DEFAULT_LR)
+}
+
+/// The job's per-process batch size, the trainer's default when the sweep leaves it unset.
+pub(crate) fn job_batch(j: &JobRow) -> i64 {
+    batch_size(j).unwrap_or(crate::spec::DEFAULT_BATCH_SIZE)
+}
+
 fn sorted_jobs(d: &SweepDetail) -> Vec<&JobRow> {
     let mut jobs: Vec<&JobRow> = d.jobs.iter().collect();
-    // lr descending, then batch size ascending; grid order breaks ties.
+    // The study's order: batch size ascending, then lr descending; grid order breaks ties.
     jobs.sort_by(|a, b| {
-        let lr = |j: &JobRow| param_f64(j, "lr").unwrap_or(f64::NAN);
-        let bs = |j: &JobRow| batch_size(j).unwrap_or(i64::MAX);
-        lr(b).total_cmp(&lr(a)).then(bs(a).cmp(&bs(b)))
+        job_batch(a)
+            .cmp(&job_batch(b))
+            .then(job_lr(b).total_cmp(&job_lr(a)))
     });
     jobs
 }
@@ -76,15 +95,20 @@ pub(crate) fn final_acc(j: &JobRow) -> Option<f64> {
     j.latest.as_ref().and_then(|m| m.accuracy)
 }
 
-/// The best finished run of each lr: highest final accuracy, then lowest loss.
+/// The best completed run of each lr (highest final accuracy, then lowest loss), where that lr has
+/// at least two completed runs to compare: a lone result is not "best" of anything, which is how the
+/// study's table leaves its single lr 1e-4 row plain while it bolds batch 16 at lr 1e-2.
 fn best_of_each_lr(jobs: &[&JobRow]) -> Vec<i64> {
-    let mut best: Vec<(f64, &JobRow)> = vec![];
+    // (lr, best job, completed runs at that lr)
+    let mut best: Vec<(f64, &JobRow, usize)> = vec![];
     for j in jobs.iter().filter(|j| j.status == "completed") {
-        let (Some(lr), Some(acc)) = (param_f64(j, "lr"), final_acc(j)) else {
+        let Some(acc) = final_acc(j) else {
             continue;
         };
-        match best.iter_mut().find(|(l, _)| *l == lr) {
+        let lr = job_lr(j);
+        match best.iter_mut().find(|(l, _, _)| *l == lr) {
             Some(slot) => {
+                slot.2 += 1;
                 let (a0, l0) = (
                     final_acc(slot.1).unwrap_or(-1.0),
                     final_loss(slot.1).unwrap_or(f64::INFINITY),
@@ -93,10 +117,45 @@ fn best_of_each_lr(jobs: &[&JobRow]) -> Vec<i64> {
                     slot.1 = j;
                 }
             }
-            None => best.push((lr, j)),
+            None => best.push((lr, j, 1)),
         }
     }
-    best.into_iter().map(|(_, j)| j.id).collect()
+    best.into_iter()
+        .filter(|(_, _, n)| *n >= 2)
+        .map(|(_, j, _)| j.id)
+        .collect()
+}
+
+/// A fraction as the study prints a percentage: two decimals.
+pub(crate) fn pct(v: Option<f64>) -> String {
+    v.map(|x| format!("{:.2}", 100.0 * x)).unwrap_or_default()
+}
+
+/// The (loss, accuracy) cells of one job in the study's layout. Diverged runs read `NaN` beside the
+/// accuracy their diverged weights scored (the study's 10.00); a run that reported nothing has empty
+/// cells, as the study left the runs it did not report; a running one shows its latest epoch,
+/// marked. The flag says whether the mark was used.
+fn result_cells(j: &JobRow, bold: bool) -> (String, String, bool) {
+    let loss = || {
+        final_loss(j)
+            .map(|x| format!("{x:.3}"))
+            .unwrap_or_else(|| "NaN".into())
+    };
+    match j.status.as_str() {
+        "diverged" => ("NaN".into(), pct(final_acc(j)), false),
+        "completed" if bold => (
+            format!("**{}**", loss()),
+            format!("**{}**", pct(final_acc(j))),
+            false,
+        ),
+        "completed" => (loss(), pct(final_acc(j)), false),
+        _ if j.latest.is_some() && j.status == "running" => (
+            format!("{}†", loss()),
+            format!("{}† (epoch {}/{})", pct(final_acc(j)), j.epoch, j.epochs),
+            true,
+        ),
+        _ => (String::new(), String::new(), false),
+    }
 }
 
 pub fn markdown(d: &SweepDetail, opts: &TableOptions) -> String {
@@ -104,9 +163,9 @@ pub fn markdown(d: &SweepDetail, opts: &TableOptions) -> String {
     let best = best_of_each_lr(&jobs);
     let axes = other_axes(d);
     let mut head: Vec<String> = if opts.chinese {
-        vec!["初始学习率".into(), "batch_size".into()]
+        vec!["batch_size".into(), "初始学习率".into()]
     } else {
-        vec!["initial lr".into(), "batch_size".into()]
+        vec!["batch_size".into(), "initial lr".into()]
     };
     head.extend(axes.iter().cloned());
     if opts.chinese {
@@ -120,6 +179,7 @@ pub fn markdown(d: &SweepDetail, opts: &TableOptions) -> String {
                 "precision (%)",
                 "recall (%)",
                 "F1 (%)",
+                "status",
                 "epochs",
                 "wall time",
             ]
@@ -133,51 +193,13 @@ pub fn markdown(d: &SweepDetail, opts: &TableOptions) -> String {
     );
     let mut unfinished = false;
     for j in jobs {
-        let mut cells = vec![
-            param_f64(j, "lr")
-                .map(format_lr)
-                .unwrap_or_else(|| "?".into()),
-            j.params
-                .get("batch_size")
-                .map(Value::to_string)
-                .unwrap_or_else(|| "32".into()),
-        ];
+        let mut cells = vec![job_batch(j).to_string(), format_lr(job_lr(j))];
         cells.extend(
             axes.iter()
                 .map(|k| j.params.get(k).map(Value::to_string).unwrap_or_default()),
         );
-        let pct = |v: Option<f64>| {
-            v.map(|x| format!("{:.2}", 100.0 * x))
-                .unwrap_or_else(|| "/".into())
-        };
-        let (loss, acc) = match j.status.as_str() {
-            "diverged" => ("NaN".to_string(), "/".to_string()),
-            "completed" => {
-                let l = final_loss(j)
-                    .map(|x| format!("{x:.3}"))
-                    .unwrap_or_else(|| "NaN".into());
-                let a = pct(final_acc(j));
-                if best.contains(&j.id) {
-                    (format!("**{l}**"), format!("**{a}**"))
-                } else {
-                    (l, a)
-                }
-            }
-            "running" if j.latest.is_some() => {
-                unfinished = true;
-                let l = final_loss(j)
-                    .map(|x| format!("{x:.3}"))
-                    .unwrap_or_else(|| "NaN".into());
-                (
-                    format!("{l}†"),
-                    format!("{}† (epoch {}/{})", pct(final_acc(j)), j.epoch, j.epochs),
-                )
-            }
-            other => {
-                unfinished |= other == "running" || other == "pending";
-                (other.to_string(), "/".to_string())
-            }
-        };
+        let (loss, acc, marked) = result_cells(j, best.contains(&j.id));
+        unfinished |= marked;
         cells.push(loss);
         cells.push(acc);
         if opts.extra {
@@ -185,18 +207,33 @@ pub fn markdown(d: &SweepDetail, opts: &TableOptions) -> String {
             cells.push(pct(m.and_then(|m| m.precision)));
             cells.push(pct(m.and_then(|m| m.recall)));
             cells.push(pct(m.and_then(|m| m.f1)));
+            cells.push(j.status.clone());
             cells.push(format!("{}/{}", j.epoch, j.epochs));
             cells.push(match (j.started_at, j.finished_at) {
                 (Some(s), Some(f)) => format_duration((f - s) as f64 / 1000.0),
-                _ => "/".into(),
+                _ => String::new(),
             });
         }
-        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+        out.push_str(&table_row(&cells));
     }
     if unfinished {
         out.push_str("\n† unfinished: the latest recorded epoch's values.\n");
     }
     out
+}
+
+/// One markdown row; an empty cell is written `| |`, as the study writes the rows it left empty.
+pub(crate) fn table_row(cells: &[String]) -> String {
+    let mut row = String::from("|");
+    for c in cells {
+        if c.is_empty() {
+            row.push_str(" |");
+        } else {
+            row.push_str(&format!(" {c} |"));
+        }
+    }
+    row.push('\n');
+    row
 }
 
 fn format_duration(secs: f64) -> String {
@@ -268,10 +305,10 @@ pub fn csv(d: &SweepDetail) -> String {
     let cell = |v: Option<&Value>| -> String {
         let s = match v {
             None | Some(Value::Null) => String::new(),
-            Some(Value::String(s)) => s.clone(),
+            Some(Value::String(s)) => neutralise_formula(s),
             Some(other) => other.to_string(),
         };
-        if s.contains([',', '"', '\n']) {
+        if s.contains([',', '"', '\n', '\r']) {
             format!("\"{}\"", s.replace('"', "\"\""))
         } else {
             s
@@ -291,8 +328,22 @@ pub fn csv(d: &SweepDetail) -> String {
     out
 }
 
+/// A text cell that a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, or a leading tab or
+/// CR) gets a leading apostrophe, as OWASP advises: a worker name or an error message is data, never
+/// a command. Numbers are written as numbers and left alone.
+fn neutralise_formula(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    }
+}
+
 pub fn render(d: &SweepDetail, format: Format, opts: &TableOptions) -> (&'static str, String) {
     match format {
+        Format::Markdown if opts.compare => {
+            ("text/markdown; charset=utf-8", crate::study::compare(d))
+        }
         Format::Markdown => ("text/markdown; charset=utf-8", markdown(d, opts)),
         Format::Csv => ("text/csv; charset=utf-8", csv(d)),
         Format::Json => (
@@ -333,13 +384,67 @@ pub fn provenance(d: &SweepDetail) -> String {
         .map(|t| format!("{}-{:02}-{:02}", t.year(), t.month() as u8, t.day()))
         .unwrap_or_else(|| "not finished".into());
     format!(
-        "Sweep `{}` (id {}, {} jobs): {epochs} epochs, device {}, finished {date}, commit {}.",
+        "Sweep `{}` (id {}, {} jobs): {epochs} epochs, device {}, finished {date}, commit {}. Data: {}.",
         d.sweep.name,
         d.sweep.id,
         d.jobs.len(),
         distinct("device"),
-        distinct("git_commit")
+        distinct("git_commit"),
+        data_used(&summaries)
     )
+}
+
+/// Which data the runs used, from `summary.json`'s `data` (the trainer records the records it found
+/// and the records it used), so a reader can tell a full-CIFAR-10 run from one on the mini set.
+fn data_used(summaries: &[&Value]) -> String {
+    let mut seen: Vec<String> = summaries
+        .iter()
+        .filter_map(|s| s.get("data"))
+        .map(describe_data)
+        .collect();
+    seen.sort();
+    seen.dedup();
+    if seen.is_empty() {
+        "not recorded".into()
+    } else {
+        seen.join("; ")
+    }
+}
+
+fn describe_data(d: &Value) -> String {
+    let n = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let (avail, used) = (
+        (n("train_available"), n("test_available")),
+        (n("train_used"), n("test_used")),
+    );
+    let thousands = |x: u64| {
+        let s = x.to_string();
+        let mut out = String::new();
+        for (i, ch) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(ch);
+        }
+        out
+    };
+    let source = match (d.get("dataset").and_then(Value::as_str), avail) {
+        (Some("synthetic"), _) => "synthetic images made from the seed".to_string(),
+        (_, (50_000, 10_000)) => "the full CIFAR-10 (50,000 training / 10,000 test images)".into(),
+        (_, (5_000, 1_000)) => {
+            "the CIFAR-10 mini set (5,000 training / 1,000 test images, ../shared/data/cifar10-mini), not the full CIFAR-10".into()
+        }
+        (_, (a, b)) => format!("{} training / {} test CIFAR-10 records", thousands(a), thousands(b)),
+    };
+    if used == avail {
+        source
+    } else {
+        format!(
+            "{source}, of which {} / {} used",
+            thousands(used.0),
+            thousands(used.1)
+        )
+    }
 }
 
 /// Replaces what lies between the results markers (exclusive) with `block`; the same input gives the

@@ -91,6 +91,39 @@ fn series(
         .collect()
 }
 
+/// The jobs figure `name` draws: the headline run, or one run per batch size at the chosen lr. The
+/// caller loads only their epochs (a sweep may hold millions of metric rows; a figure needs ten runs).
+pub fn drawn_jobs(
+    name: &str,
+    jobs: &[JobRow],
+    opts: &FigureOptions,
+) -> Result<Vec<i64>, FigureError> {
+    match name {
+        "lr" | "loss" | "acc" => Ok(headline(jobs, opts).map(|j| vec![j.id]).unwrap_or_default()),
+        "batch_and_loss" | "batch_and_acc" => {
+            let Some(lr) = chosen_lr(jobs, opts) else {
+                return Ok(vec![]);
+            };
+            let mut by_batch: BTreeMap<i64, i64> = BTreeMap::new();
+            for j in jobs
+                .iter()
+                .filter(|j| param_f64(j, "lr") == Some(lr) && j.status != "diverged")
+            {
+                by_batch.entry(batch(j)).or_insert(j.id);
+            }
+            Ok(by_batch.into_values().collect())
+        }
+        other => Err(FigureError::Unknown(other.into())),
+    }
+}
+
+fn chosen_lr(jobs: &[JobRow], opts: &FigureOptions) -> Option<f64> {
+    let lrs: Vec<f64> = jobs.iter().filter_map(|j| param_f64(j, "lr")).collect();
+    opts.lr
+        .or_else(|| lrs.iter().copied().find(|&l| l == 1e-2))
+        .or_else(|| lrs.iter().copied().reduce(f64::max))
+}
+
 /// Renders figure `name` of a sweep as PNG bytes.
 pub fn render(
     name: &str,
@@ -142,12 +175,8 @@ pub fn render(
             }
         }
         "batch_and_loss" | "batch_and_acc" => {
-            let lrs: Vec<f64> = jobs.iter().filter_map(|j| param_f64(j, "lr")).collect();
-            let lr = opts
-                .lr
-                .or_else(|| lrs.iter().copied().find(|&l| l == 1e-2))
-                .or_else(|| lrs.iter().copied().reduce(f64::max));
-            let lr = lr.ok_or_else(|| FigureError::NoData("the sweep has no lr axis".into()))?;
+            let lr = chosen_lr(jobs, opts)
+                .ok_or_else(|| FigureError::NoData("the sweep has no lr axis".into()))?;
             let at_lr: Vec<&JobRow> = jobs
                 .iter()
                 .filter(|j| param_f64(j, "lr") == Some(lr))
@@ -194,7 +223,23 @@ pub fn render(
     draw(&title, y_label, &lines)
 }
 
+/// Values beyond this are drawn at it: a diverging loss of 1e30 must not stretch the axis into
+/// ranges where the mesh's tick arithmetic overflows (a 1.7e308 loss once hung a drawing thread).
+const Y_LIMIT: f64 = 1e9;
+
 fn draw(title: &str, y_label: &str, lines: &[Line]) -> Result<Vec<u8>, FigureError> {
+    let lines: Vec<Line> = lines
+        .iter()
+        .map(|(label, pts)| {
+            let pts = pts
+                .iter()
+                .filter(|p| p.0.is_finite() && p.1.is_finite())
+                .map(|&(x, y)| (x, y.clamp(-Y_LIMIT, Y_LIMIT)))
+                .collect();
+            (label.clone(), pts)
+        })
+        .collect();
+    let lines = &lines[..];
     let all: Vec<(f64, f64)> = lines.iter().flat_map(|(_, p)| p.iter().copied()).collect();
     if all.is_empty() {
         return Err(FigureError::NoData("no recorded epochs to draw yet".into()));
@@ -216,6 +261,11 @@ fn draw(title: &str, y_label: &str, lines: &[Line]) -> Result<Vec<u8>, FigureErr
     }
     let pad = (y1 - y0) * 0.05;
     let span = y1 - y0 + 2.0 * pad;
+    if ![x0, x1, y0, y1, pad, span].iter().all(|v| v.is_finite()) || x1 - x0 > 1e6 {
+        return Err(FigureError::NoData(
+            "the recorded values cannot be drawn".into(),
+        ));
+    }
     let decimals = ((-span.log10()).ceil() as i32 + 1).clamp(0, 6) as usize;
     let scientific = y0.abs().max(y1.abs()) < 1e-3;
     let y_fmt = move |v: &f64| {

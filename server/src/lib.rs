@@ -1,6 +1,7 @@
 //! The sweep coordinator: an axum service over one SQLite file.
 //!
 //! Layout:
+//! - [`study`]: the study's table (its first README) and our sweep's results beside it.
 //! - [`spec`]: sweep files parsed and validated at the edge; grid expansion as a pure function.
 //! - [`store`]: every query (plain SQL, checked at compile time); claims, leases and attempt fencing.
 //!   [`writer`] batches concurrent writes into one transaction (group commit).
@@ -15,6 +16,7 @@
 
 pub mod api;
 pub mod artifacts;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod dashboard;
@@ -27,5 +29,6 @@ pub mod spec;
 pub mod startup;
 pub mod state;
 pub mod store;
+pub mod study;
 pub mod telemetry;
 pub mod writer;

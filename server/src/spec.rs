@@ -14,59 +14,84 @@ pub const DEFAULT_BATCH_SIZE: i64 = 32;
 pub const DEFAULT_LR: f64 = 0.01;
 pub const DEFAULT_NPROC: i64 = 1;
 
-/// The type of a `worker train` option, as a sweep may set it.
+/// The type of a `worker train` option, as a sweep may set it. Every number has an upper bound
+/// too: a client's number later meets arithmetic (seed + repeat, epochs in curves and figures).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum KeyType {
-    /// An integer >= the bound.
-    Int(i64),
+    /// An integer in min..=max.
+    Int(i64, i64),
     /// A finite number > 0.
     PositiveFloat,
     /// A finite number >= 0.
     NonNegativeFloat,
+    /// A string of at most [`MAX_STRING`] bytes.
     Str,
+    /// A relative path below a root the worker was given: no leading `/`, no `..`, no NUL.
+    RelPath,
+    /// cpu, cuda or cuda:N.
+    Device,
     Bool,
     /// One of these strings.
     Choice(&'static [&'static str]),
-    /// Strictly increasing non-negative integers.
+    /// Strictly increasing integers in 0..=[`MAX_EPOCHS`].
     IncreasingInts,
-    /// Exactly four positive integers.
+    /// Exactly four integers in 1..=65536.
     Widths,
 }
 
-/// Every option of `worker train` in snake_case, with its type. `--out` is the worker's to choose.
+/// Upper bounds of the options (generous: far beyond any run of the study).
+pub const MAX_EPOCHS: i64 = 100_000;
+/// Seeds stay exact in a JSON double and leave room for `seed + repeat`.
+pub const MAX_SEED: i64 = (1 << 53) - 1 - 1000;
+const MAX_COUNT: i64 = 1_000_000_000;
+/// Longest string value a sweep may set (a path, a device name).
+pub const MAX_STRING: usize = 1024;
+
+/// Every option of `worker train` in snake_case, with its type. `--out` is the worker's to choose;
+/// so are `data_url` and `data_md5` (where a worker fetches data from is its operator's decision).
 pub const TRAIN_KEYS: &[(&str, KeyType)] = &[
     ("dataset", KeyType::Choice(&["cifar10", "synthetic"])),
-    ("data_dir", KeyType::Str),
-    ("epochs", KeyType::Int(1)),
+    ("data_dir", KeyType::RelPath),
+    ("epochs", KeyType::Int(1, MAX_EPOCHS)),
     ("lr", KeyType::PositiveFloat),
-    ("batch_size", KeyType::Int(1)),
+    ("batch_size", KeyType::Int(1, 1 << 20)),
     ("momentum", KeyType::NonNegativeFloat),
     ("weight_decay", KeyType::NonNegativeFloat),
-    ("warmup_epochs", KeyType::Int(0)),
+    ("warmup_epochs", KeyType::Int(0, MAX_EPOCHS)),
     ("warmup_factor", KeyType::PositiveFloat),
     ("milestones", KeyType::IncreasingInts),
     ("gamma", KeyType::PositiveFloat),
-    ("eval_interval", KeyType::Int(1)),
-    ("eval_batch_size", KeyType::Int(1)),
-    ("seed", KeyType::Int(0)),
-    ("device", KeyType::Str),
+    ("eval_interval", KeyType::Int(1, MAX_EPOCHS)),
+    ("eval_batch_size", KeyType::Int(1, 1 << 20)),
+    ("seed", KeyType::Int(0, MAX_SEED)),
+    ("device", KeyType::Device),
     ("bf16", KeyType::Bool),
     ("fp64", KeyType::Bool),
     ("channels_last", KeyType::Bool),
-    ("limit_train", KeyType::Int(1)),
-    ("limit_test", KeyType::Int(1)),
+    ("limit_train", KeyType::Int(1, MAX_COUNT)),
+    ("limit_test", KeyType::Int(1, MAX_COUNT)),
     ("model_widths", KeyType::Widths),
-    ("model_depth", KeyType::Int(0)),
-    ("model_heads", KeyType::Int(1)),
-    ("threads", KeyType::Int(1)),
-    ("init_from", KeyType::Str),
+    ("model_depth", KeyType::Int(0, 1000)),
+    ("model_heads", KeyType::Int(1, 1024)),
+    ("threads", KeyType::Int(1, 4096)),
+    ("init_from", KeyType::RelPath),
     ("save_predictions", KeyType::Bool),
-    ("data_url", KeyType::Str),
-    ("data_md5", KeyType::Str),
-    ("nproc_per_node", KeyType::Int(1)),
+    ("nproc_per_node", KeyType::Int(1, 1024)),
     ("no_sync_bn", KeyType::Bool),
     ("dist_backend", KeyType::Choice(&["gloo", "nccl"])),
-    ("dist_timeout", KeyType::Int(1)),
+    ("dist_timeout", KeyType::Int(1, 7 * 24 * 3600)),
+];
+
+/// Keys a sweep may not set, and why.
+pub const WORKER_SETTINGS: &[(&str, &str)] = &[
+    (
+        "data_url",
+        "where data is fetched from is the worker's setting (worker run --data-url), not a sweep's",
+    ),
+    (
+        "data_md5",
+        "the data checksum is the worker's setting (worker run --data-md5), not a sweep's",
+    ),
 ];
 
 /// A rejected spec: which field, and why.
@@ -90,8 +115,9 @@ pub struct SweepSpec {
     pub name: String,
     /// Settings every job shares.
     pub train: Map<String, Value>,
-    /// Axes in the order written; the last varies fastest.
-    pub grid: Vec<(String, Vec<Value>)>,
+    /// `[grid]`, or each table of `[[grid]]`: axes in the order written, the last varies fastest.
+    /// The sweep's points are the union of their products.
+    pub grids: Vec<Grid>,
     pub max_attempts: i64,
     pub repeats: i64,
 }
@@ -160,26 +186,7 @@ impl SweepSpec {
         for (k, v) in &train {
             check_value(&format!("train.{k}"), k, v)?;
         }
-        let mut grid = Vec::new();
-        for (k, axis) in table("grid")? {
-            let field = format!("grid.{k}");
-            if train.contains_key(&k) {
-                return err(field, format!("{k} is set in both [train] and [grid]"));
-            }
-            let Value::Array(values) = axis else {
-                return err(field, "must be a list of values");
-            };
-            if values.is_empty() {
-                return err(field, "must not be empty");
-            }
-            for (i, v) in values.iter().enumerate() {
-                check_value(&format!("{field}[{i}]"), &k, v)?;
-                if values[..i].iter().any(|w| same_value(v, w)) {
-                    return err(format!("{field}[{i}]"), format!("duplicate value {v}"));
-                }
-            }
-            grid.push((k, values));
-        }
+        let grids = parse_grids(top.get("grid"), &train)?;
         let run = table("run")?;
         let mut max_attempts = 3;
         let mut repeats = 1;
@@ -197,50 +204,94 @@ impl SweepSpec {
                 _ => return err(field, "unknown key (expected max_attempts, repeats)"),
             }
         }
-        let points = grid
+        let points = grids
             .iter()
-            .try_fold(repeats as usize, |acc, (_, v)| acc.checked_mul(v.len()));
+            .try_fold(0usize, |acc, g| acc.checked_add(grid_points(g)?))
+            .and_then(|n| n.checked_mul(repeats as usize));
         if points.is_none_or(|n| n > MAX_JOBS) {
             return err(
                 "grid",
                 format!("more than {MAX_JOBS} jobs (grid points x repeats)"),
             );
         }
-        Ok(SweepSpec {
+        check_stored_bytes(&train, &grids, repeats)?;
+        let spec = SweepSpec {
             name,
             train,
-            grid,
+            grids,
             max_attempts,
             repeats,
-        })
+        };
+        spec.check_points_distinct()?;
+        Ok(spec)
     }
 
-    /// The cartesian product of the grid (last axis fastest), each point merged over `train`, then
-    /// each repeated `repeats` times with seeds seed, seed+1, ...
-    pub fn expand(&self) -> Vec<Map<String, Value>> {
-        let mut points = vec![self.train.clone()];
-        for (key, values) in &self.grid {
-            points = points
-                .into_iter()
-                .flat_map(|p| {
-                    values.iter().map(move |v| {
-                        let mut q = p.clone();
-                        q.insert(key.clone(), v.clone());
-                        q
-                    })
-                })
-                .collect();
+    /// Two tables of a `[[grid]]` list may name the same point; a sweep runs each point once.
+    fn check_points_distinct(&self) -> Result<(), SpecError> {
+        if self.grids.len() < 2 {
+            return Ok(()); // one product of duplicate-free axes has distinct points
         }
+        let mut seen = std::collections::HashSet::new();
+        for point in self.points() {
+            let key: Vec<(String, String)> = point
+                .iter()
+                .map(|(k, v)| (k.clone(), value_key(v)))
+                .collect();
+            if !seen.insert(key) {
+                return err(
+                    "grid",
+                    format!(
+                        "the point {} appears in more than one [[grid]] table",
+                        Value::Object(point)
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The union of the grids' cartesian products (last axis fastest), each point merged over
+    /// `train`, before repeats.
+    fn points(&self) -> Vec<Map<String, Value>> {
+        if self.grids.is_empty() {
+            return vec![self.train.clone()]; // no grid: one job with the shared settings
+        }
+        let mut all = vec![];
+        for grid in &self.grids {
+            let mut points = vec![self.train.clone()];
+            for (key, values) in grid {
+                points = points
+                    .into_iter()
+                    .flat_map(|p| {
+                        values.iter().map(move |v| {
+                            let mut q = p.clone();
+                            q.insert(key.clone(), v.clone());
+                            q
+                        })
+                    })
+                    .collect();
+            }
+            all.extend(points);
+        }
+        all
+    }
+
+    /// The grid's points (the union of each `[[grid]]` table's cartesian product, in the order
+    /// written, last axis fastest), each point merged over `train`, then each repeated `repeats`
+    /// times with seeds seed, seed+1, ...
+    pub fn expand(&self) -> Vec<Map<String, Value>> {
+        let points = self.points();
         if self.repeats == 1 {
             return points;
         }
         points
             .into_iter()
             .flat_map(|p| {
+                // Seeds are bounded at the edge (MAX_SEED leaves room for every repeat).
                 let base = p.get("seed").and_then(Value::as_i64).unwrap_or(0);
                 (0..self.repeats).map(move |r| {
                     let mut q = p.clone();
-                    q.insert("seed".into(), Value::from(base + r));
+                    q.insert("seed".into(), Value::from(base.saturating_add(r)));
                     q
                 })
             })
@@ -249,11 +300,19 @@ impl SweepSpec {
 
     /// The spec in its submitted structure, for storage and display.
     pub fn to_value(&self) -> Value {
-        let grid: Map<String, Value> = self
-            .grid
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::Array(v.clone())))
-            .collect();
+        let table = |g: &Grid| -> Value {
+            Value::Object(
+                g.iter()
+                    .map(|(k, v)| (k.clone(), Value::Array(v.clone())))
+                    .collect(),
+            )
+        };
+        // One table stays a table (as written, and as older readers expect); several, a list.
+        let grid = match self.grids.as_slice() {
+            [] => Value::Object(Map::new()),
+            [one] => table(one),
+            many => Value::Array(many.iter().map(table).collect()),
+        };
         serde_json::json!({
             "name": self.name,
             "train": self.train,
@@ -263,22 +322,133 @@ impl SweepSpec {
     }
 }
 
-fn same_value(a: &Value, b: &Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
+/// One grid: axes in the order written.
+pub type Grid = Vec<(String, Vec<Value>)>;
+
+/// `grid` as a table (one product) or a list of tables (the union of their products).
+fn parse_grids(v: Option<&Value>, train: &Map<String, Value>) -> Result<Vec<Grid>, SpecError> {
+    match v {
+        None => Ok(vec![]),
+        Some(Value::Object(m)) => Ok(vec![parse_grid("grid", m, train)?]),
+        Some(Value::Array(tables)) if tables.is_empty() => err("grid", "must not be an empty list"),
+        Some(Value::Array(tables)) => tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match t {
+                Value::Object(m) => parse_grid(&format!("grid[{i}]"), m, train),
+                _ => err(format!("grid[{i}]"), "must be a table/object"),
+            })
+            .collect(),
+        Some(_) => err("grid", "must be a table/object or a list of them"),
+    }
+}
+
+/// One grid table. Sizes are checked before any value is looked at, so a huge axis is refused
+/// from its length alone; duplicates are then found in linear time.
+fn parse_grid(
+    field: &str,
+    m: &Map<String, Value>,
+    train: &Map<String, Value>,
+) -> Result<Grid, SpecError> {
+    let mut grid = Vec::new();
+    for (k, axis) in m {
+        let field = format!("{field}.{k}");
+        if train.contains_key(k) {
+            return err(field, format!("{k} is set in both [train] and [grid]"));
+        }
+        let Value::Array(values) = axis else {
+            return err(field, "must be a list of values");
+        };
+        if values.is_empty() {
+            return err(field, "must not be empty");
+        }
+        grid.push((k.clone(), values.clone()));
+    }
+    if grid_points(&grid).is_none_or(|n| n > MAX_JOBS) {
+        return err(
+            field,
+            format!("more than {MAX_JOBS} jobs (grid points x repeats)"),
+        );
+    }
+    for (k, values) in &grid {
+        let mut seen = std::collections::HashSet::with_capacity(values.len());
+        for (i, v) in values.iter().enumerate() {
+            let at = format!("{field}.{k}[{i}]");
+            check_value(&at, k, v)?;
+            if !seen.insert(value_key(v)) {
+                return err(at, format!("duplicate value {v}"));
+            }
+        }
+    }
+    Ok(grid)
+}
+
+/// The most a sweep's jobs may store as their params (each job keeps its full settings).
+pub const MAX_STORED_BYTES: usize = 16 << 20;
+
+/// Bounds what the jobs of a sweep store, from sizes alone, before anything is expanded: every job
+/// carries `train` plus one value of each axis (the longest value of each counts).
+fn check_stored_bytes(
+    train: &Map<String, Value>,
+    grids: &[Grid],
+    repeats: i64,
+) -> Result<(), SpecError> {
+    let shared = Value::Object(train.clone()).to_string().len();
+    let mut total = 0usize;
+    for g in grids {
+        let point: usize = g
+            .iter()
+            .map(|(k, vals)| {
+                k.len() + 4 + vals.iter().map(|v| v.to_string().len()).max().unwrap_or(0)
+            })
+            .sum();
+        total = total
+            .saturating_add((shared + point).saturating_mul(grid_points(g).unwrap_or(usize::MAX)));
+    }
+    if grids.is_empty() {
+        total = shared;
+    }
+    if total.saturating_mul(repeats as usize) > MAX_STORED_BYTES {
+        return err(
+            "train",
+            format!(
+                "the sweep's jobs would store about {} MiB of settings (at most {} MiB)",
+                total.saturating_mul(repeats as usize) >> 20,
+                MAX_STORED_BYTES >> 20
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// The number of points of one grid, None on overflow.
+fn grid_points(g: &Grid) -> Option<usize> {
+    g.iter()
+        .try_fold(1usize, |acc, (_, v)| acc.checked_mul(v.len()))
+}
+
+/// A key under which equal values are equal: numbers by value (1 and 1.0 are one value).
+fn value_key(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) => format!("n{x:e}"),
+        None => v.to_string(),
     }
 }
 
 fn check_value(field: &str, key: &str, v: &Value) -> Result<(), SpecError> {
+    if let Some((_, why)) = WORKER_SETTINGS.iter().find(|(k, _)| *k == key) {
+        return err(field, *why);
+    }
     let Some((_, ty)) = TRAIN_KEYS.iter().find(|(k, _)| *k == key) else {
         return err(field, "unknown `worker train` option");
     };
     let ok = match ty {
-        KeyType::Int(min) => match v.as_i64() {
-            Some(n) if n >= *min => true,
+        KeyType::Int(min, max) => match v.as_i64() {
+            Some(n) if (*min..=*max).contains(&n) => true,
+            Some(n) if n > *max => return err(field, format!("must be at most {max}")),
             Some(_) if *min == 1 => return err(field, "must be positive"),
             Some(_) => return err(field, format!("must be at least {min}")),
+            None if v.as_u64().is_some() => return err(field, format!("must be at most {max}")),
             None => return err(field, "must be an integer"),
         },
         KeyType::PositiveFloat | KeyType::NonNegativeFloat => {
@@ -293,7 +463,7 @@ fn check_value(field: &str, key: &str, v: &Value) -> Result<(), SpecError> {
             }
             x >= 0.0
         }
-        KeyType::Str => v.is_string(),
+        KeyType::Str | KeyType::RelPath | KeyType::Device => return check_string(field, ty, v),
         KeyType::Bool => v.is_boolean(),
         KeyType::Choice(options) => match v.as_str() {
             Some(s) if options.contains(&s) => true,
@@ -307,8 +477,16 @@ fn check_value(field: &str, key: &str, v: &Value) -> Result<(), SpecError> {
             let Some(nums) = nums else {
                 return err(field, "must be a list of integers");
             };
-            if nums.windows(2).any(|w| w[0] >= w[1]) || nums.iter().any(|&n| n < 0) {
-                return err(field, "must be strictly increasing non-negative integers");
+            if list.len() > 1000 {
+                return err(field, "at most 1000 milestones");
+            }
+            if nums.windows(2).any(|w| w[0] >= w[1])
+                || nums.iter().any(|&n| !(0..=MAX_EPOCHS).contains(&n))
+            {
+                return err(
+                    field,
+                    format!("must be strictly increasing integers from 0 to {MAX_EPOCHS}"),
+                );
             }
             true
         }
@@ -316,7 +494,7 @@ fn check_value(field: &str, key: &str, v: &Value) -> Result<(), SpecError> {
             let nums: Option<Vec<i64>> = v.as_array().map(|a| {
                 a.iter()
                     .filter_map(Value::as_i64)
-                    .filter(|&n| n > 0)
+                    .filter(|&n| (1..=65536).contains(&n))
                     .collect()
             });
             matches!((nums, v.as_array()), (Some(n), Some(a)) if n.len() == 4 && a.len() == 4)
@@ -329,11 +507,59 @@ fn check_value(field: &str, key: &str, v: &Value) -> Result<(), SpecError> {
     }
 }
 
+/// Strings: bounded in length; paths relative and inside their root; devices well formed.
+fn check_string(field: &str, ty: &KeyType, v: &Value) -> Result<(), SpecError> {
+    let Some(s) = v.as_str() else {
+        return err(field, format!("wrong type: expected {}", describe(ty)));
+    };
+    if s.len() > MAX_STRING {
+        return err(field, format!("longer than {MAX_STRING} bytes"));
+    }
+    match ty {
+        KeyType::RelPath => {
+            let p = std::path::Path::new(s);
+            if s.is_empty() || s.contains('\0') {
+                return err(field, "must be a non-empty relative path");
+            }
+            if p.is_absolute() {
+                return err(
+                    field,
+                    "must be relative: it names a directory or file under the worker's own root (worker run --data-dir or --work-dir), never an absolute path",
+                );
+            }
+            if p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return err(
+                    field,
+                    "must not contain `..`: it stays under the worker's root",
+                );
+            }
+            Ok(())
+        }
+        KeyType::Device => {
+            let ok = s == "cpu"
+                || s == "cuda"
+                || s.strip_prefix("cuda:").is_some_and(|n| {
+                    !n.is_empty() && n.len() <= 4 && n.bytes().all(|b| b.is_ascii_digit())
+                });
+            if ok {
+                Ok(())
+            } else {
+                err(field, "must be cpu, cuda or cuda:N")
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 fn describe(ty: &KeyType) -> &'static str {
     match ty {
-        KeyType::Int(_) => "an integer",
+        KeyType::Int(..) => "an integer",
         KeyType::PositiveFloat | KeyType::NonNegativeFloat => "a number",
         KeyType::Str => "a string",
+        KeyType::RelPath => "a relative path",
+        KeyType::Device => "cpu, cuda or cuda:N",
         KeyType::Bool => "true or false",
         KeyType::Choice(_) => "one of the listed strings",
         KeyType::IncreasingInts => "a list of integers",
@@ -382,8 +608,9 @@ mod tests {
             let v = serde_json::json!({"name": "p", "train": {"epochs": 2}, "grid": grid, "run": {"repeats": repeats}});
             let spec = SweepSpec::from_value(&v).unwrap();
             let jobs = spec.expand();
+            let grid = spec.grids.first().cloned().unwrap_or_default();
             let want: usize =
-                spec.grid.iter().map(|(_, v)| v.len()).product::<usize>() * repeats as usize;
+                grid.iter().map(|(_, v)| v.len()).product::<usize>() * repeats as usize;
             assert_eq!(jobs.len(), want);
             let distinct: std::collections::HashSet<String> = jobs
                 .iter()
@@ -391,7 +618,7 @@ mod tests {
                 .collect();
             assert_eq!(distinct.len(), jobs.len(), "all jobs distinct");
             assert!(jobs.iter().all(|j| j["epochs"] == 2));
-            for (k, vals) in &spec.grid {
+            for (k, vals) in &grid {
                 for val in vals {
                     assert_eq!(
                         jobs.iter().filter(|j| &j[k] == val).count(),

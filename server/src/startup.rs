@@ -16,7 +16,14 @@ use crate::store::Store;
 pub struct ServeConfig {
     pub db: PathBuf,
     pub listen: SocketAddr,
+    /// The admin token; else `token_file`; else generated into `<db>.token`.
     pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// The worker-protocol token; else `worker_token_file`; else generated into `<db>.worker-token`.
+    pub worker_token: Option<String>,
+    pub worker_token_file: Option<PathBuf>,
+    /// Host names served; empty: loopback names when bound to loopback, else any.
+    pub allowed_hosts: Vec<String>,
     pub artifacts: PathBuf,
     pub lease_ms: i64,
     pub private: bool,
@@ -24,6 +31,19 @@ pub struct ServeConfig {
     pub reap_every: Duration,
     pub clock: Clock,
     pub max_checkpoint_bytes: u64,
+    /// Keep the checkpoints of ended jobs (about 125 MB each for the study's network).
+    pub keep_checkpoints: bool,
+    /// How long a write waits for a lock another process holds on the database file.
+    pub busy_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Event streams (`/api/events`) open at once; more get 503.
+    pub max_event_streams: usize,
+    /// A client must send a request's headers within this (slow clients hold no connection long).
+    pub header_timeout: Duration,
+    /// A request (body included) must be answered within this, event streams and checkpoint
+    /// transfers excepted.
+    pub request_timeout: Duration,
 }
 
 impl ServeConfig {
@@ -33,6 +53,10 @@ impl ServeConfig {
             db,
             listen: "127.0.0.1:8080".parse().expect("valid address"),
             token: None,
+            token_file: None,
+            worker_token: None,
+            worker_token_file: None,
+            allowed_hosts: vec![],
             artifacts,
             lease_ms: 30_000,
             private: false,
@@ -40,47 +64,38 @@ impl ServeConfig {
             clock: Clock::System,
             // The full network's resume state (weights + momentum) is about 125 MB.
             max_checkpoint_bytes: 1 << 30,
+            keep_checkpoints: false,
+            busy_timeout: Duration::from_secs(10),
+            max_connections: 512,
+            max_event_streams: 256,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
+
+/// Figures drawn at once: drawing is single-threaded CPU work, so this bounds the cores they take.
+pub const FIGURE_PERMITS: usize = 2;
 
 pub struct Application {
     listener: TcpListener,
     state: AppState,
     reap_every: Duration,
+    limits: Limits,
     /// The token was generated at this start and should be shown once.
     pub new_token: bool,
+    /// Likewise the worker token.
+    pub new_worker_token: bool,
 }
 
-/// `<db>.token`: the generated token, readable by its owner only.
+/// `<db>.token`: the generated admin token, readable by its owner only.
 pub fn token_path(db: &Path) -> PathBuf {
-    let mut name = db.file_name().unwrap_or_default().to_os_string();
-    name.push(".token");
-    db.with_file_name(name)
+    crate::auth::sidecar(db, ".token")
 }
 
-fn load_or_create_token(db: &Path) -> Result<(String, bool)> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = token_path(db);
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        return Ok((t.trim().to_string(), false));
-    }
-    let token: String = {
-        use rand::Rng;
-        let mut rng = rand::thread_rng();
-        (0..32)
-            .map(|_| format!("{:x}", rng.gen_range(0..16u8)))
-            .collect()
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    writeln!(f, "{token}")?;
-    Ok((token, true))
+/// `<db>.worker-token`: the generated worker token.
+pub fn worker_token_path(db: &Path) -> PathBuf {
+    crate::auth::sidecar(db, ".worker-token")
 }
 
 impl Application {
@@ -89,7 +104,7 @@ impl Application {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let store = Store::open(&cfg.db)
+        let store = Store::open_with(&cfg.db, cfg.busy_timeout)
             .await
             .with_context(|| format!("cannot open database {}", cfg.db.display()))?;
         let extended = store
@@ -101,10 +116,19 @@ impl Application {
                 "renewed the leases of running jobs after a restart"
             );
         }
-        let (token, new_token) = match &cfg.token {
-            Some(t) if !t.is_empty() => (t.clone(), false),
-            _ => load_or_create_token(&cfg.db)?,
-        };
+        let (token, new_token) = crate::auth::load_token(
+            cfg.token.as_deref(),
+            cfg.token_file.as_deref(),
+            &token_path(&cfg.db),
+        )?;
+        let (worker_token, new_worker_token) = crate::auth::load_token(
+            cfg.worker_token.as_deref(),
+            cfg.worker_token_file.as_deref(),
+            &worker_token_path(&cfg.db),
+        )?;
+        if worker_token == token {
+            anyhow::bail!("the worker token must differ from the admin token");
+        }
         std::fs::create_dir_all(&cfg.artifacts)
             .with_context(|| format!("cannot create {}", cfg.artifacts.display()))?;
         let listener = TcpListener::bind(cfg.listen)
@@ -115,19 +139,36 @@ impl Application {
             store,
             clock: cfg.clock,
             lease_ms: cfg.lease_ms,
-            token: token.into(),
+            tokens: Arc::new(crate::auth::Tokens {
+                admin: token,
+                worker: worker_token,
+            }),
+            sessions: Arc::new(Default::default()),
+            allowed_hosts: Arc::new(crate::auth::default_allowed_hosts(
+                &cfg.listen,
+                &cfg.allowed_hosts,
+            )),
             private: cfg.private,
+            figure_permits: Arc::new(tokio::sync::Semaphore::new(FIGURE_PERMITS)),
+            sse_permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_event_streams)),
             events,
             telemetry: Arc::new(Default::default()),
             artifacts: cfg.artifacts.clone().into(),
             max_checkpoint_bytes: cfg.max_checkpoint_bytes,
+            keep_checkpoints: cfg.keep_checkpoints,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
         };
         Ok(Application {
             listener,
             state,
             reap_every: cfg.reap_every,
+            limits: Limits {
+                max_connections: cfg.max_connections.max(1),
+                header_timeout: cfg.header_timeout,
+                request_timeout: cfg.request_timeout,
+            },
             new_token,
+            new_worker_token,
         })
     }
 
@@ -140,7 +181,11 @@ impl Application {
     }
 
     pub fn token(&self) -> &str {
-        &self.state.token
+        &self.state.tokens.admin
+    }
+
+    pub fn worker_token(&self) -> &str {
+        &self.state.tokens.worker
     }
 
     pub async fn run_until_stopped(
@@ -149,15 +194,98 @@ impl Application {
     ) -> Result<()> {
         let reaper = tokio::spawn(reap_forever(self.state.clone(), self.reap_every));
         let stopping = self.state.stopping.clone();
-        let app = crate::api::router(self.state);
-        let result = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                stopping.send_replace(true);
-            })
-            .await;
+        let app = crate::api::router(self.state.clone()).layer(
+            axum::middleware::from_fn_with_state(self.limits.request_timeout, bound_request_time),
+        );
+        let result = serve(self.listener, app, &self.limits, async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        })
+        .await;
         reaper.abort();
-        result.context("server error")
+        result
+    }
+}
+
+/// What bounds each client: connections at once, time to send headers, time to be answered.
+#[derive(Debug, Clone)]
+struct Limits {
+    max_connections: usize,
+    header_timeout: Duration,
+    request_timeout: Duration,
+}
+
+/// The accept loop. A connection slot is taken *before* accepting, so past the limit new clients
+/// wait in the kernel's queue instead of holding our file descriptors; a client that does not send
+/// its headers within `header_timeout` is dropped (slow-loris). Shutdown stops accepting and lets
+/// the connections in flight finish.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => slot.context("connection slots closed")?,
+        };
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the slot is given back.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // No upgrades: nothing here speaks WebSocket (server-sent events are a plain response).
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Every request is answered within the limit (408 otherwise), except those that stream by design:
+/// the event stream and checkpoint transfers (up to a gigabyte).
+async fn bound_request_time(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = req.uri().path();
+    if path == "/api/events" || path.ends_with("/checkpoint") {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => (
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            axum::Json(serde_json::json!({"error": "the request took too long"})),
+        )
+            .into_response(),
     }
 }
 
@@ -167,6 +295,9 @@ pub async fn reap_once(state: &AppState) -> Result<usize> {
     let n = changed.len();
     for c in changed {
         tracing::warn!(job = c.job_id, status = %c.status, attempt = c.attempt, "lease expired");
+        if c.status != "pending" {
+            crate::artifacts::forget(state, c.job_id).await;
+        }
         state
             .telemetry
             .lease_expiries

@@ -42,14 +42,25 @@ pub struct AppState {
     pub store: Store,
     pub clock: Clock,
     pub lease_ms: i64,
-    pub token: Arc<str>,
-    /// Reads need the token too.
+    /// The admin and worker tokens (see `auth`).
+    pub tokens: Arc<crate::auth::Tokens>,
+    /// Dashboard sessions (read-only) for `--private`.
+    pub sessions: Arc<crate::auth::Sessions>,
+    /// Host names served (None: any).
+    pub allowed_hosts: Arc<Option<Vec<String>>>,
+    /// Reads need a token (or a session) too.
     pub private: bool,
+    /// Figures drawn at once (each holds a core while it draws).
+    pub figure_permits: Arc<tokio::sync::Semaphore>,
+    /// Open event streams allowed at once.
+    pub sse_permits: Arc<tokio::sync::Semaphore>,
     pub events: broadcast::Sender<crate::events::Event>,
     pub telemetry: Arc<Telemetry>,
     /// Uploaded checkpoints, one folder per job id.
     pub artifacts: Arc<std::path::Path>,
     pub max_checkpoint_bytes: u64,
+    /// Keep checkpoints of ended jobs (default: deleted when the job ends).
+    pub keep_checkpoints: bool,
     /// Turns true when shutdown begins: open event streams end, so graceful shutdown does not
     /// wait forever on a dashboard's never-ending response.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,

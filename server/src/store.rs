@@ -30,6 +30,9 @@ pub enum StoreError {
     /// The write's batch did not commit (or the writer is gone): nothing of it was stored.
     #[error("the write was not committed")]
     NotCommitted,
+    /// A value the job's own state rules out (an epoch past the job's last).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -51,6 +54,8 @@ pub struct Claim {
     #[schema(value_type = Object)]
     pub params: Value,
     pub lease_expires_at: i64,
+    /// The lease's length: a worker heartbeats well inside it (its clock need not agree with ours).
+    pub lease_ms: i64,
 }
 
 /// What a worker has free; a claim only hands out a job that fits.
@@ -304,14 +309,20 @@ fn parse_json(text: Option<&str>) -> Option<Value> {
 impl Store {
     /// Opens (creating if needed) the database file and applies the migrations.
     pub async fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, Duration::from_secs(10)).await
+    }
+
+    /// `open`, waiting at most `busy_timeout` for a lock another process holds on the file.
+    pub async fn open_with(path: &Path, busy_timeout: Duration) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // NORMAL in WAL mode: a commit survives a crash of this process (SIGKILL included); on
-            // power loss the last commits before the WAL was synced may be lost, never corrupted.
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: every acknowledged write (a claim, a finish, a submitted sweep) is on disk
+            // before its answer, power loss included; a lost claim would otherwise hand the same
+            // (job, attempt) fencing token to a second worker. Group commit pays one fsync per batch.
+            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(busy_timeout);
         let mut write: SqliteConnection = opts.clone().connect().await?;
         sqlx::migrate!("../migrations").run(&mut write).await?;
         // No ping before each acquire: on a local file it only adds a round trip to every request.
@@ -324,6 +335,20 @@ impl Store {
             read,
             writer: Writer::spawn(write),
         })
+    }
+
+    /// The write connection's `PRAGMA synchronous` (2 is FULL): what durability an answer promises.
+    pub async fn synchronous(&self) -> Result<i64> {
+        self.writer
+            .run(|c| {
+                async move {
+                    Ok(sqlx::query_scalar::<_, i64>("PRAGMA synchronous")
+                        .fetch_one(&mut *c)
+                        .await?)
+                }
+                .boxed()
+            })
+            .await
     }
 
     /// After a restart, running jobs get a fresh lease: their workers could not heartbeat while the
@@ -364,8 +389,8 @@ impl Store {
                         let idx = idx as i64;
                         let params = Value::Object(params.clone()).to_string();
                         sqlx::query!(
-                            "INSERT INTO jobs (sweep_id, idx, params, max_attempts, batch_size, nproc, epochs, created_at)
-                             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            "INSERT INTO jobs (sweep_id, idx, params, attempt, max_attempts, batch_size, nproc, epochs, created_at)
+                             VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
                             sweep_id,
                             idx,
                             params,
@@ -401,12 +426,18 @@ impl Store {
         };
         let worker = worker.to_string();
         let row = self.writer.run(move |c| async move { Ok(sqlx::query!(
-            r#"UPDATE jobs SET status = 'running', worker = ?1, lease_expires_at = ?2, claimed_at = ?3,
-                   started_at = coalesce(started_at, ?3), cancel_requested = 0
-               WHERE id = (SELECT id FROM jobs WHERE status = 'pending'
-                             AND (?4 IS NULL OR nproc <= ?4)
-                             AND (?5 IS NULL OR batch_size <= ?5)
-                           ORDER BY id LIMIT 1)
+            // A cancel sticks: a job whose sweep was cancelled is never handed out again, whatever
+            // raced the cancel (cancel_requested is never cleared).
+            // The claim takes the next attempt number (the fencing token) in the same statement.
+            r#"UPDATE jobs SET status = 'running', attempt = attempt + 1, worker = ?1, lease_expires_at = ?2, claimed_at = ?3,
+                   started_at = coalesce(started_at, ?3)
+               WHERE id = (SELECT j.id FROM jobs j
+                           WHERE j.status = 'pending'
+                             AND j.cancel_requested = 0
+                             AND (?4 IS NULL OR j.nproc <= ?4)
+                             AND (?5 IS NULL OR j.batch_size <= ?5)
+                             AND NOT EXISTS (SELECT 1 FROM sweeps s WHERE s.id = j.sweep_id AND s.cancelled_at IS NOT NULL)
+                           ORDER BY j.id LIMIT 1)
                RETURNING id AS "id!", sweep_id AS "sweep_id!", attempt AS "attempt!", params AS "params!""#,
             worker,
             until,
@@ -426,6 +457,7 @@ impl Store {
             attempt: row.attempt,
             params: serde_json::from_str(&row.params).unwrap_or(Value::Null),
             lease_expires_at: until,
+            lease_ms,
         }))
     }
 
@@ -440,7 +472,10 @@ impl Store {
                 "job {job}: attempt {attempt} no longer holds the lease (current attempt {})",
                 r.attempt
             )),
-            Ok(Some(r)) => StoreError::Conflict(format!("job {job} is {}, not running", r.status)),
+            Ok(Some(r)) => StoreError::Conflict(format!(
+                "job {job} is {}, not running: attempt {attempt} no longer holds it",
+                r.status
+            )),
             Err(e) => e.into(),
         }
     }
@@ -494,7 +529,7 @@ impl Store {
                         r#"INSERT INTO metrics (job_id, sweep_id, epoch, attempt, lr, train_loss, test_loss, accuracy, precision,
                                                 recall, f1, images_per_sec, seconds, recorded_at)
                            SELECT id, sweep_id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 FROM jobs
-                           WHERE id = ?1 AND attempt = ?3 AND status = 'running'
+                           WHERE id = ?1 AND attempt = ?3 AND status = 'running' AND ?2 <= epochs
                            ON CONFLICT (job_id, epoch) DO UPDATE SET
                               attempt = excluded.attempt, lr = excluded.lr, train_loss = excluded.train_loss,
                               test_loss = excluded.test_loss, accuracy = excluded.accuracy, precision = excluded.precision,
@@ -527,7 +562,7 @@ impl Store {
         }
         // Nothing stored: a repeat of an epoch (fine) or a write from an attempt without the lease.
         let row = sqlx::query!(
-            "SELECT sweep_id, status, attempt FROM jobs WHERE id = ?",
+            "SELECT sweep_id, status, attempt, epochs FROM jobs WHERE id = ?",
             job
         )
         .fetch_optional(&self.read)
@@ -536,11 +571,18 @@ impl Store {
         if row.attempt != attempt || row.status != "running" {
             return Err(self.fence_error(job, attempt).await);
         }
+        if m.epoch > row.epochs {
+            return Err(StoreError::Invalid(format!(
+                "epoch: {} is past the job's last epoch ({})",
+                m.epoch, row.epochs
+            )));
+        }
         Ok(row.sweep_id)
     }
 
     /// Ends an attempt. `completed`, `diverged` and `cancelled` end the job; `failed` sends it back to
-    /// pending with the next attempt unless it has used all of them. A repeated finish is a no-op.
+    /// pending (the next claim takes the next attempt) unless it has used all of them. A repeated
+    /// finish is a no-op.
     pub async fn finish(
         &self,
         job: i64,
@@ -553,13 +595,18 @@ impl Store {
         let summary = summary.map(Value::to_string);
         let (outcome_s, error_s) = (outcome.to_string(), error.map(str::to_string));
         let row = self.writer.run(move |c| async move { let (outcome, error) = (outcome_s, error_s); Ok(sqlx::query!(
+            // `failed` with attempts left goes back to pending, unless the job's sweep was cancelled
+            // meanwhile: then it ends cancelled (a retry would run a cancelled job).
             r#"UPDATE jobs SET
-                 status = CASE WHEN ?3 = 'failed' AND attempt < max_attempts THEN 'pending' ELSE ?3 END,
-                 attempt = CASE WHEN ?3 = 'failed' AND attempt < max_attempts THEN attempt + 1 ELSE attempt END,
-                 finished_at = CASE WHEN ?3 = 'failed' AND attempt < max_attempts THEN NULL ELSE ?4 END,
+                 status = CASE WHEN ?3 = 'failed' AND attempt < max_attempts AND cancel_requested = 0 THEN 'pending'
+                               WHEN ?3 = 'failed' AND cancel_requested = 1 THEN 'cancelled'
+                               ELSE ?3 END,
+                 finished_at = CASE WHEN ?3 = 'failed' AND attempt < max_attempts AND cancel_requested = 0 THEN NULL
+                                    ELSE ?4 END,
                  summary = coalesce(?5, summary),
                  error = coalesce(?6, error),
-                 worker = CASE WHEN ?3 = 'failed' AND attempt < max_attempts THEN NULL ELSE worker END,
+                 worker = CASE WHEN ?3 = 'failed' AND attempt < max_attempts AND cancel_requested = 0 THEN NULL
+                               ELSE worker END,
                  lease_expires_at = NULL,
                  attempt_ended_at = ?4, attempt_outcome = ?3, attempt_error = ?6
                WHERE id = ?1 AND attempt = ?2 AND status = 'running'
@@ -617,8 +664,13 @@ impl Store {
             .run(move |c| {
                 async move {
                     Ok(sqlx::query!(
-                        r#"UPDATE jobs SET status = 'pending', attempt = attempt + 1, max_attempts = max_attempts + 1,
-                             worker = NULL, lease_expires_at = NULL,
+                        // Released after a cancel: the job ends cancelled instead of waiting for a claim.
+                        r#"UPDATE jobs SET
+                             status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END,
+                             max_attempts = CASE WHEN cancel_requested = 1 THEN max_attempts ELSE max_attempts + 1 END,
+                             finished_at = CASE WHEN cancel_requested = 1 THEN ?3 ELSE finished_at END,
+                             worker = CASE WHEN cancel_requested = 1 THEN worker END,
+                             lease_expires_at = NULL,
                              attempt_ended_at = ?3, attempt_outcome = 'released', attempt_error = ?4
                            WHERE id = ?1 AND attempt = ?2 AND status = 'running'
                            RETURNING sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!""#,
@@ -662,16 +714,20 @@ impl Store {
             .is_some())
     }
 
-    /// Returns every running job whose lease ran out before `now` to pending with the next attempt,
-    /// or fails it when it has used all its attempts.
+    /// Returns every running job whose lease ran out before `now` to pending (its next claim takes the
+    /// next attempt), or fails it when it has used all its attempts.
     pub async fn requeue_expired(&self, now: i64) -> Result<Vec<JobChange>> {
         let rows = self.writer.run(move |c| async move { Ok(sqlx::query!(
+            // A cancelled job whose worker vanished ends cancelled, not pending or failed.
             r#"UPDATE jobs SET
-                 status = CASE WHEN attempt < max_attempts THEN 'pending' ELSE 'failed' END,
-                 error = CASE WHEN attempt < max_attempts THEN error
+                 status = CASE WHEN cancel_requested = 1 THEN 'cancelled'
+                               WHEN attempt < max_attempts THEN 'pending'
+                               ELSE 'failed' END,
+                 error = CASE WHEN cancel_requested = 1 THEN 'cancelled; its worker stopped heartbeating'
+                              WHEN attempt < max_attempts THEN error
                               ELSE 'lease expired on attempt ' || attempt || ' of ' || max_attempts || ' (worker ' || coalesce(worker, '?') || ' stopped heartbeating)' END,
-                 finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE ?1 END,
-                 attempt = CASE WHEN attempt < max_attempts THEN attempt + 1 ELSE attempt END,
+                 finished_at = CASE WHEN attempt < max_attempts AND cancel_requested = 0 THEN NULL ELSE ?1 END,
+
                  worker = NULL, lease_expires_at = NULL,
                  attempt_ended_at = ?1, attempt_outcome = 'lease expired',
                  attempt_error = 'no heartbeat before the lease ran out'
@@ -799,7 +855,7 @@ impl Store {
                     .await?
                     .rows_affected();
                     sqlx::query!(
-                        "UPDATE jobs SET status = 'completed', finished_at = ?2, worker = 'synth' WHERE sweep_id = ?1",
+                        "UPDATE jobs SET status = 'completed', attempt = 1, finished_at = ?2, worker = 'synth' WHERE sweep_id = ?1",
                         sweep,
                         now
                     )
@@ -1047,6 +1103,25 @@ impl Store {
     }
 
     /// Every recorded epoch of a sweep as (job id, epoch, lr, train loss, test loss, accuracy), for figures.
+    /// The epochs of these jobs only (by primary key), for figures.
+    pub async fn job_curves(&self, jobs: &[i64]) -> Result<Vec<CurvePoint>> {
+        let mut all = vec![];
+        for &job in jobs {
+            let rows = sqlx::query_as!(
+                CurvePoint,
+                "SELECT job_id, epoch, lr, train_loss, test_loss, accuracy
+                 FROM metrics
+                 WHERE job_id = ?
+                 ORDER BY epoch",
+                job
+            )
+            .fetch_all(&self.read)
+            .await?;
+            all.extend(rows);
+        }
+        Ok(all)
+    }
+
     pub async fn sweep_curves(&self, sweep: i64) -> Result<Vec<CurvePoint>> {
         Ok(sqlx::query_as!(
             CurvePoint,

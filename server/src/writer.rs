@@ -2,6 +2,11 @@
 //! previous batch ran, executes them in one transaction, and only after COMMIT answers each caller.
 //! Under load a batch carries dozens of writes for the price of one commit; alone, a write waits for
 //! nobody. An answer is never sent for a write that was not committed.
+//!
+//! Each write is atomic on its own: it runs under a SAVEPOINT, and one that fails half-way is rolled
+//! back to it, so its earlier statements never reach the batch's commit. When the transaction
+//! cannot even begin (the file locked by another process past the busy timeout), no write of the
+//! batch runs, and each caller gets `NotCommitted`.
 use futures::future::BoxFuture;
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
@@ -12,7 +17,10 @@ use crate::store::StoreError;
 const MAX_BATCH: usize = 512;
 
 type Reply = Box<dyn FnOnce(bool) + Send>;
-type Op = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Reply> + Send>;
+/// One queued write. Called with `run = false` it does nothing and only makes its reply (the batch
+/// could not begin); with `true` it runs and says whether it succeeded.
+type Op =
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection, bool) -> BoxFuture<'c, (bool, Reply)> + Send>;
 
 #[derive(Clone, Debug)]
 pub struct Writer {
@@ -35,16 +43,22 @@ impl Writer {
             + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let op: Op = Box::new(move |conn| {
+        let op: Op = Box::new(move |conn, run| {
             Box::pin(async move {
-                let result = f(conn).await;
-                Box::new(move |committed: bool| {
+                let result = if run {
+                    f(conn).await
+                } else {
+                    Err(StoreError::NotCommitted)
+                };
+                let ok = result.is_ok();
+                let reply = Box::new(move |committed: bool| {
                     let _ = tx.send(if committed {
                         result
                     } else {
                         Err(StoreError::NotCommitted)
                     });
-                }) as Reply
+                }) as Reply;
+                (ok, reply)
             })
         });
         self.ops
@@ -58,28 +72,115 @@ impl Writer {
 async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Op>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut replies = Vec::with_capacity(batch.len());
-        let begun = sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await;
-        if let Err(e) = &begun {
-            tracing::error!(error = %e, "cannot begin a write transaction");
-        }
-        for op in batch.drain(..) {
-            replies.push(op(&mut conn).await);
-        }
-        let committed = match begun {
-            Ok(_) => match sqlx::query("COMMIT").execute(&mut conn).await {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::error!(error = %e, writes = replies.len(), "commit failed; the batch is rolled back");
-                    let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
-                    false
-                }
-            },
-            Err(_) => false,
+        let begun = match sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %e, writes = batch.len(), "cannot begin a write transaction; nothing of the batch ran");
+                false
+            }
         };
+        let mut replies = Vec::with_capacity(batch.len());
+        for op in batch.drain(..) {
+            replies.push(if begun {
+                run_isolated(&mut conn, op).await
+            } else {
+                op(&mut conn, false).await.1
+            });
+        }
+        let committed = begun && commit(&mut conn, replies.len()).await;
         for reply in replies {
             reply(committed);
         }
     }
     let _ = conn.close().await;
+}
+
+/// Runs one write under its own savepoint: on failure, what it did is undone and the rest of the
+/// batch is unaffected.
+async fn run_isolated(conn: &mut SqliteConnection, op: Op) -> Reply {
+    if sqlx::query("SAVEPOINT write")
+        .execute(&mut *conn)
+        .await
+        .is_err()
+    {
+        return op(conn, false).await.1;
+    }
+    let (ok, reply) = op(conn, true).await;
+    if !ok {
+        let _ = sqlx::query("ROLLBACK TO write").execute(&mut *conn).await;
+    }
+    let _ = sqlx::query("RELEASE write").execute(&mut *conn).await;
+    reply
+}
+
+async fn commit(conn: &mut SqliteConnection, writes: usize) -> bool {
+    match sqlx::query("COMMIT").execute(&mut *conn).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(error = %e, writes, "commit failed; the batch is rolled back");
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use sqlx::Connection;
+
+    async fn writer() -> (Writer, tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut c = SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        (Writer::spawn(c), dir, path)
+    }
+
+    async fn rows(path: &std::path::Path) -> Vec<i64> {
+        let mut c = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT x FROM t ORDER BY x")
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+    }
+
+    /// A write whose second statement fails leaves nothing of its first, while a write batched with
+    /// it commits.
+    #[tokio::test]
+    async fn a_write_that_fails_half_way_leaves_nothing_and_spares_its_batch() {
+        let (w, _dir, path) = writer().await;
+        let failing = w.run(|c| {
+            async move {
+                sqlx::query("INSERT INTO t VALUES (1)")
+                    .execute(&mut *c)
+                    .await?;
+                sqlx::query("INSERT INTO t VALUES (1)")
+                    .execute(&mut *c)
+                    .await?; // duplicate key
+                Ok(())
+            }
+            .boxed()
+        });
+        let fine = w.run(|c| {
+            async move {
+                sqlx::query("INSERT INTO t VALUES (2)")
+                    .execute(&mut *c)
+                    .await?;
+                Ok(())
+            }
+            .boxed()
+        });
+        let (a, b) = tokio::join!(failing, fine);
+        assert!(a.is_err());
+        assert!(b.is_ok());
+        assert_eq!(rows(&path).await, vec![2]);
+    }
 }

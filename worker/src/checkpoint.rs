@@ -177,6 +177,37 @@ pub fn save_resume(
     write_atomic(&tensors, path)
 }
 
+/// The metadata of a resume file alone, read from the safetensors layout (an 8-byte little-endian
+/// header length, a JSON header giving each entry's byte range, then the data) without loading
+/// the ~125 MB of tensors: the worker only needs to know which epoch it restores.
+pub fn read_resume_meta(path: &Path) -> Result<ResumeMeta> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    let len = u64::from_le_bytes(len);
+    anyhow::ensure!(len <= 100 << 20, "{}: implausible header", path.display());
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: bad safetensors header", path.display()))?;
+    let range = header
+        .pointer("/meta/data_offsets")
+        .and_then(serde_json::Value::as_array)
+        .and_then(|r| Some((r.first()?.as_u64()?, r.get(1)?.as_u64()?)))
+        .with_context(|| format!("{}: no meta entry", path.display()))?;
+    anyhow::ensure!(
+        range.0 <= range.1 && range.1 - range.0 <= 100 << 20,
+        "{}: bad meta range",
+        path.display()
+    );
+    f.seek(SeekFrom::Start(8 + len + range.0))?;
+    let mut bytes = vec![0u8; (range.1 - range.0) as usize];
+    f.read_exact(&mut bytes)?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{}: bad meta", path.display()))
+}
+
 /// Restores weights and momentum; returns the metadata.
 pub fn load_resume(
     params: &Params,

@@ -11,7 +11,8 @@ pub enum DatasetKind {
     Synthetic,
 }
 
-/// Every option of `worker train`. Defaults are the study's (SEED.md) with gamma 0.5.
+/// Every option of `worker train`. Defaults are the study's recipe as its first README states it
+/// (SEED.md), gamma 0.1 included; the repository's later gamma 0.5 is `--gamma 0.5`.
 #[derive(Debug, Clone, Args, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -40,7 +41,8 @@ pub struct TrainConfig {
     /// Epochs after which the lr is multiplied by gamma.
     #[arg(long, value_delimiter = ',', default_value = "60,120,200,260")]
     pub milestones: Vec<u32>,
-    #[arg(long, default_value_t = 0.5)]
+    /// Factor applied to the lr at each milestone (the study's `step_factor=0.1`).
+    #[arg(long, default_value_t = 0.1)]
     pub gamma: f64,
     /// Evaluate on the whole test set every N epochs (and always after the last one).
     #[arg(long, default_value_t = 1)]

@@ -6,6 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use md5::{Digest, Md5};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -66,6 +67,21 @@ impl Split {
 pub struct Dataset {
     pub train: Split,
     pub test: Split,
+    pub info: DataInfo,
+}
+
+/// Which data a run used, for `summary.json` and the results' provenance line: the full CIFAR-10
+/// and the 5,000/1,000-image mini set give different numbers, and a `--limit-train` run of either
+/// uses the same count of images, so the records available are kept beside the records used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataInfo {
+    /// `cifar10` or `synthetic`.
+    pub dataset: String,
+    /// Records in the training and test files found (for synthetic data, the sizes made).
+    pub train_available: usize,
+    pub test_available: usize,
+    pub train_used: usize,
+    pub test_used: usize,
 }
 
 /// Parses one file of CIFAR-10 records (label byte + 3072 pixel bytes, channel-major).
@@ -136,10 +152,26 @@ pub fn load_cifar10(
             break;
         }
     }
+    let train_split = concat(parts).truncate(limit_train);
+    let test_split = read_records(&test)?.truncate(limit_test);
+    let info = DataInfo {
+        dataset: "cifar10".into(),
+        // From file sizes: the limit above may have stopped reading before the last file.
+        train_available: train.iter().map(|p| records_in(p)).sum(),
+        test_available: records_in(&test),
+        train_used: train_split.len(),
+        test_used: test_split.len(),
+    };
     Ok(Dataset {
-        train: concat(parts).truncate(limit_train),
-        test: read_records(&test)?.truncate(limit_test),
+        train: train_split,
+        test: test_split,
+        info,
     })
+}
+
+/// Whole records in a CIFAR-10 binary file, from its size.
+fn records_in(path: &Path) -> usize {
+    std::fs::metadata(path).map_or(0, |m| m.len() as usize / RECORD)
 }
 
 /// True when `dir` holds at least one training file and the test file.
@@ -272,7 +304,14 @@ pub fn synthetic(seed: u64, n_train: usize, n_test: usize) -> Dataset {
     };
     let train = make(n_train);
     let test = make(n_test);
-    Dataset { train, test }
+    let info = DataInfo {
+        dataset: "synthetic".into(),
+        train_available: n_train,
+        test_available: n_test,
+        train_used: n_train,
+        test_used: n_test,
+    };
+    Dataset { train, test, info }
 }
 
 /// Loads the dataset a run asks for, downloading CIFAR-10 when its directory is empty.

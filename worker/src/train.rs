@@ -55,6 +55,9 @@ pub struct Summary {
     /// buffers and rank 0's (0 when the replicas stayed identical).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rank_param_max_diff: Option<f64>,
+    /// Which data the run used (absent in summaries written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<data::DataInfo>,
 }
 
 pub fn parse_device(s: &str) -> Result<Device> {
@@ -360,6 +363,7 @@ pub fn run(
             wall_seconds: started.elapsed().as_secs_f64(),
             first_step_at,
             rank_param_max_diff,
+            data: Some(data.info.clone()),
         };
     // Rank 0 reads `out`; the others learn the outcome from it.
     let mut found = (FRESH, None::<Summary>, None::<anyhow::Error>);

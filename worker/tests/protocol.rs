@@ -12,9 +12,15 @@ fn sweep_keys_are_the_train_options() {
         .keys()
         .cloned()
         .collect();
+    // Every trainer option is either a sweep key or a worker's own setting (where data comes from).
     let theirs: BTreeSet<String> = server::spec::TRAIN_KEYS
         .iter()
         .map(|(k, _)| k.to_string())
+        .chain(
+            server::spec::WORKER_SETTINGS
+                .iter()
+                .map(|(k, _)| k.to_string()),
+        )
         .collect();
     assert_eq!(ours, theirs);
     let d = TrainConfig::default();
@@ -26,7 +32,11 @@ fn sweep_keys_are_the_train_options() {
 #[test]
 fn every_job_of_the_repository_sweeps_is_a_valid_train_config() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sweeps");
-    for file in ["cifar10-bs-lr.toml", "demo-cpu.toml"] {
+    for file in [
+        "cifar10-bs-lr.toml",
+        "cifar10-bs-lr-gamma05.toml",
+        "demo-cpu.toml",
+    ] {
         let spec =
             server::spec::SweepSpec::from_toml(&std::fs::read_to_string(dir.join(file)).unwrap())
                 .unwrap();

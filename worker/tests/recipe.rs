@@ -1,47 +1,70 @@
 //! The lr staircase, the metrics and the augmentation, checked against values worked out by hand.
 use tch::{Device, Kind, Tensor};
 use worker::augment::{self, EpochPlan, SampleAug};
+use worker::config::TrainConfig;
 use worker::metrics::Confusion;
 use worker::optim::LrSchedule;
 
-fn study_schedule(base: f64) -> LrSchedule {
+/// The schedule `worker train` runs with its defaults, at a base lr.
+fn default_schedule(base: f64) -> LrSchedule {
+    let d = TrainConfig::default();
     LrSchedule {
         base,
-        warmup_epochs: 1,
-        warmup_factor: 0.01,
-        milestones: vec![60, 120, 200, 260],
-        gamma: 0.5,
+        warmup_epochs: d.warmup_epochs,
+        warmup_factor: d.warmup_factor,
+        milestones: d.milestones.clone(),
+        gamma: d.gamma,
     }
 }
 
-#[test]
-fn lr_staircase_of_the_study() {
-    let s = study_schedule(1e-2);
-    let close = |a: f64, b: f64| (a - b).abs() < 1e-15;
-    assert!(close(s.lr_at(1), 1e-4), "epoch 1 runs at lr x 0.01");
-    for e in 2..=60 {
-        assert!(close(s.lr_at(e), 1e-2), "epoch {e}");
-    }
-    for (range, want) in [
-        (61..=120, 5e-3),
-        (121..=200, 2.5e-3),
-        (201..=260, 1.25e-3),
-        (261..=300, 6.25e-4),
-    ] {
-        for e in range {
+/// Asserts the staircase over 300 epochs: (first epoch, last epoch, factor of the base lr).
+fn assert_staircase(s: &LrSchedule, steps: &[(u32, u32, f64)]) {
+    for &(from, to, factor) in steps {
+        for e in from..=to {
+            let want = s.base * factor;
             assert!(
-                close(s.lr_at(e), want),
+                (s.lr_at(e) - want).abs() <= 1e-12 * want,
                 "epoch {e}: {} != {want}",
                 s.lr_at(e)
             );
         }
     }
-    // The first README's gamma 0.1.
+}
+
+#[test]
+fn lr_staircase_of_the_study_with_the_default_gamma() {
+    let s = default_schedule(1e-2);
+    assert_eq!(s.gamma, 0.1, "the study's step_factor=0.1 is the default");
+    assert_staircase(
+        &s,
+        &[
+            (1, 1, 0.01),
+            (2, 60, 1.0),
+            (61, 120, 0.1),
+            (121, 200, 0.01),
+            (201, 260, 1e-3),
+            (261, 300, 1e-4),
+        ],
+    );
+}
+
+#[test]
+fn lr_staircase_of_the_later_gamma_half() {
     let s = LrSchedule {
-        gamma: 0.1,
-        ..study_schedule(1e-2)
+        gamma: 0.5,
+        ..default_schedule(1e-2)
     };
-    assert!(close(s.lr_at(300), 1e-6));
+    assert_staircase(
+        &s,
+        &[
+            (1, 1, 0.01),
+            (2, 60, 1.0),
+            (61, 120, 0.5),
+            (121, 200, 0.25),
+            (201, 260, 0.125),
+            (261, 300, 0.0625),
+        ],
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@ use server::startup::{Application, ServeConfig};
 use server::state::{AppState, Clock};
 
 pub const TOKEN: &str = "test-token";
+pub const WORKER_TOKEN: &str = "test-worker-token";
 pub const LEASE_MS: i64 = 30_000;
 
 pub struct TestApp {
@@ -11,6 +12,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub state: AppState,
     pub clock: Clock,
+    /// The coordinator's SQLite file.
+    pub db: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -24,9 +27,10 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sweeps.db");
     let clock = Clock::manual(1_800_000_000_000);
-    let mut cfg = ServeConfig::new(db);
+    let mut cfg = ServeConfig::new(db.clone());
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.token = Some(TOKEN.into());
+    cfg.worker_token = Some(WORKER_TOKEN.into());
     cfg.lease_ms = LEASE_MS;
     cfg.clock = clock.clone();
     cfg.reap_every = std::time::Duration::from_secs(3600);
@@ -40,11 +44,32 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
         http: reqwest::Client::new(),
         state,
         clock,
+        db,
         _dir: dir,
     }
 }
 
 impl TestApp {
+    /// A request with these credentials (None: anonymous), answered with its status and JSON body.
+    pub async fn send_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         let r = self
             .http

@@ -2,6 +2,7 @@
 mod dashboard;
 mod durability;
 mod figures;
+mod hardening;
 mod helpers;
 mod jobs;
 mod results;

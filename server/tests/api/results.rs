@@ -1,54 +1,73 @@
 use crate::helpers::*;
 
-const GRID: &str = r#"
+use server::study::{StudyResult, FIRST_README};
+
+/// The study's 12 cells as one sweep: the union of two grids (batch 1, 4, 8 at both lrs; 16..512 at
+/// lr 1e-2).
+const STUDY_CELLS: &str = r#"
 name = "golden"
 [train]
 dataset = "synthetic"
 epochs = 2
-[grid]
-batch_size = [1, 16, 32]
+[[grid]]
+batch_size = [1, 4, 8]
 lr = [1e-2, 1e-4]
+[[grid]]
+batch_size = [16, 32, 64, 128, 256, 512]
+lr = [1e-2]
 "#;
 
-/// Drives the six jobs to the study's kind of outcomes: one diverged, four completed, one running.
+/// Claims every job of the sweep and reports, through the worker protocol, what the study printed
+/// for its cell: two epochs and `completed` for a final result; an epoch with a NaN loss (JSON null)
+/// and the diverged weights' accuracy, then `diverged`, for a diverged one; nothing for a row the
+/// study left empty (the job stays claimed and silent).
 pub async fn golden_sweep(app: &TestApp) -> i64 {
-    let (_, c) = app.submit_toml(GRID).await;
-    let outcomes = [
-        // (batch, lr) -> final (loss, acc) and status
-        ((1, 1e-2), None, 0.10, "diverged"),
-        ((16, 1e-2), Some(0.2), 0.9452, "completed"),
-        ((32, 1e-2), Some(0.242), 0.9429, "completed"),
-        ((1, 1e-4), Some(0.332), 0.8953, "completed"),
-        ((16, 1e-4), Some(0.466), 0.8462, "completed"),
-        ((32, 1e-4), Some(0.7), 0.75, "running"),
-    ];
+    let (s, c) = app.submit_toml(STUDY_CELLS).await;
+    assert_eq!(s, 201, "{c}");
+    assert_eq!(c["jobs"], 12);
     while let Some(claim) = app.claim("w").await {
         let id = claim["id"].as_i64().unwrap();
-        let key = (
+        let (bs, lr) = (
             claim["params"]["batch_size"].as_i64().unwrap(),
             claim["params"]["lr"].as_f64().unwrap(),
         );
-        let (_, loss, acc, status) = outcomes.iter().find(|o| o.0 == key).unwrap();
-        if *status == "running" {
-            app.metrics(id, 1, 1, *loss, *acc).await;
-            continue;
+        let row = FIRST_README
+            .iter()
+            .find(|r| r.batch_size == bs && r.lr == lr)
+            .unwrap();
+        match row.result {
+            StudyResult::Final { loss, accuracy } => {
+                app.metrics(id, 1, 1, Some(loss + 0.5), accuracy / 200.0)
+                    .await;
+                app.metrics(id, 1, 2, Some(loss), accuracy / 100.0).await;
+                app.finish(id, 1, "completed").await;
+            }
+            StudyResult::Diverged { accuracy } => {
+                app.metrics(id, 1, 1, None, accuracy / 100.0).await;
+                app.finish(id, 1, "diverged").await;
+            }
+            StudyResult::Empty => {}
         }
-        app.metrics(id, 1, 1, loss.map(|l| l + 0.5), acc / 2.0)
-            .await;
-        app.metrics(id, 1, 2, *loss, *acc).await;
-        app.finish(id, 1, status).await;
     }
     c["id"].as_i64().unwrap()
 }
 
 #[tokio::test]
-async fn markdown_results_match_the_study_format() {
+async fn the_study_results_come_back_as_the_study_table() {
     let app = spawn_app().await;
     let sweep = golden_sweep(&app).await;
     let md = app
         .get_text(&format!("/api/sweeps/{sweep}/results?format=markdown"))
         .await;
     assert_eq!(md, include_str!("../golden/results.md"));
+    // The golden file is the specification's own table, verbatim.
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/SEED.md");
+    if let Ok(text) = std::fs::read_to_string(&seed) {
+        assert!(
+            text.contains(md.trim_end()),
+            "SEED.md's table differs:\n{md}"
+        );
+    }
     let zh = app
         .get_text(&format!("/api/sweeps/{sweep}/results?chinese=true"))
         .await;
@@ -56,9 +75,15 @@ async fn markdown_results_match_the_study_format() {
     let extra = app
         .get_text(&format!("/api/sweeps/{sweep}/results?extra=true"))
         .await;
-    assert!(extra.starts_with("| initial lr | batch_size | final loss | final accuracy (%) | precision (%) | recall (%) | F1 (%) | epochs | wall time |"), "{extra}");
+    assert!(extra.starts_with("| batch_size | initial lr | final loss | final accuracy (%) | precision (%) | recall (%) | F1 (%) | status | epochs | wall time |"), "{extra}");
     assert!(
-        extra.contains("| 1e-2 | 16 | **0.200** | **94.52** | 94.52 | 94.52 | 94.52 | 2/2 |"),
+        extra.contains(
+            "| 16 | 1e-2 | **0.200** | **94.52** | 94.52 | 94.52 | 94.52 | completed | 2/2 |"
+        ),
+        "{extra}"
+    );
+    assert!(
+        extra.contains("| 4 | 1e-4 | | | | | | running | 0/2 | |"),
         "{extra}"
     );
 
@@ -85,17 +110,155 @@ async fn markdown_results_match_the_study_format() {
             "{col} missing from {header}"
         );
     }
-    assert_eq!(lines.count(), 6);
+    assert_eq!(lines.count(), 12);
     let (_, json) = app
         .get(&format!("/api/sweeps/{sweep}/results?format=json"))
         .await;
-    assert_eq!(json.as_array().unwrap().len(), 6);
-    assert_eq!(json[0]["status"], "diverged");
-    assert!(json[0]["test_loss"].is_null());
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), 12);
+    assert_eq!(rows[0]["status"], "diverged");
+    assert!(rows[0]["test_loss"].is_null());
+    assert_eq!(
+        rows[0]["accuracy"], 0.1,
+        "the diverged weights' accuracy is kept"
+    );
     let (s, _) = app
         .get(&format!("/api/sweeps/{sweep}/results?format=xlsx"))
         .await;
     assert_eq!(s.as_u16(), 422);
+}
+
+#[tokio::test]
+async fn a_running_job_shows_its_latest_epoch_marked() {
+    let app = spawn_app().await;
+    let (_, c) = app
+        .submit_toml("name = \"r\"\n[train]\nepochs = 2\n[grid]\nbatch_size = [16, 32]\n")
+        .await;
+    let sweep = c["id"].as_i64().unwrap();
+    let first = app.claim("w").await.unwrap();
+    let id = first["id"].as_i64().unwrap();
+    app.metrics(id, 1, 1, Some(0.7), 0.75).await;
+    let md = app.get_text(&format!("/api/sweeps/{sweep}/results")).await;
+    assert!(
+        md.contains("| 16 | 1e-2 | 0.700† | 75.00† (epoch 1/2) |"),
+        "{md}"
+    );
+    assert!(md.contains("| 32 | 1e-2 | | |"), "{md}");
+    assert!(
+        md.ends_with("\n† unfinished: the latest recorded epoch's values.\n"),
+        "{md}"
+    );
+}
+
+/// Our results beside the study's, for a sweep whose numbers differ from the study's by known amounts.
+#[tokio::test]
+async fn the_comparison_puts_each_cell_beside_the_study_with_the_difference() {
+    let app = spawn_app().await;
+    let (_, c) = app
+        .submit_toml(
+            "name = \"cmp\"\n[train]\nepochs = 1\n[grid]\nbatch_size = [1, 2, 16, 32]\nlr = [1e-2]\n",
+        )
+        .await;
+    let sweep = c["id"].as_i64().unwrap();
+    while let Some(claim) = app.claim("w").await {
+        let id = claim["id"].as_i64().unwrap();
+        match claim["params"]["batch_size"].as_i64().unwrap() {
+            1 => {
+                app.metrics(id, 1, 1, None, 0.1).await;
+                app.finish(id, 1, "diverged").await;
+            }
+            2 => {
+                app.metrics(id, 1, 1, Some(0.5), 0.9).await;
+                app.finish(id, 1, "completed").await;
+            }
+            16 => {
+                app.metrics(id, 1, 1, Some(0.21), 0.95).await; // study 94.52
+                app.finish(id, 1, "completed").await;
+            }
+            _ => {
+                app.metrics(id, 1, 1, Some(0.3), 0.9304).await; // study 94.04
+                app.finish(id, 1, "completed").await;
+            }
+        }
+    }
+    let md = app
+        .get_text(&format!("/api/sweeps/{sweep}/results?compare=true"))
+        .await;
+    let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| ")).collect();
+    assert_eq!(
+        rows[0],
+        "| batch_size | initial lr | study: final loss | study: final accuracy (%) | ours: final loss | ours: final accuracy (%) | difference (points) |"
+    );
+    for want in [
+        "| 1 | 1e-2 | NaN | 10.00 | NaN | 10.00 | +0.00 |",
+        "| 1 | 1e-4 | 0.332 | 89.53 | | | |",
+        "| 2 | 1e-2 | | | 0.500 | 90.00 | |",
+        "| 4 | 1e-4 | | | | | |",
+        "| 16 | 1e-2 | 0.200 | 94.52 | 0.210 | 95.00 | +0.48 |",
+        "| 32 | 1e-2 | 0.234 | 94.04 | 0.300 | 93.04 | -1.00 |",
+        "| 512 | 1e-2 | 0.423 | 85.74 | | | |",
+    ] {
+        assert!(rows.contains(&want), "missing {want:?} in\n{md}");
+    }
+    // The study's 12 cells plus our batch 2: batch ascending, then lr descending.
+    assert_eq!(rows.len(), 1 + 13, "{md}");
+    let order: Vec<String> = rows[1..]
+        .iter()
+        .map(|r| r.split(" | ").take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(order[..4], ["| 1 1e-2", "| 1 1e-4", "| 2 1e-2", "| 4 1e-2"]);
+
+    // The same through the command line.
+    let out = tokio::task::spawn_blocking({
+        let base = app.base.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+                .args(["export", &sweep.to_string(), "--compare", "--server", &base])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), md);
+}
+
+/// The provenance line says which data the runs used, from the trainer's `summary.json`.
+#[tokio::test]
+async fn provenance_names_the_data_the_runs_used() {
+    let app = spawn_app().await;
+    let (_, c) = app
+        .submit_toml("name = \"p\"\n[train]\nepochs = 1\n[grid]\nbatch_size = [8, 16]\n")
+        .await;
+    let sweep = c["id"].as_i64().unwrap();
+    for (avail, used) in [
+        ((5000, 1000), (2000, 1000)),
+        ((50000, 10000), (50000, 10000)),
+    ] {
+        let claim = app.claim("w").await.unwrap();
+        let id = claim["id"].as_i64().unwrap();
+        app.metrics(id, 1, 1, Some(1.0), 0.5).await;
+        let (s, _) = app
+            .post(
+                &format!("/api/jobs/{id}/finish"),
+                serde_json::json!({"attempt": 1, "status": "completed", "summary": {"device": "Cpu", "git_commit": "abc",
+                    "data": {"dataset": "cifar10", "train_available": avail.0, "test_available": avail.1,
+                             "train_used": used.0, "test_used": used.1}}}),
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    let (_, detail) = app.get(&format!("/api/sweeps/{sweep}")).await;
+    let detail: server::store::SweepDetail = serde_json::from_value(detail).unwrap();
+    let line = server::export::provenance(&detail);
+    assert!(
+        line.contains("the CIFAR-10 mini set (5,000 training / 1,000 test images, ../shared/data/cifar10-mini), not the full CIFAR-10, of which 2,000 / 1,000 used"),
+        "{line}"
+    );
+    assert!(
+        line.contains("the full CIFAR-10 (50,000 training / 10,000 test images)"),
+        "{line}"
+    );
 }
 
 #[tokio::test]
@@ -129,6 +292,7 @@ async fn the_readme_block_is_rewritten_in_place_and_idempotently() {
     assert!(once.ends_with("<!-- results:end -->\n\nafter\n"));
     assert!(!once.contains("old table"));
     assert!(once.contains(include_str!("../golden/results.md").trim_end()));
+    assert!(once.contains("Data: "), "{once}");
     assert!(
         once.contains("Sweep `golden`")
             && once.contains("device Cpu")
@@ -162,7 +326,12 @@ async fn publish_refreshes_the_readme_block_and_the_five_figures_in_one_command(
     ])
     .await;
     let text = std::fs::read_to_string(&readme).unwrap();
-    assert!(text.contains(include_str!("../golden/results.md").trim_end()));
+    // publish writes the comparison: the study's 12 results beside themselves differ by nothing.
+    assert!(
+        text.contains("| 16 | 1e-2 | 0.200 | 94.52 | 0.200 | 94.52 | +0.00 |"),
+        "{text}"
+    );
+    assert!(text.contains("| 4 | 1e-4 | | | | | |"), "{text}");
     for name in server::figures::NAMES {
         let png = std::fs::read(images.join(format!("{name}.png"))).unwrap();
         assert_eq!(&png[1..4], b"PNG", "{name}");

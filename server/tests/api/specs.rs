@@ -89,8 +89,18 @@ async fn the_repository_sweep_files_are_valid() {
     for j in sw["jobs"].as_array().unwrap() {
         assert_eq!(j["params"]["epochs"], 300);
         assert_eq!(j["params"]["nproc_per_node"], 2);
-        assert_eq!(j["params"]["gamma"], 0.5);
+        assert_eq!(j["params"]["gamma"], 0.1, "the study's step factor");
     }
+    let later = std::fs::read_to_string(dir.join("cifar10-bs-lr-gamma05.toml")).unwrap();
+    let (s, c) = app.submit_toml(&later).await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    assert_eq!(c["jobs"], 18);
+    let (_, sw) = app.get(&format!("/api/sweeps/{}", c["id"])).await;
+    assert!(sw["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|j| j["params"]["gamma"] == 0.5));
     let demo = std::fs::read_to_string(dir.join("demo-cpu.toml")).unwrap();
     let (s, c) = app.submit_toml(&demo).await;
     assert_eq!(s, StatusCode::CREATED, "{c}");

@@ -23,6 +23,9 @@ pub struct Claim {
     pub sweep_id: i64,
     pub attempt: i64,
     pub params: Value,
+    /// The lease granted, in milliseconds (absent from older coordinators).
+    #[serde(default)]
+    pub lease_ms: Option<i64>,
 }
 
 #[derive(Clone)]

@@ -27,6 +27,8 @@ pub struct JobOptions {
     pub exe: PathBuf,
     pub work_dir: PathBuf,
     pub data_dir: Option<PathBuf>,
+    pub data_url: String,
+    pub data_md5: String,
     pub heartbeat: Duration,
     pub poll: Duration,
 }
@@ -61,9 +63,21 @@ pub fn train_command(
     let mut cfg: crate::config::TrainConfig = serde_json::from_value(params.clone())
         .map_err(|e| anyhow::anyhow!("the job's params are not valid train options: {e}"))?;
     cfg.threads = Some(placement.threads);
-    if let Some(d) = &opts.data_dir {
-        cfg.data_dir = d.clone();
+    // Paths in a sweep are names under this worker's roots; where data comes from is this worker's
+    // setting. The coordinator checks the same, but a worker does not trust what it is sent.
+    let data_root = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| crate::config::TrainConfig::default().data_dir);
+    cfg.data_dir = match params.get("data_dir").and_then(Value::as_str) {
+        Some(name) => data_root.join(relative_name("data_dir", name)?),
+        None => data_root,
+    };
+    if let Some(name) = params.get("init_from").and_then(Value::as_str) {
+        cfg.init_from = Some(opts.work_dir.join(relative_name("init_from", name)?));
     }
+    cfg.data_url = opts.data_url.clone();
+    cfg.data_md5 = opts.data_md5.clone();
     let mut cmd = Command::new(&opts.exe);
     cmd.args(cfg.to_args()).arg("--out").arg(out);
     // A trainer must not outlive its worker: if the worker is killed, nobody would report its epochs
@@ -92,6 +106,18 @@ pub fn train_command(
     Ok(cmd)
 }
 
+/// A path from a sweep, checked to stay under the root it is joined to.
+fn relative_name<'a>(key: &str, name: &'a str) -> anyhow::Result<&'a Path> {
+    let p = Path::new(name);
+    let escapes = p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    if name.is_empty() || escapes {
+        anyhow::bail!("{key} {name:?}: must be a relative path under this worker's root");
+    }
+    Ok(p)
+}
+
 pub struct Supervisor {
     claim: Claim,
     coord: Coordinator,
@@ -99,6 +125,9 @@ pub struct Supervisor {
     out: PathBuf,
     outbox: VecDeque<Write>,
     metrics_offset: u64,
+    /// The last epoch of the checkpoint this attempt resumed from: the trainer rewrites those
+    /// epochs into metrics.jsonl, but they were computed (and reported) by an earlier attempt.
+    restored_epoch: u32,
     resume_seen: Option<(SystemTime, u64)>,
     retry_at: Instant,
     backoff: Duration,
@@ -121,6 +150,7 @@ impl Supervisor {
             out,
             outbox: VecDeque::new(),
             metrics_offset: 0,
+            restored_epoch: 0,
             resume_seen: None,
             retry_at: Instant::now(),
             backoff: Duration::from_millis(200),
@@ -131,6 +161,19 @@ impl Supervisor {
 
     fn job(&self) -> i64 {
         self.claim.id
+    }
+
+    /// Heartbeats come at most every `--heartbeat-seconds`, and at least three times per lease the
+    /// coordinator granted (whatever its `--lease-seconds`): one late or lost heartbeat never costs
+    /// a healthy worker its job.
+    fn heartbeat_every(&self) -> Duration {
+        match self.claim.lease_ms {
+            Some(ms) if ms > 0 => self
+                .opts
+                .heartbeat
+                .min(Duration::from_millis(ms as u64 / 3)),
+            _ => self.opts.heartbeat,
+        }
     }
 
     /// Runs the job to its end; `stopping` asks it to checkpoint and give the job back.
@@ -158,9 +201,15 @@ impl Supervisor {
             {
                 Ok(found) => {
                     if found {
+                        let path = self.out.join(RESUME_FILE);
+                        // Unreadable: the trainer will say why; nothing is skipped then.
+                        self.restored_epoch = crate::checkpoint::read_resume_meta(&path)
+                            .map(|m| m.epoch)
+                            .unwrap_or(0);
                         tracing::info!(
                             job = id,
                             attempt,
+                            epoch = self.restored_epoch,
                             "resuming from the coordinator's checkpoint"
                         );
                     }
@@ -198,7 +247,7 @@ impl Supervisor {
                 unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
                 signalled = true;
             }
-            if last_beat.elapsed() >= self.opts.heartbeat {
+            if last_beat.elapsed() >= self.heartbeat_every() {
                 last_beat = Instant::now();
                 match self.coord.heartbeat(id, attempt) {
                     Ok(true) if !cancelled => {
@@ -314,7 +363,10 @@ impl Supervisor {
                         p.epoch = m.epoch;
                         p.accuracy = Some(m.accuracy);
                         drop(p);
-                        self.outbox.push_back(Write::Metrics(m));
+                        // Restored epochs keep the record of the attempt that computed them.
+                        if m.epoch > self.restored_epoch {
+                            self.outbox.push_back(Write::Metrics(m));
+                        }
                     }
                 }
                 self.metrics_offset += whole as u64;
@@ -417,5 +469,60 @@ impl Supervisor {
         let _ = child.kill();
         let _ = child.wait();
         self.progress.lock().expect("not poisoned").done = Some("lease lost".into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::slots::{DeviceKind, Placement};
+
+    fn opts() -> JobOptions {
+        JobOptions {
+            exe: "worker".into(),
+            work_dir: "/srv/work".into(),
+            data_dir: Some("/srv/data".into()),
+            data_url: "http://mirror.local/cifar.tgz".into(),
+            data_md5: "abc".into(),
+            heartbeat: Duration::from_secs(5),
+            poll: Duration::from_millis(200),
+        }
+    }
+
+    fn args(params: Value) -> anyhow::Result<Vec<String>> {
+        let placement = Placement {
+            devices: vec![DeviceKind::Cpu(0)],
+            threads: 1,
+        };
+        let cmd = train_command(&opts(), &params, &placement, Path::new("/srv/work/job-1"))?;
+        Ok(cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect())
+    }
+
+    fn value_of(args: &[String], flag: &str) -> String {
+        let i = args.iter().position(|a| a == flag).unwrap();
+        args[i + 1].clone()
+    }
+
+    /// Paths in a sweep are names under this worker's roots; data source is the worker's own.
+    #[test]
+    fn sweep_paths_resolve_under_the_workers_roots() {
+        let a = args(serde_json::json!({"data_dir": "mini", "init_from": "w/start.safetensors"}))
+            .unwrap();
+        assert_eq!(value_of(&a, "--data-dir"), "/srv/data/mini");
+        assert_eq!(value_of(&a, "--init-from"), "/srv/work/w/start.safetensors");
+        assert_eq!(value_of(&a, "--data-url"), "http://mirror.local/cifar.tgz");
+        assert_eq!(value_of(&a, "--data-md5"), "abc");
+        let a = args(serde_json::json!({})).unwrap();
+        assert_eq!(value_of(&a, "--data-dir"), "/srv/data");
+        for bad in [
+            serde_json::json!({"data_dir": "/etc"}),
+            serde_json::json!({"data_dir": "../.."}),
+            serde_json::json!({"init_from": "/root/.ssh/id_rsa"}),
+        ] {
+            assert!(args(bad.clone()).is_err(), "{bad}");
+        }
     }
 }

@@ -37,9 +37,17 @@ pub struct RunArgs {
     /// Where jobs' outputs live while they run.
     #[arg(long, default_value = "runs")]
     pub work_dir: PathBuf,
-    /// This machine's CIFAR-10 directory, passed to every job (data location is the machine's business).
+    /// This machine's CIFAR-10 directory, passed to every job (data location is the machine's
+    /// business). A sweep's `data_dir` names a directory below it (relative, never `..`).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Where jobs fetch CIFAR-10 from when their data directory is empty (the worker's setting,
+    /// never a sweep's).
+    #[arg(long, default_value = crate::data::CIFAR10_URL)]
+    pub data_url: String,
+    /// Expected md5 of that archive.
+    #[arg(long, default_value = crate::data::CIFAR10_MD5)]
+    pub data_md5: String,
     /// Name reported to the coordinator (default: hostname-pid).
     #[arg(long)]
     pub name: Option<String>,
@@ -88,6 +96,8 @@ pub fn run(a: &RunArgs) -> Result<()> {
         exe: std::env::current_exe()?,
         work_dir: a.work_dir.clone(),
         data_dir: a.data_dir.clone(),
+        data_url: a.data_url.clone(),
+        data_md5: a.data_md5.clone(),
         heartbeat: Duration::from_secs_f64(a.heartbeat_seconds),
         poll: Duration::from_millis(200),
     };
