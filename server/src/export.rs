@@ -4,7 +4,7 @@
 //! and JSON with every field, and the README block.
 use serde_json::{Map, Value};
 
-use crate::store::{JobRow, SweepDetail};
+use crate::views::{JobRow, SweepDetail};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Format {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use crate::export::{batch_size, final_acc, param_f64};
-use crate::store::{CurvePoint, JobRow};
+use crate::views::{CurvePoint, JobRow};
 
 pub const NAMES: [&str; 5] = ["lr", "loss", "acc", "batch_and_loss", "batch_and_acc"];
 pub const SIZE: (u32, u32) = (800, 500);

@@ -2,9 +2,13 @@
 //!
 //! Layout:
 //! - [`study`]: the study's table (its first README) and our sweep's results beside it.
+//! - `protocol` (its own crate): the worker protocol's messages, shared with the worker.
 //! - [`spec`]: sweep files parsed and validated at the edge; grid expansion as a pure function.
-//! - [`store`]: every query (plain SQL, checked at compile time); claims, leases and attempt fencing.
-//!   [`writer`] batches concurrent writes into one transaction (group commit).
+//! - [`store`]: every query (plain SQL, checked at compile time), grouped by state transition: the
+//!   lease state machine, sweeps, read models. [`writer`] batches concurrent writes into one
+//!   transaction (group commit). [`views`]: the read side's answer shapes.
+//! - [`auth`]: who may call what (admin and worker tokens, dashboard sessions), the Host allowlist,
+//!   security headers.
 //! - [`api`]: the REST routes and the worker protocol; [`error`] maps every failure to HTTP in one place.
 //! - [`artifacts`]: job checkpoints uploaded by workers, kept by job id under the artifacts folder.
 //! - [`events`]: server-sent events for the dashboard; [`telemetry`]: Prometheus counters.
@@ -31,4 +35,5 @@ pub mod state;
 pub mod store;
 pub mod study;
 pub mod telemetry;
+pub mod views;
 pub mod writer;

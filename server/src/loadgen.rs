@@ -2,6 +2,7 @@
 //! against a real server over loopback HTTP, counting duplicate claims and lost jobs. Optional: the
 //! same pattern in Optuna on SQLite (`optuna_peer.py`), run in the same command, for comparison.
 use anyhow::{bail, Context, Result};
+use protocol::{routes, Claim, ClaimRequest, FinishRequest, MetricsReport, Outcome};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -83,6 +84,73 @@ fn start_server(token: &str) -> Result<Served> {
 }
 
 /// One run: submit `jobs` jobs, drain them with `workers` concurrent clients.
+/// One simulated worker: claim, three epochs of metrics, finish, until no job is left. Returns each
+/// cycle's latency and the number of failed calls.
+async fn simulated_worker(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    name: &str,
+    claimed: &Mutex<HashMap<i64, usize>>,
+) -> (Vec<Duration>, usize) {
+    let (mut latencies, mut errors) = (Vec::new(), 0usize);
+    let post = |path: String, body: Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let request = ClaimRequest {
+        worker: name.to_string(),
+        capacity: None,
+    };
+    loop {
+        let c0 = Instant::now();
+        let Ok(r) = post(routes::CLAIM.into(), json!(request)).await else {
+            errors += 1;
+            continue;
+        };
+        if r.status() == reqwest::StatusCode::NO_CONTENT {
+            break;
+        }
+        let Ok(claim) = r.json::<Claim>().await else {
+            errors += 1;
+            continue;
+        };
+        *claimed
+            .lock()
+            .expect("not poisoned")
+            .entry(claim.id)
+            .or_default() += 1;
+        for epoch in 1..=3 {
+            let m = MetricsReport {
+                attempt: claim.attempt,
+                epoch,
+                lr: Some(0.01),
+                test_loss: Some(1.0 / epoch as f64),
+                accuracy: Some(0.5),
+                ..Default::default()
+            };
+            let ok = post(routes::metrics(claim.id), json!(m)).await;
+            if !ok.is_ok_and(|r| r.status().is_success()) {
+                errors += 1;
+            }
+        }
+        let f = FinishRequest {
+            attempt: claim.attempt,
+            status: Outcome::Completed,
+            summary: None,
+            error: None,
+        };
+        let ok = post(routes::finish(claim.id), json!(f)).await;
+        if !ok.is_ok_and(|r| r.status().is_success()) {
+            errors += 1;
+        }
+        latencies.push(c0.elapsed());
+    }
+    (latencies, errors)
+}
+
 pub async fn run_level(base: &str, token: &str, workers: usize, jobs: usize) -> Result<LoadResult> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(workers.max(1))
@@ -91,7 +159,7 @@ pub async fn run_level(base: &str, token: &str, workers: usize, jobs: usize) -> 
     let spec =
         json!({"name": format!("load-{workers}"), "train": {"epochs": 3}, "grid": {"seed": seeds}});
     let r = http
-        .post(format!("{base}/api/sweeps"))
+        .post(format!("{base}{}", routes::SWEEPS))
         .bearer_auth(token)
         .json(&spec)
         .send()
@@ -113,41 +181,7 @@ pub async fn run_level(base: &str, token: &str, workers: usize, jobs: usize) -> 
             claimed.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let (mut latencies, mut errors) = (Vec::new(), 0usize);
-            let name = format!("load-{w}");
-            loop {
-                let c0 = Instant::now();
-                let r = match http.post(format!("{base}/api/jobs/claim")).bearer_auth(&token).json(&json!({"worker": name})).send().await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        errors += 1;
-                        continue;
-                    }
-                };
-                if r.status() == reqwest::StatusCode::NO_CONTENT {
-                    break;
-                }
-                let Ok(claim) = r.json::<Value>().await else {
-                    errors += 1;
-                    continue;
-                };
-                let (id, attempt) = (claim["id"].as_i64().unwrap_or(-1), claim["attempt"].as_i64().unwrap_or(0));
-                *claimed.lock().expect("not poisoned").entry(id).or_default() += 1;
-                for epoch in 1..=3 {
-                    let m = json!({"attempt": attempt, "epoch": epoch, "lr": 0.01, "test_loss": 1.0 / epoch as f64, "accuracy": 0.5});
-                    let ok = http.post(format!("{base}/api/jobs/{id}/metrics")).bearer_auth(&token).json(&m).send().await;
-                    if !ok.is_ok_and(|r| r.status().is_success()) {
-                        errors += 1;
-                    }
-                }
-                let f = json!({"attempt": attempt, "status": "completed"});
-                let ok = http.post(format!("{base}/api/jobs/{id}/finish")).bearer_auth(&token).json(&f).send().await;
-                if !ok.is_ok_and(|r| r.status().is_success()) {
-                    errors += 1;
-                }
-                latencies.push(c0.elapsed());
-            }
-            (latencies, errors)
+            simulated_worker(&http, &base, &token, &format!("load-{w}"), &claimed).await
         }));
     }
     let (mut latencies, mut errors) = (Vec::<Duration>::new(), 0);
@@ -170,17 +204,15 @@ pub async fn run_level(base: &str, token: &str, workers: usize, jobs: usize) -> 
         .values()
         .filter(|&&n| n > 1)
         .count();
+    // The sweep's own count: its job list is paged.
     let detail: Value = http
-        .get(format!("{base}/api/sweeps/{sweep}"))
+        .get(format!("{base}{}?jobs=false", routes::sweep(sweep)))
         .bearer_auth(token)
         .send()
         .await?
         .json()
         .await?;
-    let completed = detail["jobs"]
-        .as_array()
-        .map(|j| j.iter().filter(|j| j["status"] == "completed").count())
-        .unwrap_or(0);
+    let completed = detail["completed"].as_u64().unwrap_or(0) as usize;
     Ok(LoadResult {
         workers,
         cycles: latencies.len(),

@@ -6,13 +6,13 @@ pub const MAX_JOBS: usize = 10_000;
 pub const MAX_NAME: usize = 100;
 pub const MAX_BODY: usize = 1 << 20;
 
-/// Defaults of `worker train` that the coordinator needs to schedule a job (the worker crate's tests
-/// check these against its own defaults).
-pub const DEFAULT_EPOCHS: i64 = 300;
-pub const DEFAULT_BATCH_SIZE: i64 = 32;
+/// Defaults of `worker train` that the coordinator needs to schedule a job, from the protocol's
+/// [`protocol::JobShape`] (the worker crate's tests check these against its own defaults).
+pub const DEFAULT_EPOCHS: i64 = protocol::JobShape::DEFAULT_EPOCHS;
+pub const DEFAULT_BATCH_SIZE: i64 = protocol::JobShape::DEFAULT_BATCH_SIZE;
 /// The trainer's default `lr` (the study's 1e-2).
-pub const DEFAULT_LR: f64 = 0.01;
-pub const DEFAULT_NPROC: i64 = 1;
+pub const DEFAULT_LR: f64 = protocol::JobShape::DEFAULT_LR;
+pub const DEFAULT_NPROC: i64 = protocol::JobShape::DEFAULT_NPROC;
 
 /// The type of a `worker train` option, as a sweep may set it. Every number has an upper bound
 /// too: a client's number later meets arithmetic (seed + repeat, epochs in curves and figures).
@@ -565,16 +565,6 @@ fn describe(ty: &KeyType) -> &'static str {
         KeyType::IncreasingInts => "a list of integers",
         KeyType::Widths => "four positive integers",
     }
-}
-
-/// What the scheduler reads from a job's settings.
-pub fn job_shape(params: &Map<String, Value>) -> (i64, i64, i64) {
-    let get = |k: &str, d: i64| params.get(k).and_then(Value::as_i64).unwrap_or(d);
-    (
-        get("batch_size", DEFAULT_BATCH_SIZE),
-        get("nproc_per_node", DEFAULT_NPROC),
-        get("epochs", DEFAULT_EPOCHS),
-    )
 }
 
 #[cfg(test)]

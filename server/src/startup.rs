@@ -295,7 +295,7 @@ pub async fn reap_once(state: &AppState) -> Result<usize> {
     let n = changed.len();
     for c in changed {
         tracing::warn!(job = c.job_id, status = %c.status, attempt = c.attempt, "lease expired");
-        if c.status != "pending" {
+        if c.status != protocol::JobStatus::Pending {
             crate::artifacts::forget(state, c.job_id).await;
         }
         state

@@ -2,7 +2,7 @@
 //! batch size per GPU on 2 GPUs), and our sweep's results beside it, cell by cell. The numbers here
 //! are the document's, typed once; every number of ours comes from the database.
 use crate::export::{self, format_lr, job_batch, job_lr, pct};
-use crate::store::{JobRow, SweepDetail};
+use crate::views::{JobRow, SweepDetail};
 
 /// What the study printed for one (batch size, lr) cell.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -249,7 +249,7 @@ async fn provenance_names_the_data_the_runs_used() {
         assert_eq!(s, 200);
     }
     let (_, detail) = app.get(&format!("/api/sweeps/{sweep}")).await;
-    let detail: server::store::SweepDetail = serde_json::from_value(detail).unwrap();
+    let detail: server::views::SweepDetail = serde_json::from_value(detail).unwrap();
     let line = server::export::provenance(&detail);
     assert!(
         line.contains("the CIFAR-10 mini set (5,000 training / 1,000 test images, ../shared/data/cifar10-mini), not the full CIFAR-10, of which 2,000 / 1,000 used"),

@@ -1,5 +1,10 @@
 //! The worker protocol over HTTP (blocking; each job's supervisor thread makes its own calls).
-use serde_json::{json, Value};
+use protocol::{
+    routes, Capacity, ClaimRequest, FinishRequest, HeartbeatReply, HeartbeatRequest, MetricsReport,
+    Outcome, ReleaseRequest,
+};
+use serde::Serialize;
+use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,16 +22,7 @@ pub enum CallError {
     Refused(String),
 }
 
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct Claim {
-    pub id: i64,
-    pub sweep_id: i64,
-    pub attempt: i64,
-    pub params: Value,
-    /// The lease granted, in milliseconds (absent from older coordinators).
-    #[serde(default)]
-    pub lease_ms: Option<i64>,
-}
+pub use protocol::Claim;
 
 #[derive(Clone)]
 pub struct Coordinator {
@@ -64,7 +60,7 @@ impl Coordinator {
         }
     }
 
-    fn post(&self, path: &str, body: Value) -> Result<Option<Value>, CallError> {
+    fn post(&self, path: &str, body: &impl Serialize) -> Result<Option<Value>, CallError> {
         let r = self
             .agent
             .post(&format!("{}{path}", self.base))
@@ -86,8 +82,14 @@ impl Coordinator {
         ranks: usize,
         max_batch_size: Option<i64>,
     ) -> Result<Option<Claim>, CallError> {
-        let body = json!({"worker": worker, "capacity": {"ranks": ranks, "max_batch_size": max_batch_size}});
-        match self.post("/api/jobs/claim", body)? {
+        let body = ClaimRequest {
+            worker: worker.to_string(),
+            capacity: Some(Capacity {
+                ranks: ranks as i64,
+                max_batch_size,
+            }),
+        };
+        match self.post(routes::CLAIM, &body)? {
             Some(v) => serde_json::from_value(v)
                 .map(Some)
                 .map_err(|e| CallError::Refused(e.to_string())),
@@ -99,7 +101,7 @@ impl Coordinator {
     pub fn unfinished_jobs(&self) -> Result<i64, CallError> {
         let v: Value = self
             .agent
-            .get(&format!("{}/api/sweeps", self.base))
+            .get(&format!("{}{}", self.base, routes::SWEEPS))
             .set("Authorization", &format!("Bearer {}", self.token))
             .call()
             .map_err(Self::classify)?
@@ -112,13 +114,12 @@ impl Coordinator {
             .sum())
     }
 
-    /// Renews the lease; true when the job was cancelled.
-    pub fn heartbeat(&self, job: i64, attempt: i64) -> Result<bool, CallError> {
-        let v = self.post(
-            &format!("/api/jobs/{job}/heartbeat"),
-            json!({ "attempt": attempt }),
-        )?;
-        Ok(v.and_then(|v| v["cancel"].as_bool()).unwrap_or(false))
+    /// Renews the lease; the reply says whether the job was cancelled.
+    pub fn heartbeat(&self, job: i64, attempt: i64) -> Result<HeartbeatReply, CallError> {
+        let v = self
+            .post(&routes::heartbeat(job), &HeartbeatRequest { attempt })?
+            .ok_or_else(|| CallError::Refused("empty heartbeat reply".into()))?;
+        serde_json::from_value(v).map_err(|e| CallError::Refused(format!("heartbeat reply: {e}")))
     }
 
     pub fn metrics(
@@ -127,9 +128,7 @@ impl Coordinator {
         attempt: i64,
         m: &crate::metrics::EpochMetrics,
     ) -> Result<(), CallError> {
-        let mut body = serde_json::to_value(m).expect("metrics serialise");
-        body["attempt"] = attempt.into();
-        self.post(&format!("/api/jobs/{job}/metrics"), body)
+        self.post(&routes::metrics(job), &report(attempt, m))
             .map(|_| ())
     }
 
@@ -137,22 +136,25 @@ impl Coordinator {
         &self,
         job: i64,
         attempt: i64,
-        status: &str,
+        status: Outcome,
         summary: Option<&Value>,
         error: Option<&str>,
     ) -> Result<(), CallError> {
-        let body =
-            json!({"attempt": attempt, "status": status, "summary": summary, "error": error});
-        self.post(&format!("/api/jobs/{job}/finish"), body)
-            .map(|_| ())
+        let body = FinishRequest {
+            attempt,
+            status,
+            summary: summary.cloned(),
+            error: error.map(str::to_string),
+        };
+        self.post(&routes::finish(job), &body).map(|_| ())
     }
 
     pub fn release(&self, job: i64, attempt: i64, reason: &str) -> Result<(), CallError> {
-        self.post(
-            &format!("/api/jobs/{job}/release"),
-            json!({"attempt": attempt, "reason": reason}),
-        )
-        .map(|_| ())
+        let body = ReleaseRequest {
+            attempt,
+            reason: Some(reason.to_string()),
+        };
+        self.post(&routes::release(job), &body).map(|_| ())
     }
 
     pub fn upload_checkpoint(&self, job: i64, attempt: i64, file: &Path) -> Result<(), CallError> {
@@ -161,8 +163,9 @@ impl Coordinator {
             .map_err(|e| CallError::Refused(format!("{}: {e}", file.display())))?;
         self.agent
             .put(&format!(
-                "{}/api/jobs/{job}/checkpoint?attempt={attempt}",
-                self.base
+                "{}{}?attempt={attempt}",
+                self.base,
+                routes::checkpoint(job)
             ))
             .set("Authorization", &format!("Bearer {}", self.token))
             .set("Content-Type", "application/octet-stream")
@@ -175,7 +178,7 @@ impl Coordinator {
     pub fn download_checkpoint(&self, job: i64, dest: &Path) -> Result<bool, CallError> {
         let r = match self
             .agent
-            .get(&format!("{}/api/jobs/{job}/checkpoint", self.base))
+            .get(&format!("{}{}", self.base, routes::checkpoint(job)))
             .set("Authorization", &format!("Bearer {}", self.token))
             .call()
         {
@@ -189,5 +192,23 @@ impl Coordinator {
             .map_err(|e| CallError::Unavailable(e.to_string()))?;
         std::fs::rename(&tmp, dest).map_err(|e| CallError::Refused(e.to_string()))?;
         Ok(true)
+    }
+}
+
+/// An epoch as the protocol carries it: non-finite numbers (a diverged run's loss) become null.
+fn report(attempt: i64, m: &crate::metrics::EpochMetrics) -> MetricsReport {
+    let finite = |x: f64| x.is_finite().then_some(x);
+    MetricsReport {
+        attempt,
+        epoch: i64::from(m.epoch),
+        lr: finite(m.lr),
+        train_loss: finite(m.train_loss),
+        test_loss: finite(m.test_loss),
+        accuracy: finite(m.accuracy),
+        precision: finite(m.precision),
+        recall: finite(m.recall),
+        f1: finite(m.f1),
+        images_per_sec: finite(m.images_per_sec),
+        seconds: finite(m.seconds),
     }
 }

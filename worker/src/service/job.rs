@@ -9,6 +9,7 @@ use super::slots::{DeviceKind, Placement};
 use crate::checkpoint::RESUME_FILE;
 use crate::metrics::EpochMetrics;
 use crate::train::{METRICS_FILE, SUMMARY_FILE};
+use protocol::{JobShape, Outcome};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -46,7 +47,7 @@ enum Write {
     Metrics(EpochMetrics),
     Upload,
     Finish {
-        status: String,
+        status: Outcome,
         summary: Option<Value>,
         error: Option<String>,
     },
@@ -181,12 +182,7 @@ impl Supervisor {
         let (id, attempt) = (self.claim.id, self.claim.attempt);
         {
             let mut p = self.progress.lock().expect("not poisoned");
-            p.epochs = self
-                .claim
-                .params
-                .get("epochs")
-                .and_then(Value::as_u64)
-                .unwrap_or(300) as u32;
+            p.epochs = JobShape::of_value(&self.claim.params).epochs as u32;
         }
         // The coordinator's checkpoint is the truth: start from it, or from nothing.
         let _ = std::fs::remove_dir_all(&self.out);
@@ -250,7 +246,7 @@ impl Supervisor {
             if last_beat.elapsed() >= self.heartbeat_every() {
                 last_beat = Instant::now();
                 match self.coord.heartbeat(id, attempt) {
-                    Ok(true) if !cancelled => {
+                    Ok(reply) if reply.cancel && !cancelled => {
                         // Nothing to keep from a cancelled run: stop it now rather than at its epoch's end.
                         tracing::info!(job = id, "cancelled: stopping the trainer");
                         cancelled = true;
@@ -284,17 +280,17 @@ impl Supervisor {
             .and_then(|b| serde_json::from_slice(&b).ok());
         let end = match code {
             _ if cancelled => Write::Finish {
-                status: "cancelled".into(),
+                status: Outcome::Cancelled,
                 summary,
                 error: Some("cancelled by the user".into()),
             },
             0 => Write::Finish {
-                status: "completed".into(),
+                status: Outcome::Completed,
                 summary,
                 error: None,
             },
             c if c == crate::EXIT_DIVERGED => Write::Finish {
-                status: "diverged".into(),
+                status: Outcome::Diverged,
                 summary,
                 error: Some("non-finite loss".into()),
             },
@@ -310,7 +306,7 @@ impl Supervisor {
                     .cloned()
                     .collect();
                 Write::Finish {
-                    status: "failed".into(),
+                    status: Outcome::Failed,
                     summary,
                     error: Some(format!(
                         "trainer exited with code {c}:\n{}",
@@ -405,7 +401,7 @@ impl Supervisor {
                     error,
                 } => self
                     .coord
-                    .finish(id, attempt, status, summary.as_ref(), error.as_deref()),
+                    .finish(id, attempt, *status, summary.as_ref(), error.as_deref()),
                 Write::Release(reason) => self.coord.release(id, attempt, reason),
             };
             match r {
@@ -457,7 +453,7 @@ impl Supervisor {
     fn end_without_child(mut self, error: String) {
         tracing::error!(job = self.job(), %error, "job failed before training");
         self.outbox.push_back(Write::Finish {
-            status: "failed".into(),
+            status: Outcome::Failed,
             summary: None,
             error: Some(error),
         });

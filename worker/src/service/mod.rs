@@ -137,7 +137,9 @@ pub fn run(a: &RunArgs) -> Result<()> {
             for ask in slots.asks() {
                 match coord.claim(&name, ask.ranks, ask.max_batch_size) {
                     Ok(Some(claim)) => {
-                        let (batch, nproc) = job_shape(&claim.params);
+                        let shape = protocol::JobShape::of_value(&claim.params);
+                        let (batch, nproc) =
+                            (shape.batch_size, shape.nproc_per_node.max(1) as usize);
                         let Some(placement) = slots.place(claim.id, nproc, batch) else {
                             // The coordinator honoured our capacity, so this does not happen; give it back.
                             let _ =
@@ -200,13 +202,4 @@ pub fn run(a: &RunArgs) -> Result<()> {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-/// Per-process batch size and process count of a job, with `worker train`'s defaults.
-fn job_shape(params: &serde_json::Value) -> (i64, usize) {
-    let get = |k: &str, d: i64| params.get(k).and_then(|v| v.as_i64()).unwrap_or(d);
-    (
-        get("batch_size", 32),
-        get("nproc_per_node", 1).max(1) as usize,
-    )
 }

@@ -1,0 +1,305 @@
+//! The worker protocol, defined once. The coordinator (`server`) parses these types and the worker
+//! (`worker`) encodes them, so renaming a field breaks the build on both sides instead of silently
+//! breaking a running sweep. Serde only: the worker never depends on axum or sqlx, the coordinator
+//! never on tch. With the `openapi` feature the types also describe themselves for utoipa.
+//!
+//! A worker's life: [`routes::CLAIM`] a job ([`ClaimRequest`] -> [`Claim`] or 204), then while its
+//! trainer runs, [`routes::heartbeat`] ([`HeartbeatRequest`] -> [`HeartbeatReply`]) at least three
+//! times per lease, [`routes::metrics`] once per epoch ([`MetricsReport`]), the checkpoint after each
+//! epoch ([`routes::checkpoint`]), and at the end [`routes::finish`] ([`FinishRequest`]) or
+//! [`routes::release`] ([`ReleaseRequest`]). Every write names its attempt; a write from an attempt
+//! that no longer holds the job gets 409.
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Paths of the routes both sides use.
+pub mod routes {
+    pub const SWEEPS: &str = "/api/sweeps";
+    pub const CLAIM: &str = "/api/jobs/claim";
+
+    pub fn heartbeat(job: i64) -> String {
+        format!("/api/jobs/{job}/heartbeat")
+    }
+
+    pub fn metrics(job: i64) -> String {
+        format!("/api/jobs/{job}/metrics")
+    }
+
+    pub fn finish(job: i64) -> String {
+        format!("/api/jobs/{job}/finish")
+    }
+
+    pub fn release(job: i64) -> String {
+        format!("/api/jobs/{job}/release")
+    }
+
+    /// `PUT ...?attempt=N` uploads, `GET` downloads.
+    pub fn checkpoint(job: i64) -> String {
+        format!("/api/jobs/{job}/checkpoint")
+    }
+
+    pub fn sweep(id: i64) -> String {
+        format!("/api/sweeps/{id}")
+    }
+
+    pub fn job(id: i64) -> String {
+        format!("/api/jobs/{id}")
+    }
+}
+
+/// Where a job is in its life. Stored as these lowercase words (the SQL `CHECK` lists them too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Completed,
+    Diverged,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Pending,
+        JobStatus::Running,
+        JobStatus::Completed,
+        JobStatus::Diverged,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Diverged => "diverged",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the stored word; None for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// The job has ended and will not run again.
+    pub fn is_final(self) -> bool {
+        !matches!(self, JobStatus::Pending | JobStatus::Running)
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a worker ends an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The trainer finished every epoch.
+    Completed,
+    /// A non-finite loss: a result, never retried.
+    Diverged,
+    /// Retried until the job's attempts run out.
+    Failed,
+    /// After a cancel seen on a heartbeat.
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Diverged => "diverged",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What a worker has free; a claim only hands out a job that fits.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Capacity {
+    /// Free ranks (devices or CPU rank slots): a job needs `nproc_per_node` of them.
+    pub ranks: i64,
+    /// Largest per-process batch size the free slot takes (packing small jobs); none: any.
+    pub max_batch_size: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClaimRequest {
+    /// The worker's name (at most 200 bytes), shown in the job's attempts.
+    pub worker: String,
+    pub capacity: Option<Capacity>,
+}
+
+/// A job handed to a worker under a lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Claim {
+    pub id: i64,
+    pub sweep_id: i64,
+    /// The fencing token: every write of this attempt names it.
+    pub attempt: i64,
+    /// The job's full `worker train` settings.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub params: Value,
+    /// The coordinator's clock (Unix ms).
+    pub lease_expires_at: i64,
+    /// The lease's length: a worker heartbeats well inside it (its clock need not agree with the
+    /// coordinator's). Absent from older coordinators.
+    #[serde(default)]
+    pub lease_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeartbeatRequest {
+    pub attempt: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeartbeatReply {
+    /// The job's sweep was cancelled: stop the trainer and finish `cancelled`.
+    pub cancel: bool,
+    pub lease_expires_at: i64,
+}
+
+/// One epoch's metrics: what a worker reports, and what is stored and served (with the attempt
+/// that recorded it). A non-finite number is `null` (JSON has no NaN).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MetricsReport {
+    pub attempt: i64,
+    /// 1-based, at most the job's epochs.
+    pub epoch: i64,
+    pub lr: Option<f64>,
+    pub train_loss: Option<f64>,
+    pub test_loss: Option<f64>,
+    /// Fractions in [0, 1].
+    pub accuracy: Option<f64>,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub f1: Option<f64>,
+    pub images_per_sec: Option<f64>,
+    pub seconds: Option<f64>,
+}
+
+/// The answer to a metrics report.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MetricsReply {
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FinishRequest {
+    pub attempt: i64,
+    pub status: Outcome,
+    /// The trainer's `summary.json`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub summary: Option<Value>,
+    /// Why it failed (the coordinator keeps at most 8 KiB).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReleaseRequest {
+    pub attempt: i64,
+    pub reason: Option<String>,
+}
+
+/// A job whose state changed: the answer to finish and release, and an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobChange {
+    pub job_id: i64,
+    pub sweep_id: i64,
+    pub status: JobStatus,
+    pub attempt: i64,
+}
+
+/// What the scheduler reads from a job's settings, with `worker train`'s defaults (the worker's
+/// tests check these against its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobShape {
+    /// Per process.
+    pub batch_size: i64,
+    /// Data-parallel ranks on one worker.
+    pub nproc_per_node: i64,
+    pub epochs: i64,
+}
+
+impl JobShape {
+    pub const DEFAULT_EPOCHS: i64 = 300;
+    pub const DEFAULT_BATCH_SIZE: i64 = 32;
+    pub const DEFAULT_NPROC: i64 = 1;
+    /// The trainer's default lr (the study's 1e-2).
+    pub const DEFAULT_LR: f64 = 0.01;
+
+    pub fn of(params: &Map<String, Value>) -> Self {
+        let get = |k: &str, d: i64| params.get(k).and_then(Value::as_i64).unwrap_or(d);
+        JobShape {
+            batch_size: get("batch_size", Self::DEFAULT_BATCH_SIZE),
+            nproc_per_node: get("nproc_per_node", Self::DEFAULT_NPROC),
+            epochs: get("epochs", Self::DEFAULT_EPOCHS),
+        }
+    }
+
+    /// From a claim's params (any JSON; a non-object has the defaults).
+    pub fn of_value(params: &Value) -> Self {
+        params
+            .as_object()
+            .map(Self::of)
+            .unwrap_or_else(|| Self::of(&Map::new()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_their_stored_words() {
+        for s in JobStatus::ALL {
+            assert_eq!(JobStatus::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(JobStatus::parse("done"), None);
+        assert!(JobStatus::Cancelled.is_final() && !JobStatus::Running.is_final());
+    }
+
+    #[test]
+    fn the_job_shape_falls_back_to_the_trainers_defaults() {
+        let p = serde_json::json!({"batch_size": 64});
+        assert_eq!(
+            JobShape::of_value(&p),
+            JobShape {
+                batch_size: 64,
+                nproc_per_node: 1,
+                epochs: 300
+            }
+        );
+    }
+
+    #[test]
+    fn a_claim_from_an_older_coordinator_has_no_lease_length() {
+        let c: Claim = serde_json::from_value(serde_json::json!(
+            {"id": 1, "sweep_id": 2, "attempt": 1, "params": {}, "lease_expires_at": 5}
+        ))
+        .unwrap();
+        assert_eq!(c.lease_ms, None);
+    }
+}

@@ -1,0 +1,363 @@
+//! A job's lease: claimed (one statement picks and takes the job, incrementing its attempt),
+//! renewed by heartbeats, written to by the attempt that holds it (each write fenced by attempt in
+//! its own WHERE), and ended by finish, release or an expired lease. A cancelled sweep's job ends
+//! `cancelled` on every one of those paths.
+use super::*;
+
+impl Store {
+    /// After a restart, running jobs get a fresh lease: their workers could not heartbeat while the
+    /// coordinator was down, and must not lose their jobs for it.
+    pub async fn extend_running_leases(&self, now: i64, lease_ms: i64) -> Result<u64> {
+        let until = now + lease_ms;
+        self.writer
+            .run(move |c| {
+                async move {
+                    let r = sqlx::query!("UPDATE jobs SET lease_expires_at = max(lease_expires_at, ?) WHERE status = 'running'", until)
+                        .execute(&mut *c)
+                        .await?;
+                    Ok(r.rows_affected())
+                }
+                .boxed()
+            })
+            .await
+    }
+
+    /// Hands the oldest pending job that fits `capacity` to `worker`, under a lease. One statement
+    /// picks and takes the job, so two claims can never get the same one.
+    pub async fn claim_next(
+        &self,
+        worker: &str,
+        capacity: Option<Capacity>,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Option<Claim>> {
+        let until = now + lease_ms;
+        let (ranks, max_batch) = match capacity {
+            Some(c) => (Some(c.ranks), c.max_batch_size),
+            None => (None, None),
+        };
+        let worker = worker.to_string();
+        let row = self.writer.run(move |c| async move { Ok(sqlx::query!(
+            // A cancel sticks: a job whose sweep was cancelled is never handed out again, whatever
+            // raced the cancel (cancel_requested is never cleared).
+            // The claim takes the next attempt number (the fencing token) in the same statement.
+            r#"UPDATE jobs SET status = 'running', attempt = attempt + 1, worker = ?1, lease_expires_at = ?2, claimed_at = ?3,
+                   started_at = coalesce(started_at, ?3)
+               WHERE id = (SELECT j.id FROM jobs j
+                           WHERE j.status = 'pending'
+                             AND j.cancel_requested = 0
+                             AND (?4 IS NULL OR j.nproc <= ?4)
+                             AND (?5 IS NULL OR j.batch_size <= ?5)
+                             AND NOT EXISTS (SELECT 1 FROM sweeps s WHERE s.id = j.sweep_id AND s.cancelled_at IS NOT NULL)
+                           ORDER BY j.id LIMIT 1)
+               RETURNING id AS "id!", sweep_id AS "sweep_id!", attempt AS "attempt!", params AS "params!""#,
+            worker,
+            until,
+            now,
+            ranks,
+            max_batch
+        )
+        .fetch_optional(&mut *c)
+        .await?) }.boxed())
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Claim {
+            id: row.id,
+            sweep_id: row.sweep_id,
+            attempt: row.attempt,
+            params: serde_json::from_str(&row.params).unwrap_or(Value::Null),
+            lease_expires_at: until,
+            lease_ms: Some(lease_ms),
+        }))
+    }
+
+    /// The fence: Ok if `attempt` holds `job` (running), else why not.
+    async fn fence_error(&self, job: i64, attempt: i64) -> StoreError {
+        match sqlx::query!("SELECT status, attempt FROM jobs WHERE id = ?", job)
+            .fetch_optional(&self.read)
+            .await
+        {
+            Ok(None) => StoreError::NotFound(format!("job {job}")),
+            Ok(Some(r)) if r.attempt != attempt => StoreError::Conflict(format!(
+                "job {job}: attempt {attempt} no longer holds the lease (current attempt {})",
+                r.attempt
+            )),
+            Ok(Some(r)) => StoreError::Conflict(format!(
+                "job {job} is {}, not running: attempt {attempt} no longer holds it",
+                r.status
+            )),
+            Err(e) => e.into(),
+        }
+    }
+
+    pub async fn heartbeat(
+        &self,
+        job: i64,
+        attempt: i64,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<HeartbeatReply> {
+        let until = now + lease_ms;
+        let row = self
+            .writer
+            .run(move |c| {
+                async move {
+                    Ok(sqlx::query!(
+                        r#"UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND attempt = ? AND status = 'running'
+                           RETURNING cancel_requested AS "cancel!""#,
+                        until,
+                        job,
+                        attempt
+                    )
+                    .fetch_optional(&mut *c)
+                    .await?)
+                }
+                .boxed()
+            })
+            .await?;
+        match row {
+            Some(r) => Ok(HeartbeatReply {
+                cancel: r.cancel != 0,
+                lease_expires_at: until,
+            }),
+            None => Err(self.fence_error(job, attempt).await),
+        }
+    }
+
+    /// Stores one epoch's metrics. The same epoch reported twice is stored once; a later attempt's
+    /// report of an epoch replaces an earlier attempt's (it is the trajectory that continues).
+    pub async fn record_metrics(&self, job: i64, m: &MetricsReport, now: i64) -> Result<i64> {
+        // One statement: the fence is the SELECT's WHERE, the idempotence the primary key, and the
+        // job's epoch follows by trigger.
+        let m = m.clone();
+        let attempt = m.attempt;
+        let stored = self
+            .writer
+            .run(move |c| {
+                async move {
+                    Ok(sqlx::query_scalar!(
+                        r#"INSERT INTO metrics (job_id, sweep_id, epoch, attempt, lr, train_loss, test_loss, accuracy, precision,
+                                                recall, f1, images_per_sec, seconds, recorded_at)
+                           SELECT id, sweep_id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 FROM jobs
+                           WHERE id = ?1 AND attempt = ?3 AND status = 'running' AND ?2 <= epochs
+                           ON CONFLICT (job_id, epoch) DO UPDATE SET
+                              attempt = excluded.attempt, lr = excluded.lr, train_loss = excluded.train_loss,
+                              test_loss = excluded.test_loss, accuracy = excluded.accuracy, precision = excluded.precision,
+                              recall = excluded.recall, f1 = excluded.f1, images_per_sec = excluded.images_per_sec,
+                              seconds = excluded.seconds, recorded_at = excluded.recorded_at
+                           WHERE excluded.attempt > metrics.attempt
+                           RETURNING sweep_id AS "sweep_id!""#,
+                        job,
+                        m.epoch,
+                        m.attempt,
+                        m.lr,
+                        m.train_loss,
+                        m.test_loss,
+                        m.accuracy,
+                        m.precision,
+                        m.recall,
+                        m.f1,
+                        m.images_per_sec,
+                        m.seconds,
+                        now
+                    )
+                    .fetch_optional(&mut *c)
+                    .await?)
+                }
+                .boxed()
+            })
+            .await?;
+        if let Some(sweep_id) = stored {
+            return Ok(sweep_id);
+        }
+        // Nothing stored: a repeat of an epoch (fine) or a write from an attempt without the lease.
+        let row = sqlx::query!(
+            "SELECT sweep_id, status, attempt, epochs FROM jobs WHERE id = ?",
+            job
+        )
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
+        if row.attempt != attempt || row.status != "running" {
+            return Err(self.fence_error(job, attempt).await);
+        }
+        if m.epoch > row.epochs {
+            return Err(StoreError::Invalid(format!(
+                "epoch: {} is past the job's last epoch ({})",
+                m.epoch, row.epochs
+            )));
+        }
+        Ok(row.sweep_id)
+    }
+
+    /// Ends an attempt. `completed`, `diverged` and `cancelled` end the job; `failed` sends it back to
+    /// pending (the next claim takes the next attempt) unless it has used all of them. A repeated
+    /// finish is a no-op.
+    pub async fn finish(
+        &self,
+        job: i64,
+        attempt: i64,
+        outcome: &str,
+        summary: Option<&Value>,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<JobChange> {
+        let summary = summary.map(Value::to_string);
+        let (outcome_s, error_s) = (outcome.to_string(), error.map(str::to_string));
+        let row = self.writer.run(move |c| async move { let (outcome, error) = (outcome_s, error_s); Ok(sqlx::query!(
+            // `failed` with attempts left goes back to pending, unless the job's sweep was cancelled
+            // meanwhile: then it ends cancelled (a retry would run a cancelled job).
+            r#"UPDATE jobs SET
+                 status = CASE WHEN ?3 = 'failed' AND attempt < max_attempts AND cancel_requested = 0 THEN 'pending'
+                               WHEN ?3 = 'failed' AND cancel_requested = 1 THEN 'cancelled'
+                               ELSE ?3 END,
+                 finished_at = CASE WHEN ?3 = 'failed' AND attempt < max_attempts AND cancel_requested = 0 THEN NULL
+                                    ELSE ?4 END,
+                 summary = coalesce(?5, summary),
+                 error = coalesce(?6, error),
+                 worker = CASE WHEN ?3 = 'failed' AND attempt < max_attempts AND cancel_requested = 0 THEN NULL
+                               ELSE worker END,
+                 lease_expires_at = NULL,
+                 attempt_ended_at = ?4, attempt_outcome = ?3, attempt_error = ?6
+               WHERE id = ?1 AND attempt = ?2 AND status = 'running'
+               RETURNING sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!""#,
+            job,
+            attempt,
+            outcome,
+            now,
+            summary,
+            error
+        )
+        .fetch_optional(&mut *c)
+        .await?) }.boxed())
+        .await?;
+        if let Some(row) = row {
+            return Ok(JobChange {
+                job_id: job,
+                sweep_id: row.sweep_id,
+                status: status_of(&row.status),
+                attempt: row.attempt,
+            });
+        }
+        // Idempotent: the same attempt finishing the same way again changes nothing.
+        let done = sqlx::query!(
+            r#"SELECT a.outcome AS "outcome?", j.sweep_id, j.status, j.attempt FROM attempts a JOIN jobs j ON j.id = a.job_id
+               WHERE a.job_id = ? AND a.attempt = ?"#,
+            job,
+            attempt
+        )
+        .fetch_optional(&self.read)
+        .await?;
+        match done {
+            Some(d) if d.outcome.as_deref() == Some(outcome) => Ok(JobChange {
+                job_id: job,
+                sweep_id: d.sweep_id,
+                status: status_of(&d.status),
+                attempt: d.attempt,
+            }),
+            _ => Err(self.fence_error(job, attempt).await),
+        }
+    }
+
+    /// Gives a running job back without counting it as a failure (a worker shutting down after a
+    /// checkpoint): pending again with the next attempt, and one more attempt allowed.
+    pub async fn release(
+        &self,
+        job: i64,
+        attempt: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<JobChange> {
+        let reason = reason.to_string();
+        let row = self
+            .writer
+            .run(move |c| {
+                async move {
+                    Ok(sqlx::query!(
+                        // Released after a cancel: the job ends cancelled instead of waiting for a claim.
+                        r#"UPDATE jobs SET
+                             status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END,
+                             max_attempts = CASE WHEN cancel_requested = 1 THEN max_attempts ELSE max_attempts + 1 END,
+                             finished_at = CASE WHEN cancel_requested = 1 THEN ?3 ELSE finished_at END,
+                             worker = CASE WHEN cancel_requested = 1 THEN worker END,
+                             lease_expires_at = NULL,
+                             attempt_ended_at = ?3, attempt_outcome = 'released', attempt_error = ?4
+                           WHERE id = ?1 AND attempt = ?2 AND status = 'running'
+                           RETURNING sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!""#,
+                        job,
+                        attempt,
+                        now,
+                        reason
+                    )
+                    .fetch_optional(&mut *c)
+                    .await?)
+                }
+                .boxed()
+            })
+            .await?;
+        match row {
+            Some(r) => Ok(JobChange {
+                job_id: job,
+                sweep_id: r.sweep_id,
+                status: status_of(&r.status),
+                attempt: r.attempt,
+            }),
+            None => Err(self.fence_error(job, attempt).await),
+        }
+    }
+
+    /// Ok when `attempt` holds `job` now (for writes outside the database, like checkpoint files).
+    pub async fn check_fence(&self, job: i64, attempt: i64) -> Result<()> {
+        let row = sqlx::query!("SELECT status, attempt FROM jobs WHERE id = ?", job)
+            .fetch_optional(&self.read)
+            .await?;
+        match row {
+            Some(r) if r.attempt == attempt && r.status == "running" => Ok(()),
+            _ => Err(self.fence_error(job, attempt).await),
+        }
+    }
+
+    pub async fn job_exists(&self, job: i64) -> Result<bool> {
+        Ok(sqlx::query_scalar!("SELECT id FROM jobs WHERE id = ?", job)
+            .fetch_optional(&self.read)
+            .await?
+            .is_some())
+    }
+
+    /// Returns every running job whose lease ran out before `now` to pending (its next claim takes the
+    /// next attempt), or fails it when it has used all its attempts.
+    pub async fn requeue_expired(&self, now: i64) -> Result<Vec<JobChange>> {
+        let rows = self.writer.run(move |c| async move { Ok(sqlx::query!(
+            // A cancelled job whose worker vanished ends cancelled, not pending or failed.
+            r#"UPDATE jobs SET
+                 status = CASE WHEN cancel_requested = 1 THEN 'cancelled'
+                               WHEN attempt < max_attempts THEN 'pending'
+                               ELSE 'failed' END,
+                 error = CASE WHEN cancel_requested = 1 THEN 'cancelled; its worker stopped heartbeating'
+                              WHEN attempt < max_attempts THEN error
+                              ELSE 'lease expired on attempt ' || attempt || ' of ' || max_attempts || ' (worker ' || coalesce(worker, '?') || ' stopped heartbeating)' END,
+                 finished_at = CASE WHEN attempt < max_attempts AND cancel_requested = 0 THEN NULL ELSE ?1 END,
+
+                 worker = NULL, lease_expires_at = NULL,
+                 attempt_ended_at = ?1, attempt_outcome = 'lease expired',
+                 attempt_error = 'no heartbeat before the lease ran out'
+               WHERE status = 'running' AND lease_expires_at < ?1
+               RETURNING id AS "id!", sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!""#,
+            now
+        )
+        .fetch_all(&mut *c)
+        .await?) }.boxed())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| JobChange {
+                job_id: r.id,
+                sweep_id: r.sweep_id,
+                status: status_of(&r.status),
+                attempt: r.attempt,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,131 @@
+//! The coordinator's state in SQLite. Every state change is one transaction; every worker write is
+//! fenced by attempt inside the statement that makes it, never by a read followed by a write.
+//!
+//! Writes go through one connection owned by the group-commit [`Writer`] (SQLite has one writer
+//! anyway); reads through a pool of several (WAL lets them run alongside).
+//!
+//! The statements are grouped by what they change:
+//! - [`lease`]: the lease state machine of a job: claim, heartbeat, metrics, finish, release,
+//!   requeue of expired leases, and the fence every worker write passes.
+//! - [`sweeps`]: sweeps created (with their jobs) and cancelled.
+//! - [`reads`]: the read models: sweeps with counts, job pages, the grid, curves, a job's history.
+//!
+//! Two triggers act inside these statements (see the first migration): `attempt_ended` files a row
+//! in `attempts` whenever a job leaves `running`, and `epoch_recorded` moves `jobs.epoch` forward
+//! on each metrics insert; so every hot write is one statement.
+use serde_json::{Map, Value};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::spec::SweepSpec;
+use crate::writer::Writer;
+use futures::FutureExt;
+use protocol::{Capacity, Claim, HeartbeatReply, JobChange, JobShape, JobStatus, MetricsReport};
+use sqlx::{ConnectOptions, SqliteConnection};
+
+mod lease;
+mod reads;
+mod sweeps;
+
+use crate::views::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A write from an attempt that no longer holds the job (or a job no longer running).
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The write's batch did not commit (or the writer is gone): nothing of it was stored.
+    #[error("the write was not committed")]
+    NotCommitted,
+    /// A value the job's own state rules out (an epoch past the job's last).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    read: SqlitePool,
+    writer: Writer,
+}
+
+/// Job statuses that end a job.
+pub const FINAL: [&str; 4] = ["completed", "diverged", "failed", "cancelled"];
+
+fn sweep_status(cancelled: bool, pending: i64, running: i64, total: i64) -> String {
+    if cancelled {
+        "cancelled"
+    } else if running > 0 || (pending > 0 && pending < total) {
+        "running"
+    } else if pending > 0 {
+        "pending"
+    } else {
+        "finished"
+    }
+    .into()
+}
+
+/// A stored status word as the enum. The table's CHECK constraint admits only these words.
+fn status_of(s: &str) -> JobStatus {
+    JobStatus::parse(s).unwrap_or(JobStatus::Failed)
+}
+
+fn parse_json(text: Option<&str>) -> Option<Value> {
+    text.and_then(|t| serde_json::from_str(t).ok())
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and applies the migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, Duration::from_secs(10)).await
+    }
+
+    /// `open`, waiting at most `busy_timeout` for a lock another process holds on the file.
+    pub async fn open_with(path: &Path, busy_timeout: Duration) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: every acknowledged write (a claim, a finish, a submitted sweep) is on disk
+            // before its answer, power loss included; a lost claim would otherwise hand the same
+            // (job, attempt) fencing token to a second worker. Group commit pays one fsync per batch.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(busy_timeout);
+        let mut write: SqliteConnection = opts.clone().connect().await?;
+        sqlx::migrate!("../migrations").run(&mut write).await?;
+        // No ping before each acquire: on a local file it only adds a round trip to every request.
+        let read = SqlitePoolOptions::new()
+            .max_connections(8)
+            .test_before_acquire(false)
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(Store {
+            read,
+            writer: Writer::spawn(write),
+        })
+    }
+
+    /// The write connection's `PRAGMA synchronous` (2 is FULL): what durability an answer promises.
+    pub async fn synchronous(&self) -> Result<i64> {
+        self.writer
+            .run(|c| {
+                async move {
+                    Ok(sqlx::query_scalar::<_, i64>("PRAGMA synchronous")
+                        .fetch_one(&mut *c)
+                        .await?)
+                }
+                .boxed()
+            })
+            .await
+    }
+}

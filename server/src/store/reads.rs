@@ -1,0 +1,383 @@
+//! Read models, from the read pool: never the writer.
+use super::*;
+
+/// A jobs row as SQL returns it (shared by the queries that list jobs).
+struct JobSql {
+    id: i64,
+    sweep_id: i64,
+    params: String,
+    status: String,
+    attempt: i64,
+    max_attempts: i64,
+    epoch: i64,
+    epochs: i64,
+    worker: Option<String>,
+    error: Option<String>,
+    summary: Option<String>,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    m_epoch: Option<i64>,
+    m_attempt: Option<i64>,
+    lr: Option<f64>,
+    train_loss: Option<f64>,
+    test_loss: Option<f64>,
+    accuracy: Option<f64>,
+    precision: Option<f64>,
+    recall: Option<f64>,
+    f1: Option<f64>,
+    images_per_sec: Option<f64>,
+    seconds: Option<f64>,
+}
+
+impl From<JobSql> for JobRow {
+    fn from(r: JobSql) -> Self {
+        JobRow {
+            latest: r.m_epoch.map(|epoch| MetricsReport {
+                epoch,
+                attempt: r.m_attempt.unwrap_or(0),
+                lr: r.lr,
+                train_loss: r.train_loss,
+                test_loss: r.test_loss,
+                accuracy: r.accuracy,
+                precision: r.precision,
+                recall: r.recall,
+                f1: r.f1,
+                images_per_sec: r.images_per_sec,
+                seconds: r.seconds,
+            }),
+            id: r.id,
+            sweep_id: r.sweep_id,
+            params: serde_json::from_str(&r.params).unwrap_or(Value::Null),
+            status: r.status,
+            attempt: r.attempt,
+            max_attempts: r.max_attempts,
+            epoch: r.epoch,
+            epochs: r.epochs,
+            worker: r.worker,
+            error: r.error,
+            summary: parse_json(r.summary.as_deref()),
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+impl Store {
+    pub async fn list_sweeps(&self) -> Result<Vec<SweepRow>> {
+        self.sweeps(None).await
+    }
+
+    /// All sweeps, or only `only`: one query either way, so a single sweep costs a single sweep.
+    async fn sweeps(&self, only: Option<i64>) -> Result<Vec<SweepRow>> {
+        let rows = sqlx::query!(
+            r#"SELECT s.id AS "id!", s.name, s.created_at, s.cancelled_at,
+                 count(j.id) AS "total!: i64",
+                 coalesce(sum(j.status = 'pending'), 0) AS "pending!: i64",
+                 coalesce(sum(j.status = 'running'), 0) AS "running!: i64",
+                 coalesce(sum(j.status = 'completed'), 0) AS "completed!: i64",
+                 coalesce(sum(j.status = 'diverged'), 0) AS "diverged!: i64",
+                 coalesce(sum(j.status = 'failed'), 0) AS "failed!: i64",
+                 coalesce(sum(j.status = 'cancelled'), 0) AS "cancelled!: i64",
+                 (SELECT max(m.accuracy) FROM metrics m JOIN jobs j2 ON j2.id = m.job_id WHERE j2.sweep_id = s.id
+                    AND m.epoch = j2.epoch) AS "best_accuracy: f64"
+               FROM sweeps s LEFT JOIN jobs j ON j.sweep_id = s.id
+               WHERE ?1 IS NULL OR s.id = ?1
+               GROUP BY s.id ORDER BY s.id DESC"#,
+            only
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SweepRow {
+                status: sweep_status(r.cancelled_at.is_some(), r.pending, r.running, r.total),
+                id: r.id,
+                name: r.name,
+                created_at: r.created_at,
+                total: r.total,
+                pending: r.pending,
+                running: r.running,
+                completed: r.completed,
+                diverged: r.diverged,
+                failed: r.failed,
+                cancelled: r.cancelled,
+                best_accuracy: r.best_accuracy,
+            })
+            .collect())
+    }
+
+    /// A sweep's summary row (no jobs); NotFound if there is no such sweep.
+    pub async fn get_sweep_row(&self, sweep: i64) -> Result<SweepRow> {
+        self.sweeps(Some(sweep))
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))
+    }
+
+    pub async fn get_sweep(&self, sweep: i64) -> Result<SweepDetail> {
+        self.sweep_detail(sweep, true).await
+    }
+
+    /// A sweep with its spec; its jobs too unless `with_jobs` is false (the dashboard pages them).
+    pub async fn sweep_detail(&self, sweep: i64, with_jobs: bool) -> Result<SweepDetail> {
+        let s = sqlx::query!("SELECT spec FROM sweeps WHERE id = ?", sweep)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))?;
+        let row = self
+            .sweeps(Some(sweep))
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))?;
+        let jobs = if with_jobs {
+            self.jobs_of(sweep, None).await?
+        } else {
+            vec![]
+        };
+        Ok(SweepDetail {
+            sweep: row,
+            spec: serde_json::from_str(&s.spec).unwrap_or(Value::Null),
+            jobs,
+        })
+    }
+
+    /// The jobs of a sweep in grid order (or only job `only`), each with its latest epoch's metrics.
+    async fn jobs_of(&self, sweep: i64, only: Option<i64>) -> Result<Vec<JobRow>> {
+        let rows = sqlx::query_as!(
+            JobSql,
+            r#"SELECT j.id AS "id!", j.sweep_id, j.params, j.status, j.attempt, j.max_attempts, j.epoch, j.epochs,
+                      j.worker, j.error, j.summary, j.started_at, j.finished_at,
+                      m.epoch AS "m_epoch?", m.attempt AS "m_attempt?", m.lr, m.train_loss, m.test_loss, m.accuracy,
+                      m.precision, m.recall, m.f1, m.images_per_sec, m.seconds
+               FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+               WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.id = ?2) ORDER BY j.idx"#,
+            sweep,
+            only
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(JobRow::from).collect())
+    }
+
+    /// One page of a sweep's jobs, filtered and sorted in SQL so a 10,000-job sweep costs one page.
+    pub async fn jobs_page(&self, sweep: i64, q: &JobQuery) -> Result<JobPage> {
+        self.get_sweep_row(sweep).await?;
+        let status = q.status.as_deref().filter(|s| !s.is_empty());
+        let text = q.q.as_deref().filter(|s| !s.is_empty());
+        let sort = q.sort.as_deref().unwrap_or("idx");
+        let desc = q.desc as i64;
+        let limit = if q.limit <= 0 { 50 } else { q.limit.min(500) };
+        let offset = q.offset.max(0);
+        let total = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!: i64" FROM jobs j
+               WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.status = ?2)
+                 AND (?3 IS NULL OR j.params LIKE '%' || ?3 || '%' OR coalesce(j.worker, '') LIKE '%' || ?3 || '%')"#,
+            sweep,
+            status,
+            text
+        )
+        .fetch_one(&self.read)
+        .await?;
+        // The sort key is chosen by CASE so the statement stays one compile-checked query; unknown
+        // keys fall back to grid order.
+        let rows = sqlx::query_as!(
+            JobSql,
+            r#"SELECT j.id AS "id!", j.sweep_id, j.params, j.status, j.attempt, j.max_attempts, j.epoch, j.epochs,
+                      j.worker, j.error, j.summary, j.started_at, j.finished_at,
+                      m.epoch AS "m_epoch?", m.attempt AS "m_attempt?", m.lr, m.train_loss, m.test_loss, m.accuracy,
+                      m.precision, m.recall, m.f1, m.images_per_sec, m.seconds
+               FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+               WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.status = ?2)
+                 AND (?3 IS NULL OR j.params LIKE '%' || ?3 || '%' OR coalesce(j.worker, '') LIKE '%' || ?3 || '%')
+               ORDER BY
+                 CASE WHEN ?5 = 0 THEN (CASE ?4
+                   WHEN 'batch_size' THEN json_extract(j.params, '$.batch_size') WHEN 'lr' THEN json_extract(j.params, '$.lr')
+                   WHEN 'status' THEN j.status WHEN 'attempt' THEN j.attempt WHEN 'epoch' THEN j.epoch
+                   WHEN 'test_loss' THEN m.test_loss WHEN 'train_loss' THEN m.train_loss WHEN 'accuracy' THEN m.accuracy
+                   WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'worker' THEN j.worker ELSE j.idx END) END ASC,
+                 CASE WHEN ?5 = 1 THEN (CASE ?4
+                   WHEN 'batch_size' THEN json_extract(j.params, '$.batch_size') WHEN 'lr' THEN json_extract(j.params, '$.lr')
+                   WHEN 'status' THEN j.status WHEN 'attempt' THEN j.attempt WHEN 'epoch' THEN j.epoch
+                   WHEN 'test_loss' THEN m.test_loss WHEN 'train_loss' THEN m.train_loss WHEN 'accuracy' THEN m.accuracy
+                   WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'worker' THEN j.worker ELSE j.idx END) END DESC,
+                 j.idx
+               LIMIT ?6 OFFSET ?7"#,
+            sweep,
+            status,
+            text,
+            sort,
+            desc,
+            limit,
+            offset
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(JobPage {
+            total,
+            offset,
+            jobs: rows.into_iter().map(JobRow::from).collect(),
+        })
+    }
+
+    /// The batch size x lr grid of a sweep: per cell its jobs, how many diverged, the best final
+    /// (or latest) accuracy. Jobs that leave a key out run with the trainer's default.
+    pub async fn grid(&self, sweep: i64) -> Result<Vec<GridCell>> {
+        let (bs, lr) = (crate::spec::DEFAULT_BATCH_SIZE, crate::spec::DEFAULT_LR);
+        Ok(sqlx::query_as!(
+            GridCell,
+            r#"SELECT coalesce(json_extract(j.params, '$.batch_size'), ?2) AS "batch_size!: i64",
+                      coalesce(json_extract(j.params, '$.lr'), ?3) AS "lr!: f64",
+                      count(*) AS "jobs!: i64",
+                      sum(j.status = 'completed') AS "completed!: i64",
+                      sum(j.status = 'diverged') AS "diverged!: i64",
+                      sum(j.status = 'running') AS "running!: i64",
+                      max(m.accuracy) AS "accuracy: f64",
+                      max(j.epoch) AS "epoch!: i64", max(j.epochs) AS "epochs!: i64"
+               FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+               WHERE j.sweep_id = ?1 GROUP BY 1, 2 ORDER BY 1, 2"#,
+            sweep,
+            bs,
+            lr
+        )
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Learning curves at one lr, one line per batch size (its first job), at most about `points`
+    /// epochs per line (every k-th epoch, plus the first and the latest).
+    pub async fn curves(&self, sweep: i64, lr: f64, points: i64) -> Result<Vec<Series>> {
+        let (dbs, dlr) = (crate::spec::DEFAULT_BATCH_SIZE, crate::spec::DEFAULT_LR);
+        let epochs = sqlx::query_scalar!(
+            r#"SELECT max(epochs) AS "n: i64" FROM jobs WHERE sweep_id = ?"#,
+            sweep
+        )
+        .fetch_one(&self.read)
+        .await?
+        .unwrap_or(1);
+        let stride = (epochs + points.max(2) - 1) / points.max(2);
+        let rows = sqlx::query!(
+            r#"WITH reps AS (
+                 SELECT min(j.id) AS job_id, coalesce(json_extract(j.params, '$.batch_size'), ?3) AS bs
+                 FROM jobs j
+                 WHERE j.sweep_id = ?1 AND abs(coalesce(json_extract(j.params, '$.lr'), ?4) - ?2) <= 1e-9 * abs(?2)
+                 GROUP BY bs)
+               SELECT r.bs AS "batch_size!: i64", r.job_id AS "job_id!: i64", j.status, m.epoch, m.lr,
+                      m.train_loss, m.test_loss, m.accuracy
+               FROM reps r JOIN jobs j ON j.id = r.job_id JOIN metrics m ON m.job_id = r.job_id
+               WHERE m.epoch % ?5 = 0 OR m.epoch = 1 OR m.epoch = j.epoch
+               ORDER BY r.bs, m.epoch"#,
+            sweep,
+            lr,
+            dbs,
+            dlr,
+            stride
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let mut out: Vec<Series> = Vec::new();
+        for r in rows {
+            if out.last().is_none_or(|s| s.job_id != r.job_id) {
+                out.push(Series {
+                    batch_size: r.batch_size,
+                    job_id: r.job_id,
+                    status: r.status.clone(),
+                    ..Default::default()
+                });
+            }
+            let s = out.last_mut().expect("pushed above");
+            s.epoch.push(r.epoch);
+            s.lr.push(r.lr);
+            s.train_loss.push(r.train_loss);
+            s.test_loss.push(r.test_loss);
+            s.accuracy.push(r.accuracy);
+        }
+        Ok(out)
+    }
+
+    pub async fn get_job(&self, job: i64) -> Result<JobDetail> {
+        let sweep = sqlx::query_scalar!("SELECT sweep_id FROM jobs WHERE id = ?", job)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
+        let row = self
+            .jobs_of(sweep, Some(job))
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
+        let metrics = sqlx::query_as!(
+            MetricsReport,
+            "SELECT epoch, attempt, lr, train_loss, test_loss, accuracy, precision, recall, f1, images_per_sec, seconds
+             FROM metrics WHERE job_id = ? ORDER BY epoch",
+            job
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let mut attempts = sqlx::query_as!(
+            AttemptRow,
+            "SELECT attempt, worker, started_at, ended_at, outcome, error FROM attempts WHERE job_id = ? ORDER BY attempt",
+            job
+        )
+        .fetch_all(&self.read)
+        .await?;
+        // The running attempt lives in the job row until it ends.
+        if row.status == "running" {
+            let claimed_at = sqlx::query_scalar!("SELECT claimed_at FROM jobs WHERE id = ?", job)
+                .fetch_one(&self.read)
+                .await?;
+            attempts.push(AttemptRow {
+                attempt: row.attempt,
+                worker: row.worker.clone().unwrap_or_default(),
+                started_at: claimed_at.unwrap_or_default(),
+                ended_at: None,
+                outcome: None,
+                error: None,
+            });
+        }
+        Ok(JobDetail {
+            job: row,
+            metrics,
+            attempts,
+        })
+    }
+
+    /// Every recorded epoch of a sweep as (job id, epoch, lr, train loss, test loss, accuracy), for figures.
+    /// The epochs of these jobs only (by primary key), for figures.
+    pub async fn job_curves(&self, jobs: &[i64]) -> Result<Vec<CurvePoint>> {
+        let mut all = vec![];
+        for &job in jobs {
+            let rows = sqlx::query_as!(
+                CurvePoint,
+                "SELECT job_id, epoch, lr, train_loss, test_loss, accuracy
+                 FROM metrics
+                 WHERE job_id = ?
+                 ORDER BY epoch",
+                job
+            )
+            .fetch_all(&self.read)
+            .await?;
+            all.extend(rows);
+        }
+        Ok(all)
+    }
+
+    pub async fn sweep_curves(&self, sweep: i64) -> Result<Vec<CurvePoint>> {
+        Ok(sqlx::query_as!(
+            CurvePoint,
+            "SELECT job_id, epoch, lr, train_loss, test_loss, accuracy FROM metrics WHERE sweep_id = ? ORDER BY job_id, epoch",
+            sweep
+        )
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    pub async fn job_counts(&self) -> Result<Map<String, Value>> {
+        let rows =
+            sqlx::query!(r#"SELECT status, count(*) AS "n!: i64" FROM jobs GROUP BY status"#)
+                .fetch_all(&self.read)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.status, Value::from(r.n)))
+            .collect())
+    }
+}

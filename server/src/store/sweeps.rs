@@ -1,0 +1,127 @@
+//! Sweeps: created with all their jobs in one atomic write, cancelled (pending jobs at once,
+//! running ones told on their next heartbeat), and synthetic ones for scale tests.
+use super::*;
+
+impl Store {
+    pub async fn create_sweep(&self, spec: &SweepSpec, now: i64) -> Result<(i64, usize)> {
+        let jobs = spec.expand();
+        let spec_json = spec.to_value().to_string();
+        let (name, max_attempts) = (spec.name.clone(), spec.max_attempts);
+        // The sweep and all its jobs commit together, or nothing of them does (run_many: a savepoint).
+        self.writer
+            .run_many(move |c| {
+                async move {
+                    let sweep_id = sqlx::query_scalar!(
+                        r#"INSERT INTO sweeps (name, spec, created_at) VALUES (?, ?, ?) RETURNING id AS "id!""#,
+                        name,
+                        spec_json,
+                        now
+                    )
+                    .fetch_one(&mut *c)
+                    .await?;
+                    for (idx, params) in jobs.iter().enumerate() {
+                        let JobShape {
+                            batch_size,
+                            nproc_per_node: nproc,
+                            epochs,
+                        } = JobShape::of(params);
+                        let idx = idx as i64;
+                        let params = Value::Object(params.clone()).to_string();
+                        sqlx::query!(
+                            "INSERT INTO jobs (sweep_id, idx, params, attempt, max_attempts, batch_size, nproc, epochs, created_at)
+                             VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
+                            sweep_id,
+                            idx,
+                            params,
+                            max_attempts,
+                            batch_size,
+                            nproc,
+                            epochs,
+                            now
+                        )
+                        .execute(&mut *c)
+                        .await?;
+                    }
+                    Ok((sweep_id, jobs.len()))
+                }
+                .boxed()
+            })
+            .await
+    }
+
+    /// Cancels pending jobs at once; running ones learn it on their next heartbeat.
+    pub async fn cancel_sweep(&self, sweep: i64, now: i64) -> Result<Vec<JobChange>> {
+        let rows = self
+            .writer
+            .run_many(move |c| {
+                async move {
+                    let found = sqlx::query!("UPDATE sweeps SET cancelled_at = coalesce(cancelled_at, ?) WHERE id = ?", now, sweep)
+                        .execute(&mut *c)
+                        .await?;
+                    if found.rows_affected() == 0 {
+                        return Err(StoreError::NotFound(format!("sweep {sweep}")));
+                    }
+                    let rows = sqlx::query!(
+                        r#"UPDATE jobs SET status = 'cancelled', finished_at = ?, error = 'cancelled before it started'
+                           WHERE sweep_id = ? AND status = 'pending'
+                           RETURNING id AS "id!", attempt AS "attempt!""#,
+                        now,
+                        sweep
+                    )
+                    .fetch_all(&mut *c)
+                    .await?;
+                    sqlx::query!("UPDATE jobs SET cancel_requested = 1 WHERE sweep_id = ? AND status = 'running'", sweep)
+                        .execute(&mut *c)
+                        .await?;
+                    Ok(rows)
+                }
+                .boxed()
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| JobChange {
+                job_id: r.id,
+                sweep_id: sweep,
+                status: JobStatus::Cancelled,
+                attempt: r.attempt,
+            })
+            .collect())
+    }
+
+    /// Scale testing (`server synth`): gives every job of `sweep` `epochs` epochs of made-up
+    /// metrics and marks it completed, in one statement per table (millions of rows in seconds).
+    pub async fn fill_synthetic(&self, sweep: i64, epochs: i64, now: i64) -> Result<u64> {
+        self.writer
+            .run_many(move |c| {
+                async move {
+                    let n = sqlx::query!(
+                        r#"WITH RECURSIVE e(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM e WHERE n < ?2)
+                           INSERT INTO metrics (job_id, sweep_id, epoch, attempt, lr, train_loss, test_loss, accuracy,
+                                                precision, recall, f1, images_per_sec, seconds, recorded_at)
+                           SELECT j.id, j.sweep_id, e.n, 1, json_extract(j.params, '$.lr'),
+                                  2.3 * 30.0 / (30.0 + e.n), 2.3 * 35.0 / (35.0 + e.n),
+                                  0.1 + 0.8 * e.n / (e.n + 30.0) * (0.85 + 0.15 * ((j.id * 7919) % 100) / 100.0),
+                                  0.5, 0.5, 0.5, 1000.0, 30.0, ?3
+                           FROM jobs j, e WHERE j.sweep_id = ?1"#,
+                        sweep,
+                        epochs,
+                        now
+                    )
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                    sqlx::query!(
+                        "UPDATE jobs SET status = 'completed', attempt = 1, finished_at = ?2, worker = 'synth' WHERE sweep_id = ?1",
+                        sweep,
+                        now
+                    )
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(n)
+                }
+                .boxed()
+            })
+            .await
+    }
+}

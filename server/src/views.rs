@@ -1,0 +1,136 @@
+//! What the read side serves: sweeps with their counts, jobs with their latest metrics, a job's
+//! history, the dashboard's pages, grid and curves. Shapes of answers, not of tables; the store
+//! fills them, the API serialises them.
+use serde::Serialize;
+use serde_json::Value;
+
+use protocol::MetricsReport;
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct AttemptRow {
+    pub attempt: i64,
+    pub worker: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct JobRow {
+    pub id: i64,
+    pub sweep_id: i64,
+    #[schema(value_type = Object)]
+    pub params: Value,
+    pub status: String,
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub epoch: i64,
+    pub epochs: i64,
+    pub worker: Option<String>,
+    pub error: Option<String>,
+    #[schema(value_type = Object)]
+    pub summary: Option<Value>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// The last recorded epoch's metrics.
+    pub latest: Option<MetricsReport>,
+}
+
+/// Which page of a sweep's jobs, in what order, with what filter.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(default)]
+pub struct JobQuery {
+    pub offset: i64,
+    /// At most 500 (default 50).
+    pub limit: i64,
+    /// idx (grid order), batch_size, lr, status, attempt, epoch, test_loss, train_loss, accuracy,
+    /// images_per_sec or worker.
+    pub sort: Option<String>,
+    pub desc: bool,
+    /// Only jobs with this status.
+    pub status: Option<String>,
+    /// Only jobs whose params or worker contain this text.
+    pub q: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct JobPage {
+    /// Jobs matching the filter, over all pages.
+    pub total: i64,
+    pub offset: i64,
+    pub jobs: Vec<JobRow>,
+}
+
+/// One batch size x lr cell of a sweep.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct GridCell {
+    pub batch_size: i64,
+    pub lr: f64,
+    pub jobs: i64,
+    pub completed: i64,
+    pub diverged: i64,
+    pub running: i64,
+    /// Best final (or latest) accuracy over the cell's jobs.
+    pub accuracy: Option<f64>,
+    pub epoch: i64,
+    pub epochs: i64,
+}
+
+/// One learning curve, column-wise (downsampled epochs).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Series {
+    pub batch_size: i64,
+    pub job_id: i64,
+    pub status: String,
+    pub epoch: Vec<i64>,
+    pub lr: Vec<Option<f64>>,
+    pub train_loss: Vec<Option<f64>>,
+    pub test_loss: Vec<Option<f64>>,
+    pub accuracy: Vec<Option<f64>>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: JobRow,
+    pub metrics: Vec<MetricsReport>,
+    pub attempts: Vec<AttemptRow>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct SweepRow {
+    pub id: i64,
+    pub name: String,
+    pub status: String,
+    pub created_at: i64,
+    /// Number of jobs (the sweep document's `jobs` is the list of them).
+    pub total: i64,
+    pub pending: i64,
+    pub running: i64,
+    pub completed: i64,
+    pub diverged: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    pub best_accuracy: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct SweepDetail {
+    #[serde(flatten)]
+    pub sweep: SweepRow,
+    #[schema(value_type = Object)]
+    pub spec: Value,
+    pub jobs: Vec<JobRow>,
+}
+
+/// One epoch of one job, as figures need it.
+#[derive(Debug, Clone)]
+pub struct CurvePoint {
+    pub job_id: i64,
+    pub epoch: i64,
+    pub lr: Option<f64>,
+    pub train_loss: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub accuracy: Option<f64>,
+}
