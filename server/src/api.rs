@@ -289,6 +289,10 @@ async fn figure(
     };
     let drawn = figures::drawn_jobs(&name, &detail.jobs, &opts)
         .map_err(|e| ApiError::NotFound(e.to_string()))?;
+    let stamp = figures::FigureCache::stamp(&detail.jobs);
+    if let Some(png) = state.figure_cache.get(id, &name, &opts, stamp) {
+        return Ok(([(header::CONTENT_TYPE, "image/png")], png.to_vec()).into_response());
+    }
     // Drawing is CPU work: off the async workers, and at most FIGURE_PERMITS at a time; a request
     // that cannot get a turn soon is told to come back rather than queue without bound.
     let permit = tokio::time::timeout(
@@ -299,9 +303,10 @@ async fn figure(
     .map_err(|_| ApiError::Unavailable("figures are busy; try again".into()))?
     .map_err(|e| ApiError::Internal(e.into()))?;
     let points = state.store.job_curves(&drawn).await?;
+    let (name_c, opts_c) = (name.clone(), opts.clone());
     let png = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        figures::render(&name, &detail.sweep.name, &detail.jobs, &points, &opts)
+        figures::render(&name_c, &detail.sweep.name, &detail.jobs, &points, &opts_c)
     })
     .await
     .map_err(|e| ApiError::Internal(e.into()))?
@@ -309,7 +314,9 @@ async fn figure(
         FigureError::Unknown(_) | FigureError::NoData(_) => ApiError::NotFound(e.to_string()),
         FigureError::Draw(_) => ApiError::Internal(e.into()),
     })?;
-    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+    let png = std::sync::Arc::new(png);
+    state.figure_cache.put(id, &name, &opts, stamp, png.clone());
+    Ok(([(header::CONTENT_TYPE, "image/png")], png.to_vec()).into_response())
 }
 
 /// Take the oldest pending job that fits; 204 when none does.

@@ -34,6 +34,54 @@ pub struct FigureOptions {
     pub lr: Option<f64>,
 }
 
+/// Drawn figures, reused while nothing they show has changed: a dashboard refreshing, or several
+/// readers of one sweep, cost one drawing. Keyed by the figure and its options; valid while the
+/// sweep's jobs (id, status, attempt, epoch) are as they were when it was drawn. Bounded: past
+/// [`FigureCache::CAPACITY`] entries it starts over.
+#[derive(Debug, Default)]
+pub struct FigureCache(std::sync::Mutex<std::collections::HashMap<CacheKey, (u64, Png)>>);
+
+/// (sweep, figure, headline job, lr bits).
+type CacheKey = (i64, String, Option<i64>, Option<u64>);
+type Png = std::sync::Arc<Vec<u8>>;
+
+impl FigureCache {
+    pub const CAPACITY: usize = 256;
+
+    /// What the figure depends on, in one number.
+    pub fn stamp(jobs: &[JobRow]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for j in jobs {
+            (j.id, j.status.as_str(), j.attempt, j.epoch).hash(&mut h);
+        }
+        h.finish()
+    }
+
+    fn key(
+        sweep: i64,
+        name: &str,
+        opts: &FigureOptions,
+    ) -> (i64, String, Option<i64>, Option<u64>) {
+        (sweep, name.to_string(), opts.job, opts.lr.map(f64::to_bits))
+    }
+
+    pub fn get(&self, sweep: i64, name: &str, opts: &FigureOptions, stamp: u64) -> Option<Png> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&Self::key(sweep, name, opts))
+            .filter(|(s, _)| *s == stamp)
+            .map(|(_, png)| png.clone())
+    }
+
+    pub fn put(&self, sweep: i64, name: &str, opts: &FigureOptions, stamp: u64, png: Png) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= Self::CAPACITY {
+            map.clear();
+        }
+        map.insert(Self::key(sweep, name, opts), (stamp, png));
+    }
+}
+
 /// Text needs a TTF; Debian's fonts-dejavu-core provides one (scripts/setup.sh installs it).
 fn font() -> Result<(), FigureError> {
     static LOADED: OnceLock<Result<(), String>> = OnceLock::new();

@@ -150,6 +150,7 @@ impl Application {
             )),
             private: cfg.private,
             figure_permits: Arc::new(tokio::sync::Semaphore::new(FIGURE_PERMITS)),
+            figure_cache: Arc::default(),
             sse_permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_event_streams)),
             events,
             telemetry: Arc::new(Default::default()),

@@ -52,6 +52,8 @@ pub struct AppState {
     pub private: bool,
     /// Figures drawn at once (each holds a core while it draws).
     pub figure_permits: Arc<tokio::sync::Semaphore>,
+    /// Drawn figures, reused while their sweep is unchanged.
+    pub figure_cache: Arc<crate::figures::FigureCache>,
     /// Open event streams allowed at once.
     pub sse_permits: Arc<tokio::sync::Semaphore>,
     pub events: broadcast::Sender<crate::events::Event>,

@@ -123,7 +123,7 @@ async fn figures_of_extreme_values_answer_promptly() {
         StatusCode::OK
     );
     let sweep = app.job(job).await["sweep_id"].as_i64().unwrap();
-    for name in ["loss", "acc", "lr"] {
+    for name in ["loss", "acc", "lr", "loss"] {
         let r = tokio::time::timeout(
             Duration::from_secs(30),
             app.http
@@ -138,6 +138,16 @@ async fn figures_of_extreme_values_answer_promptly() {
         .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{name}");
     }
+    // Figures are cached while the sweep is unchanged, and drawn anew when an epoch arrives.
+    let loss = |app: &TestApp| {
+        let url = format!("{}/api/sweeps/{sweep}/figures/loss.png", app.base);
+        let http = app.http.clone();
+        async move { http.get(url).send().await.unwrap().bytes().await.unwrap() }
+    };
+    let (a, b) = (loss(&app).await, loss(&app).await);
+    assert_eq!(a, b);
+    assert_eq!(app.metrics(job, 1, 3, Some(1.0), 0.2).await, StatusCode::OK);
+    assert_ne!(loss(&app).await, a, "a new epoch shows in the figure");
 }
 
 /// 4. Clients that send half a request line are dropped after the header timeout, and past the
@@ -180,6 +190,38 @@ async fn slow_clients_are_dropped_and_cannot_exhaust_the_server() {
     })
     .await;
     assert!(closed.is_ok(), "the server never closed a slow connection");
+
+    // A connection that sends nothing at all is closed too (idle clients hold no slot).
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server never closed an idle connection");
+    // And a keep-alive connection that went quiet after a request.
+    let mut quiet = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    quiet
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match quiet.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the server never closed a quiet keep-alive connection"
+    );
 }
 
 /// 5. A write whose transaction cannot begin (another process holds the file's write lock) stores
