@@ -9,6 +9,8 @@
 //! epoch ([`routes::checkpoint`]), and at the end [`routes::finish`] ([`FinishRequest`]) or
 //! [`routes::release`] ([`ReleaseRequest`]). Every write names its attempt; a write from an attempt
 //! that no longer holds the job gets 409.
+// The coordinator and the protocol need no unsafe code; only the worker (libtorch, signals) does.
+#![forbid(unsafe_code)]
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

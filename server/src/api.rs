@@ -25,7 +25,7 @@ use protocol::{
 
 type ApiResult<T> = Result<T, ApiError>;
 
-#[derive(OpenApi)]
+#[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "sweep coordinator", description = "Hyperparameter sweeps of the study's CIFAR-10 trainer: sweeps, jobs under leases, metrics, results."),
     paths(submit_sweep, list_sweeps, get_sweep, cancel_sweep, get_job, results, figure, claim, heartbeat, report_metrics, finish, release,
@@ -109,7 +109,7 @@ async fn observe_latency(State(state): State<AppState>, req: Request, next: Next
     res
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Created {
     pub id: i64,
     pub jobs: usize,

@@ -3,6 +3,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::Path;
 
+#[derive(Debug)]
 pub struct Client {
     base: String,
     token: Option<String>,

@@ -79,6 +79,7 @@ impl IntoResponse for ApiError {
 }
 
 /// `Json<T>` whose rejections are JSON errors too (400 for unreadable bodies, 422 for wrong fields).
+#[derive(Debug)]
 pub struct AppJson<T>(pub T);
 
 impl<S, T> axum::extract::FromRequest<S> for AppJson<T>

@@ -17,6 +17,8 @@
 //! - [`client`] and [`cli`]: the `server` command line (serve, and thin clients of the API).
 //! - [`loadgen`]: simulated workers against a real server, for the benchmark.
 //! - [`state`]: the `AppState` of cheap handles and the injectable clock.
+// The coordinator and the protocol need no unsafe code; only the worker (libtorch, signals) does.
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod artifacts;

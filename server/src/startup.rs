@@ -77,6 +77,7 @@ impl ServeConfig {
 /// Figures drawn at once: drawing is single-threaded CPU work, so this bounds the cores they take.
 pub const FIGURE_PERMITS: usize = 2;
 
+#[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
     state: AppState,

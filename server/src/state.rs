@@ -37,7 +37,7 @@ impl Clock {
     }
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AppState {
     pub store: Store,
     pub clock: Clock,

@@ -127,6 +127,7 @@ fn append_metrics(m: &EpochMetrics, path: &Path) -> Result<()> {
 }
 
 /// Result of evaluating the whole test split.
+#[derive(Debug)]
 pub struct Evaluation {
     pub loss: f64,
     pub confusion: Confusion,

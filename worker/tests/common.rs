@@ -3,19 +3,19 @@
 use std::path::PathBuf;
 use worker::config::{DatasetKind, TrainConfig};
 
-pub fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// The shared folder beside the checkout (CI has it too); `SEED_SHARED` points elsewhere.
-pub fn shared_dir() -> PathBuf {
+pub(crate) fn shared_dir() -> PathBuf {
     std::env::var_os("SEED_SHARED")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("../shared"))
 }
 
 /// Real CIFAR-10 records: 5,000 train + 1,000 test (`CIFAR10_MINI` overrides the location).
-pub fn cifar_mini() -> PathBuf {
+pub(crate) fn cifar_mini() -> PathBuf {
     let dir = std::env::var_os("CIFAR10_MINI")
         .map(PathBuf::from)
         .unwrap_or_else(|| shared_dir().join("data/cifar10-mini"));
@@ -27,12 +27,12 @@ pub fn cifar_mini() -> PathBuf {
     dir
 }
 
-pub fn worker_bin() -> PathBuf {
+pub(crate) fn worker_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_worker"))
 }
 
 /// The study's structure at a few thousand parameters, on the CPU, one thread, fast.
-pub fn tiny(dataset: DatasetKind) -> TrainConfig {
+pub(crate) fn tiny(dataset: DatasetKind) -> TrainConfig {
     TrainConfig {
         dataset,
         data_dir: cifar_mini_or_unused(dataset),
@@ -55,7 +55,7 @@ fn cifar_mini_or_unused(d: DatasetKind) -> PathBuf {
     }
 }
 
-pub fn read_metrics(dir: &std::path::Path) -> Vec<worker::metrics::EpochMetrics> {
+pub(crate) fn read_metrics(dir: &std::path::Path) -> Vec<worker::metrics::EpochMetrics> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap_or_default()
         .lines()

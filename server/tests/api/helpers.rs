@@ -3,11 +3,11 @@ use serde_json::{json, Value};
 use server::startup::{Application, ServeConfig};
 use server::state::{AppState, Clock};
 
-pub const TOKEN: &str = "test-token";
-pub const WORKER_TOKEN: &str = "test-worker-token";
-pub const LEASE_MS: i64 = 30_000;
+pub(crate) const TOKEN: &str = "test-token";
+pub(crate) const WORKER_TOKEN: &str = "test-worker-token";
+pub(crate) const LEASE_MS: i64 = 30_000;
 
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub state: AppState,
@@ -17,13 +17,13 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
 }
 
-pub async fn spawn_app() -> TestApp {
+pub(crate) async fn spawn_app() -> TestApp {
     spawn_with(|_| {}).await
 }
 
 /// Starts the real server on port 0 over a fresh SQLite file, with a clock the test moves by hand
 /// and the reaper effectively off (tests call `reap`).
-pub async fn spawn_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
+pub(crate) async fn spawn_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sweeps.db");
     let clock = Clock::manual(1_800_000_000_000);
@@ -51,7 +51,7 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
 
 impl TestApp {
     /// A request with these credentials (None: anonymous), answered with its status and JSON body.
-    pub async fn send_as(
+    pub(crate) async fn send_as(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -70,7 +70,7 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         let r = self
             .http
             .post(format!("{}{path}", self.base))
@@ -83,7 +83,7 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (StatusCode, Value) {
         let r = self
             .http
             .get(format!("{}{path}", self.base))
@@ -94,7 +94,7 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn get_text(&self, path: &str) -> String {
+    pub(crate) async fn get_text(&self, path: &str) -> String {
         let r = self
             .http
             .get(format!("{}{path}", self.base))
@@ -105,7 +105,7 @@ impl TestApp {
         r.text().await.unwrap()
     }
 
-    pub async fn submit_toml(&self, toml: &str) -> (StatusCode, Value) {
+    pub(crate) async fn submit_toml(&self, toml: &str) -> (StatusCode, Value) {
         let r = self
             .http
             .post(format!("{}/api/sweeps", self.base))
@@ -119,7 +119,7 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn claim(&self, worker: &str) -> Option<Value> {
+    pub(crate) async fn claim(&self, worker: &str) -> Option<Value> {
         let (status, body) = self
             .post("/api/jobs/claim", json!({ "worker": worker }))
             .await;
@@ -130,7 +130,7 @@ impl TestApp {
         }
     }
 
-    pub async fn metrics(
+    pub(crate) async fn metrics(
         &self,
         job: i64,
         attempt: i64,
@@ -143,7 +143,7 @@ impl TestApp {
         self.post(&format!("/api/jobs/{job}/metrics"), body).await.0
     }
 
-    pub async fn finish(&self, job: i64, attempt: i64, status: &str) -> (StatusCode, Value) {
+    pub(crate) async fn finish(&self, job: i64, attempt: i64, status: &str) -> (StatusCode, Value) {
         self.post(
             &format!("/api/jobs/{job}/finish"),
             json!({"attempt": attempt, "status": status,
@@ -152,20 +152,20 @@ impl TestApp {
         .await
     }
 
-    pub async fn job(&self, id: i64) -> Value {
+    pub(crate) async fn job(&self, id: i64) -> Value {
         let (s, v) = self.get(&format!("/api/jobs/{id}")).await;
         assert_eq!(s, StatusCode::OK);
         v
     }
 
     /// Moves time past the lease and runs the reaper once.
-    pub async fn expire_leases(&self) -> usize {
+    pub(crate) async fn expire_leases(&self) -> usize {
         self.clock.advance_ms(LEASE_MS + 1);
         server::startup::reap_once(&self.state).await.unwrap()
     }
 }
 
-pub const TWO_JOBS: &str = r#"
+pub(crate) const TWO_JOBS: &str = r#"
 name = "two"
 [train]
 dataset = "synthetic"

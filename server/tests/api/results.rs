@@ -21,7 +21,7 @@ lr = [1e-2]
 /// for its cell: two epochs and `completed` for a final result; an epoch with a NaN loss (JSON null)
 /// and the diverged weights' accuracy, then `diverged`, for a diverged one; nothing for a row the
 /// study left empty (the job stays claimed and silent).
-pub async fn golden_sweep(app: &TestApp) -> i64 {
+pub(crate) async fn golden_sweep(app: &TestApp) -> i64 {
     let (s, c) = app.submit_toml(STUDY_CELLS).await;
     assert_eq!(s, 201, "{c}");
     assert_eq!(c["jobs"], 12);

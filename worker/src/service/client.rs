@@ -24,7 +24,7 @@ pub enum CallError {
 
 pub use protocol::Claim;
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Coordinator {
     base: String,
     token: String,

@@ -43,6 +43,7 @@ pub struct Progress {
     pub done: Option<String>,
 }
 
+#[derive(Debug)]
 enum Write {
     Metrics(EpochMetrics),
     Upload,
@@ -119,6 +120,7 @@ fn relative_name<'a>(key: &str, name: &'a str) -> anyhow::Result<&'a Path> {
     Ok(p)
 }
 
+#[derive(Debug)]
 pub struct Supervisor {
     claim: Claim,
     coord: Coordinator,
