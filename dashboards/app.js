@@ -224,7 +224,8 @@ async function sweepView(id) {
   const st = series[0] ? stairs(series[0].epoch, series[0].lr) : { xs: [], ys: [] };
   // `grid` is one table, or a list of tables whose products are united ([[grid]]).
   const grids = [].concat((s.spec && s.spec.grid) || []);
-  const gridKeys = [...new Set(grids.flatMap((g) => Object.keys(g)))];
+  const drawn = Object.keys((s.spec && s.spec.search && s.spec.search.space) || {});
+  const gridKeys = [...new Set(grids.flatMap((g) => Object.keys(g)).concat(drawn))];
   const base = `/api/sweeps/${id}/results`;
   return `<p><a href="#/">← all sweeps</a></p>
     <h1>${esc(s.name)} <span class="status">${esc(s.status)}</span></h1>

@@ -48,7 +48,13 @@ fn other_axes(d: &SweepDetail) -> Vec<String> {
         Some(Value::Array(list)) => list.iter().filter_map(Value::as_object).collect(),
         _ => vec![],
     };
-    for k in tables.iter().flat_map(|g| g.keys()) {
+    // A random search's drawn options are columns too.
+    let space = d.spec.pointer("/search/space").and_then(Value::as_object);
+    for k in tables
+        .iter()
+        .flat_map(|g| g.keys())
+        .chain(space.into_iter().flat_map(|s| s.keys()))
+    {
         if !keys.contains(k) {
             keys.push(k.clone());
         }

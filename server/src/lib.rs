@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`study`]: the study's table (its first README) and our sweep's results beside it.
 //! - `protocol` (its own crate): the worker protocol's messages, shared with the worker.
+//! - [`search`]: random search, trials drawn from `[search.space]` with a seed.
 //! - [`spec`]: sweep files parsed and validated at the edge; grid expansion as a pure function.
 //! - [`store`]: every query (plain SQL, checked at compile time), grouped by state transition: the
 //!   lease state machine, sweeps, read models. [`writer`] batches concurrent writes into one
@@ -31,6 +32,7 @@ pub mod events;
 pub mod export;
 pub mod figures;
 pub mod loadgen;
+pub mod search;
 pub mod spec;
 pub mod startup;
 pub mod state;

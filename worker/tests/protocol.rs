@@ -35,6 +35,7 @@ fn every_job_of_the_repository_sweeps_is_a_valid_train_config() {
     for file in [
         "cifar10-bs-lr.toml",
         "cifar10-bs-lr-gamma05.toml",
+        "cifar10-lr-random.toml",
         "demo-cpu.toml",
     ] {
         let spec =

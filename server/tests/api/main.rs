@@ -6,4 +6,5 @@ mod hardening;
 mod helpers;
 mod jobs;
 mod results;
+mod search;
 mod specs;
