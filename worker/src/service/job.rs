@@ -181,66 +181,82 @@ impl Supervisor {
 
     /// Runs the job to its end; `stopping` asks it to checkpoint and give the job back.
     pub fn run(mut self, placement: Placement, stopping: Arc<AtomicBool>) {
+        self.progress.lock().expect("not poisoned").epochs =
+            JobShape::of_value(&self.claim.params).epochs as u32;
+        if let Err(e) = self.restore_checkpoint(&stopping) {
+            return self.end_without_child(e);
+        }
+        let mut child = match self.start_trainer(&placement) {
+            Ok(c) => c,
+            Err(e) => return self.end_without_child(e),
+        };
+        let (code, cancelled) = match self.watch(&mut child, &stopping) {
+            Ok(ended) => ended,
+            Err(lease_lost) => return self.abandon(&mut child, &lease_lost),
+        };
+        // Whatever the trainer wrote last goes out before the job ends.
+        self.collect();
+        let end = self.outcome(code, cancelled);
+        self.outbox.push_back(end);
+        self.drain_until_done(&stopping);
+    }
+
+    /// The coordinator's checkpoint is the truth: an empty output directory, then its checkpoint
+    /// (if it has one), retried while the coordinator is unreachable.
+    fn restore_checkpoint(&mut self, stopping: &AtomicBool) -> Result<(), String> {
         let (id, attempt) = (self.claim.id, self.claim.attempt);
-        {
-            let mut p = self.progress.lock().expect("not poisoned");
-            p.epochs = JobShape::of_value(&self.claim.params).epochs as u32;
-        }
-        // The coordinator's checkpoint is the truth: start from it, or from nothing.
         let _ = std::fs::remove_dir_all(&self.out);
-        if let Err(e) = std::fs::create_dir_all(&self.out) {
-            let msg = format!("cannot create {}: {e}", self.out.display());
-            return self.end_without_child(msg);
-        }
+        std::fs::create_dir_all(&self.out)
+            .map_err(|e| format!("cannot create {}: {e}", self.out.display()))?;
+        let path = self.out.join(RESUME_FILE);
         loop {
-            match self
-                .coord
-                .download_checkpoint(id, &self.out.join(RESUME_FILE))
-            {
-                Ok(found) => {
-                    if found {
-                        let path = self.out.join(RESUME_FILE);
-                        // Unreadable: the trainer will say why; nothing is skipped then.
-                        self.restored_epoch = crate::checkpoint::read_resume_meta(&path)
-                            .map(|m| m.epoch)
-                            .unwrap_or(0);
-                        tracing::info!(
-                            job = id,
-                            attempt,
-                            epoch = self.restored_epoch,
-                            "resuming from the coordinator's checkpoint"
-                        );
-                    }
-                    break;
+            match self.coord.download_checkpoint(id, &path) {
+                Ok(false) => return Ok(()),
+                Ok(true) => {
+                    // Unreadable: the trainer will say why; nothing is skipped then.
+                    self.restored_epoch = crate::checkpoint::read_resume_meta(&path)
+                        .map(|m| m.epoch)
+                        .unwrap_or(0);
+                    tracing::info!(
+                        job = id,
+                        attempt,
+                        epoch = self.restored_epoch,
+                        "resuming from the coordinator's checkpoint"
+                    );
+                    return Ok(());
                 }
                 Err(CallError::Unavailable(e)) if !stopping.load(Ordering::SeqCst) => {
                     tracing::warn!(job = id, error = %e, "coordinator unavailable; retrying the checkpoint download");
                     std::thread::sleep(Duration::from_secs(1));
                 }
-                Err(e) => {
-                    return self.end_without_child(format!("checkpoint download failed: {e}"))
-                }
+                Err(e) => return Err(format!("checkpoint download failed: {e}")),
             }
         }
-        let mut child = match train_command(&self.opts, &self.claim.params, &placement, &self.out)
+    }
+
+    fn start_trainer(&mut self, placement: &Placement) -> Result<Child, String> {
+        let mut child = train_command(&self.opts, &self.claim.params, placement, &self.out)
             .and_then(|mut c| {
                 c.stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()
                     .map_err(Into::into)
-            }) {
-            Ok(c) => c,
-            Err(e) => return self.end_without_child(format!("cannot start the trainer: {e}")),
-        };
+            })
+            .map_err(|e| format!("cannot start the trainer: {e}"))?;
         self.capture_stderr(&mut child);
+        Ok(child)
+    }
 
+    /// Until the trainer exits: forwards its epochs and checkpoints, heartbeats inside the lease,
+    /// passes a stop (SIGTERM: commit the epoch, exit 4) and a cancel (kill: nothing to keep) on.
+    /// Ok((exit code, cancelled)); Err(why) when this attempt lost the job.
+    fn watch(&mut self, child: &mut Child, stopping: &AtomicBool) -> Result<(i32, bool), String> {
+        let (id, attempt) = (self.claim.id, self.claim.attempt);
         let mut last_beat = Instant::now();
-        let mut signalled = false;
-        let mut cancelled = false;
-        let code = loop {
+        let (mut signalled, mut cancelled) = (false, false);
+        loop {
             self.collect();
             if stopping.load(Ordering::SeqCst) && !signalled {
-                // The trainer finishes and commits its epoch, then exits with EXIT_INTERRUPTED.
                 // SAFETY: kill(2) on our own child's pid.
                 unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
                 signalled = true;
@@ -249,53 +265,45 @@ impl Supervisor {
                 last_beat = Instant::now();
                 match self.coord.heartbeat(id, attempt) {
                     Ok(reply) if reply.cancel && !cancelled => {
-                        // Nothing to keep from a cancelled run: stop it now rather than at its epoch's end.
                         tracing::info!(job = id, "cancelled: stopping the trainer");
                         cancelled = true;
                         let _ = child.kill();
                     }
                     Ok(_) => {}
-                    Err(CallError::LeaseLost(why)) => return self.abandon(&mut child, &why),
+                    Err(CallError::LeaseLost(why)) => return Err(why),
                     Err(e) => {
                         tracing::warn!(job = id, error = %e, "heartbeat failed; training goes on")
                     }
                 }
             }
-            if let Err(why) = self.flush() {
-                return self.abandon(&mut child, &why);
-            }
+            self.flush()?;
             match child.try_wait() {
-                Ok(Some(status)) => break status.code().unwrap_or(-1),
+                Ok(Some(status)) => return Ok((status.code().unwrap_or(-1), cancelled)),
                 Ok(None) => std::thread::sleep(self.opts.poll),
                 Err(e) => {
-                    break {
-                        tracing::error!(job = id, error = %e, "cannot wait for the trainer");
-                        -1
-                    }
+                    tracing::error!(job = id, error = %e, "cannot wait for the trainer");
+                    return Ok((-1, cancelled));
                 }
             }
-        };
-        // Whatever the trainer wrote last goes out before the job ends.
-        self.collect();
+        }
+    }
+
+    /// How the attempt ends, from the trainer's exit code (see `train.rs`) and its summary.
+    fn outcome(&self, code: i32, cancelled: bool) -> Write {
         let summary: Option<Value> = std::fs::read(self.out.join(SUMMARY_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
-        let end = match code {
-            _ if cancelled => Write::Finish {
-                status: Outcome::Cancelled,
-                summary,
-                error: Some("cancelled by the user".into()),
-            },
-            0 => Write::Finish {
-                status: Outcome::Completed,
-                summary,
-                error: None,
-            },
-            c if c == crate::EXIT_DIVERGED => Write::Finish {
-                status: Outcome::Diverged,
-                summary,
-                error: Some("non-finite loss".into()),
-            },
+        let finish = |status, error: Option<String>| Write::Finish {
+            status,
+            summary: summary.clone(),
+            error,
+        };
+        match code {
+            _ if cancelled => finish(Outcome::Cancelled, Some("cancelled by the user".into())),
+            0 => finish(Outcome::Completed, None),
+            c if c == crate::EXIT_DIVERGED => {
+                finish(Outcome::Diverged, Some("non-finite loss".into()))
+            }
             c if c == EXIT_INTERRUPTED => {
                 Write::Release("the worker shut down after a checkpoint".into())
             }
@@ -307,18 +315,10 @@ impl Supervisor {
                     .iter()
                     .cloned()
                     .collect();
-                Write::Finish {
-                    status: Outcome::Failed,
-                    summary,
-                    error: Some(format!(
-                        "trainer exited with code {c}:\n{}",
-                        tail.join("\n")
-                    )),
-                }
+                let error = format!("trainer exited with code {c}:\n{}", tail.join("\n"));
+                finish(Outcome::Failed, Some(error))
             }
-        };
-        self.outbox.push_back(end);
-        self.drain_until_done(&stopping);
+        }
     }
 
     fn capture_stderr(&mut self, child: &mut Child) {

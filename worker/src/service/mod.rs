@@ -6,7 +6,7 @@ pub mod job;
 pub mod slots;
 
 use anyhow::{bail, Result};
-use client::Coordinator;
+use client::{Claim, Coordinator};
 use slots::{DeviceKind, Slots};
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -68,56 +68,118 @@ fn default_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+#[derive(Debug)]
 struct Running {
     progress: Arc<Mutex<job::Progress>>,
     thread: std::thread::JoinHandle<()>,
 }
 
+/// `worker run`: claim jobs that fit the free slots, supervise each on its own thread, and report
+/// progress, until stopped (SIGTERM/SIGINT: running jobs commit an epoch and are released) or, with
+/// `--exit-when-idle`, until the coordinator has nothing left.
 pub fn run(a: &RunArgs) -> Result<()> {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let kinds: Vec<DeviceKind> = if a.gpus.is_empty() {
-        (0..a.cpu_ranks.unwrap_or(1)).map(DeviceKind::Cpu).collect()
-    } else {
-        a.gpus.iter().map(|&g| DeviceKind::Gpu(g)).collect()
-    };
-    if kinds.is_empty() {
-        bail!("--cpu-ranks must be at least 1");
-    }
-    let mut slots = Slots::new(kinds, a.slots_per_device, a.pack_max_batch, cores);
-    let name = a.name.clone().unwrap_or_else(default_name);
-    let coord = Coordinator::new(&a.server, &a.token);
-    let stopping = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stopping.clone())?;
-    }
-    let opts = job::JobOptions {
-        exe: std::env::current_exe()?,
-        work_dir: a.work_dir.clone(),
-        data_dir: a.data_dir.clone(),
-        data_url: a.data_url.clone(),
-        data_md5: a.data_md5.clone(),
-        heartbeat: Duration::from_secs_f64(a.heartbeat_seconds),
-        poll: Duration::from_millis(200),
-    };
-    std::fs::create_dir_all(&a.work_dir)?;
-    tracing::info!(%name, server = %a.server, cores, "worker started");
-    let tty = std::io::stderr().is_terminal();
-    let mut running: HashMap<i64, Running> = HashMap::new();
-    let mut last_line = Instant::now();
-    let mut claim_after = Instant::now();
+    let mut service = Service::start(a)?;
     loop {
-        // Reap finished supervisors and free their devices.
-        let done: Vec<i64> = running
+        service.reap_finished();
+        if service.stopping() && service.running.is_empty() {
+            tracing::info!("stopped");
+            return Ok(());
+        }
+        let round = service.claim_when_due();
+        if round == Round::Empty && service.done_when_idle() {
+            tracing::info!("nothing left to do: exiting (--exit-when-idle)");
+            return Ok(());
+        }
+        service.report_progress();
+        if round != Round::Claimed {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// What a pass of the claim loop did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// Not time to ask yet (or stopping).
+    NotDue,
+    Claimed,
+    /// Asked, and nothing fits us now.
+    Empty,
+}
+
+/// The claim loop's state: the free slots, the jobs running, and when to claim or report next.
+#[derive(Debug)]
+struct Service {
+    args: RunArgs,
+    slots: Slots,
+    name: String,
+    coord: Coordinator,
+    stopping: Arc<AtomicBool>,
+    opts: job::JobOptions,
+    running: HashMap<i64, Running>,
+    tty: bool,
+    last_line: Instant,
+    claim_after: Instant,
+}
+
+impl Service {
+    fn start(a: &RunArgs) -> Result<Self> {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let kinds: Vec<DeviceKind> = if a.gpus.is_empty() {
+            (0..a.cpu_ranks.unwrap_or(1)).map(DeviceKind::Cpu).collect()
+        } else {
+            a.gpus.iter().map(|&g| DeviceKind::Gpu(g)).collect()
+        };
+        if kinds.is_empty() {
+            bail!("--cpu-ranks must be at least 1");
+        }
+        let stopping = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(sig, stopping.clone())?;
+        }
+        std::fs::create_dir_all(&a.work_dir)?;
+        let name = a.name.clone().unwrap_or_else(default_name);
+        tracing::info!(%name, server = %a.server, cores, "worker started");
+        Ok(Service {
+            args: a.clone(),
+            slots: Slots::new(kinds, a.slots_per_device, a.pack_max_batch, cores),
+            name,
+            coord: Coordinator::new(&a.server, &a.token),
+            stopping,
+            opts: job::JobOptions {
+                exe: std::env::current_exe()?,
+                work_dir: a.work_dir.clone(),
+                data_dir: a.data_dir.clone(),
+                data_url: a.data_url.clone(),
+                data_md5: a.data_md5.clone(),
+                heartbeat: Duration::from_secs_f64(a.heartbeat_seconds),
+                poll: Duration::from_millis(200),
+            },
+            running: HashMap::new(),
+            tty: std::io::stderr().is_terminal(),
+            last_line: Instant::now(),
+            claim_after: Instant::now(),
+        })
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Joins supervisors that have ended and frees their slots.
+    fn reap_finished(&mut self) {
+        let done: Vec<i64> = self
+            .running
             .iter()
             .filter(|(_, r)| r.thread.is_finished())
             .map(|(&id, _)| id)
             .collect();
         for id in done {
-            if let Some(r) = running.remove(&id) {
+            if let Some(r) = self.running.remove(&id) {
                 let _ = r.thread.join();
-                slots.release(id);
+                self.slots.release(id);
                 let p = r.progress.lock().expect("not poisoned");
                 tracing::info!(
                     job = id,
@@ -127,79 +189,85 @@ pub fn run(a: &RunArgs) -> Result<()> {
                 );
             }
         }
-        let stop = stopping.load(Ordering::SeqCst);
-        if stop && running.is_empty() {
-            tracing::info!("stopped");
-            return Ok(());
+    }
+
+    /// Asks for one job per round, for the largest slot first. After a round with nothing, waits
+    /// `--idle-seconds` before asking again.
+    fn claim_when_due(&mut self) -> Round {
+        if self.stopping() || Instant::now() < self.claim_after {
+            return Round::NotDue;
         }
-        let mut claimed_any = false;
-        if !stop && Instant::now() >= claim_after {
-            for ask in slots.asks() {
-                match coord.claim(&name, ask.ranks, ask.max_batch_size) {
-                    Ok(Some(claim)) => {
-                        let shape = protocol::JobShape::of_value(&claim.params);
-                        let (batch, nproc) =
-                            (shape.batch_size, shape.nproc_per_node.max(1) as usize);
-                        let Some(placement) = slots.place(claim.id, nproc, batch) else {
-                            // The coordinator honoured our capacity, so this does not happen; give it back.
-                            let _ =
-                                coord.release(claim.id, claim.attempt, "did not fit this worker");
-                            continue;
-                        };
-                        tracing::info!(job = claim.id, attempt = claim.attempt, ?placement, params = %claim.params, "claimed");
-                        let progress = Arc::new(Mutex::new(job::Progress::default()));
-                        let sup = job::Supervisor::new(
-                            claim.clone(),
-                            coord.clone(),
-                            opts.clone(),
-                            progress.clone(),
-                        );
-                        let stopping = stopping.clone();
-                        let thread = std::thread::spawn(move || sup.run(placement, stopping));
-                        running.insert(claim.id, Running { progress, thread });
-                        claimed_any = true;
-                        break;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claim failed");
-                        break;
+        for ask in self.slots.asks() {
+            match self.coord.claim(&self.name, ask.ranks, ask.max_batch_size) {
+                Ok(Some(claim)) => {
+                    if self.supervise(claim) {
+                        return Round::Claimed;
                     }
                 }
-            }
-            if !claimed_any {
-                claim_after = Instant::now() + Duration::from_secs_f64(a.idle_seconds);
-                // Idle means the coordinator has nothing left, not merely nothing for us right now: a
-                // job leased to a worker that died comes back when its lease runs out.
-                if a.exit_when_idle
-                    && running.is_empty()
-                    && !slots.busy()
-                    && coord.unfinished_jobs().is_ok_and(|n| n == 0)
-                {
-                    tracing::info!("nothing left to do: exiting (--exit-when-idle)");
-                    return Ok(());
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "claim failed");
+                    break;
                 }
             }
         }
-        if last_line.elapsed() >= Duration::from_secs(if tty { 2 } else { 30 })
-            && !running.is_empty()
-        {
-            last_line = Instant::now();
-            for (id, r) in &running {
-                let p = r.progress.lock().expect("not poisoned");
-                let acc = p
-                    .accuracy
-                    .map(|x| format!("{:.2}%", 100.0 * x))
-                    .unwrap_or_else(|| "-".into());
-                if tty {
-                    eprintln!("job {id}: epoch {}/{} accuracy {acc}", p.epoch, p.epochs);
-                } else {
-                    tracing::info!(job = id, epoch = p.epoch, epochs = p.epochs, accuracy = %acc, "progress");
-                }
-            }
+        self.claim_after = Instant::now() + Duration::from_secs_f64(self.args.idle_seconds);
+        Round::Empty
+    }
+
+    /// Places a claimed job on free slots and starts its supervisor; false (and the job given back)
+    /// when it does not fit, which the coordinator's capacity check makes a should-not-happen.
+    fn supervise(&mut self, claim: Claim) -> bool {
+        let shape = protocol::JobShape::of_value(&claim.params);
+        let nproc = shape.nproc_per_node.max(1) as usize;
+        let Some(placement) = self.slots.place(claim.id, nproc, shape.batch_size) else {
+            let _ = self
+                .coord
+                .release(claim.id, claim.attempt, "did not fit this worker");
+            return false;
+        };
+        tracing::info!(job = claim.id, attempt = claim.attempt, ?placement, params = %claim.params, "claimed");
+        let progress = Arc::new(Mutex::new(job::Progress::default()));
+        let id = claim.id;
+        let sup = job::Supervisor::new(
+            claim,
+            self.coord.clone(),
+            self.opts.clone(),
+            progress.clone(),
+        );
+        let stopping = self.stopping.clone();
+        let thread = std::thread::spawn(move || sup.run(placement, stopping));
+        self.running.insert(id, Running { progress, thread });
+        true
+    }
+
+    /// `--exit-when-idle`: the coordinator has nothing left at all, not merely nothing for us right
+    /// now (a job leased to a worker that died comes back when its lease runs out).
+    fn done_when_idle(&self) -> bool {
+        self.args.exit_when_idle
+            && self.running.is_empty()
+            && !self.slots.busy()
+            && self.coord.unfinished_jobs().is_ok_and(|n| n == 0)
+    }
+
+    /// A line per running job every 2 s on a terminal, every 30 s in a log.
+    fn report_progress(&mut self) {
+        let every = Duration::from_secs(if self.tty { 2 } else { 30 });
+        if self.running.is_empty() || self.last_line.elapsed() < every {
+            return;
         }
-        if !claimed_any {
-            std::thread::sleep(Duration::from_millis(100));
+        self.last_line = Instant::now();
+        for (id, r) in &self.running {
+            let p = r.progress.lock().expect("not poisoned");
+            let acc = p
+                .accuracy
+                .map(|x| format!("{:.2}%", 100.0 * x))
+                .unwrap_or_else(|| "-".into());
+            if self.tty {
+                eprintln!("job {id}: epoch {}/{} accuracy {acc}", p.epoch, p.epochs);
+            } else {
+                tracing::info!(job = id, epoch = p.epoch, epochs = p.epochs, accuracy = %acc, "progress");
+            }
         }
     }
 }
