@@ -27,49 +27,53 @@ pub struct Remote {
     pub token: Option<String>,
 }
 
+/// `server serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "sweeps.db")]
+    db: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Admin bearer token (every right). Prefer the SWEEP_TOKEN environment variable or
+    /// --token-file: a flag's value shows in `ps`. Generated at first start into <db>.token
+    /// (mode 0600) when none is given.
+    #[arg(long, env = "SWEEP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the admin token (refused when empty or readable by group or others).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Worker token: the worker protocol and reads only (give this one to worker hosts).
+    /// Generated at first start into <db>.worker-token when none is given.
+    #[arg(long, env = "SWEEP_WORKER_TOKEN", hide_env_values = true)]
+    worker_token: Option<String>,
+    /// A file holding the worker token.
+    #[arg(long, conflicts_with = "worker_token")]
+    worker_token_file: Option<PathBuf>,
+    /// Host names (in the Host header) this coordinator answers to; repeat for several.
+    /// Default: the loopback names when listening on loopback, any name otherwise.
+    #[arg(long = "allowed-host")]
+    allowed_hosts: Vec<String>,
+    /// Where uploaded checkpoints are kept (default: <db>.artifacts/).
+    #[arg(long)]
+    artifacts: Option<PathBuf>,
+    #[arg(long, default_value_t = 30)]
+    lease_seconds: u64,
+    /// Reads need the token too.
+    #[arg(long)]
+    private: bool,
+    /// Keep the checkpoints of ended jobs (default: deleted when the job ends; they only serve
+    /// resumes, and the study's network makes them about 125 MB each).
+    #[arg(long)]
+    keep_checkpoints: bool,
+    /// Largest checkpoint a worker may upload, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    max_checkpoint_mib: u64,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the coordinator.
-    Serve {
-        #[arg(long, default_value = "sweeps.db")]
-        db: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Admin bearer token (every right). Prefer the SWEEP_TOKEN environment variable or
-        /// --token-file: a flag's value shows in `ps`. Generated at first start into <db>.token
-        /// (mode 0600) when none is given.
-        #[arg(long, env = "SWEEP_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// A file holding the admin token (refused when empty or readable by group or others).
-        #[arg(long, conflicts_with = "token")]
-        token_file: Option<PathBuf>,
-        /// Worker token: the worker protocol and reads only (give this one to worker hosts).
-        /// Generated at first start into <db>.worker-token when none is given.
-        #[arg(long, env = "SWEEP_WORKER_TOKEN", hide_env_values = true)]
-        worker_token: Option<String>,
-        /// A file holding the worker token.
-        #[arg(long, conflicts_with = "worker_token")]
-        worker_token_file: Option<PathBuf>,
-        /// Host names (in the Host header) this coordinator answers to; repeat for several.
-        /// Default: the loopback names when listening on loopback, any name otherwise.
-        #[arg(long = "allowed-host")]
-        allowed_hosts: Vec<String>,
-        /// Where uploaded checkpoints are kept (default: <db>.artifacts/).
-        #[arg(long)]
-        artifacts: Option<PathBuf>,
-        #[arg(long, default_value_t = 30)]
-        lease_seconds: u64,
-        /// Reads need the token too.
-        #[arg(long)]
-        private: bool,
-        /// Keep the checkpoints of ended jobs (default: deleted when the job ends; they only serve
-        /// resumes, and the study's network makes them about 125 MB each).
-        #[arg(long)]
-        keep_checkpoints: bool,
-        /// Largest checkpoint a worker may upload, in MiB.
-        #[arg(long, default_value_t = 1024)]
-        max_checkpoint_mib: u64,
-    },
+    Serve(ServeArgs),
     /// Submit a sweep file (TOML, or JSON by extension).
     Submit {
         file: PathBuf,
@@ -144,74 +148,9 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve {
-            db,
-            listen,
-            token,
-            token_file,
-            worker_token,
-            worker_token_file,
-            allowed_hosts,
-            artifacts,
-            lease_seconds,
-            private,
-            keep_checkpoints,
-            max_checkpoint_mib,
-        } => {
-            let mut cfg = ServeConfig::new(db);
-            cfg.listen = listen;
-            cfg.token = token;
-            cfg.token_file = token_file;
-            cfg.worker_token = worker_token;
-            cfg.worker_token_file = worker_token_file;
-            cfg.allowed_hosts = allowed_hosts;
-            if let Some(a) = artifacts {
-                cfg.artifacts = a;
-            }
-            cfg.lease_ms = lease_seconds as i64 * 1000;
-            cfg.private = private;
-            cfg.max_checkpoint_bytes = max_checkpoint_mib << 20;
-            cfg.keep_checkpoints = keep_checkpoints;
-            let app = Application::build(cfg.clone()).await?;
-            // Notices on stderr: stdout's first line is `listening on URL`, which scripts wait for.
-            if app.new_token {
-                eprintln!(
-                    "generated token (stored in {}): {}",
-                    crate::startup::token_path(&cfg.db).display(),
-                    app.token()
-                );
-            }
-            if app.new_worker_token {
-                eprintln!(
-                    "generated worker token (stored in {}): {}",
-                    crate::startup::worker_token_path(&cfg.db).display(),
-                    app.worker_token()
-                );
-            }
-            tracing::info!(db = %cfg.db.display(), port = app.port(), "coordinator listening on {}", listen.ip());
-            println!("listening on http://{}:{}", listen.ip(), app.port());
-            app.run_until_stopped(crate::startup::shutdown_signal())
-                .await
-        }
+        Command::Serve(args) => serve(args).await,
         Command::Loadgen(args) => crate::loadgen::run(&args).await,
-        Command::Synth { db, jobs, epochs } => {
-            let repeats = jobs.div_ceil(20).clamp(1, 1000);
-            let spec = crate::spec::SweepSpec::from_toml(&format!(
-                "name = \"synthetic {} x {epochs}\"\n[run]\nrepeats = {repeats}\n[train]\ndataset = \"synthetic\"\nepochs = {epochs}\n\
-                 [grid]\nbatch_size = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]\nlr = [0.01, 0.0001]\n",
-                repeats * 20
-            ))?;
-            let store = crate::store::Store::open(&db).await?;
-            let now = crate::state::Clock::System.now_ms();
-            let t0 = std::time::Instant::now();
-            let (id, n) = store.create_sweep(&spec, now).await?;
-            let rows = store.fill_synthetic(id, epochs, now).await?;
-            println!(
-                "sweep {id}: {n} jobs, {rows} metric rows in {:.1} s",
-                t0.elapsed().as_secs_f64()
-            );
-            Ok(())
-        }
+        Command::Synth { db, jobs, epochs } => synth(&db, jobs, epochs).await,
         Command::Plot {
             sweep,
             out,
@@ -271,6 +210,64 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `server serve`: builds the coordinator, prints `listening on URL` as stdout's first line (scripts
+/// wait for it; generated tokens go to stderr), serves until SIGTERM/ctrl-c.
+async fn serve(a: ServeArgs) -> Result<()> {
+    let mut cfg = ServeConfig::new(a.db);
+    cfg.listen = a.listen;
+    cfg.token = a.token;
+    cfg.token_file = a.token_file;
+    cfg.worker_token = a.worker_token;
+    cfg.worker_token_file = a.worker_token_file;
+    cfg.allowed_hosts = a.allowed_hosts;
+    if let Some(dir) = a.artifacts {
+        cfg.artifacts = dir;
+    }
+    cfg.lease_ms = a.lease_seconds as i64 * 1000;
+    cfg.private = a.private;
+    cfg.max_checkpoint_bytes = a.max_checkpoint_mib << 20;
+    cfg.keep_checkpoints = a.keep_checkpoints;
+    let app = Application::build(cfg.clone()).await?;
+    if app.new_token {
+        eprintln!(
+            "generated token (stored in {}): {}",
+            crate::startup::token_path(&cfg.db).display(),
+            app.token()
+        );
+    }
+    if app.new_worker_token {
+        eprintln!(
+            "generated worker token (stored in {}): {}",
+            crate::startup::worker_token_path(&cfg.db).display(),
+            app.worker_token()
+        );
+    }
+    tracing::info!(db = %cfg.db.display(), port = app.port(), "coordinator listening on {}", cfg.listen.ip());
+    println!("listening on http://{}:{}", cfg.listen.ip(), app.port());
+    app.run_until_stopped(crate::startup::shutdown_signal())
+        .await
+}
+
+/// `server synth`: a finished synthetic sweep of `jobs` jobs x `epochs` epochs, for scale tests.
+async fn synth(db: &std::path::Path, jobs: usize, epochs: i64) -> Result<()> {
+    let repeats = jobs.div_ceil(20).clamp(1, 1000);
+    let spec = crate::spec::SweepSpec::from_toml(&format!(
+        "name = \"synthetic {} x {epochs}\"\n[run]\nrepeats = {repeats}\n[train]\ndataset = \"synthetic\"\nepochs = {epochs}\n\
+         [grid]\nbatch_size = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]\nlr = [0.01, 0.0001]\n",
+        repeats * 20
+    ))?;
+    let store = crate::store::Store::open(db).await?;
+    let now = crate::state::Clock::System.now_ms();
+    let t0 = std::time::Instant::now();
+    let (id, n) = store.create_sweep(&spec, now).await?;
+    let rows = store.fill_synthetic(id, epochs, now).await?;
+    println!(
+        "sweep {id}: {n} jobs, {rows} metric rows in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Draws the study's five figures of `sweep` into `out` (through the coordinator's figure route).
