@@ -134,17 +134,23 @@ async fn submit_sweep(
     if body.len() > MAX_BODY {
         return Err(too_big());
     }
-    let text = std::str::from_utf8(&body)
+    let text = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
-    let ctype = headers
+    let toml = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    let spec = if ctype.contains("toml") {
-        SweepSpec::from_toml(text)?
-    } else {
-        SweepSpec::from_json(text)?
-    };
+        .is_some_and(|c| c.contains("toml"));
+    // Parsing and validating up to a megabyte is CPU work (linear, but not free): off the async
+    // threads, so other requests keep being answered meanwhile.
+    let spec = tokio::task::spawn_blocking(move || {
+        if toml {
+            SweepSpec::from_toml(&text)
+        } else {
+            SweepSpec::from_json(&text)
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
     let (id, jobs) = state
         .store
         .create_sweep(&spec, state.clock.now_ms())

@@ -254,7 +254,8 @@ impl Store {
         .fetch_one(&self.read)
         .await?
         .unwrap_or(1);
-        let stride = (epochs + points.max(2) - 1) / points.max(2);
+        // Saturating: a database written before epochs were bounded may hold any number.
+        let stride = epochs.saturating_add(points.max(2) - 1) / points.max(2);
         let rows = sqlx::query!(
             r#"WITH reps AS (
                  SELECT min(j.id) AS job_id, coalesce(json_extract(j.params, '$.batch_size'), ?3) AS bs
