@@ -106,6 +106,10 @@ fn a_huge_lr_diverges_with_nan_recorded_and_its_own_exit_code() {
     let s: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["status"], "diverged");
+    // The diverged weights were evaluated once, as the study's runs were (it shows 10.00: a network
+    // that outputs NaN predicts one class), and that accuracy is recorded, here and in the summary.
+    assert!((0.0..=1.0).contains(&last.accuracy), "{}", last.accuracy);
+    assert_eq!(s["final"]["accuracy"].as_f64(), Some(last.accuracy));
 }
 
 #[test]
