@@ -200,20 +200,18 @@ impl Drop for Worker {
 }
 
 fn worker(url: &str, work: &Path, extra: &[&str]) -> Worker {
+    worker_beating(url, work, Some("0.5"), extra)
+}
+
+/// `worker run` with `--heartbeat-seconds` (None: the worker's default).
+fn worker_beating(url: &str, work: &Path, heartbeat: Option<&str>, extra: &[&str]) -> Worker {
+    let mut cmd = Command::new(common::worker_bin());
+    cmd.args(["run", "--server", url, "--token", TOKEN]);
+    if let Some(h) = heartbeat {
+        cmd.args(["--heartbeat-seconds", h]);
+    }
     Worker(
-        Command::new(common::worker_bin())
-            .args([
-                "run",
-                "--server",
-                url,
-                "--token",
-                TOKEN,
-                "--heartbeat-seconds",
-                "0.5",
-                "--idle-seconds",
-                "0.2",
-                "--work-dir",
-            ])
+        cmd.args(["--idle-seconds", "0.2", "--work-dir"])
             .arg(work)
             .args(extra)
             .stderr(Stdio::from(
@@ -377,26 +375,12 @@ fn a_short_lease_does_not_cost_a_healthy_worker_its_job() {
     let mut train = tiny_train(6);
     train["limit_train"] = json!(1024);
     let sweep = c.submit(json!({"name": "short-lease", "train": train}));
-    let work = dir.path().join("w");
     // The default --heartbeat-seconds (5) is longer than the 3-second lease.
-    let mut w = Worker(
-        Command::new(common::worker_bin())
-            .args([
-                "run",
-                "--server",
-                &c.url,
-                "--token",
-                TOKEN,
-                "--idle-seconds",
-                "0.2",
-            ])
-            .args(["--cpu-ranks", "1", "--exit-when-idle", "--work-dir"])
-            .arg(&work)
-            .stderr(Stdio::from(
-                std::fs::File::create(work.with_extension("log")).unwrap(),
-            ))
-            .spawn()
-            .unwrap(),
+    let mut w = worker_beating(
+        &c.url,
+        &dir.path().join("w"),
+        None,
+        &["--cpu-ranks", "1", "--exit-when-idle"],
     );
     let s = c.wait_sweep(sweep, STALL);
     assert!(w.wait().unwrap().success());
