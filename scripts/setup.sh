@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.11.0
+OPTUNA_VERSION=5.0.0
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 [ -f /usr/include/gloo/algorithm.h ] || need_apt+=(libgloo-dev)   # c10d Gloo headers (not in the wheel)
@@ -23,6 +24,11 @@ if ! .venv/bin/python -c "import torch, safetensors; assert torch.__version__.st
   echo "setup: installing torch==$TORCH_VERSION into .venv (about 2 minutes, 4.6 GB)"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" safetensors numpy
+fi
+# Optuna: the reference the early-stopping tests compare the coordinator's decisions with.
+if ! .venv/bin/python -c "import optuna" 2>/dev/null; then
+  echo "setup: installing optuna into .venv (the early-stopping tests' reference)"
+  .venv/bin/pip install -q --disable-pip-version-check "optuna==$OPTUNA_VERSION"
 fi
 
 # Multi-GPU (`cargo build --features worker/nccl`): ProcessGroupNCCL's headers need two header-only

@@ -60,16 +60,20 @@ pub enum JobStatus {
     Diverged,
     Failed,
     Cancelled,
+    /// Stopped early by the sweep's early-stopping rule: a result (its metrics and epoch count are
+    /// kept), never retried.
+    Pruned,
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 6] = [
+    pub const ALL: [JobStatus; 7] = [
         JobStatus::Pending,
         JobStatus::Running,
         JobStatus::Completed,
         JobStatus::Diverged,
         JobStatus::Failed,
         JobStatus::Cancelled,
+        JobStatus::Pruned,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +84,7 @@ impl JobStatus {
             JobStatus::Diverged => "diverged",
             JobStatus::Failed => "failed",
             JobStatus::Cancelled => "cancelled",
+            JobStatus::Pruned => "pruned",
         }
     }
 
@@ -113,6 +118,8 @@ pub enum Outcome {
     Failed,
     /// After a cancel seen on a heartbeat.
     Cancelled,
+    /// After a stop from the sweep's early-stopping rule (the trainer committed its epoch).
+    Pruned,
 }
 
 impl Outcome {
@@ -122,6 +129,7 @@ impl Outcome {
             Outcome::Diverged => "diverged",
             Outcome::Failed => "failed",
             Outcome::Cancelled => "cancelled",
+            Outcome::Pruned => "pruned",
         }
     }
 }
@@ -174,6 +182,10 @@ pub struct HeartbeatRequest {
 pub struct HeartbeatReply {
     /// The job's sweep was cancelled: stop the trainer and finish `cancelled`.
     pub cancel: bool,
+    /// The sweep's early-stopping rule stopped the job: stop the trainer the way SIGTERM does
+    /// (its epoch committed) and finish `pruned`. Absent from older coordinators.
+    #[serde(default)]
+    pub stop: bool,
     pub lease_expires_at: i64,
 }
 
@@ -202,6 +214,10 @@ pub struct MetricsReport {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricsReply {
     pub ok: bool,
+    /// The early-stopping decision taken on this report (and on any before it): as
+    /// [`HeartbeatReply::stop`]. Absent from older coordinators.
+    #[serde(default)]
+    pub stop: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

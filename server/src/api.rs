@@ -395,12 +395,27 @@ async fn report_metrics(
         .store
         .record_metrics(id, &m, state.clock.now_ms())
         .await?;
+    let stop = judge(&state, id, sweep_id, &m).await?;
     state.publish(Event::Metrics {
         job_id: id,
         sweep_id,
         metrics: m,
     });
-    Ok(Json(MetricsReply { ok: true }))
+    Ok(Json(MetricsReply { ok: true, stop }))
+}
+
+/// The sweep's early-stopping rule on this report: whether the job is to stop (now or before).
+/// A report without the rule's metric (no evaluation that epoch) or without a training loss (the
+/// trainer sends a non-finite one as null: the run diverged and ends itself) is not judged.
+async fn judge(state: &AppState, job: i64, sweep: i64, m: &MetricsReport) -> ApiResult<bool> {
+    let Some(rule) = state.store.early_stop_rule(sweep).await? else {
+        return Ok(false);
+    };
+    let diverged = m.train_loss.is_none();
+    match crate::early_stop::value_of(m, &rule.metric) {
+        Some(value) if !diverged => Ok(state.store.judge(job, sweep, m.epoch, value, rule).await?),
+        _ => Ok(state.store.stop_requested(job).await?),
+    }
 }
 
 /// Every reported value is checked before it is stored: a wrong number would otherwise reach the

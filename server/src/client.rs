@@ -95,9 +95,10 @@ impl Client {
                     .flatten()
                 {
                     out.push_str(&format!(
-                        "{:>4}  {:<28} {:<10} {} jobs: {} pending, {} running, {} completed, {} diverged, {} failed, {} cancelled\n",
+                        "{:>4}  {:<28} {:<10} {} jobs: {} pending, {} running, {} completed, {} diverged, {} failed, {} cancelled, {} pruned; {}/{} epochs\n",
                         s["id"], s["name"].as_str().unwrap_or(""), s["status"].as_str().unwrap_or(""), s["total"], s["pending"],
-                        s["running"], s["completed"], s["diverged"], s["failed"], s["cancelled"]
+                        s["running"], s["completed"], s["diverged"], s["failed"], s["cancelled"], s["pruned"],
+                        s["epochs_spent"], s["epochs_budget"]
                     ));
                 }
             }

@@ -140,27 +140,40 @@ pub(crate) fn pct(v: Option<f64>) -> String {
 /// The (loss, accuracy) cells of one job in the study's layout. Diverged runs read `NaN` beside the
 /// accuracy their diverged weights scored (the study's 10.00); a run that reported nothing has empty
 /// cells, as the study left the runs it did not report; a running one shows its latest epoch,
-/// marked. The flag says whether the mark was used.
-fn result_cells(j: &JobRow, bold: bool) -> (String, String, bool) {
+/// marked †, and one stopped early by the sweep's rule its last epoch, marked ‡. The third value is
+/// the mark used, if any.
+fn result_cells(j: &JobRow, bold: bool) -> (String, String, Option<char>) {
     let loss = || {
         final_loss(j)
             .map(|x| format!("{x:.3}"))
             .unwrap_or_else(|| "NaN".into())
     };
     match j.status.as_str() {
-        "diverged" => ("NaN".into(), pct(final_acc(j)), false),
+        "diverged" => ("NaN".into(), pct(final_acc(j)), None),
         "completed" if bold => (
             format!("**{}**", loss()),
             format!("**{}**", pct(final_acc(j))),
-            false,
+            None,
         ),
-        "completed" => (loss(), pct(final_acc(j)), false),
-        _ if j.latest.is_some() && j.status == "running" => (
-            format!("{}†", loss()),
-            format!("{}† (epoch {}/{})", pct(final_acc(j)), j.epoch, j.epochs),
-            true,
-        ),
-        _ => (String::new(), String::new(), false),
+        "completed" => (loss(), pct(final_acc(j)), None),
+        "running" | "pruned" if j.latest.is_some() => {
+            let (mark, what) = if j.status == "running" {
+                ('†', "epoch")
+            } else {
+                ('‡', "pruned at epoch")
+            };
+            (
+                format!("{}{mark}", loss()),
+                format!(
+                    "{}{mark} ({what} {}/{})",
+                    pct(final_acc(j)),
+                    j.epoch,
+                    j.epochs
+                ),
+                Some(mark),
+            )
+        }
+        _ => (String::new(), String::new(), None),
     }
 }
 
@@ -197,15 +210,15 @@ pub fn markdown(d: &SweepDetail, opts: &TableOptions) -> String {
         head.join(" | "),
         ":---:|".repeat(head.len())
     );
-    let mut unfinished = false;
+    let mut marks = std::collections::BTreeSet::new();
     for j in jobs {
         let mut cells = vec![job_batch(j).to_string(), format_lr(job_lr(j))];
         cells.extend(
             axes.iter()
                 .map(|k| j.params.get(k).map(Value::to_string).unwrap_or_default()),
         );
-        let (loss, acc, marked) = result_cells(j, best.contains(&j.id));
-        unfinished |= marked;
+        let (loss, acc, mark) = result_cells(j, best.contains(&j.id));
+        marks.extend(mark);
         cells.push(loss);
         cells.push(acc);
         if opts.extra {
@@ -222,8 +235,14 @@ pub fn markdown(d: &SweepDetail, opts: &TableOptions) -> String {
         }
         out.push_str(&table_row(&cells));
     }
-    if unfinished {
-        out.push_str("\n† unfinished: the latest recorded epoch's values.\n");
+    if !marks.is_empty() {
+        out.push('\n');
+    }
+    for mark in marks {
+        out.push_str(match mark {
+            '†' => "† unfinished: the latest recorded epoch's values.\n",
+            _ => "‡ stopped early by the sweep's early-stopping rule: its last epoch's values.\n",
+        });
     }
     out
 }

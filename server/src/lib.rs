@@ -4,6 +4,7 @@
 //! - [`study`]: the study's table (its first README) and our sweep's results beside it.
 //! - `protocol` (its own crate): the worker protocol's messages, shared with the worker.
 //! - [`search`]: random search, trials drawn from `[search.space]` with a seed.
+//! - [`early_stop`]: ASHA and the median rule (Optuna's decisions), judged as metrics arrive.
 //! - [`spec`]: sweep files parsed and validated at the edge; grid expansion as a pure function.
 //! - [`store`]: every query (plain SQL, checked at compile time), grouped by state transition: the
 //!   lease state machine, sweeps, read models. [`writer`] batches concurrent writes into one
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod dashboard;
+pub mod early_stop;
 pub mod error;
 pub mod events;
 pub mod export;

@@ -120,6 +120,8 @@ pub struct SweepSpec {
     pub grids: Vec<Grid>,
     /// `[search] method = "random"`: the points are drawn instead (then `grids` is empty).
     pub search: Option<crate::search::RandomSearch>,
+    /// `[early_stop]`: the rule that stops jobs early (grid or random search alike).
+    pub early_stop: Option<crate::early_stop::EarlyStop>,
     pub max_attempts: i64,
     pub repeats: i64,
 }
@@ -163,16 +165,11 @@ impl SweepSpec {
         };
         for k in top.keys() {
             if !["name", "train", "grid", "run", "search", "early_stop"].contains(&k.as_str()) {
-                return err(k, "unknown key (expected name, train, grid, search, run)");
+                return err(
+                    k,
+                    "unknown key (expected name, train, grid, search, early_stop, run)",
+                );
             }
-        }
-        if top.contains_key("early_stop") {
-            // Refused rather than ignored: a user who asked for early stopping must not get full
-            // runs believing some were stopped.
-            return err(
-                "early_stop",
-                "early stopping (ASHA, median) is not available yet; every job runs to its last epoch",
-            );
         }
         let name = match top.get("name") {
             Some(Value::String(s)) if s.trim().is_empty() => {
@@ -216,6 +213,7 @@ impl SweepSpec {
         }
         let search =
             crate::search::parse(top.get("search"), &train, top.contains_key("grid"), repeats)?;
+        let early_stop = crate::early_stop::EarlyStop::parse(top.get("early_stop"))?;
         let points = grids
             .iter()
             .try_fold(0usize, |acc, g| acc.checked_add(grid_points(g)?))
@@ -235,6 +233,7 @@ impl SweepSpec {
             train,
             grids,
             search,
+            early_stop,
             max_attempts,
             repeats,
         };
@@ -340,6 +339,9 @@ impl SweepSpec {
         });
         if let Some(search) = &self.search {
             v["search"] = search.to_value();
+        }
+        if let Some(rule) = &self.early_stop {
+            v["early_stop"] = rule.to_value();
         }
         v
     }

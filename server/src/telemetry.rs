@@ -29,14 +29,7 @@ impl Telemetry {
     pub fn render(&self, jobs_by_status: &serde_json::Map<String, serde_json::Value>) -> String {
         let mut s = String::new();
         s.push_str("# HELP sweep_jobs Jobs by status.\n# TYPE sweep_jobs gauge\n");
-        for status in [
-            "pending",
-            "running",
-            "completed",
-            "diverged",
-            "failed",
-            "cancelled",
-        ] {
+        for status in protocol::JobStatus::ALL.map(protocol::JobStatus::as_str) {
             let n = jobs_by_status
                 .get(status)
                 .and_then(|v| v.as_i64())

@@ -112,6 +112,12 @@ pub struct SweepRow {
     pub diverged: i64,
     pub failed: i64,
     pub cancelled: i64,
+    /// Stopped early by the sweep's `[early_stop]` rule.
+    pub pruned: i64,
+    /// Epochs recorded by all the sweep's jobs, and what running every job to its last epoch
+    /// would take: with early stopping, the difference is the compute it saved.
+    pub epochs_spent: i64,
+    pub epochs_budget: i64,
     pub best_accuracy: Option<f64>,
 }
 

@@ -1,7 +1,8 @@
 //! A job's lease: claimed (one statement picks and takes the job, incrementing its attempt),
 //! renewed by heartbeats, written to by the attempt that holds it (each write fenced by attempt in
 //! its own WHERE), and ended by finish, release or an expired lease. A cancelled sweep's job ends
-//! `cancelled` on every one of those paths.
+//! `cancelled` on every one of those paths, and a job an early-stopping decision stopped ends
+//! `pruned` on every one of them.
 use super::*;
 
 impl Store {
@@ -46,6 +47,7 @@ impl Store {
                WHERE id = (SELECT j.id FROM jobs j
                            WHERE j.status = 'pending'
                              AND j.cancel_requested = 0
+                             AND j.stop_requested = 0
                              AND (?4 IS NULL OR j.nproc <= ?4)
                              AND (?5 IS NULL OR j.batch_size <= ?5)
                              AND NOT EXISTS (SELECT 1 FROM sweeps s WHERE s.id = j.sweep_id AND s.cancelled_at IS NOT NULL)
@@ -106,7 +108,7 @@ impl Store {
                 async move {
                     Ok(sqlx::query!(
                         r#"UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND attempt = ? AND status = 'running'
-                           RETURNING cancel_requested AS "cancel!""#,
+                           RETURNING cancel_requested AS "cancel!", stop_requested AS "stop!""#,
                         until,
                         job,
                         attempt
@@ -120,6 +122,7 @@ impl Store {
         match row {
             Some(r) => Ok(HeartbeatReply {
                 cancel: r.cancel != 0,
+                stop: r.stop != 0,
                 lease_expires_at: until,
             }),
             None => Err(self.fence_error(job, attempt).await),
@@ -208,16 +211,21 @@ impl Store {
         let (outcome_s, error_s) = (outcome.to_string(), error.map(str::to_string));
         let row = self.writer.run(move |c| async move { let (outcome, error) = (outcome_s, error_s); Ok(sqlx::query!(
             // `failed` with attempts left goes back to pending, unless the job's sweep was cancelled
-            // meanwhile: then it ends cancelled (a retry would run a cancelled job).
+            // meanwhile (then it ends cancelled: a retry would run a cancelled job) or an early-stopping
+            // decision stopped it (then it ends pruned, as does a run that completed after the stop
+            // was decided: Optuna's pruned trials are those the rule stopped, whatever came after).
             r#"UPDATE jobs SET
-                 status = CASE WHEN ?3 = 'failed' AND attempt < max_attempts AND cancel_requested = 0 THEN 'pending'
-                               WHEN ?3 = 'failed' AND cancel_requested = 1 THEN 'cancelled'
+                 status = CASE WHEN ?3 = 'failed' AND cancel_requested = 1 THEN 'cancelled'
+                               WHEN ?3 IN ('completed', 'failed') AND stop_requested = 1 THEN 'pruned'
+                               WHEN ?3 = 'failed' AND attempt < max_attempts THEN 'pending'
                                ELSE ?3 END,
-                 finished_at = CASE WHEN ?3 = 'failed' AND attempt < max_attempts AND cancel_requested = 0 THEN NULL
+                 finished_at = CASE WHEN ?3 = 'failed' AND attempt < max_attempts AND cancel_requested = 0
+                                         AND stop_requested = 0 THEN NULL
                                     ELSE ?4 END,
                  summary = coalesce(?5, summary),
                  error = coalesce(?6, error),
-                 worker = CASE WHEN ?3 = 'failed' AND attempt < max_attempts AND cancel_requested = 0 THEN NULL
+                 worker = CASE WHEN ?3 = 'failed' AND attempt < max_attempts AND cancel_requested = 0
+                                    AND stop_requested = 0 THEN NULL
                                ELSE worker END,
                  lease_expires_at = NULL,
                  attempt_ended_at = ?4, attempt_outcome = ?3, attempt_error = ?6
@@ -276,12 +284,17 @@ impl Store {
             .run(move |c| {
                 async move {
                     Ok(sqlx::query!(
-                        // Released after a cancel: the job ends cancelled instead of waiting for a claim.
+                        // Released after a cancel or a stop: the job ends (cancelled or pruned) instead of
+                        // waiting for a claim.
                         r#"UPDATE jobs SET
-                             status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END,
-                             max_attempts = CASE WHEN cancel_requested = 1 THEN max_attempts ELSE max_attempts + 1 END,
-                             finished_at = CASE WHEN cancel_requested = 1 THEN ?3 ELSE finished_at END,
-                             worker = CASE WHEN cancel_requested = 1 THEN worker END,
+                             status = CASE WHEN cancel_requested = 1 THEN 'cancelled'
+                                           WHEN stop_requested = 1 THEN 'pruned'
+                                           ELSE 'pending' END,
+                             max_attempts = CASE WHEN cancel_requested = 1 OR stop_requested = 1 THEN max_attempts
+                                                 ELSE max_attempts + 1 END,
+                             finished_at = CASE WHEN cancel_requested = 1 OR stop_requested = 1 THEN ?3
+                                                ELSE finished_at END,
+                             worker = CASE WHEN cancel_requested = 1 OR stop_requested = 1 THEN worker END,
                              lease_expires_at = NULL,
                              attempt_ended_at = ?3, attempt_outcome = 'released', attempt_error = ?4
                            WHERE id = ?1 AND attempt = ?2 AND status = 'running'
@@ -330,15 +343,19 @@ impl Store {
     /// next attempt), or fails it when it has used all its attempts.
     pub async fn requeue_expired(&self, now: i64) -> Result<Vec<JobChange>> {
         let rows = self.writer.run(move |c| async move { Ok(sqlx::query!(
-            // A cancelled job whose worker vanished ends cancelled, not pending or failed.
+            // A cancelled (or stopped) job whose worker vanished ends cancelled (or pruned), not pending
+            // or failed.
             r#"UPDATE jobs SET
                  status = CASE WHEN cancel_requested = 1 THEN 'cancelled'
+                               WHEN stop_requested = 1 THEN 'pruned'
                                WHEN attempt < max_attempts THEN 'pending'
                                ELSE 'failed' END,
                  error = CASE WHEN cancel_requested = 1 THEN 'cancelled; its worker stopped heartbeating'
+                              WHEN stop_requested = 1 THEN error
                               WHEN attempt < max_attempts THEN error
                               ELSE 'lease expired on attempt ' || attempt || ' of ' || max_attempts || ' (worker ' || coalesce(worker, '?') || ' stopped heartbeating)' END,
-                 finished_at = CASE WHEN attempt < max_attempts AND cancel_requested = 0 THEN NULL ELSE ?1 END,
+                 finished_at = CASE WHEN attempt < max_attempts AND cancel_requested = 0 AND stop_requested = 0 THEN NULL
+                                    ELSE ?1 END,
 
                  worker = NULL, lease_expires_at = NULL,
                  attempt_ended_at = ?1, attempt_outcome = 'lease expired',

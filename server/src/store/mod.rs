@@ -7,6 +7,7 @@
 //! The statements are grouped by what they change:
 //! - [`lease`]: the lease state machine of a job: claim, heartbeat, metrics, finish, release,
 //!   requeue of expired leases, and the fence every worker write passes.
+//! - [`stopping`]: early stopping's decision on a metrics report, and the stop flag it sets.
 //! - [`sweeps`]: sweeps created (with their jobs) and cancelled.
 //! - [`reads`]: the read models: sweeps with counts, job pages, the grid, curves, a job's history.
 //!
@@ -28,6 +29,7 @@ use sqlx::{ConnectOptions, SqliteConnection};
 
 mod lease;
 mod reads;
+mod stopping;
 mod sweeps;
 
 use crate::views::*;
@@ -60,7 +62,7 @@ pub struct Store {
 }
 
 /// Job statuses that end a job.
-pub const FINAL: [&str; 4] = ["completed", "diverged", "failed", "cancelled"];
+pub const FINAL: [&str; 5] = ["completed", "diverged", "failed", "cancelled", "pruned"];
 
 fn sweep_status(cancelled: bool, pending: i64, running: i64, total: i64) -> String {
     if cancelled {

@@ -78,6 +78,9 @@ impl Store {
                  coalesce(sum(j.status = 'diverged'), 0) AS "diverged!: i64",
                  coalesce(sum(j.status = 'failed'), 0) AS "failed!: i64",
                  coalesce(sum(j.status = 'cancelled'), 0) AS "cancelled!: i64",
+                 coalesce(sum(j.status = 'pruned'), 0) AS "pruned!: i64",
+                 coalesce(sum(j.epoch), 0) AS "epochs_spent!: i64",
+                 coalesce(sum(j.epochs), 0) AS "epochs_budget!: i64",
                  (SELECT max(m.accuracy) FROM metrics m JOIN jobs j2 ON j2.id = m.job_id WHERE j2.sweep_id = s.id
                     AND m.epoch = j2.epoch) AS "best_accuracy: f64"
                FROM sweeps s LEFT JOIN jobs j ON j.sweep_id = s.id
@@ -101,6 +104,9 @@ impl Store {
                 diverged: r.diverged,
                 failed: r.failed,
                 cancelled: r.cancelled,
+                pruned: r.pruned,
+                epochs_spent: r.epochs_spent,
+                epochs_budget: r.epochs_budget,
                 best_accuracy: r.best_accuracy,
             })
             .collect())

@@ -7,14 +7,16 @@ impl Store {
         let jobs = spec.expand();
         let spec_json = spec.to_value().to_string();
         let (name, max_attempts) = (spec.name.clone(), spec.max_attempts);
+        let early_stop = spec.early_stop.as_ref().map(|r| r.to_value().to_string());
         // The sweep and all its jobs commit together, or nothing of them does (run_many: a savepoint).
         self.writer
             .run_many(move |c| {
                 async move {
                     let sweep_id = sqlx::query_scalar!(
-                        r#"INSERT INTO sweeps (name, spec, created_at) VALUES (?, ?, ?) RETURNING id AS "id!""#,
+                        r#"INSERT INTO sweeps (name, spec, early_stop, created_at) VALUES (?, ?, ?, ?) RETURNING id AS "id!""#,
                         name,
                         spec_json,
+                        early_stop,
                         now
                     )
                     .fetch_one(&mut *c)

@@ -1,6 +1,7 @@
 //! The coordinator end to end: the real server on a random port over a fresh SQLite file per test.
 mod dashboard;
 mod durability;
+mod early_stop;
 mod figures;
 mod hardening;
 mod helpers;

@@ -156,8 +156,8 @@ async fn bad_searches_are_refused_naming_the_field() {
             "grid",
         ),
         (
-            json!({"name": "s", "early_stop": {"method": "asha"}}),
-            "early_stop",
+            json!({"name": "s", "early_stop": {"method": "hyperband"}}),
+            "early_stop.method",
         ),
     ] {
         let (s, e) = app.post("/api/sweeps", body.clone()).await;

@@ -1,7 +1,7 @@
 //! The worker protocol over HTTP (blocking; each job's supervisor thread makes its own calls).
 use protocol::{
-    routes, Capacity, ClaimRequest, FinishRequest, HeartbeatReply, HeartbeatRequest, MetricsReport,
-    Outcome, ReleaseRequest,
+    routes, Capacity, ClaimRequest, FinishRequest, HeartbeatReply, HeartbeatRequest, MetricsReply,
+    MetricsReport, Outcome, ReleaseRequest,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -122,14 +122,17 @@ impl Coordinator {
         serde_json::from_value(v).map_err(|e| CallError::Refused(format!("heartbeat reply: {e}")))
     }
 
+    /// Reports one epoch; the reply says whether the sweep's early-stopping rule stopped the job.
     pub fn metrics(
         &self,
         job: i64,
         attempt: i64,
         m: &crate::metrics::EpochMetrics,
-    ) -> Result<(), CallError> {
-        self.post(&routes::metrics(job), &report(attempt, m))
-            .map(|_| ())
+    ) -> Result<MetricsReply, CallError> {
+        let v = self
+            .post(&routes::metrics(job), &report(attempt, m))?
+            .ok_or_else(|| CallError::Refused("empty metrics reply".into()))?;
+        serde_json::from_value(v).map_err(|e| CallError::Refused(format!("metrics reply: {e}")))
     }
 
     pub fn finish(

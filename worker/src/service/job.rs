@@ -136,6 +136,8 @@ pub struct Supervisor {
     backoff: Duration,
     progress: Arc<Mutex<Progress>>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// The sweep's early-stopping rule stopped the job (a metrics reply or a heartbeat said so).
+    pruned: bool,
 }
 
 impl Supervisor {
@@ -159,6 +161,7 @@ impl Supervisor {
             backoff: Duration::from_millis(200),
             progress,
             stderr_tail: Arc::default(),
+            pruned: false,
         }
     }
 
@@ -248,7 +251,8 @@ impl Supervisor {
     }
 
     /// Until the trainer exits: forwards its epochs and checkpoints, heartbeats inside the lease,
-    /// passes a stop (SIGTERM: commit the epoch, exit 4) and a cancel (kill: nothing to keep) on.
+    /// passes a stop (SIGTERM: commit the epoch, exit 4), an early stop (the same SIGTERM: the
+    /// pruned job keeps its last epoch) and a cancel (kill: nothing to keep) on.
     /// Ok((exit code, cancelled)); Err(why) when this attempt lost the job.
     fn watch(&mut self, child: &mut Child, stopping: &AtomicBool) -> Result<(i32, bool), String> {
         let (id, attempt) = (self.claim.id, self.claim.attempt);
@@ -256,7 +260,13 @@ impl Supervisor {
         let (mut signalled, mut cancelled) = (false, false);
         loop {
             self.collect();
-            if stopping.load(Ordering::SeqCst) && !signalled {
+            if (stopping.load(Ordering::SeqCst) || self.pruned) && !signalled {
+                if self.pruned {
+                    tracing::info!(
+                        job = id,
+                        "stopped early by the sweep's rule: stopping the trainer"
+                    );
+                }
                 // SAFETY: kill(2) on our own child's pid.
                 unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
                 signalled = true;
@@ -269,7 +279,7 @@ impl Supervisor {
                         cancelled = true;
                         let _ = child.kill();
                     }
-                    Ok(_) => {}
+                    Ok(reply) => self.pruned |= reply.stop,
                     Err(CallError::LeaseLost(why)) => return Err(why),
                     Err(e) => {
                         tracing::warn!(job = id, error = %e, "heartbeat failed; training goes on")
@@ -300,6 +310,7 @@ impl Supervisor {
         };
         match code {
             _ if cancelled => finish(Outcome::Cancelled, Some("cancelled by the user".into())),
+            c if self.pruned && c != crate::EXIT_DIVERGED => finish(Outcome::Pruned, None),
             0 => finish(Outcome::Completed, None),
             c if c == crate::EXIT_DIVERGED => {
                 finish(Outcome::Diverged, Some("non-finite loss".into()))
@@ -392,7 +403,9 @@ impl Supervisor {
         let (id, attempt) = (self.claim.id, self.claim.attempt);
         while let Some(w) = self.outbox.front() {
             let r = match w {
-                Write::Metrics(m) => self.coord.metrics(id, attempt, m),
+                Write::Metrics(m) => self.coord.metrics(id, attempt, m).map(|reply| {
+                    self.pruned |= reply.stop;
+                }),
                 Write::Upload => {
                     self.coord
                         .upload_checkpoint(id, attempt, &self.out.join(RESUME_FILE))

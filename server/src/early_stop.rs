@@ -1,0 +1,381 @@
+//! Early stopping decided by the coordinator: `[early_stop]` in a sweep (grid or random search).
+//! The coordinator holds every epoch's metrics, so it judges a job when its epoch arrives; the answer
+//! to that report, and every heartbeat after it, carry `stop`, and the job ends `pruned`.
+//!
+//! The rules are Optuna's, decision for decision, so users can reason about them with Optuna's
+//! documentation and the tests can check them against Optuna itself (`server/tests/api/early_stop.rs`):
+//! - `asha`: `SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=eta,
+//!   min_early_stopping_rate=0)`. Rungs at epochs `min_epochs * eta^k`. A job reaching a rung
+//!   records its value there (once); it goes on only if that value is within the top
+//!   `floor(n / eta)` of the n values recorded at that rung so far by the sweep's jobs, whatever
+//!   their state, itself included (the best one when that floor is 0); ties with the cut-off go on.
+//!   One report may pass several rungs (a job that did not report at a rung's epoch).
+//! - `median`: `MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=min_epochs)`. No stop
+//!   before `startup_trials` jobs of the sweep have *completed* (at least one), nor before epoch
+//!   `min_epochs`; then a job stops when its best value so far is worse than the median of the
+//!   completed jobs' values at the same epoch (none there: no stop).
+//!
+//! Two choices of ours where Optuna has no counterpart: a report without the metric (an epoch
+//! without evaluation, or a diverged one, whose loss is NaN) is not judged; and diverged jobs are
+//! never compared with (they ended themselves; a NaN would make every comparison meaningless).
+//!
+//! The decision reads only the jobs at its rung or epoch (indexes `rungs_sweep`,
+//! `metrics_sweep_epoch`, `jobs_sweep_status`), never the sweep's whole history.
+use serde_json::{Map, Value};
+
+use crate::spec::{err, SpecError};
+
+/// The metrics a rule may judge: every number a worker reports per epoch.
+pub const METRICS: [&str; 9] = [
+    "accuracy",
+    "test_loss",
+    "train_loss",
+    "precision",
+    "recall",
+    "f1",
+    "lr",
+    "images_per_sec",
+    "seconds",
+];
+
+/// Whether larger or smaller values of the metric are better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Max,
+    Min,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Max => "max",
+            Mode::Min => "min",
+        }
+    }
+
+    /// The natural direction of a metric: losses and times down, the rest up.
+    fn default_for(metric: &str) -> Mode {
+        if metric.ends_with("loss") || metric == "seconds" {
+            Mode::Min
+        } else {
+            Mode::Max
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Asynchronous successive halving.
+    Asha { reduction_factor: i64 },
+    /// The median rule.
+    Median { startup_trials: i64 },
+}
+
+/// A validated `[early_stop]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlyStop {
+    pub method: Method,
+    /// One of [`METRICS`].
+    pub metric: String,
+    pub mode: Mode,
+    /// ASHA: the first rung's epoch (r); median: the warm-up epochs before any stop.
+    pub min_epochs: i64,
+}
+
+const KEYS: [&str; 6] = [
+    "method",
+    "metric",
+    "mode",
+    "min_epochs",
+    "reduction_factor",
+    "startup_trials",
+];
+
+impl EarlyStop {
+    /// Parses `[early_stop]`; absent: None (every job runs to its end).
+    pub fn parse(v: Option<&Value>) -> Result<Option<Self>, SpecError> {
+        let Some(v) = v else {
+            return Ok(None);
+        };
+        let Some(t) = v.as_object() else {
+            return err("early_stop", "must be a table/object");
+        };
+        if let Some(k) = t.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return err(
+                format!("early_stop.{k}"),
+                format!("unknown key (expected {})", KEYS.join(", ")),
+            );
+        }
+        let metric = match t.get("metric") {
+            None => "accuracy".to_string(),
+            Some(Value::String(m)) if METRICS.contains(&m.as_str()) => m.clone(),
+            Some(_) => {
+                return err(
+                    "early_stop.metric",
+                    format!("must be one of {}", METRICS.join(", ")),
+                )
+            }
+        };
+        let mode = match t.get("mode").map(Value::as_str) {
+            None => Mode::default_for(&metric),
+            Some(Some("max")) => Mode::Max,
+            Some(Some("min")) => Mode::Min,
+            Some(_) => return err("early_stop.mode", "must be \"max\" or \"min\""),
+        };
+        let min_epochs = int(t, "min_epochs", 1, 1, crate::spec::MAX_EPOCHS)?;
+        let method = match t.get("method").and_then(Value::as_str) {
+            Some("asha") => {
+                only_for(t, "startup_trials", "median")?;
+                Method::Asha {
+                    reduction_factor: int(t, "reduction_factor", 3, 2, 1000)?,
+                }
+            }
+            Some("median") => {
+                only_for(t, "reduction_factor", "asha")?;
+                Method::Median {
+                    startup_trials: int(t, "startup_trials", 5, 0, crate::spec::MAX_JOBS as i64)?,
+                }
+            }
+            _ => return err("early_stop.method", "must be \"asha\" or \"median\""),
+        };
+        Ok(Some(EarlyStop {
+            method,
+            metric,
+            mode,
+            min_epochs,
+        }))
+    }
+
+    /// As stored and shown (every default filled in).
+    pub fn to_value(&self) -> Value {
+        let mut v = serde_json::json!({
+            "metric": self.metric,
+            "mode": self.mode.as_str(),
+            "min_epochs": self.min_epochs,
+        });
+        match self.method {
+            Method::Asha { reduction_factor } => {
+                v["method"] = "asha".into();
+                v["reduction_factor"] = reduction_factor.into();
+            }
+            Method::Median { startup_trials } => {
+                v["method"] = "median".into();
+                v["startup_trials"] = startup_trials.into();
+            }
+        }
+        v
+    }
+
+    /// The stored form back (written by [`Self::to_value`]); None if unreadable.
+    pub fn from_stored(text: &str) -> Option<Self> {
+        let v: Value = serde_json::from_str(text).ok()?;
+        Self::parse(Some(&v)).ok().flatten()
+    }
+
+    /// ASHA's rung `k` is reached at epoch `min_epochs * eta^k` (None past any epoch a job can have).
+    pub fn rung_epoch(&self, rung: u32) -> Option<i64> {
+        match self.method {
+            Method::Asha { reduction_factor } => reduction_factor
+                .checked_pow(rung)
+                .and_then(|p| p.checked_mul(self.min_epochs)),
+            Method::Median { .. } => None,
+        }
+    }
+
+    /// `a` is strictly better than `b`.
+    fn better(&self, a: f64, b: f64) -> bool {
+        match self.mode {
+            Mode::Max => a > b,
+            Mode::Min => a < b,
+        }
+    }
+}
+
+fn int(
+    t: &Map<String, Value>,
+    key: &str,
+    default: i64,
+    lo: i64,
+    hi: i64,
+) -> Result<i64, SpecError> {
+    match t.get(key) {
+        None => Ok(default),
+        Some(v) => match v.as_i64() {
+            Some(n) if (lo..=hi).contains(&n) => Ok(n),
+            _ => err(
+                format!("early_stop.{key}"),
+                format!("must be an integer in {lo}..={hi}"),
+            ),
+        },
+    }
+}
+
+fn only_for(t: &Map<String, Value>, key: &str, method: &str) -> Result<(), SpecError> {
+    if t.contains_key(key) {
+        return err(
+            format!("early_stop.{key}"),
+            format!("only for method = \"{method}\""),
+        );
+    }
+    Ok(())
+}
+
+/// The rule's metric in one report (None: not reported that epoch).
+pub fn value_of(m: &protocol::MetricsReport, metric: &str) -> Option<f64> {
+    match metric {
+        "accuracy" => m.accuracy,
+        "test_loss" => m.test_loss,
+        "train_loss" => m.train_loss,
+        "precision" => m.precision,
+        "recall" => m.recall,
+        "f1" => m.f1,
+        "lr" => m.lr,
+        "images_per_sec" => m.images_per_sec,
+        "seconds" => m.seconds,
+        _ => None,
+    }
+    .filter(|x| x.is_finite())
+}
+
+/// ASHA at one rung: does `value` go on, given every value recorded at the rung (itself included)?
+/// Optuna's `_is_trial_promotable_to_next_rung`: the top `floor(n / eta)`, at least the best one.
+pub fn promotable(rule: &EarlyStop, value: f64, competing: &[f64], eta: i64) -> bool {
+    let better = competing.iter().filter(|&&c| rule.better(c, value)).count();
+    goes_on(competing.len(), better, eta)
+}
+
+/// The same from counts: of `n` values at the rung, `better` are strictly better than the job's.
+/// Its value is at least the `keep`-th best exactly when fewer than `keep` values beat it.
+pub fn goes_on(n: usize, better: usize, eta: i64) -> bool {
+    let keep = (n / eta.max(1) as usize).max(1);
+    better < keep
+}
+
+/// The median rule's threshold: NumPy's `nanpercentile(values, 50)` (linear interpolation, NaN
+/// and missing values ignored); None when no value is left.
+pub fn median(values: &[Option<f64>]) -> Option<f64> {
+    let mut v: Vec<f64> = values
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|x| !x.is_nan())
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// The median rule at one epoch: stop when the job's best value so far is worse than the median.
+pub fn below_median(rule: &EarlyStop, best_so_far: f64, threshold: f64) -> bool {
+    rule.better(threshold, best_so_far)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(v: Value) -> EarlyStop {
+        EarlyStop::parse(Some(&v)).unwrap().unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_the_metric_and_optuna() {
+        let r = rule(serde_json::json!({"method": "asha"}));
+        assert_eq!(r.metric, "accuracy");
+        assert_eq!(r.mode, Mode::Max);
+        assert_eq!(
+            r.method,
+            Method::Asha {
+                reduction_factor: 3
+            }
+        );
+        let r = rule(serde_json::json!({"method": "median", "metric": "test_loss"}));
+        assert_eq!(r.mode, Mode::Min);
+        assert_eq!(r.method, Method::Median { startup_trials: 5 });
+        assert_eq!(EarlyStop::from_stored(&r.to_value().to_string()), Some(r));
+    }
+
+    #[test]
+    fn bad_rules_name_their_field() {
+        for (v, field) in [
+            (
+                serde_json::json!({"method": "hyperband"}),
+                "early_stop.method",
+            ),
+            (
+                serde_json::json!({"method": "asha", "metric": "acc"}),
+                "early_stop.metric",
+            ),
+            (
+                serde_json::json!({"method": "asha", "mode": "up"}),
+                "early_stop.mode",
+            ),
+            (
+                serde_json::json!({"method": "asha", "reduction_factor": 1}),
+                "early_stop.reduction_factor",
+            ),
+            (
+                serde_json::json!({"method": "asha", "min_epochs": 0}),
+                "early_stop.min_epochs",
+            ),
+            (
+                serde_json::json!({"method": "asha", "startup_trials": 2}),
+                "early_stop.startup_trials",
+            ),
+            (
+                serde_json::json!({"method": "median", "reduction_factor": 2}),
+                "early_stop.reduction_factor",
+            ),
+            (
+                serde_json::json!({"method": "median", "patience": 2}),
+                "early_stop.patience",
+            ),
+            (serde_json::json!(3), "early_stop"),
+        ] {
+            assert_eq!(EarlyStop::parse(Some(&v)).unwrap_err().field, field, "{v}");
+        }
+    }
+
+    #[test]
+    fn rungs_grow_by_eta_and_never_overflow() {
+        let r = rule(serde_json::json!({"method": "asha", "min_epochs": 2, "reduction_factor": 3}));
+        assert_eq!(
+            (0..4).map(|k| r.rung_epoch(k).unwrap()).collect::<Vec<_>>(),
+            [2, 6, 18, 54]
+        );
+        assert_eq!(r.rung_epoch(80), None);
+    }
+
+    #[test]
+    fn promotion_keeps_the_top_fraction_ties_included() {
+        let max = rule(serde_json::json!({"method": "asha", "mode": "max"}));
+        // Fewer than eta values: only the best goes on (a tie with it too).
+        assert!(promotable(&max, 0.5, &[0.5], 3));
+        assert!(!promotable(&max, 0.4, &[0.5, 0.4], 3));
+        assert!(promotable(&max, 0.5, &[0.5, 0.5], 3));
+        // Six values, eta 3: the top two.
+        let six = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6];
+        assert!(promotable(&max, 0.5, &six, 3));
+        assert!(!promotable(&max, 0.4, &six, 3));
+        let min = rule(serde_json::json!({"method": "asha", "metric": "test_loss"}));
+        assert!(promotable(&min, 0.2, &six, 3));
+        assert!(!promotable(&min, 0.3, &six, 3));
+    }
+
+    #[test]
+    fn the_median_is_numpys() {
+        assert_eq!(
+            median(&[Some(3.0), None, Some(1.0), Some(f64::NAN)]),
+            Some(2.0)
+        );
+        assert_eq!(median(&[Some(3.0), Some(1.0), Some(2.0)]), Some(2.0));
+        assert_eq!(median(&[None]), None);
+    }
+}

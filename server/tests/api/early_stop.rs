@@ -1,0 +1,334 @@
+//! Early stopping through the worker protocol: the coordinator's decisions equal Optuna's pruners'
+//! (run from `.venv` on the same reports in the same order), and a stopped job ends `pruned` on
+//! every path (finish, release, lease expiry) and is never handed out again.
+use crate::helpers::*;
+use rand::{Rng, SeedableRng};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// One case: a rule, hand-made curves and the order their epochs arrive in.
+#[derive(Debug)]
+struct Scenario {
+    rule: Value,
+    mode: &'static str,
+    jobs: usize,
+    epochs: i64,
+    /// (job, epoch, value) in arrival order; a job's epochs in order.
+    events: Vec<(usize, i64, f64)>,
+}
+
+/// Curves drawn from a seed with values on a coarse grid (ties are frequent, as at real rungs),
+/// interleaved in a random order.
+fn scenario(seed: u64, rule: Value, jobs: usize, epochs: i64) -> Scenario {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mode = if rule["metric"] == "test_loss" {
+        "min"
+    } else {
+        "max"
+    };
+    let curves: Vec<Vec<f64>> = (0..jobs)
+        .map(|_| {
+            (0..epochs)
+                .map(|_| f64::from(rng.gen_range(0..=8)) / 8.0)
+                .collect()
+        })
+        .collect();
+    let mut next = vec![1i64; jobs];
+    let mut events = vec![];
+    while let Some(open) = {
+        let open: Vec<usize> = (0..jobs).filter(|&j| next[j] <= epochs).collect();
+        (!open.is_empty()).then_some(open)
+    } {
+        let j = open[rng.gen_range(0..open.len())];
+        events.push((j, next[j], curves[j][(next[j] - 1) as usize]));
+        next[j] += 1;
+    }
+    Scenario {
+        rule,
+        mode,
+        jobs,
+        epochs,
+        events,
+    }
+}
+
+/// Optuna's decisions: [job, epoch, pruned] for each report it processed.
+fn optuna_decisions(s: &Scenario) -> Vec<(usize, i64, bool)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".venv/bin/python");
+    let script = root.join("server/tests/api/optuna_pruners.py");
+    let mut input = s.rule.clone();
+    input["mode"] = s.mode.into();
+    input["jobs"] = s.jobs.into();
+    input["epochs"] = s.epochs.into();
+    input["events"] = json!(s.events);
+    let mut child = std::process::Command::new(&python)
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (make setup installs it)", python.display()));
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.to_string().as_bytes()).unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Optuna reference failed (its error is above; make setup installs optuna into .venv)"
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The same reports through the coordinator: each job claimed, its epochs reported in the
+/// scenario's order; a job told to stop finishes `pruned`, one at its last epoch `completed`.
+async fn our_decisions(app: &TestApp, s: &Scenario) -> Vec<(usize, i64, bool)> {
+    let mut spec = json!({
+        "name": "early-stop",
+        "train": {"epochs": s.epochs},
+        "grid": {"seed": (0..s.jobs as i64).collect::<Vec<_>>()},
+        "early_stop": s.rule,
+    });
+    spec["early_stop"]["mode"] = s.mode.into();
+    let (status, created) = app.post("/api/sweeps", spec).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let mut ids = vec![];
+    for _ in 0..s.jobs {
+        ids.push(app.claim("w").await.unwrap()["id"].as_i64().unwrap());
+    }
+    let metric = s.rule["metric"].as_str().unwrap_or("accuracy");
+    let (mut done, mut out) = (vec![false; s.jobs], vec![]);
+    for &(j, epoch, value) in &s.events {
+        if done[j] {
+            continue;
+        }
+        let mut report = json!({"attempt": 1, "epoch": epoch, "train_loss": 1.0});
+        report[metric] = value.into();
+        let (status, reply) = app
+            .post(&format!("/api/jobs/{}/metrics", ids[j]), report)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        let stop = reply["stop"].as_bool().unwrap();
+        out.push((j, epoch, stop));
+        if stop || epoch == s.epochs {
+            let outcome = if stop { "pruned" } else { "completed" };
+            assert_eq!(app.finish(ids[j], 1, outcome).await.0, StatusCode::OK);
+            assert_eq!(app.job(ids[j]).await["status"], outcome);
+            done[j] = true;
+        }
+    }
+    out
+}
+
+fn asha(min_epochs: i64, eta: i64, metric: &str) -> Value {
+    json!({"method": "asha", "metric": metric, "min_epochs": min_epochs, "reduction_factor": eta})
+}
+
+fn median(startup: i64, warmup: i64, metric: &str) -> Value {
+    json!({"method": "median", "metric": metric, "startup_trials": startup, "min_epochs": warmup})
+}
+
+#[tokio::test]
+async fn asha_and_median_decide_as_optunas_pruners_on_the_same_reports() {
+    let app = spawn_app().await;
+    let cases = [
+        (asha(1, 3, "accuracy"), 7, 9),
+        (asha(1, 2, "test_loss"), 5, 8),
+        (asha(2, 3, "accuracy"), 2, 6), // fewer jobs than eta: only the best goes on
+        (asha(1, 4, "accuracy"), 12, 16),
+        (median(2, 1, "accuracy"), 7, 6),
+        (median(0, 2, "test_loss"), 6, 5),
+        (median(5, 1, "accuracy"), 4, 4), // never enough completed jobs: no stop
+    ];
+    let (mut stops, mut reports) = (0, 0);
+    for (k, (rule, jobs, epochs)) in cases.into_iter().enumerate() {
+        for seed in 0..3 {
+            // Every scenario is its own sweep on one coordinator: other sweeps' jobs never count.
+            let s = scenario(100 * k as u64 + seed, rule.clone(), jobs, epochs);
+            let ours = our_decisions(&app, &s).await;
+            assert_eq!(ours, optuna_decisions(&s), "{s:?}");
+            stops += ours.iter().filter(|d| d.2).count();
+            reports += ours.len();
+        }
+    }
+    // The comparison means something only if both kinds of decision occur often.
+    assert!(
+        stops > 20 && reports - stops > 100,
+        "{stops} stops of {reports}"
+    );
+}
+
+/// A stopped job is told so on every heartbeat, is never claimed again, and ends `pruned` however
+/// its attempt ends: a finish of any kind, a release, or a lease that runs out.
+#[tokio::test]
+async fn a_stopped_job_ends_pruned_on_every_path_and_is_never_claimed_again() {
+    let app = spawn_app().await;
+    for ending in ["pruned", "failed", "completed", "release", "expire"] {
+        let spec = json!({"name": ending, "train": {"epochs": 5}, "grid": {"seed": [0, 1]},
+                          "early_stop": asha(1, 2, "accuracy"), "run": {"max_attempts": 3}});
+        let (status, created) = app.post("/api/sweeps", spec).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let a = app.claim("w").await.unwrap()["id"].as_i64().unwrap();
+        let b = app.claim("w").await.unwrap()["id"].as_i64().unwrap();
+        assert_eq!(app.metrics(a, 1, 1, Some(1.0), 0.9).await, StatusCode::OK);
+        let (_, reply) = app
+            .post(
+                &format!("/api/jobs/{b}/metrics"),
+                json!({"attempt": 1, "epoch": 1, "train_loss": 1.0, "accuracy": 0.1}),
+            )
+            .await;
+        assert_eq!(reply["stop"], true, "{ending}: the worse of two at rung 0");
+        let (_, hb) = app
+            .post(&format!("/api/jobs/{b}/heartbeat"), json!({"attempt": 1}))
+            .await;
+        assert_eq!(
+            (hb["stop"].clone(), hb["cancel"].clone()),
+            (json!(true), json!(false))
+        );
+        let (_, hb) = app
+            .post(&format!("/api/jobs/{a}/heartbeat"), json!({"attempt": 1}))
+            .await;
+        assert_eq!(hb["stop"], false, "the better one goes on");
+        match ending {
+            "release" => {
+                let (s, _) = app
+                    .post(&format!("/api/jobs/{b}/release"), json!({"attempt": 1}))
+                    .await;
+                assert_eq!(s, StatusCode::OK);
+            }
+            "expire" => {
+                app.clock.advance_ms(LEASE_MS + 1);
+                server::startup::reap_once(&app.state).await.unwrap();
+            }
+            outcome => assert_eq!(app.finish(b, 1, outcome).await.0, StatusCode::OK),
+        }
+        let job = app.job(b).await;
+        assert_eq!(job["status"], "pruned", "{ending}: {job}");
+        assert_eq!(job["epoch"], 1, "{ending}: its epochs are kept");
+        assert_eq!(job["metrics"].as_array().unwrap().len(), 1);
+        // Only `a` can be handed out (its lease ran out in the `expire` case), never `b`.
+        let next = app.claim("w2").await;
+        if ending == "expire" {
+            assert_eq!(next.unwrap()["id"], a);
+        } else {
+            assert!(next.is_none(), "{ending}: never handed out again");
+        }
+        assert!(app.claim("w3").await.is_none(), "{ending}");
+        // Finish the survivor so the next case starts with nothing pending.
+        let a_now = app.job(a).await;
+        let attempt = a_now["attempt"].as_i64().unwrap();
+        assert_eq!(app.finish(a, attempt, "completed").await.0, StatusCode::OK);
+    }
+    let (_, sweeps) = app.get("/api/sweeps").await;
+    for s in sweeps.as_array().unwrap() {
+        assert_eq!(
+            (s["pruned"].as_i64(), s["completed"].as_i64()),
+            (Some(1), Some(1)),
+            "{s}"
+        );
+        assert_eq!(s["status"], "finished");
+        assert_eq!(s["epochs_budget"], 10);
+    }
+}
+
+/// Diverged runs are not compared with, reports without the metric are not judged, and a sweep
+/// without a rule never stops anything.
+#[tokio::test]
+async fn diverged_runs_and_missing_values_are_not_judged() {
+    let app = spawn_app().await;
+    let spec = json!({"name": "d", "train": {"epochs": 3}, "grid": {"seed": [0, 1, 2]},
+                      "early_stop": asha(1, 2, "accuracy")});
+    app.post("/api/sweeps", spec).await;
+    let ids: Vec<i64> = futures::future::join_all((0..3).map(|_| app.claim("w")))
+        .await
+        .into_iter()
+        .map(|c| c.unwrap()["id"].as_i64().unwrap())
+        .collect();
+    let report = |job: i64, body: Value| {
+        let app = &app;
+        async move {
+            let (s, r) = app.post(&format!("/api/jobs/{job}/metrics"), body).await;
+            assert_eq!(s, StatusCode::OK, "{r}");
+            r["stop"].as_bool().unwrap()
+        }
+    };
+    let epoch = |e: i64, acc: Option<f64>| json!({"attempt": 1, "epoch": e, "train_loss": 1.0, "accuracy": acc});
+    assert!(!report(ids[1], epoch(1, Some(0.95))).await);
+    assert!(
+        !report(ids[0], epoch(1, Some(0.99))).await,
+        "the best of two"
+    );
+    // A diverged epoch (no training loss) is not judged, and the diverged job no longer counts.
+    assert!(!report(ids[0], json!({"attempt": 1, "epoch": 2, "accuracy": 0.99})).await);
+    assert_eq!(app.finish(ids[0], 1, "diverged").await.0, StatusCode::OK);
+    // No accuracy this epoch: nothing to judge.
+    assert!(!report(ids[2], epoch(1, None)).await);
+    // Rung 0 holds 0.95 and this 0.96 (with the diverged 0.99 counted, 0.96 would stop); rung 1
+    // only this one.
+    assert!(!report(ids[2], epoch(2, Some(0.96))).await);
+    assert!(
+        report(ids[1], epoch(2, Some(0.1))).await,
+        "worse of the two at rung 1"
+    );
+
+    let plain = json!({"name": "p", "train": {"epochs": 3}, "grid": {"seed": [0, 1]}});
+    app.post("/api/sweeps", plain).await;
+    let (x, y) = (app.claim("w").await.unwrap(), app.claim("w").await.unwrap());
+    assert!(
+        !report(
+            x["id"].as_i64().unwrap(),
+            json!({"attempt": 1, "epoch": 1, "train_loss": 1.0, "accuracy": 0.9})
+        )
+        .await
+    );
+    assert!(
+        !report(
+            y["id"].as_i64().unwrap(),
+            json!({"attempt": 1, "epoch": 1, "train_loss": 1.0, "accuracy": 0.1})
+        )
+        .await
+    );
+}
+
+#[tokio::test]
+async fn the_rule_is_kept_with_the_sweep_and_bad_rules_are_refused() {
+    let app = spawn_app().await;
+    let (s, created) = app
+        .submit_toml(
+            r#"
+name = "asha"
+[train]
+epochs = 27
+[grid]
+lr = [0.1, 0.01]
+[early_stop]
+method = "asha"
+metric = "test_loss"
+"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let (_, sweep) = app.get(&format!("/api/sweeps/{}", created["id"])).await;
+    assert_eq!(
+        sweep["spec"]["early_stop"],
+        json!({"method": "asha", "metric": "test_loss", "mode": "min", "min_epochs": 1, "reduction_factor": 3})
+    );
+    for (rule, field) in [
+        (
+            json!({"method": "asha", "metric": "loss"}),
+            "early_stop.metric",
+        ),
+        (
+            json!({"method": "median", "reduction_factor": 3}),
+            "early_stop.reduction_factor",
+        ),
+        (
+            json!({"method": "asha", "min_epochs": 0}),
+            "early_stop.min_epochs",
+        ),
+    ] {
+        let (s, e) = app
+            .post("/api/sweeps", json!({"name": "x", "early_stop": rule}))
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+        assert!(e["error"].as_str().unwrap().starts_with(field), "{e}");
+    }
+}
