@@ -597,3 +597,42 @@ fn a_worker_that_lost_its_lease_stops_its_trainer_and_the_job_is_recorded_once()
         "completed"
     );
 }
+
+/// ASHA stops the worse job at its first rung: the coordinator says so in the metrics reply, the
+/// worker stops the trainer the way SIGTERM does, and the job ends `pruned` within one epoch with
+/// its epochs kept. The rule judges the reported lr (higher is "better" here): a metric that is
+/// the same on every machine, so the decision is too.
+#[test]
+fn asha_stops_the_worse_job_within_one_epoch_and_it_ends_pruned() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    let sweep = c.submit(json!({
+        "name": "asha", "train": tiny_train(6), "grid": {"lr": [0.01, 0.001]},
+        "early_stop": {"method": "asha", "metric": "lr", "mode": "max", "min_epochs": 1, "reduction_factor": 2},
+    }));
+    // One rank: the jobs run one after the other, the better one first (it is alone at each rung).
+    let mut w = worker(
+        &c.url,
+        &dir.path().join("w"),
+        &["--cpu-ranks", "1", "--exit-when-idle"],
+    );
+    let s = c.wait_sweep(sweep, STALL);
+    assert!(w.wait().unwrap().success());
+    let (good, bad) = (&s["jobs"][0], &s["jobs"][1]);
+    assert_eq!(good["status"], "completed", "{good}");
+    assert_eq!(
+        epochs_of(&c, good["id"].as_i64().unwrap()),
+        (1..=6).collect::<Vec<_>>()
+    );
+    assert_eq!(bad["status"], "pruned", "{bad}");
+    // Judged at epoch 1; the trainer finishes at most the epoch it was in.
+    let kept = epochs_of(&c, bad["id"].as_i64().unwrap());
+    assert!(kept == [1] || kept == [1, 2], "{kept:?}");
+    assert_eq!(bad["epoch"].as_i64(), kept.last().copied());
+    assert_eq!(s["pruned"], 1);
+    assert_eq!(s["epochs_budget"], 12);
+    assert!(s["epochs_spent"].as_i64().unwrap() <= 8, "{s}");
+    let detail = c.get(&format!("/api/jobs/{}", bad["id"]));
+    assert_eq!(detail["attempts"][0]["outcome"], "pruned", "{detail}");
+}
