@@ -1,5 +1,5 @@
 -- Early stopping (ASHA, median): a `pruned` status, the stop flag a decision sets, the values ASHA
--- compares at each rung, and the indexes that keep each decision to the jobs at its rung or epoch.
+-- compares at each rung, and the indexes that keep each decision to the jobs it compares.
 --
 -- SQLite cannot change a CHECK constraint, so `jobs` is rebuilt, and with it the two tables whose
 -- foreign keys point at it (attempts, metrics): the new children reference the new `jobs_new`, which
@@ -89,7 +89,7 @@ ALTER TABLE metrics_new RENAME TO metrics;
 CREATE INDEX jobs_pending ON jobs (status, id);
 CREATE INDEX jobs_lease ON jobs (status, lease_expires_at);
 CREATE INDEX jobs_sweep ON jobs (sweep_id, idx);
--- The median rule counts a sweep's completed jobs.
+-- The median rule reads a sweep's completed jobs (then each one's epoch by the metrics key).
 CREATE INDEX jobs_sweep_status ON jobs (sweep_id, status);
 
 -- Both triggers as in the first migration (a dropped table takes its triggers with it).
@@ -112,7 +112,8 @@ END;
 ALTER TABLE sweeps ADD COLUMN early_stop TEXT;
 
 -- ASHA: the value a job had when it reached each rung (epoch min_epochs * eta^rung), kept once.
--- A job's next rung is the number of its rows.
+-- A job's next rung is the number of its rows. The index covers a decision's two counts (values at
+-- the rung, and those better than the job's), so neither reads a table row.
 CREATE TABLE rungs (
     job_id   INTEGER NOT NULL REFERENCES jobs (id),
     sweep_id INTEGER NOT NULL,
@@ -120,7 +121,11 @@ CREATE TABLE rungs (
     value    REAL    NOT NULL,
     PRIMARY KEY (job_id, rung)
 ) WITHOUT ROWID;
-CREATE INDEX rungs_sweep ON rungs (sweep_id, rung);
+CREATE INDEX rungs_sweep ON rungs (sweep_id, rung, value);
 
--- The median rule reads one epoch of a sweep's jobs.
-CREATE INDEX metrics_sweep_epoch ON metrics (sweep_id, epoch);
+-- Diverged runs are never compared: a job that ends diverged leaves the rungs.
+CREATE TRIGGER diverged_leaves_the_rungs AFTER UPDATE OF status ON jobs
+WHEN NEW.status = 'diverged'
+BEGIN
+    DELETE FROM rungs WHERE job_id = NEW.id;
+END;

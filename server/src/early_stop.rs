@@ -19,8 +19,9 @@
 //! without evaluation, or a diverged one, whose loss is NaN) is not judged; and diverged jobs are
 //! never compared with (they ended themselves; a NaN would make every comparison meaningless).
 //!
-//! The decision reads only the jobs at its rung or epoch (indexes `rungs_sweep`,
-//! `metrics_sweep_epoch`, `jobs_sweep_status`), never the sweep's whole history.
+//! The decision reads only what it compares, through indexes: ASHA two index-only counts of the
+//! values at its rung (`rungs_sweep`), the median rule the sweep's completed jobs
+//! (`jobs_sweep_status`) and each one's epoch by the metrics key; never the sweep's whole history.
 use serde_json::{Map, Value};
 
 use crate::spec::{err, SpecError};

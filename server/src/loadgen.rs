@@ -2,7 +2,7 @@
 //! against a real server over loopback HTTP, counting duplicate claims and lost jobs. Optional: the
 //! same pattern in Optuna on SQLite (`optuna_peer.py`), run in the same command, for comparison.
 use anyhow::{bail, Context, Result};
-use protocol::{routes, Claim, ClaimRequest, FinishRequest, MetricsReport, Outcome};
+use protocol::{routes, Claim, ClaimRequest, FinishRequest, MetricsReply, MetricsReport, Outcome};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -33,16 +33,22 @@ pub struct LoadArgs {
     pub optuna_script: PathBuf,
     #[arg(long, default_value_t = 300)]
     pub optuna_trials: usize,
+    /// Early-stopping rules to run each level under, one run per value: none, asha, median (the
+    /// decision is taken at every report; pruned jobs stop reporting, as a worker's would).
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    pub early_stop: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct LoadResult {
     pub workers: usize,
+    pub early_stop: String,
     pub cycles: usize,
     pub seconds: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub duplicates: usize,
+    pub pruned: usize,
     pub lost: usize,
     pub errors: usize,
 }
@@ -122,23 +128,34 @@ async fn simulated_worker(
             .expect("not poisoned")
             .entry(claim.id)
             .or_default() += 1;
+        let mut status = Outcome::Completed;
         for epoch in 1..=3 {
+            // A different accuracy per job, so an early-stopping rule has something to decide.
             let m = MetricsReport {
                 attempt: claim.attempt,
                 epoch,
                 lr: Some(0.01),
+                train_loss: Some(1.0 / epoch as f64),
                 test_loss: Some(1.0 / epoch as f64),
-                accuracy: Some(0.5),
+                accuracy: Some((claim.id * 7919 % 100) as f64 / 100.0),
                 ..Default::default()
             };
-            let ok = post(routes::metrics(claim.id), json!(m)).await;
-            if !ok.is_ok_and(|r| r.status().is_success()) {
-                errors += 1;
+            let reply = match post(routes::metrics(claim.id), json!(m)).await {
+                Ok(r) if r.status().is_success() => r.json::<MetricsReply>().await.ok(),
+                _ => None,
+            };
+            match reply {
+                Some(r) if r.stop => {
+                    status = Outcome::Pruned;
+                    break;
+                }
+                Some(_) => {}
+                None => errors += 1,
             }
         }
         let f = FinishRequest {
             attempt: claim.attempt,
-            status: Outcome::Completed,
+            status,
             summary: None,
             error: None,
         };
@@ -151,13 +168,29 @@ async fn simulated_worker(
     (latencies, errors)
 }
 
-pub async fn run_level(base: &str, token: &str, workers: usize, jobs: usize) -> Result<LoadResult> {
+pub async fn run_level(
+    base: &str,
+    token: &str,
+    workers: usize,
+    jobs: usize,
+    early_stop: &str,
+) -> Result<LoadResult> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(workers.max(1))
         .build()?;
     let seeds: Vec<usize> = (0..jobs).collect();
-    let spec =
+    let mut spec =
         json!({"name": format!("load-{workers}"), "train": {"epochs": 3}, "grid": {"seed": seeds}});
+    match early_stop {
+        "none" => {}
+        "asha" => {
+            spec["early_stop"] = json!({"method": "asha", "min_epochs": 1, "reduction_factor": 3})
+        }
+        "median" => {
+            spec["early_stop"] = json!({"method": "median", "startup_trials": 5, "min_epochs": 1})
+        }
+        other => bail!("--early-stop: {other} (expected none, asha or median)"),
+    }
     let r = http
         .post(format!("{base}{}", routes::SWEEPS))
         .bearer_auth(token)
@@ -213,14 +246,17 @@ pub async fn run_level(base: &str, token: &str, workers: usize, jobs: usize) -> 
         .json()
         .await?;
     let completed = detail["completed"].as_u64().unwrap_or(0) as usize;
+    let pruned = detail["pruned"].as_u64().unwrap_or(0) as usize;
     Ok(LoadResult {
         workers,
+        early_stop: early_stop.to_string(),
         cycles: latencies.len(),
         seconds,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         duplicates,
-        lost: jobs - completed,
+        pruned,
+        lost: jobs.saturating_sub(completed + pruned),
         errors,
     })
 }
@@ -256,19 +292,25 @@ pub async fn run(a: &LoadArgs) -> Result<()> {
         .or_else(|| served.as_ref().map(|s| s.base.clone()))
         .expect("a server");
     println!(
-        "| workers | cycles | cycles/s | p50 ms | p99 ms | duplicate claims | lost jobs | errors |"
+        "| workers | early stop | cycles | cycles/s | p50 ms | p99 ms | duplicate claims | pruned | lost jobs | errors |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for &w in &a.workers {
-        let r = run_level(&base, &a.token, w, a.jobs).await?;
+    println!("|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let levels = a
+        .workers
+        .iter()
+        .flat_map(|&w| a.early_stop.iter().map(move |e| (w, e)));
+    for (w, rule) in levels {
+        let r = run_level(&base, &a.token, w, a.jobs, rule).await?;
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
             r.workers,
+            r.early_stop,
             r.cycles,
             r.cycles as f64 / r.seconds,
             r.p50_ms,
             r.p99_ms,
             r.duplicates,
+            r.pruned,
             r.lost,
             r.errors
         );

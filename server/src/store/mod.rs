@@ -11,9 +11,10 @@
 //! - [`sweeps`]: sweeps created (with their jobs) and cancelled.
 //! - [`reads`]: the read models: sweeps with counts, job pages, the grid, curves, a job's history.
 //!
-//! Two triggers act inside these statements (see the first migration): `attempt_ended` files a row
-//! in `attempts` whenever a job leaves `running`, and `epoch_recorded` moves `jobs.epoch` forward
-//! on each metrics insert; so every hot write is one statement.
+//! Triggers act inside these statements (see the migrations): `attempt_ended` files a row in
+//! `attempts` whenever a job leaves `running`, `epoch_recorded` moves `jobs.epoch` forward on each
+//! metrics insert (so every hot write is one statement), and `diverged_leaves_the_rungs` takes a
+//! diverged job's values out of ASHA's comparisons.
 use serde_json::{Map, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
