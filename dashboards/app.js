@@ -128,10 +128,102 @@ function stairs(xs, ys) {
   return { xs: X, ys: Y };
 }
 
+// ---------- random search: the sampled points ----------
+
+// One axis per drawn parameter: log where the values span a scale (lr, batch size), else linear;
+// strings and booleans as evenly spaced categories. pos(v) is in [0, 1].
+function axisFor(key, dist, values) {
+  if (values.some((v) => typeof v !== "number")) {
+    const cats = [...new Set(values.map((v) => JSON.stringify(v)))].sort();
+    const at = (c) => (cats.length > 1 ? cats.indexOf(c) / (cats.length - 1) : 0.5);
+    return { label: key, pos: (v) => at(JSON.stringify(v)), ticks: cats.map((c) => [at(c), c]) };
+  }
+  const lo = Math.min(...values), hi = Math.max(...values);
+  const log = lo > 0 && (!!(dist && dist.log_uniform) || hi / lo >= 16);
+  const f = log ? Math.log10 : (x) => x;
+  const pos = (v) => (f(hi) > f(lo) ? (f(v) - f(lo)) / (f(hi) - f(lo)) : 0.5);
+  const show = (v) => (key === "lr" ? fmtLr(v) : String(+v.toPrecision(3)));
+  return { label: log ? `${key} (log)` : key, pos, ticks: [[0, show(lo)], [1, show(hi)]] };
+}
+
+const heat = (t) => (t == null ? "#9aa3ad" : `hsl(${Math.round(10 + 110 * t)} 70% 42%)`);
+
+// The final accuracy of each job as a colour, lowest red to highest green.
+function colourer(jobs) {
+  const accs = jobs.map((j) => j.latest && j.latest.accuracy).filter((a) => a != null);
+  const lo = Math.min(...accs), hi = Math.max(...accs);
+  return (j) => {
+    const a = j.latest && j.latest.accuracy;
+    return heat(a == null ? null : hi > lo ? (a - lo) / (hi - lo) : 1);
+  };
+}
+
+const jobTitle = (j, keys) => `#${j.id} ${j.status}${j.status === "pruned" ? ` at epoch ${j.epoch}` : ""}: ${keys.map((k) => `${k}=${JSON.stringify(j.params[k])}`).join(" ")}, accuracy ${pct(j.latest && j.latest.accuracy) || "–"}`;
+
+// The sampled points on the first two drawn parameters, coloured by final accuracy; a pruned job
+// is a ring.
+function scatter(space, jobs) {
+  const keys = Object.keys(space);
+  const W = 560, H = 340, L = 62, R = 36, T = 28, B = 48;
+  const x = axisFor(keys[0], space[keys[0]], jobs.map((j) => j.params[keys[0]]));
+  const y = keys[1] ? axisFor(keys[1], space[keys[1]], jobs.map((j) => j.params[keys[1]]))
+    : { label: "accuracy", pos: (v) => v, ticks: [[0, "0%"], [1, "100%"]] };
+  const yOf = (j) => (keys[1] ? j.params[keys[1]] : (j.latest && j.latest.accuracy) || 0);
+  // Inset from the axes, so points at the ends of a range stay whole.
+  const sx = (t) => L + 10 + t * (W - L - R - 20), sy = (t) => H - B - 10 - t * (H - T - B - 20);
+  const colour = colourer(jobs);
+  let g = `<text x="${L}" y="18" font-weight="600">Sampled points, coloured by final accuracy</text>`;
+  g += `<line x1="${L}" x2="${W - R}" y1="${H - B}" y2="${H - B}" stroke="#333"/><line x1="${L}" x2="${L}" y1="${T}" y2="${H - B}" stroke="#333"/>`;
+  for (const [t, label] of x.ticks) g += `<text x="${sx(t)}" y="${H - B + 16}" text-anchor="middle">${esc(label)}</text>`;
+  for (const [t, label] of y.ticks) g += `<text x="${L - 6}" y="${sy(t) + 4}" text-anchor="end">${esc(label)}</text>`;
+  g += `<text x="${(L + W - R) / 2}" y="${H - 8}" text-anchor="middle">${esc(x.label)}</text>`;
+  g += `<text transform="translate(14 ${(T + H - B) / 2}) rotate(-90)" text-anchor="middle">${esc(y.label)}</text>`;
+  for (const j of jobs) {
+    const c = colour(j), ring = j.status === "pruned";
+    g += `<circle cx="${sx(x.pos(j.params[keys[0]])).toFixed(1)}" cy="${sy(y.pos(yOf(j))).toFixed(1)}" r="5" fill="${ring ? "none" : c}" stroke="${c}" stroke-width="2"><title>${esc(jobTitle(j, keys))}</title></circle>`;
+  }
+  return `<figure><svg class="chart" id="scatter" viewBox="0 0 ${W} ${H}" role="img" aria-label="sampled points coloured by final accuracy">${g}</svg>
+    <figcaption class="muted">filled: ran to its end or still running; ring: pruned; grey: no accuracy yet.</figcaption></figure>`;
+}
+
+// Parallel coordinates: one vertical axis per drawn parameter and one for final accuracy; each job
+// a line across them.
+function parallel(space, jobs) {
+  const keys = Object.keys(space);
+  const axes = keys.map((k) => axisFor(k, space[k], jobs.map((j) => j.params[k])));
+  axes.push({ label: "accuracy", pos: (v) => v, ticks: [[0, "0%"], [1, "100%"]] });
+  const W = 560, H = 340, L = 40, R = 48, T = 60, B = 30;
+  const ax = (i) => L + (axes.length > 1 ? (i / (axes.length - 1)) * (W - L - R) : 0);
+  const sy = (t) => H - B - t * (H - T - B);
+  const colour = colourer(jobs);
+  let g = `<text x="8" y="18" font-weight="600">All parameters, one line per job</text>`;
+  for (const j of jobs) {
+    const vals = keys.map((k) => j.params[k]).concat([(j.latest && j.latest.accuracy) ?? null]);
+    const d = vals.map((v, i) => (v == null ? null : `${ax(i).toFixed(1)},${sy(axes[i].pos(v)).toFixed(1)}`)).filter(Boolean);
+    if (d.length > 1) g += `<polyline points="${d.join(" ")}" fill="none" stroke="${colour(j)}" stroke-width="1.4" stroke-opacity=".75"${j.status === "pruned" ? ` stroke-dasharray="4 3"` : ""}><title>${esc(jobTitle(j, keys))}</title></polyline>`;
+  }
+  axes.forEach((a, i) => {
+    g += `<line x1="${ax(i)}" x2="${ax(i)}" y1="${T}" y2="${H - B}" stroke="#333"/><text x="${ax(i)}" y="${T - 22}" text-anchor="middle" font-weight="600">${esc(a.label)}</text>`;
+    // Labels of an axis's two ends: below its foot and above its head.
+    for (const [t, label] of a.ticks) g += `<text x="${ax(i) + 4}" y="${sy(t) + (t === 0 ? 14 : -4)}">${esc(label)}</text>`;
+  });
+  return `<figure><svg class="chart" id="parallel" viewBox="0 0 ${W} ${H}" role="img" aria-label="parallel coordinates of the drawn parameters and final accuracy">${g}</svg>
+    <figcaption class="muted">dashed: pruned.</figcaption></figure>`;
+}
+
+// Epochs run against running every job to its end: what early stopping saved.
+function budget(s) {
+  if (!s.epochs_budget) return "";
+  const saved = s.status === "finished" ? ` (${(100 * (1 - s.epochs_spent / s.epochs_budget)).toFixed(1)}% saved)` : "";
+  const rule = s.spec && s.spec.early_stop;
+  const what = rule ? ` Early stopping: ${esc(rule.method)} on ${esc(rule.metric)} (${esc(rule.mode)}); ${s.pruned} pruned.` : "";
+  return `<p class="muted" id="budget">Epochs run: ${s.epochs_spent} of ${s.epochs_budget}${rule ? saved : ""}.${what}</p>`;
+}
+
 // ---------- views ----------
 
 function progressBar(s) {
-  const parts = ["completed", "running", "diverged", "failed", "cancelled", "pending"];
+  const parts = ["completed", "running", "pruned", "diverged", "failed", "cancelled", "pending"];
   const spans = parts.filter((p) => s[p] > 0).map((p) => `<span class="s-${p}" style="width:${(100 * s[p]) / Math.max(1, s.total)}%" title="${p}: ${s[p]}"></span>`).join("");
   const words = parts.filter((p) => s[p] > 0).map((p) => `${s[p]} ${p}`).join(", ");
   return `<div class="bar" aria-hidden="true">${spans}</div><div class="muted">${words || "no jobs"}</div>`;
@@ -198,7 +290,7 @@ function jobTable(page, gridKeys) {
   const last = Math.min(page.offset + page.jobs.length, page.total);
   return `<div class="toolbar">
       <label>Filter <input id="q" type="search" value="${esc(ui.q)}" placeholder="params or worker"></label>
-      <label>Status <select id="status">${["", "pending", "running", "completed", "diverged", "failed", "cancelled"].map((s) => `<option value="${s}"${s === ui.status ? " selected" : ""}>${s || "any"}</option>`).join("")}</select></label>
+      <label>Status <select id="status">${["", "pending", "running", "completed", "pruned", "diverged", "failed", "cancelled"].map((s) => `<option value="${s}"${s === ui.status ? " selected" : ""}>${s || "any"}</option>`).join("")}</select></label>
       <span class="muted" id="range">${page.total ? `${page.offset + 1}–${last} of ${page.total}` : "no jobs match"}</span>
       <button id="prev"${page.offset === 0 ? " disabled" : ""}>Previous</button>
       <button id="next"${last >= page.total ? " disabled" : ""}>Next</button></div>
@@ -227,17 +319,24 @@ async function sweepView(id) {
   const drawn = Object.keys((s.spec && s.spec.search && s.spec.search.space) || {});
   const gridKeys = [...new Set(grids.flatMap((g) => Object.keys(g)).concat(drawn))];
   const base = `/api/sweeps/${id}/results`;
+  // A random search has no grid to colour: its points, and all its parameters, instead.
+  const space = s.spec && s.spec.search && s.spec.search.space;
+  let overview = `<h2>Final accuracy, batch size × learning rate</h2>${heatmap(cells)}`;
+  if (space && Object.keys(space).length) {
+    const all = (await api(`/api/sweeps/${id}`)).jobs;
+    overview = `<h2>Random search: ${s.total} sampled points</h2><div class="grid2" id="search">${scatter(space, all)}${parallel(space, all)}</div>`;
+  }
   return `<p><a href="#/">← all sweeps</a></p>
     <h1>${esc(s.name)} <span class="status">${esc(s.status)}</span></h1>
     ${progressBar(s)}
+    ${budget(s)}
     <div class="toolbar">
       <a href="${base}?format=markdown" download="sweep-${id}.md">Markdown</a>
       <a href="${base}?format=csv" download="sweep-${id}.csv">CSV</a>
       <a href="${base}?format=json" download="sweep-${id}.json">JSON</a>
       <button id="cancel"${["finished", "cancelled"].includes(s.status) ? " disabled" : ""}>Cancel sweep…</button>
     </div>
-    <h2>Final accuracy, batch size × learning rate</h2>
-    ${heatmap(cells)}
+    ${overview}
     <h2>Learning curves at lr <select id="lr" aria-label="learning rate">${lrs.map((lr) => `<option value="${lr}"${lr === ui.lr ? " selected" : ""}>${fmtLr(lr)}</option>`).join("")}</select></h2>
     <div class="grid2" id="curves">
       ${lineChart("Test loss", "epoch", "test loss", kept("test_loss"))}

@@ -515,3 +515,58 @@ fn screenshot_of_a_running_coordinator() {
     std::fs::copy(&png, &out).unwrap();
     println!("wrote {}", out.display());
 }
+
+/// A random search under ASHA: the sweep page shows its sampled points (a scatter and parallel
+/// coordinates) instead of a grid, the pruned job as such, and the epochs run against the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_search_shows_its_points_and_its_pruned_jobs() {
+    let app = spawn_app().await;
+    let (s, created) = app
+        .submit_toml(
+            r#"
+name = "search"
+[train]
+dataset = "synthetic"
+epochs = 4
+[search]
+method = "random"
+trials = 6
+seed = 3
+[search.space]
+lr = { log_uniform = [1e-4, 1e-1] }
+batch_size = { choice = [16, 32, 64] }
+[early_stop]
+method = "asha"
+reduction_factor = 2
+"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_i64().unwrap();
+    let jobs = claim_all(&app).await;
+    // The first job is the best at rung 0; the second, worse, is pruned there.
+    let ids: Vec<i64> = jobs.iter().map(|j| j["id"].as_i64().unwrap()).collect();
+    app.metrics(ids[0], 1, 1, Some(1.0), 0.6).await;
+    app.metrics(ids[1], 1, 1, Some(1.0), 0.2).await;
+    assert_eq!(app.finish(ids[1], 1, "pruned").await.0, StatusCode::OK);
+    assert_eq!(app.job(ids[1]).await["status"], "pruned");
+
+    let url = format!("{}/#/sweeps/{id}", app.base);
+    let page = blocking(move || Page::open(&url)).await;
+    let shot = blocking(move || {
+        page.wait("document.querySelectorAll('#scatter circle').length === 6", "the scatter");
+        page.wait("document.querySelectorAll('#parallel polyline').length === 6", "one line per job");
+        // Grey for the jobs without an accuracy yet; the two that reported are coloured.
+        let grey = page.eval("[...document.querySelectorAll('#parallel polyline')].filter((l) => l.getAttribute('stroke') === '#9aa3ad').length");
+        assert_eq!(grey, 4);
+        assert!(page.eval("document.querySelector('#heatmap') === null").as_bool().unwrap());
+        let budget = page.eval("document.querySelector('#budget').innerText");
+        let budget = budget.as_str().unwrap();
+        assert!(budget.contains("Epochs run: 2 of 24") && budget.contains("1 pruned"), "{budget}");
+        page.wait("document.querySelector('#jobs').innerText.includes('pruned')", "the pruned job in the table");
+        assert!(page.errors().is_empty(), "console errors: {:?}", page.errors());
+        page.screenshot("dashboard-search.png")
+    })
+    .await;
+    assert!(std::fs::metadata(shot).unwrap().len() > 10_000);
+}
