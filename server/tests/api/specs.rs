@@ -104,4 +104,19 @@ async fn the_repository_sweep_files_are_valid() {
     let demo = std::fs::read_to_string(dir.join("demo-cpu.toml")).unwrap();
     let (s, c) = app.submit_toml(&demo).await;
     assert_eq!(s, StatusCode::CREATED, "{c}");
+    // Every other file in sweeps/ is a valid sweep too.
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (s, c) = app
+                .submit_toml(&std::fs::read_to_string(&path).unwrap())
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{}: {c}", path.display());
+        }
+    }
+    let asha = std::fs::read_to_string(dir.join("cifar10-lr-asha.toml")).unwrap();
+    let (_, c) = app.submit_toml(&asha).await;
+    let (_, sw) = app.get(&format!("/api/sweeps/{}", c["id"])).await;
+    assert_eq!(sw["spec"]["early_stop"]["method"], "asha");
+    assert_eq!(sw["total"], 27);
 }
