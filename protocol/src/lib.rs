@@ -148,6 +148,7 @@ pub struct Capacity {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimRequest {
     /// The worker's name (at most 200 bytes), shown in the job's attempts.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub worker: String,
     pub capacity: Option<Capacity>,
 }
@@ -196,16 +197,35 @@ pub struct HeartbeatReply {
 pub struct MetricsReport {
     pub attempt: i64,
     /// 1-based, at most the job's epochs.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub epoch: i64,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 3.4028234663852886e38)
+    )]
     pub lr: Option<f64>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 3.4028234663852886e38)
+    )]
     pub train_loss: Option<f64>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 3.4028234663852886e38)
+    )]
     pub test_loss: Option<f64>,
     /// Fractions in [0, 1].
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1))]
     pub accuracy: Option<f64>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1))]
     pub precision: Option<f64>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1))]
     pub recall: Option<f64>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1))]
     pub f1: Option<f64>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1e12))]
     pub images_per_sec: Option<f64>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1e9))]
     pub seconds: Option<f64>,
 }
 
@@ -247,6 +267,45 @@ pub struct JobChange {
     pub sweep_id: i64,
     pub status: JobStatus,
     pub attempt: i64,
+}
+
+/// Why a path a sweep names is not a relative path under a worker's root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathRefusal {
+    /// Empty, or with a NUL byte.
+    Empty,
+    /// Absolute: it would name a place outside the worker's root.
+    Absolute,
+    /// With a `..` component: it would climb out of the root.
+    Climbs,
+}
+
+impl PathRefusal {
+    pub fn message(self) -> &'static str {
+        match self {
+            PathRefusal::Empty => "must be a non-empty relative path",
+            PathRefusal::Absolute => "must be relative: it names a directory or file under the worker's own root (worker run --data-dir or --work-dir), never an absolute path",
+            PathRefusal::Climbs => "must not contain `..`: it stays under the worker's root",
+        }
+    }
+}
+
+/// The one rule for paths in sweeps (`data_dir`, `init_from`): the coordinator refuses a sweep that
+/// breaks it, and a worker refuses such a job again before joining the path to its own root.
+pub fn check_relative_path(name: &str) -> Result<&std::path::Path, PathRefusal> {
+    let p = std::path::Path::new(name);
+    if name.is_empty() || name.contains('\0') {
+        Err(PathRefusal::Empty)
+    } else if p.is_absolute() {
+        Err(PathRefusal::Absolute)
+    } else if p
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        Err(PathRefusal::Climbs)
+    } else {
+        Ok(p)
+    }
 }
 
 /// What the scheduler reads from a job's settings, with `worker train`'s defaults (the worker's
@@ -310,6 +369,15 @@ mod tests {
                 epochs: 300
             }
         );
+    }
+
+    #[test]
+    fn paths_stay_under_the_root() {
+        assert!(check_relative_path("mini/data").is_ok());
+        assert_eq!(check_relative_path(""), Err(PathRefusal::Empty));
+        assert_eq!(check_relative_path("a\0b"), Err(PathRefusal::Empty));
+        assert_eq!(check_relative_path("/etc"), Err(PathRefusal::Absolute));
+        assert_eq!(check_relative_path("a/../../b"), Err(PathRefusal::Climbs));
     }
 
     #[test]

@@ -211,7 +211,7 @@ async fn cancel_sweep(
     let changed = state.store.cancel_sweep(id, state.clock.now_ms()).await?;
     let n = changed.len();
     for c in changed {
-        state.publish(Event::Job(c));
+        state.job_changed(c).await;
     }
     state.publish(Event::Sweep {
         sweep_id: id,
@@ -470,10 +470,7 @@ async fn finish(
             state.clock.now_ms(),
         )
         .await?;
-    if change.status != JobStatus::Pending {
-        crate::artifacts::forget(&state, id).await;
-    }
-    state.publish(Event::Job(change.clone()));
+    state.job_changed(change.clone()).await;
     Ok(Json(change))
 }
 
@@ -495,10 +492,7 @@ async fn release(
         .store
         .release(id, req.attempt, reason, state.clock.now_ms())
         .await?;
-    if change.status != JobStatus::Pending {
-        crate::artifacts::forget(&state, id).await;
-    }
-    state.publish(Event::Job(change.clone()));
+    state.job_changed(change.clone()).await;
     Ok(Json(change))
 }
 

@@ -96,7 +96,7 @@ impl Client {
                 {
                     out.push_str(&format!(
                         "{:>4}  {:<28} {:<10} {} jobs: {} pending, {} running, {} completed, {} diverged, {} failed, {} cancelled, {} pruned; {}/{} epochs\n",
-                        s["id"], s["name"].as_str().unwrap_or(""), s["status"].as_str().unwrap_or(""), s["total"], s["pending"],
+                        s["id"].as_i64().unwrap_or(0), s["name"].as_str().unwrap_or(""), s["status"].as_str().unwrap_or(""), s["total"], s["pending"],
                         s["running"], s["completed"], s["diverged"], s["failed"], s["cancelled"], s["pruned"],
                         s["epochs_spent"], s["epochs_budget"]
                     ));

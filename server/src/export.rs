@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 use crate::views::{JobRow, SweepDetail};
+use protocol::JobStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Format {
@@ -107,7 +108,7 @@ pub(crate) fn final_acc(j: &JobRow) -> Option<f64> {
 fn best_of_each_lr(jobs: &[&JobRow]) -> Vec<i64> {
     // (lr, best job, completed runs at that lr)
     let mut best: Vec<(f64, &JobRow, usize)> = vec![];
-    for j in jobs.iter().filter(|j| j.status == "completed") {
+    for j in jobs.iter().filter(|j| j.status == JobStatus::Completed) {
         let Some(acc) = final_acc(j) else {
             continue;
         };
@@ -148,16 +149,16 @@ fn result_cells(j: &JobRow, bold: bool) -> (String, String, Option<char>) {
             .map(|x| format!("{x:.3}"))
             .unwrap_or_else(|| "NaN".into())
     };
-    match j.status.as_str() {
-        "diverged" => ("NaN".into(), pct(final_acc(j)), None),
-        "completed" if bold => (
+    match j.status {
+        JobStatus::Diverged => ("NaN".into(), pct(final_acc(j)), None),
+        JobStatus::Completed if bold => (
             format!("**{}**", loss()),
             format!("**{}**", pct(final_acc(j))),
             None,
         ),
-        "completed" => (loss(), pct(final_acc(j)), None),
-        "running" | "pruned" if j.latest.is_some() => {
-            let (mark, what) = if j.status == "running" {
+        JobStatus::Completed => (loss(), pct(final_acc(j)), None),
+        JobStatus::Running | JobStatus::Pruned if j.latest.is_some() => {
+            let (mark, what) = if j.status == JobStatus::Running {
                 ('†', "epoch")
             } else {
                 ('‡', "pruned at epoch")
@@ -226,7 +227,7 @@ pub fn markdown(d: &SweepDetail, opts: &TableOptions) -> String {
             cells.push(pct(m.and_then(|m| m.precision)));
             cells.push(pct(m.and_then(|m| m.recall)));
             cells.push(pct(m.and_then(|m| m.f1)));
-            cells.push(j.status.clone());
+            cells.push(j.status.to_string());
             cells.push(format!("{}/{}", j.epoch, j.epochs));
             cells.push(match (j.started_at, j.finished_at) {
                 (Some(s), Some(f)) => format_duration((f - s) as f64 / 1000.0),
@@ -277,7 +278,7 @@ pub fn records(d: &SweepDetail) -> Vec<Map<String, Value>> {
         .map(|j| {
             let mut r = Map::new();
             r.insert("job_id".into(), j.id.into());
-            r.insert("status".into(), j.status.clone().into());
+            r.insert("status".into(), j.status.as_str().into());
             r.insert("attempt".into(), j.attempt.into());
             r.insert("epoch".into(), j.epoch.into());
             r.insert("epochs".into(), j.epochs.into());

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use crate::export::{final_acc, job_batch as batch, param_f64};
 use crate::views::{CurvePoint, JobRow};
+use protocol::JobStatus;
 
 pub const NAMES: [&str; 5] = ["lr", "loss", "acc", "batch_and_loss", "batch_and_acc"];
 pub const SIZE: (u32, u32) = (800, 500);
@@ -111,7 +112,7 @@ fn headline<'a>(jobs: &'a [JobRow], opts: &FigureOptions) -> Option<&'a JobRow> 
         .find(|j| batch(j) == 32 && param_f64(j, "lr") == Some(1e-2) && j.latest.is_some())
         .or_else(|| {
             jobs.iter()
-                .filter(|j| j.status != "diverged")
+                .filter(|j| j.status != JobStatus::Diverged)
                 .max_by(|a, b| acc_of(a).total_cmp(&acc_of(b)))
         })
 }
@@ -159,7 +160,7 @@ fn runs_by_batch(jobs: &[JobRow], lr: f64) -> BTreeMap<i64, &JobRow> {
     let mut by_batch = BTreeMap::new();
     for j in jobs
         .iter()
-        .filter(|j| param_f64(j, "lr") == Some(lr) && j.status != "diverged")
+        .filter(|j| param_f64(j, "lr") == Some(lr) && j.status != JobStatus::Diverged)
     {
         by_batch.entry(batch(j)).or_insert(j);
     }
@@ -182,107 +183,117 @@ pub fn render(
     opts: &FigureOptions,
 ) -> Result<Vec<u8>, FigureError> {
     font()?;
-    let (title, y_label, lines): (String, &str, Vec<Line>) = match name {
-        "lr" | "loss" | "acc" => {
-            let j =
-                headline(jobs, opts).ok_or_else(|| FigureError::NoData("no run to draw".into()))?;
-            let run = format!(
-                "batch {}, lr {:e}",
-                batch(j),
-                param_f64(j, "lr").unwrap_or(f64::NAN)
-            );
-            match name {
-                "lr" => {
-                    // A staircase: each epoch's lr held over that epoch.
-                    let mut pts = vec![];
-                    for (e, lr) in series(points, j.id, |p| p.lr) {
-                        pts.push((e - 1.0, lr));
-                        pts.push((e, lr));
-                    }
-                    (
-                        format!("{sweep}: learning rate per epoch ({run})"),
-                        "learning rate",
-                        vec![("lr".into(), pts)],
-                    )
-                }
-                "loss" => (
-                    format!("{sweep}: loss ({run})"),
-                    "cross-entropy loss",
-                    vec![
-                        ("test loss".into(), series(points, j.id, |p| p.test_loss)),
-                        ("train loss".into(), series(points, j.id, |p| p.train_loss)),
-                    ],
-                ),
-                _ => (
-                    format!("{sweep}: test accuracy ({run})"),
-                    "test accuracy (%)",
-                    vec![(
-                        "test accuracy".into(),
-                        series(points, j.id, |p| p.accuracy.map(|a| 100.0 * a)),
-                    )],
-                ),
-            }
-        }
-        "batch_and_loss" | "batch_and_acc" => {
-            let lr = chosen_lr(jobs, opts)
-                .ok_or_else(|| FigureError::NoData("the sweep has no lr axis".into()))?;
-            let diverged: Vec<String> = jobs
-                .iter()
-                .filter(|j| param_f64(j, "lr") == Some(lr) && j.status == "diverged")
-                .map(|j| batch(j).to_string())
-                .collect();
-            let by_batch = runs_by_batch(jobs, lr);
-            let loss = name == "batch_and_loss";
-            let lines = by_batch
-                .iter()
-                .map(|(b, j)| {
-                    let pts = if loss {
-                        series(points, j.id, |p| p.test_loss)
-                    } else {
-                        series(points, j.id, |p| p.accuracy.map(|a| 100.0 * a))
-                    };
-                    (format!("batch {b}"), pts)
-                })
-                .collect();
-            let what = if loss { "test loss" } else { "test accuracy" };
-            let note = if diverged.is_empty() {
-                String::new()
-            } else {
-                format!("; diverged, not drawn: batch {}", diverged.join(", "))
-            };
-            (
-                format!("{sweep}: {what} by batch size, lr {lr:e}{note}"),
-                if loss {
-                    "test loss"
-                } else {
-                    "test accuracy (%)"
-                },
-                lines,
-            )
-        }
+    let (title, y_label, lines) = match name {
+        "lr" | "loss" | "acc" => headline_figure(name, sweep, jobs, points, opts)?,
+        "batch_and_loss" | "batch_and_acc" => batch_figure(name, sweep, jobs, points, opts)?,
         other => return Err(FigureError::Unknown(other.into())),
     };
     draw(&title, y_label, &lines)
+}
+
+/// A figure's title, y label and lines.
+type Figure = (String, &'static str, Vec<Line>);
+
+/// `lr`, `loss` or `acc` of the headline run.
+fn headline_figure(
+    name: &str,
+    sweep: &str,
+    jobs: &[JobRow],
+    points: &[CurvePoint],
+    opts: &FigureOptions,
+) -> Result<Figure, FigureError> {
+    let j = headline(jobs, opts).ok_or_else(|| FigureError::NoData("no run to draw".into()))?;
+    let run = format!(
+        "batch {}, lr {:e}",
+        batch(j),
+        param_f64(j, "lr").unwrap_or(f64::NAN)
+    );
+    Ok(match name {
+        "lr" => {
+            // A staircase: each epoch's lr held over that epoch.
+            let mut pts = vec![];
+            for (e, lr) in series(points, j.id, |p| p.lr) {
+                pts.push((e - 1.0, lr));
+                pts.push((e, lr));
+            }
+            (
+                format!("{sweep}: learning rate per epoch ({run})"),
+                "learning rate",
+                vec![("lr".into(), pts)],
+            )
+        }
+        "loss" => (
+            format!("{sweep}: loss ({run})"),
+            "cross-entropy loss",
+            vec![
+                ("test loss".into(), series(points, j.id, |p| p.test_loss)),
+                ("train loss".into(), series(points, j.id, |p| p.train_loss)),
+            ],
+        ),
+        _ => (
+            format!("{sweep}: test accuracy ({run})"),
+            "test accuracy (%)",
+            vec![(
+                "test accuracy".into(),
+                series(points, j.id, |p| p.accuracy.map(|a| 100.0 * a)),
+            )],
+        ),
+    })
+}
+
+/// `batch_and_loss` or `batch_and_acc`: one line per batch size at the chosen lr.
+fn batch_figure(
+    name: &str,
+    sweep: &str,
+    jobs: &[JobRow],
+    points: &[CurvePoint],
+    opts: &FigureOptions,
+) -> Result<Figure, FigureError> {
+    let lr = chosen_lr(jobs, opts)
+        .ok_or_else(|| FigureError::NoData("the sweep has no lr axis".into()))?;
+    let diverged: Vec<String> = jobs
+        .iter()
+        .filter(|j| param_f64(j, "lr") == Some(lr) && j.status == JobStatus::Diverged)
+        .map(|j| batch(j).to_string())
+        .collect();
+    let loss = name == "batch_and_loss";
+    let lines = runs_by_batch(jobs, lr)
+        .iter()
+        .map(|(b, j)| {
+            let pts = if loss {
+                series(points, j.id, |p| p.test_loss)
+            } else {
+                series(points, j.id, |p| p.accuracy.map(|a| 100.0 * a))
+            };
+            (format!("batch {b}"), pts)
+        })
+        .collect();
+    let (what, y_label) = if loss {
+        ("test loss", "test loss")
+    } else {
+        ("test accuracy", "test accuracy (%)")
+    };
+    let note = if diverged.is_empty() {
+        String::new()
+    } else {
+        format!("; diverged, not drawn: batch {}", diverged.join(", "))
+    };
+    Ok((
+        format!("{sweep}: {what} by batch size, lr {lr:e}{note}"),
+        y_label,
+        lines,
+    ))
 }
 
 /// Values beyond this are drawn at it: a diverging loss of 1e30 must not stretch the axis into
 /// ranges where the mesh's tick arithmetic overflows (a 1.7e308 loss once hung a drawing thread).
 const Y_LIMIT: f64 = 1e9;
 
-fn draw(title: &str, y_label: &str, lines: &[Line]) -> Result<Vec<u8>, FigureError> {
-    let lines: Vec<Line> = lines
-        .iter()
-        .map(|(label, pts)| {
-            let pts = pts
-                .iter()
-                .filter(|p| p.0.is_finite() && p.1.is_finite())
-                .map(|&(x, y)| (x, y.clamp(-Y_LIMIT, Y_LIMIT)))
-                .collect();
-            (label.clone(), pts)
-        })
-        .collect();
-    let lines = &lines[..];
-    let all: Vec<(f64, f64)> = lines.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+/// The axes' ranges (x, then y with its padding) and the y labels' format, from every point drawn.
+#[allow(clippy::type_complexity)]
+fn axes(
+    all: &[(f64, f64)],
+) -> Result<((f64, f64), (f64, f64, f64), impl Fn(&f64) -> String), FigureError> {
     if all.is_empty() {
         return Err(FigureError::NoData("no recorded epochs to draw yet".into()));
     }
@@ -317,6 +328,24 @@ fn draw(title: &str, y_label: &str, lines: &[Line]) -> Result<Vec<u8>, FigureErr
             format!("{v:.decimals$}")
         }
     };
+    Ok(((x0, x1), (y0, y1, pad), y_fmt))
+}
+
+fn draw(title: &str, y_label: &str, lines: &[Line]) -> Result<Vec<u8>, FigureError> {
+    let lines: Vec<Line> = lines
+        .iter()
+        .map(|(label, pts)| {
+            let pts = pts
+                .iter()
+                .filter(|p| p.0.is_finite() && p.1.is_finite())
+                .map(|&(x, y)| (x, y.clamp(-Y_LIMIT, Y_LIMIT)))
+                .collect();
+            (label.clone(), pts)
+        })
+        .collect();
+    let lines = &lines[..];
+    let all: Vec<(f64, f64)> = lines.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+    let ((x0, x1), (y0, y1, pad), y_fmt) = axes(&all)?;
     let (w, h) = SIZE;
     let mut buf = vec![0u8; (w * h * 3) as usize];
     {
@@ -361,18 +390,18 @@ fn draw(title: &str, y_label: &str, lines: &[Line]) -> Result<Vec<u8>, FigureErr
             .map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;
     }
+    encode_png(&buf, w, h)
+}
+
+/// The RGB buffer as PNG bytes.
+fn encode_png(buf: &[u8], w: u32, h: u32) -> Result<Vec<u8>, FigureError> {
+    let err = |e: png::EncodingError| FigureError::Draw(e.to_string());
     let mut png_bytes = Vec::new();
     let mut enc = png::Encoder::new(&mut png_bytes, w, h);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
-    let mut writer = enc
-        .write_header()
-        .map_err(|e| FigureError::Draw(e.to_string()))?;
-    writer
-        .write_image_data(&buf)
-        .map_err(|e| FigureError::Draw(e.to_string()))?;
-    writer
-        .finish()
-        .map_err(|e| FigureError::Draw(e.to_string()))?;
+    let mut writer = enc.write_header().map_err(err)?;
+    writer.write_image_data(buf).map_err(err)?;
+    writer.finish().map_err(err)?;
     Ok(png_bytes)
 }

@@ -578,27 +578,10 @@ fn check_string(field: &str, ty: &KeyType, v: &Value) -> Result<(), SpecError> {
         return err(field, format!("longer than {MAX_STRING} bytes"));
     }
     match ty {
-        KeyType::RelPath => {
-            let p = std::path::Path::new(s);
-            if s.is_empty() || s.contains('\0') {
-                return err(field, "must be a non-empty relative path");
-            }
-            if p.is_absolute() {
-                return err(
-                    field,
-                    "must be relative: it names a directory or file under the worker's own root (worker run --data-dir or --work-dir), never an absolute path",
-                );
-            }
-            if p.components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-            {
-                return err(
-                    field,
-                    "must not contain `..`: it stays under the worker's root",
-                );
-            }
-            Ok(())
-        }
+        KeyType::RelPath => match protocol::check_relative_path(s) {
+            Ok(_) => Ok(()),
+            Err(why) => err(field, why.message()),
+        },
         KeyType::Device => {
             let ok = s == "cpu"
                 || s == "cuda"

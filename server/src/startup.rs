@@ -297,14 +297,11 @@ pub async fn reap_once(state: &AppState) -> Result<usize> {
     let n = changed.len();
     for c in changed {
         tracing::warn!(job = c.job_id, status = %c.status, attempt = c.attempt, "lease expired");
-        if c.status != protocol::JobStatus::Pending {
-            crate::artifacts::forget(state, c.job_id).await;
-        }
         state
             .telemetry
             .lease_expiries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        state.publish(crate::events::Event::Job(c));
+        state.job_changed(c).await;
     }
     Ok(n)
 }

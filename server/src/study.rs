@@ -3,6 +3,7 @@
 //! are the document's, typed once; every number of ours comes from the database.
 use crate::export::{self, format_lr, job_batch, job_lr, pct};
 use crate::views::{JobRow, SweepDetail};
+use protocol::JobStatus;
 
 /// What the study printed for one (batch size, lr) cell.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -112,12 +113,15 @@ struct Ours {
 fn ours(jobs: &[&JobRow]) -> Option<Ours> {
     let done: Vec<&&JobRow> = jobs
         .iter()
-        .filter(|j| matches!(j.status.as_str(), "completed" | "diverged"))
+        .filter(|j| matches!(j.status, JobStatus::Completed | JobStatus::Diverged))
         .collect();
     if done.is_empty() {
         return None;
     }
-    let diverged = done.iter().filter(|j| j.status == "diverged").count();
+    let diverged = done
+        .iter()
+        .filter(|j| j.status == JobStatus::Diverged)
+        .count();
     let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
     let accs: Vec<f64> = done.iter().filter_map(|j| export::final_acc(j)).collect();
     let losses: Vec<f64> = done

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use protocol::MetricsReport;
+use protocol::{JobStatus, MetricsReport};
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AttemptRow {
@@ -22,7 +22,7 @@ pub struct JobRow {
     pub sweep_id: i64,
     #[schema(value_type = Object)]
     pub params: Value,
-    pub status: String,
+    pub status: JobStatus,
     pub attempt: i64,
     pub max_attempts: i64,
     pub epoch: i64,

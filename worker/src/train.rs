@@ -227,11 +227,149 @@ impl Ranks {
     }
 }
 
-/// What rank 0 found in `out`, told to the other ranks.
-const FRESH: i64 = 0;
-const RESUMED: i64 = 1;
-const FINISHED: i64 = 2;
-const REFUSED: i64 = 3;
+/// What rank 0 found in `out` and every rank agreed on: how this run starts.
+#[derive(Debug)]
+enum Start {
+    /// Nothing there: a fresh run.
+    Fresh,
+    /// A resume state: its parameters, momentum and metadata are loaded (on rank 0).
+    Resumed,
+    /// The run has finished (its summary, when this rank read it).
+    Finished(Option<Box<Summary>>),
+}
+
+impl Start {
+    /// The code rank 0 broadcasts (3: it refused `out`).
+    const REFUSED: i64 = 3;
+
+    fn code(&self) -> i64 {
+        match self {
+            Start::Fresh => 0,
+            Start::Resumed => 1,
+            Start::Finished(_) => 2,
+        }
+    }
+}
+
+/// The files of a run under `--out`.
+struct RunFiles {
+    out: std::path::PathBuf,
+    summary: std::path::PathBuf,
+    metrics: std::path::PathBuf,
+    resume: std::path::PathBuf,
+}
+
+impl RunFiles {
+    /// Only rank 0 writes files, so only it creates the folder.
+    fn create(out: &Path, main: bool) -> Result<Self> {
+        if main {
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("cannot create --out {}", out.display()))?;
+        }
+        Ok(RunFiles {
+            out: out.to_path_buf(),
+            summary: out.join(SUMMARY_FILE),
+            metrics: out.join(METRICS_FILE),
+            resume: out.join(RESUME_FILE),
+        })
+    }
+}
+
+/// The network with its parameters and optimiser state.
+struct Model {
+    /// Owns the variables `params` and `net` use.
+    _vs: nn::VarStore,
+    net: SeedNet,
+    params: Params,
+    /// Shallow handles of the trainable parameters, in `params` order.
+    trainable: Vec<Tensor>,
+    sgd: Sgd,
+    /// The input and loss precision: fp32, or fp64 with `--fp64`.
+    kind: Kind,
+    n_params: i64,
+}
+
+impl Model {
+    /// Builds the network from the seed (model init is the one use of libtorch's generator; data
+    /// randomness has its own, augment.rs), with `--init-from` weights and `--channels-last`.
+    fn build(cfg: &TrainConfig, device: Device) -> Result<Self> {
+        tch::manual_seed(cfg.seed as i64);
+        let mut vs = nn::VarStore::new(device);
+        let mut net = SeedNet::new(&vs.root(), &cfg.model());
+        let kind = if cfg.fp64 { Kind::Double } else { Kind::Float };
+        if cfg.fp64 {
+            vs.double();
+        }
+        let params = Params::of(&vs);
+        let n_params = model::parameter_count(&vs);
+        if let Some(path) = &cfg.init_from {
+            checkpoint::load_weights(&params, path)?;
+        }
+        if cfg.channels_last {
+            net.use_channels_last(&vs);
+        }
+        let trainable = params.trainable_tensors();
+        let sgd = Sgd::new(trainable.len(), cfg.momentum, cfg.weight_decay);
+        Ok(Model {
+            _vs: vs,
+            net,
+            params,
+            trainable,
+            sgd,
+            kind,
+            n_params,
+        })
+    }
+
+    /// The buffers (BatchNorm statistics): what DDP broadcasts before each forward without
+    /// SyncBatchNorm.
+    fn buffers(&self) -> Vec<&Tensor> {
+        self.params
+            .all
+            .iter()
+            .filter(|(_, t)| !t.requires_grad())
+            .map(|(_, t)| t)
+            .collect()
+    }
+}
+
+/// What a summary needs beyond the run's outcome, fixed once the run is set up.
+struct SummaryOf<'a> {
+    cfg: &'a TrainConfig,
+    started: Instant,
+    device: Device,
+    n_params: i64,
+    world: usize,
+    data: data::DataInfo,
+}
+
+impl SummaryOf<'_> {
+    fn summary(
+        &self,
+        status: Status,
+        epochs_completed: u32,
+        final_metrics: Option<EpochMetrics>,
+        first_step_at: Option<i64>,
+        rank_param_max_diff: Option<f64>,
+    ) -> Summary {
+        Summary {
+            status,
+            epochs_completed,
+            final_metrics,
+            config: self.cfg.clone(),
+            parameters: self.n_params,
+            device: format!("{:?}", self.device),
+            seed: self.cfg.seed,
+            world_size: self.world as u32,
+            git_commit: env!("SEED_GIT_COMMIT").to_string(),
+            threads: tch::get_num_threads(),
+            wall_seconds: self.started.elapsed().as_secs_f64(),
+            first_step_at,
+            rank_param_max_diff,
+            data: Some(self.data.clone()),
+        }
+    }
+}
 
 /// Runs (or resumes) the training run configured by `cfg` with its files in `out`, calling
 /// `on_epoch` after each evaluated epoch has been written. Errors are crashes; a non-finite loss is
@@ -248,8 +386,97 @@ pub fn run(
     cfg.validate()?;
     let started = Instant::now();
     let env = RankEnv::from_env()?;
+    let device = choose_device(cfg, env.as_ref())?;
+    set_threads(cfg, env.as_ref(), device);
+    let (mut ranks, mut group) = join_group(cfg, env.as_ref(), device)?;
+    let files = RunFiles::create(out, ranks.is_main())?;
+    let data = load_data(cfg, &ranks, group.as_ref())?;
+    let mut model = Model::build(cfg, device)?;
+    let report = SummaryOf {
+        cfg,
+        started,
+        device,
+        n_params: model.n_params,
+        world: ranks.world,
+        data: data.info.clone(),
+    };
+    let mut meta = ResumeMeta {
+        epoch: 0,
+        steps: 0,
+        history: vec![],
+        config: fingerprint(cfg, ranks.world)?,
+        rng: "chacha8(seed, stream=epoch)".into(),
+    };
+    // Synchronisation point 1: every rank learns how the run starts from rank 0.
+    let start = agree_on_start(
+        &files,
+        &mut model,
+        &mut meta,
+        group.as_ref(),
+        ranks.is_main(),
+    )?;
+    if let Start::Finished(done) = start {
+        tracing::info!("the run in {} has finished", out.display());
+        return Ok(done
+            .map(|d| *d)
+            .unwrap_or_else(|| report.summary(Status::Completed, meta.epoch, None, None, None)));
+    }
+    // Synchronisation point 2: every rank takes rank 0's state.
+    if let Some(g) = &mut group {
+        start_data_parallel(g, &mut model, matches!(start, Start::Resumed))?;
+    }
+    ranks.pg = group.map(Rc::new);
+    let sync_bn = ranks.world > 1 && !cfg.no_sync_bn;
+    if let (true, Some(pg)) = (sync_bn, &ranks.pg) {
+        model.net.use_sync_batch_norm(pg.clone());
+    }
+    if ranks.is_main() {
+        // The resume state is the commit point: drop metric lines written after it.
+        write_metrics_file(&meta.history, &files.metrics)?;
+    }
+    let mut trainer = Trainer {
+        cfg,
+        device,
+        data: &data,
+        sampler: Sampler::new(data.train.len(), &ranks, cfg.batch_size as usize),
+        ranks: &ranks,
+        sync_bn,
+        files: &files,
+        schedule: LrSchedule {
+            base: cfg.lr,
+            warmup_epochs: cfg.warmup_epochs,
+            warmup_factor: cfg.warmup_factor,
+            milestones: cfg.milestones.clone(),
+            gamma: cfg.gamma,
+        },
+        bar: None,
+        first_step_at: None,
+    };
+    trainer.bar = trainer.progress_bar();
+    let status = trainer.epochs(&mut model, &mut meta, on_epoch)?;
+    let first_step_at = trainer.first_step_at;
+    // Synchronisation point 5: the replicas' spread, for the summary.
+    let rank_param_max_diff = match ranks.pg() {
+        Some(pg) if ranks.world > 1 => Some(param_spread(pg, &model.params)?),
+        _ => None,
+    };
+    let summary = report.summary(
+        status,
+        meta.epoch,
+        meta.history.last().cloned(),
+        first_step_at,
+        rank_param_max_diff,
+    );
+    if ranks.is_main() && status != Status::Interrupted {
+        write_json_atomic(&summary, &files.summary)?;
+    }
+    Ok(summary)
+}
+
+/// `--device`, where a rank of a CUDA run takes the GPU of its local rank.
+fn choose_device(cfg: &TrainConfig, env: Option<&RankEnv>) -> Result<Device> {
     let mut device = parse_device(&cfg.device)?;
-    if let (Some(e), Device::Cuda(_), "cuda") = (&env, device, cfg.device.as_str()) {
+    if let (Some(e), Device::Cuda(_), "cuda") = (env, device, cfg.device.as_str()) {
         // One GPU per local rank; ranks share GPUs when there are fewer (gloo only).
         device = Device::Cuda(e.local_rank % tch::Cuda::device_count().max(1) as usize);
     }
@@ -262,7 +489,11 @@ pub fn run(
             );
         }
     }
-    match (cfg.threads, &env) {
+    Ok(device)
+}
+
+fn set_threads(cfg: &TrainConfig, env: Option<&RankEnv>, device: Device) {
+    match (cfg.threads, env) {
         (Some(t), _) => tch::set_num_threads(t as i32),
         // Ranks on one machine share its cores (torchrun sets OMP_NUM_THREADS for the same reason).
         (None, Some(e)) if device == Device::Cpu => {
@@ -270,237 +501,233 @@ pub fn run(
         }
         _ => {}
     }
+}
+
+/// Under torchrun's environment, joins the process group; otherwise rank 0 of 1.
+fn join_group(
+    cfg: &TrainConfig,
+    env: Option<&RankEnv>,
+    device: Device,
+) -> Result<(Ranks, Option<ProcessGroup>)> {
     let mut ranks = Ranks {
         rank: 0,
         world: 1,
         local_rank: 0,
         pg: None,
     };
-    let mut group = None;
-    if let Some(e) = &env {
-        let backend = Backend::choose(cfg.dist_backend.as_deref(), device)?;
-        let g = ProcessGroup::from_env(e, backend, Duration::from_secs(cfg.dist_timeout), device)?;
-        tracing::info!(
-            rank = e.rank,
-            world = e.world,
-            ?backend,
-            "joined the process group"
-        );
-        ranks.rank = e.rank;
-        ranks.world = e.world;
-        ranks.local_rank = e.local_rank;
-        group = Some(g);
-    }
-    let main = ranks.is_main();
-    if main {
-        std::fs::create_dir_all(out)
-            .with_context(|| format!("cannot create --out {}", out.display()))?;
-    }
-    let summary_path = out.join(SUMMARY_FILE);
-    let metrics_path = out.join(METRICS_FILE);
-    let resume_path = out.join(RESUME_FILE);
+    let Some(e) = env else {
+        return Ok((ranks, None));
+    };
+    let backend = Backend::choose(cfg.dist_backend.as_deref(), device)?;
+    let g = ProcessGroup::from_env(e, backend, Duration::from_secs(cfg.dist_timeout), device)?;
+    tracing::info!(
+        rank = e.rank,
+        world = e.world,
+        ?backend,
+        "joined the process group"
+    );
+    ranks.rank = e.rank;
+    ranks.world = e.world;
+    ranks.local_rank = e.local_rank;
+    Ok((ranks, Some(g)))
+}
 
-    // The machine's first rank loads (and, if need be, downloads) the data before the others read it.
+/// The machine's first rank loads (and, if need be, downloads) the data before the others read it.
+fn load_data(
+    cfg: &TrainConfig,
+    ranks: &Ranks,
+    group: Option<&ProcessGroup>,
+) -> Result<data::Dataset> {
     if ranks.local_rank != 0 {
-        barrier(group.as_ref())?;
+        barrier(group)?;
     }
     let data = data::load(cfg)?;
     if ranks.local_rank == 0 {
-        barrier(group.as_ref())?;
+        barrier(group)?;
     }
     tracing::info!(
         train = data.train.len(),
         test = data.test.len(),
         "data loaded"
     );
+    Ok(data)
+}
 
-    // Model init is the one use of libtorch's generator; data randomness has its own (augment.rs).
-    tch::manual_seed(cfg.seed as i64);
-    let mut vs = nn::VarStore::new(device);
-    let mut net = SeedNet::new(&vs.root(), &cfg.model());
-    let kind = if cfg.fp64 { Kind::Double } else { Kind::Float };
-    if cfg.fp64 {
-        vs.double();
-    }
-    let params = Params::of(&vs);
-    let n_params = model::parameter_count(&vs);
-    if let Some(path) = &cfg.init_from {
-        checkpoint::load_weights(&params, path)?;
-    }
-    if cfg.channels_last {
-        net.use_channels_last(&vs);
-    }
-    let trainable = params.trainable_tensors();
-    let mut sgd = Sgd::new(trainable.len(), cfg.momentum, cfg.weight_decay);
-    let schedule = LrSchedule {
-        base: cfg.lr,
-        warmup_epochs: cfg.warmup_epochs,
-        warmup_factor: cfg.warmup_factor,
-        milestones: cfg.milestones.clone(),
-        gamma: cfg.gamma,
+/// Rank 0 reads `out` (a fresh run, a resume, a finished run, or a refusal) and tells the others,
+/// with the epoch and step counts to continue from.
+fn agree_on_start(
+    files: &RunFiles,
+    model: &mut Model,
+    meta: &mut ResumeMeta,
+    group: Option<&ProcessGroup>,
+    main: bool,
+) -> Result<Start> {
+    let found = if main {
+        inspect_out(files, model, meta)
+    } else {
+        Ok(Start::Fresh)
     };
-
-    let fp = fingerprint(cfg, ranks.world)?;
-    let mut meta = ResumeMeta {
-        epoch: 0,
-        steps: 0,
-        history: vec![],
-        config: fp.clone(),
-        rng: "chacha8(seed, stream=epoch)".into(),
-    };
-    let world = ranks.world;
-    let summary_of =
-        |status, epochs_completed, final_metrics, first_step_at, rank_param_max_diff| Summary {
-            status,
-            epochs_completed,
-            final_metrics,
-            config: cfg.clone(),
-            parameters: n_params,
-            device: format!("{device:?}"),
-            seed: cfg.seed,
-            world_size: world as u32,
-            git_commit: env!("SEED_GIT_COMMIT").to_string(),
-            threads: tch::get_num_threads(),
-            wall_seconds: started.elapsed().as_secs_f64(),
-            first_step_at,
-            rank_param_max_diff,
-            data: Some(data.info.clone()),
-        };
-    // Rank 0 reads `out`; the others learn the outcome from it.
-    let mut found = (FRESH, None::<Summary>, None::<anyhow::Error>);
-    if main {
-        found = inspect_out(
-            &summary_path,
-            &resume_path,
-            &fp,
-            out,
-            &params,
-            &mut sgd,
-            &mut meta,
-        );
-    }
-    let told = Tensor::from_slice(&[found.0, meta.epoch as i64, meta.steps]);
-    if let Some(g) = &group {
+    let code = found.as_ref().map_or(Start::REFUSED, Start::code);
+    let told = Tensor::from_slice(&[code, meta.epoch as i64, meta.steps]);
+    if let Some(g) = group {
         g.broadcast(&[&told], 0)?;
     }
     let told: Vec<i64> = Vec::try_from(&told)?;
-    match (told[0], found) {
-        (_, (_, _, Some(e))) => return Err(e),
-        (REFUSED, _) => bail!("rank 0 refused {}", out.display()),
-        (FINISHED, (_, Some(done), _)) => return Ok(done),
-        (FINISHED, _) => {
-            tracing::info!("rank 0 found the run finished");
-            return Ok(summary_of(
-                Status::Completed,
-                told[1] as u32,
-                None,
-                None,
-                None,
-            ));
-        }
-        _ => {}
-    }
+    let found = found?;
     meta.epoch = told[1] as u32;
     meta.steps = told[2];
-    if let Some(g) = &mut group {
-        // DDP's start: every rank takes rank 0's parameters and buffers (after a resume, also its
-        // momentum), whatever its own init or files were.
-        let all: Vec<&Tensor> = params.all.iter().map(|(_, t)| t).collect();
-        tch::no_grad(|| g.broadcast(&all, 0))?;
-        if told[0] == RESUMED {
-            for (slot, p) in sgd.buffers.iter_mut().zip(&trainable) {
-                slot.get_or_insert_with(|| p.detach().zeros_like());
-            }
-            let bufs: Vec<&Tensor> = sgd.buffers.iter().flatten().collect();
-            g.broadcast(&bufs, 0)?;
-        }
-        g.sync_gradients(&trainable, 25)?;
-    }
-    ranks.pg = group.map(Rc::new);
-    let sync_bn = ranks.world > 1 && !cfg.no_sync_bn;
-    if let (true, Some(pg)) = (sync_bn, &ranks.pg) {
-        net.use_sync_batch_norm(pg.clone());
-    }
-    // Without SyncBatchNorm each rank's running statistics drift apart; DDP then broadcasts rank 0's
-    // buffers before every forward, and so do we.
-    let buffers: Vec<&Tensor> = params
-        .all
-        .iter()
-        .filter(|(_, t)| !t.requires_grad())
-        .map(|(_, t)| t)
-        .collect();
-    if main {
-        // The resume state is the commit point: drop metric lines written after it.
-        write_metrics_file(&meta.history, &metrics_path)?;
-    }
+    Ok(match (told[0], found) {
+        (Start::REFUSED, _) => bail!("rank 0 refused {}", files.out.display()),
+        (2, Start::Finished(done)) => Start::Finished(done),
+        (2, _) => Start::Finished(None),
+        (1, _) => Start::Resumed,
+        _ => Start::Fresh,
+    })
+}
 
-    let n_train = data.train.len();
-    let bs = cfg.batch_size as usize;
-    // DistributedSampler: the epoch's order padded (by wrapping) to a multiple of the world size,
-    // rank r taking positions r, r + world, ... ; one process takes them all.
-    let per_rank = n_train.div_ceil(ranks.world);
-    let positions: Vec<usize> = (ranks.rank..per_rank * ranks.world)
-        .step_by(ranks.world)
-        .map(|p| p % n_train)
-        .collect();
-    let steps_per_epoch = per_rank.div_ceil(bs);
-    let bar = (main && std::io::stderr().is_terminal()).then(|| {
-        let pb = indicatif::ProgressBar::new(steps_per_epoch as u64);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+/// DDP's start: every rank takes rank 0's parameters and buffers (after a resume, also its
+/// momentum), whatever its own init or files were; then gradients are averaged from here on.
+fn start_data_parallel(g: &mut ProcessGroup, model: &mut Model, resumed: bool) -> Result<()> {
+    let all: Vec<&Tensor> = model.params.all.iter().map(|(_, t)| t).collect();
+    tch::no_grad(|| g.broadcast(&all, 0))?;
+    if resumed {
+        for (slot, p) in model.sgd.buffers.iter_mut().zip(&model.trainable) {
+            slot.get_or_insert_with(|| p.detach().zeros_like());
+        }
+        let bufs: Vec<&Tensor> = model.sgd.buffers.iter().flatten().collect();
+        g.broadcast(&bufs, 0)?;
+    }
+    g.sync_gradients(&model.trainable, 25)
+}
+
+/// DistributedSampler: the epoch's order padded (by wrapping) to a multiple of the world size,
+/// rank r taking positions r, r + world, ... ; one process takes them all.
+struct Sampler {
+    positions: Vec<usize>,
+    batch: usize,
+    steps_per_epoch: usize,
+}
+
+impl Sampler {
+    fn new(n_train: usize, ranks: &Ranks, batch: usize) -> Self {
+        let per_rank = n_train.div_ceil(ranks.world);
+        let positions = (ranks.rank..per_rank * ranks.world)
+            .step_by(ranks.world)
+            .map(|p| p % n_train)
+            .collect();
+        Sampler {
+            positions,
+            batch,
+            steps_per_epoch: per_rank.div_ceil(batch),
+        }
+    }
+}
+
+/// One epoch's training, before evaluation.
+struct EpochTrained {
+    started: Instant,
+    loss_sum: f64,
+    seen: usize,
+    diverged: bool,
+    /// Training time alone (images/s are measured on it).
+    seconds: f64,
+    first_step_at: Option<i64>,
+}
+
+/// The epoch loop: what stays fixed across epochs, and the step counter's first use.
+struct Trainer<'a> {
+    cfg: &'a TrainConfig,
+    device: Device,
+    data: &'a data::Dataset,
+    sampler: Sampler,
+    ranks: &'a Ranks,
+    sync_bn: bool,
+    files: &'a RunFiles,
+    schedule: LrSchedule,
+    bar: Option<indicatif::ProgressBar>,
+    first_step_at: Option<i64>,
+}
+
+impl Trainer<'_> {
+    fn progress_bar(&self) -> Option<indicatif::ProgressBar> {
+        (self.ranks.is_main() && std::io::stderr().is_terminal()).then(|| {
+            let pb = indicatif::ProgressBar::new(self.sampler.steps_per_epoch as u64);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg}",
+                )
                 .expect("valid template")
                 .progress_chars("=> "),
-        );
-        pb
-    });
-
-    // SIGTERM or ctrl-c: finish and commit the running epoch, then stop (a second one stops at once).
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())?;
-        signal_hook::flag::register(sig, stop.clone())?;
+            );
+            pb
+        })
     }
-    let mut status = Status::Completed;
-    let mut first_step_at = None;
-    for epoch in meta.epoch + 1..=cfg.epochs {
-        let t0 = Instant::now();
-        let lr = schedule.lr_at(epoch);
-        let plan = EpochPlan::new(cfg.seed, epoch, n_train);
-        if let Some(pb) = &bar {
-            pb.set_prefix(format!("{epoch}/{}", cfg.epochs));
+
+    /// Every remaining epoch: train, evaluate (and report), commit, and agree whether to stop.
+    fn epochs(
+        &mut self,
+        model: &mut Model,
+        meta: &mut ResumeMeta,
+        on_epoch: &mut dyn FnMut(&EpochMetrics),
+    ) -> Result<Status> {
+        let stop = stop_on_signals()?;
+        let mut status = Status::Completed;
+        for epoch in meta.epoch + 1..=self.cfg.epochs {
+            let lr = self.schedule.lr_at(epoch);
+            let trained = self.train_epoch(model, meta, epoch, lr)?;
+            self.first_step_at = self.first_step_at.or(trained.first_step_at);
+            let last = epoch == self.cfg.epochs;
+            if trained.diverged || epoch % self.cfg.eval_interval == 0 || last {
+                let m = self.evaluate_epoch(model, epoch, lr, &trained)?;
+                if self.ranks.is_main() {
+                    on_epoch(&m);
+                }
+                meta.history.push(m);
+            }
+            if trained.diverged {
+                status = Status::Diverged;
+                if self.ranks.is_main() {
+                    let _ = std::fs::remove_file(&self.files.resume);
+                }
+                break;
+            }
+            meta.epoch = epoch;
+            self.commit(model, meta)?;
+            if self.agree_to_stop(&stop)? && !last {
+                tracing::info!(epoch, "stopping after a committed epoch (signal)");
+                status = Status::Interrupted;
+                break;
+            }
+        }
+        if let Some(pb) = &self.bar {
+            pb.finish_and_clear();
+        }
+        Ok(status)
+    }
+
+    /// One pass over this rank's shard. A non-finite loss ends it at once (diverged).
+    fn train_epoch(
+        &self,
+        model: &mut Model,
+        meta: &mut ResumeMeta,
+        epoch: u32,
+        lr: f64,
+    ) -> Result<EpochTrained> {
+        let plan = EpochPlan::new(self.cfg.seed, epoch, self.data.train.len());
+        if let Some(pb) = &self.bar {
+            pb.set_prefix(format!("{epoch}/{}", self.cfg.epochs));
             pb.reset();
         }
-        let (mut loss_sum, mut seen, mut diverged) = (0.0f64, 0usize, false);
-        for chunk in positions.chunks(bs) {
-            let order: Vec<i64> = chunk.iter().map(|&p| plan.order[p]).collect();
-            let aug: Vec<_> = chunk.iter().map(|&p| plan.aug[p]).collect();
-            let idx = Tensor::from_slice(&order);
-            let images = data.train.images.index_select(0, &idx);
-            let labels = data.train.labels.index_select(0, &idx).to_device(device);
-            let x = augment::augment(&images, &aug, device).to_kind(kind);
-            if let Some(pg) = ranks.pg() {
-                if !sync_bn && ranks.world > 1 {
-                    tch::no_grad(|| pg.broadcast(&buffers, 0))?;
-                }
-                pg.prepare_step()?;
-            }
-            let logits = autocast(cfg.bf16, || net.try_forward_t(&x, true))??;
-            // tch's cross_entropy_for_logits computes in fp32 whatever the input; this keeps `kind`.
-            let loss = logits.to_kind(kind).cross_entropy_loss::<Tensor>(
-                &labels,
-                None,
-                Reduction::Mean,
-                -100,
-                0.0,
-            );
-            // The global batch's mean loss: what one process with batch world * b would see.
-            let (mut lv, mut n) = (loss.double_value(&[]), chunk.len() as f64);
-            if let Some(pg) = ranks.pg() {
-                let t = Tensor::from_slice(&[lv * n, n]);
-                pg.all_reduce_sum(&[&t])?;
-                n = t.double_value(&[1]);
-                lv = t.double_value(&[0]) / n;
-            }
+        let mut e = EpochTrained {
+            started: Instant::now(),
+            loss_sum: 0.0,
+            seen: 0,
+            diverged: false,
+            seconds: 0.0,
+            first_step_at: None,
+        };
+        for chunk in self.sampler.positions.chunks(self.sampler.batch) {
+            let (lv, n) = self.step(model, &plan, chunk, lr)?;
             tracing::debug!(epoch, step = meta.steps, loss = lv, "step");
             if !lv.is_finite() {
                 tracing::warn!(
@@ -508,174 +735,215 @@ pub fn run(
                     step = meta.steps,
                     "non-finite loss {lv}: the run diverged"
                 );
-                diverged = true;
+                e.diverged = true;
                 break;
             }
-            Sgd::zero_grad(&trainable);
-            // With a process group, the reducer all-reduces gradients bucket by bucket during this.
-            loss.f_backward()
-                .context("backward pass (with its gradient all-reduce) failed")?;
-            sgd.step(&trainable, lr);
             meta.steps += 1;
-            first_step_at.get_or_insert_with(unix_ms);
-            loss_sum += lv * n;
-            seen += n as usize;
-            if let Some(pb) = &bar {
+            e.first_step_at.get_or_insert_with(unix_ms);
+            e.loss_sum += lv * n;
+            e.seen += n as usize;
+            if let Some(pb) = &self.bar {
                 pb.inc(1);
                 pb.set_message(format!(
                     "loss {:.4} lr {lr:.2e} {:.1} img/s",
-                    loss_sum / seen as f64,
-                    seen as f64 / t0.elapsed().as_secs_f64()
+                    e.loss_sum / e.seen as f64,
+                    e.seen as f64 / e.started.elapsed().as_secs_f64()
                 ));
             }
         }
-        let train_seconds = t0.elapsed().as_secs_f64();
-        let evaluate_now = diverged || epoch % cfg.eval_interval == 0 || epoch == cfg.epochs;
-        if evaluate_now {
-            let ev = evaluate(
-                &net,
-                &data.test,
-                device,
-                cfg.eval_batch_size as usize,
-                cfg.bf16,
-                kind,
-                ranks.pg(),
-            )?;
-            let s = ev.confusion.scores();
-            let m = EpochMetrics {
-                epoch,
-                lr,
-                train_loss: if diverged {
-                    f64::NAN
-                } else {
-                    loss_sum / seen.max(1) as f64
-                },
-                test_loss: if diverged { f64::NAN } else { ev.loss },
-                accuracy: s.accuracy,
-                precision: s.precision,
-                recall: s.recall,
-                f1: s.f1,
-                images_per_sec: seen as f64 / train_seconds,
-                seconds: t0.elapsed().as_secs_f64(),
-            };
-            if main {
-                if cfg.save_predictions {
-                    write_predictions(&data.test, &ev.predictions, &out.join(PREDICTIONS_FILE))?;
-                }
-                append_metrics(&m, &metrics_path)?;
-                match &bar {
-                    Some(pb) => pb.println(format!(
-                        "epoch {epoch}: train loss {:.4}, test loss {:.4}, accuracy {:.2}%, lr {lr:.2e}, {:.1} img/s",
-                        m.train_loss,
-                        m.test_loss,
-                        100.0 * m.accuracy,
-                        m.images_per_sec
-                    )),
-                    None => tracing::info!(
-                        epoch,
-                        train_loss = m.train_loss,
-                        test_loss = m.test_loss,
-                        accuracy = m.accuracy,
-                        lr,
-                        images_per_sec = m.images_per_sec,
-                        "epoch done"
-                    ),
-                }
-                on_epoch(&m);
+        e.seconds = e.started.elapsed().as_secs_f64();
+        Ok(e)
+    }
+
+    /// One optimiser step on the samples at `chunk`'s positions of the epoch's order. Returns the
+    /// global batch's mean loss and size; when the loss is not finite, nothing is updated.
+    fn step(
+        &self,
+        model: &mut Model,
+        plan: &EpochPlan,
+        chunk: &[usize],
+        lr: f64,
+    ) -> Result<(f64, f64)> {
+        let (device, kind) = (self.device, model.kind);
+        let order: Vec<i64> = chunk.iter().map(|&p| plan.order[p]).collect();
+        let aug: Vec<_> = chunk.iter().map(|&p| plan.aug[p]).collect();
+        let idx = Tensor::from_slice(&order);
+        let images = self.data.train.images.index_select(0, &idx);
+        let labels = self
+            .data
+            .train
+            .labels
+            .index_select(0, &idx)
+            .to_device(device);
+        let x = augment::augment(&images, &aug, device).to_kind(kind);
+        if let Some(pg) = self.ranks.pg() {
+            // Without SyncBatchNorm each rank's running statistics drift apart; DDP then
+            // broadcasts rank 0's buffers before every forward, and so do we.
+            if !self.sync_bn && self.ranks.world > 1 {
+                tch::no_grad(|| pg.broadcast(&model.buffers(), 0))?;
             }
-            meta.history.push(m);
+            pg.prepare_step()?;
         }
-        if diverged {
-            status = Status::Diverged;
-            if main {
-                let _ = std::fs::remove_file(&resume_path);
+        let logits = autocast(self.cfg.bf16, || model.net.try_forward_t(&x, true))??;
+        // tch's cross_entropy_for_logits computes in fp32 whatever the input; this keeps `kind`.
+        let loss = logits.to_kind(kind).cross_entropy_loss::<Tensor>(
+            &labels,
+            None,
+            Reduction::Mean,
+            -100,
+            0.0,
+        );
+        // The global batch's mean loss: what one process with batch world * b would see.
+        let (mut lv, mut n) = (loss.double_value(&[]), chunk.len() as f64);
+        if let Some(pg) = self.ranks.pg() {
+            let t = Tensor::from_slice(&[lv * n, n]);
+            pg.all_reduce_sum(&[&t])?;
+            n = t.double_value(&[1]);
+            lv = t.double_value(&[0]) / n;
+        }
+        if !lv.is_finite() {
+            return Ok((lv, n));
+        }
+        Sgd::zero_grad(&model.trainable);
+        // With a process group, the reducer all-reduces gradients bucket by bucket during this.
+        loss.f_backward()
+            .context("backward pass (with its gradient all-reduce) failed")?;
+        model.sgd.step(&model.trainable, lr);
+        Ok((lv, n))
+    }
+
+    /// Synchronisation point 3: the test split, sharded across ranks and gathered. Rank 0 writes
+    /// the epoch's line (and predictions) before it is reported.
+    fn evaluate_epoch(
+        &self,
+        model: &Model,
+        epoch: u32,
+        lr: f64,
+        trained: &EpochTrained,
+    ) -> Result<EpochMetrics> {
+        let cfg = self.cfg;
+        let ev = evaluate(
+            &model.net,
+            &self.data.test,
+            self.device,
+            cfg.eval_batch_size as usize,
+            cfg.bf16,
+            model.kind,
+            self.ranks.pg(),
+        )?;
+        let s = ev.confusion.scores();
+        let diverged = trained.diverged;
+        let m = EpochMetrics {
+            epoch,
+            lr,
+            train_loss: if diverged {
+                f64::NAN
+            } else {
+                trained.loss_sum / trained.seen.max(1) as f64
+            },
+            test_loss: if diverged { f64::NAN } else { ev.loss },
+            accuracy: s.accuracy,
+            precision: s.precision,
+            recall: s.recall,
+            f1: s.f1,
+            images_per_sec: trained.seen as f64 / trained.seconds,
+            // The whole epoch, evaluation included.
+            seconds: trained.started.elapsed().as_secs_f64(),
+        };
+        if self.ranks.is_main() {
+            if cfg.save_predictions {
+                let path = self.files.out.join(PREDICTIONS_FILE);
+                write_predictions(&self.data.test, &ev.predictions, &path)?;
             }
-            break;
+            append_metrics(&m, &self.files.metrics)?;
+            self.log_epoch(&m);
         }
-        meta.epoch = epoch;
-        if main {
-            checkpoint::save_weights(&params, meta.steps, &out.join(WEIGHTS_FILE))?;
-            checkpoint::save_resume(&params, &sgd.buffers, &meta, &resume_path)?;
+        Ok(m)
+    }
+
+    fn log_epoch(&self, m: &EpochMetrics) {
+        match &self.bar {
+            Some(pb) => pb.println(format!(
+                "epoch {}: train loss {:.4}, test loss {:.4}, accuracy {:.2}%, lr {:.2e}, {:.1} img/s",
+                m.epoch,
+                m.train_loss,
+                m.test_loss,
+                100.0 * m.accuracy,
+                m.lr,
+                m.images_per_sec
+            )),
+            None => tracing::info!(
+                epoch = m.epoch,
+                train_loss = m.train_loss,
+                test_loss = m.test_loss,
+                accuracy = m.accuracy,
+                lr = m.lr,
+                images_per_sec = m.images_per_sec,
+                "epoch done"
+            ),
         }
-        // Ranks stop together: a signal seen by any of them stops all after this committed epoch.
+    }
+
+    /// The epoch's commit: rank 0 writes the weights, then the resume state (the commit point).
+    fn commit(&self, model: &Model, meta: &ResumeMeta) -> Result<()> {
+        if self.ranks.is_main() {
+            let weights = self.files.out.join(WEIGHTS_FILE);
+            checkpoint::save_weights(&model.params, meta.steps, &weights)?;
+            checkpoint::save_resume(&model.params, &model.sgd.buffers, meta, &self.files.resume)?;
+        }
+        Ok(())
+    }
+
+    /// Synchronisation point 4: ranks stop together; a signal seen by any of them stops all after
+    /// this committed epoch.
+    fn agree_to_stop(&self, stop: &AtomicBool) -> Result<bool> {
         let mut stopping = stop.load(Ordering::SeqCst);
-        if let Some(pg) = ranks.pg() {
+        if let Some(pg) = self.ranks.pg() {
             let t = Tensor::from_slice(&[stopping as i64]);
             pg.all_reduce_sum(&[&t])?;
             stopping = t.int64_value(&[0]) > 0;
         }
-        if stopping && epoch < cfg.epochs {
-            tracing::info!(epoch, "stopping after a committed epoch (signal)");
-            status = Status::Interrupted;
-            break;
-        }
+        Ok(stopping)
     }
-    if let Some(pb) = &bar {
-        pb.finish_and_clear();
-    }
-    let rank_param_max_diff = match ranks.pg() {
-        Some(pg) if ranks.world > 1 => Some(param_spread(pg, &params)?),
-        _ => None,
-    };
+}
 
-    let summary = summary_of(
-        status,
-        meta.epoch,
-        meta.history.last().cloned(),
-        first_step_at,
-        rank_param_max_diff,
-    );
-    if main && status != Status::Interrupted {
-        write_json_atomic(&summary, &summary_path)?;
+/// SIGTERM or ctrl-c: finish and commit the running epoch, then stop (a second one stops at once).
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())?;
+        signal_hook::flag::register(sig, stop.clone())?;
     }
-    Ok(summary)
+    Ok(stop)
 }
 
 fn barrier(g: Option<&ProcessGroup>) -> Result<()> {
     g.map_or(Ok(()), ProcessGroup::barrier)
 }
 
-/// Rank 0's reading of `out`: a fresh run, a resume (state loaded), a finished run, or a refusal.
-#[allow(clippy::type_complexity)]
-fn inspect_out(
-    summary_path: &Path,
-    resume_path: &Path,
-    fp: &serde_json::Value,
-    out: &Path,
-    params: &Params,
-    sgd: &mut Sgd,
-    meta: &mut ResumeMeta,
-) -> (i64, Option<Summary>, Option<anyhow::Error>) {
-    let result = (|| -> Result<(i64, Option<Summary>)> {
-        if summary_path.exists() && !resume_path.exists() {
-            // A diverged run keeps no resume state: starting it again would only diverge again.
-            let done: Summary = serde_json::from_slice(&std::fs::read(summary_path)?)?;
-            if fingerprint(&done.config, done.world_size as usize)? == *fp {
-                tracing::info!(status = ?done.status, "run already finished in {}", out.display());
-                return Ok((FINISHED, Some(done)));
-            }
-            bail!(
-                "{} holds a finished run with another configuration; use another --out",
-                out.display()
-            );
+/// Rank 0's reading of `out`: a fresh run, a resume (state loaded), a finished run, or why it
+/// refuses the folder.
+fn inspect_out(files: &RunFiles, model: &mut Model, meta: &mut ResumeMeta) -> Result<Start> {
+    let fp = meta.config.clone();
+    let out = files.out.display();
+    if files.summary.exists() && !files.resume.exists() {
+        // A diverged run keeps no resume state: starting it again would only diverge again.
+        let done: Summary = serde_json::from_slice(&std::fs::read(&files.summary)?)?;
+        if fingerprint(&done.config, done.world_size as usize)? == fp {
+            tracing::info!(status = ?done.status, "run already finished in {out}");
+            return Ok(Start::Finished(Some(Box::new(done))));
         }
-        if resume_path.exists() {
-            *meta = checkpoint::load_resume(params, &mut sgd.buffers, resume_path)?;
-            if meta.config != *fp {
-                bail!(
-                    "{} holds a run with another configuration; use another --out",
-                    out.display()
-                );
-            }
-            tracing::info!(epoch = meta.epoch, "resuming after epoch {}", meta.epoch);
-            return Ok((RESUMED, None));
-        }
-        Ok((FRESH, None))
-    })();
-    match result {
-        Ok((code, done)) => (code, done, None),
-        Err(e) => (REFUSED, None, Some(e)),
+        bail!("{out} holds a finished run with another configuration; use another --out");
     }
+    if files.resume.exists() {
+        *meta = checkpoint::load_resume(&model.params, &mut model.sgd.buffers, &files.resume)?;
+        if meta.config != fp {
+            bail!("{out} holds a run with another configuration; use another --out");
+        }
+        tracing::info!(epoch = meta.epoch, "resuming after epoch {}", meta.epoch);
+        return Ok(Start::Resumed);
+    }
+    Ok(Start::Fresh)
 }
 
 /// The largest difference between this rank's parameters and buffers and rank 0's, over all

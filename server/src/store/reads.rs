@@ -48,7 +48,7 @@ impl From<JobSql> for JobRow {
             id: r.id,
             sweep_id: r.sweep_id,
             params: serde_json::from_str(&r.params).unwrap_or(Value::Null),
-            status: r.status,
+            status: status_of(&r.status),
             attempt: r.attempt,
             max_attempts: r.max_attempts,
             epoch: r.epoch,
@@ -327,7 +327,7 @@ impl Store {
         .fetch_all(&self.read)
         .await?;
         // The running attempt lives in the job row until it ends.
-        if row.status == "running" {
+        if row.status == JobStatus::Running {
             let claimed_at = sqlx::query_scalar!("SELECT claimed_at FROM jobs WHERE id = ?", job)
                 .fetch_one(&self.read)
                 .await?;

@@ -67,7 +67,8 @@ pub fn run(a: &BenchDdpArgs) -> Result<()> {
         )?),
         None => None,
     };
-    let (rank, world) = pg.as_ref().map_or((0, 1), |g| (g.rank(), g.world()));
+    let rank = pg.as_ref().map_or(0, |g| g.rank());
+    // Only rank 0 prints.
     let say = |s: String| {
         if rank == 0 {
             println!("{s}");
@@ -75,98 +76,120 @@ pub fn run(a: &BenchDdpArgs) -> Result<()> {
     };
     let mode = match &pg {
         None => "no DDP".to_string(),
-        Some(_) => format!("DDP world {world}"),
+        Some(g) => format!("DDP world {}", g.world()),
     };
     say(format!(
         "# {mode}, {} thread(s) per rank, device {}",
         tch::get_num_threads(),
         a.device
     ));
-
     if let (Some(g), false) = (&pg, a.no_allreduce) {
-        say("| MiB | ms per all-reduce | algbw GB/s | busbw GB/s |".into());
-        say("| ---: | ---: | ---: | ---: |".into());
-        for &mb in &a.sizes_mb {
-            let t = Tensor::ones([(mb * 1024 * 1024 / 4) as i64], (Kind::Float, device));
-            let iters = (64 / mb.max(1)).clamp(5, 50);
-            for _ in 0..3 {
-                g.all_reduce_sum(&[&t])?;
-            }
-            g.barrier()?;
-            let t0 = Instant::now();
-            for _ in 0..iters {
-                g.all_reduce_sum(&[&t])?;
-            }
-            if let Device::Cuda(i) = device {
-                tch::Cuda::synchronize(i as i64);
-            }
-            let secs = t0.elapsed().as_secs_f64() / iters as f64;
-            let alg = (mb * 1024 * 1024) as f64 / secs / 1e9;
-            // NCCL-tests' bus bandwidth: what each link carries in a ring all-reduce.
-            let bus = alg * 2.0 * (world as f64 - 1.0) / world as f64;
-            say(format!(
-                "| {mb} | {:.2} | {alg:.2} | {bus:.2} |",
-                secs * 1e3
-            ));
-        }
+        all_reduce_table(a, g, device, &say)?;
     }
-
     if a.batch_size > 0 {
-        let cfg = match a.model.as_str() {
-            "full" => ModelConfig::default(),
-            "tiny" => ModelConfig::tiny(),
-            m => anyhow::bail!("--model must be full or tiny, got {m:?}"),
-        };
-        tch::manual_seed(0);
-        let vs = nn::VarStore::new(device);
-        let net = SeedNet::new(&vs.root(), &cfg);
-        let params = Params::of(&vs);
-        let trainable = params.trainable_tensors();
-        let mut sgd = Sgd::new(trainable.len(), 0.9, 1e-4);
-        let pg = match pg {
-            Some(mut g) => {
-                g.sync_gradients(&trainable, 25)?;
-                let g = Rc::new(g);
-                if world > 1 {
-                    net.use_sync_batch_norm(g.clone());
-                }
-                Some(g)
-            }
-            None => None,
-        };
-        let x = Tensor::randn([a.batch_size, 3, 32, 32], (Kind::Float, device));
-        let y = Tensor::randint(10, [a.batch_size], (Kind::Int64, device));
-        let mut step = || -> Result<()> {
-            if let Some(g) = &pg {
-                g.prepare_step()?;
-            }
-            let loss = net.try_forward_t(&x, true)?.cross_entropy_for_logits(&y);
-            Sgd::zero_grad(&trainable);
-            loss.f_backward().context("backward")?;
-            sgd.step(&trainable, 1e-3);
-            Ok(())
-        };
-        for _ in 0..2 {
-            step()?;
+        training_step(a, pg, device, &say)?;
+    }
+    Ok(())
+}
+
+/// All-reduce time and bandwidth at each of `--sizes-mb`.
+fn all_reduce_table(
+    a: &BenchDdpArgs,
+    g: &ProcessGroup,
+    device: Device,
+    say: &dyn Fn(String),
+) -> Result<()> {
+    let world = g.world();
+    say("| MiB | ms per all-reduce | algbw GB/s | busbw GB/s |".into());
+    say("| ---: | ---: | ---: | ---: |".into());
+    for &mb in &a.sizes_mb {
+        let t = Tensor::ones([(mb * 1024 * 1024 / 4) as i64], (Kind::Float, device));
+        let iters = (64 / mb.max(1)).clamp(5, 50);
+        for _ in 0..3 {
+            g.all_reduce_sum(&[&t])?;
         }
-        if let Some(g) = &pg {
-            g.barrier()?;
-        }
+        g.barrier()?;
         let t0 = Instant::now();
-        for _ in 0..a.steps {
-            step()?;
+        for _ in 0..iters {
+            g.all_reduce_sum(&[&t])?;
         }
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
         }
-        let secs = t0.elapsed().as_secs_f64() / a.steps as f64;
+        let secs = t0.elapsed().as_secs_f64() / iters as f64;
+        let alg = (mb * 1024 * 1024) as f64 / secs / 1e9;
+        // NCCL-tests' bus bandwidth: what each link carries in a ring all-reduce.
+        let bus = alg * 2.0 * (world as f64 - 1.0) / world as f64;
         say(format!(
-            "step ({} model, batch {} per rank, {world} rank(s)): {:.1} ms, {:.1} images/s in total",
-            a.model,
-            a.batch_size,
-            secs * 1e3,
-            (a.batch_size as usize * world) as f64 / secs
+            "| {mb} | {:.2} | {alg:.2} | {bus:.2} |",
+            secs * 1e3
         ));
     }
+    Ok(())
+}
+
+/// The time of one training step of the network on random data, gradients averaged by the reducer.
+fn training_step(
+    a: &BenchDdpArgs,
+    pg: Option<ProcessGroup>,
+    device: Device,
+    say: &dyn Fn(String),
+) -> Result<()> {
+    let world = pg.as_ref().map_or(1, |g| g.world());
+    let cfg = match a.model.as_str() {
+        "full" => ModelConfig::default(),
+        "tiny" => ModelConfig::tiny(),
+        m => anyhow::bail!("--model must be full or tiny, got {m:?}"),
+    };
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(device);
+    let net = SeedNet::new(&vs.root(), &cfg);
+    let params = Params::of(&vs);
+    let trainable = params.trainable_tensors();
+    let mut sgd = Sgd::new(trainable.len(), 0.9, 1e-4);
+    let pg = match pg {
+        Some(mut g) => {
+            g.sync_gradients(&trainable, 25)?;
+            let g = Rc::new(g);
+            if world > 1 {
+                net.use_sync_batch_norm(g.clone());
+            }
+            Some(g)
+        }
+        None => None,
+    };
+    let x = Tensor::randn([a.batch_size, 3, 32, 32], (Kind::Float, device));
+    let y = Tensor::randint(10, [a.batch_size], (Kind::Int64, device));
+    let mut step = || -> Result<()> {
+        if let Some(g) = &pg {
+            g.prepare_step()?;
+        }
+        let loss = net.try_forward_t(&x, true)?.cross_entropy_for_logits(&y);
+        Sgd::zero_grad(&trainable);
+        loss.f_backward().context("backward")?;
+        sgd.step(&trainable, 1e-3);
+        Ok(())
+    };
+    for _ in 0..2 {
+        step()?;
+    }
+    if let Some(g) = &pg {
+        g.barrier()?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..a.steps {
+        step()?;
+    }
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+    let secs = t0.elapsed().as_secs_f64() / a.steps as f64;
+    say(format!(
+        "step ({} model, batch {} per rank, {world} rank(s)): {:.1} ms, {:.1} images/s in total",
+        a.model,
+        a.batch_size,
+        secs * 1e3,
+        (a.batch_size as usize * world) as f64 / secs
+    ));
     Ok(())
 }

@@ -102,6 +102,22 @@ pub fn free_port() -> Result<u16> {
 /// them, and returns the exit code for the whole run: 0 when every rank succeeded, otherwise the
 /// first failure's (a rank that fails makes the launcher stop the others).
 pub fn launch(plan: &LaunchPlan) -> Result<i32> {
+    let port = rendezvous_port(plan)?;
+    let signals = forward_signals()?;
+    let (children, pumps) = spawn_ranks(plan, port)?;
+    let (status, failure) = supervise(plan, children, &signals)?;
+    for p in pumps {
+        let _ = p.join();
+    }
+    if let Some((_, code)) = failure {
+        return Ok(code);
+    }
+    // Ranks agree on the outcome (diverged and interrupted are decided collectively): rank 0's.
+    Ok(status[0].map(exit_code).unwrap_or(1))
+}
+
+/// The plan checked, and the rendezvous port: the given one, or a free one for a single node.
+fn rendezvous_port(plan: &LaunchPlan) -> Result<u16> {
     if plan.nnodes == 0 || plan.node_rank >= plan.nnodes {
         bail!(
             "--node-rank {} is not in --nnodes {}",
@@ -112,19 +128,17 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
     if plan.nnodes > 1 && plan.master_port == 0 {
         bail!("--nnodes > 1 needs --master-addr and --master-port (the same on every node)");
     }
-    let port = if plan.master_port == 0 {
-        free_port()?
+    if plan.master_port == 0 {
+        free_port()
     } else {
-        plan.master_port
-    };
-    let world = plan.nproc_per_node * plan.nnodes;
-    let exe = std::env::current_exe().context("cannot find this executable")?;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let threads = threads_per_rank(plan.nproc_per_node);
+        Ok(plan.master_port)
+    }
+}
 
-    // SIGTERM/SIGINT reach the launcher; they are passed on to every rank (which then stop together
-    // after a committed epoch).
-    // A second signal is passed on too: the ranks then stop at once.
+/// SIGTERM/SIGINT reach the launcher; they are passed on to every rank (which then stop together
+/// after a committed epoch). A second signal is passed on too: the ranks then stop at once. The
+/// count of signals received so far.
+fn forward_signals() -> Result<Arc<AtomicUsize>> {
     let signals = Arc::new(AtomicUsize::new(0));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         let s = signals.clone();
@@ -135,7 +149,19 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
             })?;
         }
     }
+    Ok(signals)
+}
 
+/// Starts this node's ranks (this executable with torchrun's environment), their output prefixed
+/// with their rank.
+fn spawn_ranks(
+    plan: &LaunchPlan,
+    port: u16,
+) -> Result<(Vec<Child>, Vec<std::thread::JoinHandle<()>>)> {
+    let world = plan.nproc_per_node * plan.nnodes;
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let threads = threads_per_rank(plan.nproc_per_node);
     let mut children: Vec<Child> = Vec::new();
     let mut pumps = Vec::new();
     for local in 0..plan.nproc_per_node {
@@ -176,7 +202,17 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
         pumps.push(prefix_lines(err, rank, true));
         children.push(child);
     }
+    Ok((children, pumps))
+}
 
+/// Until every rank has exited: passes signals on, and when a rank fails, stops the others
+/// (SIGTERM, then SIGKILL after 10 s). Each rank's exit status, and the first failure's (rank, code).
+#[allow(clippy::type_complexity)]
+fn supervise(
+    plan: &LaunchPlan,
+    mut children: Vec<Child>,
+    signals: &AtomicUsize,
+) -> Result<(Vec<Option<ExitStatus>>, Option<(usize, i32)>)> {
     let mut status: Vec<Option<ExitStatus>> = vec![None; children.len()];
     let mut forwarded = 0usize;
     let mut failure: Option<(usize, i32)> = None;
@@ -188,26 +224,25 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
             stop_all(&children, libc::SIGTERM);
         }
         for i in 0..children.len() {
-            if status[i].is_none() {
-                if let Some(s) = children[i].try_wait()? {
-                    status[i] = Some(s);
-                    let code = exit_code(s);
-                    if code != 0
-                        && code != crate::EXIT_DIVERGED
-                        && code != crate::EXIT_INTERRUPTED
-                        && failure.is_none()
-                    {
-                        let rank = plan.node_rank * plan.nproc_per_node + i;
-                        eprintln!("[launcher] rank {rank} failed ({s}); stopping the other ranks");
-                        failure = Some((rank, code));
-                        stop_all(&children, libc::SIGTERM);
-                        kill_at = Some(Instant::now() + Duration::from_secs(10));
-                    }
-                }
+            if status[i].is_some() {
+                continue;
+            }
+            let Some(s) = children[i].try_wait()? else {
+                continue;
+            };
+            status[i] = Some(s);
+            let code = exit_code(s);
+            let failed = ![0, crate::EXIT_DIVERGED, crate::EXIT_INTERRUPTED].contains(&code);
+            if failed && failure.is_none() {
+                let rank = plan.node_rank * plan.nproc_per_node + i;
+                eprintln!("[launcher] rank {rank} failed ({s}); stopping the other ranks");
+                failure = Some((rank, code));
+                stop_all(&children, libc::SIGTERM);
+                kill_at = Some(Instant::now() + Duration::from_secs(10));
             }
         }
         if status.iter().all(Option::is_some) {
-            break;
+            return Ok((status, failure));
         }
         if kill_at.is_some_and(|t| Instant::now() >= t) {
             stop_all(&children, libc::SIGKILL);
@@ -215,14 +250,6 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    for p in pumps {
-        let _ = p.join();
-    }
-    if let Some((_, code)) = failure {
-        return Ok(code);
-    }
-    // Ranks agree on the outcome (diverged and interrupted are decided collectively): rank 0's.
-    Ok(status[0].map(exit_code).unwrap_or(1))
 }
 
 fn exit_code(s: ExitStatus) -> i32 {

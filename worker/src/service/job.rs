@@ -110,14 +110,8 @@ pub fn train_command(
 
 /// A path from a sweep, checked to stay under the root it is joined to.
 fn relative_name<'a>(key: &str, name: &'a str) -> anyhow::Result<&'a Path> {
-    let p = Path::new(name);
-    let escapes = p.is_absolute()
-        || p.components()
-            .any(|c| matches!(c, std::path::Component::ParentDir));
-    if name.is_empty() || escapes {
-        anyhow::bail!("{key} {name:?}: must be a relative path under this worker's root");
-    }
-    Ok(p)
+    protocol::check_relative_path(name)
+        .map_err(|why| anyhow::anyhow!("{key} {name:?}: {}", why.message()))
 }
 
 #[derive(Debug)]
