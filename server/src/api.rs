@@ -344,10 +344,7 @@ async fn claim(
         .await?
     {
         Some(c) => {
-            state
-                .telemetry
-                .claims
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.telemetry.claims.inc();
             state.publish(Event::Job(JobChange {
                 job_id: c.id,
                 sweep_id: c.sweep_id,
@@ -357,10 +354,7 @@ async fn claim(
             Ok(Json(c).into_response())
         }
         None => {
-            state
-                .telemetry
-                .empty_claims
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.telemetry.empty_claims.inc();
             Ok(StatusCode::NO_CONTENT.into_response())
         }
     }
@@ -506,7 +500,7 @@ async fn healthz() -> &'static str {
 async fn prometheus(State(state): State<AppState>) -> ApiResult<Response> {
     let counts = state.store.job_counts().await?;
     let body = state.telemetry.render(&counts);
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+    Ok(([(header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)], body).into_response())
 }
 
 #[utoipa::path(get, path = "/api/openapi.json", tag = "operations", responses((status = 200, description = "this document")))]

@@ -297,10 +297,7 @@ pub async fn reap_once(state: &AppState) -> Result<usize> {
     let n = changed.len();
     for c in changed {
         tracing::warn!(job = c.job_id, status = %c.status, attempt = c.attempt, "lease expired");
-        state
-            .telemetry
-            .lease_expiries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        state.telemetry.lease_expiries.inc();
         state.job_changed(c).await;
     }
     Ok(n)

@@ -1,82 +1,96 @@
-//! Counters for `GET /metrics` (Prometheus text format), kept as atomics in the app state.
-use std::sync::atomic::{AtomicU64, Ordering};
+//! `GET /metrics`: the coordinator's counters, the jobs by status and the request latency, kept and
+//! encoded (OpenMetrics text) by the `prometheus-client` crate.
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds of the request-latency histogram, in seconds.
 pub const BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
 ];
 
-#[derive(Debug, Default)]
+/// The content type of [`Telemetry::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+/// Cheap handles (each metric is an `Arc` inside) and the registry that encodes them.
+#[derive(Debug)]
 pub struct Telemetry {
-    pub claims: AtomicU64,
-    pub empty_claims: AtomicU64,
-    pub lease_expiries: AtomicU64,
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+    /// Jobs handed out.
+    pub claims: Counter,
+    /// Claims answered with nothing to do.
+    pub empty_claims: Counter,
+    /// Leases that ran out.
+    pub lease_expiries: Counter,
+    latency: Histogram,
+    jobs: Family<StatusLabel, Gauge>,
+    registry: Registry,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        let t = Telemetry {
+            claims: Counter::default(),
+            empty_claims: Counter::default(),
+            lease_expiries: Counter::default(),
+            latency: Histogram::new(BUCKETS.into_iter()),
+            jobs: Family::default(),
+            registry: Registry::default(),
+        };
+        t.register()
+    }
 }
 
 impl Telemetry {
-    pub fn observe(&self, seconds: f64) {
-        if let Some(i) = BUCKETS.iter().position(|&b| seconds <= b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    fn register(mut self) -> Self {
+        let r = &mut self.registry;
+        // Counters are exposed with the `_total` suffix the format requires.
+        r.register("sweep_claims", "Jobs handed out", self.claims.clone());
+        r.register(
+            "sweep_empty_claims",
+            "Claims answered with nothing to do",
+            self.empty_claims.clone(),
+        );
+        r.register(
+            "sweep_lease_expiries",
+            "Leases that ran out",
+            self.lease_expiries.clone(),
+        );
+        r.register("sweep_jobs", "Jobs by status", self.jobs.clone());
+        r.register(
+            "sweep_http_request_duration_seconds",
+            "Request latency",
+            self.latency.clone(),
+        );
+        self
     }
 
+    /// One request's latency.
+    pub fn observe(&self, seconds: f64) {
+        self.latency.observe(seconds);
+    }
+
+    /// The exposition, with the jobs by status as counted now (every status, zero included).
     pub fn render(&self, jobs_by_status: &serde_json::Map<String, serde_json::Value>) -> String {
-        let mut s = String::new();
-        s.push_str("# HELP sweep_jobs Jobs by status.\n# TYPE sweep_jobs gauge\n");
         for status in protocol::JobStatus::ALL.map(protocol::JobStatus::as_str) {
-            let n = jobs_by_status
-                .get(status)
-                .and_then(|v| v.as_i64())
-                .unwrap_or(0);
-            s.push_str(&format!("sweep_jobs{{status=\"{status}\"}} {n}\n"));
+            let n = jobs_by_status.get(status).and_then(|v| v.as_i64()).unwrap_or(0);
+            self.jobs
+                .get_or_create(&StatusLabel {
+                    status: status.into(),
+                })
+                .set(n);
         }
-        let counter = |s: &mut String, name: &str, help: &str, v: &AtomicU64| {
-            s.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                v.load(Ordering::Relaxed)
-            ));
-        };
-        counter(
-            &mut s,
-            "sweep_claims_total",
-            "Jobs handed out.",
-            &self.claims,
-        );
-        counter(
-            &mut s,
-            "sweep_empty_claims_total",
-            "Claims answered with nothing to do.",
-            &self.empty_claims,
-        );
-        counter(
-            &mut s,
-            "sweep_lease_expiries_total",
-            "Leases that ran out.",
-            &self.lease_expiries,
-        );
-        s.push_str("# HELP sweep_http_request_duration_seconds Request latency.\n");
-        s.push_str("# TYPE sweep_http_request_duration_seconds histogram\n");
-        let mut cumulative = 0;
-        for (b, n) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += n.load(Ordering::Relaxed);
-            s.push_str(&format!(
-                "sweep_http_request_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}\n"
-            ));
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        s.push_str(&format!(
-            "sweep_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n"
-        ));
-        s.push_str(&format!(
-            "sweep_http_request_duration_seconds_sum {}\nsweep_http_request_duration_seconds_count {count}\n",
-            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        ));
-        s
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
     }
 }

@@ -420,7 +420,9 @@ async fn health_prometheus_and_openapi() {
     let prom = app.get_text("/metrics").await;
     assert!(prom.contains("sweep_jobs{status=\"pending\"} 1"), "{prom}");
     assert!(prom.contains("sweep_jobs{status=\"running\"} 1"), "{prom}");
+    assert!(prom.contains("sweep_jobs{status=\"pruned\"} 0"), "{prom}");
     assert!(prom.contains("sweep_claims_total 1"), "{prom}");
+    assert!(prom.ends_with("# EOF\n"), "OpenMetrics text ends so: {prom}");
     assert!(
         prom.contains("sweep_http_request_duration_seconds_count"),
         "{prom}"
