@@ -52,7 +52,18 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// The REST API, the worker protocol and the dashboard. Every request is answered within
+/// `request_timeout` (408 otherwise) except those that stream by design: the event stream and
+/// checkpoint transfers (up to a gigabyte). tower-http traces each request (`RUST_LOG=tower_http=debug`).
+pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
+    let streaming = Router::new()
+        .route(
+            "/api/jobs/{id}/checkpoint",
+            axum::routing::put(crate::artifacts::upload)
+                .get(crate::artifacts::download)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/api/events", get(events::stream));
     Router::new()
         .route(
             "/api/sweeps",
@@ -76,17 +87,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/jobs/{id}/metrics", post(report_metrics))
         .route("/api/jobs/{id}/finish", post(finish))
         .route("/api/jobs/{id}/release", post(release))
-        .route(
-            "/api/jobs/{id}/checkpoint",
-            axum::routing::put(crate::artifacts::upload)
-                .get(crate::artifacts::download)
-                .layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .route("/api/events", get(events::stream))
         .route("/api/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
         .route("/api/session", post(crate::auth::create_session))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .merge(streaming)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::authorize,
@@ -99,6 +108,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             observe_latency,
         ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 
@@ -500,7 +510,11 @@ async fn healthz() -> &'static str {
 async fn prometheus(State(state): State<AppState>) -> ApiResult<Response> {
     let counts = state.store.job_counts().await?;
     let body = state.telemetry.render(&counts);
-    Ok(([(header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)], body).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)],
+        body,
+    )
+        .into_response())
 }
 
 #[utoipa::path(get, path = "/api/openapi.json", tag = "operations", responses((status = 200, description = "this document")))]

@@ -196,9 +196,7 @@ impl Application {
     ) -> Result<()> {
         let reaper = tokio::spawn(reap_forever(self.state.clone(), self.reap_every));
         let stopping = self.state.stopping.clone();
-        let app = crate::api::router(self.state.clone()).layer(
-            axum::middleware::from_fn_with_state(self.limits.request_timeout, bound_request_time),
-        );
+        let app = crate::api::router(self.state.clone(), self.limits.request_timeout);
         let result = serve(self.listener, app, &self.limits, async move {
             shutdown.await;
             stopping.send_replace(true);
@@ -267,28 +265,6 @@ async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
-}
-
-/// Every request is answered within the limit (408 otherwise), except those that stream by design:
-/// the event stream and checkpoint transfers (up to a gigabyte).
-async fn bound_request_time(
-    axum::extract::State(limit): axum::extract::State<Duration>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let path = req.uri().path();
-    if path == "/api/events" || path.ends_with("/checkpoint") {
-        return next.run(req).await;
-    }
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(res) => res,
-        Err(_) => (
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            axum::Json(serde_json::json!({"error": "the request took too long"})),
-        )
-            .into_response(),
-    }
 }
 
 /// Requeues expired leases once; what the background task does every `reap_every`.

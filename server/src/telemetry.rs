@@ -81,7 +81,10 @@ impl Telemetry {
     /// The exposition, with the jobs by status as counted now (every status, zero included).
     pub fn render(&self, jobs_by_status: &serde_json::Map<String, serde_json::Value>) -> String {
         for status in protocol::JobStatus::ALL.map(protocol::JobStatus::as_str) {
-            let n = jobs_by_status.get(status).and_then(|v| v.as_i64()).unwrap_or(0);
+            let n = jobs_by_status
+                .get(status)
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0);
             self.jobs
                 .get_or_create(&StatusLabel {
                     status: status.into(),

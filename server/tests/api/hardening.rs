@@ -661,3 +661,32 @@ async fn a_claim_states_its_lease() {
     let c: Value = app.claim("w").await.unwrap();
     assert_eq!(c["lease_ms"], LEASE_MS);
 }
+
+/// The request time limit (tower-http's timeout layer) bounds ordinary requests but not the
+/// streams that are long by design: an event stream outlives it.
+#[tokio::test]
+async fn the_event_stream_outlives_the_request_time_limit() {
+    let app =
+        crate::helpers::spawn_with(|c| c.request_timeout = std::time::Duration::from_millis(300))
+            .await;
+    let mut stream = app
+        .http
+        .get(format!("{}/api/events", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), reqwest::StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    // Past the limit the stream is still open: an event submitted now arrives on it.
+    app.submit_toml(crate::helpers::TWO_JOBS).await;
+    let mut seen = String::new();
+    while !seen.contains("event: sweep") && !seen.contains("event: job") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), stream.chunk())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("the stream is still open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert_eq!(app.get("/healthz").await.0, reqwest::StatusCode::OK);
+}

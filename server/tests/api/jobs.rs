@@ -422,7 +422,10 @@ async fn health_prometheus_and_openapi() {
     assert!(prom.contains("sweep_jobs{status=\"running\"} 1"), "{prom}");
     assert!(prom.contains("sweep_jobs{status=\"pruned\"} 0"), "{prom}");
     assert!(prom.contains("sweep_claims_total 1"), "{prom}");
-    assert!(prom.ends_with("# EOF\n"), "OpenMetrics text ends so: {prom}");
+    assert!(
+        prom.ends_with("# EOF\n"),
+        "OpenMetrics text ends so: {prom}"
+    );
     assert!(
         prom.contains("sweep_http_request_duration_seconds_count"),
         "{prom}"
