@@ -41,7 +41,7 @@ impl Default for Telemetry {
             claims: Counter::default(),
             empty_claims: Counter::default(),
             lease_expiries: Counter::default(),
-            latency: Histogram::new(BUCKETS.into_iter()),
+            latency: Histogram::new(BUCKETS),
             jobs: Family::default(),
             registry: Registry::default(),
         };
