@@ -245,7 +245,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
         );
     }
     tracing::info!(db = %cfg.db.display(), port = app.port(), "coordinator listening on {}", cfg.listen.ip());
-    println!("listening on http://{}:{}", cfg.listen.ip(), app.port());
+    let url = format!("http://{}:{}", cfg.listen.ip(), app.port());
+    println!("{}", protocol::listening::line(&url));
     app.run_until_stopped(crate::startup::shutdown_signal())
         .await
 }

@@ -5,7 +5,6 @@ use anyhow::{bail, Context, Result};
 use protocol::{routes, Claim, ClaimRequest, FinishRequest, MetricsReply, MetricsReport, Outcome};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -68,20 +67,12 @@ impl Drop for Served {
 
 fn start_server(token: &str) -> Result<Served> {
     let dir = tempfile::tempdir()?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["serve", "--listen", "127.0.0.1:0", "--token", token, "--db"])
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--token", token, "--db"])
         .arg(dir.path().join("load.db"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start the coordinator")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .context("the coordinator did not start")?
-        .to_string();
+        .stderr(Stdio::null());
+    let (child, base) =
+        protocol::listening::start_coordinator(cmd).context("cannot start the coordinator")?;
     Ok(Served {
         child,
         base,

@@ -4,7 +4,6 @@
 mod common;
 
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,31 +40,20 @@ struct Coordinator {
 
 impl Coordinator {
     fn start(db: &Path, listen: &str, lease_seconds: u32) -> Self {
-        let mut child = Command::new(server_bin())
-            .args([
-                "serve",
-                "--listen",
-                listen,
-                "--token",
-                TOKEN,
-                "--lease-seconds",
-                &lease_seconds.to_string(),
-                "--db",
-            ])
-            .arg(db)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("listening line")
-            .to_string();
+        let mut cmd = Command::new(server_bin());
+        cmd.args([
+            "serve",
+            "--listen",
+            listen,
+            "--token",
+            TOKEN,
+            "--lease-seconds",
+            &lease_seconds.to_string(),
+            "--db",
+        ])
+        .arg(db)
+        .stderr(Stdio::null());
+        let (child, url) = protocol::listening::start_coordinator(cmd).unwrap();
         Coordinator { child, url }
     }
 

@@ -20,7 +20,7 @@ lr = [0.01, 0.0001]
 batch_size = [16, 32, 64]
 "#;
 
-async fn claim_all(app: &TestApp) -> Vec<Value> {
+async fn claim_all(app: &TestApp) -> Vec<protocol::Claim> {
     let mut jobs = vec![];
     while let Some(c) = app.claim(&format!("w{}", jobs.len())).await {
         jobs.push(c);
@@ -37,7 +37,7 @@ async fn job_pages_are_sorted_filtered_and_counted_in_sql() {
     assert_eq!(jobs.len(), 6);
     for (i, j) in jobs.iter().enumerate() {
         let acc = 0.1 * (i + 1) as f64;
-        let (jid, att) = (j["id"].as_i64().unwrap(), j["attempt"].as_i64().unwrap());
+        let (jid, att) = (j.id, j.attempt);
         assert_eq!(
             app.metrics(jid, att, 1, Some(2.0), acc).await,
             StatusCode::OK
@@ -94,7 +94,7 @@ async fn grid_cells_and_downsampled_curves() {
     let id = s["id"].as_i64().unwrap();
     let jobs = claim_all(&app).await;
     for j in &jobs {
-        let (jid, att) = (j["id"].as_i64().unwrap(), j["attempt"].as_i64().unwrap());
+        let (jid, att) = (j.id, j.attempt);
         for e in 1..=300 {
             app.metrics(jid, att, e, Some(1.0 / e as f64), e as f64 / 400.0)
                 .await;
@@ -279,10 +279,10 @@ async fn the_dashboard_shows_sweeps_and_updates_live_without_reload() {
     .await;
 
     let jobs = claim_all(&app).await;
-    let lr = |j: &Value| j["params"]["lr"].as_f64().unwrap();
-    let at_1e2: Vec<&Value> = jobs.iter().filter(|j| lr(j) == 0.01).collect();
+    let lr = |j: &protocol::Claim| j.params["lr"].as_f64().unwrap();
+    let at_1e2: Vec<&protocol::Claim> = jobs.iter().filter(|j| lr(j) == 0.01).collect();
     for (i, j) in at_1e2.iter().enumerate() {
-        let (jid, att) = (j["id"].as_i64().unwrap(), j["attempt"].as_i64().unwrap());
+        let (jid, att) = (j.id, j.attempt);
         for e in 1..=2 {
             app.metrics(
                 jid,
@@ -296,10 +296,7 @@ async fn the_dashboard_shows_sweeps_and_updates_live_without_reload() {
     }
     // One diverged run: its cell must read NaN, not a colour.
     let bad = jobs.iter().find(|j| lr(j) == 0.0001).unwrap();
-    let (bid, batt) = (
-        bad["id"].as_i64().unwrap(),
-        bad["attempt"].as_i64().unwrap(),
-    );
+    let (bid, batt) = (bad.id, bad.attempt);
     app.metrics(bid, batt, 1, None, 0.1).await;
     assert_eq!(app.finish(bid, batt, "diverged").await.0, StatusCode::OK);
 
@@ -317,10 +314,7 @@ async fn the_dashboard_shows_sweeps_and_updates_live_without_reload() {
 
     // A metric posted through the worker protocol shows up on the open page, no reload.
     let first = at_1e2[0];
-    let (jid, att) = (
-        first["id"].as_i64().unwrap(),
-        first["attempt"].as_i64().unwrap(),
-    );
+    let (jid, att) = (first.id, first.attempt);
     assert_eq!(
         app.metrics(jid, att, 3, Some(1.0), 0.4321).await,
         StatusCode::OK
@@ -545,7 +539,7 @@ reduction_factor = 2
     let id = created["id"].as_i64().unwrap();
     let jobs = claim_all(&app).await;
     // The first job is the best at rung 0; the second, worse, is pruned there.
-    let ids: Vec<i64> = jobs.iter().map(|j| j["id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
     app.metrics(ids[0], 1, 1, Some(1.0), 0.6).await;
     app.metrics(ids[1], 1, 1, Some(1.0), 0.2).await;
     assert_eq!(app.finish(ids[1], 1, "pruned").await.0, StatusCode::OK);

@@ -1,27 +1,14 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 /// Starts the real `server` binary on a random port; returns it and its base URL.
 fn start(db: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--token", "t", "--db"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--token", "t", "--db"])
         .arg(db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("the server prints its address")
-        .to_string();
-    (child, base)
+        .stderr(Stdio::null());
+    protocol::listening::start_coordinator(cmd).unwrap()
 }
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> (StatusCode, Value) {

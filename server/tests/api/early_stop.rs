@@ -92,7 +92,7 @@ async fn our_decisions(app: &TestApp, s: &Scenario) -> Vec<(usize, i64, bool)> {
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let mut ids = vec![];
     for _ in 0..s.jobs {
-        ids.push(app.claim("w").await.unwrap()["id"].as_i64().unwrap());
+        ids.push(app.claim("w").await.unwrap().id);
     }
     let metric = s.rule["metric"].as_str().unwrap_or("accuracy");
     let (mut done, mut out) = (vec![false; s.jobs], vec![]);
@@ -166,8 +166,8 @@ async fn a_stopped_job_ends_pruned_on_every_path_and_is_never_claimed_again() {
                           "early_stop": asha(1, 2, "accuracy"), "run": {"max_attempts": 3}});
         let (status, created) = app.post("/api/sweeps", spec).await;
         assert_eq!(status, StatusCode::CREATED, "{created}");
-        let a = app.claim("w").await.unwrap()["id"].as_i64().unwrap();
-        let b = app.claim("w").await.unwrap()["id"].as_i64().unwrap();
+        let a = app.claim("w").await.unwrap().id;
+        let b = app.claim("w").await.unwrap().id;
         assert_eq!(app.metrics(a, 1, 1, Some(1.0), 0.9).await, StatusCode::OK);
         let (_, reply) = app
             .post(
@@ -207,7 +207,7 @@ async fn a_stopped_job_ends_pruned_on_every_path_and_is_never_claimed_again() {
         // Only `a` can be handed out (its lease ran out in the `expire` case), never `b`.
         let next = app.claim("w2").await;
         if ending == "expire" {
-            assert_eq!(next.unwrap()["id"], a);
+            assert_eq!(next.unwrap().id, a);
         } else {
             assert!(next.is_none(), "{ending}: never handed out again");
         }
@@ -240,7 +240,7 @@ async fn diverged_runs_and_missing_values_are_not_judged() {
     let ids: Vec<i64> = futures::future::join_all((0..3).map(|_| app.claim("w")))
         .await
         .into_iter()
-        .map(|c| c.unwrap()["id"].as_i64().unwrap())
+        .map(|c| c.unwrap().id)
         .collect();
     let report = |job: i64, body: Value| {
         let app = &app;
@@ -274,14 +274,14 @@ async fn diverged_runs_and_missing_values_are_not_judged() {
     let (x, y) = (app.claim("w").await.unwrap(), app.claim("w").await.unwrap());
     assert!(
         !report(
-            x["id"].as_i64().unwrap(),
+            x.id,
             json!({"attempt": 1, "epoch": 1, "train_loss": 1.0, "accuracy": 0.9})
         )
         .await
     );
     assert!(
         !report(
-            y["id"].as_i64().unwrap(),
+            y.id,
             json!({"attempt": 1, "epoch": 1, "train_loss": 1.0, "accuracy": 0.1})
         )
         .await

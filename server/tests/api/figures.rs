@@ -36,7 +36,7 @@ async fn every_figure_is_a_png_of_the_expected_size_and_depends_on_the_sweep() {
         .await;
     let b = c["id"].as_i64().unwrap();
     while let Some(claim) = app.claim("w").await {
-        let id = claim["id"].as_i64().unwrap();
+        let id = claim.id;
         for epoch in 1..=3 {
             app.metrics(id, 1, epoch, Some(2.0 / epoch as f64), 0.2 * epoch as f64)
                 .await;

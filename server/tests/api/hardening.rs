@@ -2,7 +2,7 @@
 //! way it was found, against the real server on port 0, and asserts that it no longer happens.
 use crate::helpers::*;
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -21,7 +21,7 @@ async fn a_cancelled_sweeps_jobs_never_run_again() {
         app.claim("w").await,
     ]
     .iter()
-    .map(|c| c.as_ref().unwrap()["id"].as_i64().unwrap())
+    .map(|c| c.as_ref().unwrap().id)
     .collect();
     app.post(&format!("/api/sweeps/{sweep}/cancel"), json!({}))
         .await;
@@ -111,7 +111,7 @@ async fn a_huge_axis_is_refused_at_once_and_the_server_stays_responsive() {
 async fn figures_of_extreme_values_answer_promptly() {
     let app = spawn_app().await;
     app.submit_toml("name = \"f\"\n[train]\nepochs = 3\n").await;
-    let job = app.claim("w").await.unwrap()["id"].as_i64().unwrap();
+    let job = app.claim("w").await.unwrap().id;
     assert_eq!(app.metrics(job, 1, 1, Some(2.3), 0.1).await, StatusCode::OK);
     assert_eq!(
         app.metrics(job, 1, 2, Some(1.7e308), 0.1).await,
@@ -414,7 +414,7 @@ async fn the_store_syncs_every_commit() {
 async fn impossible_metrics_are_refused_and_nothing_is_stored() {
     let app = spawn_app().await;
     app.submit_toml("name = \"m\"\n[train]\nepochs = 3\n").await;
-    let job = app.claim("w").await.unwrap()["id"].as_i64().unwrap();
+    let job = app.claim("w").await.unwrap().id;
     let path = format!("/api/jobs/{job}/metrics");
     for (body, field) in [
         (
@@ -588,7 +588,7 @@ async fn token_files_and_schemes() {
 async fn checkpoints_of_finished_jobs_are_deleted() {
     let app = spawn_app().await;
     app.submit_toml("name = \"c\"\n[train]\nepochs = 1\n").await;
-    let job = app.claim("w").await.unwrap()["id"].as_i64().unwrap();
+    let job = app.claim("w").await.unwrap().id;
     let put = |bytes: Vec<u8>| {
         app.http
             .put(format!("{}/api/jobs/{job}/checkpoint?attempt=1", app.base))
@@ -658,8 +658,8 @@ async fn csv_export_neutralises_formulas() {
 async fn a_claim_states_its_lease() {
     let app = spawn_app().await;
     app.submit_toml("name = \"l\"\n").await;
-    let c: Value = app.claim("w").await.unwrap();
-    assert_eq!(c["lease_ms"], LEASE_MS);
+    let c = app.claim("w").await.unwrap();
+    assert_eq!(c.lease_ms, Some(LEASE_MS));
 }
 
 /// The request time limit (tower-http's timeout layer) bounds ordinary requests but not the

@@ -119,12 +119,13 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    pub(crate) async fn claim(&self, worker: &str) -> Option<Value> {
+    /// A claim through the worker protocol, read as the protocol's own type.
+    pub(crate) async fn claim(&self, worker: &str) -> Option<protocol::Claim> {
         let (status, body) = self
             .post("/api/jobs/claim", json!({ "worker": worker }))
             .await;
         match status {
-            StatusCode::OK => Some(body),
+            StatusCode::OK => Some(serde_json::from_value(body).expect("a claim")),
             StatusCode::NO_CONTENT => None,
             other => panic!("claim: {other} {body}"),
         }

@@ -11,19 +11,16 @@ async fn a_sweep_lives_from_submit_to_finished() {
     let sweep = created["id"].as_i64().unwrap();
 
     let c = app.claim("w1").await.expect("a job");
-    assert_eq!(
-        (c["sweep_id"].as_i64(), c["attempt"].as_i64()),
-        (Some(sweep), Some(1))
-    );
-    assert_eq!(c["params"]["lr"], 0.01, "oldest first");
-    assert_eq!(c["params"]["epochs"], 2);
-    let job = c["id"].as_i64().unwrap();
+    assert_eq!((c.sweep_id, c.attempt), (sweep, 1));
+    assert_eq!(c.params["lr"], 0.01, "oldest first");
+    assert_eq!(c.params["epochs"], 2);
+    let job = c.id;
     let (s, hb) = app
         .post(&format!("/api/jobs/{job}/heartbeat"), json!({"attempt": 1}))
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(hb["cancel"], false);
-    assert!(hb["lease_expires_at"].as_i64().unwrap() > c["lease_expires_at"].as_i64().unwrap() - 1);
+    assert!(hb["lease_expires_at"].as_i64().unwrap() > c.lease_expires_at - 1);
     assert_eq!(app.metrics(job, 1, 1, Some(1.5), 0.4).await, StatusCode::OK);
     assert_eq!(app.metrics(job, 1, 2, Some(1.2), 0.5).await, StatusCode::OK);
     let (_, sw) = app.get(&format!("/api/sweeps/{sweep}")).await;
@@ -35,7 +32,7 @@ async fn a_sweep_lives_from_submit_to_finished() {
     assert_eq!(app.finish(job, 1, "completed").await.0, StatusCode::OK);
 
     let c2 = app.claim("w2").await.expect("second job");
-    let job2 = c2["id"].as_i64().unwrap();
+    let job2 = c2.id;
     assert_eq!(
         app.metrics(job2, 1, 1, None, 0.1).await,
         StatusCode::OK,
@@ -68,7 +65,7 @@ async fn a_stale_attempt_gets_409_and_changes_nothing() {
     let app = spawn_app().await;
     app.submit_toml(TWO_JOBS).await;
     let c = app.claim("w1").await.unwrap();
-    let job = c["id"].as_i64().unwrap();
+    let job = c.id;
     assert_eq!(app.metrics(job, 1, 1, Some(1.0), 0.3).await, StatusCode::OK);
 
     assert_eq!(app.expire_leases().await, 1);
@@ -104,10 +101,7 @@ async fn a_stale_attempt_gets_409_and_changes_nothing() {
 
     // The next claim resumes it as attempt 2; attempt 1 still cannot finish it.
     let c2 = app.claim("w2").await.unwrap();
-    assert_eq!(
-        (c2["id"].as_i64(), c2["attempt"].as_i64()),
-        (Some(job), Some(2))
-    );
+    assert_eq!((c2.id, c2.attempt), (job, 2));
     assert_eq!(
         app.finish(job, 1, "completed").await.0,
         StatusCode::CONFLICT
@@ -128,7 +122,7 @@ async fn a_stale_attempt_gets_409_and_changes_nothing() {
 async fn leases_renewed_by_heartbeat_do_not_expire() {
     let app = spawn_app().await;
     app.submit_toml(TWO_JOBS).await;
-    let job = app.claim("w1").await.unwrap()["id"].as_i64().unwrap();
+    let job = app.claim("w1").await.unwrap().id;
     for _ in 0..3 {
         app.clock.advance_ms(LEASE_MS / 2);
         assert_eq!(
@@ -149,7 +143,7 @@ async fn attempts_run_out_then_the_job_fails_with_the_reason() {
     app.submit_toml(spec).await;
     // Attempt 1: a crashed child is reported as failed and retried.
     let c = app.claim("w1").await.unwrap();
-    let job = c["id"].as_i64().unwrap();
+    let job = c.id;
     let (s, change) = app
         .post(
             &format!("/api/jobs/{job}/finish"),
@@ -163,7 +157,7 @@ async fn attempts_run_out_then_the_job_fails_with_the_reason() {
     );
     // Attempt 2: the worker disappears; its lease runs out and no attempt is left.
     let c = app.claim("w2").await.unwrap();
-    assert_eq!(c["attempt"], 2);
+    assert_eq!(c.attempt, 2);
     assert_eq!(app.expire_leases().await, 1);
     let j = app.job(job).await;
     assert_eq!(j["status"], "failed");
@@ -186,7 +180,7 @@ async fn cancel_stops_pending_jobs_and_tells_running_ones() {
         .submit_toml("name = \"c\"\n[grid]\nseed = [1, 2, 3]\n")
         .await;
     let sweep = created["id"].as_i64().unwrap();
-    let job = app.claim("w1").await.unwrap()["id"].as_i64().unwrap();
+    let job = app.claim("w1").await.unwrap().id;
     let (s, r) = app
         .post(&format!("/api/sweeps/{sweep}/cancel"), json!({}))
         .await;
@@ -218,7 +212,7 @@ async fn cancel_stops_pending_jobs_and_tells_running_ones() {
 async fn repeated_metrics_and_finishes_are_stored_once() {
     let app = spawn_app().await;
     app.submit_toml(TWO_JOBS).await;
-    let job = app.claim("w1").await.unwrap()["id"].as_i64().unwrap();
+    let job = app.claim("w1").await.unwrap().id;
     for _ in 0..3 {
         assert_eq!(app.metrics(job, 1, 1, Some(1.0), 0.3).await, StatusCode::OK);
     }
@@ -388,7 +382,7 @@ async fn events_stream_job_changes_and_metrics() {
         .starts_with("text/event-stream"));
     let mut stream = res.bytes_stream();
     app.submit_toml(TWO_JOBS).await;
-    let job = app.claim("w1").await.unwrap()["id"].as_i64().unwrap();
+    let job = app.claim("w1").await.unwrap().id;
     app.metrics(job, 1, 1, Some(1.25), 0.625).await;
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);

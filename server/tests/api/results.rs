@@ -26,10 +26,10 @@ pub(crate) async fn golden_sweep(app: &TestApp) -> i64 {
     assert_eq!(s, 201, "{c}");
     assert_eq!(c["jobs"], 12);
     while let Some(claim) = app.claim("w").await {
-        let id = claim["id"].as_i64().unwrap();
+        let id = claim.id;
         let (bs, lr) = (
-            claim["params"]["batch_size"].as_i64().unwrap(),
-            claim["params"]["lr"].as_f64().unwrap(),
+            claim.params["batch_size"].as_i64().unwrap(),
+            claim.params["lr"].as_f64().unwrap(),
         );
         let row = FIRST_README
             .iter()
@@ -136,7 +136,7 @@ async fn a_running_job_shows_its_latest_epoch_marked() {
         .await;
     let sweep = c["id"].as_i64().unwrap();
     let first = app.claim("w").await.unwrap();
-    let id = first["id"].as_i64().unwrap();
+    let id = first.id;
     app.metrics(id, 1, 1, Some(0.7), 0.75).await;
     let md = app.get_text(&format!("/api/sweeps/{sweep}/results")).await;
     assert!(
@@ -161,8 +161,8 @@ async fn the_comparison_puts_each_cell_beside_the_study_with_the_difference() {
         .await;
     let sweep = c["id"].as_i64().unwrap();
     while let Some(claim) = app.claim("w").await {
-        let id = claim["id"].as_i64().unwrap();
-        match claim["params"]["batch_size"].as_i64().unwrap() {
+        let id = claim.id;
+        match claim.params["batch_size"].as_i64().unwrap() {
             1 => {
                 app.metrics(id, 1, 1, None, 0.1).await;
                 app.finish(id, 1, "diverged").await;
@@ -236,7 +236,7 @@ async fn provenance_names_the_data_the_runs_used() {
         ((50000, 10000), (50000, 10000)),
     ] {
         let claim = app.claim("w").await.unwrap();
-        let id = claim["id"].as_i64().unwrap();
+        let id = claim.id;
         app.metrics(id, 1, 1, Some(1.0), 0.5).await;
         let (s, _) = app
             .post(
