@@ -233,20 +233,11 @@ pub struct MetricsReport {
     /// 1-based, at most the job's epochs.
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub epoch: i64,
-    #[cfg_attr(
-        feature = "openapi",
-        schema(minimum = 0, maximum = 3.4028234663852886e38)
-    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 3.4e38))]
     pub lr: Option<f64>,
-    #[cfg_attr(
-        feature = "openapi",
-        schema(minimum = 0, maximum = 3.4028234663852886e38)
-    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 3.4e38))]
     pub train_loss: Option<f64>,
-    #[cfg_attr(
-        feature = "openapi",
-        schema(minimum = 0, maximum = 3.4028234663852886e38)
-    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 3.4e38))]
     pub test_loss: Option<f64>,
     /// Fractions in [0, 1].
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1))]
@@ -280,7 +271,7 @@ pub struct FinishRequest {
     pub attempt: i64,
     pub status: Outcome,
     /// The trainer's `summary.json`.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub summary: Option<Value>,
     /// Why it failed (the coordinator keeps at most 8 KiB).
     pub error: Option<String>,

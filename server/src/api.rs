@@ -35,9 +35,51 @@ type ApiResult<T> = Result<T, ApiError>;
     components(schemas(SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
                        HeartbeatReply, MetricsReport, MetricsReply, FinishRequest, ReleaseRequest, JobChange, JobStatus, Outcome, Created, crate::views::JobRow,
                         crate::views::AttemptRow, crate::views::JobPage, crate::auth::SessionRequest, crate::views::GridCell, crate::views::Series)),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &CommonResponses)
 )]
 pub struct ApiDoc;
+
+/// The answers every operation can give besides its own, stated once: a request that cannot be
+/// read (400), credentials missing or wrong (401) or not enough (403) where the operation needs
+/// them, no such sweep or job (404) where the path names one, a value out of range (422), too
+/// many requests at once (429, 503) and a request that took too long (408).
+struct CommonResponses;
+
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::ResponseBuilder;
+        let answer = |d: &str| ResponseBuilder::new().description(d).build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
+            for op in ops.into_iter().flatten() {
+                let r = &mut op.responses.responses;
+                let mut add = |code: &str, d: &str| {
+                    r.entry(code.to_string())
+                        .or_insert_with(|| answer(d).into());
+                };
+                add(
+                    "400",
+                    "the request could not be read (a malformed body, query or path)",
+                );
+                add("408", "the request took too long");
+                add("422", "a value is out of range; the error names it");
+                add("503", "the coordinator is busy or shutting down; retry");
+                if path.contains('{') {
+                    add("404", "no such sweep or job");
+                }
+                if op.security.is_some() {
+                    add("401", "missing or wrong bearer token");
+                    add("403", "the worker token is for the worker protocol only");
+                }
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 
@@ -127,7 +169,31 @@ pub struct Created {
 
 /// Submit a sweep: JSON, or TOML with `Content-Type: application/toml`. Rejected whole (422, the field
 /// named) if any part is wrong; nothing is stored then.
-#[utoipa::path(post, path = "/api/sweeps", tag = "sweeps", request_body(content = Object, description = "sweep spec (JSON or TOML)"),
+/// A sweep file's structure, for the OpenAPI document: the spec is validated as a whole, each
+/// refused field named in the 422 (README: Sweep files).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SweepFile {
+    #[schema(min_length = 1, max_length = 100)]
+    name: String,
+    /// Settings every job shares (`worker train` options).
+    #[schema(value_type = Object, required = false)]
+    train: Option<Value>,
+    /// Axes (option -> list of values), or a list of such tables.
+    #[schema(value_type = Object, required = false)]
+    grid: Option<Value>,
+    /// `method` grid or random, with `trials`, `seed` and `space`.
+    #[schema(value_type = Object, required = false)]
+    search: Option<Value>,
+    /// `method` asha or median, `metric`, `mode`, `min_epochs`, ...
+    #[schema(value_type = Object, required = false)]
+    early_stop: Option<Value>,
+    /// `max_attempts`, `repeats`.
+    #[schema(value_type = Object, required = false)]
+    run: Option<Value>,
+}
+
+#[utoipa::path(post, path = "/api/sweeps", tag = "sweeps", request_body(content = SweepFile, description = "sweep spec (JSON, or TOML with Content-Type: application/toml)"),
     responses((status = 201, body = Created), (status = 400), (status = 401), (status = 422)),
     security(("bearer" = [])))]
 async fn submit_sweep(
@@ -236,9 +302,20 @@ async fn get_job(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResul
     Ok(Json(state.store.get_job(id).await?))
 }
 
+/// The formats of `/results` (documentation only: an unknown one gets a 422 naming it).
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ResultsFormat {
+    Markdown,
+    Csv,
+    Json,
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ResultsQuery {
     /// markdown (default), csv or json.
+    #[param(value_type = Option<ResultsFormat>, inline)]
     pub format: Option<String>,
     /// Add precision, recall, F1, epochs and wall time columns (markdown).
     #[serde(default)]
@@ -284,6 +361,7 @@ pub struct FigureQuery {
     /// The headline run of lr/loss/acc (default: batch 32 at lr 1e-2, else the best run).
     pub job: Option<i64>,
     /// The lr of batch_and_loss/batch_and_acc (default: 1e-2 when present).
+    #[param(exclusive_minimum = 0)]
     pub lr: Option<f64>,
 }
 

@@ -64,8 +64,9 @@ pub async fn grid(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct CurvesQuery {
     /// The lr whose runs to draw (default 1e-2).
+    #[param(exclusive_minimum = 0)]
     pub lr: Option<f64>,
-    /// About how many epochs per line (default 150).
+    /// About how many epochs per line (default 150; clamped to 2..=2000).
     pub points: Option<i64>,
 }
 

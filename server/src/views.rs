@@ -29,7 +29,7 @@ pub struct JobRow {
     pub epochs: i64,
     pub worker: Option<String>,
     pub error: Option<String>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub summary: Option<Value>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
