@@ -14,6 +14,35 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// Integers as JSON Schema defines them: a number with no fractional part, written `3` or `3.0`
+/// (the OpenAPI document says `integer`, and generated clients may write either).
+mod integer {
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    fn of(n: serde_json::Number) -> Option<i64> {
+        n.as_i64().or_else(|| {
+            // Exactly representable integers only (|x| < 2^53), never a rounded value.
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0)
+                .map(|f| f as i64)
+        })
+    }
+
+    pub(crate) fn exact<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        of(n.clone()).ok_or_else(|| D::Error::custom(format!("expected an integer, got {n}")))
+    }
+
+    pub(crate) fn exact_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        match Option::<serde_json::Number>::deserialize(d)? {
+            None => Ok(None),
+            Some(n) => of(n.clone())
+                .map(Some)
+                .ok_or_else(|| D::Error::custom(format!("expected an integer, got {n}"))),
+        }
+    }
+}
+
 /// Paths of the routes both sides use.
 pub mod routes {
     pub const SWEEPS: &str = "/api/sweeps";
@@ -173,8 +202,10 @@ impl Outcome {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capacity {
     /// Free ranks (devices or CPU rank slots): a job needs `nproc_per_node` of them.
+    #[serde(deserialize_with = "integer::exact")]
     pub ranks: i64,
     /// Largest per-process batch size the free slot takes (packing small jobs); none: any.
+    #[serde(deserialize_with = "integer::exact_opt", default)]
     pub max_batch_size: Option<i64>,
 }
 
@@ -209,6 +240,7 @@ pub struct Claim {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatRequest {
+    #[serde(deserialize_with = "integer::exact")]
     pub attempt: i64,
 }
 
@@ -229,9 +261,11 @@ pub struct HeartbeatReply {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricsReport {
+    #[serde(deserialize_with = "integer::exact")]
     pub attempt: i64,
     /// 1-based, at most the job's epochs.
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    #[serde(deserialize_with = "integer::exact")]
     pub epoch: i64,
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 3.4e38))]
     pub lr: Option<f64>,
@@ -268,6 +302,7 @@ pub struct MetricsReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FinishRequest {
+    #[serde(deserialize_with = "integer::exact")]
     pub attempt: i64,
     pub status: Outcome,
     /// The trainer's `summary.json`.
@@ -280,6 +315,7 @@ pub struct FinishRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseRequest {
+    #[serde(deserialize_with = "integer::exact")]
     pub attempt: i64,
     pub reason: Option<String>,
 }
@@ -291,6 +327,7 @@ pub struct JobChange {
     pub job_id: i64,
     pub sweep_id: i64,
     pub status: JobStatus,
+    #[serde(deserialize_with = "integer::exact")]
     pub attempt: i64,
 }
 
@@ -394,6 +431,27 @@ mod tests {
                 epochs: 300
             }
         );
+    }
+
+    #[test]
+    fn integers_may_be_written_as_floats_without_a_fraction() {
+        let h: HeartbeatRequest =
+            serde_json::from_value(serde_json::json!({"attempt": 2.0})).unwrap();
+        assert_eq!(h.attempt, 2);
+        assert!(
+            serde_json::from_value::<HeartbeatRequest>(serde_json::json!({"attempt": 2.5}))
+                .is_err()
+        );
+        assert!(
+            serde_json::from_value::<HeartbeatRequest>(serde_json::json!({"attempt": 1e300}))
+                .is_err()
+        );
+        let c: Capacity = serde_json::from_value(serde_json::json!({"ranks": 1})).unwrap();
+        assert_eq!(c.max_batch_size, None);
+        let c: Capacity =
+            serde_json::from_value(serde_json::json!({"ranks": 1, "max_batch_size": 64.0}))
+                .unwrap();
+        assert_eq!(c.max_batch_size, Some(64));
     }
 
     #[test]
