@@ -21,3 +21,108 @@ extern "C" int seedshim_set_autocast_bf16(int enabled) {
     return -1;
   }
 }
+
+// Counting ATen ops (`worker bench --ops`): a RecordFunction callback, the mechanism torch.profiler
+// is built on. An op is top-level when no other aten:: op is running on its thread (the ops an
+// op calls inside are its business, as in the profiler's tree); a blocking host-device sync is an
+// `aten::_local_scalar_dense` (what `.item()` and `double_value` dispatch to) or an `aten::nonzero`
+// (its output shape needs the device's answer), at any depth.
+#include <ATen/record_function.h>
+#include <atomic>
+
+static std::atomic<long long> ops_top{0};
+static std::atomic<long long> ops_sync{0};
+static thread_local int ops_depth = 0;
+static at::CallbackHandle ops_handle = 0;
+
+namespace {
+struct IsAten : at::ObserverContext {};
+
+std::unique_ptr<at::ObserverContext> ops_enter(const at::RecordFunction &fn) {
+  const char *name = fn.name();
+  if (name == nullptr || std::strncmp(name, "aten::", 6) != 0) return nullptr;
+  if (ops_depth == 0) ops_top.fetch_add(1, std::memory_order_relaxed);
+  if (!std::strcmp(name, "aten::_local_scalar_dense") || !std::strcmp(name, "aten::nonzero"))
+    ops_sync.fetch_add(1, std::memory_order_relaxed);
+  ops_depth++;
+  return std::make_unique<IsAten>();
+}
+
+void ops_exit(const at::RecordFunction &, at::ObserverContext *ctx) {
+  if (ctx != nullptr) ops_depth--;
+}
+}  // namespace
+
+// Starts counting from zero (all threads).
+extern "C" int seedshim_ops_start() {
+  try {
+    ops_top = 0;
+    ops_sync = 0;
+    if (ops_handle == 0) {
+      ops_handle = at::addGlobalCallback(
+          at::RecordFunctionCallback(ops_enter, ops_exit).scopes({at::RecordScope::FUNCTION}));
+    }
+    return 0;
+  } catch (const std::exception &e) {
+    last_error = e.what();
+    return -1;
+  }
+}
+
+// Stops counting; the counts since the start.
+extern "C" int seedshim_ops_stop(long long *top, long long *syncs) {
+  try {
+    if (ops_handle != 0) {
+      at::removeCallback(ops_handle);
+      ops_handle = 0;
+    }
+    *top = ops_top.load();
+    *syncs = ops_sync.load();
+    return 0;
+  } catch (const std::exception &e) {
+    last_error = e.what();
+    return -1;
+  }
+}
+
+// The optimiser step PyTorch itself runs for SGD(momentum, weight_decay, fused=True): one
+// multi-tensor kernel over every parameter (`at::_fused_sgd_`), instead of ~6 ops per parameter
+// tensor. On the first step the kernel sets each momentum buffer to its gradient (plus weight
+// decay), as torch.optim.SGD does; with momentum 0 there are no buffers (n_bufs 0).
+#include <ATen/ATen.h>
+#include <vector>
+
+static std::vector<at::Tensor> tensor_list(at::Tensor **ts, int n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (int i = 0; i < n; i++) out.push_back(*ts[i]);
+  return out;
+}
+
+extern "C" int seedshim_fused_sgd(at::Tensor **params, at::Tensor **grads, int n, at::Tensor **bufs,
+                                  int n_bufs, double weight_decay, double momentum, double lr,
+                                  int first_step) {
+  try {
+    at::NoGradGuard no_grad;
+    auto p = tensor_list(params, n);
+    auto g = tensor_list(grads, n);
+    auto b = tensor_list(bufs, n_bufs);
+    at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, /*dampening=*/0.0, /*nesterov=*/false,
+                    /*maximize=*/false, first_step != 0, std::nullopt, std::nullopt);
+    return 0;
+  } catch (const std::exception &e) {
+    last_error = e.what();
+    return -1;
+  }
+}
+
+// `zero_grad(set_to_none=True)`: the next backward writes each gradient instead of adding to zeros.
+extern "C" int seedshim_set_grads_none(at::Tensor **params, int n) {
+  try {
+    for (int i = 0; i < n; i++) params[i]->mutable_grad().reset();
+    return 0;
+  } catch (const std::exception &e) {
+    last_error = e.what();
+    return -1;
+  }
+}

@@ -34,6 +34,12 @@ pub struct BenchArgs {
     /// Measure only the Rust side.
     #[arg(long)]
     pub no_reference: bool,
+    /// Also count ATen ops and blocking syncs per training step, ours and PyTorch's (its GPU
+    /// default: foreach SGD, gradients set to None), with `--ops-script`.
+    #[arg(long)]
+    pub ops: bool,
+    #[arg(long, default_value = "scripts/torch_ops.py")]
+    pub ops_script: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,12 +95,12 @@ pub fn rust_rows(a: &BenchArgs) -> Result<(Vec<Row>, Option<f64>)> {
         let x = Tensor::randn([bs, 3, 32, 32], (Kind::Float, device));
         let y = Tensor::randint(10, [bs], (Kind::Int64, device));
         let (n, dt) = timed(a.seconds, device, || {
-            Sgd::zero_grad(&trainable);
+            Sgd::clear_grads(&trainable).expect("gradients cleared");
             let loss = bf16(a.bf16, || net.forward_t(&x, true))
                 .to_kind(Kind::Float)
                 .cross_entropy_for_logits(&y);
             loss.backward();
-            sgd.step(&trainable, 1e-2);
+            sgd.step(&trainable, 1e-2).expect("an SGD step");
         });
         rows.push(Row {
             mode: "train".into(),
@@ -169,7 +175,121 @@ fn torch_rows(a: &BenchArgs) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// Ops per step. Ours twice: the model step alone (what PyTorch's step is) and the trainer's whole
+/// step (data gather, augmentation and the loss read back too).
+#[derive(Debug, Clone, Copy)]
+struct OpsRow {
+    batch: i64,
+    model: crate::shim::OpCount,
+    trainer: crate::shim::OpCount,
+}
+
+fn rust_ops(a: &BenchArgs) -> Result<Vec<OpsRow>> {
+    let device = crate::train::parse_device(&a.device)?;
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(device);
+    let net = SeedNet::new(&vs.root(), &ModelConfig::default());
+    let trainable = Params::of(&vs).trainable_tensors();
+    let mut sgd = Sgd::new(trainable.len(), 0.9, 1e-4);
+    let mut rows = vec![];
+    for &bs in &a.batch_sizes {
+        let x = Tensor::randn([bs, 3, 32, 32], (Kind::Float, device));
+        let y = Tensor::randint(10, [bs], (Kind::Int64, device));
+        let mut step = || {
+            Sgd::clear_grads(&trainable).expect("gradients cleared");
+            let loss = net.forward_t(&x, true).cross_entropy_for_logits(&y);
+            loss.backward();
+            sgd.step(&trainable, 1e-2).expect("an SGD step");
+        };
+        step();
+        step();
+        let ((), model) = crate::shim::count_ops(step)?;
+        let cfg = crate::config::TrainConfig {
+            dataset: crate::config::DatasetKind::Synthetic,
+            batch_size: bs as u32,
+            limit_train: Some(3 * bs as usize),
+            limit_test: Some(10),
+            device: a.device.clone(),
+            ..Default::default()
+        };
+        let trainer = crate::train::count_step_ops(&cfg)?;
+        rows.push(OpsRow {
+            batch: bs,
+            model,
+            trainer,
+        });
+    }
+    Ok(rows)
+}
+
+/// PyTorch's counts, from `--ops-script` run with `--python`: (batch, ops, syncs).
+fn torch_ops(a: &BenchArgs) -> Result<Vec<(i64, i64, i64)>> {
+    let bs: Vec<String> = a.batch_sizes.iter().map(|b| b.to_string()).collect();
+    let reference = a.reference.parent().unwrap_or(std::path::Path::new("."));
+    let out = std::process::Command::new(&a.python)
+        .arg(&a.ops_script)
+        .arg("--reference")
+        .arg(reference)
+        .args([
+            "--batch-sizes",
+            &bs.join(","),
+            "--threads",
+            &a.threads.to_string(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", a.python.display()))?;
+    anyhow::ensure!(out.status.success(), "{} failed", a.ops_script.display());
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let n = |k: &str| r[k].as_i64().unwrap_or(-1);
+            (n("batch"), n("ops"), n("syncs"))
+        })
+        .collect())
+}
+
+fn print_ops(a: &BenchArgs) -> Result<()> {
+    let ours = rust_ops(a)?;
+    let theirs = if a.no_reference {
+        vec![]
+    } else {
+        torch_ops(a)?
+    };
+    println!(
+        "\nATen ops and blocking syncs per training step, device {}",
+        a.device
+    );
+    println!("(top-level aten:: ops as torch.profiler's tree shows them; syncs: _local_scalar_dense, nonzero)");
+    println!("| mode | batch | Rust ops/step | PyTorch ops/step | Rust syncs/step | PyTorch syncs/step |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in &ours {
+        let peer = theirs.iter().find(|t| t.0 == r.batch);
+        let (po, ps) = peer.map_or(("-".into(), "-".into()), |t| {
+            (t.1.to_string(), t.2.to_string())
+        });
+        println!(
+            "| model step | {} | {} | {po} | {} | {ps} |",
+            r.batch, r.model.top, r.model.syncs
+        );
+        println!(
+            "| trainer step | {} | {} | {po} | {} | {ps} |",
+            r.batch, r.trainer.top, r.trainer.syncs
+        );
+    }
+    Ok(())
+}
+
 pub fn run(a: &BenchArgs) -> Result<()> {
+    print_throughput(a)?;
+    if a.ops {
+        print_ops(a)?;
+    }
+    Ok(())
+}
+
+fn print_throughput(a: &BenchArgs) -> Result<()> {
     let (ours, rss) = rust_rows(a)?;
     let theirs = if a.no_reference {
         vec![]

@@ -2,7 +2,8 @@
 //!
 //! tch's `nn::Sgd` wraps the C++ optimiser and exposes no state, so its momentum buffers could not be
 //! saved for an exact resume. This is PyTorch's `torch.optim.SGD` step (dampening 0, no Nesterov,
-//! weight decay folded into the gradient) on plain tensors, with its buffers in the open.
+//! weight decay folded into the gradient) through PyTorch's own fused kernel, with its buffers in
+//! the open.
 use tch::Tensor;
 
 /// Per-epoch learning rate, as the seed's scheduler stepped it once per epoch.
@@ -50,37 +51,39 @@ impl Sgd {
         }
     }
 
-    /// `d = g + wd * p; buf = momentum * buf + d; p -= lr * buf`, all in place.
-    pub fn step(&mut self, params: &[Tensor], lr: f64) {
-        tch::no_grad(|| {
-            for (p, slot) in params.iter().zip(self.buffers.iter_mut()) {
-                let mut g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                if self.weight_decay != 0.0 {
-                    // In place on the gradient, which is zeroed before the next backward anyway.
-                    let _ = g.g_add_(&(p * self.weight_decay));
-                }
-                let buf = match slot {
-                    Some(buf) => {
-                        let _ = buf.g_mul_scalar_(self.momentum).g_add_(&g);
-                        buf
-                    }
-                    None => slot.insert(g.detach().copy()),
-                };
-                let mut p = p.shallow_clone();
-                let _ = p.g_sub_(&(&*buf * lr));
-            }
-        });
-    }
-
-    pub fn zero_grad(params: &[Tensor]) {
-        for p in params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.detach_().zero_();
+    /// `d = g + wd * p; buf = momentum * buf + d; p -= lr * buf` (on the first step `buf = d`), in
+    /// one multi-tensor kernel: PyTorch's own `_fused_sgd_`, the step torch.optim.SGD runs with
+    /// `fused=True`. Parameters without a gradient are left alone, as PyTorch leaves them.
+    pub fn step(&mut self, params: &[Tensor], lr: f64) -> anyhow::Result<()> {
+        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+        let live: Vec<usize> = (0..params.len()).filter(|&i| grads[i].defined()).collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        // Buffers are created on the first step, as PyTorch creates them (the kernel sets each to
+        // its gradient then); a resumed run brings its own.
+        let first = live.iter().all(|&i| self.buffers[i].is_none());
+        let with_momentum = self.momentum != 0.0;
+        if with_momentum {
+            for &i in &live {
+                self.buffers[i].get_or_insert_with(|| params[i].detach().zeros_like());
             }
         }
+        let p: Vec<&Tensor> = live.iter().map(|&i| &params[i]).collect();
+        let g: Vec<&Tensor> = live.iter().map(|&i| &grads[i]).collect();
+        let b: Vec<&Tensor> = if with_momentum {
+            live.iter()
+                .filter_map(|&i| self.buffers[i].as_ref())
+                .collect()
+        } else {
+            vec![]
+        };
+        crate::shim::fused_sgd(&p, &g, &b, self.weight_decay, self.momentum, lr, first)
+    }
+
+    /// Gradients set to None, as PyTorch's `zero_grad()` does by default: the next backward writes
+    /// each gradient instead of adding it to zeros.
+    pub fn clear_grads(params: &[Tensor]) -> anyhow::Result<()> {
+        crate::shim::set_grads_none(params)
     }
 }

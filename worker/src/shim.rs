@@ -1,10 +1,25 @@
 //! Safe wrappers over `csrc/shim.cpp`.
+use std::ffi::c_void;
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
 
 extern "C" {
     fn seedshim_last_error() -> *const c_char;
     fn seedshim_set_autocast_bf16(enabled: c_int) -> c_int;
+    fn seedshim_ops_start() -> c_int;
+    fn seedshim_ops_stop(top: *mut i64, syncs: *mut i64) -> c_int;
+    fn seedshim_fused_sgd(
+        params: *const *const c_void,
+        grads: *const *const c_void,
+        n: c_int,
+        bufs: *const *const c_void,
+        n_bufs: c_int,
+        weight_decay: f64,
+        momentum: f64,
+        lr: f64,
+        first_step: c_int,
+    ) -> c_int;
+    fn seedshim_set_grads_none(params: *const *const c_void, n: c_int) -> c_int;
 }
 
 fn last_error() -> String {
@@ -19,6 +34,86 @@ pub fn set_autocast_bf16(enabled: bool) -> anyhow::Result<()> {
     // SAFETY: plain call; the shim catches every C++ exception.
     if unsafe { seedshim_set_autocast_bf16(enabled as c_int) } != 0 {
         anyhow::bail!("enabling bf16 autocast failed: {}", last_error());
+    }
+    Ok(())
+}
+
+/// ATen ops dispatched while `f` ran: the top-level ones (no other aten:: op running on their
+/// thread, as torch.profiler's tree shows them) and the blocking host-device syncs
+/// (`_local_scalar_dense`, `nonzero`). Not reentrant: one count at a time per process.
+pub fn count_ops<T>(f: impl FnOnce() -> T) -> anyhow::Result<(T, OpCount)> {
+    // SAFETY: plain call; the shim catches every C++ exception.
+    if unsafe { seedshim_ops_start() } != 0 {
+        anyhow::bail!("cannot count ops: {}", last_error());
+    }
+    let out = f();
+    let (mut top, mut syncs) = (0i64, 0i64);
+    // SAFETY: both pointers are to live locals the shim writes once.
+    if unsafe { seedshim_ops_stop(&mut top, &mut syncs) } != 0 {
+        anyhow::bail!("cannot count ops: {}", last_error());
+    }
+    Ok((out, OpCount { top, syncs }))
+}
+
+/// What [`count_ops`] counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpCount {
+    pub top: i64,
+    pub syncs: i64,
+}
+
+/// Each tensor's `at::Tensor*` (what tch's handle points to), for the shim's tensor lists.
+fn handles(ts: &[&tch::Tensor]) -> Vec<*const c_void> {
+    ts.iter().map(|t| t.as_ptr() as *const c_void).collect()
+}
+
+/// One `at::_fused_sgd_` step over `params` (PyTorch's SGD with `fused=True`): weight decay folded
+/// into the gradient, momentum buffers updated (set to the gradient on `first_step`), parameters
+/// moved, all in one multi-tensor kernel. `bufs` is empty when momentum is 0.
+#[allow(clippy::too_many_arguments)]
+pub fn fused_sgd(
+    params: &[&tch::Tensor],
+    grads: &[&tch::Tensor],
+    bufs: &[&tch::Tensor],
+    weight_decay: f64,
+    momentum: f64,
+    lr: f64,
+    first_step: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(params.len() == grads.len(), "one gradient per parameter");
+    anyhow::ensure!(
+        bufs.is_empty() || bufs.len() == params.len(),
+        "one buffer per parameter"
+    );
+    let (p, g, b) = (handles(params), handles(grads), handles(bufs));
+    // SAFETY: the handles point to tensors borrowed for the duration of the call; the shim copies
+    // them into at::Tensor lists (reference counts) and catches every C++ exception.
+    let rc = unsafe {
+        seedshim_fused_sgd(
+            p.as_ptr(),
+            g.as_ptr(),
+            p.len() as c_int,
+            b.as_ptr(),
+            b.len() as c_int,
+            weight_decay,
+            momentum,
+            lr,
+            first_step as c_int,
+        )
+    };
+    if rc != 0 {
+        anyhow::bail!("the fused SGD step failed: {}", last_error());
+    }
+    Ok(())
+}
+
+/// Sets every parameter's gradient to None (undefined), as `zero_grad(set_to_none=True)`.
+pub fn set_grads_none(params: &[tch::Tensor]) -> anyhow::Result<()> {
+    let p: Vec<&tch::Tensor> = params.iter().collect();
+    let h = handles(&p);
+    // SAFETY: as in fused_sgd; the shim only resets each tensor's gradient.
+    if unsafe { seedshim_set_grads_none(h.as_ptr(), h.len() as c_int) } != 0 {
+        anyhow::bail!("cannot clear the gradients: {}", last_error());
     }
     Ok(())
 }

@@ -804,11 +804,11 @@ impl Trainer<'_> {
         if !lv.is_finite() {
             return Ok((lv, n));
         }
-        Sgd::zero_grad(&model.trainable);
+        Sgd::clear_grads(&model.trainable)?;
         // With a process group, the reducer all-reduces gradients bucket by bucket during this.
         loss.f_backward()
             .context("backward pass (with its gradient all-reduce) failed")?;
-        model.sgd.step(&model.trainable, lr);
+        model.sgd.step(&model.trainable, lr)?;
         Ok((lv, n))
     }
 
@@ -905,6 +905,55 @@ impl Trainer<'_> {
         }
         Ok(stopping)
     }
+}
+
+/// The ATen ops of one step of this trainer (the batch gathered from the split, augmented, forward,
+/// the loss read back, backward, SGD) at `cfg`'s batch size on its data, after two warm-up steps
+/// (momentum buffers exist, as in a long run). `worker bench --ops` reports it beside PyTorch's.
+pub fn count_step_ops(cfg: &TrainConfig) -> Result<crate::shim::OpCount> {
+    let device = parse_device(&cfg.device)?;
+    let ranks = Ranks {
+        rank: 0,
+        world: 1,
+        local_rank: 0,
+        pg: None,
+    };
+    let data = data::load(cfg)?;
+    let mut model = Model::build(cfg, device)?;
+    let files = RunFiles::create(&std::env::temp_dir(), false)?;
+    let trainer = Trainer {
+        cfg,
+        device,
+        data: &data,
+        sampler: Sampler::new(data.train.len(), &ranks, cfg.batch_size as usize),
+        ranks: &ranks,
+        sync_bn: false,
+        files: &files,
+        schedule: LrSchedule {
+            base: cfg.lr,
+            warmup_epochs: 0,
+            warmup_factor: 1.0,
+            milestones: vec![],
+            gamma: 1.0,
+        },
+        bar: None,
+        first_step_at: None,
+    };
+    let plan = EpochPlan::new(cfg.seed, 1, data.train.len());
+    let chunks: Vec<&[usize]> = trainer
+        .sampler
+        .positions
+        .chunks(trainer.sampler.batch)
+        .take(3)
+        .collect();
+    anyhow::ensure!(chunks.len() == 3, "three batches of data are needed");
+    for chunk in &chunks[..2] {
+        trainer.step(&mut model, &plan, chunk, cfg.lr)?;
+    }
+    let (step, count) =
+        crate::shim::count_ops(|| trainer.step(&mut model, &plan, chunks[2], cfg.lr))?;
+    step?;
+    Ok(count)
 }
 
 /// SIGTERM or ctrl-c: finish and commit the running epoch, then stop (a second one stops at once).

@@ -165,9 +165,9 @@ fn training_step(
             g.prepare_step()?;
         }
         let loss = net.try_forward_t(&x, true)?.cross_entropy_for_logits(&y);
-        Sgd::zero_grad(&trainable);
+        Sgd::clear_grads(&trainable)?;
         loss.f_backward().context("backward")?;
-        sgd.step(&trainable, 1e-3);
+        sgd.step(&trainable, 1e-3)?;
         Ok(())
     };
     for _ in 0..2 {
