@@ -161,7 +161,7 @@ async fn observe_latency(State(state): State<AppState>, req: Request, next: Next
     res
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Created {
     pub id: i64,
     pub jobs: usize,

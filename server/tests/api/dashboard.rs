@@ -31,8 +31,7 @@ async fn claim_all(app: &TestApp) -> Vec<protocol::Claim> {
 #[tokio::test]
 async fn job_pages_are_sorted_filtered_and_counted_in_sql() {
     let app = spawn_app().await;
-    let (_, s) = app.submit_toml(GRID).await;
-    let id = s["id"].as_i64().unwrap();
+    let id = app.submit(GRID).await.id;
     let jobs = claim_all(&app).await;
     assert_eq!(jobs.len(), 6);
     for (i, j) in jobs.iter().enumerate() {
@@ -86,12 +85,7 @@ async fn job_pages_are_sorted_filtered_and_counted_in_sql() {
 #[tokio::test]
 async fn grid_cells_and_downsampled_curves() {
     let app = spawn_app().await;
-    let (_, s) = app
-        .submit_toml(
-            "name = \"long\"\n[train]\ndataset = \"synthetic\"\nepochs = 300\n[grid]\nbatch_size = [8, 32]\nlr = [0.01]\n",
-        )
-        .await;
-    let id = s["id"].as_i64().unwrap();
+    let id = app.submit("name = \"long\"\n[train]\ndataset = \"synthetic\"\nepochs = 300\n[grid]\nbatch_size = [8, 32]\nlr = [0.01]\n",).await.id;
     let jobs = claim_all(&app).await;
     for j in &jobs {
         let (jid, att) = (j.id, j.attempt);
@@ -266,8 +260,7 @@ async fn the_dashboard_shows_sweeps_and_updates_live_without_reload() {
     let page = Arc::new(page);
 
     // A sweep submitted while the page is open appears (through the event stream).
-    let (_, s) = app.submit_toml(GRID).await;
-    let id = s["id"].as_i64().unwrap();
+    let id = app.submit(GRID).await.id;
     let p = page.clone();
     blocking(move || {
         p.wait(
@@ -515,8 +508,8 @@ fn screenshot_of_a_running_coordinator() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_random_search_shows_its_points_and_its_pruned_jobs() {
     let app = spawn_app().await;
-    let (s, created) = app
-        .submit_toml(
+    let id = app
+        .submit(
             r#"
 name = "search"
 [train]
@@ -534,9 +527,8 @@ method = "asha"
 reduction_factor = 2
 "#,
         )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{created}");
-    let id = created["id"].as_i64().unwrap();
+        .await
+        .id;
     let jobs = claim_all(&app).await;
     // The first job is the best at rung 0; the second, worse, is pruned there.
     let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();

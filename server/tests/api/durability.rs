@@ -46,7 +46,7 @@ async fn sigkill_and_restart_lose_nothing_acknowledged() {
         json!({"worker": "w"}),
     )
     .await;
-    let job = c["id"].as_i64().unwrap();
+    let job = serde_json::from_value::<protocol::Claim>(c).unwrap().id;
     let mut acked = 0;
     for epoch in 1..=50 {
         let (s, _) = post(

@@ -31,10 +31,10 @@ async fn every_figure_is_a_png_of_the_expected_size_and_depends_on_the_sweep() {
     let app = spawn_app().await;
     let a = golden_sweep(&app).await;
     // A second sweep of the same shape with other numbers.
-    let (_, c) = app
-        .submit_toml("name = \"other\"\n[grid]\nbatch_size = [16, 32]\nlr = [1e-2]\n")
-        .await;
-    let b = c["id"].as_i64().unwrap();
+    let b = app
+        .submit("name = \"other\"\n[grid]\nbatch_size = [16, 32]\nlr = [1e-2]\n")
+        .await
+        .id;
     while let Some(claim) = app.claim("w").await {
         let id = claim.id;
         for epoch in 1..=3 {

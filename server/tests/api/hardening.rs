@@ -13,8 +13,7 @@ const THREE_JOBS: &str =
 #[tokio::test]
 async fn a_cancelled_sweeps_jobs_never_run_again() {
     let app = spawn_app().await;
-    let (_, c) = app.submit_toml(THREE_JOBS).await;
-    let sweep = c["id"].as_i64().unwrap();
+    let sweep = app.submit(THREE_JOBS).await.id;
     let ids: Vec<i64> = [
         app.claim("w").await,
         app.claim("w").await,
@@ -265,7 +264,9 @@ async fn roles_and_paths() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{claim}");
-    let job = claim["id"].as_i64().unwrap();
+    let job = serde_json::from_value::<protocol::Claim>(claim.clone())
+        .unwrap()
+        .id;
     for (path, body) in [
         (format!("/api/jobs/{job}/heartbeat"), json!({"attempt": 1})),
         (
@@ -638,7 +639,7 @@ async fn csv_export_neutralises_formulas() {
     let (_, claim) = app
         .post("/api/jobs/claim", json!({"worker": "=cmd|'/c calc'!A1"}))
         .await;
-    let job = claim["id"].as_i64().unwrap();
+    let job = serde_json::from_value::<protocol::Claim>(claim).unwrap().id;
     app.post(
         &format!("/api/jobs/{job}/finish"),
         json!({"attempt": 1, "status": "failed", "error": "@SUM(1)\r\nline"}),

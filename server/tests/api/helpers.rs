@@ -105,6 +105,13 @@ impl TestApp {
         r.text().await.unwrap()
     }
 
+    /// Submits a sweep that must be accepted; the answer as the API's own type.
+    pub(crate) async fn submit(&self, toml: &str) -> server::api::Created {
+        let (status, body) = self.submit_toml(toml).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        serde_json::from_value(body).expect("the submit answer")
+    }
+
     pub(crate) async fn submit_toml(&self, toml: &str) -> (StatusCode, Value) {
         let r = self
             .http

@@ -5,10 +5,9 @@ use serde_json::json;
 #[tokio::test]
 async fn a_sweep_lives_from_submit_to_finished() {
     let app = spawn_app().await;
-    let (s, created) = app.submit_toml(TWO_JOBS).await;
-    assert_eq!(s, StatusCode::CREATED);
-    assert_eq!(created["jobs"], 2);
-    let sweep = created["id"].as_i64().unwrap();
+    let created = app.submit(TWO_JOBS).await;
+    assert_eq!(created.jobs, 2);
+    let sweep = created.id;
 
     let c = app.claim("w1").await.expect("a job");
     assert_eq!((c.sweep_id, c.attempt), (sweep, 1));
@@ -176,10 +175,10 @@ async fn attempts_run_out_then_the_job_fails_with_the_reason() {
 #[tokio::test]
 async fn cancel_stops_pending_jobs_and_tells_running_ones() {
     let app = spawn_app().await;
-    let (_, created) = app
-        .submit_toml("name = \"c\"\n[grid]\nseed = [1, 2, 3]\n")
-        .await;
-    let sweep = created["id"].as_i64().unwrap();
+    let sweep = app
+        .submit("name = \"c\"\n[grid]\nseed = [1, 2, 3]\n")
+        .await
+        .id;
     let job = app.claim("w1").await.unwrap().id;
     let (s, r) = app
         .post(&format!("/api/sweeps/{sweep}/cancel"), json!({}))

@@ -22,9 +22,8 @@ lr = [1e-2]
 /// and the diverged weights' accuracy, then `diverged`, for a diverged one; nothing for a row the
 /// study left empty (the job stays claimed and silent).
 pub(crate) async fn golden_sweep(app: &TestApp) -> i64 {
-    let (s, c) = app.submit_toml(STUDY_CELLS).await;
-    assert_eq!(s, 201, "{c}");
-    assert_eq!(c["jobs"], 12);
+    let created = app.submit(STUDY_CELLS).await;
+    assert_eq!(created.jobs, 12);
     while let Some(claim) = app.claim("w").await {
         let id = claim.id;
         let (bs, lr) = (
@@ -49,7 +48,7 @@ pub(crate) async fn golden_sweep(app: &TestApp) -> i64 {
             StudyResult::Empty => {}
         }
     }
-    c["id"].as_i64().unwrap()
+    created.id
 }
 
 #[tokio::test]
@@ -131,10 +130,10 @@ async fn the_study_results_come_back_as_the_study_table() {
 #[tokio::test]
 async fn a_running_job_shows_its_latest_epoch_marked() {
     let app = spawn_app().await;
-    let (_, c) = app
-        .submit_toml("name = \"r\"\n[train]\nepochs = 2\n[grid]\nbatch_size = [16, 32]\n")
-        .await;
-    let sweep = c["id"].as_i64().unwrap();
+    let sweep = app
+        .submit("name = \"r\"\n[train]\nepochs = 2\n[grid]\nbatch_size = [16, 32]\n")
+        .await
+        .id;
     let first = app.claim("w").await.unwrap();
     let id = first.id;
     app.metrics(id, 1, 1, Some(0.7), 0.75).await;
@@ -154,12 +153,7 @@ async fn a_running_job_shows_its_latest_epoch_marked() {
 #[tokio::test]
 async fn the_comparison_puts_each_cell_beside_the_study_with_the_difference() {
     let app = spawn_app().await;
-    let (_, c) = app
-        .submit_toml(
-            "name = \"cmp\"\n[train]\nepochs = 1\n[grid]\nbatch_size = [1, 2, 16, 32]\nlr = [1e-2]\n",
-        )
-        .await;
-    let sweep = c["id"].as_i64().unwrap();
+    let sweep = app.submit("name = \"cmp\"\n[train]\nepochs = 1\n[grid]\nbatch_size = [1, 2, 16, 32]\nlr = [1e-2]\n",).await.id;
     while let Some(claim) = app.claim("w").await {
         let id = claim.id;
         match claim.params["batch_size"].as_i64().unwrap() {
@@ -227,10 +221,10 @@ async fn the_comparison_puts_each_cell_beside_the_study_with_the_difference() {
 #[tokio::test]
 async fn provenance_names_the_data_the_runs_used() {
     let app = spawn_app().await;
-    let (_, c) = app
-        .submit_toml("name = \"p\"\n[train]\nepochs = 1\n[grid]\nbatch_size = [8, 16]\n")
-        .await;
-    let sweep = c["id"].as_i64().unwrap();
+    let sweep = app
+        .submit("name = \"p\"\n[train]\nepochs = 1\n[grid]\nbatch_size = [8, 16]\n")
+        .await
+        .id;
     for (avail, used) in [
         ((5000, 1000), (2000, 1000)),
         ((50000, 10000), (50000, 10000)),
