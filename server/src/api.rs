@@ -473,11 +473,22 @@ async fn report_metrics(
     AppJson(m): AppJson<MetricsReport>,
 ) -> ApiResult<Json<MetricsReply>> {
     check_metrics(&m)?;
-    let sweep_id = state
-        .store
-        .record_metrics(id, &m, state.clock.now_ms())
-        .await?;
-    let stop = judge(&state, id, sweep_id, &m).await?;
+    let now = state.clock.now_ms();
+    let rule = state.store.early_stop_rule_of_job(id).await?;
+    let (sweep_id, stop) = match (judged_on(rule.as_ref(), &m), rule) {
+        (Some(value), Some(rule)) => {
+            state
+                .store
+                .record_and_judge(id, &m, now, value, rule)
+                .await?
+        }
+        // Not judged: the stop flag as an earlier report left it (only a rule sets it).
+        (_, rule) => {
+            let sweep = state.store.record_metrics(id, &m, now).await?;
+            let stop = rule.is_some() && state.store.stop_requested(id).await?;
+            (sweep, stop)
+        }
+    };
     state.publish(Event::Metrics {
         job_id: id,
         sweep_id,
@@ -486,18 +497,12 @@ async fn report_metrics(
     Ok(Json(MetricsReply { ok: true, stop }))
 }
 
-/// The sweep's early-stopping rule on this report: whether the job is to stop (now or before).
-/// A report without the rule's metric (no evaluation that epoch) or without a training loss (the
-/// trainer sends a non-finite one as null: the run diverged and ends itself) is not judged.
-async fn judge(state: &AppState, job: i64, sweep: i64, m: &MetricsReport) -> ApiResult<bool> {
-    let Some(rule) = state.store.early_stop_rule(sweep).await? else {
-        return Ok(false);
-    };
-    let diverged = m.train_loss.is_none();
-    match crate::early_stop::value_of(m, &rule.metric) {
-        Some(value) if !diverged => Ok(state.store.judge(job, sweep, m.epoch, value, rule).await?),
-        _ => Ok(state.store.stop_requested(job).await?),
-    }
+/// The value this report is judged on under the sweep's early-stopping rule, if it can be judged:
+/// one without the rule's metric (no evaluation that epoch) or without a training loss (the
+/// trainer sends a non-finite one as null: the run diverged and ends itself) is not.
+fn judged_on(rule: Option<&crate::early_stop::EarlyStop>, m: &MetricsReport) -> Option<f64> {
+    let rule = rule?;
+    crate::early_stop::value_of(m, &rule.metric).filter(|_| m.train_loss.is_some())
 }
 
 /// Every reported value is checked before it is stored: a wrong number would otherwise reach the

@@ -132,50 +132,21 @@ impl Store {
     /// Stores one epoch's metrics. The same epoch reported twice is stored once; a later attempt's
     /// report of an epoch replaces an earlier attempt's (it is the trajectory that continues).
     pub async fn record_metrics(&self, job: i64, m: &MetricsReport, now: i64) -> Result<i64> {
-        // One statement: the fence is the SELECT's WHERE, the idempotence the primary key, and the
-        // job's epoch follows by trigger.
-        let m = m.clone();
-        let attempt = m.attempt;
+        let report = m.clone();
         let stored = self
             .writer
-            .run(move |c| {
-                async move {
-                    Ok(sqlx::query_scalar!(
-                        r#"INSERT INTO metrics (job_id, sweep_id, epoch, attempt, lr, train_loss, test_loss, accuracy, precision,
-                                                recall, f1, images_per_sec, seconds, recorded_at)
-                           SELECT id, sweep_id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 FROM jobs
-                           WHERE id = ?1 AND attempt = ?3 AND status = 'running' AND ?2 <= epochs
-                           ON CONFLICT (job_id, epoch) DO UPDATE SET
-                              attempt = excluded.attempt, lr = excluded.lr, train_loss = excluded.train_loss,
-                              test_loss = excluded.test_loss, accuracy = excluded.accuracy, precision = excluded.precision,
-                              recall = excluded.recall, f1 = excluded.f1, images_per_sec = excluded.images_per_sec,
-                              seconds = excluded.seconds, recorded_at = excluded.recorded_at
-                           WHERE excluded.attempt > metrics.attempt
-                           RETURNING sweep_id AS "sweep_id!""#,
-                        job,
-                        m.epoch,
-                        m.attempt,
-                        m.lr,
-                        m.train_loss,
-                        m.test_loss,
-                        m.accuracy,
-                        m.precision,
-                        m.recall,
-                        m.f1,
-                        m.images_per_sec,
-                        m.seconds,
-                        now
-                    )
-                    .fetch_optional(&mut *c)
-                    .await?)
-                }
-                .boxed()
-            })
+            .run(move |c| async move { insert_metrics(c, job, &report, now).await }.boxed())
             .await?;
-        if let Some(sweep_id) = stored {
-            return Ok(sweep_id);
+        match stored {
+            Some(sweep_id) => Ok(sweep_id),
+            None => self.metrics_not_stored(job, m).await,
         }
-        // Nothing stored: a repeat of an epoch (fine) or a write from an attempt without the lease.
+    }
+
+    /// Why a report stored nothing: a repeat of an epoch (fine: its sweep), or an error (an attempt
+    /// without the lease, an epoch past the job's last).
+    pub(super) async fn metrics_not_stored(&self, job: i64, m: &MetricsReport) -> Result<i64> {
+        let attempt = m.attempt;
         let row = sqlx::query!(
             "SELECT sweep_id, status, attempt, epochs FROM jobs WHERE id = ?",
             job
@@ -377,4 +348,43 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// One epoch's metrics, inserted in one statement: the fence is the SELECT's WHERE, the idempotence
+/// the primary key, and the job's epoch follows by trigger (`epoch_recorded`). The sweep's id when
+/// a row was written; None when nothing was (see [`Store::metrics_not_stored`]).
+pub(super) async fn insert_metrics(
+    c: &mut SqliteConnection,
+    job: i64,
+    m: &MetricsReport,
+    now: i64,
+) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar!(
+                        r#"INSERT INTO metrics (job_id, sweep_id, epoch, attempt, lr, train_loss, test_loss, accuracy, precision,
+                                                recall, f1, images_per_sec, seconds, recorded_at)
+                           SELECT id, sweep_id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 FROM jobs
+                           WHERE id = ?1 AND attempt = ?3 AND status = 'running' AND ?2 <= epochs
+                           ON CONFLICT (job_id, epoch) DO UPDATE SET
+                              attempt = excluded.attempt, lr = excluded.lr, train_loss = excluded.train_loss,
+                              test_loss = excluded.test_loss, accuracy = excluded.accuracy, precision = excluded.precision,
+                              recall = excluded.recall, f1 = excluded.f1, images_per_sec = excluded.images_per_sec,
+                              seconds = excluded.seconds, recorded_at = excluded.recorded_at
+                           WHERE excluded.attempt > metrics.attempt
+                           RETURNING sweep_id AS "sweep_id!""#,
+                        job,
+                        m.epoch,
+                        m.attempt,
+                        m.lr,
+                        m.train_loss,
+                        m.test_loss,
+                        m.accuracy,
+                        m.precision,
+                        m.recall,
+                        m.f1,
+                        m.images_per_sec,
+                        m.seconds,
+                        now
+                    )
+    .fetch_optional(&mut *c)
+    .await?)
 }

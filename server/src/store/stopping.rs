@@ -4,17 +4,9 @@
 //! `pruned` (see [`lease`](super::lease)). The rules themselves are in [`crate::early_stop`].
 use super::*;
 use crate::early_stop::{self, EarlyStop, Method};
+use protocol::MetricsReport;
 
 impl Store {
-    /// The sweep's `[early_stop]`, if it has one.
-    pub async fn early_stop_rule(&self, sweep: i64) -> Result<Option<EarlyStop>> {
-        let text = sqlx::query_scalar!("SELECT early_stop FROM sweeps WHERE id = ?", sweep)
-            .fetch_optional(&self.read)
-            .await?
-            .flatten();
-        Ok(text.as_deref().and_then(EarlyStop::from_stored))
-    }
-
     /// Whether the job has been told to stop.
     pub async fn stop_requested(&self, job: i64) -> Result<bool> {
         let flag = sqlx::query_scalar!("SELECT stop_requested FROM jobs WHERE id = ?", job)
@@ -23,54 +15,93 @@ impl Store {
         Ok(flag.unwrap_or(0) != 0)
     }
 
-    /// Judges `job` (of `sweep`) on its report of `epoch`, where the rule's metric was `value`;
-    /// true when the job is to stop (decided now or before). One transaction, so two reports
-    /// arriving together are judged one after the other, each seeing the other's rung value.
-    pub async fn judge(
+    /// The rule of the sweep `job` belongs to, if it has one (None also for no such job: the
+    /// metrics write then says why).
+    pub async fn early_stop_rule_of_job(&self, job: i64) -> Result<Option<EarlyStop>> {
+        let text = sqlx::query_scalar!(
+            "SELECT s.early_stop FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE j.id = ?",
+            job
+        )
+        .fetch_optional(&self.read)
+        .await?
+        .flatten();
+        Ok(text.as_deref().and_then(EarlyStop::from_stored))
+    }
+
+    /// Stores one epoch's metrics (as [`Store::record_metrics`]) and judges the job on them, in
+    /// one transaction: the decision costs no second trip through the writer. `value` is the
+    /// rule's metric in `m`. Returns the sweep and whether the job is to stop (now or before).
+    pub async fn record_and_judge(
         &self,
         job: i64,
-        sweep: i64,
-        epoch: i64,
+        m: &MetricsReport,
+        now: i64,
         value: f64,
         rule: EarlyStop,
-    ) -> Result<bool> {
-        self.writer
+    ) -> Result<(i64, bool)> {
+        let report = m.clone();
+        let done = self
+            .writer
             .run_many(move |c| {
                 async move {
-                    let row = sqlx::query!(
-                        "SELECT status, stop_requested FROM jobs WHERE id = ?",
-                        job
-                    )
-                    .fetch_optional(&mut *c)
-                    .await?;
-                    let Some(row) = row else {
-                        return Err(StoreError::NotFound(format!("job {job}")));
+                    let Some(sweep) = super::lease::insert_metrics(c, job, &report, now).await?
+                    else {
+                        return Ok(None);
                     };
-                    if row.stop_requested != 0 || row.status != "running" {
-                        return Ok(row.stop_requested != 0);
-                    }
-                    let stop = match rule.method {
-                        Method::Asha { reduction_factor } => {
-                            asha(c, &rule, job, sweep, epoch, value, reduction_factor).await?
-                        }
-                        Method::Median { startup_trials } => {
-                            median(c, &rule, job, sweep, epoch, startup_trials).await?
-                        }
-                    };
-                    if stop {
-                        sqlx::query!(
-                            "UPDATE jobs SET stop_requested = 1 WHERE id = ? AND status = 'running'",
-                            job
-                        )
-                        .execute(&mut *c)
-                        .await?;
-                    }
-                    Ok(stop)
+                    let stop = judge_in(c, job, sweep, report.epoch, value, &rule).await?;
+                    Ok(Some((sweep, stop)))
                 }
                 .boxed()
             })
-            .await
+            .await?;
+        match done {
+            Some(done) => Ok(done),
+            // A repeated epoch (judged when it first came) or an error: as record_metrics says.
+            None => {
+                let sweep = self.metrics_not_stored(job, m).await?;
+                Ok((sweep, self.stop_requested(job).await?))
+            }
+        }
     }
+}
+
+/// Judges a running job on its report of `epoch` and sets the stop flag when it is to stop; true
+/// when it is to stop (decided now or before). Inside the caller's transaction, so two reports
+/// arriving together are judged one after the other, each seeing the other's rung value.
+async fn judge_in(
+    c: &mut SqliteConnection,
+    job: i64,
+    sweep: i64,
+    epoch: i64,
+    value: f64,
+    rule: &EarlyStop,
+) -> Result<bool> {
+    let row = sqlx::query!("SELECT status, stop_requested FROM jobs WHERE id = ?", job)
+        .fetch_optional(&mut *c)
+        .await?;
+    let Some(row) = row else {
+        return Err(StoreError::NotFound(format!("job {job}")));
+    };
+    if row.stop_requested != 0 || row.status != "running" {
+        return Ok(row.stop_requested != 0);
+    }
+    let stop = match rule.method {
+        Method::Asha { reduction_factor } => {
+            asha(c, rule, job, sweep, epoch, value, reduction_factor).await?
+        }
+        Method::Median { startup_trials } => {
+            median(c, rule, job, sweep, epoch, startup_trials).await?
+        }
+    };
+    if stop {
+        sqlx::query!(
+            "UPDATE jobs SET stop_requested = 1 WHERE id = ? AND status = 'running'",
+            job
+        )
+        .execute(&mut *c)
+        .await?;
+    }
+    Ok(stop)
 }
 
 /// Successive halving: records the job's value at each rung its epoch has reached (its next rung
