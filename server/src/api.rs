@@ -41,8 +41,8 @@ pub struct ApiDoc;
 
 /// The answers every operation can give besides its own, stated once: a request that cannot be
 /// read (400), credentials missing or wrong (401) or not enough (403) where the operation needs
-/// them, no such sweep or job (404) where the path names one, a value out of range (422), too
-/// many requests at once (429, 503) and a request that took too long (408).
+/// them, no such sweep or job (404) where the path names one, a value out of range (422), the
+/// coordinator busy or shutting down (503) and a request that took too long (408).
 struct CommonResponses;
 
 impl utoipa::Modify for CommonResponses {

@@ -238,15 +238,10 @@ pub fn value_of(m: &protocol::MetricsReport, metric: &str) -> Option<f64> {
     .filter(|x| x.is_finite())
 }
 
-/// ASHA at one rung: does `value` go on, given every value recorded at the rung (itself included)?
-/// Optuna's `_is_trial_promotable_to_next_rung`: the top `floor(n / eta)`, at least the best one.
-pub fn promotable(rule: &EarlyStop, value: f64, competing: &[f64], eta: i64) -> bool {
-    let better = competing.iter().filter(|&&c| rule.better(c, value)).count();
-    goes_on(competing.len(), better, eta)
-}
-
-/// The same from counts: of `n` values at the rung, `better` are strictly better than the job's.
-/// Its value is at least the `keep`-th best exactly when fewer than `keep` values beat it.
+/// ASHA at one rung, from counts (Optuna's `_is_trial_promotable_to_next_rung`: the top
+/// `floor(n / eta)`, at least the best one): of `n` values at the rung (the job's included), `better`
+/// are strictly better than the job's. Its value is at least the `keep`-th best exactly when fewer
+/// than `keep` values beat it.
 pub fn goes_on(n: usize, better: usize, eta: i64) -> bool {
     let keep = (n / eta.max(1) as usize).max(1);
     better < keep
@@ -281,6 +276,12 @@ pub fn below_median(rule: &EarlyStop, best_so_far: f64, threshold: f64) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`goes_on`] from the list of values at the rung (the job's included), as Optuna states it.
+    fn promotable(rule: &EarlyStop, value: f64, competing: &[f64], eta: i64) -> bool {
+        let better = competing.iter().filter(|&&c| rule.better(c, value)).count();
+        goes_on(competing.len(), better, eta)
+    }
 
     fn rule(v: Value) -> EarlyStop {
         EarlyStop::parse(Some(&v)).unwrap().unwrap()
