@@ -14,6 +14,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub mod command;
+pub use command::CommandSpec;
+
 /// Integers as JSON Schema defines them: a number with no fractional part, written `3` or `3.0`
 /// (the OpenAPI document says `integer`, and generated clients may write either).
 mod integer {
@@ -67,6 +70,11 @@ pub mod routes {
     /// `PUT ...?attempt=N` uploads, `GET` downloads.
     pub fn checkpoint(job: i64) -> String {
         format!("/api/jobs/{job}/checkpoint")
+    }
+
+    /// `POST ...?attempt=N&offset=K` appends a chunk of the attempt's output, `GET` reads it.
+    pub fn log(job: i64) -> String {
+        format!("/api/jobs/{job}/log")
     }
 
     pub fn sweep(id: i64) -> String {
@@ -216,6 +224,10 @@ pub struct ClaimRequest {
     #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub worker: String,
     pub capacity: Option<Capacity>,
+    /// The worker runs command jobs (`worker run --allow-commands`); without it, it is never
+    /// handed one.
+    #[serde(default)]
+    pub accepts_commands: bool,
 }
 
 /// A job handed to a worker under a lease.
@@ -226,9 +238,13 @@ pub struct Claim {
     pub sweep_id: i64,
     /// The fencing token: every write of this attempt names it.
     pub attempt: i64,
-    /// The job's full `worker train` settings.
+    /// The job's full `worker train` settings, or a command job's parameters.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub params: Value,
+    /// A command job: the program to run instead of `worker train` (its argv still has its
+    /// placeholders: the worker renders them with [`command::render`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandSpec>,
     /// The coordinator's clock (Unix ms).
     pub lease_expires_at: i64,
     /// The lease's length: a worker heartbeats well inside it (its clock need not agree with the
@@ -286,6 +302,48 @@ pub struct MetricsReport {
     pub images_per_sec: Option<f64>,
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1e9))]
     pub seconds: Option<f64>,
+    /// Any other metric by name (a command job's own, e.g. `val_bleu`): kept per epoch like the
+    /// named ones, for exports, curves and early stopping. At most [`MAX_EXTRA_METRICS`] names of
+    /// letters, digits, `_`, `.`, `-` or `/` (at most 64 bytes).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extra: std::collections::BTreeMap<String, Option<f64>>,
+    /// The run diverged at this epoch (a non-finite loss, sent as null): the report is stored but
+    /// never judged by early stopping, and the worker ends the job `diverged`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub diverged: bool,
+}
+
+/// Most metrics of its own one epoch may report besides the named ones.
+pub const MAX_EXTRA_METRICS: usize = 64;
+
+/// Whether `name` may name a metric of its own (see [`MetricsReport::extra`]).
+pub fn is_metric_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b))
+}
+
+/// Where a log read or append starts: the attempt and the byte offset in its output.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+pub struct LogPosition {
+    /// The attempt (reads: default the latest).
+    #[serde(default, deserialize_with = "integer::exact_opt")]
+    pub attempt: Option<i64>,
+    /// Byte offset in that attempt's output (default 0).
+    #[serde(default, deserialize_with = "integer::exact_opt")]
+    pub offset: Option<i64>,
+}
+
+/// Response headers of a log read: the offset of its first byte (later than asked when older
+/// output was dropped to stay within the coordinator's `--max-log-mib`), the offset to read from
+/// next, and the attempt read.
+pub mod log_headers {
+    pub const OFFSET: &str = "x-log-offset";
+    pub const NEXT: &str = "x-log-next";
+    pub const ATTEMPT: &str = "x-log-attempt";
 }
 
 /// The answer to a metrics report.

@@ -30,7 +30,7 @@ type ApiResult<T> = Result<T, ApiError>;
     info(title = "sweep coordinator", description = "Hyperparameter sweeps of the study's CIFAR-10 trainer: sweeps, jobs under leases, metrics, results."),
     paths(submit_sweep, list_sweeps, get_sweep, cancel_sweep, get_job, results, figure, claim, heartbeat, report_metrics, finish, release,
           crate::dashboard::jobs_page, crate::dashboard::grid, crate::dashboard::curves,
-          crate::artifacts::upload, crate::artifacts::download,
+          crate::artifacts::upload, crate::artifacts::download, crate::logs::append, crate::logs::read,
           events::stream, healthz, prometheus, openapi, crate::auth::create_session),
     components(schemas(SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
                        HeartbeatReply, MetricsReport, MetricsReply, FinishRequest, ReleaseRequest, JobChange, JobStatus, Outcome, Created, crate::views::JobRow,
@@ -106,6 +106,14 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route("/api/events", get(events::stream));
+    let logs = Router::new().route(
+        "/api/jobs/{id}/log",
+        post(crate::logs::append)
+            .get(crate::logs::read)
+            .layer(axum::extract::DefaultBodyLimit::max(
+                crate::store::logs::MAX_CHUNK,
+            )),
+    );
     Router::new()
         .route(
             "/api/sweeps",
@@ -133,6 +141,7 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
         .route("/api/session", post(crate::auth::create_session))
+        .merge(logs)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
@@ -428,7 +437,13 @@ async fn claim(
     let now = state.clock.now_ms();
     match state
         .store
-        .claim_next(&req.worker, req.capacity, now, state.lease_ms)
+        .claim_next(
+            &req.worker,
+            req.capacity,
+            req.accepts_commands,
+            now,
+            state.lease_ms,
+        )
         .await?
     {
         Some(c) => {
@@ -498,11 +513,11 @@ async fn report_metrics(
 }
 
 /// The value this report is judged on under the sweep's early-stopping rule, if it can be judged:
-/// one without the rule's metric (no evaluation that epoch) or without a training loss (the
-/// trainer sends a non-finite one as null: the run diverged and ends itself) is not.
+/// one without the rule's metric (no evaluation that epoch) or marked `diverged` (its loss was
+/// non-finite: the run ends itself) is not.
 fn judged_on(rule: Option<&crate::early_stop::EarlyStop>, m: &MetricsReport) -> Option<f64> {
     let rule = rule?;
-    crate::early_stop::value_of(m, &rule.metric).filter(|_| m.train_loss.is_some())
+    crate::early_stop::value_of(m, &rule.metric).filter(|_| !m.diverged)
 }
 
 /// Every reported value is checked before it is stored: a wrong number would otherwise reach the
@@ -525,6 +540,24 @@ fn check_metrics(m: &MetricsReport) -> ApiResult<()> {
         ("images_per_sec", m.images_per_sec, 0.0, 1e12),
         ("seconds", m.seconds, 0.0, 1e9),
     ];
+    if m.extra.len() > protocol::MAX_EXTRA_METRICS {
+        return Err(ApiError::Unprocessable(format!(
+            "extra: at most {} metrics of its own per epoch",
+            protocol::MAX_EXTRA_METRICS
+        )));
+    }
+    for (name, value) in &m.extra {
+        if !protocol::is_metric_name(name) || crate::early_stop::METRICS.contains(&name.as_str()) {
+            return Err(ApiError::Unprocessable(format!(
+                "extra.{name}: a metric of its own is named with letters, digits, _ . - / (at most 64 bytes) and is not one of the named metrics"
+            )));
+        }
+        if value.is_some_and(|x| x.abs() > 1e300) {
+            return Err(ApiError::Unprocessable(format!(
+                "extra.{name}: must be a finite number below 1e300 (a non-finite one is sent as null)"
+            )));
+        }
+    }
     for (name, value, lo, hi) in checks {
         if let Some(x) = value {
             if !(lo..=hi).contains(&x) {

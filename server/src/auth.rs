@@ -81,7 +81,7 @@ fn is_worker_route(method: &Method, path: &str) -> bool {
     }
     let action = rest.split_once('/').map(|(_, a)| a).unwrap_or("");
     match action {
-        "heartbeat" | "metrics" | "finish" | "release" => method == Method::POST,
+        "heartbeat" | "metrics" | "finish" | "release" | "log" => method == Method::POST,
         "checkpoint" => method == Method::PUT || method == Method::GET,
         _ => false,
     }

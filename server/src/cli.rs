@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Largest checkpoint a worker may upload, in MiB.
     #[arg(long, default_value_t = 1024)]
     max_checkpoint_mib: u64,
+    /// Log kept per job (stdout and stderr of all its attempts), in MiB: the oldest output is
+    /// dropped first.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_log_mib: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +81,17 @@ pub enum Command {
     /// Submit a sweep file (TOML, or JSON by extension).
     Submit {
         file: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// A job's log (stdout and stderr of its attempt, the latest by default).
+    Logs {
+        job: i64,
+        #[arg(long)]
+        attempt: Option<i64>,
+        /// Keep printing as the job produces output, until it ends.
+        #[arg(long, short)]
+        follow: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -178,6 +193,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("submitted sweep {} with {} jobs", r["id"], r["jobs"]);
             Ok(())
         }
+        Command::Logs {
+            job,
+            attempt,
+            follow,
+            remote,
+        } => {
+            Client::new(&remote.server, remote.token)
+                .logs(job, attempt, follow, &mut std::io::stdout())
+                .await
+        }
         Command::Status { sweep, remote } => {
             print!(
                 "{}",
@@ -229,6 +254,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     cfg.private = a.private;
     cfg.max_checkpoint_bytes = a.max_checkpoint_mib << 20;
     cfg.keep_checkpoints = a.keep_checkpoints;
+    cfg.max_log_bytes = (a.max_log_mib << 20) as i64;
     let app = Application::build(cfg.clone()).await?;
     if app.new_token {
         eprintln!(

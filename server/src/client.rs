@@ -82,6 +82,69 @@ impl Client {
             .to_vec())
     }
 
+    /// Writes the job's log to `out` from the start; with `follow`, goes on (polling once a
+    /// second) until the job has ended and everything it wrote is out.
+    pub async fn logs(
+        &self,
+        job: i64,
+        attempt: Option<i64>,
+        follow: bool,
+        out: &mut impl std::io::Write,
+    ) -> Result<()> {
+        use protocol::log_headers;
+        let chosen = attempt.is_some();
+        let mut attempt = attempt;
+        let mut offset = 0i64;
+        loop {
+            let mut path = format!("{}?offset={offset}", protocol::routes::log(job));
+            if let Some(a) = attempt {
+                path.push_str(&format!("&attempt={a}"));
+            }
+            // The job's state is read before its log: once it has ended, this read has it all.
+            let (ended, current) = match follow {
+                true => self.job_state(job).await?,
+                false => (true, 0),
+            };
+            let res = self
+                .send(self.http.get(format!("{}{path}", self.base)))
+                .await?;
+            let header = |name: &str| {
+                res.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i64>().ok())
+            };
+            let next = header(log_headers::NEXT).unwrap_or(offset);
+            attempt = attempt.or(header(log_headers::ATTEMPT));
+            out.write_all(&res.bytes().await?)?;
+            out.flush()?;
+            if next > offset {
+                offset = next;
+                continue; // more may be there already
+            }
+            if !follow || ended {
+                return Ok(());
+            }
+            if !chosen && attempt.is_some_and(|a| current > a) {
+                // A retry (or a resume elsewhere): follow the new attempt from its start.
+                writeln!(out, "--- attempt {current} ---")?;
+                (attempt, offset) = (Some(current), 0);
+                continue;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Whether the job has ended, and its current attempt.
+    async fn job_state(&self, job: i64) -> Result<(bool, i64)> {
+        let j = self.get_json(&protocol::routes::job(job)).await?;
+        let status = j["status"].as_str().and_then(protocol::JobStatus::parse);
+        Ok((
+            status.is_some_and(protocol::JobStatus::is_final),
+            j["attempt"].as_i64().unwrap_or(0),
+        ))
+    }
+
     /// One line per sweep, or one line per job of a sweep.
     pub async fn status(&self, sweep: Option<i64>) -> Result<String> {
         let mut out = String::new();

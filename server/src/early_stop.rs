@@ -109,11 +109,14 @@ impl EarlyStop {
         }
         let metric = match t.get("metric") {
             None => "accuracy".to_string(),
-            Some(Value::String(m)) if METRICS.contains(&m.as_str()) => m.clone(),
+            Some(Value::String(m)) if protocol::is_metric_name(m) => m.clone(),
             Some(_) => {
                 return err(
                     "early_stop.metric",
-                    format!("must be one of {}", METRICS.join(", ")),
+                    format!(
+                        "must name a reported metric: one of {}, or a metric of a command's own (letters, digits, _ . - /)",
+                        METRICS.join(", ")
+                    ),
                 )
             }
         };
@@ -233,7 +236,7 @@ pub fn value_of(m: &protocol::MetricsReport, metric: &str) -> Option<f64> {
         "lr" => m.lr,
         "images_per_sec" => m.images_per_sec,
         "seconds" => m.seconds,
-        _ => None,
+        own => m.extra.get(own).copied().flatten(),
     }
     .filter(|x| x.is_finite())
 }

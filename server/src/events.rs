@@ -24,6 +24,13 @@ pub enum Event {
         sweep_id: i64,
         status: String,
     },
+    /// A job's log grew: its attempt's output now ends at `next` (read it from the log route).
+    Log {
+        job_id: i64,
+        sweep_id: i64,
+        attempt: i64,
+        next: i64,
+    },
 }
 
 impl AppState {
@@ -43,10 +50,10 @@ impl AppState {
     }
 }
 
-/// `GET /api/events`: a stream of JSON events (`type` = job, metrics or sweep). A client that falls
+/// `GET /api/events`: a stream of JSON events (`type` = job, metrics, sweep or log). A client that falls
 /// behind gets a `lagged` event and should refetch.
 #[utoipa::path(get, path = "/api/events", tag = "dashboard",
-    responses((status = 200, description = "text/event-stream of job, metrics and sweep events"), (status = 503, description = "too many open streams")))]
+    responses((status = 200, description = "text/event-stream of job, metrics, sweep and log events"), (status = 503, description = "too many open streams")))]
 pub async fn stream(
     State(state): State<AppState>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, crate::error::ApiError> {
@@ -67,6 +74,7 @@ pub async fn stream(
                     Event::Job(_) => "job",
                     Event::Metrics { .. } => "metrics",
                     Event::Sweep { .. } => "sweep",
+                    Event::Log { .. } => "log",
                 };
                 SseEvent::default()
                     .event(kind)

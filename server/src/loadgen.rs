@@ -100,6 +100,7 @@ async fn simulated_worker(
     let request = ClaimRequest {
         worker: name.to_string(),
         capacity: None,
+        accepts_commands: false,
     };
     loop {
         let c0 = Instant::now();

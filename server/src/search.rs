@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value};
 
-use crate::spec::{check_value, err, SpecError, MAX_JOBS, MAX_SEED};
+use crate::spec::{check_value, err, Keys, SpecError, MAX_JOBS, MAX_SEED};
 
 /// Where one option's values come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +98,7 @@ pub fn parse(
     train: &Map<String, Value>,
     has_grid: bool,
     repeats: i64,
+    keys: Keys,
 ) -> Result<Option<RandomSearch>, SpecError> {
     let Some(v) = v else {
         return Ok(None);
@@ -172,7 +173,7 @@ pub fn parse(
                     format!("{k} is set in both [train] and [search.space]"),
                 );
             }
-            Ok((k.clone(), distribution(&field, k, d)?))
+            Ok((k.clone(), distribution(&field, k, d, keys)?))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(RandomSearch {
@@ -184,7 +185,7 @@ pub fn parse(
 
 /// One `{ kind = [...] }`, checked against the option it draws for: both bounds (or every choice)
 /// must be values the option accepts, so every draw is too.
-fn distribution(field: &str, key: &str, v: &Value) -> Result<Distribution, SpecError> {
+fn distribution(field: &str, key: &str, v: &Value, keys: Keys) -> Result<Distribution, SpecError> {
     let Some((kind, args)) = v
         .as_object()
         .filter(|o| o.len() == 1)
@@ -237,7 +238,7 @@ fn distribution(field: &str, key: &str, v: &Value) -> Result<Distribution, SpecE
                 return err(&at, format!("at most {MAX_JOBS} values"));
             }
             for (i, x) in args.iter().enumerate() {
-                check_value(&format!("{at}[{i}]"), key, x)?;
+                check_value(&format!("{at}[{i}]"), key, x, keys)?;
             }
             return Ok(Distribution::Choice(args.clone()));
         }
@@ -257,8 +258,8 @@ fn distribution(field: &str, key: &str, v: &Value) -> Result<Distribution, SpecE
         Distribution::Int(a, b) => (Value::from(*a), Value::from(*b)),
         Distribution::Choice(_) => unreachable!("returned above"),
     };
-    check_value(&format!("{at}[0]"), key, &lo)?;
-    check_value(&format!("{at}[1]"), key, &hi)?;
+    check_value(&format!("{at}[0]"), key, &lo, keys)?;
+    check_value(&format!("{at}[1]"), key, &hi, keys)?;
     Ok(d)
 }
 
@@ -274,7 +275,7 @@ mod tests {
             "momentum": {"uniform": [0.8, 0.99]},
             "warmup_epochs": {"int": [0, 5]},
         }});
-        parse(Some(&v), &Map::new(), false, 1).unwrap().unwrap()
+        parse(Some(&v), &Map::new(), false, 1, crate::spec::Keys::Trainer).unwrap().unwrap()
     }
 
     #[test]

@@ -122,6 +122,9 @@ pub struct SweepSpec {
     pub search: Option<crate::search::RandomSearch>,
     /// `[early_stop]`: the rule that stops jobs early (grid or random search alike).
     pub early_stop: Option<crate::early_stop::EarlyStop>,
+    /// `[command]`: the jobs run this program instead of `worker train` (then the keys of
+    /// `[train]`, `[grid]` and `[search.space]` are the program's own parameter names).
+    pub command: Option<protocol::CommandSpec>,
     pub max_attempts: i64,
     pub repeats: i64,
 }
@@ -164,10 +167,12 @@ impl SweepSpec {
             return err("(root)", "a sweep is a table/object");
         };
         for k in top.keys() {
-            if !["name", "train", "grid", "run", "search", "early_stop"].contains(&k.as_str()) {
+            if !["name", "train", "grid", "run", "search", "early_stop", "command"]
+                .contains(&k.as_str())
+            {
                 return err(
                     k,
-                    "unknown key (expected name, train, grid, search, early_stop, run)",
+                    "unknown key (expected name, train, grid, search, early_stop, run, command)",
                 );
             }
         }
@@ -189,11 +194,17 @@ impl SweepSpec {
                 Some(_) => err(key, "must be a table/object"),
             }
         };
+        let command = crate::command::parse(top.get("command"))?;
+        let keys = if command.is_some() {
+            Keys::Free
+        } else {
+            Keys::Trainer
+        };
         let train = table("train")?;
         for (k, v) in &train {
-            check_value(&format!("train.{k}"), k, v)?;
+            check_value(&format!("train.{k}"), k, v, keys)?;
         }
-        let grids = parse_grids(top.get("grid"), &train)?;
+        let grids = parse_grids(top.get("grid"), &train, keys)?;
         let run = table("run")?;
         let mut max_attempts = 3;
         let mut repeats = 1;
@@ -211,8 +222,13 @@ impl SweepSpec {
                 _ => return err(field, "unknown key (expected max_attempts, repeats)"),
             }
         }
-        let search =
-            crate::search::parse(top.get("search"), &train, top.contains_key("grid"), repeats)?;
+        let search = crate::search::parse(
+            top.get("search"),
+            &train,
+            top.contains_key("grid"),
+            repeats,
+            keys,
+        )?;
         let early_stop = crate::early_stop::EarlyStop::parse(top.get("early_stop"))?;
         let points = grids
             .iter()
@@ -234,11 +250,36 @@ impl SweepSpec {
             grids,
             search,
             early_stop,
+            command,
             max_attempts,
             repeats,
         };
         spec.check_points_distinct()?;
+        if let Some(command) = &spec.command {
+            crate::command::check_placeholders(command, &spec.parameter_names())?;
+        }
         Ok(spec)
+    }
+
+    /// The names every job's parameters have: `[train]`'s, those of every grid table (a name only
+    /// some tables have is not one), the search space's, and `seed` when runs repeat.
+    pub fn parameter_names(&self) -> std::collections::BTreeSet<String> {
+        let mut names: std::collections::BTreeSet<String> = self.train.keys().cloned().collect();
+        if let Some(search) = &self.search {
+            names.extend(search.space.iter().map(|(k, _)| k.clone()));
+        }
+        let mut tables = self.grids.iter().map(|g| {
+            g.iter()
+                .map(|(k, _)| k.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+        });
+        if let Some(first) = tables.next() {
+            names.extend(tables.fold(first, |all, t| &all & &t));
+        }
+        if self.repeats > 1 {
+            names.insert("seed".into());
+        }
+        names
     }
 
     /// Two tables of a `[[grid]]` list may name the same point; a sweep runs each point once.
@@ -343,6 +384,9 @@ impl SweepSpec {
         if let Some(rule) = &self.early_stop {
             v["early_stop"] = rule.to_value();
         }
+        if let Some(command) = &self.command {
+            v["command"] = serde_json::to_value(command).unwrap_or_default();
+        }
         v
     }
 }
@@ -351,16 +395,20 @@ impl SweepSpec {
 pub type Grid = Vec<(String, Vec<Value>)>;
 
 /// `grid` as a table (one product) or a list of tables (the union of their products).
-fn parse_grids(v: Option<&Value>, train: &Map<String, Value>) -> Result<Vec<Grid>, SpecError> {
+fn parse_grids(
+    v: Option<&Value>,
+    train: &Map<String, Value>,
+    keys: Keys,
+) -> Result<Vec<Grid>, SpecError> {
     match v {
         None => Ok(vec![]),
-        Some(Value::Object(m)) => Ok(vec![parse_grid("grid", m, train)?]),
+        Some(Value::Object(m)) => Ok(vec![parse_grid("grid", m, train, keys)?]),
         Some(Value::Array(tables)) if tables.is_empty() => err("grid", "must not be an empty list"),
         Some(Value::Array(tables)) => tables
             .iter()
             .enumerate()
             .map(|(i, t)| match t {
-                Value::Object(m) => parse_grid(&format!("grid[{i}]"), m, train),
+                Value::Object(m) => parse_grid(&format!("grid[{i}]"), m, train, keys),
                 _ => err(format!("grid[{i}]"), "must be a table/object"),
             })
             .collect(),
@@ -374,6 +422,7 @@ fn parse_grid(
     field: &str,
     m: &Map<String, Value>,
     train: &Map<String, Value>,
+    keys: Keys,
 ) -> Result<Grid, SpecError> {
     let mut grid = Vec::new();
     for (k, axis) in m {
@@ -399,7 +448,7 @@ fn parse_grid(
         let mut seen = std::collections::HashSet::with_capacity(values.len());
         for (i, v) in values.iter().enumerate() {
             let at = format!("{field}.{k}[{i}]");
-            check_value(&at, k, v)?;
+            check_value(&at, k, v, keys)?;
             if !seen.insert(value_key(v)) {
                 return err(at, format!("duplicate value {v}"));
             }
@@ -497,7 +546,19 @@ fn value_key(v: &Value) -> String {
     }
 }
 
-pub(crate) fn check_value(field: &str, key: &str, v: &Value) -> Result<(), SpecError> {
+/// What the names of a sweep's parameters are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// Options of `worker train`, each with its type ([`TRAIN_KEYS`]).
+    Trainer,
+    /// A command job's own names: any identifier, any scalar value.
+    Free,
+}
+
+pub(crate) fn check_value(field: &str, key: &str, v: &Value, keys: Keys) -> Result<(), SpecError> {
+    if keys == Keys::Free {
+        return crate::command::check_parameter(field, key, v);
+    }
     if let Some((_, why)) = WORKER_SETTINGS.iter().find(|(k, _)| *k == key) {
         return err(field, *why);
     }

@@ -33,6 +33,7 @@ pub struct ServeConfig {
     pub max_checkpoint_bytes: u64,
     /// Keep the checkpoints of ended jobs (about 125 MB each for the study's network).
     pub keep_checkpoints: bool,
+    pub max_log_bytes: i64,
     /// How long a write waits for a lock another process holds on the database file.
     pub busy_timeout: Duration,
     /// Connections served at once; more wait in the kernel's accept queue.
@@ -65,6 +66,7 @@ impl ServeConfig {
             // The full network's resume state (weights + momentum) is about 125 MB.
             max_checkpoint_bytes: 1 << 30,
             keep_checkpoints: false,
+            max_log_bytes: 8 << 20,
             busy_timeout: Duration::from_secs(10),
             max_connections: 512,
             max_event_streams: 256,
@@ -158,6 +160,7 @@ impl Application {
             artifacts: cfg.artifacts.clone().into(),
             max_checkpoint_bytes: cfg.max_checkpoint_bytes,
             keep_checkpoints: cfg.keep_checkpoints,
+            max_log_bytes: cfg.max_log_bytes,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
         };
         Ok(Application {

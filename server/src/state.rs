@@ -63,6 +63,8 @@ pub struct AppState {
     pub max_checkpoint_bytes: u64,
     /// Keep checkpoints of ended jobs (default: deleted when the job ends).
     pub keep_checkpoints: bool,
+    /// Log bytes kept per job (all its attempts); the oldest output is dropped first.
+    pub max_log_bytes: i64,
     /// Turns true when shutdown begins: open event streams end, so graceful shutdown does not
     /// wait forever on a dashboard's never-ending response.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,

@@ -29,6 +29,7 @@ impl Store {
         &self,
         worker: &str,
         capacity: Option<Capacity>,
+        accepts_commands: bool,
         now: i64,
         lease_ms: i64,
     ) -> Result<Option<Claim>> {
@@ -50,20 +51,28 @@ impl Store {
                              AND j.stop_requested = 0
                              AND (?4 IS NULL OR j.nproc <= ?4)
                              AND (?5 IS NULL OR j.batch_size <= ?5)
+                             AND (?6 OR j.is_command = 0)
                              AND NOT EXISTS (SELECT 1 FROM sweeps s WHERE s.id = j.sweep_id AND s.cancelled_at IS NOT NULL)
                            ORDER BY j.id LIMIT 1)
-               RETURNING id AS "id!", sweep_id AS "sweep_id!", attempt AS "attempt!", params AS "params!""#,
+               RETURNING id AS "id!", sweep_id AS "sweep_id!", attempt AS "attempt!", params AS "params!",
+                         is_command AS "is_command!: bool""#,
             worker,
             until,
             now,
             ranks,
-            max_batch
+            max_batch,
+            accepts_commands
         )
         .fetch_optional(&mut *c)
         .await?) }.boxed())
         .await?;
         let Some(row) = row else {
             return Ok(None);
+        };
+        // A sweep's command never changes: read after the claim, from the read pool.
+        let command = match row.is_command {
+            true => self.command_of_sweep(row.sweep_id).await?,
+            false => None,
         };
         Ok(Some(Claim {
             id: row.id,
@@ -72,7 +81,16 @@ impl Store {
             params: serde_json::from_str(&row.params).unwrap_or(Value::Null),
             lease_expires_at: until,
             lease_ms: Some(lease_ms),
+            command,
         }))
+    }
+
+    async fn command_of_sweep(&self, sweep: i64) -> Result<Option<protocol::CommandSpec>> {
+        let text = sqlx::query_scalar!("SELECT command FROM sweeps WHERE id = ?", sweep)
+            .fetch_optional(&self.read)
+            .await?
+            .flatten();
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     /// The fence: Ok if `attempt` holds `job` (running), else why not.
@@ -359,16 +377,19 @@ pub(super) async fn insert_metrics(
     m: &MetricsReport,
     now: i64,
 ) -> Result<Option<i64>> {
+    let extra = (!m.extra.is_empty())
+        .then(|| serde_json::to_string(&m.extra).ok())
+        .flatten();
     Ok(sqlx::query_scalar!(
                         r#"INSERT INTO metrics (job_id, sweep_id, epoch, attempt, lr, train_loss, test_loss, accuracy, precision,
-                                                recall, f1, images_per_sec, seconds, recorded_at)
-                           SELECT id, sweep_id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 FROM jobs
+                                                recall, f1, images_per_sec, seconds, recorded_at, extra)
+                           SELECT id, sweep_id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14 FROM jobs
                            WHERE id = ?1 AND attempt = ?3 AND status = 'running' AND ?2 <= epochs
                            ON CONFLICT (job_id, epoch) DO UPDATE SET
                               attempt = excluded.attempt, lr = excluded.lr, train_loss = excluded.train_loss,
                               test_loss = excluded.test_loss, accuracy = excluded.accuracy, precision = excluded.precision,
                               recall = excluded.recall, f1 = excluded.f1, images_per_sec = excluded.images_per_sec,
-                              seconds = excluded.seconds, recorded_at = excluded.recorded_at
+                              seconds = excluded.seconds, recorded_at = excluded.recorded_at, extra = excluded.extra
                            WHERE excluded.attempt > metrics.attempt
                            RETURNING sweep_id AS "sweep_id!""#,
                         job,
@@ -383,7 +404,8 @@ pub(super) async fn insert_metrics(
                         m.f1,
                         m.images_per_sec,
                         m.seconds,
-                        now
+                        now,
+                        extra
                     )
     .fetch_optional(&mut *c)
     .await?)

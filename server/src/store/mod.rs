@@ -29,6 +29,7 @@ use protocol::{Capacity, Claim, HeartbeatReply, JobChange, JobShape, JobStatus, 
 use sqlx::{ConnectOptions, SqliteConnection};
 
 mod lease;
+pub mod logs;
 mod reads;
 mod stopping;
 mod sweeps;

@@ -44,6 +44,8 @@ impl From<JobSql> for JobRow {
                 f1: r.f1,
                 images_per_sec: r.images_per_sec,
                 seconds: r.seconds,
+                // The job list shows the named metrics; a job's own page has the rest.
+                ..Default::default()
             }),
             id: r.id,
             sweep_id: r.sweep_id,
@@ -311,14 +313,33 @@ impl Store {
             .await?
             .pop()
             .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
-        let metrics = sqlx::query_as!(
-            MetricsReport,
-            "SELECT epoch, attempt, lr, train_loss, test_loss, accuracy, precision, recall, f1, images_per_sec, seconds
+        let metrics = sqlx::query!(
+            "SELECT epoch, attempt, lr, train_loss, test_loss, accuracy, precision, recall, f1, images_per_sec, seconds, extra
              FROM metrics WHERE job_id = ? ORDER BY epoch",
             job
         )
         .fetch_all(&self.read)
-        .await?;
+        .await?
+        .into_iter()
+        .map(|r| MetricsReport {
+            epoch: r.epoch,
+            attempt: r.attempt,
+            lr: r.lr,
+            train_loss: r.train_loss,
+            test_loss: r.test_loss,
+            accuracy: r.accuracy,
+            precision: r.precision,
+            recall: r.recall,
+            f1: r.f1,
+            images_per_sec: r.images_per_sec,
+            seconds: r.seconds,
+            extra: r
+                .extra
+                .and_then(|e| serde_json::from_str(&e).ok())
+                .unwrap_or_default(),
+            diverged: false,
+        })
+        .collect();
         let mut attempts = sqlx::query_as!(
             AttemptRow,
             "SELECT attempt, worker, started_at, ended_at, outcome, error FROM attempts WHERE job_id = ? ORDER BY attempt",

@@ -181,13 +181,15 @@ async fn median(
         return Ok(false);
     }
     let (metric, max) = (rule.metric.as_str(), rule.mode == early_stop::Mode::Max);
-    // The metric is a column chosen by name: one CASE over the columns, bound as a parameter.
+    // The metric is a column chosen by name: one CASE over the columns, bound as a parameter; a
+    // command's own metric is read from `extra` (its name is checked to need no quoting).
     let best = sqlx::query_scalar!(
         r#"SELECT CASE WHEN ?2 THEN max(v) ELSE min(v) END AS "best: f64"
            FROM (SELECT CASE ?3 WHEN 'accuracy' THEN accuracy WHEN 'test_loss' THEN test_loss
                                 WHEN 'train_loss' THEN train_loss WHEN 'precision' THEN precision
                                 WHEN 'recall' THEN recall WHEN 'f1' THEN f1 WHEN 'lr' THEN lr
-                                WHEN 'images_per_sec' THEN images_per_sec WHEN 'seconds' THEN seconds END AS v
+                                WHEN 'images_per_sec' THEN images_per_sec WHEN 'seconds' THEN seconds
+                                ELSE json_extract(extra, '$."' || ?3 || '"') END AS v
                  FROM metrics
                  WHERE job_id = ?1)"#,
         job,
@@ -200,7 +202,8 @@ async fn median(
         r#"SELECT CASE ?3 WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
                           WHEN 'train_loss' THEN m.train_loss WHEN 'precision' THEN m.precision
                           WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1 WHEN 'lr' THEN m.lr
-                          WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'seconds' THEN m.seconds END AS "v: f64"
+                          WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'seconds' THEN m.seconds
+                          ELSE json_extract(m.extra, '$."' || ?3 || '"') END AS "v: f64"
            FROM jobs j
            JOIN metrics m ON m.job_id = j.id AND m.epoch = ?2
            WHERE j.sweep_id = ?1

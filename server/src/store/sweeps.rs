@@ -8,15 +8,22 @@ impl Store {
         let spec_json = spec.to_value().to_string();
         let (name, max_attempts) = (spec.name.clone(), spec.max_attempts);
         let early_stop = spec.early_stop.as_ref().map(|r| r.to_value().to_string());
+        let command = spec
+            .command
+            .as_ref()
+            .map(|c| serde_json::to_string(c).unwrap_or_default());
+        let is_command = command.is_some();
+        let ranks = spec.command.as_ref().map(|c| c.ranks);
         // The sweep and all its jobs commit together, or nothing of them does (run_many: a savepoint).
         self.writer
             .run_many(move |c| {
                 async move {
                     let sweep_id = sqlx::query_scalar!(
-                        r#"INSERT INTO sweeps (name, spec, early_stop, created_at) VALUES (?, ?, ?, ?) RETURNING id AS "id!""#,
+                        r#"INSERT INTO sweeps (name, spec, early_stop, command, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id AS "id!""#,
                         name,
                         spec_json,
                         early_stop,
+                        command,
                         now
                     )
                     .fetch_one(&mut *c)
@@ -26,12 +33,15 @@ impl Store {
                             batch_size,
                             nproc_per_node: nproc,
                             epochs,
-                        } = JobShape::of(params);
+                        } = match ranks {
+                            Some(ranks) => command_shape(params, ranks),
+                            None => JobShape::of(params),
+                        };
                         let idx = idx as i64;
                         let params = Value::Object(params.clone()).to_string();
                         sqlx::query!(
-                            "INSERT INTO jobs (sweep_id, idx, params, attempt, max_attempts, batch_size, nproc, epochs, created_at)
-                             VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
+                            "INSERT INTO jobs (sweep_id, idx, params, attempt, max_attempts, batch_size, nproc, epochs, created_at, is_command)
+                             VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
                             sweep_id,
                             idx,
                             params,
@@ -39,7 +49,8 @@ impl Store {
                             batch_size,
                             nproc,
                             epochs,
-                            now
+                            now,
+                            is_command
                         )
                         .execute(&mut *c)
                         .await?;
@@ -125,5 +136,21 @@ impl Store {
                 .boxed()
             })
             .await
+    }
+}
+
+/// What the scheduler reads from a command job: its `[command] ranks`; the epochs its parameters
+/// name (else any number of them, so no report of such a program is refused for its epoch); and
+/// a batch size that never fits a shared device (an arbitrary program is not packed beside
+/// another job).
+fn command_shape(params: &Map<String, Value>, ranks: i64) -> JobShape {
+    JobShape {
+        batch_size: i64::MAX,
+        nproc_per_node: ranks,
+        epochs: params
+            .get("epochs")
+            .and_then(Value::as_i64)
+            .filter(|n| (1..=crate::spec::MAX_EPOCHS).contains(n))
+            .unwrap_or(crate::spec::MAX_EPOCHS),
     }
 }

@@ -256,8 +256,15 @@ async fn diverged_runs_and_missing_values_are_not_judged() {
         !report(ids[0], epoch(1, Some(0.99))).await,
         "the best of two"
     );
-    // A diverged epoch (no training loss) is not judged, and the diverged job no longer counts.
-    assert!(!report(ids[0], json!({"attempt": 1, "epoch": 2, "accuracy": 0.99})).await);
+    // A diverged epoch (its loss null, marked diverged) is not judged, and the diverged job no
+    // longer counts.
+    assert!(
+        !report(
+            ids[0],
+            json!({"attempt": 1, "epoch": 2, "accuracy": 0.99, "diverged": true})
+        )
+        .await
+    );
     assert_eq!(app.finish(ids[0], 1, "diverged").await.0, StatusCode::OK);
     // No accuracy this epoch: nothing to judge.
     assert!(!report(ids[2], epoch(1, None)).await);

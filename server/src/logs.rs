@@ -1,0 +1,90 @@
+//! `POST /api/jobs/{id}/log?attempt=N&offset=K`: a worker appends a chunk of an attempt's output
+//! (fenced like every worker write; a retried chunk is stored once). `GET` reads it back as plain
+//! text from any offset, so a reader resumes where it stopped (`server logs --follow`, the
+//! dashboard's job page on each `log` event).
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use protocol::{log_headers, LogPosition};
+
+use crate::error::ApiError;
+use crate::events::Event;
+use crate::state::AppState;
+use crate::store::logs::MAX_CHUNK;
+
+/// Most bytes one read returns (a client reads on from `x-log-next`).
+pub const MAX_READ: usize = 1 << 20;
+
+/// Append a chunk of the attempt's output at `offset` (raw bytes, at most 256 KiB).
+#[utoipa::path(post, path = "/api/jobs/{id}/log", tag = "worker protocol", params(("id" = i64, Path), LogPosition),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 204), (status = 409), (status = 413)), security(("bearer" = [])))]
+pub async fn append(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(at): Query<LogPosition>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (Some(attempt), Some(offset)) = (at.attempt, at.offset) else {
+        return Err(ApiError::Unprocessable(
+            "attempt and offset: both are required to append".into(),
+        ));
+    };
+    if offset < 0 || offset > i64::MAX / 2 {
+        return Err(ApiError::Unprocessable(
+            "offset: must be a byte offset from 0".into(),
+        ));
+    }
+    if body.len() > MAX_CHUNK {
+        return Err(ApiError::TooLarge(MAX_CHUNK));
+    }
+    let done = state
+        .store
+        .append_log(id, attempt, offset, body.to_vec(), state.max_log_bytes)
+        .await?;
+    state.publish(Event::Log {
+        job_id: id,
+        sweep_id: done.sweep_id,
+        attempt,
+        next: done.end,
+    });
+    Ok(axum::http::StatusCode::NO_CONTENT.into_response())
+}
+
+/// The attempt's output (default: the latest attempt) from `offset`, as text: at most 1 MiB a read;
+/// `x-log-offset` is where the bytes start (later than asked when older output was dropped),
+/// `x-log-next` where to read on from.
+#[utoipa::path(get, path = "/api/jobs/{id}/log", tag = "jobs", params(("id" = i64, Path), LogPosition),
+    responses((status = 200, content_type = "text/plain"), (status = 404)))]
+pub async fn read(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(at): Query<LogPosition>,
+) -> Result<Response, ApiError> {
+    let offset = at.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::Unprocessable(
+            "offset: must be a byte offset from 0".into(),
+        ));
+    }
+    let log = state
+        .store
+        .read_log(id, at.attempt, offset, MAX_READ)
+        .await?;
+    let mut res = String::from_utf8_lossy(&log.data).into_owned().into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (name, value) in [
+        (log_headers::OFFSET, log.offset),
+        (log_headers::NEXT, log.next),
+        (log_headers::ATTEMPT, log.attempt),
+    ] {
+        h.insert(name, HeaderValue::from(value));
+    }
+    Ok(res)
+}

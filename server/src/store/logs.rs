@@ -1,0 +1,199 @@
+//! Every job's log: each attempt's output as the worker sent it, in chunks keyed by their byte
+//! offset. An append is fenced like every worker write and idempotent (a retried chunk is stored
+//! once); the job keeps at most `max_bytes` (all attempts), dropping its oldest chunks first but
+//! never the one just written.
+use super::*;
+
+/// What an append left: the job's sweep (for the event) and where the attempt's log ends now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Appended {
+    pub sweep_id: i64,
+    pub end: i64,
+}
+
+/// A read: bytes from `offset` (later than asked when older output was dropped), up to `next`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRead {
+    pub attempt: i64,
+    pub offset: i64,
+    pub next: i64,
+    pub data: Vec<u8>,
+}
+
+/// Largest chunk an append may carry; reads look this far back for the chunk holding an offset.
+pub const MAX_CHUNK: usize = 256 << 10;
+/// Chunks dropped at most per append (trimming stays a bounded amount of work).
+const TRIM_BATCH: i64 = 1024;
+
+impl Store {
+    pub async fn append_log(
+        &self,
+        job: i64,
+        attempt: i64,
+        offset: i64,
+        data: Vec<u8>,
+        max_bytes: i64,
+    ) -> Result<Appended> {
+        self.writer
+            .run_many(move |c| {
+                async move {
+                    let sweep_id = fence_in(c, job, attempt).await?;
+                    let end = log_end(c, job, attempt).await?;
+                    // A retry of bytes already stored keeps only what is new; a later offset (output
+                    // lost on the worker's side) starts where it says.
+                    let skip = (end - offset).clamp(0, data.len() as i64) as usize;
+                    let (start, new) = (offset + skip as i64, &data[skip..]);
+                    if new.is_empty() {
+                        return Ok(Appended { sweep_id, end });
+                    }
+                    let len = new.len() as i64;
+                    sqlx::query!(
+                        "INSERT INTO logs (job_id, attempt, start, data) VALUES (?, ?, ?, ?)",
+                        job,
+                        attempt,
+                        start,
+                        new
+                    )
+                    .execute(&mut *c)
+                    .await?;
+                    let kept = sqlx::query_scalar!(
+                        "UPDATE jobs SET log_bytes = log_bytes + ? WHERE id = ? RETURNING log_bytes",
+                        len,
+                        job
+                    )
+                    .fetch_one(&mut *c)
+                    .await?;
+                    if kept > max_bytes {
+                        trim(c, job, kept - max_bytes, (attempt, start)).await?;
+                    }
+                    Ok(Appended {
+                        sweep_id,
+                        end: start + len,
+                    })
+                }
+                .boxed()
+            })
+            .await
+    }
+
+    /// Up to `limit` bytes of `attempt`'s log (default: the job's latest attempt) from `offset`.
+    pub async fn read_log(
+        &self,
+        job: i64,
+        attempt: Option<i64>,
+        offset: i64,
+        limit: usize,
+    ) -> Result<LogRead> {
+        let latest = sqlx::query_scalar!("SELECT attempt FROM jobs WHERE id = ?", job)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
+        let attempt = attempt.unwrap_or(latest);
+        let from = offset.saturating_sub(MAX_CHUNK as i64);
+        let rows = sqlx::query!(
+            r#"SELECT start, data FROM logs WHERE job_id = ? AND attempt = ? AND start >= ?
+               ORDER BY start LIMIT 64"#,
+            job,
+            attempt,
+            from
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let mut out = LogRead {
+            attempt,
+            offset,
+            next: offset,
+            data: vec![],
+        };
+        for r in rows {
+            let end = r.start + r.data.len() as i64;
+            if end <= out.next {
+                continue;
+            }
+            if r.start > out.next {
+                // Dropped (or never sent): what is there starts later.
+                if out.data.is_empty() {
+                    out.offset = r.start;
+                }
+                out.next = r.start;
+            }
+            let skip = (out.next - r.start) as usize;
+            out.data.extend_from_slice(&r.data[skip..]);
+            out.next = end;
+            if out.data.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The job's sweep when `attempt` holds it; the fence's conflict otherwise.
+async fn fence_in(c: &mut SqliteConnection, job: i64, attempt: i64) -> Result<i64> {
+    let row = sqlx::query!(
+        "SELECT sweep_id, status, attempt FROM jobs WHERE id = ?",
+        job
+    )
+    .fetch_optional(&mut *c)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
+    if row.status == "running" && row.attempt == attempt {
+        Ok(row.sweep_id)
+    } else {
+        Err(StoreError::Conflict(format!(
+            "attempt {attempt} does not hold job {job} (it is {} on attempt {})",
+            row.status, row.attempt
+        )))
+    }
+}
+
+async fn log_end(c: &mut SqliteConnection, job: i64, attempt: i64) -> Result<i64> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT start + length(data) AS "end!: i64" FROM logs WHERE job_id = ? AND attempt = ?
+           ORDER BY start DESC LIMIT 1"#,
+        job,
+        attempt
+    )
+    .fetch_optional(&mut *c)
+    .await?
+    .unwrap_or(0))
+}
+
+/// Drops the job's oldest chunks until `excess` bytes are gone, stopping before `newest`.
+async fn trim(c: &mut SqliteConnection, job: i64, excess: i64, newest: (i64, i64)) -> Result<()> {
+    let oldest = sqlx::query!(
+        r#"SELECT attempt, start, length(data) AS "len!: i64" FROM logs WHERE job_id = ?
+           ORDER BY attempt, start LIMIT ?"#,
+        job,
+        TRIM_BATCH
+    )
+    .fetch_all(&mut *c)
+    .await?;
+    let (mut removed, mut last) = (0, None);
+    for r in oldest {
+        if removed >= excess || (r.attempt, r.start) == newest {
+            break;
+        }
+        removed += r.len;
+        last = Some((r.attempt, r.start));
+    }
+    let Some((attempt, start)) = last else {
+        return Ok(());
+    };
+    sqlx::query!(
+        "DELETE FROM logs WHERE job_id = ?1 AND (attempt < ?2 OR (attempt = ?2 AND start <= ?3))",
+        job,
+        attempt,
+        start
+    )
+    .execute(&mut *c)
+    .await?;
+    sqlx::query!(
+        "UPDATE jobs SET log_bytes = log_bytes - ? WHERE id = ?",
+        removed,
+        job
+    )
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
