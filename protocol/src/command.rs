@@ -153,13 +153,29 @@ mod tests {
 
     #[test]
     fn placeholders_become_whole_arguments() {
-        let argv: Vec<String> = ["train.py", "--lr", "{lr}", "--bs={batch_size}", "{name}", "{{x}}", "{flag}"]
-            .map(String::from)
-            .to_vec();
+        let argv: Vec<String> = [
+            "train.py",
+            "--lr",
+            "{lr}",
+            "--bs={batch_size}",
+            "{name}",
+            "{{x}}",
+            "{flag}",
+        ]
+        .map(String::from)
+        .to_vec();
         let out = render(&argv, &params()).unwrap();
         assert_eq!(
             out,
-            ["train.py", "--lr", "0.01", "--bs=16", "a b; rm -rf /", "{x}", "true"]
+            [
+                "train.py",
+                "--lr",
+                "0.01",
+                "--bs=16",
+                "a b; rm -rf /",
+                "{x}",
+                "true"
+            ]
         );
     }
 
@@ -168,7 +184,10 @@ mod tests {
         let bad = |s: &str| render(&["x".into(), s.into()], &params()).unwrap_err();
         assert_eq!(
             bad("--epochs={epochs}"),
-            RenderError::Unknown { index: 1, name: "epochs".into() }
+            RenderError::Unknown {
+                index: 1,
+                name: "epochs".into()
+            }
         );
         assert_eq!(bad("{lr"), RenderError::Brace { index: 1 });
         assert_eq!(bad("lr}"), RenderError::Brace { index: 1 });

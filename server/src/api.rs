@@ -108,11 +108,9 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route("/api/events", get(events::stream));
     let logs = Router::new().route(
         "/api/jobs/{id}/log",
-        post(crate::logs::append)
-            .get(crate::logs::read)
-            .layer(axum::extract::DefaultBodyLimit::max(
-                crate::store::logs::MAX_CHUNK,
-            )),
+        post(crate::logs::append).get(crate::logs::read).layer(
+            axum::extract::DefaultBodyLimit::max(crate::store::logs::MAX_CHUNK),
+        ),
     );
     Router::new()
         .route(

@@ -69,7 +69,10 @@ pub fn parse(v: Option<&Value>) -> Result<Option<CommandSpec>, SpecError> {
             Err(why) => {
                 return err(
                     "command.workdir",
-                    format!("{} (it is under the worker's --command-root)", why.message()),
+                    format!(
+                        "{} (it is under the worker's --command-root)",
+                        why.message()
+                    ),
                 )
             }
         },
@@ -121,7 +124,10 @@ pub fn check_parameter(field: &str, key: &str, v: &Value) -> Result<(), SpecErro
 }
 
 /// Every `{name}` in argv must be a parameter every job has.
-pub fn check_placeholders(command: &CommandSpec, names: &BTreeSet<String>) -> Result<(), SpecError> {
+pub fn check_placeholders(
+    command: &CommandSpec,
+    names: &BTreeSet<String>,
+) -> Result<(), SpecError> {
     for (index, template) in command.argv.iter().enumerate() {
         let field = format!("command.argv[{index}]");
         let found = placeholders(template, index).map_err(|e| SpecError {
@@ -177,8 +183,14 @@ mod tests {
             ("[command]\nargv = []\n", "command.argv"),
             ("[command]\nargv = [\"x\", \"{nope}\"]\n", "command.argv[1]"),
             ("[command]\nargv = [\"x\", \"{lr\"]\n", "command.argv[1]"),
-            ("[command]\nargv = [\"x\"]\nworkdir = \"/tmp\"\n", "command.workdir"),
-            ("[command]\nargv = [\"x\"]\nworkdir = \"a/../..\"\n", "command.workdir"),
+            (
+                "[command]\nargv = [\"x\"]\nworkdir = \"/tmp\"\n",
+                "command.workdir",
+            ),
+            (
+                "[command]\nargv = [\"x\"]\nworkdir = \"a/../..\"\n",
+                "command.workdir",
+            ),
             ("[command]\nargv = [\"x\"]\nranks = 0\n", "command.ranks"),
             ("[command]\nargv = [\"x\"]\nshell = true\n", "command.shell"),
             ("[command]\nargv = \"python3 train.py\"\n", "command.argv"),
@@ -193,6 +205,9 @@ mod tests {
             "command.argv[1]"
         );
         // Without [command], names are still `worker train` options.
-        assert_eq!(field_of("name = \"s\"\n[train]\ndepth = 2\n"), "train.depth");
+        assert_eq!(
+            field_of("name = \"s\"\n[train]\ndepth = 2\n"),
+            "train.depth"
+        );
     }
 }

@@ -315,7 +315,7 @@ mod tests {
                 "early_stop.method",
             ),
             (
-                serde_json::json!({"method": "asha", "metric": "acc"}),
+                serde_json::json!({"method": "asha", "metric": "val acc"}),
                 "early_stop.metric",
             ),
             (

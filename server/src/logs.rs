@@ -31,7 +31,7 @@ pub async fn append(
             "attempt and offset: both are required to append".into(),
         ));
     };
-    if offset < 0 || offset > i64::MAX / 2 {
+    if !(0..=i64::MAX / 2).contains(&offset) {
         return Err(ApiError::Unprocessable(
             "offset: must be a byte offset from 0".into(),
         ));
@@ -72,7 +72,9 @@ pub async fn read(
         .store
         .read_log(id, at.attempt, offset, MAX_READ)
         .await?;
-    let mut res = String::from_utf8_lossy(&log.data).into_owned().into_response();
+    let mut res = String::from_utf8_lossy(&log.data)
+        .into_owned()
+        .into_response();
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -275,7 +275,9 @@ mod tests {
             "momentum": {"uniform": [0.8, 0.99]},
             "warmup_epochs": {"int": [0, 5]},
         }});
-        parse(Some(&v), &Map::new(), false, 1, crate::spec::Keys::Trainer).unwrap().unwrap()
+        parse(Some(&v), &Map::new(), false, 1, crate::spec::Keys::Trainer)
+            .unwrap()
+            .unwrap()
     }
 
     #[test]

@@ -167,8 +167,16 @@ impl SweepSpec {
             return err("(root)", "a sweep is a table/object");
         };
         for k in top.keys() {
-            if !["name", "train", "grid", "run", "search", "early_stop", "command"]
-                .contains(&k.as_str())
+            if ![
+                "name",
+                "train",
+                "grid",
+                "run",
+                "search",
+                "early_stop",
+                "command",
+            ]
+            .contains(&k.as_str())
             {
                 return err(
                     k,

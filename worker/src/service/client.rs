@@ -81,6 +81,7 @@ impl Coordinator {
         worker: &str,
         ranks: usize,
         max_batch_size: Option<i64>,
+        accepts_commands: bool,
     ) -> Result<Option<Claim>, CallError> {
         let body = ClaimRequest {
             worker: worker.to_string(),
@@ -88,6 +89,7 @@ impl Coordinator {
                 ranks: ranks as i64,
                 max_batch_size,
             }),
+            accepts_commands,
         };
         match self.post(routes::CLAIM, &body)? {
             Some(v) => serde_json::from_value(v)
@@ -123,14 +125,9 @@ impl Coordinator {
     }
 
     /// Reports one epoch; the reply says whether the sweep's early-stopping rule stopped the job.
-    pub fn metrics(
-        &self,
-        job: i64,
-        attempt: i64,
-        m: &crate::metrics::EpochMetrics,
-    ) -> Result<MetricsReply, CallError> {
+    pub fn metrics(&self, job: i64, m: &MetricsReport) -> Result<MetricsReply, CallError> {
         let v = self
-            .post(&routes::metrics(job), &report(attempt, m))?
+            .post(&routes::metrics(job), m)?
             .ok_or_else(|| CallError::Refused("empty metrics reply".into()))?;
         serde_json::from_value(v).map_err(|e| CallError::Refused(format!("metrics reply: {e}")))
     }
@@ -158,6 +155,27 @@ impl Coordinator {
             reason: Some(reason.to_string()),
         };
         self.post(&routes::release(job), &body).map(|_| ())
+    }
+
+    /// Appends a chunk of the attempt's output at `offset` (a retry of it is stored once).
+    pub fn append_log(
+        &self,
+        job: i64,
+        attempt: i64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), CallError> {
+        self.agent
+            .post(&format!(
+                "{}{}?attempt={attempt}&offset={offset}",
+                self.base,
+                routes::log(job)
+            ))
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .set("Content-Type", "application/octet-stream")
+            .send_bytes(data)
+            .map_err(Self::classify)?;
+        Ok(())
     }
 
     pub fn upload_checkpoint(&self, job: i64, attempt: i64, file: &Path) -> Result<(), CallError> {
@@ -199,7 +217,7 @@ impl Coordinator {
 }
 
 /// An epoch as the protocol carries it: non-finite numbers (a diverged run's loss) become null.
-fn report(attempt: i64, m: &crate::metrics::EpochMetrics) -> MetricsReport {
+pub fn report(attempt: i64, m: &crate::metrics::EpochMetrics) -> MetricsReport {
     let finite = |x: f64| x.is_finite().then_some(x);
     MetricsReport {
         attempt,
@@ -213,5 +231,7 @@ fn report(attempt: i64, m: &crate::metrics::EpochMetrics) -> MetricsReport {
         f1: finite(m.f1),
         images_per_sec: finite(m.images_per_sec),
         seconds: finite(m.seconds),
+        extra: Default::default(),
+        diverged: !m.train_loss.is_finite(),
     }
 }

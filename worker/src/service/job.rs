@@ -1,18 +1,22 @@
-//! One claimed job: its `worker train` child, and everything that flows to the coordinator.
+//! One claimed job: its program (our trainer or a command job, see [`super::program`]), and
+//! everything that flows to the coordinator.
 //!
-//! Each epoch the trainer appends a line to `metrics.jsonl` and then commits `resume.safetensors`;
-//! the supervisor forwards the line and uploads the file, in that order, through an outbox that
-//! keeps every write until the coordinator has acknowledged it (retrying with backoff while it is
-//! unreachable). A 409 means this attempt lost the job: the child is stopped at once.
+//! Each epoch the program appends a line to `metrics.jsonl` and then leaves its checkpoint (the
+//! trainer commits `resume.safetensors`; a command job's checkpoint directory is archived after
+//! each line); its output is read as it is written. The supervisor forwards lines, log chunks and
+//! checkpoints, in the order they were produced, through an outbox that keeps every write until
+//! the coordinator has acknowledged it (retrying with backoff while it is unreachable). A 409
+//! means this attempt lost the job: the program is stopped at once.
 use super::client::{CallError, Claim, Coordinator};
-use super::slots::{DeviceKind, Placement};
-use crate::checkpoint::RESUME_FILE;
-use crate::metrics::EpochMetrics;
+use super::output::Output;
+use super::program;
+pub use super::program::Program;
+use super::slots::Placement;
 use crate::train::{METRICS_FILE, SUMMARY_FILE};
-use protocol::{JobShape, Outcome};
+use protocol::{JobShape, MetricsReport, Outcome};
 use serde_json::Value;
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +25,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Exit code of a trainer stopped by SIGTERM after committing its epoch (see `train.rs`).
 pub const EXIT_INTERRUPTED: i32 = crate::EXIT_INTERRUPTED;
-const STDERR_TAIL: usize = 30;
+/// Largest log chunk sent at once.
+const LOG_CHUNK: usize = 64 << 10;
+/// Log a worker holds for an unreachable coordinator; the oldest is dropped beyond it (the
+/// coordinator keeps only the newest output anyway).
+const MAX_LOG_QUEUED: usize = 16 << 20;
 
 #[derive(Debug, Clone)]
 pub struct JobOptions {
@@ -32,6 +40,11 @@ pub struct JobOptions {
     pub data_md5: String,
     pub heartbeat: Duration,
     pub poll: Duration,
+    /// Where command jobs run (`--command-root`); None: this worker runs none.
+    pub command_root: Option<PathBuf>,
+    /// How long a command job has to exit after its stop file appears, before SIGTERM (and as
+    /// long again before SIGKILL).
+    pub stop_grace: Duration,
 }
 
 /// What the supervisor reports to the worker's main loop as it goes.
@@ -45,8 +58,13 @@ pub struct Progress {
 
 #[derive(Debug)]
 enum Write {
-    Metrics(EpochMetrics),
+    Metrics(MetricsReport),
+    /// The checkpoint file (see [`Program::checkpoint_file`]).
     Upload,
+    Log {
+        offset: u64,
+        data: Vec<u8>,
+    },
     Finish {
         status: Outcome,
         summary: Option<Value>,
@@ -92,19 +110,6 @@ pub fn train_command(
             Ok(())
         });
     }
-    let gpus: Vec<String> = placement
-        .devices
-        .iter()
-        .filter_map(|d| match d {
-            DeviceKind::Gpu(i) => Some(i.to_string()),
-            DeviceKind::Cpu(_) => None,
-        })
-        .collect();
-    if !gpus.is_empty() {
-        cmd.env("CUDA_VISIBLE_DEVICES", gpus.join(","));
-    }
-    // Keep libraries' own thread pools to the job's share as well.
-    cmd.env("OMP_NUM_THREADS", placement.threads.to_string());
     Ok(cmd)
 }
 
@@ -114,24 +119,48 @@ fn relative_name<'a>(key: &str, name: &'a str) -> anyhow::Result<&'a Path> {
         .map_err(|why| anyhow::anyhow!("{key} {name:?}: {}", why.message()))
 }
 
+/// Why the job's program is being stopped; the first that applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Cancelled,
+    Diverged,
+    Pruned,
+    Shutdown,
+}
+
+/// How far a stop has gone.
+#[derive(Debug, Clone, Copy)]
+struct Halt {
+    since: Instant,
+    told: bool,
+    termed: bool,
+    killed: bool,
+}
+
 #[derive(Debug)]
 pub struct Supervisor {
     claim: Claim,
     coord: Coordinator,
     opts: JobOptions,
     out: PathBuf,
+    program: Result<Program, String>,
     outbox: VecDeque<Write>,
     metrics_offset: u64,
-    /// The last epoch of the checkpoint this attempt resumed from: the trainer rewrites those
-    /// epochs into metrics.jsonl, but they were computed (and reported) by an earlier attempt.
-    restored_epoch: u32,
+    /// The last epoch of the checkpoint this attempt resumed from: the program may write those
+    /// epochs again, but they were computed (and reported) by an earlier attempt.
+    restored_epoch: i64,
     resume_seen: Option<(SystemTime, u64)>,
     retry_at: Instant,
     backoff: Duration,
     progress: Arc<Mutex<Progress>>,
-    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    output: Output,
+    log_queued: usize,
     /// The sweep's early-stopping rule stopped the job (a metrics reply or a heartbeat said so).
     pruned: bool,
+    cancelled: bool,
+    /// A metrics line had a non-finite loss.
+    diverged: bool,
+    halt: Option<Halt>,
 }
 
 impl Supervisor {
@@ -143,6 +172,7 @@ impl Supervisor {
     ) -> Self {
         let out = opts.work_dir.join(format!("job-{}", claim.id));
         Supervisor {
+            program: Program::of(&claim),
             claim,
             coord,
             opts,
@@ -154,13 +184,21 @@ impl Supervisor {
             retry_at: Instant::now(),
             backoff: Duration::from_millis(200),
             progress,
-            stderr_tail: Arc::default(),
+            output: Output::default(),
+            log_queued: 0,
             pruned: false,
+            cancelled: false,
+            diverged: false,
+            halt: None,
         }
     }
 
     fn job(&self) -> i64 {
         self.claim.id
+    }
+
+    fn program(&self) -> &Program {
+        self.program.as_ref().unwrap_or(&Program::Trainer)
     }
 
     /// Heartbeats come at most every `--heartbeat-seconds`, and at least three times per lease the
@@ -180,20 +218,24 @@ impl Supervisor {
     pub fn run(mut self, placement: Placement, stopping: Arc<AtomicBool>) {
         self.progress.lock().expect("not poisoned").epochs =
             JobShape::of_value(&self.claim.params).epochs as u32;
+        if let Err(e) = self.program.clone() {
+            return self.end_without_child(e);
+        }
         if let Err(e) = self.restore_checkpoint(&stopping) {
             return self.end_without_child(e);
         }
-        let mut child = match self.start_trainer(&placement) {
+        let mut child = match self.start(&placement) {
             Ok(c) => c,
             Err(e) => return self.end_without_child(e),
         };
-        let (code, cancelled) = match self.watch(&mut child, &stopping) {
-            Ok(ended) => ended,
+        let code = match self.watch(&mut child, &stopping) {
+            Ok(code) => code,
             Err(lease_lost) => return self.abandon(&mut child, &lease_lost),
         };
-        // Whatever the trainer wrote last goes out before the job ends.
+        // Whatever the program wrote last goes out before the job ends.
+        self.output.wait_closed(Duration::from_secs(5));
         self.collect();
-        let end = self.outcome(code, cancelled);
+        let end = self.outcome(code, stopping.load(Ordering::SeqCst));
         self.outbox.push_back(end);
         self.drain_until_done(&stopping);
     }
@@ -205,15 +247,19 @@ impl Supervisor {
         let _ = std::fs::remove_dir_all(&self.out);
         std::fs::create_dir_all(&self.out)
             .map_err(|e| format!("cannot create {}: {e}", self.out.display()))?;
-        let path = self.out.join(RESUME_FILE);
+        let path = self.program().checkpoint_file(&self.out);
         loop {
             match self.coord.download_checkpoint(id, &path) {
                 Ok(false) => return Ok(()),
                 Ok(true) => {
-                    // Unreadable: the trainer will say why; nothing is skipped then.
-                    self.restored_epoch = crate::checkpoint::read_resume_meta(&path)
-                        .map(|m| m.epoch)
-                        .unwrap_or(0);
+                    self.restored_epoch = match self.program() {
+                        // Unreadable: the trainer will say why; nothing is skipped then.
+                        Program::Trainer => crate::checkpoint::read_resume_meta(&path)
+                            .map(|m| i64::from(m.epoch))
+                            .unwrap_or(0),
+                        Program::Command { .. } => program::unpack_checkpoint(&self.out, &path)
+                            .map_err(|e| format!("cannot unpack the job's checkpoint: {e}"))?,
+                    };
                     tracing::info!(
                         job = id,
                         attempt,
@@ -231,49 +277,42 @@ impl Supervisor {
         }
     }
 
-    fn start_trainer(&mut self, placement: &Placement) -> Result<Child, String> {
-        let mut child = train_command(&self.opts, &self.claim.params, placement, &self.out)
+    fn start(&mut self, placement: &Placement) -> Result<Child, String> {
+        let what = match self.program() {
+            Program::Trainer => "the trainer",
+            Program::Command { .. } => "the command",
+        };
+        let mut child = self
+            .program()
+            .command(&self.opts, &self.claim, placement, &self.out)
             .and_then(|mut c| {
-                c.stdout(Stdio::null())
+                c.stdin(Stdio::null())
+                    .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .spawn()
                     .map_err(Into::into)
             })
-            .map_err(|e| format!("cannot start the trainer: {e}"))?;
-        self.capture_stderr(&mut child);
+            .map_err(|e| format!("cannot start {what}: {e}"))?;
+        self.output = Output::capture(&mut child, self.job());
         Ok(child)
     }
 
-    /// Until the trainer exits: forwards its epochs and checkpoints, heartbeats inside the lease,
-    /// passes a stop (SIGTERM: commit the epoch, exit 4), an early stop (the same SIGTERM: the
-    /// pruned job keeps its last epoch) and a cancel (kill: nothing to keep) on.
-    /// Ok((exit code, cancelled)); Err(why) when this attempt lost the job.
-    fn watch(&mut self, child: &mut Child, stopping: &AtomicBool) -> Result<(i32, bool), String> {
-        let (id, attempt) = (self.claim.id, self.claim.attempt);
+    /// Until the program exits: forwards its epochs, output and checkpoints, heartbeats inside
+    /// the lease, and passes stops on (see [`Self::stop_program`]).
+    /// Ok(exit code); Err(why) when this attempt lost the job.
+    fn watch(&mut self, child: &mut Child, stopping: &AtomicBool) -> Result<i32, String> {
+        let id = self.claim.id;
         let mut last_beat = Instant::now();
-        let (mut signalled, mut cancelled) = (false, false);
         loop {
             self.collect();
-            if (stopping.load(Ordering::SeqCst) || self.pruned) && !signalled {
-                if self.pruned {
-                    tracing::info!(
-                        job = id,
-                        "stopped early by the sweep's rule: stopping the trainer"
-                    );
-                }
-                // SAFETY: kill(2) on our own child's pid.
-                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-                signalled = true;
-            }
+            self.stop_program(child, stopping);
             if last_beat.elapsed() >= self.heartbeat_every() {
                 last_beat = Instant::now();
-                match self.coord.heartbeat(id, attempt) {
-                    Ok(reply) if reply.cancel && !cancelled => {
-                        tracing::info!(job = id, "cancelled: stopping the trainer");
-                        cancelled = true;
-                        let _ = child.kill();
+                match self.coord.heartbeat(id, self.claim.attempt) {
+                    Ok(reply) => {
+                        self.cancelled |= reply.cancel;
+                        self.pruned |= reply.stop;
                     }
-                    Ok(reply) => self.pruned |= reply.stop,
                     Err(CallError::LeaseLost(why)) => return Err(why),
                     Err(e) => {
                         tracing::warn!(job = id, error = %e, "heartbeat failed; training goes on")
@@ -282,18 +321,75 @@ impl Supervisor {
             }
             self.flush()?;
             match child.try_wait() {
-                Ok(Some(status)) => return Ok((status.code().unwrap_or(-1), cancelled)),
+                Ok(Some(status)) => return Ok(exit_code(status)),
                 Ok(None) => std::thread::sleep(self.opts.poll),
                 Err(e) => {
-                    tracing::error!(job = id, error = %e, "cannot wait for the trainer");
-                    return Ok((-1, cancelled));
+                    tracing::error!(job = id, error = %e, "cannot wait for the program");
+                    return Ok(-1);
                 }
             }
         }
     }
 
-    /// How the attempt ends, from the trainer's exit code (see `train.rs`) and its summary.
-    fn outcome(&self, code: i32, cancelled: bool) -> Write {
+    fn stop_reason(&self, stopping: &AtomicBool) -> Option<StopReason> {
+        [
+            (self.cancelled, StopReason::Cancelled),
+            (self.diverged, StopReason::Diverged),
+            (self.pruned, StopReason::Pruned),
+            (stopping.load(Ordering::SeqCst), StopReason::Shutdown),
+        ]
+        .into_iter()
+        .find_map(|(yes, why)| yes.then_some(why))
+    }
+
+    /// Our trainer: SIGTERM on a stop or an early stop (it commits its epoch), SIGKILL on a cancel
+    /// (nothing to keep); it ends a diverged run itself. A command job: its stop file, then
+    /// SIGTERM to its process group after the grace period, then SIGKILL after as long again.
+    fn stop_program(&mut self, child: &Child, stopping: &AtomicBool) {
+        let Some(reason) = self.stop_reason(stopping) else {
+            return;
+        };
+        let (job, pid) = (self.job(), child.id() as i32);
+        let grace = self.opts.stop_grace;
+        let is_command = self.program().is_command();
+        let stop_file = Program::stop_file(&self.out);
+        let halt = self.halt.get_or_insert(Halt {
+            since: Instant::now(),
+            told: false,
+            termed: false,
+            killed: false,
+        });
+        if !halt.told {
+            halt.told = true;
+            tracing::info!(job, ?reason, "stopping the job's program");
+            if is_command {
+                let _ = std::fs::write(&stop_file, format!("{reason:?}\n").to_lowercase());
+            }
+        }
+        let signal = |group: bool, sig: i32| {
+            // SAFETY: kill(2) on our own child (or its process group, which setpgid made its own).
+            unsafe { libc::kill(if group { -pid } else { pid }, sig) };
+        };
+        if is_command {
+            if !halt.termed && halt.since.elapsed() >= grace {
+                signal(true, libc::SIGTERM);
+                halt.termed = true;
+            }
+            if !halt.killed && halt.since.elapsed() >= grace * 2 {
+                signal(true, libc::SIGKILL);
+                halt.killed = true;
+            }
+        } else if reason == StopReason::Cancelled && !halt.killed {
+            signal(false, libc::SIGKILL);
+            halt.killed = true;
+        } else if reason != StopReason::Diverged && !halt.termed {
+            signal(false, libc::SIGTERM);
+            halt.termed = true;
+        }
+    }
+
+    /// How the attempt ends, from the program's exit code and what it reported.
+    fn outcome(&self, code: i32, stopping: bool) -> Write {
         let summary: Option<Value> = std::fs::read(self.out.join(SUMMARY_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
@@ -302,90 +398,157 @@ impl Supervisor {
             summary: summary.clone(),
             error,
         };
+        let command = self.program().is_command();
+        let diverged = self.diverged || code == crate::EXIT_DIVERGED;
         match code {
-            _ if cancelled => finish(Outcome::Cancelled, Some("cancelled by the user".into())),
-            c if self.pruned && c != crate::EXIT_DIVERGED => finish(Outcome::Pruned, None),
+            _ if self.cancelled => finish(Outcome::Cancelled, Some("cancelled by the user".into())),
+            _ if diverged => finish(Outcome::Diverged, Some("non-finite loss".into())),
+            _ if self.pruned => finish(Outcome::Pruned, None),
             0 => finish(Outcome::Completed, None),
-            c if c == crate::EXIT_DIVERGED => {
-                finish(Outcome::Diverged, Some("non-finite loss".into()))
-            }
-            c if c == EXIT_INTERRUPTED => {
+            EXIT_INTERRUPTED if !command => {
                 Write::Release("the worker shut down after a checkpoint".into())
             }
+            _ if command && stopping => {
+                Write::Release("the worker shut down; the job resumes from its checkpoint".into())
+            }
             c => {
-                let tail: Vec<String> = self
-                    .stderr_tail
-                    .lock()
-                    .expect("not poisoned")
-                    .iter()
-                    .cloned()
-                    .collect();
-                let error = format!("trainer exited with code {c}:\n{}", tail.join("\n"));
+                let what = if command { "command" } else { "trainer" };
+                let tail = self.output.tail().join("\n");
+                let error = match c {
+                    c if c < 0 => format!("{what} was killed by signal {}:\n{tail}", -c),
+                    c => format!("{what} exited with code {c}:\n{tail}"),
+                };
                 finish(Outcome::Failed, Some(error))
             }
         }
     }
 
-    fn capture_stderr(&mut self, child: &mut Child) {
-        let Some(stderr) = child.stderr.take() else {
-            return;
-        };
-        let tail = self.stderr_tail.clone();
-        let job = self.job();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                tracing::debug!(job, "trainer: {line}");
-                let mut t = tail.lock().expect("not poisoned");
-                if t.len() == STDERR_TAIL {
-                    t.pop_front();
-                }
-                t.push_back(line);
-            }
-        });
+    /// New output, new metric lines and a new checkpoint, queued in the order they were written.
+    fn collect(&mut self) {
+        self.collect_output();
+        let last_new_epoch = self.collect_metrics();
+        self.collect_checkpoint(last_new_epoch);
     }
 
-    /// New metric lines and a newly committed checkpoint, queued in the order they were written.
-    fn collect(&mut self) {
-        let path = self.out.join(METRICS_FILE);
-        if let Ok(mut f) = std::fs::File::open(&path) {
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            if len < self.metrics_offset {
-                // Rewritten on resume from the checkpoint's history: read it again (the coordinator
-                // stores each epoch once).
-                self.metrics_offset = 0;
-            }
-            let mut text = String::new();
-            if f.seek(SeekFrom::Start(self.metrics_offset)).is_ok()
-                && f.read_to_string(&mut text).is_ok()
-            {
-                // Only whole lines: the trainer may be half-way through one.
-                let whole = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
-                for line in text[..whole].lines() {
-                    if let Ok(m) = serde_json::from_str::<EpochMetrics>(line) {
-                        let mut p = self.progress.lock().expect("not poisoned");
-                        p.epoch = m.epoch;
-                        p.accuracy = Some(m.accuracy);
-                        drop(p);
-                        // Restored epochs keep the record of the attempt that computed them.
-                        if m.epoch > self.restored_epoch {
-                            self.outbox.push_back(Write::Metrics(m));
-                        }
-                    }
-                }
-                self.metrics_offset += whole as u64;
+    fn collect_output(&mut self) {
+        for (offset, data) in self.output.take(LOG_CHUNK) {
+            self.log_queued += data.len();
+            self.outbox.push_back(Write::Log { offset, data });
+        }
+        while self.log_queued > MAX_LOG_QUEUED {
+            let Some(i) = self
+                .outbox
+                .iter()
+                .position(|w| matches!(w, Write::Log { .. }))
+            else {
+                break;
+            };
+            if let Some(Write::Log { data, .. }) = self.outbox.remove(i) {
+                self.log_queued -= data.len();
+                tracing::warn!(
+                    job = self.job(),
+                    bytes = data.len(),
+                    "coordinator unreachable for long: dropping old output"
+                );
             }
         }
-        if let Ok(meta) = std::fs::metadata(self.out.join(RESUME_FILE)) {
-            let stamp = (
-                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                meta.len(),
-            );
-            if self.resume_seen != Some(stamp) {
-                self.resume_seen = Some(stamp);
-                // Only the latest checkpoint matters: drop an older upload still queued.
-                self.outbox.retain(|w| !matches!(w, Write::Upload));
-                self.outbox.push_back(Write::Upload);
+    }
+
+    /// Forwards whole new lines of metrics.jsonl; the last new epoch forwarded.
+    fn collect_metrics(&mut self) -> Option<i64> {
+        let mut f = std::fs::File::open(self.out.join(METRICS_FILE)).ok()?;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.metrics_offset {
+            // Rewritten on resume from the checkpoint's history: read it again (the coordinator
+            // stores each epoch once).
+            self.metrics_offset = 0;
+        }
+        let mut text = String::new();
+        f.seek(SeekFrom::Start(self.metrics_offset)).ok()?;
+        f.read_to_string(&mut text).ok()?;
+        // Only whole lines: the program may be half-way through one.
+        let whole = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        self.metrics_offset += whole as u64;
+        let mut last = None;
+        for line in text[..whole].lines().filter(|l| !l.trim().is_empty()) {
+            let Some(m) = program::read_line(self.program(), line) else {
+                tracing::warn!(job = self.job(), %line, "a metrics line without an integer epoch >= 1 (or not JSON): skipped");
+                continue;
+            };
+            let mut p = self.progress.lock().expect("not poisoned");
+            p.epoch = m.epoch.max(0) as u32;
+            p.accuracy = m.accuracy.or(p.accuracy);
+            drop(p);
+            self.diverged |= m.diverged;
+            // Restored epochs keep the record of the attempt that computed them.
+            if m.epoch > self.restored_epoch {
+                last = Some(m.epoch);
+                self.outbox.push_back(Write::Metrics(m));
             }
+        }
+        last
+    }
+
+    /// The trainer's newly committed resume file; a command's checkpoint directory archived after
+    /// each new line (with that line's epoch, so a resume knows which epochs it holds).
+    fn collect_checkpoint(&mut self, last_new_epoch: Option<i64>) {
+        let changed = match self.program() {
+            Program::Trainer => {
+                let Ok(meta) = std::fs::metadata(self.program().checkpoint_file(&self.out)) else {
+                    return;
+                };
+                let stamp = (
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    meta.len(),
+                );
+                let changed = self.resume_seen != Some(stamp);
+                self.resume_seen = Some(stamp);
+                changed
+            }
+            Program::Command { .. } => match last_new_epoch {
+                None => false,
+                Some(epoch) => match program::pack_checkpoint(&self.out, epoch) {
+                    Ok(packed) => packed.is_some(),
+                    Err(e) => {
+                        tracing::warn!(job = self.job(), error = %e, "cannot archive the checkpoint directory");
+                        false
+                    }
+                },
+            },
+        };
+        if changed {
+            // Only the latest checkpoint matters: drop an older upload still queued.
+            self.outbox.retain(|w| !matches!(w, Write::Upload));
+            self.outbox.push_back(Write::Upload);
+        }
+    }
+
+    fn send(&mut self, w: &Write) -> Result<(), CallError> {
+        let (id, attempt) = (self.claim.id, self.claim.attempt);
+        match w {
+            Write::Metrics(m) => {
+                let m = MetricsReport {
+                    attempt,
+                    ..m.clone()
+                };
+                let reply = self.coord.metrics(id, &m)?;
+                self.pruned |= reply.stop;
+                Ok(())
+            }
+            Write::Upload => self.coord.upload_checkpoint(
+                id,
+                attempt,
+                &self.program().checkpoint_file(&self.out),
+            ),
+            Write::Log { offset, data } => self.coord.append_log(id, attempt, *offset, data),
+            Write::Finish {
+                status,
+                summary,
+                error,
+            } => self
+                .coord
+                .finish(id, attempt, *status, summary.as_ref(), error.as_deref()),
+            Write::Release(reason) => self.coord.release(id, attempt, reason),
         }
     }
 
@@ -394,40 +557,28 @@ impl Supervisor {
         if Instant::now() < self.retry_at {
             return Ok(());
         }
-        let (id, attempt) = (self.claim.id, self.claim.attempt);
-        while let Some(w) = self.outbox.front() {
-            let r = match w {
-                Write::Metrics(m) => self.coord.metrics(id, attempt, m).map(|reply| {
-                    self.pruned |= reply.stop;
-                }),
-                Write::Upload => {
-                    self.coord
-                        .upload_checkpoint(id, attempt, &self.out.join(RESUME_FILE))
-                }
-                Write::Finish {
-                    status,
-                    summary,
-                    error,
-                } => self
-                    .coord
-                    .finish(id, attempt, *status, summary.as_ref(), error.as_deref()),
-                Write::Release(reason) => self.coord.release(id, attempt, reason),
-            };
-            match r {
+        let id = self.claim.id;
+        while let Some(w) = self.outbox.pop_front() {
+            match self.send(&w) {
                 Ok(()) => {
-                    self.outbox.pop_front();
+                    if let Write::Log { data, .. } = &w {
+                        self.log_queued -= data.len();
+                    }
                     self.backoff = Duration::from_millis(200);
                 }
                 Err(CallError::LeaseLost(why)) => return Err(why),
                 Err(CallError::Unavailable(e)) => {
+                    self.outbox.push_front(w);
                     tracing::warn!(job = id, error = %e, pending = self.outbox.len(), "coordinator unavailable; will retry");
                     self.retry_at = Instant::now() + self.backoff;
                     self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
                     return Ok(());
                 }
                 Err(CallError::Refused(e)) => {
+                    if let Write::Log { data, .. } = &w {
+                        self.log_queued -= data.len();
+                    }
                     tracing::error!(job = id, error = %e, "the coordinator refused a write; dropping it");
-                    self.outbox.pop_front();
                 }
             }
         }
@@ -460,7 +611,7 @@ impl Supervisor {
     }
 
     fn end_without_child(mut self, error: String) {
-        tracing::error!(job = self.job(), %error, "job failed before training");
+        tracing::error!(job = self.job(), %error, "job failed before it started");
         self.outbox.push_back(Write::Finish {
             status: Outcome::Failed,
             summary: None,
@@ -470,11 +621,24 @@ impl Supervisor {
     }
 
     fn abandon(self, child: &mut Child, why: &str) {
-        tracing::warn!(job = self.job(), %why, "lease lost: stopping the trainer at once");
+        tracing::warn!(job = self.job(), %why, "lease lost: stopping the program at once");
+        if self.program().is_command() {
+            // SAFETY: kill(2) on our child's own process group.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        }
         let _ = child.kill();
         let _ = child.wait();
         self.progress.lock().expect("not poisoned").done = Some("lease lost".into());
     }
+}
+
+/// The exit code, or minus the signal that killed it.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| -s))
+        .unwrap_or(-1)
 }
 
 #[cfg(test)]
@@ -491,6 +655,8 @@ mod tests {
             data_md5: "abc".into(),
             heartbeat: Duration::from_secs(5),
             poll: Duration::from_millis(200),
+            command_root: None,
+            stop_grace: Duration::from_secs(10),
         }
     }
 

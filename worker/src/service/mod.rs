@@ -3,6 +3,8 @@
 //! never builds a model, so a crashing child cannot take it down), and claims the next.
 pub mod client;
 pub mod job;
+pub mod output;
+pub mod program;
 pub mod slots;
 
 use anyhow::{bail, Result};
@@ -59,6 +61,17 @@ pub struct RunArgs {
     /// Exit once the coordinator has no pending or running job left (for scripts and tests).
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// Run command jobs (a sweep's `[command]`: any program its submitter names). Without this
+    /// flag the worker is never handed one.
+    #[arg(long)]
+    pub allow_commands: bool,
+    /// The directory command jobs run under: a sweep's `command.workdir` is relative to it.
+    #[arg(long, default_value = ".", requires = "allow_commands")]
+    pub command_root: PathBuf,
+    /// Seconds a command job has to exit after its stop file appears (cancel, early stop, worker
+    /// shutdown) before it gets SIGTERM, and as long again before SIGKILL.
+    #[arg(long, default_value_t = 10.0)]
+    pub stop_grace_seconds: f64,
 }
 
 fn default_name() -> String {
@@ -156,6 +169,11 @@ impl Service {
                 data_md5: a.data_md5.clone(),
                 heartbeat: Duration::from_secs_f64(a.heartbeat_seconds),
                 poll: Duration::from_millis(200),
+                command_root: a
+                    .allow_commands
+                    .then(|| std::path::absolute(&a.command_root))
+                    .transpose()?,
+                stop_grace: Duration::from_secs_f64(a.stop_grace_seconds.max(0.0)),
             },
             running: HashMap::new(),
             tty: std::io::stderr().is_terminal(),
@@ -198,7 +216,12 @@ impl Service {
             return Round::NotDue;
         }
         for ask in self.slots.asks() {
-            match self.coord.claim(&self.name, ask.ranks, ask.max_batch_size) {
+            match self.coord.claim(
+                &self.name,
+                ask.ranks,
+                ask.max_batch_size,
+                self.args.allow_commands,
+            ) {
                 Ok(Some(claim)) => {
                     if self.supervise(claim) {
                         return Round::Claimed;
@@ -218,9 +241,10 @@ impl Service {
     /// Places a claimed job on free slots and starts its supervisor; false (and the job given back)
     /// when it does not fit, which the coordinator's capacity check makes a should-not-happen.
     fn supervise(&mut self, claim: Claim) -> bool {
-        let shape = protocol::JobShape::of_value(&claim.params);
-        let nproc = shape.nproc_per_node.max(1) as usize;
-        let Some(placement) = self.slots.place(claim.id, nproc, shape.batch_size) else {
+        let (nproc, batch_size) = job::Program::of(&claim)
+            .map(|p| p.shape(&claim.params))
+            .unwrap_or((1, i64::MAX));
+        let Some(placement) = self.slots.place(claim.id, nproc, batch_size) else {
             let _ = self
                 .coord
                 .release(claim.id, claim.attempt, "did not fit this worker");
