@@ -325,15 +325,16 @@ pub fn is_metric_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b))
 }
 
-/// Where a log read or append starts: the attempt and the byte offset in its output.
+/// Where a log read or append starts: the attempt and the byte offset in its output (a query
+/// string, so plain integers).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
 pub struct LogPosition {
     /// The attempt (reads: default the latest).
-    #[serde(default, deserialize_with = "integer::exact_opt")]
+    #[serde(default)]
     pub attempt: Option<i64>,
     /// Byte offset in that attempt's output (default 0).
-    #[serde(default, deserialize_with = "integer::exact_opt")]
+    #[serde(default)]
     pub offset: Option<i64>,
 }
 

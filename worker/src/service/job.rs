@@ -404,12 +404,13 @@ impl Supervisor {
             _ if self.cancelled => finish(Outcome::Cancelled, Some("cancelled by the user".into())),
             _ if diverged => finish(Outcome::Diverged, Some("non-finite loss".into())),
             _ if self.pruned => finish(Outcome::Pruned, None),
+            // Told to stop by a shutdown, a command may exit 0 early: it resumes elsewhere.
+            _ if command && stopping && self.halt.is_some() => {
+                Write::Release("the worker shut down; the job resumes from its checkpoint".into())
+            }
             0 => finish(Outcome::Completed, None),
             EXIT_INTERRUPTED if !command => {
                 Write::Release("the worker shut down after a checkpoint".into())
-            }
-            _ if command && stopping => {
-                Write::Release("the worker shut down; the job resumes from its checkpoint".into())
             }
             c => {
                 let what = if command { "command" } else { "trainer" };

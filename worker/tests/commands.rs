@@ -1,0 +1,344 @@
+//! Command jobs with real processes: `worker run --allow-commands` runs a Python program (no torch:
+//! `fixtures/job.py`) under the environment contract, next to a real coordinator process. Every
+//! epoch is recorded once, a killed worker's job resumes from its checkpoint directory elsewhere,
+//! failures are retried then failed with their log, cancel and early stop reach the program
+//! through its stop file then SIGTERM, placeholders never split into more arguments, a worker
+//! without --allow-commands never takes one, and every job's log survives a coordinator restart.
+mod cluster;
+
+use cluster::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// `worker run` that runs command jobs from the fixtures directory.
+fn command_worker(url: &str, work: &Path, extra: &[&str]) -> Worker {
+    let root = fixtures();
+    let mut args = vec![
+        "--allow-commands",
+        "--command-root",
+        root.to_str().unwrap(),
+        "--stop-grace-seconds",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    worker(url, work, &args)
+}
+
+/// `job.py` with the given arguments after the script.
+fn job_py(args: &[&str]) -> Value {
+    let mut argv = vec!["python3", "job.py"];
+    argv.extend_from_slice(args);
+    json!({ "argv": argv })
+}
+
+fn log_of(c: &Coordinator, job: i64, attempt: Option<i64>) -> String {
+    let mut url = format!("{}/api/jobs/{job}/log", c.url);
+    if let Some(a) = attempt {
+        url.push_str(&format!("?attempt={a}"));
+    }
+    ureq::get(&url).call().unwrap().into_string().unwrap()
+}
+
+fn lines_of(log: &str) -> Vec<&str> {
+    log.lines().collect()
+}
+
+fn job_ids(s: &Value) -> Vec<i64> {
+    s["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_command_grid_completes_with_every_epoch_its_own_metrics_and_its_log() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    // A value that a shell would split, and placeholders inside a value: each stays one argument.
+    let hostile = "x --fail; echo {epochs} $(touch pwned)";
+    let sweep = c.submit(json!({
+        "name": "cmd",
+        "command": job_py(&["--epochs", "{epochs}", "--score={score}", "--tag", "{tag}", "--sleep", "0.05"]),
+        "train": {"epochs": 3},
+        "grid": {"score": [0.25, 0.5], "tag": ["plain", hostile]},
+    }));
+    let mut w = command_worker(
+        &c.url,
+        &dir.path().join("w"),
+        &["--cpu-ranks", "2", "--exit-when-idle"],
+    );
+    let s = c.wait_sweep(sweep, STALL);
+    assert!(w.wait().unwrap().success());
+    for (j, id) in s["jobs"].as_array().unwrap().iter().zip(job_ids(&s)) {
+        assert_eq!(j["status"], "completed", "{j}");
+        assert_eq!(epochs_of(&c, id), vec![1, 2, 3], "every epoch once");
+        let detail = c.get(&format!("/api/jobs/{id}"));
+        let score = j["params"]["score"].as_f64().unwrap();
+        for m in detail["metrics"].as_array().unwrap() {
+            let epoch = m["epoch"].as_f64().unwrap();
+            assert_eq!(m["extra"]["score"].as_f64(), Some(score * epoch), "{m}");
+            assert_eq!(m["accuracy"].as_f64(), Some(score));
+        }
+        let log = log_of(&c, id, None);
+        let tag = j["params"]["tag"].as_str().unwrap();
+        let argv = json!([
+            "--epochs",
+            "3",
+            format!("--score={score}"),
+            "--tag",
+            tag,
+            "--sleep",
+            "0.05"
+        ]);
+        let lines = lines_of(&log);
+        assert_eq!(
+            serde_json::from_str::<Value>(lines[0].trim_start_matches("argv=")).unwrap(),
+            argv,
+            "{log}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(lines[1].trim_start_matches("params=")).unwrap(),
+            j["params"]
+        );
+        assert_eq!(
+            &lines[2..],
+            ["epoch 1 line 0", "epoch 2 line 0", "epoch 3 line 0", "done"],
+            "{log}"
+        );
+    }
+    assert!(!fixtures().join("pwned").exists());
+}
+
+#[test]
+fn a_command_job_resumes_from_its_checkpoint_directory_after_its_worker_is_killed() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 2);
+    let sweep = c.submit(json!({
+        "name": "resume", "command": job_py(&["--epochs", "{epochs}", "--sleep", "0.4"]),
+        "train": {"epochs": 8},
+    }));
+    let mut a = command_worker(&c.url, &dir.path().join("a"), &["--cpu-ranks", "1"]);
+    let mut stall = Stall::new(STALL);
+    let job = loop {
+        let s = c.get(&format!("/api/sweeps/{sweep}"));
+        let j = &s["jobs"][0];
+        let id = j["id"].as_i64().unwrap();
+        if j["epoch"].as_i64().unwrap_or(0) >= 2
+            && ureq::get(&format!("{}/api/jobs/{id}/checkpoint", c.url))
+                .call()
+                .is_ok()
+        {
+            break id;
+        }
+        stall.check(&s, "no checkpoint of epoch 2");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    a.kill().unwrap(); // SIGKILL: the program dies with it
+    a.wait().unwrap();
+    let mut b = command_worker(
+        &c.url,
+        &dir.path().join("b"),
+        &["--cpu-ranks", "1", "--exit-when-idle"],
+    );
+    let s = c.wait_sweep(sweep, STALL);
+    b.wait().unwrap();
+    assert_eq!(s["jobs"][0]["status"], "completed", "{s}");
+    assert_eq!(epochs_of(&c, job), (1..=8).collect::<Vec<_>>());
+    let detail = c.get(&format!("/api/jobs/{job}"));
+    let metrics = detail["metrics"].as_array().unwrap();
+    // The second attempt started from the uploaded directory, not from scratch: the epochs it
+    // computed say so, and the epochs it restored keep the first attempt's record.
+    let resumed: Vec<&Value> = metrics.iter().filter(|m| m["attempt"] != 1).collect();
+    assert!(!resumed.is_empty());
+    let from = resumed[0]["extra"]["resumed_from"].as_f64().unwrap();
+    assert!(from >= 2.0, "{detail}");
+    for m in metrics {
+        let from_first = m["epoch"].as_f64().unwrap() <= from;
+        assert_eq!(m["attempt"] == 1, from_first, "{m}");
+    }
+    let second = detail["attempts"].as_array().unwrap().last().unwrap()["attempt"]
+        .as_i64()
+        .unwrap();
+    assert!(log_of(&c, job, Some(second)).contains(&format!("resumed after epoch {from}")));
+}
+
+#[test]
+fn a_failing_command_is_retried_then_failed_with_its_log_tail() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    let sweep = c.submit(json!({
+        "name": "fail", "command": job_py(&["--fail"]), "run": {"max_attempts": 2},
+    }));
+    let mut w = command_worker(&c.url, &dir.path().join("w"), &["--exit-when-idle"]);
+    let s = c.wait_sweep(sweep, STALL);
+    w.wait().unwrap();
+    let j = &s["jobs"][0];
+    assert_eq!(j["status"], "failed", "{j}");
+    let error = j["error"].as_str().unwrap();
+    assert!(error.contains("command exited with code 1"), "{error}");
+    assert!(error.contains("boom: the program cannot go on"), "{error}");
+    let id = j["id"].as_i64().unwrap();
+    let d = c.get(&format!("/api/jobs/{id}"));
+    let attempts = d["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "retried once: {d}");
+    for a in attempts {
+        assert_eq!(a["outcome"], "failed");
+        assert!(log_of(&c, id, a["attempt"].as_i64()).contains("boom"));
+    }
+}
+
+#[test]
+fn cancel_and_early_stop_reach_a_command_through_its_stop_file_then_sigterm() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    // Cancel: one program leaves at its stop file, the other ignores it and gets SIGTERM.
+    let sweep = c.submit(json!({
+        "name": "cancel", "command": job_py(&["--epochs", "1000", "--sleep", "0.1", "{mode}"]),
+        "grid": {"mode": ["--lines=1", "--ignore-stop"]},
+    }));
+    let w = command_worker(&c.url, &dir.path().join("w"), &["--cpu-ranks", "2"]);
+    let mut stall = Stall::new(STALL);
+    loop {
+        let s = c.get(&format!("/api/sweeps/{sweep}"));
+        if s["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["epoch"].as_i64().unwrap_or(0) >= 1)
+        {
+            break;
+        }
+        stall.check(&s, "both jobs running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.post(&format!("/api/sweeps/{sweep}/cancel"), json!({}));
+    let s = c.wait_sweep(sweep, STALL);
+    let mut stall = Stall::new(STALL);
+    let s = loop {
+        let s2 = c.get(&format!("/api/sweeps/{sweep}"));
+        if s2["running"] == 0 {
+            break s2;
+        }
+        stall.check(&s, "jobs still running after the cancel");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let ids = job_ids(&s);
+    for j in s["jobs"].as_array().unwrap() {
+        assert_eq!(j["status"], "cancelled", "{j}");
+    }
+    assert!(log_of(&c, ids[0], None).contains("saw the stop file"));
+    let ignored = log_of(&c, ids[1], None);
+    assert!(
+        ignored.contains("got SIGTERM") && !ignored.contains("saw the stop file"),
+        "{ignored}"
+    );
+
+    // Early stop on a metric of the program's own: the worse job is told through its stop file
+    // (epochs long enough that the stop, decided on epoch 1, reaches it before epoch 3 ends).
+    let sweep = c.submit(json!({
+        "name": "asha", "command": job_py(&["--epochs", "{epochs}", "--score={score}", "--sleep", "0.5"]),
+        "train": {"epochs": 4}, "grid": {"score": [0.9, 0.1]},
+        "early_stop": {"method": "asha", "metric": "score", "mode": "max", "min_epochs": 1, "reduction_factor": 2},
+    }));
+    drop(w);
+    // One rank: the better job runs first and alone at each rung; the worse one is judged after it.
+    let mut w = command_worker(
+        &c.url,
+        &dir.path().join("w2"),
+        &["--cpu-ranks", "1", "--exit-when-idle"],
+    );
+    let s = c.wait_sweep(sweep, STALL);
+    assert!(w.wait().unwrap().success());
+    let (good, bad) = (&s["jobs"][0], &s["jobs"][1]);
+    assert_eq!(good["status"], "completed", "{good}");
+    assert_eq!(bad["status"], "pruned", "{bad}");
+    let kept = epochs_of(&c, bad["id"].as_i64().unwrap());
+    assert!(kept == [1] || kept == [1, 2], "{kept:?}");
+    assert!(log_of(&c, bad["id"].as_i64().unwrap(), None).contains("saw the stop file"));
+}
+
+#[test]
+fn a_worker_without_allow_commands_never_claims_a_command_job() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    let sweep = c.submit(json!({"name": "cmd", "command": job_py(&[])}));
+    let _w = worker(&c.url, &dir.path().join("w"), &[]);
+    // Until the worker has asked (and been told nothing) several times.
+    let empty_claims = || {
+        let text = ureq::get(&format!("{}/metrics", c.url))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("sweep_empty_claims_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut stall = Stall::new(STALL);
+    while empty_claims() < 5.0 {
+        stall.check(&json!({"claims": empty_claims()}), "the worker never asked");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = c.get(&format!("/api/sweeps/{sweep}"));
+    assert_eq!(s["jobs"][0]["status"], "pending", "{s}");
+    assert_eq!(s["jobs"][0]["attempt"], 0, "{s}");
+}
+
+#[test]
+fn every_jobs_log_is_complete_and_in_order_after_coordinator_restarts() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let mut c = Coordinator::start(&db, "127.0.0.1:0", 30);
+    let port = c.port();
+    let cmd = c.submit(json!({
+        "name": "chatty", "command": job_py(&["--epochs", "{epochs}", "--lines", "40", "--sleep", "0.4"]),
+        "train": {"epochs": 8},
+    }));
+    let train = c.submit(json!({"name": "ours", "train": {
+        "dataset": "synthetic", "epochs": 3, "model_widths": [8, 16, 32, 64], "model_depth": 1,
+        "model_heads": 2, "limit_train": 256, "limit_test": 100, "warmup_epochs": 0}}));
+    let mut w = command_worker(
+        &c.url,
+        &dir.path().join("w"),
+        &["--cpu-ranks", "2", "--exit-when-idle"],
+    );
+    c.wait_first_epoch(cmd);
+    c.kill(); // SIGKILL: output goes on piling up in the worker's outbox
+    std::thread::sleep(Duration::from_secs(2));
+    c = Coordinator::start(&db, &format!("127.0.0.1:{port}"), 30);
+    c.wait_sweep(cmd, STALL);
+    c.wait_sweep(train, STALL);
+    assert!(w.wait().unwrap().success());
+    c.kill();
+    let c = Coordinator::start(&db, "127.0.0.1:0", 30);
+
+    let id = job_ids(&c.get(&format!("/api/sweeps/{cmd}")))[0];
+    let log = log_of(&c, id, None);
+    let mut expected: Vec<String> = (1..=8)
+        .flat_map(|e| (0..40).map(move |i| format!("epoch {e} line {i}")))
+        .collect();
+    expected.push("done".into());
+    assert_eq!(lines_of(&log)[2..], expected, "every line once, in order");
+
+    let id = job_ids(&c.get(&format!("/api/sweeps/{train}")))[0];
+    let log = log_of(&c, id, None);
+    let epochs: Vec<&str> = log.lines().filter(|l| l.contains("epoch done")).collect();
+    assert_eq!(epochs.len(), 3, "{log}");
+    for (i, line) in epochs.iter().enumerate() {
+        assert!(line.contains(&format!("epoch={}", i + 1)), "{line}");
+    }
+}
