@@ -1,6 +1,7 @@
 // The sweep dashboard: plain JavaScript, no libraries, charts drawn as SVG. Views are chosen by the
 // URL hash (#/, #/sweeps/ID, #/jobs/ID); data comes from the coordinator's REST API and every
-// server-sent event schedules a refresh of what is on screen (at most one per second).
+// server-sent event schedules a refresh of what is on screen (at most one per second); a job's
+// log is appended to as its `log` events arrive.
 "use strict";
 
 const view = document.getElementById("view");
@@ -377,6 +378,10 @@ async function jobView(id) {
   const col = (k) => j.metrics.map((m) => (m[k] == null ? NaN : m[k]));
   const ep = j.metrics.map((m) => m.epoch);
   const st = stairs(ep, j.metrics.map((m) => m.lr));
+  // A command job's metrics of its own: one chart each.
+  const own = [...new Set(j.metrics.flatMap((m) => Object.keys(m.extra || {})))].sort();
+  const ownCharts = own.map((k) => lineChart(k, "epoch", k, [{ name: k, xs: ep, ys: j.metrics.map((m) => (m.extra && m.extra[k] != null ? m.extra[k] : NaN)) }])).join("");
+  if (logTail.job !== j.id) logTail = { job: j.id, attempt: null, next: 0, text: "", busy: false, again: false, follow: true };
   const attempts = j.attempts.map((a) => `<tr><td class="num">${a.attempt}</td><td>${esc(a.worker)}</td><td>${when(a.started_at)}</td><td>${when(a.ended_at)}</td><td>${esc(a.outcome ?? "running")}</td><td>${esc(a.error)}</td></tr>`).join("");
   return `<p><a href="#/sweeps/${j.sweep_id}">← sweep ${j.sweep_id}</a></p>
     <h1>Job #${j.id} <span class="status">${esc(j.status)}</span></h1>
@@ -386,10 +391,57 @@ async function jobView(id) {
       ${lineChart("Loss", "epoch", "cross-entropy", [{ name: "train", xs: ep, ys: col("train_loss") }, { name: "test", xs: ep, ys: col("test_loss") }])}
       ${lineChart("Test accuracy", "epoch", "accuracy", [{ name: "accuracy", xs: ep, ys: col("accuracy") }])}
       ${lineChart("Learning rate", "epoch", "lr", [{ name: "lr", xs: st.xs, ys: st.ys }], { yZero: true })}
+      ${ownCharts}
     </div>
+    <h2>Log <span class="muted" id="log-attempt">${logTail.attempt ? `attempt ${logTail.attempt}` : ""}</span></h2>
+    <pre id="log" class="log" tabindex="0" aria-live="off">${esc(logTail.text || "(no output yet)")}</pre>
     <h2>Attempts</h2>
     <div class="scroll"><table id="attempts"><thead><tr><th class="num">#</th><th>Worker</th><th>Started</th><th>Ended</th><th>Outcome</th><th>Error</th></tr></thead><tbody>${attempts}</tbody></table></div>
     <h2>Parameters</h2><pre>${esc(JSON.stringify(j.params, null, 2))}</pre>`;
+}
+
+// ---------- a job's log, tailed live ----------
+
+// The job page's log: read from the last offset on each `log` event of that job (never whole
+// again), keeping the newest LOG_KEEP characters in the page. A new attempt starts a new log.
+const LOG_KEEP = 200000;
+let logTail = { job: null, attempt: null, next: 0, text: "", busy: false, again: false, follow: true };
+
+async function tailLog(id, attempt) {
+  if (logTail.job !== id) return;
+  if (attempt && logTail.attempt && attempt > logTail.attempt) Object.assign(logTail, { attempt, next: 0, text: "" });
+  if (logTail.busy) { logTail.again = true; return; }
+  logTail.busy = true;
+  try {
+    for (;;) {
+      const at = logTail.attempt ? `&attempt=${logTail.attempt}` : "";
+      const r = await fetch(`/api/jobs/${id}/log?offset=${logTail.next}${at}`);
+      if (!r.ok || logTail.job !== id) break;
+      const chunk = await r.text();
+      const next = +r.headers.get("x-log-next");
+      logTail.attempt = +r.headers.get("x-log-attempt") || logTail.attempt;
+      if (next <= logTail.next) break;
+      logTail.text = (logTail.text + chunk).slice(-LOG_KEEP);
+      logTail.next = next;
+    }
+  } finally { logTail.busy = false; }
+  const pre = document.getElementById("log");
+  if (pre && logTail.job === id) {
+    pre.textContent = logTail.text || "(no output yet)";
+    // Stays at the newest line unless the reader scrolled up (re-renders keep that choice).
+    if (logTail.follow) pre.scrollTop = pre.scrollHeight;
+    pre.onscroll = () => { logTail.follow = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4; };
+    const label = document.getElementById("log-attempt");
+    if (label) label.textContent = logTail.attempt ? `attempt ${logTail.attempt}` : "";
+  }
+  if (logTail.again) { logTail.again = false; tailLog(id); }
+}
+
+function onLogEvent(e) {
+  const m = (location.hash || "").match(/^#\/jobs\/(\d+)/);
+  let ev = null;
+  try { ev = JSON.parse(e.data); } catch (_) { return; }
+  if (m && ev && ev.job_id === +m[1]) tailLog(ev.job_id, ev.attempt);
 }
 
 // ---------- routing and live updates ----------
@@ -403,7 +455,7 @@ async function render() {
     try {
       let html, wire = () => {};
       if ((m = hash.match(/^#\/sweeps\/(\d+)/))) { const id = +m[1]; html = await sweepView(id); wire = () => wireSweep(id); }
-      else if ((m = hash.match(/^#\/jobs\/(\d+)/))) html = await jobView(+m[1]);
+      else if ((m = hash.match(/^#\/jobs\/(\d+)/))) { const id = +m[1]; html = await jobView(id); wire = () => tailLog(id); }
       else html = await sweepsView();
       // Keep focus and caret in the filter box across live refreshes.
       const focused = document.activeElement && document.activeElement.id;
@@ -441,6 +493,7 @@ function connect() {
     if (es.readyState === EventSource.CLOSED) setTimeout(connect, 2000);
   };
   for (const kind of ["job", "metrics", "sweep", "lagged"]) es.addEventListener(kind, soon);
+  es.addEventListener("log", onLogEvent);
 }
 
 window.addEventListener("hashchange", () => { render(); });

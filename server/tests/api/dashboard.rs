@@ -556,3 +556,67 @@ reduction_factor = 2
     .await;
     assert!(std::fs::metadata(shot).unwrap().len() > 10_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_page_tails_its_log_live_and_charts_its_own_metrics() {
+    let app = spawn_app().await;
+    app.submit("name = \"cmd\"\n[command]\nargv = [\"run\"]\n")
+        .await;
+    let (_, c) = app
+        .post(
+            "/api/jobs/claim",
+            serde_json::json!({"worker": "w", "accepts_commands": true}),
+        )
+        .await;
+    let job = c["id"].as_i64().unwrap();
+    let append = |offset: usize, text: &'static str| {
+        let app = &app;
+        async move {
+            let r = app
+                .http
+                .post(format!(
+                    "{}/api/jobs/{job}/log?attempt=1&offset={offset}",
+                    app.base
+                ))
+                .bearer_auth(TOKEN)
+                .body(text)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        }
+    };
+    append(0, "first <line>\n").await;
+    let (s, r) = app
+        .post(
+            &format!("/api/jobs/{job}/metrics"),
+            serde_json::json!({"attempt": 1, "epoch": 1, "extra": {"val_bleu": 12.5}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let url = format!("{}/#/jobs/{job}", app.base);
+    let page = Arc::new(blocking(move || Page::open(&url)).await);
+    let p = page.clone();
+    blocking(move || {
+        p.wait("document.querySelector('#log') && document.querySelector('#log').textContent.includes('first <line>')", "the log so far");
+        p.wait("[...document.querySelectorAll('#curves figure')].some((f) => f.textContent.includes('val_bleu'))", "the program's own metric charted");
+        p.eval("window.__stay = 7");
+    })
+    .await;
+    // New output appears on the open page, after what was there, without a reload.
+    append(13, "second line\n").await;
+    let p = page.clone();
+    blocking(move || {
+        p.wait(
+            "document.querySelector('#log').textContent.includes('second line')",
+            "the new output",
+        );
+        assert_eq!(p.eval("window.__stay"), 7, "the page reloaded");
+        assert_eq!(
+            p.eval("document.querySelector('#log').textContent"),
+            "first <line>\nsecond line\n"
+        );
+        assert!(p.errors().is_empty(), "console errors: {:?}", p.errors());
+    })
+    .await;
+}
