@@ -298,6 +298,15 @@ pub fn records(d: &SweepDetail) -> Vec<Map<String, Value>> {
             ] {
                 r.insert(k.into(), v.map(Value::from).unwrap_or(Value::Null));
             }
+            // A command's own metrics, by name (`_last` added where a parameter has that name).
+            for (k, v) in m.map(|m| &m.extra).into_iter().flatten() {
+                let key = if r.contains_key(k) {
+                    format!("{k}_last")
+                } else {
+                    k.clone()
+                };
+                r.insert(key, v.map(Value::from).unwrap_or(Value::Null));
+            }
             r.insert(
                 "wall_seconds".into(),
                 match (j.started_at, j.finished_at) {

@@ -27,6 +27,7 @@ struct JobSql {
     f1: Option<f64>,
     images_per_sec: Option<f64>,
     seconds: Option<f64>,
+    extra: Option<String>,
 }
 
 impl From<JobSql> for JobRow {
@@ -44,8 +45,12 @@ impl From<JobSql> for JobRow {
                 f1: r.f1,
                 images_per_sec: r.images_per_sec,
                 seconds: r.seconds,
-                // The job list shows the named metrics; a job's own page has the rest.
-                ..Default::default()
+                extra: r
+                    .extra
+                    .as_deref()
+                    .and_then(|e| serde_json::from_str(e).ok())
+                    .unwrap_or_default(),
+                diverged: false,
             }),
             id: r.id,
             sweep_id: r.sweep_id,
@@ -156,7 +161,7 @@ impl Store {
             r#"SELECT j.id AS "id!", j.sweep_id, j.params, j.status, j.attempt, j.max_attempts, j.epoch, j.epochs,
                       j.worker, j.error, j.summary, j.started_at, j.finished_at,
                       m.epoch AS "m_epoch?", m.attempt AS "m_attempt?", m.lr, m.train_loss, m.test_loss, m.accuracy,
-                      m.precision, m.recall, m.f1, m.images_per_sec, m.seconds
+                      m.precision, m.recall, m.f1, m.images_per_sec, m.seconds, m.extra
                FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
                WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.id = ?2) ORDER BY j.idx"#,
             sweep,
@@ -193,7 +198,7 @@ impl Store {
             r#"SELECT j.id AS "id!", j.sweep_id, j.params, j.status, j.attempt, j.max_attempts, j.epoch, j.epochs,
                       j.worker, j.error, j.summary, j.started_at, j.finished_at,
                       m.epoch AS "m_epoch?", m.attempt AS "m_attempt?", m.lr, m.train_loss, m.test_loss, m.accuracy,
-                      m.precision, m.recall, m.f1, m.images_per_sec, m.seconds
+                      m.precision, m.recall, m.f1, m.images_per_sec, m.seconds, m.extra
                FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
                WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.status = ?2)
                  AND (?3 IS NULL OR j.params LIKE '%' || ?3 || '%' OR coalesce(j.worker, '') LIKE '%' || ?3 || '%')

@@ -138,6 +138,20 @@ reduction_factor = 2
         detail["metrics"][0]["extra"],
         json!({"val/bleu": 30.0, "tokens": 1e6})
     );
+    // In the exports, as columns of their own (a parameter's name taken: `_last` added).
+    let csv = app
+        .get_text(&format!("/api/sweeps/{}/results?format=csv", a.sweep_id))
+        .await;
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    assert!(
+        header.contains(&"val/bleu") && header.contains(&"tokens"),
+        "{csv}"
+    );
+    let (_, rows) = app
+        .get(&format!("/api/sweeps/{}/results?format=json", a.sweep_id))
+        .await;
+    assert_eq!(rows[0]["val/bleu"], 30.0, "{rows}");
+    assert_eq!(rows[1]["val/bleu"], 20.0, "{rows}");
     for bad in [
         json!({"attempt": 1, "epoch": 2, "extra": {"bad name": 1.0}}),
         json!({"attempt": 1, "epoch": 2, "extra": {"accuracy": 0.5}}),
