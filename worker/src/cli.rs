@@ -20,8 +20,9 @@ pub enum Command {
     Train {
         #[command(flatten)]
         config: Box<TrainConfig>,
-        /// Output directory: metrics.jsonl, summary.json, checkpoint.safetensors, resume state.
-        #[arg(long)]
+        /// Output directory: metrics.jsonl, summary.json, checkpoint.safetensors, resume state
+        /// (run as a command job: the job's checkpoint directory).
+        #[arg(long, env = "SWEEP_CHECKPOINT_DIR")]
         out: PathBuf,
         #[command(flatten)]
         launch: LaunchArgs,

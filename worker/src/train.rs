@@ -126,6 +126,16 @@ fn append_metrics(m: &EpochMetrics, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `worker train` run as a command job (a sweep's `[command]`, e.g. beside another program):
+/// each epoch's line also goes to `$SWEEP_METRICS`, after its checkpoint is committed, as the
+/// environment contract asks (`--out` defaults to `$SWEEP_CHECKPOINT_DIR`).
+fn report_to_contract(m: Option<&EpochMetrics>) -> Result<()> {
+    match (m, std::env::var_os(protocol::command::env::METRICS)) {
+        (Some(m), Some(path)) => append_metrics(m, Path::new(&path)),
+        _ => Ok(()),
+    }
+}
+
 /// Result of evaluating the whole test split.
 #[derive(Debug)]
 pub struct Evaluation {
@@ -684,15 +694,20 @@ impl Trainer<'_> {
                 }
                 meta.history.push(m);
             }
+            let line = meta.history.last().filter(|m| m.epoch == epoch);
             if trained.diverged {
                 status = Status::Diverged;
                 if self.ranks.is_main() {
                     let _ = std::fs::remove_file(&self.files.resume);
+                    report_to_contract(line)?;
                 }
                 break;
             }
             meta.epoch = epoch;
             self.commit(model, meta)?;
+            if self.ranks.is_main() {
+                report_to_contract(meta.history.last().filter(|m| m.epoch == epoch))?;
+            }
             if self.agree_to_stop(&stop)? && !last {
                 tracing::info!(epoch, "stopping after a committed epoch (signal)");
                 status = Status::Interrupted;
