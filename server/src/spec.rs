@@ -213,23 +213,7 @@ impl SweepSpec {
             check_value(&format!("train.{k}"), k, v, keys)?;
         }
         let grids = parse_grids(top.get("grid"), &train, keys)?;
-        let run = table("run")?;
-        let mut max_attempts = 3;
-        let mut repeats = 1;
-        for (k, v) in &run {
-            let field = format!("run.{k}");
-            let n = v.as_i64().ok_or_else(|| SpecError {
-                field: field.clone(),
-                message: "must be an integer".into(),
-            })?;
-            match k.as_str() {
-                "max_attempts" if (1..=100).contains(&n) => max_attempts = n,
-                "repeats" if (1..=1000).contains(&n) => repeats = n,
-                "max_attempts" => return err(field, "must be between 1 and 100"),
-                "repeats" => return err(field, "must be between 1 and 1000"),
-                _ => return err(field, "unknown key (expected max_attempts, repeats)"),
-            }
-        }
+        let (max_attempts, repeats) = parse_run(&table("run")?)?;
         let search = crate::search::parse(
             top.get("search"),
             &train,
@@ -397,6 +381,26 @@ impl SweepSpec {
         }
         v
     }
+}
+
+/// `[run]`: (max_attempts, repeats), 3 and 1 by default.
+fn parse_run(run: &Map<String, Value>) -> Result<(i64, i64), SpecError> {
+    let (mut max_attempts, mut repeats) = (3, 1);
+    for (k, v) in run {
+        let field = format!("run.{k}");
+        let n = v.as_i64().ok_or_else(|| SpecError {
+            field: field.clone(),
+            message: "must be an integer".into(),
+        })?;
+        match k.as_str() {
+            "max_attempts" if (1..=100).contains(&n) => max_attempts = n,
+            "repeats" if (1..=1000).contains(&n) => repeats = n,
+            "max_attempts" => return err(field, "must be between 1 and 100"),
+            "repeats" => return err(field, "must be between 1 and 1000"),
+            _ => return err(field, "unknown key (expected max_attempts, repeats)"),
+        }
+    }
+    Ok((max_attempts, repeats))
 }
 
 /// One grid: axes in the order written.
