@@ -222,6 +222,18 @@ impl SweepSpec {
             keys,
         )?;
         let early_stop = crate::early_stop::EarlyStop::parse(top.get("early_stop"))?;
+        if let Some(rule) = early_stop.as_ref().filter(|_| command.is_none()) {
+            // Our trainer reports the named metrics only; a rule on another would never judge.
+            if !crate::early_stop::METRICS.contains(&rule.metric.as_str()) {
+                return err(
+                    "early_stop.metric",
+                    format!(
+                        "must be one of {} (a command job's own metric names are allowed in sweeps with [command])",
+                        crate::early_stop::METRICS.join(", ")
+                    ),
+                );
+            }
+        }
         let points = grids
             .iter()
             .try_fold(0usize, |acc, g| acc.checked_add(grid_points(g)?))

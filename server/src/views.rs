@@ -88,6 +88,9 @@ pub struct Series {
     pub train_loss: Vec<Option<f64>>,
     pub test_loss: Vec<Option<f64>>,
     pub accuracy: Vec<Option<f64>>,
+    /// A command job's own metrics by name, one value per epoch of `epoch` (null where absent).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extra: std::collections::BTreeMap<String, Vec<Option<f64>>>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]

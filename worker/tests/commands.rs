@@ -334,6 +334,21 @@ fn every_jobs_log_is_complete_and_in_order_after_coordinator_restarts() {
     expected.push("done".into());
     assert_eq!(lines_of(&log)[2..], expected, "every line once, in order");
 
+    // `server logs` prints the same bytes.
+    let printed = std::process::Command::new(server_bin())
+        .args([
+            "logs",
+            &id.to_string(),
+            "--server",
+            &c.url,
+            "--token",
+            TOKEN,
+        ])
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    assert_eq!(String::from_utf8(printed.stdout).unwrap(), log);
+
     let id = job_ids(&c.get(&format!("/api/sweeps/{train}")))[0];
     let log = log_of(&c, id, None);
     let epochs: Vec<&str> = log.lines().filter(|l| l.contains("epoch done")).collect();

@@ -276,7 +276,7 @@ impl Store {
                  WHERE j.sweep_id = ?1 AND abs(coalesce(json_extract(j.params, '$.lr'), ?4) - ?2) <= 1e-9 * abs(?2)
                  GROUP BY bs)
                SELECT r.bs AS "batch_size!: i64", r.job_id AS "job_id!: i64", j.status, m.epoch, m.lr,
-                      m.train_loss, m.test_loss, m.accuracy
+                      m.train_loss, m.test_loss, m.accuracy, m.extra
                FROM reps r JOIN jobs j ON j.id = r.job_id JOIN metrics m ON m.job_id = r.job_id
                WHERE m.epoch % ?5 = 0 OR m.epoch = 1 OR m.epoch = j.epoch
                ORDER BY r.bs, m.epoch"#,
@@ -304,6 +304,21 @@ impl Store {
             s.train_loss.push(r.train_loss);
             s.test_loss.push(r.test_loss);
             s.accuracy.push(r.accuracy);
+            let own: std::collections::BTreeMap<String, Option<f64>> = r
+                .extra
+                .as_deref()
+                .and_then(|e| serde_json::from_str(e).ok())
+                .unwrap_or_default();
+            let n = s.epoch.len();
+            for (name, v) in own {
+                // A metric first seen at this epoch is absent (null) at the earlier ones.
+                let column = s.extra.entry(name).or_insert_with(|| vec![None; n - 1]);
+                column.resize(n - 1, None);
+                column.push(v);
+            }
+            for column in s.extra.values_mut() {
+                column.resize(n, None);
+            }
         }
         Ok(out)
     }

@@ -152,6 +152,9 @@ reduction_factor = 2
         .await;
     assert_eq!(rows[0]["val/bleu"], 30.0, "{rows}");
     assert_eq!(rows[1]["val/bleu"], 20.0, "{rows}");
+    // And in the curves (per epoch, by name).
+    let (_, curves) = app.get(&format!("/api/sweeps/{}/curves", a.sweep_id)).await;
+    assert_eq!(curves[0]["extra"]["tokens"], json!([1e6]), "{curves}");
     for bad in [
         json!({"attempt": 1, "epoch": 2, "extra": {"bad name": 1.0}}),
         json!({"attempt": 1, "epoch": 2, "extra": {"accuracy": 0.5}}),
