@@ -66,6 +66,7 @@ pub const TRAIN_KEYS: &[(&str, KeyType)] = &[
     ("seed", KeyType::Int(0, MAX_SEED)),
     ("device", KeyType::Device),
     ("bf16", KeyType::Bool),
+    ("tf32", KeyType::Bool),
     ("fp64", KeyType::Bool),
     ("channels_last", KeyType::Bool),
     ("limit_train", KeyType::Int(1, MAX_COUNT)),

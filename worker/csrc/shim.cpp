@@ -22,6 +22,21 @@ extern "C" int seedshim_set_autocast_bf16(int enabled) {
   }
 }
 
+// `--tf32`: let cuBLAS matmuls and cuDNN convolutions use TF32 tensor cores (PyTorch's
+// `torch.backends.cuda.matmul.allow_tf32` and `torch.backends.cudnn.allow_tf32`). Off by default:
+// the study ran fp32. Process-wide; a no-op for CPU work.
+#include <ATen/Context.h>
+extern "C" int seedshim_set_tf32(int enabled) {
+  try {
+    at::globalContext().setAllowTF32CuBLAS(enabled != 0);
+    at::globalContext().setAllowTF32CuDNN(enabled != 0);
+    return 0;
+  } catch (const std::exception &e) {
+    last_error = e.what();
+    return -1;
+  }
+}
+
 // Counting ATen ops (`worker bench --ops`): a RecordFunction callback, the mechanism torch.profiler
 // is built on. An op is top-level when no other aten:: op is running on its thread (the ops an
 // op calls inside are its business, as in the profiler's tree); a blocking host-device sync is an
@@ -99,16 +114,21 @@ static std::vector<at::Tensor> tensor_list(at::Tensor **ts, int n) {
   return out;
 }
 
+// `found_inf` (may be null): a one-element float tensor on the parameters' device; when it holds 1
+// the kernel leaves parameters and buffers alone (what GradScaler uses it for), decided on the
+// device, with no host sync.
 extern "C" int seedshim_fused_sgd(at::Tensor **params, at::Tensor **grads, int n, at::Tensor **bufs,
                                   int n_bufs, double weight_decay, double momentum, double lr,
-                                  int first_step) {
+                                  int first_step, at::Tensor *found_inf) {
   try {
     at::NoGradGuard no_grad;
     auto p = tensor_list(params, n);
     auto g = tensor_list(grads, n);
     auto b = tensor_list(bufs, n_bufs);
+    std::optional<at::Tensor> skip;
+    if (found_inf) skip = *found_inf;
     at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, /*dampening=*/0.0, /*nesterov=*/false,
-                    /*maximize=*/false, first_step != 0, std::nullopt, std::nullopt);
+                    /*maximize=*/false, first_step != 0, std::nullopt, skip);
     return 0;
   } catch (const std::exception &e) {
     last_error = e.what();

@@ -92,62 +92,145 @@ pub fn normalize_u8(images: &Tensor, device: Device) -> Tensor {
     (x - per_channel(MEAN, device)) / per_channel(STD, device)
 }
 
-fn column<T: Copy>(aug: &[SampleAug], f: impl Fn(&SampleAug) -> T) -> Vec<T> {
-    aug.iter().map(f).collect()
+/// One batch's augmentation parameters as columns of a single `[B, COLUMNS, 1, 1]` float tensor
+/// on the device: one host-to-device copy per batch instead of one per parameter (integers up to 32
+/// are exact in f32), and a per-image factor is one `narrow` away.
+struct Params {
+    t: Tensor,
+    b: i64,
+    /// Jitter slots some image of the batch uses, brightness then contrast: a slot nobody uses is
+    /// skipped (the plan is on the host, so this costs no sync).
+    used: [[bool; 2]; SLOTS],
 }
 
-/// `[B]` floats as `[B, 1, 1, 1]` on `device`.
-fn per_sample(v: Vec<f32>, device: Device) -> Tensor {
-    let n = v.len() as i64;
-    Tensor::from_slice(&v).view([n, 1, 1, 1]).to_device(device)
+/// Columns: crop y, crop x, flip, hue, Cutout y, Cutout x, then per jitter slot the brightness
+/// factor, the contrast factor and one minus it (each 1, 1 and 0 for an image that does not apply
+/// that op at that slot: the op is then exactly the identity on values in [0, 1]).
+const FIXED: usize = 6;
+const SLOTS: usize = 4;
+const COLUMNS: usize = FIXED + 3 * SLOTS;
+
+impl Params {
+    fn new(aug: &[SampleAug], device: Device) -> Self {
+        let mut v = Vec::with_capacity(aug.len() * COLUMNS);
+        let mut used = [[false; 2]; SLOTS];
+        for a in aug {
+            v.extend_from_slice(&[
+                a.crop_y as f32,
+                a.crop_x as f32,
+                f32::from(u8::from(a.flip)),
+                a.hue,
+                a.cutout_y as f32,
+                a.cutout_x as f32,
+            ]);
+            for (slot, op) in jitter_slots(a.order).into_iter().enumerate() {
+                let (bright, contrast) = match op {
+                    Some(0) => (a.brightness, 1.0),
+                    Some(_) => (1.0, a.contrast),
+                    None => (1.0, 1.0),
+                };
+                if let Some(op) = op {
+                    used[slot][op as usize] = true;
+                }
+                // 1 - c on the host is the device's `-c + 1`: one correctly rounded f32 operation.
+                v.extend_from_slice(&[bright, contrast, 1.0 - contrast]);
+            }
+        }
+        let b = aug.len() as i64;
+        let t = Tensor::from_slice(&v)
+            .view([b, COLUMNS as i64, 1, 1])
+            .to_device(device);
+        Params { t, b, used }
+    }
+
+    /// Column `i` as `[B, 1, 1, 1]` floats (per-image factors).
+    fn factor(&self, i: usize) -> Tensor {
+        self.t.narrow(1, i as i64, 1)
+    }
+
+    /// Column `i` as `[B, 1]` integers (offsets and centres).
+    fn index(&self, i: usize) -> Tensor {
+        self.t
+            .narrow(1, i as i64, 1)
+            .to_kind(Kind::Int64)
+            .view([self.b, 1])
+    }
+}
+
+/// An image's jitter order as four slots around its single hue: the brightness (0) or contrast (1)
+/// ops before hue (slots 0 and 1, in order, then none) and after it (slots 2 and 3).
+fn jitter_slots(order: u8) -> [Option<u8>; SLOTS] {
+    let ops = ORDERS[order as usize];
+    let hue_at = ops
+        .iter()
+        .position(|&o| o == 2)
+        .expect("hue is in every order");
+    let mut slots = [None; SLOTS];
+    for (i, &o) in ops[..hue_at].iter().enumerate() {
+        slots[i] = Some(o);
+    }
+    for (i, &o) in ops[hue_at + 1..].iter().enumerate() {
+        slots[2 + i] = Some(o);
+    }
+    slots
 }
 
 /// Augments u8 images `[B, 3, 32, 32]` with one parameter set per image; returns normalised floats.
 pub fn augment(images: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
     let b = aug.len() as i64;
     assert_eq!(images.size()[0], b, "one augmentation per image");
+    let p = Params::new(aug, device);
     let x = images.to_device(device).to_kind(Kind::Float) / 255.0;
-    let x = random_crop(&x, aug, device);
-    let flip = Tensor::from_slice(&column(aug, |a| a.flip))
-        .view([b, 1, 1, 1])
-        .to_device(device);
+    let x = crop(&x, &p);
+    let flip = p.factor(2).gt(0.5);
     let x = x.flip([3]).where_self(&flip, &x);
-    let x = color_jitter(&x, aug, device);
+    let x = jitter(&x, &p);
     let x = (x - per_channel(MEAN, device)) / per_channel(STD, device);
-    cutout(&x, aug, device)
+    cut(&x, &p)
 }
 
 /// Pads by 4 with zeros and takes the 32x32 window at each image's offset: two gathers, rows then columns.
 pub fn random_crop(x: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
+    crop(x, &Params::new(aug, device))
+}
+
+fn crop(x: &Tensor, p: &Params) -> Tensor {
     let (b, c) = (x.size()[0], x.size()[1]);
     let padded = x.constant_pad_nd([PAD, PAD, PAD, PAD]); // [B, C, 40, 40]
-    let ar = Tensor::arange(32, (Kind::Int64, device));
-    let oy = Tensor::from_slice(&column(aug, |a| a.crop_y))
-        .to_device(device)
-        .view([b, 1]);
-    let ox = Tensor::from_slice(&column(aug, |a| a.crop_x))
-        .to_device(device)
-        .view([b, 1]);
-    let rows = (&ar + oy).view([b, 1, 32, 1]).expand([b, c, 32, 40], false);
-    let cols = (&ar + ox).view([b, 1, 1, 32]).expand([b, c, 32, 32], false);
+    let ar = Tensor::arange(32, (Kind::Int64, x.device()));
+    let rows = (&ar + p.index(0))
+        .view([b, 1, 32, 1])
+        .expand([b, c, 32, 40], false);
+    let cols = (&ar + p.index(1))
+        .view([b, 1, 1, 32])
+        .expand([b, c, 32, 32], false);
     padded.gather(2, &rows, false).gather(3, &cols, false)
 }
 
-fn grayscale(x: &Tensor) -> Tensor {
-    // ITU-R 601-2 luma, as torchvision's rgb_to_grayscale: [B, 3, H, W] -> [B, 1, H, W].
-    let w = Tensor::from_slice(&[0.2989f32, 0.587, 0.114])
+/// ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale: `[1, 3, 1, 1]`.
+fn gray_weights(device: Device) -> Tensor {
+    Tensor::from_slice(&[0.2989f32, 0.587, 0.114])
         .view([1, 3, 1, 1])
-        .to_device(x.device());
-    (x * w).sum_dim_intlist(&[1i64][..], true, Kind::Float)
+        .to_device(device)
 }
 
 fn adjust_brightness(x: &Tensor, f: &Tensor) -> Tensor {
     (x * f).clamp(0.0, 1.0)
 }
 
+/// torchvision's adjust_contrast: a blend with the image's mean grey, `f` and `1 - f` given.
+fn blend_with_mean(x: &Tensor, f: &Tensor, one_minus_f: &Tensor, gray: &Tensor) -> Tensor {
+    // [B, 3, H, W] -> per-image mean of the [B, 1, H, W] grayscale.
+    let mean = (x * gray)
+        .sum_dim_intlist(&[1i64][..], true, Kind::Float)
+        .mean_dim(&[1i64, 2, 3][..], true, Kind::Float);
+    (x * f + mean * one_minus_f).clamp(0.0, 1.0)
+}
+
+/// The op alone (the trainer applies it through [`jitter`]'s slots).
+#[cfg(test)]
 fn adjust_contrast(x: &Tensor, f: &Tensor) -> Tensor {
-    let mean = grayscale(x).mean_dim(&[1i64, 2, 3][..], true, Kind::Float);
-    (x * f + mean * (-f + 1.0)).clamp(0.0, 1.0)
+    blend_with_mean(x, f, &(-f + 1.0), &gray_weights(x.device()))
 }
 
 /// Shifts hue through HSV, with torchvision's `_rgb2hsv` / `_hsv2rgb` formulas.
@@ -192,40 +275,43 @@ pub fn adjust_hue(x: &Tensor, shift: &Tensor) -> Tensor {
     Tensor::cat(&[red, green, blue], 1)
 }
 
-/// Brightness, contrast and hue in each image's own random order. Each of the three steps computes
-/// the op an image needs at that step by masking; all three ops are cheap next to the network.
+/// Brightness, contrast and hue in each image's own random order. Every order is "some of
+/// brightness/contrast, hue, the rest": two brightness/contrast slots, one hue for all, two more
+/// slots. At a slot an image that does not apply an op gets factor 1 for it, which leaves values in
+/// [0, 1] exactly as they are (`clamp(x * 1)`, `clamp(x * 1 + m * 0)`), so each image goes through
+/// exactly its ops in its order: the three-step sequence's result, bit for bit, with hue (the costly
+/// op) computed once instead of three times and no masks.
 pub fn color_jitter(x: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
-    let b = aug.len() as i64;
-    let bright = per_sample(column(aug, |a| a.brightness), device);
-    let contrast = per_sample(column(aug, |a| a.contrast), device);
-    let hue = per_sample(column(aug, |a| a.hue), device);
-    // ops_at_step[s][i]: the op image i applies at step s.
-    let ops_at_step: [Vec<u8>; 3] =
-        std::array::from_fn(|s| aug.iter().map(|a| ORDERS[a.order as usize][s]).collect());
-    let mut x = x.shallow_clone();
-    for ops in &ops_at_step {
-        let op_at = |op: u8| {
-            let m: Vec<bool> = ops.iter().map(|&o| o == op).collect();
-            Tensor::from_slice(&m).view([b, 1, 1, 1]).to_device(device)
+    jitter(x, &Params::new(aug, device))
+}
+
+fn jitter(x: &Tensor, p: &Params) -> Tensor {
+    let gray = gray_weights(x.device());
+    let slot = |x: Tensor, s: usize| {
+        let col = FIXED + 3 * s;
+        let x = match p.used[s][0] {
+            true => adjust_brightness(&x, &p.factor(col)),
+            false => x,
         };
-        let mut next = adjust_brightness(&x, &bright).where_self(&op_at(0), &x);
-        next = adjust_contrast(&x, &contrast).where_self(&op_at(1), &next);
-        next = adjust_hue(&x, &hue).where_self(&op_at(2), &next);
-        x = next;
-    }
-    x
+        match p.used[s][1] {
+            true => blend_with_mean(&x, &p.factor(col + 1), &p.factor(col + 2), &gray),
+            false => x,
+        }
+    };
+    let x = slot(slot(x.shallow_clone(), 0), 1);
+    let x = adjust_hue(&x, &p.factor(3));
+    slot(slot(x, 2), 3)
 }
 
 /// Zeroes a 16x16 square centred at each image's (y, x), clipped at the borders (after normalisation).
 pub fn cutout(x: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
-    let b = aug.len() as i64;
-    let ar = Tensor::arange(32, (Kind::Int64, device)).view([1, 32]);
-    let cy = Tensor::from_slice(&column(aug, |a| a.cutout_y))
-        .to_device(device)
-        .view([b, 1]);
-    let cx = Tensor::from_slice(&column(aug, |a| a.cutout_x))
-        .to_device(device)
-        .view([b, 1]);
+    cut(x, &Params::new(aug, device))
+}
+
+fn cut(x: &Tensor, p: &Params) -> Tensor {
+    let b = p.b;
+    let ar = Tensor::arange(32, (Kind::Int64, x.device())).view([1, 32]);
+    let (cy, cx) = (p.index(4), p.index(5));
     let half = CUTOUT / 2;
     let in_rows = ar
         .ge_tensor(&(&cy - half))
@@ -237,4 +323,77 @@ pub fn cutout(x: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
         .view([b, 1, 32, 1])
         .logical_and(&in_cols.view([b, 1, 1, 32])); // [B, 1, 32, 32]
     x.masked_fill(&mask, 0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each image alone, its three ops applied one after the other in its order: what the batched
+    /// slots must equal exactly.
+    fn one_by_one(x: &Tensor, aug: &[SampleAug]) -> Tensor {
+        let images: Vec<Tensor> = aug
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let f = |v: f32| Tensor::from_slice(&[v]).view([1, 1, 1, 1]);
+                let mut img = x.narrow(0, i as i64, 1);
+                for op in ORDERS[a.order as usize] {
+                    img = match op {
+                        0 => adjust_brightness(&img, &f(a.brightness)),
+                        1 => adjust_contrast(&img, &f(a.contrast)),
+                        _ => adjust_hue(&img, &f(a.hue)),
+                    };
+                }
+                img
+            })
+            .collect();
+        Tensor::cat(&images, 0)
+    }
+
+    #[test]
+    fn the_slots_apply_each_images_ops_in_its_order_bit_for_bit() {
+        let plan = EpochPlan::new(7, 1, 48);
+        // Near-white images so clipping bites and the order matters.
+        let x = Tensor::rand([48, 3, 32, 32], (Kind::Float, Device::Cpu)) * 0.3 + 0.7;
+        assert!(
+            (0..6).all(|o| plan.aug.iter().any(|a| a.order == o)),
+            "every order drawn"
+        );
+        let batched = color_jitter(&x, &plan.aug, Device::Cpu);
+        let alone = one_by_one(&x, &plan.aug);
+        assert!(
+            batched.equal(&alone),
+            "max diff {}",
+            (batched - alone).abs().max()
+        );
+    }
+
+    #[test]
+    fn slots_hold_the_ops_before_and_after_hue() {
+        let (b, c) = (Some(0), Some(1));
+        assert_eq!(jitter_slots(0), [b, c, None, None]); // brightness, contrast, hue
+        assert_eq!(jitter_slots(1), [b, None, c, None]); // brightness, hue, contrast
+        assert_eq!(jitter_slots(4), [None, None, b, c]); // hue, brightness, contrast
+        assert_eq!(jitter_slots(5), [None, None, c, b]); // hue, contrast, brightness
+    }
+
+    #[test]
+    fn a_batch_of_one_image_skips_the_slots_it_does_not_use() {
+        for order in 0..6 {
+            let plan = EpochPlan::new(3, u32::from(order), 1);
+            let a = SampleAug {
+                order,
+                ..plan.aug[0]
+            };
+            let x = Tensor::rand([1, 3, 32, 32], (Kind::Float, Device::Cpu)) * 0.3 + 0.7;
+            let used = Params::new(&[a], Device::Cpu).used;
+            assert_eq!(
+                used.iter().flatten().filter(|u| **u).count(),
+                2,
+                "two of eight"
+            );
+            assert!(color_jitter(&x, &[a], Device::Cpu).equal(&one_by_one(&x, &[a])));
+        }
+    }
 }

@@ -57,6 +57,10 @@ pub struct TrainConfig {
     /// CUDA only: autocast to bfloat16 (the study ran fp32).
     #[arg(long)]
     pub bf16: bool,
+    /// CUDA only: let fp32 matmuls and convolutions use TF32 tensor cores (about 1e-3 relative
+    /// error per product; the study ran strict fp32, the default).
+    #[arg(long)]
+    pub tf32: bool,
     /// Train and evaluate in float64: slow, for checking numerics (e.g. that N ranks with
     /// SyncBatchNorm equal one process with N times the batch, beyond fp32 rounding).
     #[arg(long)]

@@ -207,7 +207,14 @@ impl AttentionBlock {
             .reshape([b, n, 3, self.heads, dh])
             .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let a = (q.matmul(&k.transpose(-2, -1)) * (dh as f64).powf(-0.5)).softmax(-1, q.kind());
+        // Softmax in fp32 under bf16 autocast, as PyTorch's autocast runs it (a bf16 softmax loses
+        // the small attention weights); fp32 and fp64 runs keep their own precision.
+        let kind = if q.kind() == tch::Kind::Double {
+            tch::Kind::Double
+        } else {
+            tch::Kind::Float
+        };
+        let a = (q.matmul(&k.transpose(-2, -1)) * (dh as f64).powf(-0.5)).softmax(-1, kind);
         // [B, H, N, dh] -> [B, N, C]
         self.proj
             .forward(&a.matmul(&v).transpose(1, 2).reshape([b, n, c]))

@@ -55,6 +55,17 @@ impl Sgd {
     /// one multi-tensor kernel: PyTorch's own `_fused_sgd_`, the step torch.optim.SGD runs with
     /// `fused=True`. Parameters without a gradient are left alone, as PyTorch leaves them.
     pub fn step(&mut self, params: &[Tensor], lr: f64) -> anyhow::Result<()> {
+        self.step_unless(params, lr, None)
+    }
+
+    /// [`Self::step`], skipped on the device when `found_inf` (a one-element f32 tensor) holds 1:
+    /// parameters and momentum buffers are then left as they are, with no host sync to decide it.
+    pub fn step_unless(
+        &mut self,
+        params: &[Tensor],
+        lr: f64,
+        found_inf: Option<&Tensor>,
+    ) -> anyhow::Result<()> {
         let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
         let live: Vec<usize> = (0..params.len()).filter(|&i| grads[i].defined()).collect();
         if live.is_empty() {
@@ -78,7 +89,16 @@ impl Sgd {
         } else {
             vec![]
         };
-        crate::shim::fused_sgd(&p, &g, &b, self.weight_decay, self.momentum, lr, first)
+        crate::shim::fused_sgd(
+            &p,
+            &g,
+            &b,
+            self.weight_decay,
+            self.momentum,
+            lr,
+            first,
+            found_inf,
+        )
     }
 
     /// Gradients set to None, as PyTorch's `zero_grad()` does by default: the next backward writes

@@ -6,6 +6,7 @@ use std::os::raw::{c_char, c_int};
 extern "C" {
     fn seedshim_last_error() -> *const c_char;
     fn seedshim_set_autocast_bf16(enabled: c_int) -> c_int;
+    fn seedshim_set_tf32(enabled: c_int) -> c_int;
     fn seedshim_ops_start() -> c_int;
     fn seedshim_ops_stop(top: *mut i64, syncs: *mut i64) -> c_int;
     fn seedshim_fused_sgd(
@@ -18,6 +19,7 @@ extern "C" {
         momentum: f64,
         lr: f64,
         first_step: c_int,
+        found_inf: *const c_void,
     ) -> c_int;
     fn seedshim_set_grads_none(params: *const *const c_void, n: c_int) -> c_int;
 }
@@ -34,6 +36,15 @@ pub fn set_autocast_bf16(enabled: bool) -> anyhow::Result<()> {
     // SAFETY: plain call; the shim catches every C++ exception.
     if unsafe { seedshim_set_autocast_bf16(enabled as c_int) } != 0 {
         anyhow::bail!("enabling bf16 autocast failed: {}", last_error());
+    }
+    Ok(())
+}
+
+/// Lets CUDA matmuls and convolutions use TF32 (or not), process-wide.
+pub fn set_tf32(enabled: bool) -> anyhow::Result<()> {
+    // SAFETY: plain call; the shim catches every C++ exception.
+    if unsafe { seedshim_set_tf32(enabled as c_int) } != 0 {
+        anyhow::bail!("setting TF32 failed: {}", last_error());
     }
     Ok(())
 }
@@ -69,7 +80,8 @@ fn handles(ts: &[&tch::Tensor]) -> Vec<*const c_void> {
 
 /// One `at::_fused_sgd_` step over `params` (PyTorch's SGD with `fused=True`): weight decay folded
 /// into the gradient, momentum buffers updated (set to the gradient on `first_step`), parameters
-/// moved, all in one multi-tensor kernel. `bufs` is empty when momentum is 0.
+/// moved, all in one multi-tensor kernel. `bufs` is empty when momentum is 0. With `found_inf`
+/// (a one-element f32 tensor on the parameters' device) holding 1, nothing is changed.
 #[allow(clippy::too_many_arguments)]
 pub fn fused_sgd(
     params: &[&tch::Tensor],
@@ -79,6 +91,7 @@ pub fn fused_sgd(
     momentum: f64,
     lr: f64,
     first_step: bool,
+    found_inf: Option<&tch::Tensor>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(params.len() == grads.len(), "one gradient per parameter");
     anyhow::ensure!(
@@ -99,6 +112,7 @@ pub fn fused_sgd(
             momentum,
             lr,
             first_step as c_int,
+            found_inf.map_or(std::ptr::null(), |t| t.as_ptr() as *const c_void),
         )
     };
     if rc != 0 {

@@ -498,7 +498,11 @@ fn choose_device(cfg: &TrainConfig, env: Option<&RankEnv>) -> Result<Device> {
                 tch::Cuda::device_count()
             );
         }
+        // Every step has the same shapes (the last partial batch aside): let cuDNN time its
+        // algorithms once and keep the fastest, as `torch.backends.cudnn.benchmark = True` does.
+        tch::Cuda::cudnn_set_benchmark(true);
     }
+    crate::shim::set_tf32(cfg.tf32 && device.is_cuda())?;
     Ok(device)
 }
 
@@ -633,6 +637,55 @@ impl Sampler {
     }
 }
 
+/// Steps between the host's looks at the device's running loss and divergence flag: one blocking
+/// read per this many steps, and one at the epoch's end.
+pub const CHECK_EVERY: usize = 50;
+
+/// What an epoch's steps leave on the device for the host to read every [`CHECK_EVERY`] steps.
+struct StepTally {
+    /// 1.0 from the first step whose (global) loss was not finite: that step's update and every
+    /// later one are skipped by the fused SGD kernel itself (its `found_inf`), so the weights stay
+    /// those before it, as when the host stopped at once; the epoch ends at the next read.
+    halted: Tensor,
+    /// Sum of loss x samples over the steps, in f64 (the host's arithmetic, done on the device).
+    loss_sum: Tensor,
+    /// Steps that updated the weights.
+    updates: Tensor,
+}
+
+impl StepTally {
+    fn new(device: Device) -> Self {
+        StepTally {
+            halted: Tensor::zeros([1], (Kind::Float, device)),
+            loss_sum: Tensor::zeros([1], (Kind::Double, device)),
+            updates: Tensor::zeros([1], (Kind::Double, device)),
+        }
+    }
+
+    /// One step's global mean loss `lv` over `n` samples (f64 scalars on the device).
+    fn add(&mut self, lv: &Tensor, n: &Tensor) {
+        let bad = lv.isfinite().logical_not().to_kind(Kind::Float);
+        self.halted = self.halted.maximum(&bad);
+        self.loss_sum = &self.loss_sum + lv * n;
+        self.updates = &self.updates + (-self.halted.to_kind(Kind::Double) + 1.0);
+    }
+
+    /// (halted, loss sum, updates): one device-to-host copy, the step loop's only sync.
+    fn read(&self) -> Result<(bool, f64, u64)> {
+        let t = Tensor::cat(
+            &[
+                self.halted.to_kind(Kind::Double),
+                self.loss_sum.shallow_clone(),
+                self.updates.shallow_clone(),
+            ],
+            0,
+        )
+        .to_device(Device::Cpu);
+        let v = Vec::<f64>::try_from(&t)?;
+        Ok((v[0] != 0.0, v[1], v[2] as u64))
+    }
+}
+
 /// One epoch's training, before evaluation.
 struct EpochTrained {
     started: Instant,
@@ -720,7 +773,8 @@ impl Trainer<'_> {
         Ok(status)
     }
 
-    /// One pass over this rank's shard. A non-finite loss ends it at once (diverged).
+    /// One pass over this rank's shard. A non-finite loss stops the weights at once (the update is
+    /// skipped on the device) and ends the epoch diverged at the next read of the tally.
     fn train_epoch(
         &self,
         model: &mut Model,
@@ -741,24 +795,34 @@ impl Trainer<'_> {
             seconds: 0.0,
             first_step_at: None,
         };
-        for chunk in self.sampler.positions.chunks(self.sampler.batch) {
-            let (lv, n) = self.step(model, &plan, chunk, lr)?;
-            tracing::debug!(epoch, step = meta.steps, loss = lv, "step");
-            if !lv.is_finite() {
+        let mut tally = StepTally::new(self.device);
+        let (steps_before, chunks) = (
+            meta.steps,
+            self.sampler.positions.chunks(self.sampler.batch),
+        );
+        let last = chunks.len();
+        for (i, chunk) in chunks.enumerate() {
+            self.step(model, &plan, chunk, lr, &mut tally)?;
+            e.first_step_at.get_or_insert_with(unix_ms);
+            // Every rank's shard has the same length, so every step's global batch is this.
+            e.seen += chunk.len() * self.ranks.world;
+            if (i + 1) % CHECK_EVERY != 0 && i + 1 != last {
+                continue;
+            }
+            let (halted, loss_sum, updates) = tally.read()?;
+            meta.steps = steps_before + updates as i64;
+            e.loss_sum = loss_sum;
+            if halted {
                 tracing::warn!(
                     epoch,
                     step = meta.steps,
-                    "non-finite loss {lv}: the run diverged"
+                    "non-finite loss: the run diverged"
                 );
                 e.diverged = true;
                 break;
             }
-            meta.steps += 1;
-            e.first_step_at.get_or_insert_with(unix_ms);
-            e.loss_sum += lv * n;
-            e.seen += n as usize;
             if let Some(pb) = &self.bar {
-                pb.inc(1);
+                pb.inc((i + 1 - pb.position() as usize) as u64);
                 pb.set_message(format!(
                     "loss {:.4} lr {lr:.2e} {:.1} img/s",
                     e.loss_sum / e.seen as f64,
@@ -770,15 +834,17 @@ impl Trainer<'_> {
         Ok(e)
     }
 
-    /// One optimiser step on the samples at `chunk`'s positions of the epoch's order. Returns the
-    /// global batch's mean loss and size; when the loss is not finite, nothing is updated.
+    /// One optimiser step on the samples at `chunk`'s positions of the epoch's order, its global
+    /// batch's mean loss added to `tally` on the device; when that loss (or an earlier one of the
+    /// epoch) is not finite, the update is skipped there. No host sync.
     fn step(
         &self,
         model: &mut Model,
         plan: &EpochPlan,
         chunk: &[usize],
         lr: f64,
-    ) -> Result<(f64, f64)> {
+        tally: &mut StepTally,
+    ) -> Result<()> {
         let (device, kind) = (self.device, model.kind);
         let order: Vec<i64> = chunk.iter().map(|&p| plan.order[p]).collect();
         let aug: Vec<_> = chunk.iter().map(|&p| plan.aug[p]).collect();
@@ -808,23 +874,26 @@ impl Trainer<'_> {
             -100,
             0.0,
         );
-        // The global batch's mean loss: what one process with batch world * b would see.
-        let (mut lv, mut n) = (loss.double_value(&[]), chunk.len() as f64);
+        // The global batch's mean loss (what one process with batch world x b would see), in f64
+        // on the device: every rank gets the same value, so all skip a non-finite step together.
+        let n = Tensor::from_slice(&[chunk.len() as f64]).to_device(self.device);
+        let mut lv = loss.detach().to_kind(Kind::Double).view([1]);
+        let mut n_all = n.shallow_clone();
         if let Some(pg) = self.ranks.pg() {
-            let t = Tensor::from_slice(&[lv * n, n]);
+            let t = Tensor::cat(&[&lv * &n, n], 0);
             pg.all_reduce_sum(&[&t])?;
-            n = t.double_value(&[1]);
-            lv = t.double_value(&[0]) / n;
+            n_all = t.narrow(0, 1, 1);
+            lv = t.narrow(0, 0, 1) / &n_all;
         }
-        if !lv.is_finite() {
-            return Ok((lv, n));
-        }
+        tally.add(&lv, &n_all);
         Sgd::clear_grads(&model.trainable)?;
         // With a process group, the reducer all-reduces gradients bucket by bucket during this.
         loss.f_backward()
             .context("backward pass (with its gradient all-reduce) failed")?;
-        model.sgd.step(&model.trainable, lr)?;
-        Ok((lv, n))
+        model
+            .sgd
+            .step_unless(&model.trainable, lr, Some(&tally.halted))?;
+        Ok(())
     }
 
     /// Synchronisation point 3: the test split, sharded across ranks and gathered. Rank 0 writes
@@ -962,11 +1031,12 @@ pub fn count_step_ops(cfg: &TrainConfig) -> Result<crate::shim::OpCount> {
         .take(3)
         .collect();
     anyhow::ensure!(chunks.len() == 3, "three batches of data are needed");
+    let mut tally = StepTally::new(device);
     for chunk in &chunks[..2] {
-        trainer.step(&mut model, &plan, chunk, cfg.lr)?;
+        trainer.step(&mut model, &plan, chunk, cfg.lr, &mut tally)?;
     }
     let (step, count) =
-        crate::shim::count_ops(|| trainer.step(&mut model, &plan, chunks[2], cfg.lr))?;
+        crate::shim::count_ops(|| trainer.step(&mut model, &plan, chunks[2], cfg.lr, &mut tally))?;
     step?;
     Ok(count)
 }

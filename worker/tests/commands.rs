@@ -263,8 +263,12 @@ fn cancel_and_early_stop_reach_a_command_through_its_stop_file_then_sigterm() {
     let (good, bad) = (&s["jobs"][0], &s["jobs"][1]);
     assert_eq!(good["status"], "completed", "{good}");
     assert_eq!(bad["status"], "pruned", "{bad}");
+    // Stopped before its budget (how many epochs it finished depends on this machine's speed).
     let kept = epochs_of(&c, bad["id"].as_i64().unwrap());
-    assert!(kept == [1] || kept == [1, 2], "{kept:?}");
+    assert!(
+        kept.len() < 4 && kept == (1..=kept.len() as i64).collect::<Vec<_>>(),
+        "{kept:?}"
+    );
     assert!(log_of(&c, bad["id"].as_i64().unwrap(), None).contains("saw the stop file"));
 }
 

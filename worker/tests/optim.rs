@@ -105,3 +105,45 @@ fn a_hundred_steps_equal_torch_optim_sgd_foreach() {
 fn without_momentum_or_weight_decay_too() {
     compare_with_torch(0.0, 0.0);
 }
+
+/// The divergence guard of the train step: with `found_inf` holding 1 the kernel changes neither
+/// the parameters nor the momentum buffers; with 0 it steps exactly as without it.
+#[test]
+fn a_flagged_step_changes_nothing_and_an_unflagged_one_is_a_plain_step() {
+    tch::manual_seed(3);
+    let start = Tensor::randn([8, 4], (Kind::Float, tch::Device::Cpu));
+    let run = |flags: &[f32]| {
+        let p = vec![start.copy().set_requires_grad(true)];
+        let mut sgd = Sgd::new(1, 0.9, 1e-4);
+        for &f in flags {
+            Sgd::clear_grads(&p).unwrap();
+            loss(&p).backward();
+            let flag = Tensor::from_slice(&[f]);
+            sgd.step_unless(&p, 0.05, Some(&flag)).unwrap();
+        }
+        (p[0].detach(), sgd.buffers[0].as_ref().map(Tensor::copy))
+    };
+    let (plain, plain_buf) = {
+        let p = vec![start.copy().set_requires_grad(true)];
+        let mut sgd = Sgd::new(1, 0.9, 1e-4);
+        for _ in 0..2 {
+            Sgd::clear_grads(&p).unwrap();
+            loss(&p).backward();
+            sgd.step(&p, 0.05).unwrap();
+        }
+        (p[0].detach(), sgd.buffers[0].as_ref().map(Tensor::copy))
+    };
+    let (unflagged, buf) = run(&[0.0, 0.0]);
+    assert!(unflagged.equal(&plain) && buf.unwrap().equal(&plain_buf.unwrap()));
+    let (after_one, buf_one) = run(&[0.0]);
+    let (flagged, buf_flagged) = run(&[0.0, 1.0, 1.0]);
+    assert!(
+        flagged.equal(&after_one),
+        "the flagged steps moved the parameters"
+    );
+    assert!(
+        buf_flagged.unwrap().equal(&buf_one.unwrap()),
+        "or the momentum"
+    );
+    assert!(!flagged.equal(&start));
+}

@@ -221,3 +221,17 @@ fn bad_flags_and_missing_data_get_one_clear_line() {
         "nothing half-written"
     );
 }
+
+/// The step loop never waits on the device: the loss and the divergence flag stay there and are
+/// read once per `CHECK_EVERY` steps, so a step dispatches no blocking sync at all.
+#[test]
+fn a_training_step_blocks_on_nothing() {
+    let cfg = worker::config::TrainConfig {
+        limit_train: Some(3 * 32),
+        ..common::tiny(DatasetKind::Synthetic)
+    };
+    let count = train::count_step_ops(&cfg).unwrap();
+    assert_eq!(count.syncs, 0, "{count:?}");
+    assert!(count.top > 100, "the step was counted: {count:?}");
+    assert!(train::CHECK_EVERY >= 50);
+}
