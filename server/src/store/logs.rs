@@ -20,10 +20,32 @@ pub struct LogRead {
     pub data: Vec<u8>,
 }
 
-/// Largest chunk an append may carry; reads look this far back for the chunk holding an offset.
+/// Largest chunk an append may carry.
 pub const MAX_CHUNK: usize = 256 << 10;
+/// Chunks read per query while serving a read.
+const READ_PAGE: i64 = 64;
 /// Chunks dropped at most per append (trimming stays a bounded amount of work).
 const TRIM_BATCH: i64 = 1024;
+
+impl LogRead {
+    /// Takes the part of the chunk at `start` that lies at or after `next`; a gap (output dropped
+    /// by trimming, or never sent) moves on to where the chunk starts.
+    fn append(&mut self, start: i64, data: &[u8]) {
+        let end = start + data.len() as i64;
+        if end <= self.next {
+            return;
+        }
+        if start > self.next {
+            if self.data.is_empty() {
+                self.offset = start;
+            }
+            self.next = start;
+        }
+        self.data
+            .extend_from_slice(&data[(self.next - start) as usize..]);
+        self.next = end;
+    }
+}
 
 impl Store {
     pub async fn append_log(
@@ -89,38 +111,43 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
         let attempt = attempt.unwrap_or(latest);
-        let from = offset.saturating_sub(MAX_CHUNK as i64);
-        let rows = sqlx::query!(
-            r#"SELECT start, data FROM logs WHERE job_id = ? AND attempt = ? AND start >= ?
-               ORDER BY start LIMIT 64"#,
+        // The chunk holding `offset` (or the first one): the newest start at or before it.
+        let mut from = sqlx::query_scalar!(
+            r#"SELECT max(start) AS "start: i64" FROM logs WHERE job_id = ? AND attempt = ? AND start <= ?"#,
             job,
             attempt,
-            from
+            offset
         )
-        .fetch_all(&self.read)
-        .await?;
+        .fetch_one(&self.read)
+        .await?
+        .unwrap_or(0);
         let mut out = LogRead {
             attempt,
             offset,
             next: offset,
             data: vec![],
         };
-        for r in rows {
-            let end = r.start + r.data.len() as i64;
-            if end <= out.next {
-                continue;
-            }
-            if r.start > out.next {
-                // Dropped (or never sent): what is there starts later.
-                if out.data.is_empty() {
-                    out.offset = r.start;
+        // Pages of chunks (bounded memory whatever their sizes) until `limit` bytes are out.
+        while out.data.len() < limit {
+            let rows = sqlx::query!(
+                r#"SELECT start, data FROM logs WHERE job_id = ? AND attempt = ? AND start >= ?
+                   ORDER BY start LIMIT ?"#,
+                job,
+                attempt,
+                from,
+                READ_PAGE
+            )
+            .fetch_all(&self.read)
+            .await?;
+            let full_page = rows.len() as i64 == READ_PAGE;
+            for r in rows {
+                from = r.start + 1;
+                out.append(r.start, &r.data);
+                if out.data.len() >= limit {
+                    break;
                 }
-                out.next = r.start;
             }
-            let skip = (out.next - r.start) as usize;
-            out.data.extend_from_slice(&r.data[skip..]);
-            out.next = end;
-            if out.data.len() >= limit {
+            if !full_page {
                 break;
             }
         }

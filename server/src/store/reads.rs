@@ -30,6 +30,13 @@ struct JobSql {
     extra: Option<String>,
 }
 
+/// A program's own metrics as `metrics.extra` stores them (a JSON object; absent: none).
+fn own_metrics(stored: Option<&str>) -> std::collections::BTreeMap<String, Option<f64>> {
+    stored
+        .and_then(|e| serde_json::from_str(e).ok())
+        .unwrap_or_default()
+}
+
 impl From<JobSql> for JobRow {
     fn from(r: JobSql) -> Self {
         JobRow {
@@ -45,11 +52,7 @@ impl From<JobSql> for JobRow {
                 f1: r.f1,
                 images_per_sec: r.images_per_sec,
                 seconds: r.seconds,
-                extra: r
-                    .extra
-                    .as_deref()
-                    .and_then(|e| serde_json::from_str(e).ok())
-                    .unwrap_or_default(),
+                extra: own_metrics(r.extra.as_deref()),
                 diverged: false,
             }),
             id: r.id,
@@ -304,11 +307,7 @@ impl Store {
             s.train_loss.push(r.train_loss);
             s.test_loss.push(r.test_loss);
             s.accuracy.push(r.accuracy);
-            let own: std::collections::BTreeMap<String, Option<f64>> = r
-                .extra
-                .as_deref()
-                .and_then(|e| serde_json::from_str(e).ok())
-                .unwrap_or_default();
+            let own = own_metrics(r.extra.as_deref());
             let n = s.epoch.len();
             for (name, v) in own {
                 // A metric first seen at this epoch is absent (null) at the earlier ones.
@@ -353,10 +352,7 @@ impl Store {
             f1: r.f1,
             images_per_sec: r.images_per_sec,
             seconds: r.seconds,
-            extra: r
-                .extra
-                .and_then(|e| serde_json::from_str(&e).ok())
-                .unwrap_or_default(),
+            extra: own_metrics(r.extra.as_deref()),
             diverged: false,
         })
         .collect();

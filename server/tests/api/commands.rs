@@ -286,3 +286,40 @@ async fn a_log_is_fenced_stored_once_and_read_on_from_any_offset() {
         StatusCode::PAYLOAD_TOO_LARGE
     );
 }
+
+/// A log made of many small chunks (the usual case: a line or two per poll) is read from any
+/// offset, far past the first chunks, and paged through whole.
+#[tokio::test]
+async fn a_log_of_many_small_chunks_reads_from_any_offset() {
+    let app = spawn_app().await;
+    app.submit(TWO_JOBS).await;
+    let c = app.claim("w").await.unwrap();
+    let line = |i: usize| format!("line {i:05} {}\n", "x".repeat(50));
+    let mut all = String::new();
+    for i in 0..6000 {
+        let l = line(i);
+        let status = append(&app, c.id, 1, all.len() as i64, &l, WORKER_TOKEN).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        all.push_str(&l);
+    }
+    assert!(
+        all.len() > 300_000,
+        "more than one chunk's reach: {}",
+        all.len()
+    );
+    let far = all.len() - 1000;
+    let (text, offset, next) = read(&app, c.id, &format!("offset={far}")).await;
+    assert_eq!((offset, next), (far as i64, all.len() as i64));
+    assert_eq!(text, all[far..]);
+    // Paged from the start, the reads put the whole log back together.
+    let (mut got, mut at) = (String::new(), 0);
+    loop {
+        let (text, _, next) = read(&app, c.id, &format!("offset={at}")).await;
+        if next == at {
+            break;
+        }
+        got.push_str(&text);
+        at = next;
+    }
+    assert_eq!(got, all);
+}
