@@ -78,8 +78,16 @@ extern "C" void *seeddist_init(const char *host, int port, int rank, int world, 
 #ifdef SEED_NCCL
     auto o = c10::make_intrusive<c10d::ProcessGroupNCCL::Options>();
     o->timeout = timeout;
-    auto be = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, o);
-    pg->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::NCCL, be);
+    // Each backend keys the store under its own prefix, as PyTorch's `cpu:gloo,cuda:nccl` does.
+    auto nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(
+        c10::make_intrusive<c10d::PrefixStore>("cuda/", store), rank, world, o);
+    // NCCL carries CUDA tensors only; the trainer's control collectives (the start and stop votes,
+    // the evaluation's gather, the replicas' spread) use small host tensors: Gloo takes those.
+    auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
+        c10::make_intrusive<c10d::PrefixStore>("cpu/", store), rank, world,
+        c10d::ProcessGroupGloo::Options::create_default(timeout));
+    pg->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, gloo);
+    pg->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::NCCL, nccl);
     pg->setDefaultBackend(c10d::ProcessGroup::BackendType::NCCL);
     (void)device_index;
 #else
