@@ -51,6 +51,16 @@ fn cpu(t: &Tensor) -> Tensor {
     t.detach().to_device(Device::Cpu).contiguous()
 }
 
+/// A host copy the model's later steps cannot change (on the CPU `cpu` may alias the tensor).
+fn owned(t: &Tensor) -> Tensor {
+    let c = cpu(t);
+    if t.device() == Device::Cpu {
+        c.copy()
+    } else {
+        c
+    }
+}
+
 /// Writes `tensors` to `path` through a temporary file and a rename, so readers never see half a file.
 pub fn write_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
     let tmp = tmp_path(path);
@@ -71,10 +81,18 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 /// The study-named state dict: our variables plus `num_batches_tracked` for every BatchNorm.
 /// Every BN layer runs once per training step, so each one's count is the number of steps taken.
 pub fn study_state_dict(params: &Params, steps: i64) -> Vec<(String, Tensor)> {
+    study_tensors(params, steps, cpu)
+}
+
+fn study_tensors(
+    params: &Params,
+    steps: i64,
+    take: fn(&Tensor) -> Tensor,
+) -> Vec<(String, Tensor)> {
     let mut out: BTreeMap<String, Tensor> = params
         .all
         .iter()
-        .map(|(n, t)| (n.clone(), cpu(t)))
+        .map(|(n, t)| (n.clone(), take(t)))
         .collect();
     let bns: Vec<String> = out
         .keys()
@@ -162,19 +180,50 @@ pub fn save_resume(
     meta: &ResumeMeta,
     path: &Path,
 ) -> Result<()> {
+    write_atomic(&resume_tensors(params, momentum, meta, cpu)?, path)
+}
+
+fn resume_tensors(
+    params: &Params,
+    momentum: &[Option<Tensor>],
+    meta: &ResumeMeta,
+    take: fn(&Tensor) -> Tensor,
+) -> Result<Vec<(String, Tensor)>> {
     let mut tensors: Vec<(String, Tensor)> = params
         .all
         .iter()
-        .map(|(n, t)| (format!("model.{n}"), cpu(t)))
+        .map(|(n, t)| (format!("model.{n}"), take(t)))
         .collect();
     for (name, buf) in params.trainable_names().into_iter().zip(momentum) {
         if let Some(buf) = buf {
-            tensors.push((format!("momentum.{name}"), cpu(buf)));
+            tensors.push((format!("momentum.{name}"), take(buf)));
         }
     }
     let json = serde_json::to_vec(meta)?;
     tensors.push(("meta".into(), Tensor::from_slice(&json)));
-    write_atomic(&tensors, path)
+    Ok(tensors)
+}
+
+/// An epoch's checkpoint copied off the model, to be written while the next epoch trains: the
+/// study-named weights, then the resume state (the commit point), each written whole by rename.
+#[derive(Debug)]
+pub struct Snapshot {
+    weights: Vec<(String, Tensor)>,
+    resume: Vec<(String, Tensor)>,
+}
+
+impl Snapshot {
+    pub fn take(params: &Params, momentum: &[Option<Tensor>], meta: &ResumeMeta) -> Result<Self> {
+        Ok(Snapshot {
+            weights: study_tensors(params, meta.steps, owned),
+            resume: resume_tensors(params, momentum, meta, owned)?,
+        })
+    }
+
+    pub fn write(&self, weights: &Path, resume: &Path) -> Result<()> {
+        write_atomic(&self.weights, weights)?;
+        write_atomic(&self.resume, resume)
+    }
 }
 
 /// The metadata of a resume file alone, read from the safetensors layout (an 8-byte little-endian

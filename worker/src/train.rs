@@ -126,11 +126,13 @@ fn append_metrics(m: &EpochMetrics, path: &Path) -> Result<()> {
     Ok(())
 }
 
+const CONTRACT_METRICS: &str = protocol::command::env::METRICS;
+
 /// `worker train` run as a command job (a sweep's `[command]`, e.g. beside another program):
 /// each epoch's line also goes to `$SWEEP_METRICS`, after its checkpoint is committed, as the
 /// environment contract asks (`--out` defaults to `$SWEEP_CHECKPOINT_DIR`).
 fn report_to_contract(m: Option<&EpochMetrics>) -> Result<()> {
-    match (m, std::env::var_os(protocol::command::env::METRICS)) {
+    match (m, std::env::var_os(CONTRACT_METRICS)) {
         (Some(m), Some(path)) => append_metrics(m, Path::new(&path)),
         _ => Ok(()),
     }
@@ -461,6 +463,7 @@ pub fn run(
         },
         bar: None,
         first_step_at: None,
+        writing: None,
     };
     trainer.bar = trainer.progress_bar();
     let status = trainer.epochs(&mut model, &mut meta, on_epoch)?;
@@ -709,6 +712,8 @@ struct Trainer<'a> {
     schedule: LrSchedule,
     bar: Option<indicatif::ProgressBar>,
     first_step_at: Option<i64>,
+    /// The previous epoch's checkpoint being written (rank 0), off the training's critical path.
+    writing: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 impl Trainer<'_> {
@@ -751,6 +756,7 @@ impl Trainer<'_> {
             if trained.diverged {
                 status = Status::Diverged;
                 if self.ranks.is_main() {
+                    self.wait_for_checkpoint()?; // or it would write the file back
                     let _ = std::fs::remove_file(&self.files.resume);
                     report_to_contract(line)?;
                 }
@@ -758,7 +764,10 @@ impl Trainer<'_> {
             }
             meta.epoch = epoch;
             self.commit(model, meta)?;
-            if self.ranks.is_main() {
+            if self.ranks.is_main() && std::env::var_os(CONTRACT_METRICS).is_some() {
+                // As a command job the line follows its checkpoint (the worker archives the
+                // directory when it sees the line).
+                self.wait_for_checkpoint()?;
                 report_to_contract(meta.history.last().filter(|m| m.epoch == epoch))?;
             }
             if self.agree_to_stop(&stop)? && !last {
@@ -770,6 +779,7 @@ impl Trainer<'_> {
         if let Some(pb) = &self.bar {
             pb.finish_and_clear();
         }
+        self.wait_for_checkpoint()?;
         Ok(status)
     }
 
@@ -968,14 +978,30 @@ impl Trainer<'_> {
         }
     }
 
-    /// The epoch's commit: rank 0 writes the weights, then the resume state (the commit point).
-    fn commit(&self, model: &Model, meta: &ResumeMeta) -> Result<()> {
-        if self.ranks.is_main() {
-            let weights = self.files.out.join(WEIGHTS_FILE);
-            checkpoint::save_weights(&model.params, meta.steps, &weights)?;
-            checkpoint::save_resume(&model.params, &model.sgd.buffers, meta, &self.files.resume)?;
+    /// The epoch's commit: rank 0 copies the weights, momentum and metadata off the model and a
+    /// thread writes them (the weights, then the resume state: the commit point) while the next
+    /// epoch trains. One write at a time, in epoch order; the run waits for the last one.
+    fn commit(&mut self, model: &Model, meta: &ResumeMeta) -> Result<()> {
+        if !self.ranks.is_main() {
+            return Ok(());
         }
+        self.wait_for_checkpoint()?;
+        let snapshot = checkpoint::Snapshot::take(&model.params, &model.sgd.buffers, meta)?;
+        let (weights, resume) = (self.files.out.join(WEIGHTS_FILE), self.files.resume.clone());
+        self.writing = Some(std::thread::spawn(move || {
+            snapshot.write(&weights, &resume)
+        }));
         Ok(())
+    }
+
+    fn wait_for_checkpoint(&mut self) -> Result<()> {
+        match self.writing.take() {
+            Some(h) => h
+                .join()
+                .map_err(|_| anyhow::anyhow!("the checkpoint writer panicked"))?
+                .context("writing the epoch's checkpoint"),
+            None => Ok(()),
+        }
     }
 
     /// Synchronisation point 4: ranks stop together; a signal seen by any of them stops all after
@@ -1022,6 +1048,7 @@ pub fn count_step_ops(cfg: &TrainConfig) -> Result<crate::shim::OpCount> {
         },
         bar: None,
         first_step_at: None,
+        writing: None,
     };
     let plan = EpochPlan::new(cfg.seed, 1, data.train.len());
     let chunks: Vec<&[usize]> = trainer
