@@ -832,7 +832,7 @@ impl Trainer<'_> {
                 break;
             }
             if let Some(pb) = &self.bar {
-                pb.inc((i + 1 - pb.position() as usize) as u64);
+                pb.set_position((i + 1) as u64);
                 pb.set_message(format!(
                     "loss {:.4} lr {lr:.2e} {:.1} img/s",
                     e.loss_sum / e.seen as f64,
@@ -886,7 +886,8 @@ impl Trainer<'_> {
         );
         // The global batch's mean loss (what one process with batch world x b would see), in f64
         // on the device: every rank gets the same value, so all skip a non-finite step together.
-        let n = Tensor::from_slice(&[chunk.len() as f64]).to_device(self.device);
+        // Filled on the device: no host-to-device copy in the step.
+        let n = Tensor::full([1], chunk.len() as f64, (Kind::Double, self.device));
         let mut lv = loss.detach().to_kind(Kind::Double).view([1]);
         let mut n_all = n.shallow_clone();
         if let Some(pg) = self.ranks.pg() {

@@ -60,11 +60,16 @@ impl Coordinator {
         }
     }
 
+    /// A request to `path` (with its query) on the coordinator, with this worker's token.
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        self.agent
+            .request(method, &format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {}", self.token))
+    }
+
     fn post(&self, path: &str, body: &impl Serialize) -> Result<Option<Value>, CallError> {
         let r = self
-            .agent
-            .post(&format!("{}{path}", self.base))
-            .set("Authorization", &format!("Bearer {}", self.token))
+            .request("POST", path)
             .send_json(body)
             .map_err(Self::classify)?;
         if r.status() == 204 {
@@ -102,9 +107,7 @@ impl Coordinator {
     /// Jobs pending or running across all sweeps (for `--exit-when-idle`).
     pub fn unfinished_jobs(&self) -> Result<i64, CallError> {
         let v: Value = self
-            .agent
-            .get(&format!("{}{}", self.base, routes::SWEEPS))
-            .set("Authorization", &format!("Bearer {}", self.token))
+            .request("GET", routes::SWEEPS)
             .call()
             .map_err(Self::classify)?
             .into_json()
@@ -165,13 +168,8 @@ impl Coordinator {
         offset: u64,
         data: &[u8],
     ) -> Result<(), CallError> {
-        self.agent
-            .post(&format!(
-                "{}{}?attempt={attempt}&offset={offset}",
-                self.base,
-                routes::log(job)
-            ))
-            .set("Authorization", &format!("Bearer {}", self.token))
+        let path = format!("{}?attempt={attempt}&offset={offset}", routes::log(job));
+        self.request("POST", &path)
             .set("Content-Type", "application/octet-stream")
             .send_bytes(data)
             .map_err(Self::classify)?;
@@ -182,13 +180,8 @@ impl Coordinator {
         // Opened before sending: the trainer replaces the file by rename, so this handle stays whole.
         let f = std::fs::File::open(file)
             .map_err(|e| CallError::Refused(format!("{}: {e}", file.display())))?;
-        self.agent
-            .put(&format!(
-                "{}{}?attempt={attempt}",
-                self.base,
-                routes::checkpoint(job)
-            ))
-            .set("Authorization", &format!("Bearer {}", self.token))
+        let path = format!("{}?attempt={attempt}", routes::checkpoint(job));
+        self.request("PUT", &path)
             .set("Content-Type", "application/octet-stream")
             .send(f)
             .map_err(Self::classify)?;
@@ -197,12 +190,7 @@ impl Coordinator {
 
     /// Fetches the job's last checkpoint into `dest`; false when it has none.
     pub fn download_checkpoint(&self, job: i64, dest: &Path) -> Result<bool, CallError> {
-        let r = match self
-            .agent
-            .get(&format!("{}{}", self.base, routes::checkpoint(job)))
-            .set("Authorization", &format!("Bearer {}", self.token))
-            .call()
-        {
+        let r = match self.request("GET", &routes::checkpoint(job)).call() {
             Ok(r) => r,
             Err(ureq::Error::Status(404, _)) => return Ok(false),
             Err(e) => return Err(Self::classify(e)),

@@ -100,21 +100,11 @@ pub fn train_command(
     cfg.data_md5 = opts.data_md5.clone();
     let mut cmd = Command::new(&opts.exe);
     cmd.args(cfg.to_args()).arg("--out").arg(out);
-    // A trainer must not outlive its worker: if the worker is killed, nobody would report its epochs
-    // while it kept a device busy. Its checkpoint is on the coordinator; another worker resumes it.
-    // SAFETY: prctl in the child between fork and exec touches no Rust state.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
     Ok(cmd)
 }
 
 /// A path from a sweep, checked to stay under the root it is joined to.
-fn relative_name<'a>(key: &str, name: &'a str) -> anyhow::Result<&'a Path> {
+pub(super) fn relative_name<'a>(key: &str, name: &'a str) -> anyhow::Result<&'a Path> {
     protocol::check_relative_path(name)
         .map_err(|why| anyhow::anyhow!("{key} {name:?}: {}", why.message()))
 }
@@ -128,11 +118,10 @@ enum StopReason {
     Shutdown,
 }
 
-/// How far a stop has gone.
+/// How far a stop has gone (it exists once the program has been told).
 #[derive(Debug, Clone, Copy)]
 struct Halt {
     since: Instant,
-    told: bool,
     termed: bool,
     killed: bool,
 }
@@ -166,13 +155,14 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(
         claim: Claim,
+        program: Result<Program, String>,
         coord: Coordinator,
         opts: JobOptions,
         progress: Arc<Mutex<Progress>>,
     ) -> Self {
         let out = opts.work_dir.join(format!("job-{}", claim.id));
         Supervisor {
-            program: Program::of(&claim),
+            program,
             claim,
             coord,
             opts,
@@ -278,10 +268,7 @@ impl Supervisor {
     }
 
     fn start(&mut self, placement: &Placement) -> Result<Child, String> {
-        let what = match self.program() {
-            Program::Trainer => "the trainer",
-            Program::Command { .. } => "the command",
-        };
+        let what = self.program().name();
         let mut child = self
             .program()
             .command(&self.opts, &self.claim, placement, &self.out)
@@ -292,7 +279,7 @@ impl Supervisor {
                     .spawn()
                     .map_err(Into::into)
             })
-            .map_err(|e| format!("cannot start {what}: {e}"))?;
+            .map_err(|e| format!("cannot start the {what}: {e}"))?;
         self.output = Output::capture(&mut child, self.job());
         Ok(child)
     }
@@ -349,23 +336,21 @@ impl Supervisor {
         let Some(reason) = self.stop_reason(stopping) else {
             return;
         };
-        let (job, pid) = (self.job(), child.id() as i32);
+        let pid = child.id() as i32;
         let grace = self.opts.stop_grace;
         let is_command = self.program().is_command();
-        let stop_file = Program::stop_file(&self.out);
+        if self.halt.is_none() {
+            tracing::info!(job = self.job(), ?reason, "stopping the job's program");
+            if is_command {
+                let stop_file = Program::stop_file(&self.out);
+                let _ = std::fs::write(stop_file, format!("{reason:?}\n").to_lowercase());
+            }
+        }
         let halt = self.halt.get_or_insert(Halt {
             since: Instant::now(),
-            told: false,
             termed: false,
             killed: false,
         });
-        if !halt.told {
-            halt.told = true;
-            tracing::info!(job, ?reason, "stopping the job's program");
-            if is_command {
-                let _ = std::fs::write(&stop_file, format!("{reason:?}\n").to_lowercase());
-            }
-        }
         let signal = |group: bool, sig: i32| {
             // SAFETY: kill(2) on our own child (or its process group, which setpgid made its own).
             unsafe { libc::kill(if group { -pid } else { pid }, sig) };
@@ -413,7 +398,7 @@ impl Supervisor {
                 Write::Release("the worker shut down after a checkpoint".into())
             }
             c => {
-                let what = if command { "command" } else { "trainer" };
+                let what = self.program().name();
                 let tail = self.output.tail().join("\n");
                 let error = match c {
                     c if c < 0 => format!("{what} was killed by signal {}:\n{tail}", -c),

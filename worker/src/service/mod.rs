@@ -241,7 +241,9 @@ impl Service {
     /// Places a claimed job on free slots and starts its supervisor; false (and the job given back)
     /// when it does not fit, which the coordinator's capacity check makes a should-not-happen.
     fn supervise(&mut self, claim: Claim) -> bool {
-        let (nproc, batch_size) = job::Program::of(&claim)
+        let program = job::Program::of(&claim);
+        let (nproc, batch_size) = program
+            .as_ref()
             .map(|p| p.shape(&claim.params))
             .unwrap_or((1, i64::MAX));
         let Some(placement) = self.slots.place(claim.id, nproc, batch_size) else {
@@ -255,6 +257,7 @@ impl Service {
         let id = claim.id;
         let sup = job::Supervisor::new(
             claim,
+            program,
             self.coord.clone(),
             self.opts.clone(),
             progress.clone(),

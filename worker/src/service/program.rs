@@ -8,7 +8,7 @@ use super::slots::{DeviceKind, Placement};
 use crate::checkpoint::RESUME_FILE;
 use protocol::command::env;
 use protocol::{CommandSpec, MetricsReport};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -48,6 +48,14 @@ impl Program {
         matches!(self, Program::Command { .. })
     }
 
+    /// What it is called in messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Program::Trainer => "trainer",
+            Program::Command { .. } => "command",
+        }
+    }
+
     /// Ranks it needs, and the batch size it packs by (a command is never packed).
     pub fn shape(&self, params: &Value) -> (usize, i64) {
         match self {
@@ -83,6 +91,22 @@ impl Program {
             Program::Trainer => super::job::train_command(opts, &claim.params, placement, out)?,
             Program::Command { spec, argv } => command_job(opts, claim, spec, argv, out)?,
         };
+        // It must not outlive its worker: if the worker is killed, nobody would report its epochs
+        // while it kept a device busy (another worker resumes it from the coordinator's
+        // checkpoint). A command runs in a process group of its own, so a stop reaches what it
+        // started too.
+        let own_group = self.is_command();
+        // SAFETY: prctl and setpgid in the child between fork and exec touch no Rust state.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if own_group {
+                    libc::setpgid(0, 0);
+                }
+                Ok(())
+            });
+        }
         let gpus: Vec<String> = placement
             .devices
             .iter()
@@ -104,7 +128,7 @@ impl Program {
 }
 
 /// A command job: its argv (no shell), run in `--command-root`/workdir with the contract's
-/// environment, in a process group of its own (a stop reaches what it started too).
+/// environment.
 fn command_job(
     opts: &JobOptions,
     claim: &Claim,
@@ -116,10 +140,7 @@ fn command_job(
         anyhow::bail!("this worker does not run command jobs (worker run --allow-commands)");
     };
     let dir = match &spec.workdir {
-        Some(w) => root.join(
-            protocol::check_relative_path(w)
-                .map_err(|why| anyhow::anyhow!("command.workdir {w:?}: {}", why.message()))?,
-        ),
+        Some(w) => root.join(super::job::relative_name("command.workdir", w)?),
         None => root.clone(),
     };
     let (program, args) = argv
@@ -136,15 +157,6 @@ fn command_job(
         .env(env::METRICS, out.join(crate::train::METRICS_FILE))
         .env(env::CHECKPOINT_DIR, &checkpoint)
         .env(env::STOP_FILE, Program::stop_file(out));
-    // SAFETY: prctl and setpgid in the child between fork and exec touch no Rust state.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            libc::setpgid(0, 0);
-            Ok(())
-        });
-    }
     Ok(cmd)
 }
 
@@ -286,11 +298,6 @@ pub fn unpack_checkpoint(out: &Path, archive: &Path) -> std::io::Result<i64> {
     }
     let _ = std::fs::remove_dir_all(&staging);
     Ok(epoch)
-}
-
-/// The job's parameters as a map (a command's placeholders and `SWEEP_PARAMS`).
-pub fn params_of(claim: &Claim) -> Map<String, Value> {
-    claim.params.as_object().cloned().unwrap_or_default()
 }
 
 #[cfg(test)]
