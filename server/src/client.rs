@@ -94,17 +94,12 @@ impl Client {
         use protocol::log_headers;
         let chosen = attempt.is_some();
         let mut attempt = attempt;
-        let mut offset = 0i64;
+        let (mut offset, mut ended) = (0i64, false);
         loop {
             let mut path = format!("{}?offset={offset}", protocol::routes::log(job));
             if let Some(a) = attempt {
                 path.push_str(&format!("&attempt={a}"));
             }
-            // The job's state is read before its log: once it has ended, this read has it all.
-            let (ended, current) = match follow {
-                true => self.job_state(job).await?,
-                false => (true, 0),
-            };
             let res = self
                 .send(self.http.get(format!("{}{path}", self.base)))
                 .await?;
@@ -124,6 +119,13 @@ impl Client {
             }
             if !follow || ended {
                 return Ok(());
+            }
+            // Caught up: the job's state, then one more read. Once it has ended, a read after
+            // learning so has all it wrote.
+            let current;
+            (ended, current) = self.job_state(job).await?;
+            if ended {
+                continue;
             }
             if !chosen && attempt.is_some_and(|a| current > a) {
                 // A retry (or a resume elsewhere): follow the new attempt from its start.

@@ -11,12 +11,12 @@ use protocol::{log_headers, LogPosition};
 use crate::error::ApiError;
 use crate::events::Event;
 use crate::state::AppState;
-use crate::store::logs::MAX_CHUNK;
 
 /// Most bytes one read returns (a client reads on from `x-log-next`).
 pub const MAX_READ: usize = 1 << 20;
 
-/// Append a chunk of the attempt's output at `offset` (raw bytes, at most 256 KiB).
+/// Append a chunk of the attempt's output at `offset` (raw bytes, at most 256 KiB: the route's body
+/// limit answers 413 to more before it is read).
 #[utoipa::path(post, path = "/api/jobs/{id}/log", tag = "worker protocol", params(("id" = i64, Path), LogPosition),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 204), (status = 409), (status = 413)), security(("bearer" = [])))]
@@ -35,9 +35,6 @@ pub async fn append(
         return Err(ApiError::Unprocessable(
             "offset: must be a byte offset from 0".into(),
         ));
-    }
-    if body.len() > MAX_CHUNK {
-        return Err(ApiError::TooLarge(MAX_CHUNK));
     }
     let done = state
         .store

@@ -100,14 +100,7 @@ impl Store {
             .await
         {
             Ok(None) => StoreError::NotFound(format!("job {job}")),
-            Ok(Some(r)) if r.attempt != attempt => StoreError::Conflict(format!(
-                "job {job}: attempt {attempt} no longer holds the lease (current attempt {})",
-                r.attempt
-            )),
-            Ok(Some(r)) => StoreError::Conflict(format!(
-                "job {job} is {}, not running: attempt {attempt} no longer holds it",
-                r.status
-            )),
+            Ok(Some(r)) => not_holding(job, attempt, &r.status, r.attempt),
             Err(e) => e.into(),
         }
     }
@@ -365,6 +358,19 @@ impl Store {
                 attempt: r.attempt,
             })
             .collect())
+    }
+}
+
+/// Why `attempt` does not hold `job`, from the job's status and current attempt.
+pub(super) fn not_holding(job: i64, attempt: i64, status: &str, current: i64) -> StoreError {
+    if current != attempt {
+        StoreError::Conflict(format!(
+            "job {job}: attempt {attempt} no longer holds the lease (current attempt {current})"
+        ))
+    } else {
+        StoreError::Conflict(format!(
+            "job {job} is {status}, not running: attempt {attempt} no longer holds it"
+        ))
     }
 }
 

@@ -167,10 +167,12 @@ async fn fence_in(c: &mut SqliteConnection, job: i64, attempt: i64) -> Result<i6
     if row.status == "running" && row.attempt == attempt {
         Ok(row.sweep_id)
     } else {
-        Err(StoreError::Conflict(format!(
-            "attempt {attempt} does not hold job {job} (it is {} on attempt {})",
-            row.status, row.attempt
-        )))
+        Err(super::lease::not_holding(
+            job,
+            attempt,
+            &row.status,
+            row.attempt,
+        ))
     }
 }
 

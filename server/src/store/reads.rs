@@ -311,7 +311,7 @@ impl Store {
             let n = s.epoch.len();
             for (name, v) in own {
                 // A metric first seen at this epoch is absent (null) at the earlier ones.
-                let column = s.extra.entry(name).or_insert_with(|| vec![None; n - 1]);
+                let column = s.extra.entry(name).or_default();
                 column.resize(n - 1, None);
                 column.push(v);
             }
