@@ -9,6 +9,7 @@
 //! flip p=0.5, colour jitter (brightness, contrast, hue in random order), normalise, Cutout 16x16.
 //! The seed jittered PIL images, which round to 8 bits after each op; here the ops run on floats in
 //! [0, 1] with torchvision's tensor formulas (the same maths without the intermediate rounding).
+use crate::data::Split;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -88,20 +89,83 @@ fn per_channel(v: [f64; 3], device: Device) -> Tensor {
 
 /// u8 images `[B, 3, 32, 32]` to normalised floats, for evaluation.
 pub fn normalize_u8(images: &Tensor, device: Device) -> Tensor {
-    let x = images.to_device(device).to_kind(Kind::Float) / 255.0;
-    (x - per_channel(MEAN, device)) / per_channel(STD, device)
+    Augmenter::new(device).normalize_u8(&images.to_device(device))
+}
+
+/// The augmentation's constants, on the device once per run: the mean, the standard deviation,
+/// the luma weights and the pixel ramp were each a host-to-device copy (or a fill) per step.
+#[derive(Debug)]
+pub struct Augmenter {
+    mean: Tensor,
+    std: Tensor,
+    /// Luma weights (ITU-R 601-2, as torchvision's rgb_to_grayscale): `[1, 3, 1, 1]`.
+    gray: Tensor,
+    /// 0..32 as i64: row and column indices.
+    ramp: Tensor,
+}
+
+impl Augmenter {
+    pub fn new(device: Device) -> Self {
+        Augmenter {
+            mean: per_channel(MEAN, device),
+            std: per_channel(STD, device),
+            gray: Tensor::from_slice(&[0.2989f32, 0.587, 0.114])
+                .view([1, 3, 1, 1])
+                .to_device(device),
+            ramp: Tensor::arange(32, (Kind::Int64, device)),
+        }
+    }
+
+    /// u8 images `[B, 3, 32, 32]`, already on the device, to normalised floats.
+    pub fn normalize_u8(&self, images: &Tensor) -> Tensor {
+        (images.to_kind(Kind::Float) / 255.0 - &self.mean) / &self.std
+    }
+
+    /// Step `i` of `plan`: its images gathered from `split` (u8, the whole split) and augmented,
+    /// and its labels. With the split on the plan's device: no host work, no copy, no sync.
+    pub fn batch(&self, split: &Split, plan: &DevicePlan, i: usize) -> (Tensor, Tensor) {
+        let (idx, p) = plan.step(i);
+        let device = p.t.device();
+        let (images, labels) = match split.images.device() == device {
+            true => (
+                split.images.index_select(0, &idx),
+                split.labels.index_select(0, &idx),
+            ),
+            // A split too large for the device is gathered on the host and sent per step.
+            false => {
+                let idx = idx.to_device(split.images.device());
+                (
+                    split.images.index_select(0, &idx).to_device(device),
+                    split.labels.index_select(0, &idx).to_device(device),
+                )
+            }
+        };
+        (self.apply(&images, &p), labels)
+    }
+
+    /// The study's train augmentation of u8 images on the device, one parameter row per image.
+    fn apply(&self, images: &Tensor, p: &Params) -> Tensor {
+        let x = images.to_kind(Kind::Float) / 255.0;
+        let x = self.crop(&x, p);
+        let flip = p.factor(2).gt(0.5);
+        let x = x.flip([3]).where_self(&flip, &x);
+        let x = self.jitter(&x, p);
+        let x = (x - &self.mean) / &self.std;
+        self.cut(&x, p)
+    }
 }
 
 /// One batch's augmentation parameters as columns of a single `[B, COLUMNS, 1, 1]` float tensor
-/// on the device: one host-to-device copy per batch instead of one per parameter (integers up to 32
-/// are exact in f32), and a per-image factor is one `narrow` away.
+/// on the device (integers up to 32 are exact in f32): a per-image factor is one `narrow` away.
 struct Params {
     t: Tensor,
     b: i64,
     /// Jitter slots some image of the batch uses, brightness then contrast: a slot nobody uses is
     /// skipped (the plan is on the host, so this costs no sync).
-    used: [[bool; 2]; SLOTS],
+    used: Used,
 }
+
+type Used = [[bool; 2]; SLOTS];
 
 /// Columns: crop y, crop x, flip, hue, Cutout y, Cutout x, then per jitter slot the brightness
 /// factor, the contrast factor and one minus it (each 1, 1 and 0 for an image that does not apply
@@ -110,32 +174,37 @@ const FIXED: usize = 6;
 const SLOTS: usize = 4;
 const COLUMNS: usize = FIXED + 3 * SLOTS;
 
+/// One image's parameter row; marks in `used` the slots it applies an op at.
+fn columns(a: &SampleAug, used: &mut Used) -> [f32; COLUMNS] {
+    let mut row = [0f32; COLUMNS];
+    row[..FIXED].copy_from_slice(&[
+        a.crop_y as f32,
+        a.crop_x as f32,
+        f32::from(u8::from(a.flip)),
+        a.hue,
+        a.cutout_y as f32,
+        a.cutout_x as f32,
+    ]);
+    for (slot, op) in jitter_slots(a.order).into_iter().enumerate() {
+        let (bright, contrast) = match op {
+            Some(0) => (a.brightness, 1.0),
+            Some(_) => (1.0, a.contrast),
+            None => (1.0, 1.0),
+        };
+        if let Some(op) = op {
+            used[slot][op as usize] = true;
+        }
+        // 1 - c on the host is the device's `-c + 1`: one correctly rounded f32 operation.
+        let col = FIXED + 3 * slot;
+        row[col..col + 3].copy_from_slice(&[bright, contrast, 1.0 - contrast]);
+    }
+    row
+}
+
 impl Params {
     fn new(aug: &[SampleAug], device: Device) -> Self {
-        let mut v = Vec::with_capacity(aug.len() * COLUMNS);
         let mut used = [[false; 2]; SLOTS];
-        for a in aug {
-            v.extend_from_slice(&[
-                a.crop_y as f32,
-                a.crop_x as f32,
-                f32::from(u8::from(a.flip)),
-                a.hue,
-                a.cutout_y as f32,
-                a.cutout_x as f32,
-            ]);
-            for (slot, op) in jitter_slots(a.order).into_iter().enumerate() {
-                let (bright, contrast) = match op {
-                    Some(0) => (a.brightness, 1.0),
-                    Some(_) => (1.0, a.contrast),
-                    None => (1.0, 1.0),
-                };
-                if let Some(op) = op {
-                    used[slot][op as usize] = true;
-                }
-                // 1 - c on the host is the device's `-c + 1`: one correctly rounded f32 operation.
-                v.extend_from_slice(&[bright, contrast, 1.0 - contrast]);
-            }
-        }
+        let v: Vec<f32> = aug.iter().flat_map(|a| columns(a, &mut used)).collect();
         let b = aug.len() as i64;
         let t = Tensor::from_slice(&v)
             .view([b, COLUMNS as i64, 1, 1])
@@ -154,6 +223,72 @@ impl Params {
             .narrow(1, i as i64, 1)
             .to_kind(Kind::Int64)
             .view([self.b, 1])
+    }
+}
+
+/// One epoch of one rank, on the device: the split indices of its positions `[P]` and their
+/// parameter rows `[P, COLUMNS]`, two host-to-device copies per epoch instead of two per step; a
+/// step narrows both (views, no copy).
+#[derive(Debug)]
+pub struct DevicePlan {
+    order: Tensor,
+    params: Tensor,
+    batch: usize,
+    len: usize,
+    /// Per step, the jitter slots its batch uses (read on the host: a step needs no device read).
+    used: Vec<Used>,
+}
+
+impl DevicePlan {
+    /// `positions` of `plan` (a rank's share of the epoch's order, in the order it visits them),
+    /// cut into batches of `batch`, the last one possibly shorter.
+    pub fn new(plan: &EpochPlan, positions: &[usize], batch: usize, device: Device) -> Self {
+        assert!(batch > 0, "a batch holds at least one image");
+        let order: Vec<i64> = positions.iter().map(|&p| plan.order[p]).collect();
+        let mut rows = Vec::with_capacity(positions.len() * COLUMNS);
+        let used = positions
+            .chunks(batch)
+            .map(|chunk| {
+                let mut used = [[false; 2]; SLOTS];
+                for &p in chunk {
+                    rows.extend(columns(&plan.aug[p], &mut used));
+                }
+                used
+            })
+            .collect();
+        DevicePlan {
+            order: Tensor::from_slice(&order).to_device(device),
+            params: Tensor::from_slice(&rows)
+                .view([positions.len() as i64, COLUMNS as i64])
+                .to_device(device),
+            batch,
+            len: positions.len(),
+            used,
+        }
+    }
+
+    pub fn steps(&self) -> usize {
+        self.used.len()
+    }
+
+    /// Images in step `i`'s batch.
+    pub fn step_len(&self, i: usize) -> usize {
+        self.batch.min(self.len - i * self.batch)
+    }
+
+    /// Step `i`'s split indices and parameters.
+    fn step(&self, i: usize) -> (Tensor, Params) {
+        let (start, b) = ((i * self.batch) as i64, self.step_len(i) as i64);
+        let t = self
+            .params
+            .narrow(0, start, b)
+            .view([b, COLUMNS as i64, 1, 1]);
+        let p = Params {
+            t,
+            b,
+            used: self.used[i],
+        };
+        (self.order.narrow(0, start, b), p)
     }
 }
 
@@ -176,42 +311,33 @@ fn jitter_slots(order: u8) -> [Option<u8>; SLOTS] {
 }
 
 /// Augments u8 images `[B, 3, 32, 32]` with one parameter set per image; returns normalised floats.
+/// (The trainer takes its batches through [`Augmenter::batch`]: the same maths.)
 pub fn augment(images: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
-    let b = aug.len() as i64;
-    assert_eq!(images.size()[0], b, "one augmentation per image");
-    let p = Params::new(aug, device);
-    let x = images.to_device(device).to_kind(Kind::Float) / 255.0;
-    let x = crop(&x, &p);
-    let flip = p.factor(2).gt(0.5);
-    let x = x.flip([3]).where_self(&flip, &x);
-    let x = jitter(&x, &p);
-    let x = (x - per_channel(MEAN, device)) / per_channel(STD, device);
-    cut(&x, &p)
+    assert_eq!(
+        images.size()[0],
+        aug.len() as i64,
+        "one augmentation per image"
+    );
+    Augmenter::new(device).apply(&images.to_device(device), &Params::new(aug, device))
 }
 
 /// Pads by 4 with zeros and takes the 32x32 window at each image's offset: two gathers, rows then columns.
 pub fn random_crop(x: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
-    crop(x, &Params::new(aug, device))
+    Augmenter::new(device).crop(x, &Params::new(aug, device))
 }
 
-fn crop(x: &Tensor, p: &Params) -> Tensor {
-    let (b, c) = (x.size()[0], x.size()[1]);
-    let padded = x.constant_pad_nd([PAD, PAD, PAD, PAD]); // [B, C, 40, 40]
-    let ar = Tensor::arange(32, (Kind::Int64, x.device()));
-    let rows = (&ar + p.index(0))
-        .view([b, 1, 32, 1])
-        .expand([b, c, 32, 40], false);
-    let cols = (&ar + p.index(1))
-        .view([b, 1, 1, 32])
-        .expand([b, c, 32, 32], false);
-    padded.gather(2, &rows, false).gather(3, &cols, false)
-}
-
-/// ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale: `[1, 3, 1, 1]`.
-fn gray_weights(device: Device) -> Tensor {
-    Tensor::from_slice(&[0.2989f32, 0.587, 0.114])
-        .view([1, 3, 1, 1])
-        .to_device(device)
+impl Augmenter {
+    fn crop(&self, x: &Tensor, p: &Params) -> Tensor {
+        let (b, c) = (x.size()[0], x.size()[1]);
+        let padded = x.constant_pad_nd([PAD, PAD, PAD, PAD]); // [B, C, 40, 40]
+        let rows = (&self.ramp + p.index(0))
+            .view([b, 1, 32, 1])
+            .expand([b, c, 32, 40], false);
+        let cols = (&self.ramp + p.index(1))
+            .view([b, 1, 1, 32])
+            .expand([b, c, 32, 32], false);
+        padded.gather(2, &rows, false).gather(3, &cols, false)
+    }
 }
 
 fn adjust_brightness(x: &Tensor, f: &Tensor) -> Tensor {
@@ -230,7 +356,7 @@ fn blend_with_mean(x: &Tensor, f: &Tensor, one_minus_f: &Tensor, gray: &Tensor) 
 /// The op alone (the trainer applies it through [`jitter`]'s slots).
 #[cfg(test)]
 fn adjust_contrast(x: &Tensor, f: &Tensor) -> Tensor {
-    blend_with_mean(x, f, &(-f + 1.0), &gray_weights(x.device()))
+    blend_with_mean(x, f, &(-f + 1.0), &Augmenter::new(x.device()).gray)
 }
 
 /// Shifts hue through HSV, with torchvision's `_rgb2hsv` / `_hsv2rgb` formulas.
@@ -282,47 +408,48 @@ pub fn adjust_hue(x: &Tensor, shift: &Tensor) -> Tensor {
 /// exactly its ops in its order: the three-step sequence's result, bit for bit, with hue (the costly
 /// op) computed once instead of three times and no masks.
 pub fn color_jitter(x: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
-    jitter(x, &Params::new(aug, device))
-}
-
-fn jitter(x: &Tensor, p: &Params) -> Tensor {
-    let gray = gray_weights(x.device());
-    let slot = |x: Tensor, s: usize| {
-        let col = FIXED + 3 * s;
-        let x = match p.used[s][0] {
-            true => adjust_brightness(&x, &p.factor(col)),
-            false => x,
-        };
-        match p.used[s][1] {
-            true => blend_with_mean(&x, &p.factor(col + 1), &p.factor(col + 2), &gray),
-            false => x,
-        }
-    };
-    let x = slot(slot(x.shallow_clone(), 0), 1);
-    let x = adjust_hue(&x, &p.factor(3));
-    slot(slot(x, 2), 3)
+    Augmenter::new(device).jitter(x, &Params::new(aug, device))
 }
 
 /// Zeroes a 16x16 square centred at each image's (y, x), clipped at the borders (after normalisation).
 pub fn cutout(x: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
-    cut(x, &Params::new(aug, device))
+    Augmenter::new(device).cut(x, &Params::new(aug, device))
 }
 
-fn cut(x: &Tensor, p: &Params) -> Tensor {
-    let b = p.b;
-    let ar = Tensor::arange(32, (Kind::Int64, x.device())).view([1, 32]);
-    let (cy, cx) = (p.index(4), p.index(5));
-    let half = CUTOUT / 2;
-    let in_rows = ar
-        .ge_tensor(&(&cy - half))
-        .logical_and(&ar.lt_tensor(&(&cy + half))); // [B, 32]
-    let in_cols = ar
-        .ge_tensor(&(&cx - half))
-        .logical_and(&ar.lt_tensor(&(&cx + half)));
-    let mask = in_rows
-        .view([b, 1, 32, 1])
-        .logical_and(&in_cols.view([b, 1, 1, 32])); // [B, 1, 32, 32]
-    x.masked_fill(&mask, 0.0)
+impl Augmenter {
+    fn jitter(&self, x: &Tensor, p: &Params) -> Tensor {
+        let slot = |x: Tensor, s: usize| {
+            let col = FIXED + 3 * s;
+            let x = match p.used[s][0] {
+                true => adjust_brightness(&x, &p.factor(col)),
+                false => x,
+            };
+            match p.used[s][1] {
+                true => blend_with_mean(&x, &p.factor(col + 1), &p.factor(col + 2), &self.gray),
+                false => x,
+            }
+        };
+        let x = slot(slot(x.shallow_clone(), 0), 1);
+        let x = adjust_hue(&x, &p.factor(3));
+        slot(slot(x, 2), 3)
+    }
+
+    fn cut(&self, x: &Tensor, p: &Params) -> Tensor {
+        let b = p.b;
+        let ar = self.ramp.view([1, 32]);
+        let (cy, cx) = (p.index(4), p.index(5));
+        let half = CUTOUT / 2;
+        let in_rows = ar
+            .ge_tensor(&(&cy - half))
+            .logical_and(&ar.lt_tensor(&(&cy + half))); // [B, 32]
+        let in_cols = ar
+            .ge_tensor(&(&cx - half))
+            .logical_and(&ar.lt_tensor(&(&cx + half)));
+        let mask = in_rows
+            .view([b, 1, 32, 1])
+            .logical_and(&in_cols.view([b, 1, 1, 32])); // [B, 1, 32, 32]
+        x.masked_fill(&mask, 0.0)
+    }
 }
 
 #[cfg(test)]
@@ -367,6 +494,34 @@ mod tests {
             "max diff {}",
             (batched - alone).abs().max()
         );
+    }
+
+    /// The trainer's path (the epoch's plan sent once, each step a slice of it, images gathered
+    /// from the resident split) gives every step the batch that gathering and augmenting that
+    /// step's samples gives, bit for bit: here for rank 1 of 2 with a short last batch.
+    #[test]
+    fn each_step_of_the_device_plan_is_its_samples_augmented() {
+        let n = 40;
+        let plan = EpochPlan::new(11, 3, n);
+        let split = Split {
+            images: Tensor::randint(256, [n as i64, 3, 32, 32], (Kind::Uint8, Device::Cpu)),
+            labels: Tensor::arange(n as i64, (Kind::Int64, Device::Cpu)) * 7,
+        };
+        let positions: Vec<usize> = (1..n).step_by(2).collect();
+        let device_plan = DevicePlan::new(&plan, &positions, 7, Device::Cpu);
+        assert_eq!(device_plan.steps(), 3);
+        assert_eq!(device_plan.step_len(2), 6);
+        let augmenter = Augmenter::new(Device::Cpu);
+        for (i, chunk) in positions.chunks(7).enumerate() {
+            let order: Vec<i64> = chunk.iter().map(|&p| plan.order[p]).collect();
+            let samples: Vec<SampleAug> = chunk.iter().map(|&p| plan.aug[p]).collect();
+            let images = split.images.index_select(0, &Tensor::from_slice(&order));
+            let want = augment(&images, &samples, Device::Cpu);
+            let (x, y) = augmenter.batch(&split, &device_plan, i);
+            assert!(x.equal(&want), "step {i}");
+            let labels: Vec<i64> = order.iter().map(|o| o * 7).collect();
+            assert_eq!(Vec::<i64>::try_from(&y).unwrap(), labels);
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 pub const CIFAR10_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
 pub const CIFAR10_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
@@ -36,7 +36,11 @@ const MEMBERS: [&str; 8] = [
     "readme.html",
 ];
 
-/// Images `[N, 3, 32, 32]` (u8) and labels `[N]` (i64), on the CPU.
+/// A split larger than this stays on the host: CIFAR-10's 60,000 images are 184 MB as u8, so this
+/// only guards against a far larger dataset filling the GPU the model needs.
+pub const DEVICE_SPLIT_MAX_BYTES: u64 = 4 << 30;
+
+/// Images `[N, 3, 32, 32]` (u8) and labels `[N]` (i64), on the CPU when loaded.
 #[derive(Debug)]
 pub struct Split {
     pub images: Tensor,
@@ -50,6 +54,22 @@ impl Split {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// This split on `device`, uploaded whole as u8, when it is at most [`DEVICE_SPLIT_MAX_BYTES`];
+    /// else on the host (batches are then gathered there and sent per step). On the CPU it is the
+    /// same memory.
+    pub fn resident(&self, device: Device) -> Split {
+        let bytes = self.images.numel() + 8 * self.len();
+        let at = if bytes as u64 <= DEVICE_SPLIT_MAX_BYTES {
+            device
+        } else {
+            Device::Cpu
+        };
+        Split {
+            images: self.images.to_device(at),
+            labels: self.labels.to_device(at),
+        }
     }
 
     fn truncate(self, limit: Option<usize>) -> Split {

@@ -1,6 +1,6 @@
 //! The epoch loop of one run. It reports each evaluated epoch through a callback and writes its files
 //! under `out`; it knows nothing of HTTP or of the coordinator.
-use crate::augment::{self, EpochPlan};
+use crate::augment::{Augmenter, DevicePlan, EpochPlan};
 use crate::checkpoint::{self, Params, ResumeMeta, RESUME_FILE, WEIGHTS_FILE};
 use crate::config::TrainConfig;
 use crate::data::{self, Split};
@@ -161,25 +161,39 @@ pub fn evaluate(
 ) -> Result<Evaluation> {
     let n = split.len();
     let (rank, world) = pg.map_or((0, 1), |g| (g.rank(), g.world()));
+    let aug = Augmenter::new(device);
     let mut predictions = vec![0i64; n];
-    let mut loss_sum = 0.0;
+    let (mut starts, mut preds, mut sums) = (vec![], vec![], vec![]);
     tch::no_grad(|| -> Result<()> {
         for start in (0..n).step_by(batch).skip(rank).step_by(world) {
-            let len = batch.min(n - start);
-            let x =
-                augment::normalize_u8(&split.images.narrow(0, start as i64, len as i64), device)
-                    .to_kind(input_kind);
-            let y = split.labels.narrow(0, start as i64, len as i64);
-            let logits = autocast(bf16, || model.try_forward_t(&x, false))??
-                .to_kind(input_kind)
-                .to_device(Device::Cpu);
+            let len = batch.min(n - start) as i64;
+            let images = split.images.narrow(0, start as i64, len);
+            let x = aug
+                .normalize_u8(&images.to_device(device))
+                .to_kind(input_kind);
+            let y = split.labels.narrow(0, start as i64, len).to_device(device);
+            let logits = autocast(bf16, || model.try_forward_t(&x, false))??.to_kind(input_kind);
             let loss = logits.cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0);
-            loss_sum += loss.double_value(&[]);
-            let pred: Vec<i64> = Vec::try_from(&logits.argmax(-1, false))?;
-            predictions[start..start + len].copy_from_slice(&pred);
+            sums.push(loss.to_kind(Kind::Double).view([1]));
+            preds.push(logits.argmax(-1, false));
+            starts.push(start);
         }
         Ok(())
     })?;
+    // One read back for the whole pass: the batches' results stayed on the device. The sums are
+    // added on the host in batch order, in f64, as before.
+    let mut loss_sum = 0.0;
+    if !starts.is_empty() {
+        let sums = Vec::<f64>::try_from(&Tensor::cat(&sums, 0).to_device(Device::Cpu))?;
+        let all = Vec::<i64>::try_from(&Tensor::cat(&preds, 0).to_device(Device::Cpu))?;
+        let mut at = 0;
+        for (&start, sum) in starts.iter().zip(sums) {
+            let len = batch.min(n - start);
+            predictions[start..start + len].copy_from_slice(&all[at..at + len]);
+            loss_sum += sum;
+            at += len;
+        }
+    }
     if let Some(g) = pg {
         // Each index was written by one rank and is 0 elsewhere: a sum gathers them.
         let preds = Tensor::from_slice(&predictions);
@@ -189,7 +203,7 @@ pub fn evaluate(
         predictions = Vec::try_from(&preds)?;
         loss_sum = loss.double_value(&[0]);
     }
-    let truth: Vec<i64> = Vec::try_from(&split.labels)?;
+    let truth: Vec<i64> = Vec::try_from(&split.labels.to_device(Device::Cpu))?;
     let mut confusion = Confusion::new(10);
     confusion.add(&truth, &predictions);
     Ok(Evaluation {
@@ -446,25 +460,14 @@ pub fn run(
         // The resume state is the commit point: drop metric lines written after it.
         write_metrics_file(&meta.history, &files.metrics)?;
     }
-    let mut trainer = Trainer {
-        cfg,
-        device,
-        data: &data,
-        sampler: Sampler::new(data.train.len(), &ranks, cfg.batch_size as usize),
-        ranks: &ranks,
-        sync_bn,
-        files: &files,
-        schedule: LrSchedule {
-            base: cfg.lr,
-            warmup_epochs: cfg.warmup_epochs,
-            warmup_factor: cfg.warmup_factor,
-            milestones: cfg.milestones.clone(),
-            gamma: cfg.gamma,
-        },
-        bar: None,
-        first_step_at: None,
-        writing: None,
+    let schedule = LrSchedule {
+        base: cfg.lr,
+        warmup_epochs: cfg.warmup_epochs,
+        warmup_factor: cfg.warmup_factor,
+        milestones: cfg.milestones.clone(),
+        gamma: cfg.gamma,
     };
+    let mut trainer = Trainer::new(cfg, device, &data, &ranks, &files, schedule);
     trainer.bar = trainer.progress_bar();
     let status = trainer.epochs(&mut model, &mut meta, on_epoch)?;
     let first_step_at = trainer.first_step_at;
@@ -705,6 +708,10 @@ struct Trainer<'a> {
     cfg: &'a TrainConfig,
     device: Device,
     data: &'a data::Dataset,
+    /// The splits on the training device, uploaded once as u8 where they fit (the host's otherwise).
+    train: Split,
+    test: Split,
+    augmenter: Augmenter,
     sampler: Sampler,
     ranks: &'a Ranks,
     sync_bn: bool,
@@ -716,7 +723,33 @@ struct Trainer<'a> {
     writing: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
-impl Trainer<'_> {
+impl<'a> Trainer<'a> {
+    fn new(
+        cfg: &'a TrainConfig,
+        device: Device,
+        data: &'a data::Dataset,
+        ranks: &'a Ranks,
+        files: &'a RunFiles,
+        schedule: LrSchedule,
+    ) -> Self {
+        Trainer {
+            cfg,
+            device,
+            data,
+            train: data.train.resident(device),
+            test: data.test.resident(device),
+            augmenter: Augmenter::new(device),
+            sampler: Sampler::new(data.train.len(), ranks, cfg.batch_size as usize),
+            ranks,
+            sync_bn: ranks.world > 1 && !cfg.no_sync_bn,
+            files,
+            schedule,
+            bar: None,
+            first_step_at: None,
+            writing: None,
+        }
+    }
+
     fn progress_bar(&self) -> Option<indicatif::ProgressBar> {
         (self.ranks.is_main() && std::io::stderr().is_terminal()).then(|| {
             let pb = indicatif::ProgressBar::new(self.sampler.steps_per_epoch as u64);
@@ -792,7 +825,7 @@ impl Trainer<'_> {
         epoch: u32,
         lr: f64,
     ) -> Result<EpochTrained> {
-        let plan = EpochPlan::new(self.cfg.seed, epoch, self.data.train.len());
+        let plan = self.epoch_plan(epoch);
         if let Some(pb) = &self.bar {
             pb.set_prefix(format!("{epoch}/{}", self.cfg.epochs));
             pb.reset();
@@ -806,16 +839,12 @@ impl Trainer<'_> {
             first_step_at: None,
         };
         let mut tally = StepTally::new(self.device);
-        let (steps_before, chunks) = (
-            meta.steps,
-            self.sampler.positions.chunks(self.sampler.batch),
-        );
-        let last = chunks.len();
-        for (i, chunk) in chunks.enumerate() {
-            self.step(model, &plan, chunk, lr, &mut tally)?;
+        let (steps_before, last) = (meta.steps, plan.steps());
+        for i in 0..last {
+            self.step(model, &plan, i, lr, &mut tally)?;
             e.first_step_at.get_or_insert_with(unix_ms);
             // Every rank's shard has the same length, so every step's global batch is this.
-            e.seen += chunk.len() * self.ranks.world;
+            e.seen += plan.step_len(i) * self.ranks.world;
             if (i + 1) % CHECK_EVERY != 0 && i + 1 != last {
                 continue;
             }
@@ -844,29 +873,31 @@ impl Trainer<'_> {
         Ok(e)
     }
 
-    /// One optimiser step on the samples at `chunk`'s positions of the epoch's order, its global
-    /// batch's mean loss added to `tally` on the device; when that loss (or an earlier one of the
-    /// epoch) is not finite, the update is skipped there. No host sync.
+    /// This rank's share of `epoch`'s order and augmentation, sent to the device in one go.
+    fn epoch_plan(&self, epoch: u32) -> DevicePlan {
+        let plan = EpochPlan::new(self.cfg.seed, epoch, self.data.train.len());
+        DevicePlan::new(
+            &plan,
+            &self.sampler.positions,
+            self.sampler.batch,
+            self.device,
+        )
+    }
+
+    /// One optimiser step on step `i`'s batch of the epoch's plan, its global batch's mean loss
+    /// added to `tally` on the device; when that loss (or an earlier one of the epoch) is not
+    /// finite, the update is skipped there. No host sync, and no copy when the data are resident.
     fn step(
         &self,
         model: &mut Model,
-        plan: &EpochPlan,
-        chunk: &[usize],
+        plan: &DevicePlan,
+        i: usize,
         lr: f64,
         tally: &mut StepTally,
     ) -> Result<()> {
-        let (device, kind) = (self.device, model.kind);
-        let order: Vec<i64> = chunk.iter().map(|&p| plan.order[p]).collect();
-        let aug: Vec<_> = chunk.iter().map(|&p| plan.aug[p]).collect();
-        let idx = Tensor::from_slice(&order);
-        let images = self.data.train.images.index_select(0, &idx);
-        let labels = self
-            .data
-            .train
-            .labels
-            .index_select(0, &idx)
-            .to_device(device);
-        let x = augment::augment(&images, &aug, device).to_kind(kind);
+        let kind = model.kind;
+        let (x, labels) = self.augmenter.batch(&self.train, plan, i);
+        let x = x.to_kind(kind);
         if let Some(pg) = self.ranks.pg() {
             // Without SyncBatchNorm each rank's running statistics drift apart; DDP then
             // broadcasts rank 0's buffers before every forward, and so do we.
@@ -887,7 +918,7 @@ impl Trainer<'_> {
         // The global batch's mean loss (what one process with batch world x b would see), in f64
         // on the device: every rank gets the same value, so all skip a non-finite step together.
         // Filled on the device: no host-to-device copy in the step.
-        let n = Tensor::full([1], chunk.len() as f64, (Kind::Double, self.device));
+        let n = Tensor::full([1], plan.step_len(i) as f64, (Kind::Double, self.device));
         let mut lv = loss.detach().to_kind(Kind::Double).view([1]);
         let mut n_all = n.shallow_clone();
         if let Some(pg) = self.ranks.pg() {
@@ -919,7 +950,7 @@ impl Trainer<'_> {
         let cfg = self.cfg;
         let ev = evaluate(
             &model.net,
-            &self.data.test,
+            &self.test,
             self.device,
             cfg.eval_batch_size as usize,
             cfg.bf16,
@@ -1032,39 +1063,22 @@ pub fn count_step_ops(cfg: &TrainConfig) -> Result<crate::shim::OpCount> {
     let data = data::load(cfg)?;
     let mut model = Model::build(cfg, device)?;
     let files = RunFiles::create(&std::env::temp_dir(), false)?;
-    let trainer = Trainer {
-        cfg,
-        device,
-        data: &data,
-        sampler: Sampler::new(data.train.len(), &ranks, cfg.batch_size as usize),
-        ranks: &ranks,
-        sync_bn: false,
-        files: &files,
-        schedule: LrSchedule {
-            base: cfg.lr,
-            warmup_epochs: 0,
-            warmup_factor: 1.0,
-            milestones: vec![],
-            gamma: 1.0,
-        },
-        bar: None,
-        first_step_at: None,
-        writing: None,
+    let schedule = LrSchedule {
+        base: cfg.lr,
+        warmup_epochs: 0,
+        warmup_factor: 1.0,
+        milestones: vec![],
+        gamma: 1.0,
     };
-    let plan = EpochPlan::new(cfg.seed, 1, data.train.len());
-    let chunks: Vec<&[usize]> = trainer
-        .sampler
-        .positions
-        .chunks(trainer.sampler.batch)
-        .take(3)
-        .collect();
-    anyhow::ensure!(chunks.len() == 3, "three batches of data are needed");
+    let trainer = Trainer::new(cfg, device, &data, &ranks, &files, schedule);
+    let plan = trainer.epoch_plan(1);
+    anyhow::ensure!(plan.steps() >= 3, "three batches of data are needed");
     let mut tally = StepTally::new(device);
-    for chunk in &chunks[..2] {
-        trainer.step(&mut model, &plan, chunk, cfg.lr, &mut tally)?;
+    for i in 0..2 {
+        trainer.step(&mut model, &plan, i, cfg.lr, &mut tally)?;
     }
     let (step, count) =
-        crate::shim::count_ops(|| trainer.step(&mut model, &plan, chunks[2], cfg.lr, &mut tally))?;
+        crate::shim::count_ops(|| trainer.step(&mut model, &plan, 2, cfg.lr, &mut tally))?;
     step?;
     Ok(count)
 }
