@@ -655,8 +655,10 @@ struct StepTally {
     halted: Tensor,
     /// Sum of loss x samples over the steps, in f64 (the host's arithmetic, done on the device).
     loss_sum: Tensor,
-    /// Steps that updated the weights.
-    updates: Tensor,
+    /// Steps taken while halted (their updates skipped), in f32 (exact up to 2^24 steps).
+    skipped: Tensor,
+    /// Steps taken (the host counts them: no device op).
+    steps: u64,
 }
 
 impl StepTally {
@@ -664,16 +666,19 @@ impl StepTally {
         StepTally {
             halted: Tensor::zeros([1], (Kind::Float, device)),
             loss_sum: Tensor::zeros([1], (Kind::Double, device)),
-            updates: Tensor::zeros([1], (Kind::Double, device)),
+            skipped: Tensor::zeros([1], (Kind::Float, device)),
+            steps: 0,
         }
     }
 
-    /// One step's global mean loss `lv` over `n` samples (f64 scalars on the device).
-    fn add(&mut self, lv: &Tensor, n: &Tensor) {
+    /// One step's global mean loss `lv` (an f64 scalar on the device) and `weighted`, that loss
+    /// times the step's global sample count: 7 device ops.
+    fn add(&mut self, lv: &Tensor, weighted: &Tensor) {
         let bad = lv.isfinite().logical_not().to_kind(Kind::Float);
         self.halted = self.halted.maximum(&bad);
-        self.loss_sum = &self.loss_sum + lv * n;
-        self.updates = &self.updates + (-self.halted.to_kind(Kind::Double) + 1.0);
+        self.loss_sum = &self.loss_sum + weighted;
+        self.skipped = &self.skipped + &self.halted;
+        self.steps += 1;
     }
 
     /// (halted, loss sum, updates): one device-to-host copy, the step loop's only sync.
@@ -682,13 +687,13 @@ impl StepTally {
             &[
                 self.halted.to_kind(Kind::Double),
                 self.loss_sum.shallow_clone(),
-                self.updates.shallow_clone(),
+                self.skipped.to_kind(Kind::Double),
             ],
             0,
         )
         .to_device(Device::Cpu);
         let v = Vec::<f64>::try_from(&t)?;
-        Ok((v[0] != 0.0, v[1], v[2] as u64))
+        Ok((v[0] != 0.0, v[1], self.steps - v[2] as u64))
     }
 }
 
@@ -917,17 +922,22 @@ impl<'a> Trainer<'a> {
         );
         // The global batch's mean loss (what one process with batch world x b would see), in f64
         // on the device: every rank gets the same value, so all skip a non-finite step together.
-        // Filled on the device: no host-to-device copy in the step.
-        let n = Tensor::full([1], plan.step_len(i) as f64, (Kind::Double, self.device));
-        let mut lv = loss.detach().to_kind(Kind::Double).view([1]);
-        let mut n_all = n.shallow_clone();
-        if let Some(pg) = self.ranks.pg() {
-            let t = Tensor::cat(&[&lv * &n, n], 0);
-            pg.all_reduce_sum(&[&t])?;
-            n_all = t.narrow(0, 1, 1);
-            lv = t.narrow(0, 0, 1) / &n_all;
-        }
-        tally.add(&lv, &n_all);
+        // The count is filled on the device: no host-to-device copy in the step.
+        let n = plan.step_len(i) as f64;
+        let lv = loss.detach().to_kind(Kind::Double).view([1]);
+        let (lv, weighted) = match self.ranks.pg() {
+            None => (lv.shallow_clone(), lv * n),
+            Some(pg) => {
+                let n = Tensor::full([1], n, (Kind::Double, self.device));
+                let t = Tensor::cat(&[&lv * &n, n], 0);
+                pg.all_reduce_sum(&[&t])?;
+                let n_all = t.narrow(0, 1, 1);
+                let lv = t.narrow(0, 0, 1) / &n_all;
+                let weighted = &lv * &n_all;
+                (lv, weighted)
+            }
+        };
+        tally.add(&lv, &weighted);
         Sgd::clear_grads(&model.trainable)?;
         // With a process group, the reducer all-reduces gradients bucket by bucket during this.
         loss.f_backward()
