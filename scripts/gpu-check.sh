@@ -7,12 +7,18 @@
 # The device machine has torch (cu13) at its own python3 but no cargo: build here, carry the binary
 # and a data subset (../shared does not travel), and point BIN, DATA and REF at them. Not yet run
 # on a GPU by this project (no device was lent so far): expect to fix what it finds.
+# For NCCL, build with `NCCL=1 scripts/setup.sh && cargo build -p worker --features worker/nccl`.
+#
+# A dry run of the plumbing on a machine without a GPU (every step on the CPU, small):
+#   DEVICE=cpu SIZES=1,8 SECS=1 OPS_SIZES=1,8 EPOCHS=1 LIMIT=256 DP_LIMIT=256 scripts/gpu-check.sh
 set -uo pipefail
 if [ -z "${PY:-}" ]; then PY=python3; [ -x .venv/bin/python ] && PY=.venv/bin/python; fi
 BIN=${BIN:-target/debug/worker}
 DATA=${DATA:-../shared/data/cifar10-mini}
 REF=${REF:-../shared/reference}
 OUT=${OUT:-$(mktemp -d)}
+DEVICE=${DEVICE:-cuda}; SIZES=${SIZES:-1,8,32,128,512}; SECS=${SECS:-2}; EPOCHS=${EPOCHS:-3}
+LIMIT=${LIMIT:+--limit-train $LIMIT --limit-test $LIMIT}
 mkdir -p "$OUT"; WORK=$(mktemp -d)
 TORCH_LIB=$("$PY" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))') || {
   echo "no torch at $PY" >&2; exit 1; }
@@ -30,7 +36,8 @@ step() {
   printf 'exit %s\n```\n' "$rc" >>"$OUT/summary.md"
 }
 
-{ echo "# GPU check"; date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+{ echo "# GPU check (device $DEVICE)"; date -u
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'; } >"$OUT/summary.md" 2>&1
 
 if [ ! -x "$BIN" ]; then
@@ -39,23 +46,26 @@ if [ ! -x "$BIN" ]; then
 fi
 
 # 1. Throughput beside PyTorch eager, fp32 NCHW then bf16 + channels-last, and ops/syncs per step.
-SIZES=1,8,32,128,512
-step 150 "bench fp32" "$BIN" bench --device cuda --batch-sizes $SIZES --python "$PY" --reference "$REF/torch_throughput.py" --seconds 2
-step 150 "bench bf16 + channels-last" "$BIN" bench --device cuda --batch-sizes $SIZES --bf16 --channels-last --python "$PY" --reference "$REF/torch_throughput.py" --seconds 2
-step 120 "ATen ops and syncs per step" "$BIN" bench --device cuda --batch-sizes 1,32,512 --ops --no-reference --python "$PY" --seconds 1
+step 150 "bench fp32" "$BIN" bench --device "$DEVICE" --batch-sizes "$SIZES" --python "$PY" --reference "$REF/torch_throughput.py" --seconds "$SECS"
+step 150 "bench bf16 + channels-last" "$BIN" bench --device "$DEVICE" --batch-sizes "$SIZES" --bf16 --channels-last --python "$PY" --reference "$REF/torch_throughput.py" --seconds "$SECS"
+step 120 "ATen ops and syncs per step" "$BIN" bench --device "$DEVICE" --batch-sizes "${OPS_SIZES:-1,32,512}" --ops --no-reference --python "$PY" --seconds 1
 
 # 2. Three epochs of real CIFAR-10 records at the study's batch 32 (fp32), then bf16 + channels-last.
 train() { local name=$1; shift
-  step 150 "train $name" "$BIN" train --device cuda --dataset cifar10 --data-dir "$DATA" --epochs 3 --batch-size 32 --out "$WORK/$name" "$@"
+  step 150 "train $name" "$BIN" train --device "$DEVICE" --dataset cifar10 --data-dir "$DATA" --epochs "$EPOCHS" $LIMIT --batch-size 32 --out "$WORK/$name" "$@"
   cat "$WORK/$name/metrics.jsonl" >>"$OUT/summary.md" 2>/dev/null; }
 train fp32
 train bf16 --bf16 --channels-last
 
 # 3. Data parallel on one GPU: NCCL at world size 1, then two Gloo ranks sharing the device.
-DP=(--dataset cifar10 --data-dir "$DATA" --limit-train 2048 --limit-test 512 --epochs 1 --batch-size 32 --dist-timeout 60)
-step 90 "NCCL, world size 1" env WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=29731 \
-  "$BIN" train --device cuda --dist-backend nccl "${DP[@]}" --out "$WORK/nccl1"
-step 120 "Gloo, two ranks on one GPU" "$BIN" train --device cuda --nproc-per-node 2 --dist-backend gloo "${DP[@]}" --out "$WORK/gloo2"
+DP=(--dataset cifar10 --data-dir "$DATA" --limit-train "${DP_LIMIT:-2048}" --limit-test 512 --epochs 1 --batch-size 32 --dist-timeout 60)
+if [ "$DEVICE" = cuda ]; then
+  step 90 "NCCL, world size 1" env WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=29731 \
+    "$BIN" train --device cuda --dist-backend nccl "${DP[@]}" --out "$WORK/nccl1"
+else
+  printf '\n## NCCL, world size 1\n\nskipped: device %s\n' "$DEVICE" >>"$OUT/summary.md"
+fi
+step 120 "Gloo, two ranks on one device" "$BIN" train --device "$DEVICE" --nproc-per-node 2 --dist-backend gloo "${DP[@]}" --out "$WORK/gloo2"
 
 printf '\ndone in %ss\n' "$((SECONDS - START))" >>"$OUT/summary.md"
 cat "$OUT/summary.md"

@@ -8,12 +8,14 @@ static thread_local std::string last_error;
 
 extern "C" const char *seedshim_last_error() { return last_error.c_str(); }
 
-// tch::autocast only offers CUDA fp16. The study-faithful default is fp32; `--bf16` turns on CUDA
-// autocast to bfloat16 (the dtype PyTorch users pick on Hopper-class GPUs: no loss scaling needed).
-extern "C" int seedshim_set_autocast_bf16(int enabled) {
+// tch::autocast only offers CUDA fp16. The study-faithful default is fp32; `--bf16` turns on
+// autocast to bfloat16 (the dtype PyTorch users pick on Hopper-class GPUs: no loss scaling needed)
+// for the device the work runs on: CUDA's, or the CPU's (`torch.autocast("cpu", torch.bfloat16)`).
+extern "C" int seedshim_set_autocast_bf16(int enabled, int cuda) {
   try {
-    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-    at::autocast::set_autocast_enabled(at::kCUDA, enabled != 0);
+    const auto device = cuda != 0 ? at::kCUDA : at::kCPU;
+    at::autocast::set_autocast_dtype(device, at::kBFloat16);
+    at::autocast::set_autocast_enabled(device, enabled != 0);
     if (!enabled) at::autocast::clear_cache();
     return 0;
   } catch (const std::exception &e) {

@@ -34,6 +34,11 @@ pub struct BenchArgs {
     /// Measure only the Rust side.
     #[arg(long)]
     pub no_reference: bool,
+    /// Alternate the two sides this many times (Rust, PyTorch, Rust, ...) and report each row's
+    /// median and the range of the per-round ratios: a shared machine drifts by more than the
+    /// difference between two runs of the same kernels.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
     /// Also count ATen ops and blocking syncs per training step, ours and PyTorch's (its GPU
     /// default: foreach SGD, gradients set to None), with `--ops-script`.
     #[arg(long)]
@@ -108,7 +113,7 @@ impl BenchNet {
     /// One training step on (x, y): gradients cleared, forward, cross-entropy, backward, SGD.
     fn step(&mut self, x: &Tensor, y: &Tensor, bf16_on: bool) {
         Sgd::clear_grads(&self.trainable).expect("gradients cleared");
-        let logits = bf16(bf16_on, || self.net.forward_t(x, true));
+        let logits = bf16(bf16_on, x.device(), || self.net.forward_t(x, true));
         // Under bf16 the loss is taken in fp32; in fp32 there is nothing to convert.
         let logits = if bf16_on {
             logits.to_kind(Kind::Float)
@@ -139,7 +144,9 @@ pub fn rust_rows(a: &BenchArgs) -> Result<(Vec<Row>, Option<f64>)> {
     let rss = peak_rss_mib();
     let x = Tensor::randn([a.eval_batch, 3, 32, 32], (Kind::Float, device));
     let (n, dt) = timed(a.seconds, device, || {
-        let _ = tch::no_grad(|| bf16(a.bf16, || model.net.forward_t(&x, false)).argmax(-1, false));
+        let _ = tch::no_grad(|| {
+            bf16(a.bf16, device, || model.net.forward_t(&x, false)).argmax(-1, false)
+        });
     });
     rows.push(Row {
         mode: "eval".into(),
@@ -150,13 +157,13 @@ pub fn rust_rows(a: &BenchArgs) -> Result<(Vec<Row>, Option<f64>)> {
     Ok((rows, rss))
 }
 
-fn bf16<T>(on: bool, f: impl FnOnce() -> T) -> T {
+fn bf16<T>(on: bool, device: Device, f: impl FnOnce() -> T) -> T {
     if on {
-        crate::shim::set_autocast_bf16(true).expect("bf16 autocast");
+        crate::shim::set_autocast_bf16(true, device).expect("bf16 autocast");
     }
     let out = f();
     if on {
-        crate::shim::set_autocast_bf16(false).expect("bf16 autocast");
+        crate::shim::set_autocast_bf16(false, device).expect("bf16 autocast");
     }
     out
 }
@@ -308,36 +315,74 @@ pub fn run(a: &BenchArgs) -> Result<()> {
 }
 
 fn print_throughput(a: &BenchArgs) -> Result<()> {
-    let (ours, rss) = rust_rows(a)?;
-    let theirs = if a.no_reference {
-        vec![]
-    } else {
-        torch_rows(a)?
-    };
+    let (mut ours, mut theirs, mut rss) = (vec![], vec![], None);
+    for round in 1..=a.rounds {
+        if a.rounds > 1 {
+            eprintln!("round {round} of {}", a.rounds);
+        }
+        let (rows, peak) = rust_rows(a)?;
+        ours.push(rows);
+        rss = rss.or(peak);
+        if !a.no_reference {
+            theirs.push(torch_rows(a)?);
+        }
+    }
     println!(
-        "\nSeedNet throughput, device {}, {} threads, channels_last {}, bf16 {}",
-        a.device, a.threads, a.channels_last, a.bf16
+        "\nSeedNet throughput, device {}, {} threads, channels_last {}, bf16 {}, {} round(s)",
+        a.device, a.threads, a.channels_last, a.bf16, a.rounds
     );
-    println!("| mode | batch | Rust (tch) images/s | PyTorch eager images/s | ratio |");
-    println!("|---|---:|---:|---:|---:|");
-    for r in &ours {
-        let peer = theirs
-            .iter()
-            .find(|t| t.mode == r.mode && t.batch == r.batch);
-        let (p, ratio) = match peer {
-            Some(t) => (
-                format!("{:.1}", t.images_per_sec),
-                format!("{:.2}x", r.images_per_sec / t.images_per_sec),
+    println!("| mode | batch | Rust (tch) images/s | PyTorch eager images/s | ratio | ratio per round (min-max) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in &ours[0] {
+        let rate = |rows: &[Row]| {
+            rows.iter()
+                .find(|t| t.mode == r.mode && t.batch == r.batch)
+                .map(|t| t.images_per_sec)
+        };
+        let mine: Vec<f64> = ours.iter().filter_map(|rows| rate(rows)).collect();
+        let peer: Vec<f64> = theirs.iter().filter_map(|rows| rate(rows)).collect();
+        let (m, p) = (median(&mine), median(&peer));
+        let per_round: Vec<f64> = mine.iter().zip(&peer).map(|(m, p)| m / p).collect();
+        let (lo, hi) = per_round.iter().fold((f64::INFINITY, 0f64), |(lo, hi), x| {
+            (lo.min(*x), hi.max(*x))
+        });
+        let (p, ratio, range) = match p {
+            Some(p) => (
+                format!("{p:.1}"),
+                format!("{:.2}x", m.unwrap_or(0.0) / p),
+                format!("{lo:.2}x-{hi:.2}x"),
             ),
-            None => ("-".into(), "-".into()),
+            None => ("-".into(), "-".into(), "-".into()),
         };
         println!(
-            "| {} | {} | {:.1} | {p} | {ratio} |",
-            r.mode, r.batch, r.images_per_sec
+            "| {} | {} | {:.1} | {p} | {ratio} | {range} |",
+            r.mode,
+            r.batch,
+            m.unwrap_or(0.0)
         );
     }
     if let Some(mib) = rss {
         println!("peak RSS of the Rust process after the training rows: {mib:.0} MiB");
     }
     Ok(())
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(super::median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(super::median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(super::median(&[]), None);
+    }
 }

@@ -54,7 +54,7 @@ pub struct TrainConfig {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// CUDA only: autocast to bfloat16 (the study ran fp32).
+    /// Autocast to bfloat16 on the training device, CUDA or CPU (the study ran fp32).
     #[arg(long)]
     pub bf16: bool,
     /// CUDA only: let fp32 matmuls and convolutions use TF32 tensor cores (about 1e-3 relative
@@ -158,9 +158,6 @@ impl TrainConfig {
                 "--model-heads ({}) must divide the last width ({d})",
                 self.model_heads
             );
-        }
-        if self.bf16 && !self.device.starts_with("cuda") {
-            bail!("--bf16 needs --device cuda (autocast to bfloat16 is CUDA-only here)");
         }
         if self.bf16 && self.fp64 {
             bail!("--bf16 and --fp64 exclude each other");

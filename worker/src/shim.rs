@@ -5,7 +5,7 @@ use std::os::raw::{c_char, c_int};
 
 extern "C" {
     fn seedshim_last_error() -> *const c_char;
-    fn seedshim_set_autocast_bf16(enabled: c_int) -> c_int;
+    fn seedshim_set_autocast_bf16(enabled: c_int, cuda: c_int) -> c_int;
     fn seedshim_set_tf32(enabled: c_int) -> c_int;
     fn seedshim_ops_start() -> c_int;
     fn seedshim_ops_stop(top: *mut i64, syncs: *mut i64) -> c_int;
@@ -31,10 +31,11 @@ fn last_error() -> String {
         .into_owned()
 }
 
-/// Turns CUDA autocast to bfloat16 on or off for the calling thread.
-pub fn set_autocast_bf16(enabled: bool) -> anyhow::Result<()> {
+/// Turns autocast to bfloat16 on or off for the calling thread, for `device`'s type (CUDA or CPU).
+pub fn set_autocast_bf16(enabled: bool, device: tch::Device) -> anyhow::Result<()> {
+    let cuda = device.is_cuda() as c_int;
     // SAFETY: plain call; the shim catches every C++ exception.
-    if unsafe { seedshim_set_autocast_bf16(enabled as c_int) } != 0 {
+    if unsafe { seedshim_set_autocast_bf16(enabled as c_int, cuda) } != 0 {
         anyhow::bail!("enabling bf16 autocast failed: {}", last_error());
     }
     Ok(())
@@ -130,4 +131,19 @@ pub fn set_grads_none(params: &[tch::Tensor]) -> anyhow::Result<()> {
         anyhow::bail!("cannot clear the gradients: {}", last_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor};
+
+    #[test]
+    fn bf16_autocast_reaches_cpu_matmuls_and_turns_off() {
+        let a = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
+        super::set_autocast_bf16(true, Device::Cpu).unwrap();
+        let on = a.matmul(&a.tr());
+        super::set_autocast_bf16(false, Device::Cpu).unwrap();
+        let off = a.matmul(&a.tr());
+        assert_eq!((on.kind(), off.kind()), (Kind::BFloat16, Kind::Float));
+    }
 }

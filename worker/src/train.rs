@@ -172,7 +172,8 @@ pub fn evaluate(
                 .normalize_u8(&images.to_device(device))
                 .to_kind(input_kind);
             let y = split.labels.narrow(0, start as i64, len).to_device(device);
-            let logits = autocast(bf16, || model.try_forward_t(&x, false))??.to_kind(input_kind);
+            let logits =
+                autocast(bf16, device, || model.try_forward_t(&x, false))??.to_kind(input_kind);
             let loss = logits.cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0);
             sums.push(loss.to_kind(Kind::Double).view([1]));
             preds.push(logits.argmax(-1, false));
@@ -213,13 +214,13 @@ pub fn evaluate(
     })
 }
 
-fn autocast<T>(bf16: bool, f: impl FnOnce() -> T) -> Result<T> {
+fn autocast<T>(bf16: bool, device: Device, f: impl FnOnce() -> T) -> Result<T> {
     if !bf16 {
         return Ok(f());
     }
-    crate::shim::set_autocast_bf16(true)?;
+    crate::shim::set_autocast_bf16(true, device)?;
     let out = f();
-    crate::shim::set_autocast_bf16(false)?;
+    crate::shim::set_autocast_bf16(false, device)?;
     Ok(out)
 }
 
@@ -911,7 +912,9 @@ impl<'a> Trainer<'a> {
             }
             pg.prepare_step()?;
         }
-        let logits = autocast(self.cfg.bf16, || model.net.try_forward_t(&x, true))??;
+        let logits = autocast(self.cfg.bf16, self.device, || {
+            model.net.try_forward_t(&x, true)
+        })??;
         // tch's cross_entropy_for_logits computes in fp32 whatever the input; this keeps `kind`.
         let loss = logits.to_kind(kind).cross_entropy_loss::<Tensor>(
             &labels,

@@ -222,6 +222,31 @@ fn bad_flags_and_missing_data_get_one_clear_line() {
     );
 }
 
+/// `--bf16` autocasts on the CPU too (as `torch.autocast("cpu", torch.bfloat16)`): the run
+/// completes with finite losses, and it is not the fp32 run (were autocast not reaching the CPU's
+/// kernels, the two would be equal bit for bit).
+#[test]
+fn bf16_runs_on_the_cpu_and_changes_the_arithmetic() {
+    let cfg = worker::config::TrainConfig {
+        epochs: 1,
+        seed: 5,
+        ..common::tiny(DatasetKind::Synthetic)
+    };
+    let half = worker::config::TrainConfig {
+        bf16: true,
+        ..cfg.clone()
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let full = train::run(&cfg, a.path(), &mut |_| {}).unwrap();
+    let bf16 = train::run(&half, b.path(), &mut |_| {}).unwrap();
+    let (full, bf16) = (full.final_metrics.unwrap(), bf16.final_metrics.unwrap());
+    assert!(
+        bf16.train_loss.is_finite() && bf16.test_loss.is_finite(),
+        "{bf16:?}"
+    );
+    assert!(!bf16.bits_eq_ignoring_time(&full), "bf16 changed nothing");
+}
+
 /// The step loop never waits on the device: the loss and the divergence flag stay there and are
 /// read once per `CHECK_EVERY` steps, so a step dispatches no blocking sync at all.
 #[test]
