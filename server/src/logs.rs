@@ -31,11 +31,7 @@ pub async fn append(
             "attempt and offset: both are required to append".into(),
         ));
     };
-    if !(0..=i64::MAX / 2).contains(&offset) {
-        return Err(ApiError::Unprocessable(
-            "offset: must be a byte offset from 0".into(),
-        ));
-    }
+    check_offset(offset)?;
     let done = state
         .store
         .append_log(id, attempt, offset, body.to_vec(), state.max_log_bytes)
@@ -49,6 +45,16 @@ pub async fn append(
     Ok(axum::http::StatusCode::NO_CONTENT.into_response())
 }
 
+/// Offsets are bytes from 0; the bound keeps `offset + length` far from overflow.
+fn check_offset(offset: i64) -> Result<(), ApiError> {
+    match (0..=i64::MAX / 2).contains(&offset) {
+        true => Ok(()),
+        false => Err(ApiError::Unprocessable(
+            "offset: must be a byte offset from 0".into(),
+        )),
+    }
+}
+
 /// The attempt's output (default: the latest attempt) from `offset`, as text: at most 1 MiB a read;
 /// `x-log-offset` is where the bytes start (later than asked when older output was dropped),
 /// `x-log-next` where to read on from.
@@ -60,11 +66,7 @@ pub async fn read(
     Query(at): Query<LogPosition>,
 ) -> Result<Response, ApiError> {
     let offset = at.offset.unwrap_or(0);
-    if offset < 0 {
-        return Err(ApiError::Unprocessable(
-            "offset: must be a byte offset from 0".into(),
-        ));
-    }
+    check_offset(offset)?;
     let log = state
         .store
         .read_log(id, at.attempt, offset, MAX_READ)

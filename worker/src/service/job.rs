@@ -545,27 +545,25 @@ impl Supervisor {
         }
         let id = self.claim.id;
         while let Some(w) = self.outbox.pop_front() {
-            match self.send(&w) {
-                Ok(()) => {
-                    if let Write::Log { data, .. } = &w {
-                        self.log_queued -= data.len();
-                    }
-                    self.backoff = Duration::from_millis(200);
-                }
+            let sent = self.send(&w);
+            if let Err(CallError::Unavailable(e)) = &sent {
+                tracing::warn!(job = id, error = %e, pending = self.outbox.len() + 1, "coordinator unavailable; will retry");
+                self.outbox.push_front(w);
+                self.retry_at = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+                return Ok(());
+            }
+            // Sent, refused or moot: the write has left the queue.
+            if let Write::Log { data, .. } = &w {
+                self.log_queued -= data.len();
+            }
+            match sent {
+                Ok(()) => self.backoff = Duration::from_millis(200),
                 Err(CallError::LeaseLost(why)) => return Err(why),
-                Err(CallError::Unavailable(e)) => {
-                    self.outbox.push_front(w);
-                    tracing::warn!(job = id, error = %e, pending = self.outbox.len(), "coordinator unavailable; will retry");
-                    self.retry_at = Instant::now() + self.backoff;
-                    self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
-                    return Ok(());
-                }
                 Err(CallError::Refused(e)) => {
-                    if let Write::Log { data, .. } = &w {
-                        self.log_queued -= data.len();
-                    }
                     tracing::error!(job = id, error = %e, "the coordinator refused a write; dropping it");
                 }
+                Err(CallError::Unavailable(_)) => unreachable!("handled above"),
             }
         }
         Ok(())
