@@ -53,6 +53,17 @@ static std::vector<at::Tensor> tensors(at::Tensor **ts, size_t n) {
 
 // `agent_store`: under torchrun with TORCHELASTIC_USE_AGENT_STORE the launcher already serves the
 // TCPStore on master_port, so every rank is a client (as Python's env:// rendezvous does).
+// Every group's backend for host tensors: Gloo, keyed under its own store prefix as PyTorch's
+// `cpu:gloo,cuda:nccl` does. One function for both groups, so the Gloo half of an NCCL group is
+// built exactly as the Gloo group every CPU test runs.
+static c10::intrusive_ptr<c10d::ProcessGroupGloo> host_backend(
+    const c10::intrusive_ptr<c10d::Store> &store, int rank, int world,
+    std::chrono::milliseconds timeout) {
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(
+      c10::make_intrusive<c10d::PrefixStore>("cpu/", store), rank, world,
+      c10d::ProcessGroupGloo::Options::create_default(timeout));
+}
+
 extern "C" void *seeddist_init(const char *host, int port, int rank, int world, int agent_store,
                                const char *backend, int64_t timeout_ms, int device_index) {
   GUARD_BEGIN
@@ -68,8 +79,7 @@ extern "C" void *seeddist_init(const char *host, int port, int rank, int world, 
   auto pg = c10::make_intrusive<c10d::ProcessGroup>(store, rank, world);
   std::string b(backend);
   if (b == "gloo") {
-    auto be = c10::make_intrusive<c10d::ProcessGroupGloo>(
-        store, rank, world, c10d::ProcessGroupGloo::Options::create_default(timeout));
+    auto be = host_backend(store, rank, world, timeout);
     // Gloo also takes CUDA tensors (through host copies): two ranks can share one GPU.
     pg->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, be);
     pg->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::GLOO, be);
@@ -83,9 +93,7 @@ extern "C" void *seeddist_init(const char *host, int port, int rank, int world, 
         c10::make_intrusive<c10d::PrefixStore>("cuda/", store), rank, world, o);
     // NCCL carries CUDA tensors only; the trainer's control collectives (the start and stop votes,
     // the evaluation's gather, the replicas' spread) use small host tensors: Gloo takes those.
-    auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
-        c10::make_intrusive<c10d::PrefixStore>("cpu/", store), rank, world,
-        c10d::ProcessGroupGloo::Options::create_default(timeout));
+    auto gloo = host_backend(store, rank, world, timeout);
     pg->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, gloo);
     pg->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::NCCL, nccl);
     pg->setDefaultBackend(c10d::ProcessGroup::BackendType::NCCL);
