@@ -18,6 +18,7 @@ def count(step):
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     top = syncs = 0
+    names = {}
     for e in prof.events():
         if not e.name.startswith("aten::"):
             continue
@@ -25,8 +26,10 @@ def count(step):
         p = e.cpu_parent
         while p is not None and not p.name.startswith("aten::"):
             p = p.cpu_parent
-        top += p is None
-    return top, syncs
+        if p is None:
+            top += 1
+            names[e.name] = names.get(e.name, 0) + 1
+    return top, syncs, names
 
 
 def main():
@@ -36,6 +39,7 @@ def main():
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--foreach", type=int, default=1, help="1: foreach SGD (the GPU default), 0: per tensor")
     a.add_argument("--json")
+    a.add_argument("--names", action="store_true", help="also the top-level ops by name")
     a = a.parse_args()
     sys.path.insert(0, os.path.abspath(a.reference))
     from seednet import SeedNet
@@ -56,8 +60,11 @@ def main():
 
         for _ in range(2):  # momentum buffers exist from here on, as in a long run
             step()
-        top, syncs = count(step)
-        rows.append({"batch": bs, "ops": top, "syncs": syncs})
+        top, syncs, names = count(step)
+        row = {"batch": bs, "ops": top, "syncs": syncs}
+        if a.names:
+            row["names"] = names
+        rows.append(row)
     text = json.dumps(rows)
     if a.json:
         with open(a.json, "w") as f:

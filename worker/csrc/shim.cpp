@@ -46,8 +46,13 @@ extern "C" int seedshim_set_tf32(int enabled) {
 // (its output shape needs the device's answer), at any depth.
 #include <ATen/record_function.h>
 #include <atomic>
+#include <map>
+#include <mutex>
 
 static std::atomic<long long> ops_top{0};
+// Top-level ops by name, for `worker bench --op-names` (a mutex: counting is a diagnostic).
+static std::mutex ops_names_mu;
+static std::map<std::string, long long> ops_names;
 static std::atomic<long long> ops_sync{0};
 static thread_local int ops_depth = 0;
 static at::CallbackHandle ops_handle = 0;
@@ -58,7 +63,11 @@ struct IsAten : at::ObserverContext {};
 std::unique_ptr<at::ObserverContext> ops_enter(const at::RecordFunction &fn) {
   const char *name = fn.name();
   if (name == nullptr || std::strncmp(name, "aten::", 6) != 0) return nullptr;
-  if (ops_depth == 0) ops_top.fetch_add(1, std::memory_order_relaxed);
+  if (ops_depth == 0) {
+    ops_top.fetch_add(1, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(ops_names_mu);
+    ops_names[name]++;
+  }
   if (!std::strcmp(name, "aten::_local_scalar_dense") || !std::strcmp(name, "aten::nonzero"))
     ops_sync.fetch_add(1, std::memory_order_relaxed);
   ops_depth++;
@@ -75,6 +84,10 @@ extern "C" int seedshim_ops_start() {
   try {
     ops_top = 0;
     ops_sync = 0;
+    {
+      std::lock_guard<std::mutex> lock(ops_names_mu);
+      ops_names.clear();
+    }
     if (ops_handle == 0) {
       ops_handle = at::addGlobalCallback(
           at::RecordFunctionCallback(ops_enter, ops_exit).scopes({at::RecordScope::FUNCTION}));
@@ -100,6 +113,19 @@ extern "C" int seedshim_ops_stop(long long *top, long long *syncs) {
     last_error = e.what();
     return -1;
   }
+}
+
+// The last count's top-level ops as "name<TAB>count" lines into `buf` (at most `cap` bytes, no NUL);
+// returns the bytes the whole text needs, so a caller can size its buffer and ask again.
+extern "C" long long seedshim_ops_names(char *buf, long long cap) {
+  std::string text;
+  {
+    std::lock_guard<std::mutex> lock(ops_names_mu);
+    for (const auto &[name, n] : ops_names) text += name + "\t" + std::to_string(n) + "\n";
+  }
+  if (buf != nullptr && cap > 0)
+    std::memcpy(buf, text.data(), std::min<size_t>(text.size(), static_cast<size_t>(cap)));
+  return static_cast<long long>(text.size());
 }
 
 // The optimiser step PyTorch itself runs for SGD(momentum, weight_decay, fused=True): one

@@ -45,6 +45,10 @@ pub struct BenchArgs {
     pub ops: bool,
     #[arg(long, default_value = "scripts/torch_ops.py")]
     pub ops_script: PathBuf,
+    /// With `--ops`: also list the top-level ops by name at the first batch size, ours beside
+    /// PyTorch's (where the counts differ, and by how much).
+    #[arg(long, requires = "ops")]
+    pub op_names: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,7 +124,10 @@ impl BenchNet {
         } else {
             logits
         };
-        logits.cross_entropy_for_logits(y).backward();
+        // One op, as F.cross_entropy (tch's cross_entropy_for_logits is log_softmax + nll_loss).
+        logits
+            .cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, 0.0)
+            .backward();
         self.sgd.step(&self.trainable, 1e-2).expect("an SGD step");
     }
 }
@@ -210,13 +217,18 @@ fn torch_rows(a: &BenchArgs) -> Result<Vec<Row>> {
 }
 
 /// Ops per step. Ours twice: the model step alone (what PyTorch's step is) and the trainer's whole
-/// step (data gather, augmentation and the loss read back too).
-#[derive(Debug, Clone, Copy)]
+/// step (data gather, augmentation and the loss tally too); each also by op name.
+#[derive(Debug, Clone)]
 struct OpsRow {
     batch: i64,
     model: crate::shim::OpCount,
     trainer: crate::shim::OpCount,
+    model_names: Vec<(String, i64)>,
+    trainer_names: Vec<(String, i64)>,
 }
+
+/// PyTorch's side of a row: (batch, ops, syncs, ops by name).
+type TorchOps = (i64, i64, i64, Vec<(String, i64)>);
 
 fn rust_ops(a: &BenchArgs) -> Result<Vec<OpsRow>> {
     let device = crate::train::parse_device(&a.device)?;
@@ -229,6 +241,7 @@ fn rust_ops(a: &BenchArgs) -> Result<Vec<OpsRow>> {
         net.step(&x, &y, false);
         net.step(&x, &y, false);
         let ((), model) = crate::shim::count_ops(|| net.step(&x, &y, false))?;
+        let model_names = crate::shim::counted_op_names();
         let cfg = crate::config::TrainConfig {
             dataset: crate::config::DatasetKind::Synthetic,
             batch_size: bs as u32,
@@ -242,13 +255,15 @@ fn rust_ops(a: &BenchArgs) -> Result<Vec<OpsRow>> {
             batch: bs,
             model,
             trainer,
+            model_names,
+            trainer_names: crate::shim::counted_op_names(),
         });
     }
     Ok(rows)
 }
 
-/// PyTorch's counts, from `--ops-script` run with `--python`: (batch, ops, syncs).
-fn torch_ops(a: &BenchArgs) -> Result<Vec<(i64, i64, i64)>> {
+/// PyTorch's counts, from `--ops-script` run with `--python`.
+fn torch_ops(a: &BenchArgs) -> Result<Vec<TorchOps>> {
     let bs: Vec<String> = a.batch_sizes.iter().map(|b| b.to_string()).collect();
     let reference = a.reference.parent().unwrap_or(std::path::Path::new("."));
     let out = std::process::Command::new(&a.python)
@@ -260,6 +275,7 @@ fn torch_ops(a: &BenchArgs) -> Result<Vec<(i64, i64, i64)>> {
             &bs.join(","),
             "--threads",
             &a.threads.to_string(),
+            "--names",
         ])
         .stderr(std::process::Stdio::null())
         .output()
@@ -270,7 +286,12 @@ fn torch_ops(a: &BenchArgs) -> Result<Vec<(i64, i64, i64)>> {
         .iter()
         .map(|r| {
             let n = |k: &str| r[k].as_i64().unwrap_or(-1);
-            (n("batch"), n("ops"), n("syncs"))
+            let names = r["names"].as_object().map_or(vec![], |m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(0)))
+                    .collect()
+            });
+            (n("batch"), n("ops"), n("syncs"), names)
         })
         .collect())
 }
@@ -303,7 +324,41 @@ fn print_ops(a: &BenchArgs) -> Result<()> {
             r.batch, r.trainer.top, r.trainer.syncs
         );
     }
+    if let (true, Some(first)) = (a.op_names, ours.first()) {
+        let peer = theirs.iter().find(|t| t.0 == first.batch);
+        print_op_names(first, peer.map_or(&[][..], |t| &t.3[..]));
+    }
     Ok(())
+}
+
+/// Top-level ops by name at one batch size, ours beside PyTorch's, the rows that differ first.
+fn print_op_names(ours: &OpsRow, theirs: &[(String, i64)]) {
+    let count = |list: &[(String, i64)], name: &str| {
+        list.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c)
+    };
+    let mut names: Vec<&str> = ours
+        .model_names
+        .iter()
+        .chain(&ours.trainer_names)
+        .chain(theirs)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut rows: Vec<(&str, i64, i64, i64)> = names
+        .into_iter()
+        .map(|n| {
+            let (m, t) = (count(&ours.model_names, n), count(&ours.trainer_names, n));
+            (n, m, t, count(theirs, n))
+        })
+        .collect();
+    rows.sort_by_key(|&(n, m, t, p)| (-(m - p).abs(), -t.max(p), n));
+    println!("\nTop-level ops by name, batch {}", ours.batch);
+    println!("| op | Rust model step | Rust trainer step | PyTorch step | model - PyTorch |");
+    println!("|---|---:|---:|---:|---:|");
+    for (n, m, t, p) in rows {
+        println!("| {n} | {m} | {t} | {p} | {:+} |", m - p);
+    }
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {

@@ -206,7 +206,12 @@ impl AttentionBlock {
             .forward(x)
             .reshape([b, n, 3, self.heads, dh])
             .permute([2, 0, 3, 1, 4]);
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        // One unbind (and one stack in backward), as the study's `qkv.unbind(0)`: three `select`s
+        // cost six ops a block for the same views.
+        let (q, k, v) = match &qkv.unbind(0)[..] {
+            [q, k, v] => (q.shallow_clone(), k.shallow_clone(), v.shallow_clone()),
+            _ => unreachable!("qkv has three parts"),
+        };
         // Softmax in fp32 under bf16 autocast, as PyTorch's autocast runs it (a bf16 softmax loses
         // the small attention weights); fp32 and fp64 runs keep their own precision.
         let kind = if q.kind() == tch::Kind::Double {
@@ -320,12 +325,11 @@ impl SeedNet {
         for block in &self.blocks {
             x = block.forward(&x);
         }
-        let (b, n, c) = x.size3().expect("[B, N, C]");
         // The seed's MaxPool2d(2, 2) on a 3-D tensor pools 2x2 windows of the (token, channel) matrix:
-        // [B, 16, C] -> [B, 8, C/2] -> [B, 4C].
+        // [B, 16, C] -> [B, 8, C/2] -> [B, 4C]. The same op, so a tie in a window sends the
+        // gradient where PyTorch sends it (to the first maximum).
         let x = x
-            .reshape([b, n / 2, 2, c / 2, 2])
-            .amax([2, 4], false)
+            .max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
             .flatten(1, 2);
         Ok(self.fc.forward(&x))
     }

@@ -8,6 +8,7 @@ extern "C" {
     fn seedshim_set_autocast_bf16(enabled: c_int, cuda: c_int) -> c_int;
     fn seedshim_set_tf32(enabled: c_int) -> c_int;
     fn seedshim_ops_start() -> c_int;
+    fn seedshim_ops_names(buf: *mut c_char, cap: i64) -> i64;
     fn seedshim_ops_stop(top: *mut i64, syncs: *mut i64) -> c_int;
     fn seedshim_fused_sgd(
         params: *const *const c_void,
@@ -65,6 +66,22 @@ pub fn count_ops<T>(f: impl FnOnce() -> T) -> anyhow::Result<(T, OpCount)> {
         anyhow::bail!("cannot count ops: {}", last_error());
     }
     Ok((out, OpCount { top, syncs }))
+}
+
+/// The last [`count_ops`]'s top-level ops by name (`aten::addmm`, ...), sorted by name.
+pub fn counted_op_names() -> Vec<(String, i64)> {
+    // SAFETY: a null buffer with capacity 0 only asks for the size.
+    let need = unsafe { seedshim_ops_names(std::ptr::null_mut(), 0) };
+    let mut buf = vec![0u8; need.max(0) as usize];
+    // SAFETY: `buf` holds `need` writable bytes; the shim writes at most that many.
+    unsafe { seedshim_ops_names(buf.as_mut_ptr() as *mut c_char, need) };
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .filter_map(|l| {
+            let (name, n) = l.split_once('\t')?;
+            Some((name.to_string(), n.parse().ok()?))
+        })
+        .collect()
 }
 
 /// What [`count_ops`] counted.

@@ -152,3 +152,92 @@ fn a_checkpoint_of_another_configuration_is_refused_with_the_tensor_named() {
         "{err}"
     );
 }
+
+/// One training step of our network equals the study's PyTorch class on the same weights and
+/// batch, in fp64: logits, loss, every gradient and the BatchNorm running statistics after the
+/// step's forward. Both sides call the same libtorch, so what this checks is the network: the ops,
+/// their order, which gradient each op routes where (the pooling's, the attention's split of qkv).
+#[test]
+fn a_training_step_equals_pytorch_on_the_same_weights() {
+    let python = common::repo_root().join(".venv/bin/python");
+    assert!(python.exists(), "scripts/setup.sh provides the venv");
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, ours) = (
+        dir.path().join("w.safetensors"),
+        dir.path().join("ours.safetensors"),
+    );
+
+    tch::manual_seed(3);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let net = SeedNet::new(&vs.root(), &ModelConfig::tiny());
+    checkpoint::save_weights(&Params::of(&vs), 0, &weights).unwrap();
+    vs.double(); // the saved f32 values, exactly, in f64 (PyTorch does the same after loading)
+    let x = tch::Tensor::randn([6, 3, 32, 32], (Kind::Double, Device::Cpu));
+    let y = tch::Tensor::from_slice(&[3i64, 1, 4, 1, 5, 9]);
+    let logits = net.forward_t(&x, true);
+    let loss = logits.cross_entropy_loss::<tch::Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0);
+    loss.backward();
+    let mut out: Vec<(String, tch::Tensor)> = vec![
+        ("x".into(), x),
+        ("y".into(), y),
+        ("logits".into(), logits.detach()),
+        ("loss".into(), loss.detach()),
+    ];
+    for (name, t) in vs.variables() {
+        let grad = t.grad();
+        if grad.defined() {
+            out.push((format!("grad.{name}"), grad));
+        } else {
+            out.push((format!("value.{name}"), t.detach())); // running statistics
+        }
+    }
+    tch::Tensor::write_safetensors(&out, &ours).unwrap();
+
+    let script = r#"
+import sys, torch, torch.nn.functional as F
+sys.path.insert(0, sys.argv[1])
+from seednet import SeedNet
+from safetensors.torch import load_file
+m = SeedNet(widths=(8, 16, 32, 64), depth=1, heads=2)
+m.load_state_dict(load_file(sys.argv[2]), strict=True)
+m.double().train()
+ours = load_file(sys.argv[3])
+logits = m(ours["x"])
+loss = F.cross_entropy(logits, ours["y"])
+loss.backward()
+theirs = {"logits": logits.detach(), "loss": loss.detach()}
+for k, p in m.named_parameters():
+    theirs["grad." + k] = p.grad
+for k, b in m.named_buffers():
+    if b.is_floating_point():
+        theirs["value." + k] = b
+worst, compared = 0.0, 0
+for k, t in theirs.items():
+    o = ours[k]
+    assert o.shape == t.shape, (k, o.shape, t.shape)
+    rel = ((o - t).abs().max() / t.abs().max().clamp_min(1e-12)).item()
+    worst, compared = max(worst, rel), compared + 1
+print(f"compared {compared} worst {worst:.3e}")
+"#;
+    let reference = common::shared_dir().join("reference");
+    let run = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(&reference)
+        .arg(&weights)
+        .arg(&ours)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    println!("{}", stdout.trim());
+    let fields: Vec<&str> = stdout.split_whitespace().collect();
+    let (compared, worst): (usize, f64) = (fields[1].parse().unwrap(), fields[3].parse().unwrap());
+    // Logits, loss, every parameter's gradient, every BatchNorm's running mean and variance.
+    assert!(compared > 100, "{stdout}");
+    // fp64 on both sides: any real difference in the network is far above this.
+    assert!(worst < 1e-9, "{stdout}");
+}
