@@ -332,8 +332,9 @@ pub fn random_crop(x: &Tensor, aug: &[SampleAug], device: Device) -> Tensor {
 impl Augmenter {
     fn crop(&self, x: &Tensor, p: &Params) -> Tensor {
         let (b, c) = (x.size()[0], x.size()[1]);
-        let padded = x.constant_pad_nd([PAD, PAD, PAD, PAD]); // [B, C, 40, 40]
-                                                              // Both offsets against 0..32 at once: [B, 2, 32] source rows, then columns.
+        // Zero-padded to [B, C, 40, 40]; both offsets against 0..32 at once: [B, 2, 32] source
+        // rows, then columns.
+        let padded = x.constant_pad_nd([PAD, PAD, PAD, PAD]);
         let at = p.pair(0) + &self.ramp;
         let rows = at
             .narrow(1, 0, 1)

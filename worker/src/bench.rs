@@ -165,14 +165,7 @@ pub fn rust_rows(a: &BenchArgs) -> Result<(Vec<Row>, Option<f64>)> {
 }
 
 fn bf16<T>(on: bool, device: Device, f: impl FnOnce() -> T) -> T {
-    if on {
-        crate::shim::set_autocast_bf16(true, device).expect("bf16 autocast");
-    }
-    let out = f();
-    if on {
-        crate::shim::set_autocast_bf16(false, device).expect("bf16 autocast");
-    }
-    out
+    crate::train::autocast(on, device, f).expect("bf16 autocast")
 }
 
 fn torch_rows(a: &BenchArgs) -> Result<Vec<Row>> {

@@ -163,9 +163,10 @@ pub fn evaluate(
     let (rank, world) = pg.map_or((0, 1), |g| (g.rank(), g.world()));
     let aug = Augmenter::new(device);
     let mut predictions = vec![0i64; n];
-    let (mut starts, mut preds, mut sums) = (vec![], vec![], vec![]);
+    let starts: Vec<usize> = (0..n).step_by(batch).skip(rank).step_by(world).collect();
+    let (mut preds, mut sums) = (vec![], vec![]);
     tch::no_grad(|| -> Result<()> {
-        for start in (0..n).step_by(batch).skip(rank).step_by(world) {
+        for &start in &starts {
             let len = batch.min(n - start) as i64;
             let images = split.images.narrow(0, start as i64, len);
             let x = aug
@@ -177,7 +178,6 @@ pub fn evaluate(
             let loss = logits.cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0);
             sums.push(loss.to_kind(Kind::Double).view([1]));
             preds.push(logits.argmax(-1, false));
-            starts.push(start);
         }
         Ok(())
     })?;
@@ -214,7 +214,8 @@ pub fn evaluate(
     })
 }
 
-fn autocast<T>(bf16: bool, device: Device, f: impl FnOnce() -> T) -> Result<T> {
+/// Runs `f` under bf16 autocast on `device` when `bf16` (the trainer's and the benchmark's).
+pub(crate) fn autocast<T>(bf16: bool, device: Device, f: impl FnOnce() -> T) -> Result<T> {
     if !bf16 {
         return Ok(f());
     }
@@ -453,10 +454,6 @@ pub fn run(
         start_data_parallel(g, &mut model, matches!(start, Start::Resumed))?;
     }
     ranks.pg = group.map(Rc::new);
-    let sync_bn = ranks.world > 1 && !cfg.no_sync_bn;
-    if let (true, Some(pg)) = (sync_bn, &ranks.pg) {
-        model.net.use_sync_batch_norm(pg.clone());
-    }
     if ranks.is_main() {
         // The resume state is the commit point: drop metric lines written after it.
         write_metrics_file(&meta.history, &files.metrics)?;
@@ -469,6 +466,9 @@ pub fn run(
         gamma: cfg.gamma,
     };
     let mut trainer = Trainer::new(cfg, device, &data, &ranks, &files, schedule);
+    if let (true, Some(pg)) = (trainer.sync_bn, &ranks.pg) {
+        model.net.use_sync_batch_norm(pg.clone());
+    }
     trainer.bar = trainer.progress_bar();
     let status = trainer.epochs(&mut model, &mut meta, on_epoch)?;
     let first_step_at = trainer.first_step_at;
