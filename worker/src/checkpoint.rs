@@ -174,29 +174,21 @@ pub struct ResumeMeta {
     pub rng: String,
 }
 
-pub fn save_resume(
-    params: &Params,
-    momentum: &[Option<Tensor>],
-    meta: &ResumeMeta,
-    path: &Path,
-) -> Result<()> {
-    write_atomic(&resume_tensors(params, momentum, meta, cpu)?, path)
-}
-
+/// The resume state's tensors, copied to the host: every variable, every momentum buffer, the
+/// metadata as JSON bytes.
 fn resume_tensors(
     params: &Params,
     momentum: &[Option<Tensor>],
     meta: &ResumeMeta,
-    take: fn(&Tensor) -> Tensor,
 ) -> Result<Vec<(String, Tensor)>> {
     let mut tensors: Vec<(String, Tensor)> = params
         .all
         .iter()
-        .map(|(n, t)| (format!("model.{n}"), take(t)))
+        .map(|(n, t)| (format!("model.{n}"), owned(t)))
         .collect();
     for (name, buf) in params.trainable_names().into_iter().zip(momentum) {
         if let Some(buf) = buf {
-            tensors.push((format!("momentum.{name}"), take(buf)));
+            tensors.push((format!("momentum.{name}"), owned(buf)));
         }
     }
     let json = serde_json::to_vec(meta)?;
@@ -216,7 +208,7 @@ impl Snapshot {
     pub fn take(params: &Params, momentum: &[Option<Tensor>], meta: &ResumeMeta) -> Result<Self> {
         Ok(Snapshot {
             weights: study_tensors(params, meta.steps, owned),
-            resume: resume_tensors(params, momentum, meta, owned)?,
+            resume: resume_tensors(params, momentum, meta)?,
         })
     }
 
