@@ -62,3 +62,20 @@ pub(crate) fn read_metrics(dir: &std::path::Path) -> Vec<worker::metrics::EpochM
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Runs `script` with the project's PyTorch (`.venv`, from scripts/setup.sh) and `args`; panics
+/// with its stderr unless it succeeds, else returns its stdout.
+pub(crate) fn python<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) -> String {
+    let python = repo_root().join(".venv/bin/python");
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/setup.sh provides it)", python.display()));
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -68,11 +68,6 @@ fn init_follows_pytorch_defaults() {
 /// Our checkpoint loads into the seed's own PyTorch code (strict), and PyTorch's weights load into ours.
 #[test]
 fn pytorch_checkpoint_round_trip() {
-    let python = common::repo_root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "the project venv (scripts/setup.sh) provides PyTorch for this test"
-    );
     let dir = tempfile::tempdir().unwrap();
     let ours_path = dir.path().join("ours.safetensors");
     let theirs_path = dir.path().join("theirs.safetensors");
@@ -101,19 +96,8 @@ save_file(out, sys.argv[3])
 print("ok", len(out))
 "#;
     let reference = common::shared_dir().join("reference");
-    let out = std::process::Command::new(&python)
-        .args(["-c", script])
-        .arg(&reference)
-        .arg(&ours_path)
-        .arg(&theirs_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok"));
+    let out = common::python(script, &[&reference, &ours_path, &theirs_path]);
+    assert!(out.starts_with("ok"));
 
     let before: BTreeMap<String, tch::Tensor> = params
         .all
@@ -159,8 +143,6 @@ fn a_checkpoint_of_another_configuration_is_refused_with_the_tensor_named() {
 /// their order, which gradient each op routes where (the pooling's, the attention's split of qkv).
 #[test]
 fn a_training_step_equals_pytorch_on_the_same_weights() {
-    let python = common::repo_root().join(".venv/bin/python");
-    assert!(python.exists(), "scripts/setup.sh provides the venv");
     let dir = tempfile::tempdir().unwrap();
     let (weights, ours) = (
         dir.path().join("w.safetensors"),
@@ -220,19 +202,7 @@ for k, t in theirs.items():
 print(f"compared {compared} worst {worst:.3e}")
 "#;
     let reference = common::shared_dir().join("reference");
-    let run = std::process::Command::new(&python)
-        .args(["-c", script])
-        .arg(&reference)
-        .arg(&weights)
-        .arg(&ours)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let stdout = common::python(script, &[&reference, &weights, &ours]);
     println!("{}", stdout.trim());
     let fields: Vec<&str> = stdout.split_whitespace().collect();
     let (compared, worst): (usize, f64) = (fields[1].parse().unwrap(), fields[3].parse().unwrap());

@@ -66,15 +66,16 @@ fn compare_with_torch(momentum: f64, weight_decay: f64) {
     }
 
     let theirs = dir.path().join("torch.safetensors");
-    let python = common::repo_root().join(".venv/bin/python");
-    let ok = std::process::Command::new(&python)
-        .args(["-c", TORCH])
-        .arg(&init)
-        .arg(&theirs)
-        .args([momentum.to_string(), weight_decay.to_string()])
-        .status()
-        .unwrap_or_else(|e| panic!("{}: {e} (scripts/setup.sh provides it)", python.display()));
-    assert!(ok.success());
+    let (m, wd) = (momentum.to_string(), weight_decay.to_string());
+    common::python(
+        TORCH,
+        &[
+            init.as_os_str(),
+            theirs.as_os_str(),
+            m.as_ref(),
+            wd.as_ref(),
+        ],
+    );
     let theirs: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&theirs)
         .unwrap()
         .into_iter()
