@@ -1,19 +1,25 @@
 # The two commands of the README: `make demo` (the main job) and `make test` (the tests).
 # Both run scripts/setup.sh first, which installs what is missing and is a no-op afterwards.
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint sqlx-check bench
 
 setup:
 	@bash scripts/setup.sh
 
-demo: setup
+# The demo sets up only what it runs (no test extras), so it starts sooner on a fresh machine.
+demo:
+	@bash scripts/setup.sh demo
 	@bash scripts/demo.sh
 
 test: setup
 	cargo test --workspace --all-targets
 
-lint:
+lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# .sqlx/ (what the build compiles queries against) must match the queries and migrations as they are.
+sqlx-check: setup
+	@bash scripts/sqlx-check.sh
 
 bench: setup
 	cargo run -q -p worker -- bench --threads 2

@@ -4,6 +4,7 @@
 # and per-job overhead (worker wall time - trainer wall time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 BIN=target/debug
 DATA=${DATA:-../shared/data/cifar10-mini}
 TMP=$(mktemp -d)
@@ -14,8 +15,7 @@ t0=$(date +%s.%N); "$BIN/worker" train "${ARGS[@]}" --out "$TMP/hand" 2>/dev/nul
 hand=$(echo "$t1 - $t0" | bc)
 
 "$BIN/server" serve --db "$TMP/s.db" --listen 127.0.0.1:0 --token b >"$TMP/server.out" 2>/dev/null &
-for _ in $(seq 50); do grep -q "listening on" "$TMP/server.out" 2>/dev/null && break; sleep 0.1; done
-URL=$(sed -n 's/^listening on //p' "$TMP/server.out")
+URL=$(wait_for_listening "$TMP/server.out")
 cat >"$TMP/sweep.toml" <<TOML
 name = "bench"
 [train]

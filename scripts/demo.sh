@@ -4,7 +4,8 @@
 # study-format table. Everything lands in .demo/ (database, token, job outputs, logs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=target/debug
+source scripts/lib.sh
+BIN=${BIN:-target/debug}   # BIN=DIR runs other builds of server and worker
 SWEEP=${SWEEP:-sweeps/demo-cpu.toml}
 DEMO=.demo
 mkdir -p "$DEMO"
@@ -42,12 +43,11 @@ cleanup() {
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
-for _ in $(seq 50); do grep -q "listening on" "$DEMO/server.out" 2>/dev/null && break; sleep 0.1; done
-URL=$(sed -n 's/^listening on //p' "$DEMO/server.out")
+URL=$(wait_for_listening "$DEMO/server.out") || { cat "$DEMO/server.log" >&2; exit 1; }
 export SWEEP_SERVER=$URL SWEEP_TOKEN=$TOKEN
 echo "demo: coordinator at $URL (database $DEMO/sweeps.db, dashboard API $URL/api/sweeps)"
 
-ID=$("$BIN/server" submit "$SWEEP" | sed -n 's/^submitted sweep \([0-9]*\).*/\1/p')
+ID=$("$BIN/server" submit "$SWEEP" --print-id)
 echo "demo: submitted $SWEEP as sweep $ID"
 START=$(date +%s)
 "$BIN/worker" run --cpu-ranks 2 --work-dir "$DEMO/runs" --data-dir "$DATA" --exit-when-idle 2>"$DEMO/worker.log" &
@@ -64,6 +64,13 @@ echo
 "$BIN/server" export "$ID" --extra
 
 if [ "${UPDATE_README:-0}" = 1 ]; then
-  # The README's results block and images/ come from this run, never from typed numbers.
-  "$BIN/server" publish "$ID" --readme README.md --images images
+  # The README's results block and images/ come from this run, never from typed numbers. BLOCK=NAME
+  # writes the comparison into the named block (<!-- results:NAME:begin -->) instead, without
+  # figures (`server publish --block NAME` draws them into images/NAME/ when a sweep's curves say
+  # something).
+  if [ -n "${BLOCK:-}" ]; then
+    "$BIN/server" export "$ID" --compare --readme README.md --block "$BLOCK"
+  else
+    "$BIN/server" publish "$ID" --readme README.md --images images
+  fi
 fi

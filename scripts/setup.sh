@@ -2,8 +2,13 @@
 # One-time set-up of a fresh machine (Debian-like, x86-64, with or without a GPU): system packages,
 # libtorch from PyPI into a project-local venv, sqlx tooling, Chromium for browser tests, and the build.
 # Idempotent: every step is skipped when already done, so `make demo` and `make test` can call it.
+# `setup.sh demo` does only what the demo runs (packages, torch, the two binaries), so a newcomer
+# sees the demo start sooner; the tests' extras (Chromium, Optuna, sqlx-cli, test targets) come with
+# `make test`, which builds on the same cargo profile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE=${1:-all}
+full() { [ "$MODE" != demo ]; }
 
 TORCH_VERSION=2.11.0
 OPTUNA_VERSION=5.0.0
@@ -12,7 +17,11 @@ command -v cc >/dev/null || need_apt+=(build-essential)
 [ -f /usr/include/gloo/algorithm.h ] || need_apt+=(libgloo-dev)   # c10d Gloo headers (not in the wheel)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)   # figure text
-command -v chromium >/dev/null || need_apt+=(chromium)   # the dashboard's browser tests (headless)
+if full; then
+  command -v chromium >/dev/null || need_apt+=(chromium)   # the dashboard's browser tests (headless)
+  command -v curl >/dev/null || need_apt+=(curl)           # scripts/bench-worker.sh
+  command -v bc >/dev/null || need_apt+=(bc)               # scripts/bench-worker.sh
+fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -26,7 +35,7 @@ if ! .venv/bin/python -c "import torch, safetensors; assert torch.__version__.st
   .venv/bin/pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" safetensors numpy
 fi
 # Optuna: the reference the early-stopping tests compare the coordinator's decisions with.
-if ! .venv/bin/python -c "import optuna" 2>/dev/null; then
+if full && ! .venv/bin/python -c "import optuna" 2>/dev/null; then
   echo "setup: installing optuna into .venv (the early-stopping tests' reference)"
   .venv/bin/pip install -q --disable-pip-version-check "optuna==$OPTUNA_VERSION"
 fi
@@ -43,10 +52,15 @@ fi
 torch_dir=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 ln -sfn "$torch_dir" .libtorch
 
-if ! cargo sqlx --version >/dev/null 2>&1; then
+if full && ! cargo sqlx --version >/dev/null 2>&1; then
   echo "setup: installing sqlx-cli (for editing migrations and queries; the build itself uses .sqlx/)"
   cargo install -q sqlx-cli --version 0.8.6 --no-default-features --features sqlite --locked
 fi
 
-echo "setup: building (first build about 6 minutes on 2 cores: libtorch's bindings)"
-cargo build --workspace --all-targets
+if full; then
+  echo "setup: building (first build about 6 minutes on 2 cores: libtorch's bindings)"
+  cargo build --workspace --all-targets
+else
+  echo "setup: building the server and worker binaries (first build about 6 minutes on 2 cores)"
+  cargo build -p server -p worker --bins
+fi

@@ -1,7 +1,7 @@
 """The study's CIFAR-10 network in plain PyTorch, as a command job of the sweep coordinator.
 
 Written for this project as an example of sweeping a program that is not ours: it speaks the
-worker's environment contract (see the README, "Command jobs") and nothing else.
+worker's environment contract (see docs/command-jobs.md) and nothing else.
 
   SWEEP_METRICS         append one JSON line per epoch: epoch, lr, train_loss, test_loss, accuracy, ...
   SWEEP_CHECKPOINT_DIR  save model + optimiser + epoch after each epoch; resume from it when present

@@ -176,6 +176,51 @@ impl std::fmt::Display for JobStatus {
     }
 }
 
+/// Where a sweep is, derived from its jobs (never stored: a sweep's status is what its jobs say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum SweepStatus {
+    /// No job has been claimed yet.
+    Pending,
+    /// Some job runs, or some have ended while others wait.
+    Running,
+    /// Every job has ended.
+    Finished,
+    /// Cancelled by a user: pending jobs ended at once, running ones on their next heartbeat.
+    Cancelled,
+}
+
+impl SweepStatus {
+    /// The status of a sweep with these job counts.
+    pub fn of(cancelled: bool, pending: i64, running: i64, total: i64) -> Self {
+        if cancelled {
+            SweepStatus::Cancelled
+        } else if running > 0 || (pending > 0 && pending < total) {
+            SweepStatus::Running
+        } else if pending > 0 {
+            SweepStatus::Pending
+        } else {
+            SweepStatus::Finished
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SweepStatus::Pending => "pending",
+            SweepStatus::Running => "running",
+            SweepStatus::Finished => "finished",
+            SweepStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for SweepStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How a worker ends an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

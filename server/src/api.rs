@@ -32,8 +32,8 @@ type ApiResult<T> = Result<T, ApiError>;
           crate::dashboard::jobs_page, crate::dashboard::grid, crate::dashboard::curves,
           crate::artifacts::upload, crate::artifacts::download, crate::logs::append, crate::logs::read,
           events::stream, healthz, prometheus, openapi, crate::auth::create_session),
-    components(schemas(SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
-                       HeartbeatReply, MetricsReport, MetricsReply, FinishRequest, ReleaseRequest, JobChange, JobStatus, Outcome, Created, crate::views::JobRow,
+    components(schemas(SweepFile, SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
+                       HeartbeatReply, MetricsReport, MetricsReply, FinishRequest, ReleaseRequest, JobChange, JobStatus, protocol::SweepStatus, Outcome, Created, crate::views::JobRow,
                         crate::views::AttemptRow, crate::views::JobPage, crate::auth::SessionRequest, crate::views::GridCell, crate::views::Series)),
     modifiers(&BearerAuth, &CommonResponses)
 )]
@@ -177,7 +177,7 @@ pub struct Created {
 /// Submit a sweep: JSON, or TOML with `Content-Type: application/toml`. Rejected whole (422, the field
 /// named) if any part is wrong; nothing is stored then.
 /// A sweep file's structure, for the OpenAPI document: the spec is validated as a whole, each
-/// refused field named in the 422 (README: Sweep files).
+/// refused field named in the 422 (docs/sweep-files.md).
 #[derive(Debug, utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct SweepFile {
@@ -198,6 +198,10 @@ pub struct SweepFile {
     /// `max_attempts`, `repeats`.
     #[schema(value_type = Object, required = false)]
     run: Option<Value>,
+    /// Run this program instead of `worker train`: `argv` (with `{name}` placeholders), `workdir`,
+    /// `ranks`.
+    #[schema(value_type = Object, required = false)]
+    command: Option<Value>,
 }
 
 #[utoipa::path(post, path = "/api/sweeps", tag = "sweeps", request_body(content = SweepFile, description = "sweep spec (JSON, or TOML with Content-Type: application/toml)"),
@@ -241,7 +245,7 @@ async fn submit_sweep(
     tracing::info!(sweep = id, name = %spec.name, jobs, "sweep submitted");
     state.publish(Event::Sweep {
         sweep_id: id,
-        status: "pending".into(),
+        status: protocol::SweepStatus::Pending,
     });
     Ok((StatusCode::CREATED, Json(Created { id, jobs })))
 }
@@ -298,7 +302,7 @@ async fn cancel_sweep(
     }
     state.publish(Event::Sweep {
         sweep_id: id,
-        status: "cancelled".into(),
+        status: protocol::SweepStatus::Cancelled,
     });
     Ok(Json(serde_json::json!({ "cancelled_pending": n })))
 }

@@ -81,6 +81,9 @@ pub enum Command {
     /// Submit a sweep file (TOML, or JSON by extension).
     Submit {
         file: PathBuf,
+        /// Print only the new sweep's id (for scripts).
+        #[arg(long)]
+        print_id: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -123,8 +126,13 @@ pub enum Command {
         sweep: i64,
         #[arg(long, default_value = "README.md")]
         readme: PathBuf,
-        #[arg(long, default_value = "images")]
-        images: PathBuf,
+        /// A named block (`<!-- results:NAME:begin -->` ... `<!-- results:NAME:end -->`) instead of
+        /// the unnamed one, so one README holds several sweeps' results.
+        #[arg(long)]
+        block: Option<String>,
+        /// Where the figures go (default: images, or images/NAME for a named block).
+        #[arg(long)]
+        images: Option<PathBuf>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -156,6 +164,9 @@ pub enum Command {
         /// Rewrite the block between <!-- results:begin --> and <!-- results:end --> of this file.
         #[arg(long)]
         readme: Option<PathBuf>,
+        /// With --readme: the named block (<!-- results:NAME:begin -->) instead.
+        #[arg(long, requires = "readme")]
+        block: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -179,18 +190,32 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Publish {
             sweep,
             readme,
+            block,
             images,
             remote,
         } => {
             let client = Client::new(&remote.server, remote.token);
-            rewrite_readme(&client, sweep, &readme, "compare=true").await?;
+            let block = block.as_deref();
+            let images = images.unwrap_or_else(|| match block {
+                Some(name) => PathBuf::from("images").join(name),
+                None => PathBuf::from("images"),
+            });
+            rewrite_readme(&client, sweep, &readme, block, "compare=true").await?;
             write_figures(&client, sweep, &images, None, None).await
         }
-        Command::Submit { file, remote } => {
+        Command::Submit {
+            file,
+            print_id,
+            remote,
+        } => {
             let r = Client::new(&remote.server, remote.token)
                 .submit(&file)
                 .await?;
-            println!("submitted sweep {} with {} jobs", r["id"], r["jobs"]);
+            if print_id {
+                println!("{}", r.id);
+            } else {
+                println!("submitted sweep {} with {} jobs", r.id, r.jobs);
+            }
             Ok(())
         }
         Command::Logs {
@@ -219,6 +244,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             chinese,
             compare,
             readme,
+            block,
             remote,
         } => {
             let client = Client::new(&remote.server, remote.token);
@@ -229,7 +255,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     print!("{}", client.get_text(&path).await?);
                 }
                 Some(file) => {
-                    rewrite_readme(&client, sweep, &file, &query).await?;
+                    rewrite_readme(&client, sweep, &file, block.as_deref(), &query).await?;
                 }
             }
             Ok(())
@@ -327,13 +353,17 @@ async fn write_figures(
     Ok(())
 }
 
-/// Rewrites the block between the results markers of `file` with the sweep's table.
+/// Rewrites the block between the results markers of `file` (the unnamed block's or `block`'s) with
+/// the sweep's provenance and table.
 async fn rewrite_readme(
     client: &Client,
     sweep: i64,
     file: &std::path::Path,
+    block: Option<&str>,
     query: &str,
 ) -> Result<()> {
+    // A bad block name fails before any request.
+    crate::export::markers(block).map_err(|e| anyhow::anyhow!(e))?;
     let table = client
         .get_text(&format!(
             "/api/sweeps/{sweep}/results?format=markdown&{query}"
@@ -345,10 +375,10 @@ async fn rewrite_readme(
             .await?,
     )
     .context("unexpected sweep document")?;
-    let block = format!("{}\n\n{table}", crate::export::provenance(&detail));
+    let body = format!("{}\n\n{table}", crate::export::provenance(&detail));
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let new = crate::export::rewrite_block(&text, &block)
+    let new = crate::export::rewrite_block(&text, block, &body)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     std::fs::write(file, new)?;
     println!("updated the results block of {}", file.display());

@@ -3,6 +3,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::Path;
 
+use crate::views::{JobDetail, SweepDetail, SweepRow};
+
 #[derive(Debug)]
 pub struct Client {
     base: String,
@@ -41,7 +43,7 @@ impl Client {
         Ok(res)
     }
 
-    pub async fn submit(&self, file: &Path) -> Result<Value> {
+    pub async fn submit(&self, file: &Path) -> Result<crate::api::Created> {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
         let ctype = if file.extension().is_some_and(|e| e == "json") {
@@ -54,7 +56,11 @@ impl Client {
             .post(format!("{}/api/sweeps", self.base))
             .header("content-type", ctype)
             .body(text);
-        Ok(self.send(req).await?.json().await?)
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .context("unexpected answer to a submit")
     }
 
     pub async fn get_json(&self, path: &str) -> Result<Value> {
@@ -139,12 +145,14 @@ impl Client {
 
     /// Whether the job has ended, and its current attempt.
     async fn job_state(&self, job: i64) -> Result<(bool, i64)> {
-        let j = self.get_json(&protocol::routes::job(job)).await?;
-        let status = j["status"].as_str().and_then(protocol::JobStatus::parse);
-        Ok((
-            status.is_some_and(protocol::JobStatus::is_final),
-            j["attempt"].as_i64().unwrap_or(0),
-        ))
+        let j: JobDetail = self.get(&protocol::routes::job(job)).await?;
+        Ok((j.job.status.is_final(), j.job.attempt))
+    }
+
+    /// A read model of the API, typed as the server defines it.
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let value = self.get_json(path).await?;
+        serde_json::from_value(value).with_context(|| format!("unexpected answer from {path}"))
     }
 
     /// One line per sweep, or one line per job of a sweep.
@@ -152,41 +160,36 @@ impl Client {
         let mut out = String::new();
         match sweep {
             None => {
-                for s in self
-                    .get_json("/api/sweeps")
-                    .await?
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                {
+                let sweeps: Vec<SweepRow> = self.get("/api/sweeps").await?;
+                for s in sweeps {
                     out.push_str(&format!(
                         "{:>4}  {:<28} {:<10} {} jobs: {} pending, {} running, {} completed, {} diverged, {} failed, {} cancelled, {} pruned; {}/{} epochs\n",
-                        s["id"].as_i64().unwrap_or(0), s["name"].as_str().unwrap_or(""), s["status"].as_str().unwrap_or(""), s["total"], s["pending"],
-                        s["running"], s["completed"], s["diverged"], s["failed"], s["cancelled"], s["pruned"],
-                        s["epochs_spent"], s["epochs_budget"]
+                        s.id, s.name, s.status.as_str(), s.total, s.pending, s.running, s.completed, s.diverged,
+                        s.failed, s.cancelled, s.pruned, s.epochs_spent, s.epochs_budget
                     ));
                 }
             }
             Some(id) => {
-                let s = self.get_json(&format!("/api/sweeps/{id}")).await?;
+                let d: SweepDetail = self.get(&format!("/api/sweeps/{id}")).await?;
                 out.push_str(&format!(
                     "sweep {id} {} ({})\n",
-                    s["name"].as_str().unwrap_or(""),
-                    s["status"].as_str().unwrap_or("")
+                    d.sweep.name, d.sweep.status
                 ));
-                for j in s["jobs"].as_array().into_iter().flatten() {
-                    let acc = j["latest"]["accuracy"]
-                        .as_f64()
+                for j in d.jobs {
+                    let acc = j
+                        .latest
+                        .as_ref()
+                        .and_then(|m| m.accuracy)
                         .map(|a| format!("{:.2}%", 100.0 * a))
                         .unwrap_or("-".into());
                     out.push_str(&format!(
                         "  job {:>5} {:<10} attempt {} epoch {}/{} acc {acc:>7}  {}\n",
-                        j["id"],
-                        j["status"].as_str().unwrap_or(""),
-                        j["attempt"],
-                        j["epoch"],
-                        j["epochs"],
-                        j["params"]
+                        j.id,
+                        j.status.as_str(),
+                        j.attempt,
+                        j.epoch,
+                        j.epochs,
+                        j.params
                     ));
                 }
             }

@@ -22,7 +22,7 @@ pub enum Event {
     },
     Sweep {
         sweep_id: i64,
-        status: String,
+        status: protocol::SweepStatus,
     },
     /// A job's log grew: its attempt's output now ends at `next` (read it from the log route).
     Log {

@@ -388,7 +388,8 @@ pub fn render(d: &SweepDetail, format: Format, opts: &TableOptions) -> (&'static
     }
 }
 
-/// "Sweep `name` (id 3, 4 jobs): 5 epochs, device Cpu, finished 2026-11-28, commit abc123."
+/// "Sweep `name` (id 3, 4 jobs): 5 epochs, device Cpu, finished 2026-11-28, commit abc123. Data: ...",
+/// and a warning when the schedule is shorter than the study's.
 pub fn provenance(d: &SweepDetail) -> String {
     let summaries: Vec<&Value> = d.jobs.iter().filter_map(|j| j.summary.as_ref()).collect();
     let distinct = |key: &str| -> String {
@@ -418,7 +419,7 @@ pub fn provenance(d: &SweepDetail) -> String {
         .and_then(|ms| time::OffsetDateTime::from_unix_timestamp(ms / 1000).ok())
         .map(|t| format!("{}-{:02}-{:02}", t.year(), t.month() as u8, t.day()))
         .unwrap_or_else(|| "not finished".into());
-    format!(
+    let mut line = format!(
         "Sweep `{}` (id {}, {} jobs): {epochs} epochs, device {}, finished {date}, commit {}. Data: {}.",
         d.sweep.name,
         d.sweep.id,
@@ -426,76 +427,123 @@ pub fn provenance(d: &SweepDetail) -> String {
         distinct("device"),
         distinct("git_commit"),
         data_used(&summaries)
-    )
+    );
+    if let Some(longest) = d.jobs.iter().map(|j| j.epochs).max() {
+        if longest < crate::study::STUDY_EPOCHS {
+            line.push_str(&format!(
+                " A short schedule: {longest} epochs at most against the study's {}, so its accuracies are not comparable with the study's final ones.",
+                crate::study::STUDY_EPOCHS
+            ));
+        }
+    }
+    line
 }
 
 /// Which data the runs used, from `summary.json`'s `data` (the trainer records the records it found
-/// and the records it used), so a reader can tell a full-CIFAR-10 run from one on the mini set.
+/// and the records it used), so a reader can tell a full-CIFAR-10 run from one on the mini set. Runs
+/// of one source that used different amounts (a sweep over `limit_train`) read as one range.
 fn data_used(summaries: &[&Value]) -> String {
-    let mut seen: Vec<String> = summaries
-        .iter()
-        .filter_map(|s| s.get("data"))
-        .map(describe_data)
-        .collect();
+    // (source, [min, max] train used, [min, max] test used, every run used all of it)
+    let mut seen: Vec<(String, [u64; 2], [u64; 2], bool)> = vec![];
+    for d in summaries.iter().filter_map(|s| s.get("data")) {
+        let n = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let avail = (n("train_available"), n("test_available"));
+        let used = (n("train_used"), n("test_used"));
+        let source = describe_source(d.get("dataset").and_then(Value::as_str), avail);
+        match seen.iter_mut().find(|s| s.0 == source) {
+            Some(s) => {
+                s.1 = [s.1[0].min(used.0), s.1[1].max(used.0)];
+                s.2 = [s.2[0].min(used.1), s.2[1].max(used.1)];
+                s.3 &= used == avail;
+            }
+            None => seen.push((source, [used.0; 2], [used.1; 2], used == avail)),
+        }
+    }
     seen.sort();
-    seen.dedup();
-    if seen.is_empty() {
+    let described: Vec<String> = seen
+        .into_iter()
+        .map(|(source, train, test, whole)| {
+            let range = |r: [u64; 2]| {
+                if r[0] == r[1] {
+                    thousands(r[0])
+                } else {
+                    format!("{} to {}", thousands(r[0]), thousands(r[1]))
+                }
+            };
+            if whole {
+                source
+            } else {
+                format!("{source}, of which {} / {} used", range(train), range(test))
+            }
+        })
+        .collect();
+    if described.is_empty() {
         "not recorded".into()
     } else {
-        seen.join("; ")
+        described.join("; ")
     }
 }
 
-fn describe_data(d: &Value) -> String {
-    let n = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let (avail, used) = (
-        (n("train_available"), n("test_available")),
-        (n("train_used"), n("test_used")),
-    );
-    let thousands = |x: u64| {
-        let s = x.to_string();
-        let mut out = String::new();
-        for (i, ch) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i) % 3 == 0 {
-                out.push(',');
-            }
-            out.push(ch);
+/// 50000 -> "50,000".
+fn thousands(x: u64) -> String {
+    let s = x.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
         }
-        out
-    };
-    let source = match (d.get("dataset").and_then(Value::as_str), avail) {
+        out.push(ch);
+    }
+    out
+}
+
+fn describe_source(dataset: Option<&str>, avail: (u64, u64)) -> String {
+    match (dataset, avail) {
         (Some("synthetic"), _) => "synthetic images made from the seed".to_string(),
         (_, (50_000, 10_000)) => "the full CIFAR-10 (50,000 training / 10,000 test images)".into(),
         (_, (5_000, 1_000)) => {
             "the CIFAR-10 mini set (5,000 training / 1,000 test images, ../shared/data/cifar10-mini), not the full CIFAR-10".into()
         }
         (_, (a, b)) => format!("{} training / {} test CIFAR-10 records", thousands(a), thousands(b)),
-    };
-    if used == avail {
-        source
-    } else {
-        format!(
-            "{source}, of which {} / {} used",
-            thousands(used.0),
-            thousands(used.1)
-        )
     }
 }
 
-/// Replaces what lies between the results markers (exclusive) with `block`; the same input gives the
-/// same output, so running it twice changes nothing.
-pub fn rewrite_block(readme: &str, block: &str) -> Result<String, String> {
+/// The markers of a README's results block: the unnamed block's (`<!-- results:begin -->`) or a
+/// named one's (`<!-- results:NAME:begin -->`), so one README holds the results of several sweeps
+/// and publishing one leaves the others alone.
+pub fn markers(name: Option<&str>) -> Result<(String, String), String> {
+    match name {
+        None => Ok((BEGIN.to_string(), END.to_string())),
+        Some(n)
+            if !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+        {
+            Ok((
+                format!("<!-- results:{n}:begin -->"),
+                format!("<!-- results:{n}:end -->"),
+            ))
+        }
+        Some(n) => Err(format!("block name {n:?}: use 1 to 64 of a-z, 0-9 and -")),
+    }
+}
+
+/// Replaces what lies between the markers of the block `name` (exclusive) with `block`; the same
+/// input gives the same output, so running it twice changes nothing.
+pub fn rewrite_block(readme: &str, name: Option<&str>, block: &str) -> Result<String, String> {
+    let (begin, end) = markers(name)?;
     let start = readme
-        .find(BEGIN)
-        .ok_or_else(|| format!("no {BEGIN} marker"))?;
-    let end = readme[start..]
-        .find(END)
+        .find(&begin)
+        .ok_or_else(|| format!("no {begin} marker"))?;
+    let stop = readme[start..]
+        .find(&end)
         .map(|i| i + start)
-        .ok_or_else(|| format!("no {END} marker after {BEGIN}"))?;
+        .ok_or_else(|| format!("no {end} marker after {begin}"))?;
     Ok(format!(
-        "{}{BEGIN}\n{}\n{}",
+        "{}{begin}\n{}\n{}",
         &readme[..start],
         block.trim_end(),
-        &readme[end..]
+        &readme[stop..]
     ))
 }

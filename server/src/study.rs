@@ -5,6 +5,9 @@ use crate::export::{self, format_lr, job_batch, job_lr, pct};
 use crate::views::{JobRow, SweepDetail};
 use protocol::JobStatus;
 
+/// The study's schedule: its table's numbers are those of epoch 300.
+pub const STUDY_EPOCHS: i64 = 300;
+
 /// What the study printed for one (batch size, lr) cell.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum StudyResult {
@@ -98,47 +101,125 @@ pub const FIRST_README: [StudyRow; 12] = [
     ),
 ];
 
-/// Our result in one cell: the mean over the cell's finished runs (completed or diverged), so
-/// repeats and other axes fold into one number per (batch size, lr).
+/// Our result in one cell, over its finished runs (completed or diverged; seeds, repeats and other
+/// axes fold into one cell per (batch size, lr)): how many diverged, and the means over the runs that
+/// did not, so a cell where 1 seed of 3 diverged still shows what the other two reached.
 #[derive(Debug, Clone, PartialEq)]
 struct Ours {
-    /// None when a run diverged (its loss is NaN) or none reported a loss.
-    loss: Option<f64>,
-    /// Percent.
-    accuracy: Option<f64>,
     runs: usize,
     diverged: usize,
+    /// Mean final loss of the runs that did not diverge.
+    loss: Option<f64>,
+    /// Percent: the mean over the runs that did not diverge; when every run diverged, the mean
+    /// accuracy of the diverged weights (the study's 10.00).
+    accuracy: Option<f64>,
+}
+
+impl Ours {
+    fn all_diverged(&self) -> bool {
+        self.diverged == self.runs
+    }
+
+    /// "3/3 NaN", "1/3 NaN", "0/3": beside the study's NaN or accuracy, the boundary at a glance.
+    fn diverged_cell(&self) -> String {
+        if self.diverged > 0 {
+            format!("{}/{} NaN", self.diverged, self.runs)
+        } else {
+            format!("0/{}", self.runs)
+        }
+    }
 }
 
 fn ours(jobs: &[&JobRow]) -> Option<Ours> {
-    let done: Vec<&&JobRow> = jobs
+    let (diverged, trained): (Vec<&JobRow>, Vec<&JobRow>) = jobs
         .iter()
         .filter(|j| matches!(j.status, JobStatus::Completed | JobStatus::Diverged))
-        .collect();
-    if done.is_empty() {
+        .partition(|j| j.status == JobStatus::Diverged);
+    let runs = diverged.len() + trained.len();
+    if runs == 0 {
         return None;
     }
-    let diverged = done
-        .iter()
-        .filter(|j| j.status == JobStatus::Diverged)
-        .count();
     let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-    let accs: Vec<f64> = done.iter().filter_map(|j| export::final_acc(j)).collect();
-    let losses: Vec<f64> = done
-        .iter()
-        .filter_map(|j| j.latest.as_ref().and_then(|m| m.test_loss))
-        .collect();
+    let accuracy_of =
+        |js: &[&JobRow]| mean(js.iter().filter_map(|j| export::final_acc(j)).collect());
+    let accuracy = if trained.is_empty() {
+        accuracy_of(&diverged)
+    } else {
+        accuracy_of(&trained)
+    };
     Some(Ours {
-        loss: if diverged > 0 { None } else { mean(losses) },
-        accuracy: mean(accs).map(|a| 100.0 * a),
-        runs: done.len(),
-        diverged,
+        runs,
+        diverged: diverged.len(),
+        loss: mean(
+            trained
+                .iter()
+                .filter_map(|j| j.latest.as_ref().and_then(|m| m.test_loss))
+                .collect(),
+        ),
+        accuracy: accuracy.map(|a| 100.0 * a),
     })
 }
 
+/// The study's (loss, accuracy) cells as the document prints them, the accuracy as a number, and
+/// whether the study's run diverged.
+fn study_cells(batch: i64, lr: f64) -> (String, String, Option<(f64, bool)>) {
+    let study = FIRST_README
+        .iter()
+        .find(|r| r.batch_size == batch && r.lr == lr)
+        .map(|r| r.result);
+    match study {
+        Some(Final { loss, accuracy }) => (
+            format!("{loss:.3}"),
+            format!("{accuracy:.2}"),
+            Some((accuracy, false)),
+        ),
+        Some(Diverged { accuracy }) => (
+            "NaN".into(),
+            format!("{accuracy:.2}"),
+            Some((accuracy, true)),
+        ),
+        Some(Empty) | None => (String::new(), String::new(), None),
+    }
+}
+
+/// Our (diverged, loss, accuracy) cells; the bool says whether a cell folded several runs.
+fn our_cells(o: Option<&Ours>) -> ([String; 3], bool) {
+    let Some(o) = o else {
+        return (Default::default(), false);
+    };
+    let loss = if o.all_diverged() {
+        "NaN".to_string()
+    } else {
+        o.loss.map(|l| format!("{l:.3}")).unwrap_or_default()
+    };
+    let mut acc = pct(o.accuracy.map(|a| a / 100.0));
+    let averaged = if o.all_diverged() {
+        o.runs
+    } else {
+        o.runs - o.diverged
+    };
+    if averaged > 1 {
+        acc.push_str(&format!(" (mean of {averaged})"));
+    }
+    ([o.diverged_cell(), loss, acc], o.runs > 1)
+}
+
+/// Our accuracy minus the study's, where both ended the same way: the study's run diverged and all of
+/// ours did, or it trained and some of ours did (then ours is their mean). A trained accuracy minus a
+/// diverged run's 10.00 says nothing the diverged column does not.
+fn difference(study: Option<(f64, bool)>, o: Option<&Ours>) -> String {
+    match (study, o) {
+        (Some((s, s_diverged)), Some(o)) if s_diverged == o.all_diverged() => o
+            .accuracy
+            .map(|a| format!("{:+.2}", a - s))
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
 /// The comparison as a markdown table: every cell of the study's table and of the sweep, batch size
-/// ascending then lr descending, the study's numbers as the document prints them, ours, and our
-/// accuracy minus the study's in points.
+/// ascending then lr descending, the study's numbers as the document prints them, ours (with how
+/// many runs diverged), and our accuracy minus the study's in points.
 pub fn compare(d: &SweepDetail) -> String {
     let mut keys: Vec<(i64, f64)> = FIRST_README.iter().map(|r| (r.batch_size, r.lr)).collect();
     for j in &d.jobs {
@@ -149,63 +230,43 @@ pub fn compare(d: &SweepDetail) -> String {
     }
     keys.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
     let mut out = String::from(
-        "| batch_size | initial lr | study: final loss | study: final accuracy (%) | ours: final loss | ours: final accuracy (%) | difference (points) |\n\
-         |:---:|:---:|:---:|:---:|:---:|:---:|:---:|\n",
+        "| batch_size | initial lr | study: final loss | study: final accuracy (%) | ours: diverged | ours: final loss | ours: final accuracy (%) | difference (points) |\n\
+         |:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|\n",
     );
     let mut folded = false;
     for (batch, lr) in keys {
-        let study = FIRST_README
-            .iter()
-            .find(|r| r.batch_size == batch && r.lr == lr)
-            .map(|r| r.result);
-        let (s_loss, s_acc, s_value) = match study {
-            Some(Final { loss, accuracy }) => (
-                format!("{loss:.3}"),
-                format!("{accuracy:.2}"),
-                Some(accuracy),
-            ),
-            Some(Diverged { accuracy }) => ("NaN".into(), format!("{accuracy:.2}"), Some(accuracy)),
-            Some(Empty) | None => (String::new(), String::new(), None),
-        };
+        let (s_loss, s_acc, s_value) = study_cells(batch, lr);
         let cell: Vec<&JobRow> = d
             .jobs
             .iter()
             .filter(|j| job_batch(j) == batch && job_lr(j) == lr)
             .collect();
         let o = ours(&cell);
-        let (o_loss, mut o_acc) = match &o {
-            Some(o) if o.diverged > 0 => ("NaN".to_string(), pct(o.accuracy.map(|a| a / 100.0))),
-            Some(o) => (
-                o.loss.map(|l| format!("{l:.3}")).unwrap_or_default(),
-                pct(o.accuracy.map(|a| a / 100.0)),
-            ),
-            None => (String::new(), String::new()),
-        };
-        if let Some(o) = o.as_ref().filter(|o| o.runs > 1) {
-            folded = true;
-            o_acc.push_str(&format!(" (mean of {})", o.runs));
-        }
-        let diff = match (s_value, o.as_ref().and_then(|o| o.accuracy)) {
-            (Some(s), Some(a)) => format!("{:+.2}", a - s),
-            _ => String::new(),
-        };
+        let ([o_div, o_loss, o_acc], several) = our_cells(o.as_ref());
+        folded |= several;
         out.push_str(&export::table_row(&[
             batch.to_string(),
             format_lr(lr),
             s_loss,
             s_acc,
+            o_div,
             o_loss,
             o_acc,
-            diff,
+            difference(s_value, o.as_ref()),
         ]));
     }
     out.push_str(
         "\nStudy: its first README's table (SEED.md), empty where the study left it empty; a diverged run \
-         reads NaN beside the accuracy of its diverged weights. Ours: the sweep's finished runs. Difference: \
-         our accuracy minus the study's; differences under about 0.3 points are noise (SEED.md).\n",
+         reads NaN beside the accuracy of its diverged weights. Ours: the sweep's finished runs; diverged: \
+         how many of a cell's runs ended with a non-finite loss. Difference: our accuracy minus the study's \
+         where both ended the same way (trained, or diverged); differences under about 0.3 points are \
+         noise (SEED.md).\n",
     );
     if folded {
-        out.push_str("A cell with several runs (repeats or other axes) shows their mean.\n");
+        out.push_str(
+            "A cell with several runs (seeds, repeats or other axes) shows the mean loss and accuracy of \
+             its runs that did not diverge (of all its runs when every one diverged).\n",
+        );
     }
     out
 }

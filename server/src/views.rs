@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use protocol::{JobStatus, MetricsReport};
+use protocol::{JobStatus, MetricsReport, SweepStatus};
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AttemptRow {
@@ -78,11 +78,11 @@ pub struct GridCell {
 }
 
 /// One learning curve, column-wise (downsampled epochs).
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Series {
     pub batch_size: i64,
     pub job_id: i64,
-    pub status: String,
+    pub status: JobStatus,
     pub epoch: Vec<i64>,
     pub lr: Vec<Option<f64>>,
     pub train_loss: Vec<Option<f64>>,
@@ -105,7 +105,7 @@ pub struct JobDetail {
 pub struct SweepRow {
     pub id: i64,
     pub name: String,
-    pub status: String,
+    pub status: SweepStatus,
     pub created_at: i64,
     /// Number of jobs (the sweep document's `jobs` is the list of them).
     pub total: i64,

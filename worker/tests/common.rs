@@ -21,7 +21,7 @@ pub(crate) fn cifar_mini() -> PathBuf {
         .unwrap_or_else(|| shared_dir().join("data/cifar10-mini"));
     assert!(
         dir.join("data_batch_1.bin").exists(),
-        "CIFAR-10 test records not found at {}: set CIFAR10_MINI (see README, Tests)",
+        "CIFAR-10 test records not found at {}: set CIFAR10_MINI (see docs/testing.md)",
         dir.display()
     );
     dir

@@ -67,6 +67,47 @@ fn max_diff(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, Tensor>) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// The study's lr 1e-2 rows at 1, 4 and 8 per GPU: a run whose loss turns non-finite on 2 ranks
+/// with SyncBatchNorm ends diverged (its own exit code), with a NaN loss recorded and the accuracy
+/// its diverged weights score, as the study printed NaN / 10.00; both ranks stop together.
+#[test]
+fn a_diverging_two_rank_run_with_sync_bn_is_recorded_as_diverged() {
+    let _g = serial();
+    let out = tempfile::tempdir().unwrap();
+    let mut c = cfg(8);
+    c.epochs = 3;
+    c.warmup_epochs = 0;
+    c.lr = 1e8;
+    c.batch_size = 1;
+    c.nproc_per_node = 2;
+    let run = Command::new(common::worker_bin())
+        .args(c.to_args())
+        .arg("--out")
+        .arg(out.path())
+        .env_remove("WORLD_SIZE")
+        .env_remove("RANK")
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(worker::EXIT_DIVERGED),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let metrics = common::read_metrics(out.path());
+    let last = metrics.last().expect("the diverged epoch is recorded");
+    assert!(
+        last.train_loss.is_nan() && last.test_loss.is_nan(),
+        "{last:?}"
+    );
+    assert!(metrics.len() < 3, "stopped at the first diverged epoch");
+    assert!((0.0..=1.0).contains(&last.accuracy), "{}", last.accuracy);
+    let s = summary(out.path());
+    assert_eq!(s.status, worker::train::Status::Diverged);
+    assert_eq!(s.world_size, 2);
+    assert_eq!(s.final_metrics.map(|m| m.accuracy), Some(last.accuracy));
+}
+
 fn summary(dir: &Path) -> Summary {
     serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap()
 }

@@ -165,7 +165,7 @@ impl Store {
         .fetch_optional(&self.read)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
-        if row.attempt != attempt || row.status != "running" {
+        if row.attempt != attempt || row.status != JobStatus::Running.as_str() {
             return Err(self.fence_error(job, attempt).await);
         }
         if m.epoch > row.epochs {
@@ -309,7 +309,7 @@ impl Store {
             .fetch_optional(&self.read)
             .await?;
         match row {
-            Some(r) if r.attempt == attempt && r.status == "running" => Ok(()),
+            Some(r) if r.attempt == attempt && r.status == JobStatus::Running.as_str() => Ok(()),
             _ => Err(self.fence_error(job, attempt).await),
         }
     }

@@ -164,7 +164,7 @@ async fn fence_in(c: &mut SqliteConnection, job: i64, attempt: i64) -> Result<i6
     .fetch_optional(&mut *c)
     .await?
     .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
-    if row.status == "running" && row.attempt == attempt {
+    if row.status == JobStatus::Running.as_str() && row.attempt == attempt {
         Ok(row.sweep_id)
     } else {
         Err(super::lease::not_holding(

@@ -25,7 +25,9 @@ use std::time::Duration;
 use crate::spec::SweepSpec;
 use crate::writer::Writer;
 use futures::FutureExt;
-use protocol::{Capacity, Claim, HeartbeatReply, JobChange, JobShape, JobStatus, MetricsReport};
+use protocol::{
+    Capacity, Claim, HeartbeatReply, JobChange, JobShape, JobStatus, MetricsReport, SweepStatus,
+};
 use sqlx::{ConnectOptions, SqliteConnection};
 
 mod lease;
@@ -61,22 +63,6 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     read: SqlitePool,
     writer: Writer,
-}
-
-/// Job statuses that end a job.
-pub const FINAL: [&str; 5] = ["completed", "diverged", "failed", "cancelled", "pruned"];
-
-fn sweep_status(cancelled: bool, pending: i64, running: i64, total: i64) -> String {
-    if cancelled {
-        "cancelled"
-    } else if running > 0 || (pending > 0 && pending < total) {
-        "running"
-    } else if pending > 0 {
-        "pending"
-    } else {
-        "finished"
-    }
-    .into()
 }
 
 /// A stored status word as the enum. The table's CHECK constraint admits only these words.

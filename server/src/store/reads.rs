@@ -103,7 +103,7 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|r| SweepRow {
-                status: sweep_status(r.cancelled_at.is_some(), r.pending, r.running, r.total),
+                status: SweepStatus::of(r.cancelled_at.is_some(), r.pending, r.running, r.total),
                 id: r.id,
                 name: r.name,
                 created_at: r.created_at,
@@ -297,8 +297,13 @@ impl Store {
                 out.push(Series {
                     batch_size: r.batch_size,
                     job_id: r.job_id,
-                    status: r.status.clone(),
-                    ..Default::default()
+                    status: status_of(&r.status),
+                    epoch: vec![],
+                    lr: vec![],
+                    train_loss: vec![],
+                    test_loss: vec![],
+                    accuracy: vec![],
+                    extra: Default::default(),
                 });
             }
             let s = out.last_mut().expect("pushed above");

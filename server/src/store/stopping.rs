@@ -82,7 +82,7 @@ async fn judge_in(
     let Some(row) = row else {
         return Err(StoreError::NotFound(format!("job {job}")));
     };
-    if row.stop_requested != 0 || row.status != "running" {
+    if row.stop_requested != 0 || row.status != JobStatus::Running.as_str() {
         return Ok(row.stop_requested != 0);
     }
     let stop = match rule.method {

@@ -446,4 +446,15 @@ async fn health_prometheus_and_openapi() {
         );
     }
     assert!(doc["components"]["schemas"]["MetricsReport"].is_object());
+    // The documented sweep file has exactly the top-level keys the parser accepts.
+    let mut documented: Vec<&str> = doc["components"]["schemas"]["SweepFile"]["properties"]
+        .as_object()
+        .expect("SweepFile's properties")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut accepted = server::spec::TOP_KEYS.to_vec();
+    documented.sort();
+    accepted.sort();
+    assert_eq!(documented, accepted);
 }

@@ -1,4 +1,6 @@
 use crate::helpers::*;
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
 
 use server::study::{StudyResult, FIRST_README};
 
@@ -181,16 +183,16 @@ async fn the_comparison_puts_each_cell_beside_the_study_with_the_difference() {
     let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| ")).collect();
     assert_eq!(
         rows[0],
-        "| batch_size | initial lr | study: final loss | study: final accuracy (%) | ours: final loss | ours: final accuracy (%) | difference (points) |"
+        "| batch_size | initial lr | study: final loss | study: final accuracy (%) | ours: diverged | ours: final loss | ours: final accuracy (%) | difference (points) |"
     );
     for want in [
-        "| 1 | 1e-2 | NaN | 10.00 | NaN | 10.00 | +0.00 |",
-        "| 1 | 1e-4 | 0.332 | 89.53 | | | |",
-        "| 2 | 1e-2 | | | 0.500 | 90.00 | |",
-        "| 4 | 1e-4 | | | | | |",
-        "| 16 | 1e-2 | 0.200 | 94.52 | 0.210 | 95.00 | +0.48 |",
-        "| 32 | 1e-2 | 0.234 | 94.04 | 0.300 | 93.04 | -1.00 |",
-        "| 512 | 1e-2 | 0.423 | 85.74 | | | |",
+        "| 1 | 1e-2 | NaN | 10.00 | 1/1 NaN | NaN | 10.00 | +0.00 |",
+        "| 1 | 1e-4 | 0.332 | 89.53 | | | | |",
+        "| 2 | 1e-2 | | | 0/1 | 0.500 | 90.00 | |",
+        "| 4 | 1e-4 | | | | | | |",
+        "| 16 | 1e-2 | 0.200 | 94.52 | 0/1 | 0.210 | 95.00 | +0.48 |",
+        "| 32 | 1e-2 | 0.234 | 94.04 | 0/1 | 0.300 | 93.04 | -1.00 |",
+        "| 512 | 1e-2 | 0.423 | 85.74 | | | | |",
     ] {
         assert!(rows.contains(&want), "missing {want:?} in\n{md}");
     }
@@ -203,17 +205,14 @@ async fn the_comparison_puts_each_cell_beside_the_study_with_the_difference() {
     assert_eq!(order[..4], ["| 1 1e-2", "| 1 1e-4", "| 2 1e-2", "| 4 1e-2"]);
 
     // The same through the command line.
-    let out = tokio::task::spawn_blocking({
-        let base = app.base.clone();
-        move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_server"))
-                .args(["export", &sweep.to_string(), "--compare", "--server", &base])
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let args = [
+        "export",
+        &sweep.to_string(),
+        "--compare",
+        "--server",
+        &app.base,
+    ];
+    let out = run_cli(args.iter().map(OsString::from).collect()).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), md);
 }
 
@@ -222,12 +221,13 @@ async fn the_comparison_puts_each_cell_beside_the_study_with_the_difference() {
 async fn provenance_names_the_data_the_runs_used() {
     let app = spawn_app().await;
     let sweep = app
-        .submit("name = \"p\"\n[train]\nepochs = 1\n[grid]\nbatch_size = [8, 16]\n")
+        .submit("name = \"p\"\n[train]\nepochs = 1\n[grid]\nbatch_size = [8, 16, 32]\n")
         .await
         .id;
     for (avail, used) in [
         ((5000, 1000), (2000, 1000)),
         ((50000, 10000), (50000, 10000)),
+        ((5000, 1000), (3000, 1000)),
     ] {
         let claim = app.claim("w").await.unwrap();
         let id = claim.id;
@@ -246,7 +246,7 @@ async fn provenance_names_the_data_the_runs_used() {
     let detail: server::views::SweepDetail = serde_json::from_value(detail).unwrap();
     let line = server::export::provenance(&detail);
     assert!(
-        line.contains("the CIFAR-10 mini set (5,000 training / 1,000 test images, ../shared/data/cifar10-mini), not the full CIFAR-10, of which 2,000 / 1,000 used"),
+        line.contains("the CIFAR-10 mini set (5,000 training / 1,000 test images, ../shared/data/cifar10-mini), not the full CIFAR-10, of which 2,000 to 3,000 / 1,000 used"),
         "{line}"
     );
     assert!(
@@ -266,17 +266,7 @@ async fn the_readme_block_is_rewritten_in_place_and_idempotently() {
         "# Title\n\nbefore\n\n<!-- results:begin -->\nold table\n<!-- results:end -->\n\nafter\n",
     )
     .unwrap();
-    let args = |sweep: i64| {
-        let s = sweep.to_string();
-        vec![
-            "export".into(),
-            s.into(),
-            "--server".into(),
-            app.base.clone().into(),
-            "--readme".into(),
-            readme.clone().into_os_string(),
-        ]
-    };
+    let args = |sweep: i64| readme_cli("export", sweep, &app, &readme, &[]);
     server_cli(args(sweep)).await;
     let once = std::fs::read_to_string(&readme).unwrap();
     server_cli(args(sweep)).await;
@@ -293,7 +283,13 @@ async fn the_readme_block_is_rewritten_in_place_and_idempotently() {
             && once.contains("commit abc123"),
         "{once}"
     );
-    assert!(server::export::rewrite_block("no markers", "x").is_err());
+    assert!(server::export::rewrite_block("no markers", None, "x").is_err());
+    assert!(server::export::rewrite_block(
+        "<!-- results:begin -->\n<!-- results:end -->",
+        Some("other"),
+        "x"
+    )
+    .is_err());
 }
 
 #[tokio::test]
@@ -308,40 +304,154 @@ async fn publish_refreshes_the_readme_block_and_the_five_figures_in_one_command(
     )
     .unwrap();
     let images = dir.path().join("images");
-    server_cli(vec![
-        "publish".into(),
-        sweep.to_string().into(),
-        "--server".into(),
-        app.base.clone().into(),
-        "--readme".into(),
-        readme.clone().into_os_string(),
-        "--images".into(),
-        images.clone().into_os_string(),
-    ])
+    server_cli(readme_cli(
+        "publish",
+        sweep,
+        &app,
+        &readme,
+        &["--images".as_ref(), images.as_os_str()],
+    ))
     .await;
     let text = std::fs::read_to_string(&readme).unwrap();
     // publish writes the comparison: the study's 12 results beside themselves differ by nothing.
     assert!(
-        text.contains("| 16 | 1e-2 | 0.200 | 94.52 | 0.200 | 94.52 | +0.00 |"),
+        text.contains("| 16 | 1e-2 | 0.200 | 94.52 | 0/1 | 0.200 | 94.52 | +0.00 |"),
         "{text}"
     );
-    assert!(text.contains("| 4 | 1e-4 | | | | | |"), "{text}");
+    assert!(text.contains("| 4 | 1e-4 | | | | | | |"), "{text}");
     for name in server::figures::NAMES {
         let png = std::fs::read(images.join(format!("{name}.png"))).unwrap();
         assert_eq!(&png[1..4], b"PNG", "{name}");
     }
 }
 
-/// Runs the `server` binary's command line (off the async runtime) and insists it succeeds.
-async fn server_cli(args: Vec<std::ffi::OsString>) {
-    let out = tokio::task::spawn_blocking(move || {
+/// Several seeds per cell, as the divergence-boundary sweep runs them: the comparison counts the
+/// diverged ones beside the study's NaN or accuracy, and averages loss and accuracy over the seeds
+/// that did not diverge (over all of them, the diverged weights' accuracy, when every one did).
+#[tokio::test]
+async fn the_comparison_counts_diverged_seeds_per_cell() {
+    let app = spawn_app().await;
+    let sweep = app
+        .submit("name = \"seeds\"\n[train]\nepochs = 3\n[grid]\nbatch_size = [1, 8, 16]\nlr = [1e-2]\nseed = [0, 1, 2]\n")
+        .await
+        .id;
+    while let Some(claim) = app.claim("w").await {
+        let id = claim.id;
+        let batch = claim.params["batch_size"].as_i64().unwrap();
+        let seed = claim.params["seed"].as_i64().unwrap() as f64;
+        // Batch 1 diverges with every seed, batch 8 with seeds 0 and 1, batch 16 with none.
+        if batch == 1 || (batch == 8 && seed < 2.0) {
+            app.metrics(id, 1, 2, None, 0.1).await;
+            app.finish(id, 1, "diverged").await;
+        } else {
+            app.metrics(id, 1, 3, Some(1.5 + 0.1 * seed), 0.30 + 0.02 * seed)
+                .await;
+            app.finish(id, 1, "completed").await;
+        }
+    }
+    let md = app
+        .get_text(&format!("/api/sweeps/{sweep}/results?compare=true"))
+        .await;
+    let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| ")).collect();
+    for want in [
+        // All diverged, as the study's: NaN beside the diverged weights' mean accuracy.
+        "| 1 | 1e-2 | NaN | 10.00 | 3/3 NaN | NaN | 10.00 (mean of 3) | +0.00 |",
+        // Some diverged where the study's diverged: the seed that trained, no difference.
+        "| 8 | 1e-2 | NaN | 10.00 | 2/3 NaN | 1.700 | 34.00 | |",
+        // None diverged: the mean of three.
+        "| 16 | 1e-2 | 0.200 | 94.52 | 0/3 | 1.600 | 32.00 (mean of 3) | -62.52 |",
+    ] {
+        assert!(rows.contains(&want), "missing {want:?} in\n{md}");
+    }
+    assert!(md.contains("A cell with several runs"), "{md}");
+    // The provenance says a 3-epoch sweep is not the study's 300.
+    let (_, detail) = app.get(&format!("/api/sweeps/{sweep}")).await;
+    let detail: server::views::SweepDetail = serde_json::from_value(detail).unwrap();
+    let line = server::export::provenance(&detail);
+    assert!(
+        line.contains("A short schedule: 3 epochs at most against the study's 300"),
+        "{line}"
+    );
+}
+
+/// Two sweeps in one README: `publish --block NAME` rewrites its own block and figures, and leaves
+/// the unnamed block (and a wrong name) alone.
+#[tokio::test]
+async fn publish_into_a_named_block_leaves_the_other_block_alone() {
+    let app = spawn_app().await;
+    let sweep = golden_sweep(&app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let readme = dir.path().join("README.md");
+    let before = "a\n<!-- results:begin -->\ndemo table\n<!-- results:end -->\nb\n\
+                  <!-- results:divergence:begin -->\nSTALE\n<!-- results:divergence:end -->\nc\n";
+    std::fs::write(&readme, before).unwrap();
+    let images = dir.path().join("figures");
+    let publish = |block: &str| {
+        let rest = [
+            "--block".as_ref(),
+            block.as_ref(),
+            "--images".as_ref(),
+            images.as_os_str(),
+        ];
+        readme_cli("publish", sweep, &app, &readme, &rest)
+    };
+    server_cli(publish("divergence")).await;
+    let text = std::fs::read_to_string(&readme).unwrap();
+    assert!(
+        text.starts_with("a\n<!-- results:begin -->\ndemo table\n<!-- results:end -->\nb\n<!-- results:divergence:begin -->\nSweep `golden`"),
+        "{text}"
+    );
+    assert!(text.ends_with("<!-- results:divergence:end -->\nc\n") && !text.contains("STALE"));
+    assert!(images.join("batch_and_acc.png").exists());
+    // A name that is not a block, or not a name: an error, and the file as it was.
+    for bad in ["gone", "Bad Name"] {
+        let out = run_cli(publish(bad)).await;
+        assert!(!out.status.success(), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("results:gone:begin") || err.contains("block name"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&readme).unwrap(), text);
+    }
+}
+
+/// `server COMMAND SWEEP --server BASE --readme README`, then `rest`.
+fn readme_cli(
+    command: &str,
+    sweep: i64,
+    app: &TestApp,
+    readme: &Path,
+    rest: &[&OsStr],
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        command.into(),
+        sweep.to_string().into(),
+        "--server".into(),
+        app.base.clone().into(),
+        "--readme".into(),
+        readme.into(),
+    ];
+    args.extend(rest.iter().map(|a| a.to_os_string()));
+    args
+}
+
+/// Runs the `server` binary's command line off the async runtime (the server under test answers
+/// it on this test's runtime).
+async fn run_cli(args: Vec<OsString>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_server"))
             .args(&args)
             .output()
             .unwrap()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// [`run_cli`], insisting it succeeds.
+async fn server_cli(args: Vec<OsString>) {
+    let out = run_cli(args).await;
     assert!(
         out.status.success(),
         "{}",

@@ -120,3 +120,33 @@ async fn the_repository_sweep_files_are_valid() {
     assert_eq!(sw["spec"]["early_stop"]["method"], "asha");
     assert_eq!(sw["total"], 27);
 }
+
+/// Every sweep file the project ships parses, and expands to the jobs its comments promise for the
+/// divergence-boundary sweep (equal steps at every batch size: limit_train = 2 ranks x batch x 60).
+#[test]
+fn every_shipped_sweep_file_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sweeps");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let spec = server::spec::SweepSpec::from_toml(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        seen += 1;
+        if spec.name == "cpu-divergence-boundary" {
+            let jobs = spec.expand();
+            assert_eq!(jobs.len(), 16);
+            for p in &jobs {
+                let (batch, limit) = (
+                    p["batch_size"].as_i64().unwrap(),
+                    p["limit_train"].as_i64().unwrap(),
+                );
+                assert_eq!(limit, 2 * batch * 60, "{p:?}");
+            }
+        }
+    }
+    assert!(seen >= 8, "{seen} sweep files");
+}
