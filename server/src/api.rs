@@ -586,7 +586,7 @@ async fn finish(
         .finish(
             id,
             req.attempt,
-            req.status.as_str(),
+            req.status,
             req.summary.as_ref(),
             error,
             state.clock.now_ms(),

@@ -184,12 +184,13 @@ impl Store {
         &self,
         job: i64,
         attempt: i64,
-        outcome: &str,
+        outcome: protocol::Outcome,
         summary: Option<&Value>,
         error: Option<&str>,
         now: i64,
     ) -> Result<JobChange> {
         let summary = summary.map(Value::to_string);
+        let outcome = outcome.as_str();
         let (outcome_s, error_s) = (outcome.to_string(), error.map(str::to_string));
         let row = self.writer.run(move |c| async move { let (outcome, error) = (outcome_s, error_s); Ok(sqlx::query!(
             // `failed` with attempts left goes back to pending, unless the job's sweep was cancelled
