@@ -94,7 +94,7 @@ fn sorted_jobs(d: &SweepDetail) -> Vec<&JobRow> {
     jobs
 }
 
-fn final_loss(j: &JobRow) -> Option<f64> {
+pub(crate) fn final_loss(j: &JobRow) -> Option<f64> {
     j.latest.as_ref().and_then(|m| m.test_loss)
 }
 

@@ -110,8 +110,8 @@ struct Ours {
     diverged: usize,
     /// Mean final loss of the runs that did not diverge.
     loss: Option<f64>,
-    /// Percent: the mean over the runs that did not diverge; when every run diverged, the mean
-    /// accuracy of the diverged weights (the study's 10.00).
+    /// A fraction: the mean over the runs that did not diverge; when every run diverged, the mean
+    /// accuracy of the diverged weights (the study's 10.00%).
     accuracy: Option<f64>,
 }
 
@@ -153,10 +153,10 @@ fn ours(jobs: &[&JobRow]) -> Option<Ours> {
         loss: mean(
             trained
                 .iter()
-                .filter_map(|j| j.latest.as_ref().and_then(|m| m.test_loss))
+                .filter_map(|j| export::final_loss(j))
                 .collect(),
         ),
-        accuracy: accuracy.map(|a| 100.0 * a),
+        accuracy,
     })
 }
 
@@ -192,7 +192,7 @@ fn our_cells(o: Option<&Ours>) -> ([String; 3], bool) {
     } else {
         o.loss.map(|l| format!("{l:.3}")).unwrap_or_default()
     };
-    let mut acc = pct(o.accuracy.map(|a| a / 100.0));
+    let mut acc = pct(o.accuracy);
     let averaged = if o.all_diverged() {
         o.runs
     } else {
@@ -211,7 +211,7 @@ fn difference(study: Option<(f64, bool)>, o: Option<&Ours>) -> String {
     match (study, o) {
         (Some((s, s_diverged)), Some(o)) if s_diverged == o.all_diverged() => o
             .accuracy
-            .map(|a| format!("{:+.2}", a - s))
+            .map(|a| format!("{:+.2}", 100.0 * a - s))
             .unwrap_or_default(),
         _ => String::new(),
     }

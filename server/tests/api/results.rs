@@ -242,9 +242,7 @@ async fn provenance_names_the_data_the_runs_used() {
             .await;
         assert_eq!(s, 200);
     }
-    let (_, detail) = app.get(&format!("/api/sweeps/{sweep}")).await;
-    let detail: server::views::SweepDetail = serde_json::from_value(detail).unwrap();
-    let line = server::export::provenance(&detail);
+    let line = provenance_of(&app, sweep).await;
     assert!(
         line.contains("the CIFAR-10 mini set (5,000 training / 1,000 test images, ../shared/data/cifar10-mini), not the full CIFAR-10, of which 2,000 to 3,000 / 1,000 used"),
         "{line}"
@@ -365,9 +363,7 @@ async fn the_comparison_counts_diverged_seeds_per_cell() {
     }
     assert!(md.contains("A cell with several runs"), "{md}");
     // The provenance says a 3-epoch sweep is not the study's 300.
-    let (_, detail) = app.get(&format!("/api/sweeps/{sweep}")).await;
-    let detail: server::views::SweepDetail = serde_json::from_value(detail).unwrap();
-    let line = server::export::provenance(&detail);
+    let line = provenance_of(&app, sweep).await;
     assert!(
         line.contains("A short schedule: 3 epochs at most against the study's 300"),
         "{line}"
@@ -414,6 +410,13 @@ async fn publish_into_a_named_block_leaves_the_other_block_alone() {
         );
         assert_eq!(std::fs::read_to_string(&readme).unwrap(), text);
     }
+}
+
+/// The provenance line of a sweep as the API serves it.
+async fn provenance_of(app: &TestApp, sweep: i64) -> String {
+    let (_, detail) = app.get(&format!("/api/sweeps/{sweep}")).await;
+    let detail: server::views::SweepDetail = serde_json::from_value(detail).unwrap();
+    server::export::provenance(&detail)
 }
 
 /// `server COMMAND SWEEP --server BASE --readme README`, then `rest`.
