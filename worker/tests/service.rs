@@ -74,18 +74,23 @@ fn a_killed_workers_job_is_resumed_from_its_checkpoint_by_another() {
     train["seed"] = json!(5);
     let sweep = c.submit(json!({"name": "resume", "train": train.clone()}));
     let mut a = worker(&c.url, &dir.path().join("a"), &["--cpu-ranks", "1"]);
-    // Wait for epoch 2's checkpoint to be on the coordinator, then kill the worker outright.
+    // Wait for epoch 2's checkpoint to be on the coordinator, then kill the worker outright. The
+    // checkpoint is written off the critical path, so it can arrive after its epoch's metrics: read
+    // the epoch inside the uploaded checkpoint, not the job's.
     let mut stall = Stall::new(STALL);
+    let saved = dir.path().join("uploaded.safetensors");
     let job = loop {
         let s = c.get(&format!("/api/sweeps/{sweep}"));
         let j = &s["jobs"][0];
         if j["epoch"].as_i64().unwrap_or(0) >= 2 {
             let id = j["id"].as_i64().unwrap();
-            if ureq::get(&format!("{}/api/jobs/{id}/checkpoint", c.url))
-                .call()
-                .is_ok()
-            {
-                break id;
+            if let Ok(r) = ureq::get(&format!("{}/api/jobs/{id}/checkpoint", c.url)).call() {
+                let mut bytes = vec![];
+                std::io::Read::read_to_end(&mut r.into_reader(), &mut bytes).unwrap();
+                std::fs::write(&saved, bytes).unwrap();
+                if worker::checkpoint::read_resume_meta(&saved).is_ok_and(|m| m.epoch >= 2) {
+                    break id;
+                }
             }
         }
         stall.check(&s, "no checkpoint of epoch 2");
