@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 /// What a command job runs, as the sweep's `[command]` table says it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct CommandSpec {
     /// The program and its arguments; `{name}` takes the job's parameter `name` (`{{` and `}}` are
     /// literal braces). Each entry stays one argument: no shell ever sees it.

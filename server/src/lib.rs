@@ -5,26 +5,12 @@
 // The coordinator and the protocol need no unsafe code; only the worker (libtorch, signals) does.
 #![forbid(unsafe_code)]
 
-pub mod api;
-pub mod artifacts;
-pub mod auth;
 pub mod cli;
-pub mod client;
-pub mod command;
-pub mod dashboard;
-pub mod early_stop;
-pub mod error;
-pub mod events;
-pub mod export;
-pub mod figures;
-pub mod loadgen;
-pub mod logs;
-pub mod search;
-pub mod spec;
+pub mod http;
+pub mod results;
 pub mod startup;
 pub mod state;
 pub mod store;
-pub mod study;
+pub mod sweep;
 pub mod telemetry;
 pub mod views;
-pub mod writer;

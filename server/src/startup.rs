@@ -93,12 +93,12 @@ pub struct Application {
 
 /// `<db>.token`: the generated admin token, readable by its owner only.
 pub fn token_path(db: &Path) -> PathBuf {
-    crate::auth::sidecar(db, ".token")
+    crate::http::auth::sidecar(db, ".token")
 }
 
 /// `<db>.worker-token`: the generated worker token.
 pub fn worker_token_path(db: &Path) -> PathBuf {
-    crate::auth::sidecar(db, ".worker-token")
+    crate::http::auth::sidecar(db, ".worker-token")
 }
 
 impl Application {
@@ -119,12 +119,12 @@ impl Application {
                 "renewed the leases of running jobs after a restart"
             );
         }
-        let (token, new_token) = crate::auth::load_token(
+        let (token, new_token) = crate::http::auth::load_token(
             cfg.token.as_deref(),
             cfg.token_file.as_deref(),
             &token_path(&cfg.db),
         )?;
-        let (worker_token, new_worker_token) = crate::auth::load_token(
+        let (worker_token, new_worker_token) = crate::http::auth::load_token(
             cfg.worker_token.as_deref(),
             cfg.worker_token_file.as_deref(),
             &worker_token_path(&cfg.db),
@@ -142,12 +142,12 @@ impl Application {
             store,
             clock: cfg.clock,
             lease_ms: cfg.lease_ms,
-            tokens: Arc::new(crate::auth::Tokens {
+            tokens: Arc::new(crate::http::auth::Tokens {
                 admin: token,
                 worker: worker_token,
             }),
             sessions: Arc::new(Default::default()),
-            allowed_hosts: Arc::new(crate::auth::default_allowed_hosts(
+            allowed_hosts: Arc::new(crate::http::auth::default_allowed_hosts(
                 &cfg.listen,
                 &cfg.allowed_hosts,
             )),
@@ -199,7 +199,7 @@ impl Application {
     ) -> Result<()> {
         let reaper = tokio::spawn(reap_forever(self.state.clone(), self.reap_every));
         let stopping = self.state.stopping.clone();
-        let app = crate::api::router(self.state.clone(), self.limits.request_timeout);
+        let app = crate::http::router(self.state.clone(), self.limits.request_timeout);
         let result = serve(self.listener, app, &self.limits, async move {
             shutdown.await;
             stopping.send_replace(true);

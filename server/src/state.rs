@@ -43,9 +43,9 @@ pub struct AppState {
     pub clock: Clock,
     pub lease_ms: i64,
     /// The admin and worker tokens (see `auth`).
-    pub tokens: Arc<crate::auth::Tokens>,
+    pub tokens: Arc<crate::http::auth::Tokens>,
     /// Dashboard sessions (read-only) for `--private`.
-    pub sessions: Arc<crate::auth::Sessions>,
+    pub sessions: Arc<crate::http::auth::Sessions>,
     /// Host names served (None: any).
     pub allowed_hosts: Arc<Option<Vec<String>>>,
     /// Reads need a token (or a session) too.
@@ -53,10 +53,10 @@ pub struct AppState {
     /// Figures drawn at once (each holds a core while it draws).
     pub figure_permits: Arc<tokio::sync::Semaphore>,
     /// Drawn figures, reused while their sweep is unchanged.
-    pub figure_cache: Arc<crate::figures::FigureCache>,
+    pub figure_cache: Arc<crate::results::figures::FigureCache>,
     /// Open event streams allowed at once.
     pub sse_permits: Arc<tokio::sync::Semaphore>,
-    pub events: broadcast::Sender<crate::events::Event>,
+    pub events: broadcast::Sender<crate::http::events::Event>,
     pub telemetry: Arc<Telemetry>,
     /// Uploaded checkpoints, one folder per job id.
     pub artifacts: Arc<std::path::Path>,

@@ -13,20 +13,20 @@ fn sweep_keys_are_the_train_options() {
         .cloned()
         .collect();
     // Every trainer option is either a sweep key or a worker's own setting (where data comes from).
-    let theirs: BTreeSet<String> = server::spec::TRAIN_KEYS
+    let theirs: BTreeSet<String> = server::sweep::TRAIN_KEYS
         .iter()
         .map(|(k, _)| k.to_string())
         .chain(
-            server::spec::WORKER_SETTINGS
+            server::sweep::WORKER_SETTINGS
                 .iter()
                 .map(|(k, _)| k.to_string()),
         )
         .collect();
     assert_eq!(ours, theirs);
     let d = TrainConfig::default();
-    assert_eq!(d.epochs as i64, server::spec::DEFAULT_EPOCHS);
-    assert_eq!(d.batch_size as i64, server::spec::DEFAULT_BATCH_SIZE);
-    assert_eq!(d.nproc_per_node as i64, server::spec::DEFAULT_NPROC);
+    assert_eq!(d.epochs as i64, server::sweep::DEFAULT_EPOCHS);
+    assert_eq!(d.batch_size as i64, server::sweep::DEFAULT_BATCH_SIZE);
+    assert_eq!(d.nproc_per_node as i64, server::sweep::DEFAULT_NPROC);
 }
 
 #[test]
@@ -39,7 +39,7 @@ fn every_job_of_the_repository_sweeps_is_a_valid_train_config() {
         "demo-cpu.toml",
     ] {
         let spec =
-            server::spec::SweepSpec::from_toml(&std::fs::read_to_string(dir.join(file)).unwrap())
+            server::sweep::SweepSpec::from_toml(&std::fs::read_to_string(dir.join(file)).unwrap())
                 .unwrap();
         for params in spec.expand() {
             let cfg: TrainConfig =

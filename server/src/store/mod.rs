@@ -22,8 +22,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::spec::SweepSpec;
-use crate::writer::Writer;
+use crate::store::writer::Writer;
+use crate::sweep::SweepSpec;
 use futures::FutureExt;
 use protocol::{
     Capacity, Claim, HeartbeatReply, JobChange, JobShape, JobStatus, MetricsReport, SweepStatus,
@@ -35,6 +35,7 @@ pub mod logs;
 mod reads;
 mod stopping;
 mod sweeps;
+pub mod writer;
 
 use crate::views::*;
 
@@ -55,6 +56,9 @@ pub enum StoreError {
     /// A value the job's own state rules out (an epoch past the job's last).
     #[error("{0}")]
     Invalid(String),
+    /// A stored value that does not read as what was written (never papered over with a default).
+    #[error("stored data does not read: {0}")]
+    Corrupt(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -238,7 +238,7 @@ impl Store {
     /// The batch size x lr grid of a sweep: per cell its jobs, how many diverged, the best final
     /// (or latest) accuracy. Jobs that leave a key out run with the trainer's default.
     pub async fn grid(&self, sweep: i64) -> Result<Vec<GridCell>> {
-        let (bs, lr) = (crate::spec::DEFAULT_BATCH_SIZE, crate::spec::DEFAULT_LR);
+        let (bs, lr) = (crate::sweep::DEFAULT_BATCH_SIZE, crate::sweep::DEFAULT_LR);
         Ok(sqlx::query_as!(
             GridCell,
             r#"SELECT coalesce(json_extract(j.params, '$.batch_size'), ?2) AS "batch_size!: i64",
@@ -262,7 +262,7 @@ impl Store {
     /// Learning curves at one lr, one line per batch size (its first job), at most about `points`
     /// epochs per line (every k-th epoch, plus the first and the latest).
     pub async fn curves(&self, sweep: i64, lr: f64, points: i64) -> Result<Vec<Series>> {
-        let (dbs, dlr) = (crate::spec::DEFAULT_BATCH_SIZE, crate::spec::DEFAULT_LR);
+        let (dbs, dlr) = (crate::sweep::DEFAULT_BATCH_SIZE, crate::sweep::DEFAULT_LR);
         let epochs = sqlx::query_scalar!(
             r#"SELECT max(epochs) AS "n: i64" FROM jobs WHERE sweep_id = ?"#,
             sweep

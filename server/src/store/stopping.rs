@@ -1,9 +1,9 @@
 //! Early stopping's transition: a running job judged on its epoch's report, and the stop flag it
 //! sets (`stop_requested`, never cleared). The flag reaches the worker in the metrics reply and in
 //! every heartbeat; however the attempt then ends (finish, release, lease expiry), the job ends
-//! `pruned` (see [`lease`](super::lease)). The rules themselves are in [`crate::early_stop`].
+//! `pruned` (see [`lease`](super::lease)). The rules themselves are in [`crate::sweep::early_stop`].
 use super::*;
-use crate::early_stop::{self, EarlyStop, Method};
+use crate::sweep::early_stop::{self, EarlyStop, Method};
 use protocol::MetricsReport;
 
 impl Store {
@@ -25,7 +25,10 @@ impl Store {
         .fetch_optional(&self.read)
         .await?
         .flatten();
-        Ok(text.as_deref().and_then(EarlyStop::from_stored))
+        text.as_deref()
+            .map(EarlyStop::from_stored)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("sweep of job {job}: {e}")))
     }
 
     /// Stores one epoch's metrics (as [`Store::record_metrics`]) and judges the job on them, in

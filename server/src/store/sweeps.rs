@@ -7,7 +7,10 @@ impl Store {
         let jobs = spec.expand();
         let spec_json = spec.to_value().to_string();
         let (name, max_attempts) = (spec.name.clone(), spec.max_attempts);
-        let early_stop = spec.early_stop.as_ref().map(|r| r.to_value().to_string());
+        let early_stop = spec
+            .early_stop
+            .as_ref()
+            .map(|r| serde_json::to_string(&r.to_file()).expect("plain data"));
         let command = spec
             .command
             .as_ref()
@@ -150,7 +153,7 @@ fn command_shape(params: &Map<String, Value>, ranks: i64) -> JobShape {
         epochs: params
             .get("epochs")
             .and_then(Value::as_i64)
-            .filter(|n| (1..=crate::spec::MAX_EPOCHS).contains(n))
-            .unwrap_or(crate::spec::MAX_EPOCHS),
+            .filter(|n| (1..=crate::sweep::MAX_EPOCHS).contains(n))
+            .unwrap_or(crate::sweep::MAX_EPOCHS),
     }
 }

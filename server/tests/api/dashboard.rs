@@ -443,7 +443,7 @@ async fn the_page_reconnects_after_the_coordinator_restarts() {
 #[ignore]
 async fn bench_first_paint_of_a_10000_job_sweep() {
     let app = spawn_app().await;
-    let spec = server::spec::SweepSpec::from_toml(
+    let spec = server::sweep::SweepSpec::from_toml(
         "name = \"scale\"\n[run]\nrepeats = 500\n[train]\ndataset = \"synthetic\"\nepochs = 300\n\
          [grid]\nbatch_size = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]\nlr = [0.01, 0.0001]\n",
     )

@@ -43,10 +43,10 @@ async fn every_figure_is_a_png_of_the_expected_size_and_depends_on_the_sweep() {
         }
         app.finish(id, 1, "completed").await;
     }
-    for name in server::figures::NAMES {
+    for name in server::results::figures::NAMES {
         let pa = png(&app, a, name).await;
         let (w, h, pixels) = decode(&pa);
-        assert_eq!((w, h), server::figures::SIZE, "{name}");
+        assert_eq!((w, h), server::results::figures::SIZE, "{name}");
         let distinct: std::collections::HashSet<&[u8]> = pixels.chunks(3).collect();
         assert!(
             distinct.len() > 8,
@@ -80,8 +80,11 @@ async fn every_figure_is_a_png_of_the_expected_size_and_depends_on_the_sweep() {
     .await
     .unwrap();
     assert!(status.success());
-    for name in server::figures::NAMES {
+    for name in server::results::figures::NAMES {
         let bytes = std::fs::read(dir.path().join(format!("{name}.png"))).unwrap();
-        assert_eq!((decode(&bytes).0, decode(&bytes).1), server::figures::SIZE);
+        assert_eq!(
+            (decode(&bytes).0, decode(&bytes).1),
+            server::results::figures::SIZE
+        );
     }
 }

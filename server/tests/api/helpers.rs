@@ -106,7 +106,7 @@ impl TestApp {
     }
 
     /// Submits a sweep that must be accepted; the answer as the API's own type.
-    pub(crate) async fn submit(&self, toml: &str) -> server::api::Created {
+    pub(crate) async fn submit(&self, toml: &str) -> server::http::sweeps::Created {
         let (status, body) = self.submit_toml(toml).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         serde_json::from_value(body).expect("the submit answer")

@@ -1,6 +1,6 @@
 use crate::helpers::*;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn a_sweep_lives_from_submit_to_finished() {
@@ -446,15 +446,33 @@ async fn health_prometheus_and_openapi() {
         );
     }
     assert!(doc["components"]["schemas"]["MetricsReport"].is_object());
-    // The documented sweep file has exactly the top-level keys the parser accepts.
-    let mut documented: Vec<&str> = doc["components"]["schemas"]["SweepFile"]["properties"]
+    // The documented sweep file has exactly the top-level keys the parser accepts: a file setting
+    // every documented key is accepted, and one with a key the document lacks is refused.
+    let documented: Vec<String> = doc["components"]["schemas"]["SweepFile"]["properties"]
         .as_object()
         .expect("SweepFile's properties")
         .keys()
-        .map(String::as_str)
+        .cloned()
         .collect();
-    let mut accepted = server::spec::TOP_KEYS.to_vec();
-    documented.sort();
-    accepted.sort();
-    assert_eq!(documented, accepted);
+    assert!(documented.iter().any(|k| k == "command"), "{documented:?}");
+    let example = |key: &str| -> Value {
+        match key {
+            "name" => json!("every key"),
+            "train" => json!({"epochs": 1}),
+            "grid" => json!({"lr": [0.1, 0.01]}),
+            "search" => json!({"method": "grid"}),
+            "early_stop" => json!({"method": "median"}),
+            "run" => json!({"max_attempts": 2, "repeats": 1}),
+            "command" => json!({"argv": ["true", "{lr}"]}),
+            other => panic!("the test has no example of the documented key {other}"),
+        }
+    };
+    let every: serde_json::Map<String, Value> =
+        documented.iter().map(|k| (k.clone(), example(k))).collect();
+    let (status, body) = app.post("/api/sweeps", Value::Object(every)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app
+        .post("/api/sweeps", json!({"name": "x", "resources": {}}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }

@@ -2,7 +2,7 @@ use crate::helpers::*;
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
-use server::study::{StudyResult, FIRST_README};
+use server::results::study::{StudyResult, FIRST_README};
 
 /// The study's 12 cells as one sweep: the union of two grids (batch 1, 4, 8 at both lrs; 16..512 at
 /// lr 1e-2).
@@ -281,8 +281,8 @@ async fn the_readme_block_is_rewritten_in_place_and_idempotently() {
             && once.contains("commit abc123"),
         "{once}"
     );
-    assert!(server::export::rewrite_block("no markers", None, "x").is_err());
-    assert!(server::export::rewrite_block(
+    assert!(server::results::export::rewrite_block("no markers", None, "x").is_err());
+    assert!(server::results::export::rewrite_block(
         "<!-- results:begin -->\n<!-- results:end -->",
         Some("other"),
         "x"
@@ -317,7 +317,7 @@ async fn publish_refreshes_the_readme_block_and_the_five_figures_in_one_command(
         "{text}"
     );
     assert!(text.contains("| 4 | 1e-4 | | | | | | |"), "{text}");
-    for name in server::figures::NAMES {
+    for name in server::results::figures::NAMES {
         let png = std::fs::read(images.join(format!("{name}.png"))).unwrap();
         assert_eq!(&png[1..4], b"PNG", "{name}");
     }
@@ -416,7 +416,7 @@ async fn publish_into_a_named_block_leaves_the_other_block_alone() {
 async fn provenance_of(app: &TestApp, sweep: i64) -> String {
     let (_, detail) = app.get(&format!("/api/sweeps/{sweep}")).await;
     let detail: server::views::SweepDetail = serde_json::from_value(detail).unwrap();
-    server::export::provenance(&detail)
+    server::results::export::provenance(&detail)
 }
 
 /// `server COMMAND SWEEP --server BASE --readme README`, then `rest`.

@@ -133,7 +133,7 @@ fn every_shipped_sweep_file_is_valid() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let spec = server::spec::SweepSpec::from_toml(&text)
+        let spec = server::sweep::SweepSpec::from_toml(&text)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         seen += 1;
         if spec.name == "cpu-divergence-boundary" {

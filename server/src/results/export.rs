@@ -20,7 +20,7 @@ pub struct TableOptions {
     pub extra: bool,
     /// The study's Chinese headings.
     pub chinese: bool,
-    /// The study's table beside ours, cell by cell ([`crate::study::compare`]).
+    /// The study's table beside ours, cell by cell ([`crate::results::study::compare`]).
     pub compare: bool,
 }
 
@@ -75,12 +75,12 @@ fn other_axes(d: &SweepDetail) -> Vec<String> {
 
 /// The job's lr, the trainer's default when the sweep leaves it unset.
 pub(crate) fn job_lr(j: &JobRow) -> f64 {
-    param_f64(j, "lr").unwrap_or(crate::spec::DEFAULT_LR)
+    param_f64(j, "lr").unwrap_or(crate::sweep::DEFAULT_LR)
 }
 
 /// The job's per-process batch size, the trainer's default when the sweep leaves it unset.
 pub(crate) fn job_batch(j: &JobRow) -> i64 {
-    batch_size(j).unwrap_or(crate::spec::DEFAULT_BATCH_SIZE)
+    batch_size(j).unwrap_or(crate::sweep::DEFAULT_BATCH_SIZE)
 }
 
 fn sorted_jobs(d: &SweepDetail) -> Vec<&JobRow> {
@@ -376,9 +376,10 @@ fn neutralise_formula(s: &str) -> String {
 
 pub fn render(d: &SweepDetail, format: Format, opts: &TableOptions) -> (&'static str, String) {
     match format {
-        Format::Markdown if opts.compare => {
-            ("text/markdown; charset=utf-8", crate::study::compare(d))
-        }
+        Format::Markdown if opts.compare => (
+            "text/markdown; charset=utf-8",
+            crate::results::study::compare(d),
+        ),
         Format::Markdown => ("text/markdown; charset=utf-8", markdown(d, opts)),
         Format::Csv => ("text/csv; charset=utf-8", csv(d)),
         Format::Json => (
@@ -429,10 +430,10 @@ pub fn provenance(d: &SweepDetail) -> String {
         data_used(&summaries)
     );
     if let Some(longest) = d.jobs.iter().map(|j| j.epochs).max() {
-        if longest < crate::study::STUDY_EPOCHS {
+        if longest < crate::results::study::STUDY_EPOCHS {
             line.push_str(&format!(
                 " A short schedule: {longest} epochs at most against the study's {}, so its accuracies are not comparable with the study's final ones.",
-                crate::study::STUDY_EPOCHS
+                crate::results::study::STUDY_EPOCHS
             ));
         }
     }

@@ -7,13 +7,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 use crate::views::{GridCell, JobPage, JobQuery, Series};
 
-const INDEX: &str = include_str!("../../dashboards/index.html");
-const APP_JS: &str = include_str!("../../dashboards/app.js");
-const STYLE: &str = include_str!("../../dashboards/style.css");
+const INDEX: &str = include_str!("../../../dashboards/index.html");
+const APP_JS: &str = include_str!("../../../dashboards/app.js");
+const STYLE: &str = include_str!("../../../dashboards/style.css");
 
 fn asset(ctype: &'static str, body: &'static str) -> Response {
     (
@@ -79,7 +79,7 @@ pub async fn curves(
     Query(q): Query<CurvesQuery>,
 ) -> Result<Json<Vec<Series>>, ApiError> {
     state.store.get_sweep_row(id).await?;
-    let lr = q.lr.unwrap_or(crate::spec::DEFAULT_LR);
+    let lr = q.lr.unwrap_or(crate::sweep::DEFAULT_LR);
     if !(lr.is_finite() && lr > 0.0) {
         return Err(ApiError::Unprocessable(format!(
             "lr: must be a positive number, got {lr}"

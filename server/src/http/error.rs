@@ -45,11 +45,11 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<crate::spec::ParseError> for ApiError {
-    fn from(e: crate::spec::ParseError) -> Self {
+impl From<crate::sweep::ParseError> for ApiError {
+    fn from(e: crate::sweep::ParseError) -> Self {
         match e {
-            crate::spec::ParseError::Syntax { .. } => ApiError::BadRequest(e.to_string()),
-            crate::spec::ParseError::Invalid(e) => ApiError::Unprocessable(e.to_string()),
+            crate::sweep::ParseError::Syntax { .. } => ApiError::BadRequest(e.to_string()),
+            crate::sweep::ParseError::Invalid(e) => ApiError::Unprocessable(e.to_string()),
         }
     }
 }

@@ -5,7 +5,7 @@ use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use crate::export::{final_acc, job_batch as batch, param_f64};
+use crate::results::export::{final_acc, job_batch as batch, param_f64};
 use crate::views::{CurvePoint, JobRow};
 use protocol::JobStatus;
 

@@ -19,10 +19,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value};
 
-use crate::spec::{check_value, err, Keys, SpecError, MAX_JOBS, MAX_SEED};
+use super::file::{SearchFile, SearchMethod};
+use super::{check_value, err, Keys, SpecError, MAX_JOBS, MAX_SEED};
 
-/// Where one option's values come from.
-#[derive(Debug, Clone, PartialEq)]
+/// Where one option's values come from; in a file `{ log_uniform = [lo, hi] }` and so on.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum Distribution {
     /// exp(U(ln lo, ln hi)), for scales such as learning rates (0 < lo < hi).
     LogUniform(f64, f64),
@@ -59,21 +61,13 @@ impl RandomSearch {
     }
 
     /// As submitted, for storage and display.
-    pub fn to_value(&self) -> Value {
-        let space: Map<String, Value> = self
-            .space
-            .iter()
-            .map(|(k, d)| {
-                let v = match d {
-                    Distribution::LogUniform(a, b) => serde_json::json!({ "log_uniform": [a, b] }),
-                    Distribution::Uniform(a, b) => serde_json::json!({ "uniform": [a, b] }),
-                    Distribution::Int(a, b) => serde_json::json!({ "int": [a, b] }),
-                    Distribution::Choice(v) => serde_json::json!({ "choice": v }),
-                };
-                (k.clone(), v)
-            })
-            .collect();
-        serde_json::json!({"method": "random", "trials": self.trials, "seed": self.seed, "space": space})
+    pub fn to_file(&self) -> SearchFile {
+        SearchFile {
+            method: SearchMethod::Random,
+            trials: Some(self.trials),
+            seed: Some(self.seed),
+            space: Some(self.space.iter().cloned().collect()),
+        }
     }
 }
 
@@ -90,45 +84,32 @@ fn draw(d: &Distribution, rng: &mut ChaCha8Rng) -> Value {
     }
 }
 
-/// Parses `[search]`. None: the grid (absent, or `method = "grid"`). `repeats` bounds the trials
+/// Checks `[search]`. None: the grid (absent, or `method = "grid"`). `repeats` bounds the trials
 /// (trials x repeats jobs); `has_grid` says whether `[grid]` was given (a random search draws its
 /// axes from `[search.space]` instead).
-pub fn parse(
-    v: Option<&Value>,
+pub fn validate(
+    file: Option<SearchFile>,
     train: &Map<String, Value>,
     has_grid: bool,
     repeats: i64,
     keys: Keys,
 ) -> Result<Option<RandomSearch>, SpecError> {
-    let Some(v) = v else {
+    let Some(file) = file else {
         return Ok(None);
     };
-    let Some(t) = v.as_object() else {
-        return err("search", "must be a table/object");
-    };
-    for k in t.keys() {
-        if !["method", "trials", "seed", "space"].contains(&k.as_str()) {
+    if file.method == SearchMethod::Grid {
+        let set = [
+            ("trials", file.trials.is_some()),
+            ("seed", file.seed.is_some()),
+            ("space", file.space.is_some()),
+        ];
+        if let Some((k, _)) = set.iter().find(|(_, given)| *given) {
             return err(
                 format!("search.{k}"),
-                "unknown key (expected method, trials, seed, space)",
+                "only for method = \"random\" (a grid's axes are in [grid])",
             );
         }
-    }
-    match t.get("method").and_then(Value::as_str) {
-        Some("grid") => {
-            if let Some(k) = ["trials", "seed", "space"]
-                .iter()
-                .find(|k| t.contains_key(**k))
-            {
-                return err(
-                    format!("search.{k}"),
-                    "only for method = \"random\" (a grid's axes are in [grid])",
-                );
-            }
-            return Ok(None);
-        }
-        Some("random") => {}
-        _ => return err("search.method", "must be \"grid\" or \"random\""),
+        return Ok(None);
     }
     if has_grid {
         return err(
@@ -136,20 +117,19 @@ pub fn parse(
             "a random search draws its values from [search.space]; leave [grid] out",
         );
     }
-    let trials = match t.get("trials").map(Value::as_i64) {
+    let trials = match file.trials {
         None => return err("search.trials", "missing"),
-        Some(Some(n)) if n >= 1 && n.saturating_mul(repeats) <= MAX_JOBS as i64 => n,
-        Some(Some(_)) => {
+        Some(n) if n >= 1 && n.saturating_mul(repeats) <= MAX_JOBS as i64 => n,
+        Some(_) => {
             return err(
                 "search.trials",
                 format!("must be at least 1, and trials x repeats at most {MAX_JOBS}"),
             )
         }
-        Some(None) => return err("search.trials", "must be an integer"),
     };
-    let seed = match t.get("seed").map(Value::as_i64) {
+    let seed = match file.seed {
         None => 0,
-        Some(Some(n)) if (0..=MAX_SEED).contains(&n) => n,
+        Some(n) if (0..=MAX_SEED).contains(&n) => n,
         Some(_) => {
             return err(
                 "search.seed",
@@ -157,23 +137,24 @@ pub fn parse(
             )
         }
     };
-    let Some(space) = t.get("space").and_then(Value::as_object) else {
+    let Some(space) = file.space else {
         return err("search.space", "missing (a table of option = distribution)");
     };
     if space.is_empty() {
         return err("search.space", "must name at least one option");
     }
     let space = space
-        .iter()
+        .into_iter()
         .map(|(k, d)| {
             let field = format!("search.space.{k}");
-            if train.contains_key(k) {
+            if train.contains_key(&k) {
                 return err(
                     field,
                     format!("{k} is set in both [train] and [search.space]"),
                 );
             }
-            Ok((k.clone(), distribution(&field, k, d, keys)?))
+            check_distribution(&field, &k, &d, keys)?;
+            Ok((k, d))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(RandomSearch {
@@ -183,84 +164,51 @@ pub fn parse(
     }))
 }
 
-/// One `{ kind = [...] }`, checked against the option it draws for: both bounds (or every choice)
-/// must be values the option accepts, so every draw is too.
-fn distribution(field: &str, key: &str, v: &Value, keys: Keys) -> Result<Distribution, SpecError> {
-    let Some((kind, args)) = v
-        .as_object()
-        .filter(|o| o.len() == 1)
-        .and_then(|o| o.iter().next())
-    else {
-        return err(
-            field,
-            "must be one of { log_uniform = [lo, hi] }, { uniform = [lo, hi] }, { int = [lo, hi] }, { choice = [...] }",
-        );
-    };
-    let Some(args) = args.as_array() else {
-        return err(format!("{field}.{kind}"), "must be a list");
-    };
-    let at = format!("{field}.{kind}");
-    let pair = |f: fn(&Value) -> Option<f64>| -> Result<(f64, f64), SpecError> {
-        match args.as_slice() {
-            [a, b] => match (f(a), f(b)) {
-                (Some(a), Some(b)) if a.is_finite() && b.is_finite() && a < b => Ok((a, b)),
-                (Some(_), Some(_)) => err(&at, "must be [lo, hi] with lo < hi"),
-                _ => err(&at, "must be two numbers"),
-            },
-            _ => err(&at, "must be [lo, hi]"),
-        }
-    };
-    let d = match kind.as_str() {
-        "log_uniform" => {
-            let (lo, hi) = pair(Value::as_f64)?;
-            if lo <= 0.0 {
+/// One distribution, checked against the option it draws for: both bounds (or every choice) must
+/// be values the option accepts, so every draw is.
+fn check_distribution(
+    field: &str,
+    key: &str,
+    d: &Distribution,
+    keys: Keys,
+) -> Result<(), SpecError> {
+    let (lo, hi) = match d {
+        Distribution::LogUniform(lo, hi) | Distribution::Uniform(lo, hi) => {
+            let at = match d {
+                Distribution::LogUniform(..) => format!("{field}.log_uniform"),
+                _ => format!("{field}.uniform"),
+            };
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                return err(&at, "must be [lo, hi] with lo < hi");
+            }
+            if matches!(d, Distribution::LogUniform(..)) && *lo <= 0.0 {
                 return err(&at, "lo must be positive (a log scale)");
             }
-            Distribution::LogUniform(lo, hi)
+            ((at.clone(), Value::from(*lo)), (at, Value::from(*hi)))
         }
-        "uniform" => {
-            let (lo, hi) = pair(Value::as_f64)?;
-            Distribution::Uniform(lo, hi)
+        Distribution::Int(lo, hi) => {
+            let at = format!("{field}.int");
+            if lo > hi {
+                return err(&at, "must be [lo, hi] with lo <= hi");
+            }
+            ((at.clone(), Value::from(*lo)), (at, Value::from(*hi)))
         }
-        "int" => match args.as_slice() {
-            [a, b] => match (a.as_i64(), b.as_i64()) {
-                (Some(a), Some(b)) if a <= b => Distribution::Int(a, b),
-                (Some(_), Some(_)) => return err(&at, "must be [lo, hi] with lo <= hi"),
-                _ => return err(&at, "must be two integers"),
-            },
-            _ => return err(&at, "must be [lo, hi]"),
-        },
-        "choice" => {
-            if args.is_empty() {
+        Distribution::Choice(values) => {
+            let at = format!("{field}.choice");
+            if values.is_empty() {
                 return err(&at, "must list at least one value");
             }
-            if args.len() > MAX_JOBS {
+            if values.len() > MAX_JOBS {
                 return err(&at, format!("at most {MAX_JOBS} values"));
             }
-            for (i, x) in args.iter().enumerate() {
+            for (i, x) in values.iter().enumerate() {
                 check_value(&format!("{at}[{i}]"), key, x, keys)?;
             }
-            return Ok(Distribution::Choice(args.clone()));
-        }
-        other => {
-            return err(
-                field,
-                format!("unknown distribution {other:?} (log_uniform, uniform, int, choice)"),
-            )
+            return Ok(());
         }
     };
-    // Both ends must be values the option accepts (an int range for an integer option, a float
-    // range for a float one): then every draw is.
-    let (lo, hi) = match &d {
-        Distribution::LogUniform(a, b) | Distribution::Uniform(a, b) => {
-            (Value::from(*a), Value::from(*b))
-        }
-        Distribution::Int(a, b) => (Value::from(*a), Value::from(*b)),
-        Distribution::Choice(_) => unreachable!("returned above"),
-    };
-    check_value(&format!("{at}[0]"), key, &lo, keys)?;
-    check_value(&format!("{at}[1]"), key, &hi, keys)?;
-    Ok(d)
+    check_value(&format!("{}[0]", lo.0), key, &lo.1, keys)?;
+    check_value(&format!("{}[1]", hi.0), key, &hi.1, keys)
 }
 
 #[cfg(test)]
@@ -275,9 +223,16 @@ mod tests {
             "momentum": {"uniform": [0.8, 0.99]},
             "warmup_epochs": {"int": [0, 5]},
         }});
-        parse(Some(&v), &Map::new(), false, 1, crate::spec::Keys::Trainer)
-            .unwrap()
-            .unwrap()
+        let file = serde_json::from_value(v).unwrap();
+        validate(
+            Some(file),
+            &Map::new(),
+            false,
+            1,
+            crate::sweep::Keys::Trainer,
+        )
+        .unwrap()
+        .unwrap()
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl Client {
         Ok(res)
     }
 
-    pub async fn submit(&self, file: &Path) -> Result<crate::api::Created> {
+    pub async fn submit(&self, file: &Path) -> Result<crate::http::sweeps::Created> {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
         let ctype = if file.extension().is_some_and(|e| e == "json") {

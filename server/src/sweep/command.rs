@@ -6,7 +6,7 @@ use protocol::CommandSpec;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
-use crate::spec::{err, SpecError, MAX_STRING};
+use super::{err, SpecError, MAX_STRING};
 
 /// Most argv entries (a command line, not a data channel).
 pub const MAX_ARGS: usize = 256;
@@ -15,86 +15,52 @@ pub const MAX_RANKS: i64 = 1024;
 /// Parameter names of a command job: an identifier of at most this many bytes.
 pub const MAX_NAME: usize = 64;
 
-pub fn parse(v: Option<&Value>) -> Result<Option<CommandSpec>, SpecError> {
-    let Some(v) = v else {
+/// Checks `[command]` (its structure already read by serde): a worker is never handed a command
+/// it cannot run.
+pub fn validate(command: Option<CommandSpec>) -> Result<Option<CommandSpec>, SpecError> {
+    let Some(command) = command else {
         return Ok(None);
     };
-    let Some(t) = v.as_object() else {
-        return err("command", "must be a table/object");
-    };
-    if let Some(k) = t
-        .keys()
-        .find(|k| !["argv", "workdir", "ranks"].contains(&k.as_str()))
-    {
+    let argv = &command.argv;
+    if argv.is_empty() {
+        return err("command.argv", "must name at least the program");
+    }
+    if argv.len() > MAX_ARGS {
+        return err("command.argv", format!("at most {MAX_ARGS} entries"));
+    }
+    for (i, s) in argv.iter().enumerate() {
+        let field = format!("command.argv[{i}]");
+        if s.len() > MAX_STRING {
+            return err(field, format!("longer than {MAX_STRING} bytes"));
+        }
+        if s.contains('\0') {
+            return err(field, "must not contain a NUL byte");
+        }
+        if i == 0 && s.trim().is_empty() {
+            return err(field, "must name the program");
+        }
+    }
+    if let Some(workdir) = &command.workdir {
+        if workdir.len() > MAX_STRING {
+            return err("command.workdir", format!("longer than {MAX_STRING} bytes"));
+        }
+        if let Err(why) = protocol::check_relative_path(workdir) {
+            return err(
+                "command.workdir",
+                format!(
+                    "{} (it is under the worker's --command-root)",
+                    why.message()
+                ),
+            );
+        }
+    }
+    if !(1..=MAX_RANKS).contains(&command.ranks) {
         return err(
-            format!("command.{k}"),
-            "unknown key (expected argv, workdir, ranks)",
+            "command.ranks",
+            format!("must be an integer from 1 to {MAX_RANKS}"),
         );
     }
-    let argv = match t.get("argv") {
-        None => return err("command.argv", "missing (the program and its arguments)"),
-        Some(Value::Array(a)) if a.is_empty() => {
-            return err("command.argv", "must name at least the program")
-        }
-        Some(Value::Array(a)) if a.len() > MAX_ARGS => {
-            return err("command.argv", format!("at most {MAX_ARGS} entries"))
-        }
-        Some(Value::Array(a)) => a
-            .iter()
-            .enumerate()
-            .map(|(i, x)| match x.as_str() {
-                Some(s) if s.len() > MAX_STRING => err(
-                    format!("command.argv[{i}]"),
-                    format!("longer than {MAX_STRING} bytes"),
-                ),
-                Some(s) if s.contains('\0') => {
-                    err(format!("command.argv[{i}]"), "must not contain a NUL byte")
-                }
-                Some(s) if i == 0 && s.trim().is_empty() => {
-                    err("command.argv[0]", "must name the program")
-                }
-                Some(s) => Ok(s.to_string()),
-                None => err(format!("command.argv[{i}]"), "must be a string"),
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        Some(_) => return err("command.argv", "must be a list of strings"),
-    };
-    let workdir = match t.get("workdir") {
-        None => None,
-        Some(Value::String(s)) if s.len() > MAX_STRING => {
-            return err("command.workdir", format!("longer than {MAX_STRING} bytes"))
-        }
-        Some(Value::String(s)) => match protocol::check_relative_path(s) {
-            Ok(_) => Some(s.clone()),
-            Err(why) => {
-                return err(
-                    "command.workdir",
-                    format!(
-                        "{} (it is under the worker's --command-root)",
-                        why.message()
-                    ),
-                )
-            }
-        },
-        Some(_) => return err("command.workdir", "must be a string"),
-    };
-    let ranks = match t.get("ranks") {
-        None => 1,
-        Some(v) => match v.as_i64() {
-            Some(n) if (1..=MAX_RANKS).contains(&n) => n,
-            _ => {
-                return err(
-                    "command.ranks",
-                    format!("must be an integer from 1 to {MAX_RANKS}"),
-                )
-            }
-        },
-    };
-    Ok(Some(CommandSpec {
-        argv,
-        workdir,
-        ranks,
-    }))
+    Ok(Some(command))
 }
 
 /// A command job's parameter: an identifier for a name (it becomes a placeholder), a scalar value
@@ -153,11 +119,11 @@ pub fn check_placeholders(
 
 #[cfg(test)]
 mod tests {
-    use crate::spec::SweepSpec;
+    use crate::sweep::SweepSpec;
 
     fn field_of(toml: &str) -> String {
         match SweepSpec::from_toml(toml) {
-            Err(crate::spec::ParseError::Invalid(e)) => e.field,
+            Err(crate::sweep::ParseError::Invalid(e)) => e.field,
             other => panic!("expected a 422, got {other:?}"),
         }
     }

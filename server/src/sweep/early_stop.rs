@@ -22,9 +22,10 @@
 //! The decision reads only what it compares, through indexes: ASHA two index-only counts of the
 //! values at its rung (`rungs_sweep`), the median rule the sweep's completed jobs
 //! (`jobs_sweep_status`) and each one's epoch by the metrics key; never the sweep's whole history.
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::spec::{err, SpecError};
+use super::file::{EarlyStopFile, EarlyStopMethod};
+use super::{err, SpecError};
 
 /// The metrics a rule may judge: every number a worker reports per epoch.
 pub const METRICS: [&str; 9] = [
@@ -40,7 +41,10 @@ pub const METRICS: [&str; 9] = [
 ];
 
 /// Whether larger or smaller values of the metric are better.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     Max,
     Min,
@@ -83,33 +87,15 @@ pub struct EarlyStop {
     pub min_epochs: i64,
 }
 
-const KEYS: [&str; 6] = [
-    "method",
-    "metric",
-    "mode",
-    "min_epochs",
-    "reduction_factor",
-    "startup_trials",
-];
-
 impl EarlyStop {
-    /// Parses `[early_stop]`; absent: None (every job runs to its end).
-    pub fn parse(v: Option<&Value>) -> Result<Option<Self>, SpecError> {
-        let Some(v) = v else {
+    /// Checks `[early_stop]`; absent: None (every job runs to its end).
+    pub fn validate(file: Option<EarlyStopFile>) -> Result<Option<Self>, SpecError> {
+        let Some(file) = file else {
             return Ok(None);
         };
-        let Some(t) = v.as_object() else {
-            return err("early_stop", "must be a table/object");
-        };
-        if let Some(k) = t.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return err(
-                format!("early_stop.{k}"),
-                format!("unknown key (expected {})", KEYS.join(", ")),
-            );
-        }
-        let metric = match t.get("metric") {
+        let metric = match file.metric {
             None => "accuracy".to_string(),
-            Some(Value::String(m)) if protocol::is_metric_name(m) => m.clone(),
+            Some(m) if protocol::is_metric_name(&m) => m,
             Some(_) => {
                 return err(
                     "early_stop.metric",
@@ -120,27 +106,27 @@ impl EarlyStop {
                 )
             }
         };
-        let mode = match t.get("mode").map(Value::as_str) {
-            None => Mode::default_for(&metric),
-            Some(Some("max")) => Mode::Max,
-            Some(Some("min")) => Mode::Min,
-            Some(_) => return err("early_stop.mode", "must be \"max\" or \"min\""),
-        };
-        let min_epochs = int(t, "min_epochs", 1, 1, crate::spec::MAX_EPOCHS)?;
-        let method = match t.get("method").and_then(Value::as_str) {
-            Some("asha") => {
-                only_for(t, "startup_trials", "median")?;
+        let mode = file.mode.unwrap_or_else(|| Mode::default_for(&metric));
+        let min_epochs = int("min_epochs", file.min_epochs, 1, 1, super::MAX_EPOCHS)?;
+        let method = match file.method {
+            EarlyStopMethod::Asha => {
+                only_for("startup_trials", file.startup_trials, "median")?;
                 Method::Asha {
-                    reduction_factor: int(t, "reduction_factor", 3, 2, 1000)?,
+                    reduction_factor: int("reduction_factor", file.reduction_factor, 3, 2, 1000)?,
                 }
             }
-            Some("median") => {
-                only_for(t, "reduction_factor", "asha")?;
+            EarlyStopMethod::Median => {
+                only_for("reduction_factor", file.reduction_factor, "asha")?;
                 Method::Median {
-                    startup_trials: int(t, "startup_trials", 5, 0, crate::spec::MAX_JOBS as i64)?,
+                    startup_trials: int(
+                        "startup_trials",
+                        file.startup_trials,
+                        5,
+                        0,
+                        super::MAX_JOBS as i64,
+                    )?,
                 }
             }
-            _ => return err("early_stop.method", "must be \"asha\" or \"median\""),
         };
         Ok(Some(EarlyStop {
             method,
@@ -151,29 +137,38 @@ impl EarlyStop {
     }
 
     /// As stored and shown (every default filled in).
-    pub fn to_value(&self) -> Value {
-        let mut v = serde_json::json!({
-            "metric": self.metric,
-            "mode": self.mode.as_str(),
-            "min_epochs": self.min_epochs,
-        });
-        match self.method {
+    pub fn to_file(&self) -> EarlyStopFile {
+        let (method, reduction_factor, startup_trials) = match self.method {
             Method::Asha { reduction_factor } => {
-                v["method"] = "asha".into();
-                v["reduction_factor"] = reduction_factor.into();
+                (EarlyStopMethod::Asha, Some(reduction_factor), None)
             }
             Method::Median { startup_trials } => {
-                v["method"] = "median".into();
-                v["startup_trials"] = startup_trials.into();
+                (EarlyStopMethod::Median, None, Some(startup_trials))
             }
+        };
+        EarlyStopFile {
+            method,
+            metric: Some(self.metric.clone()),
+            mode: Some(self.mode),
+            min_epochs: Some(self.min_epochs),
+            reduction_factor,
+            startup_trials,
         }
-        v
     }
 
-    /// The stored form back (written by [`Self::to_value`]); None if unreadable.
-    pub fn from_stored(text: &str) -> Option<Self> {
-        let v: Value = serde_json::from_str(text).ok()?;
-        Self::parse(Some(&v)).ok().flatten()
+    /// A rule in its JSON form (as stored), read and checked as a sweep file's `early_stop`.
+    pub fn from_value(v: Value) -> Result<Option<Self>, SpecError> {
+        let wrapped = serde_json::json!({"name": "-", "early_stop": v});
+        Self::validate(super::file::SweepFile::from_value(wrapped)?.early_stop)
+    }
+
+    /// The stored form back (written from [`Self::to_file`]); a row that does not read is an error,
+    /// never a sweep without its rule.
+    pub fn from_stored(text: &str) -> anyhow::Result<Self> {
+        let v: Value = serde_json::from_str(text)?;
+        Self::from_value(v)
+            .map_err(|e| anyhow::anyhow!("the stored early-stopping rule: {e}"))?
+            .ok_or_else(|| anyhow::anyhow!("the stored early-stopping rule is empty"))
     }
 
     /// ASHA's rung `k` is reached at epoch `min_epochs * eta^k` (None past any epoch a job can have).
@@ -195,27 +190,19 @@ impl EarlyStop {
     }
 }
 
-fn int(
-    t: &Map<String, Value>,
-    key: &str,
-    default: i64,
-    lo: i64,
-    hi: i64,
-) -> Result<i64, SpecError> {
-    match t.get(key) {
+fn int(key: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Result<i64, SpecError> {
+    match v {
         None => Ok(default),
-        Some(v) => match v.as_i64() {
-            Some(n) if (lo..=hi).contains(&n) => Ok(n),
-            _ => err(
-                format!("early_stop.{key}"),
-                format!("must be an integer in {lo}..={hi}"),
-            ),
-        },
+        Some(n) if (lo..=hi).contains(&n) => Ok(n),
+        Some(_) => err(
+            format!("early_stop.{key}"),
+            format!("must be an integer in {lo}..={hi}"),
+        ),
     }
 }
 
-fn only_for(t: &Map<String, Value>, key: &str, method: &str) -> Result<(), SpecError> {
-    if t.contains_key(key) {
+fn only_for(key: &str, v: Option<i64>, method: &str) -> Result<(), SpecError> {
+    if v.is_some() {
         return err(
             format!("early_stop.{key}"),
             format!("only for method = \"{method}\""),
@@ -287,7 +274,7 @@ mod tests {
     }
 
     fn rule(v: Value) -> EarlyStop {
-        EarlyStop::parse(Some(&v)).unwrap().unwrap()
+        EarlyStop::from_value(v).unwrap().unwrap()
     }
 
     #[test]
@@ -304,7 +291,8 @@ mod tests {
         let r = rule(serde_json::json!({"method": "median", "metric": "test_loss"}));
         assert_eq!(r.mode, Mode::Min);
         assert_eq!(r.method, Method::Median { startup_trials: 5 });
-        assert_eq!(EarlyStop::from_stored(&r.to_value().to_string()), Some(r));
+        let stored = serde_json::to_string(&r.to_file()).unwrap();
+        assert_eq!(EarlyStop::from_stored(&stored).unwrap(), r);
     }
 
     #[test]
@@ -344,7 +332,11 @@ mod tests {
             ),
             (serde_json::json!(3), "early_stop"),
         ] {
-            assert_eq!(EarlyStop::parse(Some(&v)).unwrap_err().field, field, "{v}");
+            assert_eq!(
+                EarlyStop::from_value(v.clone()).unwrap_err().field,
+                field,
+                "{v}"
+            );
         }
     }
 

@@ -1,8 +1,14 @@
 //! Sweep specs: parsed at the edge into a [`SweepSpec`] that cannot be wrong, then expanded into jobs
 //! by a pure function. A bad spec is rejected whole, with the offending field named.
+pub mod command;
+pub mod early_stop;
+pub mod search;
+
 use serde_json::{Map, Value};
 
+mod file;
 mod options;
+pub use file::*;
 pub use options::*;
 
 pub const MAX_JOBS: usize = 10_000;
@@ -16,18 +22,6 @@ pub const DEFAULT_BATCH_SIZE: i64 = protocol::JobShape::DEFAULT_BATCH_SIZE;
 /// The trainer's default `lr` (the study's 1e-2).
 pub const DEFAULT_LR: f64 = protocol::JobShape::DEFAULT_LR;
 pub const DEFAULT_NPROC: i64 = protocol::JobShape::DEFAULT_NPROC;
-
-/// The tables and keys a sweep file may have at its top level (the OpenAPI `SweepFile` documents
-/// each; a test compares the two).
-pub const TOP_KEYS: &[&str] = &[
-    "name",
-    "train",
-    "grid",
-    "search",
-    "early_stop",
-    "run",
-    "command",
-];
 
 /// A rejected spec: which field, and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -54,9 +48,9 @@ pub struct SweepSpec {
     /// The sweep's points are the union of their products.
     pub grids: Vec<Grid>,
     /// `[search] method = "random"`: the points are drawn instead (then `grids` is empty).
-    pub search: Option<crate::search::RandomSearch>,
+    pub search: Option<search::RandomSearch>,
     /// `[early_stop]`: the rule that stops jobs early (grid or random search alike).
-    pub early_stop: Option<crate::early_stop::EarlyStop>,
+    pub early_stop: Option<early_stop::EarlyStop>,
     /// `[command]`: the jobs run this program instead of `worker train` (then the keys of
     /// `[train]`, `[grid]` and `[search.space]` are the program's own parameter names).
     pub command: Option<protocol::CommandSpec>,
@@ -86,7 +80,7 @@ impl SweepSpec {
             format: "TOML",
             message: e.to_string(),
         })?;
-        Ok(Self::from_value(&json)?)
+        Ok(SweepFile::from_value(json)?.validate()?)
     }
 
     pub fn from_json(text: &str) -> Result<Self, ParseError> {
@@ -94,97 +88,11 @@ impl SweepSpec {
             format: "JSON",
             message: e.to_string(),
         })?;
-        Ok(Self::from_value(&v)?)
+        Ok(SweepFile::from_value(v)?.validate()?)
     }
 
     pub fn from_value(v: &Value) -> Result<Self, SpecError> {
-        let Some(top) = v.as_object() else {
-            return err("(root)", "a sweep is a table/object");
-        };
-        for k in top.keys() {
-            if !TOP_KEYS.contains(&k.as_str()) {
-                return err(k, format!("unknown key (expected {})", TOP_KEYS.join(", ")));
-            }
-        }
-        let name = match top.get("name") {
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                return err("name", "must not be empty")
-            }
-            Some(Value::String(s)) if s.chars().count() > MAX_NAME => {
-                return err("name", format!("longer than {MAX_NAME} characters"))
-            }
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => return err("name", "must be a string"),
-            None => return err("name", "missing"),
-        };
-        let table = |key: &str| -> Result<Map<String, Value>, SpecError> {
-            match top.get(key) {
-                None => Ok(Map::new()),
-                Some(Value::Object(m)) => Ok(m.clone()),
-                Some(_) => err(key, "must be a table/object"),
-            }
-        };
-        let command = crate::command::parse(top.get("command"))?;
-        let keys = if command.is_some() {
-            Keys::Free
-        } else {
-            Keys::Trainer
-        };
-        let train = table("train")?;
-        for (k, v) in &train {
-            check_value(&format!("train.{k}"), k, v, keys)?;
-        }
-        let grids = parse_grids(top.get("grid"), &train, keys)?;
-        let (max_attempts, repeats) = parse_run(&table("run")?)?;
-        let search = crate::search::parse(
-            top.get("search"),
-            &train,
-            top.contains_key("grid"),
-            repeats,
-            keys,
-        )?;
-        let early_stop = crate::early_stop::EarlyStop::parse(top.get("early_stop"))?;
-        if let Some(rule) = early_stop.as_ref().filter(|_| command.is_none()) {
-            // Our trainer reports the named metrics only; a rule on another would never judge.
-            if !crate::early_stop::METRICS.contains(&rule.metric.as_str()) {
-                return err(
-                    "early_stop.metric",
-                    format!(
-                        "must be one of {} (a command job's own metric names are allowed in sweeps with [command])",
-                        crate::early_stop::METRICS.join(", ")
-                    ),
-                );
-            }
-        }
-        let points = grids
-            .iter()
-            .try_fold(0usize, |acc, g| acc.checked_add(grid_points(g)?))
-            .and_then(|n| n.checked_mul(repeats as usize));
-        if points.is_none_or(|n| n > MAX_JOBS) {
-            return err(
-                "grid",
-                format!("more than {MAX_JOBS} jobs (grid points x repeats)"),
-            );
-        }
-        match &search {
-            Some(s) => check_search_bytes(&train, s, repeats)?,
-            None => check_stored_bytes(&train, &grids, repeats)?,
-        }
-        let spec = SweepSpec {
-            name,
-            train,
-            grids,
-            search,
-            early_stop,
-            command,
-            max_attempts,
-            repeats,
-        };
-        spec.check_points_distinct()?;
-        if let Some(command) = &spec.command {
-            crate::command::check_placeholders(command, &spec.parameter_names())?;
-        }
-        Ok(spec)
+        SweepFile::from_value(v.clone())?.validate()
     }
 
     /// The names every job's parameters have: `[train]`'s, those of every grid table (a name only
@@ -283,56 +191,122 @@ impl SweepSpec {
             .collect()
     }
 
-    /// The spec in its submitted structure, for storage and display.
-    pub fn to_value(&self) -> Value {
-        let table = |g: &Grid| -> Value {
-            Value::Object(
-                g.iter()
-                    .map(|(k, v)| (k.clone(), Value::Array(v.clone())))
-                    .collect(),
-            )
+    /// The spec in the file's own shape, every default filled in: what is stored and shown.
+    pub fn to_file(&self) -> SweepFile {
+        let table = |g: &Grid| -> Map<String, Value> {
+            g.iter()
+                .map(|(k, v)| (k.clone(), Value::Array(v.clone())))
+                .collect()
         };
         // One table stays a table (as written, and as older readers expect); several, a list.
         let grid = match self.grids.as_slice() {
-            [] => Value::Object(Map::new()),
-            [one] => table(one),
-            many => Value::Array(many.iter().map(table).collect()),
+            [] => None,
+            [one] => Some(GridFile::One(table(one))),
+            many => Some(GridFile::Many(many.iter().map(table).collect())),
         };
-        let mut v = serde_json::json!({
-            "name": self.name,
-            "train": self.train,
-            "grid": grid,
-            "run": { "max_attempts": self.max_attempts, "repeats": self.repeats },
-        });
-        if let Some(search) = &self.search {
-            v["search"] = search.to_value();
+        SweepFile {
+            name: self.name.clone(),
+            train: self.train.clone(),
+            grid,
+            search: self.search.as_ref().map(|s| s.to_file()),
+            early_stop: self.early_stop.as_ref().map(|r| r.to_file()),
+            run: Some(RunFile {
+                max_attempts: Some(self.max_attempts),
+                repeats: Some(self.repeats),
+            }),
+            command: self.command.clone(),
         }
-        if let Some(rule) = &self.early_stop {
-            v["early_stop"] = rule.to_value();
+    }
+
+    /// [`Self::to_file`] as JSON.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self.to_file()).expect("a sweep file is plain data")
+    }
+}
+
+impl SweepFile {
+    /// Everything the file's types cannot say, checked in the order a reader would look, cheapest
+    /// signals first (sizes before values): the result is a sweep that cannot be wrong.
+    pub fn validate(self) -> Result<SweepSpec, SpecError> {
+        let name = self.name;
+        if name.trim().is_empty() {
+            return err("name", "must not be empty");
         }
-        if let Some(command) = &self.command {
-            v["command"] = serde_json::to_value(command).unwrap_or_default();
+        if name.chars().count() > MAX_NAME {
+            return err("name", format!("longer than {MAX_NAME} characters"));
         }
-        v
+        let command = command::validate(self.command)?;
+        let keys = if command.is_some() {
+            Keys::Free
+        } else {
+            Keys::Trainer
+        };
+        let train = self.train;
+        for (k, v) in &train {
+            check_value(&format!("train.{k}"), k, v, keys)?;
+        }
+        let has_grid = self.grid.is_some();
+        let grids = check_grids(self.grid, &train, keys)?;
+        let (max_attempts, repeats) = check_run(self.run)?;
+        let search = search::validate(self.search, &train, has_grid, repeats, keys)?;
+        let early_stop = early_stop::EarlyStop::validate(self.early_stop)?;
+        if let Some(rule) = early_stop.as_ref().filter(|_| command.is_none()) {
+            // Our trainer reports the named metrics only; a rule on another would never judge.
+            if !early_stop::METRICS.contains(&rule.metric.as_str()) {
+                return err(
+                    "early_stop.metric",
+                    format!(
+                        "must be one of {} (a command job's own metric names are allowed in sweeps with [command])",
+                        early_stop::METRICS.join(", ")
+                    ),
+                );
+            }
+        }
+        let points = grids
+            .iter()
+            .try_fold(0usize, |acc, g| acc.checked_add(grid_points(g)?))
+            .and_then(|n| n.checked_mul(repeats as usize));
+        if points.is_none_or(|n| n > MAX_JOBS) {
+            return err(
+                "grid",
+                format!("more than {MAX_JOBS} jobs (grid points x repeats)"),
+            );
+        }
+        match &search {
+            Some(s) => check_search_bytes(&train, s, repeats)?,
+            None => check_stored_bytes(&train, &grids, repeats)?,
+        }
+        let spec = SweepSpec {
+            name,
+            train,
+            grids,
+            search,
+            early_stop,
+            command,
+            max_attempts,
+            repeats,
+        };
+        spec.check_points_distinct()?;
+        if let Some(command) = &spec.command {
+            command::check_placeholders(command, &spec.parameter_names())?;
+        }
+        Ok(spec)
     }
 }
 
 /// `[run]`: (max_attempts, repeats), 3 and 1 by default.
-fn parse_run(run: &Map<String, Value>) -> Result<(i64, i64), SpecError> {
-    let (mut max_attempts, mut repeats) = (3, 1);
-    for (k, v) in run {
-        let field = format!("run.{k}");
-        let n = v.as_i64().ok_or_else(|| SpecError {
-            field: field.clone(),
-            message: "must be an integer".into(),
-        })?;
-        match k.as_str() {
-            "max_attempts" if (1..=100).contains(&n) => max_attempts = n,
-            "repeats" if (1..=1000).contains(&n) => repeats = n,
-            "max_attempts" => return err(field, "must be between 1 and 100"),
-            "repeats" => return err(field, "must be between 1 and 1000"),
-            _ => return err(field, "unknown key (expected max_attempts, repeats)"),
-        }
+fn check_run(run: Option<RunFile>) -> Result<(i64, i64), SpecError> {
+    let run = run.unwrap_or(RunFile {
+        max_attempts: None,
+        repeats: None,
+    });
+    let max_attempts = run.max_attempts.unwrap_or(3);
+    if !(1..=100).contains(&max_attempts) {
+        return err("run.max_attempts", "must be between 1 and 100");
+    }
+    let repeats = run.repeats.unwrap_or(1);
+    if !(1..=1000).contains(&repeats) {
+        return err("run.repeats", "must be between 1 and 1000");
     }
     Ok((max_attempts, repeats))
 }
@@ -341,30 +315,28 @@ fn parse_run(run: &Map<String, Value>) -> Result<(i64, i64), SpecError> {
 pub type Grid = Vec<(String, Vec<Value>)>;
 
 /// `grid` as a table (one product) or a list of tables (the union of their products).
-fn parse_grids(
-    v: Option<&Value>,
+fn check_grids(
+    grid: Option<GridFile>,
     train: &Map<String, Value>,
     keys: Keys,
 ) -> Result<Vec<Grid>, SpecError> {
-    match v {
+    match grid {
         None => Ok(vec![]),
-        Some(Value::Object(m)) => Ok(vec![parse_grid("grid", m, train, keys)?]),
-        Some(Value::Array(tables)) if tables.is_empty() => err("grid", "must not be an empty list"),
-        Some(Value::Array(tables)) => tables
+        Some(GridFile::One(m)) => Ok(vec![check_grid("grid", &m, train, keys)?]),
+        Some(GridFile::Many(tables)) if tables.is_empty() => {
+            err("grid", "must not be an empty list")
+        }
+        Some(GridFile::Many(tables)) => tables
             .iter()
             .enumerate()
-            .map(|(i, t)| match t {
-                Value::Object(m) => parse_grid(&format!("grid[{i}]"), m, train, keys),
-                _ => err(format!("grid[{i}]"), "must be a table/object"),
-            })
+            .map(|(i, m)| check_grid(&format!("grid[{i}]"), m, train, keys))
             .collect(),
-        Some(_) => err("grid", "must be a table/object or a list of them"),
     }
 }
 
 /// One grid table. Sizes are checked before any value is looked at, so a huge axis is refused
 /// from its length alone; duplicates are then found in linear time.
-fn parse_grid(
+fn check_grid(
     field: &str,
     m: &Map<String, Value>,
     train: &Map<String, Value>,
@@ -445,10 +417,10 @@ fn check_stored_bytes(
 /// (a choice's longest, or a number).
 fn check_search_bytes(
     train: &Map<String, Value>,
-    search: &crate::search::RandomSearch,
+    search: &search::RandomSearch,
     repeats: i64,
 ) -> Result<(), SpecError> {
-    use crate::search::Distribution;
+    use search::Distribution;
     let shared = Value::Object(train.clone()).to_string().len();
     let point: usize = search
         .space

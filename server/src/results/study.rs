@@ -1,7 +1,7 @@
 //! The study's table as its specification gives it (SEED.md: the first README, 300 epochs, gamma 0.1,
 //! batch size per GPU on 2 GPUs), and our sweep's results beside it, cell by cell. The numbers here
 //! are the document's, typed once; every number of ours comes from the database.
-use crate::export::{self, format_lr, job_batch, job_lr, pct};
+use crate::results::export::{self, format_lr, job_batch, job_lr, pct};
 use crate::views::{JobRow, SweepDetail};
 use protocol::JobStatus;
 

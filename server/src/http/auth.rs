@@ -23,7 +23,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 pub const SESSION_COOKIE: &str = "sweep_session";
@@ -172,7 +172,7 @@ pub struct SessionRequest {
     responses((status = 204), (status = 401)))]
 pub async fn create_session(
     State(state): State<AppState>,
-    crate::error::AppJson(req): crate::error::AppJson<SessionRequest>,
+    crate::http::error::AppJson(req): crate::http::error::AppJson<SessionRequest>,
 ) -> Result<Response, ApiError> {
     if !constant_time_eq(req.token.trim().as_bytes(), state.tokens.admin.as_bytes()) {
         return Err(ApiError::Unauthorized);

@@ -1,5 +1,5 @@
 //! The options of `worker train` a sweep may set, with their types and bounds, and the check of one
-//! value against them (a command job's free names are checked by `crate::command`).
+//! value against them (a command job's free names are checked by `crate::sweep::command`).
 use super::{err, SpecError};
 use serde_json::Value;
 
@@ -95,7 +95,7 @@ pub enum Keys {
 
 pub(crate) fn check_value(field: &str, key: &str, v: &Value, keys: Keys) -> Result<(), SpecError> {
     if keys == Keys::Free {
-        return crate::command::check_parameter(field, key, v);
+        return crate::sweep::command::check_parameter(field, key, v);
     }
     if let Some((_, why)) = WORKER_SETTINGS.iter().find(|(k, _)| *k == key) {
         return err(field, *why);

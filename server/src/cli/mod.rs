@@ -1,10 +1,13 @@
 //! The `server` command line: `serve`, and the terminal clients.
+pub mod client;
+pub mod loadgen;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::client::Client;
+use crate::cli::client::Client;
 use crate::startup::{Application, ServeConfig};
 
 #[derive(Debug, Parser)]
@@ -119,7 +122,7 @@ pub enum Command {
         remote: Remote,
     },
     /// Benchmark: simulated workers (claim, 3 metrics, finish) against a real coordinator.
-    Loadgen(crate::loadgen::LoadArgs),
+    Loadgen(crate::cli::loadgen::LoadArgs),
     /// Refresh a README from a sweep in one go: its results block (the provenance line, then the
     /// study's table beside ours, cell by cell) and the five figures.
     Publish {
@@ -175,7 +178,7 @@ pub enum Command {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Loadgen(args) => crate::loadgen::run(&args).await,
+        Command::Loadgen(args) => crate::cli::loadgen::run(&args).await,
         Command::Synth { db, jobs, epochs } => synth(&db, jobs, epochs).await,
         Command::Plot {
             sweep,
@@ -306,7 +309,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
 /// `server synth`: a finished synthetic sweep of `jobs` jobs x `epochs` epochs, for scale tests.
 async fn synth(db: &std::path::Path, jobs: usize, epochs: i64) -> Result<()> {
     let repeats = jobs.div_ceil(20).clamp(1, 1000);
-    let spec = crate::spec::SweepSpec::from_toml(&format!(
+    let spec = crate::sweep::SweepSpec::from_toml(&format!(
         "name = \"synthetic {} x {epochs}\"\n[run]\nrepeats = {repeats}\n[train]\ndataset = \"synthetic\"\nepochs = {epochs}\n\
          [grid]\nbatch_size = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]\nlr = [0.01, 0.0001]\n",
         repeats * 20
@@ -339,7 +342,7 @@ async fn write_figures(
     if let Some(l) = lr {
         query.push(format!("lr={l}"));
     }
-    for name in crate::figures::NAMES {
+    for name in crate::results::figures::NAMES {
         let bytes = client
             .get_bytes(&format!(
                 "/api/sweeps/{sweep}/figures/{name}.png?{}",
@@ -363,7 +366,7 @@ async fn rewrite_readme(
     query: &str,
 ) -> Result<()> {
     // A bad block name fails before any request.
-    crate::export::markers(block).map_err(|e| anyhow::anyhow!(e))?;
+    crate::results::export::markers(block).map_err(|e| anyhow::anyhow!(e))?;
     let table = client
         .get_text(&format!(
             "/api/sweeps/{sweep}/results?format=markdown&{query}"
@@ -375,10 +378,10 @@ async fn rewrite_readme(
             .await?,
     )
     .context("unexpected sweep document")?;
-    let body = format!("{}\n\n{table}", crate::export::provenance(&detail));
+    let body = format!("{}\n\n{table}", crate::results::export::provenance(&detail));
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let new = crate::export::rewrite_block(&text, block, &body)
+    let new = crate::results::export::rewrite_block(&text, block, &body)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     std::fs::write(file, new)?;
     println!("updated the results block of {}", file.display());

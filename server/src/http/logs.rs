@@ -8,8 +8,8 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use protocol::{log_headers, LogPosition};
 
-use crate::error::ApiError;
-use crate::events::Event;
+use crate::http::error::ApiError;
+use crate::http::events::Event;
 use crate::state::AppState;
 
 /// Most bytes one read returns (a client reads on from `x-log-next`).

@@ -44,7 +44,7 @@ impl AppState {
     /// it), and the dashboard hears of the change.
     pub async fn job_changed(&self, change: protocol::JobChange) {
         if change.status.is_final() {
-            crate::artifacts::forget(self, change.job_id).await;
+            crate::http::artifacts::forget(self, change.job_id).await;
         }
         self.publish(Event::Job(change));
     }
@@ -56,10 +56,12 @@ impl AppState {
     responses((status = 200, description = "text/event-stream of job, metrics, sweep and log events"), (status = 503, description = "too many open streams")))]
 pub async fn stream(
     State(state): State<AppState>,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, crate::error::ApiError> {
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, crate::http::error::ApiError> {
     // Each open stream holds a permit for its whole life: a bounded number of subscribers.
     let permit = state.sse_permits.clone().try_acquire_owned().map_err(|_| {
-        crate::error::ApiError::Unavailable("too many open event streams; try again later".into())
+        crate::http::error::ApiError::Unavailable(
+            "too many open event streams; try again later".into(),
+        )
     })?;
     let rx = BroadcastStream::new(state.events.subscribe());
     let mut stopping = state.stopping.subscribe();

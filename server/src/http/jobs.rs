@@ -1,0 +1,230 @@
+//! The worker protocol (claim, heartbeat, metrics, finish, release) and a job's detail: public, so a
+//! worker in any language can take part.
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::error::{ApiError, AppJson};
+use super::events::Event;
+use super::ApiResult;
+use crate::state::AppState;
+use crate::views::JobDetail;
+use protocol::{
+    Claim, ClaimRequest, FinishRequest, HeartbeatReply, HeartbeatRequest, JobChange, JobStatus,
+    MetricsReply, MetricsReport, ReleaseRequest,
+};
+
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = i64, Path)),
+    responses((status = 200, body = JobDetail), (status = 404)))]
+pub(super) async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<JobDetail>> {
+    Ok(Json(state.store.get_job(id).await?))
+}
+
+/// Take the oldest pending job that fits; 204 when none does.
+#[utoipa::path(post, path = "/api/jobs/claim", tag = "worker protocol", request_body = ClaimRequest,
+    responses((status = 200, body = Claim), (status = 204)), security(("bearer" = [])))]
+pub(super) async fn claim(
+    State(state): State<AppState>,
+    AppJson(req): AppJson<ClaimRequest>,
+) -> ApiResult<Response> {
+    if req.worker.trim().is_empty() || req.worker.len() > 200 {
+        return Err(ApiError::Unprocessable(
+            "worker: must be a non-empty name of at most 200 bytes".into(),
+        ));
+    }
+    let now = state.clock.now_ms();
+    match state
+        .store
+        .claim_next(
+            &req.worker,
+            req.capacity,
+            req.accepts_commands,
+            now,
+            state.lease_ms,
+        )
+        .await?
+    {
+        Some(c) => {
+            state.telemetry.claims.inc();
+            state.publish(Event::Job(JobChange {
+                job_id: c.id,
+                sweep_id: c.sweep_id,
+                status: JobStatus::Running,
+                attempt: c.attempt,
+            }));
+            Ok(Json(c).into_response())
+        }
+        None => {
+            state.telemetry.empty_claims.inc();
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+    }
+}
+
+/// Renew the lease; the reply says whether the job was cancelled.
+#[utoipa::path(post, path = "/api/jobs/{id}/heartbeat", tag = "worker protocol", params(("id" = i64, Path)),
+    request_body = HeartbeatRequest, responses((status = 200, body = HeartbeatReply), (status = 409)), security(("bearer" = [])))]
+pub(super) async fn heartbeat(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    AppJson(req): AppJson<HeartbeatRequest>,
+) -> ApiResult<Json<HeartbeatReply>> {
+    Ok(Json(
+        state
+            .store
+            .heartbeat(id, req.attempt, state.clock.now_ms(), state.lease_ms)
+            .await?,
+    ))
+}
+
+/// Record one epoch's metrics (idempotent per epoch; 409 from an attempt that lost the lease).
+#[utoipa::path(post, path = "/api/jobs/{id}/metrics", tag = "worker protocol", params(("id" = i64, Path)),
+    request_body = MetricsReport, responses((status = 200, body = MetricsReply), (status = 409), (status = 422)), security(("bearer" = [])))]
+pub(super) async fn report_metrics(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    AppJson(m): AppJson<MetricsReport>,
+) -> ApiResult<Json<MetricsReply>> {
+    check_metrics(&m)?;
+    let now = state.clock.now_ms();
+    let rule = state.store.early_stop_rule_of_job(id).await?;
+    let (sweep_id, stop) = match (judged_on(rule.as_ref(), &m), rule) {
+        (Some(value), Some(rule)) => {
+            state
+                .store
+                .record_and_judge(id, &m, now, value, rule)
+                .await?
+        }
+        // Not judged: the stop flag as an earlier report left it (only a rule sets it).
+        (_, rule) => {
+            let sweep = state.store.record_metrics(id, &m, now).await?;
+            let stop = rule.is_some() && state.store.stop_requested(id).await?;
+            (sweep, stop)
+        }
+    };
+    state.publish(Event::Metrics {
+        job_id: id,
+        sweep_id,
+        metrics: m,
+    });
+    Ok(Json(MetricsReply { ok: true, stop }))
+}
+
+/// The value this report is judged on under the sweep's early-stopping rule, if it can be judged:
+/// one without the rule's metric (no evaluation that epoch) or marked `diverged` (its loss was
+/// non-finite: the run ends itself) is not.
+fn judged_on(rule: Option<&crate::sweep::early_stop::EarlyStop>, m: &MetricsReport) -> Option<f64> {
+    let rule = rule?;
+    crate::sweep::early_stop::value_of(m, &rule.metric).filter(|_| !m.diverged)
+}
+
+/// Every reported value is checked before it is stored: a wrong number would otherwise reach the
+/// figures, the exports and the early-stopping decisions of every later reader. (The epoch's upper
+/// bound, the job's own epochs, is checked by the store.)
+fn check_metrics(m: &MetricsReport) -> ApiResult<()> {
+    if m.epoch < 1 {
+        return Err(ApiError::Unprocessable("epoch: must be at least 1".into()));
+    }
+    // Largest value an fp32 trainer can report.
+    let big = f32::MAX as f64;
+    let checks: [(&str, Option<f64>, f64, f64); 9] = [
+        ("lr", m.lr, 0.0, big),
+        ("train_loss", m.train_loss, 0.0, big),
+        ("test_loss", m.test_loss, 0.0, big),
+        ("accuracy", m.accuracy, 0.0, 1.0),
+        ("precision", m.precision, 0.0, 1.0),
+        ("recall", m.recall, 0.0, 1.0),
+        ("f1", m.f1, 0.0, 1.0),
+        ("images_per_sec", m.images_per_sec, 0.0, 1e12),
+        ("seconds", m.seconds, 0.0, 1e9),
+    ];
+    if m.extra.len() > protocol::MAX_EXTRA_METRICS {
+        return Err(ApiError::Unprocessable(format!(
+            "extra: at most {} metrics of its own per epoch",
+            protocol::MAX_EXTRA_METRICS
+        )));
+    }
+    for (name, value) in &m.extra {
+        if !protocol::is_metric_name(name)
+            || crate::sweep::early_stop::METRICS.contains(&name.as_str())
+        {
+            return Err(ApiError::Unprocessable(format!(
+                "extra.{name}: a metric of its own is named with letters, digits, _ . - / (at most 64 bytes) and is not one of the named metrics"
+            )));
+        }
+        if value.is_some_and(|x| x.abs() > 1e300) {
+            return Err(ApiError::Unprocessable(format!(
+                "extra.{name}: must be a finite number below 1e300 (a non-finite one is sent as null)"
+            )));
+        }
+    }
+    for (name, value, lo, hi) in checks {
+        if let Some(x) = value {
+            if !(lo..=hi).contains(&x) {
+                return Err(ApiError::Unprocessable(format!(
+                    "{name}: {x} is outside {lo}..={hi} (a non-finite loss is sent as null)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// End the attempt. `failed` is retried until the job's attempts run out; a repeat is a no-op.
+#[utoipa::path(post, path = "/api/jobs/{id}/finish", tag = "worker protocol", params(("id" = i64, Path)),
+    request_body = FinishRequest, responses((status = 200, body = JobChange), (status = 409), (status = 422)), security(("bearer" = [])))]
+pub(super) async fn finish(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    AppJson(req): AppJson<FinishRequest>,
+) -> ApiResult<Json<JobChange>> {
+    let error = req.error.as_deref().map(|e| truncate(e, 8192));
+    let change = state
+        .store
+        .finish(
+            id,
+            req.attempt,
+            req.status,
+            req.summary.as_ref(),
+            error,
+            state.clock.now_ms(),
+        )
+        .await?;
+    state.job_changed(change.clone()).await;
+    Ok(Json(change))
+}
+
+/// Give the job back without failing it (a worker shutting down after a checkpoint): it is pending
+/// again and resumes from its last uploaded checkpoint; the attempt does not count against it.
+#[utoipa::path(post, path = "/api/jobs/{id}/release", tag = "worker protocol", params(("id" = i64, Path)),
+    request_body = ReleaseRequest, responses((status = 200, body = JobChange), (status = 409)), security(("bearer" = [])))]
+pub(super) async fn release(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    AppJson(req): AppJson<ReleaseRequest>,
+) -> ApiResult<Json<JobChange>> {
+    let reason = req
+        .reason
+        .as_deref()
+        .map(|r| truncate(r, 2000))
+        .unwrap_or("released by its worker");
+    let change = state
+        .store
+        .release(id, req.attempt, reason, state.clock.now_ms())
+        .await?;
+    state.job_changed(change.clone()).await;
+    Ok(Json(change))
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary (errors carry stderr tails of any size).
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,198 @@
+//! The HTTP boundary: the router, the OpenAPI document, and one module per resource (sweeps, the
+//! worker protocol's jobs, logs, checkpoints, the dashboard's views, events), with auth and the one
+//! error type.
+pub mod artifacts;
+pub mod auth;
+pub mod dashboard;
+pub mod error;
+pub mod events;
+pub mod jobs;
+pub mod logs;
+pub mod sweeps;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::time::Instant;
+use utoipa::OpenApi;
+
+use crate::state::AppState;
+use crate::views::{JobDetail, SweepDetail, SweepRow};
+use error::ApiError;
+use protocol::{
+    Capacity, Claim, ClaimRequest, FinishRequest, HeartbeatReply, HeartbeatRequest, JobChange,
+    JobStatus, MetricsReply, MetricsReport, Outcome, ReleaseRequest,
+};
+
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "sweep coordinator", description = "Hyperparameter sweeps of the study's CIFAR-10 trainer: sweeps, jobs under leases, metrics, results."),
+    paths(sweeps::submit_sweep, sweeps::list_sweeps, sweeps::get_sweep, sweeps::cancel_sweep, jobs::get_job, sweeps::results, sweeps::figure,
+          jobs::claim, jobs::heartbeat, jobs::report_metrics, jobs::finish, jobs::release,
+          dashboard::jobs_page, dashboard::grid, dashboard::curves,
+          artifacts::upload, artifacts::download, logs::append, logs::read,
+          events::stream, healthz, prometheus, openapi, auth::create_session),
+    components(schemas(crate::sweep::SweepFile, SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
+                       HeartbeatReply, MetricsReport, MetricsReply, FinishRequest, ReleaseRequest, JobChange, JobStatus, protocol::SweepStatus, Outcome, sweeps::Created, crate::views::JobRow,
+                        crate::views::AttemptRow, crate::views::JobPage, auth::SessionRequest, crate::views::GridCell, crate::views::Series)),
+    modifiers(&BearerAuth, &CommonResponses)
+)]
+pub struct ApiDoc;
+
+/// The answers every operation can give besides its own, stated once: a request that cannot be
+/// read (400), credentials missing or wrong (401) or not enough (403) where the operation needs
+/// them, no such sweep or job (404) where the path names one, a value out of range (422), the
+/// coordinator busy or shutting down (503) and a request that took too long (408).
+struct CommonResponses;
+
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::ResponseBuilder;
+        let answer = |d: &str| ResponseBuilder::new().description(d).build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
+            for op in ops.into_iter().flatten() {
+                let r = &mut op.responses.responses;
+                let mut add = |code: &str, d: &str| {
+                    r.entry(code.to_string())
+                        .or_insert_with(|| answer(d).into());
+                };
+                add(
+                    "400",
+                    "the request could not be read (a malformed body, query or path)",
+                );
+                add("408", "the request took too long");
+                add("422", "a value is out of range; the error names it");
+                add("503", "the coordinator is busy or shutting down; retry");
+                if path.contains('{') {
+                    add("404", "no such sweep or job");
+                }
+                if op.security.is_some() {
+                    add("401", "missing or wrong bearer token");
+                    add("403", "the worker token is for the worker protocol only");
+                }
+            }
+        }
+    }
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The REST API, the worker protocol and the dashboard. Every request is answered within
+/// `request_timeout` (408 otherwise) except those that stream by design: the event stream and
+/// checkpoint transfers (up to a gigabyte). tower-http traces each request (`RUST_LOG=tower_http=debug`).
+pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
+    let streaming = Router::new()
+        .route(
+            "/api/jobs/{id}/checkpoint",
+            axum::routing::put(artifacts::upload)
+                .get(artifacts::download)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/api/events", get(events::stream));
+    let logs = Router::new().route(
+        "/api/jobs/{id}/log",
+        post(logs::append)
+            .get(logs::read)
+            .layer(axum::extract::DefaultBodyLimit::max(
+                crate::store::logs::MAX_CHUNK,
+            )),
+    );
+    Router::new()
+        .route(
+            "/api/sweeps",
+            post(sweeps::submit_sweep)
+                .get(sweeps::list_sweeps)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/api/sweeps/{id}", get(sweeps::get_sweep))
+        .route("/api/sweeps/{id}/cancel", post(sweeps::cancel_sweep))
+        .route("/api/sweeps/{id}/results", get(sweeps::results))
+        .route("/api/sweeps/{id}/figures/{file}", get(sweeps::figure))
+        .route("/api/sweeps/{id}/jobs", get(dashboard::jobs_page))
+        .route("/api/sweeps/{id}/grid", get(dashboard::grid))
+        .route("/api/sweeps/{id}/curves", get(dashboard::curves))
+        .route("/", get(dashboard::index))
+        .route("/app.js", get(dashboard::app_js))
+        .route("/style.css", get(dashboard::style))
+        .route("/api/jobs/claim", post(jobs::claim))
+        .route("/api/jobs/{id}", get(jobs::get_job))
+        .route("/api/jobs/{id}/heartbeat", post(jobs::heartbeat))
+        .route("/api/jobs/{id}/metrics", post(jobs::report_metrics))
+        .route("/api/jobs/{id}/finish", post(jobs::finish))
+        .route("/api/jobs/{id}/release", post(jobs::release))
+        .route("/api/openapi.json", get(openapi))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(prometheus))
+        .route("/api/session", post(auth::create_session))
+        .merge(logs)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .merge(streaming)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard_host_and_headers,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe_latency,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn observe_latency(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let t0 = Instant::now();
+    let res = next.run(req).await;
+    state.telemetry.observe(t0.elapsed().as_secs_f64());
+    res
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Prometheus text: jobs by status, claims, lease expiries, request latency.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+async fn prometheus(State(state): State<AppState>) -> ApiResult<Response> {
+    let counts = state.store.job_counts().await?;
+    let body = state.telemetry.render(&counts);
+    Ok((
+        [(header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)],
+        body,
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations", responses((status = 200, description = "this document")))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,239 @@
+//! Users' sweeps: submit, list, read, cancel, and their results and figures.
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::events::Event;
+use super::ApiResult;
+use crate::results::export::{self, Format, TableOptions};
+use crate::state::AppState;
+use crate::sweep::{SweepSpec, MAX_BODY};
+use crate::views::{SweepDetail, SweepRow};
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Created {
+    pub id: i64,
+    pub jobs: usize,
+}
+
+/// Submit a sweep: JSON, or TOML with `Content-Type: application/toml`. Rejected whole (422, the field
+/// named) if any part is wrong; nothing is stored then.
+#[utoipa::path(post, path = "/api/sweeps", tag = "sweeps", request_body(content = crate::sweep::SweepFile, description = "sweep spec (JSON, or TOML with Content-Type: application/toml)"),
+    responses((status = 201, body = Created), (status = 400), (status = 401), (status = 422)),
+    security(("bearer" = [])))]
+pub(super) async fn submit_sweep(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<(StatusCode, Json<Created>)> {
+    // Read at most one byte past the limit ourselves, so an oversized spec gets the same JSON 422
+    // naming the field as every other bad spec (axum's own limit answers 413 in plain text).
+    let too_big = || ApiError::Unprocessable(format!("body: larger than {MAX_BODY} bytes (1 MiB)"));
+    let body: Bytes = axum::body::to_bytes(body, MAX_BODY + 1)
+        .await
+        .map_err(|_| too_big())?;
+    if body.len() > MAX_BODY {
+        return Err(too_big());
+    }
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
+    let toml = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.contains("toml"));
+    // Parsing and validating up to a megabyte is CPU work (linear, but not free): off the async
+    // threads, so other requests keep being answered meanwhile.
+    let spec = tokio::task::spawn_blocking(move || {
+        if toml {
+            SweepSpec::from_toml(&text)
+        } else {
+            SweepSpec::from_json(&text)
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    let (id, jobs) = state
+        .store
+        .create_sweep(&spec, state.clock.now_ms())
+        .await?;
+    tracing::info!(sweep = id, name = %spec.name, jobs, "sweep submitted");
+    state.publish(Event::Sweep {
+        sweep_id: id,
+        status: protocol::SweepStatus::Pending,
+    });
+    Ok((StatusCode::CREATED, Json(Created { id, jobs })))
+}
+
+#[utoipa::path(get, path = "/api/sweeps", tag = "sweeps", responses((status = 200, body = Vec<SweepRow>)))]
+pub(super) async fn list_sweeps(State(state): State<AppState>) -> ApiResult<Json<Vec<SweepRow>>> {
+    Ok(Json(state.store.list_sweeps().await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct SweepQuery {
+    /// `false`: leave the job list out (`/api/sweeps/{id}/jobs` pages it).
+    pub jobs: Option<bool>,
+    /// At most this many jobs, in grid order (default 1000, at most 10000); the sweep's `total`
+    /// says how many there are.
+    #[param(minimum = 1, maximum = 10000)]
+    pub limit: Option<usize>,
+}
+
+/// Jobs listed inline by `GET /api/sweeps/{id}` unless `limit` says otherwise: a 10,000-job sweep
+/// is paged through `/api/sweeps/{id}/jobs`, not sent whole to every anonymous reader.
+pub const DEFAULT_JOBS_INLINE: usize = 1000;
+
+#[utoipa::path(get, path = "/api/sweeps/{id}", tag = "sweeps", params(("id" = i64, Path), SweepQuery),
+    responses((status = 200, body = SweepDetail), (status = 404)))]
+pub(super) async fn get_sweep(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<SweepQuery>,
+) -> ApiResult<Json<SweepDetail>> {
+    let limit = q.limit.unwrap_or(DEFAULT_JOBS_INLINE);
+    if !(1..=crate::sweep::MAX_JOBS).contains(&limit) {
+        return Err(ApiError::Unprocessable(format!(
+            "limit: must be between 1 and {}",
+            crate::sweep::MAX_JOBS
+        )));
+    }
+    let mut detail = state.store.sweep_detail(id, q.jobs.unwrap_or(true)).await?;
+    detail.jobs.truncate(limit);
+    Ok(Json(detail))
+}
+
+/// Cancel a sweep: pending jobs at once, running jobs on their next heartbeat.
+#[utoipa::path(post, path = "/api/sweeps/{id}/cancel", tag = "sweeps", params(("id" = i64, Path)),
+    responses((status = 200), (status = 404)), security(("bearer" = [])))]
+pub(super) async fn cancel_sweep(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Value>> {
+    let changed = state.store.cancel_sweep(id, state.clock.now_ms()).await?;
+    let n = changed.len();
+    for c in changed {
+        state.job_changed(c).await;
+    }
+    state.publish(Event::Sweep {
+        sweep_id: id,
+        status: protocol::SweepStatus::Cancelled,
+    });
+    Ok(Json(serde_json::json!({ "cancelled_pending": n })))
+}
+
+/// The formats of `/results` (documentation only: an unknown one gets a 422 naming it).
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ResultsFormat {
+    Markdown,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ResultsQuery {
+    /// markdown (default), csv or json.
+    #[param(value_type = Option<ResultsFormat>, inline)]
+    pub format: Option<String>,
+    /// Add precision, recall, F1, epochs and wall time columns (markdown).
+    #[serde(default)]
+    pub extra: bool,
+    /// The study's Chinese headings (markdown).
+    #[serde(default)]
+    pub chinese: bool,
+    /// The study's table (its first README) beside this sweep's results, cell by cell (markdown).
+    #[serde(default)]
+    pub compare: bool,
+}
+
+/// Results in the study's format.
+#[utoipa::path(get, path = "/api/sweeps/{id}/results", tag = "sweeps", params(("id" = i64, Path), ResultsQuery),
+    responses((status = 200, description = "markdown, CSV or JSON"), (status = 404)))]
+pub(super) async fn results(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<ResultsQuery>,
+) -> ApiResult<Response> {
+    let format = match q.format.as_deref().unwrap_or("markdown") {
+        "markdown" | "md" => Format::Markdown,
+        "csv" => Format::Csv,
+        "json" => Format::Json,
+        other => {
+            return Err(ApiError::Unprocessable(format!(
+                "format: unknown format {other:?} (markdown, csv, json)"
+            )))
+        }
+    };
+    let detail = state.store.get_sweep(id).await?;
+    let opts = TableOptions {
+        extra: q.extra,
+        chinese: q.chinese,
+        compare: q.compare,
+    };
+    let (ctype, body) = export::render(&detail, format, &opts);
+    Ok(([(header::CONTENT_TYPE, ctype)], body).into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct FigureQuery {
+    /// The headline run of lr/loss/acc (default: batch 32 at lr 1e-2, else the best run).
+    pub job: Option<i64>,
+    /// The lr of batch_and_loss/batch_and_acc (default: 1e-2 when present).
+    #[param(exclusive_minimum = 0)]
+    pub lr: Option<f64>,
+}
+
+/// A figure as PNG: lr.png, loss.png, acc.png, batch_and_loss.png, batch_and_acc.png.
+#[utoipa::path(get, path = "/api/sweeps/{id}/figures/{file}", tag = "sweeps",
+    params(("id" = i64, Path), ("file" = String, Path, description = "e.g. batch_and_acc.png"), FigureQuery),
+    responses((status = 200, content_type = "image/png"), (status = 404)))]
+pub(super) async fn figure(
+    State(state): State<AppState>,
+    Path((id, file)): Path<(i64, String)>,
+    Query(q): Query<FigureQuery>,
+) -> ApiResult<Response> {
+    use crate::results::figures::{self, FigureError};
+    let name = file.strip_suffix(".png").unwrap_or(&file).to_string();
+    let detail = state.store.get_sweep(id).await?;
+    let opts = figures::FigureOptions {
+        job: q.job,
+        lr: q.lr,
+    };
+    let drawn = figures::drawn_jobs(&name, &detail.jobs, &opts)
+        .map_err(|e| ApiError::NotFound(e.to_string()))?;
+    let stamp = figures::FigureCache::stamp(&detail.jobs);
+    if let Some(png) = state.figure_cache.get(id, &name, &opts, stamp) {
+        return Ok(([(header::CONTENT_TYPE, "image/png")], png.to_vec()).into_response());
+    }
+    // Drawing is CPU work: off the async workers, and at most FIGURE_PERMITS at a time; a request
+    // that cannot get a turn soon is told to come back rather than queue without bound.
+    let permit = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        state.figure_permits.clone().acquire_owned(),
+    )
+    .await
+    .map_err(|_| ApiError::Unavailable("figures are busy; try again".into()))?
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    let points = state.store.job_curves(&drawn).await?;
+    let (name_c, opts_c) = (name.clone(), opts.clone());
+    let png = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        figures::render(&name_c, &detail.sweep.name, &detail.jobs, &points, &opts_c)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+    .map_err(|e| match e {
+        FigureError::Unknown(_) | FigureError::NoData(_) => ApiError::NotFound(e.to_string()),
+        FigureError::Draw(_) => ApiError::Internal(e.into()),
+    })?;
+    let png = std::sync::Arc::new(png);
+    state.figure_cache.put(id, &name, &opts, stamp, png.clone());
+    Ok(([(header::CONTENT_TYPE, "image/png")], png.to_vec()).into_response())
+}
