@@ -358,6 +358,103 @@ pub struct MetricsReport {
     pub diverged: bool,
 }
 
+/// One of the metrics a trainer's epoch may carry by name, and the largest value it may have (each
+/// is at least 0).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NamedMetric {
+    pub name: &'static str,
+    pub max: f64,
+}
+
+/// The named metrics, in the order exports list them: the one list of their names and bounds.
+/// Losses and the lr reach up to the largest value an fp32 trainer can report.
+pub const NAMED_METRICS: [NamedMetric; 9] = [
+    NamedMetric {
+        name: "lr",
+        max: f32::MAX as f64,
+    },
+    NamedMetric {
+        name: "train_loss",
+        max: f32::MAX as f64,
+    },
+    NamedMetric {
+        name: "test_loss",
+        max: f32::MAX as f64,
+    },
+    NamedMetric {
+        name: "accuracy",
+        max: 1.0,
+    },
+    NamedMetric {
+        name: "precision",
+        max: 1.0,
+    },
+    NamedMetric {
+        name: "recall",
+        max: 1.0,
+    },
+    NamedMetric {
+        name: "f1",
+        max: 1.0,
+    },
+    NamedMetric {
+        name: "images_per_sec",
+        max: 1e12,
+    },
+    NamedMetric {
+        name: "seconds",
+        max: 1e9,
+    },
+];
+
+/// Whether `name` is one of [`NAMED_METRICS`].
+pub fn is_named_metric(name: &str) -> bool {
+    NAMED_METRICS.iter().any(|m| m.name == name)
+}
+
+/// The names of [`NAMED_METRICS`], for messages.
+pub fn named_metric_names() -> Vec<&'static str> {
+    NAMED_METRICS.iter().map(|m| m.name).collect()
+}
+
+impl MetricsReport {
+    /// The named metrics' slots, in [`NAMED_METRICS`]' order (the one place that lists the fields).
+    fn slots_mut(&mut self) -> [&mut Option<f64>; 9] {
+        [
+            &mut self.lr,
+            &mut self.train_loss,
+            &mut self.test_loss,
+            &mut self.accuracy,
+            &mut self.precision,
+            &mut self.recall,
+            &mut self.f1,
+            &mut self.images_per_sec,
+            &mut self.seconds,
+        ]
+    }
+
+    /// Each named metric with its value, in [`NAMED_METRICS`]' order.
+    pub fn named(&self) -> [(NamedMetric, Option<f64>); 9] {
+        let mut copy = self.clone();
+        let values = copy.slots_mut().map(|slot| *slot);
+        std::array::from_fn(|i| (NAMED_METRICS[i], values[i]))
+    }
+
+    /// Any metric by name: a named one, or one of its own (None: not reported).
+    pub fn get(&self, name: &str) -> Option<f64> {
+        match NAMED_METRICS.iter().position(|m| m.name == name) {
+            Some(i) => self.named()[i].1,
+            None => self.extra.get(name).copied().flatten(),
+        }
+    }
+
+    /// The slot of a named metric; None for any other name.
+    pub fn named_mut(&mut self, name: &str) -> Option<&mut Option<f64>> {
+        let i = NAMED_METRICS.iter().position(|m| m.name == name)?;
+        self.slots_mut().into_iter().nth(i)
+    }
+}
+
 /// Most metrics of its own one epoch may report besides the named ones.
 pub const MAX_EXTRA_METRICS: usize = 64;
 
@@ -512,6 +609,23 @@ impl JobShape {
 
 #[cfg(test)]
 mod tests {
+    /// Each named metric's slot is the field of that name on the wire, and `get` reads it back.
+    #[test]
+    fn named_metrics_are_their_fields() {
+        for (i, metric) in NAMED_METRICS.iter().enumerate() {
+            let mut m = MetricsReport::default();
+            *m.named_mut(metric.name).unwrap() = Some(i as f64 + 0.5);
+            let wire = serde_json::to_value(&m).unwrap();
+            assert_eq!(wire[metric.name], i as f64 + 0.5, "{}", metric.name);
+            assert_eq!(m.get(metric.name), Some(i as f64 + 0.5));
+            assert_eq!(m.named()[i], (*metric, Some(i as f64 + 0.5)));
+        }
+        let mut m = MetricsReport::default();
+        assert!(m.named_mut("val_bleu").is_none());
+        m.extra.insert("val_bleu".into(), Some(0.3));
+        assert_eq!(m.get("val_bleu"), Some(0.3));
+    }
+
     use super::*;
 
     #[test]

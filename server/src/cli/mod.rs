@@ -153,7 +153,7 @@ pub enum Command {
     Export {
         sweep: i64,
         #[arg(long, default_value = "markdown")]
-        format: String,
+        format: crate::results::export::Format,
         /// Precision, recall, F1, epochs and wall-time columns.
         #[arg(long)]
         extra: bool,
@@ -254,7 +254,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             let query = format!("extra={extra}&chinese={chinese}&compare={compare}");
             match readme {
                 None => {
-                    let path = format!("/api/sweeps/{sweep}/results?format={format}&{query}");
+                    let path = format!(
+                        "/api/sweeps/{sweep}/results?format={}&{query}",
+                        format.as_str()
+                    );
                     print!("{}", client.get_text(&path).await?);
                 }
                 Some(file) => {

@@ -119,7 +119,7 @@ pub(super) async fn report_metrics(
 /// non-finite: the run ends itself) is not.
 fn judged_on(rule: Option<&crate::sweep::early_stop::EarlyStop>, m: &MetricsReport) -> Option<f64> {
     let rule = rule?;
-    crate::sweep::early_stop::value_of(m, &rule.metric).filter(|_| !m.diverged)
+    m.get(&rule.metric).filter(|x| x.is_finite() && !m.diverged)
 }
 
 /// Every reported value is checked before it is stored: a wrong number would otherwise reach the
@@ -129,19 +129,6 @@ fn check_metrics(m: &MetricsReport) -> ApiResult<()> {
     if m.epoch < 1 {
         return Err(ApiError::Unprocessable("epoch: must be at least 1".into()));
     }
-    // Largest value an fp32 trainer can report.
-    let big = f32::MAX as f64;
-    let checks: [(&str, Option<f64>, f64, f64); 9] = [
-        ("lr", m.lr, 0.0, big),
-        ("train_loss", m.train_loss, 0.0, big),
-        ("test_loss", m.test_loss, 0.0, big),
-        ("accuracy", m.accuracy, 0.0, 1.0),
-        ("precision", m.precision, 0.0, 1.0),
-        ("recall", m.recall, 0.0, 1.0),
-        ("f1", m.f1, 0.0, 1.0),
-        ("images_per_sec", m.images_per_sec, 0.0, 1e12),
-        ("seconds", m.seconds, 0.0, 1e9),
-    ];
     if m.extra.len() > protocol::MAX_EXTRA_METRICS {
         return Err(ApiError::Unprocessable(format!(
             "extra: at most {} metrics of its own per epoch",
@@ -149,9 +136,7 @@ fn check_metrics(m: &MetricsReport) -> ApiResult<()> {
         )));
     }
     for (name, value) in &m.extra {
-        if !protocol::is_metric_name(name)
-            || crate::sweep::early_stop::METRICS.contains(&name.as_str())
-        {
+        if !protocol::is_metric_name(name) || protocol::is_named_metric(name) {
             return Err(ApiError::Unprocessable(format!(
                 "extra.{name}: a metric of its own is named with letters, digits, _ . - / (at most 64 bytes) and is not one of the named metrics"
             )));
@@ -162,13 +147,12 @@ fn check_metrics(m: &MetricsReport) -> ApiResult<()> {
             )));
         }
     }
-    for (name, value, lo, hi) in checks {
-        if let Some(x) = value {
-            if !(lo..=hi).contains(&x) {
-                return Err(ApiError::Unprocessable(format!(
-                    "{name}: {x} is outside {lo}..={hi} (a non-finite loss is sent as null)"
-                )));
-            }
+    for (metric, value) in m.named() {
+        if let Some(x) = value.filter(|x| !(0.0..=metric.max).contains(x)) {
+            return Err(ApiError::Unprocessable(format!(
+                "{}: {x} is outside 0..={} (a non-finite loss is sent as null)",
+                metric.name, metric.max
+            )));
         }
     }
     Ok(())

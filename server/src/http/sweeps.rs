@@ -127,20 +127,10 @@ pub(super) async fn cancel_sweep(
     Ok(Json(serde_json::json!({ "cancelled_pending": n })))
 }
 
-/// The formats of `/results` (documentation only: an unknown one gets a 422 naming it).
-#[derive(Debug, utoipa::ToSchema)]
-#[schema(rename_all = "lowercase")]
-#[allow(dead_code)]
-pub enum ResultsFormat {
-    Markdown,
-    Csv,
-    Json,
-}
-
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ResultsQuery {
     /// markdown (default), csv or json.
-    #[param(value_type = Option<ResultsFormat>, inline)]
+    #[param(value_type = Option<Format>, inline)]
     pub format: Option<String>,
     /// Add precision, recall, F1, epochs and wall time columns (markdown).
     #[serde(default)]
@@ -161,15 +151,11 @@ pub(super) async fn results(
     Path(id): Path<i64>,
     Query(q): Query<ResultsQuery>,
 ) -> ApiResult<Response> {
-    let format = match q.format.as_deref().unwrap_or("markdown") {
-        "markdown" | "md" => Format::Markdown,
-        "csv" => Format::Csv,
-        "json" => Format::Json,
-        other => {
-            return Err(ApiError::Unprocessable(format!(
-                "format: unknown format {other:?} (markdown, csv, json)"
-            )))
-        }
+    let format: Format = match q.format.as_deref() {
+        None => Format::Markdown,
+        Some(f) => f
+            .parse()
+            .map_err(|e| ApiError::Unprocessable(format!("format: {e}")))?,
     };
     let detail = state.store.get_sweep(id).await?;
     let opts = TableOptions {

@@ -7,11 +7,39 @@ use serde_json::{Map, Value};
 use crate::views::{JobRow, SweepDetail};
 use protocol::JobStatus;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The formats results come in: the one list, for the API's `?format=`, its schema and the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
 pub enum Format {
     Markdown,
     Csv,
     Json,
+}
+
+impl Format {
+    pub const ALL: [Format; 3] = [Format::Markdown, Format::Csv, Format::Json];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Markdown => "markdown",
+            Format::Csv => "csv",
+            Format::Json => "json",
+        }
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "md" => Ok(Format::Markdown),
+            _ => Format::ALL
+                .into_iter()
+                .find(|f| f.as_str() == s)
+                .ok_or_else(|| format!("unknown format {s:?} (markdown, csv, json)")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -286,16 +314,14 @@ pub fn records(d: &SweepDetail) -> Vec<Map<String, Value>> {
                 r.insert(k.clone(), v.clone());
             }
             let m = j.latest.as_ref();
-            for (k, v) in [
-                ("lr_last", m.and_then(|m| m.lr)),
-                ("train_loss", m.and_then(|m| m.train_loss)),
-                ("test_loss", m.and_then(|m| m.test_loss)),
-                ("accuracy", m.and_then(|m| m.accuracy)),
-                ("precision", m.and_then(|m| m.precision)),
-                ("recall", m.and_then(|m| m.recall)),
-                ("f1", m.and_then(|m| m.f1)),
-                ("images_per_sec", m.and_then(|m| m.images_per_sec)),
-            ] {
+            // The named metrics but the epoch's seconds; the lr as `lr_last` (the grid's lr is
+            // the starting one).
+            let named = m.cloned().unwrap_or_default().named();
+            for (metric, v) in named.iter().filter(|(n, _)| n.name != "seconds") {
+                let k = match metric.name {
+                    "lr" => "lr_last",
+                    name => name,
+                };
                 r.insert(k.into(), v.map(Value::from).unwrap_or(Value::Null));
             }
             // A command's own metrics, by name (`_last` added where a parameter has that name).

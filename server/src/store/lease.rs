@@ -78,7 +78,7 @@ impl Store {
             id: row.id,
             sweep_id: row.sweep_id,
             attempt: row.attempt,
-            params: serde_json::from_str(&row.params).unwrap_or(Value::Null),
+            params: parse_json("jobs.params", &row.params)?,
             lease_expires_at: until,
             lease_ms: Some(lease_ms),
             command,
@@ -90,7 +90,8 @@ impl Store {
             .fetch_optional(&self.read)
             .await?
             .flatten();
-        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+        // A command job handed out without its command would run as a trainer job: an error instead.
+        text.map(|t| parse_json("sweeps.command", &t)).transpose()
     }
 
     /// The fence: Ok if `attempt` holds `job` (running), else why not.
@@ -228,7 +229,7 @@ impl Store {
             return Ok(JobChange {
                 job_id: job,
                 sweep_id: row.sweep_id,
-                status: status_of(&row.status),
+                status: status_of(&row.status)?,
                 attempt: row.attempt,
             });
         }
@@ -245,7 +246,7 @@ impl Store {
             Some(d) if d.outcome.as_deref() == Some(outcome) => Ok(JobChange {
                 job_id: job,
                 sweep_id: d.sweep_id,
-                status: status_of(&d.status),
+                status: status_of(&d.status)?,
                 attempt: d.attempt,
             }),
             _ => Err(self.fence_error(job, attempt).await),
@@ -297,7 +298,7 @@ impl Store {
             Some(r) => Ok(JobChange {
                 job_id: job,
                 sweep_id: r.sweep_id,
-                status: status_of(&r.status),
+                status: status_of(&r.status)?,
                 attempt: r.attempt,
             }),
             None => Err(self.fence_error(job, attempt).await),
@@ -350,15 +351,16 @@ impl Store {
         .fetch_all(&mut *c)
         .await?) }.boxed())
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| JobChange {
-                job_id: r.id,
-                sweep_id: r.sweep_id,
-                status: status_of(&r.status),
-                attempt: r.attempt,
+        rows.into_iter()
+            .map(|r| {
+                Ok(JobChange {
+                    job_id: r.id,
+                    sweep_id: r.sweep_id,
+                    status: status_of(&r.status)?,
+                    attempt: r.attempt,
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -385,8 +387,7 @@ pub(super) async fn insert_metrics(
     now: i64,
 ) -> Result<Option<i64>> {
     let extra = (!m.extra.is_empty())
-        .then(|| serde_json::to_string(&m.extra).ok())
-        .flatten();
+        .then(|| serde_json::to_string(&m.extra).expect("a map of numbers serialises"));
     Ok(sqlx::query_scalar!(
                         r#"INSERT INTO metrics (job_id, sweep_id, epoch, attempt, lr, train_loss, test_loss, accuracy, precision,
                                                 recall, f1, images_per_sec, seconds, recorded_at, extra)

@@ -69,13 +69,15 @@ pub struct Store {
     writer: Writer,
 }
 
-/// A stored status word as the enum. The table's CHECK constraint admits only these words.
-fn status_of(s: &str) -> JobStatus {
-    JobStatus::parse(s).unwrap_or(JobStatus::Failed)
+/// A stored status word as the enum. The table's CHECK constraint admits only these words; another
+/// (a database edited by hand, or by a newer version) is an error, never a guess.
+fn status_of(s: &str) -> Result<JobStatus> {
+    JobStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("job status {s:?}")))
 }
 
-fn parse_json(text: Option<&str>) -> Option<Value> {
-    text.and_then(|t| serde_json::from_str(t).ok())
+/// A stored JSON column (written by serde_json) read back; unreadable is an error.
+fn parse_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
 impl Store {

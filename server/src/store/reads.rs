@@ -31,15 +31,16 @@ struct JobSql {
 }
 
 /// A program's own metrics as `metrics.extra` stores them (a JSON object; absent: none).
-fn own_metrics(stored: Option<&str>) -> std::collections::BTreeMap<String, Option<f64>> {
-    stored
-        .and_then(|e| serde_json::from_str(e).ok())
-        .unwrap_or_default()
+fn own_metrics(stored: Option<&str>) -> Result<std::collections::BTreeMap<String, Option<f64>>> {
+    stored.map_or(Ok(Default::default()), |e| parse_json("metrics.extra", e))
 }
 
-impl From<JobSql> for JobRow {
-    fn from(r: JobSql) -> Self {
-        JobRow {
+impl TryFrom<JobSql> for JobRow {
+    type Error = StoreError;
+
+    fn try_from(r: JobSql) -> Result<Self> {
+        let latest_extra = own_metrics(r.extra.as_deref())?;
+        Ok(JobRow {
             latest: r.m_epoch.map(|epoch| MetricsReport {
                 epoch,
                 attempt: r.m_attempt.unwrap_or(0),
@@ -52,23 +53,27 @@ impl From<JobSql> for JobRow {
                 f1: r.f1,
                 images_per_sec: r.images_per_sec,
                 seconds: r.seconds,
-                extra: own_metrics(r.extra.as_deref()),
+                extra: latest_extra,
                 diverged: false,
             }),
             id: r.id,
             sweep_id: r.sweep_id,
-            params: serde_json::from_str(&r.params).unwrap_or(Value::Null),
-            status: status_of(&r.status),
+            params: parse_json("jobs.params", &r.params)?,
+            status: status_of(&r.status)?,
             attempt: r.attempt,
             max_attempts: r.max_attempts,
             epoch: r.epoch,
             epochs: r.epochs,
             worker: r.worker,
             error: r.error,
-            summary: parse_json(r.summary.as_deref()),
+            summary: r
+                .summary
+                .as_deref()
+                .map(|t| parse_json("jobs.summary", t))
+                .transpose()?,
             started_at: r.started_at,
             finished_at: r.finished_at,
-        }
+        })
     }
 }
 
@@ -152,7 +157,7 @@ impl Store {
         };
         Ok(SweepDetail {
             sweep: row,
-            spec: serde_json::from_str(&s.spec).unwrap_or(Value::Null),
+            spec: parse_json("sweeps.spec", &s.spec)?,
             jobs,
         })
     }
@@ -172,7 +177,10 @@ impl Store {
         )
         .fetch_all(&self.read)
         .await?;
-        Ok(rows.into_iter().map(JobRow::from).collect())
+        Ok(rows
+            .into_iter()
+            .map(JobRow::try_from)
+            .collect::<Result<_>>()?)
     }
 
     /// One page of a sweep's jobs, filtered and sorted in SQL so a 10,000-job sweep costs one page.
@@ -231,7 +239,10 @@ impl Store {
         Ok(JobPage {
             total,
             offset,
-            jobs: rows.into_iter().map(JobRow::from).collect(),
+            jobs: rows
+                .into_iter()
+                .map(JobRow::try_from)
+                .collect::<Result<_>>()?,
         })
     }
 
@@ -297,7 +308,7 @@ impl Store {
                 out.push(Series {
                     batch_size: r.batch_size,
                     job_id: r.job_id,
-                    status: status_of(&r.status),
+                    status: status_of(&r.status)?,
                     epoch: vec![],
                     lr: vec![],
                     train_loss: vec![],
@@ -312,7 +323,7 @@ impl Store {
             s.train_loss.push(r.train_loss);
             s.test_loss.push(r.test_loss);
             s.accuracy.push(r.accuracy);
-            let own = own_metrics(r.extra.as_deref());
+            let own = own_metrics(r.extra.as_deref())?;
             let n = s.epoch.len();
             for (name, v) in own {
                 // A metric first seen at this epoch is absent (null) at the earlier ones.
@@ -345,7 +356,8 @@ impl Store {
         .fetch_all(&self.read)
         .await?
         .into_iter()
-        .map(|r| MetricsReport {
+        .map(|r| {
+            Ok(MetricsReport {
             epoch: r.epoch,
             attempt: r.attempt,
             lr: r.lr,
@@ -357,10 +369,11 @@ impl Store {
             f1: r.f1,
             images_per_sec: r.images_per_sec,
             seconds: r.seconds,
-            extra: own_metrics(r.extra.as_deref()),
+            extra: own_metrics(r.extra.as_deref())?,
             diverged: false,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
         let mut attempts = sqlx::query_as!(
             AttemptRow,
             "SELECT attempt, worker, started_at, ended_at, outcome, error FROM attempts WHERE job_id = ? ORDER BY attempt",

@@ -14,7 +14,7 @@ impl Store {
         let command = spec
             .command
             .as_ref()
-            .map(|c| serde_json::to_string(c).unwrap_or_default());
+            .map(|c| serde_json::to_string(c).expect("plain data"));
         let is_command = command.is_some();
         let ranks = spec.command.as_ref().map(|c| c.ranks);
         // The sweep and all its jobs commit together, or nothing of them does (run_many: a savepoint).

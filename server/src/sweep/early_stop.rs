@@ -27,19 +27,6 @@ use serde_json::Value;
 use super::file::{EarlyStopFile, EarlyStopMethod};
 use super::{err, SpecError};
 
-/// The metrics a rule may judge: every number a worker reports per epoch.
-pub const METRICS: [&str; 9] = [
-    "accuracy",
-    "test_loss",
-    "train_loss",
-    "precision",
-    "recall",
-    "f1",
-    "lr",
-    "images_per_sec",
-    "seconds",
-];
-
 /// Whether larger or smaller values of the metric are better.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
@@ -101,7 +88,7 @@ impl EarlyStop {
                     "early_stop.metric",
                     format!(
                         "must name a reported metric: one of {}, or a metric of a command's own (letters, digits, _ . - /)",
-                        METRICS.join(", ")
+                        protocol::named_metric_names().join(", ")
                     ),
                 )
             }
@@ -209,23 +196,6 @@ fn only_for(key: &str, v: Option<i64>, method: &str) -> Result<(), SpecError> {
         );
     }
     Ok(())
-}
-
-/// The rule's metric in one report (None: not reported that epoch).
-pub fn value_of(m: &protocol::MetricsReport, metric: &str) -> Option<f64> {
-    match metric {
-        "accuracy" => m.accuracy,
-        "test_loss" => m.test_loss,
-        "train_loss" => m.train_loss,
-        "precision" => m.precision,
-        "recall" => m.recall,
-        "f1" => m.f1,
-        "lr" => m.lr,
-        "images_per_sec" => m.images_per_sec,
-        "seconds" => m.seconds,
-        own => m.extra.get(own).copied().flatten(),
-    }
-    .filter(|x| x.is_finite())
 }
 
 /// ASHA at one rung, from counts (Optuna's `_is_trial_promotable_to_next_rung`: the top

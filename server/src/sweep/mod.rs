@@ -252,12 +252,12 @@ impl SweepFile {
         let early_stop = early_stop::EarlyStop::validate(self.early_stop)?;
         if let Some(rule) = early_stop.as_ref().filter(|_| command.is_none()) {
             // Our trainer reports the named metrics only; a rule on another would never judge.
-            if !early_stop::METRICS.contains(&rule.metric.as_str()) {
+            if !protocol::is_named_metric(&rule.metric) {
                 return err(
                     "early_stop.metric",
                     format!(
                         "must be one of {} (a command job's own metric names are allowed in sweeps with [command])",
-                        early_stop::METRICS.join(", ")
+                        protocol::named_metric_names().join(", ")
                     ),
                 );
             }

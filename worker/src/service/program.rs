@@ -204,23 +204,11 @@ pub fn read_command_line(line: &str) -> Result<MetricsReport, String> {
 }
 
 fn set_metric(m: &mut MetricsReport, name: &str, value: Option<f64>) {
-    let slot = match name {
-        "lr" => &mut m.lr,
-        "train_loss" => &mut m.train_loss,
-        "test_loss" => &mut m.test_loss,
-        "accuracy" => &mut m.accuracy,
-        "precision" => &mut m.precision,
-        "recall" => &mut m.recall,
-        "f1" => &mut m.f1,
-        "images_per_sec" => &mut m.images_per_sec,
-        "seconds" => &mut m.seconds,
-        own if protocol::is_metric_name(own) && m.extra.len() < protocol::MAX_EXTRA_METRICS => {
-            m.extra.insert(own.to_string(), value);
-            return;
-        }
-        _ => return,
-    };
-    *slot = value;
+    if let Some(slot) = m.named_mut(name) {
+        *slot = value;
+    } else if protocol::is_metric_name(name) && m.extra.len() < protocol::MAX_EXTRA_METRICS {
+        m.extra.insert(name.to_string(), value);
+    }
 }
 
 /// Rewrites the bare `NaN`, `Infinity` and `-Infinity` Python's json module writes (outside
