@@ -177,10 +177,7 @@ impl Store {
         )
         .fetch_all(&self.read)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(JobRow::try_from)
-            .collect::<Result<_>>()?)
+        rows.into_iter().map(JobRow::try_from).collect()
     }
 
     /// One page of a sweep's jobs, filtered and sorted in SQL so a 10,000-job sweep costs one page.
