@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub mod command;
+pub mod views;
 pub use command::CommandSpec;
 
 /// Integers as JSON Schema defines them: a number with no fractional part, written `3` or `3.0`

@@ -7,10 +7,10 @@
 
 pub mod cli;
 pub mod http;
+pub mod lifecycle;
 pub mod results;
 pub mod startup;
 pub mod state;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;
-pub mod views;

@@ -272,14 +272,7 @@ async fn serve(
 
 /// Requeues expired leases once; what the background task does every `reap_every`.
 pub async fn reap_once(state: &AppState) -> Result<usize> {
-    let changed = state.store.requeue_expired(state.clock.now_ms()).await?;
-    let n = changed.len();
-    for c in changed {
-        tracing::warn!(job = c.job_id, status = %c.status, attempt = c.attempt, "lease expired");
-        state.telemetry.lease_expiries.inc();
-        state.job_changed(c).await;
-    }
-    Ok(n)
+    Ok(crate::lifecycle::expire_leases(state).await?)
 }
 
 async fn reap_forever(state: AppState, every: Duration) {

@@ -1,6 +1,9 @@
 //! A real coordinator process and real `worker run` processes, for the service tests of both
 //! kinds of job (`service.rs`: our trainer; `commands.rs`: command jobs).
 #![allow(dead_code)]
+// For the suites that include this module (not every one uses both).
+#[allow(unused_imports)]
+pub(crate) use protocol::{JobStatus, SweepStatus};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -104,7 +107,9 @@ impl Coordinator {
         let mut stall = Stall::new(stall);
         loop {
             let s = self.get(&format!("/api/sweeps/{sweep}"));
-            if s["status"] == "finished" || s["status"] == "cancelled" {
+            if s["status"] == SweepStatus::Finished.as_str()
+                || s["status"] == SweepStatus::Cancelled.as_str()
+            {
                 return s;
             }
             stall.check(&s, "sweep not done");

@@ -78,7 +78,7 @@ fn a_command_grid_completes_with_every_epoch_its_own_metrics_and_its_log() {
     let s = c.wait_sweep(sweep, STALL);
     assert!(w.wait().unwrap().success());
     for (j, id) in s["jobs"].as_array().unwrap().iter().zip(job_ids(&s)) {
-        assert_eq!(j["status"], "completed", "{j}");
+        assert_eq!(j["status"], JobStatus::Completed.as_str(), "{j}");
         assert_eq!(epochs_of(&c, id), vec![1, 2, 3], "every epoch once");
         let detail = c.get(&format!("/api/jobs/{id}"));
         let score = j["params"]["score"].as_f64().unwrap();
@@ -151,7 +151,7 @@ fn a_command_job_resumes_from_its_checkpoint_directory_after_its_worker_is_kille
     );
     let s = c.wait_sweep(sweep, STALL);
     b.wait().unwrap();
-    assert_eq!(s["jobs"][0]["status"], "completed", "{s}");
+    assert_eq!(s["jobs"][0]["status"], JobStatus::Completed.as_str(), "{s}");
     assert_eq!(epochs_of(&c, job), (1..=8).collect::<Vec<_>>());
     let detail = c.get(&format!("/api/jobs/{job}"));
     let metrics = detail["metrics"].as_array().unwrap();
@@ -183,7 +183,7 @@ fn a_failing_command_is_retried_then_failed_with_its_log_tail() {
     let s = c.wait_sweep(sweep, STALL);
     w.wait().unwrap();
     let j = &s["jobs"][0];
-    assert_eq!(j["status"], "failed", "{j}");
+    assert_eq!(j["status"], JobStatus::Failed.as_str(), "{j}");
     let error = j["error"].as_str().unwrap();
     assert!(error.contains("command exited with code 1"), "{error}");
     assert!(error.contains("boom: the program cannot go on"), "{error}");
@@ -192,7 +192,7 @@ fn a_failing_command_is_retried_then_failed_with_its_log_tail() {
     let attempts = d["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "retried once: {d}");
     for a in attempts {
-        assert_eq!(a["outcome"], "failed");
+        assert_eq!(a["outcome"], JobStatus::Failed.as_str());
         assert!(log_of(&c, id, a["attempt"].as_i64()).contains("boom"));
     }
 }
@@ -235,7 +235,7 @@ fn cancel_and_early_stop_reach_a_command_through_its_stop_file_then_sigterm() {
     };
     let ids = job_ids(&s);
     for j in s["jobs"].as_array().unwrap() {
-        assert_eq!(j["status"], "cancelled", "{j}");
+        assert_eq!(j["status"], JobStatus::Cancelled.as_str(), "{j}");
     }
     assert!(log_of(&c, ids[0], None).contains("saw the stop file"));
     let ignored = log_of(&c, ids[1], None);
@@ -261,8 +261,8 @@ fn cancel_and_early_stop_reach_a_command_through_its_stop_file_then_sigterm() {
     let s = c.wait_sweep(sweep, STALL);
     assert!(w.wait().unwrap().success());
     let (good, bad) = (&s["jobs"][0], &s["jobs"][1]);
-    assert_eq!(good["status"], "completed", "{good}");
-    assert_eq!(bad["status"], "pruned", "{bad}");
+    assert_eq!(good["status"], JobStatus::Completed.as_str(), "{good}");
+    assert_eq!(bad["status"], JobStatus::Pruned.as_str(), "{bad}");
     // Stopped before its budget (how many epochs it finished depends on this machine's speed).
     let kept = epochs_of(&c, bad["id"].as_i64().unwrap());
     assert!(
@@ -297,7 +297,7 @@ fn a_worker_without_allow_commands_never_claims_a_command_job() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let s = c.get(&format!("/api/sweeps/{sweep}"));
-    assert_eq!(s["jobs"][0]["status"], "pending", "{s}");
+    assert_eq!(s["jobs"][0]["status"], JobStatus::Pending.as_str(), "{s}");
     assert_eq!(s["jobs"][0]["attempt"], 0, "{s}");
 }
 

@@ -42,9 +42,9 @@ fn a_four_job_sweep_completes_with_every_epoch_recorded() {
     let jobs = s["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 4);
     for j in jobs {
-        assert_eq!(j["status"], "completed", "{j}");
+        assert_eq!(j["status"], JobStatus::Completed.as_str(), "{j}");
         assert_eq!(epochs_of(&c, j["id"].as_i64().unwrap()), vec![1, 2]);
-        assert_eq!(j["summary"]["status"], "completed");
+        assert_eq!(j["summary"]["status"], JobStatus::Completed.as_str());
         let acc = j["latest"]["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc), "{j}");
     }
@@ -57,7 +57,7 @@ fn a_two_rank_job_trains_data_parallel_on_two_slots() {
     train["nproc_per_node"] = json!(2);
     let (_dir, c, s) = drain(json!({"name": "ddp", "train": train, "grid": {"batch_size": [16]}}));
     let j = &s["jobs"][0];
-    assert_eq!(j["status"], "completed", "{j}");
+    assert_eq!(j["status"], JobStatus::Completed.as_str(), "{j}");
     assert_eq!(epochs_of(&c, j["id"].as_i64().unwrap()), vec![1, 2]);
     // The summary comes from rank 0 of a world of two whose replicas stayed identical.
     assert_eq!(j["summary"]["world_size"], 2, "{j}");
@@ -105,7 +105,7 @@ fn a_killed_workers_job_is_resumed_from_its_checkpoint_by_another() {
     );
     let s = c.wait_sweep(sweep, STALL);
     b.wait().unwrap();
-    assert_eq!(s["jobs"][0]["status"], "completed");
+    assert_eq!(s["jobs"][0]["status"], JobStatus::Completed.as_str());
     assert_eq!(
         epochs_of(&c, job),
         vec![1, 2, 3, 4, 5],
@@ -122,7 +122,10 @@ fn a_killed_workers_job_is_resumed_from_its_checkpoint_by_another() {
     assert!(detail["metrics"][4]["attempt"].as_i64().unwrap() >= 2);
     let attempts = detail["attempts"].as_array().unwrap();
     assert_eq!(attempts[0]["outcome"], "lease expired");
-    assert_eq!(attempts.last().unwrap()["outcome"], "completed");
+    assert_eq!(
+        attempts.last().unwrap()["outcome"],
+        JobStatus::Completed.as_str()
+    );
     assert!(detail["attempt"].as_i64().unwrap() >= 2);
     // Resumed, not restarted: the second worker's trainer began after epoch 2 or later, and the final
     // numbers are those of an uninterrupted run with the same settings (2 threads, as the worker gave it).
@@ -168,7 +171,7 @@ fn a_short_lease_does_not_cost_a_healthy_worker_its_job() {
     let s = c.wait_sweep(sweep, STALL);
     assert!(w.wait().unwrap().success());
     let j = &s["jobs"][0];
-    assert_eq!(j["status"], "completed", "{j}");
+    assert_eq!(j["status"], JobStatus::Completed.as_str(), "{j}");
     assert_eq!(j["attempt"], 1, "never lost its lease: {j}");
     let job = j["id"].as_i64().unwrap();
     assert_eq!(epochs_of(&c, job), vec![1, 2, 3, 4, 5, 6]);
@@ -196,7 +199,7 @@ fn a_coordinator_killed_and_restarted_mid_sweep_loses_nothing() {
     let s = c.wait_sweep(sweep, STALL);
     assert!(w.wait().unwrap().success());
     for j in s["jobs"].as_array().unwrap() {
-        assert_eq!(j["status"], "completed", "{j}");
+        assert_eq!(j["status"], JobStatus::Completed.as_str(), "{j}");
         assert_eq!(epochs_of(&c, j["id"].as_i64().unwrap()), vec![1, 2, 3, 4]);
         assert_eq!(j["attempt"], 1, "no lease was lost to the restart");
     }
@@ -215,7 +218,7 @@ fn a_crashing_trainer_is_retried_then_failed_with_its_error() {
     let s = c.wait_sweep(sweep, STALL);
     w.wait().unwrap();
     let job = &s["jobs"][0];
-    assert_eq!(job["status"], "failed");
+    assert_eq!(job["status"], JobStatus::Failed.as_str());
     assert!(
         job["error"]
             .as_str()
@@ -227,7 +230,9 @@ fn a_crashing_trainer_is_retried_then_failed_with_its_error() {
     let d = c.get(&format!("/api/jobs/{}", job["id"]));
     let attempts = d["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "retried once");
-    assert!(attempts.iter().all(|a| a["outcome"] == "failed"));
+    assert!(attempts
+        .iter()
+        .all(|a| a["outcome"] == JobStatus::Failed.as_str()));
 }
 
 #[test]
@@ -243,7 +248,7 @@ fn cancel_stops_a_running_job_within_seconds() {
     // The sweep shows cancelled at once; its running job ends when the worker has stopped it.
     let s = loop {
         let s = c.get(&format!("/api/sweeps/{sweep}"));
-        if s["jobs"][0]["status"] == "cancelled" {
+        if s["jobs"][0]["status"] == JobStatus::Cancelled.as_str() {
             break s;
         }
         assert!(asked.elapsed() < Duration::from_secs(60), "{s}");
@@ -316,7 +321,11 @@ fn sigterm_makes_a_worker_checkpoint_give_its_job_back_and_exit() {
     unsafe { libc::kill(a.0.id() as i32, libc::SIGTERM) };
     assert!(a.wait().unwrap().success(), "the worker exits cleanly");
     let job = c.get(&format!("/api/sweeps/{sweep}"))["jobs"][0].clone();
-    assert_eq!(job["status"], "pending", "given back, not failed: {job}");
+    assert_eq!(
+        job["status"],
+        JobStatus::Pending.as_str(),
+        "given back, not failed: {job}"
+    );
     let id = job["id"].as_i64().unwrap();
     let d = c.get(&format!("/api/jobs/{id}"));
     assert_eq!(d["attempts"][0]["outcome"], "released");
@@ -333,7 +342,7 @@ fn sigterm_makes_a_worker_checkpoint_give_its_job_back_and_exit() {
     );
     let s = c.wait_sweep(sweep, STALL);
     b.wait().unwrap();
-    assert_eq!(s["jobs"][0]["status"], "completed");
+    assert_eq!(s["jobs"][0]["status"], JobStatus::Completed.as_str());
     assert_eq!(epochs_of(&c, id), vec![1, 2, 3, 4, 5, 6]);
 }
 
@@ -359,7 +368,8 @@ fn a_worker_that_lost_its_lease_stops_its_trainer_and_the_job_is_recorded_once()
     // The lease has expired once the job is no longer `running` under attempt 1 (it is pending
     // again: a claim, not the expiry, takes the next attempt number).
     let t0 = Instant::now();
-    while c.get(&format!("/api/sweeps/{sweep}"))["jobs"][0]["status"] == "running" {
+    while c.get(&format!("/api/sweeps/{sweep}"))["jobs"][0]["status"] == JobStatus::Running.as_str()
+    {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "lease never expired"
@@ -370,14 +380,14 @@ fn a_worker_that_lost_its_lease_stops_its_trainer_and_the_job_is_recorded_once()
     let s = c.wait_sweep(sweep, STALL);
     assert!(a.wait().unwrap().success());
     let job = &s["jobs"][0];
-    assert_eq!(job["status"], "completed");
+    assert_eq!(job["status"], JobStatus::Completed.as_str());
     let id = job["id"].as_i64().unwrap();
     assert_eq!(epochs_of(&c, id), vec![1, 2, 3, 4, 5, 6], "each epoch once");
     let d = c.get(&format!("/api/jobs/{id}"));
     assert_eq!(d["attempts"][0]["outcome"], "lease expired");
     assert_eq!(
         d["attempts"].as_array().unwrap().last().unwrap()["outcome"],
-        "completed"
+        JobStatus::Completed.as_str()
     );
 }
 
@@ -403,12 +413,12 @@ fn asha_stops_the_worse_job_within_one_epoch_and_it_ends_pruned() {
     let s = c.wait_sweep(sweep, STALL);
     assert!(w.wait().unwrap().success());
     let (good, bad) = (&s["jobs"][0], &s["jobs"][1]);
-    assert_eq!(good["status"], "completed", "{good}");
+    assert_eq!(good["status"], JobStatus::Completed.as_str(), "{good}");
     assert_eq!(
         epochs_of(&c, good["id"].as_i64().unwrap()),
         (1..=6).collect::<Vec<_>>()
     );
-    assert_eq!(bad["status"], "pruned", "{bad}");
+    assert_eq!(bad["status"], JobStatus::Pruned.as_str(), "{bad}");
     // Judged at epoch 1; the trainer then finishes the epoch it is in. How many epochs that is
     // depends on how fast this machine runs a tiny epoch next to the worker's poll, so what holds
     // everywhere is: a prefix of the epochs, stopped before the budget.
@@ -426,5 +436,9 @@ fn asha_stops_the_worse_job_within_one_epoch_and_it_ends_pruned() {
         "{s}"
     );
     let detail = c.get(&format!("/api/jobs/{}", bad["id"]));
-    assert_eq!(detail["attempts"][0]["outcome"], "pruned", "{detail}");
+    assert_eq!(
+        detail["attempts"][0]["outcome"],
+        JobStatus::Pruned.as_str(),
+        "{detail}"
+    );
 }

@@ -2,6 +2,7 @@
 //! kill-and-resume, and the command line's behaviour on bad input.
 mod common;
 
+use protocol::JobStatus;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use worker::config::DatasetKind;
@@ -44,7 +45,7 @@ fn tiny_model_learns_real_cifar10_well_above_chance() {
     assert_eq!(right.count() as f64 / 1000.0, m.accuracy);
     let s: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("summary.json")).unwrap()).unwrap();
-    assert_eq!(s["status"], "completed");
+    assert_eq!(s["status"], JobStatus::Completed.as_str());
     assert_eq!(s["world_size"], 1);
     assert!(s["parameters"].as_i64().unwrap() > 0 && s["git_commit"].is_string());
     assert!(
@@ -105,7 +106,7 @@ fn a_huge_lr_diverges_with_nan_recorded_and_its_own_exit_code() {
     assert!(text.lines().last().unwrap().contains("\"test_loss\":null"));
     let s: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("summary.json")).unwrap()).unwrap();
-    assert_eq!(s["status"], "diverged");
+    assert_eq!(s["status"], JobStatus::Diverged.as_str());
     // The diverged weights were evaluated once, as the study's runs were (it shows 10.00: a network
     // that outputs NaN predicts one class), and that accuracy is recorded, here and in the summary.
     assert!((0.0..=1.0).contains(&last.accuracy), "{}", last.accuracy);

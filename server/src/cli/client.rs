@@ -3,7 +3,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::Path;
 
-use crate::views::{JobDetail, SweepDetail, SweepRow};
+use protocol::views::{JobDetail, SweepDetail, SweepRow};
 
 #[derive(Debug)]
 pub struct Client {
@@ -43,7 +43,7 @@ impl Client {
         Ok(res)
     }
 
-    pub async fn submit(&self, file: &Path) -> Result<crate::http::sweeps::Created> {
+    pub async fn submit(&self, file: &Path) -> Result<protocol::views::Created> {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
         let ctype = if file.extension().is_some_and(|e| e == "json") {

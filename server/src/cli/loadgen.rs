@@ -192,9 +192,7 @@ pub async fn run_level(
     if !r.status().is_success() {
         bail!("submitting the load sweep failed: {}", r.status());
     }
-    let sweep = r.json::<Value>().await?["id"]
-        .as_i64()
-        .context("no sweep id")?;
+    let sweep = r.json::<protocol::views::Created>().await?.id;
     let claimed: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
@@ -230,15 +228,17 @@ pub async fn run_level(
         .filter(|&&n| n > 1)
         .count();
     // The sweep's own count: its job list is paged.
-    let detail: Value = http
+    let detail: protocol::views::SweepDetail = http
         .get(format!("{base}{}?jobs=false", routes::sweep(sweep)))
         .bearer_auth(token)
         .send()
         .await?
         .json()
         .await?;
-    let completed = detail["completed"].as_u64().unwrap_or(0) as usize;
-    let pruned = detail["pruned"].as_u64().unwrap_or(0) as usize;
+    let (completed, pruned) = (
+        detail.sweep.completed as usize,
+        detail.sweep.pruned as usize,
+    );
     Ok(LoadResult {
         workers,
         early_stop: early_stop.to_string(),

@@ -375,7 +375,7 @@ async fn rewrite_readme(
             "/api/sweeps/{sweep}/results?format=markdown&{query}"
         ))
         .await?;
-    let detail: crate::views::SweepDetail = serde_json::from_value(
+    let detail: protocol::views::SweepDetail = serde_json::from_value(
         client
             .get_json(&format!("/api/sweeps/{sweep}?limit=10000"))
             .await?,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::http::error::ApiError;
 use crate::state::AppState;
-use crate::views::{GridCell, JobPage, JobQuery, Series};
+use protocol::views::{GridCell, JobPage, JobQuery, Series};
 
 const INDEX: &str = include_str!("../../../dashboards/index.html");
 const APP_JS: &str = include_str!("../../../dashboards/app.js");

@@ -38,16 +38,6 @@ impl AppState {
     pub fn publish(&self, e: Event) {
         let _ = self.events.send(e);
     }
-
-    /// What follows every change of a job's state, whichever path made it (finish, release, an
-    /// expired lease, a cancel): a job that has ended loses its checkpoint (nothing will resume
-    /// it), and the dashboard hears of the change.
-    pub async fn job_changed(&self, change: protocol::JobChange) {
-        if change.status.is_final() {
-            crate::http::artifacts::forget(self, change.job_id).await;
-        }
-        self.publish(Event::Job(change));
-    }
 }
 
 /// `GET /api/events`: a stream of JSON events (`type` = job, metrics, sweep or log). A client that falls

@@ -6,13 +6,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::{ApiError, AppJson};
-use super::events::Event;
 use super::ApiResult;
 use crate::state::AppState;
-use crate::views::JobDetail;
+use protocol::views::JobDetail;
 use protocol::{
-    Claim, ClaimRequest, FinishRequest, HeartbeatReply, HeartbeatRequest, JobChange, JobStatus,
-    MetricsReply, MetricsReport, ReleaseRequest,
+    Claim, ClaimRequest, FinishRequest, HeartbeatReply, HeartbeatRequest, JobChange, MetricsReply,
+    MetricsReport, ReleaseRequest,
 };
 
 #[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = i64, Path)),
@@ -36,32 +35,9 @@ pub(super) async fn claim(
             "worker: must be a non-empty name of at most 200 bytes".into(),
         ));
     }
-    let now = state.clock.now_ms();
-    match state
-        .store
-        .claim_next(
-            &req.worker,
-            req.capacity,
-            req.accepts_commands,
-            now,
-            state.lease_ms,
-        )
-        .await?
-    {
-        Some(c) => {
-            state.telemetry.claims.inc();
-            state.publish(Event::Job(JobChange {
-                job_id: c.id,
-                sweep_id: c.sweep_id,
-                status: JobStatus::Running,
-                attempt: c.attempt,
-            }));
-            Ok(Json(c).into_response())
-        }
-        None => {
-            state.telemetry.empty_claims.inc();
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
+    match crate::lifecycle::claim(&state, &req).await? {
+        Some(c) => Ok(Json(c).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
 
@@ -90,36 +66,7 @@ pub(super) async fn report_metrics(
     AppJson(m): AppJson<MetricsReport>,
 ) -> ApiResult<Json<MetricsReply>> {
     check_metrics(&m)?;
-    let now = state.clock.now_ms();
-    let rule = state.store.early_stop_rule_of_job(id).await?;
-    let (sweep_id, stop) = match (judged_on(rule.as_ref(), &m), rule) {
-        (Some(value), Some(rule)) => {
-            state
-                .store
-                .record_and_judge(id, &m, now, value, rule)
-                .await?
-        }
-        // Not judged: the stop flag as an earlier report left it (only a rule sets it).
-        (_, rule) => {
-            let sweep = state.store.record_metrics(id, &m, now).await?;
-            let stop = rule.is_some() && state.store.stop_requested(id).await?;
-            (sweep, stop)
-        }
-    };
-    state.publish(Event::Metrics {
-        job_id: id,
-        sweep_id,
-        metrics: m,
-    });
-    Ok(Json(MetricsReply { ok: true, stop }))
-}
-
-/// The value this report is judged on under the sweep's early-stopping rule, if it can be judged:
-/// one without the rule's metric (no evaluation that epoch) or marked `diverged` (its loss was
-/// non-finite: the run ends itself) is not.
-fn judged_on(rule: Option<&crate::sweep::early_stop::EarlyStop>, m: &MetricsReport) -> Option<f64> {
-    let rule = rule?;
-    m.get(&rule.metric).filter(|x| x.is_finite() && !m.diverged)
+    Ok(Json(crate::lifecycle::report(&state, id, m).await?))
 }
 
 /// Every reported value is checked before it is stored: a wrong number would otherwise reach the
@@ -167,19 +114,9 @@ pub(super) async fn finish(
     AppJson(req): AppJson<FinishRequest>,
 ) -> ApiResult<Json<JobChange>> {
     let error = req.error.as_deref().map(|e| truncate(e, 8192));
-    let change = state
-        .store
-        .finish(
-            id,
-            req.attempt,
-            req.status,
-            req.summary.as_ref(),
-            error,
-            state.clock.now_ms(),
-        )
-        .await?;
-    state.job_changed(change.clone()).await;
-    Ok(Json(change))
+    Ok(Json(
+        crate::lifecycle::finish(&state, id, &req, error).await?,
+    ))
 }
 
 /// Give the job back without failing it (a worker shutting down after a checkpoint): it is pending
@@ -196,12 +133,9 @@ pub(super) async fn release(
         .as_deref()
         .map(|r| truncate(r, 2000))
         .unwrap_or("released by its worker");
-    let change = state
-        .store
-        .release(id, req.attempt, reason, state.clock.now_ms())
-        .await?;
-    state.job_changed(change.clone()).await;
-    Ok(Json(change))
+    Ok(Json(
+        crate::lifecycle::release(&state, id, req.attempt, reason).await?,
+    ))
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary (errors carry stderr tails of any size).

@@ -20,8 +20,8 @@ use std::time::Instant;
 use utoipa::OpenApi;
 
 use crate::state::AppState;
-use crate::views::{JobDetail, SweepDetail, SweepRow};
 use error::ApiError;
+use protocol::views::{JobDetail, SweepDetail, SweepRow};
 use protocol::{
     Capacity, Claim, ClaimRequest, FinishRequest, HeartbeatReply, HeartbeatRequest, JobChange,
     JobStatus, MetricsReply, MetricsReport, Outcome, ReleaseRequest,
@@ -38,8 +38,8 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
           artifacts::upload, artifacts::download, logs::append, logs::read,
           events::stream, healthz, prometheus, openapi, auth::create_session),
     components(schemas(crate::sweep::SweepFile, SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
-                       HeartbeatReply, MetricsReport, MetricsReply, FinishRequest, ReleaseRequest, JobChange, JobStatus, protocol::SweepStatus, Outcome, sweeps::Created, crate::views::JobRow,
-                        crate::views::AttemptRow, crate::views::JobPage, auth::SessionRequest, crate::views::GridCell, crate::views::Series)),
+                       HeartbeatReply, MetricsReport, MetricsReply, FinishRequest, ReleaseRequest, JobChange, JobStatus, protocol::SweepStatus, Outcome, protocol::views::Created, protocol::views::JobRow,
+                        protocol::views::AttemptRow, protocol::views::JobPage, auth::SessionRequest, protocol::views::GridCell, protocol::views::Series)),
     modifiers(&BearerAuth, &CommonResponses)
 )]
 pub struct ApiDoc;

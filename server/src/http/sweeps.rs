@@ -4,9 +4,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
-use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::events::Event;
@@ -14,13 +13,7 @@ use super::ApiResult;
 use crate::results::export::{self, Format, TableOptions};
 use crate::state::AppState;
 use crate::sweep::{SweepSpec, MAX_BODY};
-use crate::views::{SweepDetail, SweepRow};
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Created {
-    pub id: i64,
-    pub jobs: usize,
-}
+use protocol::views::{Created, SweepDetail, SweepRow};
 
 /// Submit a sweep: JSON, or TOML with `Content-Type: application/toml`. Rejected whole (422, the field
 /// named) if any part is wrong; nothing is stored then.
@@ -115,15 +108,7 @@ pub(super) async fn cancel_sweep(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> ApiResult<Json<Value>> {
-    let changed = state.store.cancel_sweep(id, state.clock.now_ms()).await?;
-    let n = changed.len();
-    for c in changed {
-        state.job_changed(c).await;
-    }
-    state.publish(Event::Sweep {
-        sweep_id: id,
-        status: protocol::SweepStatus::Cancelled,
-    });
+    let n = crate::lifecycle::cancel_sweep(&state, id).await?;
     Ok(Json(serde_json::json!({ "cancelled_pending": n })))
 }
 

@@ -4,7 +4,7 @@
 //! and JSON with every field, and the README block.
 use serde_json::{Map, Value};
 
-use crate::views::{JobRow, SweepDetail};
+use protocol::views::{JobRow, SweepDetail};
 use protocol::JobStatus;
 
 /// The formats results come in: the one list, for the API's `?format=`, its schema and the CLI.

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use crate::results::export::{final_acc, job_batch as batch, param_f64};
-use crate::views::{CurvePoint, JobRow};
+use crate::store::CurvePoint;
+use protocol::views::JobRow;
 use protocol::JobStatus;
 
 pub const NAMES: [&str; 5] = ["lr", "loss", "acc", "batch_and_loss", "batch_and_acc"];

@@ -2,7 +2,7 @@
 //! batch size per GPU on 2 GPUs), and our sweep's results beside it, cell by cell. The numbers here
 //! are the document's, typed once; every number of ours comes from the database.
 use crate::results::export::{self, format_lr, job_batch, job_lr, pct};
-use crate::views::{JobRow, SweepDetail};
+use protocol::views::{JobRow, SweepDetail};
 use protocol::JobStatus;
 
 /// The study's schedule: its table's numbers are those of epoch 300.

@@ -33,11 +33,12 @@ use sqlx::{ConnectOptions, SqliteConnection};
 mod lease;
 pub mod logs;
 mod reads;
+pub use reads::CurvePoint;
 mod stopping;
 mod sweeps;
 pub mod writer;
 
-use crate::views::*;
+use protocol::views::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

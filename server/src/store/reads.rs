@@ -440,3 +440,13 @@ impl Store {
             .collect())
     }
 }
+/// One epoch of one job, as figures need it.
+#[derive(Debug, Clone)]
+pub struct CurvePoint {
+    pub job_id: i64,
+    pub epoch: i64,
+    pub lr: Option<f64>,
+    pub train_loss: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub accuracy: Option<f64>,
+}

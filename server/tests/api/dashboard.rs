@@ -1,6 +1,6 @@
 //! The dashboard: its paged/grid/curve views over HTTP, and the page itself in a real headless
 //! Chromium (Debian's `chromium`, installed by scripts/setup.sh) with its own empty profile.
-use crate::helpers::{spawn_app, TestApp, TOKEN};
+use crate::helpers::{spawn_app, JobStatus, Outcome, SweepStatus, TestApp, TOKEN};
 use headless_chrome::protocol::cdp::types::Event;
 use headless_chrome::{Browser, LaunchOptions, Tab};
 use reqwest::StatusCode;
@@ -291,7 +291,10 @@ async fn the_dashboard_shows_sweeps_and_updates_live_without_reload() {
     let bad = jobs.iter().find(|j| lr(j) == 0.0001).unwrap();
     let (bid, batt) = (bad.id, bad.attempt);
     app.metrics(bid, batt, 1, None, 0.1).await;
-    assert_eq!(app.finish(bid, batt, "diverged").await.0, StatusCode::OK);
+    assert_eq!(
+        app.finish(bid, batt, Outcome::Diverged).await.0,
+        StatusCode::OK
+    );
 
     let p = page.clone();
     blocking(move || {
@@ -343,7 +346,7 @@ async fn the_dashboard_shows_sweeps_and_updates_live_without_reload() {
     })
     .await;
     let (_, sweep) = app.get(&format!("/api/sweeps/{id}?jobs=false")).await;
-    assert_eq!(sweep["status"], "cancelled");
+    assert_eq!(sweep["status"], SweepStatus::Cancelled.as_str());
     let png = std::fs::read(&shot).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     assert!(png.len() > 10_000, "an empty-looking screenshot");
@@ -534,8 +537,11 @@ reduction_factor = 2
     let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
     app.metrics(ids[0], 1, 1, Some(1.0), 0.6).await;
     app.metrics(ids[1], 1, 1, Some(1.0), 0.2).await;
-    assert_eq!(app.finish(ids[1], 1, "pruned").await.0, StatusCode::OK);
-    assert_eq!(app.job(ids[1]).await["status"], "pruned");
+    assert_eq!(
+        app.finish(ids[1], 1, Outcome::Pruned).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(app.job_detail(ids[1]).await.job.status, JobStatus::Pruned);
 
     let url = format!("{}/#/sweeps/{id}", app.base);
     let page = blocking(move || Page::open(&url)).await;

@@ -1,3 +1,4 @@
+use protocol::JobStatus;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
@@ -67,7 +68,13 @@ async fn sigkill_and_restart_lose_nothing_acknowledged() {
     let (s, _) = post(
         &http,
         format!("{base}/api/jobs/{}/finish", c2["id"]),
-        json!({"attempt": 1, "status": "completed"}),
+        serde_json::to_value(protocol::FinishRequest {
+            attempt: 1,
+            status: protocol::Outcome::Completed,
+            summary: None,
+            error: None,
+        })
+        .unwrap(),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
@@ -83,7 +90,7 @@ async fn sigkill_and_restart_lose_nothing_acknowledged() {
         .json()
         .await
         .unwrap();
-    assert_eq!(job_doc["status"], "running");
+    assert_eq!(job_doc["status"], JobStatus::Running.as_str());
     assert_eq!(job_doc["metrics"].as_array().unwrap().len(), acked as usize);
     assert_eq!(job_doc["epoch"], acked);
     let (s, hb) = post(
@@ -101,7 +108,7 @@ async fn sigkill_and_restart_lose_nothing_acknowledged() {
         .json()
         .await
         .unwrap();
-    assert_eq!(done["status"], "completed");
+    assert_eq!(done["status"], JobStatus::Completed.as_str());
     let (_, c3) = post(
         &http,
         format!("{base}/api/jobs/claim"),

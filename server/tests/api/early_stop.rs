@@ -109,9 +109,16 @@ async fn our_decisions(app: &TestApp, s: &Scenario) -> Vec<(usize, i64, bool)> {
         let stop = reply["stop"].as_bool().unwrap();
         out.push((j, epoch, stop));
         if stop || epoch == s.epochs {
-            let outcome = if stop { "pruned" } else { "completed" };
+            let outcome = if stop {
+                Outcome::Pruned
+            } else {
+                Outcome::Completed
+            };
             assert_eq!(app.finish(ids[j], 1, outcome).await.0, StatusCode::OK);
-            assert_eq!(app.job(ids[j]).await["status"], outcome);
+            assert_eq!(
+                app.job_detail(ids[j]).await.job.status.as_str(),
+                outcome.as_str()
+            );
             done[j] = true;
         }
     }
@@ -161,8 +168,20 @@ async fn asha_and_median_decide_as_optunas_pruners_on_the_same_reports() {
 #[tokio::test]
 async fn a_stopped_job_ends_pruned_on_every_path_and_is_never_claimed_again() {
     let app = spawn_app().await;
-    for ending in ["pruned", "failed", "completed", "release", "expire"] {
-        let spec = json!({"name": ending, "train": {"epochs": 5}, "grid": {"seed": [0, 1]},
+    #[derive(Debug, PartialEq)]
+    enum Ending {
+        Finish(Outcome),
+        Release,
+        Expire,
+    }
+    for ending in [
+        Ending::Finish(Outcome::Pruned),
+        Ending::Finish(Outcome::Failed),
+        Ending::Finish(Outcome::Completed),
+        Ending::Release,
+        Ending::Expire,
+    ] {
+        let spec = json!({"name": format!("{ending:?}"), "train": {"epochs": 5}, "grid": {"seed": [0, 1]},
                           "early_stop": asha(1, 2, "accuracy"), "run": {"max_attempts": 3}});
         let (status, created) = app.post("/api/sweeps", spec).await;
         assert_eq!(status, StatusCode::CREATED, "{created}");
@@ -175,47 +194,50 @@ async fn a_stopped_job_ends_pruned_on_every_path_and_is_never_claimed_again() {
                 json!({"attempt": 1, "epoch": 1, "train_loss": 1.0, "accuracy": 0.1}),
             )
             .await;
-        assert_eq!(reply["stop"], true, "{ending}: the worse of two at rung 0");
-        let (_, hb) = app
-            .post(&format!("/api/jobs/{b}/heartbeat"), json!({"attempt": 1}))
-            .await;
         assert_eq!(
-            (hb["stop"].clone(), hb["cancel"].clone()),
-            (json!(true), json!(false))
+            reply["stop"], true,
+            "{ending:?}: the worse of two at rung 0"
         );
-        let (_, hb) = app
-            .post(&format!("/api/jobs/{a}/heartbeat"), json!({"attempt": 1}))
-            .await;
-        assert_eq!(hb["stop"], false, "the better one goes on");
+        let hb = app.heartbeat(b, 1).await.1.expect("a heartbeat reply");
+        assert_eq!((hb.stop, hb.cancel), (true, false));
+        let hb = app.heartbeat(a, 1).await.1.expect("a heartbeat reply");
+        assert!(!hb.stop, "the better one goes on");
         match ending {
-            "release" => {
-                let (s, _) = app
-                    .post(&format!("/api/jobs/{b}/release"), json!({"attempt": 1}))
-                    .await;
+            Ending::Release => {
+                let (s, _) = app.release(b, 1).await;
                 assert_eq!(s, StatusCode::OK);
             }
-            "expire" => {
+            Ending::Expire => {
                 app.clock.advance_ms(LEASE_MS + 1);
                 server::startup::reap_once(&app.state).await.unwrap();
             }
-            outcome => assert_eq!(app.finish(b, 1, outcome).await.0, StatusCode::OK),
+            Ending::Finish(outcome) => {
+                assert_eq!(app.finish(b, 1, outcome).await.0, StatusCode::OK)
+            }
         }
         let job = app.job(b).await;
-        assert_eq!(job["status"], "pruned", "{ending}: {job}");
-        assert_eq!(job["epoch"], 1, "{ending}: its epochs are kept");
+        assert_eq!(
+            job["status"],
+            JobStatus::Pruned.as_str(),
+            "{ending:?}: {job}"
+        );
+        assert_eq!(job["epoch"], 1, "{ending:?}: its epochs are kept");
         assert_eq!(job["metrics"].as_array().unwrap().len(), 1);
         // Only `a` can be handed out (its lease ran out in the `expire` case), never `b`.
         let next = app.claim("w2").await;
-        if ending == "expire" {
+        if ending == Ending::Expire {
             assert_eq!(next.unwrap().id, a);
         } else {
-            assert!(next.is_none(), "{ending}: never handed out again");
+            assert!(next.is_none(), "{ending:?}: never handed out again");
         }
-        assert!(app.claim("w3").await.is_none(), "{ending}");
+        assert!(app.claim("w3").await.is_none(), "{ending:?}");
         // Finish the survivor so the next case starts with nothing pending.
         let a_now = app.job(a).await;
         let attempt = a_now["attempt"].as_i64().unwrap();
-        assert_eq!(app.finish(a, attempt, "completed").await.0, StatusCode::OK);
+        assert_eq!(
+            app.finish(a, attempt, Outcome::Completed).await.0,
+            StatusCode::OK
+        );
     }
     let (_, sweeps) = app.get("/api/sweeps").await;
     for s in sweeps.as_array().unwrap() {
@@ -224,7 +246,7 @@ async fn a_stopped_job_ends_pruned_on_every_path_and_is_never_claimed_again() {
             (Some(1), Some(1)),
             "{s}"
         );
-        assert_eq!(s["status"], "finished");
+        assert_eq!(s["status"], SweepStatus::Finished.as_str());
         assert_eq!(s["epochs_budget"], 10);
     }
 }
@@ -265,7 +287,10 @@ async fn diverged_runs_and_missing_values_are_not_judged() {
         )
         .await
     );
-    assert_eq!(app.finish(ids[0], 1, "diverged").await.0, StatusCode::OK);
+    assert_eq!(
+        app.finish(ids[0], 1, Outcome::Diverged).await.0,
+        StatusCode::OK
+    );
     // No accuracy this epoch: nothing to judge.
     assert!(!report(ids[2], epoch(1, None)).await);
     // Rung 0 holds 0.95 and this 0.96 (with the diverged 0.99 counted, 0.96 would stop); rung 1

@@ -41,7 +41,7 @@ async fn every_figure_is_a_png_of_the_expected_size_and_depends_on_the_sweep() {
             app.metrics(id, 1, epoch, Some(2.0 / epoch as f64), 0.2 * epoch as f64)
                 .await;
         }
-        app.finish(id, 1, "completed").await;
+        app.finish(id, 1, Outcome::Completed).await;
     }
     for name in server::results::figures::NAMES {
         let pa = png(&app, a, name).await;

@@ -32,10 +32,10 @@ async fn a_cancelled_sweeps_jobs_never_run_again() {
         .await;
     assert_eq!(hb["cancel"], true);
     // The worker of job 0 fails it, job 1's releases it, job 2's vanishes.
-    let (s, f) = app.finish(ids[0], 1, "failed").await;
+    let (s, f) = app.finish(ids[0], 1, Outcome::Failed).await;
     assert_eq!(
         (s, f["status"].as_str()),
-        (StatusCode::OK, Some("cancelled"))
+        (StatusCode::OK, Some(JobStatus::Cancelled.as_str()))
     );
     let (s, r) = app
         .post(
@@ -45,10 +45,13 @@ async fn a_cancelled_sweeps_jobs_never_run_again() {
         .await;
     assert_eq!(
         (s, r["status"].as_str()),
-        (StatusCode::OK, Some("cancelled"))
+        (StatusCode::OK, Some(JobStatus::Cancelled.as_str()))
     );
     assert_eq!(app.expire_leases().await, 1);
-    assert_eq!(app.job(ids[2]).await["status"], "cancelled");
+    assert_eq!(
+        app.job_detail(ids[2]).await.job.status,
+        JobStatus::Cancelled
+    );
     assert!(
         app.claim("w").await.is_none(),
         "nothing is handed out again"
@@ -618,7 +621,7 @@ async fn checkpoints_of_finished_jobs_are_deleted() {
     );
     let dir = app.state.artifacts.join(format!("job-{job}"));
     assert!(dir.exists());
-    app.finish(job, 1, "completed").await;
+    app.finish(job, 1, Outcome::Completed).await;
     assert!(!dir.exists(), "deleted when the job ended");
     let r = app
         .http
@@ -640,11 +643,13 @@ async fn csv_export_neutralises_formulas() {
         .post("/api/jobs/claim", json!({"worker": "=cmd|'/c calc'!A1"}))
         .await;
     let job = serde_json::from_value::<protocol::Claim>(claim).unwrap().id;
-    app.post(
-        &format!("/api/jobs/{job}/finish"),
-        json!({"attempt": 1, "status": "failed", "error": "@SUM(1)\r\nline"}),
-    )
-    .await;
+    let failed = protocol::FinishRequest {
+        attempt: 1,
+        status: protocol::Outcome::Failed,
+        summary: None,
+        error: Some("@SUM(1)\r\nline".into()),
+    };
+    app.send(&protocol::routes::finish(job), &failed).await;
     let csv = app
         .get_text(&format!("/api/sweeps/{}/results?format=csv", c["id"]))
         .await;

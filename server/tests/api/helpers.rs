@@ -1,3 +1,8 @@
+pub(crate) use protocol::views::{JobDetail, SweepDetail};
+pub(crate) use protocol::{
+    routes, FinishRequest, HeartbeatReply, HeartbeatRequest, JobStatus, MetricsReport, Outcome,
+    ReleaseRequest, SweepStatus,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use server::startup::{Application, ServeConfig};
@@ -106,7 +111,7 @@ impl TestApp {
     }
 
     /// Submits a sweep that must be accepted; the answer as the API's own type.
-    pub(crate) async fn submit(&self, toml: &str) -> server::http::sweeps::Created {
+    pub(crate) async fn submit(&self, toml: &str) -> protocol::views::Created {
         let (status, body) = self.submit_toml(toml).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         serde_json::from_value(body).expect("the submit answer")
@@ -138,6 +143,45 @@ impl TestApp {
         }
     }
 
+    /// A typed body posted as JSON; the answer's status and body.
+    pub(crate) async fn send<B: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> (StatusCode, Value) {
+        self.post(path, serde_json::to_value(body).expect("a protocol body"))
+            .await
+    }
+
+    /// A claim with the request's capacity and flags; None on 204.
+    pub(crate) async fn claim_with(&self, req: &protocol::ClaimRequest) -> Option<protocol::Claim> {
+        let (status, body) = self.send("/api/jobs/claim", req).await;
+        match status {
+            StatusCode::OK => Some(serde_json::from_value(body).expect("a claim")),
+            StatusCode::NO_CONTENT => None,
+            other => panic!("claim: {other} {body}"),
+        }
+    }
+
+    /// One epoch's report of the shape every test uses: `acc` for accuracy, precision, recall and
+    /// F1, `loss` (None: diverged) for both losses.
+    pub(crate) fn report(attempt: i64, epoch: i64, loss: Option<f64>, acc: f64) -> MetricsReport {
+        MetricsReport {
+            attempt,
+            epoch,
+            lr: Some(0.01),
+            train_loss: loss,
+            test_loss: loss,
+            accuracy: Some(acc),
+            precision: Some(acc),
+            recall: Some(acc),
+            f1: Some(acc),
+            images_per_sec: Some(100.0),
+            seconds: Some(1.0),
+            ..Default::default()
+        }
+    }
+
     pub(crate) async fn metrics(
         &self,
         job: i64,
@@ -146,24 +190,63 @@ impl TestApp {
         loss: Option<f64>,
         acc: f64,
     ) -> StatusCode {
-        let body = json!({"attempt": attempt, "epoch": epoch, "lr": 0.01, "train_loss": loss, "test_loss": loss,
-                          "accuracy": acc, "precision": acc, "recall": acc, "f1": acc, "images_per_sec": 100.0, "seconds": 1.0});
-        self.post(&format!("/api/jobs/{job}/metrics"), body).await.0
+        let report = Self::report(attempt, epoch, loss, acc);
+        self.send(&routes::metrics(job), &report).await.0
     }
 
-    pub(crate) async fn finish(&self, job: i64, attempt: i64, status: &str) -> (StatusCode, Value) {
-        self.post(
-            &format!("/api/jobs/{job}/finish"),
-            json!({"attempt": attempt, "status": status,
-            "summary": {"device": "Cpu", "git_commit": "abc123"}}),
-        )
-        .await
+    /// A heartbeat of `attempt`: the status, and the reply when it is 200.
+    pub(crate) async fn heartbeat(
+        &self,
+        job: i64,
+        attempt: i64,
+    ) -> (StatusCode, Option<HeartbeatReply>) {
+        let (status, body) = self
+            .send(&routes::heartbeat(job), &HeartbeatRequest { attempt })
+            .await;
+        (status, serde_json::from_value(body).ok())
     }
 
+    /// Gives the job back (as a worker shutting down does).
+    pub(crate) async fn release(&self, job: i64, attempt: i64) -> (StatusCode, Value) {
+        let req = ReleaseRequest {
+            attempt,
+            reason: None,
+        };
+        self.send(&routes::release(job), &req).await
+    }
+
+    pub(crate) async fn finish(
+        &self,
+        job: i64,
+        attempt: i64,
+        status: Outcome,
+    ) -> (StatusCode, Value) {
+        let req = FinishRequest {
+            attempt,
+            status,
+            summary: Some(json!({"device": "Cpu", "git_commit": "abc123"})),
+            error: None,
+        };
+        self.send(&routes::finish(job), &req).await
+    }
+
+    /// A job's document (it must exist).
     pub(crate) async fn job(&self, id: i64) -> Value {
         let (s, v) = self.get(&format!("/api/jobs/{id}")).await;
         assert_eq!(s, StatusCode::OK);
         v
+    }
+
+    /// A job's document as the API's own type.
+    pub(crate) async fn job_detail(&self, id: i64) -> JobDetail {
+        serde_json::from_value(self.job(id).await).expect("a job document")
+    }
+
+    /// A sweep's document as the API's own type.
+    pub(crate) async fn sweep(&self, id: i64) -> SweepDetail {
+        let (s, v) = self.get(&format!("/api/sweeps/{id}")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        serde_json::from_value(v).expect("a sweep document")
     }
 
     /// Moves time past the lease and runs the reaper once.

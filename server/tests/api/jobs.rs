@@ -14,21 +14,24 @@ async fn a_sweep_lives_from_submit_to_finished() {
     assert_eq!(c.params["lr"], 0.01, "oldest first");
     assert_eq!(c.params["epochs"], 2);
     let job = c.id;
-    let (s, hb) = app
-        .post(&format!("/api/jobs/{job}/heartbeat"), json!({"attempt": 1}))
-        .await;
+    let (s, hb) = app.heartbeat(job, 1).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(hb["cancel"], false);
-    assert!(hb["lease_expires_at"].as_i64().unwrap() > c.lease_expires_at - 1);
+    let hb = hb.expect("a heartbeat reply");
+    assert!(!hb.cancel);
+    assert!(hb.lease_expires_at > c.lease_expires_at - 1);
     assert_eq!(app.metrics(job, 1, 1, Some(1.5), 0.4).await, StatusCode::OK);
     assert_eq!(app.metrics(job, 1, 2, Some(1.2), 0.5).await, StatusCode::OK);
-    let (_, sw) = app.get(&format!("/api/sweeps/{sweep}")).await;
-    assert_eq!(sw["status"], "running");
-    assert_eq!(sw["jobs"][0]["status"], "running");
-    assert_eq!(sw["jobs"][0]["worker"], "w1");
-    assert_eq!(sw["jobs"][0]["epoch"], 2);
-    assert_eq!(sw["jobs"][0]["latest"]["accuracy"], 0.5);
-    assert_eq!(app.finish(job, 1, "completed").await.0, StatusCode::OK);
+    let sw = app.sweep(sweep).await;
+    assert_eq!(sw.sweep.status, SweepStatus::Running);
+    let first = &sw.jobs[0];
+    assert_eq!(first.status, JobStatus::Running);
+    assert_eq!(first.worker.as_deref(), Some("w1"));
+    assert_eq!(first.epoch, 2);
+    assert_eq!(first.latest.as_ref().and_then(|m| m.accuracy), Some(0.5));
+    assert_eq!(
+        app.finish(job, 1, Outcome::Completed).await.0,
+        StatusCode::OK
+    );
 
     let c2 = app.claim("w2").await.expect("second job");
     let job2 = c2.id;
@@ -37,21 +40,27 @@ async fn a_sweep_lives_from_submit_to_finished() {
         StatusCode::OK,
         "a NaN loss is stored as null"
     );
-    assert_eq!(app.finish(job2, 1, "diverged").await.0, StatusCode::OK);
+    assert_eq!(
+        app.finish(job2, 1, Outcome::Diverged).await.0,
+        StatusCode::OK
+    );
     assert!(app.claim("w1").await.is_none(), "nothing left: 204");
 
     let detail = app.job(job).await;
-    assert_eq!(detail["status"], "completed");
+    assert_eq!(detail["status"], JobStatus::Completed.as_str());
     assert_eq!(detail["metrics"].as_array().unwrap().len(), 2);
     assert_eq!(detail["metrics"][1]["epoch"], 2);
     assert_eq!(detail["metrics"][1]["attempt"], 1);
-    assert_eq!(detail["attempts"][0]["outcome"], "completed");
+    assert_eq!(
+        detail["attempts"][0]["outcome"],
+        JobStatus::Completed.as_str()
+    );
     assert_eq!(detail["summary"]["git_commit"], "abc123");
     let d2 = app.job(job2).await;
-    assert_eq!(d2["status"], "diverged");
+    assert_eq!(d2["status"], JobStatus::Diverged.as_str());
     assert!(d2["metrics"][0]["test_loss"].is_null());
     let (_, list) = app.get("/api/sweeps").await;
-    assert_eq!(list[0]["status"], "finished");
+    assert_eq!(list[0]["status"], SweepStatus::Finished.as_str());
     assert_eq!(
         (list[0]["completed"].as_i64(), list[0]["diverged"].as_i64()),
         (Some(1), Some(1))
@@ -72,13 +81,13 @@ async fn a_stale_attempt_gets_409_and_changes_nothing() {
     // Pending again with one attempt made; the next claim takes attempt 2.
     assert_eq!(
         (j["status"].as_str(), j["attempt"].as_i64()),
-        (Some("pending"), Some(1))
+        (Some(JobStatus::Pending.as_str()), Some(1))
     );
     assert_eq!(j["attempts"][0]["outcome"], "lease expired");
 
     // The old worker wakes up: every write is refused.
     let (s, body) = app
-        .post(&format!("/api/jobs/{job}/heartbeat"), json!({"attempt": 1}))
+        .send(&routes::heartbeat(job), &HeartbeatRequest { attempt: 1 })
         .await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert!(body["error"].as_str().unwrap().contains("attempt 1"));
@@ -87,11 +96,11 @@ async fn a_stale_attempt_gets_409_and_changes_nothing() {
         StatusCode::CONFLICT
     );
     assert_eq!(
-        app.finish(job, 1, "completed").await.0,
+        app.finish(job, 1, Outcome::Completed).await.0,
         StatusCode::CONFLICT
     );
     let after = app.job(job).await;
-    assert_eq!(after["status"], "pending");
+    assert_eq!(after["status"], JobStatus::Pending.as_str());
     assert_eq!(
         after["metrics"].as_array().unwrap().len(),
         1,
@@ -102,7 +111,7 @@ async fn a_stale_attempt_gets_409_and_changes_nothing() {
     let c2 = app.claim("w2").await.unwrap();
     assert_eq!((c2.id, c2.attempt), (job, 2));
     assert_eq!(
-        app.finish(job, 1, "completed").await.0,
+        app.finish(job, 1, Outcome::Completed).await.0,
         StatusCode::CONFLICT
     );
     assert_eq!(
@@ -110,9 +119,12 @@ async fn a_stale_attempt_gets_409_and_changes_nothing() {
         StatusCode::OK,
         "a later attempt replaces its epoch"
     );
-    assert_eq!(app.finish(job, 2, "completed").await.0, StatusCode::OK);
+    assert_eq!(
+        app.finish(job, 2, Outcome::Completed).await.0,
+        StatusCode::OK
+    );
     let done = app.job(job).await;
-    assert_eq!(done["status"], "completed");
+    assert_eq!(done["status"], JobStatus::Completed.as_str());
     assert_eq!(done["metrics"][0]["attempt"], 2);
     assert_eq!(done["metrics"][0]["accuracy"], 0.35);
 }
@@ -124,15 +136,10 @@ async fn leases_renewed_by_heartbeat_do_not_expire() {
     let job = app.claim("w1").await.unwrap().id;
     for _ in 0..3 {
         app.clock.advance_ms(LEASE_MS / 2);
-        assert_eq!(
-            app.post(&format!("/api/jobs/{job}/heartbeat"), json!({"attempt": 1}))
-                .await
-                .0,
-            StatusCode::OK
-        );
+        assert_eq!(app.heartbeat(job, 1).await.0, StatusCode::OK);
         assert_eq!(server::startup::reap_once(&app.state).await.unwrap(), 0);
     }
-    assert_eq!(app.job(job).await["status"], "running");
+    assert_eq!(app.job_detail(job).await.job.status, JobStatus::Running);
 }
 
 #[tokio::test]
@@ -143,23 +150,24 @@ async fn attempts_run_out_then_the_job_fails_with_the_reason() {
     // Attempt 1: a crashed child is reported as failed and retried.
     let c = app.claim("w1").await.unwrap();
     let job = c.id;
-    let (s, change) = app
-        .post(
-            &format!("/api/jobs/{job}/finish"),
-            json!({"attempt": 1, "status": "failed", "error": "child exited with signal 11"}),
-        )
-        .await;
+    let failed = FinishRequest {
+        attempt: 1,
+        status: Outcome::Failed,
+        summary: None,
+        error: Some("child exited with signal 11".into()),
+    };
+    let (s, change) = app.send(&routes::finish(job), &failed).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(
         (change["status"].as_str(), change["attempt"].as_i64()),
-        (Some("pending"), Some(1))
+        (Some(JobStatus::Pending.as_str()), Some(1))
     );
     // Attempt 2: the worker disappears; its lease runs out and no attempt is left.
     let c = app.claim("w2").await.unwrap();
     assert_eq!(c.attempt, 2);
     assert_eq!(app.expire_leases().await, 1);
     let j = app.job(job).await;
-    assert_eq!(j["status"], "failed");
+    assert_eq!(j["status"], JobStatus::Failed.as_str());
     assert!(
         j["error"]
             .as_str()
@@ -189,18 +197,15 @@ async fn cancel_stops_pending_jobs_and_tells_running_ones() {
         app.claim("w2").await.is_none(),
         "cancelled jobs are not handed out"
     );
-    let (_, hb) = app
-        .post(&format!("/api/jobs/{job}/heartbeat"), json!({"attempt": 1}))
-        .await;
-    assert_eq!(hb["cancel"], true);
-    assert_eq!(app.finish(job, 1, "cancelled").await.0, StatusCode::OK);
-    let (_, sw) = app.get(&format!("/api/sweeps/{sweep}")).await;
-    assert_eq!(sw["status"], "cancelled");
-    assert!(sw["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|j| j["status"] == "cancelled"));
+    let hb = app.heartbeat(job, 1).await.1.expect("a heartbeat reply");
+    assert!(hb.cancel);
+    assert_eq!(
+        app.finish(job, 1, Outcome::Cancelled).await.0,
+        StatusCode::OK
+    );
+    let sw = app.sweep(sweep).await;
+    assert_eq!(sw.sweep.status, SweepStatus::Cancelled);
+    assert!(sw.jobs.iter().all(|j| j.status == JobStatus::Cancelled));
     assert_eq!(
         app.post("/api/sweeps/999/cancel", json!({})).await.0,
         StatusCode::NOT_FOUND
@@ -216,16 +221,16 @@ async fn repeated_metrics_and_finishes_are_stored_once() {
         assert_eq!(app.metrics(job, 1, 1, Some(1.0), 0.3).await, StatusCode::OK);
     }
     assert_eq!(app.job(job).await["metrics"].as_array().unwrap().len(), 1);
-    let (s1, a) = app.finish(job, 1, "completed").await;
-    let (s2, b) = app.finish(job, 1, "completed").await;
+    let (s1, a) = app.finish(job, 1, Outcome::Completed).await;
+    let (s2, b) = app.finish(job, 1, Outcome::Completed).await;
     assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
     assert_eq!(a, b);
     assert_eq!(
-        app.finish(job, 1, "failed").await.0,
+        app.finish(job, 1, Outcome::Failed).await.0,
         StatusCode::CONFLICT,
         "a different outcome is not a repeat"
     );
-    assert_eq!(app.job(job).await["status"], "completed");
+    assert_eq!(app.job_detail(job).await.job.status, JobStatus::Completed);
     let (s, _) = app
         .post(
             &format!("/api/jobs/{job}/finish"),
@@ -283,26 +288,21 @@ async fn capacity_limits_what_a_claim_gets() {
     let app = spawn_app().await;
     app.submit_toml("name = \"cap\"\n[train]\nnproc_per_node = 2\n[grid]\nbatch_size = [512, 8]\n")
         .await;
-    let (s, _) = app
-        .post(
-            "/api/jobs/claim",
-            json!({"worker": "w", "capacity": {"ranks": 1}}),
-        )
-        .await;
-    assert_eq!(
-        s,
-        StatusCode::NO_CONTENT,
+    let with = |ranks, max_batch_size| protocol::ClaimRequest {
+        worker: "w".into(),
+        capacity: Some(protocol::Capacity {
+            ranks,
+            max_batch_size,
+        }),
+        accepts_commands: false,
+    };
+    assert!(
+        app.claim_with(&with(1, None)).await.is_none(),
         "a 2-rank job does not fit 1 free rank"
     );
-    let (s, c) = app
-        .post(
-            "/api/jobs/claim",
-            json!({"worker": "w", "capacity": {"ranks": 2, "max_batch_size": 16}}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    let c = app.claim_with(&with(2, Some(16))).await.expect("a claim");
     assert_eq!(
-        c["params"]["batch_size"], 8,
+        c.params["batch_size"], 8,
         "the small-batch job fits a packed slot"
     );
 }

@@ -41,11 +41,11 @@ pub(crate) async fn golden_sweep(app: &TestApp) -> i64 {
                 app.metrics(id, 1, 1, Some(loss + 0.5), accuracy / 200.0)
                     .await;
                 app.metrics(id, 1, 2, Some(loss), accuracy / 100.0).await;
-                app.finish(id, 1, "completed").await;
+                app.finish(id, 1, Outcome::Completed).await;
             }
             StudyResult::Diverged { accuracy } => {
                 app.metrics(id, 1, 1, None, accuracy / 100.0).await;
-                app.finish(id, 1, "diverged").await;
+                app.finish(id, 1, Outcome::Diverged).await;
             }
             StudyResult::Empty => {}
         }
@@ -117,7 +117,7 @@ async fn the_study_results_come_back_as_the_study_table() {
         .await;
     let rows = json.as_array().unwrap();
     assert_eq!(rows.len(), 12);
-    assert_eq!(rows[0]["status"], "diverged");
+    assert_eq!(rows[0]["status"], JobStatus::Diverged.as_str());
     assert!(rows[0]["test_loss"].is_null());
     assert_eq!(
         rows[0]["accuracy"], 0.1,
@@ -161,19 +161,19 @@ async fn the_comparison_puts_each_cell_beside_the_study_with_the_difference() {
         match claim.params["batch_size"].as_i64().unwrap() {
             1 => {
                 app.metrics(id, 1, 1, None, 0.1).await;
-                app.finish(id, 1, "diverged").await;
+                app.finish(id, 1, Outcome::Diverged).await;
             }
             2 => {
                 app.metrics(id, 1, 1, Some(0.5), 0.9).await;
-                app.finish(id, 1, "completed").await;
+                app.finish(id, 1, Outcome::Completed).await;
             }
             16 => {
                 app.metrics(id, 1, 1, Some(0.21), 0.95).await; // study 94.52
-                app.finish(id, 1, "completed").await;
+                app.finish(id, 1, Outcome::Completed).await;
             }
             _ => {
                 app.metrics(id, 1, 1, Some(0.3), 0.9304).await; // study 94.04
-                app.finish(id, 1, "completed").await;
+                app.finish(id, 1, Outcome::Completed).await;
             }
         }
     }
@@ -232,14 +232,15 @@ async fn provenance_names_the_data_the_runs_used() {
         let claim = app.claim("w").await.unwrap();
         let id = claim.id;
         app.metrics(id, 1, 1, Some(1.0), 0.5).await;
-        let (s, _) = app
-            .post(
-                &format!("/api/jobs/{id}/finish"),
-                serde_json::json!({"attempt": 1, "status": "completed", "summary": {"device": "Cpu", "git_commit": "abc",
-                    "data": {"dataset": "cifar10", "train_available": avail.0, "test_available": avail.1,
-                             "train_used": used.0, "test_used": used.1}}}),
-            )
-            .await;
+        let done = FinishRequest {
+            attempt: 1,
+            status: Outcome::Completed,
+            summary: Some(serde_json::json!({"device": "Cpu", "git_commit": "abc",
+                "data": {"dataset": "cifar10", "train_available": avail.0, "test_available": avail.1,
+                         "train_used": used.0, "test_used": used.1}})),
+            error: None,
+        };
+        let (s, _) = app.send(&routes::finish(id), &done).await;
         assert_eq!(s, 200);
     }
     let line = provenance_of(&app, sweep).await;
@@ -340,11 +341,11 @@ async fn the_comparison_counts_diverged_seeds_per_cell() {
         // Batch 1 diverges with every seed, batch 8 with seeds 0 and 1, batch 16 with none.
         if batch == 1 || (batch == 8 && seed < 2.0) {
             app.metrics(id, 1, 2, None, 0.1).await;
-            app.finish(id, 1, "diverged").await;
+            app.finish(id, 1, Outcome::Diverged).await;
         } else {
             app.metrics(id, 1, 3, Some(1.5 + 0.1 * seed), 0.30 + 0.02 * seed)
                 .await;
-            app.finish(id, 1, "completed").await;
+            app.finish(id, 1, Outcome::Completed).await;
         }
     }
     let md = app
@@ -415,7 +416,7 @@ async fn publish_into_a_named_block_leaves_the_other_block_alone() {
 /// The provenance line of a sweep as the API serves it.
 async fn provenance_of(app: &TestApp, sweep: i64) -> String {
     let (_, detail) = app.get(&format!("/api/sweeps/{sweep}")).await;
-    let detail: server::views::SweepDetail = serde_json::from_value(detail).unwrap();
+    let detail: protocol::views::SweepDetail = serde_json::from_value(detail).unwrap();
     server::results::export::provenance(&detail)
 }
 

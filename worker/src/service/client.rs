@@ -106,17 +106,13 @@ impl Coordinator {
 
     /// Jobs pending or running across all sweeps (for `--exit-when-idle`).
     pub fn unfinished_jobs(&self) -> Result<i64, CallError> {
-        let v: Value = self
+        let sweeps: Vec<protocol::views::SweepRow> = self
             .request("GET", routes::SWEEPS)
             .call()
             .map_err(Self::classify)?
             .into_json()
             .map_err(|e| CallError::Unavailable(e.to_string()))?;
-        Ok(v.as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| s["pending"].as_i64().unwrap_or(0) + s["running"].as_i64().unwrap_or(0))
-            .sum())
+        Ok(sweeps.iter().map(|s| s.pending + s.running).sum())
     }
 
     /// Renews the lease; the reply says whether the job was cancelled.

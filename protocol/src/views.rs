@@ -1,12 +1,22 @@
-//! What the read side serves: sweeps with their counts, jobs with their latest metrics, a job's
-//! history, the dashboard's pages, grid and curves. Shapes of answers, not of tables; the store
-//! fills them, the API serialises them.
-use serde::Serialize;
+//! What the REST API's read side answers: sweeps with their counts, jobs with their latest metrics,
+//! a job's history, the dashboard's pages, grid and curves, and the answer to a submit. Shapes of
+//! answers, not of tables: the coordinator's store fills them, its API serialises them, and every
+//! client (the `server` CLI, the worker, the load generator, the tests) reads them as these types.
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use protocol::{JobStatus, MetricsReport, SweepStatus};
+use crate::{JobStatus, MetricsReport, SweepStatus};
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+/// The answer to a submitted sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Created {
+    pub id: i64,
+    pub jobs: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptRow {
     pub attempt: i64,
     pub worker: String,
@@ -16,11 +26,12 @@ pub struct AttemptRow {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobRow {
     pub id: i64,
     pub sweep_id: i64,
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub params: Value,
     pub status: JobStatus,
     pub attempt: i64,
@@ -29,7 +40,7 @@ pub struct JobRow {
     pub epochs: i64,
     pub worker: Option<String>,
     pub error: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub summary: Option<Value>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -38,7 +49,8 @@ pub struct JobRow {
 }
 
 /// Which page of a sweep's jobs, in what order, with what filter.
-#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
 #[serde(default)]
 pub struct JobQuery {
     pub offset: i64,
@@ -54,7 +66,8 @@ pub struct JobQuery {
     pub q: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobPage {
     /// Jobs matching the filter, over all pages.
     pub total: i64,
@@ -63,7 +76,8 @@ pub struct JobPage {
 }
 
 /// One batch size x lr cell of a sweep.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GridCell {
     pub batch_size: i64,
     pub lr: f64,
@@ -78,7 +92,8 @@ pub struct GridCell {
 }
 
 /// One learning curve, column-wise (downsampled epochs).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Series {
     pub batch_size: i64,
     pub job_id: i64,
@@ -93,7 +108,8 @@ pub struct Series {
     pub extra: std::collections::BTreeMap<String, Vec<Option<f64>>>,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobDetail {
     #[serde(flatten)]
     pub job: JobRow,
@@ -101,7 +117,8 @@ pub struct JobDetail {
     pub attempts: Vec<AttemptRow>,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SweepRow {
     pub id: i64,
     pub name: String,
@@ -124,22 +141,12 @@ pub struct SweepRow {
     pub best_accuracy: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SweepDetail {
     #[serde(flatten)]
     pub sweep: SweepRow,
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub spec: Value,
     pub jobs: Vec<JobRow>,
-}
-
-/// One epoch of one job, as figures need it.
-#[derive(Debug, Clone)]
-pub struct CurvePoint {
-    pub job_id: i64,
-    pub epoch: i64,
-    pub lr: Option<f64>,
-    pub train_loss: Option<f64>,
-    pub test_loss: Option<f64>,
-    pub accuracy: Option<f64>,
 }
