@@ -10,3 +10,4 @@ mod jobs;
 mod results;
 mod search;
 mod specs;
+mod state_table;

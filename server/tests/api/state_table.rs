@@ -1,0 +1,253 @@
+//! ARCHITECTURE.md's table of the job's life, checked against what the coordinator does: every row
+//! (state, event, next state) has a scenario here that drives a fresh job into the state, makes the
+//! event happen through the API or the clock, and reads the state back. A row without a scenario,
+//! or a scenario without a row, fails the test: the table and the code cannot drift apart.
+use crate::helpers::*;
+use reqwest::StatusCode;
+
+struct Row {
+    state: String,
+    event: String,
+    next: String,
+}
+
+/// The rows of "The job's life" table.
+fn table() -> Vec<Row> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ARCHITECTURE.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text
+        .find("| state | event | next state |")
+        .expect("the table");
+    text[start..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<String> = l
+                .trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect();
+            assert_eq!(cells.len(), 3, "{l}");
+            Row {
+                state: cells[0].clone(),
+                event: cells[1].clone(),
+                next: cells[2].clone(),
+            }
+        })
+        .collect()
+}
+
+/// A sweep of `jobs` one-epoch-at-a-time jobs with `attempts` attempts each, its first job claimed
+/// (attempt 1); with `stop`, an ASHA rule under which the second job's report stops the first.
+async fn running(app: &TestApp, attempts: i64, stop: bool) -> (i64, i64) {
+    let rule = if stop {
+        "[early_stop]\nmethod = \"asha\"\nmin_epochs = 1\nreduction_factor = 2\n"
+    } else {
+        ""
+    };
+    let created = app
+        .submit(&format!(
+            "name = \"life\"\n[train]\nepochs = 5\n[grid]\nseed = [0, 1]\n[run]\nmax_attempts = {attempts}\n{rule}"
+        ))
+        .await;
+    let job = app.claim("w").await.expect("a claim").id;
+    if stop {
+        let other = app.claim("w").await.expect("a second claim").id;
+        assert_eq!(
+            app.metrics(other, 1, 1, Some(1.0), 0.9).await,
+            StatusCode::OK
+        );
+        assert_eq!(app.metrics(job, 1, 1, Some(1.0), 0.1).await, StatusCode::OK);
+    }
+    (created.id, job)
+}
+
+async fn cancel(app: &TestApp, sweep: i64) {
+    let (s, body) = app
+        .post(
+            &format!("/api/sweeps/{sweep}/cancel"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+}
+
+async fn status(app: &TestApp, job: i64) -> JobStatus {
+    app.job_detail(job).await.job.status
+}
+
+fn failed(attempt: i64) -> FinishRequest {
+    FinishRequest {
+        attempt,
+        status: Outcome::Failed,
+        summary: None,
+        error: Some("it broke".into()),
+    }
+}
+
+/// Runs the row's scenario on a fresh coordinator; returns the status it ends in where the row's
+/// next state names one status (None where the scenario checks several itself).
+async fn scenario(row: &Row) -> Option<JobStatus> {
+    let app = spawn_app().await;
+    match row.event.as_str() {
+        "claim by a worker with room (not a cancelled job)" => {
+            let (sweep, job) = running(&app, 3, false).await;
+            assert_eq!(app.job_detail(job).await.job.attempt, 1, "attempt + 1");
+            cancel(&app, sweep).await;
+            assert!(
+                app.claim("w").await.is_none(),
+                "a cancelled job is not claimed"
+            );
+            Some(JobStatus::Running)
+        }
+        "sweep cancelled" if row.state == JobStatus::Pending.as_str() => {
+            let (sweep, _) = running(&app, 3, false).await;
+            let pending = app.sweep(sweep).await.jobs[1].id;
+            cancel(&app, sweep).await;
+            Some(status(&app, pending).await)
+        }
+        "sweep cancelled" => {
+            let (sweep, job) = running(&app, 3, false).await;
+            cancel(&app, sweep).await;
+            assert!(app.heartbeat(job, 1).await.1.unwrap().cancel);
+            Some(status(&app, job).await)
+        }
+        "early-stopping decision on a metrics report" => {
+            let (_, job) = running(&app, 3, true).await;
+            assert!(app.heartbeat(job, 1).await.1.unwrap().stop);
+            Some(status(&app, job).await)
+        }
+        "finish `completed` / `diverged` / `cancelled` / `pruned`" => {
+            for outcome in [
+                Outcome::Completed,
+                Outcome::Diverged,
+                Outcome::Cancelled,
+                Outcome::Pruned,
+            ] {
+                let app = spawn_app().await;
+                let (_, job) = running(&app, 3, false).await;
+                assert_eq!(app.finish(job, 1, outcome).await.0, StatusCode::OK);
+                assert_eq!(status(&app, job).await.as_str(), outcome.as_str());
+            }
+            let (_, job) = running(&app, 3, true).await;
+            app.finish(job, 1, Outcome::Completed).await;
+            assert_eq!(
+                status(&app, job).await,
+                JobStatus::Pruned,
+                "a stop was requested"
+            );
+            None
+        }
+        "finish `failed`, a cancel requested" => {
+            let (sweep, job) = running(&app, 3, false).await;
+            cancel(&app, sweep).await;
+            app.send(&routes::finish(job), &failed(1)).await;
+            Some(status(&app, job).await)
+        }
+        "finish `failed`, a stop requested" => {
+            let (_, job) = running(&app, 3, true).await;
+            app.send(&routes::finish(job), &failed(1)).await;
+            Some(status(&app, job).await)
+        }
+        "finish `failed`, attempts left" => {
+            let (_, job) = running(&app, 2, false).await;
+            app.send(&routes::finish(job), &failed(1)).await;
+            let j = app.job_detail(job).await.job;
+            assert_eq!(j.error.as_deref(), Some("it broke"), "the error kept");
+            Some(j.status)
+        }
+        "finish `failed`, no attempts left" => {
+            let (_, job) = running(&app, 1, false).await;
+            app.send(&routes::finish(job), &failed(1)).await;
+            Some(status(&app, job).await)
+        }
+        "release (the worker gives it back)" => {
+            let (_, job) = running(&app, 1, false).await;
+            assert_eq!(app.release(job, 1).await.0, StatusCode::OK);
+            let j = app.job_detail(job).await.job;
+            assert_eq!(j.max_attempts, 2, "the attempt is not used up");
+            for (requested, ended) in [(false, JobStatus::Cancelled), (true, JobStatus::Pruned)] {
+                let app = spawn_app().await;
+                let (sweep, job) = running(&app, 3, requested).await;
+                if !requested {
+                    cancel(&app, sweep).await;
+                }
+                app.release(job, 1).await;
+                assert_eq!(status(&app, job).await, ended);
+            }
+            Some(j.status)
+        }
+        "lease expires" => {
+            let (_, job) = running(&app, 1, false).await;
+            app.expire_leases().await;
+            assert_eq!(
+                status(&app, job).await,
+                JobStatus::Failed,
+                "no attempts left"
+            );
+            for (requested, ended) in [(false, JobStatus::Cancelled), (true, JobStatus::Pruned)] {
+                let app = spawn_app().await;
+                let (sweep, job) = running(&app, 3, requested).await;
+                if !requested {
+                    cancel(&app, sweep).await;
+                }
+                app.expire_leases().await;
+                assert_eq!(status(&app, job).await, ended);
+            }
+            let app = spawn_app().await;
+            let (_, job) = running(&app, 3, false).await;
+            app.expire_leases().await;
+            Some(status(&app, job).await)
+        }
+        "anything" => {
+            // Every final state, then every event: nothing changes it.
+            for outcome in [
+                Outcome::Completed,
+                Outcome::Diverged,
+                Outcome::Failed,
+                Outcome::Cancelled,
+                Outcome::Pruned,
+            ] {
+                let app = spawn_app().await;
+                let (sweep, job) = running(&app, 1, false).await;
+                app.finish(job, 1, outcome).await;
+                let ended = status(&app, job).await;
+                assert!(row.state.contains(ended.as_str()), "{}", row.state);
+                assert_eq!(
+                    app.finish(job, 1, outcome).await.0,
+                    StatusCode::OK,
+                    "idempotent"
+                );
+                assert_eq!(app.heartbeat(job, 1).await.0, StatusCode::CONFLICT);
+                assert_eq!(app.release(job, 1).await.0, StatusCode::CONFLICT);
+                app.expire_leases().await;
+                cancel(&app, sweep).await;
+                assert_eq!(status(&app, job).await, ended, "{outcome:?}");
+            }
+            None
+        }
+        other => panic!(
+            "the table's row ({}, {other}) has no scenario in this test",
+            row.state
+        ),
+    }
+}
+
+#[tokio::test]
+async fn the_job_state_table_is_what_the_coordinator_does() {
+    let rows = table();
+    assert_eq!(
+        rows.len(),
+        12,
+        "a row added or removed: give it a scenario here"
+    );
+    for row in &rows {
+        let ended = scenario(row).await;
+        // The next state's first word, where it is a status, is the one the scenario ended in.
+        let first = row.next.split([',', ' ']).next().unwrap_or_default();
+        if let (Some(ended), Some(named)) = (ended, JobStatus::parse(first)) {
+            assert_eq!(ended, named, "{} | {} | {}", row.state, row.event, row.next);
+        }
+    }
+}
