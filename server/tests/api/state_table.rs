@@ -118,27 +118,7 @@ async fn scenario(row: &Row) -> Option<JobStatus> {
             assert!(app.heartbeat(job, 1).await.1.unwrap().stop);
             Some(status(&app, job).await)
         }
-        "finish `completed` / `diverged` / `cancelled` / `pruned`" => {
-            for outcome in [
-                Outcome::Completed,
-                Outcome::Diverged,
-                Outcome::Cancelled,
-                Outcome::Pruned,
-            ] {
-                let app = spawn_app().await;
-                let (_, job) = running(&app, 3, false).await;
-                assert_eq!(app.finish(job, 1, outcome).await.0, StatusCode::OK);
-                assert_eq!(status(&app, job).await.as_str(), outcome.as_str());
-            }
-            let (_, job) = running(&app, 3, true).await;
-            app.finish(job, 1, Outcome::Completed).await;
-            assert_eq!(
-                status(&app, job).await,
-                JobStatus::Pruned,
-                "a stop was requested"
-            );
-            None
-        }
+        "finish `completed` / `diverged` / `cancelled` / `pruned`" => finish_as_told().await,
         "finish `failed`, a cancel requested" => {
             let (sweep, job) = running(&app, 3, false).await;
             cancel(&app, sweep).await;
@@ -162,76 +142,108 @@ async fn scenario(row: &Row) -> Option<JobStatus> {
             app.send(&routes::finish(job), &failed(1)).await;
             Some(status(&app, job).await)
         }
-        "release (the worker gives it back)" => {
-            let (_, job) = running(&app, 1, false).await;
-            assert_eq!(app.release(job, 1).await.0, StatusCode::OK);
-            let j = app.job_detail(job).await.job;
-            assert_eq!(j.max_attempts, 2, "the attempt is not used up");
-            for (requested, ended) in [(false, JobStatus::Cancelled), (true, JobStatus::Pruned)] {
-                let app = spawn_app().await;
-                let (sweep, job) = running(&app, 3, requested).await;
-                if !requested {
-                    cancel(&app, sweep).await;
-                }
-                app.release(job, 1).await;
-                assert_eq!(status(&app, job).await, ended);
-            }
-            Some(j.status)
-        }
-        "lease expires" => {
-            let (_, job) = running(&app, 1, false).await;
-            app.expire_leases().await;
-            assert_eq!(
-                status(&app, job).await,
-                JobStatus::Failed,
-                "no attempts left"
-            );
-            for (requested, ended) in [(false, JobStatus::Cancelled), (true, JobStatus::Pruned)] {
-                let app = spawn_app().await;
-                let (sweep, job) = running(&app, 3, requested).await;
-                if !requested {
-                    cancel(&app, sweep).await;
-                }
-                app.expire_leases().await;
-                assert_eq!(status(&app, job).await, ended);
-            }
-            let app = spawn_app().await;
-            let (_, job) = running(&app, 3, false).await;
-            app.expire_leases().await;
-            Some(status(&app, job).await)
-        }
-        "anything" => {
-            // Every final state, then every event: nothing changes it.
-            for outcome in [
-                Outcome::Completed,
-                Outcome::Diverged,
-                Outcome::Failed,
-                Outcome::Cancelled,
-                Outcome::Pruned,
-            ] {
-                let app = spawn_app().await;
-                let (sweep, job) = running(&app, 1, false).await;
-                app.finish(job, 1, outcome).await;
-                let ended = status(&app, job).await;
-                assert!(row.state.contains(ended.as_str()), "{}", row.state);
-                assert_eq!(
-                    app.finish(job, 1, outcome).await.0,
-                    StatusCode::OK,
-                    "idempotent"
-                );
-                assert_eq!(app.heartbeat(job, 1).await.0, StatusCode::CONFLICT);
-                assert_eq!(app.release(job, 1).await.0, StatusCode::CONFLICT);
-                app.expire_leases().await;
-                cancel(&app, sweep).await;
-                assert_eq!(status(&app, job).await, ended, "{outcome:?}");
-            }
-            None
-        }
+        "release (the worker gives it back)" => release().await,
+        "lease expires" => expire().await,
+        "anything" => final_states_stay(&row.state).await,
         other => panic!(
             "the table's row ({}, {other}) has no scenario in this test",
             row.state
         ),
     }
+}
+
+async fn finish_as_told() -> Option<JobStatus> {
+    let app = spawn_app().await;
+    for outcome in [
+        Outcome::Completed,
+        Outcome::Diverged,
+        Outcome::Cancelled,
+        Outcome::Pruned,
+    ] {
+        let app = spawn_app().await;
+        let (_, job) = running(&app, 3, false).await;
+        assert_eq!(app.finish(job, 1, outcome).await.0, StatusCode::OK);
+        assert_eq!(status(&app, job).await.as_str(), outcome.as_str());
+    }
+    let (_, job) = running(&app, 3, true).await;
+    app.finish(job, 1, Outcome::Completed).await;
+    assert_eq!(
+        status(&app, job).await,
+        JobStatus::Pruned,
+        "a stop was requested"
+    );
+    None
+}
+
+async fn release() -> Option<JobStatus> {
+    let app = spawn_app().await;
+    let (_, job) = running(&app, 1, false).await;
+    assert_eq!(app.release(job, 1).await.0, StatusCode::OK);
+    let j = app.job_detail(job).await.job;
+    assert_eq!(j.max_attempts, 2, "the attempt is not used up");
+    for (requested, ended) in [(false, JobStatus::Cancelled), (true, JobStatus::Pruned)] {
+        let app = spawn_app().await;
+        let (sweep, job) = running(&app, 3, requested).await;
+        if !requested {
+            cancel(&app, sweep).await;
+        }
+        app.release(job, 1).await;
+        assert_eq!(status(&app, job).await, ended);
+    }
+    Some(j.status)
+}
+
+async fn expire() -> Option<JobStatus> {
+    let app = spawn_app().await;
+    let (_, job) = running(&app, 1, false).await;
+    app.expire_leases().await;
+    assert_eq!(
+        status(&app, job).await,
+        JobStatus::Failed,
+        "no attempts left"
+    );
+    for (requested, ended) in [(false, JobStatus::Cancelled), (true, JobStatus::Pruned)] {
+        let app = spawn_app().await;
+        let (sweep, job) = running(&app, 3, requested).await;
+        if !requested {
+            cancel(&app, sweep).await;
+        }
+        app.expire_leases().await;
+        assert_eq!(status(&app, job).await, ended);
+    }
+    let app = spawn_app().await;
+    let (_, job) = running(&app, 3, false).await;
+    app.expire_leases().await;
+    Some(status(&app, job).await)
+}
+
+/// Every final state, then every event: nothing changes it.
+async fn final_states_stay(states: &str) -> Option<JobStatus> {
+    // Every final state, then every event: nothing changes it.
+    for outcome in [
+        Outcome::Completed,
+        Outcome::Diverged,
+        Outcome::Failed,
+        Outcome::Cancelled,
+        Outcome::Pruned,
+    ] {
+        let app = spawn_app().await;
+        let (sweep, job) = running(&app, 1, false).await;
+        app.finish(job, 1, outcome).await;
+        let ended = status(&app, job).await;
+        assert!(states.contains(ended.as_str()), "{states}");
+        assert_eq!(
+            app.finish(job, 1, outcome).await.0,
+            StatusCode::OK,
+            "idempotent"
+        );
+        assert_eq!(app.heartbeat(job, 1).await.0, StatusCode::CONFLICT);
+        assert_eq!(app.release(job, 1).await.0, StatusCode::CONFLICT);
+        app.expire_leases().await;
+        cancel(&app, sweep).await;
+        assert_eq!(status(&app, job).await, ended, "{outcome:?}");
+    }
+    None
 }
 
 #[tokio::test]
