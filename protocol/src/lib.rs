@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub mod command;
+pub mod train;
 pub mod views;
 pub use command::CommandSpec;
 
@@ -584,11 +585,11 @@ pub struct JobShape {
 }
 
 impl JobShape {
-    pub const DEFAULT_EPOCHS: i64 = 300;
-    pub const DEFAULT_BATCH_SIZE: i64 = 32;
-    pub const DEFAULT_NPROC: i64 = 1;
+    pub const DEFAULT_EPOCHS: i64 = train::defaults::EPOCHS as i64;
+    pub const DEFAULT_BATCH_SIZE: i64 = train::defaults::BATCH_SIZE as i64;
+    pub const DEFAULT_NPROC: i64 = train::defaults::NPROC_PER_NODE as i64;
     /// The trainer's default lr (the study's 1e-2).
-    pub const DEFAULT_LR: f64 = 0.01;
+    pub const DEFAULT_LR: f64 = train::defaults::LR;
 
     pub fn of(params: &Map<String, Value>) -> Self {
         let get = |k: &str, d: i64| params.get(k).and_then(Value::as_i64).unwrap_or(d);

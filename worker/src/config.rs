@@ -1,6 +1,8 @@
-//! The configuration of one training run. It is the single source of truth for `worker train`'s
-//! flags (clap), the sweep files' `[train]` keys (serde, snake_case) and `summary.json`.
+//! The configuration of one training run: `worker train`'s flags (clap), a job's params (serde,
+//! snake_case) and `summary.json`. The options' types, bounds and defaults are the protocol's
+//! ([`protocol::train`]), the same the coordinator checks a sweep with.
 use clap::{Args, ValueEnum};
+use protocol::train::defaults as D;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -20,39 +22,39 @@ pub struct TrainConfig {
     #[arg(long, value_enum, default_value = "cifar10")]
     pub dataset: DatasetKind,
     /// Directory of the CIFAR-10 binary files; downloaded (md5-verified) when it holds none.
-    #[arg(long, default_value = "data/cifar-10-batches-bin")]
+    #[arg(long, default_value = D::DATA_DIR)]
     pub data_dir: PathBuf,
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = D::EPOCHS)]
     pub epochs: u32,
     /// Initial learning rate.
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, default_value_t = D::LR)]
     pub lr: f64,
     /// Batch size per process (the study's `--batch-size`).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = D::BATCH_SIZE)]
     pub batch_size: u32,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = D::MOMENTUM)]
     pub momentum: f64,
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = D::WEIGHT_DECAY)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = D::WARMUP_EPOCHS)]
     pub warmup_epochs: u32,
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = D::WARMUP_FACTOR)]
     pub warmup_factor: f64,
     /// Epochs after which the lr is multiplied by gamma.
-    #[arg(long, value_delimiter = ',', default_value = "60,120,200,260")]
+    #[arg(long, value_delimiter = ',', default_values_t = D::MILESTONES)]
     pub milestones: Vec<u32>,
     /// Factor applied to the lr at each milestone (the study's `step_factor=0.1`).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = D::GAMMA)]
     pub gamma: f64,
     /// Evaluate on the whole test set every N epochs (and always after the last one).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = D::EVAL_INTERVAL)]
     pub eval_interval: u32,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = D::EVAL_BATCH_SIZE)]
     pub eval_batch_size: u32,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = D::SEED)]
     pub seed: u64,
     /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = D::DEVICE)]
     pub device: String,
     /// Autocast to bfloat16 on the training device, CUDA or CPU (the study ran fp32).
     #[arg(long)]
@@ -75,12 +77,12 @@ pub struct TrainConfig {
     #[arg(long)]
     pub limit_test: Option<usize>,
     /// Channel widths of the four stages.
-    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
+    #[arg(long, value_delimiter = ',', default_values_t = D::MODEL_WIDTHS)]
     pub model_widths: Vec<i64>,
     /// Number of attention blocks.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = D::MODEL_DEPTH)]
     pub model_depth: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = D::MODEL_HEADS)]
     pub model_heads: i64,
     /// Intra-op threads (default: all cores).
     #[arg(long)]
@@ -99,7 +101,7 @@ pub struct TrainConfig {
     pub data_md5: String,
     /// Data-parallel ranks on this machine (DDP through c10d, like torchrun --nproc-per-node);
     /// --batch-size is per rank, as in the study.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = D::NPROC_PER_NODE)]
     pub nproc_per_node: u32,
     /// With more than one rank, plain per-rank BatchNorm instead of SyncBatchNorm.
     #[arg(long)]
@@ -108,7 +110,7 @@ pub struct TrainConfig {
     #[arg(long)]
     pub dist_backend: Option<String>,
     /// Seconds a rank waits for its peers (rendezvous and each collective) before failing.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = D::DIST_TIMEOUT)]
     pub dist_timeout: u64,
 }
 
@@ -125,52 +127,34 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Checks what clap's types cannot: a bad value gets a message naming its flag.
+    /// Checks every option against its type and bounds, and the options that depend on each
+    /// other, with the protocol's rules (the coordinator's own); a bad value gets a message naming
+    /// its flag.
     pub fn validate(&self) -> anyhow::Result<()> {
-        use anyhow::bail;
-        if self.epochs == 0 {
-            bail!("--epochs must be at least 1");
+        use anyhow::anyhow;
+        let flag = |k: &str| format!("--{}", k.replace('_', "-"));
+        let v = serde_json::to_value(self)?;
+        let options = v.as_object().expect("a config is an object");
+        for (k, value) in options {
+            use protocol::train::KeyType;
+            let ty = protocol::train::TRAIN_KEYS
+                .iter()
+                .find(|(name, _)| name == k);
+            let float = ty.is_some_and(|(_, t)| {
+                matches!(t, KeyType::PositiveFloat | KeyType::NonNegativeFloat)
+            });
+            if value.is_null() && float {
+                // serde writes a NaN or an infinity as null.
+                return Err(anyhow!("{} must be a finite number", flag(k)));
+            }
+            if value.is_null() || ty.is_none() {
+                continue; // unset options, and the worker's own settings (any URL, any md5)
+            }
+            protocol::train::check(k, value, protocol::train::Paths::Any)
+                .map_err(|why| anyhow!("{} {why}", flag(k)))?;
         }
-        if self.batch_size == 0 || self.eval_batch_size == 0 {
-            bail!("--batch-size and --eval-batch-size must be at least 1");
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            bail!("--lr must be a positive finite number, got {}", self.lr);
-        }
-        if self.eval_interval == 0 {
-            bail!("--eval-interval must be at least 1");
-        }
-        if self.milestones.windows(2).any(|w| w[0] >= w[1]) {
-            bail!(
-                "--milestones must be strictly increasing, got {:?}",
-                self.milestones
-            );
-        }
-        if self.model_widths.len() != 4 || self.model_widths.iter().any(|&w| w <= 0) {
-            bail!(
-                "--model-widths needs four positive widths, got {:?}",
-                self.model_widths
-            );
-        }
-        let d = self.model_widths[3];
-        if self.model_heads <= 0 || d % self.model_heads != 0 {
-            bail!(
-                "--model-heads ({}) must divide the last width ({d})",
-                self.model_heads
-            );
-        }
-        if self.bf16 && self.fp64 {
-            bail!("--bf16 and --fp64 exclude each other");
-        }
-        if self.nproc_per_node == 0 {
-            bail!("--nproc-per-node must be at least 1");
-        }
-        if let Some(b) = &self.dist_backend {
-            crate::ddp::Backend::parse(b)?;
-        }
-        if self.dist_timeout == 0 {
-            bail!("--dist-timeout must be at least 1 second");
-        }
+        protocol::train::check_combination(options)
+            .map_err(|(k, why)| anyhow!("{}: {why}", flag(k)))?;
         crate::train::parse_device(&self.device)?;
         Ok(())
     }
@@ -212,6 +196,68 @@ impl TrainConfig {
             depth: self.model_depth,
             heads: self.model_heads,
             classes: 10,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option of `worker train` is in the protocol's table (a sweep key) or is a worker's own
+    /// setting, and nothing else is; the defaults the coordinator schedules by are the trainer's.
+    #[test]
+    fn the_options_are_the_protocols() {
+        let ours: std::collections::BTreeSet<String> = serde_json::to_value(TrainConfig::default())
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        let table: std::collections::BTreeSet<String> = protocol::train::TRAIN_KEYS
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .chain(
+                protocol::train::WORKER_SETTINGS
+                    .iter()
+                    .map(|(k, _)| k.to_string()),
+            )
+            .collect();
+        assert_eq!(ours, table);
+        let d = TrainConfig::default();
+        let shape = protocol::JobShape::of(&serde_json::Map::new());
+        assert_eq!(d.epochs as i64, shape.epochs);
+        assert_eq!(d.batch_size as i64, shape.batch_size);
+        assert_eq!(d.nproc_per_node as i64, shape.nproc_per_node);
+        d.validate().expect("the defaults are valid");
+    }
+
+    /// The command line is checked with the protocol's bounds and combinations, each error naming
+    /// its flag.
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (change, flag) in [
+            (
+                (|c: &mut TrainConfig| c.epochs = 0) as fn(&mut TrainConfig),
+                "--epochs",
+            ),
+            (|c| c.lr = f64::NAN, "--lr"),
+            (|c| c.milestones = vec![5, 5], "--milestones"),
+            (|c| c.model_heads = 3, "--model-heads"),
+            (|c| c.seed = u64::MAX, "--seed"),
+            (
+                |c| {
+                    c.bf16 = true;
+                    c.fp64 = true
+                },
+                "--fp64",
+            ),
+        ] {
+            let mut c = TrainConfig::default();
+            change(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with(flag), "{flag}: {e}");
         }
     }
 }

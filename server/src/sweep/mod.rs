@@ -116,6 +116,24 @@ impl SweepSpec {
         names
     }
 
+    /// Every job's options together as `worker train` will check them (the heads divide the last
+    /// width, ...): a job the trainer would refuse is refused here, before it exists.
+    fn check_combinations(&self) -> Result<(), SpecError> {
+        for point in self.points() {
+            if let Err((key, why)) = protocol::train::check_combination(&point) {
+                let field = match self.train.contains_key(key) {
+                    true => format!("train.{key}"),
+                    false => "grid".to_string(),
+                };
+                return err(
+                    field,
+                    format!("{why} (in the point {})", Value::Object(point)),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Two tables of a `[[grid]]` list may name the same point; a sweep runs each point once.
     fn check_points_distinct(&self) -> Result<(), SpecError> {
         if self.grids.len() < 2 || self.search.is_some() {
@@ -287,8 +305,9 @@ impl SweepFile {
             repeats,
         };
         spec.check_points_distinct()?;
-        if let Some(command) = &spec.command {
-            command::check_placeholders(command, &spec.parameter_names())?;
+        match &spec.command {
+            Some(command) => command::check_placeholders(command, &spec.parameter_names())?,
+            None => spec.check_combinations()?,
         }
         Ok(spec)
     }

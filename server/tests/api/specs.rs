@@ -150,3 +150,28 @@ fn every_shipped_sweep_file_is_valid() {
     }
     assert!(seen >= 8, "{seen} sweep files");
 }
+
+/// A job `worker train` would refuse (its options together, not one by one) is refused at submit.
+#[tokio::test]
+async fn a_combination_the_trainer_refuses_is_refused_at_submit() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .submit_toml("name = \"x\"\n[train]\nmodel_heads = 3\n[grid]\nlr = [0.1]\n")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("train.model_heads"),
+        "{body}"
+    );
+    let (status, body) = app
+        .submit_toml("name = \"x\"\n[train]\nbf16 = true\n[grid]\nfp64 = [false, true]\n")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("grid"),
+        "{body}"
+    );
+}
