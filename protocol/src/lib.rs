@@ -86,6 +86,16 @@ pub mod routes {
     pub fn job(id: i64) -> String {
         format!("/api/jobs/{id}")
     }
+
+    /// `?format=markdown|csv|json` and the table's options.
+    pub fn results(sweep: i64) -> String {
+        format!("/api/sweeps/{sweep}/results")
+    }
+
+    /// One of the study's figures, `NAME.png`.
+    pub fn figure(sweep: i64, name: &str) -> String {
+        format!("/api/sweeps/{sweep}/figures/{name}.png")
+    }
 }
 
 /// How a coordinator started as a process (`server serve --listen HOST:0`) says where it listens:

@@ -1,5 +1,6 @@
 //! `server submit | status | export`: thin terminal clients of the REST API.
 use anyhow::{bail, Context, Result};
+use protocol::routes;
 use serde_json::Value;
 use std::path::Path;
 
@@ -53,7 +54,7 @@ impl Client {
         };
         let req = self
             .http
-            .post(format!("{}/api/sweeps", self.base))
+            .post(format!("{}{}", self.base, routes::SWEEPS))
             .header("content-type", ctype)
             .body(text);
         self.send(req)
@@ -160,7 +161,7 @@ impl Client {
         let mut out = String::new();
         match sweep {
             None => {
-                let sweeps: Vec<SweepRow> = self.get("/api/sweeps").await?;
+                let sweeps: Vec<SweepRow> = self.get(routes::SWEEPS).await?;
                 for s in sweeps {
                     out.push_str(&format!(
                         "{:>4}  {:<28} {:<10} {} jobs: {} pending, {} running, {} completed, {} diverged, {} failed, {} cancelled, {} pruned; {}/{} epochs\n",
@@ -170,7 +171,7 @@ impl Client {
                 }
             }
             Some(id) => {
-                let d: SweepDetail = self.get(&format!("/api/sweeps/{id}")).await?;
+                let d: SweepDetail = self.get(&routes::sweep(id)).await?;
                 out.push_str(&format!(
                     "sweep {id} {} ({})\n",
                     d.sweep.name, d.sweep.status

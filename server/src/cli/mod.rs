@@ -4,6 +4,7 @@ pub mod loadgen;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use protocol::routes;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -255,7 +256,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             match readme {
                 None => {
                     let path = format!(
-                        "/api/sweeps/{sweep}/results?format={}&{query}",
+                        "{}?format={}&{query}",
+                        routes::results(sweep),
                         format.as_str()
                     );
                     print!("{}", client.get_text(&path).await?);
@@ -348,7 +350,8 @@ async fn write_figures(
     for name in crate::results::figures::NAMES {
         let bytes = client
             .get_bytes(&format!(
-                "/api/sweeps/{sweep}/figures/{name}.png?{}",
+                "{}?{}",
+                routes::figure(sweep, name),
                 query.join("&")
             ))
             .await?;
@@ -372,12 +375,13 @@ async fn rewrite_readme(
     crate::results::export::markers(block).map_err(|e| anyhow::anyhow!(e))?;
     let table = client
         .get_text(&format!(
-            "/api/sweeps/{sweep}/results?format=markdown&{query}"
+            "{}?format=markdown&{query}",
+            routes::results(sweep)
         ))
         .await?;
     let detail: protocol::views::SweepDetail = serde_json::from_value(
         client
-            .get_json(&format!("/api/sweeps/{sweep}?limit=10000"))
+            .get_json(&format!("{}?limit=10000", routes::sweep(sweep)))
             .await?,
     )
     .context("unexpected sweep document")?;
