@@ -8,6 +8,7 @@
 //! the coordinator has acknowledged it (retrying with backoff while it is unreachable). A 409
 //! means this attempt lost the job: the program is stopped at once.
 use super::client::{CallError, Claim, Coordinator};
+use super::outbox::{Outbox, Write};
 use super::output::Output;
 use super::program;
 pub use super::program::Program;
@@ -15,7 +16,6 @@ use super::slots::Placement;
 use crate::train::{METRICS_FILE, SUMMARY_FILE};
 use protocol::{JobShape, MetricsReport, Outcome};
 use serde_json::Value;
-use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -54,23 +54,6 @@ pub struct Progress {
     pub epochs: u32,
     pub accuracy: Option<f64>,
     pub done: Option<String>,
-}
-
-#[derive(Debug)]
-enum Write {
-    Metrics(MetricsReport),
-    /// The checkpoint file (see [`Program::checkpoint_file`]).
-    Upload,
-    Log {
-        offset: u64,
-        data: Vec<u8>,
-    },
-    Finish {
-        status: Outcome,
-        summary: Option<Value>,
-        error: Option<String>,
-    },
-    Release(String),
 }
 
 /// Builds `worker train` arguments from the job's params and where it was placed.
@@ -133,17 +116,14 @@ pub struct Supervisor {
     opts: JobOptions,
     out: PathBuf,
     program: Result<Program, String>,
-    outbox: VecDeque<Write>,
+    outbox: Outbox,
     metrics_offset: u64,
     /// The last epoch of the checkpoint this attempt resumed from: the program may write those
     /// epochs again, but they were computed (and reported) by an earlier attempt.
     restored_epoch: i64,
     resume_seen: Option<(SystemTime, u64)>,
-    retry_at: Instant,
-    backoff: Duration,
     progress: Arc<Mutex<Progress>>,
     output: Output,
-    log_queued: usize,
     /// The sweep's early-stopping rule stopped the job (a metrics reply or a heartbeat said so).
     pruned: bool,
     cancelled: bool,
@@ -167,15 +147,12 @@ impl Supervisor {
             coord,
             opts,
             out,
-            outbox: VecDeque::new(),
+            outbox: Outbox::new(MAX_LOG_QUEUED),
             metrics_offset: 0,
             restored_epoch: 0,
             resume_seen: None,
-            retry_at: Instant::now(),
-            backoff: Duration::from_millis(200),
             progress,
             output: Output::default(),
-            log_queued: 0,
             pruned: false,
             cancelled: false,
             diverged: false,
@@ -226,7 +203,7 @@ impl Supervisor {
         self.output.wait_closed(Duration::from_secs(5));
         self.collect();
         let end = self.outcome(code, stopping.load(Ordering::SeqCst));
-        self.outbox.push_back(end);
+        self.outbox.push(end);
         self.drain_until_done(&stopping);
     }
 
@@ -418,22 +395,11 @@ impl Supervisor {
 
     fn collect_output(&mut self) {
         for (offset, data) in self.output.take(LOG_CHUNK) {
-            self.log_queued += data.len();
-            self.outbox.push_back(Write::Log { offset, data });
-        }
-        while self.log_queued > MAX_LOG_QUEUED {
-            let Some(i) = self
-                .outbox
-                .iter()
-                .position(|w| matches!(w, Write::Log { .. }))
-            else {
-                break;
-            };
-            if let Some(Write::Log { data, .. }) = self.outbox.remove(i) {
-                self.log_queued -= data.len();
+            let dropped = self.outbox.push(Write::Log { offset, data });
+            if dropped > 0 {
                 tracing::warn!(
                     job = self.job(),
-                    bytes = data.len(),
+                    bytes = dropped,
                     "coordinator unreachable for long: dropping old output"
                 );
             }
@@ -469,7 +435,7 @@ impl Supervisor {
             // Restored epochs keep the record of the attempt that computed them.
             if m.epoch > self.restored_epoch {
                 last = Some(m.epoch);
-                self.outbox.push_back(Write::Metrics(m));
+                self.outbox.push(Write::Metrics(m));
             }
         }
         last
@@ -503,70 +469,37 @@ impl Supervisor {
             },
         };
         if changed {
-            // Only the latest checkpoint matters: drop an older upload still queued.
-            self.outbox.retain(|w| !matches!(w, Write::Upload));
-            self.outbox.push_back(Write::Upload);
+            self.outbox.push(Write::Upload);
         }
     }
 
-    fn send(&mut self, w: &Write) -> Result<(), CallError> {
+    /// Sends queued writes in order until one cannot be (see [`Outbox::flush`]). Err only when
+    /// the lease is lost.
+    fn flush(&mut self) -> Result<(), String> {
         let (id, attempt) = (self.claim.id, self.claim.attempt);
-        match w {
+        let checkpoint = match &self.program {
+            Ok(p) => p.checkpoint_file(&self.out),
+            Err(_) => self.out.clone(), // never uploaded: a job that did not start has none
+        };
+        let (coord, pruned) = (&self.coord, &mut self.pruned);
+        self.outbox.flush(Instant::now(), |w| match w {
             Write::Metrics(m) => {
                 let m = MetricsReport {
                     attempt,
                     ..m.clone()
                 };
-                let reply = self.coord.metrics(id, &m)?;
-                self.pruned |= reply.stop;
+                *pruned |= coord.metrics(id, &m)?.stop;
                 Ok(())
             }
-            Write::Upload => self.coord.upload_checkpoint(
-                id,
-                attempt,
-                &self.program().checkpoint_file(&self.out),
-            ),
-            Write::Log { offset, data } => self.coord.append_log(id, attempt, *offset, data),
+            Write::Upload => coord.upload_checkpoint(id, attempt, &checkpoint),
+            Write::Log { offset, data } => coord.append_log(id, attempt, *offset, data),
             Write::Finish {
                 status,
                 summary,
                 error,
-            } => self
-                .coord
-                .finish(id, attempt, *status, summary.as_ref(), error.as_deref()),
-            Write::Release(reason) => self.coord.release(id, attempt, reason),
-        }
-    }
-
-    /// Sends queued writes in order until one fails. Err only when the lease is lost.
-    fn flush(&mut self) -> Result<(), String> {
-        if Instant::now() < self.retry_at {
-            return Ok(());
-        }
-        let id = self.claim.id;
-        while let Some(w) = self.outbox.pop_front() {
-            let sent = self.send(&w);
-            if let Err(CallError::Unavailable(e)) = &sent {
-                tracing::warn!(job = id, error = %e, pending = self.outbox.len() + 1, "coordinator unavailable; will retry");
-                self.outbox.push_front(w);
-                self.retry_at = Instant::now() + self.backoff;
-                self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
-                return Ok(());
-            }
-            // Sent, refused or moot: the write has left the queue.
-            if let Write::Log { data, .. } = &w {
-                self.log_queued -= data.len();
-            }
-            match sent {
-                Ok(()) => self.backoff = Duration::from_millis(200),
-                Err(CallError::LeaseLost(why)) => return Err(why),
-                Err(CallError::Refused(e)) => {
-                    tracing::error!(job = id, error = %e, "the coordinator refused a write; dropping it");
-                }
-                Err(CallError::Unavailable(_)) => unreachable!("handled above"),
-            }
-        }
-        Ok(())
+            } => coord.finish(id, attempt, *status, summary.as_ref(), error.as_deref()),
+            Write::Release(reason) => coord.release(id, attempt, reason),
+        })
     }
 
     fn drain_until_done(mut self, stopping: &AtomicBool) {
@@ -596,7 +529,7 @@ impl Supervisor {
 
     fn end_without_child(mut self, error: String) {
         tracing::error!(job = self.job(), %error, "job failed before it started");
-        self.outbox.push_back(Write::Finish {
+        self.outbox.push(Write::Finish {
             status: Outcome::Failed,
             summary: None,
             error: Some(error),

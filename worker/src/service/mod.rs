@@ -3,6 +3,7 @@
 //! never builds a model, so a crashing child cannot take it down), and claims the next.
 pub mod client;
 pub mod job;
+pub mod outbox;
 pub mod output;
 pub mod program;
 pub mod slots;
