@@ -19,7 +19,7 @@ REF=${REF:-../shared/reference}
 OUT=${OUT:-$(mktemp -d)}
 DEVICE=${DEVICE:-cuda}; SIZES=${SIZES:-1,8,32,128,512}; SECS=${SECS:-2}; EPOCHS=${EPOCHS:-3}
 LIMIT=${LIMIT:+--limit-train $LIMIT --limit-test $LIMIT}
-mkdir -p "$OUT"; WORK=$(mktemp -d)
+mkdir -p "$OUT"; WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
 TORCH_LIB=$("$PY" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))') || {
   echo "no torch at $PY" >&2; exit 1; }
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

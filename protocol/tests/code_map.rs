@@ -1,21 +1,7 @@
 //! Keeps ARCHITECTURE.md honest: every Rust module of the workspace is named in its code map, in a
 //! row that names its crate's folder. (The workspace's doc checks live in its lightest crate.)
-use std::path::{Path, PathBuf};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn modules(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            modules(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
+mod common;
+use common::{root, rust_files as modules};
 
 /// The rows of the "Code map" table.
 fn code_map_rows() -> Vec<String> {

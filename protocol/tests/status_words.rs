@@ -1,7 +1,7 @@
 //! A job's or a sweep's status is written as a word in one place: `protocol` (and the SQL, which
 //! stores the words). Everywhere else in the Rust code, coordinator, worker and their tests, it is
 //! `JobStatus::X`, `SweepStatus::X` or `Outcome::X`: a status a typo would make up cannot compile.
-use std::path::{Path, PathBuf};
+mod common;
 
 const WORDS: [&str; 8] = [
     "pending",
@@ -13,17 +13,6 @@ const WORDS: [&str; 8] = [
     "pruned",
     "finished",
 ];
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
 
 /// A status word in double quotes used as a value. Not a literal of that kind: a count field of a
 /// sweep read by name (`s["pending"]`), a JSON key (`"diverged": true`), words in a message a test
@@ -48,10 +37,10 @@ fn status_literals(line: &str) -> Vec<&'static str> {
 
 #[test]
 fn no_status_word_outside_protocol() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = common::root();
     let mut files = vec![];
     for dir in ["server/src", "server/tests", "worker/src", "worker/tests"] {
-        rust_files(&root.join(dir), &mut files);
+        common::rust_files(&root.join(dir), &mut files);
     }
     assert!(files.len() > 20, "the walk found the sources");
     let mut bad = vec![];

@@ -219,7 +219,6 @@ async fn expire() -> Option<JobStatus> {
 
 /// Every final state, then every event: nothing changes it.
 async fn final_states_stay(states: &str) -> Option<JobStatus> {
-    // Every final state, then every event: nothing changes it.
     for outcome in [
         Outcome::Completed,
         Outcome::Diverged,

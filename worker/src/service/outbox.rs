@@ -143,6 +143,18 @@ mod tests {
         }
     }
 
+    /// Everything queued, sent to a coordinator that takes it all.
+    fn drain(outbox: &mut Outbox, now: Instant) -> Vec<Write> {
+        let mut sent = vec![];
+        outbox
+            .flush(now, |w| {
+                sent.push(w.clone());
+                Ok(())
+            })
+            .unwrap();
+        sent
+    }
+
     fn epochs(sent: &[Write]) -> Vec<i64> {
         sent.iter()
             .filter_map(|w| match w {
@@ -182,13 +194,7 @@ mod tests {
                 panic!("tried within the backoff")
             })
             .unwrap();
-        let mut sent = vec![];
-        outbox
-            .flush(t0 + Duration::from_millis(600), |w| {
-                sent.push(w.clone());
-                Ok(())
-            })
-            .unwrap();
+        let sent = drain(&mut outbox, t0 + Duration::from_millis(600));
         assert_eq!(epochs(&sent), [1, 2, 3]);
         assert!(outbox.is_empty());
         assert_eq!(
@@ -239,13 +245,7 @@ mod tests {
         outbox.push(Write::Upload);
         outbox.push(metrics(1));
         outbox.push(Write::Upload);
-        let mut sent = vec![];
-        outbox
-            .flush(Instant::now(), |w| {
-                sent.push(w.clone());
-                Ok(())
-            })
-            .unwrap();
+        let sent = drain(&mut outbox, Instant::now());
         assert_eq!(sent, [metrics(1), Write::Upload]);
     }
 
@@ -266,13 +266,7 @@ mod tests {
             260,
             "more than the budget alone"
         );
-        let mut sent = vec![];
-        outbox
-            .flush(Instant::now(), |w| {
-                sent.push(w.clone());
-                Ok(())
-            })
-            .unwrap();
+        let sent = drain(&mut outbox, Instant::now());
         assert_eq!(sent.len(), 2, "{sent:?}");
         assert_eq!(sent[0], metrics(1));
         assert!(matches!(sent[1], Write::Finish { .. }));
