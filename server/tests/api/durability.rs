@@ -158,3 +158,42 @@ async fn sigterm_shuts_down_gracefully() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// Stored data that does not read back is an error (500), never a default: a command that does
+/// not parse would otherwise hand out a command job as a trainer job, unreadable params would
+/// show as null.
+#[tokio::test]
+async fn stored_data_that_does_not_read_is_an_error_not_a_default() {
+    use sqlx::Connection;
+    let app = crate::helpers::spawn_app().await;
+    let sweep = app
+        .submit("name = \"c\"\n[command]\nargv = [\"true\", \"{lr}\"]\n[grid]\nlr = [0.1, 0.2]\n")
+        .await
+        .id;
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", app.db.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE sweeps SET command = '{\"argv\": 5}'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let (status, body) = app
+        .post(
+            "/api/jobs/claim",
+            json!({"worker": "w", "accepts_commands": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let (status, _) = app.get(&format!("/api/sweeps/{sweep}")).await;
+    assert_eq!(status, StatusCode::OK, "the rest of the sweep still reads");
+    sqlx::query("UPDATE jobs SET params = 'not json'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let (status, body) = app.get(&format!("/api/sweeps/{sweep}")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(
+        body["error"], "internal error",
+        "no detail reaches the client"
+    );
+}

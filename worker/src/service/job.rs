@@ -7,7 +7,7 @@
 //! checkpoints, in the order they were produced, through an outbox that keeps every write until
 //! the coordinator has acknowledged it (retrying with backoff while it is unreachable). A 409
 //! means this attempt lost the job: the program is stopped at once.
-use super::client::{CallError, Claim, Coordinator};
+use super::coordinator::{CallError, Claim, Coordinator};
 use super::outbox::{Outbox, Write};
 use super::output::Output;
 use super::program;

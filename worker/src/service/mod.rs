@@ -1,7 +1,7 @@
 //! `worker run`: turns this machine into capacity for a coordinator. It claims jobs while it has
 //! free devices, runs each as `worker train` child processes under a supervisor thread (the parent
 //! never builds a model, so a crashing child cannot take it down), and claims the next.
-pub mod client;
+pub mod coordinator;
 pub mod job;
 pub mod outbox;
 pub mod output;
@@ -9,7 +9,7 @@ pub mod program;
 pub mod slots;
 
 use anyhow::{bail, Result};
-use client::{Claim, Coordinator};
+use coordinator::{Claim, Coordinator};
 use slots::{DeviceKind, Slots};
 use std::collections::HashMap;
 use std::io::IsTerminal;

@@ -3,7 +3,7 @@
 //! exponential backoff between tries); a refused write is dropped; a 409 (the lease is lost) ends
 //! the flush. Only the newest checkpoint upload is kept, and output beyond a budget is dropped
 //! oldest first (the coordinator keeps only the newest anyway); metrics and the finish never are.
-use super::client::CallError;
+use super::coordinator::CallError;
 use protocol::{MetricsReport, Outcome};
 use serde_json::Value;
 use std::collections::VecDeque;

@@ -2,7 +2,7 @@
 //! (any program under the environment contract of [`protocol::command::env`]). The supervisor
 //! treats both alike; this module holds where they differ: how each starts, how its metric lines
 //! read, what its checkpoint is, and how it is asked to stop.
-use super::client::Claim;
+use super::coordinator::Claim;
 use super::job::JobOptions;
 use super::slots::{DeviceKind, Placement};
 use crate::checkpoint::RESUME_FILE;
@@ -167,7 +167,7 @@ pub fn read_line(program: &Program, line: &str) -> Option<MetricsReport> {
     match program {
         Program::Trainer => {
             let m: crate::metrics::EpochMetrics = serde_json::from_str(line).ok()?;
-            Some(super::client::report(0, &m))
+            Some(super::coordinator::report(0, &m))
         }
         Program::Command { .. } => read_command_line(line).ok(),
     }
