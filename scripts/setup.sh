@@ -58,9 +58,9 @@ if full && ! cargo sqlx --version >/dev/null 2>&1; then
 fi
 
 if full; then
-  echo "setup: building (first build about 6 minutes on 2 cores: libtorch's bindings)"
+  echo "setup: building (the first build takes several minutes on 2 cores: libtorch's bindings, the test targets)"
   cargo build --workspace --all-targets
 else
-  echo "setup: building the server and worker binaries (first build about 6 minutes on 2 cores)"
+  echo "setup: building the server and worker binaries (the first build takes about 7 minutes on 2 cores)"
   cargo build -p server -p worker --bins
 fi
