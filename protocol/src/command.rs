@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 /// What a command job runs, as the sweep's `[command]` table says it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
+// No `deny_unknown_fields`: the worker protocol grows by optional fields, and a worker must not
+// refuse a claim for one it does not know. The sweep file refuses unknown keys itself.
 pub struct CommandSpec {
     /// The program and its arguments; `{name}` takes the job's parameter `name` (`{{` and `}}` are
     /// literal braces). Each entry stays one argument: no shell ever sees it.

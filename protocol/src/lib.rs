@@ -540,6 +540,14 @@ impl JobShape {
 
 #[cfg(test)]
 mod tests {
+    /// The protocol grows by optional fields: a worker reads a command with one it does not know.
+    #[test]
+    fn a_command_with_a_newer_field_still_reads() {
+        let c: CommandSpec =
+            serde_json::from_value(serde_json::json!({"argv": ["x"], "nnodes": 2})).unwrap();
+        assert_eq!((c.argv, c.ranks), (vec!["x".to_string()], 1));
+    }
+
     /// Each named metric's slot is the field of that name on the wire, and `get` reads it back.
     #[test]
     fn named_metrics_are_their_fields() {

@@ -150,21 +150,30 @@ impl SweepFile {
                 });
             }
         }
+        // `CommandSpec` is also a worker-protocol type, lenient on the wire; in a file an unknown
+        // key is a mistake. Its keys come from the type's own schema.
+        let known = schema_keys::<protocol::CommandSpec>();
+        let command = top.get("command").and_then(Value::as_object);
+        if let Some(k) = command.and_then(|c| c.keys().find(|k| !known.contains(k))) {
+            return Err(SpecError {
+                field: format!("command.{k}"),
+                message: format!("unknown field `{k}`, expected one of {}", known.join(", ")),
+            });
+        }
         serde_path_to_error::deserialize(v).map_err(|e| {
             let path = e.path().to_string();
             spec_error(&path, &e.into_inner().to_string())
         })
     }
+}
 
-    /// The top-level keys, in the order the schema lists them.
-    pub fn keys() -> Vec<String> {
-        let schema = <Self as utoipa::PartialSchema>::schema();
-        match schema {
-            utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(o)) => {
-                o.properties.keys().cloned().collect()
-            }
-            _ => vec![],
+/// The properties a type's schema lists (its fields as serde names them).
+fn schema_keys<T: utoipa::PartialSchema>() -> Vec<String> {
+    match T::schema() {
+        utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(o)) => {
+            o.properties.keys().cloned().collect()
         }
+        _ => vec![],
     }
 }
 
