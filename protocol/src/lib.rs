@@ -348,33 +348,44 @@ pub fn named_metric_names() -> Vec<&'static str> {
     NAMED_METRICS.iter().map(|m| m.name).collect()
 }
 
-impl MetricsReport {
-    /// The named metrics' slots, in [`NAMED_METRICS`]' order (the one place that lists the fields).
-    fn slots_mut(&mut self) -> [&mut Option<f64>; 9] {
-        [
-            &mut self.lr,
-            &mut self.train_loss,
-            &mut self.test_loss,
-            &mut self.accuracy,
-            &mut self.precision,
-            &mut self.recall,
-            &mut self.f1,
-            &mut self.images_per_sec,
-            &mut self.seconds,
-        ]
-    }
+/// The named metrics' fields, in [`NAMED_METRICS`]' order: the one place that lists them, for
+/// reading (`values`, no copy of the report) and for writing (`slots_mut`).
+macro_rules! named_fields {
+    ($($field:ident),* $(,)?) => {
+        impl MetricsReport {
+            fn values(&self) -> [Option<f64>; 9] {
+                [$(self.$field),*]
+            }
 
+            fn slots_mut(&mut self) -> [&mut Option<f64>; 9] {
+                [$(&mut self.$field),*]
+            }
+        }
+    };
+}
+named_fields!(
+    lr,
+    train_loss,
+    test_loss,
+    accuracy,
+    precision,
+    recall,
+    f1,
+    images_per_sec,
+    seconds,
+);
+
+impl MetricsReport {
     /// Each named metric with its value, in [`NAMED_METRICS`]' order.
     pub fn named(&self) -> [(NamedMetric, Option<f64>); 9] {
-        let mut copy = self.clone();
-        let values = copy.slots_mut().map(|slot| *slot);
+        let values = self.values();
         std::array::from_fn(|i| (NAMED_METRICS[i], values[i]))
     }
 
     /// Any metric by name: a named one, or one of its own (None: not reported).
     pub fn get(&self, name: &str) -> Option<f64> {
         match NAMED_METRICS.iter().position(|m| m.name == name) {
-            Some(i) => self.named()[i].1,
+            Some(i) => self.values()[i],
             None => self.extra.get(name).copied().flatten(),
         }
     }

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use protocol::views::{JobRow, SweepDetail};
-use protocol::JobStatus;
+use protocol::{JobStatus, MetricsReport};
 
 /// The formats results come in: the one list, for the API's `?format=`, its schema and the CLI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
@@ -316,7 +316,7 @@ pub fn records(d: &SweepDetail) -> Vec<Map<String, Value>> {
             let m = j.latest.as_ref();
             // The named metrics but the epoch's seconds; the lr as `lr_last` (the grid's lr is
             // the starting one).
-            let named = m.cloned().unwrap_or_default().named();
+            let named = m.map_or_else(|| MetricsReport::default().named(), MetricsReport::named);
             for (metric, v) in named.iter().filter(|(n, _)| n.name != "seconds") {
                 let k = match metric.name {
                     "lr" => "lr_last",

@@ -118,40 +118,16 @@ impl SweepSpec {
 
     /// Every job's options together as `worker train` will check them (the heads divide the last
     /// width, ...): a job the trainer would refuse is refused here, before it exists.
-    fn check_combinations(&self) -> Result<(), SpecError> {
-        for point in self.points() {
-            if let Err((key, why)) = protocol::train::check_combination(&point) {
+    fn check_combinations(&self, points: &[Map<String, Value>]) -> Result<(), SpecError> {
+        for point in points {
+            if let Err((key, why)) = protocol::train::check_combination(point) {
                 let field = match self.train.contains_key(key) {
                     true => format!("train.{key}"),
                     false => "grid".to_string(),
                 };
                 return err(
                     field,
-                    format!("{why} (in the point {})", Value::Object(point)),
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Two tables of a `[[grid]]` list may name the same point; a sweep runs each point once.
-    fn check_points_distinct(&self) -> Result<(), SpecError> {
-        if self.grids.len() < 2 || self.search.is_some() {
-            return Ok(()); // one product of duplicate-free axes has distinct points
-        }
-        let mut seen = std::collections::HashSet::new();
-        for point in self.points() {
-            let key: Vec<(String, String)> = point
-                .iter()
-                .map(|(k, v)| (k.clone(), value_key(v)))
-                .collect();
-            if !seen.insert(key) {
-                return err(
-                    "grid",
-                    format!(
-                        "the point {} appears in more than one [[grid]] table",
-                        Value::Object(point)
-                    ),
+                    format!("{why} (in the point {})", Value::Object(point.clone())),
                 );
             }
         }
@@ -304,13 +280,42 @@ impl SweepFile {
             max_attempts,
             repeats,
         };
-        spec.check_points_distinct()?;
+        // The points, drawn or multiplied out once, for the checks that need them.
+        let several_tables = spec.grids.len() > 1 && spec.search.is_none();
+        let points = match several_tables || spec.command.is_none() {
+            true => spec.points(),
+            false => vec![],
+        };
+        if several_tables {
+            check_points_distinct(&points)?;
+        }
         match &spec.command {
             Some(command) => command::check_placeholders(command, &spec.parameter_names())?,
-            None => spec.check_combinations()?,
+            None => spec.check_combinations(&points)?,
         }
         Ok(spec)
     }
+}
+
+/// Two tables of a `[[grid]]` list may name the same point; a sweep runs each point once.
+fn check_points_distinct(points: &[Map<String, Value>]) -> Result<(), SpecError> {
+    let mut seen = std::collections::HashSet::new();
+    for point in points {
+        let key: Vec<(String, String)> = point
+            .iter()
+            .map(|(k, v)| (k.clone(), value_key(v)))
+            .collect();
+        if !seen.insert(key) {
+            return err(
+                "grid",
+                format!(
+                    "the point {} appears in more than one [[grid]] table",
+                    Value::Object(point.clone())
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `[run]`: (max_attempts, repeats), 3 and 1 by default.
