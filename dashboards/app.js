@@ -212,6 +212,48 @@ function parallel(space, jobs) {
     <figcaption class="muted">dashed: pruned.</figcaption></figure>`;
 }
 
+// ---------- TPE: the optimisation history ----------
+
+// A completed trial's value on the search's metric (a named metric or a command's own).
+function objective(t, j) {
+  const m = j.latest;
+  if (!m || j.status !== "completed") return null;
+  const v = m[t.metric] ?? (m.extra || {})[t.metric];
+  return v == null || !isFinite(v) ? null : v;
+}
+
+// Each completed trial's value by trial number (the order drawn), the best so far as a line, the
+// best trial ringed.
+function history(t, trials) {
+  const W = 560, H = 340, L = 62, R = 12, T = 28, B = 48;
+  const ys = trials.map((j) => objective(t, j));
+  const better = (a, b) => (t.mode === "max" ? a > b : a < b);
+  let best = null;
+  const bests = ys.map((y) => { if (y != null && (best == null || better(y, best))) best = y; return best; });
+  const pts = ys.filter((y) => y != null);
+  const title = `Optimisation history: ${t.metric} (${t.mode}) by trial`;
+  if (!pts.length) return `<figure><svg class="chart" id="history" viewBox="0 0 ${W} 80" role="img" aria-label="${esc(title)}: no completed trial yet"><text x="12" y="20" font-weight="600">${esc(title)}</text><text x="12" y="50">no completed trial yet</text></svg></figure>`;
+  let y0 = Math.min(...pts), y1 = Math.max(...pts);
+  if (y1 === y0) y1 = y0 + (Math.abs(y0) || 1) * 0.1;
+  const x1 = Math.max(1, trials.length - 1);
+  const sx = (x) => L + 8 + (x / x1) * (W - L - R - 16), sy = (y) => H - B - 8 - ((y - y0) / (y1 - y0)) * (H - T - B - 16);
+  let g = `<text x="${L}" y="18" font-weight="600">${esc(title)}</text>`;
+  for (const v of ticks(y0, y1)) g += `<line x1="${L}" x2="${W - R}" y1="${sy(v)}" y2="${sy(v)}" stroke="#eee"/><text x="${L - 6}" y="${sy(v) + 4}" text-anchor="end">${+v.toPrecision(4)}</text>`;
+  for (const v of ticks(0, x1).filter((v) => Number.isInteger(v))) g += `<text x="${sx(v)}" y="${H - B + 16}" text-anchor="middle">${v}</text>`;
+  g += `<line x1="${L}" x2="${W - R}" y1="${H - B}" y2="${H - B}" stroke="#333"/><line x1="${L}" x2="${L}" y1="${T}" y2="${H - B}" stroke="#333"/>`;
+  g += `<text x="${(L + W - R) / 2}" y="${H - 8}" text-anchor="middle">trial</text>`;
+  let d = "";
+  bests.forEach((b, i) => { if (b != null) d += `${d ? "H" + sx(i).toFixed(1) + "V" : "M" + sx(i).toFixed(1) + ","}${sy(b).toFixed(1)}`; });
+  g += `<path class="best-so-far" d="${d}" fill="none" stroke="${COLORS[0]}" stroke-width="1.8"/>`;
+  trials.forEach((j, i) => {
+    if (ys[i] == null) return;
+    const top = j.id === t.best_job;
+    g += `<circle${top ? ` class="best"` : ""} cx="${sx(i).toFixed(1)}" cy="${sy(ys[i]).toFixed(1)}" r="${top ? 7 : 4}" fill="${top ? "#f2b705" : "#5b6b7b"}" stroke="#222" stroke-width="${top ? 2 : 0.5}"><title>trial ${i}, job #${j.id}: ${t.metric} ${+ys[i].toPrecision(6)}</title></circle>`;
+  });
+  return `<figure><svg class="chart" id="history" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(title)}">${g}</svg>
+    <figcaption class="muted">dots: completed trials; line: the best so far; gold: the best trial.</figcaption></figure>`;
+}
+
 // Epochs run against running every job to its end: what early stopping saved.
 function budget(s) {
   if (!s.epochs_budget) return "";
@@ -324,8 +366,13 @@ async function sweepView(id) {
   const space = s.spec && s.spec.search && s.spec.search.space;
   let overview = `<h2>Final accuracy, batch size × learning rate</h2>${heatmap(cells)}`;
   if (space && Object.keys(space).length) {
-    const all = (await api(`/api/sweeps/${id}`)).jobs;
-    overview = `<h2>Random search: ${s.total} sampled points</h2><div class="grid2" id="search">${scatter(space, all)}${parallel(space, all)}</div>`;
+    // Only drawn trials have points (a TPE trial is drawn when claimed), in the order drawn.
+    const all = (await api(`/api/sweeps/${id}`)).jobs.filter((j) => j.drawn_at != null)
+      .sort((a, b) => a.drawn_at - b.drawn_at || a.id - b.id);
+    const t = s.tpe;
+    overview = t
+      ? `<h2>TPE: ${t.drawn} of ${t.trials} trials drawn${t.best_value != null ? `; best ${esc(t.metric)} ${+t.best_value.toPrecision(6)} (job #${t.best_job})` : ""}</h2><div class="grid2" id="search">${history(t, all)}${scatter(space, all)}${parallel(space, all)}</div>`
+      : `<h2>Random search: ${s.total} sampled points</h2><div class="grid2" id="search">${scatter(space, all)}${parallel(space, all)}</div>`;
   }
   return `<p><a href="#/">← all sweeps</a></p>
     <h1>${esc(s.name)} <span class="status">${esc(s.status)}</span></h1>

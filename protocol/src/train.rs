@@ -232,6 +232,9 @@ pub mod defaults {
     pub const DIST_TIMEOUT: u64 = 300;
 }
 
+/// The options [`check_combination`] reads.
+pub const COMBINED_KEYS: [&str; 4] = ["model_widths", "model_heads", "bf16", "fp64"];
+
 /// Checks the options that depend on each other in one job's settings (absent ones at their
 /// defaults): the attention heads divide the last stage's width; bf16 and fp64 exclude each other.
 /// The error names the option at fault and why.

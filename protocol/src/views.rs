@@ -46,6 +46,10 @@ pub struct JobRow {
     pub finished_at: Option<i64>,
     /// The last recorded epoch's metrics.
     pub latest: Option<MetricsReport>,
+    /// When its point was chosen (at submit, or for a TPE trial when a claim drew it); None: a TPE
+    /// trial still to be drawn (its params are only the shared settings).
+    #[serde(default)]
+    pub drawn_at: Option<i64>,
 }
 
 /// Which page of a sweep's jobs, in what order, with what filter.
@@ -139,6 +143,24 @@ pub struct SweepRow {
     pub epochs_spent: i64,
     pub epochs_budget: i64,
     pub best_accuracy: Option<f64>,
+    /// TPE sweeps: trials drawn of `trials`, and the best so far on the search's metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpe: Option<TpeProgress>,
+}
+
+/// A TPE sweep's progress (`[search] method = "tpe"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TpeProgress {
+    /// The metric trials are judged by, and whether larger (`max`) or smaller (`min`) is better.
+    pub metric: String,
+    pub mode: String,
+    /// Trials drawn so far, of `trials` (the rest are drawn when claimed).
+    pub drawn: i64,
+    pub trials: i64,
+    /// The best completed trial so far: its job and value.
+    pub best_job: Option<i64>,
+    pub best_value: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -162,6 +162,7 @@ impl Application {
             keep_checkpoints: cfg.keep_checkpoints,
             max_log_bytes: cfg.max_log_bytes,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
+            draws: Default::default(),
         };
         Ok(Application {
             listener,

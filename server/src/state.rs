@@ -68,4 +68,6 @@ pub struct AppState {
     /// Turns true when shutdown begins: open event streams end, so graceful shutdown does not
     /// wait forever on a dashboard's never-ending response.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// One lock per TPE sweep: its trials are drawn one at a time, each seeing the others.
+    pub draws: Arc<crate::lifecycle::DrawLocks>,
 }

@@ -30,6 +30,8 @@ pub struct Telemetry {
     pub empty_claims: Counter,
     /// Leases that ran out.
     pub lease_expiries: Counter,
+    /// TPE trials drawn when claimed.
+    pub trials_drawn: Counter,
     latency: Histogram,
     jobs: Family<StatusLabel, Gauge>,
     registry: Registry,
@@ -41,6 +43,7 @@ impl Default for Telemetry {
             claims: Counter::default(),
             empty_claims: Counter::default(),
             lease_expiries: Counter::default(),
+            trials_drawn: Counter::default(),
             latency: Histogram::new(BUCKETS),
             jobs: Family::default(),
             registry: Registry::default(),
@@ -63,6 +66,11 @@ impl Telemetry {
             "sweep_lease_expiries",
             "Leases that ran out",
             self.lease_expiries.clone(),
+        );
+        r.register(
+            "sweep_trials_drawn",
+            "TPE trials drawn when claimed",
+            self.trials_drawn.clone(),
         );
         r.register("sweep_jobs", "Jobs by status", self.jobs.clone());
         r.register(

@@ -163,10 +163,12 @@ impl Client {
             None => {
                 let sweeps: Vec<SweepRow> = self.get(routes::SWEEPS).await?;
                 for s in sweeps {
+                    // A TPE sweep's progress on the same line, so one grep finds all of a sweep.
+                    let tpe = s.tpe.as_ref().map(|t| format!("; {}", tpe_line(t)));
                     out.push_str(&format!(
-                        "{:>4}  {:<28} {:<10} {} jobs: {} pending, {} running, {} completed, {} diverged, {} failed, {} cancelled, {} pruned; {}/{} epochs\n",
+                        "{:>4}  {:<28} {:<10} {} jobs: {} pending, {} running, {} completed, {} diverged, {} failed, {} cancelled, {} pruned; {}/{} epochs{}\n",
                         s.id, s.name, s.status.as_str(), s.total, s.pending, s.running, s.completed, s.diverged,
-                        s.failed, s.cancelled, s.pruned, s.epochs_spent, s.epochs_budget
+                        s.failed, s.cancelled, s.pruned, s.epochs_spent, s.epochs_budget, tpe.unwrap_or_default()
                     ));
                 }
             }
@@ -176,6 +178,9 @@ impl Client {
                     "sweep {id} {} ({})\n",
                     d.sweep.name, d.sweep.status
                 ));
+                if let Some(t) = &d.sweep.tpe {
+                    out.push_str(&format!("  {}\n", tpe_line(t)));
+                }
                 for j in d.jobs {
                     let acc = j
                         .latest
@@ -197,4 +202,13 @@ impl Client {
         }
         Ok(out)
     }
+}
+
+/// "TPE: 12 of 40 trials drawn; best accuracy (max) 0.8123, job 17".
+fn tpe_line(t: &protocol::views::TpeProgress) -> String {
+    let best = match (t.best_value, t.best_job) {
+        (Some(v), Some(job)) => format!("best {} ({}) {v:.6}, job {job}", t.metric, t.mode),
+        _ => format!("no completed trial yet ({} {})", t.metric, t.mode),
+    };
+    format!("TPE: {} of {} trials drawn; {best}", t.drawn, t.trials)
 }

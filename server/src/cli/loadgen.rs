@@ -52,9 +52,9 @@ pub struct LoadResult {
     pub errors: usize,
 }
 
-struct Served {
+pub(crate) struct Served {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     _dir: tempfile::TempDir,
 }
 
@@ -65,7 +65,7 @@ impl Drop for Served {
     }
 }
 
-fn start_server(token: &str) -> Result<Served> {
+pub(crate) fn start_server(token: &str) -> Result<Served> {
     let dir = tempfile::tempdir()?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--token", token, "--db"])
@@ -83,11 +83,12 @@ fn start_server(token: &str) -> Result<Served> {
 /// One run: submit `jobs` jobs, drain them with `workers` concurrent clients.
 /// One simulated worker: claim, three epochs of metrics, finish, until no job is left. Returns each
 /// cycle's latency and the number of failed calls.
-async fn simulated_worker(
+pub(crate) async fn simulated_worker(
     http: &reqwest::Client,
     base: &str,
     token: &str,
     name: &str,
+    capacity: Option<protocol::Capacity>,
     claimed: &Mutex<HashMap<i64, usize>>,
 ) -> (Vec<Duration>, usize) {
     let (mut latencies, mut errors) = (Vec::new(), 0usize);
@@ -99,7 +100,7 @@ async fn simulated_worker(
     };
     let request = ClaimRequest {
         worker: name.to_string(),
-        capacity: None,
+        capacity,
         accepts_commands: false,
     };
     loop {
@@ -204,7 +205,7 @@ pub async fn run_level(
             claimed.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            simulated_worker(&http, &base, &token, &format!("load-{w}"), &claimed).await
+            simulated_worker(&http, &base, &token, &format!("load-{w}"), None, &claimed).await
         }));
     }
     let (mut latencies, mut errors) = (Vec::<Duration>::new(), 0);

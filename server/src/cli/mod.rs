@@ -1,6 +1,7 @@
 //! The `server` command line: `serve`, and the terminal clients.
 pub mod client;
 pub mod loadgen;
+pub mod tpe_bench;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -124,6 +125,9 @@ pub enum Command {
     },
     /// Benchmark: simulated workers (claim, 3 metrics, finish) against a real coordinator.
     Loadgen(crate::cli::loadgen::LoadArgs),
+    /// Benchmark: one TPE draw at N finished trials beside Optuna's TPESampler, a whole TPE claim
+    /// through a real coordinator, and other sweeps' claim rate while TPE draws.
+    TpeBench(crate::cli::tpe_bench::TpeBenchArgs),
     /// Refresh a README from a sweep in one go: its results block (the provenance line, then the
     /// study's table beside ours, cell by cell) and the five figures.
     Publish {
@@ -180,6 +184,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Loadgen(args) => crate::cli::loadgen::run(&args).await,
+        Command::TpeBench(args) => crate::cli::tpe_bench::run(&args).await,
         Command::Synth { db, jobs, epochs } => synth(&db, jobs, epochs).await,
         Command::Plot {
             sweep,

@@ -51,6 +51,7 @@ pub(super) async fn submit_sweep(
     })
     .await
     .map_err(|e| ApiError::Internal(e.into()))??;
+    check_warm_start(&state, &spec).await?;
     let (id, jobs) = state
         .store
         .create_sweep(&spec, state.clock.now_ms())
@@ -61,6 +62,41 @@ pub(super) async fn submit_sweep(
         status: protocol::SweepStatus::Pending,
     });
     Ok((StatusCode::CREATED, Json(Created { id, jobs })))
+}
+
+/// A TPE sweep's `warm_start` names sweeps that exist and search the same keys (their finished
+/// trials become history): what the spec alone cannot tell.
+async fn check_warm_start(state: &AppState, spec: &SweepSpec) -> ApiResult<()> {
+    let Some(search) = &spec.search else {
+        return Ok(());
+    };
+    let warm = search.tpe.as_ref().map_or(&[][..], |o| &o.warm_start[..]);
+    let keys = |s: &crate::sweep::search::Search| -> std::collections::BTreeSet<String> {
+        s.space.iter().map(|(k, _)| k.clone()).collect()
+    };
+    for (i, &other) in warm.iter().enumerate() {
+        let field = format!("search.warm_start[{i}]");
+        let other_spec = match state.store.sweep_spec(other).await {
+            Ok(s) => s,
+            Err(crate::store::StoreError::NotFound(_)) => {
+                return Err(ApiError::Unprocessable(format!(
+                    "{field}: no sweep {other}"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let same = other_spec
+            .search
+            .as_ref()
+            .is_some_and(|o| keys(o) == keys(search));
+        if !same {
+            return Err(ApiError::Unprocessable(format!(
+                "{field}: sweep {other} does not search the same keys ({})",
+                keys(search).into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[utoipa::path(get, path = "/api/sweeps", tag = "sweeps", responses((status = 200, body = Vec<SweepRow>)))]

@@ -111,8 +111,9 @@ pub(crate) fn job_batch(j: &JobRow) -> i64 {
     batch_size(j).unwrap_or(crate::sweep::DEFAULT_BATCH_SIZE)
 }
 
+/// The jobs whose points are known (a TPE trial still to be drawn has none), in the study's order.
 fn sorted_jobs(d: &SweepDetail) -> Vec<&JobRow> {
-    let mut jobs: Vec<&JobRow> = d.jobs.iter().collect();
+    let mut jobs: Vec<&JobRow> = d.jobs.iter().filter(|j| j.drawn_at.is_some()).collect();
     // The study's order: batch size ascending, then lr descending; grid order breaks ties.
     jobs.sort_by(|a, b| {
         job_batch(a)
@@ -299,12 +300,38 @@ fn format_duration(secs: f64) -> String {
     }
 }
 
-/// One flat record per job with every field.
+/// A TPE sweep's trials in the order they were drawn, each with its trial number.
+fn trials_in_order(d: &SweepDetail) -> Vec<&JobRow> {
+    let mut jobs: Vec<&JobRow> = d.jobs.iter().filter(|j| j.drawn_at.is_some()).collect();
+    jobs.sort_by_key(|j| (j.drawn_at, j.id));
+    jobs
+}
+
+/// One flat record per job with every field. A TPE sweep's come in the order its trials were
+/// drawn, led by the trial number, its objective (the search's metric at the last epoch) and
+/// whether it is the best so far.
 pub fn records(d: &SweepDetail) -> Vec<Map<String, Value>> {
-    sorted_jobs(d)
-        .into_iter()
-        .map(|j| {
+    let tpe = d.sweep.tpe.as_ref();
+    let jobs = match tpe {
+        Some(_) => trials_in_order(d),
+        None => sorted_jobs(d),
+    };
+    jobs.into_iter()
+        .enumerate()
+        .map(|(trial, j)| {
             let mut r = Map::new();
+            if let Some(t) = tpe {
+                let objective = j.latest.as_ref().and_then(|m| m.get(&t.metric));
+                r.insert("trial".into(), trial.into());
+                r.insert(
+                    "objective".into(),
+                    objective
+                        .filter(|v| v.is_finite())
+                        .map(Value::from)
+                        .unwrap_or(Value::Null),
+                );
+                r.insert("best".into(), (t.best_job == Some(j.id)).into());
+            }
             r.insert("job_id".into(), j.id.into());
             r.insert("status".into(), j.status.as_str().into());
             r.insert("attempt".into(), j.attempt.into());

@@ -24,34 +24,40 @@ impl Store {
     }
 
     /// Hands the oldest pending job that fits `capacity` to `worker`, under a lease. One statement
-    /// picks and takes the job, so two claims can never get the same one.
+    /// picks and takes the job, so two claims can never get the same one. When the oldest that
+    /// fits is a TPE trial not yet drawn, nothing is taken and its sweep is named instead: the
+    /// caller draws it (outside the writer) and claims again. `skip_undrawn` passes over such
+    /// trials (a claim that has drawn enough for others).
     pub async fn claim_next(
         &self,
         worker: &str,
         capacity: Option<Capacity>,
         accepts_commands: bool,
+        skip_undrawn: bool,
         now: i64,
         lease_ms: i64,
-    ) -> Result<Option<Claim>> {
+    ) -> Result<ClaimNext> {
         let until = now + lease_ms;
         let (ranks, max_batch) = match capacity {
             Some(c) => (Some(c.ranks), c.max_batch_size),
             None => (None, None),
         };
         let worker = worker.to_string();
-        let row = self.writer.run(move |c| async move { Ok(sqlx::query!(
+        let (row, undrawn) = self.writer.run(move |c| async move {
+            let row = sqlx::query!(
             // A cancel sticks: a job whose sweep was cancelled is never handed out again, whatever
             // raced the cancel (cancel_requested is never cleared).
             // The claim takes the next attempt number (the fencing token) in the same statement.
             r#"UPDATE jobs SET status = 'running', attempt = attempt + 1, worker = ?1, lease_expires_at = ?2, claimed_at = ?3,
                    started_at = coalesce(started_at, ?3)
-               WHERE id = (SELECT j.id FROM jobs j
+               WHERE drawn_at IS NOT NULL AND id = (SELECT j.id FROM jobs j
                            WHERE j.status = 'pending'
                              AND j.cancel_requested = 0
                              AND j.stop_requested = 0
                              AND (?4 IS NULL OR j.nproc <= ?4)
                              AND (?5 IS NULL OR j.batch_size <= ?5)
                              AND (?6 OR j.is_command = 0)
+                             AND (?7 = 0 OR j.drawn_at IS NOT NULL)
                              AND NOT EXISTS (SELECT 1 FROM sweeps s WHERE s.id = j.sweep_id AND s.cancelled_at IS NOT NULL)
                            ORDER BY j.id LIMIT 1)
                RETURNING id AS "id!", sweep_id AS "sweep_id!", attempt AS "attempt!", params AS "params!",
@@ -61,20 +67,47 @@ impl Store {
             now,
             ranks,
             max_batch,
-            accepts_commands
+            accepts_commands,
+            skip_undrawn
         )
         .fetch_optional(&mut *c)
-        .await?) }.boxed())
+        .await?;
+            if row.is_some() || skip_undrawn {
+                return Ok((row, None));
+            }
+            // Nothing taken: either nothing fits, or the oldest that fits is still to be drawn.
+            let undrawn = sqlx::query_scalar!(
+                r#"SELECT j.sweep_id AS "sweep_id!" FROM jobs j
+                   WHERE j.status = 'pending' AND j.drawn_at IS NULL AND j.id = (SELECT k.id FROM jobs k
+                           WHERE k.status = 'pending'
+                             AND k.cancel_requested = 0
+                             AND k.stop_requested = 0
+                             AND (?1 IS NULL OR k.nproc <= ?1)
+                             AND (?2 IS NULL OR k.batch_size <= ?2)
+                             AND (?3 OR k.is_command = 0)
+                             AND NOT EXISTS (SELECT 1 FROM sweeps s WHERE s.id = k.sweep_id AND s.cancelled_at IS NOT NULL)
+                           ORDER BY k.id LIMIT 1)"#,
+                ranks,
+                max_batch,
+                accepts_commands
+            )
+            .fetch_optional(&mut *c)
+            .await?;
+            Ok((None, undrawn))
+        }.boxed())
         .await?;
         let Some(row) = row else {
-            return Ok(None);
+            return Ok(match undrawn {
+                Some(sweep) => ClaimNext::Undrawn(sweep),
+                None => ClaimNext::Nothing,
+            });
         };
         // A sweep's command never changes: read after the claim, from the read pool.
         let command = match row.is_command {
             true => self.command_of_sweep(row.sweep_id).await?,
             false => None,
         };
-        Ok(Some(Claim {
+        Ok(ClaimNext::Claimed(Claim {
             id: row.id,
             sweep_id: row.sweep_id,
             attempt: row.attempt,

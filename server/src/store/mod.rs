@@ -9,6 +9,8 @@
 //!   requeue of expired leases, and the fence every worker write passes.
 //! - [`stopping`]: early stopping's decision on a metrics report, and the stop flag it sets.
 //! - [`sweeps`]: sweeps created (with their jobs) and cancelled.
+//! - [`trials`]: TPE's trials drawn when claimed: the next placeholder, the history, the drawn
+//!   point written.
 //! - [`reads`]: the read models: sweeps with counts, job pages, the grid, curves, a job's history.
 //!
 //! Triggers act inside these statements (see the migrations): `attempt_ended` files a row in
@@ -36,6 +38,8 @@ mod reads;
 pub use reads::CurvePoint;
 mod stopping;
 mod sweeps;
+mod trials;
+pub use trials::{ClaimNext, StoredTrial};
 pub mod writer;
 
 use protocol::views::*;

@@ -16,6 +16,7 @@ struct JobSql {
     summary: Option<String>,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+    drawn_at: Option<i64>,
     m_epoch: Option<i64>,
     m_attempt: Option<i64>,
     lr: Option<f64>,
@@ -73,6 +74,7 @@ impl TryFrom<JobSql> for JobRow {
                 .transpose()?,
             started_at: r.started_at,
             finished_at: r.finished_at,
+            drawn_at: r.drawn_at,
         })
     }
 }
@@ -97,7 +99,11 @@ impl Store {
                  coalesce(sum(j.epoch), 0) AS "epochs_spent!: i64",
                  coalesce(sum(j.epochs), 0) AS "epochs_budget!: i64",
                  (SELECT max(m.accuracy) FROM metrics m JOIN jobs j2 ON j2.id = m.job_id WHERE j2.sweep_id = s.id
-                    AND m.epoch = j2.epoch) AS "best_accuracy: f64"
+                    AND m.epoch = j2.epoch) AS "best_accuracy: f64",
+                 coalesce(sum(j.drawn_at IS NOT NULL), 0) AS "drawn!: i64",
+                 coalesce(json_extract(s.spec, '$.search.method') = 'tpe', 0) AS "is_tpe!: bool",
+                 json_extract(s.spec, '$.search.metric') AS "metric: String",
+                 json_extract(s.spec, '$.search.mode') AS "mode: String"
                FROM sweeps s LEFT JOIN jobs j ON j.sweep_id = s.id
                WHERE ?1 IS NULL OR s.id = ?1
                GROUP BY s.id ORDER BY s.id DESC"#,
@@ -105,9 +111,23 @@ impl Store {
         )
         .fetch_all(&self.read)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| SweepRow {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let tpe = match (r.is_tpe, r.metric, r.mode) {
+                (true, Some(metric), Some(mode)) => {
+                    let best = self.best_trial(r.id, &metric, mode == "max").await?;
+                    Some(TpeProgress {
+                        drawn: r.drawn,
+                        trials: r.total,
+                        best_job: best.map(|b| b.0),
+                        best_value: best.map(|b| b.1),
+                        metric,
+                        mode,
+                    })
+                }
+                _ => None,
+            };
+            out.push(SweepRow {
                 status: SweepStatus::of(r.cancelled_at.is_some(), r.pending, r.running, r.total),
                 id: r.id,
                 name: r.name,
@@ -123,8 +143,35 @@ impl Store {
                 epochs_spent: r.epochs_spent,
                 epochs_budget: r.epochs_budget,
                 best_accuracy: r.best_accuracy,
-            })
-            .collect())
+                tpe,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The best completed trial of a sweep on `metric` at its last epoch: (job, value).
+    pub async fn best_trial(
+        &self,
+        sweep: i64,
+        metric: &str,
+        max: bool,
+    ) -> Result<Option<(i64, f64)>> {
+        let row = sqlx::query!(
+            r#"SELECT j.id AS "id!", CASE ?2 WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
+                              WHEN 'train_loss' THEN m.train_loss WHEN 'precision' THEN m.precision
+                              WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1 WHEN 'lr' THEN m.lr
+                              WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'seconds' THEN m.seconds
+                              ELSE json_extract(m.extra, '$."' || ?2 || '"') END AS "value!: f64"
+               FROM jobs j JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+               WHERE j.sweep_id = ?1 AND j.status = 'completed' AND "value!: f64" IS NOT NULL
+               ORDER BY CASE WHEN ?3 THEN -"value!: f64" ELSE "value!: f64" END, j.idx LIMIT 1"#,
+            sweep,
+            metric,
+            max
+        )
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(|r| (r.id, r.value)))
     }
 
     /// A sweep's summary row (no jobs); NotFound if there is no such sweep.
@@ -167,7 +214,7 @@ impl Store {
         let rows = sqlx::query_as!(
             JobSql,
             r#"SELECT j.id AS "id!", j.sweep_id, j.params, j.status, j.attempt, j.max_attempts, j.epoch, j.epochs,
-                      j.worker, j.error, j.summary, j.started_at, j.finished_at,
+                      j.worker, j.error, j.summary, j.started_at, j.finished_at, j.drawn_at,
                       m.epoch AS "m_epoch?", m.attempt AS "m_attempt?", m.lr, m.train_loss, m.test_loss, m.accuracy,
                       m.precision, m.recall, m.f1, m.images_per_sec, m.seconds, m.extra
                FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
@@ -204,7 +251,7 @@ impl Store {
         let rows = sqlx::query_as!(
             JobSql,
             r#"SELECT j.id AS "id!", j.sweep_id, j.params, j.status, j.attempt, j.max_attempts, j.epoch, j.epochs,
-                      j.worker, j.error, j.summary, j.started_at, j.finished_at,
+                      j.worker, j.error, j.summary, j.started_at, j.finished_at, j.drawn_at,
                       m.epoch AS "m_epoch?", m.attempt AS "m_attempt?", m.lr, m.train_loss, m.test_loss, m.accuracy,
                       m.precision, m.recall, m.f1, m.images_per_sec, m.seconds, m.extra
                FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch

@@ -17,6 +17,19 @@ impl Store {
             .map(|c| serde_json::to_string(c).expect("plain data"));
         let is_command = command.is_some();
         let ranks = spec.command.as_ref().map(|c| c.ranks);
+        // TPE: the trials not enqueued are placeholders, drawn when claimed. Their shape is the
+        // smallest a draw can have, so every worker that could run some draw can claim them.
+        let undrawn = spec.search.as_ref().map_or(0, |s| s.undrawn());
+        let placeholder = spec
+            .search
+            .as_ref()
+            .map(|s| s.smallest_point(&spec.train))
+            .unwrap_or_default();
+        let shape_of = move |params: &Map<String, Value>| match ranks {
+            Some(ranks) => command_shape(params, ranks),
+            None => JobShape::of(params),
+        };
+        let shared = Value::Object(spec.train.clone()).to_string();
         // The sweep and all its jobs commit together, or nothing of them does (run_many: a savepoint).
         self.writer
             .run_many(move |c| {
@@ -36,15 +49,12 @@ impl Store {
                             batch_size,
                             nproc_per_node: nproc,
                             epochs,
-                        } = match ranks {
-                            Some(ranks) => command_shape(params, ranks),
-                            None => JobShape::of(params),
-                        };
+                        } = shape_of(params);
                         let idx = idx as i64;
                         let params = Value::Object(params.clone()).to_string();
                         sqlx::query!(
-                            "INSERT INTO jobs (sweep_id, idx, params, attempt, max_attempts, batch_size, nproc, epochs, created_at, is_command)
-                             VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
+                            "INSERT INTO jobs (sweep_id, idx, params, attempt, max_attempts, batch_size, nproc, epochs, created_at, is_command, drawn_at)
+                             VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
                             sweep_id,
                             idx,
                             params,
@@ -53,12 +63,32 @@ impl Store {
                             nproc,
                             epochs,
                             now,
+                            is_command,
+                            now
+                        )
+                        .execute(&mut *c)
+                        .await?;
+                    }
+                    let shape = shape_of(&placeholder);
+                    for i in 0..undrawn {
+                        let idx = jobs.len() as i64 + i;
+                        sqlx::query!(
+                            "INSERT INTO jobs (sweep_id, idx, params, attempt, max_attempts, batch_size, nproc, epochs, created_at, is_command, drawn_at)
+                             VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?, NULL)",
+                            sweep_id,
+                            idx,
+                            shared,
+                            max_attempts,
+                            shape.batch_size,
+                            shape.nproc_per_node,
+                            shape.epochs,
+                            now,
                             is_command
                         )
                         .execute(&mut *c)
                         .await?;
                     }
-                    Ok((sweep_id, jobs.len()))
+                    Ok((sweep_id, jobs.len() + undrawn as usize))
                 }
                 .boxed()
             })
@@ -146,7 +176,7 @@ impl Store {
 /// name (else any number of them, so no report of such a program is refused for its epoch); and
 /// a batch size that never fits a shared device (an arbitrary program is not packed beside
 /// another job).
-fn command_shape(params: &Map<String, Value>, ranks: i64) -> JobShape {
+pub(super) fn command_shape(params: &Map<String, Value>, ranks: i64) -> JobShape {
     JobShape {
         batch_size: i64::MAX,
         nproc_per_node: ranks,

@@ -46,7 +46,7 @@ impl Mode {
     }
 
     /// The natural direction of a metric: losses and times down, the rest up.
-    fn default_for(metric: &str) -> Mode {
+    pub fn default_for(metric: &str) -> Mode {
         if metric.ends_with("loss") || metric == "seconds" {
             Mode::Min
         } else {

@@ -75,16 +75,45 @@ impl<'de> Deserialize<'de> for GridFile {
 #[serde(deny_unknown_fields)]
 pub struct SearchFile {
     pub method: SearchMethod,
-    /// Random search: how many points are drawn.
+    /// Random search and TPE: how many trials (trials x repeats at most 10,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000)]
     pub trials: Option<i64>,
-    /// Random search: the seed of the draws (0 by default).
+    /// Random search and TPE: the seed of the draws (0 by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<i64>,
-    /// Random search: option -> distribution, drawn in the order written.
+    /// Random search and TPE: option -> distribution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<std::collections::HashMap<String, Distribution>>)]
     pub space: Option<IndexMap<String, Distribution>>,
+    /// TPE: the reported metric a trial is judged by (`accuracy` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// TPE: whether larger or smaller is better (by default: smaller for losses and seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// TPE: random trials before the model is used (10 by default; 0 to trials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 10000)]
+    pub startup_trials: Option<i64>,
+    /// TPE: candidates drawn from the good model per trial (24 by default; 1 to 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub ei_candidates: Option<i64>,
+    /// TPE: one joint model of all parameters (true by default) or one per parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multivariate: Option<bool>,
+    /// TPE: trials still running count as bad points (true by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constant_liar: Option<bool>,
+    /// TPE: sweeps (ids) whose finished trials are history; same space keys; at most 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_start: Option<Vec<i64>>,
+    /// TPE: points evaluated first, in order (each names every key of the space); they count
+    /// toward `trials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub enqueue: Option<Vec<Map<String, Value>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -92,6 +121,7 @@ pub struct SearchFile {
 pub enum SearchMethod {
     Grid,
     Random,
+    Tpe,
 }
 
 /// `[early_stop]`: the rule that stops jobs early (docs/sweep-files.md).

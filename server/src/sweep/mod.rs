@@ -3,6 +3,7 @@
 pub mod command;
 pub mod early_stop;
 pub mod search;
+pub mod tpe;
 
 use serde_json::{Map, Value};
 
@@ -48,7 +49,7 @@ pub struct SweepSpec {
     /// The sweep's points are the union of their products.
     pub grids: Vec<Grid>,
     /// `[search] method = "random"`: the points are drawn instead (then `grids` is empty).
-    pub search: Option<search::RandomSearch>,
+    pub search: Option<search::Search>,
     /// `[early_stop]`: the rule that stops jobs early (grid or random search alike).
     pub early_stop: Option<early_stop::EarlyStop>,
     /// `[command]`: the jobs run this program instead of `worker train` (then the keys of
@@ -121,9 +122,14 @@ impl SweepSpec {
     fn check_combinations(&self, points: &[Map<String, Value>]) -> Result<(), SpecError> {
         for point in points {
             if let Err((key, why)) = protocol::train::check_combination(point) {
-                let field = match self.train.contains_key(key) {
-                    true => format!("train.{key}"),
-                    false => "grid".to_string(),
+                let in_space = self
+                    .search
+                    .as_ref()
+                    .is_some_and(|s| s.space.iter().any(|(k, _)| k == key));
+                let field = match (self.train.contains_key(key), in_space) {
+                    (true, _) => format!("train.{key}"),
+                    (false, true) => format!("search.space.{key}"),
+                    (false, false) => "grid".to_string(),
                 };
                 return err(
                     field,
@@ -256,6 +262,17 @@ impl SweepFile {
                 );
             }
         }
+        if let Some(o) = search.as_ref().and_then(|s| s.tpe.as_ref()) {
+            if command.is_none() && !protocol::is_named_metric(&o.metric) {
+                return err(
+                    "search.metric",
+                    format!(
+                        "must be one of {} (a command job's own metric names are allowed in sweeps with [command])",
+                        protocol::named_metric_names().join(", ")
+                    ),
+                );
+            }
+        }
         let points = grids
             .iter()
             .try_fold(0usize, |acc, g| acc.checked_add(grid_points(g)?))
@@ -282,10 +299,17 @@ impl SweepFile {
         };
         // The points, drawn or multiplied out once, for the checks that need them.
         let several_tables = spec.grids.len() > 1 && spec.search.is_none();
-        let points = match several_tables || spec.command.is_none() {
+        let mut points = match several_tables || spec.command.is_none() {
             true => spec.points(),
             false => vec![],
         };
+        if let Some(s) = spec
+            .search
+            .as_ref()
+            .filter(|s| s.tpe.is_some() && spec.command.is_none())
+        {
+            points.extend(s.rule_points(&spec.train));
+        }
         if several_tables {
             check_points_distinct(&points)?;
         }
@@ -441,7 +465,7 @@ fn check_stored_bytes(
 /// (a choice's longest, or a number).
 fn check_search_bytes(
     train: &Map<String, Value>,
-    search: &search::RandomSearch,
+    search: &search::Search,
     repeats: i64,
 ) -> Result<(), SpecError> {
     use search::Distribution;
@@ -478,6 +502,11 @@ fn check_search_bytes(
 fn grid_points(g: &Grid) -> Option<usize> {
     g.iter()
         .try_fold(1usize, |acc, (_, v)| acc.checked_mul(v.len()))
+}
+
+/// Whether two values are one value (numbers by value: 1 and 1.0 are one).
+pub(crate) fn same_value(a: &Value, b: &Value) -> bool {
+    value_key(a) == value_key(b)
 }
 
 /// A key under which equal values are equal: numbers by value (1 and 1.0 are one value).

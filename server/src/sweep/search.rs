@@ -19,8 +19,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value};
 
+use super::early_stop::Mode;
 use super::file::{SearchFile, SearchMethod};
-use super::{check_value, err, Keys, SpecError, MAX_JOBS, MAX_SEED};
+use super::{check_value, err, tpe, Keys, SpecError, MAX_JOBS, MAX_SEED};
 
 /// Where one option's values come from; in a file `{ log_uniform = [lo, hi] }` and so on.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -36,18 +37,32 @@ pub enum Distribution {
     Choice(Vec<Value>),
 }
 
-/// A validated `[search]` with method `random`.
+/// A validated `[search]`: random (every trial drawn at submit) or TPE (`tpe` set: each trial
+/// drawn when claimed, see [`super::tpe`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct RandomSearch {
+pub struct Search {
     pub trials: i64,
     pub seed: i64,
     /// In the order written: the order of draws.
     pub space: Vec<(String, Distribution)>,
+    pub tpe: Option<tpe::Options>,
 }
 
-impl RandomSearch {
-    /// The trials: `train` with one drawn value per key of the space.
+impl Search {
+    /// The trials known at submit, `train` with one value per key of the space: all of a random
+    /// search's, drawn now; a TPE search's enqueued points (the rest are drawn when claimed).
     pub fn sample(&self, train: &Map<String, Value>) -> Vec<Map<String, Value>> {
+        if let Some(tpe) = &self.tpe {
+            return tpe
+                .enqueue
+                .iter()
+                .map(|p| {
+                    let mut point = train.clone();
+                    point.extend(p.clone());
+                    point
+                })
+                .collect();
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed as u64);
         (0..self.trials)
             .map(|_| {
@@ -60,13 +75,98 @@ impl RandomSearch {
             .collect()
     }
 
-    /// As submitted, for storage and display.
+    /// TPE: how many trials are left to draw when claimed.
+    pub fn undrawn(&self) -> i64 {
+        match &self.tpe {
+            Some(tpe) => self.trials - tpe.enqueue.len() as i64,
+            None => 0,
+        }
+    }
+
+    /// `train` with the smallest value of each key of the space (by number; a choice's first if
+    /// its values are not numbers): what a placeholder trial is scheduled as until it is drawn.
+    pub fn smallest_point(&self, train: &Map<String, Value>) -> Map<String, Value> {
+        let mut point = train.clone();
+        for (k, d) in &self.space {
+            let v = match d {
+                Distribution::LogUniform(lo, _) | Distribution::Uniform(lo, _) => Value::from(*lo),
+                Distribution::Int(lo, _) => Value::from(*lo),
+                Distribution::Choice(values) => values
+                    .iter()
+                    .filter(|v| v.is_number())
+                    .min_by(|a, b| {
+                        a.as_f64()
+                            .unwrap_or(0.0)
+                            .total_cmp(&b.as_f64().unwrap_or(0.0))
+                    })
+                    .unwrap_or(&values[0])
+                    .clone(),
+            };
+            point.insert(k.clone(), v);
+        }
+        point
+    }
+
+    /// TPE: every point the trainer's combination rules could refuse among those TPE may draw (the
+    /// values of the keys those rules read, in every combination, over `train`), so a sweep whose
+    /// draws could be refused is refused at submit instead. Other keys are irrelevant to the rules.
+    pub fn rule_points(&self, train: &Map<String, Value>) -> Vec<Map<String, Value>> {
+        let mut points = vec![self.smallest_point(train)];
+        for (k, d) in &self.space {
+            if !protocol::train::COMBINED_KEYS.contains(&k.as_str()) {
+                continue;
+            }
+            let values: Vec<Value> = match d {
+                Distribution::Choice(v) => v.clone(),
+                Distribution::Int(lo, hi) if hi - lo < 1000 => {
+                    (*lo..=*hi).map(Value::from).collect()
+                }
+                Distribution::Int(lo, hi) => vec![Value::from(*lo), Value::from(*hi)],
+                _ => continue,
+            };
+            if points.len().saturating_mul(values.len()) > MAX_JOBS {
+                break; // bounded work; the worker still checks every job it runs
+            }
+            points = points
+                .into_iter()
+                .flat_map(|p| {
+                    values.iter().map(move |v| {
+                        let mut q = p.clone();
+                        q.insert(k.clone(), v.clone());
+                        q
+                    })
+                })
+                .collect();
+        }
+        points
+    }
+
+    /// The sampler of a TPE search.
+    pub fn sampler(&self) -> Option<tpe::Tpe> {
+        self.tpe
+            .as_ref()
+            .map(|o| tpe::Tpe::new(&self.space, self.seed, o))
+    }
+
+    /// As submitted, for storage and display (every default filled in).
     pub fn to_file(&self) -> SearchFile {
+        let tpe = self.tpe.as_ref();
         SearchFile {
-            method: SearchMethod::Random,
+            method: match tpe {
+                Some(_) => SearchMethod::Tpe,
+                None => SearchMethod::Random,
+            },
             trials: Some(self.trials),
             seed: Some(self.seed),
             space: Some(self.space.iter().cloned().collect()),
+            metric: tpe.map(|o| o.metric.clone()),
+            mode: tpe.map(|o| o.mode),
+            startup_trials: tpe.map(|o| o.startup_trials),
+            ei_candidates: tpe.map(|o| o.ei_candidates),
+            multivariate: tpe.map(|o| o.multivariate),
+            constant_liar: tpe.map(|o| o.constant_liar),
+            warm_start: tpe.map(|o| o.warm_start.clone()).filter(|w| !w.is_empty()),
+            enqueue: tpe.map(|o| o.enqueue.clone()).filter(|e| !e.is_empty()),
         }
     }
 }
@@ -85,36 +185,33 @@ fn draw(d: &Distribution, rng: &mut ChaCha8Rng) -> Value {
 }
 
 /// Checks `[search]`. None: the grid (absent, or `method = "grid"`). `repeats` bounds the trials
-/// (trials x repeats jobs); `has_grid` says whether `[grid]` was given (a random search draws its
-/// axes from `[search.space]` instead).
+/// (trials x repeats jobs); `has_grid` says whether `[grid]` was given (a search draws its axes
+/// from `[search.space]` instead).
 pub fn validate(
     file: Option<SearchFile>,
     train: &Map<String, Value>,
     has_grid: bool,
     repeats: i64,
     keys: Keys,
-) -> Result<Option<RandomSearch>, SpecError> {
-    let Some(file) = file else {
+) -> Result<Option<Search>, SpecError> {
+    let Some(mut file) = file else {
         return Ok(None);
     };
+    check_keys_of_method(&file)?;
     if file.method == SearchMethod::Grid {
-        let set = [
-            ("trials", file.trials.is_some()),
-            ("seed", file.seed.is_some()),
-            ("space", file.space.is_some()),
-        ];
-        if let Some((k, _)) = set.iter().find(|(_, given)| *given) {
-            return err(
-                format!("search.{k}"),
-                "only for method = \"random\" (a grid's axes are in [grid])",
-            );
-        }
         return Ok(None);
     }
     if has_grid {
         return err(
             "grid",
-            "a random search draws its values from [search.space]; leave [grid] out",
+            "a search draws its values from [search.space]; leave [grid] out",
+        );
+    }
+    let tpe_file = file.method == SearchMethod::Tpe;
+    if tpe_file && repeats > 1 {
+        return err(
+            "run.repeats",
+            "must be 1 with method = \"tpe\" (each trial is its own point)",
         );
     }
     let trials = match file.trials {
@@ -137,7 +234,7 @@ pub fn validate(
             )
         }
     };
-    let Some(space) = file.space else {
+    let Some(space) = file.space.take() else {
         return err("search.space", "missing (a table of option = distribution)");
     };
     if space.is_empty() {
@@ -157,11 +254,147 @@ pub fn validate(
             Ok((k, d))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(RandomSearch {
+    let tpe = match tpe_file {
+        true => Some(tpe_options(file, trials, &space)?),
+        false => None,
+    };
+    Ok(Some(Search {
         trials,
         seed,
         space,
+        tpe,
     }))
+}
+
+/// Each method's own keys: a grid takes none of a search's, random none of TPE's.
+fn check_keys_of_method(file: &SearchFile) -> Result<(), SpecError> {
+    let search = [
+        ("trials", file.trials.is_some()),
+        ("seed", file.seed.is_some()),
+        ("space", file.space.is_some()),
+    ];
+    let tpe = [
+        ("metric", file.metric.is_some()),
+        ("mode", file.mode.is_some()),
+        ("startup_trials", file.startup_trials.is_some()),
+        ("ei_candidates", file.ei_candidates.is_some()),
+        ("multivariate", file.multivariate.is_some()),
+        ("constant_liar", file.constant_liar.is_some()),
+        ("warm_start", file.warm_start.is_some()),
+        ("enqueue", file.enqueue.is_some()),
+    ];
+    let given = |keys: &[(&'static str, bool)]| keys.iter().find(|(_, set)| *set).map(|(k, _)| *k);
+    let refused = match file.method {
+        SearchMethod::Grid => given(&search)
+            .map(|k| {
+                (
+                    k,
+                    "only for method = \"random\" or \"tpe\" (a grid's axes are in [grid])",
+                )
+            })
+            .or(given(&tpe).map(|k| (k, "only for method = \"tpe\""))),
+        SearchMethod::Random => given(&tpe).map(|k| (k, "only for method = \"tpe\"")),
+        SearchMethod::Tpe => None,
+    };
+    match refused {
+        Some((k, why)) => err(format!("search.{k}"), why),
+        None => Ok(()),
+    }
+}
+
+/// TPE's own keys, defaults filled in (Optuna 5.0's).
+fn tpe_options(
+    file: SearchFile,
+    trials: i64,
+    space: &[(String, Distribution)],
+) -> Result<tpe::Options, SpecError> {
+    use tpe::Options as O;
+    let metric = file.metric.unwrap_or_else(|| "accuracy".to_string());
+    if !protocol::is_metric_name(&metric) {
+        return err(
+            "search.metric",
+            "must name a reported metric (letters, digits, _ . - /)",
+        );
+    }
+    let startup_trials = file.startup_trials.unwrap_or(O::DEFAULT_STARTUP_TRIALS);
+    if !(0..=MAX_JOBS as i64).contains(&startup_trials) {
+        return err(
+            "search.startup_trials",
+            format!("must be from 0 to {MAX_JOBS}"),
+        );
+    }
+    let ei_candidates = file.ei_candidates.unwrap_or(O::DEFAULT_EI_CANDIDATES);
+    if !(1..=O::MAX_EI_CANDIDATES).contains(&ei_candidates) {
+        return err(
+            "search.ei_candidates",
+            format!("must be from 1 to {}", O::MAX_EI_CANDIDATES),
+        );
+    }
+    let warm_start = file.warm_start.unwrap_or_default();
+    if warm_start.len() > O::MAX_WARM_START {
+        return err(
+            "search.warm_start",
+            format!("at most {} sweeps", O::MAX_WARM_START),
+        );
+    }
+    if let Some(i) = warm_start.iter().position(|id| *id < 1) {
+        return err(format!("search.warm_start[{i}]"), "must be a sweep id");
+    }
+    let enqueue = file.enqueue.unwrap_or_default();
+    if enqueue.len() as i64 > trials {
+        return err(
+            "search.enqueue",
+            format!("{} points, more than the {trials} trials", enqueue.len()),
+        );
+    }
+    for (i, point) in enqueue.iter().enumerate() {
+        check_enqueued(&format!("search.enqueue[{i}]"), point, space)?;
+    }
+    Ok(O {
+        mode: file.mode.unwrap_or_else(|| Mode::default_for(&metric)),
+        metric,
+        startup_trials,
+        ei_candidates,
+        multivariate: file.multivariate.unwrap_or(true),
+        constant_liar: file.constant_liar.unwrap_or(true),
+        warm_start,
+        enqueue,
+    })
+}
+
+/// An enqueued point names every key of the space, no other, each with a value its distribution
+/// could draw.
+fn check_enqueued(
+    field: &str,
+    point: &Map<String, Value>,
+    space: &[(String, Distribution)],
+) -> Result<(), SpecError> {
+    if let Some(k) = point.keys().find(|k| !space.iter().any(|(s, _)| s == *k)) {
+        return err(format!("{field}.{k}"), "not a key of [search.space]");
+    }
+    for (k, d) in space {
+        let at = format!("{field}.{k}");
+        let Some(v) = point.get(k) else {
+            return err(
+                at,
+                "missing (an enqueued point names every key of the space)",
+            );
+        };
+        let fits = match d {
+            Distribution::Choice(values) => values.iter().any(|c| super::same_value(c, v)),
+            Distribution::Int(lo, hi) => v.as_i64().is_some_and(|x| (*lo..=*hi).contains(&x)),
+            Distribution::Uniform(lo, hi) | Distribution::LogUniform(lo, hi) => {
+                v.as_f64().is_some_and(|x| (*lo..=*hi).contains(&x))
+            }
+        };
+        if !fits {
+            return err(
+                at,
+                format!("{v} is outside the distribution of search.space.{k}"),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// One distribution, checked against the option it draws for: both bounds (or every choice) must
@@ -216,7 +449,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn space() -> RandomSearch {
+    fn space() -> Search {
         let v = json!({"method": "random", "trials": 4000, "seed": 7, "space": {
             "lr": {"log_uniform": [1e-4, 1e-1]},
             "batch_size": {"choice": [16, 32, 64, 128]},
@@ -239,7 +472,7 @@ mod tests {
     fn the_same_seed_gives_the_same_trials_and_another_seed_others() {
         let s = space();
         assert_eq!(s.sample(&Map::new()), s.sample(&Map::new()));
-        let other = RandomSearch {
+        let other = Search {
             seed: 8,
             ..s.clone()
         };

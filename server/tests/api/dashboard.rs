@@ -563,6 +563,76 @@ reduction_factor = 2
     assert!(std::fs::metadata(shot).unwrap().len() > 10_000);
 }
 
+/// A TPE sweep: its page shows the optimisation history (each completed trial's value by trial
+/// number, the best so far as a line, the best trial highlighted) beside the sampled points; trials
+/// not yet drawn have no point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tpe_sweep_shows_its_optimisation_history() {
+    let app = spawn_app().await;
+    let id = app
+        .submit(
+            r#"
+name = "tpe"
+[train]
+dataset = "synthetic"
+epochs = 1
+[search]
+method = "tpe"
+trials = 10
+startup_trials = 3
+[search.space]
+lr = { log_uniform = [1e-4, 1e-1] }
+momentum = { uniform = [0.5, 0.99] }
+"#,
+        )
+        .await
+        .id;
+    // Six trials drawn and finished with made-up accuracies; the fourth the best.
+    for (i, acc) in [0.3, 0.5, 0.4, 0.9, 0.6, 0.7].into_iter().enumerate() {
+        let c = app.claim(&format!("w{i}")).await.unwrap();
+        app.metrics(c.id, c.attempt, 1, Some(1.0), acc).await;
+        assert_eq!(
+            app.finish(c.id, c.attempt, Outcome::Completed).await.0,
+            StatusCode::OK
+        );
+    }
+    let url = format!("{}/#/sweeps/{id}", app.base);
+    let page = blocking(move || Page::open(&url)).await;
+    let shot = blocking(move || {
+        page.wait(
+            "document.querySelectorAll('#history circle').length === 6",
+            "one dot per completed trial",
+        );
+        assert_eq!(
+            page.eval("document.querySelectorAll('#history circle.best').length"),
+            1
+        );
+        let best = page.eval("document.querySelector('#history circle.best title').textContent");
+        assert!(best.as_str().unwrap().starts_with("trial 3,"), "{best}");
+        // The best-so-far line steps up at trials 1 and 3: two rises, so M, then H/V pairs.
+        let d = page.eval("document.querySelector('#history path.best-so-far').getAttribute('d')");
+        assert_eq!(d.as_str().unwrap().matches('V').count(), 5, "{d}");
+        page.wait(
+            "document.querySelectorAll('#scatter circle').length === 6",
+            "drawn trials only",
+        );
+        let heading =
+            page.eval("document.querySelector('#search').previousElementSibling.innerText");
+        assert!(
+            heading.as_str().unwrap().contains("6 of 10 trials drawn"),
+            "{heading}"
+        );
+        assert!(
+            page.errors().is_empty(),
+            "console errors: {:?}",
+            page.errors()
+        );
+        page.screenshot("dashboard-tpe.png")
+    })
+    .await;
+    assert!(std::fs::metadata(shot).unwrap().len() > 10_000);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jobs_page_tails_its_log_live_and_charts_its_own_metrics() {
     let app = spawn_app().await;

@@ -11,3 +11,4 @@ mod results;
 mod search;
 mod specs;
 mod state_table;
+mod tpe;

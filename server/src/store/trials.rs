@@ -1,0 +1,149 @@
+//! TPE's trials: a placeholder job drawn when a claim reaches it. The store finds the next
+//! placeholder, reads the history the sampler learns from, and writes the drawn point into the
+//! placeholder; the drawing itself happens outside the writer ([`crate::lifecycle::draw`]).
+use super::*;
+use crate::sweep::tpe::Outcome;
+
+/// What a claim found.
+#[derive(Debug)]
+pub enum ClaimNext {
+    Claimed(Claim),
+    /// The oldest job that fits is a trial of this sweep still to be drawn.
+    Undrawn(i64),
+    Nothing,
+}
+
+/// One trial of a history, as stored: its parameters and where it stands.
+#[derive(Debug, Clone)]
+pub struct StoredTrial {
+    pub idx: i64,
+    /// None when the caller already knows them.
+    pub params: Option<Map<String, Value>>,
+    pub outcome: Outcome,
+}
+
+impl Store {
+    /// A sweep's validated spec, as stored.
+    pub async fn sweep_spec(&self, sweep: i64) -> Result<SweepSpec> {
+        let text = sqlx::query_scalar!("SELECT spec FROM sweeps WHERE id = ?", sweep)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))?;
+        let v: Value = parse_json("sweeps.spec", &text)?;
+        SweepSpec::from_value(&v).map_err(|e| StoreError::Corrupt(format!("sweep {sweep}: {e}")))
+    }
+
+    /// The sweep's next placeholder (job id, trial number), if any is left pending.
+    pub async fn next_undrawn(&self, sweep: i64) -> Result<Option<(i64, i64)>> {
+        let row = sqlx::query!(
+            r#"SELECT id AS "id!", idx FROM jobs WHERE sweep_id = ? AND drawn_at IS NULL AND status = 'pending'
+               ORDER BY idx LIMIT 1"#,
+            sweep
+        )
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(|r| (r.id, r.idx)))
+    }
+
+    /// The drawn trials of `sweep` in trial order, each judged on `metric` at the last epoch it
+    /// reported. Failed and cancelled trials are left out; with `finished_only` (a warm start's
+    /// history) so are trials still pending or running. A trial's params come back only if its
+    /// number is not in `known` (drawn params never change: the caller keeps them).
+    ///
+    /// One row: SQLite builds the history as one JSON array, because a 10,000-trial history read
+    /// as rows costs the driver more than everything else a draw does.
+    pub async fn trial_history(
+        &self,
+        sweep: i64,
+        metric: &str,
+        finished_only: bool,
+        known: &[i64],
+    ) -> Result<Vec<StoredTrial>> {
+        let known = serde_json::to_string(known).expect("plain data");
+        let text = sqlx::query_scalar!(
+            r#"SELECT json_group_array(json_array(j.idx, j.status, j.epoch,
+                      -- Finite values only: JSON has no infinity.
+                      CASE WHEN v BETWEEN -1.7e308 AND 1.7e308 THEN v END,
+                      CASE WHEN j.idx IN (SELECT value FROM json_each(?3)) THEN NULL ELSE json(j.params) END)) AS "history!: String"
+               FROM (SELECT j.idx, j.status, j.epoch, j.params,
+                            CASE ?2 WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
+                                    WHEN 'train_loss' THEN m.train_loss WHEN 'precision' THEN m.precision
+                                    WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1 WHEN 'lr' THEN m.lr
+                                    WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'seconds' THEN m.seconds
+                                    ELSE json_extract(m.extra, '$."' || ?2 || '"') END AS v
+                     FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+                     WHERE j.sweep_id = ?1 AND j.drawn_at IS NOT NULL
+                       AND j.status IN ('completed', 'pruned', 'diverged', 'pending', 'running')) j"#,
+            sweep,
+            metric,
+            known
+        )
+        .fetch_one(&self.read)
+        .await?;
+        type Row = (i64, String, i64, Option<f64>, Option<Map<String, Value>>);
+        let mut rows: Vec<Row> = parse_json("the trial history", &text)?;
+        rows.sort_by_key(|r| r.0);
+        let mut out = Vec::with_capacity(rows.len());
+        for (idx, status, epoch, value, params) in rows {
+            let value = value.filter(|v| v.is_finite());
+            let outcome = match status_of(&status)? {
+                JobStatus::Completed => match value {
+                    Some(v) => Outcome::Complete(v),
+                    // Completed without its metric: nothing to learn from (as a failed trial).
+                    None => continue,
+                },
+                JobStatus::Pruned => Outcome::Pruned(value.map(|v| (epoch, v))),
+                JobStatus::Diverged => Outcome::Diverged,
+                _ if finished_only => continue,
+                _ => Outcome::Running,
+            };
+            out.push(StoredTrial {
+                idx,
+                params,
+                outcome,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes the drawn point into the placeholder (still pending and undrawn); false if it is
+    /// gone meanwhile (its sweep cancelled).
+    pub async fn write_drawn(
+        &self,
+        job: i64,
+        params: &Map<String, Value>,
+        shape: JobShape,
+        now: i64,
+    ) -> Result<bool> {
+        let text = Value::Object(params.clone()).to_string();
+        self.writer
+            .run(move |c| {
+                async move {
+                    let r = sqlx::query!(
+                        "UPDATE jobs SET params = ?, batch_size = ?, nproc = ?, epochs = ?, drawn_at = ?
+                         WHERE id = ? AND drawn_at IS NULL AND status = 'pending'",
+                        text,
+                        shape.batch_size,
+                        shape.nproc_per_node,
+                        shape.epochs,
+                        now,
+                        job
+                    )
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(r.rows_affected() == 1)
+                }
+                .boxed()
+            })
+            .await
+    }
+
+    /// The scheduling shape of a job of `spec` with these params (a command's ranks, or the
+    /// trainer's options).
+    pub fn shape_of(spec: &SweepSpec, params: &Map<String, Value>) -> JobShape {
+        match &spec.command {
+            Some(c) => super::sweeps::command_shape(params, c.ranks),
+            None => JobShape::of(params),
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! TPE (`[search] method = "tpe"`): each trial is drawn when a worker claims it, from the sweep's
+//! history at that moment, by the Tree-structured Parzen Estimator as Optuna 5.0 models it. The
+//! history is split into a good group (the best `min(ceil(n / 10), 25)` finished trials) and a bad
+//! one (the rest, and with `constant_liar` every trial still running); a Parzen estimator is fitted
+//! to each ([`parzen`]); `ei_candidates` points are drawn from the good model and the one with the
+//! largest l(x)/g(x) is the trial. Before `startup_trials` trials have finished, trials are drawn at
+//! random. Everything here is pure: the store reads the history, [`crate::lifecycle`] decides when
+//! to draw. Choices beyond Optuna's: docs/search.md.
+pub mod parzen;
+pub mod truncnorm;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Map, Value};
+
+use super::early_stop::Mode;
+use super::search::Distribution;
+use parzen::{Dim, Estimator};
+
+/// TPE's own settings (the space, trials and seed are the search's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub metric: String,
+    pub mode: Mode,
+    pub startup_trials: i64,
+    pub ei_candidates: i64,
+    pub multivariate: bool,
+    pub constant_liar: bool,
+    /// Sweeps whose finished trials are history (same space keys).
+    pub warm_start: Vec<i64>,
+    /// Points evaluated first, in order; each a full assignment of the space.
+    pub enqueue: Vec<Map<String, Value>>,
+}
+
+impl Options {
+    pub const DEFAULT_STARTUP_TRIALS: i64 = 10;
+    pub const DEFAULT_EI_CANDIDATES: i64 = 24;
+    pub const MAX_EI_CANDIDATES: i64 = 10_000;
+    pub const MAX_WARM_START: usize = 16;
+}
+
+/// Where a trial of the history stands, as the model ranks it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Ran to its end: its metric at the last epoch it reported.
+    Complete(f64),
+    /// Stopped early: its last reported (epoch, value) of the metric, if any.
+    Pruned(Option<(i64, f64)>),
+    /// Its loss went non-finite: ranked after every other finished trial.
+    Diverged,
+    /// Drawn and not finished (pending or running): a bad point under `constant_liar`.
+    Running,
+}
+
+/// One trial of the history: its values in the model's terms (see [`Tpe::to_internal`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trial {
+    pub x: Vec<f64>,
+    pub outcome: Outcome,
+}
+
+/// A sampler over one space.
+#[derive(Debug, Clone)]
+pub struct Tpe {
+    pub space: Vec<(String, Distribution)>,
+    pub dims: Vec<Dim>,
+    pub seed: i64,
+    pub startup_trials: usize,
+    pub ei_candidates: usize,
+    pub multivariate: bool,
+    pub constant_liar: bool,
+    /// Larger is better: values are negated so the model always minimises.
+    pub maximize: bool,
+}
+
+/// The size of the good group out of `n` finished trials (Optuna's default gamma).
+pub fn n_good(n: usize) -> usize {
+    n.div_ceil(10).min(25)
+}
+
+impl Tpe {
+    pub fn new(space: &[(String, Distribution)], seed: i64, o: &Options) -> Self {
+        Tpe {
+            dims: space.iter().map(|(_, d)| dim_of(d)).collect(),
+            space: space.to_vec(),
+            seed,
+            startup_trials: o.startup_trials as usize,
+            ei_candidates: o.ei_candidates as usize,
+            multivariate: o.multivariate,
+            constant_liar: o.constant_liar,
+            maximize: o.mode == Mode::Max,
+        }
+    }
+
+    /// The trial number `number`'s values, drawn from `history` (in the order its trials were
+    /// created; the trial being drawn is not in it). Its random stream is (seed, number) alone.
+    pub fn suggest(&self, history: &[Trial], number: i64) -> Vec<f64> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed as u64);
+        rng.set_stream(number as u64);
+        let finished = history
+            .iter()
+            .filter(|t| t.outcome != Outcome::Running)
+            .count();
+        if finished < self.startup_trials {
+            return self
+                .dims
+                .iter()
+                .map(|d| draw_uniform(d, &mut rng))
+                .collect();
+        }
+        let kept: Vec<&Trial> = history
+            .iter()
+            .filter(|t| self.constant_liar || t.outcome != Outcome::Running)
+            .collect();
+        let (good, bad) = self.split(&kept, n_good(finished));
+        let rows = |group: &[usize], dims: &[usize]| -> Vec<Vec<f64>> {
+            group
+                .iter()
+                .map(|&i| dims.iter().map(|&d| kept[i].x[d]).collect())
+                .collect()
+        };
+        let all: Vec<usize> = (0..self.dims.len()).collect();
+        let groups: Vec<Vec<usize>> = match self.multivariate {
+            true => vec![all],
+            false => all.into_iter().map(|d| vec![d]).collect(),
+        };
+        let mut x = vec![0.0; self.dims.len()];
+        for dims in groups {
+            let space: Vec<Dim> = dims.iter().map(|&d| self.dims[d].clone()).collect();
+            let l = Estimator::new(&rows(&good, &dims), &space);
+            let g = Estimator::new(&rows(&bad, &dims), &space);
+            let best = best_candidate(&l, &g, self.ei_candidates, &mut rng);
+            for (v, &d) in best.into_iter().zip(&dims) {
+                x[d] = v;
+            }
+        }
+        x
+    }
+
+    /// Indices of the good and the bad trials, each in history order. Completed trials rank
+    /// by value; then pruned ones (deeper epochs first, then by value there); then diverged ones;
+    /// trials still running are always bad.
+    pub fn split(&self, trials: &[&Trial], n_below: usize) -> (Vec<usize>, Vec<usize>) {
+        let sign = if self.maximize { -1.0 } else { 1.0 };
+        let (mut complete, mut pruned, mut diverged, mut running) =
+            (vec![], vec![], vec![], vec![]);
+        for (i, t) in trials.iter().enumerate() {
+            match &t.outcome {
+                Outcome::Complete(v) => complete.push((i, sign * v)),
+                Outcome::Pruned(last) => pruned.push((i, pruned_rank(*last, sign))),
+                Outcome::Diverged => diverged.push(i),
+                Outcome::Running => running.push(i),
+            }
+        }
+        // Stable sorts: ties keep the history's order, as Python's sorted does.
+        complete.sort_by(|a, b| a.1.total_cmp(&b.1));
+        pruned.sort_by(|a, b| a.1 .0.cmp(&b.1 .0).then(a.1 .1.total_cmp(&b.1 .1)));
+        let mut ranked: Vec<usize> = complete.iter().map(|c| c.0).collect();
+        ranked.extend(pruned.iter().map(|p| p.0));
+        ranked.extend(diverged);
+        let n_below = n_below.min(ranked.len());
+        let mut good = ranked[..n_below].to_vec();
+        let mut bad = ranked[n_below..].to_vec();
+        bad.extend(running);
+        good.sort_unstable();
+        bad.sort_unstable();
+        (good, bad)
+    }
+
+    /// A trial's parameters in the model's terms: numbers as they are, a choice by its index.
+    /// None when a value is missing or outside the space (a warm-start trial that cannot be read).
+    pub fn to_internal(&self, params: &Map<String, Value>) -> Option<Vec<f64>> {
+        self.space
+            .iter()
+            .map(|(k, d)| {
+                let v = params.get(k)?;
+                match d {
+                    Distribution::Choice(values) => values
+                        .iter()
+                        .position(|c| super::same_value(c, v))
+                        .map(|i| i as f64),
+                    Distribution::Int(lo, hi) => v
+                        .as_i64()
+                        .filter(|x| (*lo..=*hi).contains(x))
+                        .map(|x| x as f64),
+                    Distribution::Uniform(lo, hi) | Distribution::LogUniform(lo, hi) => {
+                        v.as_f64().filter(|x| (*lo..=*hi).contains(x))
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// The model's values as the trial's parameters.
+    pub fn to_params(&self, x: &[f64]) -> Map<String, Value> {
+        self.space
+            .iter()
+            .zip(x)
+            .map(|((k, d), &v)| {
+                let value = match d {
+                    Distribution::Choice(values) => values[v as usize].clone(),
+                    Distribution::Int(lo, hi) => Value::from((v as i64).clamp(*lo, *hi)),
+                    Distribution::Uniform(lo, hi) | Distribution::LogUniform(lo, hi) => {
+                        Value::from(v.clamp(*lo, *hi))
+                    }
+                };
+                (k.clone(), value)
+            })
+            .collect()
+    }
+}
+
+/// Pruned trials sort by (-epoch, value); a NaN value last among its epoch; none reported after all.
+fn pruned_rank(last: Option<(i64, f64)>, sign: f64) -> (i64, f64) {
+    match last {
+        Some((epoch, v)) if v.is_nan() => (-epoch, f64::INFINITY),
+        Some((epoch, v)) => (-epoch, sign * v),
+        None => (1, 0.0),
+    }
+}
+
+/// Draws `n` candidates from the good model and keeps the one with the largest ln l - ln g (the
+/// first of equals).
+fn best_candidate(l: &Estimator, g: &Estimator, n: usize, rng: &mut ChaCha8Rng) -> Vec<f64> {
+    let mut best: Option<(f64, Vec<f64>)> = None;
+    for _ in 0..n {
+        let x = l.sample(rng);
+        let score = l.log_pdf(&x) - g.log_pdf(&x);
+        if best.as_ref().is_none_or(|(s, _)| score > *s) {
+            best = Some((score, x));
+        }
+    }
+    best.expect("at least one candidate").1
+}
+
+fn dim_of(d: &Distribution) -> Dim {
+    match d {
+        Distribution::LogUniform(lo, hi) => Dim::Float {
+            lo: *lo,
+            hi: *hi,
+            log: true,
+        },
+        Distribution::Uniform(lo, hi) => Dim::Float {
+            lo: *lo,
+            hi: *hi,
+            log: false,
+        },
+        Distribution::Int(lo, hi) => Dim::Int {
+            lo: *lo as f64,
+            hi: *hi as f64,
+        },
+        Distribution::Choice(v) => Dim::Choice(v.len()),
+    }
+}
+
+/// A startup trial: each value uniformly (uniformly in ln for log scales).
+fn draw_uniform(d: &Dim, rng: &mut ChaCha8Rng) -> f64 {
+    match *d {
+        Dim::Float { lo, hi, log: true } => rng.gen_range(lo.ln()..hi.ln()).exp().clamp(lo, hi),
+        Dim::Float { lo, hi, log: false } => rng.gen_range(lo..hi),
+        Dim::Int { lo, hi } => rng.gen_range(lo as i64..=hi as i64) as f64,
+        Dim::Choice(n) => rng.gen_range(0..n) as f64,
+    }
+}
