@@ -3,6 +3,33 @@ pub mod client;
 pub mod loadgen;
 pub mod tpe_bench;
 
+/// Runs a Python script that reads one JSON document on stdin and writes one on stdout (the Optuna
+/// references of the tests and benchmarks), and returns its answer.
+pub fn python_json(
+    python: &std::path::Path,
+    script: &std::path::Path,
+    input: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(python)
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {} (make setup installs it)", python.display()))?;
+    let mut stdin = child.stdin.take().context("a piped stdin")?;
+    std::io::Write::write_all(&mut stdin, input.to_string().as_bytes())?;
+    drop(stdin);
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{} failed (its error is above; make setup installs optuna into .venv)",
+        script.display()
+    );
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{}'s answer", script.display()))
+}
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use protocol::routes;

@@ -133,23 +133,7 @@ fn optuna_draw_ms(a: &TpeBenchArgs, history: &[Trial]) -> Result<f64> {
         })
         .collect();
     let req = json!({"op": "time", "space": optuna_space(), "trials": trials, "draws": a.draws});
-    let mut child = std::process::Command::new(&a.python)
-        .arg(&a.optuna_script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {}", a.python.display()))?;
-    std::io::Write::write_all(
-        child.stdin.as_mut().expect("piped"),
-        req.to_string().as_bytes(),
-    )?;
-    drop(child.stdin.take());
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("{} failed", a.optuna_script.display());
-    }
-    let v: Value = serde_json::from_slice(&out.stdout)?;
-    v["median_ms"]
+    super::python_json(&a.python, &a.optuna_script, &req)?["median_ms"]
         .as_f64()
         .context("the script's answer has no median_ms")
 }

@@ -76,6 +76,7 @@ impl Store {
                 return Ok((row, None));
             }
             // Nothing taken: either nothing fits, or the oldest that fits is still to be drawn.
+            // The filters are the claim's own above (static SQL): change them together.
             let undrawn = sqlx::query_scalar!(
                 r#"SELECT j.sweep_id AS "sweep_id!" FROM jobs j
                    WHERE j.status = 'pending' AND j.drawn_at IS NULL AND j.id = (SELECT k.id FROM jobs k

@@ -54,28 +54,12 @@ fn scenario(seed: u64, rule: Value, jobs: usize, epochs: i64) -> Scenario {
 
 /// Optuna's decisions: [job, epoch, pruned] for each report it processed.
 fn optuna_decisions(s: &Scenario) -> Vec<(usize, i64, bool)> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let python = root.join(".venv/bin/python");
-    let script = root.join("server/tests/api/optuna_pruners.py");
     let mut input = s.rule.clone();
     input["mode"] = s.mode.into();
     input["jobs"] = s.jobs.into();
     input["epochs"] = s.epochs.into();
     input["events"] = json!(s.events);
-    let mut child = std::process::Command::new(&python)
-        .arg(&script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (make setup installs it)", python.display()));
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.to_string().as_bytes()).unwrap();
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the Optuna reference failed (its error is above; make setup installs optuna into .venv)"
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_value(python_reference("optuna_pruners.py", &input)).unwrap()
 }
 
 /// The same reports through the coordinator: each job claimed, its epochs reported in the

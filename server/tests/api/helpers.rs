@@ -264,3 +264,12 @@ epochs = 2
 [grid]
 lr = [0.01, 0.0001]
 "#;
+
+/// Runs a reference script of this directory (`optuna_pruners.py`, `optuna_tpe.py`) with the
+/// project's `.venv` Python on `input`; its JSON answer.
+pub(crate) fn python_reference(script: &str, input: &Value) -> Value {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let here = root.join("server/tests/api").join(script);
+    server::cli::python_json(&root.join(".venv/bin/python"), &here, input)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}

@@ -13,23 +13,7 @@ use server::sweep::tpe::{n_good, Options, Outcome as Ranked, Tpe, Trial};
 
 /// Runs the Optuna reference script on `req`.
 pub(crate) fn optuna(req: &Value) -> Value {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let python = root.join(".venv/bin/python");
-    let script = root.join("server/tests/api/optuna_tpe.py");
-    let mut child = std::process::Command::new(&python)
-        .arg(&script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (make setup installs it)", python.display()));
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), req.to_string().as_bytes()).unwrap();
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the Optuna reference failed (its error is above; make setup installs optuna into .venv)"
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    python_reference("optuna_tpe.py", req)
 }
 
 /// The parity space: a log float, a float, an integer and a choice of 5.
