@@ -227,6 +227,34 @@ pub struct Claim {
     /// coordinator's). Absent from older coordinators.
     #[serde(default)]
     pub lease_ms: Option<i64>,
+    /// This claim's secret: every write of the attempt carries it in [`LEASE_SECRET_HEADER`], so
+    /// only the holder of the lease may write (the attempt number is public). Random per claim,
+    /// shown only here.
+    #[serde(default)]
+    pub lease_secret: String,
+}
+
+/// The header that carries a claim's [`Claim::lease_secret`] on each write of its attempt
+/// (heartbeat, metrics, finish, release, checkpoint upload and download, log append).
+pub const LEASE_SECRET_HEADER: &str = "x-lease-secret";
+
+/// What a worker holds while it runs a job: the job, its attempt (the fencing token) and the
+/// attempt's secret.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lease<'a> {
+    pub job: i64,
+    pub attempt: i64,
+    pub secret: &'a str,
+}
+
+impl Claim {
+    pub fn lease(&self) -> Lease<'_> {
+        Lease {
+            job: self.id,
+            attempt: self.attempt,
+            secret: &self.lease_secret,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -21,15 +21,20 @@ use crate::sweep::tpe::Trial;
 /// that does not fit this worker stays pending for another; after [`MAX_DRAWS_PER_CLAIM`] draws
 /// the claim takes only jobs already drawn, so one claim never drains a sweep.
 pub async fn claim(state: &AppState, req: &ClaimRequest) -> Result<Option<Claim>> {
+    // The lease's secret: 256 random bits from a CSPRNG, kept only as a hash.
+    let secret: String = rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let secret_hash = crate::store::hash_secret(&secret);
     let mut draws = 0;
-    let claim = loop {
+    let mut claim = loop {
         let next = state
             .store
             .claim_next(
-                &req.worker,
-                req.capacity,
-                req.accepts_commands,
+                req,
                 draws >= MAX_DRAWS_PER_CLAIM,
+                &secret_hash,
                 state.clock.now_ms(),
                 state.lease_ms,
             )
@@ -43,6 +48,10 @@ pub async fn claim(state: &AppState, req: &ClaimRequest) -> Result<Option<Claim>
             }
         }
     };
+    if let Some(c) = &mut claim {
+        state.leases.set(c.id, c.attempt, secret_hash);
+        c.lease_secret = secret;
+    }
     match &claim {
         Some(c) => {
             state.telemetry.claims.inc();
@@ -58,6 +67,60 @@ pub async fn claim(state: &AppState, req: &ClaimRequest) -> Result<Option<Claim>
         }
     }
     Ok(claim)
+}
+
+/// The lease check of a worker write, before the write (which stays fenced by attempt in its own
+/// statement): `attempt` must be the job's current one (else 409: the lease is gone) and `secret`
+/// that claim's (else 403, whoever holds the worker token). An ended attempt keeps its secret until
+/// the next claim, so a retried write of it is answered as before. From memory, as the last claim
+/// left it; a job not there (after a restart) is read from the store once.
+pub async fn check_lease(
+    state: &AppState,
+    job: i64,
+    attempt: i64,
+    secret: Option<&str>,
+) -> Result<()> {
+    let (current, hash) = match state.leases.get(job) {
+        Some(known) => known,
+        None => {
+            let (current, hash) = state.store.lease_of(job).await?;
+            if let Some(h) = &hash {
+                state.leases.set(job, current, h.clone());
+            }
+            (current, hash.unwrap_or_default())
+        }
+    };
+    if current != attempt {
+        return Err(state.store.lease_lost(job, attempt).await);
+    }
+    match crate::store::secret_matches(Some(&hash), secret) && !hash.is_empty() {
+        true => Ok(()),
+        false => Err(StoreError::Forbidden(format!(
+            "job {job}: a write of attempt {attempt} must carry that claim's lease secret"
+        ))),
+    }
+}
+
+/// Each claimed job's current attempt and lease-secret hash (see [`check_lease`]). Only a claim
+/// changes them, and every claim goes through [`claim`].
+#[derive(Debug, Default)]
+pub struct Leases(std::sync::Mutex<HashMap<i64, (i64, Vec<u8>)>>);
+
+impl Leases {
+    fn get(&self, job: i64) -> Option<(i64, Vec<u8>)> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&job).cloned()
+    }
+
+    fn set(&self, job: i64, attempt: i64, hash: Vec<u8>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(job, (attempt, hash));
+    }
+
+    fn forget(&self, job: i64) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&job);
+    }
 }
 
 /// Draws a claim may make before it takes only jobs already drawn.
@@ -255,6 +318,8 @@ pub async fn expire_leases(state: &AppState) -> Result<usize> {
 /// What follows every change of a job's state, whichever path made it.
 async fn changed(state: &AppState, change: JobChange) {
     if change.status.is_final() {
+        // Read from the store again if a late retry of its writes comes.
+        state.leases.forget(change.job_id);
         crate::http::artifacts::forget(state, change.job_id).await;
     }
     state.publish(Event::Job(change));

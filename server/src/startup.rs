@@ -163,6 +163,7 @@ impl Application {
             max_log_bytes: cfg.max_log_bytes,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             draws: Default::default(),
+            leases: Default::default(),
         };
         Ok(Application {
             listener,

@@ -70,4 +70,6 @@ pub struct AppState {
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// One lock per TPE sweep: its trials are drawn one at a time, each seeing the others.
     pub draws: Arc<crate::lifecycle::DrawLocks>,
+    /// Each claimed job's attempt and lease-secret hash, so a worker write's check reads no row.
+    pub leases: Arc<crate::lifecycle::Leases>,
 }

@@ -134,6 +134,7 @@ fn a_command_job_resumes_from_its_checkpoint_directory_after_its_worker_is_kille
         let id = j["id"].as_i64().unwrap();
         if j["epoch"].as_i64().unwrap_or(0) >= 2
             && ureq::get(&format!("{}/api/jobs/{id}/checkpoint", c.url))
+                .set("Authorization", &format!("Bearer {TOKEN}"))
                 .call()
                 .is_ok()
         {

@@ -92,9 +92,11 @@ pub(crate) async fn simulated_worker(
     claimed: &Mutex<HashMap<i64, usize>>,
 ) -> (Vec<Duration>, usize) {
     let (mut latencies, mut errors) = (Vec::new(), 0usize);
-    let post = |path: String, body: Value| {
+    // A write of a held job carries its claim's secret (empty for the claim itself).
+    let post = |path: String, secret: &str, body: Value| {
         http.post(format!("{base}{path}"))
             .bearer_auth(token)
+            .header(protocol::LEASE_SECRET_HEADER, secret)
             .json(&body)
             .send()
     };
@@ -105,7 +107,7 @@ pub(crate) async fn simulated_worker(
     };
     loop {
         let c0 = Instant::now();
-        let Ok(r) = post(routes::CLAIM.into(), json!(request)).await else {
+        let Ok(r) = post(routes::CLAIM.into(), "", json!(request)).await else {
             errors += 1;
             continue;
         };
@@ -133,7 +135,7 @@ pub(crate) async fn simulated_worker(
                 accuracy: Some((claim.id * 7919 % 100) as f64 / 100.0),
                 ..Default::default()
             };
-            let reply = match post(routes::metrics(claim.id), json!(m)).await {
+            let reply = match post(routes::metrics(claim.id), &claim.lease_secret, json!(m)).await {
                 Ok(r) if r.status().is_success() => r.json::<MetricsReply>().await.ok(),
                 _ => None,
             };
@@ -152,7 +154,7 @@ pub(crate) async fn simulated_worker(
             summary: None,
             error: None,
         };
-        let ok = post(routes::finish(claim.id), json!(f)).await;
+        let ok = post(routes::finish(claim.id), &claim.lease_secret, json!(f)).await;
         if !ok.is_ok_and(|r| r.status().is_success()) {
             errors += 1;
         }

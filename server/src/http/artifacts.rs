@@ -12,6 +12,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
+use crate::http::auth::{Access, LeaseSecret};
 use crate::http::error::ApiError;
 use crate::state::AppState;
 
@@ -29,13 +30,15 @@ pub const FILE: &str = "resume.safetensors";
 /// Upload the job's latest checkpoint (raw bytes).
 #[utoipa::path(put, path = "/api/jobs/{id}/checkpoint", tag = "worker protocol", params(("id" = i64, Path), AttemptQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 200), (status = 409), (status = 413)), security(("bearer" = [])))]
+    responses((status = 200), (status = 403), (status = 409), (status = 413)), security(("bearer" = [])))]
 pub async fn upload(
     State(state): State<AppState>,
     Path(id): Path<i64>,
     Query(q): Query<AttemptQuery>,
+    LeaseSecret(secret): LeaseSecret,
     body: Body,
 ) -> Result<Response, ApiError> {
+    crate::lifecycle::check_lease(&state, id, q.attempt, secret.as_deref()).await?;
     state.store.check_fence(id, q.attempt).await?;
     let dir = job_dir(&state, id);
     tokio::fs::create_dir_all(&dir)
@@ -81,15 +84,24 @@ pub async fn upload(
     Ok(axum::Json(serde_json::json!({ "bytes": size })).into_response())
 }
 
-/// The job's latest checkpoint, or 404 when none was uploaded.
+/// The job's latest checkpoint, or 404 when none was uploaded: for the holder of its lease (the
+/// claim's secret in `X-Lease-Secret`) or the admin token, never anyone else.
 #[utoipa::path(get, path = "/api/jobs/{id}/checkpoint", tag = "worker protocol", params(("id" = i64, Path)),
-    responses((status = 200, content_type = "application/octet-stream"), (status = 404)))]
+    responses((status = 200, content_type = "application/octet-stream"), (status = 403), (status = 404)), security(("bearer" = [])))]
 pub async fn download(
     State(state): State<AppState>,
     Path(id): Path<i64>,
+    access: Option<axum::Extension<Access>>,
+    LeaseSecret(secret): LeaseSecret,
 ) -> Result<Response, ApiError> {
     if !state.store.job_exists(id).await? {
         return Err(ApiError::NotFound(format!("job {id} not found")));
+    }
+    if access.map(|a| a.0) != Some(Access::Admin) {
+        state
+            .store
+            .check_lease_holder(id, secret.as_deref())
+            .await?;
     }
     let path = job_dir(&state, id).join(FILE);
     match tokio::fs::File::open(&path).await {

@@ -37,9 +37,10 @@ pub struct Tokens {
     pub worker: String,
 }
 
-/// What a request is allowed, from its credentials.
+/// What a request is allowed, from its credentials (the middleware leaves it in the request's
+/// extensions for handlers that decide more finely).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
+pub enum Access {
     Admin,
     Worker,
     /// A dashboard session cookie: reads.
@@ -153,7 +154,29 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 .into_response()
         };
     }
+    let mut req = req;
+    req.extensions_mut().insert(who);
     next.run(req).await
+}
+
+/// The `X-Lease-Secret` header of a worker write (None when absent or not text).
+#[derive(Debug, Clone)]
+pub struct LeaseSecret(pub Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for LeaseSecret {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let secret = parts
+            .headers
+            .get(protocol::LEASE_SECRET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok(LeaseSecret(secret))
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -35,6 +35,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
             StoreError::Conflict(why) => ApiError::Conflict(why),
+            StoreError::Forbidden(why) => ApiError::Forbidden(why),
             StoreError::Invalid(why) => ApiError::Unprocessable(why),
             StoreError::NotCommitted => ApiError::Unavailable(
                 "the database could not take the write (busy or locked); nothing was stored: retry"

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::auth::LeaseSecret;
 use super::error::{ApiError, AppJson};
 use super::ApiResult;
 use crate::state::AppState;
@@ -43,12 +44,14 @@ pub(super) async fn claim(
 
 /// Renew the lease; the reply says whether the job was cancelled.
 #[utoipa::path(post, path = "/api/jobs/{id}/heartbeat", tag = "worker protocol", params(("id" = i64, Path)),
-    request_body = HeartbeatRequest, responses((status = 200, body = HeartbeatReply), (status = 409)), security(("bearer" = [])))]
+    request_body = HeartbeatRequest, responses((status = 200, body = HeartbeatReply), (status = 403), (status = 409)), security(("bearer" = [])))]
 pub(super) async fn heartbeat(
     State(state): State<AppState>,
     Path(id): Path<i64>,
+    LeaseSecret(secret): LeaseSecret,
     AppJson(req): AppJson<HeartbeatRequest>,
 ) -> ApiResult<Json<HeartbeatReply>> {
+    crate::lifecycle::check_lease(&state, id, req.attempt, secret.as_deref()).await?;
     Ok(Json(
         state
             .store
@@ -59,12 +62,14 @@ pub(super) async fn heartbeat(
 
 /// Record one epoch's metrics (idempotent per epoch; 409 from an attempt that lost the lease).
 #[utoipa::path(post, path = "/api/jobs/{id}/metrics", tag = "worker protocol", params(("id" = i64, Path)),
-    request_body = MetricsReport, responses((status = 200, body = MetricsReply), (status = 409), (status = 422)), security(("bearer" = [])))]
+    request_body = MetricsReport, responses((status = 200, body = MetricsReply), (status = 403), (status = 409), (status = 422)), security(("bearer" = [])))]
 pub(super) async fn report_metrics(
     State(state): State<AppState>,
     Path(id): Path<i64>,
+    LeaseSecret(secret): LeaseSecret,
     AppJson(m): AppJson<MetricsReport>,
 ) -> ApiResult<Json<MetricsReply>> {
+    crate::lifecycle::check_lease(&state, id, m.attempt, secret.as_deref()).await?;
     check_metrics(&m)?;
     Ok(Json(crate::lifecycle::report(&state, id, m).await?))
 }
@@ -107,12 +112,14 @@ fn check_metrics(m: &MetricsReport) -> ApiResult<()> {
 
 /// End the attempt. `failed` is retried until the job's attempts run out; a repeat is a no-op.
 #[utoipa::path(post, path = "/api/jobs/{id}/finish", tag = "worker protocol", params(("id" = i64, Path)),
-    request_body = FinishRequest, responses((status = 200, body = JobChange), (status = 409), (status = 422)), security(("bearer" = [])))]
+    request_body = FinishRequest, responses((status = 200, body = JobChange), (status = 403), (status = 409), (status = 422)), security(("bearer" = [])))]
 pub(super) async fn finish(
     State(state): State<AppState>,
     Path(id): Path<i64>,
+    LeaseSecret(secret): LeaseSecret,
     AppJson(req): AppJson<FinishRequest>,
 ) -> ApiResult<Json<JobChange>> {
+    crate::lifecycle::check_lease(&state, id, req.attempt, secret.as_deref()).await?;
     let error = req.error.as_deref().map(|e| truncate(e, 8192));
     Ok(Json(
         crate::lifecycle::finish(&state, id, &req, error).await?,
@@ -122,12 +129,14 @@ pub(super) async fn finish(
 /// Give the job back without failing it (a worker shutting down after a checkpoint): it is pending
 /// again and resumes from its last uploaded checkpoint; the attempt does not count against it.
 #[utoipa::path(post, path = "/api/jobs/{id}/release", tag = "worker protocol", params(("id" = i64, Path)),
-    request_body = ReleaseRequest, responses((status = 200, body = JobChange), (status = 409)), security(("bearer" = [])))]
+    request_body = ReleaseRequest, responses((status = 200, body = JobChange), (status = 403), (status = 409)), security(("bearer" = [])))]
 pub(super) async fn release(
     State(state): State<AppState>,
     Path(id): Path<i64>,
+    LeaseSecret(secret): LeaseSecret,
     AppJson(req): AppJson<ReleaseRequest>,
 ) -> ApiResult<Json<JobChange>> {
+    crate::lifecycle::check_lease(&state, id, req.attempt, secret.as_deref()).await?;
     let reason = req
         .reason
         .as_deref()

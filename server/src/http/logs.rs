@@ -19,11 +19,12 @@ pub const MAX_READ: usize = 1 << 20;
 /// limit answers 413 to more before it is read).
 #[utoipa::path(post, path = "/api/jobs/{id}/log", tag = "worker protocol", params(("id" = i64, Path), LogPosition),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 204), (status = 409), (status = 413)), security(("bearer" = [])))]
+    responses((status = 204), (status = 403), (status = 409), (status = 413)), security(("bearer" = [])))]
 pub async fn append(
     State(state): State<AppState>,
     Path(id): Path<i64>,
     Query(at): Query<LogPosition>,
+    super::auth::LeaseSecret(secret): super::auth::LeaseSecret,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (Some(attempt), Some(offset)) = (at.attempt, at.offset) else {
@@ -31,6 +32,7 @@ pub async fn append(
             "attempt and offset: both are required to append".into(),
         ));
     };
+    crate::lifecycle::check_lease(&state, id, attempt, secret.as_deref()).await?;
     check_offset(offset)?;
     let done = state
         .store

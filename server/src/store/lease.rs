@@ -30,26 +30,26 @@ impl Store {
     /// trials (a claim that has drawn enough for others).
     pub async fn claim_next(
         &self,
-        worker: &str,
-        capacity: Option<Capacity>,
-        accepts_commands: bool,
+        req: &protocol::ClaimRequest,
         skip_undrawn: bool,
+        secret_hash: &[u8],
         now: i64,
         lease_ms: i64,
     ) -> Result<ClaimNext> {
         let until = now + lease_ms;
-        let (ranks, max_batch) = match capacity {
+        let secret_hash = secret_hash.to_vec();
+        let (ranks, max_batch) = match req.capacity {
             Some(c) => (Some(c.ranks), c.max_batch_size),
             None => (None, None),
         };
-        let worker = worker.to_string();
+        let (worker, accepts_commands) = (req.worker.clone(), req.accepts_commands);
         let (row, undrawn) = self.writer.run(move |c| async move {
             let row = sqlx::query!(
             // A cancel sticks: a job whose sweep was cancelled is never handed out again, whatever
             // raced the cancel (cancel_requested is never cleared).
             // The claim takes the next attempt number (the fencing token) in the same statement.
             r#"UPDATE jobs SET status = 'running', attempt = attempt + 1, worker = ?1, lease_expires_at = ?2, claimed_at = ?3,
-                   started_at = coalesce(started_at, ?3)
+                   started_at = coalesce(started_at, ?3), lease_secret_hash = ?8
                WHERE drawn_at IS NOT NULL AND id = (SELECT j.id FROM jobs j
                            WHERE j.status = 'pending'
                              AND j.cancel_requested = 0
@@ -68,7 +68,8 @@ impl Store {
             ranks,
             max_batch,
             accepts_commands,
-            skip_undrawn
+            skip_undrawn,
+            secret_hash
         )
         .fetch_optional(&mut *c)
         .await?;
@@ -116,7 +117,41 @@ impl Store {
             lease_expires_at: until,
             lease_ms: Some(lease_ms),
             command,
+            // The caller, which made the secret, fills it in.
+            lease_secret: String::new(),
         }))
+    }
+
+    /// A job's current attempt and the hash of that attempt's lease secret (None before its first
+    /// claim); NotFound when there is no such job.
+    pub async fn lease_of(&self, job: i64) -> Result<(i64, Option<Vec<u8>>)> {
+        let row = sqlx::query!(
+            "SELECT attempt, lease_secret_hash FROM jobs WHERE id = ?",
+            job
+        )
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
+        Ok((row.attempt, row.lease_secret_hash))
+    }
+
+    /// Why `attempt` does not hold `job` (409), for a write whose attempt is not the current one.
+    pub async fn lease_lost(&self, job: i64, attempt: i64) -> StoreError {
+        self.fence_error(job, attempt).await
+    }
+
+    /// A checkpoint read by a worker: `secret` must be the current attempt's.
+    pub async fn check_lease_holder(&self, job: i64, secret: Option<&str>) -> Result<()> {
+        let hash = sqlx::query_scalar!("SELECT lease_secret_hash FROM jobs WHERE id = ?", job)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
+        match secret_matches(hash.as_deref(), secret) {
+            true => Ok(()),
+            false => Err(StoreError::Forbidden(format!(
+                "job {job}: its checkpoint is for the holder of its lease (or the admin token)"
+            ))),
+        }
     }
 
     async fn command_of_sweep(&self, sweep: i64) -> Result<Option<protocol::CommandSpec>> {
@@ -451,4 +486,24 @@ pub(super) async fn insert_metrics(
                     )
     .fetch_optional(&mut *c)
     .await?)
+}
+
+/// A lease secret's stored form.
+pub fn hash_secret(secret: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+/// Whether `secret` hashes to `stored`, compared in constant time (no stored hash: never).
+pub fn secret_matches(stored: Option<&[u8]>, secret: Option<&str>) -> bool {
+    let (Some(stored), Some(secret)) = (stored, secret) else {
+        return false;
+    };
+    let given = hash_secret(secret);
+    given.len() == stored.len()
+        && given
+            .iter()
+            .zip(stored)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }

@@ -27,12 +27,11 @@ use std::time::Duration;
 use crate::store::writer::Writer;
 use crate::sweep::SweepSpec;
 use futures::FutureExt;
-use protocol::{
-    Capacity, Claim, HeartbeatReply, JobChange, JobShape, JobStatus, MetricsReport, SweepStatus,
-};
+use protocol::{Claim, HeartbeatReply, JobChange, JobShape, JobStatus, MetricsReport, SweepStatus};
 use sqlx::{ConnectOptions, SqliteConnection};
 
 mod lease;
+pub use lease::{hash_secret, secret_matches};
 pub mod logs;
 mod reads;
 pub use reads::CurvePoint;
@@ -61,6 +60,9 @@ pub enum StoreError {
     /// A value the job's own state rules out (an epoch past the job's last).
     #[error("{0}")]
     Invalid(String),
+    /// A worker write without the lease's secret (or with another): refused, nothing stored.
+    #[error("{0}")]
+    Forbidden(String),
     /// A stored value that does not read as what was written (never papered over with a default).
     #[error("stored data does not read: {0}")]
     Corrupt(String),

@@ -174,11 +174,8 @@ async fn append(
     data: &str,
     token: &str,
 ) -> StatusCode {
-    app.http
-        .post(format!(
-            "{}/api/jobs/{job}/log?attempt={attempt}&offset={offset}",
-            app.base
-        ))
+    let path = format!("/api/jobs/{job}/log?attempt={attempt}&offset={offset}");
+    app.holding(app.http.post(format!("{}{path}", app.base)), &path)
         .bearer_auth(token)
         .body(data.to_string())
         .send()
@@ -231,9 +228,9 @@ async fn a_log_is_fenced_stored_once_and_read_on_from_any_offset() {
         append(&app, c.id, 1, 12, "x", "wrong").await,
         StatusCode::UNAUTHORIZED
     );
+    let path = format!("/api/jobs/{}/log?attempt=1", c.id);
     let r = app
-        .http
-        .post(format!("{}/api/jobs/{}/log?attempt=1", app.base, c.id))
+        .holding(app.http.post(format!("{}{path}", app.base)), &path)
         .bearer_auth(WORKER_TOKEN)
         .body("x")
         .send()

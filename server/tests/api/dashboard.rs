@@ -654,6 +654,7 @@ async fn a_jobs_page_tails_its_log_live_and_charts_its_own_metrics() {
                     "{}/api/jobs/{job}/log?attempt=1&offset={offset}",
                     app.base
                 ))
+                .header(protocol::LEASE_SECRET_HEADER, app.secret(job))
                 .bearer_auth(TOKEN)
                 .body(text)
                 .send()

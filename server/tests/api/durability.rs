@@ -12,16 +12,25 @@ fn start(db: &std::path::Path) -> (Child, String) {
     protocol::listening::start_coordinator(cmd).unwrap()
 }
 
-async fn post(http: &reqwest::Client, url: String, body: Value) -> (StatusCode, Value) {
-    let r = http
-        .post(url)
-        .bearer_auth("t")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+/// A POST with the admin token and, for a job's write, its claim's lease secret.
+async fn post(
+    http: &reqwest::Client,
+    url: String,
+    secret: Option<&str>,
+    body: Value,
+) -> (StatusCode, Value) {
+    let mut req = http.post(url);
+    if let Some(secret) = secret {
+        req = req.header(protocol::LEASE_SECRET_HEADER, secret);
+    }
+    let r = req.bearer_auth("t").json(&body).send().await.unwrap();
     let s = r.status();
     (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn claim_one(http: &reqwest::Client, base: &str) -> Value {
+    let url = format!("{base}/api/jobs/claim");
+    post(http, url, None, json!({"worker": "w"})).await.1
 }
 
 /// Everything acknowledged before a SIGKILL is there after a restart, and the running job's worker
@@ -41,33 +50,26 @@ async fn sigkill_and_restart_lose_nothing_acknowledged() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let (_, c) = post(
-        &http,
-        format!("{base}/api/jobs/claim"),
-        json!({"worker": "w"}),
-    )
-    .await;
-    let job = serde_json::from_value::<protocol::Claim>(c).unwrap().id;
+    let c = claim_one(&http, &base).await;
+    let claim = serde_json::from_value::<protocol::Claim>(c).unwrap();
+    let (job, secret) = (claim.id, claim.lease_secret.as_str());
     let mut acked = 0;
     for epoch in 1..=50 {
         let (s, _) = post(
             &http,
             format!("{base}/api/jobs/{job}/metrics"),
+            Some(secret),
             json!({"attempt": 1, "epoch": epoch, "accuracy": epoch as f64 / 100.0}),
         )
         .await;
         assert_eq!(s, StatusCode::OK);
         acked = epoch;
     }
-    let (_, c2) = post(
-        &http,
-        format!("{base}/api/jobs/claim"),
-        json!({"worker": "w"}),
-    )
-    .await;
+    let c2 = claim_one(&http, &base).await;
     let (s, _) = post(
         &http,
         format!("{base}/api/jobs/{}/finish", c2["id"]),
+        c2["lease_secret"].as_str(),
         serde_json::to_value(protocol::FinishRequest {
             attempt: 1,
             status: protocol::Outcome::Completed,
@@ -96,6 +98,7 @@ async fn sigkill_and_restart_lose_nothing_acknowledged() {
     let (s, hb) = post(
         &http,
         format!("{base}/api/jobs/{job}/heartbeat"),
+        Some(secret),
         json!({"attempt": 1}),
     )
     .await;
@@ -109,12 +112,7 @@ async fn sigkill_and_restart_lose_nothing_acknowledged() {
         .await
         .unwrap();
     assert_eq!(done["status"], JobStatus::Completed.as_str());
-    let (_, c3) = post(
-        &http,
-        format!("{base}/api/jobs/claim"),
-        json!({"worker": "w"}),
-    )
-    .await;
+    let c3 = claim_one(&http, &base).await;
     assert!(
         c3["id"]
             .as_i64()

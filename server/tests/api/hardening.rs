@@ -596,6 +596,7 @@ async fn checkpoints_of_finished_jobs_are_deleted() {
     let put = |bytes: Vec<u8>| {
         app.http
             .put(format!("{}/api/jobs/{job}/checkpoint?attempt=1", app.base))
+            .header(protocol::LEASE_SECRET_HEADER, app.secret(job))
             .bearer_auth(WORKER_TOKEN)
             .body(bytes)
             .send()
@@ -608,6 +609,7 @@ async fn checkpoints_of_finished_jobs_are_deleted() {
     let got = app
         .http
         .get(format!("{}/api/jobs/{job}/checkpoint", app.base))
+        .header(protocol::LEASE_SECRET_HEADER, app.secret(job))
         .send()
         .await
         .unwrap()
@@ -626,6 +628,7 @@ async fn checkpoints_of_finished_jobs_are_deleted() {
     let r = app
         .http
         .get(format!("{}/api/jobs/{job}/checkpoint", app.base))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();

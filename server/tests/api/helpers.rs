@@ -19,6 +19,9 @@ pub(crate) struct TestApp {
     pub clock: Clock,
     /// The coordinator's SQLite file.
     pub db: std::path::PathBuf,
+    /// The lease secret of each job's latest claim through these helpers: their writes to a job
+    /// carry it, as its worker's would.
+    secrets: std::sync::Mutex<std::collections::HashMap<i64, String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -50,12 +53,50 @@ pub(crate) async fn spawn_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp 
         state,
         clock,
         db,
+        secrets: Default::default(),
         _dir: dir,
     }
 }
 
+/// The job a worker-protocol path writes to (`/api/jobs/{id}/...`).
+fn job_of(path: &str) -> Option<i64> {
+    let rest = path.strip_prefix("/api/jobs/")?;
+    rest.split(['/', '?']).next()?.parse().ok()
+}
+
 impl TestApp {
     /// A request with these credentials (None: anonymous), answered with its status and JSON body.
+    /// The lease secret of `job`'s latest claim made through these helpers.
+    pub(crate) fn secret(&self, job: i64) -> String {
+        self.secrets
+            .lock()
+            .unwrap()
+            .get(&job)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// `req` with the lease secret of the job `path` writes to, when a claim here got one.
+    pub(crate) fn holding(
+        &self,
+        req: reqwest::RequestBuilder,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        match job_of(path).and_then(|j| self.secrets.lock().unwrap().get(&j).cloned()) {
+            Some(secret) => req.header(protocol::LEASE_SECRET_HEADER, secret),
+            None => req,
+        }
+    }
+
+    /// Keeps the secret of a claim answered with `body`.
+    fn remember(&self, path: &str, status: StatusCode, body: &Value) {
+        if path == routes::CLAIM && status == StatusCode::OK {
+            if let (Some(id), Some(secret)) = (body["id"].as_i64(), body["lease_secret"].as_str()) {
+                self.secrets.lock().unwrap().insert(id, secret.to_string());
+            }
+        }
+    }
+
     pub(crate) async fn send_as(
         &self,
         method: reqwest::Method,
@@ -63,7 +104,8 @@ impl TestApp {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = self.holding(req, path);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -72,20 +114,24 @@ impl TestApp {
         }
         let r = req.send().await.unwrap();
         let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let body = r.json().await.unwrap_or(Value::Null);
+        self.remember(path, status, &body);
+        (status, body)
     }
 
     pub(crate) async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let req = self.http.post(format!("{}{path}", self.base));
         let r = self
-            .http
-            .post(format!("{}{path}", self.base))
+            .holding(req, path)
             .bearer_auth(TOKEN)
             .json(&body)
             .send()
             .await
             .unwrap();
         let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let body = r.json().await.unwrap_or(Value::Null);
+        self.remember(path, status, &body);
+        (status, body)
     }
 
     pub(crate) async fn get(&self, path: &str) -> (StatusCode, Value) {

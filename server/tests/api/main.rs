@@ -7,6 +7,7 @@ mod figures;
 mod hardening;
 mod helpers;
 mod jobs;
+mod leases;
 mod results;
 mod search;
 mod specs;

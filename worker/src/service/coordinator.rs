@@ -1,7 +1,7 @@
 //! The worker protocol over HTTP (blocking; each job's supervisor thread makes its own calls).
 use protocol::{
-    routes, Capacity, ClaimRequest, FinishRequest, HeartbeatReply, HeartbeatRequest, MetricsReply,
-    MetricsReport, Outcome, ReleaseRequest,
+    routes, Capacity, ClaimRequest, FinishRequest, HeartbeatReply, HeartbeatRequest, Lease,
+    MetricsReply, MetricsReport, Outcome, ReleaseRequest,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -67,11 +67,27 @@ impl Coordinator {
             .set("Authorization", &format!("Bearer {}", self.token))
     }
 
+    /// A write of a held lease: the request with the claim's secret.
+    fn write(&self, method: &str, path: &str, lease: Lease) -> ureq::Request {
+        self.request(method, path)
+            .set(protocol::LEASE_SECRET_HEADER, lease.secret)
+    }
+
     fn post(&self, path: &str, body: &impl Serialize) -> Result<Option<Value>, CallError> {
-        let r = self
-            .request("POST", path)
-            .send_json(body)
-            .map_err(Self::classify)?;
+        Self::answer(self.request("POST", path).send_json(body))
+    }
+
+    fn post_as(
+        &self,
+        path: &str,
+        lease: Lease,
+        body: &impl Serialize,
+    ) -> Result<Option<Value>, CallError> {
+        Self::answer(self.write("POST", path, lease).send_json(body))
+    }
+
+    fn answer(r: Result<ureq::Response, ureq::Error>) -> Result<Option<Value>, CallError> {
+        let r = r.map_err(Self::classify)?;
         if r.status() == 204 {
             return Ok(None);
         }
@@ -116,68 +132,74 @@ impl Coordinator {
     }
 
     /// Renews the lease; the reply says whether the job was cancelled.
-    pub fn heartbeat(&self, job: i64, attempt: i64) -> Result<HeartbeatReply, CallError> {
+    pub fn heartbeat(&self, lease: Lease) -> Result<HeartbeatReply, CallError> {
+        let body = HeartbeatRequest {
+            attempt: lease.attempt,
+        };
         let v = self
-            .post(&routes::heartbeat(job), &HeartbeatRequest { attempt })?
+            .post_as(&routes::heartbeat(lease.job), lease, &body)?
             .ok_or_else(|| CallError::Refused("empty heartbeat reply".into()))?;
         serde_json::from_value(v).map_err(|e| CallError::Refused(format!("heartbeat reply: {e}")))
     }
 
     /// Reports one epoch; the reply says whether the sweep's early-stopping rule stopped the job.
-    pub fn metrics(&self, job: i64, m: &MetricsReport) -> Result<MetricsReply, CallError> {
+    pub fn metrics(&self, lease: Lease, m: &MetricsReport) -> Result<MetricsReply, CallError> {
         let v = self
-            .post(&routes::metrics(job), m)?
+            .post_as(&routes::metrics(lease.job), lease, m)?
             .ok_or_else(|| CallError::Refused("empty metrics reply".into()))?;
         serde_json::from_value(v).map_err(|e| CallError::Refused(format!("metrics reply: {e}")))
     }
 
     pub fn finish(
         &self,
-        job: i64,
-        attempt: i64,
+        lease: Lease,
         status: Outcome,
         summary: Option<&Value>,
         error: Option<&str>,
     ) -> Result<(), CallError> {
         let body = FinishRequest {
-            attempt,
+            attempt: lease.attempt,
             status,
             summary: summary.cloned(),
             error: error.map(str::to_string),
         };
-        self.post(&routes::finish(job), &body).map(|_| ())
+        self.post_as(&routes::finish(lease.job), lease, &body)
+            .map(|_| ())
     }
 
-    pub fn release(&self, job: i64, attempt: i64, reason: &str) -> Result<(), CallError> {
+    pub fn release(&self, lease: Lease, reason: &str) -> Result<(), CallError> {
         let body = ReleaseRequest {
-            attempt,
+            attempt: lease.attempt,
             reason: Some(reason.to_string()),
         };
-        self.post(&routes::release(job), &body).map(|_| ())
+        self.post_as(&routes::release(lease.job), lease, &body)
+            .map(|_| ())
     }
 
     /// Appends a chunk of the attempt's output at `offset` (a retry of it is stored once).
-    pub fn append_log(
-        &self,
-        job: i64,
-        attempt: i64,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), CallError> {
-        let path = format!("{}?attempt={attempt}&offset={offset}", routes::log(job));
-        self.request("POST", &path)
+    pub fn append_log(&self, lease: Lease, offset: u64, data: &[u8]) -> Result<(), CallError> {
+        let path = format!(
+            "{}?attempt={}&offset={offset}",
+            routes::log(lease.job),
+            lease.attempt
+        );
+        self.write("POST", &path, lease)
             .set("Content-Type", "application/octet-stream")
             .send_bytes(data)
             .map_err(Self::classify)?;
         Ok(())
     }
 
-    pub fn upload_checkpoint(&self, job: i64, attempt: i64, file: &Path) -> Result<(), CallError> {
+    pub fn upload_checkpoint(&self, lease: Lease, file: &Path) -> Result<(), CallError> {
         // Opened before sending: the trainer replaces the file by rename, so this handle stays whole.
         let f = std::fs::File::open(file)
             .map_err(|e| CallError::Refused(format!("{}: {e}", file.display())))?;
-        let path = format!("{}?attempt={attempt}", routes::checkpoint(job));
-        self.request("PUT", &path)
+        let path = format!(
+            "{}?attempt={}",
+            routes::checkpoint(lease.job),
+            lease.attempt
+        );
+        self.write("PUT", &path, lease)
             .set("Content-Type", "application/octet-stream")
             .send(f)
             .map_err(Self::classify)?;
@@ -185,8 +207,11 @@ impl Coordinator {
     }
 
     /// Fetches the job's last checkpoint into `dest`; false when it has none.
-    pub fn download_checkpoint(&self, job: i64, dest: &Path) -> Result<bool, CallError> {
-        let r = match self.request("GET", &routes::checkpoint(job)).call() {
+    pub fn download_checkpoint(&self, lease: Lease, dest: &Path) -> Result<bool, CallError> {
+        let r = match self
+            .write("GET", &routes::checkpoint(lease.job), lease)
+            .call()
+        {
             Ok(r) => r,
             Err(ureq::Error::Status(404, _)) => return Ok(false),
             Err(e) => return Err(Self::classify(e)),

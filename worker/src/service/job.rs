@@ -216,7 +216,7 @@ impl Supervisor {
             .map_err(|e| format!("cannot create {}: {e}", self.out.display()))?;
         let path = self.program().checkpoint_file(&self.out);
         loop {
-            match self.coord.download_checkpoint(id, &path) {
+            match self.coord.download_checkpoint(self.claim.lease(), &path) {
                 Ok(false) => return Ok(()),
                 Ok(true) => {
                     self.restored_epoch = match self.program() {
@@ -272,7 +272,7 @@ impl Supervisor {
             self.stop_program(child, stopping);
             if last_beat.elapsed() >= self.heartbeat_every() {
                 last_beat = Instant::now();
-                match self.coord.heartbeat(id, self.claim.attempt) {
+                match self.coord.heartbeat(self.claim.lease()) {
                     Ok(reply) => {
                         self.cancelled |= reply.cancel;
                         self.pruned |= reply.stop;
@@ -476,7 +476,7 @@ impl Supervisor {
     /// Sends queued writes in order until one cannot be (see [`Outbox::flush`]). Err only when
     /// the lease is lost.
     fn flush(&mut self) -> Result<(), String> {
-        let (id, attempt) = (self.claim.id, self.claim.attempt);
+        let (lease, attempt) = (self.claim.lease(), self.claim.attempt);
         let checkpoint = match &self.program {
             Ok(p) => p.checkpoint_file(&self.out),
             Err(_) => self.out.clone(), // never uploaded: a job that did not start has none
@@ -488,17 +488,17 @@ impl Supervisor {
                     attempt,
                     ..m.clone()
                 };
-                *pruned |= coord.metrics(id, &m)?.stop;
+                *pruned |= coord.metrics(lease, &m)?.stop;
                 Ok(())
             }
-            Write::Upload => coord.upload_checkpoint(id, attempt, &checkpoint),
-            Write::Log { offset, data } => coord.append_log(id, attempt, *offset, data),
+            Write::Upload => coord.upload_checkpoint(lease, &checkpoint),
+            Write::Log { offset, data } => coord.append_log(lease, *offset, data),
             Write::Finish {
                 status,
                 summary,
                 error,
-            } => coord.finish(id, attempt, *status, summary.as_ref(), error.as_deref()),
-            Write::Release(reason) => coord.release(id, attempt, reason),
+            } => coord.finish(lease, *status, summary.as_ref(), error.as_deref()),
+            Write::Release(reason) => coord.release(lease, reason),
         })
     }
 

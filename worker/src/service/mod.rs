@@ -248,9 +248,7 @@ impl Service {
             .map(|p| p.shape(&claim.params))
             .unwrap_or((1, i64::MAX));
         let Some(placement) = self.slots.place(claim.id, nproc, batch_size) else {
-            let _ = self
-                .coord
-                .release(claim.id, claim.attempt, "did not fit this worker");
+            let _ = self.coord.release(claim.lease(), "did not fit this worker");
             return false;
         };
         tracing::info!(job = claim.id, attempt = claim.attempt, ?placement, params = %claim.params, "claimed");
