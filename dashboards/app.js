@@ -51,8 +51,11 @@ function showError(e) {
   alertBox.textContent = e.message || String(e);
 }
 
+// A learning rate as the study writes it; anything that is not a positive number (a command
+// sweep's parameter may be any value) as escaped text.
 function fmtLr(x) {
   if (x == null) return "";
+  if (typeof x !== "number" || !(x > 0) || !isFinite(x)) return esc(typeof x === "string" ? x : JSON.stringify(x));
   const e = Math.floor(Math.log10(x));
   const m = +(x / 10 ** e).toPrecision(3);
   return m === 1 ? `1e${e}` : `${m}e${e}`;
@@ -292,7 +295,7 @@ function heatmap(cells) {
   const at = new Map(cells.map((c) => [`${c.batch_size}|${c.lr}`, c]));
   const accs = cells.map((c) => c.accuracy).filter((a) => a != null);
   const lo = Math.min(...accs, 1), hi = Math.max(...accs, 0);
-  const body = bss.map((bs) => `<tr><th scope="row">${bs}</th>${lrs.map((lr) => {
+  const body = bss.map((bs) => `<tr><th scope="row">${esc(bs)}</th>${lrs.map((lr) => {
     const c = at.get(`${bs}|${lr}`);
     if (!c) return `<td class="muted">–</td>`;
     if (c.diverged > 0 && c.diverged === c.jobs) return `<td class="nan" title="diverged">NaN</td>`;
@@ -325,7 +328,7 @@ function jobTable(page, gridKeys) {
     const eta = j.status === "running" && m.seconds ? (j.epochs - j.epoch) * m.seconds : null;
     const extra = gridKeys.filter((k) => k !== "batch_size" && k !== "lr").map((k) => `${k}=${JSON.stringify(j.params[k])}`).join(" ");
     return `<tr><td><a href="#/jobs/${j.id}">#${j.id}</a> <span class="muted">${esc(extra)}</span></td>
-      <td class="num">${j.params.batch_size ?? ""}</td><td class="num">${fmtLr(j.params.lr)}</td>
+      <td class="num">${esc(typeof j.params.batch_size === "string" ? j.params.batch_size : JSON.stringify(j.params.batch_size ?? ""))}</td><td class="num">${fmtLr(j.params.lr)}</td>
       <td><span class="status">${esc(j.status)}</span></td><td class="num">${j.attempt}/${j.max_attempts}</td>
       <td class="num">${j.epoch}/${j.epochs}</td><td class="num">${num(m.test_loss)}</td><td class="num">${pct(m.accuracy)}</td>
       <td class="num">${num(m.images_per_sec, 1)}</td><td class="num">${dur(eta)}</td><td>${esc(j.worker)}</td></tr>`;
@@ -346,8 +349,10 @@ async function sweepView(id) {
   const [s, cells, page] = await Promise.all([
     api(`/api/sweeps/${id}?jobs=false`), api(`/api/sweeps/${id}/grid`), api(`/api/sweeps/${id}/jobs?${qs}`),
   ]);
-  const lrs = [...new Set(cells.map((c) => c.lr))].sort((a, b) => b - a);
-  if (ui.lr == null || !lrs.includes(ui.lr)) ui.lr = lrs.includes(0.01) ? 0.01 : lrs[0];
+  // Only positive learning rates have curves (a command sweep's `lr` may be anything, or absent):
+  // without one the page leaves the curves out instead of failing whole.
+  const lrs = [...new Set(cells.map((c) => c.lr))].filter((lr) => typeof lr === "number" && lr > 0 && isFinite(lr)).sort((a, b) => b - a);
+  if (ui.lr == null || !lrs.includes(ui.lr)) ui.lr = lrs.includes(0.01) ? 0.01 : lrs[0] ?? null;
   const series = ui.lr == null ? [] : await api(`/api/sweeps/${id}/curves?lr=${ui.lr}&points=150`);
   const line = (key) => series.map((c) => ({
     name: `batch ${c.batch_size}`, xs: c.epoch, ys: c[key].map((v) => (v == null ? NaN : v)),
@@ -385,12 +390,12 @@ async function sweepView(id) {
       <button id="cancel"${["finished", "cancelled"].includes(s.status) ? " disabled" : ""}>Cancel sweep…</button>
     </div>
     ${overview}
-    <h2>Learning curves at lr <select id="lr" aria-label="learning rate">${lrs.map((lr) => `<option value="${lr}"${lr === ui.lr ? " selected" : ""}>${fmtLr(lr)}</option>`).join("")}</select></h2>
+    ${ui.lr == null ? "" : `<h2>Learning curves at lr <select id="lr" aria-label="learning rate">${lrs.map((lr) => `<option value="${lr}"${lr === ui.lr ? " selected" : ""}>${fmtLr(lr)}</option>`).join("")}</select></h2>
     <div class="grid2" id="curves">
       ${lineChart("Test loss", "epoch", "test loss", kept("test_loss"))}
       ${lineChart("Test accuracy", "epoch", "accuracy", kept("accuracy"))}
       ${lineChart("Learning rate", "epoch", "lr", [{ name: "lr schedule", xs: st.xs, ys: st.ys }], { yZero: true, step: true })}
-    </div>${goneNote}
+    </div>${goneNote}`}
     <h2>Jobs</h2>
     ${jobTable(page, gridKeys)}`;
 }

@@ -362,3 +362,45 @@ fn every_jobs_log_is_complete_and_in_order_after_coordinator_restarts() {
         assert!(line.contains(&format!("epoch={}", i + 1)), "{line}");
     }
 }
+
+/// #24 finding 3: a command job gets the contract's variables and an allowlist, not the worker's
+/// environment: the worker's token and coordinator address stay out of the program (and so out of
+/// its log), unless the operator passes a variable by name.
+#[test]
+fn a_command_job_gets_the_allowlist_not_the_workers_secrets() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    let sweep = c.submit(json!({"name": "env", "command": {"argv": ["env"]}}));
+    let mut w = Worker(
+        std::process::Command::new(worker_bin())
+            .args([
+                "run",
+                "--idle-seconds",
+                "0.2",
+                "--exit-when-idle",
+                "--allow-commands",
+            ])
+            .args(["--pass-env", "KEEP_ME", "--work-dir"])
+            .arg(dir.path().join("w"))
+            .arg("--command-root")
+            .arg(fixtures())
+            .env("SWEEP_SERVER", &c.url)
+            .env("SWEEP_TOKEN", TOKEN)
+            .env("KEEP_ME", "kept")
+            .env("OTHER_SECRET", "leaked")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let s = c.wait_sweep(sweep, Duration::from_secs(60));
+    assert!(w.wait().unwrap().success());
+    let job = job_ids(&s)[0];
+    let log = log_of(&c, job, None);
+    assert!(log.contains("KEEP_ME=kept"), "{log}");
+    assert!(log.contains("PATH="), "{log}");
+    assert!(log.contains(&format!("SWEEP_JOB_ID={job}")), "{log}");
+    for secret in ["SWEEP_TOKEN", "SWEEP_SERVER", "OTHER_SECRET", TOKEN] {
+        assert!(!log.contains(secret), "{secret} reached the program: {log}");
+    }
+}

@@ -118,7 +118,7 @@ impl Client {
             };
             let next = header(log_headers::NEXT).unwrap_or(offset);
             attempt = attempt.or(header(log_headers::ATTEMPT));
-            out.write_all(&res.bytes().await?)?;
+            out.write_all(&visible(&res.bytes().await?))?;
             out.flush()?;
             if next > offset {
                 offset = next;
@@ -211,4 +211,32 @@ fn tpe_line(t: &protocol::views::TpeProgress) -> String {
         _ => format!("no completed trial yet ({} {})", t.metric, t.mode),
     };
     format!("TPE: {} of {} trials drawn; {best}", t.drawn, t.trials)
+}
+
+/// A program's output as a terminal may show it: control characters other than newline, tab and
+/// carriage return are written visibly (`\x1b` as `^[`, DEL as `^?`), so a job's log cannot move the
+/// cursor, retitle the terminal or hide lines from whoever reads it (#24).
+pub fn visible(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\n' | b'\t' | b'\r' => out.push(b),
+            0..=0x1f => out.extend_from_slice(&[b'^', b + 0x40]),
+            0x7f => out.extend_from_slice(b"^?"),
+            _ => out.push(b),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        let log = b"ok\tline\n\x1b]0;owned\x07\x1b[2Jgone\x7f\r\n";
+        assert_eq!(
+            super::visible(log),
+            b"ok\tline\n^[]0;owned^G^[[2Jgone^?\r\n".to_vec()
+        );
+    }
 }

@@ -633,6 +633,75 @@ momentum = { uniform = [0.5, 0.99] }
     assert!(std::fs::metadata(shot).unwrap().len() > 10_000);
 }
 
+/// #24 findings 5 and 7: a command sweep's parameter values are any text. Markup in them renders as
+/// text in every view that shows them (the job table, the grid, the job page), and a sweep whose
+/// `lr` is not a positive number shows its page without the learning curves instead of an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markup_in_parameter_values_renders_as_text_and_odd_lrs_leave_the_curves_out() {
+    let app = spawn_app().await;
+    let id = app
+        .submit(
+            r#"
+name = "odd"
+[command]
+argv = ["run", "{batch_size}", "{lr}"]
+[grid]
+batch_size = ["<b id='bold'>big</b>"]
+lr = ["<i id='ital'>fast</i>", 0]
+"#,
+        )
+        .await
+        .id;
+    let (_, c) = app
+        .post(
+            "/api/jobs/claim",
+            serde_json::json!({"worker": "w", "accepts_commands": true}),
+        )
+        .await;
+    let job = c["id"].as_i64().unwrap();
+    let url = format!("{}/#/sweeps/{id}", app.base);
+    let page = blocking(move || Page::open(&url)).await;
+    let job_url = format!("{}/#/jobs/{job}", app.base);
+    blocking(move || {
+        page.wait("document.querySelector('#jobs') !== null", "the job table");
+        assert_eq!(
+            page.eval("document.querySelectorAll('#bold, #ital').length"),
+            0,
+            "no markup rendered"
+        );
+        let text = page.eval("document.querySelector('#jobs').innerText");
+        assert!(
+            text.as_str().unwrap().contains("<b id='bold'>big</b>"),
+            "{text}"
+        );
+        assert!(page
+            .eval("document.querySelector('#curves') === null")
+            .as_bool()
+            .unwrap());
+        assert!(
+            page.eval("document.getElementById('alert').hidden")
+                .as_bool()
+                .unwrap(),
+            "no error"
+        );
+        page.eval(&format!("location.href = '{job_url}'"));
+        page.wait(
+            "document.body.innerText.includes('Parameters')",
+            "the job page",
+        );
+        assert_eq!(
+            page.eval("document.querySelectorAll('#bold, #ital').length"),
+            0
+        );
+        assert!(
+            page.errors().is_empty(),
+            "console errors: {:?}",
+            page.errors()
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jobs_page_tails_its_log_live_and_charts_its_own_metrics() {
     let app = spawn_app().await;

@@ -45,6 +45,9 @@ pub struct JobOptions {
     /// How long a command job has to exit after its stop file appears, before SIGTERM (and as
     /// long again before SIGKILL).
     pub stop_grace: Duration,
+    /// Variables of the worker's environment a command job also gets, beyond the allowlist
+    /// (`--pass-env NAME`).
+    pub pass_env: Vec<String>,
 }
 
 /// What the supervisor reports to the worker's main loop as it goes.
@@ -574,6 +577,7 @@ mod tests {
             poll: Duration::from_millis(200),
             command_root: None,
             stop_grace: Duration::from_secs(10),
+            pass_env: vec![],
         }
     }
 

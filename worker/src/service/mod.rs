@@ -69,6 +69,11 @@ pub struct RunArgs {
     /// The directory command jobs run under: a sweep's `command.workdir` is relative to it.
     #[arg(long, default_value = ".", requires = "allow_commands")]
     pub command_root: PathBuf,
+    /// A variable of this worker's environment that command jobs also get (repeatable). They get
+    /// only the contract's variables and PATH, HOME, LANG, LC_*, TMPDIR, CUDA_*, NCCL_* and
+    /// OMP_NUM_THREADS otherwise: never the worker's token or coordinator address unless named.
+    #[arg(long = "pass-env", value_name = "NAME", requires = "allow_commands")]
+    pub pass_env: Vec<String>,
     /// Seconds a command job has to exit after its stop file appears (cancel, early stop, worker
     /// shutdown) before it gets SIGTERM, and as long again before SIGKILL.
     #[arg(long, default_value_t = 10.0)]
@@ -175,6 +180,7 @@ impl Service {
                     .then(|| std::path::absolute(&a.command_root))
                     .transpose()?,
                 stop_grace: Duration::from_secs_f64(a.stop_grace_seconds.max(0.0)),
+                pass_env: a.pass_env.clone(),
             },
             running: HashMap::new(),
             tty: std::io::stderr().is_terminal(),

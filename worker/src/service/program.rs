@@ -149,6 +149,15 @@ fn command_job(
     let checkpoint = out.join(CHECKPOINT_DIR);
     std::fs::create_dir_all(&checkpoint)?;
     let mut cmd = Command::new(program);
+    // The program gets the contract and an allowlist, never the worker's whole environment: the
+    // worker's token would end in any log that prints it (#24).
+    cmd.env_clear();
+    for (name, value) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        if passed_to_commands(&n) || opts.pass_env.iter().any(|p| *p == n) {
+            cmd.env(&name, value);
+        }
+    }
     cmd.args(args)
         .current_dir(&dir)
         .env(env::JOB_ID, claim.id.to_string())
@@ -158,6 +167,16 @@ fn command_job(
         .env(env::CHECKPOINT_DIR, &checkpoint)
         .env(env::STOP_FILE, Program::stop_file(out));
     Ok(cmd)
+}
+
+/// The worker's variables every command job gets.
+fn passed_to_commands(name: &str) -> bool {
+    matches!(
+        name,
+        "PATH" | "HOME" | "LANG" | "TMPDIR" | "OMP_NUM_THREADS"
+    ) || ["LC_", "CUDA_", "NCCL_"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// One line of a metrics file as the protocol carries it (attempt left 0), and whether it says the
