@@ -404,3 +404,35 @@ fn a_command_job_gets_the_allowlist_not_the_workers_secrets() {
         assert!(!log.contains(secret), "{secret} reached the program: {log}");
     }
 }
+
+/// #24 finding 6: the metrics file is read as bytes, line by line: a line that is not UTF-8 and one
+/// far too long are skipped with a note in the job's log, and the lines after them still count.
+#[test]
+fn bad_metrics_lines_are_skipped_and_the_lines_after_them_count() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    // Braces as printf's octal escapes: a `{...}` in argv would be a placeholder.
+    let script = r#"m="$SWEEP_METRICS"
+printf '\173"epoch": 1, "accuracy": 0.5\175\n\377\376 not text\n\173"epoch": 2, "accuracy": 0.6\175\n' >> "$m"
+head -c 300000 /dev/zero | tr '\0' 'x' >> "$m"
+printf '\n\173"epoch": 3, "accuracy": 0.7\175\n' >> "$m""#;
+    let sweep = c.submit(json!({
+        "name": "bad-lines",
+        "command": {"argv": ["sh", "-c", script]},
+        "train": {"epochs": 3},
+    }));
+    let mut w = command_worker(&c.url, &dir.path().join("w"), &["--exit-when-idle"]);
+    let s = c.wait_sweep(sweep, STALL);
+    assert!(w.wait().unwrap().success());
+    let job = job_ids(&s)[0];
+    assert_eq!(s["jobs"][0]["status"], JobStatus::Completed.as_str(), "{s}");
+    assert_eq!(
+        epochs_of(&c, job),
+        vec![1, 2, 3],
+        "the lines after the bad ones count"
+    );
+    let log = log_of(&c, job, None);
+    assert!(log.contains("not UTF-8: skipped"), "{log}");
+    assert!(log.contains("longer than 65536 bytes: skipped"), "{log}");
+}

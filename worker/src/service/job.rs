@@ -27,6 +27,10 @@ use std::time::{Duration, Instant, SystemTime};
 pub const EXIT_INTERRUPTED: i32 = crate::EXIT_INTERRUPTED;
 /// Largest log chunk sent at once.
 const LOG_CHUNK: usize = 64 << 10;
+/// Most bytes of the metrics file read in one poll, and the longest line taken as metrics.
+const METRICS_READ: usize = 1 << 20;
+const MAX_METRICS_LINE: usize = 64 << 10;
+
 /// Log a worker holds for an unreachable coordinator; the oldest is dropped beyond it (the
 /// coordinator keeps only the newest output anyway).
 const MAX_LOG_QUEUED: usize = 16 << 20;
@@ -121,6 +125,8 @@ pub struct Supervisor {
     program: Result<Program, String>,
     outbox: Outbox,
     metrics_offset: u64,
+    /// The metrics line being read is too long and is skipped to its end.
+    metrics_overlong: bool,
     /// The last epoch of the checkpoint this attempt resumed from: the program may write those
     /// epochs again, but they were computed (and reported) by an earlier attempt.
     restored_epoch: i64,
@@ -152,6 +158,7 @@ impl Supervisor {
             out,
             outbox: Outbox::new(MAX_LOG_QUEUED),
             metrics_offset: 0,
+            metrics_overlong: false,
             restored_epoch: 0,
             resume_seen: None,
             progress,
@@ -409,7 +416,9 @@ impl Supervisor {
         }
     }
 
-    /// Forwards whole new lines of metrics.jsonl; the last new epoch forwarded.
+    /// Forwards whole new lines of metrics.jsonl; the last new epoch forwarded. Read as bytes, at
+    /// most [`METRICS_READ`] a poll: a line that is not UTF-8 JSON with an epoch, or longer than
+    /// [`MAX_METRICS_LINE`], is skipped with a note in the job's log, and the lines after it count.
     fn collect_metrics(&mut self) -> Option<i64> {
         let mut f = std::fs::File::open(self.out.join(METRICS_FILE)).ok()?;
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -418,30 +427,76 @@ impl Supervisor {
             // stores each epoch once).
             self.metrics_offset = 0;
         }
-        let mut text = String::new();
         f.seek(SeekFrom::Start(self.metrics_offset)).ok()?;
-        f.read_to_string(&mut text).ok()?;
-        // Only whole lines: the program may be half-way through one.
-        let whole = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        self.metrics_offset += whole as u64;
+        let mut bytes = Vec::new();
+        (&mut f)
+            .take(METRICS_READ as u64)
+            .read_to_end(&mut bytes)
+            .ok()?;
         let mut last = None;
-        for line in text[..whole].lines().filter(|l| !l.trim().is_empty()) {
-            let Some(m) = program::read_line(self.program(), line) else {
-                tracing::warn!(job = self.job(), %line, "a metrics line without an integer epoch >= 1 (or not JSON): skipped");
-                continue;
-            };
-            let mut p = self.progress.lock().expect("not poisoned");
-            p.epoch = m.epoch.max(0) as u32;
-            p.accuracy = m.accuracy.or(p.accuracy);
-            drop(p);
-            self.diverged |= m.diverged;
-            // Restored epochs keep the record of the attempt that computed them.
-            if m.epoch > self.restored_epoch {
-                last = Some(m.epoch);
-                self.outbox.push(Write::Metrics(m));
+        let mut rest = &bytes[..];
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let line = &rest[..end];
+            rest = &rest[end + 1..];
+            self.metrics_offset += end as u64 + 1;
+            if std::mem::take(&mut self.metrics_overlong) {
+                continue; // the end of a line already skipped as too long
+            }
+            if let Some(epoch) = self.forward_metrics_line(line) {
+                last = Some(epoch);
+            }
+        }
+        // No newline in a whole read: a line too long to be metrics. Skip it to its end.
+        if rest.len() == METRICS_READ.min(bytes.len()) && rest.len() >= MAX_METRICS_LINE {
+            self.metrics_offset += rest.len() as u64;
+            if !std::mem::replace(&mut self.metrics_overlong, true) {
+                self.metrics_note(&format!(
+                    "a metrics line longer than {MAX_METRICS_LINE} bytes: skipped"
+                ));
             }
         }
         last
+    }
+
+    /// One line of metrics: forwarded (its epoch returned when new) or skipped with a note.
+    fn forward_metrics_line(&mut self, line: &[u8]) -> Option<i64> {
+        if line.len() > MAX_METRICS_LINE {
+            self.metrics_note(&format!(
+                "a metrics line longer than {MAX_METRICS_LINE} bytes: skipped"
+            ));
+            return None;
+        }
+        let Ok(text) = std::str::from_utf8(line) else {
+            self.metrics_note("a metrics line that is not UTF-8: skipped");
+            return None;
+        };
+        if text.trim().is_empty() {
+            return None;
+        }
+        let Some(m) = program::read_line(self.program(), text) else {
+            self.metrics_note(&format!(
+                "a metrics line without an integer epoch >= 1 (or not JSON): skipped: {}",
+                text.chars().take(200).collect::<String>()
+            ));
+            return None;
+        };
+        let mut p = self.progress.lock().expect("not poisoned");
+        p.epoch = m.epoch.max(0) as u32;
+        p.accuracy = m.accuracy.or(p.accuracy);
+        drop(p);
+        self.diverged |= m.diverged;
+        // Restored epochs keep the record of the attempt that computed them.
+        if m.epoch <= self.restored_epoch {
+            return None;
+        }
+        let epoch = m.epoch;
+        self.outbox.push(Write::Metrics(m));
+        Some(epoch)
+    }
+
+    fn metrics_note(&self, why: &str) {
+        tracing::warn!(job = self.job(), "{why}");
+        self.output.note(why);
     }
 
     /// The trainer's newly committed resume file; a command's checkpoint directory archived after

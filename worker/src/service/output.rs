@@ -63,6 +63,18 @@ impl Output {
         chunks
     }
 
+    /// A line of the worker's own in the job's log (what it did with the job's output), so
+    /// whoever reads the log sees it where it happened.
+    pub fn note(&self, text: &str) {
+        let line = format!("[worker] {text}\n");
+        let mut l = self.log.0.lock().expect("not poisoned");
+        l.pending.extend_from_slice(line.as_bytes());
+        if l.tail.len() == TAIL_LINES {
+            l.tail.pop_front();
+        }
+        l.tail.push_back(line.trim_end().to_string());
+    }
+
     /// The last lines written (for a failed job's error).
     pub fn tail(&self) -> Vec<String> {
         let log = self.log.0.lock().expect("not poisoned");
