@@ -26,7 +26,7 @@ pub async fn claim(state: &AppState, req: &ClaimRequest) -> Result<Option<Claim>
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let secret_hash = crate::store::hash_secret(&secret);
+    let secret_hash = crate::http::auth::hash_secret(&secret);
     let mut draws = 0;
     let mut claim = loop {
         let next = state
@@ -80,25 +80,41 @@ pub async fn check_lease(
     attempt: i64,
     secret: Option<&str>,
 ) -> Result<()> {
-    let (current, hash) = match state.leases.get(job) {
-        Some(known) => known,
-        None => {
-            let (current, hash) = state.store.lease_of(job).await?;
-            if let Some(h) = &hash {
-                state.leases.set(job, current, h.clone());
-            }
-            (current, hash.unwrap_or_default())
-        }
-    };
+    let (current, hash) = lease_of(state, job).await?;
     if current != attempt {
         return Err(state.store.lease_lost(job, attempt).await);
     }
-    match crate::store::secret_matches(Some(&hash), secret) && !hash.is_empty() {
+    match crate::http::auth::secret_matches(hash.as_deref(), secret) {
         true => Ok(()),
         false => Err(StoreError::Forbidden(format!(
             "job {job}: a write of attempt {attempt} must carry that claim's lease secret"
         ))),
     }
+}
+
+/// A checkpoint read by a worker: `secret` must be the current attempt's (the admin token is
+/// checked by the caller).
+pub async fn check_lease_holder(state: &AppState, job: i64, secret: Option<&str>) -> Result<()> {
+    let (_, hash) = lease_of(state, job).await?;
+    match crate::http::auth::secret_matches(hash.as_deref(), secret) {
+        true => Ok(()),
+        false => Err(StoreError::Forbidden(format!(
+            "job {job}: its checkpoint is for the holder of its lease (or the admin token)"
+        ))),
+    }
+}
+
+/// The job's current attempt and its lease secret's hash, from memory as the last claim left
+/// them, or read from the store once (after a restart).
+async fn lease_of(state: &AppState, job: i64) -> Result<(i64, Option<Vec<u8>>)> {
+    if let Some((attempt, hash)) = state.leases.get(job) {
+        return Ok((attempt, Some(hash)));
+    }
+    let (attempt, hash) = state.store.lease_of(job).await?;
+    if let Some(h) = &hash {
+        state.leases.set(job, attempt, h.clone());
+    }
+    Ok((attempt, hash))
 }
 
 /// Each claimed job's current attempt and lease-secret hash (see [`check_lease`]). Only a claim

@@ -98,10 +98,7 @@ pub async fn download(
         return Err(ApiError::NotFound(format!("job {id} not found")));
     }
     if access.map(|a| a.0) != Some(Access::Admin) {
-        state
-            .store
-            .check_lease_holder(id, secret.as_deref())
-            .await?;
+        crate::lifecycle::check_lease_holder(&state, id, secret.as_deref()).await?;
     }
     let path = job_dir(&state, id).join(FILE);
     match tokio::fs::File::open(&path).await {

@@ -183,6 +183,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A lease secret's stored form: a copy of the database does not hand out leases.
+pub fn hash_secret(secret: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+/// Whether `secret` hashes to `stored`, compared in constant time (nothing stored or given: no).
+pub fn secret_matches(stored: Option<&[u8]>, secret: Option<&str>) -> bool {
+    match (stored, secret) {
+        (Some(stored), Some(secret)) => constant_time_eq(&hash_secret(secret), stored),
+        _ => false,
+    }
+}
+
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 pub struct SessionRequest {
     /// The admin token.

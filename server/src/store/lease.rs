@@ -140,20 +140,6 @@ impl Store {
         self.fence_error(job, attempt).await
     }
 
-    /// A checkpoint read by a worker: `secret` must be the current attempt's.
-    pub async fn check_lease_holder(&self, job: i64, secret: Option<&str>) -> Result<()> {
-        let hash = sqlx::query_scalar!("SELECT lease_secret_hash FROM jobs WHERE id = ?", job)
-            .fetch_optional(&self.read)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
-        match secret_matches(hash.as_deref(), secret) {
-            true => Ok(()),
-            false => Err(StoreError::Forbidden(format!(
-                "job {job}: its checkpoint is for the holder of its lease (or the admin token)"
-            ))),
-        }
-    }
-
     async fn command_of_sweep(&self, sweep: i64) -> Result<Option<protocol::CommandSpec>> {
         let text = sqlx::query_scalar!("SELECT command FROM sweeps WHERE id = ?", sweep)
             .fetch_optional(&self.read)
@@ -486,24 +472,4 @@ pub(super) async fn insert_metrics(
                     )
     .fetch_optional(&mut *c)
     .await?)
-}
-
-/// A lease secret's stored form.
-pub fn hash_secret(secret: &str) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(secret.as_bytes()).to_vec()
-}
-
-/// Whether `secret` hashes to `stored`, compared in constant time (no stored hash: never).
-pub fn secret_matches(stored: Option<&[u8]>, secret: Option<&str>) -> bool {
-    let (Some(stored), Some(secret)) = (stored, secret) else {
-        return false;
-    };
-    let given = hash_secret(secret);
-    given.len() == stored.len()
-        && given
-            .iter()
-            .zip(stored)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }

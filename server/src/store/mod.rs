@@ -31,7 +31,6 @@ use protocol::{Claim, HeartbeatReply, JobChange, JobShape, JobStatus, MetricsRep
 use sqlx::{ConnectOptions, SqliteConnection};
 
 mod lease;
-pub use lease::{hash_secret, secret_matches};
 pub mod logs;
 mod reads;
 pub use reads::CurvePoint;

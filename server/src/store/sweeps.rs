@@ -16,7 +16,7 @@ impl Store {
             .as_ref()
             .map(|c| serde_json::to_string(c).expect("plain data"));
         let is_command = command.is_some();
-        let ranks = spec.command.as_ref().map(|c| c.ranks);
+        let shapes: Vec<JobShape> = jobs.iter().map(|p| Self::shape_of(spec, p)).collect();
         // TPE: the trials not enqueued are placeholders, drawn when claimed. Their shape is the
         // smallest a draw can have, so every worker that could run some draw can claim them.
         let undrawn = spec.search.as_ref().map_or(0, |s| s.undrawn());
@@ -25,10 +25,7 @@ impl Store {
             .as_ref()
             .map(|s| s.smallest_point(&spec.train))
             .unwrap_or_default();
-        let shape_of = move |params: &Map<String, Value>| match ranks {
-            Some(ranks) => command_shape(params, ranks),
-            None => JobShape::of(params),
-        };
+        let shape = Self::shape_of(spec, &placeholder);
         let shared = Value::Object(spec.train.clone()).to_string();
         // The sweep and all its jobs commit together, or nothing of them does (run_many: a savepoint).
         self.writer
@@ -44,12 +41,12 @@ impl Store {
                     )
                     .fetch_one(&mut *c)
                     .await?;
-                    for (idx, params) in jobs.iter().enumerate() {
+                    for (idx, (params, shape)) in jobs.iter().zip(&shapes).enumerate() {
                         let JobShape {
                             batch_size,
                             nproc_per_node: nproc,
                             epochs,
-                        } = shape_of(params);
+                        } = *shape;
                         let idx = idx as i64;
                         let params = Value::Object(params.clone()).to_string();
                         sqlx::query!(
@@ -69,7 +66,6 @@ impl Store {
                         .execute(&mut *c)
                         .await?;
                     }
-                    let shape = shape_of(&placeholder);
                     for i in 0..undrawn {
                         let idx = jobs.len() as i64 + i;
                         sqlx::query!(
@@ -135,6 +131,15 @@ impl Store {
             .collect())
     }
 
+    /// The scheduling shape of a job of `spec` with these params (a command's ranks, or the
+    /// trainer's options).
+    pub fn shape_of(spec: &SweepSpec, params: &Map<String, Value>) -> JobShape {
+        match &spec.command {
+            Some(c) => command_shape(params, c.ranks),
+            None => JobShape::of(params),
+        }
+    }
+
     /// Scale testing (`server synth`): gives every job of `sweep` `epochs` epochs of made-up
     /// metrics and marks it completed, in one statement per table (millions of rows in seconds).
     pub async fn fill_synthetic(&self, sweep: i64, epochs: i64, now: i64) -> Result<u64> {
@@ -176,7 +181,7 @@ impl Store {
 /// name (else any number of them, so no report of such a program is refused for its epoch); and
 /// a batch size that never fits a shared device (an arbitrary program is not packed beside
 /// another job).
-pub(super) fn command_shape(params: &Map<String, Value>, ranks: i64) -> JobShape {
+fn command_shape(params: &Map<String, Value>, ranks: i64) -> JobShape {
     JobShape {
         batch_size: i64::MAX,
         nproc_per_node: ranks,

@@ -137,13 +137,4 @@ impl Store {
             })
             .await
     }
-
-    /// The scheduling shape of a job of `spec` with these params (a command's ranks, or the
-    /// trainer's options).
-    pub fn shape_of(spec: &SweepSpec, params: &Map<String, Value>) -> JobShape {
-        match &spec.command {
-            Some(c) => super::sweeps::command_shape(params, c.ranks),
-            None => JobShape::of(params),
-        }
-    }
 }

@@ -37,6 +37,26 @@ pub enum Distribution {
     Choice(Vec<Value>),
 }
 
+impl Distribution {
+    /// `v` in the model's terms: a number as it is, a choice by its index; None when `v` is not a
+    /// value this distribution could draw.
+    pub fn internal(&self, v: &Value) -> Option<f64> {
+        match self {
+            Distribution::Choice(values) => values
+                .iter()
+                .position(|c| super::same_value(c, v))
+                .map(|i| i as f64),
+            Distribution::Int(lo, hi) => v
+                .as_i64()
+                .filter(|x| (*lo..=*hi).contains(x))
+                .map(|x| x as f64),
+            Distribution::Uniform(lo, hi) | Distribution::LogUniform(lo, hi) => {
+                v.as_f64().filter(|x| (*lo..=*hi).contains(x))
+            }
+        }
+    }
+}
+
 /// A validated `[search]`: random (every trial drawn at submit) or TPE (`tpe` set: each trial
 /// drawn when claimed, see [`super::tpe`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -380,14 +400,7 @@ fn check_enqueued(
                 "missing (an enqueued point names every key of the space)",
             );
         };
-        let fits = match d {
-            Distribution::Choice(values) => values.iter().any(|c| super::same_value(c, v)),
-            Distribution::Int(lo, hi) => v.as_i64().is_some_and(|x| (*lo..=*hi).contains(&x)),
-            Distribution::Uniform(lo, hi) | Distribution::LogUniform(lo, hi) => {
-                v.as_f64().is_some_and(|x| (*lo..=*hi).contains(&x))
-            }
-        };
-        if !fits {
+        if d.internal(v).is_none() {
             return err(
                 at,
                 format!("{v} is outside the distribution of search.space.{k}"),

@@ -172,22 +172,7 @@ impl Tpe {
     pub fn to_internal(&self, params: &Map<String, Value>) -> Option<Vec<f64>> {
         self.space
             .iter()
-            .map(|(k, d)| {
-                let v = params.get(k)?;
-                match d {
-                    Distribution::Choice(values) => values
-                        .iter()
-                        .position(|c| super::same_value(c, v))
-                        .map(|i| i as f64),
-                    Distribution::Int(lo, hi) => v
-                        .as_i64()
-                        .filter(|x| (*lo..=*hi).contains(x))
-                        .map(|x| x as f64),
-                    Distribution::Uniform(lo, hi) | Distribution::LogUniform(lo, hi) => {
-                        v.as_f64().filter(|x| (*lo..=*hi).contains(x))
-                    }
-                }
-            })
+            .map(|(k, d)| d.internal(params.get(k)?))
             .collect()
     }
 
