@@ -398,8 +398,10 @@ impl Supervisor {
 
     /// New output, new metric lines and a new checkpoint, queued in the order they were written.
     fn collect(&mut self) {
-        self.collect_output();
         let last_new_epoch = self.collect_metrics();
+        // After the metrics: a note about a skipped metrics line goes out in this same pass, even
+        // when it is the job's last.
+        self.collect_output();
         self.collect_checkpoint(last_new_epoch);
     }
 
