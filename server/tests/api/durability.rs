@@ -3,13 +3,37 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 
+/// A coordinator process, killed when dropped: a failing assertion leaves none running.
+struct Served(Child);
+
+impl std::ops::Deref for Served {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the real `server` binary on a random port; returns it and its base URL.
-fn start(db: &std::path::Path) -> (Child, String) {
+fn start(db: &std::path::Path) -> (Served, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--token", "t", "--db"])
         .arg(db)
         .stderr(Stdio::null());
-    protocol::listening::start_coordinator(cmd).unwrap()
+    let (child, base) = protocol::listening::start_coordinator(cmd).unwrap();
+    (Served(child), base)
 }
 
 /// A POST with the admin token and, for a job's write, its claim's lease secret.
