@@ -21,12 +21,27 @@ function esc(s) {
 // it for a read-only session cookie (POST /api/session), and retry. The cookie also opens the
 // event stream. Concurrent requests share one prompt.
 let signingIn = null;
+
+// The admin token typed to cancel is held in memory for the page it was typed on, never in
+// storage: a script that ever ran on this origin could read storage, and the tab keeps it.
+let typedToken = null;
+function pageToken() {
+  return typedToken && typedToken.page === location.hash ? typedToken.token : null;
+}
+
+// Ends this tab's session (DELETE /api/session clears the cookie); the next read asks again.
+document.querySelector("#signout")?.addEventListener("click", async () => {
+  typedToken = null;
+  await fetch("/api/session", { method: "DELETE" });
+  location.reload();
+});
+
 function signIn() {
   signingIn ??= (async () => {
     const token = prompt("This coordinator is private. Its token:");
     if (!token) return false;
     const r = await fetch("/api/session", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token }) });
-    if (r.ok) sessionStorage.setItem("token", token);
+    if (r.ok) document.querySelector("#signout").hidden = false;
     return r.ok;
   })().finally(() => { setTimeout(() => { signingIn = null; }, 0); });
   return signingIn;
@@ -415,13 +430,13 @@ function wireSweep(id) {
   view.querySelector("#next")?.addEventListener("click", () => { ui.offset += ui.limit; rerender(); });
   view.querySelector("#lr")?.addEventListener("change", (e) => { ui.lr = Number(e.target.value); rerender(); });
   view.querySelector("#cancel")?.addEventListener("click", async () => {
-    const token = sessionStorage.getItem("token") || prompt("Coordinator token (to cancel the sweep):");
+    const token = pageToken() || prompt("Coordinator token (to cancel the sweep):");
     if (!token) return;
     try {
       await api(`/api/sweeps/${id}/cancel`, { method: "POST", headers: { Authorization: `Bearer ${token}` } });
-      sessionStorage.setItem("token", token);
+      typedToken = { page: location.hash, token };
       rerender();
-    } catch (e) { sessionStorage.removeItem("token"); showError(e); }
+    } catch (e) { typedToken = null; showError(e); }
   });
 }
 

@@ -448,12 +448,19 @@ pub struct LogPosition {
     /// Byte offset in that attempt's output (default 0).
     #[serde(default)]
     pub offset: Option<i64>,
+    /// Appends only: how many bytes just before `offset` the worker dropped without sending
+    /// (output it could not deliver for long). An append that starts past the stored end by
+    /// more than that is refused (422): a log never has a gap nobody declared.
+    #[serde(default)]
+    pub gap: Option<i64>,
 }
 
 /// Response headers of a log read: the offset of its first byte (later than asked when older
 /// output was dropped to stay within the coordinator's `--max-log-mib`), the offset to read from
 /// next, and the attempt read.
 pub mod log_headers {
+    /// Appends: the bytes of this chunk newly stored (0 for a retry of stored bytes).
+    pub const STORED: &str = "x-log-stored";
     pub const OFFSET: &str = "x-log-offset";
     pub const NEXT: &str = "x-log-next";
     pub const ATTEMPT: &str = "x-log-attempt";

@@ -40,6 +40,10 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Event streams (`/api/events`) open at once; more get 503.
     pub max_event_streams: usize,
+    /// Event streams one client address may hold open at once; more get 503.
+    pub max_event_streams_per_client: usize,
+    /// How long a dashboard session lasts.
+    pub session_ttl: Duration,
     /// A client must send a request's headers within this (slow clients hold no connection long).
     pub header_timeout: Duration,
     /// A request (body included) must be answered within this, event streams and checkpoint
@@ -70,6 +74,8 @@ impl ServeConfig {
             busy_timeout: Duration::from_secs(10),
             max_connections: 512,
             max_event_streams: 256,
+            max_event_streams_per_client: 32,
+            session_ttl: Duration::from_secs(12 * 3600),
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
         }
@@ -146,7 +152,7 @@ impl Application {
                 admin: token,
                 worker: worker_token,
             }),
-            sessions: Arc::new(Default::default()),
+            sessions: Arc::new(crate::http::auth::Sessions::new(cfg.session_ttl)),
             allowed_hosts: Arc::new(crate::http::auth::default_allowed_hosts(
                 &cfg.listen,
                 &cfg.allowed_hosts,
@@ -155,6 +161,9 @@ impl Application {
             figure_permits: Arc::new(tokio::sync::Semaphore::new(FIGURE_PERMITS)),
             figure_cache: Arc::default(),
             sse_permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_event_streams)),
+            sse_clients: Arc::new(crate::http::events::ClientStreams::new(
+                cfg.max_event_streams_per_client,
+            )),
             events,
             telemetry: Arc::new(Default::default()),
             artifacts: cfg.artifacts.clone().into(),
@@ -243,10 +252,10 @@ async fn serve(
             _ = &mut shutdown => break,
             slot = slots.clone().acquire_owned() => slot.context("connection slots closed")?,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; the slot is given back.
                     tracing::warn!(error = %e, "accept failed");
@@ -256,7 +265,16 @@ async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // Handlers that limit per client (event streams) read the peer's address from here.
+        let app = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        );
+        let service = hyper_util::service::TowerToHyperService::new(app);
         // No upgrades: nothing here speaks WebSocket (server-sent events are a plain response).
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);

@@ -56,6 +56,8 @@ pub struct AppState {
     pub figure_cache: Arc<crate::results::figures::FigureCache>,
     /// Open event streams allowed at once.
     pub sse_permits: Arc<tokio::sync::Semaphore>,
+    /// Open event streams per client address (one client cannot take them all).
+    pub sse_clients: Arc<crate::http::events::ClientStreams>,
     pub events: broadcast::Sender<crate::http::events::Event>,
     pub telemetry: Arc<Telemetry>,
     /// Uploaded checkpoints, one folder per job id.

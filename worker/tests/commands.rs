@@ -436,3 +436,57 @@ printf '\n\173"epoch": 3, "accuracy": 0.7\175\n' >> "$m""#;
     assert!(log.contains("not UTF-8: skipped"), "{log}");
     assert!(log.contains("longer than 65536 bytes: skipped"), "{log}");
 }
+
+/// A checkpoint archive whose `checkpoint` entry is a link out of the job's directory (any lease
+/// holder could upload one) is never restored: the next worker fails the attempt saying why, and
+/// never runs the program in it (which would have archived and uploaded the link's target).
+#[test]
+fn a_checkpoint_archive_with_a_link_is_refused_with_its_entry_named() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    let sweep = c.submit(json!({
+        "name": "link", "command": job_py(&["--epochs", "{epochs}"]), "train": {"epochs": 2},
+        "run": {"max_attempts": 1},
+    }));
+    // A worker-token holder claims the job, uploads the archive and gives the job back.
+    let claim: Value = ureq::post(&format!("{}/api/jobs/claim", c.url))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .send_json(json!({"worker": "intruder", "accepts_commands": true}))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let (id, secret) = (
+        claim["id"].as_i64().unwrap(),
+        claim["lease_secret"].as_str().unwrap().to_string(),
+    );
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_link_name(dir.path()).unwrap();
+    tar.append_data(&mut h, "checkpoint", std::io::empty())
+        .unwrap();
+    let archive = tar.into_inner().unwrap();
+    let write = |req: ureq::Request| {
+        req.set("Authorization", &format!("Bearer {TOKEN}"))
+            .set(protocol::LEASE_SECRET_HEADER, &secret)
+    };
+    write(ureq::put(&format!(
+        "{}/api/jobs/{id}/checkpoint?attempt=1",
+        c.url
+    )))
+    .send_bytes(&archive)
+    .unwrap();
+    write(ureq::post(&format!("{}/api/jobs/{id}/release", c.url)))
+        .send_json(json!({"attempt": 1, "reason": "done"}))
+        .unwrap();
+    let mut w = command_worker(&c.url, &dir.path().join("w"), &["--exit-when-idle"]);
+    let s = c.wait_sweep(sweep, STALL);
+    w.wait().unwrap();
+    let j = &s["jobs"][0];
+    assert_eq!(j["status"], JobStatus::Failed.as_str(), "{j}");
+    let error = j["error"].as_str().unwrap();
+    assert!(error.contains("`checkpoint` is a symbolic link"), "{error}");
+    assert!(epochs_of(&c, id).is_empty(), "the program never ran");
+}

@@ -104,6 +104,13 @@ pub struct ServeArgs {
     /// dropped first.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
     max_log_mib: u64,
+    /// How long a dashboard session (`--private`: the cookie a typed token is traded for) lasts.
+    #[arg(long, default_value_t = 12.0)]
+    session_hours: f64,
+    /// Event streams (`/api/events`) one client address may hold open at once (behind a proxy
+    /// every viewer has the proxy's address: raise it there).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_event_streams_per_client: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -321,6 +328,11 @@ async fn serve(a: ServeArgs) -> Result<()> {
     cfg.max_checkpoint_bytes = a.max_checkpoint_mib << 20;
     cfg.keep_checkpoints = a.keep_checkpoints;
     cfg.max_log_bytes = (a.max_log_mib << 20) as i64;
+    if !(a.session_hours > 0.0 && a.session_hours <= 24.0 * 365.0) {
+        anyhow::bail!("--session-hours: more than 0, at most a year");
+    }
+    cfg.session_ttl = std::time::Duration::from_secs_f64(a.session_hours * 3600.0);
+    cfg.max_event_streams_per_client = a.max_event_streams_per_client as usize;
     let app = Application::build(cfg.clone()).await?;
     if app.new_token {
         eprintln!(

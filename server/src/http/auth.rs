@@ -19,7 +19,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use std::collections::HashSet;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -48,27 +48,48 @@ pub enum Access {
     Anonymous,
 }
 
-/// Read-only dashboard sessions, by random id.
-#[derive(Debug, Default)]
-pub struct Sessions(Mutex<(HashSet<String>, std::collections::VecDeque<String>)>);
+/// Read-only dashboard sessions, by random id, each with the time it expires (`--session-hours`).
+#[derive(Debug)]
+pub struct Sessions {
+    live: Mutex<(HashMap<String, i64>, VecDeque<String>)>,
+    ttl_ms: i64,
+}
 
 impl Sessions {
-    fn create(&self) -> String {
-        let id = random_hex();
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if g.1.len() >= MAX_SESSIONS {
-            if let Some(old) = g.1.pop_front() {
-                g.0.remove(&old);
-            }
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Sessions {
+            live: Mutex::default(),
+            ttl_ms: ttl.as_millis().try_into().unwrap_or(i64::MAX),
         }
-        g.0.insert(id.clone());
+    }
+
+    fn create(&self, now_ms: i64) -> String {
+        let id = random_hex();
+        let mut g = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        // The oldest first: expired ones, then (past the cap) the oldest live one.
+        while let Some(old) = g.1.front().cloned() {
+            let expired = g.0.get(&old).is_none_or(|&at| at <= now_ms);
+            if !expired && g.1.len() < MAX_SESSIONS {
+                break;
+            }
+            g.1.pop_front();
+            g.0.remove(&old);
+        }
+        g.0.insert(id.clone(), now_ms.saturating_add(self.ttl_ms));
         g.1.push_back(id.clone());
         id
     }
 
-    fn contains(&self, id: &str) -> bool {
-        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        g.0.contains(id)
+    fn contains(&self, id: &str, now_ms: i64) -> bool {
+        let g = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.get(id).is_some_and(|&at| now_ms < at)
+    }
+
+    fn end(&self, id: &str) {
+        let mut g = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0.remove(id).is_some() {
+            g.1.retain(|s| s != id);
+        }
     }
 }
 
@@ -114,7 +135,7 @@ fn access(state: &AppState, req: &Request) -> Access {
             return Access::Worker;
         }
     }
-    if session_cookie(req).is_some_and(|id| state.sessions.contains(id)) {
+    if session_cookie(req).is_some_and(|id| state.sessions.contains(id, state.clock.now_ms())) {
         return Access::Session;
     }
     Access::Anonymous
@@ -204,7 +225,8 @@ pub struct SessionRequest {
 }
 
 /// Start a read-only dashboard session (for `--private`): the admin token in, an HttpOnly,
-/// SameSite=Strict cookie out, which `GET` requests and `/api/events` honour.
+/// SameSite=Strict cookie out, which `GET` requests and `/api/events` honour until it expires
+/// (`server serve --session-hours`, default 12) or `DELETE /api/session` ends it.
 #[utoipa::path(post, path = "/api/session", tag = "operations", request_body = SessionRequest,
     responses((status = 204), (status = 401)))]
 pub async fn create_session(
@@ -214,13 +236,31 @@ pub async fn create_session(
     if !constant_time_eq(req.token.trim().as_bytes(), state.tokens.admin.as_bytes()) {
         return Err(ApiError::Unauthorized);
     }
-    let id = state.sessions.create();
-    let cookie = format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict");
+    let id = state.sessions.create(state.clock.now_ms());
+    let max_age = state.sessions.ttl_ms / 1000;
+    Ok(with_cookie(&format!(
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}"
+    )))
+}
+
+/// End this browser's dashboard session (its cookie no longer opens anything) and clear the
+/// cookie. Without a session it does nothing, and says so the same way.
+#[utoipa::path(delete, path = "/api/session", tag = "operations", responses((status = 204)))]
+pub async fn end_session(State(state): State<AppState>, req: Request) -> Response {
+    if let Some(id) = session_cookie(&req) {
+        state.sessions.end(id);
+    }
+    with_cookie(&format!(
+        "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+    ))
+}
+
+fn with_cookie(cookie: &str) -> Response {
     let mut res = StatusCode::NO_CONTENT.into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
         res.headers_mut().insert(header::SET_COOKIE, v);
     }
-    Ok(res)
+    res
 }
 
 /// Host names this coordinator answers to (None: any).

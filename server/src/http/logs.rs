@@ -16,10 +16,12 @@ use crate::state::AppState;
 pub const MAX_READ: usize = 1 << 20;
 
 /// Append a chunk of the attempt's output at `offset` (raw bytes, at most 256 KiB: the route's body
-/// limit answers 413 to more before it is read).
+/// limit answers 413 to more before it is read). An offset past the log's end is refused (422)
+/// unless `gap` declares the bytes between as dropped by the worker; `x-log-stored` says how many
+/// of the chunk's bytes were new (0 for a retry), `x-log-next` where the log ends.
 #[utoipa::path(post, path = "/api/jobs/{id}/log", tag = "worker protocol", params(("id" = i64, Path), LogPosition),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 204), (status = 403), (status = 409), (status = 413)), security(("bearer" = [])))]
+    responses((status = 204), (status = 403), (status = 409), (status = 413), (status = 422)), security(("bearer" = [])))]
 pub async fn append(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -34,9 +36,15 @@ pub async fn append(
     };
     crate::lifecycle::check_lease(&state, id, attempt, secret.as_deref()).await?;
     check_offset(offset)?;
+    let gap = at.gap.unwrap_or(0);
+    if gap < 0 || gap > offset {
+        return Err(ApiError::Unprocessable(
+            "gap: the bytes dropped before offset, from 0 to offset".into(),
+        ));
+    }
     let done = state
         .store
-        .append_log(id, attempt, offset, body.to_vec(), state.max_log_bytes)
+        .append_log(id, attempt, offset, gap, body.to_vec(), state.max_log_bytes)
         .await?;
     state.publish(Event::Log {
         job_id: id,
@@ -44,7 +52,14 @@ pub async fn append(
         attempt,
         next: done.end,
     });
-    Ok(axum::http::StatusCode::NO_CONTENT.into_response())
+    Ok((
+        axum::http::StatusCode::NO_CONTENT,
+        [
+            (log_headers::STORED, done.stored.to_string()),
+            (log_headers::NEXT, done.end.to_string()),
+        ],
+    )
+        .into_response())
 }
 
 /// Offsets are bytes from 0; the bound keeps `offset + length` far from overflow.

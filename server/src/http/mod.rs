@@ -36,7 +36,7 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
           jobs::claim, jobs::heartbeat, jobs::report_metrics, jobs::finish, jobs::release,
           dashboard::jobs_page, dashboard::grid, dashboard::curves,
           artifacts::upload, artifacts::download, logs::append, logs::read,
-          events::stream, healthz, prometheus, openapi, auth::create_session),
+          events::stream, healthz, prometheus, openapi, auth::create_session, auth::end_session),
     components(schemas(crate::sweep::SweepFile, SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
                        HeartbeatReply, MetricsReport, MetricsReply, FinishRequest, ReleaseRequest, JobChange, JobStatus, protocol::SweepStatus, Outcome, protocol::views::Created, protocol::views::JobRow,
                         protocol::views::AttemptRow, protocol::views::JobPage, auth::SessionRequest, protocol::views::GridCell, protocol::views::Series)),
@@ -145,7 +145,10 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
-        .route("/api/session", post(auth::create_session))
+        .route(
+            "/api/session",
+            post(auth::create_session).delete(auth::end_session),
+        )
         .merge(logs)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

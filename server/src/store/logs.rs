@@ -4,11 +4,13 @@
 //! never the one just written.
 use super::*;
 
-/// What an append left: the job's sweep (for the event) and where the attempt's log ends now.
+/// What an append left: the job's sweep (for the event), where the attempt's log ends now and
+/// how many of the chunk's bytes were new.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Appended {
     pub sweep_id: i64,
     pub end: i64,
+    pub stored: i64,
 }
 
 /// A read: bytes from `offset` (later than asked when older output was dropped), up to `next`.
@@ -53,6 +55,7 @@ impl Store {
         job: i64,
         attempt: i64,
         offset: i64,
+        gap: i64,
         data: Vec<u8>,
         max_bytes: i64,
     ) -> Result<Appended> {
@@ -61,12 +64,24 @@ impl Store {
                 async move {
                     let sweep_id = fence_in(c, job, attempt).await?;
                     let end = log_end(c, job, attempt).await?;
-                    // A retry of bytes already stored keeps only what is new; a later offset (output
-                    // lost on the worker's side) starts where it says.
+                    // A later offset is output the worker dropped, and says so; any other gap
+                    // would move the end past every later append, which would then be dropped
+                    // as retries.
+                    if offset > end.saturating_add(gap) {
+                        return Err(StoreError::Invalid(format!(
+                            "offset {offset} leaves a gap: the attempt's log ends at byte {end} \
+                             and the append declares {gap} bytes dropped"
+                        )));
+                    }
+                    // A retry of bytes already stored keeps only what is new.
                     let skip = (end - offset).clamp(0, data.len() as i64) as usize;
                     let (start, new) = (offset + skip as i64, &data[skip..]);
                     if new.is_empty() {
-                        return Ok(Appended { sweep_id, end });
+                        return Ok(Appended {
+                            sweep_id,
+                            end,
+                            stored: 0,
+                        });
                     }
                     let len = new.len() as i64;
                     sqlx::query!(
@@ -91,6 +106,7 @@ impl Store {
                     Ok(Appended {
                         sweep_id,
                         end: start + len,
+                        stored: len,
                     })
                 }
                 .boxed()

@@ -174,14 +174,71 @@ async fn append(
     data: &str,
     token: &str,
 ) -> StatusCode {
-    let path = format!("/api/jobs/{job}/log?attempt={attempt}&offset={offset}");
+    let query = format!("attempt={attempt}&offset={offset}");
+    append_at(app, job, &query, data, token).await.status()
+}
+
+async fn append_at(
+    app: &TestApp,
+    job: i64,
+    query: &str,
+    data: &str,
+    token: &str,
+) -> reqwest::Response {
+    let path = format!("/api/jobs/{job}/log?{query}");
     app.holding(app.http.post(format!("{}{path}", app.base)), &path)
         .bearer_auth(token)
         .body(data.to_string())
         .send()
         .await
         .unwrap()
-        .status()
+}
+
+/// An append that would leave a gap is refused and stores nothing (at offset 10^12 it used to be
+/// stored, and every later append then read as a retry and was dropped); a gap the worker
+/// declares (output it dropped) is accepted; the reply says how many bytes were new.
+#[tokio::test]
+async fn a_log_append_past_the_end_is_refused_unless_its_gap_is_declared() {
+    let app = spawn_app().await;
+    app.submit(TWO_JOBS).await;
+    let c = app.claim("w").await.unwrap();
+    let post = |query: &'static str, data: &'static str| {
+        let app = &app;
+        async move {
+            let r = append_at(app, c.id, query, data, WORKER_TOKEN).await;
+            let header = |n: &str| {
+                r.headers()
+                    .get(n)
+                    .map(|v| v.to_str().unwrap().parse::<i64>().unwrap())
+            };
+            let stored = (header("x-log-stored"), header("x-log-next"));
+            (r.status(), stored, r.text().await.unwrap())
+        }
+    };
+    let (s, stored, _) = post("attempt=1&offset=0", "hello\n").await;
+    assert_eq!((s, stored), (StatusCode::NO_CONTENT, (Some(6), Some(6))));
+    let (s, _, why) = post("attempt=1&offset=1000000000000", "evil").await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(why.contains("gap"), "{why}");
+    let (s, stored, _) = post("attempt=1&offset=6", "world\n").await;
+    assert_eq!((s, stored), (StatusCode::NO_CONTENT, (Some(6), Some(12))));
+    assert_eq!(read(&app, c.id, "").await, ("hello\nworld\n".into(), 0, 12));
+    // 8 bytes the worker dropped: declared, so the jump is taken.
+    let (s, stored, _) = post("attempt=1&offset=20&gap=8", "after\n").await;
+    assert_eq!((s, stored), (StatusCode::NO_CONTENT, (Some(6), Some(26))));
+    // A retry of stored bytes: accepted, and says nothing new was stored.
+    let (s, stored, _) = post("attempt=1&offset=20", "after\n").await;
+    assert_eq!((s, stored), (StatusCode::NO_CONTENT, (Some(0), Some(26))));
+    // A gap wider than declared, or a declaration past the offset: refused, nothing stored.
+    for query in [
+        "attempt=1&offset=40&gap=5",
+        "attempt=1&offset=26&gap=27",
+        "attempt=1&offset=26&gap=-1",
+    ] {
+        let (s, _, why) = post(query, "x").await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {why}");
+    }
+    assert_eq!(read(&app, c.id, "").await.2, 26);
 }
 
 /// The text from `offset`, and the offsets in its headers: (text, first byte's offset, next).

@@ -336,12 +336,17 @@ async fn the_dashboard_shows_sweeps_and_updates_live_without_reload() {
         p.wait("document.querySelectorAll('#attempts tbody tr').length === 1", "attempts");
         p.wait("document.querySelectorAll('#curves svg path').length >= 3", "job curves");
         p.screenshot("dashboard-job.png");
-        // Cancel from the sweep page (the token as the prompt would have stored it for the tab).
-        p.eval(&format!("sessionStorage.setItem('token', '{TOKEN}')"));
+        // Cancel from the sweep page: the token is typed at the prompt, and never stored.
+        p.eval(&format!("window.prompt = () => '{TOKEN}'"));
         p.eval(&format!("location.hash = '#/sweeps/{id}'"));
         p.wait("document.querySelector('#cancel') && !document.querySelector('#cancel').disabled", "the cancel button");
         p.eval("document.querySelector('#cancel').click()");
         p.wait("document.querySelector('h1').innerText.includes('cancelled')", "the sweep cancelled");
+        assert_eq!(
+            p.eval("sessionStorage.length + localStorage.length + document.cookie.length"),
+            0,
+            "no token kept where a script could read it"
+        );
         shot
     })
     .await;

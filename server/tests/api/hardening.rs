@@ -699,3 +699,92 @@ async fn the_event_stream_outlives_the_request_time_limit() {
     }
     assert_eq!(app.get("/healthz").await.0, reqwest::StatusCode::OK);
 }
+
+/// A dashboard session lasts `--session-hours` and `DELETE /api/session` ends it (sessions used
+/// to last until a restart); one client address holds at most its share of the event streams
+/// (one client could hold all 256), and a stream it closes is its to open again.
+#[tokio::test]
+async fn sessions_expire_and_end_and_one_client_cannot_hold_every_event_stream() {
+    let app = spawn_with(|c| {
+        c.private = true;
+        c.session_ttl = Duration::from_secs(3600);
+        c.max_event_streams_per_client = 3;
+    })
+    .await;
+    let session = || async {
+        let r = app
+            .http
+            .post(format!("{}/api/session", app.base))
+            .json(&json!({"token": TOKEN}))
+            .send()
+            .await
+            .unwrap();
+        let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+        assert!(cookie.contains("Max-Age=3600"), "{cookie}");
+        cookie.split(';').next().unwrap().to_string()
+    };
+    let with = |m: Method, cookie: &str| {
+        app.http
+            .request(m, format!("{}/api/session", app.base))
+            .header("cookie", cookie)
+    };
+    let app = &app;
+    let reads = |cookie: String| async move {
+        app.http
+            .get(format!("{}/api/sweeps", app.base))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let a = session().await;
+    assert_eq!(reads(a.clone()).await, StatusCode::OK);
+    app.clock.advance_ms(3_599_000);
+    assert_eq!(reads(a.clone()).await, StatusCode::OK);
+    app.clock.advance_ms(2_000);
+    assert_eq!(reads(a).await, StatusCode::UNAUTHORIZED, "expired");
+    let b = session().await;
+    assert_eq!(reads(b.clone()).await, StatusCode::OK);
+    let r = with(Method::DELETE, &b).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let cleared = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    assert_eq!(reads(b).await, StatusCode::UNAUTHORIZED, "ended");
+
+    let open = || async {
+        app.http
+            .get(format!("{}/api/events", app.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+    };
+    let mut streams = vec![];
+    for _ in 0..3 {
+        let r = open().await;
+        assert_eq!(r.status(), StatusCode::OK);
+        streams.push(r);
+    }
+    let r = open().await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.text().await.unwrap().contains("from this address"));
+    // A closed stream is noticed when the coordinator next writes to it: publish until it is.
+    drop(streams.pop());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        app.state.publish(server::http::events::Event::Sweep {
+            sweep_id: 0,
+            status: protocol::SweepStatus::Running,
+        });
+        let r = open().await;
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream was never counted out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -176,10 +176,17 @@ impl Coordinator {
             .map(|_| ())
     }
 
-    /// Appends a chunk of the attempt's output at `offset` (a retry of it is stored once).
-    pub fn append_log(&self, lease: Lease, offset: u64, data: &[u8]) -> Result<(), CallError> {
+    /// Appends a chunk of the attempt's output at `offset` (a retry of it is stored once),
+    /// declaring the `gap` bytes before it that were dropped.
+    pub fn append_log(
+        &self,
+        lease: Lease,
+        offset: u64,
+        gap: u64,
+        data: &[u8],
+    ) -> Result<(), CallError> {
         let path = format!(
-            "{}?attempt={}&offset={offset}",
+            "{}?attempt={}&offset={offset}&gap={gap}",
             routes::log(lease.job),
             lease.attempt
         );

@@ -52,6 +52,8 @@ pub struct JobOptions {
     /// Variables of the worker's environment a command job also gets, beyond the allowlist
     /// (`--pass-env NAME`).
     pub pass_env: Vec<String>,
+    /// Caps on a restored command checkpoint (`--restore-max-mib`, `--restore-max-entries`).
+    pub restore: program::RestoreLimits,
 }
 
 /// What the supervisor reports to the worker's main loop as it goes.
@@ -234,8 +236,10 @@ impl Supervisor {
                         Program::Trainer => crate::checkpoint::read_resume_meta(&path)
                             .map(|m| i64::from(m.epoch))
                             .unwrap_or(0),
-                        Program::Command { .. } => program::unpack_checkpoint(&self.out, &path)
-                            .map_err(|e| format!("cannot unpack the job's checkpoint: {e}"))?,
+                        Program::Command { .. } => {
+                            program::unpack_checkpoint(&self.out, &path, self.opts.restore)
+                                .map_err(|e| format!("cannot unpack the job's checkpoint: {e}"))?
+                        }
                     };
                     tracing::info!(
                         job = id,
@@ -407,7 +411,11 @@ impl Supervisor {
 
     fn collect_output(&mut self) {
         for (offset, data) in self.output.take(LOG_CHUNK) {
-            let dropped = self.outbox.push(Write::Log { offset, data });
+            let dropped = self.outbox.push(Write::Log {
+                offset,
+                gap: 0,
+                data,
+            });
             if dropped > 0 {
                 tracing::warn!(
                     job = self.job(),
@@ -552,7 +560,7 @@ impl Supervisor {
                 Ok(())
             }
             Write::Upload => coord.upload_checkpoint(lease, &checkpoint),
-            Write::Log { offset, data } => coord.append_log(lease, *offset, data),
+            Write::Log { offset, gap, data } => coord.append_log(lease, *offset, *gap, data),
             Write::Finish {
                 status,
                 summary,
@@ -635,6 +643,7 @@ mod tests {
             command_root: None,
             stop_grace: Duration::from_secs(10),
             pass_env: vec![],
+            restore: program::RestoreLimits::default(),
         }
     }
 

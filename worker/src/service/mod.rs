@@ -78,6 +78,13 @@ pub struct RunArgs {
     /// shutdown) before it gets SIGTERM, and as long again before SIGKILL.
     #[arg(long, default_value_t = 10.0)]
     pub stop_grace_seconds: f64,
+    /// Most a command job's checkpoint archive may unpack to when it is restored, in MiB (only
+    /// directories and regular files are restored at all).
+    #[arg(long, default_value_t = 4096, requires = "allow_commands")]
+    pub restore_max_mib: u64,
+    /// Most entries (files and directories) a restored checkpoint archive may hold.
+    #[arg(long, default_value_t = 100_000, requires = "allow_commands")]
+    pub restore_max_entries: u64,
 }
 
 fn default_name() -> String {
@@ -181,6 +188,10 @@ impl Service {
                     .transpose()?,
                 stop_grace: Duration::from_secs_f64(a.stop_grace_seconds.max(0.0)),
                 pass_env: a.pass_env.clone(),
+                restore: program::RestoreLimits {
+                    max_bytes: a.restore_max_mib.saturating_mul(1 << 20),
+                    max_entries: a.restore_max_entries,
+                },
             },
             running: HashMap::new(),
             tty: std::io::stderr().is_terminal(),

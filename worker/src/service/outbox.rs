@@ -14,8 +14,11 @@ pub enum Write {
     Metrics(MetricsReport),
     /// The job's checkpoint file, as it is when sent.
     Upload,
+    /// A chunk of output at `offset`; `gap`: the bytes just before it that were dropped (over
+    /// the budget, or refused), which the coordinator is told so it accepts the jump.
     Log {
         offset: u64,
+        gap: u64,
         data: Vec<u8>,
     },
     Finish {
@@ -35,6 +38,8 @@ pub struct Outbox {
     /// Bytes of output queued, and the most that may be.
     log_queued: usize,
     max_log: usize,
+    /// Output dropped with no later chunk queued yet to declare it: the next chunk pushed does.
+    gap_ahead: u64,
     retry_at: Option<Instant>,
     backoff: Duration,
 }
@@ -45,6 +50,7 @@ impl Outbox {
             queue: VecDeque::new(),
             log_queued: 0,
             max_log,
+            gap_ahead: 0,
             retry_at: None,
             backoff: FIRST_BACKOFF,
         }
@@ -60,11 +66,14 @@ impl Outbox {
 
     /// Queues a write behind the others. Returns the bytes of old output dropped to stay within
     /// the budget (0 almost always).
-    pub fn push(&mut self, w: Write) -> usize {
-        match &w {
+    pub fn push(&mut self, mut w: Write) -> usize {
+        match &mut w {
             // Only the latest checkpoint matters: an older upload still queued is dropped.
             Write::Upload => self.queue.retain(|q| !matches!(q, Write::Upload)),
-            Write::Log { data, .. } => self.log_queued += data.len(),
+            Write::Log { data, gap, .. } => {
+                self.log_queued += data.len();
+                *gap += std::mem::take(&mut self.gap_ahead);
+            }
             _ => {}
         }
         self.queue.push_back(w);
@@ -77,12 +86,26 @@ impl Outbox {
             else {
                 break;
             };
-            if let Some(Write::Log { data, .. }) = self.queue.remove(i) {
+            if let Some(Write::Log { data, gap, .. }) = self.queue.remove(i) {
                 self.log_queued -= data.len();
                 dropped += data.len();
+                self.declare_dropped(i, gap + data.len() as u64);
             }
         }
         dropped
+    }
+
+    /// Output that will never be sent: the next chunk from queue position `from` on starts
+    /// after it, and declares it.
+    fn declare_dropped(&mut self, from: usize, bytes: u64) {
+        let next = self.queue.iter_mut().skip(from).find_map(|q| match q {
+            Write::Log { gap, .. } => Some(gap),
+            _ => None,
+        });
+        match next {
+            Some(gap) => *gap += bytes,
+            None => self.gap_ahead += bytes,
+        }
     }
 
     /// Sends queued writes in order through `send` until the queue is empty or the coordinator is
@@ -106,8 +129,11 @@ impl Outbox {
                 return Ok(());
             }
             // Sent, refused or moot: the write has left the queue.
-            if let Write::Log { data, .. } = &w {
+            if let Write::Log { data, gap, .. } = &w {
                 self.log_queued -= data.len();
+                if sent.is_err() {
+                    self.declare_dropped(0, gap + data.len() as u64);
+                }
             }
             match sent {
                 Ok(()) => {
@@ -139,6 +165,7 @@ mod tests {
     fn log(offset: u64, len: usize) -> Write {
         Write::Log {
             offset,
+            gap: 0,
             data: vec![b'x'; len],
         }
     }
@@ -271,5 +298,64 @@ mod tests {
         assert_eq!(sent[0], metrics(1));
         assert!(matches!(sent[1], Write::Finish { .. }));
         assert_eq!(outbox.log_queued, 0);
+    }
+
+    /// Output dropped (over the budget, or refused) is declared by the next chunk sent, so the
+    /// coordinator accepts the jump in offsets; a gap nobody declared it refuses.
+    #[test]
+    fn dropped_output_is_declared_by_the_next_chunk() {
+        let mut outbox = Outbox::new(100);
+        outbox.push(log(0, 60));
+        outbox.push(metrics(1));
+        outbox.push(log(60, 30));
+        assert_eq!(outbox.push(log(90, 30)), 60);
+        let sent = drain(&mut outbox, Instant::now());
+        let gaps: Vec<(u64, u64)> = sent
+            .iter()
+            .filter_map(|w| match w {
+                Write::Log { offset, gap, .. } => Some((*offset, *gap)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gaps, [(60, 60), (90, 0)]);
+        // A chunk bigger than the budget goes whole; the next one pushed declares it.
+        assert_eq!(outbox.push(log(120, 150)), 150);
+        outbox.push(log(270, 10));
+        let sent = drain(&mut outbox, Instant::now());
+        assert!(
+            matches!(
+                sent[..],
+                [Write::Log {
+                    offset: 270,
+                    gap: 150,
+                    ..
+                }]
+            ),
+            "{sent:?}"
+        );
+        // A refused chunk is declared by the one after it.
+        outbox.push(log(280, 5));
+        outbox.push(log(285, 5));
+        let mut sent = vec![];
+        outbox
+            .flush(Instant::now(), |w| {
+                sent.push(w.clone());
+                match sent.len() {
+                    1 => Err(CallError::Refused("no".into())),
+                    _ => Ok(()),
+                }
+            })
+            .unwrap();
+        assert!(
+            matches!(
+                sent[1],
+                Write::Log {
+                    offset: 285,
+                    gap: 5,
+                    ..
+                }
+            ),
+            "{sent:?}"
+        );
     }
 }

@@ -259,41 +259,154 @@ fn non_finite_as_marker(line: &str) -> String {
     out
 }
 
+/// What a restored archive may unpack to (`worker run --restore-max-mib`, `--restore-max-entries`):
+/// the archive comes from the coordinator, where any holder of a job's lease may have put it.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreLimits {
+    pub max_bytes: u64,
+    pub max_entries: u64,
+}
+
+impl Default for RestoreLimits {
+    fn default() -> Self {
+        RestoreLimits {
+            max_bytes: 4 << 30,
+            max_entries: 100_000,
+        }
+    }
+}
+
 /// Packs the command's checkpoint directory, with the epoch it follows, into the archive that is
-/// uploaded. None when the program has left nothing there.
+/// uploaded. None when the program has left nothing there. Only directories and regular files
+/// go in, and no link is followed (the directory itself included): a link would upload whatever
+/// it points to, a FIFO would block the read and a device never end.
 pub fn pack_checkpoint(out: &Path, epoch: i64) -> std::io::Result<Option<PathBuf>> {
     let dir = out.join(CHECKPOINT_DIR);
+    match std::fs::symlink_metadata(&dir) {
+        Err(_) => return Ok(None),
+        Ok(m) if !m.is_dir() => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} is not a directory (a link?): not archived",
+                    dir.display()
+                ),
+            ))
+        }
+        Ok(_) => {}
+    }
     if std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none()) {
         return Ok(None);
     }
     let archive = out.join(ARCHIVE);
     let tmp = crate::checkpoint::tmp_path(&archive);
     let mut tar = tar::Builder::new(std::fs::File::create(&tmp)?);
-    tar.follow_symlinks(false);
     let stamp = epoch.to_string();
-    let mut header = tar::Header::new_gnu();
-    header.set_size(stamp.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, EPOCH_ENTRY, stamp.as_bytes())?;
-    tar.append_dir_all(CHECKPOINT_DIR, &dir)?;
+    tar.append_data(
+        &mut entry_header(tar::EntryType::Regular, stamp.len() as u64, 0o644),
+        EPOCH_ENTRY,
+        stamp.as_bytes(),
+    )?;
+    append_tree(&mut tar, &dir)?;
     tar.into_inner()?.sync_all()?;
     std::fs::rename(&tmp, &archive)?;
     Ok(Some(archive))
 }
 
+fn entry_header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h
+}
+
+/// Appends `dir` as `checkpoint/...`: its directories and regular files, in name order; anything
+/// else (links, FIFOs, sockets, devices) is left out.
+fn append_tree(tar: &mut tar::Builder<std::fs::File>, dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let mut todo = vec![(dir.to_path_buf(), PathBuf::from(CHECKPOINT_DIR))];
+    while let Some((path, name)) = todo.pop() {
+        tar.append_data(
+            &mut entry_header(tar::EntryType::Directory, 0, 0o755),
+            &name,
+            std::io::empty(),
+        )?;
+        let mut children: Vec<_> = std::fs::read_dir(&path)?.collect::<Result<_, _>>()?;
+        children.sort_by_key(|e| e.file_name());
+        for child in children {
+            let (path, name) = (child.path(), name.join(child.file_name()));
+            let kind = child.file_type()?; // the entry itself, never a link's target
+            if kind.is_dir() {
+                todo.push((path, name));
+            } else if kind.is_file() {
+                // O_NOFOLLOW | O_NONBLOCK: replaced meanwhile by a link or a FIFO, it is not read.
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&path)?;
+                let meta = file.metadata()?;
+                if !meta.is_file() {
+                    continue;
+                }
+                let mode = meta.permissions().mode() & 0o777;
+                let mut h = entry_header(tar::EntryType::Regular, meta.len(), mode);
+                h.set_mtime(meta.mtime().max(0) as u64);
+                tar.append_data(&mut h, &name, std::io::Read::take(file, meta.len()))?;
+            } else {
+                tracing::warn!(path = %path.display(), "not a file or directory: left out of the checkpoint archive");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Puts a downloaded archive back as the checkpoint directory; the epoch it was taken after.
-pub fn unpack_checkpoint(out: &Path, archive: &Path) -> std::io::Result<i64> {
+/// Only directories and regular files are restored, within `limits`; any other entry (a link, a
+/// device, a FIFO, a sparse file) refuses the whole archive, naming it.
+pub fn unpack_checkpoint(
+    out: &Path,
+    archive: &Path,
+    limits: RestoreLimits,
+) -> std::io::Result<i64> {
     let staging = out.join(".restore");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging)?;
-    // unpack_in refuses entries that would land outside `staging` (absolute paths, `..`).
+    let refused = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let (mut entries, mut bytes) = (0u64, 0u64);
     let mut tar = tar::Archive::new(std::fs::File::open(archive)?);
     for entry in tar.entries()? {
-        entry?.unpack_in(&staging)?;
+        let mut entry = entry?;
+        let name = entry.path()?.display().to_string();
+        // The cheapest signals first: the count, the kind, the size the header declares.
+        entries += 1;
+        if entries > limits.max_entries {
+            return Err(refused(format!(
+                "more than {} entries (worker run --restore-max-entries)",
+                limits.max_entries
+            )));
+        }
+        match entry.header().entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Directory => {}
+            other => {
+                return Err(refused(format!(
+                    "`{name}` is {}: only regular files and directories are restored",
+                    kind_name(other)
+                )))
+            }
+        }
+        bytes = bytes.saturating_add(entry.size());
+        if bytes > limits.max_bytes {
+            return Err(refused(format!(
+                "more than {} MiB unpacked (worker run --restore-max-mib)",
+                limits.max_bytes >> 20
+            )));
+        }
+        // unpack_in refuses entries that would land outside `staging` (absolute paths, `..`);
+        // with no link restored, none can lead outside either.
+        entry.unpack_in(&staging)?;
     }
-    let epoch = std::fs::read_to_string(staging.join(EPOCH_ENTRY))
-        .ok()
+    let epoch = read_small(&staging.join(EPOCH_ENTRY))
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
     let dir = out.join(CHECKPOINT_DIR);
@@ -305,6 +418,34 @@ pub fn unpack_checkpoint(out: &Path, archive: &Path) -> std::io::Result<i64> {
     }
     let _ = std::fs::remove_dir_all(&staging);
     Ok(epoch)
+}
+
+fn kind_name(kind: tar::EntryType) -> &'static str {
+    match kind {
+        tar::EntryType::Symlink => "a symbolic link",
+        tar::EntryType::Link => "a hard link",
+        tar::EntryType::Char | tar::EntryType::Block => "a device",
+        tar::EntryType::Fifo => "a FIFO",
+        tar::EntryType::GNUSparse => "a sparse file",
+        _ => "neither a file nor a directory",
+    }
+}
+
+/// A small regular file's text (at most 64 bytes read), None for anything else.
+fn read_small(path: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut s = String::new();
+    file.take(64).read_to_string(&mut s).ok()?;
+    Some(s)
 }
 
 #[cfg(test)]
@@ -344,9 +485,127 @@ mod tests {
         std::fs::write(a.path().join("checkpoint/sub/state.bin"), b"weights").unwrap();
         let archive = pack_checkpoint(a.path(), 7).unwrap().unwrap();
         let b = tempfile::tempdir().unwrap();
-        assert_eq!(unpack_checkpoint(b.path(), &archive).unwrap(), 7);
+        assert_eq!(
+            unpack_checkpoint(b.path(), &archive, RestoreLimits::default()).unwrap(),
+            7
+        );
         assert_eq!(
             std::fs::read(b.path().join("checkpoint/sub/state.bin")).unwrap(),
+            b"weights"
+        );
+    }
+
+    /// An archive of `(name, kind, size)` entries (each file `size` zero bytes, a link to `/etc`).
+    fn archive_of(dir: &Path, entries: &[(&str, tar::EntryType, u64)]) -> PathBuf {
+        let path = dir.join("evil.tar");
+        let mut tar = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        for &(name, kind, size) in entries {
+            let mut h = entry_header(kind, size, 0o644);
+            if matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link) {
+                h.set_link_name("/etc").unwrap();
+            }
+            if kind == tar::EntryType::GNUSparse {
+                // 100 GiB from one byte of data: the restore bomb.
+                let gnu = h.as_gnu_mut().unwrap();
+                gnu.set_real_size(100 << 30);
+                gnu.sparse[0].set_offset((100 << 30) - size);
+                gnu.sparse[0].set_length(size);
+            }
+            let data = vec![0u8; size as usize];
+            tar.append_data(&mut h, name, &data[..]).unwrap();
+        }
+        tar.into_inner().unwrap();
+        path
+    }
+
+    #[test]
+    fn a_restore_refuses_links_devices_fifos_sparse_files_and_too_much() {
+        use tar::EntryType::*;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let limits = RestoreLimits::default();
+        for (entries, why) in [
+            (
+                vec![("checkpoint", Symlink, 0)],
+                "`checkpoint` is a symbolic link",
+            ),
+            (
+                vec![(".sweep-epoch", Symlink, 0)],
+                "`.sweep-epoch` is a symbolic link",
+            ),
+            (vec![("checkpoint/passwd", Link, 0)], "is a hard link"),
+            (vec![("checkpoint/pipe", Fifo, 0)], "is a FIFO"),
+            (vec![("checkpoint/zero", Char, 0)], "is a device"),
+            (vec![("checkpoint/big", GNUSparse, 1)], "is a sparse file"),
+        ] {
+            let archive = archive_of(dir.path(), &entries);
+            let e = unpack_checkpoint(&out, &archive, limits).unwrap_err();
+            assert!(e.to_string().contains(why), "{e} (wanted {why})");
+            assert!(!out.join("checkpoint").exists(), "nothing restored");
+        }
+        let files: Vec<(String, tar::EntryType, u64)> = (0..5)
+            .map(|i| (format!("checkpoint/{i}"), Regular, 100))
+            .collect();
+        let files: Vec<_> = files.iter().map(|(n, k, s)| (n.as_str(), *k, *s)).collect();
+        let archive = archive_of(dir.path(), &files);
+        let few = RestoreLimits {
+            max_entries: 4,
+            ..limits
+        };
+        let e = unpack_checkpoint(&out, &archive, few).unwrap_err();
+        assert!(e.to_string().contains("more than 4 entries"), "{e}");
+        let small = RestoreLimits {
+            max_bytes: 450,
+            ..limits
+        };
+        let e = unpack_checkpoint(&out, &archive, small).unwrap_err();
+        assert!(e.to_string().contains("unpacked"), "{e}");
+        let fits = RestoreLimits {
+            max_bytes: 500,
+            max_entries: 5,
+        };
+        assert_eq!(unpack_checkpoint(&out, &archive, fits).unwrap(), 0);
+        assert_eq!(std::fs::read(out.join("checkpoint/4")).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn packing_follows_no_link_and_leaves_out_what_is_not_a_file() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("outside");
+        std::fs::create_dir_all(&secret).unwrap();
+        std::fs::write(secret.join("key"), b"host secret").unwrap();
+        // The checkpoint directory itself a link: refused, nothing archived.
+        let a = dir.path().join("a");
+        std::fs::create_dir_all(&a).unwrap();
+        symlink(&secret, a.join(CHECKPOINT_DIR)).unwrap();
+        let e = pack_checkpoint(&a, 1).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        assert!(!a.join(ARCHIVE).exists());
+        // Links and a FIFO inside: left out, the files kept.
+        let b = dir.path().join("b");
+        let ck = b.join(CHECKPOINT_DIR);
+        std::fs::create_dir_all(&ck).unwrap();
+        std::fs::write(ck.join("state"), b"weights").unwrap();
+        symlink(secret.join("key"), ck.join("link")).unwrap();
+        symlink(&secret, ck.join("dirlink")).unwrap();
+        let fifo = std::ffi::CString::new(ck.join("pipe").to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let archive = pack_checkpoint(&b, 3).unwrap().unwrap();
+        let names: Vec<String> = tar::Archive::new(std::fs::File::open(&archive).unwrap())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, [".sweep-epoch", "checkpoint", "checkpoint/state"]);
+        let c = dir.path().join("c");
+        assert_eq!(
+            unpack_checkpoint(&c, &archive, RestoreLimits::default()).unwrap(),
+            3
+        );
+        assert_eq!(
+            std::fs::read(c.join("checkpoint/state")).unwrap(),
             b"weights"
         );
     }
