@@ -41,6 +41,8 @@ pub struct LoadArgs {
 #[derive(Debug, Clone)]
 pub struct LoadResult {
     pub workers: usize,
+    /// How long submitting the sweep took.
+    pub submit_seconds: f64,
     pub early_stop: String,
     pub cycles: usize,
     pub seconds: f64,
@@ -186,6 +188,7 @@ pub async fn run_level(
         }
         other => bail!("--early-stop: {other} (expected none, asha or median)"),
     }
+    let submitted = Instant::now();
     let r = http
         .post(format!("{base}{}", routes::SWEEPS))
         .bearer_auth(token)
@@ -193,9 +196,14 @@ pub async fn run_level(
         .send()
         .await?;
     if !r.status().is_success() {
-        bail!("submitting the load sweep failed: {}", r.status());
+        bail!(
+            "submitting the load sweep failed: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
     }
     let sweep = r.json::<protocol::views::Created>().await?.id;
+    let submit_seconds = submitted.elapsed().as_secs_f64();
     let claimed: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
@@ -244,6 +252,7 @@ pub async fn run_level(
     );
     Ok(LoadResult {
         workers,
+        submit_seconds,
         early_stop: early_stop.to_string(),
         cycles: latencies.len(),
         seconds,
@@ -254,6 +263,20 @@ pub async fn run_level(
         lost: jobs.saturating_sub(completed + pruned),
         errors,
     })
+}
+
+/// A process's peak resident memory (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }
 
 fn optuna(a: &LoadArgs, workers: usize) -> Result<String> {
@@ -287,19 +310,25 @@ pub async fn run(a: &LoadArgs) -> Result<()> {
         .or_else(|| served.as_ref().map(|s| s.base.clone()))
         .expect("a server");
     println!(
-        "| workers | early stop | cycles | cycles/s | p50 ms | p99 ms | duplicate claims | pruned | lost jobs | errors |"
+        "| workers | early stop | submit s | cycles | cycles/s | p50 ms | p99 ms | duplicate claims | pruned | lost jobs | errors | coordinator peak RSS MiB |"
     );
-    println!("|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let levels = a
         .workers
         .iter()
         .flat_map(|&w| a.early_stop.iter().map(move |e| (w, e)));
     for (w, rule) in levels {
         let r = run_level(&base, &a.token, w, a.jobs, rule).await?;
+        // The coordinator's peak so far (this run's and those before it on the same server).
+        let rss = served
+            .as_ref()
+            .and_then(|s| peak_rss_mib(s.child.id()))
+            .map_or("-".into(), |m| format!("{m:.0}"));
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {} | {:.2} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {rss} |",
             r.workers,
             r.early_stop,
+            r.submit_seconds,
             r.cycles,
             r.cycles as f64 / r.seconds,
             r.p50_ms,

@@ -357,11 +357,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
 
 /// `server synth`: a finished synthetic sweep of `jobs` jobs x `epochs` epochs, for scale tests.
 async fn synth(db: &std::path::Path, jobs: usize, epochs: i64) -> Result<()> {
-    let repeats = jobs.div_ceil(20).clamp(1, 1000);
+    // The study's 20 cells, each with as many seeds as make up `jobs` (repeats stop at 1,000).
+    let seeds = jobs.div_ceil(20).clamp(1, crate::sweep::MAX_JOBS / 20);
+    let seed_axis: Vec<String> = (0..seeds).map(|s| s.to_string()).collect();
     let spec = crate::sweep::SweepSpec::from_toml(&format!(
-        "name = \"synthetic {} x {epochs}\"\n[run]\nrepeats = {repeats}\n[train]\ndataset = \"synthetic\"\nepochs = {epochs}\n\
-         [grid]\nbatch_size = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]\nlr = [0.01, 0.0001]\n",
-        repeats * 20
+        "name = \"synthetic {} x {epochs}\"\n[train]\ndataset = \"synthetic\"\nepochs = {epochs}\n\
+         [grid]\nbatch_size = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]\nlr = [0.01, 0.0001]\nseed = [{}]\n",
+        seeds * 20,
+        seed_axis.join(", ")
     ))?;
     let store = crate::store::Store::open(db).await?;
     let now = crate::state::Clock::System.now_ms();

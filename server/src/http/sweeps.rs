@@ -126,10 +126,10 @@ pub(super) async fn get_sweep(
     Query(q): Query<SweepQuery>,
 ) -> ApiResult<Json<SweepDetail>> {
     let limit = q.limit.unwrap_or(DEFAULT_JOBS_INLINE);
-    if !(1..=crate::sweep::MAX_JOBS).contains(&limit) {
+    if !(1..=crate::sweep::MAX_JOBS_INLINE).contains(&limit) {
         return Err(ApiError::Unprocessable(format!(
-            "limit: must be between 1 and {}",
-            crate::sweep::MAX_JOBS
+            "limit: must be between 1 and {} (page larger sweeps with /jobs)",
+            crate::sweep::MAX_JOBS_INLINE
         )));
     }
     let mut detail = state.store.sweep_detail(id, q.jobs.unwrap_or(true)).await?;

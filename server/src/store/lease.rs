@@ -248,7 +248,8 @@ impl Store {
         let summary = summary.map(Value::to_string);
         let outcome = outcome.as_str();
         let (outcome_s, error_s) = (outcome.to_string(), error.map(str::to_string));
-        let row = self.writer.run(move |c| async move { let (outcome, error) = (outcome_s, error_s); Ok(sqlx::query!(
+        let ranks = self.ranks.clone();
+        let row = self.writer.run(move |c| async move { let (outcome, error) = (outcome_s, error_s); let row = sqlx::query!(
             // `failed` with attempts left goes back to pending, unless the job's sweep was cancelled
             // meanwhile (then it ends cancelled: a retry would run a cancelled job) or an early-stopping
             // decision stopped it (then it ends pruned, as does a run that completed after the stop
@@ -278,7 +279,13 @@ impl Store {
             error
         )
         .fetch_optional(&mut *c)
-        .await?) }.boxed())
+        .await?;
+        // Early stopping's values follow the job's end (in memory: nothing here can fail).
+        if let Some(row) = &row {
+            let status = status_of(&row.status)?;
+            ranks.with(row.sweep_id, |s| s.job_ended(job, status));
+        }
+        Ok(row) }.boxed())
         .await?;
         if let Some(row) = row {
             return Ok(JobChange {

@@ -7,7 +7,8 @@
 //! The statements are grouped by what they change:
 //! - [`lease`]: the lease state machine of a job: claim, heartbeat, metrics, finish, release,
 //!   requeue of expired leases, and the fence every worker write passes.
-//! - [`stopping`]: early stopping's decision on a metrics report, and the stop flag it sets.
+//! - [`stopping`]: early stopping's decision on a metrics report, and the stop flag it sets; the
+//!   ordered values it decides on are kept in memory by [`ranks`], beside SQLite.
 //! - [`sweeps`]: sweeps created (with their jobs) and cancelled.
 //! - [`trials`]: TPE's trials drawn when claimed: the next placeholder, the history, the drawn
 //!   point written.
@@ -32,6 +33,7 @@ use sqlx::{ConnectOptions, SqliteConnection};
 
 mod lease;
 pub mod logs;
+mod ranks;
 mod reads;
 pub use reads::CurvePoint;
 mod stopping;
@@ -73,6 +75,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     read: SqlitePool,
     writer: Writer,
+    /// Early stopping's ordered values, changed only inside the writer's batches.
+    ranks: std::sync::Arc<ranks::Ranks>,
 }
 
 /// A stored status word as the enum. The table's CHECK constraint admits only these words; another
@@ -111,9 +115,11 @@ impl Store {
             .test_before_acquire(false)
             .connect_with(opts.read_only(true))
             .await?;
+        let ranks = std::sync::Arc::new(ranks::Ranks::default());
         Ok(Store {
             read,
-            writer: Writer::spawn(write),
+            writer: Writer::spawn_observed(write, ranks.clone()),
+            ranks,
         })
     }
 

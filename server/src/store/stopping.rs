@@ -2,6 +2,7 @@
 //! sets (`stop_requested`, never cleared). The flag reaches the worker in the metrics reply and in
 //! every heartbeat; however the attempt then ends (finish, release, lease expiry), the job ends
 //! `pruned` (see [`lease`](super::lease)). The rules themselves are in [`crate::sweep::early_stop`].
+use super::ranks::{Ranks, SweepRanks};
 use super::*;
 use crate::sweep::early_stop::{self, EarlyStop, Method};
 use protocol::MetricsReport;
@@ -43,6 +44,7 @@ impl Store {
         rule: EarlyStop,
     ) -> Result<(i64, bool)> {
         let report = m.clone();
+        let ranks = self.ranks.clone();
         let done = self
             .writer
             .run_many(move |c| {
@@ -51,7 +53,13 @@ impl Store {
                     else {
                         return Ok(None);
                     };
-                    let stop = judge_in(c, job, sweep, report.epoch, value, &rule).await?;
+                    let judged = Judged {
+                        job,
+                        sweep,
+                        epoch: report.epoch,
+                        value,
+                    };
+                    let stop = judge_in(c, &ranks, judged, &rule).await?;
                     Ok(Some((sweep, stop)))
                 }
                 .boxed()
@@ -68,38 +76,44 @@ impl Store {
     }
 }
 
+/// One report to judge: the job, its sweep, the epoch and the rule's metric in it.
+#[derive(Debug, Clone, Copy)]
+struct Judged {
+    job: i64,
+    sweep: i64,
+    epoch: i64,
+    value: f64,
+}
+
 /// Judges a running job on its report of `epoch` and sets the stop flag when it is to stop; true
 /// when it is to stop (decided now or before). Inside the caller's transaction, so two reports
 /// arriving together are judged one after the other, each seeing the other's rung value.
 async fn judge_in(
     c: &mut SqliteConnection,
-    job: i64,
-    sweep: i64,
-    epoch: i64,
-    value: f64,
+    ranks: &Ranks,
+    r: Judged,
     rule: &EarlyStop,
 ) -> Result<bool> {
-    let row = sqlx::query!("SELECT status, stop_requested FROM jobs WHERE id = ?", job)
-        .fetch_optional(&mut *c)
-        .await?;
+    let row = sqlx::query!(
+        "SELECT status, stop_requested FROM jobs WHERE id = ?",
+        r.job
+    )
+    .fetch_optional(&mut *c)
+    .await?;
     let Some(row) = row else {
-        return Err(StoreError::NotFound(format!("job {job}")));
+        return Err(StoreError::NotFound(format!("job {}", r.job)));
     };
     if row.stop_requested != 0 || row.status != JobStatus::Running.as_str() {
         return Ok(row.stop_requested != 0);
     }
     let stop = match rule.method {
-        Method::Asha { reduction_factor } => {
-            asha(c, rule, job, sweep, epoch, value, reduction_factor).await?
-        }
-        Method::Median { startup_trials } => {
-            median(c, rule, job, sweep, epoch, startup_trials).await?
-        }
+        Method::Asha { reduction_factor } => asha(c, ranks, rule, r, reduction_factor).await?,
+        Method::Median { startup_trials } => median(c, ranks, rule, r, startup_trials).await?,
     };
     if stop {
         sqlx::query!(
             "UPDATE jobs SET stop_requested = 1 WHERE id = ? AND status = 'running'",
-            job
+            r.job
         )
         .execute(&mut *c)
         .await?;
@@ -109,15 +123,27 @@ async fn judge_in(
 
 /// Successive halving: records the job's value at each rung its epoch has reached (its next rung
 /// is the number it has recorded), and stops it at the first rung where it is not in the top.
+/// The comparison is the in-memory rung's ([`Ranks`]): O(log n) in the values at the rung.
 async fn asha(
     c: &mut SqliteConnection,
+    ranks: &Ranks,
     rule: &EarlyStop,
-    job: i64,
-    sweep: i64,
-    epoch: i64,
-    value: f64,
+    r: Judged,
     eta: i64,
 ) -> Result<bool> {
+    let (job, sweep, value) = (r.job, r.sweep, r.value);
+    if !ranks.is_loaded(sweep) {
+        let rows = sqlx::query!(
+            r#"SELECT job_id, rung, value AS "value!: f64" FROM rungs WHERE sweep_id = ?"#,
+            sweep
+        )
+        .fetch_all(&mut *c)
+        .await?;
+        ranks.load(
+            sweep,
+            SweepRanks::asha(rows.into_iter().map(|x| (x.job_id, x.rung, x.value))),
+        );
+    }
     let mut rung = sqlx::query_scalar!("SELECT count(*) FROM rungs WHERE job_id = ?", job)
         .fetch_one(&mut *c)
         .await?;
@@ -126,10 +152,10 @@ async fn asha(
         let Some(at) = u32::try_from(rung).ok().and_then(|k| rule.rung_epoch(k)) else {
             return Ok(false);
         };
-        if epoch < at {
+        if r.epoch < at {
             return Ok(false);
         }
-        sqlx::query!(
+        let added = sqlx::query!(
             "INSERT INTO rungs (job_id, sweep_id, rung, value) VALUES (?, ?, ?, ?)
              ON CONFLICT (job_id, rung) DO NOTHING",
             job,
@@ -138,23 +164,19 @@ async fn asha(
             value
         )
         .execute(&mut *c)
-        .await?;
-        // Every value at the rung, this one included (a diverged job's left by trigger), and how
-        // many are better than this one: one scan of the covering index, no table row read.
-        let counts = sqlx::query!(
-            r#"SELECT count(*) AS "n!: i64",
-                      coalesce(sum(CASE WHEN ?3 THEN value > ?4 ELSE value < ?4 END), 0) AS "better!: i64"
-               FROM rungs
-               WHERE sweep_id = ?1
-                 AND rung = ?2"#,
-            sweep,
-            rung,
-            max,
-            value
-        )
-        .fetch_one(&mut *c)
-        .await?;
-        if !early_stop::goes_on(counts.n as usize, counts.better as usize, eta) {
+        .await?
+        .rows_affected();
+        // Every value at the rung, this one included (a diverged job's left when it ended), and
+        // how many are better than this one.
+        let (n, better) = ranks
+            .with(sweep, |s| {
+                if added == 1 {
+                    s.add_rung_value(job, rung, value);
+                }
+                s.rung_counts(rung, value, max)
+            })
+            .unwrap_or((0, 0));
+        if !early_stop::goes_on(n, better, eta) {
             return Ok(true);
         }
         rung += 1;
@@ -162,28 +184,31 @@ async fn asha(
 }
 
 /// The median rule: the job's best value so far against the median, at this epoch, of the sweep's
-/// completed jobs.
+/// completed jobs (kept ordered in memory, [`Ranks`]: O(log n) in the completed jobs).
 async fn median(
     c: &mut SqliteConnection,
+    ranks: &Ranks,
     rule: &EarlyStop,
-    job: i64,
-    sweep: i64,
-    epoch: i64,
+    r: Judged,
     startup_trials: i64,
 ) -> Result<bool> {
-    if epoch < rule.min_epochs {
+    let (job, sweep) = (r.job, r.sweep);
+    let metric = rule.metric.as_str();
+    if !ranks.is_loaded(sweep) {
+        load_median(c, ranks, sweep, metric).await?;
+    } else {
+        ranks.with(sweep, |s| s.add_open_value(job, r.epoch, r.value));
+    }
+    if r.epoch < rule.min_epochs {
         return Ok(false);
     }
-    let completed = sqlx::query_scalar!(
-        "SELECT count(*) FROM jobs WHERE sweep_id = ? AND status = 'completed'",
-        sweep
-    )
-    .fetch_one(&mut *c)
-    .await?;
+    let (completed, threshold) = ranks
+        .with(sweep, |s| s.median_at(r.epoch))
+        .unwrap_or((0, None));
     if completed == 0 || completed < startup_trials {
         return Ok(false);
     }
-    let (metric, max) = (rule.metric.as_str(), rule.mode == early_stop::Mode::Max);
+    let max = rule.mode == early_stop::Mode::Max;
     // The metric is a column chosen by name: one CASE over the columns, bound as a parameter; a
     // command's own metric is read from `extra` (its name is checked to need no quoting).
     let best = sqlx::query_scalar!(
@@ -201,24 +226,47 @@ async fn median(
     )
     .fetch_one(&mut *c)
     .await?;
-    let at_epoch = sqlx::query_scalar!(
-        r#"SELECT CASE ?3 WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
+    Ok(match (best, threshold) {
+        (Some(best), Some(threshold)) => early_stop::below_median(rule, best, threshold),
+        _ => false,
+    })
+}
+
+/// The median rule's values of one sweep from SQLite: every epoch's value of the completed jobs,
+/// and of the jobs not ended yet (this report's included: it is in the transaction).
+async fn load_median(
+    c: &mut SqliteConnection,
+    ranks: &Ranks,
+    sweep: i64,
+    metric: &str,
+) -> Result<()> {
+    let completed = sqlx::query_scalar!(
+        "SELECT count(*) FROM jobs WHERE sweep_id = ? AND status = 'completed'",
+        sweep
+    )
+    .fetch_one(&mut *c)
+    .await?;
+    let rows = sqlx::query!(
+        r#"SELECT m.job_id, m.epoch, j.status = 'completed' AS "done!: bool",
+                  CASE ?2 WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
                           WHEN 'train_loss' THEN m.train_loss WHEN 'precision' THEN m.precision
                           WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1 WHEN 'lr' THEN m.lr
                           WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'seconds' THEN m.seconds
-                          ELSE json_extract(m.extra, '$."' || ?3 || '"') END AS "v: f64"
+                          ELSE json_extract(m.extra, '$."' || ?2 || '"') END AS "v: f64"
            FROM jobs j
-           JOIN metrics m ON m.job_id = j.id AND m.epoch = ?2
+           JOIN metrics m ON m.job_id = j.id
            WHERE j.sweep_id = ?1
-             AND j.status = 'completed'"#,
+             AND j.status IN ('completed', 'running', 'pending')"#,
         sweep,
-        epoch,
         metric
     )
     .fetch_all(&mut *c)
     .await?;
-    Ok(match (best, early_stop::median(&at_epoch)) {
-        (Some(best), Some(threshold)) => early_stop::below_median(rule, best, threshold),
-        _ => false,
-    })
+    let values = rows.into_iter().filter_map(|x| {
+        // A missing or NaN value never counts (nanpercentile ignores it).
+        let v = x.v.filter(|v| !v.is_nan())?;
+        Some((x.job_id, x.epoch, v, x.done))
+    });
+    ranks.load(sweep, SweepRanks::median(completed, values));
+    Ok(())
 }

@@ -36,10 +36,32 @@ pub struct Writer {
     ops: mpsc::Sender<Op>,
 }
 
+/// State kept beside SQLite by the writes themselves (early stopping's ordered values): told when
+/// each write ends and whether it stood, and whether each batch committed, so it can drop what a
+/// rolled-back write or batch changed.
+pub trait Observer: Send + Sync + 'static {
+    /// A write ended: `ok` false when it failed (its statements were rolled back).
+    fn write_ended(&self, ok: bool);
+    /// A batch ended: `committed` false when nothing of it was stored.
+    fn batch_ended(&self, committed: bool);
+}
+
+/// No state beside SQLite.
+struct Nobody;
+
+impl Observer for Nobody {
+    fn write_ended(&self, _: bool) {}
+    fn batch_ended(&self, _: bool) {}
+}
+
 impl Writer {
     pub fn spawn(conn: SqliteConnection) -> Self {
+        Self::spawn_observed(conn, std::sync::Arc::new(Nobody))
+    }
+
+    pub fn spawn_observed(conn: SqliteConnection, observer: std::sync::Arc<dyn Observer>) -> Self {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run(conn, rx));
+        tokio::spawn(run(conn, rx, observer));
         Writer { ops: tx }
     }
 
@@ -102,7 +124,11 @@ impl Writer {
     }
 }
 
-async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Op>) {
+async fn run(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Op>,
+    observer: std::sync::Arc<dyn Observer>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let begun = match sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await {
@@ -114,13 +140,16 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Op>) {
         };
         let mut replies = Vec::with_capacity(batch.len());
         for op in batch.drain(..) {
-            replies.push(match (begun, op.many) {
-                (false, _) => (op.run)(&mut conn, false).await.1,
-                (true, false) => (op.run)(&mut conn, true).await.1,
+            let (ok, reply) = match (begun, op.many) {
+                (false, _) => (op.run)(&mut conn, false).await,
+                (true, false) => (op.run)(&mut conn, true).await,
                 (true, true) => run_isolated(&mut conn, op.run).await,
-            });
+            };
+            observer.write_ended(ok);
+            replies.push(reply);
         }
         let committed = begun && commit(&mut conn, replies.len()).await;
+        observer.batch_ended(committed);
         for reply in replies {
             reply(committed);
         }
@@ -130,20 +159,20 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Op>) {
 
 /// Runs one write under its own savepoint: on failure, what it did is undone and the rest of the
 /// batch is unaffected.
-async fn run_isolated(conn: &mut SqliteConnection, op: OpFn) -> Reply {
+async fn run_isolated(conn: &mut SqliteConnection, op: OpFn) -> (bool, Reply) {
     if sqlx::query("SAVEPOINT write")
         .execute(&mut *conn)
         .await
         .is_err()
     {
-        return op(conn, false).await.1;
+        return op(conn, false).await;
     }
     let (ok, reply) = op(conn, true).await;
     if !ok {
         let _ = sqlx::query("ROLLBACK TO write").execute(&mut *conn).await;
     }
     let _ = sqlx::query("RELEASE write").execute(&mut *conn).await;
-    reply
+    (ok, reply)
 }
 
 async fn commit(conn: &mut SqliteConnection, writes: usize) -> bool {
@@ -164,6 +193,12 @@ mod tests {
     use sqlx::Connection;
 
     async fn writer() -> (Writer, tempfile::TempDir, std::path::PathBuf) {
+        writer_observed(std::sync::Arc::new(Nobody)).await
+    }
+
+    async fn writer_observed(
+        observer: std::sync::Arc<dyn Observer>,
+    ) -> (Writer, tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let url = format!("sqlite://{}?mode=rwc", path.display());
@@ -172,7 +207,7 @@ mod tests {
             .execute(&mut c)
             .await
             .unwrap();
-        (Writer::spawn(c), dir, path)
+        (Writer::spawn_observed(c, observer), dir, path)
     }
 
     async fn rows(path: &std::path::Path) -> Vec<i64> {
@@ -215,5 +250,44 @@ mod tests {
         assert!(a.is_err());
         assert!(b.is_ok());
         assert_eq!(rows(&path).await, vec![2]);
+    }
+
+    /// Records what the writer tells its observer.
+    #[derive(Default)]
+    struct Told(std::sync::Mutex<Vec<String>>);
+
+    impl Observer for Told {
+        fn write_ended(&self, ok: bool) {
+            self.0.lock().unwrap().push(format!("write {ok}"));
+        }
+        fn batch_ended(&self, committed: bool) {
+            self.0.lock().unwrap().push(format!("batch {committed}"));
+        }
+    }
+
+    /// The observer hears of each write's end, failed or not, then of the batch's commit: what the
+    /// in-memory early-stopping values need to drop what was rolled back.
+    #[tokio::test]
+    async fn the_observer_hears_of_every_write_and_batch() {
+        let told = std::sync::Arc::new(Told::default());
+        let (w, _dir, _path) = writer_observed(told.clone()).await;
+        let insert = |x: i64| {
+            w.run(move |c| {
+                async move {
+                    sqlx::query("INSERT INTO t VALUES (?)")
+                        .bind(x)
+                        .execute(&mut *c)
+                        .await?;
+                    Ok(())
+                }
+                .boxed()
+            })
+        };
+        insert(1).await.unwrap();
+        assert!(insert(1).await.is_err(), "a duplicate key");
+        assert_eq!(
+            *told.0.lock().unwrap(),
+            ["write true", "batch true", "write false", "batch true"]
+        );
     }
 }

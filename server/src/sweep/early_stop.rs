@@ -19,9 +19,8 @@
 //! without evaluation, or a diverged one, whose loss is NaN) is not judged; and diverged jobs are
 //! never compared with (they ended themselves; a NaN would make every comparison meaningless).
 //!
-//! The decision reads only what it compares, through indexes: ASHA two index-only counts of the
-//! values at its rung (`rungs_sweep`), the median rule the sweep's completed jobs
-//! (`jobs_sweep_status`) and each one's epoch by the metrics key; never the sweep's whole history.
+//! The decision costs O(log n) in the jobs compared: the values at a rung, and the completed jobs'
+//! values at an epoch, are kept ordered in memory beside SQLite (`store/ranks.rs`).
 use serde_json::Value;
 
 use super::file::{EarlyStopFile, EarlyStopMethod};

@@ -75,9 +75,9 @@ impl<'de> Deserialize<'de> for GridFile {
 #[serde(deny_unknown_fields)]
 pub struct SearchFile {
     pub method: SearchMethod,
-    /// Random search and TPE: how many trials (trials x repeats at most 10,000).
+    /// Random search and TPE: how many trials (trials x repeats at most 100,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 10000)]
+    #[schema(minimum = 1, maximum = 100000)]
     pub trials: Option<i64>,
     /// Random search and TPE: the seed of the draws (0 by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,7 +94,7 @@ pub struct SearchFile {
     pub mode: Option<Mode>,
     /// TPE: random trials before the model is used (10 by default; 0 to trials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 0, maximum = 10000)]
+    #[schema(minimum = 0, maximum = 100000)]
     pub startup_trials: Option<i64>,
     /// TPE: candidates drawn from the good model per trial (24 by default; 1 to 10,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -12,7 +12,10 @@ mod options;
 pub use file::*;
 pub use options::*;
 
-pub const MAX_JOBS: usize = 10_000;
+/// Most jobs one sweep may have (grid points x repeats, or trials x repeats).
+pub const MAX_JOBS: usize = 100_000;
+/// Most jobs one read lists inline (`GET /api/sweeps/{id}?limit=`); larger sweeps are paged.
+pub const MAX_JOBS_INLINE: usize = 10_000;
 pub const MAX_NAME: usize = 100;
 pub const MAX_BODY: usize = 1 << 20;
 
@@ -424,7 +427,7 @@ fn check_grid(
 }
 
 /// The most a sweep's jobs may store as their params (each job keeps its full settings).
-pub const MAX_STORED_BYTES: usize = 16 << 20;
+pub const MAX_STORED_BYTES: usize = 128 << 20;
 
 /// Bounds what the jobs of a sweep store, from sizes alone, before anything is expanded: every job
 /// carries `train` plus one value of each axis (the longest value of each counts).

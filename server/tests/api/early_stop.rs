@@ -348,3 +348,151 @@ metric = "test_loss"
         assert!(e["error"].as_str().unwrap().starts_with(field), "{e}");
     }
 }
+
+/// The rules recomputed from scratch at every report, from every value kept in plain lists: what
+/// the coordinator's ordered in-memory values must agree with, decision for decision.
+#[derive(Default)]
+struct Recomputed {
+    /// ASHA: (job, value) at each rung, a diverged job's taken out; rungs each job has recorded.
+    rungs: std::collections::HashMap<u32, Vec<(usize, f64)>>,
+    recorded: std::collections::HashMap<usize, u32>,
+    /// Median: each job's (epoch, value), and the jobs that completed.
+    values: std::collections::HashMap<usize, Vec<(i64, f64)>>,
+    completed: Vec<usize>,
+}
+
+impl Recomputed {
+    fn better(max: bool, a: f64, b: f64) -> bool {
+        if max {
+            a > b
+        } else {
+            a < b
+        }
+    }
+
+    fn asha(&mut self, job: usize, epoch: i64, value: f64, min_epochs: i64, eta: i64) -> bool {
+        loop {
+            let k = *self.recorded.entry(job).or_default();
+            if epoch < min_epochs * eta.pow(k) {
+                return false;
+            }
+            *self.recorded.get_mut(&job).unwrap() += 1;
+            let at = self.rungs.entry(k).or_default();
+            at.push((job, value));
+            let better = at
+                .iter()
+                .filter(|(_, v)| Self::better(true, *v, value))
+                .count();
+            if better >= (at.len() / eta as usize).max(1) {
+                return true;
+            }
+        }
+    }
+
+    fn median(&mut self, job: usize, epoch: i64, value: f64, warmup: i64, startup: usize) -> bool {
+        self.values.entry(job).or_default().push((epoch, value));
+        if epoch < warmup || self.completed.is_empty() || self.completed.len() < startup {
+            return false;
+        }
+        let mut at: Vec<f64> = self
+            .completed
+            .iter()
+            .flat_map(|j| self.values[j].iter().filter(|(e, _)| *e == epoch))
+            .map(|(_, v)| *v)
+            .collect();
+        if at.is_empty() {
+            return false;
+        }
+        at.sort_by(f64::total_cmp);
+        let n = at.len();
+        let median = if n % 2 == 1 {
+            at[n / 2]
+        } else {
+            (at[n / 2 - 1] + at[n / 2]) / 2.0
+        };
+        let best = self.values[&job]
+            .iter()
+            .map(|(_, v)| *v)
+            .fold(f64::NEG_INFINITY, f64::max);
+        Self::better(true, median, best)
+    }
+
+    fn diverged(&mut self, job: usize) {
+        for at in self.rungs.values_mut() {
+            at.retain(|(j, _)| *j != job);
+        }
+    }
+}
+
+/// Thousands of random reports on one sweep (ties frequent, a job diverging now and then), and a
+/// coordinator restarted half-way: every decision equals the rule recomputed from scratch over all
+/// values, as a coordinator that never stopped would take it.
+#[tokio::test]
+async fn decisions_at_scale_and_after_a_restart_equal_a_recomputation() {
+    let mut app = spawn_app().await;
+    let jobs = 600;
+    for (rule, epochs) in [(asha(1, 3, "accuracy"), 9), (median(5, 2, "accuracy"), 6)] {
+        let spec = json!({"name": "scale", "train": {"epochs": epochs},
+                          "grid": {"seed": (0..jobs as i64).collect::<Vec<_>>()}, "early_stop": rule});
+        let (status, created) = app.post("/api/sweeps", spec).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let mut ids = vec![];
+        for _ in 0..jobs {
+            ids.push(app.claim("w").await.unwrap().id);
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(epochs as u64);
+        let (mut model, mut next) = (Recomputed::default(), vec![1i64; jobs]);
+        let mut open: Vec<usize> = (0..jobs).collect();
+        let (mut reports, mut stops, mut restarted) = (0, 0, false);
+        while !open.is_empty() {
+            if !restarted && open.len() < jobs / 2 {
+                app.restart().await;
+                restarted = true;
+            }
+            let i = rng.gen_range(0..open.len());
+            let j = open[i];
+            if rng.gen_range(0..60) == 0 {
+                assert_eq!(
+                    app.finish(ids[j], 1, Outcome::Diverged).await.0,
+                    StatusCode::OK
+                );
+                model.diverged(j);
+                open.swap_remove(i);
+                continue;
+            }
+            let (epoch, value) = (next[j], f64::from(rng.gen_range(0..=16)) / 16.0);
+            next[j] += 1;
+            let report =
+                json!({"attempt": 1, "epoch": epoch, "train_loss": 1.0, "accuracy": value});
+            let (status, reply) = app
+                .post(&format!("/api/jobs/{}/metrics", ids[j]), report)
+                .await;
+            assert_eq!(status, StatusCode::OK, "{reply}");
+            let want = match rule["method"].as_str().unwrap() {
+                "asha" => model.asha(j, epoch, value, 1, 3),
+                _ => model.median(j, epoch, value, 2, 5),
+            };
+            assert_eq!(
+                reply["stop"], want,
+                "report {reports}: job {j} epoch {epoch} value {value}"
+            );
+            reports += 1;
+            stops += usize::from(want);
+            let outcome = match () {
+                _ if want => Outcome::Pruned,
+                _ if epoch == epochs => Outcome::Completed,
+                _ => continue,
+            };
+            assert_eq!(app.finish(ids[j], 1, outcome).await.0, StatusCode::OK);
+            if outcome == Outcome::Completed {
+                model.completed.push(j);
+            }
+            open.swap_remove(i);
+        }
+        assert!(restarted);
+        assert!(
+            reports > 1000 && stops > 100 && reports - stops > 500,
+            "{rule}: {stops} stops of {reports} reports"
+        );
+    }
+}

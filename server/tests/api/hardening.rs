@@ -341,8 +341,8 @@ async fn bytes_are_bounded() {
         e["error"].as_str().unwrap().contains("longer than 1024"),
         "{e}"
     );
-    // 1 KB strings x 2 keys x 10,000 jobs: over the sweep's budget, refused before storing.
-    let seeds: Vec<i64> = (0..10_000).collect();
+    // 1 KB strings x 2 keys x 100,000 jobs: over the sweep's budget, refused before storing.
+    let seeds: Vec<i64> = (0..100_000).collect();
     let (s, e) = app
         .post(
             "/api/sweeps",

@@ -35,18 +35,7 @@ pub(crate) async fn spawn_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sweeps.db");
     let clock = Clock::manual(1_800_000_000_000);
-    let mut cfg = ServeConfig::new(db.clone());
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.token = Some(TOKEN.into());
-    cfg.worker_token = Some(WORKER_TOKEN.into());
-    cfg.lease_ms = LEASE_MS;
-    cfg.clock = clock.clone();
-    cfg.reap_every = std::time::Duration::from_secs(3600);
-    tweak(&mut cfg);
-    let app = Application::build(cfg).await.unwrap();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let state = app.state().clone();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let (base, state) = start(&db, &clock, tweak).await;
     TestApp {
         base,
         http: reqwest::Client::new(),
@@ -58,6 +47,27 @@ pub(crate) async fn spawn_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp 
     }
 }
 
+/// A coordinator on `db`, serving on a random port: its URL and state.
+async fn start(
+    db: &std::path::Path,
+    clock: &Clock,
+    tweak: impl FnOnce(&mut ServeConfig),
+) -> (String, AppState) {
+    let mut cfg = ServeConfig::new(db.to_path_buf());
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.token = Some(TOKEN.into());
+    cfg.worker_token = Some(WORKER_TOKEN.into());
+    cfg.lease_ms = LEASE_MS;
+    cfg.clock = clock.clone();
+    cfg.reap_every = std::time::Duration::from_secs(3600);
+    tweak(&mut cfg);
+    let app = Application::build(cfg).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state().clone();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    (base, state)
+}
+
 /// The job a worker-protocol path writes to (`/api/jobs/{id}/...`).
 fn job_of(path: &str) -> Option<i64> {
     let rest = path.strip_prefix("/api/jobs/")?;
@@ -65,6 +75,12 @@ fn job_of(path: &str) -> Option<i64> {
 }
 
 impl TestApp {
+    /// A new coordinator on the same SQLite file and clock, with nothing in memory, as after a
+    /// restart: these helpers talk to it from now on (the first one stays up, unused).
+    pub(crate) async fn restart(&mut self) {
+        (self.base, self.state) = start(&self.db, &self.clock, |_| {}).await;
+    }
+
     /// A request with these credentials (None: anonymous), answered with its status and JSON body.
     /// The lease secret of `job`'s latest claim made through these helpers.
     pub(crate) fn secret(&self, job: i64) -> String {

@@ -94,7 +94,7 @@ async fn bad_searches_are_refused_naming_the_field() {
             "search.trials",
         ),
         (
-            base(json!({"method": "random", "trials": 20000, "space": space})),
+            base(json!({"method": "random", "trials": 200000, "space": space})),
             "search.trials",
         ),
         (

@@ -547,7 +547,7 @@ async fn bad_tpe_searches_are_refused_naming_the_field() {
         ),
         (TPE.replace("trials = 14", "trials = 0"), "search.trials"),
         (
-            TPE.replace("trials = 14", "trials = 10001"),
+            TPE.replace("trials = 14", "trials = 100001"),
             "search.trials",
         ),
         (
