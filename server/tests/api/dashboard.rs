@@ -446,19 +446,29 @@ async fn the_page_reconnects_after_the_coordinator_restarts() {
 }
 
 /// Benchmark, not a test (`scripts/bench-dashboard.sh`): first paint of the sweep page of a
-/// 10,000-job x 300-epoch sweep made by `fill_synthetic`, in headless Chromium.
+/// 10,000-job x 300-epoch sweep made by `fill_synthetic`, in headless Chromium (`BENCH_JOBS` and
+/// `BENCH_EPOCHS` change the size: the study's 20 cells, each with as many seeds as it takes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn bench_first_paint_of_a_10000_job_sweep() {
     let app = spawn_app().await;
-    let spec = server::sweep::SweepSpec::from_toml(
-        "name = \"scale\"\n[run]\nrepeats = 500\n[train]\ndataset = \"synthetic\"\nepochs = 300\n\
-         [grid]\nbatch_size = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]\nlr = [0.01, 0.0001]\n",
-    )
+    let size = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (jobs, epochs) = (size("BENCH_JOBS", 10_000), size("BENCH_EPOCHS", 300));
+    let seeds: Vec<String> = (0..jobs.div_ceil(20)).map(|s| s.to_string()).collect();
+    let spec = server::sweep::SweepSpec::from_toml(&format!(
+        "name = \"scale\"\n[train]\ndataset = \"synthetic\"\nepochs = {epochs}\n\
+         [grid]\nbatch_size = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]\nlr = [0.01, 0.0001]\nseed = [{}]\n",
+        seeds.join(", ")
+    ))
     .unwrap();
     let t0 = Instant::now();
     let (id, n) = app.state.store.create_sweep(&spec, 0).await.unwrap();
-    let rows = app.state.store.fill_synthetic(id, 300, 0).await.unwrap();
+    let rows = app.state.store.fill_synthetic(id, epochs as i64, 0).await.unwrap();
     println!(
         "{n} jobs, {rows} metric rows generated in {:.1} s",
         t0.elapsed().as_secs_f64()
@@ -479,8 +489,9 @@ async fn bench_first_paint_of_a_10000_job_sweep() {
             );
             let ms = page.eval("+document.documentElement.dataset.firstPaintMs");
             let rows = page.eval("document.querySelectorAll('#jobs tbody tr').length");
+            let heap = page.eval("performance.memory ? performance.memory.usedJSHeapSize : null");
             out.push(format!(
-                "load {}: first paint {ms} ms ({rows} table rows)",
+                "load {}: first paint {ms} ms ({rows} table rows, JS heap {heap} bytes)",
                 i + 1
             ));
         }
