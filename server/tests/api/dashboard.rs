@@ -468,7 +468,12 @@ async fn bench_first_paint_of_a_10000_job_sweep() {
     .unwrap();
     let t0 = Instant::now();
     let (id, n) = app.state.store.create_sweep(&spec, 0).await.unwrap();
-    let rows = app.state.store.fill_synthetic(id, epochs as i64, 0).await.unwrap();
+    let rows = app
+        .state
+        .store
+        .fill_synthetic(id, epochs as i64, 0)
+        .await
+        .unwrap();
     println!(
         "{n} jobs, {rows} metric rows generated in {:.1} s",
         t0.elapsed().as_secs_f64()
