@@ -44,6 +44,18 @@ fn log_of(c: &Coordinator, job: i64, attempt: Option<i64>) -> String {
     ureq::get(&url).call().unwrap().into_string().unwrap()
 }
 
+/// Drains `sweep` with a command worker that exits when idle; its only job must have failed: that
+/// job and its error.
+fn only_job_failed(c: &Coordinator, sweep: i64, work: &Path) -> (Value, String) {
+    let mut w = command_worker(&c.url, work, &["--exit-when-idle"]);
+    let s = c.wait_sweep(sweep, STALL);
+    w.wait().unwrap();
+    let j = s["jobs"][0].clone();
+    assert_eq!(j["status"], JobStatus::Failed.as_str(), "{j}");
+    let error = j["error"].as_str().unwrap().to_string();
+    (j, error)
+}
+
 fn lines_of(log: &str) -> Vec<&str> {
     log.lines().collect()
 }
@@ -180,12 +192,7 @@ fn a_failing_command_is_retried_then_failed_with_its_log_tail() {
     let sweep = c.submit(json!({
         "name": "fail", "command": job_py(&["--fail"]), "run": {"max_attempts": 2},
     }));
-    let mut w = command_worker(&c.url, &dir.path().join("w"), &["--exit-when-idle"]);
-    let s = c.wait_sweep(sweep, STALL);
-    w.wait().unwrap();
-    let j = &s["jobs"][0];
-    assert_eq!(j["status"], JobStatus::Failed.as_str(), "{j}");
-    let error = j["error"].as_str().unwrap();
+    let (j, error) = only_job_failed(&c, sweep, &dir.path().join("w"));
     assert!(error.contains("command exited with code 1"), "{error}");
     assert!(error.contains("boom: the program cannot go on"), "{error}");
     let id = j["id"].as_i64().unwrap();
@@ -481,12 +488,7 @@ fn a_checkpoint_archive_with_a_link_is_refused_with_its_entry_named() {
     write(ureq::post(&format!("{}/api/jobs/{id}/release", c.url)))
         .send_json(json!({"attempt": 1, "reason": "done"}))
         .unwrap();
-    let mut w = command_worker(&c.url, &dir.path().join("w"), &["--exit-when-idle"]);
-    let s = c.wait_sweep(sweep, STALL);
-    w.wait().unwrap();
-    let j = &s["jobs"][0];
-    assert_eq!(j["status"], JobStatus::Failed.as_str(), "{j}");
-    let error = j["error"].as_str().unwrap();
+    let (_, error) = only_job_failed(&c, sweep, &dir.path().join("w"));
     assert!(error.contains("`checkpoint` is a symbolic link"), "{error}");
     assert!(epochs_of(&c, id).is_empty(), "the program never ran");
 }

@@ -473,20 +473,12 @@ async fn a_private_dashboard_works_with_a_session_and_foreign_hosts_are_refused(
         )
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let r = app
-        .http
-        .post(format!("{}/api/session", app.base))
-        .json(&json!({"token": TOKEN}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    let set = sign_in(&app).await;
     assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
-        "{cookie}"
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
     );
-    let cookie = cookie.split(';').next().unwrap().to_string();
+    let cookie = set.split(';').next().unwrap().to_string();
     let with_cookie = |m: Method, p: &str| {
         app.http
             .request(m, format!("{}{p}", app.base))
@@ -700,6 +692,19 @@ async fn the_event_stream_outlives_the_request_time_limit() {
     assert_eq!(app.get("/healthz").await.0, reqwest::StatusCode::OK);
 }
 
+/// Trades the admin token for a dashboard session: the `Set-Cookie` header.
+async fn sign_in(app: &TestApp) -> String {
+    let r = app
+        .http
+        .post(format!("{}/api/session", app.base))
+        .json(&json!({"token": TOKEN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    r.headers()["set-cookie"].to_str().unwrap().to_string()
+}
+
 /// A dashboard session lasts `--session-hours` and `DELETE /api/session` ends it (sessions used
 /// to last until a restart); one client address holds at most its share of the event streams
 /// (one client could hold all 256), and a stream it closes is its to open again.
@@ -712,16 +717,9 @@ async fn sessions_expire_and_end_and_one_client_cannot_hold_every_event_stream()
     })
     .await;
     let session = || async {
-        let r = app
-            .http
-            .post(format!("{}/api/session", app.base))
-            .json(&json!({"token": TOKEN}))
-            .send()
-            .await
-            .unwrap();
-        let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
-        assert!(cookie.contains("Max-Age=3600"), "{cookie}");
-        cookie.split(';').next().unwrap().to_string()
+        let set = sign_in(&app).await;
+        assert!(set.contains("Max-Age=3600"), "{set}");
+        set.split(';').next().unwrap().to_string()
     };
     let with = |m: Method, cookie: &str| {
         app.http
