@@ -361,6 +361,10 @@ function jobTable(page, gridKeys) {
 async function sweepView(id) {
   if (ui.sweep !== id) Object.assign(ui, { sweep: id, lr: null, sort: "idx", desc: false, status: "", q: "", offset: 0 });
   const qs = new URLSearchParams({ offset: ui.offset, limit: ui.limit, sort: ui.sort, desc: ui.desc, status: ui.status, q: ui.q });
+  // The curves at the lr the page will most likely show (the one chosen, else the study's 0.01) are
+  // fetched beside the rest, not after: on a large sweep each request takes a few hundred ms.
+  const guess = ui.lr ?? 0.01;
+  const guessed = api(`/api/sweeps/${id}/curves?lr=${guess}&points=150`).catch(() => null);
   const [s, cells, page] = await Promise.all([
     api(`/api/sweeps/${id}?jobs=false`), api(`/api/sweeps/${id}/grid`), api(`/api/sweeps/${id}/jobs?${qs}`),
   ]);
@@ -368,7 +372,8 @@ async function sweepView(id) {
   // without one the page leaves the curves out instead of failing whole.
   const lrs = [...new Set(cells.map((c) => c.lr))].filter((lr) => typeof lr === "number" && lr > 0 && isFinite(lr)).sort((a, b) => b - a);
   if (ui.lr == null || !lrs.includes(ui.lr)) ui.lr = lrs.includes(0.01) ? 0.01 : lrs[0] ?? null;
-  const series = ui.lr == null ? [] : await api(`/api/sweeps/${id}/curves?lr=${ui.lr}&points=150`);
+  const series = ui.lr == null ? []
+    : (ui.lr === guess && (await guessed)) || await api(`/api/sweeps/${id}/curves?lr=${ui.lr}&points=150`);
   const line = (key) => series.map((c) => ({
     name: `batch ${c.batch_size}`, xs: c.epoch, ys: c[key].map((v) => (v == null ? NaN : v)),
     note: c.status === "diverged" ? "diverged" : c.status === "running" ? "running" : "",
