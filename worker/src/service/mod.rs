@@ -25,9 +25,10 @@ pub struct RunArgs {
     pub server: String,
     #[arg(long, env = "SWEEP_TOKEN", hide_env_values = true)]
     pub token: String,
-    /// GPUs to use, e.g. 0,1 (one rank per GPU).
-    #[arg(long, value_delimiter = ',', conflicts_with = "cpu_ranks")]
-    pub gpus: Vec<usize>,
+    /// GPUs to use, e.g. 0,1 (one rank per GPU), or `auto`: those this process was given
+    /// (`CUDA_VISIBLE_DEVICES`, else `SLURM_JOB_GPUS`, as Slurm sets them for a task).
+    #[arg(long, value_parser = parse_gpus, conflicts_with = "cpu_ranks")]
+    pub gpus: Option<Gpus>,
     /// CPU rank slots (the cores are split between them); default when no --gpus: 1.
     #[arg(long)]
     pub cpu_ranks: Option<usize>,
@@ -87,11 +88,66 @@ pub struct RunArgs {
     pub restore_max_entries: u64,
 }
 
-fn default_name() -> String {
+/// `--gpus`: listed device indices, or `auto`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gpus {
+    Listed(Vec<usize>),
+    Auto,
+}
+
+fn parse_gpus(s: &str) -> Result<Gpus, String> {
+    if s == "auto" {
+        return Ok(Gpus::Auto);
+    }
+    indices(s)
+        .map(Gpus::Listed)
+        .map_err(|x| format!("`{x}` is not a GPU index (a list such as 0,1, or auto)"))
+}
+
+/// The indices of a comma-separated list; Err(the entry that is not one).
+fn indices(list: &str) -> Result<Vec<usize>, String> {
+    list.split(',')
+        .map(|x| x.trim().parse::<usize>().map_err(|_| x.trim().to_string()))
+        .collect()
+}
+
+/// The GPUs `--gpus auto` takes: `CUDA_VISIBLE_DEVICES`, else `SLURM_JOB_GPUS` (`env` reads a
+/// variable). The worker hands each job its devices as `CUDA_VISIBLE_DEVICES` again, so the
+/// indices stay those its own environment names.
+pub fn gpus_given(env: impl Fn(&str) -> Option<String>) -> Result<Vec<usize>> {
+    let named = ["CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS"]
+        .into_iter()
+        .find_map(|name| {
+            env(name)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (name, v))
+        });
+    let Some((name, list)) = named else {
+        bail!("--gpus auto: neither CUDA_VISIBLE_DEVICES nor SLURM_JOB_GPUS names a GPU");
+    };
+    indices(&list).map_err(|x| {
+        anyhow::anyhow!(
+            "--gpus auto: {name}={list}: `{x}` is not a GPU index (UUIDs and MIG names are not \
+             supported: list the indices with --gpus)"
+        )
+    })
+}
+
+/// The worker's name unless `--name` gives one: under Slurm its node, job, array task and task
+/// (`gpu7-slurm-4242_3-0`), elsewhere its host and process id.
+fn default_name(env: impl Fn(&str) -> Option<String>) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "worker".into());
-    format!("{host}-{}", std::process::id())
+    match env("SLURM_JOB_ID") {
+        Some(job) => {
+            let node = env("SLURMD_NODENAME").unwrap_or(host);
+            let task = env("SLURM_ARRAY_TASK_ID").map_or(String::new(), |t| format!("_{t}"));
+            let rank = env("SLURM_PROCID").unwrap_or_else(|| "0".into());
+            format!("{node}-slurm-{job}{task}-{rank}")
+        }
+        None => format!("{host}-{}", std::process::id()),
+    }
 }
 
 #[derive(Debug)]
@@ -153,10 +209,15 @@ impl Service {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let kinds: Vec<DeviceKind> = if a.gpus.is_empty() {
+        let gpus = match &a.gpus {
+            None => vec![],
+            Some(Gpus::Listed(g)) => g.clone(),
+            Some(Gpus::Auto) => gpus_given(|k| std::env::var(k).ok())?,
+        };
+        let kinds: Vec<DeviceKind> = if gpus.is_empty() {
             (0..a.cpu_ranks.unwrap_or(1)).map(DeviceKind::Cpu).collect()
         } else {
-            a.gpus.iter().map(|&g| DeviceKind::Gpu(g)).collect()
+            gpus.iter().map(|&g| DeviceKind::Gpu(g)).collect()
         };
         if kinds.is_empty() {
             bail!("--cpu-ranks must be at least 1");
@@ -166,7 +227,10 @@ impl Service {
             signal_hook::flag::register(sig, stopping.clone())?;
         }
         std::fs::create_dir_all(&a.work_dir)?;
-        let name = a.name.clone().unwrap_or_else(default_name);
+        let name = a
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(|k| std::env::var(k).ok()));
         tracing::info!(%name, server = %a.server, cores, "worker started");
         Ok(Service {
             args: a.clone(),
@@ -312,5 +376,59 @@ impl Service {
                 tracing::info!(job = id, epoch = p.epoch, epochs = p.epochs, accuracy = %acc, "progress");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn gpus_are_listed_or_taken_from_what_slurm_gave() {
+        assert_eq!(parse_gpus("0,1"), Ok(Gpus::Listed(vec![0, 1])));
+        assert_eq!(parse_gpus("auto"), Ok(Gpus::Auto));
+        assert!(parse_gpus("0,x").unwrap_err().contains("`x`"));
+        let given = |vars| gpus_given(env(vars)).map_err(|e| e.to_string());
+        assert_eq!(given(&[("CUDA_VISIBLE_DEVICES", "2,3")]), Ok(vec![2, 3]));
+        assert_eq!(
+            given(&[("CUDA_VISIBLE_DEVICES", " "), ("SLURM_JOB_GPUS", "5")]),
+            Ok(vec![5]),
+            "an empty CUDA_VISIBLE_DEVICES gives way to Slurm's list"
+        );
+        assert_eq!(
+            given(&[("CUDA_VISIBLE_DEVICES", "0"), ("SLURM_JOB_GPUS", "5")]),
+            Ok(vec![0]),
+            "what CUDA will see comes first"
+        );
+        assert!(given(&[]).unwrap_err().contains("neither"));
+        let uuid = given(&[("CUDA_VISIBLE_DEVICES", "GPU-8f2c")]).unwrap_err();
+        assert!(
+            uuid.contains("`GPU-8f2c`") && uuid.contains("--gpus"),
+            "{uuid}"
+        );
+    }
+
+    #[test]
+    fn under_slurm_the_name_says_node_job_array_task_and_task() {
+        let vars = [
+            ("SLURM_JOB_ID", "4242"),
+            ("SLURMD_NODENAME", "gpu7"),
+            ("SLURM_ARRAY_TASK_ID", "3"),
+            ("SLURM_PROCID", "1"),
+        ];
+        assert_eq!(default_name(env(&vars)), "gpu7-slurm-4242_3-1");
+        assert_eq!(
+            default_name(env(&[("SLURM_JOB_ID", "9"), ("SLURMD_NODENAME", "n1")])),
+            "n1-slurm-9-0"
+        );
+        assert!(default_name(env(&[])).ends_with(&format!("-{}", std::process::id())));
     }
 }
