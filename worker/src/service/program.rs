@@ -324,7 +324,7 @@ fn entry_header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
 /// Appends `dir` as `checkpoint/...`: its directories and regular files, in name order; anything
 /// else (links, FIFOs, sockets, devices) is left out.
 fn append_tree(tar: &mut tar::Builder<std::fs::File>, dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut todo = vec![(dir.to_path_buf(), PathBuf::from(CHECKPOINT_DIR))];
     while let Some((path, name)) = todo.pop() {
         tar.append_data(
@@ -340,15 +340,10 @@ fn append_tree(tar: &mut tar::Builder<std::fs::File>, dir: &Path) -> std::io::Re
             if kind.is_dir() {
                 todo.push((path, name));
             } else if kind.is_file() {
-                // O_NOFOLLOW | O_NONBLOCK: replaced meanwhile by a link or a FIFO, it is not read.
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                    .open(&path)?;
-                let meta = file.metadata()?;
-                if !meta.is_file() {
+                // Replaced meanwhile by a link or a FIFO, it is not read.
+                let Some((file, meta)) = open_regular(&path)? else {
                     continue;
-                }
+                };
                 let mode = meta.permissions().mode() & 0o777;
                 let mut h = entry_header(tar::EntryType::Regular, meta.len(), mode);
                 h.set_mtime(meta.mtime().max(0) as u64);
@@ -431,18 +426,22 @@ fn kind_name(kind: tar::EntryType) -> &'static str {
     }
 }
 
-/// A small regular file's text (at most 64 bytes read), None for anything else.
-fn read_small(path: &Path) -> Option<String> {
-    use std::io::Read;
+/// `path` opened for reading when it is a regular file (Ok(None) for anything else): never through
+/// a link, and never blocking on a FIFO (O_NOFOLLOW | O_NONBLOCK, then checked with fstat).
+fn open_regular(path: &Path) -> std::io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
+        .open(path)?;
+    let meta = file.metadata()?;
+    Ok(meta.is_file().then_some((file, meta)))
+}
+
+/// A small regular file's text (at most 64 bytes read), None for anything else.
+fn read_small(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let (file, _) = open_regular(path).ok()??;
     let mut s = String::new();
     file.take(64).read_to_string(&mut s).ok()?;
     Some(s)
