@@ -302,10 +302,14 @@ impl SweepRanks {
         }
     }
 
-    /// A job ended with `status`: a completed one's values join the median's; a diverged one
-    /// leaves ASHA's rungs (as `diverged_leaves_the_rungs` does in SQLite).
+    /// An attempt of `job` ended and left it `status`: a completed one's values join the median's;
+    /// a diverged one leaves ASHA's rungs (as `diverged_leaves_the_rungs` does in SQLite). A job
+    /// sent back to pending for another attempt keeps its values.
     pub(super) fn job_ended(&mut self, job: i64, status: protocol::JobStatus) {
         use protocol::JobStatus;
+        if !status.is_final() {
+            return;
+        }
         match self {
             SweepRanks::Asha { rungs, jobs } => {
                 if status == JobStatus::Diverged {
@@ -465,5 +469,20 @@ mod tests {
         // A job that ends diverged leaves the rungs.
         ranks.with(5, |s| s.job_ended(11, protocol::JobStatus::Diverged));
         assert_eq!(ranks.with(5, |s| s.rung_counts(0, 0.5, true)), Some((1, 0)));
+    }
+
+    /// A finish that sends a job back to pending (a failed attempt with attempts left) keeps its
+    /// values: when a later attempt completes, every epoch it recorded counts, as SQLite's metrics
+    /// say.
+    #[test]
+    fn a_retried_job_keeps_its_values_until_it_ends() {
+        use protocol::JobStatus;
+        let mut s = SweepRanks::median(0, []);
+        s.add_open_value(1, 1, 0.5);
+        s.job_ended(1, JobStatus::Pending);
+        s.add_open_value(1, 2, 0.7);
+        s.job_ended(1, JobStatus::Completed);
+        assert_eq!(s.median_at(1), (1, Some(0.5)));
+        assert_eq!(s.median_at(2), (1, Some(0.7)));
     }
 }

@@ -424,8 +424,8 @@ impl Recomputed {
     }
 }
 
-/// Thousands of random reports on one sweep (ties frequent, a job diverging now and then), and a
-/// coordinator restarted half-way: every decision equals the rule recomputed from scratch over all
+/// Thousands of random reports on one sweep (ties frequent, a job diverging or failing an attempt
+/// now and then), and a coordinator restarted half-way: every decision equals the rule recomputed from scratch over all
 /// values, as a coordinator that never stopped would take it.
 #[tokio::test]
 async fn decisions_at_scale_and_after_a_restart_equal_a_recomputation() {
@@ -442,6 +442,7 @@ async fn decisions_at_scale_and_after_a_restart_equal_a_recomputation() {
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(epochs as u64);
         let (mut model, mut next) = (Recomputed::default(), vec![1i64; jobs]);
+        let (mut attempt, mut retried) = (vec![1i64; jobs], 0);
         let mut open: Vec<usize> = (0..jobs).collect();
         let (mut reports, mut stops, mut restarted) = (0, 0, false);
         while !open.is_empty() {
@@ -451,19 +452,31 @@ async fn decisions_at_scale_and_after_a_restart_equal_a_recomputation() {
             }
             let i = rng.gen_range(0..open.len());
             let j = open[i];
-            if rng.gen_range(0..60) == 0 {
+            let roll = rng.gen_range(0..60);
+            if roll == 0 {
                 assert_eq!(
-                    app.finish(ids[j], 1, Outcome::Diverged).await.0,
+                    app.finish(ids[j], attempt[j], Outcome::Diverged).await.0,
                     StatusCode::OK
                 );
                 model.diverged(j);
                 open.swap_remove(i);
                 continue;
             }
+            // An attempt that fails after some epochs: the job goes back to pending, is claimed
+            // again (every other job is held) and goes on; its values stay where they were.
+            if roll == 1 && attempt[j] == 1 && next[j] > 1 {
+                let (s, _) = app.finish(ids[j], 1, Outcome::Failed).await;
+                assert_eq!(s, StatusCode::OK);
+                let c = app.claim("w").await.unwrap();
+                assert_eq!((c.id, c.attempt), (ids[j], 2));
+                attempt[j] = 2;
+                retried += 1;
+                continue;
+            }
             let (epoch, value) = (next[j], f64::from(rng.gen_range(0..=16)) / 16.0);
             next[j] += 1;
-            let report =
-                json!({"attempt": 1, "epoch": epoch, "train_loss": 1.0, "accuracy": value});
+            let report = json!({"attempt": attempt[j], "epoch": epoch, "train_loss": 1.0,
+                                "accuracy": value});
             let (status, reply) = app
                 .post(&format!("/api/jobs/{}/metrics", ids[j]), report)
                 .await;
@@ -483,13 +496,16 @@ async fn decisions_at_scale_and_after_a_restart_equal_a_recomputation() {
                 _ if epoch == epochs => Outcome::Completed,
                 _ => continue,
             };
-            assert_eq!(app.finish(ids[j], 1, outcome).await.0, StatusCode::OK);
+            assert_eq!(
+                app.finish(ids[j], attempt[j], outcome).await.0,
+                StatusCode::OK
+            );
             if outcome == Outcome::Completed {
                 model.completed.push(j);
             }
             open.swap_remove(i);
         }
-        assert!(restarted);
+        assert!(restarted && retried > 5, "{retried} retried");
         assert!(
             reports > 1000 && stops > 100 && reports - stops > 500,
             "{rule}: {stops} stops of {reports} reports"
