@@ -21,11 +21,8 @@ use crate::sweep::tpe::Trial;
 /// that does not fit this worker stays pending for another; after [`MAX_DRAWS_PER_CLAIM`] draws
 /// the claim takes only jobs already drawn, so one claim never drains a sweep.
 pub async fn claim(state: &AppState, req: &ClaimRequest) -> Result<Option<Claim>> {
-    // The lease's secret: 256 random bits from a CSPRNG, kept only as a hash.
-    let secret: String = rand::random::<[u8; 32]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    // The lease's secret: 256 random bits, kept only as a hash.
+    let secret = crate::http::auth::random_hex(32);
     let secret_hash = crate::http::auth::hash_secret(&secret);
     let mut draws = 0;
     let mut claim = loop {

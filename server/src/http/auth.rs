@@ -64,7 +64,7 @@ impl Sessions {
     }
 
     fn create(&self, now_ms: i64) -> String {
-        let id = random_hex();
+        let id = random_hex(16);
         let mut g = self.live.lock().unwrap_or_else(|p| p.into_inner());
         // The oldest first: expired ones, then (past the cap) the oldest live one.
         while let Some(old) = g.1.front().cloned() {
@@ -378,7 +378,7 @@ pub fn load_token(
 fn create_token_file(path: &Path) -> anyhow::Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let token = random_hex();
+    let token = random_hex(16);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -389,13 +389,13 @@ fn create_token_file(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// 128 random bits as 32 hex digits: generated tokens and session ids.
-fn random_hex() -> String {
-    use rand::Rng;
-    let mut rng = rand::thread_rng();
-    (0..32)
-        .map(|_| format!("{:x}", rng.gen_range(0..16u8)))
-        .collect()
+/// `bytes` random bytes from the thread's CSPRNG as hex digits: generated tokens and session ids
+/// (16 bytes), lease secrets (32).
+pub fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `<db>.<suffix>`: where generated tokens live.
