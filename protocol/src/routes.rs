@@ -1,6 +1,8 @@
 //! Paths of the routes both sides use.
 pub const SWEEPS: &str = "/api/sweeps";
 pub const CLAIM: &str = "/api/jobs/claim";
+/// Pending and running jobs over every sweep, read from counts kept per sweep.
+pub const UNFINISHED: &str = "/api/jobs/unfinished";
 
 pub fn heartbeat(job: i64) -> String {
     format!("/api/jobs/{job}/heartbeat")

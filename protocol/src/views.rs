@@ -15,6 +15,14 @@ pub struct Created {
     pub jobs: usize,
 }
 
+/// Jobs still to run or running, over every sweep (a worker's `--exit-when-idle` check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Unfinished {
+    pub pending: i64,
+    pub running: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptRow {

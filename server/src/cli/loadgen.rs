@@ -36,6 +36,10 @@ pub struct LoadArgs {
     /// decision is taken at every report; pruned jobs stop reporting, as a worker's would).
     #[arg(long, value_delimiter = ',', default_value = "none")]
     pub early_stop: Vec<String>,
+    /// Also submit, before each run, a sweep of this many 2-rank jobs that the simulated workers
+    /// (1 free rank each) never fit: older pending jobs every claim must pass over. Cancelled after.
+    #[arg(long, default_value_t = 0)]
+    pub unfit: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -165,16 +169,26 @@ pub(crate) async fn simulated_worker(
     (latencies, errors)
 }
 
-pub async fn run_level(
-    base: &str,
-    token: &str,
-    workers: usize,
-    jobs: usize,
-    early_stop: &str,
-) -> Result<LoadResult> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(workers.max(1))
-        .build()?;
+/// Submits a sweep spec; its id.
+async fn submit(http: &reqwest::Client, base: &str, token: &str, spec: &Value) -> Result<i64> {
+    let r = http
+        .post(format!("{base}{}", routes::SWEEPS))
+        .bearer_auth(token)
+        .json(spec)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!(
+            "submitting a load sweep failed: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+    }
+    Ok(r.json::<protocol::views::Created>().await?.id)
+}
+
+/// The load sweep: `jobs` 3-epoch jobs under the early-stopping rule named.
+fn load_spec(workers: usize, jobs: usize, early_stop: &str) -> Result<Value> {
     let seeds: Vec<usize> = (0..jobs).collect();
     let mut spec =
         json!({"name": format!("load-{workers}"), "train": {"epochs": 3}, "grid": {"seed": seeds}});
@@ -188,21 +202,37 @@ pub async fn run_level(
         }
         other => bail!("--early-stop: {other} (expected none, asha or median)"),
     }
+    Ok(spec)
+}
+
+pub async fn run_level(
+    base: &str,
+    token: &str,
+    workers: usize,
+    jobs: usize,
+    early_stop: &str,
+    unfit: usize,
+) -> Result<LoadResult> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(workers.max(1))
+        .build()?;
+    let unfit_sweep = match unfit {
+        0 => None,
+        n => {
+            let seeds: Vec<usize> = (0..n).collect();
+            let spec =
+                json!({"name": "unfit", "train": {"nproc_per_node": 2}, "grid": {"seed": seeds}});
+            Some(submit(&http, base, token, &spec).await?)
+        }
+    };
+    // With jobs that must not fit, the workers say they have one rank free.
+    let capacity = unfit_sweep.map(|_| protocol::Capacity {
+        ranks: 1,
+        max_batch_size: None,
+    });
+    let spec = load_spec(workers, jobs, early_stop)?;
     let submitted = Instant::now();
-    let r = http
-        .post(format!("{base}{}", routes::SWEEPS))
-        .bearer_auth(token)
-        .json(&spec)
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!(
-            "submitting the load sweep failed: {} {}",
-            r.status(),
-            r.text().await.unwrap_or_default()
-        );
-    }
-    let sweep = r.json::<protocol::views::Created>().await?.id;
+    let sweep = submit(&http, base, token, &spec).await?;
     let submit_seconds = submitted.elapsed().as_secs_f64();
     let claimed: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
     let t0 = Instant::now();
@@ -215,7 +245,15 @@ pub async fn run_level(
             claimed.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            simulated_worker(&http, &base, &token, &format!("load-{w}"), None, &claimed).await
+            simulated_worker(
+                &http,
+                &base,
+                &token,
+                &format!("load-{w}"),
+                capacity,
+                &claimed,
+            )
+            .await
         }));
     }
     let (mut latencies, mut errors) = (Vec::<Duration>::new(), 0);
@@ -225,6 +263,13 @@ pub async fn run_level(
         errors += e;
     }
     let seconds = t0.elapsed().as_secs_f64();
+    if let Some(id) = unfit_sweep {
+        http.post(format!("{base}{}/cancel", routes::sweep(id)))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?;
+    }
     latencies.sort();
     let pct = |p: f64| {
         latencies
@@ -318,7 +363,7 @@ pub async fn run(a: &LoadArgs) -> Result<()> {
         .iter()
         .flat_map(|&w| a.early_stop.iter().map(move |e| (w, e)));
     for (w, rule) in levels {
-        let r = run_level(&base, &a.token, w, a.jobs, rule).await?;
+        let r = run_level(&base, &a.token, w, a.jobs, rule, a.unfit).await?;
         // The coordinator's peak so far (this run's and those before it on the same server).
         let rss = served
             .as_ref()

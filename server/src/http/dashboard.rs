@@ -57,7 +57,7 @@ pub async fn grid(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Json<Vec<GridCell>>, ApiError> {
-    state.store.get_sweep_row(id).await?;
+    state.store.sweep_exists(id).await?;
     Ok(Json(state.store.grid(id).await?))
 }
 
@@ -78,7 +78,7 @@ pub async fn curves(
     Path(id): Path<i64>,
     Query(q): Query<CurvesQuery>,
 ) -> Result<Json<Vec<Series>>, ApiError> {
-    state.store.get_sweep_row(id).await?;
+    state.store.sweep_exists(id).await?;
     let lr = q.lr.unwrap_or(crate::sweep::DEFAULT_LR);
     if !(lr.is_finite() && lr > 0.0) {
         return Err(ApiError::Unprocessable(format!(

@@ -24,6 +24,16 @@ pub(super) async fn get_job(
     Ok(Json(state.store.get_job(id).await?))
 }
 
+/// How many jobs are pending and running over every sweep: what an idle worker asks before it
+/// exits (`--exit-when-idle`), at the cost of one row per sweep, not of every job.
+#[utoipa::path(get, path = "/api/jobs/unfinished", tag = "worker protocol",
+    responses((status = 200, body = protocol::views::Unfinished)))]
+pub(super) async fn unfinished(
+    State(state): State<AppState>,
+) -> ApiResult<Json<protocol::views::Unfinished>> {
+    Ok(Json(state.store.unfinished().await?))
+}
+
 /// Take the oldest pending job that fits; 204 when none does.
 #[utoipa::path(post, path = "/api/jobs/claim", tag = "worker protocol", request_body = ClaimRequest,
     responses((status = 200, body = Claim), (status = 204)), security(("bearer" = [])))]

@@ -33,13 +33,13 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
 #[openapi(
     info(title = "sweep coordinator", description = "Hyperparameter sweeps of the study's CIFAR-10 trainer: sweeps, jobs under leases, metrics, results."),
     paths(sweeps::submit_sweep, sweeps::list_sweeps, sweeps::get_sweep, sweeps::cancel_sweep, jobs::get_job, sweeps::results, sweeps::figure,
-          jobs::claim, jobs::heartbeat, jobs::report_metrics, jobs::finish, jobs::release,
+          jobs::claim, jobs::unfinished, jobs::heartbeat, jobs::report_metrics, jobs::finish, jobs::release,
           dashboard::jobs_page, dashboard::grid, dashboard::curves,
           artifacts::upload, artifacts::download, logs::append, logs::read,
           events::stream, healthz, prometheus, openapi, auth::create_session, auth::end_session),
     components(schemas(crate::sweep::SweepFile, SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
                        HeartbeatReply, MetricsReport, MetricsReply, FinishRequest, ReleaseRequest, JobChange, JobStatus, protocol::SweepStatus, Outcome, protocol::views::Created, protocol::views::JobRow,
-                        protocol::views::AttemptRow, protocol::views::JobPage, auth::SessionRequest, protocol::views::GridCell, protocol::views::Series)),
+                        protocol::views::AttemptRow, protocol::views::JobPage, auth::SessionRequest, protocol::views::GridCell, protocol::views::Series, protocol::views::Unfinished)),
     modifiers(&BearerAuth, &CommonResponses)
 )]
 pub struct ApiDoc;
@@ -137,6 +137,7 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route("/app.js", get(dashboard::app_js))
         .route("/style.css", get(dashboard::style))
         .route("/api/jobs/claim", post(jobs::claim))
+        .route("/api/jobs/unfinished", get(jobs::unfinished))
         .route("/api/jobs/{id}", get(jobs::get_job))
         .route("/api/jobs/{id}/heartbeat", post(jobs::heartbeat))
         .route("/api/jobs/{id}/metrics", post(jobs::report_metrics))

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::error::ApiError;
 use super::events::Event;
 use super::ApiResult;
-use crate::results::export::{self, Format, TableOptions};
+use crate::results::export::{Export, Format, TableOptions};
 use crate::state::AppState;
 use crate::sweep::{SweepSpec, MAX_BODY};
 use protocol::views::{Created, SweepDetail, SweepRow};
@@ -132,9 +132,8 @@ pub(super) async fn get_sweep(
             crate::sweep::MAX_JOBS_INLINE
         )));
     }
-    let mut detail = state.store.sweep_detail(id, q.jobs.unwrap_or(true)).await?;
-    detail.jobs.truncate(limit);
-    Ok(Json(detail))
+    let inline = if q.jobs.unwrap_or(true) { limit } else { 0 };
+    Ok(Json(state.store.sweep_detail(id, inline as i64).await?))
 }
 
 /// Cancel a sweep: pending jobs at once, running jobs on their next heartbeat.
@@ -178,14 +177,57 @@ pub(super) async fn results(
             .parse()
             .map_err(|e| ApiError::Unprocessable(format!("format: {e}")))?,
     };
-    let detail = state.store.get_sweep(id).await?;
     let opts = TableOptions {
         extra: q.extra,
         chinese: q.chinese,
         compare: q.compare,
     };
-    let (ctype, body) = export::render(&detail, format, &opts);
-    Ok(([(header::CONTENT_TYPE, ctype)], body).into_response())
+    let keys = state.store.job_keys(id, format == Format::Csv).await?;
+    if format == Format::Markdown && opts.compare {
+        let table = crate::results::study::compare(&keys.jobs);
+        return Ok((
+            [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
+            table,
+        )
+            .into_response());
+    }
+    let d = state.store.sweep_detail(id, 0).await?;
+    let export = Export::plan(&d.sweep, &d.spec, &keys, format, &opts);
+    let ctype = export.content_type();
+    Ok((
+        [(header::CONTENT_TYPE, ctype)],
+        stream_export(state, export),
+    )
+        .into_response())
+}
+
+/// The export's text as a streamed body, its rows fetched a page at a time: memory stays at a page
+/// whatever the sweep's size, and a client that stops reading stops the fetching (the channel is
+/// bounded). A page that fails to read ends the body early, so the client sees a broken transfer,
+/// never a table that silently lacks rows.
+fn stream_export(state: AppState, mut export: Export) -> axum::body::Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    tokio::spawn(async move {
+        if tx.send(Ok(export.head().into())).await.is_err() {
+            return;
+        }
+        let order = std::mem::take(&mut export.order);
+        for page in order.chunks(crate::store::ROWS_PER_PAGE) {
+            let text = match state.store.jobs_by_id(page).await {
+                Ok(rows) => Ok(export.rows(&rows).into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "export: a page of rows did not read");
+                    Err(std::io::Error::other(e.to_string()))
+                }
+            };
+            let failed = text.is_err();
+            if tx.send(text).await.is_err() || failed {
+                return;
+            }
+        }
+        let _ = tx.send(Ok(export.tail().into())).await;
+    });
+    axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -208,17 +250,18 @@ pub(super) async fn figure(
 ) -> ApiResult<Response> {
     use crate::results::figures::{self, FigureError};
     let name = file.strip_suffix(".png").unwrap_or(&file).to_string();
-    let detail = state.store.get_sweep(id).await?;
+    let keys = state.store.job_keys(id, false).await?;
     let opts = figures::FigureOptions {
         job: q.job,
         lr: q.lr,
     };
-    let drawn = figures::drawn_jobs(&name, &detail.jobs, &opts)
+    let drawn = figures::drawn_jobs(&name, &keys.jobs, &opts)
         .map_err(|e| ApiError::NotFound(e.to_string()))?;
-    let stamp = figures::FigureCache::stamp(&detail.jobs);
+    let stamp = figures::FigureCache::stamp(&keys.jobs);
     if let Some(png) = state.figure_cache.get(id, &name, &opts, stamp) {
         return Ok(([(header::CONTENT_TYPE, "image/png")], png.to_vec()).into_response());
     }
+    let sweep_name = state.store.sweep_name(id).await?;
     // Drawing is CPU work: off the async workers, and at most FIGURE_PERMITS at a time; a request
     // that cannot get a turn soon is told to come back rather than queue without bound.
     let permit = tokio::time::timeout(
@@ -232,7 +275,7 @@ pub(super) async fn figure(
     let (name_c, opts_c) = (name.clone(), opts.clone());
     let png = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        figures::render(&name_c, &detail.sweep.name, &detail.jobs, &points, &opts_c)
+        figures::render(&name_c, &sweep_name, &keys.jobs, &points, &opts_c)
     })
     .await
     .map_err(|e| ApiError::Internal(e.into()))?

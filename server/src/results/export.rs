@@ -3,8 +3,10 @@
 //! `NaN` beside the accuracy of its diverged weights; empty cells where nothing was reported), CSV
 //! and JSON with every field, and the README block.
 use serde_json::{Map, Value};
+use std::collections::{BTreeSet, HashSet};
 
-use protocol::views::{JobRow, SweepDetail};
+use crate::store::{JobKey, SweepKeys};
+use protocol::views::{JobRow, SweepDetail, SweepRow, TpeProgress};
 use protocol::{JobStatus, MetricsReport};
 
 /// The formats results come in: the one list, for the API's `?format=`, its schema and the CLI.
@@ -60,25 +62,16 @@ pub fn format_lr(lr: f64) -> String {
     format!("{lr:e}")
 }
 
-pub(crate) fn param_f64(j: &JobRow, k: &str) -> Option<f64> {
-    j.params.get(k).and_then(Value::as_f64)
-}
-
-/// The job's per-process batch size, when its params set one.
-pub(crate) fn batch_size(j: &JobRow) -> Option<i64> {
-    j.params.get("batch_size").and_then(Value::as_i64)
-}
-
 /// Grid keys other than lr and batch_size that vary across the sweep's jobs: extra columns.
-fn other_axes(d: &SweepDetail) -> Vec<String> {
+fn other_axes(spec: &Value) -> Vec<String> {
     let mut keys: Vec<String> = vec![];
-    let tables: Vec<&Map<String, Value>> = match d.spec.get("grid") {
+    let tables: Vec<&Map<String, Value>> = match spec.get("grid") {
         Some(Value::Object(g)) => vec![g],
         Some(Value::Array(list)) => list.iter().filter_map(Value::as_object).collect(),
         _ => vec![],
     };
     // A random search's drawn options are columns too.
-    let space = d.spec.pointer("/search/space").and_then(Value::as_object);
+    let space = spec.pointer("/search/space").and_then(Value::as_object);
     for k in tables
         .iter()
         .flat_map(|g| g.keys())
@@ -88,7 +81,7 @@ fn other_axes(d: &SweepDetail) -> Vec<String> {
             keys.push(k.clone());
         }
     }
-    if d.spec
+    if spec
         .pointer("/run/repeats")
         .and_then(Value::as_i64)
         .unwrap_or(1)
@@ -102,24 +95,31 @@ fn other_axes(d: &SweepDetail) -> Vec<String> {
 }
 
 /// The job's lr, the trainer's default when the sweep leaves it unset.
-pub(crate) fn job_lr(j: &JobRow) -> f64 {
-    param_f64(j, "lr").unwrap_or(crate::sweep::DEFAULT_LR)
+pub(crate) fn job_lr(j: &JobKey) -> f64 {
+    j.lr.unwrap_or(crate::sweep::DEFAULT_LR)
 }
 
 /// The job's per-process batch size, the trainer's default when the sweep leaves it unset.
-pub(crate) fn job_batch(j: &JobRow) -> i64 {
-    batch_size(j).unwrap_or(crate::sweep::DEFAULT_BATCH_SIZE)
+pub(crate) fn job_batch(j: &JobKey) -> i64 {
+    j.batch_size.unwrap_or(crate::sweep::DEFAULT_BATCH_SIZE)
 }
 
-/// The jobs whose points are known (a TPE trial still to be drawn has none), in the study's order.
-fn sorted_jobs(d: &SweepDetail) -> Vec<&JobRow> {
-    let mut jobs: Vec<&JobRow> = d.jobs.iter().filter(|j| j.drawn_at.is_some()).collect();
-    // The study's order: batch size ascending, then lr descending; grid order breaks ties.
+/// The jobs whose points are known (a TPE trial still to be drawn has none), in the study's order:
+/// batch size ascending, then lr descending; grid order breaks ties.
+fn sorted_jobs(keys: &[JobKey]) -> Vec<&JobKey> {
+    let mut jobs: Vec<&JobKey> = keys.iter().filter(|j| j.drawn_at.is_some()).collect();
     jobs.sort_by(|a, b| {
         job_batch(a)
             .cmp(&job_batch(b))
             .then(job_lr(b).total_cmp(&job_lr(a)))
     });
+    jobs
+}
+
+/// A TPE sweep's trials in the order they were drawn.
+fn trials_in_order(keys: &[JobKey]) -> Vec<&JobKey> {
+    let mut jobs: Vec<&JobKey> = keys.iter().filter(|j| j.drawn_at.is_some()).collect();
+    jobs.sort_by_key(|j| (j.drawn_at, j.id));
     jobs
 }
 
@@ -134,11 +134,11 @@ pub(crate) fn final_acc(j: &JobRow) -> Option<f64> {
 /// The best completed run of each lr (highest final accuracy, then lowest loss), where that lr has
 /// at least two completed runs to compare: a lone result is not "best" of anything, which is how the
 /// study's table leaves its single lr 1e-4 row plain while it bolds batch 16 at lr 1e-2.
-fn best_of_each_lr(jobs: &[&JobRow]) -> Vec<i64> {
+fn best_of_each_lr(jobs: &[&JobKey]) -> HashSet<i64> {
     // (lr, best job, completed runs at that lr)
-    let mut best: Vec<(f64, &JobRow, usize)> = vec![];
+    let mut best: Vec<(f64, &JobKey, usize)> = vec![];
     for j in jobs.iter().filter(|j| j.status == JobStatus::Completed) {
-        let Some(acc) = final_acc(j) else {
+        let Some(acc) = j.accuracy else {
             continue;
         };
         let lr = job_lr(j);
@@ -146,10 +146,10 @@ fn best_of_each_lr(jobs: &[&JobRow]) -> Vec<i64> {
             Some(slot) => {
                 slot.2 += 1;
                 let (a0, l0) = (
-                    final_acc(slot.1).unwrap_or(-1.0),
-                    final_loss(slot.1).unwrap_or(f64::INFINITY),
+                    slot.1.accuracy.unwrap_or(-1.0),
+                    slot.1.test_loss.unwrap_or(f64::INFINITY),
                 );
-                if acc > a0 || (acc == a0 && final_loss(j).unwrap_or(f64::INFINITY) < l0) {
+                if acc > a0 || (acc == a0 && j.test_loss.unwrap_or(f64::INFINITY) < l0) {
                     slot.1 = j;
                 }
             }
@@ -207,10 +207,115 @@ fn result_cells(j: &JobRow, bold: bool) -> (String, String, Option<char>) {
     }
 }
 
-pub fn markdown(d: &SweepDetail, opts: &TableOptions) -> String {
-    let jobs = sorted_jobs(d);
-    let best = best_of_each_lr(&jobs);
-    let axes = other_axes(d);
+/// An export planned from a sweep's keys: the order of its rows, the bold ones, its columns. The
+/// rows themselves are rendered a page at a time ([`Export::rows`]) as the caller fetches them, so a
+/// 100,000-job sweep is never held whole, neither as rows nor as text.
+#[derive(Debug)]
+pub struct Export {
+    format: Format,
+    opts: TableOptions,
+    /// The job ids in the order their rows are written.
+    pub order: Vec<i64>,
+    best: HashSet<i64>,
+    /// Markdown: the grid's other keys, as columns.
+    axes: Vec<String>,
+    /// CSV: every field any row has, in the order they first appear.
+    columns: Vec<String>,
+    tpe: Option<TpeProgress>,
+    written: usize,
+    marks: BTreeSet<char>,
+}
+
+impl Export {
+    pub fn plan(
+        sweep: &SweepRow,
+        spec: &Value,
+        keys: &SweepKeys,
+        format: Format,
+        opts: &TableOptions,
+    ) -> Export {
+        let tpe = sweep.tpe.clone().filter(|_| format != Format::Markdown);
+        let ordered = match tpe {
+            Some(_) => trials_in_order(&keys.jobs),
+            None => sorted_jobs(&keys.jobs),
+        };
+        let best = match format {
+            Format::Markdown => best_of_each_lr(&ordered),
+            _ => HashSet::new(),
+        };
+        let columns = match format {
+            Format::Csv => csv_columns(&ordered, keys, tpe.is_some()),
+            _ => vec![],
+        };
+        Export {
+            format,
+            opts: opts.clone(),
+            order: ordered.iter().map(|j| j.id).collect(),
+            best,
+            axes: other_axes(spec),
+            columns,
+            tpe,
+            written: 0,
+            marks: BTreeSet::new(),
+        }
+    }
+
+    pub fn content_type(&self) -> &'static str {
+        match self.format {
+            Format::Markdown => "text/markdown; charset=utf-8",
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Json => "application/json",
+        }
+    }
+
+    /// What comes before the first row: the table's head, the CSV's header, JSON's `[`.
+    pub fn head(&self) -> String {
+        match self.format {
+            Format::Markdown => markdown_head(&self.axes, &self.opts),
+            Format::Csv => self.columns.join(",") + "\n",
+            Format::Json => "[".into(),
+        }
+    }
+
+    /// The rows of the next jobs of [`Export::order`], given in that order.
+    pub fn rows(&mut self, jobs: &[JobRow]) -> String {
+        let mut out = String::new();
+        for j in jobs {
+            match self.format {
+                Format::Markdown => {
+                    let (row, mark) =
+                        markdown_row(j, &self.axes, &self.opts, self.best.contains(&j.id));
+                    self.marks.extend(mark);
+                    out.push_str(&row);
+                }
+                Format::Csv => {
+                    let r = record(j, self.tpe.as_ref(), self.written);
+                    out.push_str(&csv_row(&r, &self.columns));
+                }
+                Format::Json => {
+                    if self.written > 0 {
+                        out.push(',');
+                    }
+                    let r = record(j, self.tpe.as_ref(), self.written);
+                    out.push_str(&Value::Object(r).to_string());
+                }
+            }
+            self.written += 1;
+        }
+        out
+    }
+
+    /// What comes after the last row: the table's notes on its marks, JSON's `]`.
+    pub fn tail(&self) -> String {
+        match self.format {
+            Format::Markdown => markdown_notes(&self.marks),
+            Format::Csv => String::new(),
+            Format::Json => "]".into(),
+        }
+    }
+}
+
+fn markdown_head(axes: &[String], opts: &TableOptions) -> String {
     let mut head: Vec<String> = if opts.chinese {
         vec!["batch_size".into(), "初始学习率".into()]
     } else {
@@ -235,36 +340,46 @@ pub fn markdown(d: &SweepDetail, opts: &TableOptions) -> String {
             .map(String::from),
         );
     }
-    let mut out = format!(
+    format!(
         "| {} |\n|{}\n",
         head.join(" | "),
         ":---:|".repeat(head.len())
+    )
+}
+
+/// One job's markdown row, and the mark its cells carry, if any.
+fn markdown_row(
+    j: &JobRow,
+    axes: &[String],
+    opts: &TableOptions,
+    bold: bool,
+) -> (String, Option<char>) {
+    let k = &JobKey::of(j, 0);
+    let mut cells = vec![job_batch(k).to_string(), format_lr(job_lr(k))];
+    cells.extend(
+        axes.iter()
+            .map(|a| j.params.get(a).map(Value::to_string).unwrap_or_default()),
     );
-    let mut marks = std::collections::BTreeSet::new();
-    for j in jobs {
-        let mut cells = vec![job_batch(j).to_string(), format_lr(job_lr(j))];
-        cells.extend(
-            axes.iter()
-                .map(|k| j.params.get(k).map(Value::to_string).unwrap_or_default()),
-        );
-        let (loss, acc, mark) = result_cells(j, best.contains(&j.id));
-        marks.extend(mark);
-        cells.push(loss);
-        cells.push(acc);
-        if opts.extra {
-            let m = j.latest.as_ref();
-            cells.push(pct(m.and_then(|m| m.precision)));
-            cells.push(pct(m.and_then(|m| m.recall)));
-            cells.push(pct(m.and_then(|m| m.f1)));
-            cells.push(j.status.to_string());
-            cells.push(format!("{}/{}", j.epoch, j.epochs));
-            cells.push(match (j.started_at, j.finished_at) {
-                (Some(s), Some(f)) => format_duration((f - s) as f64 / 1000.0),
-                _ => String::new(),
-            });
-        }
-        out.push_str(&table_row(&cells));
+    let (loss, acc, mark) = result_cells(j, bold);
+    cells.push(loss);
+    cells.push(acc);
+    if opts.extra {
+        let m = j.latest.as_ref();
+        cells.push(pct(m.and_then(|m| m.precision)));
+        cells.push(pct(m.and_then(|m| m.recall)));
+        cells.push(pct(m.and_then(|m| m.f1)));
+        cells.push(j.status.to_string());
+        cells.push(format!("{}/{}", j.epoch, j.epochs));
+        cells.push(match (j.started_at, j.finished_at) {
+            (Some(s), Some(f)) => format_duration((f - s) as f64 / 1000.0),
+            _ => String::new(),
+        });
     }
+    (table_row(&cells), mark)
+}
+
+fn markdown_notes(marks: &BTreeSet<char>) -> String {
+    let mut out = String::new();
     if !marks.is_empty() {
         out.push('\n');
     }
@@ -300,96 +415,134 @@ fn format_duration(secs: f64) -> String {
     }
 }
 
-/// A TPE sweep's trials in the order they were drawn, each with its trial number.
-fn trials_in_order(d: &SweepDetail) -> Vec<&JobRow> {
-    let mut jobs: Vec<&JobRow> = d.jobs.iter().filter(|j| j.drawn_at.is_some()).collect();
-    jobs.sort_by_key(|j| (j.drawn_at, j.id));
-    jobs
+/// The named metrics a record carries (all but the epoch's seconds), under their record names: the
+/// lr as `lr_last` (the grid's lr is the starting one).
+fn record_metric_names() -> impl Iterator<Item = &'static str> {
+    MetricsReport::default()
+        .named()
+        .into_iter()
+        .map(|(m, _)| m.name)
+        .filter(|n| *n != "seconds")
+        .map(|n| if n == "lr" { "lr_last" } else { n })
 }
 
-/// One flat record per job with every field. A TPE sweep's come in the order its trials were
-/// drawn, led by the trial number, its objective (the search's metric at the last epoch) and
-/// whether it is the best so far.
-pub fn records(d: &SweepDetail) -> Vec<Map<String, Value>> {
-    let tpe = d.sweep.tpe.as_ref();
-    let jobs = match tpe {
-        Some(_) => trials_in_order(d),
-        None => sorted_jobs(d),
-    };
-    jobs.into_iter()
-        .enumerate()
-        .map(|(trial, j)| {
-            let mut r = Map::new();
-            if let Some(t) = tpe {
-                let objective = j.latest.as_ref().and_then(|m| m.get(&t.metric));
-                r.insert("trial".into(), trial.into());
-                r.insert(
-                    "objective".into(),
-                    objective
-                        .filter(|v| v.is_finite())
-                        .map(Value::from)
-                        .unwrap_or(Value::Null),
-                );
-                r.insert("best".into(), (t.best_job == Some(j.id)).into());
-            }
-            r.insert("job_id".into(), j.id.into());
-            r.insert("status".into(), j.status.as_str().into());
-            r.insert("attempt".into(), j.attempt.into());
-            r.insert("epoch".into(), j.epoch.into());
-            r.insert("epochs".into(), j.epochs.into());
-            for (k, v) in j.params.as_object().into_iter().flatten() {
-                r.insert(k.clone(), v.clone());
-            }
-            let m = j.latest.as_ref();
-            // The named metrics but the epoch's seconds; the lr as `lr_last` (the grid's lr is
-            // the starting one).
-            let named = m.map_or_else(|| MetricsReport::default().named(), MetricsReport::named);
-            for (metric, v) in named.iter().filter(|(n, _)| n.name != "seconds") {
-                let k = match metric.name {
-                    "lr" => "lr_last",
-                    name => name,
-                };
-                r.insert(k.into(), v.map(Value::from).unwrap_or(Value::Null));
-            }
-            // A command's own metrics, by name (`_last` added where a parameter has that name).
-            for (k, v) in m.map(|m| &m.extra).into_iter().flatten() {
-                let key = if r.contains_key(k) {
-                    format!("{k}_last")
-                } else {
-                    k.clone()
-                };
-                r.insert(key, v.map(Value::from).unwrap_or(Value::Null));
-            }
-            r.insert(
-                "wall_seconds".into(),
-                match (j.started_at, j.finished_at) {
-                    (Some(s), Some(f)) => Value::from((f - s) as f64 / 1000.0),
-                    _ => Value::Null,
-                },
-            );
-            r.insert(
-                "worker".into(),
-                j.worker.clone().map(Value::from).unwrap_or(Value::Null),
-            );
-            r.insert(
-                "error".into(),
-                j.error.clone().map(Value::from).unwrap_or(Value::Null),
-            );
-            r
-        })
-        .collect()
+/// One flat record per job with every field. A TPE sweep's lead with the trial number (`trial`: the
+/// order it was drawn in), its objective (the search's metric at the last epoch) and whether it is
+/// the best so far. [`record_columns`] lists the same keys in the same order from names alone.
+fn record(j: &JobRow, tpe: Option<&TpeProgress>, trial: usize) -> Map<String, Value> {
+    let mut r = Map::new();
+    if let Some(t) = tpe {
+        let objective = j.latest.as_ref().and_then(|m| m.get(&t.metric));
+        r.insert("trial".into(), trial.into());
+        r.insert(
+            "objective".into(),
+            objective
+                .filter(|v| v.is_finite())
+                .map(Value::from)
+                .unwrap_or(Value::Null),
+        );
+        r.insert("best".into(), (t.best_job == Some(j.id)).into());
+    }
+    r.insert("job_id".into(), j.id.into());
+    r.insert("status".into(), j.status.as_str().into());
+    r.insert("attempt".into(), j.attempt.into());
+    r.insert("epoch".into(), j.epoch.into());
+    r.insert("epochs".into(), j.epochs.into());
+    for (k, v) in j.params.as_object().into_iter().flatten() {
+        r.insert(k.clone(), v.clone());
+    }
+    let m = j.latest.as_ref();
+    let named = m.map_or_else(|| MetricsReport::default().named(), MetricsReport::named);
+    let values = named.iter().filter(|(n, _)| n.name != "seconds");
+    for (k, (_, v)) in record_metric_names().zip(values) {
+        r.insert(k.into(), v.map(Value::from).unwrap_or(Value::Null));
+    }
+    // A command's own metrics, by name (`_last` added where a parameter has that name).
+    for (k, v) in m.map(|m| &m.extra).into_iter().flatten() {
+        let key = if r.contains_key(k) {
+            format!("{k}_last")
+        } else {
+            k.clone()
+        };
+        r.insert(key, v.map(Value::from).unwrap_or(Value::Null));
+    }
+    r.insert(
+        "wall_seconds".into(),
+        match (j.started_at, j.finished_at) {
+            (Some(s), Some(f)) => Value::from((f - s) as f64 / 1000.0),
+            _ => Value::Null,
+        },
+    );
+    r.insert(
+        "worker".into(),
+        j.worker.clone().map(Value::from).unwrap_or(Value::Null),
+    );
+    r.insert(
+        "error".into(),
+        j.error.clone().map(Value::from).unwrap_or(Value::Null),
+    );
+    r
 }
 
-pub fn csv(d: &SweepDetail) -> String {
-    let recs = records(d);
+/// The keys [`record`] writes for a job with these params and own metrics, in its order.
+fn record_columns(tpe: bool, params: &[String], own: &[String]) -> Vec<String> {
     let mut cols: Vec<String> = vec![];
-    for r in &recs {
-        for k in r.keys() {
-            if !cols.contains(k) {
-                cols.push(k.clone());
+    let add = |cols: &mut Vec<String>, k: String| {
+        if !cols.contains(&k) {
+            cols.push(k);
+        }
+    };
+    if tpe {
+        for k in ["trial", "objective", "best"] {
+            add(&mut cols, k.into());
+        }
+    }
+    for k in ["job_id", "status", "attempt", "epoch", "epochs"] {
+        add(&mut cols, k.into());
+    }
+    for k in params {
+        add(&mut cols, k.clone());
+    }
+    for k in record_metric_names() {
+        add(&mut cols, k.into());
+    }
+    for k in own {
+        let key = if cols.contains(k) {
+            format!("{k}_last")
+        } else {
+            k.clone()
+        };
+        add(&mut cols, key);
+    }
+    for k in ["wall_seconds", "worker", "error"] {
+        add(&mut cols, k.into());
+    }
+    cols
+}
+
+/// Every column any row has, in the order they first appear (rows in export order): from each
+/// distinct shape of names once, not from the rows.
+fn csv_columns(ordered: &[&JobKey], keys: &SweepKeys, tpe: bool) -> Vec<String> {
+    let mut cols: Vec<String> = vec![];
+    let mut done = HashSet::new();
+    for j in ordered {
+        if !done.insert(j.shape) {
+            continue;
+        }
+        let (params, own) = &keys.shapes[j.shape];
+        for c in record_columns(tpe, params, own) {
+            if !cols.contains(&c) {
+                cols.push(c);
             }
         }
     }
+    if cols.is_empty() {
+        cols = record_columns(tpe, &[], &[]);
+    }
+    cols
+}
+
+fn csv_row(r: &Map<String, Value>, cols: &[String]) -> String {
     let cell = |v: Option<&Value>| -> String {
         let s = match v {
             None | Some(Value::Null) => String::new(),
@@ -402,17 +555,12 @@ pub fn csv(d: &SweepDetail) -> String {
             s
         }
     };
-    let mut out = cols.join(",") + "\n";
-    for r in &recs {
-        out.push_str(
-            &cols
-                .iter()
-                .map(|c| cell(r.get(c)))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        out.push('\n');
-    }
+    let mut out = cols
+        .iter()
+        .map(|c| cell(r.get(c)))
+        .collect::<Vec<_>>()
+        .join(",");
+    out.push('\n');
     out
 }
 
@@ -427,19 +575,23 @@ fn neutralise_formula(s: &str) -> String {
     }
 }
 
+/// A whole export of a sweep held in memory (its content type and text): what the streamed
+/// response writes, in one string.
 pub fn render(d: &SweepDetail, format: Format, opts: &TableOptions) -> (&'static str, String) {
-    match format {
-        Format::Markdown if opts.compare => (
+    let keys = SweepKeys::of(&d.jobs);
+    if format == Format::Markdown && opts.compare {
+        return (
             "text/markdown; charset=utf-8",
-            crate::results::study::compare(d),
-        ),
-        Format::Markdown => ("text/markdown; charset=utf-8", markdown(d, opts)),
-        Format::Csv => ("text/csv; charset=utf-8", csv(d)),
-        Format::Json => (
-            "application/json",
-            Value::Array(records(d).into_iter().map(Value::Object).collect()).to_string(),
-        ),
+            crate::results::study::compare(&keys.jobs),
+        );
     }
+    let mut export = Export::plan(&d.sweep, &d.spec, &keys, format, opts);
+    let by_id: std::collections::HashMap<i64, &JobRow> = d.jobs.iter().map(|j| (j.id, j)).collect();
+    let rows: Vec<JobRow> = export.order.iter().map(|id| by_id[id].clone()).collect();
+    let mut out = export.head();
+    out.push_str(&export.rows(&rows));
+    out.push_str(&export.tail());
+    (export.content_type(), out)
 }
 
 /// "Sweep `name` (id 3, 4 jobs): 5 epochs, device Cpu, finished 2026-11-28, commit abc123. Data: ...",

@@ -5,9 +5,8 @@ use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use crate::results::export::{final_acc, job_batch as batch, param_f64};
-use crate::store::CurvePoint;
-use protocol::views::JobRow;
+use crate::results::export::job_batch as batch;
+use crate::store::{CurvePoint, JobKey};
 use protocol::JobStatus;
 
 pub const NAMES: [&str; 5] = ["lr", "loss", "acc", "batch_and_loss", "batch_and_acc"];
@@ -51,7 +50,7 @@ impl FigureCache {
     pub const CAPACITY: usize = 256;
 
     /// What the figure depends on, in one number.
-    pub fn stamp(jobs: &[JobRow]) -> u64 {
+    pub fn stamp(jobs: &[JobKey]) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for j in jobs {
@@ -105,12 +104,12 @@ fn font() -> Result<(), FigureError> {
         .map_err(FigureError::Draw)
 }
 
-fn headline<'a>(jobs: &'a [JobRow], opts: &FigureOptions) -> Option<&'a JobRow> {
+fn headline<'a>(jobs: &'a [JobKey], opts: &FigureOptions) -> Option<&'a JobKey> {
     if let Some(id) = opts.job {
         return jobs.iter().find(|j| j.id == id);
     }
     jobs.iter()
-        .find(|j| batch(j) == 32 && param_f64(j, "lr") == Some(1e-2) && j.latest.is_some())
+        .find(|j| batch(j) == 32 && j.lr == Some(1e-2) && j.reported)
         .or_else(|| {
             jobs.iter()
                 .filter(|j| j.status != JobStatus::Diverged)
@@ -118,8 +117,8 @@ fn headline<'a>(jobs: &'a [JobRow], opts: &FigureOptions) -> Option<&'a JobRow> 
         })
 }
 
-fn acc_of(j: &JobRow) -> f64 {
-    final_acc(j).unwrap_or(-1.0)
+fn acc_of(j: &JobKey) -> f64 {
+    j.accuracy.unwrap_or(-1.0)
 }
 
 /// One line of a chart: label and (x, y) points.
@@ -141,7 +140,7 @@ fn series(
 /// caller loads only their epochs (a sweep may hold millions of metric rows; a figure needs ten runs).
 pub fn drawn_jobs(
     name: &str,
-    jobs: &[JobRow],
+    jobs: &[JobKey],
     opts: &FigureOptions,
 ) -> Result<Vec<i64>, FigureError> {
     match name {
@@ -157,19 +156,19 @@ pub fn drawn_jobs(
 }
 
 /// The runs the per-batch-size figures draw at `lr`: the first non-diverged run of each batch size.
-fn runs_by_batch(jobs: &[JobRow], lr: f64) -> BTreeMap<i64, &JobRow> {
+fn runs_by_batch(jobs: &[JobKey], lr: f64) -> BTreeMap<i64, &JobKey> {
     let mut by_batch = BTreeMap::new();
     for j in jobs
         .iter()
-        .filter(|j| param_f64(j, "lr") == Some(lr) && j.status != JobStatus::Diverged)
+        .filter(|j| j.lr == Some(lr) && j.status != JobStatus::Diverged)
     {
         by_batch.entry(batch(j)).or_insert(j);
     }
     by_batch
 }
 
-fn chosen_lr(jobs: &[JobRow], opts: &FigureOptions) -> Option<f64> {
-    let lrs: Vec<f64> = jobs.iter().filter_map(|j| param_f64(j, "lr")).collect();
+fn chosen_lr(jobs: &[JobKey], opts: &FigureOptions) -> Option<f64> {
+    let lrs: Vec<f64> = jobs.iter().filter_map(|j| j.lr).collect();
     opts.lr
         .or_else(|| lrs.iter().copied().find(|&l| l == 1e-2))
         .or_else(|| lrs.iter().copied().reduce(f64::max))
@@ -179,7 +178,7 @@ fn chosen_lr(jobs: &[JobRow], opts: &FigureOptions) -> Option<f64> {
 pub fn render(
     name: &str,
     sweep: &str,
-    jobs: &[JobRow],
+    jobs: &[JobKey],
     points: &[CurvePoint],
     opts: &FigureOptions,
 ) -> Result<Vec<u8>, FigureError> {
@@ -199,16 +198,12 @@ type Figure = (String, &'static str, Vec<Line>);
 fn headline_figure(
     name: &str,
     sweep: &str,
-    jobs: &[JobRow],
+    jobs: &[JobKey],
     points: &[CurvePoint],
     opts: &FigureOptions,
 ) -> Result<Figure, FigureError> {
     let j = headline(jobs, opts).ok_or_else(|| FigureError::NoData("no run to draw".into()))?;
-    let run = format!(
-        "batch {}, lr {:e}",
-        batch(j),
-        param_f64(j, "lr").unwrap_or(f64::NAN)
-    );
+    let run = format!("batch {}, lr {:e}", batch(j), j.lr.unwrap_or(f64::NAN));
     Ok(match name {
         "lr" => {
             // A staircase: each epoch's lr held over that epoch.
@@ -246,7 +241,7 @@ fn headline_figure(
 fn batch_figure(
     name: &str,
     sweep: &str,
-    jobs: &[JobRow],
+    jobs: &[JobKey],
     points: &[CurvePoint],
     opts: &FigureOptions,
 ) -> Result<Figure, FigureError> {
@@ -254,7 +249,7 @@ fn batch_figure(
         .ok_or_else(|| FigureError::NoData("the sweep has no lr axis".into()))?;
     let diverged: Vec<String> = jobs
         .iter()
-        .filter(|j| param_f64(j, "lr") == Some(lr) && j.status == JobStatus::Diverged)
+        .filter(|j| j.lr == Some(lr) && j.status == JobStatus::Diverged)
         .map(|j| batch(j).to_string())
         .collect();
     let loss = name == "batch_and_loss";

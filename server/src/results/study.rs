@@ -1,8 +1,10 @@
 //! The study's table as its specification gives it (SEED.md: the first README, 300 epochs, gamma 0.1,
 //! batch size per GPU on 2 GPUs), and our sweep's results beside it, cell by cell. The numbers here
 //! are the document's, typed once; every number of ours comes from the database.
+use std::collections::BTreeMap;
+
 use crate::results::export::{self, format_lr, job_batch, job_lr, pct};
-use protocol::views::{JobRow, SweepDetail};
+use crate::store::JobKey;
 use protocol::JobStatus;
 
 /// The study's schedule: its table's numbers are those of epoch 300.
@@ -101,6 +103,24 @@ pub const FIRST_README: [StudyRow; 12] = [
     ),
 ];
 
+/// An lr as a map key, ordered by `total_cmp` (lrs are finite and positive).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrdF64(f64);
+
+impl Eq for OrdF64 {}
+
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrdF64 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
 /// Our result in one cell, over its finished runs (completed or diverged; seeds, repeats and other
 /// axes fold into one cell per (batch size, lr)): how many diverged, and the means over the runs that
 /// did not, so a cell where 1 seed of 3 diverged still shows what the other two reached.
@@ -130,8 +150,8 @@ impl Ours {
     }
 }
 
-fn ours(jobs: &[&JobRow]) -> Option<Ours> {
-    let (diverged, trained): (Vec<&JobRow>, Vec<&JobRow>) = jobs
+fn ours(jobs: &[&JobKey]) -> Option<Ours> {
+    let (diverged, trained): (Vec<&JobKey>, Vec<&JobKey>) = jobs
         .iter()
         .filter(|j| matches!(j.status, JobStatus::Completed | JobStatus::Diverged))
         .partition(|j| j.status == JobStatus::Diverged);
@@ -140,8 +160,7 @@ fn ours(jobs: &[&JobRow]) -> Option<Ours> {
         return None;
     }
     let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-    let accuracy_of =
-        |js: &[&JobRow]| mean(js.iter().filter_map(|j| export::final_acc(j)).collect());
+    let accuracy_of = |js: &[&JobKey]| mean(js.iter().filter_map(|j| j.accuracy).collect());
     let accuracy = if trained.is_empty() {
         accuracy_of(&diverged)
     } else {
@@ -150,12 +169,7 @@ fn ours(jobs: &[&JobRow]) -> Option<Ours> {
     Some(Ours {
         runs,
         diverged: diverged.len(),
-        loss: mean(
-            trained
-                .iter()
-                .filter_map(|j| export::final_loss(j))
-                .collect(),
-        ),
+        loss: mean(trained.iter().filter_map(|j| j.test_loss).collect()),
         accuracy,
     })
 }
@@ -220,27 +234,25 @@ fn difference(study: Option<(f64, bool)>, o: Option<&Ours>) -> String {
 /// The comparison as a markdown table: every cell of the study's table and of the sweep, batch size
 /// ascending then lr descending, the study's numbers as the document prints them, ours (with how
 /// many runs diverged), and our accuracy minus the study's in points.
-pub fn compare(d: &SweepDetail) -> String {
-    let mut keys: Vec<(i64, f64)> = FIRST_README.iter().map(|r| (r.batch_size, r.lr)).collect();
-    for j in &d.jobs {
-        let k = (job_batch(j), job_lr(j));
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
+pub fn compare(jobs: &[JobKey]) -> String {
+    // Every cell's runs, grouped once (a random search may give each of 100,000 jobs its own lr).
+    let mut cells: BTreeMap<(i64, std::cmp::Reverse<OrdF64>), Vec<&JobKey>> = FIRST_README
+        .iter()
+        .map(|r| ((r.batch_size, std::cmp::Reverse(OrdF64(r.lr))), vec![]))
+        .collect();
+    for j in jobs {
+        cells
+            .entry((job_batch(j), std::cmp::Reverse(OrdF64(job_lr(j)))))
+            .or_default()
+            .push(j);
     }
-    keys.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
     let mut out = String::from(
         "| batch_size | initial lr | study: final loss | study: final accuracy (%) | ours: diverged | ours: final loss | ours: final accuracy (%) | difference (points) |\n\
          |:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|\n",
     );
     let mut folded = false;
-    for (batch, lr) in keys {
+    for ((batch, std::cmp::Reverse(OrdF64(lr))), cell) in cells {
         let (s_loss, s_acc, s_value) = study_cells(batch, lr);
-        let cell: Vec<&JobRow> = d
-            .jobs
-            .iter()
-            .filter(|j| job_batch(j) == batch && job_lr(j) == lr)
-            .collect();
         let o = ours(&cell);
         let ([o_div, o_loss, o_acc], several) = our_cells(o.as_ref());
         folded |= several;

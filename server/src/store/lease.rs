@@ -23,10 +23,10 @@ impl Store {
             .await
     }
 
-    /// Hands the oldest pending job that fits `capacity` to `worker`, under a lease. One statement
-    /// picks and takes the job, so two claims can never get the same one. When the oldest that
-    /// fits is a TPE trial not yet drawn, nothing is taken and its sweep is named instead: the
-    /// caller draws it (outside the writer) and claims again. `skip_undrawn` passes over such
+    /// Hands the oldest pending job that fits `capacity` to `worker`, under a lease. The job is
+    /// picked and taken on the writer's one connection, so two claims can never get the same one.
+    /// When the oldest that fits is a TPE trial not yet drawn, nothing is taken and its sweep is
+    /// named instead: the caller draws it (outside the writer) and claims again. `skip_undrawn` passes over such
     /// trials (a claim that has drawn enough for others).
     pub async fn claim_next(
         &self,
@@ -44,58 +44,51 @@ impl Store {
         };
         let (worker, accepts_commands) = (req.worker.clone(), req.accepts_commands);
         let (row, undrawn) = self.writer.run(move |c| async move {
-            let row = sqlx::query!(
-            // A cancel sticks: a job whose sweep was cancelled is never handed out again, whatever
-            // raced the cancel (cancel_requested is never cleared).
-            // The claim takes the next attempt number (the fencing token) in the same statement.
-            r#"UPDATE jobs SET status = 'running', attempt = attempt + 1, worker = ?1, lease_expires_at = ?2, claimed_at = ?3,
-                   started_at = coalesce(started_at, ?3), lease_secret_hash = ?8
-               WHERE drawn_at IS NOT NULL AND id = (SELECT j.id FROM jobs j
-                           WHERE j.status = 'pending'
-                             AND j.cancel_requested = 0
-                             AND j.stop_requested = 0
-                             AND (?4 IS NULL OR j.nproc <= ?4)
-                             AND (?5 IS NULL OR j.batch_size <= ?5)
-                             AND (?6 OR j.is_command = 0)
-                             AND (?7 = 0 OR j.drawn_at IS NOT NULL)
-                             AND NOT EXISTS (SELECT 1 FROM sweeps s WHERE s.id = j.sweep_id AND s.cancelled_at IS NOT NULL)
-                           ORDER BY j.id LIMIT 1)
-               RETURNING id AS "id!", sweep_id AS "sweep_id!", attempt AS "attempt!", params AS "params!",
-                         is_command AS "is_command!: bool""#,
-            worker,
-            until,
-            now,
-            ranks,
-            max_batch,
-            accepts_commands,
-            skip_undrawn,
-            secret_hash
-        )
-        .fetch_optional(&mut *c)
-        .await?;
-            if row.is_some() || skip_undrawn {
-                return Ok((row, None));
-            }
-            // Nothing taken: either nothing fits, or the oldest that fits is still to be drawn.
-            // The filters are the claim's own above (static SQL): change them together.
-            let undrawn = sqlx::query_scalar!(
-                r#"SELECT j.sweep_id AS "sweep_id!" FROM jobs j
-                   WHERE j.status = 'pending' AND j.drawn_at IS NULL AND j.id = (SELECT k.id FROM jobs k
-                           WHERE k.status = 'pending'
-                             AND k.cancel_requested = 0
-                             AND k.stop_requested = 0
-                             AND (?1 IS NULL OR k.nproc <= ?1)
-                             AND (?2 IS NULL OR k.batch_size <= ?2)
-                             AND (?3 OR k.is_command = 0)
-                             AND NOT EXISTS (SELECT 1 FROM sweeps s WHERE s.id = k.sweep_id AND s.cancelled_at IS NOT NULL)
-                           ORDER BY k.id LIMIT 1)"#,
+            // The oldest pending job that fits: per shape of pending job that fits the worker, its
+            // oldest job (one index probe each), and the oldest of those. A cancel sticks: a job whose
+            // sweep was cancelled is never handed out again, whatever raced the cancel.
+            let oldest = sqlx::query!(
+                r#"SELECT j.id AS "id!", j.sweep_id AS "sweep_id!", j.drawn_at IS NOT NULL AS "drawn!: bool"
+                   FROM jobs j WHERE j.id = (SELECT min(first) FROM (
+                     SELECT (SELECT k.id FROM jobs k INDEXED BY jobs_pending_shape
+                             WHERE k.status = 'pending' AND k.nproc = p.nproc AND k.batch_size = p.batch_size
+                               AND k.is_command = p.is_command AND k.drawn = p.drawn
+                               AND k.cancel_requested = 0 AND k.stop_requested = 0
+                               AND NOT EXISTS (SELECT 1 FROM sweeps s WHERE s.id = k.sweep_id AND s.cancelled_at IS NOT NULL)
+                             ORDER BY k.id LIMIT 1) AS first
+                     FROM pending_shapes p
+                     WHERE p.jobs > 0 AND (?1 IS NULL OR p.nproc <= ?1) AND (?2 IS NULL OR p.batch_size <= ?2)
+                       AND (?3 OR p.is_command = 0) AND (?4 = 0 OR p.drawn = 1)))"#,
                 ranks,
                 max_batch,
-                accepts_commands
+                accepts_commands,
+                skip_undrawn
             )
             .fetch_optional(&mut *c)
             .await?;
-            Ok((None, undrawn))
+            let Some(oldest) = oldest else {
+                return Ok((None, None));
+            };
+            // The oldest that fits is still to be drawn: its sweep is named, nothing is taken.
+            if !oldest.drawn {
+                return Ok((None, Some(oldest.sweep_id)));
+            }
+            // The claim takes the next attempt number (the fencing token) in the same statement.
+            let row = sqlx::query!(
+                r#"UPDATE jobs SET status = 'running', attempt = attempt + 1, worker = ?1, lease_expires_at = ?2, claimed_at = ?3,
+                       started_at = coalesce(started_at, ?3), lease_secret_hash = ?4
+                   WHERE id = ?5 AND status = 'pending' AND drawn_at IS NOT NULL
+                   RETURNING id AS "id!", sweep_id AS "sweep_id!", attempt AS "attempt!", params AS "params!",
+                             is_command AS "is_command!: bool""#,
+                worker,
+                until,
+                now,
+                secret_hash,
+                oldest.id
+            )
+            .fetch_optional(&mut *c)
+            .await?;
+            Ok((row, None))
         }.boxed())
         .await?;
         let Some(row) = row else {
@@ -284,6 +277,7 @@ impl Store {
         if let Some(row) = &row {
             let status = status_of(&row.status)?;
             ranks.with(row.sweep_id, |s| s.job_ended(job, status));
+            forget_if_settled(c, &ranks, row.sweep_id).await?;
         }
         Ok(row) }.boxed())
         .await?;
@@ -325,11 +319,12 @@ impl Store {
         now: i64,
     ) -> Result<JobChange> {
         let reason = reason.to_string();
+        let ranks = self.ranks.clone();
         let row = self
             .writer
             .run(move |c| {
                 async move {
-                    Ok(sqlx::query!(
+                    let row = sqlx::query!(
                         // Released after a cancel or a stop: the job ends (cancelled or pruned) instead of
                         // waiting for a claim.
                         r#"UPDATE jobs SET
@@ -351,7 +346,12 @@ impl Store {
                         reason
                     )
                     .fetch_optional(&mut *c)
-                    .await?)
+                    .await?;
+                    if let Some(r) = &row {
+                        let status = status_of(&r.status)?;
+                        ranks.with(r.sweep_id, |s| s.job_ended(job, status));
+                    }
+                    Ok(row)
                 }
                 .boxed()
             })
@@ -388,7 +388,8 @@ impl Store {
     /// Returns every running job whose lease ran out before `now` to pending (its next claim takes the
     /// next attempt), or fails it when it has used all its attempts.
     pub async fn requeue_expired(&self, now: i64) -> Result<Vec<JobChange>> {
-        let rows = self.writer.run(move |c| async move { Ok(sqlx::query!(
+        let ranks = self.ranks.clone();
+        let rows = self.writer.run(move |c| async move { let rows = sqlx::query!(
             // A cancelled (or stopped) job whose worker vanished ends cancelled (or pruned), not pending
             // or failed.
             r#"UPDATE jobs SET
@@ -411,7 +412,14 @@ impl Store {
             now
         )
         .fetch_all(&mut *c)
-        .await?) }.boxed())
+        .await?;
+        // A job that ended here (failed, cancelled, pruned) leaves early stopping's open values.
+        for r in &rows {
+            let status = status_of(&r.status)?;
+            ranks.with(r.sweep_id, |s| s.job_ended(r.id, status));
+            forget_if_settled(c, &ranks, r.sweep_id).await?;
+        }
+        Ok(rows) }.boxed())
         .await?;
         rows.into_iter()
             .map(|r| {
@@ -424,6 +432,25 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Early stopping's values of a sweep with no job pending or running are dropped (its kept counts
+/// say so: one row read on the writer's connection, inside the batch that ended the job).
+async fn forget_if_settled(
+    c: &mut SqliteConnection,
+    ranks: &ranks::Ranks,
+    sweep: i64,
+) -> Result<()> {
+    let open = sqlx::query_scalar!(
+        r#"SELECT pending + running AS "n!: i64" FROM sweep_counts WHERE sweep_id = ?"#,
+        sweep
+    )
+    .fetch_optional(&mut *c)
+    .await?;
+    if open == Some(0) {
+        ranks.forget(sweep);
+    }
+    Ok(())
 }
 
 /// Why `attempt` does not hold `job`, from the job's status and current attempt.

@@ -13,6 +13,7 @@
 //! - [`trials`]: TPE's trials drawn when claimed: the next placeholder, the history, the drawn
 //!   point written.
 //! - [`reads`]: the read models: sweeps with counts, job pages, the grid, curves, a job's history.
+//! - [`results`]: what exports and figures read: a compact key per job, then full rows by page.
 //!
 //! Triggers act inside these statements (see the migrations): `attempt_ended` files a row in
 //! `attempts` whenever a job leaves `running`, `epoch_recorded` moves `jobs.epoch` forward on each
@@ -36,6 +37,8 @@ pub mod logs;
 mod ranks;
 mod reads;
 pub use reads::CurvePoint;
+mod results;
+pub use results::{JobKey, SweepKeys, ROWS_PER_PAGE};
 mod stopping;
 mod sweeps;
 mod trials;

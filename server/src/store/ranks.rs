@@ -365,6 +365,12 @@ impl Ranks {
         s.in_write.insert(sweep);
     }
 
+    /// Drops a sweep's values (a sweep with no job left to judge): memory stays bounded by the
+    /// sweeps still running; a later decision would load them again.
+    pub(super) fn forget(&self, sweep: i64) {
+        self.state().sweeps.remove(&sweep);
+    }
+
     /// Reads or changes a loaded sweep's values (None when it is not loaded).
     pub(super) fn with<R>(&self, sweep: i64, f: impl FnOnce(&mut SweepRanks) -> R) -> Option<R> {
         let mut s = self.state();

@@ -84,29 +84,26 @@ impl Store {
         self.sweeps(None).await
     }
 
-    /// All sweeps, or only `only`: one query either way, so a single sweep costs a single sweep.
+    /// All sweeps, or only `only`: one query either way, its counts kept by triggers
+    /// (`sweep_counts`), so a sweep costs one row however many jobs it has. The best accuracy is
+    /// the one figure still read from every job: an index to find it would cost every metrics
+    /// report a write at a random place (and idle workers ask `/api/jobs/unfinished`, not this).
     async fn sweeps(&self, only: Option<i64>) -> Result<Vec<SweepRow>> {
         let rows = sqlx::query!(
             r#"SELECT s.id AS "id!", s.name, s.created_at, s.cancelled_at,
-                 count(j.id) AS "total!: i64",
-                 coalesce(sum(j.status = 'pending'), 0) AS "pending!: i64",
-                 coalesce(sum(j.status = 'running'), 0) AS "running!: i64",
-                 coalesce(sum(j.status = 'completed'), 0) AS "completed!: i64",
-                 coalesce(sum(j.status = 'diverged'), 0) AS "diverged!: i64",
-                 coalesce(sum(j.status = 'failed'), 0) AS "failed!: i64",
-                 coalesce(sum(j.status = 'cancelled'), 0) AS "cancelled!: i64",
-                 coalesce(sum(j.status = 'pruned'), 0) AS "pruned!: i64",
-                 coalesce(sum(j.epoch), 0) AS "epochs_spent!: i64",
-                 coalesce(sum(j.epochs), 0) AS "epochs_budget!: i64",
-                 (SELECT max(m.accuracy) FROM metrics m JOIN jobs j2 ON j2.id = m.job_id WHERE j2.sweep_id = s.id
-                    AND m.epoch = j2.epoch) AS "best_accuracy: f64",
-                 coalesce(sum(j.drawn_at IS NOT NULL), 0) AS "drawn!: i64",
+                 c.total AS "total!: i64", c.pending AS "pending!: i64", c.running AS "running!: i64",
+                 c.completed AS "completed!: i64", c.diverged AS "diverged!: i64", c.failed AS "failed!: i64",
+                 c.cancelled AS "cancelled!: i64", c.pruned AS "pruned!: i64",
+                 c.epochs_spent AS "epochs_spent!: i64", c.epochs_budget AS "epochs_budget!: i64",
+                 (SELECT max(m.accuracy) FROM jobs j JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+                  WHERE j.sweep_id = s.id) AS "best_accuracy: f64",
+                 c.drawn AS "drawn!: i64",
                  coalesce(json_extract(s.spec, '$.search.method') = 'tpe', 0) AS "is_tpe!: bool",
                  json_extract(s.spec, '$.search.metric') AS "metric: String",
                  json_extract(s.spec, '$.search.mode') AS "mode: String"
-               FROM sweeps s LEFT JOIN jobs j ON j.sweep_id = s.id
+               FROM sweeps s JOIN sweep_counts c ON c.sweep_id = s.id
                WHERE ?1 IS NULL OR s.id = ?1
-               GROUP BY s.id ORDER BY s.id DESC"#,
+               ORDER BY s.id DESC"#,
             only
         )
         .fetch_all(&self.read)
@@ -174,6 +171,19 @@ impl Store {
         Ok(row.map(|r| (r.id, r.value)))
     }
 
+    /// Ok when the sweep exists (by its key: its counts are not computed), else NotFound.
+    pub async fn sweep_exists(&self, sweep: i64) -> Result<()> {
+        self.sweep_name(sweep).await.map(|_| ())
+    }
+
+    /// The sweep's name (by its key), or NotFound.
+    pub async fn sweep_name(&self, sweep: i64) -> Result<String> {
+        sqlx::query_scalar!("SELECT name FROM sweeps WHERE id = ?", sweep)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))
+    }
+
     /// A sweep's summary row (no jobs); NotFound if there is no such sweep.
     pub async fn get_sweep_row(&self, sweep: i64) -> Result<SweepRow> {
         self.sweeps(Some(sweep))
@@ -182,12 +192,13 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))
     }
 
+    /// A sweep with every job: for tests and small sweeps (exports and figures read keys, then pages).
     pub async fn get_sweep(&self, sweep: i64) -> Result<SweepDetail> {
-        self.sweep_detail(sweep, true).await
+        self.sweep_detail(sweep, i64::MAX).await
     }
 
-    /// A sweep with its spec; its jobs too unless `with_jobs` is false (the dashboard pages them).
-    pub async fn sweep_detail(&self, sweep: i64, with_jobs: bool) -> Result<SweepDetail> {
+    /// A sweep with its spec and its first `jobs` jobs in grid order (0: none; the dashboard pages them).
+    pub async fn sweep_detail(&self, sweep: i64, jobs: i64) -> Result<SweepDetail> {
         let s = sqlx::query!("SELECT spec FROM sweeps WHERE id = ?", sweep)
             .fetch_optional(&self.read)
             .await?
@@ -197,8 +208,8 @@ impl Store {
             .await?
             .pop()
             .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))?;
-        let jobs = if with_jobs {
-            self.jobs_of(sweep, None).await?
+        let jobs = if jobs > 0 {
+            self.jobs_of(sweep, None, jobs).await?
         } else {
             vec![]
         };
@@ -210,7 +221,7 @@ impl Store {
     }
 
     /// The jobs of a sweep in grid order (or only job `only`), each with its latest epoch's metrics.
-    async fn jobs_of(&self, sweep: i64, only: Option<i64>) -> Result<Vec<JobRow>> {
+    async fn jobs_of(&self, sweep: i64, only: Option<i64>, limit: i64) -> Result<Vec<JobRow>> {
         let rows = sqlx::query_as!(
             JobSql,
             r#"SELECT j.id AS "id!", j.sweep_id, j.params, j.status, j.attempt, j.max_attempts, j.epoch, j.epochs,
@@ -218,9 +229,27 @@ impl Store {
                       m.epoch AS "m_epoch?", m.attempt AS "m_attempt?", m.lr, m.train_loss, m.test_loss, m.accuracy,
                       m.precision, m.recall, m.f1, m.images_per_sec, m.seconds, m.extra
                FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
-               WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.id = ?2) ORDER BY j.idx"#,
+               WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.id = ?2) ORDER BY j.idx LIMIT ?3"#,
             sweep,
-            only
+            only,
+            limit
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter().map(JobRow::try_from).collect()
+    }
+
+    /// The jobs whose ids a JSON array lists, in no particular order.
+    pub(super) async fn jobs_where_ids(&self, ids: &str) -> Result<Vec<JobRow>> {
+        let rows = sqlx::query_as!(
+            JobSql,
+            r#"SELECT j.id AS "id!", j.sweep_id, j.params, j.status, j.attempt, j.max_attempts, j.epoch, j.epochs,
+                      j.worker, j.error, j.summary, j.started_at, j.finished_at, j.drawn_at,
+                      m.epoch AS "m_epoch?", m.attempt AS "m_attempt?", m.lr, m.train_loss, m.test_loss, m.accuracy,
+                      m.precision, m.recall, m.f1, m.images_per_sec, m.seconds, m.extra
+               FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+               WHERE j.id IN (SELECT value FROM json_each(?1))"#,
+            ids
         )
         .fetch_all(&self.read)
         .await?;
@@ -229,23 +258,37 @@ impl Store {
 
     /// One page of a sweep's jobs, filtered and sorted in SQL so a 10,000-job sweep costs one page.
     pub async fn jobs_page(&self, sweep: i64, q: &JobQuery) -> Result<JobPage> {
-        self.get_sweep_row(sweep).await?;
+        self.sweep_exists(sweep).await?;
         let status = q.status.as_deref().filter(|s| !s.is_empty());
         let text = q.q.as_deref().filter(|s| !s.is_empty());
         let sort = q.sort.as_deref().unwrap_or("idx");
         let desc = q.desc as i64;
         let limit = if q.limit <= 0 { 50 } else { q.limit.min(500) };
         let offset = q.offset.max(0);
-        let total = sqlx::query_scalar!(
-            r#"SELECT count(*) AS "n!: i64" FROM jobs j
-               WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.status = ?2)
-                 AND (?3 IS NULL OR j.params LIKE '%' || ?3 || '%' OR coalesce(j.worker, '') LIKE '%' || ?3 || '%')"#,
-            sweep,
-            status,
-            text
-        )
-        .fetch_one(&self.read)
-        .await?;
+        // Without a text search the total is the kept count; a search counts what it matches.
+        let total = match text {
+            None => sqlx::query_scalar!(
+                r#"SELECT CASE WHEN ?2 IS NULL THEN total WHEN ?2 = 'pending' THEN pending
+                          WHEN ?2 = 'running' THEN running WHEN ?2 = 'completed' THEN completed
+                          WHEN ?2 = 'diverged' THEN diverged WHEN ?2 = 'failed' THEN failed
+                          WHEN ?2 = 'cancelled' THEN cancelled WHEN ?2 = 'pruned' THEN pruned ELSE 0 END AS "n!: i64"
+                   FROM sweep_counts WHERE sweep_id = ?1"#,
+                sweep,
+                status
+            )
+            .fetch_one(&self.read)
+            .await?,
+            Some(_) => sqlx::query_scalar!(
+                r#"SELECT count(*) AS "n!: i64" FROM jobs j
+                   WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.status = ?2)
+                     AND (?3 IS NULL OR j.params LIKE '%' || ?3 || '%' OR coalesce(j.worker, '') LIKE '%' || ?3 || '%')"#,
+                sweep,
+                status,
+                text
+            )
+            .fetch_one(&self.read)
+            .await?,
+        };
         // The sort key is chosen by CASE so the statement stays one compile-checked query; unknown
         // keys fall back to grid order.
         let rows = sqlx::query_as!(
@@ -388,7 +431,7 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
         let row = self
-            .jobs_of(sweep, Some(job))
+            .jobs_of(sweep, Some(job), 1)
             .await?
             .pop()
             .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
@@ -476,15 +519,45 @@ impl Store {
         .await?)
     }
 
+    /// Jobs by status over every sweep (for Prometheus), from the counts kept per sweep.
     pub async fn job_counts(&self) -> Result<Map<String, Value>> {
-        let rows =
-            sqlx::query!(r#"SELECT status, count(*) AS "n!: i64" FROM jobs GROUP BY status"#)
-                .fetch_all(&self.read)
-                .await?;
-        Ok(rows
+        let r = sqlx::query!(
+            r#"SELECT coalesce(sum(pending), 0) AS "pending!: i64", coalesce(sum(running), 0) AS "running!: i64",
+                      coalesce(sum(completed), 0) AS "completed!: i64", coalesce(sum(diverged), 0) AS "diverged!: i64",
+                      coalesce(sum(failed), 0) AS "failed!: i64", coalesce(sum(cancelled), 0) AS "cancelled!: i64",
+                      coalesce(sum(pruned), 0) AS "pruned!: i64"
+               FROM sweep_counts"#
+        )
+        .fetch_one(&self.read)
+        .await?;
+        let counts = [
+            (JobStatus::Pending, r.pending),
+            (JobStatus::Running, r.running),
+            (JobStatus::Completed, r.completed),
+            (JobStatus::Diverged, r.diverged),
+            (JobStatus::Failed, r.failed),
+            (JobStatus::Cancelled, r.cancelled),
+            (JobStatus::Pruned, r.pruned),
+        ];
+        Ok(counts
             .into_iter()
-            .map(|r| (r.status, Value::from(r.n)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| (s.as_str().to_string(), Value::from(n)))
             .collect())
+    }
+
+    /// Pending and running jobs over every sweep.
+    pub async fn unfinished(&self) -> Result<Unfinished> {
+        let r = sqlx::query!(
+            r#"SELECT coalesce(sum(pending), 0) AS "pending!: i64", coalesce(sum(running), 0) AS "running!: i64"
+               FROM sweep_counts"#
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok(Unfinished {
+            pending: r.pending,
+            running: r.running,
+        })
     }
 }
 /// One epoch of one job, as figures need it.

@@ -86,6 +86,7 @@ impl Store {
 
     /// Cancels pending jobs at once; running ones learn it on their next heartbeat.
     pub async fn cancel_sweep(&self, sweep: i64, now: i64) -> Result<Vec<JobChange>> {
+        let ranks = self.ranks.clone();
         let rows = self
             .writer
             .run_many(move |c| {
@@ -108,6 +109,12 @@ impl Store {
                     sqlx::query!("UPDATE jobs SET cancel_requested = 1 WHERE sweep_id = ? AND status = 'running'", sweep)
                         .execute(&mut *c)
                         .await?;
+                    // Pending jobs with values from an earlier attempt leave early stopping's memory.
+                    ranks.with(sweep, |s| {
+                        for r in &rows {
+                            s.job_ended(r.id, JobStatus::Cancelled);
+                        }
+                    });
                     Ok(rows)
                 }
                 .boxed()

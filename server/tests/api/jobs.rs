@@ -476,3 +476,176 @@ async fn health_prometheus_and_openapi() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }
+
+/// The oldest pending job that fits, found by reading every row: what a claim must hand out.
+async fn oldest_that_fits(
+    db: &mut sqlx::SqliteConnection,
+    ranks: i64,
+    max_batch: Option<i64>,
+    commands: bool,
+) -> Option<i64> {
+    sqlx::query_scalar(
+        "SELECT j.id FROM jobs j JOIN sweeps s ON s.id = j.sweep_id
+         WHERE j.status = 'pending' AND j.cancel_requested = 0 AND j.stop_requested = 0
+           AND s.cancelled_at IS NULL AND j.nproc <= ?1 AND (?2 IS NULL OR j.batch_size <= ?2)
+           AND (?3 OR j.is_command = 0)
+         ORDER BY j.id LIMIT 1",
+    )
+    .bind(ranks)
+    .bind(max_batch)
+    .bind(commands)
+    .fetch_optional(db)
+    .await
+    .unwrap()
+}
+
+type Counts = Vec<(i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64)>;
+
+/// Each sweep's counts as the triggers keep them, beside the same counted from every job.
+async fn sweep_counts(db: &mut sqlx::SqliteConnection) -> (Counts, Counts) {
+    let kept = sqlx::query_as(
+        "SELECT sweep_id, total, pending, running, completed, diverged, failed, cancelled, pruned,
+                epochs_spent, epochs_budget FROM sweep_counts ORDER BY 1",
+    )
+    .fetch_all(&mut *db)
+    .await
+    .unwrap();
+    let counted = sqlx::query_as(
+        "SELECT s.id, count(j.id), coalesce(sum(j.status = 'pending'), 0), coalesce(sum(j.status = 'running'), 0),
+                coalesce(sum(j.status = 'completed'), 0), coalesce(sum(j.status = 'diverged'), 0),
+                coalesce(sum(j.status = 'failed'), 0), coalesce(sum(j.status = 'cancelled'), 0),
+                coalesce(sum(j.status = 'pruned'), 0), coalesce(sum(j.epoch), 0), coalesce(sum(j.epochs), 0)
+         FROM sweeps s LEFT JOIN jobs j ON j.sweep_id = s.id GROUP BY s.id ORDER BY 1",
+    )
+    .fetch_all(&mut *db)
+    .await
+    .unwrap();
+    (kept, counted)
+}
+
+/// The pending jobs counted by shape from every row, beside the counts the triggers keep.
+async fn pending_shapes(
+    db: &mut sqlx::SqliteConnection,
+) -> (
+    Vec<(i64, i64, i64, i64, i64)>,
+    Vec<(i64, i64, i64, i64, i64)>,
+) {
+    let kept = sqlx::query_as(
+        "SELECT nproc, batch_size, is_command, drawn, jobs FROM pending_shapes ORDER BY 1, 2, 3, 4",
+    )
+    .fetch_all(&mut *db)
+    .await
+    .unwrap();
+    let counted = sqlx::query_as(
+        "SELECT nproc, batch_size, is_command, drawn_at IS NOT NULL, count(*) FROM jobs
+         WHERE status = 'pending' GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+    )
+    .fetch_all(&mut *db)
+    .await
+    .unwrap();
+    (kept, counted)
+}
+
+#[tokio::test]
+async fn claims_take_the_oldest_job_that_fits_and_kept_counts_follow_every_transition() {
+    use sqlx::Connection;
+    let app = spawn_app().await;
+    // Shapes of every kind, the big ones oldest: 4-rank jobs with large batches, 1-rank ones, a
+    // 2-rank command sweep, and a sweep that will be cancelled half-way.
+    app.submit("name = \"big\"\n[train]\nnproc_per_node = 4\n[run]\nmax_attempts = 2\n[grid]\nbatch_size = [512, 256, 8]\nseed = [1, 2, 3, 4]\n").await;
+    app.submit("name = \"small\"\n[train]\n[run]\nmax_attempts = 3\n[grid]\nbatch_size = [8, 16, 32, 64]\nseed = [1, 2, 3, 4, 5]\n").await;
+    app.submit("name = \"cmd\"\n[command]\nargv = [\"run\", \"{q}\"]\nranks = 2\n[grid]\nq = [1, 2, 3, 4, 5, 6]\n").await;
+    let doomed = app
+        .submit("name = \"doomed\"\n[train]\n[grid]\nbatch_size = [32, 600]\nseed = [1, 2, 3, 4]\n")
+        .await
+        .id;
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", app.db.display()))
+        .await
+        .unwrap();
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut running: Vec<(i64, i64)> = vec![];
+    let mut claims = 0;
+    for step in 0..400 {
+        match next(10) {
+            0..=4 => {
+                let ranks = 1 + next(4) as i64;
+                let max_batch = [None, Some(16), Some(64), Some(300), Some(1000)][next(5) as usize];
+                let commands = next(2) == 1;
+                let want = oldest_that_fits(&mut db, ranks, max_batch, commands).await;
+                let req = protocol::ClaimRequest {
+                    worker: format!("w{step}"),
+                    capacity: Some(protocol::Capacity {
+                        ranks,
+                        max_batch_size: max_batch,
+                    }),
+                    accepts_commands: commands,
+                };
+                let got = app.claim_with(&req).await;
+                assert_eq!(
+                    got.as_ref().map(|c| c.id),
+                    want,
+                    "step {step}: {ranks} ranks, batch {max_batch:?}, commands {commands}"
+                );
+                if let Some(c) = got {
+                    running.push((c.id, c.attempt));
+                    claims += 1;
+                }
+            }
+            5 if !running.is_empty() => {
+                let (job, attempt) = running[next(running.len() as u64) as usize];
+                let epoch = 1 + next(2) as i64;
+                app.metrics(job, attempt, epoch, Some(1.0), 0.5).await;
+            }
+            6 if !running.is_empty() => {
+                let (job, attempt) = running.swap_remove(next(running.len() as u64) as usize);
+                let outcome =
+                    [Outcome::Failed, Outcome::Completed, Outcome::Diverged][next(3) as usize];
+                assert_eq!(app.finish(job, attempt, outcome).await.0, StatusCode::OK);
+            }
+            7 if !running.is_empty() => {
+                let (job, attempt) = running.swap_remove(next(running.len() as u64) as usize);
+                assert_eq!(app.release(job, attempt).await.0, StatusCode::OK);
+            }
+            8 if step % 7 == 0 => {
+                app.expire_leases().await;
+                running.clear();
+            }
+            _ => {}
+        }
+        if step == 200 {
+            let (s, _) = app
+                .post(&format!("/api/sweeps/{doomed}/cancel"), json!({}))
+                .await;
+            assert_eq!(s, StatusCode::OK);
+        }
+        let (kept, counted) = pending_shapes(&mut db).await;
+        assert_eq!(
+            kept, counted,
+            "step {step}: the kept shapes equal a recount"
+        );
+        let (kept, counted) = sweep_counts(&mut db).await;
+        assert_eq!(
+            kept, counted,
+            "step {step}: the kept sweep counts equal a recount"
+        );
+    }
+    let (s, unfinished) = app.get("/api/jobs/unfinished").await;
+    assert_eq!(s, StatusCode::OK);
+    let (pending, running): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(status = 'pending'), 0), coalesce(sum(status = 'running'), 0) FROM jobs",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(unfinished, json!({"pending": pending, "running": running}));
+    assert!(
+        claims > 50,
+        "the sequence exercised the claim ({claims} claims)"
+    );
+}

@@ -122,13 +122,13 @@ impl Coordinator {
 
     /// Jobs pending or running across all sweeps (for `--exit-when-idle`).
     pub fn unfinished_jobs(&self) -> Result<i64, CallError> {
-        let sweeps: Vec<protocol::views::SweepRow> = self
-            .request("GET", routes::SWEEPS)
+        let n: protocol::views::Unfinished = self
+            .request("GET", routes::UNFINISHED)
             .call()
             .map_err(Self::classify)?
             .into_json()
             .map_err(|e| CallError::Unavailable(e.to_string()))?;
-        Ok(sweeps.iter().map(|s| s.pending + s.running).sum())
+        Ok(n.pending + n.running)
     }
 
     /// Renews the lease; the reply says whether the job was cancelled.

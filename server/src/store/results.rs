@@ -1,0 +1,158 @@
+//! What exports and figures read, so that a 100,000-job sweep is never loaded whole: first a compact
+//! key per job (what orders the rows, picks the bold ones, the CSV's columns and the runs a figure
+//! draws), then the full rows a page at a time, by id.
+use std::collections::HashMap;
+
+use super::*;
+
+/// One job as exports and figures decide on it: its grid point, status, and final values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobKey {
+    pub id: i64,
+    /// The job's `batch_size` and `lr` params as set (None: left to the trainer's default).
+    pub batch_size: Option<i64>,
+    pub lr: Option<f64>,
+    pub status: JobStatus,
+    pub attempt: i64,
+    pub epoch: i64,
+    pub drawn_at: Option<i64>,
+    /// Whether an epoch was recorded, and the latest epoch's accuracy and test loss.
+    pub reported: bool,
+    pub accuracy: Option<f64>,
+    pub test_loss: Option<f64>,
+    /// Index into [`SweepKeys::shapes`]: the names of its params and of its program's own metrics.
+    pub shape: usize,
+}
+
+/// A sweep's keys: one per job in grid order, and the distinct (param names, own metric names) of
+/// its jobs (a handful, however many jobs), which the CSV's columns come from.
+#[derive(Debug, Clone, Default)]
+pub struct SweepKeys {
+    pub jobs: Vec<JobKey>,
+    pub shapes: Vec<(Vec<String>, Vec<String>)>,
+}
+
+impl JobKey {
+    /// The key of a job already read whole, its names being `shape`.
+    pub fn of(j: &JobRow, shape: usize) -> JobKey {
+        let latest = j.latest.as_ref();
+        JobKey {
+            id: j.id,
+            batch_size: j.params.get("batch_size").and_then(Value::as_i64),
+            lr: j.params.get("lr").and_then(Value::as_f64),
+            status: j.status,
+            attempt: j.attempt,
+            epoch: j.epoch,
+            drawn_at: j.drawn_at,
+            reported: latest.is_some(),
+            accuracy: latest.and_then(|m| m.accuracy),
+            test_loss: latest.and_then(|m| m.test_loss),
+            shape,
+        }
+    }
+}
+
+impl SweepKeys {
+    /// The keys of jobs already in memory (tests, and sweeps small enough to have been read whole).
+    pub fn of(jobs: &[JobRow]) -> SweepKeys {
+        let mut keys = SweepKeys::default();
+        let mut seen: HashMap<(Vec<String>, Vec<String>), usize> = HashMap::new();
+        for j in jobs {
+            let params: Vec<String> = j
+                .params
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k.clone())
+                .collect();
+            let own: Vec<String> = j
+                .latest
+                .iter()
+                .flat_map(|m| m.extra.keys().cloned())
+                .collect();
+            let n = seen.len();
+            let shape = *seen
+                .entry((params.clone(), own.clone()))
+                .or_insert_with(|| {
+                    keys.shapes.push((params, own));
+                    n
+                });
+            keys.jobs.push(JobKey::of(j, shape));
+        }
+        keys
+    }
+}
+
+/// Full rows fetched per page: bounded memory, and each query short.
+pub const ROWS_PER_PAGE: usize = 1000;
+
+impl Store {
+    /// The keys of a sweep's jobs in grid order (about 100 bytes a job); NotFound without the sweep.
+    /// `names`: also the names each job's row has (the CSV's columns; they cost most of the read,
+    /// so only the CSV asks for them: without, every job has the one empty shape).
+    pub async fn job_keys(&self, sweep: i64, names: bool) -> Result<SweepKeys> {
+        self.sweep_exists(sweep).await?;
+        let rows = sqlx::query!(
+            r#"SELECT j.id AS "id!",
+                  CASE json_type(j.params, '$.batch_size') WHEN 'integer' THEN json_extract(j.params, '$.batch_size') END
+                    AS "batch_size: i64",
+                  CASE WHEN json_type(j.params, '$.lr') IN ('integer', 'real') THEN CAST(json_extract(j.params, '$.lr') AS REAL) END
+                    AS "lr: f64",
+                  j.status, j.attempt, j.epoch, j.drawn_at, m.epoch IS NOT NULL AS "reported!: bool",
+                  m.accuracy, m.test_loss,
+                  CASE WHEN ?2 THEN (SELECT json_group_array(key) FROM json_each(j.params)) ELSE '[]' END AS "params!: String",
+                  CASE WHEN ?2 THEN (SELECT json_group_array(key) FROM json_each(m.extra)) ELSE '[]' END AS "own!: String"
+               FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+               WHERE j.sweep_id = ?1 ORDER BY j.idx"#,
+            sweep,
+            names
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let mut keys = SweepKeys::default();
+        // Most jobs share their names: each distinct pair of lists is parsed once.
+        let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        keys.jobs.reserve(rows.len());
+        for r in rows {
+            let shape = match seen.get(&(r.params.clone(), r.own.clone())) {
+                Some(&i) => i,
+                None => {
+                    let names = (
+                        parse_json("jobs.params", &r.params)?,
+                        parse_json("metrics.extra", &r.own)?,
+                    );
+                    keys.shapes.push(names);
+                    seen.insert((r.params, r.own), keys.shapes.len() - 1);
+                    keys.shapes.len() - 1
+                }
+            };
+            keys.jobs.push(JobKey {
+                id: r.id,
+                batch_size: r.batch_size,
+                lr: r.lr,
+                status: status_of(&r.status)?,
+                attempt: r.attempt,
+                epoch: r.epoch,
+                drawn_at: r.drawn_at,
+                reported: r.reported,
+                accuracy: r.accuracy,
+                test_loss: r.test_loss,
+                shape,
+            });
+        }
+        Ok(keys)
+    }
+
+    /// The full rows of these jobs (at most a page), in the order given; ids without a job are
+    /// left out.
+    pub async fn jobs_by_id(&self, ids: &[i64]) -> Result<Vec<JobRow>> {
+        let list = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut rows: HashMap<i64, JobRow> = self
+            .jobs_where_ids(&list)
+            .await?
+            .into_iter()
+            .map(|j| (j.id, j))
+            .collect();
+        Ok(ids.iter().filter_map(|id| rows.remove(id)).collect())
+    }
+}
