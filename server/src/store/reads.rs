@@ -208,35 +208,19 @@ impl Store {
             .await?
             .pop()
             .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))?;
-        let jobs = if jobs > 0 {
-            self.jobs_of(sweep, None, jobs).await?
-        } else {
-            vec![]
-        };
+        let ids = sqlx::query_scalar!(
+            r#"SELECT id AS "id!" FROM jobs WHERE sweep_id = ? ORDER BY idx LIMIT ?"#,
+            sweep,
+            jobs
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let jobs = self.jobs_by_id(&ids).await?;
         Ok(SweepDetail {
             sweep: row,
             spec: parse_json("sweeps.spec", &s.spec)?,
             jobs,
         })
-    }
-
-    /// The jobs of a sweep in grid order (or only job `only`), each with its latest epoch's metrics.
-    async fn jobs_of(&self, sweep: i64, only: Option<i64>, limit: i64) -> Result<Vec<JobRow>> {
-        let rows = sqlx::query_as!(
-            JobSql,
-            r#"SELECT j.id AS "id!", j.sweep_id, j.params, j.status, j.attempt, j.max_attempts, j.epoch, j.epochs,
-                      j.worker, j.error, j.summary, j.started_at, j.finished_at, j.drawn_at,
-                      m.epoch AS "m_epoch?", m.attempt AS "m_attempt?", m.lr, m.train_loss, m.test_loss, m.accuracy,
-                      m.precision, m.recall, m.f1, m.images_per_sec, m.seconds, m.extra
-               FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
-               WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.id = ?2) ORDER BY j.idx LIMIT ?3"#,
-            sweep,
-            only,
-            limit
-        )
-        .fetch_all(&self.read)
-        .await?;
-        rows.into_iter().map(JobRow::try_from).collect()
     }
 
     /// The jobs whose ids a JSON array lists, in no particular order.
@@ -426,12 +410,8 @@ impl Store {
     }
 
     pub async fn get_job(&self, job: i64) -> Result<JobDetail> {
-        let sweep = sqlx::query_scalar!("SELECT sweep_id FROM jobs WHERE id = ?", job)
-            .fetch_optional(&self.read)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
         let row = self
-            .jobs_of(sweep, Some(job), 1)
+            .jobs_by_id(&[job])
             .await?
             .pop()
             .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;

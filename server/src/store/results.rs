@@ -146,6 +146,9 @@ impl Store {
     /// The full rows of these jobs (at most a page), in the order given; ids without a job are
     /// left out.
     pub async fn jobs_by_id(&self, ids: &[i64]) -> Result<Vec<JobRow>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
         let list = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut rows: HashMap<i64, JobRow> = self
             .jobs_where_ids(&list)
