@@ -47,6 +47,17 @@ if [ "${NCCL:-0}" = 1 ] && [ ! -f .venv/cuda-headers/nvidia/cu13/include/cccl/nv
   .venv/bin/pip install -q --disable-pip-version-check --no-deps --target .venv/cuda-headers \
     'nvidia-cuda-crt==13.0.88.*' 'nvidia-cuda-cccl==13.0.85.*'
 fi
+# Slurm and munge from Debian's packages: the tests that run workers under a real Slurm start their
+# own daemons (in network namespaces, with their own configuration and munge key). No recommends: the
+# daemons' documentation and mail tools are not needed.
+if full && ! command -v slurmctld >/dev/null; then
+  echo "setup: apt-get install slurmctld slurmd slurm-client munge (the Slurm tests)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  [ "${#need_apt[@]}" -gt 0 ] || $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    slurmctld slurmd slurm-client munge >/dev/null
+fi
+
 # tch finds libtorch through LIBTORCH (.cargo/config.toml -> .libtorch); the python3.X part of the
 # path differs between machines, so a stable link points at it.
 torch_dir=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')

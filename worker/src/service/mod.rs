@@ -134,7 +134,8 @@ pub fn gpus_given(env: impl Fn(&str) -> Option<String>) -> Result<Vec<usize>> {
 }
 
 /// The worker's name unless `--name` gives one: under Slurm its node, job, array task and task
-/// (`gpu7-slurm-4242_3-0`), elsewhere its host and process id.
+/// (`gpu7-slurm-4242_3-0`: array job 4242's task 3, as `squeue` writes it; each array task also has
+/// a job id of its own, which is not the one users see), elsewhere its host and process id.
 fn default_name(env: impl Fn(&str) -> Option<String>) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -142,7 +143,10 @@ fn default_name(env: impl Fn(&str) -> Option<String>) -> String {
     match env("SLURM_JOB_ID") {
         Some(job) => {
             let node = env("SLURMD_NODENAME").unwrap_or(host);
-            let task = env("SLURM_ARRAY_TASK_ID").map_or(String::new(), |t| format!("_{t}"));
+            let (job, task) = match (env("SLURM_ARRAY_JOB_ID"), env("SLURM_ARRAY_TASK_ID")) {
+                (Some(array), Some(t)) => (array, format!("_{t}")),
+                _ => (job, String::new()),
+            };
             let rank = env("SLURM_PROCID").unwrap_or_else(|| "0".into());
             format!("{node}-slurm-{job}{task}-{rank}")
         }
@@ -419,7 +423,8 @@ mod tests {
     #[test]
     fn under_slurm_the_name_says_node_job_array_task_and_task() {
         let vars = [
-            ("SLURM_JOB_ID", "4242"),
+            ("SLURM_JOB_ID", "4245"),
+            ("SLURM_ARRAY_JOB_ID", "4242"),
             ("SLURMD_NODENAME", "gpu7"),
             ("SLURM_ARRAY_TASK_ID", "3"),
             ("SLURM_PROCID", "1"),
