@@ -350,6 +350,64 @@ fn sigterm_makes_a_worker_checkpoint_give_its_job_back_and_exit() {
     assert_eq!(epochs_of(&c, id), vec![1, 2, 3, 4, 5, 6]);
 }
 
+/// Preemption (Slurm's `scancel`: SIGTERM, then SIGKILL after `KillWait`): an epoch that does not
+/// commit within `--stop-grace-seconds` is given up, and the job is given back (released, not failed
+/// or expired) before the worker exits.
+#[test]
+fn a_shutdown_mid_epoch_gives_the_job_back_within_the_grace() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    let mut train = tiny_train(1);
+    // An epoch of tens of seconds: 20,000 images two at a time.
+    train["limit_train"] = json!(20000);
+    train["batch_size"] = json!(2);
+    let sweep = c.submit(json!({"name": "preempt", "train": train}));
+    let mut a = worker(
+        &c.url,
+        &dir.path().join("a"),
+        &["--cpu-ranks", "1", "--stop-grace-seconds", "1"],
+    );
+    // Until the trainer trains: its log says the data is loaded.
+    let mut stall = Stall::new(STALL);
+    loop {
+        let log = ureq::get(&format!("{}/api/jobs/1/log", c.url))
+            .set("Authorization", &format!("Bearer {TOKEN}"))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .unwrap_or_default();
+        if log.contains("data loaded") {
+            break;
+        }
+        stall.check(
+            &c.get(&format!("/api/sweeps/{sweep}")),
+            "the trainer did not start",
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: kill(2) on a child process of this test.
+    unsafe { libc::kill(a.0.id() as i32, libc::SIGTERM) };
+    assert!(a.wait().unwrap().success(), "the worker exits cleanly");
+    let job = c.get(&format!("/api/sweeps/{sweep}"))["jobs"][0].clone();
+    assert_eq!(
+        job["status"],
+        JobStatus::Pending.as_str(),
+        "given back: {job}"
+    );
+    assert_eq!(
+        job["epoch"], 0,
+        "its epoch was not finished but given up: {job}"
+    );
+    let d = c.get(&format!("/api/jobs/{}", job["id"]));
+    assert_eq!(d["attempts"][0]["outcome"], "released", "{d}");
+    assert_eq!(
+        (job["attempt"].as_i64(), job["max_attempts"].as_i64()),
+        (Some(1), Some(4)),
+        "the release did not use up one of the 3 attempts: {job}"
+    );
+}
+
 #[test]
 fn a_worker_that_lost_its_lease_stops_its_trainer_and_the_job_is_recorded_once() {
     let _serial = serial();

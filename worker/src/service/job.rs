@@ -321,7 +321,8 @@ impl Supervisor {
     }
 
     /// Our trainer: SIGTERM on a stop or an early stop (it commits its epoch), SIGKILL on a cancel
-    /// (nothing to keep); it ends a diverged run itself. A command job: its stop file, then
+    /// (nothing to keep), and on a shutdown whose epoch has not committed within the grace; it ends
+    /// a diverged run itself. A command job: its stop file, then
     /// SIGTERM to its process group after the grace period, then SIGKILL after as long again.
     fn stop_program(&mut self, child: &Child, stopping: &AtomicBool) {
         let Some(reason) = self.stop_reason(stopping) else {
@@ -361,6 +362,11 @@ impl Supervisor {
         } else if reason != StopReason::Diverged && !halt.termed {
             signal(false, libc::SIGTERM);
             halt.termed = true;
+        } else if reason == StopReason::Shutdown && !halt.killed && halt.since.elapsed() >= grace {
+            // A shutdown has a deadline (Slurm's KillWait after its SIGTERM): an epoch that has not
+            // committed within the grace is given up and redone elsewhere from the last checkpoint.
+            signal(false, libc::SIGKILL);
+            halt.killed = true;
         }
     }
 
@@ -384,6 +390,13 @@ impl Supervisor {
             _ if command && stopping && self.halt.is_some() => {
                 Write::Release("the worker shut down; the job resumes from its checkpoint".into())
             }
+            // Stopped by a shutdown before it could commit: killed at the end of the grace, by a
+            // SIGTERM that arrived while it started, or at once by a second SIGTERM (Slurm signals
+            // every process of the job, and the worker signals its trainer too). Not the program's
+            // failure: the job resumes elsewhere from its last checkpoint.
+            c if stopping && self.halt.is_some() && c != 0 => Write::Release(
+                "the worker shut down mid-epoch; the job resumes from its last checkpoint".into(),
+            ),
             0 => finish(Outcome::Completed, None),
             EXIT_INTERRUPTED if !command => {
                 Write::Release("the worker shut down after a checkpoint".into())

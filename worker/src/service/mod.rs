@@ -76,7 +76,9 @@ pub struct RunArgs {
     #[arg(long = "pass-env", value_name = "NAME", requires = "allow_commands")]
     pub pass_env: Vec<String>,
     /// Seconds a command job has to exit after its stop file appears (cancel, early stop, worker
-    /// shutdown) before it gets SIGTERM, and as long again before SIGKILL.
+    /// shutdown) before it gets SIGTERM, and as long again before SIGKILL. On a shutdown (SIGTERM
+    /// to the worker, as Slurm's preemption sends) our trainer has this long to commit its epoch;
+    /// then it is killed and the job given back, its partial epoch redone from the last checkpoint.
     #[arg(long, default_value_t = 10.0)]
     pub stop_grace_seconds: f64,
     /// Most a command job's checkpoint archive may unpack to when it is restored, in MiB (only
