@@ -164,14 +164,27 @@ impl Drop for Hosts {
         if let Ok(pid) = std::fs::read_to_string(self.dir.join("munged.pid")) {
             let _ = Command::new("kill").arg(pid.trim()).status();
         }
-        // Job steps left by a daemon killed mid-job run in its namespace: they go with the namespace
-        // only when they exit, so they are killed by the configuration file they name.
-        let _ = Command::new("pkill")
-            .args(["-f", &self.dir.display().to_string()])
-            .status();
+        // Whatever still runs in the namespaces (a job step whose daemon was killed: slurmstepd
+        // outlives slurmd) holds them, and with them the bridge's veths: killed by namespace.
         for (host, _) in HOSTS {
+            let pids = Command::new("ip")
+                .args(["netns", "pids", &self.netns(host)])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            for pid in pids.split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        for (i, (host, _)) in HOSTS.iter().enumerate() {
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.netns(host)])
+                .status();
+            // A namespace is freed only when nothing refers to it any more (its sockets closing can
+            // take a while); deleting our end of its veth pair removes both ends now.
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("{}v{i}", self.tag)])
+                .stderr(Stdio::null())
                 .status();
         }
         let _ = Command::new("ip")
@@ -253,7 +266,7 @@ fn missing() -> Option<String> {
 }
 
 #[test]
-fn an_array_of_workers_under_slurm_drains_a_sweep_across_namespaces() {
+fn an_array_of_workers_under_slurm_drains_a_sweep_and_a_preempted_task_gives_its_job_back() {
     if let Some(why) = missing() {
         // CI runs as root with the set-up script's packages; a developer's machine may not.
         eprintln!("SKIPPED: {why}");
@@ -286,24 +299,7 @@ fn an_array_of_workers_under_slurm_drains_a_sweep_across_namespaces() {
     let sweep = in_netns(&ctl, || {
         coordinator.submit(json!({"name": "slurm", "train": train, "grid": {"seed": [1, 2, 3, 4]}}))
     });
-    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/slurm/worker-array.sbatch");
-    let out = hosts
-        .command("ctl", "sbatch")
-        .args(["--array=0-1", "--parsable"])
-        .arg(format!("--output={}/array-%A_%a.out", dir.path().display()))
-        .arg(&recipe)
-        .env("SWEEP_SERVER", &url)
-        .env("SWEEP_TOKEN", TOKEN)
-        .env("SWEEP_WORK_DIR", dir.path().join("runs"))
-        .env("WORKER", worker_bin())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sbatch: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let array = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let array = sbatch_array(&hosts, dir.path(), &url, "0-1");
 
     let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
     assert_eq!(done["status"], SweepStatus::Finished.as_str(), "{done}");
@@ -329,16 +325,88 @@ fn an_array_of_workers_under_slurm_drains_a_sweep_across_namespaces() {
         );
     }
     // The tasks end by themselves once the sweep is drained (--exit-when-idle), freeing the nodes.
+    wait_gone(&hosts, &array);
+
+    // Preemption: `scancel` of a task in its job's second epoch gives the job back (released, not
+    // failed), and a new allocation resumes it from its checkpoint, each epoch recorded once.
+    let mut long = train.clone();
+    long["epochs"] = json!(2);
+    long["limit_train"] = json!(1024);
+    let sweep = in_netns(&ctl, || {
+        coordinator.submit(json!({"name": "preempted", "train": long}))
+    });
+    let array = sbatch_array(&hosts, dir.path(), &url, "0-0");
+    in_netns(&ctl, || coordinator.wait_first_epoch(sweep));
+    let cancelled = hosts
+        .command("ctl", "scancel")
+        .arg(&array)
+        .status()
+        .unwrap();
+    assert!(cancelled.success());
+    let job = in_netns(&ctl, || {
+        let mut stall = Stall::new(STALL);
+        loop {
+            let s = coordinator.get(&format!("/api/sweeps/{sweep}"));
+            let id = s["jobs"][0]["id"].as_i64().unwrap();
+            let d = coordinator.get(&format!("/api/jobs/{id}"));
+            if d["attempts"][0]["outcome"].is_string() {
+                return d;
+            }
+            stall.check(&s, "the preempted attempt did not end");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    assert_eq!(job["attempts"][0]["outcome"], "released", "{job}");
+    assert_eq!(job["status"], JobStatus::Pending.as_str(), "{job}");
+    wait_gone(&hosts, &array);
+    sbatch_array(&hosts, dir.path(), &url, "0-0");
+    let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
+    let id = done["jobs"][0]["id"].as_i64().unwrap();
+    let job = in_netns(&ctl, || coordinator.get(&format!("/api/jobs/{id}")));
+    assert_eq!(job["status"], JobStatus::Completed.as_str(), "{job}");
+    let epochs: Vec<i64> = job["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["epoch"].as_i64().unwrap())
+        .collect();
+    assert_eq!(epochs, vec![1, 2], "every epoch once: {job}");
+}
+
+/// Submits the array recipe with these task ids; the array's job id.
+fn sbatch_array(hosts: &Hosts, dir: &Path, url: &str, tasks: &str) -> String {
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/slurm/worker-array.sbatch");
+    let out = hosts
+        .command("ctl", "sbatch")
+        .args([&format!("--array={tasks}"), "--parsable"])
+        .arg(format!("--output={}/array-%A_%a.out", dir.display()))
+        .arg(&recipe)
+        .env("SWEEP_SERVER", url)
+        .env("SWEEP_TOKEN", TOKEN)
+        .env("SWEEP_WORK_DIR", dir.join("runs"))
+        .env("WORKER", worker_bin())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sbatch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Until Slurm no longer lists any task of the array.
+fn wait_gone(hosts: &Hosts, array: &str) {
     let mut stall = Stall::new(Duration::from_secs(60));
     loop {
         let q = hosts
             .command("ctl", "squeue")
-            .args(["-h", "-j", &array])
+            .args(["-h", "-j", array])
             .output()
             .unwrap();
         let left = String::from_utf8_lossy(&q.stdout).to_string();
         if left.trim().is_empty() {
-            break;
+            return;
         }
         stall.check(
             &serde_json::Value::Null,
