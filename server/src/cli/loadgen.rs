@@ -169,8 +169,13 @@ pub(crate) async fn simulated_worker(
     (latencies, errors)
 }
 
-/// Submits a sweep spec; its id.
-async fn submit(http: &reqwest::Client, base: &str, token: &str, spec: &Value) -> Result<i64> {
+/// Submits a sweep spec (JSON); its id.
+pub(crate) async fn submit(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    spec: &Value,
+) -> Result<i64> {
     let r = http
         .post(format!("{base}{}", routes::SWEEPS))
         .bearer_auth(token)
@@ -179,7 +184,7 @@ async fn submit(http: &reqwest::Client, base: &str, token: &str, spec: &Value) -
         .await?;
     if !r.status().is_success() {
         bail!(
-            "submitting a load sweep failed: {} {}",
+            "submitting a sweep failed: {} {}",
             r.status(),
             r.text().await.unwrap_or_default()
         );

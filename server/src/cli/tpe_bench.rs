@@ -146,17 +146,7 @@ struct Api {
 
 impl Api {
     async fn submit(&self, spec: Value) -> Result<i64> {
-        let r = self
-            .http
-            .post(format!("{}{}", self.base, routes::SWEEPS))
-            .bearer_auth(&self.token)
-            .json(&spec)
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!("submit: {} {}", r.status(), r.text().await?);
-        }
-        Ok(r.json::<protocol::views::Created>().await?.id)
+        super::loadgen::submit(&self.http, &self.base, &self.token, &spec).await
     }
 
     /// Claims with `ranks` free; true if a job came back.

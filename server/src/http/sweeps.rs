@@ -185,11 +185,7 @@ pub(super) async fn results(
     let keys = state.store.job_keys(id, format == Format::Csv).await?;
     if format == Format::Markdown && opts.compare {
         let table = crate::results::study::compare(&keys.jobs);
-        return Ok((
-            [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
-            table,
-        )
-            .into_response());
+        return Ok(([(header::CONTENT_TYPE, format.content_type())], table).into_response());
     }
     let d = state.store.sweep_detail(id, 0).await?;
     let export = Export::plan(&d.sweep, &d.spec, &keys, format, &opts);

@@ -28,6 +28,15 @@ impl Format {
             Format::Json => "json",
         }
     }
+
+    /// The HTTP content type of results in this format (the comparison is markdown too).
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Markdown => "text/markdown; charset=utf-8",
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Json => "application/json",
+        }
+    }
 }
 
 impl std::str::FromStr for Format {
@@ -108,12 +117,13 @@ pub(crate) fn job_batch(j: &JobKey) -> i64 {
 /// batch size ascending, then lr descending; grid order breaks ties.
 fn sorted_jobs(keys: &[JobKey]) -> Vec<&JobKey> {
     let mut jobs: Vec<&JobKey> = keys.iter().filter(|j| j.drawn_at.is_some()).collect();
-    jobs.sort_by(|a, b| {
-        job_batch(a)
-            .cmp(&job_batch(b))
-            .then(job_lr(b).total_cmp(&job_lr(a)))
-    });
+    jobs.sort_by(|a, b| study_order((job_batch(a), job_lr(a)), (job_batch(b), job_lr(b))));
     jobs
+}
+
+/// The study's order of (batch size, lr) cells: batch size ascending, then lr descending.
+pub(crate) fn study_order(a: (i64, f64), b: (i64, f64)) -> std::cmp::Ordering {
+    a.0.cmp(&b.0).then(b.1.total_cmp(&a.1))
 }
 
 /// A TPE sweep's trials in the order they were drawn.
@@ -244,7 +254,7 @@ impl Export {
             _ => HashSet::new(),
         };
         let columns = match format {
-            Format::Csv => csv_columns(&ordered, keys, tpe.is_some()),
+            Format::Csv => csv_columns(&ordered, keys, tpe.as_ref()),
             _ => vec![],
         };
         Export {
@@ -261,11 +271,7 @@ impl Export {
     }
 
     pub fn content_type(&self) -> &'static str {
-        match self.format {
-            Format::Markdown => "text/markdown; charset=utf-8",
-            Format::Csv => "text/csv; charset=utf-8",
-            Format::Json => "application/json",
-        }
+        self.format.content_type()
     }
 
     /// What comes before the first row: the table's head, the CSV's header, JSON's `[`.
@@ -415,20 +421,9 @@ fn format_duration(secs: f64) -> String {
     }
 }
 
-/// The named metrics a record carries (all but the epoch's seconds), under their record names: the
-/// lr as `lr_last` (the grid's lr is the starting one).
-fn record_metric_names() -> impl Iterator<Item = &'static str> {
-    MetricsReport::default()
-        .named()
-        .into_iter()
-        .map(|(m, _)| m.name)
-        .filter(|n| *n != "seconds")
-        .map(|n| if n == "lr" { "lr_last" } else { n })
-}
-
 /// One flat record per job with every field. A TPE sweep's lead with the trial number (`trial`: the
 /// order it was drawn in), its objective (the search's metric at the last epoch) and whether it is
-/// the best so far. [`record_columns`] lists the same keys in the same order from names alone.
+/// the best so far.
 fn record(j: &JobRow, tpe: Option<&TpeProgress>, trial: usize) -> Map<String, Value> {
     let mut r = Map::new();
     if let Some(t) = tpe {
@@ -452,9 +447,14 @@ fn record(j: &JobRow, tpe: Option<&TpeProgress>, trial: usize) -> Map<String, Va
         r.insert(k.clone(), v.clone());
     }
     let m = j.latest.as_ref();
+    // The named metrics but the epoch's seconds; the lr as `lr_last` (the grid's lr is the
+    // starting one).
     let named = m.map_or_else(|| MetricsReport::default().named(), MetricsReport::named);
-    let values = named.iter().filter(|(n, _)| n.name != "seconds");
-    for (k, (_, v)) in record_metric_names().zip(values) {
+    for (metric, v) in named.iter().filter(|(n, _)| n.name != "seconds") {
+        let k = match metric.name {
+            "lr" => "lr_last",
+            name => name,
+        };
         r.insert(k.into(), v.map(Value::from).unwrap_or(Value::Null));
     }
     // A command's own metrics, by name (`_last` added where a parameter has that name).
@@ -484,45 +484,38 @@ fn record(j: &JobRow, tpe: Option<&TpeProgress>, trial: usize) -> Map<String, Va
     r
 }
 
-/// The keys [`record`] writes for a job with these params and own metrics, in its order.
-fn record_columns(tpe: bool, params: &[String], own: &[String]) -> Vec<String> {
-    let mut cols: Vec<String> = vec![];
-    let add = |cols: &mut Vec<String>, k: String| {
-        if !cols.contains(&k) {
-            cols.push(k);
-        }
+/// The keys [`record`] writes for a job with these params and own metrics, in its order: those of
+/// the record of a job that has just these names (so the two cannot disagree).
+fn record_columns(tpe: Option<&TpeProgress>, params: &[String], own: &[String]) -> Vec<String> {
+    let skeleton = JobRow {
+        id: 0,
+        sweep_id: 0,
+        params: Value::Object(params.iter().map(|k| (k.clone(), Value::Null)).collect()),
+        status: JobStatus::Pending,
+        attempt: 0,
+        max_attempts: 0,
+        epoch: 0,
+        epochs: 0,
+        worker: None,
+        error: None,
+        summary: None,
+        started_at: None,
+        finished_at: None,
+        latest: (!own.is_empty()).then(|| MetricsReport {
+            extra: own.iter().map(|k| (k.clone(), None)).collect(),
+            ..Default::default()
+        }),
+        drawn_at: None,
     };
-    if tpe {
-        for k in ["trial", "objective", "best"] {
-            add(&mut cols, k.into());
-        }
-    }
-    for k in ["job_id", "status", "attempt", "epoch", "epochs"] {
-        add(&mut cols, k.into());
-    }
-    for k in params {
-        add(&mut cols, k.clone());
-    }
-    for k in record_metric_names() {
-        add(&mut cols, k.into());
-    }
-    for k in own {
-        let key = if cols.contains(k) {
-            format!("{k}_last")
-        } else {
-            k.clone()
-        };
-        add(&mut cols, key);
-    }
-    for k in ["wall_seconds", "worker", "error"] {
-        add(&mut cols, k.into());
-    }
-    cols
+    record(&skeleton, tpe, 0)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
 }
 
 /// Every column any row has, in the order they first appear (rows in export order): from each
 /// distinct shape of names once, not from the rows.
-fn csv_columns(ordered: &[&JobKey], keys: &SweepKeys, tpe: bool) -> Vec<String> {
+fn csv_columns(ordered: &[&JobKey], keys: &SweepKeys, tpe: Option<&TpeProgress>) -> Vec<String> {
     let mut cols: Vec<String> = vec![];
     let mut done = HashSet::new();
     for j in ordered {
@@ -581,7 +574,7 @@ pub fn render(d: &SweepDetail, format: Format, opts: &TableOptions) -> (&'static
     let keys = SweepKeys::of(&d.jobs);
     if format == Format::Markdown && opts.compare {
         return (
-            "text/markdown; charset=utf-8",
+            format.content_type(),
             crate::results::study::compare(&keys.jobs),
         );
     }

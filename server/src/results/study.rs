@@ -1,7 +1,7 @@
 //! The study's table as its specification gives it (SEED.md: the first README, 300 epochs, gamma 0.1,
 //! batch size per GPU on 2 GPUs), and our sweep's results beside it, cell by cell. The numbers here
 //! are the document's, typed once; every number of ours comes from the database.
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use crate::results::export::{self, format_lr, job_batch, job_lr, pct};
 use crate::store::JobKey;
@@ -102,24 +102,6 @@ pub const FIRST_README: [StudyRow; 12] = [
         },
     ),
 ];
-
-/// An lr as a map key, ordered by `total_cmp` (lrs are finite and positive).
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct OrdF64(f64);
-
-impl Eq for OrdF64 {}
-
-impl PartialOrd for OrdF64 {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for OrdF64 {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&other.0)
-    }
-}
 
 /// Our result in one cell, over its finished runs (completed or diverged; seeds, repeats and other
 /// axes fold into one cell per (batch size, lr)): how many diverged, and the means over the runs that
@@ -235,23 +217,29 @@ fn difference(study: Option<(f64, bool)>, o: Option<&Ours>) -> String {
 /// ascending then lr descending, the study's numbers as the document prints them, ours (with how
 /// many runs diverged), and our accuracy minus the study's in points.
 pub fn compare(jobs: &[JobKey]) -> String {
-    // Every cell's runs, grouped once (a random search may give each of 100,000 jobs its own lr).
-    let mut cells: BTreeMap<(i64, std::cmp::Reverse<OrdF64>), Vec<&JobKey>> = FIRST_README
+    // Every cell's runs, grouped once (a random search may give each of 100,000 jobs its own lr),
+    // the study's cells included when the sweep has no run there.
+    let mut cells: HashMap<(i64, u64), Vec<&JobKey>> = FIRST_README
         .iter()
-        .map(|r| ((r.batch_size, std::cmp::Reverse(OrdF64(r.lr))), vec![]))
+        .map(|r| ((r.batch_size, r.lr.to_bits()), vec![]))
         .collect();
     for j in jobs {
         cells
-            .entry((job_batch(j), std::cmp::Reverse(OrdF64(job_lr(j)))))
+            .entry((job_batch(j), job_lr(j).to_bits()))
             .or_default()
             .push(j);
     }
+    let mut cells: Vec<((i64, f64), Vec<&JobKey>)> = cells
+        .into_iter()
+        .map(|((batch, lr), runs)| ((batch, f64::from_bits(lr)), runs))
+        .collect();
+    cells.sort_by(|a, b| export::study_order(a.0, b.0));
     let mut out = String::from(
         "| batch_size | initial lr | study: final loss | study: final accuracy (%) | ours: diverged | ours: final loss | ours: final accuracy (%) | difference (points) |\n\
          |:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|\n",
     );
     let mut folded = false;
-    for ((batch, std::cmp::Reverse(OrdF64(lr))), cell) in cells {
+    for ((batch, lr), cell) in cells {
         let (s_loss, s_acc, s_value) = study_cells(batch, lr);
         let o = ours(&cell);
         let ([o_div, o_loss, o_acc], several) = our_cells(o.as_ref());

@@ -26,8 +26,8 @@ impl Store {
     /// Hands the oldest pending job that fits `capacity` to `worker`, under a lease. The job is
     /// picked and taken on the writer's one connection, so two claims can never get the same one.
     /// When the oldest that fits is a TPE trial not yet drawn, nothing is taken and its sweep is
-    /// named instead: the caller draws it (outside the writer) and claims again. `skip_undrawn` passes over such
-    /// trials (a claim that has drawn enough for others).
+    /// named instead: the caller draws it (outside the writer) and claims again. `skip_undrawn`
+    /// passes over such trials (a claim that has drawn enough for others).
     pub async fn claim_next(
         &self,
         req: &protocol::ClaimRequest,
@@ -273,11 +273,8 @@ impl Store {
         )
         .fetch_optional(&mut *c)
         .await?;
-        // Early stopping's values follow the job's end (in memory: nothing here can fail).
         if let Some(row) = &row {
-            let status = status_of(&row.status)?;
-            ranks.with(row.sweep_id, |s| s.job_ended(job, status));
-            forget_if_settled(c, &ranks, row.sweep_id).await?;
+            attempt_ended(c, &ranks, row.sweep_id, job, status_of(&row.status)?).await?;
         }
         Ok(row) }.boxed())
         .await?;
@@ -348,8 +345,7 @@ impl Store {
                     .fetch_optional(&mut *c)
                     .await?;
                     if let Some(r) = &row {
-                        let status = status_of(&r.status)?;
-                        ranks.with(r.sweep_id, |s| s.job_ended(job, status));
+                        attempt_ended(c, &ranks, r.sweep_id, job, status_of(&r.status)?).await?;
                     }
                     Ok(row)
                 }
@@ -413,11 +409,8 @@ impl Store {
         )
         .fetch_all(&mut *c)
         .await?;
-        // A job that ended here (failed, cancelled, pruned) leaves early stopping's open values.
         for r in &rows {
-            let status = status_of(&r.status)?;
-            ranks.with(r.sweep_id, |s| s.job_ended(r.id, status));
-            forget_if_settled(c, &ranks, r.sweep_id).await?;
+            attempt_ended(c, &ranks, r.sweep_id, r.id, status_of(&r.status)?).await?;
         }
         Ok(rows) }.boxed())
         .await?;
@@ -434,13 +427,21 @@ impl Store {
     }
 }
 
-/// Early stopping's values of a sweep with no job pending or running are dropped (its kept counts
-/// say so: one row read on the writer's connection, inside the batch that ended the job).
-async fn forget_if_settled(
+/// Early stopping's values follow an attempt's end (finish, release, lease expiry), inside the
+/// batch that ended it: a job that ended for good leaves the open values (in memory: nothing there
+/// can fail), and a sweep with no job left pending or running drops its values altogether (its kept
+/// counts say so: one row read on the writer's connection, only when a job ended for good).
+async fn attempt_ended(
     c: &mut SqliteConnection,
     ranks: &ranks::Ranks,
     sweep: i64,
+    job: i64,
+    status: JobStatus,
 ) -> Result<()> {
+    ranks.with(sweep, |s| s.job_ended(job, status));
+    if !status.is_final() {
+        return Ok(());
+    }
     let open = sqlx::query_scalar!(
         r#"SELECT pending + running AS "n!: i64" FROM sweep_counts WHERE sweep_id = ?"#,
         sweep

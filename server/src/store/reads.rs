@@ -501,6 +501,27 @@ impl Store {
 
     /// Jobs by status over every sweep (for Prometheus), from the counts kept per sweep.
     pub async fn job_counts(&self) -> Result<Map<String, Value>> {
+        Ok(self
+            .status_totals()
+            .await?
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| (s.as_str().to_string(), Value::from(n)))
+            .collect())
+    }
+
+    /// Pending and running jobs over every sweep.
+    pub async fn unfinished(&self) -> Result<Unfinished> {
+        let totals = self.status_totals().await?;
+        let of = |status| totals.iter().find(|(s, _)| *s == status).map_or(0, |t| t.1);
+        Ok(Unfinished {
+            pending: of(JobStatus::Pending),
+            running: of(JobStatus::Running),
+        })
+    }
+
+    /// Every status's total over every sweep, summed from the counts kept per sweep.
+    async fn status_totals(&self) -> Result<[(JobStatus, i64); 7]> {
         let r = sqlx::query!(
             r#"SELECT coalesce(sum(pending), 0) AS "pending!: i64", coalesce(sum(running), 0) AS "running!: i64",
                       coalesce(sum(completed), 0) AS "completed!: i64", coalesce(sum(diverged), 0) AS "diverged!: i64",
@@ -510,7 +531,7 @@ impl Store {
         )
         .fetch_one(&self.read)
         .await?;
-        let counts = [
+        Ok([
             (JobStatus::Pending, r.pending),
             (JobStatus::Running, r.running),
             (JobStatus::Completed, r.completed),
@@ -518,26 +539,7 @@ impl Store {
             (JobStatus::Failed, r.failed),
             (JobStatus::Cancelled, r.cancelled),
             (JobStatus::Pruned, r.pruned),
-        ];
-        Ok(counts
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(s, n)| (s.as_str().to_string(), Value::from(n)))
-            .collect())
-    }
-
-    /// Pending and running jobs over every sweep.
-    pub async fn unfinished(&self) -> Result<Unfinished> {
-        let r = sqlx::query!(
-            r#"SELECT coalesce(sum(pending), 0) AS "pending!: i64", coalesce(sum(running), 0) AS "running!: i64"
-               FROM sweep_counts"#
-        )
-        .fetch_one(&self.read)
-        .await?;
-        Ok(Unfinished {
-            pending: r.pending,
-            running: r.running,
-        })
+        ])
     }
 }
 /// One epoch of one job, as figures need it.

@@ -56,30 +56,28 @@ impl SweepKeys {
     /// The keys of jobs already in memory (tests, and sweeps small enough to have been read whole).
     pub fn of(jobs: &[JobRow]) -> SweepKeys {
         let mut keys = SweepKeys::default();
-        let mut seen: HashMap<(Vec<String>, Vec<String>), usize> = HashMap::new();
         for j in jobs {
-            let params: Vec<String> = j
-                .params
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, _)| k.clone())
-                .collect();
-            let own: Vec<String> = j
-                .latest
-                .iter()
-                .flat_map(|m| m.extra.keys().cloned())
-                .collect();
-            let n = seen.len();
-            let shape = *seen
-                .entry((params.clone(), own.clone()))
-                .or_insert_with(|| {
-                    keys.shapes.push((params, own));
-                    n
-                });
+            let params = j.params.as_object().into_iter().flatten();
+            let own = j.latest.iter().flat_map(|m| m.extra.keys());
+            let shape = keys.shape((
+                params.map(|(k, _)| k.clone()).collect(),
+                own.cloned().collect(),
+            ));
             keys.jobs.push(JobKey::of(j, shape));
         }
         keys
+    }
+
+    /// The index of these names among the shapes, added if new (shapes are few: a search is
+    /// cheaper than a hash of every job's names).
+    fn shape(&mut self, names: (Vec<String>, Vec<String>)) -> usize {
+        match self.shapes.iter().position(|s| *s == names) {
+            Some(i) => i,
+            None => {
+                self.shapes.push(names);
+                self.shapes.len() - 1
+            }
+        }
     }
 }
 
@@ -110,20 +108,19 @@ impl Store {
         .fetch_all(&self.read)
         .await?;
         let mut keys = SweepKeys::default();
-        // Most jobs share their names: each distinct pair of lists is parsed once.
-        let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        // Most jobs share their names, stored alike: each distinct text is parsed once.
+        let mut parsed: HashMap<(String, String), usize> = HashMap::new();
         keys.jobs.reserve(rows.len());
         for r in rows {
-            let shape = match seen.get(&(r.params.clone(), r.own.clone())) {
-                Some(&i) => i,
-                None => {
+            let shape = match parsed.entry((r.params, r.own)) {
+                std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let (params, own) = e.key();
                     let names = (
-                        parse_json("jobs.params", &r.params)?,
-                        parse_json("metrics.extra", &r.own)?,
+                        parse_json("jobs.params", params)?,
+                        parse_json("metrics.extra", own)?,
                     );
-                    keys.shapes.push(names);
-                    seen.insert((r.params, r.own), keys.shapes.len() - 1);
-                    keys.shapes.len() - 1
+                    *e.insert(keys.shape(names))
                 }
             };
             keys.jobs.push(JobKey {

@@ -322,8 +322,8 @@ impl Supervisor {
 
     /// Our trainer: SIGTERM on a stop or an early stop (it commits its epoch), SIGKILL on a cancel
     /// (nothing to keep), and on a shutdown whose epoch has not committed within the grace; it ends
-    /// a diverged run itself. A command job: its stop file, then
-    /// SIGTERM to its process group after the grace period, then SIGKILL after as long again.
+    /// a diverged run itself. A command job: its stop file, then SIGTERM to its process group after
+    /// the grace period, then SIGKILL after as long again.
     fn stop_program(&mut self, child: &Child, stopping: &AtomicBool) {
         let Some(reason) = self.stop_reason(stopping) else {
             return;
@@ -390,17 +390,17 @@ impl Supervisor {
             _ if command && stopping && self.halt.is_some() => {
                 Write::Release("the worker shut down; the job resumes from its checkpoint".into())
             }
-            // Stopped by a shutdown before it could commit: killed at the end of the grace, by a
-            // SIGTERM that arrived while it started, or at once by a second SIGTERM (Slurm signals
-            // every process of the job, and the worker signals its trainer too). Not the program's
-            // failure: the job resumes elsewhere from its last checkpoint.
-            c if stopping && self.halt.is_some() && c != 0 => Write::Release(
-                "the worker shut down mid-epoch; the job resumes from its last checkpoint".into(),
-            ),
             0 => finish(Outcome::Completed, None),
             EXIT_INTERRUPTED if !command => {
                 Write::Release("the worker shut down after a checkpoint".into())
             }
+            // Stopped by a shutdown before it could commit: killed at the end of the grace, by a
+            // SIGTERM that arrived while it started, or at once by a second SIGTERM (Slurm signals
+            // every process of the job, and the worker signals its trainer too). Not the program's
+            // failure: the job resumes elsewhere from its last checkpoint.
+            _ if stopping && self.halt.is_some() => Write::Release(
+                "the worker shut down mid-epoch; the job resumes from its last checkpoint".into(),
+            ),
             c => {
                 let what = self.program().name();
                 let tail = self.output.tail().join("\n");
