@@ -19,6 +19,10 @@ pub struct CommandSpec {
     /// Devices (or CPU rank slots) the job needs on one worker.
     #[serde(default = "one")]
     pub ranks: i64,
+    /// Workers the job spans (each with `ranks` free): every member runs the program with
+    /// [`env::MASTER_ADDR`], [`env::MASTER_PORT`], [`env::NNODES`] and [`env::NODE_RANK`] set.
+    #[serde(default = "one")]
+    pub nnodes: i64,
 }
 
 fn one() -> i64 {
@@ -46,6 +50,13 @@ pub mod env {
     /// Exit code that means "diverged" (a result, never retried); 0 means completed, anything
     /// else failed (retried while attempts are left).
     pub const EXIT_DIVERGED: i32 = 3;
+    /// torchrun's rendezvous variables, set for every command job (a single-node job: this
+    /// machine, a free port, one node), so a program may run `torchrun --nnodes "$NNODES"
+    /// --node-rank "$NODE_RANK" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" ...`.
+    pub const MASTER_ADDR: &str = "MASTER_ADDR";
+    pub const MASTER_PORT: &str = "MASTER_PORT";
+    pub const NNODES: &str = "NNODES";
+    pub const NODE_RANK: &str = "NODE_RANK";
 }
 
 /// A placeholder in `argv` that names no parameter of the job, or a lone brace.

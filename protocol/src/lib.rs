@@ -204,6 +204,51 @@ pub struct ClaimRequest {
     /// handed one.
     #[serde(default)]
     pub accepts_commands: bool,
+    /// Where this worker's ranks would meet the others of a job that spans nodes, should it
+    /// become that job's node 0 (`worker run --advertise-addr`, and a port it picked). Without
+    /// it, the worker is never handed a job with `nnodes` > 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendezvous: Option<Rendezvous>,
+}
+
+/// The address and port where a multi-node job's ranks meet (c10d's `MASTER_ADDR`/`MASTER_PORT`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Rendezvous {
+    /// A host name or IP address the other nodes can reach (at most 255 bytes).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 255))]
+    pub addr: String,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
+    pub port: u16,
+}
+
+/// This worker's part in a job that spans `nnodes` workers (a gang): which node it is and where
+/// the ranks meet. The job starts once every node has joined ([`HeartbeatReply::gang`] says so).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GangPart {
+    pub nnodes: i64,
+    /// 0 for the worker that started the gang: it alone reports metrics, uploads checkpoints and
+    /// finishes the job; every member heartbeats.
+    pub node_rank: i64,
+    /// Node 0's rendezvous.
+    pub master: Rendezvous,
+}
+
+/// How far a gang has formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GangState {
+    /// Members so far (node 0 included).
+    pub joined: i64,
+    pub nnodes: i64,
+}
+
+impl GangState {
+    /// Every node has joined: the members start their ranks.
+    pub fn formed(&self) -> bool {
+        self.joined >= self.nnodes
+    }
 }
 
 /// A job handed to a worker under a lease.
@@ -232,6 +277,9 @@ pub struct Claim {
     /// shown only here.
     #[serde(default)]
     pub lease_secret: String,
+    /// A job that spans nodes: this worker's part in it (its writes name its `node_rank`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gang: Option<GangPart>,
 }
 
 /// The header that carries a claim's [`Claim::lease_secret`] on each write of its attempt
@@ -245,6 +293,8 @@ pub struct Lease<'a> {
     pub job: i64,
     pub attempt: i64,
     pub secret: &'a str,
+    /// A gang member's node (its writes name it); None for a single-node job.
+    pub node_rank: Option<i64>,
 }
 
 impl Claim {
@@ -253,7 +303,13 @@ impl Claim {
             job: self.id,
             attempt: self.attempt,
             secret: &self.lease_secret,
+            node_rank: self.gang.as_ref().map(|g| g.node_rank),
         }
+    }
+
+    /// A gang member other than node 0: it heartbeats, but node 0 reports, uploads and finishes.
+    pub fn is_gang_member(&self) -> bool {
+        self.gang.as_ref().is_some_and(|g| g.node_rank > 0)
     }
 }
 
@@ -262,6 +318,9 @@ impl Claim {
 pub struct HeartbeatRequest {
     #[serde(deserialize_with = "integer::exact")]
     pub attempt: i64,
+    /// A gang member's node (its claim's [`GangPart::node_rank`]); absent for a single-node job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_rank: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -274,6 +333,9 @@ pub struct HeartbeatReply {
     #[serde(default)]
     pub stop: bool,
     pub lease_expires_at: i64,
+    /// A gang member's heartbeat: how far its gang has formed (members wait until it has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gang: Option<GangState>,
 }
 
 /// One epoch's metrics: what a worker reports, and what is stored and served (with the attempt
@@ -488,6 +550,10 @@ pub struct FinishRequest {
     pub summary: Option<Value>,
     /// Why it failed (the coordinator keeps at most 8 KiB).
     pub error: Option<String>,
+    /// A gang member other than node 0: `failed` ends the attempt for the whole gang, any other
+    /// outcome says only that this member's part is over (node 0 finishes the job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_rank: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -496,6 +562,9 @@ pub struct ReleaseRequest {
     #[serde(deserialize_with = "integer::exact")]
     pub attempt: i64,
     pub reason: Option<String>,
+    /// A gang member: the whole gang's attempt is given back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_rank: Option<i64>,
 }
 
 /// A job whose state changed: the answer to finish and release, and an event.
@@ -556,6 +625,8 @@ pub struct JobShape {
     pub batch_size: i64,
     /// Data-parallel ranks on one worker.
     pub nproc_per_node: i64,
+    /// Workers the job spans (a gang of `nnodes` workers, each with `nproc_per_node` ranks).
+    pub nnodes: i64,
     pub epochs: i64,
 }
 
@@ -571,6 +642,7 @@ impl JobShape {
         JobShape {
             batch_size: get("batch_size", Self::DEFAULT_BATCH_SIZE),
             nproc_per_node: get("nproc_per_node", Self::DEFAULT_NPROC),
+            nnodes: get(train::NNODES, 1),
             epochs: get("epochs", Self::DEFAULT_EPOCHS),
         }
     }
@@ -590,7 +662,7 @@ mod tests {
     #[test]
     fn a_command_with_a_newer_field_still_reads() {
         let c: CommandSpec =
-            serde_json::from_value(serde_json::json!({"argv": ["x"], "nnodes": 2})).unwrap();
+            serde_json::from_value(serde_json::json!({"argv": ["x"], "gpus_per_rank": 2})).unwrap();
         assert_eq!((c.argv, c.ranks), (vec!["x".to_string()], 1));
     }
 
@@ -631,8 +703,17 @@ mod tests {
             JobShape {
                 batch_size: 64,
                 nproc_per_node: 1,
+                nnodes: 1,
                 epochs: 300
             }
+        );
+        let gang = serde_json::json!({"nnodes": 4, "nproc_per_node": 8});
+        assert_eq!(
+            (
+                JobShape::of_value(&gang).nnodes,
+                JobShape::of_value(&gang).nproc_per_node
+            ),
+            (4, 8)
         );
     }
 

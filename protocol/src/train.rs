@@ -74,6 +74,13 @@ pub const TRAIN_KEYS: &[(&str, KeyType)] = &[
     ("dist_timeout", KeyType::Int(1, 7 * 24 * 3600)),
 ];
 
+/// The one launch option a sweep sets beside the trainer's: how many workers a job spans. It is
+/// not a `worker train` option of the run (`--nnodes` places the ranks, it changes no number):
+/// the worker passes it with the node's rank and the rendezvous its gang agreed on.
+pub const NNODES: &str = "nnodes";
+/// Bounds of `nnodes` (`[train]` and `[command]`).
+pub const MAX_NNODES: i64 = 1024;
+
 /// Keys a sweep may not set, and why.
 pub const WORKER_SETTINGS: &[(&str, &str)] = &[
     (
@@ -97,7 +104,8 @@ pub enum Paths {
 /// Checks one value of the option `key` against its type and bounds; the message says what is
 /// wrong (the caller names the field: `train.lr`, `--lr`).
 pub fn check(key: &str, v: &Value, paths: Paths) -> Result<(), String> {
-    let Some((_, ty)) = TRAIN_KEYS.iter().find(|(k, _)| *k == key) else {
+    let nnodes = (NNODES, KeyType::Int(1, MAX_NNODES));
+    let Some((_, ty)) = TRAIN_KEYS.iter().chain([&nnodes]).find(|(k, _)| *k == key) else {
         return Err("unknown `worker train` option".into());
     };
     let ok = match ty {

@@ -32,6 +32,20 @@ pub struct AttemptRow {
     pub ended_at: Option<i64>,
     pub outcome: Option<String>,
     pub error: Option<String>,
+    /// A job that spans nodes: the attempt's gang, by node rank (`worker` is node 0's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<GangMember>,
+}
+
+/// One worker of a multi-node attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GangMember {
+    pub node_rank: i64,
+    pub worker: String,
+    pub joined_at: i64,
+    /// Its part is over: its ranks have exited, or the attempt has ended.
+    pub done: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,6 +141,10 @@ pub struct JobDetail {
     pub job: JobRow,
     pub metrics: Vec<MetricsReport>,
     pub attempts: Vec<AttemptRow>,
+    /// A multi-node job whose gang is forming: what it waits for ("waiting for 1 more worker with
+    /// 4 free ranks"), so it does not look stuck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -4,7 +4,8 @@
 //! checkpoint (nothing will resume it), and every change is published to the dashboard. The HTTP
 //! handlers and the lease reaper call these, never the store's transitions themselves.
 use protocol::{
-    Claim, ClaimRequest, FinishRequest, JobChange, JobStatus, MetricsReply, MetricsReport,
+    Claim, ClaimRequest, FinishRequest, HeartbeatRequest, JobChange, JobStatus, MetricsReply,
+    MetricsReport,
 };
 
 use crate::http::events::Event;
@@ -34,10 +35,11 @@ pub async fn claim(state: &AppState, req: &ClaimRequest) -> Result<Option<Claim>
                 &secret_hash,
                 state.clock.now_ms(),
                 state.lease_ms,
+                state.gang_ms,
             )
             .await?;
         match next {
-            ClaimNext::Claimed(c) => break Some(c),
+            ClaimNext::Claimed(c) => break Some(*c),
             ClaimNext::Nothing => break None,
             ClaimNext::Undrawn(sweep) => {
                 draw(state, sweep).await?;
@@ -46,7 +48,11 @@ pub async fn claim(state: &AppState, req: &ClaimRequest) -> Result<Option<Claim>
         }
     };
     if let Some(c) = &mut claim {
-        state.leases.set(c.id, c.attempt, secret_hash);
+        // The job's own secret is node 0's (it alone reports and finishes); a gang's other members
+        // hold theirs in their member rows.
+        if c.gang.as_ref().is_none_or(|g| g.node_rank == 0) {
+            state.leases.set(c.id, c.attempt, secret_hash);
+        }
         c.lease_secret = secret;
     }
     match &claim {
@@ -77,9 +83,24 @@ pub async fn check_lease(
     attempt: i64,
     secret: Option<&str>,
 ) -> Result<()> {
-    let (current, hash) = lease_of(state, job).await?;
+    check_member_lease(state, job, attempt, None, secret).await
+}
+
+/// [`check_lease`] for a write that names a gang member's node: a member other than node 0 holds a
+/// secret of its own (and may only heartbeat, say its part is over, or end the attempt).
+pub async fn check_member_lease(
+    state: &AppState,
+    job: i64,
+    attempt: i64,
+    node_rank: Option<i64>,
+    secret: Option<&str>,
+) -> Result<()> {
+    let (current, mut hash) = lease_of(state, job).await?;
     if current != attempt {
         return Err(state.store.lease_lost(job, attempt).await);
+    }
+    if let Some(rank) = node_rank.filter(|&r| r != 0) {
+        hash = state.store.member_secret(job, attempt, rank).await?;
     }
     match crate::http::auth::secret_matches(hash.as_deref(), secret) {
         true => Ok(()),
@@ -269,7 +290,32 @@ fn judged_on(rule: Option<&EarlyStop>, m: &MetricsReport) -> Option<f64> {
     m.get(&rule.metric).filter(|x| x.is_finite() && !m.diverged)
 }
 
-/// Ends an attempt as its worker says (`error` already cut to size).
+/// Renews a lease: the job's, or a gang member's own (then the reply says how far the gang has
+/// formed).
+pub async fn heartbeat(
+    state: &AppState,
+    job: i64,
+    req: &HeartbeatRequest,
+) -> Result<protocol::HeartbeatReply> {
+    let now = state.clock.now_ms();
+    match req.node_rank {
+        None => {
+            state
+                .store
+                .heartbeat(job, req.attempt, now, state.lease_ms)
+                .await
+        }
+        Some(rank) => {
+            state
+                .store
+                .heartbeat_member(job, req.attempt, rank, now, state.lease_ms)
+                .await
+        }
+    }
+}
+
+/// Ends an attempt as its worker says (`error` already cut to size). A gang member other than
+/// node 0 ends it for the whole gang only when it failed; otherwise only its part is over.
 pub async fn finish(
     state: &AppState,
     job: i64,
@@ -277,19 +323,36 @@ pub async fn finish(
     error: Option<&str>,
 ) -> Result<JobChange> {
     let now = state.clock.now_ms();
+    let member = req.node_rank.filter(|&r| r != 0);
+    if let (Some(rank), false) = (member, req.status == protocol::Outcome::Failed) {
+        return state.store.member_done(job, req.attempt, rank).await;
+    }
+    let node_error =
+        member.map(|rank| format!("node {rank} of the gang: {}", error.unwrap_or("failed")));
     let change = state
         .store
         .finish(
             job,
             req.attempt,
             req.status,
-            req.summary.as_ref(),
-            error,
+            req.summary.as_ref().filter(|_| member.is_none()),
+            node_error.as_deref().or(error),
             now,
         )
         .await?;
     changed(state, change.clone()).await;
     Ok(change)
+}
+
+/// Gangs that did not form in time go back to pending; what the reaper does after expiring leases.
+pub async fn dissolve_unformed_gangs(state: &AppState) -> Result<usize> {
+    let changes = state.store.dissolve_unformed(state.clock.now_ms()).await?;
+    let n = changes.len();
+    for c in changes {
+        tracing::warn!(job = c.job_id, "gang did not form in time: dissolved");
+        changed(state, c).await;
+    }
+    Ok(n)
 }
 
 /// Gives a running job back without failing it (a worker shutting down after a checkpoint).

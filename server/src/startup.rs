@@ -26,6 +26,8 @@ pub struct ServeConfig {
     pub allowed_hosts: Vec<String>,
     pub artifacts: PathBuf,
     pub lease_ms: i64,
+    /// How long a multi-node job's gang may take to form before it is dissolved.
+    pub gang_ms: i64,
     pub private: bool,
     /// How often expired leases are looked for.
     pub reap_every: Duration,
@@ -64,6 +66,7 @@ impl ServeConfig {
             allowed_hosts: vec![],
             artifacts,
             lease_ms: 30_000,
+            gang_ms: 120_000,
             private: false,
             reap_every: Duration::from_secs(1),
             clock: Clock::System,
@@ -148,6 +151,7 @@ impl Application {
             store,
             clock: cfg.clock,
             lease_ms: cfg.lease_ms,
+            gang_ms: cfg.gang_ms,
             tokens: Arc::new(crate::http::auth::Tokens {
                 admin: token,
                 worker: worker_token,
@@ -292,7 +296,8 @@ async fn serve(
 
 /// Requeues expired leases once; what the background task does every `reap_every`.
 pub async fn reap_once(state: &AppState) -> Result<usize> {
-    Ok(crate::lifecycle::expire_leases(state).await?)
+    let expired = crate::lifecycle::expire_leases(state).await?;
+    Ok(expired + crate::lifecycle::dissolve_unformed_gangs(state).await?)
 }
 
 async fn reap_forever(state: AppState, every: Duration) {

@@ -42,6 +42,8 @@ pub struct AppState {
     pub store: Store,
     pub clock: Clock,
     pub lease_ms: i64,
+    /// How long a multi-node job's gang may take to form (`serve --gang-seconds`).
+    pub gang_ms: i64,
     /// The admin and worker tokens (see `auth`).
     pub tokens: Arc<crate::http::auth::Tokens>,
     /// Dashboard sessions (read-only) for `--private`.

@@ -372,7 +372,8 @@ fn every_jobs_log_is_complete_and_in_order_after_coordinator_restarts() {
 
 /// #24 finding 3: a command job gets the contract's variables and an allowlist, not the worker's
 /// environment: the worker's token and coordinator address stay out of the program (and so out of
-/// its log), unless the operator passes a variable by name.
+/// its log), unless the operator passes a variable by name. Slurm's variables and torchrun's
+/// rendezvous (#23) are in the contract.
 #[test]
 fn a_command_job_gets_the_allowlist_not_the_workers_secrets() {
     let _serial = serial();
@@ -396,6 +397,7 @@ fn a_command_job_gets_the_allowlist_not_the_workers_secrets() {
             .env("SWEEP_TOKEN", TOKEN)
             .env("KEEP_ME", "kept")
             .env("OTHER_SECRET", "leaked")
+            .env("SLURM_JOB_ID", "77")
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
@@ -407,6 +409,19 @@ fn a_command_job_gets_the_allowlist_not_the_workers_secrets() {
     assert!(log.contains("KEEP_ME=kept"), "{log}");
     assert!(log.contains("PATH="), "{log}");
     assert!(log.contains(&format!("SWEEP_JOB_ID={job}")), "{log}");
+    // Slurm's variables pass, and torchrun's rendezvous is set (a single-node job: this machine).
+    for set in [
+        "SLURM_JOB_ID=77",
+        "MASTER_ADDR=127.0.0.1",
+        "NNODES=1",
+        "NODE_RANK=0",
+        "MASTER_PORT=",
+    ] {
+        assert!(
+            log.contains(set),
+            "{set} is not in the program's environment: {log}"
+        );
+    }
     for secret in ["SWEEP_TOKEN", "SWEEP_SERVER", "OTHER_SECRET", TOKEN] {
         assert!(!log.contains(secret), "{secret} reached the program: {log}");
     }

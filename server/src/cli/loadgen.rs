@@ -110,6 +110,7 @@ pub(crate) async fn simulated_worker(
         worker: name.to_string(),
         capacity,
         accepts_commands: false,
+        rendezvous: None,
     };
     loop {
         let c0 = Instant::now();
@@ -159,6 +160,7 @@ pub(crate) async fn simulated_worker(
             status,
             summary: None,
             error: None,
+            node_rank: None,
         };
         let ok = post(routes::finish(claim.id), &claim.lease_secret, json!(f)).await;
         if !ok.is_ok_and(|r| r.status().is_success()) {

@@ -90,6 +90,10 @@ pub struct ServeArgs {
     artifacts: Option<PathBuf>,
     #[arg(long, default_value_t = 30)]
     lease_seconds: u64,
+    /// How long a job that spans nodes waits for all its workers to join before its gang is
+    /// dissolved (the job pending again, no attempt counted).
+    #[arg(long, default_value_t = 120)]
+    gang_seconds: u64,
     /// Reads need the token too.
     #[arg(long)]
     private: bool,
@@ -324,6 +328,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         cfg.artifacts = dir;
     }
     cfg.lease_ms = a.lease_seconds as i64 * 1000;
+    cfg.gang_ms = a.gang_seconds.min(7 * 24 * 3600) as i64 * 1000;
     cfg.private = a.private;
     cfg.max_checkpoint_bytes = a.max_checkpoint_mib << 20;
     cfg.keep_checkpoints = a.keep_checkpoints;

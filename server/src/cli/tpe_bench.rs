@@ -158,6 +158,7 @@ impl Api {
                 max_batch_size: None,
             }),
             accepts_commands: false,
+            rendezvous: None,
         };
         let r = self
             .http

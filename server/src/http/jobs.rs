@@ -46,13 +46,22 @@ pub(super) async fn claim(
             "worker: must be a non-empty name of at most 200 bytes".into(),
         ));
     }
+    if let Some(r) = &req.rendezvous {
+        let bad = |c: char| c.is_whitespace() || c.is_control() || "/?#@".contains(c);
+        if r.addr.is_empty() || r.addr.len() > 255 || r.addr.contains(bad) || r.port == 0 {
+            return Err(ApiError::Unprocessable(
+                "rendezvous: a host name or address of at most 255 bytes, and a port from 1".into(),
+            ));
+        }
+    }
     match crate::lifecycle::claim(&state, &req).await? {
         Some(c) => Ok(Json(c).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
 
-/// Renew the lease; the reply says whether the job was cancelled.
+/// Renew the lease; the reply says whether the job was cancelled (and, to a gang member, how far
+/// its gang has formed).
 #[utoipa::path(post, path = "/api/jobs/{id}/heartbeat", tag = "worker protocol", params(("id" = i64, Path)),
     request_body = HeartbeatRequest, responses((status = 200, body = HeartbeatReply), (status = 403), (status = 409)), security(("bearer" = [])))]
 pub(super) async fn heartbeat(
@@ -61,13 +70,9 @@ pub(super) async fn heartbeat(
     LeaseSecret(secret): LeaseSecret,
     AppJson(req): AppJson<HeartbeatRequest>,
 ) -> ApiResult<Json<HeartbeatReply>> {
-    crate::lifecycle::check_lease(&state, id, req.attempt, secret.as_deref()).await?;
-    Ok(Json(
-        state
-            .store
-            .heartbeat(id, req.attempt, state.clock.now_ms(), state.lease_ms)
-            .await?,
-    ))
+    crate::lifecycle::check_member_lease(&state, id, req.attempt, req.node_rank, secret.as_deref())
+        .await?;
+    Ok(Json(crate::lifecycle::heartbeat(&state, id, &req).await?))
 }
 
 /// Record one epoch's metrics (idempotent per epoch; 409 from an attempt that lost the lease).
@@ -129,7 +134,8 @@ pub(super) async fn finish(
     LeaseSecret(secret): LeaseSecret,
     AppJson(req): AppJson<FinishRequest>,
 ) -> ApiResult<Json<JobChange>> {
-    crate::lifecycle::check_lease(&state, id, req.attempt, secret.as_deref()).await?;
+    crate::lifecycle::check_member_lease(&state, id, req.attempt, req.node_rank, secret.as_deref())
+        .await?;
     let error = req.error.as_deref().map(|e| truncate(e, 8192));
     Ok(Json(
         crate::lifecycle::finish(&state, id, &req, error).await?,
@@ -138,6 +144,7 @@ pub(super) async fn finish(
 
 /// Give the job back without failing it (a worker shutting down after a checkpoint): it is pending
 /// again and resumes from its last uploaded checkpoint; the attempt does not count against it.
+/// From any member of a gang, the whole gang's attempt is given back.
 #[utoipa::path(post, path = "/api/jobs/{id}/release", tag = "worker protocol", params(("id" = i64, Path)),
     request_body = ReleaseRequest, responses((status = 200, body = JobChange), (status = 403), (status = 409)), security(("bearer" = [])))]
 pub(super) async fn release(
@@ -146,7 +153,8 @@ pub(super) async fn release(
     LeaseSecret(secret): LeaseSecret,
     AppJson(req): AppJson<ReleaseRequest>,
 ) -> ApiResult<Json<JobChange>> {
-    crate::lifecycle::check_lease(&state, id, req.attempt, secret.as_deref()).await?;
+    crate::lifecycle::check_member_lease(&state, id, req.attempt, req.node_rank, secret.as_deref())
+        .await?;
     let reason = req
         .reason
         .as_deref()

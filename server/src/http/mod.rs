@@ -39,7 +39,8 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
           events::stream, healthz, prometheus, openapi, auth::create_session, auth::end_session),
     components(schemas(crate::sweep::SweepFile, SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
                        HeartbeatReply, MetricsReport, MetricsReply, FinishRequest, ReleaseRequest, JobChange, JobStatus, protocol::SweepStatus, Outcome, protocol::views::Created, protocol::views::JobRow,
-                        protocol::views::AttemptRow, protocol::views::JobPage, auth::SessionRequest, protocol::views::GridCell, protocol::views::Series, protocol::views::Unfinished)),
+                        protocol::views::AttemptRow, protocol::views::JobPage, auth::SessionRequest, protocol::views::GridCell, protocol::views::Series, protocol::views::Unfinished,
+                        protocol::Rendezvous, protocol::GangPart, protocol::GangState, protocol::views::GangMember)),
     modifiers(&BearerAuth, &CommonResponses)
 )]
 pub struct ApiDoc;

@@ -16,6 +16,15 @@ impl Store {
                     let r = sqlx::query!("UPDATE jobs SET lease_expires_at = max(lease_expires_at, ?) WHERE status = 'running'", until)
                         .execute(&mut *c)
                         .await?;
+                    // A gang's members too: the job's lease is recomputed from theirs at each heartbeat.
+                    sqlx::query!(
+                        "UPDATE gang_members SET lease_expires_at = max(lease_expires_at, ?)
+                         WHERE lease_expires_at IS NOT NULL
+                           AND (job_id, attempt) IN (SELECT id, attempt FROM jobs WHERE status = 'running' AND nnodes > 1)",
+                        until
+                    )
+                    .execute(&mut *c)
+                    .await?;
                     Ok(r.rows_affected())
                 }
                 .boxed()
@@ -25,9 +34,11 @@ impl Store {
 
     /// Hands the oldest pending job that fits `capacity` to `worker`, under a lease. The job is
     /// picked and taken on the writer's one connection, so two claims can never get the same one.
-    /// When the oldest that fits is a TPE trial not yet drawn, nothing is taken and its sweep is
-    /// named instead: the caller draws it (outside the writer) and claims again. `skip_undrawn`
-    /// passes over such trials (a claim that has drawn enough for others).
+    /// A worker that offers a rendezvous first joins a forming gang that fits (see [`super::gangs`]);
+    /// a multi-node job it takes starts a gang, with `gang_ms` to form. When the oldest that fits is
+    /// a TPE trial not yet drawn, nothing is taken and its sweep is named instead: the caller draws
+    /// it (outside the writer) and claims again. `skip_undrawn` passes over such trials (a claim
+    /// that has drawn enough for others).
     pub async fn claim_next(
         &self,
         req: &protocol::ClaimRequest,
@@ -35,63 +46,29 @@ impl Store {
         secret_hash: &[u8],
         now: i64,
         lease_ms: i64,
+        gang_ms: i64,
     ) -> Result<ClaimNext> {
         let until = now + lease_ms;
         let secret_hash = secret_hash.to_vec();
-        let (ranks, max_batch) = match req.capacity {
-            Some(c) => (Some(c.ranks), c.max_batch_size),
-            None => (None, None),
-        };
-        let (worker, accepts_commands) = (req.worker.clone(), req.accepts_commands);
-        let (row, undrawn) = self.writer.run(move |c| async move {
-            // The oldest pending job that fits: per shape of pending job that fits the worker, its
-            // oldest job (one index probe each), and the oldest of those. A cancel sticks: a job whose
-            // sweep was cancelled is never handed out again, whatever raced the cancel.
-            let oldest = sqlx::query!(
-                r#"SELECT j.id AS "id!", j.sweep_id AS "sweep_id!", j.drawn_at IS NOT NULL AS "drawn!: bool"
-                   FROM jobs j WHERE j.id = (SELECT min(first) FROM (
-                     SELECT (SELECT k.id FROM jobs k INDEXED BY jobs_pending_shape
-                             WHERE k.status = 'pending' AND k.nproc = p.nproc AND k.batch_size = p.batch_size
-                               AND k.is_command = p.is_command AND k.drawn = p.drawn
-                               AND k.cancel_requested = 0 AND k.stop_requested = 0
-                               AND NOT EXISTS (SELECT 1 FROM sweeps s WHERE s.id = k.sweep_id AND s.cancelled_at IS NOT NULL)
-                             ORDER BY k.id LIMIT 1) AS first
-                     FROM pending_shapes p
-                     WHERE p.jobs > 0 AND (?1 IS NULL OR p.nproc <= ?1) AND (?2 IS NULL OR p.batch_size <= ?2)
-                       AND (?3 OR p.is_command = 0) AND (?4 = 0 OR p.drawn = 1)))"#,
-                ranks,
-                max_batch,
-                accepts_commands,
-                skip_undrawn
-            )
-            .fetch_optional(&mut *c)
+        let req = req.clone();
+        let (taken, undrawn) = self
+            .writer
+            .run(move |c| {
+                async move {
+                    let asked = Asked {
+                        req: &req,
+                        secret_hash: &secret_hash,
+                        skip_undrawn,
+                        now,
+                        until,
+                        gang_ms,
+                    };
+                    take_next(c, &asked).await
+                }
+                .boxed()
+            })
             .await?;
-            let Some(oldest) = oldest else {
-                return Ok((None, None));
-            };
-            // The oldest that fits is still to be drawn: its sweep is named, nothing is taken.
-            if !oldest.drawn {
-                return Ok((None, Some(oldest.sweep_id)));
-            }
-            // The claim takes the next attempt number (the fencing token) in the same statement.
-            let row = sqlx::query!(
-                r#"UPDATE jobs SET status = 'running', attempt = attempt + 1, worker = ?1, lease_expires_at = ?2, claimed_at = ?3,
-                       started_at = coalesce(started_at, ?3), lease_secret_hash = ?4
-                   WHERE id = ?5 AND status = 'pending' AND drawn_at IS NOT NULL
-                   RETURNING id AS "id!", sweep_id AS "sweep_id!", attempt AS "attempt!", params AS "params!",
-                             is_command AS "is_command!: bool""#,
-                worker,
-                until,
-                now,
-                secret_hash,
-                oldest.id
-            )
-            .fetch_optional(&mut *c)
-            .await?;
-            Ok((row, None))
-        }.boxed())
-        .await?;
-        let Some(row) = row else {
+        let Some(row) = taken else {
             return Ok(match undrawn {
                 Some(sweep) => ClaimNext::Undrawn(sweep),
                 None => ClaimNext::Nothing,
@@ -102,7 +79,7 @@ impl Store {
             true => self.command_of_sweep(row.sweep_id).await?,
             false => None,
         };
-        Ok(ClaimNext::Claimed(Claim {
+        Ok(ClaimNext::Claimed(Box::new(Claim {
             id: row.id,
             sweep_id: row.sweep_id,
             attempt: row.attempt,
@@ -112,7 +89,8 @@ impl Store {
             command,
             // The caller, which made the secret, fills it in.
             lease_secret: String::new(),
-        }))
+            gang: row.gang,
+        })))
     }
 
     /// A job's current attempt and the hash of that attempt's lease secret (None before its first
@@ -143,7 +121,7 @@ impl Store {
     }
 
     /// The fence: Ok if `attempt` holds `job` (running), else why not.
-    async fn fence_error(&self, job: i64, attempt: i64) -> StoreError {
+    pub(super) async fn fence_error(&self, job: i64, attempt: i64) -> StoreError {
         match sqlx::query!("SELECT status, attempt FROM jobs WHERE id = ?", job)
             .fetch_optional(&self.read)
             .await
@@ -184,6 +162,7 @@ impl Store {
                 cancel: r.cancel != 0,
                 stop: r.stop != 0,
                 lease_expires_at: until,
+                gang: None,
             }),
             None => Err(self.fence_error(job, attempt).await),
         }
@@ -427,11 +406,134 @@ impl Store {
     }
 }
 
+/// What a claim asks for, inside the writer.
+struct Asked<'a> {
+    req: &'a protocol::ClaimRequest,
+    secret_hash: &'a [u8],
+    skip_undrawn: bool,
+    now: i64,
+    until: i64,
+    gang_ms: i64,
+}
+
+/// The claim's steps on the writer's connection: join a forming gang that fits, else take the
+/// oldest pending job that fits (a multi-node one starts a gang). (None, Some(sweep)) when that
+/// job is a TPE trial still to be drawn.
+async fn take_next(
+    c: &mut SqliteConnection,
+    a: &Asked<'_>,
+) -> Result<(Option<gangs::Taken>, Option<i64>)> {
+    let (ranks, max_batch) = match a.req.capacity {
+        Some(cap) => (Some(cap.ranks), cap.max_batch_size),
+        None => (None, None),
+    };
+    let w = a.req.rendezvous.as_ref().map(|rendezvous| gangs::Claimant {
+        worker: &a.req.worker,
+        ranks,
+        max_batch,
+        accepts_commands: a.req.accepts_commands,
+        rendezvous,
+        secret_hash: a.secret_hash,
+        now: a.now,
+        until: a.until,
+    });
+    // A worker waits in at most one forming gang; while it does, multi-node jobs are not for it.
+    let gangs_ok = match &w {
+        Some(w) => !gangs::waiting_in_a_gang(c, w.worker).await?,
+        None => false,
+    };
+    if let (true, Some(w)) = (gangs_ok, &w) {
+        if let Some(joined) = gangs::join_forming(c, w).await? {
+            return Ok((Some(joined), None));
+        }
+    }
+    // The oldest pending job that fits: per shape of pending job that fits the worker, its oldest
+    // job (one index probe each), and the oldest of those. A cancel sticks: a job whose sweep was
+    // cancelled is never handed out again, whatever raced the cancel.
+    let oldest = sqlx::query!(
+        r#"SELECT j.id AS "id!", j.sweep_id AS "sweep_id!", j.drawn_at IS NOT NULL AS "drawn!: bool"
+           FROM jobs j WHERE j.id = (SELECT min(first) FROM (
+             SELECT (SELECT k.id FROM jobs k INDEXED BY jobs_pending_shape
+                     WHERE k.status = 'pending' AND k.nproc = p.nproc AND k.batch_size = p.batch_size
+                       AND k.is_command = p.is_command AND k.drawn = p.drawn AND k.nnodes = p.nnodes
+                       AND k.cancel_requested = 0 AND k.stop_requested = 0
+                       AND NOT EXISTS (SELECT 1 FROM sweeps s WHERE s.id = k.sweep_id AND s.cancelled_at IS NOT NULL)
+                     ORDER BY k.id LIMIT 1) AS first
+             FROM pending_shapes p
+             WHERE p.jobs > 0 AND (?1 IS NULL OR p.nproc <= ?1) AND (?2 IS NULL OR p.batch_size <= ?2)
+               AND (?3 OR p.is_command = 0) AND (?4 = 0 OR p.drawn = 1) AND (?5 OR p.nnodes = 1)))"#,
+        ranks,
+        max_batch,
+        a.req.accepts_commands,
+        a.skip_undrawn,
+        gangs_ok
+    )
+    .fetch_optional(&mut *c)
+    .await?;
+    let Some(oldest) = oldest else {
+        return Ok((None, None));
+    };
+    // The oldest that fits is still to be drawn: its sweep is named, nothing is taken.
+    if !oldest.drawn {
+        return Ok((None, Some(oldest.sweep_id)));
+    }
+    Ok((take(c, a, oldest.id, w.as_ref()).await?, None))
+}
+
+/// Takes pending job `id`: the next attempt number (the fencing token) in the same statement; a
+/// multi-node job's gang starts forming with `w` as node 0, with a deadline.
+async fn take(
+    c: &mut SqliteConnection,
+    a: &Asked<'_>,
+    id: i64,
+    w: Option<&gangs::Claimant<'_>>,
+) -> Result<Option<gangs::Taken>> {
+    let gang_until = a.now + a.gang_ms;
+    let row = sqlx::query!(
+        r#"UPDATE jobs SET status = 'running', attempt = attempt + 1, worker = ?1, lease_expires_at = ?2, claimed_at = ?3,
+               started_at = coalesce(started_at, ?3), lease_secret_hash = ?4,
+               gang_until = CASE WHEN nnodes > 1 THEN ?6 END
+           WHERE id = ?5 AND status = 'pending' AND drawn_at IS NOT NULL
+           RETURNING id AS "id!", sweep_id AS "sweep_id!", attempt AS "attempt!", params AS "params!",
+                     is_command AS "is_command!: bool", nnodes AS "nnodes!""#,
+        a.req.worker,
+        a.until,
+        a.now,
+        a.secret_hash,
+        id,
+        gang_until
+    )
+    .fetch_optional(&mut *c)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let gang = match (w, row.nnodes > 1) {
+        (Some(w), true) => {
+            gangs::add_member(c, row.id, row.attempt, 0, w).await?;
+            Some(protocol::GangPart {
+                nnodes: row.nnodes,
+                node_rank: 0,
+                master: w.rendezvous.clone(),
+            })
+        }
+        _ => None,
+    };
+    Ok(Some(gangs::Taken {
+        id: row.id,
+        sweep_id: row.sweep_id,
+        attempt: row.attempt,
+        params: row.params,
+        is_command: row.is_command,
+        gang,
+    }))
+}
+
 /// Early stopping's values follow an attempt's end (finish, release, lease expiry), inside the
 /// batch that ended it: a job that ended for good leaves the open values (in memory: nothing there
 /// can fail), and a sweep with no job left pending or running drops its values altogether (its kept
 /// counts say so: one row read on the writer's connection, only when a job ended for good).
-async fn attempt_ended(
+pub(super) async fn attempt_ended(
     c: &mut SqliteConnection,
     ranks: &ranks::Ranks,
     sweep: i64,

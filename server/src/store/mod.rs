@@ -7,6 +7,8 @@
 //! The statements are grouped by what they change:
 //! - [`lease`]: the lease state machine of a job: claim, heartbeat, metrics, finish, release,
 //!   requeue of expired leases, and the fence every worker write passes.
+//! - [`gangs`]: jobs that span nodes: a forming gang joined, members' heartbeats and ends, a
+//!   gang dissolved when it does not form in time.
 //! - [`stopping`]: early stopping's decision on a metrics report, and the stop flag it sets; the
 //!   ordered values it decides on are kept in memory by [`ranks`], beside SQLite.
 //! - [`sweeps`]: sweeps created (with their jobs) and cancelled.
@@ -32,6 +34,7 @@ use futures::FutureExt;
 use protocol::{Claim, HeartbeatReply, JobChange, JobShape, JobStatus, MetricsReport, SweepStatus};
 use sqlx::{ConnectOptions, SqliteConnection};
 
+mod gangs;
 mod lease;
 pub mod logs;
 mod ranks;

@@ -441,13 +441,23 @@ impl Store {
             })
         })
         .collect::<Result<_>>()?;
-        let mut attempts = sqlx::query_as!(
-            AttemptRow,
+        let mut attempts: Vec<AttemptRow> = sqlx::query!(
             "SELECT attempt, worker, started_at, ended_at, outcome, error FROM attempts WHERE job_id = ? ORDER BY attempt",
             job
         )
         .fetch_all(&self.read)
-        .await?;
+        .await?
+        .into_iter()
+        .map(|r| AttemptRow {
+            attempt: r.attempt,
+            worker: r.worker,
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+            outcome: r.outcome,
+            error: r.error,
+            members: vec![],
+        })
+        .collect();
         // The running attempt lives in the job row until it ends.
         if row.status == JobStatus::Running {
             let claimed_at = sqlx::query_scalar!("SELECT claimed_at FROM jobs WHERE id = ?", job)
@@ -460,13 +470,46 @@ impl Store {
                 ended_at: None,
                 outcome: None,
                 error: None,
+                members: vec![],
             });
         }
+        for (attempt, member) in self.members_of(job).await? {
+            if let Some(a) = attempts.iter_mut().find(|a| a.attempt == attempt) {
+                a.members.push(member);
+            }
+        }
+        let waiting = self.gang_waiting(&row).await?;
         Ok(JobDetail {
             job: row,
             metrics,
             attempts,
+            waiting,
         })
+    }
+
+    /// What a forming gang waits for, in words; None when the job is not forming a gang.
+    async fn gang_waiting(&self, row: &JobRow) -> Result<Option<String>> {
+        if row.status != JobStatus::Running {
+            return Ok(None);
+        }
+        let gang = sqlx::query!(
+            r#"SELECT nnodes, nproc, (SELECT count(*) FROM gang_members m WHERE m.job_id = j.id AND m.attempt = j.attempt) AS "joined!: i64"
+               FROM jobs j WHERE j.id = ? AND j.gang_until IS NOT NULL"#,
+            row.id
+        )
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(gang.map(|g| {
+            let more = g.nnodes - g.joined;
+            let (workers, ranks) = (
+                if more == 1 { "worker" } else { "workers" },
+                if g.nproc == 1 { "rank" } else { "ranks" },
+            );
+            format!(
+                "waiting for {more} more {workers} with {} free {ranks} ({} of {} joined)",
+                g.nproc, g.joined, g.nnodes
+            )
+        }))
     }
 
     /// Every recorded epoch of a sweep as (job id, epoch, lr, train loss, test loss, accuracy), for figures.

@@ -25,7 +25,7 @@ impl Store {
             .map(|s| s.smallest_point(&spec.train))
             .unwrap_or_default();
         let shared = Value::Object(spec.train.clone()).to_string();
-        // Every job as [params, batch_size, nproc, epochs, drawn], in one JSON array that one
+        // Every job as [params, batch_size, nproc, epochs, drawn, nnodes], in one JSON array that one
         // statement inserts: SQLite walks it in C (100,000 jobs in about a second), where a
         // statement per job held the writer several times as long.
         let row = |params: String, shape: JobShape, drawn: bool| {
@@ -34,7 +34,8 @@ impl Store {
                 shape.batch_size,
                 shape.nproc_per_node,
                 shape.epochs,
-                drawn
+                drawn,
+                shape.nnodes
             ])
         };
         let mut rows: Vec<Value> = jobs
@@ -64,10 +65,10 @@ impl Store {
                     .await?;
                     sqlx::query!(
                         "INSERT INTO jobs (sweep_id, idx, params, attempt, max_attempts, batch_size, nproc, epochs,
-                                           created_at, is_command, drawn_at)
+                                           created_at, is_command, drawn_at, nnodes)
                          SELECT ?1, j.key, json_extract(j.value, '$[0]'), 0, ?2, json_extract(j.value, '$[1]'),
                                 json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]'), ?3, ?4,
-                                CASE WHEN json_extract(j.value, '$[4]') THEN ?3 END
+                                CASE WHEN json_extract(j.value, '$[4]') THEN ?3 END, json_extract(j.value, '$[5]')
                          FROM json_each(?5) AS j",
                         sweep_id,
                         max_attempts,
@@ -135,7 +136,7 @@ impl Store {
     /// trainer's options).
     pub fn shape_of(spec: &SweepSpec, params: &Map<String, Value>) -> JobShape {
         match &spec.command {
-            Some(c) => command_shape(params, c.ranks),
+            Some(c) => command_shape(params, c.ranks, c.nnodes),
             None => JobShape::of(params),
         }
     }
@@ -177,14 +178,15 @@ impl Store {
     }
 }
 
-/// What the scheduler reads from a command job: its `[command] ranks`; the epochs its parameters
+/// What the scheduler reads from a command job: its `[command] ranks` and `nnodes`; the epochs its parameters
 /// name (else any number of them, so no report of such a program is refused for its epoch); and
 /// a batch size that never fits a shared device (an arbitrary program is not packed beside
 /// another job).
-fn command_shape(params: &Map<String, Value>, ranks: i64) -> JobShape {
+fn command_shape(params: &Map<String, Value>, ranks: i64, nnodes: i64) -> JobShape {
     JobShape {
         batch_size: i64::MAX,
         nproc_per_node: ranks,
+        nnodes,
         epochs: params
             .get("epochs")
             .and_then(Value::as_i64)

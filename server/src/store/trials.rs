@@ -7,7 +7,7 @@ use crate::sweep::tpe::Outcome;
 /// What a claim found.
 #[derive(Debug)]
 pub enum ClaimNext {
-    Claimed(Claim),
+    Claimed(Box<Claim>),
     /// The oldest job that fits is a trial of this sweep still to be drawn.
     Undrawn(i64),
     Nothing,
@@ -120,12 +120,13 @@ impl Store {
             .run(move |c| {
                 async move {
                     let r = sqlx::query!(
-                        "UPDATE jobs SET params = ?, batch_size = ?, nproc = ?, epochs = ?, drawn_at = ?
+                        "UPDATE jobs SET params = ?, batch_size = ?, nproc = ?, epochs = ?, nnodes = ?, drawn_at = ?
                          WHERE id = ? AND drawn_at IS NULL AND status = 'pending'",
                         text,
                         shape.batch_size,
                         shape.nproc_per_node,
                         shape.epochs,
+                        shape.nnodes,
                         now,
                         job
                     )

@@ -60,6 +60,13 @@ pub fn validate(command: Option<CommandSpec>) -> Result<Option<CommandSpec>, Spe
             format!("must be an integer from 1 to {MAX_RANKS}"),
         );
     }
+    let max_nodes = protocol::train::MAX_NNODES;
+    if !(1..=max_nodes).contains(&command.nnodes) {
+        return err(
+            "command.nnodes",
+            format!("must be an integer from 1 to {max_nodes}"),
+        );
+    }
     Ok(Some(command))
 }
 

@@ -324,7 +324,7 @@ mod tests {
             "grid": [{"lr": [0.1]}, {"lr": [0.2], "batch_size": [4]}],
             "early_stop": {"method": "median", "metric": "accuracy", "mode": "max", "min_epochs": 1, "startup_trials": 5},
             "run": {"max_attempts": 3, "repeats": 1},
-            "command": {"argv": ["x", "{lr}"], "workdir": null, "ranks": 1},
+            "command": {"argv": ["x", "{lr}"], "workdir": null, "ranks": 1, "nnodes": 1},
         });
         let file = SweepFile::from_value(v.clone()).unwrap();
         assert_eq!(serde_json::to_value(&file).unwrap(), v);

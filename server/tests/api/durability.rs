@@ -95,6 +95,7 @@ async fn sigkill_and_restart_lose_nothing_acknowledged() {
         format!("{base}/api/jobs/{}/finish", c2["id"]),
         c2["lease_secret"].as_str(),
         serde_json::to_value(protocol::FinishRequest {
+            node_rank: None,
             attempt: 1,
             status: protocol::Outcome::Completed,
             summary: None,

@@ -639,6 +639,7 @@ async fn csv_export_neutralises_formulas() {
         .await;
     let job = serde_json::from_value::<protocol::Claim>(claim).unwrap().id;
     let failed = protocol::FinishRequest {
+        node_rank: None,
         attempt: 1,
         status: protocol::Outcome::Failed,
         summary: None,

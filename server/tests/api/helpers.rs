@@ -263,7 +263,13 @@ impl TestApp {
         attempt: i64,
     ) -> (StatusCode, Option<HeartbeatReply>) {
         let (status, body) = self
-            .send(&routes::heartbeat(job), &HeartbeatRequest { attempt })
+            .send(
+                &routes::heartbeat(job),
+                &HeartbeatRequest {
+                    attempt,
+                    node_rank: None,
+                },
+            )
             .await;
         (status, serde_json::from_value(body).ok())
     }
@@ -271,6 +277,7 @@ impl TestApp {
     /// Gives the job back (as a worker shutting down does).
     pub(crate) async fn release(&self, job: i64, attempt: i64) -> (StatusCode, Value) {
         let req = ReleaseRequest {
+            node_rank: None,
             attempt,
             reason: None,
         };
@@ -284,6 +291,7 @@ impl TestApp {
         status: Outcome,
     ) -> (StatusCode, Value) {
         let req = FinishRequest {
+            node_rank: None,
             attempt,
             status,
             summary: Some(json!({"device": "Cpu", "git_commit": "abc123"})),

@@ -87,7 +87,13 @@ async fn a_stale_attempt_gets_409_and_changes_nothing() {
 
     // The old worker wakes up: every write is refused.
     let (s, body) = app
-        .send(&routes::heartbeat(job), &HeartbeatRequest { attempt: 1 })
+        .send(
+            &routes::heartbeat(job),
+            &HeartbeatRequest {
+                attempt: 1,
+                node_rank: None,
+            },
+        )
         .await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert!(body["error"].as_str().unwrap().contains("attempt 1"));
@@ -151,6 +157,7 @@ async fn attempts_run_out_then_the_job_fails_with_the_reason() {
     let c = app.claim("w1").await.unwrap();
     let job = c.id;
     let failed = FinishRequest {
+        node_rank: None,
         attempt: 1,
         status: Outcome::Failed,
         summary: None,
@@ -289,6 +296,7 @@ async fn capacity_limits_what_a_claim_gets() {
     app.submit_toml("name = \"cap\"\n[train]\nnproc_per_node = 2\n[grid]\nbatch_size = [512, 8]\n")
         .await;
     let with = |ranks, max_batch_size| protocol::ClaimRequest {
+        rendezvous: None,
         worker: "w".into(),
         capacity: Some(protocol::Capacity {
             ranks,
@@ -579,6 +587,7 @@ async fn claims_take_the_oldest_job_that_fits_and_kept_counts_follow_every_trans
                 let commands = next(2) == 1;
                 let want = oldest_that_fits(&mut db, ranks, max_batch, commands).await;
                 let req = protocol::ClaimRequest {
+                    rendezvous: None,
                     worker: format!("w{step}"),
                     capacity: Some(protocol::Capacity {
                         ranks,

@@ -4,6 +4,7 @@ mod dashboard;
 mod durability;
 mod early_stop;
 mod figures;
+mod gangs;
 mod hardening;
 mod helpers;
 mod jobs;

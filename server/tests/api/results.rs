@@ -233,6 +233,7 @@ async fn provenance_names_the_data_the_runs_used() {
         let id = claim.id;
         app.metrics(id, 1, 1, Some(1.0), 0.5).await;
         let done = FinishRequest {
+            node_rank: None,
             attempt: 1,
             status: Outcome::Completed,
             summary: Some(serde_json::json!({"device": "Cpu", "git_commit": "abc",

@@ -79,6 +79,7 @@ async fn status(app: &TestApp, job: i64) -> JobStatus {
 
 fn failed(attempt: i64) -> FinishRequest {
     FinishRequest {
+        node_rank: None,
         attempt,
         status: Outcome::Failed,
         summary: None,

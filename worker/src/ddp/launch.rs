@@ -91,6 +91,70 @@ pub fn threads_per_rank(local_world: usize) -> usize {
     (cores / local_world.max(1)).max(1)
 }
 
+/// The name of this machine's network interface on the route to `host`:`port` (None when it
+/// cannot be told). Connecting a UDP socket sends nothing; it only picks the source address.
+pub fn interface_towards(host: &str, port: u16) -> Option<String> {
+    let peer = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .ok()?
+        .next()?;
+    let local = source_address(peer).ok()?;
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list that freeifaddrs frees; each entry is read while it lives.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return None;
+        }
+        let mut found = None;
+        let mut at = list;
+        while !at.is_null() && found.is_none() {
+            let entry = &*at;
+            if !entry.ifa_addr.is_null() && address_of(entry.ifa_addr) == Some(local) {
+                found = Some(
+                    std::ffi::CStr::from_ptr(entry.ifa_name)
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+            at = entry.ifa_next;
+        }
+        libc::freeifaddrs(list);
+        found
+    }
+}
+
+/// This machine's address on the route to `peer`: what a UDP socket connected there sends from
+/// (connecting one sends nothing).
+pub fn source_address(peer: std::net::SocketAddr) -> std::io::Result<std::net::IpAddr> {
+    let any: std::net::SocketAddr = match peer {
+        std::net::SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+        std::net::SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = std::net::UdpSocket::bind(any)?;
+    socket.connect(peer)?;
+    Ok(socket.local_addr()?.ip())
+}
+
+/// The IP address of a `sockaddr` of family AF_INET or AF_INET6.
+///
+/// # Safety
+/// `sa` points to a valid `sockaddr` of the length its family implies.
+unsafe fn address_of(sa: *const libc::sockaddr) -> Option<std::net::IpAddr> {
+    // SAFETY: as the caller promises; the family says which struct it is.
+    unsafe {
+        match i32::from((*sa).sa_family) {
+            libc::AF_INET => {
+                let v4 = &*(sa as *const libc::sockaddr_in);
+                Some(std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)).into())
+            }
+            libc::AF_INET6 => {
+                let v6 = &*(sa as *const libc::sockaddr_in6);
+                Some(std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr).into())
+            }
+            _ => None,
+        }
+    }
+}
+
 pub fn free_port() -> Result<u16> {
     // Bind port 0 and release it: the OS hands out a port nobody holds now. Rank 0's TCPStore binds
     // it a moment later; a collision within that moment fails the rendezvous with a clear error.
@@ -162,6 +226,12 @@ fn spawn_ranks(
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let threads = threads_per_rank(plan.nproc_per_node);
+    // Gloo listens on the address this host's name resolves to, often 127.0.0.1 or an address the
+    // other nodes cannot reach: across nodes its ranks listen on the interface that routes to the
+    // master instead, unless the operator chose one (`GLOO_SOCKET_IFNAME`).
+    let gloo_ifname = (plan.nnodes > 1 && std::env::var_os("GLOO_SOCKET_IFNAME").is_none())
+        .then(|| interface_towards(&plan.master_addr, port))
+        .flatten();
     let mut children: Vec<Child> = Vec::new();
     let mut pumps = Vec::new();
     for local in 0..plan.nproc_per_node {
@@ -181,6 +251,9 @@ fn spawn_ranks(
             .stderr(Stdio::piped());
         if std::env::var_os("OMP_NUM_THREADS").is_none() {
             cmd.env("OMP_NUM_THREADS", threads.to_string());
+        }
+        if let Some(ifname) = &gloo_ifname {
+            cmd.env("GLOO_SOCKET_IFNAME", ifname);
         }
         // SAFETY: prctl is async-signal-safe; a launcher killed by SIGKILL takes its ranks with it.
         unsafe {
@@ -313,6 +386,12 @@ mod tests {
         assert_eq!((e.master_addr.as_str(), e.master_port), ("10.0.0.2", 29600));
         assert!(e.agent_store);
         assert_eq!(env(&[]).unwrap(), None);
+    }
+
+    #[test]
+    fn the_interface_towards_a_host_is_the_one_its_route_leaves_by() {
+        assert_eq!(interface_towards("127.0.0.1", 9).as_deref(), Some("lo"));
+        assert_eq!(interface_towards("no-such-host.invalid", 9), None);
     }
 
     #[test]

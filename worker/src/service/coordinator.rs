@@ -103,6 +103,7 @@ impl Coordinator {
         ranks: usize,
         max_batch_size: Option<i64>,
         accepts_commands: bool,
+        rendezvous: Option<protocol::Rendezvous>,
     ) -> Result<Option<Claim>, CallError> {
         let body = ClaimRequest {
             worker: worker.to_string(),
@@ -111,6 +112,7 @@ impl Coordinator {
                 max_batch_size,
             }),
             accepts_commands,
+            rendezvous,
         };
         match self.post(routes::CLAIM, &body)? {
             Some(v) => serde_json::from_value(v)
@@ -135,6 +137,7 @@ impl Coordinator {
     pub fn heartbeat(&self, lease: Lease) -> Result<HeartbeatReply, CallError> {
         let body = HeartbeatRequest {
             attempt: lease.attempt,
+            node_rank: lease.node_rank,
         };
         let v = self
             .post_as(&routes::heartbeat(lease.job), lease, &body)?
@@ -162,6 +165,7 @@ impl Coordinator {
             status,
             summary: summary.cloned(),
             error: error.map(str::to_string),
+            node_rank: lease.node_rank,
         };
         self.post_as(&routes::finish(lease.job), lease, &body)
             .map(|_| ())
@@ -171,6 +175,7 @@ impl Coordinator {
         let body = ReleaseRequest {
             attempt: lease.attempt,
             reason: Some(reason.to_string()),
+            node_rank: lease.node_rank,
         };
         self.post_as(&routes::release(lease.job), lease, &body)
             .map(|_| ())

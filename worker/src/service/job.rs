@@ -14,7 +14,7 @@ use super::program;
 pub use super::program::Program;
 use super::slots::Placement;
 use crate::train::{METRICS_FILE, SUMMARY_FILE};
-use protocol::{JobShape, MetricsReport, Outcome};
+use protocol::{GangPart, JobShape, MetricsReport, Outcome};
 use serde_json::Value;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -69,10 +69,16 @@ pub struct Progress {
 pub fn train_command(
     opts: &JobOptions,
     params: &Value,
+    gang: Option<&GangPart>,
     placement: &Placement,
     out: &Path,
 ) -> anyhow::Result<Command> {
-    let mut cfg: crate::config::TrainConfig = serde_json::from_value(params.clone())
+    // `nnodes` places the ranks (the gang says where they meet); it is no option of the run.
+    let mut run_params = params.clone();
+    if let Some(p) = run_params.as_object_mut() {
+        p.remove(protocol::train::NNODES);
+    }
+    let mut cfg: crate::config::TrainConfig = serde_json::from_value(run_params)
         .map_err(|e| anyhow::anyhow!("the job's params are not valid train options: {e}"))?;
     cfg.threads = Some(placement.threads);
     // Paths in a sweep are names under this worker's roots; where data comes from is this worker's
@@ -92,6 +98,12 @@ pub fn train_command(
     cfg.data_md5 = opts.data_md5.clone();
     let mut cmd = Command::new(&opts.exe);
     cmd.args(cfg.to_args()).arg("--out").arg(out);
+    if let Some(g) = gang {
+        cmd.args(["--nnodes", &g.nnodes.to_string()])
+            .args(["--node-rank", &g.node_rank.to_string()])
+            .args(["--master-addr", &g.master.addr])
+            .args(["--master-port", &g.master.port.to_string()]);
+    }
     Ok(cmd)
 }
 
@@ -99,6 +111,17 @@ pub fn train_command(
 pub(super) fn relative_name<'a>(key: &str, name: &'a str) -> anyhow::Result<&'a Path> {
     protocol::check_relative_path(name)
         .map_err(|why| anyhow::anyhow!("{key} {name:?}: {}", why.message()))
+}
+
+/// How waiting for a gang ended.
+#[derive(Debug)]
+enum GangWait {
+    /// Every node has joined (or the job is single-node): run.
+    Formed,
+    /// Give the job back (the whole gang's attempt), for this reason.
+    GiveBack(String),
+    /// The gang was dissolved or its attempt ended: nothing to send.
+    Gone(String),
 }
 
 /// Why the job's program is being stopped; the first that applies.
@@ -200,6 +223,18 @@ impl Supervisor {
         if let Err(e) = self.program.clone() {
             return self.end_without_child(e);
         }
+        match self.wait_for_gang(&stopping) {
+            GangWait::Formed => {}
+            GangWait::GiveBack(reason) => {
+                self.outbox.push(Write::Release(reason));
+                return self.drain_until_done(&stopping);
+            }
+            GangWait::Gone(why) => {
+                tracing::info!(job = self.job(), %why, "the gang will not run here");
+                self.progress.lock().expect("not poisoned").done = Some("gang dissolved".into());
+                return;
+            }
+        }
         if let Err(e) = self.restore_checkpoint(&stopping) {
             return self.end_without_child(e);
         }
@@ -226,6 +261,10 @@ impl Supervisor {
         let _ = std::fs::remove_dir_all(&self.out);
         std::fs::create_dir_all(&self.out)
             .map_err(|e| format!("cannot create {}: {e}", self.out.display()))?;
+        if self.claim.is_gang_member() {
+            // Node 0's rank 0 reads the checkpoint and hands the state to every rank.
+            return Ok(());
+        }
         let path = self.program().checkpoint_file(&self.out);
         loop {
             match self.coord.download_checkpoint(self.claim.lease(), &path) {
@@ -255,6 +294,35 @@ impl Supervisor {
                 }
                 Err(e) => return Err(format!("checkpoint download failed: {e}")),
             }
+        }
+    }
+
+    /// A gang's member waits until every node has joined, heartbeating its own lease (at least
+    /// every second, so the gang starts soon after its last member joins).
+    fn wait_for_gang(&mut self, stopping: &AtomicBool) -> GangWait {
+        let Some(gang) = self.claim.gang.clone() else {
+            return GangWait::Formed;
+        };
+        tracing::info!(job = self.job(), node_rank = gang.node_rank, nnodes = gang.nnodes, master = %format!("{}:{}", gang.master.addr, gang.master.port), "joined a gang");
+        let every = self.heartbeat_every().min(Duration::from_secs(1));
+        loop {
+            match self.coord.heartbeat(self.claim.lease()) {
+                Ok(reply) if reply.cancel || reply.stop => {
+                    return GangWait::GiveBack(
+                        "the job was cancelled or stopped while its gang formed".into(),
+                    )
+                }
+                Ok(reply) if reply.gang.is_some_and(|g| g.formed()) => return GangWait::Formed,
+                Ok(_) => {}
+                Err(CallError::LeaseLost(why)) => return GangWait::Gone(why),
+                Err(e) => {
+                    tracing::warn!(job = self.job(), error = %e, "heartbeat failed while the gang forms")
+                }
+            }
+            if stopping.load(Ordering::SeqCst) {
+                return GangWait::GiveBack("the worker shut down while the gang formed".into());
+            }
+            std::thread::sleep(every);
         }
     }
 
@@ -391,6 +459,11 @@ impl Supervisor {
                 Write::Release("the worker shut down; the job resumes from its checkpoint".into())
             }
             0 => finish(Outcome::Completed, None),
+            // A gang's ranks stop together, whichever got the signal: node 0 gives the job back
+            // after its checkpoint, this member's part is merely over.
+            EXIT_INTERRUPTED if !command && self.claim.is_gang_member() => {
+                finish(Outcome::Completed, None)
+            }
             EXIT_INTERRUPTED if !command => {
                 Write::Release("the worker shut down after a checkpoint".into())
             }
@@ -414,7 +487,13 @@ impl Supervisor {
     }
 
     /// New output, new metric lines and a new checkpoint, queued in the order they were written.
+    /// A gang member other than node 0 sends none of them (node 0 reports for the gang); its
+    /// output is read and only its tail kept, for the error of a failure.
     fn collect(&mut self) {
+        if self.claim.is_gang_member() {
+            let _ = self.output.take(usize::MAX);
+            return;
+        }
         let last_new_epoch = self.collect_metrics();
         // After the metrics: a note about a skipped metrics line goes out in this same pass, even
         // when it is the job's last.
@@ -665,7 +744,13 @@ mod tests {
             devices: vec![DeviceKind::Cpu(0)],
             threads: 1,
         };
-        let cmd = train_command(&opts(), &params, &placement, Path::new("/srv/work/job-1"))?;
+        let cmd = train_command(
+            &opts(),
+            &params,
+            None,
+            &placement,
+            Path::new("/srv/work/job-1"),
+        )?;
         Ok(cmd
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())

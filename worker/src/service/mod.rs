@@ -55,6 +55,11 @@ pub struct RunArgs {
     /// Name reported to the coordinator (default: hostname-pid).
     #[arg(long)]
     pub name: Option<String>,
+    /// Where the other workers of a job that spans nodes reach this one's ranks when it is that
+    /// job's node 0 (a host name or address; default: this machine's address on the route to the
+    /// coordinator). The port is picked free at each claim.
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
     #[arg(long, default_value_t = 5.0)]
     pub heartbeat_seconds: f64,
     /// Seconds between claims while idle.
@@ -135,6 +140,25 @@ pub fn gpus_given(env: impl Fn(&str) -> Option<String>) -> Result<Vec<usize>> {
     })
 }
 
+/// This machine's address on the route to the coordinator at `server` (a URL).
+fn route_address(server: &str) -> Result<String> {
+    let rest = server.split_once("://").map_or(server, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let target = match authority.rsplit_once(':') {
+        Some((_, p)) if p.parse::<u16>().is_ok() => authority.to_string(),
+        _ => format!("{authority}:80"),
+    };
+    let peer = std::net::ToSocketAddrs::to_socket_addrs(&target)
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "cannot resolve the coordinator's address {target:?} (or give --advertise-addr)"
+            )
+        })?;
+    Ok(crate::ddp::launch::source_address(peer)?.to_string())
+}
+
 /// The worker's name unless `--name` gives one: under Slurm its node, job, array task and task
 /// (`gpu7-slurm-4242_3-0`: array job 4242's task 3, as `squeue` writes it; each array task also has
 /// a job id of its own, which is not the one users see), elsewhere its host and process id.
@@ -205,6 +229,8 @@ struct Service {
     stopping: Arc<AtomicBool>,
     opts: job::JobOptions,
     running: HashMap<i64, Running>,
+    /// The address offered for gangs' rendezvous (`--advertise-addr`).
+    advertise: String,
     tty: bool,
     last_line: Instant,
     claim_after: Instant,
@@ -237,7 +263,11 @@ impl Service {
             .name
             .clone()
             .unwrap_or_else(|| default_name(|k| std::env::var(k).ok()));
-        tracing::info!(%name, server = %a.server, cores, "worker started");
+        let advertise = match &a.advertise_addr {
+            Some(addr) => addr.clone(),
+            None => route_address(&a.server)?,
+        };
+        tracing::info!(%name, server = %a.server, cores, %advertise, "worker started");
         Ok(Service {
             args: a.clone(),
             slots: Slots::new(kinds, a.slots_per_device, a.pack_max_batch, cores),
@@ -264,6 +294,7 @@ impl Service {
                 },
             },
             running: HashMap::new(),
+            advertise,
             tty: std::io::stderr().is_terminal(),
             last_line: Instant::now(),
             claim_after: Instant::now(),
@@ -309,6 +340,7 @@ impl Service {
                 ask.ranks,
                 ask.max_batch_size,
                 self.args.allow_commands,
+                self.rendezvous(),
             ) {
                 Ok(Some(claim)) => {
                     if self.supervise(claim) {
@@ -324,6 +356,21 @@ impl Service {
         }
         self.claim_after = Instant::now() + Duration::from_secs_f64(self.args.idle_seconds);
         Round::Empty
+    }
+
+    /// This worker's offer of a rendezvous for a gang it may start: its advertised address and a
+    /// port free now (node 0's rank 0 binds it when the gang has formed). None when no port is
+    /// free: the claim then takes no multi-node job.
+    fn rendezvous(&self) -> Option<protocol::Rendezvous> {
+        let bind: std::net::IpAddr = self.advertise.parse().unwrap_or([0, 0, 0, 0].into());
+        let port = std::net::TcpListener::bind((bind, 0))
+            .and_then(|l| l.local_addr())
+            .ok()?
+            .port();
+        Some(protocol::Rendezvous {
+            addr: self.advertise.clone(),
+            port,
+        })
     }
 
     /// Places a claimed job on free slots and starts its supervisor; false (and the job given back)
@@ -420,6 +467,16 @@ mod tests {
             uuid.contains("`GPU-8f2c`") && uuid.contains("--gpus"),
             "{uuid}"
         );
+    }
+
+    #[test]
+    fn the_advertised_address_is_the_one_on_the_route_to_the_coordinator() {
+        assert_eq!(route_address("http://127.0.0.1:8080").unwrap(), "127.0.0.1");
+        assert_eq!(
+            route_address("http://127.0.0.1:8080/x").unwrap(),
+            "127.0.0.1"
+        );
+        assert!(route_address("http://no-such-host.invalid:1").is_err());
     }
 
     #[test]

@@ -88,7 +88,9 @@ impl Program {
         out: &Path,
     ) -> anyhow::Result<Command> {
         let mut cmd = match self {
-            Program::Trainer => super::job::train_command(opts, &claim.params, placement, out)?,
+            Program::Trainer => {
+                super::job::train_command(opts, &claim.params, claim.gang.as_ref(), placement, out)?
+            }
             Program::Command { spec, argv } => command_job(opts, claim, spec, argv, out)?,
         };
         // It must not outlive its worker: if the worker is killed, nobody would report its epochs
@@ -166,15 +168,25 @@ fn command_job(
         .env(env::METRICS, out.join(crate::train::METRICS_FILE))
         .env(env::CHECKPOINT_DIR, &checkpoint)
         .env(env::STOP_FILE, Program::stop_file(out));
+    // torchrun's rendezvous: the gang's, or this machine alone.
+    let (addr, port, nnodes, node_rank) = match &claim.gang {
+        Some(g) => (g.master.addr.clone(), g.master.port, g.nnodes, g.node_rank),
+        None => ("127.0.0.1".into(), crate::ddp::launch::free_port()?, 1, 0),
+    };
+    cmd.env(env::MASTER_ADDR, addr)
+        .env(env::MASTER_PORT, port.to_string())
+        .env(env::NNODES, nnodes.to_string())
+        .env(env::NODE_RANK, node_rank.to_string());
     Ok(cmd)
 }
 
-/// The worker's variables every command job gets.
+/// The worker's variables every command job gets (Slurm's too: where the worker runs under Slurm,
+/// its job, node and allocation).
 fn passed_to_commands(name: &str) -> bool {
     matches!(
         name,
         "PATH" | "HOME" | "LANG" | "TMPDIR" | "OMP_NUM_THREADS"
-    ) || ["LC_", "CUDA_", "NCCL_"]
+    ) || ["LC_", "CUDA_", "NCCL_", "SLURM_", "SLURMD_"]
         .iter()
         .any(|p| name.starts_with(p))
 }

@@ -1,0 +1,767 @@
+//! Workers on several hosts, the hosts made of network namespaces: the coordinator (and Slurm's
+//! `slurmctld`) in one namespace, a worker (or a `slurmd`) in each of two more, joined by a bridge
+//! that has no address of its own (so every address used is inside a namespace these tests made).
+//! Jobs that span both hosts (a gang of two workers), and workers run by a real Slurm. Needs root;
+//! the Slurm tests also need Slurm and munge from Debian's packages (`scripts/setup.sh` installs
+//! them).
+mod cluster;
+mod common;
+
+use cluster::*;
+
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// What the Slurm tests run besides the namespaces' tools.
+const SLURM: &[&str] = &["slurmctld", "slurmd", "sbatch", "munged"];
+
+/// The hosts: (name, address) of the controller and of the two compute nodes.
+const HOSTS: [(&str, &str); 3] = [
+    ("ctl", "10.78.0.1"),
+    ("n1", "10.78.0.2"),
+    ("n2", "10.78.0.3"),
+];
+
+/// Namespaces, bridge and daemons of one test, all removed on drop (a failing test too).
+struct Hosts {
+    tag: String,
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Hosts {
+    fn netns(&self, host: &str) -> String {
+        format!("{}-{host}", self.tag)
+    }
+
+    fn netns_path(&self, host: &str) -> String {
+        format!("/run/netns/{}", self.netns(host))
+    }
+
+    /// A command run inside `host`'s network namespace.
+    fn command(&self, host: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.netns_path(host)))
+            .arg(program);
+        c.env("SLURM_CONF", self.dir.join("slurm.conf"));
+        c
+    }
+
+    /// A daemon in `host`'s namespace with `host` as its hostname (`unshare --uts`), kept until drop.
+    fn daemon(&mut self, host: &str, line: &str) {
+        let log =
+            std::fs::File::create(self.dir.join(format!("{host}-{}.out", self.children.len())))
+                .unwrap();
+        let child = self
+            .command(host, "unshare")
+            .args([
+                "--uts",
+                "bash",
+                "-c",
+                &format!("hostname {host}; exec {line}"),
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+    }
+
+    /// The coordinator on `ctl`, listening on its address.
+    fn coordinator(&self, extra: &[&str]) -> Coordinator {
+        let mut cmd = self.command("ctl", server_bin());
+        cmd.args([
+            "serve",
+            "--listen",
+            &format!("{}:0", HOSTS[0].1),
+            "--token",
+            TOKEN,
+            "--db",
+        ])
+        .arg(self.dir.join("sweeps.db"))
+        .args(extra)
+        .stderr(Stdio::null());
+        let (child, url) = protocol::listening::start_coordinator(cmd).unwrap();
+        Coordinator { child, url }
+    }
+
+    /// `worker run` on `host`, named after it, its log in the test's directory.
+    fn worker(&self, host: &str, url: &str, extra: &[&str]) -> Worker {
+        let work = self.dir.join(format!("{host}-runs"));
+        let log = (0..)
+            .map(|i| self.dir.join(format!("{host}-worker-{i}.log")))
+            .find(|p| !p.exists())
+            .unwrap();
+        let child = self
+            .command(host, worker_bin())
+            .args(["run", "--server", url, "--token", TOKEN, "--name", host])
+            .args([
+                "--heartbeat-seconds",
+                "1",
+                "--idle-seconds",
+                "0.2",
+                "--work-dir",
+            ])
+            .arg(work)
+            .args(extra)
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        Worker(child)
+    }
+
+    fn up(dir: &Path) -> Hosts {
+        // One set of hosts at a time (tests hold `serial()`), each with names of its own.
+        static SETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tag = format!("sw{}{n}", std::process::id() % 1_000_000);
+        let hosts = Hosts {
+            tag: tag.clone(),
+            dir: dir.to_path_buf(),
+            children: vec![],
+        };
+        let bridge = format!("{tag}br");
+        run("ip", &["link", "add", &bridge, "type", "bridge"]);
+        run("ip", &["link", "set", &bridge, "up"]);
+        for (i, (host, addr)) in HOSTS.iter().enumerate() {
+            let ns = hosts.netns(host);
+            let veth = format!("{tag}v{i}");
+            run("ip", &["netns", "add", &ns]);
+            run(
+                "ip",
+                &[
+                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                ],
+            );
+            run("ip", &["link", "set", &veth, "master", &bridge, "up"]);
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{addr}/24"),
+                    "dev",
+                    "eth0",
+                ],
+            );
+            run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+            run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        hosts
+    }
+
+    /// munge (a private socket and key) and Slurm: `slurmctld` on ctl, `slurmd` on n1 and n2; returns
+    /// once both nodes are idle.
+    fn start_slurm(&mut self) {
+        let d = self.dir.clone();
+        let mut key = vec![0u8; 1024];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut key)
+            .unwrap();
+        std::fs::write(d.join("munge.key"), key).unwrap();
+        std::fs::set_permissions(
+            d.join("munge.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let p = |f: &str| d.join(f).display().to_string();
+        run(
+            "munged",
+            &[
+                "--force",
+                &format!("--socket={}", p("munge.sock")),
+                &format!("--key-file={}", p("munge.key")),
+                &format!("--pid-file={}", p("munged.pid")),
+                &format!("--seed-file={}", p("munge.seed")),
+                &format!("--log-file={}", p("munged.log")),
+            ],
+        );
+        std::fs::create_dir_all(d.join("state")).unwrap();
+        std::fs::write(d.join("slurm.conf"), slurm_conf(&d)).unwrap();
+        let conf = p("slurm.conf");
+        self.daemon("ctl", &format!("slurmctld -D -f {conf}"));
+        for node in ["n1", "n2"] {
+            self.daemon(node, &format!("slurmd -D -N {node} -f {conf}"));
+        }
+        let mut stall = Stall::new(Duration::from_secs(60));
+        loop {
+            let out = self
+                .command("ctl", "sinfo")
+                .args(["-h", "-N", "-o", "%T"])
+                .output()
+                .unwrap();
+            let states = String::from_utf8_lossy(&out.stdout).to_string();
+            if states.lines().filter(|l| l.trim() == "idle").count() == 2 {
+                return;
+            }
+            stall.check(
+                &serde_json::Value::Null,
+                &format!("Slurm nodes not idle: {states:?}"),
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("munged.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        // Whatever still runs in the namespaces (a job step whose daemon was killed: slurmstepd
+        // outlives slurmd) holds them, and with them the bridge's veths: killed by namespace.
+        for (host, _) in HOSTS {
+            let pids = Command::new("ip")
+                .args(["netns", "pids", &self.netns(host)])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            for pid in pids.split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        for (i, (host, _)) in HOSTS.iter().enumerate() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.netns(host)])
+                .status();
+            // A namespace is freed only when nothing refers to it any more (its sockets closing can
+            // take a while); deleting our end of its veth pair removes both ends now.
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("{}v{i}", self.tag)])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("{}br", self.tag)])
+            .status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn slurm_conf(d: &Path) -> String {
+    let d = d.display();
+    let nodes: String = HOSTS[1..]
+        .iter()
+        .map(|(n, a)| format!("NodeName={n} NodeAddr={a} CPUs=1 State=UNKNOWN\n"))
+        .collect();
+    format!(
+        "ClusterName=sweeps\nSlurmctldHost=ctl({ctl})\nSlurmUser=root\nSlurmdUser=root\n\
+         AuthType=auth/munge\nAuthInfo=socket={d}/munge.sock\nCredType=cred/munge\n\
+         SlurmctldPort=6817\nSlurmdPort=6818\nStateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool-%n\n\
+         SlurmctldPidFile={d}/slurmctld.pid\nSlurmdPidFile={d}/slurmd-%n.pid\n\
+         SlurmctldLogFile={d}/slurmctld.log\nSlurmdLogFile={d}/slurmd-%n.log\n\
+         ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nJobAcctGatherType=jobacct_gather/none\n\
+         AccountingStorageType=accounting_storage/none\nSchedulerType=sched/backfill\n\
+         SelectType=select/cons_tres\nReturnToService=2\nMpiDefault=none\n{nodes}\
+         PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n",
+        ctl = HOSTS[0].1
+    )
+}
+
+/// Runs `f` on a thread whose sockets live in `netns` (setns applies to the calling thread only).
+fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(netns).unwrap();
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {netns}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// Why this machine cannot run the tests that need `programs`, if it cannot.
+fn missing(programs: &[&str]) -> Option<String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (network namespaces, Slurm's daemons)".into());
+    }
+    ["nsenter", "unshare", "ip"]
+        .iter()
+        .chain(programs)
+        .find(|p| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {p}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|p| format!("needs {p} (scripts/setup.sh installs Slurm and munge)"))
+}
+
+#[test]
+fn an_array_of_workers_under_slurm_drains_a_sweep_and_a_preempted_task_gives_its_job_back() {
+    if let Some(why) = missing(SLURM) {
+        // CI runs as root with the set-up script's packages; a developer's machine may not.
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut hosts = Hosts::up(dir.path());
+    // Dropped before the hosts (declared after them): the coordinator stops, then the namespaces go.
+    let coordinator = hosts.coordinator(&[]);
+    let url = coordinator.url.clone();
+    hosts.start_slurm();
+    let ctl = hosts.netns_path("ctl");
+    let train = json!({"dataset": "synthetic", "epochs": 1, "model_widths": [8, 16, 32, 64], "model_depth": 1,
+                       "model_heads": 2, "limit_train": 256, "limit_test": 128});
+    let sweep = in_netns(&ctl, || {
+        coordinator.submit(json!({"name": "slurm", "train": train, "grid": {"seed": [1, 2, 3, 4]}}))
+    });
+    let array = sbatch_array(&hosts, dir.path(), &url, "0-1");
+
+    let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
+    assert_eq!(done["status"], SweepStatus::Finished.as_str(), "{done}");
+    let jobs = done["jobs"].as_array().unwrap();
+    assert!(
+        jobs.iter()
+            .all(|j| j["status"] == JobStatus::Completed.as_str()),
+        "{done}"
+    );
+    // Every job ran under one of the array's tasks, named as `squeue` names them, on a node of its
+    // own namespace.
+    let names: std::collections::BTreeSet<&str> =
+        jobs.iter().map(|j| j["worker"].as_str().unwrap()).collect();
+    for name in &names {
+        let ok = ["n1", "n2"].iter().any(|n| {
+            [0, 1]
+                .iter()
+                .any(|t| *name == format!("{n}-slurm-{array}_{t}-0"))
+        });
+        assert!(
+            ok,
+            "worker {name:?} is not an array task of job {array}: {done}"
+        );
+    }
+    // The tasks end by themselves once the sweep is drained (--exit-when-idle), freeing the nodes.
+    wait_gone(&hosts, &array);
+
+    // Preemption: `scancel` of a task in its job's second epoch gives the job back (released, not
+    // failed), and a new allocation resumes it from its checkpoint, each epoch recorded once.
+    let mut long = train.clone();
+    long["epochs"] = json!(2);
+    long["limit_train"] = json!(1024);
+    let sweep = in_netns(&ctl, || {
+        coordinator.submit(json!({"name": "preempted", "train": long}))
+    });
+    let array = sbatch_array(&hosts, dir.path(), &url, "0-0");
+    in_netns(&ctl, || coordinator.wait_first_epoch(sweep));
+    let cancelled = hosts
+        .command("ctl", "scancel")
+        .arg(&array)
+        .status()
+        .unwrap();
+    assert!(cancelled.success());
+    let job = in_netns(&ctl, || {
+        let mut stall = Stall::new(STALL);
+        loop {
+            let s = coordinator.get(&format!("/api/sweeps/{sweep}"));
+            let id = s["jobs"][0]["id"].as_i64().unwrap();
+            let d = coordinator.get(&format!("/api/jobs/{id}"));
+            if d["attempts"][0]["outcome"].is_string() {
+                return d;
+            }
+            stall.check(&s, "the preempted attempt did not end");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    assert_eq!(job["attempts"][0]["outcome"], "released", "{job}");
+    assert_eq!(job["status"], JobStatus::Pending.as_str(), "{job}");
+    wait_gone(&hosts, &array);
+    sbatch_array(&hosts, dir.path(), &url, "0-0");
+    let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
+    let id = done["jobs"][0]["id"].as_i64().unwrap();
+    let job = in_netns(&ctl, || coordinator.get(&format!("/api/jobs/{id}")));
+    assert_eq!(job["status"], JobStatus::Completed.as_str(), "{job}");
+    let epochs: Vec<i64> = job["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["epoch"].as_i64().unwrap())
+        .collect();
+    assert_eq!(epochs, vec![1, 2], "every epoch once: {job}");
+}
+
+#[test]
+fn an_allocation_of_two_nodes_runs_a_two_node_job_and_its_cancel_gives_the_job_back() {
+    if let Some(why) = missing(SLURM) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut hosts = Hosts::up(dir.path());
+    let coordinator = hosts.coordinator(&[]);
+    let url = coordinator.url.clone();
+    let ctl = hosts.netns_path("ctl");
+    let sbatched = std::time::Instant::now();
+    hosts.start_slurm();
+    let output = format!("--output={}/nodes-%j.out", dir.path().display());
+    let sweep = in_netns(&ctl, || {
+        coordinator.submit(json!({"name": "nodes", "train": tiny(1, 2, 1)}))
+    });
+    let submitted = now_ms();
+    let alloc = sbatch(&hosts, &url, "worker-nodes.sbatch", &[&output]);
+    let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
+    eprintln!(
+        "slurm up and the 2-node job done in {:?}",
+        sbatched.elapsed()
+    );
+    let job = job_of(&hosts, &coordinator, &done);
+    let formed = job["attempts"][0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["joined_at"].as_i64().unwrap())
+        .max()
+        .unwrap();
+    eprintln!("sbatch to a formed gang: {} ms", formed - submitted);
+    assert_eq!(job["status"], JobStatus::Completed.as_str(), "{job}");
+    assert_eq!(job["summary"]["world_size"], 2, "{job}");
+    // The members are the allocation's two tasks, one on each node, named as Slurm's tasks.
+    let mut members: Vec<String> = job["attempts"][0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["worker"].as_str().unwrap().to_string())
+        .collect();
+    members.sort();
+    assert_eq!(
+        members,
+        [format!("n1-slurm-{alloc}-0"), format!("n2-slurm-{alloc}-1")],
+        "{job}"
+    );
+    wait_gone(&hosts, &alloc);
+
+    // Cancelled mid-job: the gang gives the job back (released, not failed), and a new
+    // allocation resumes it, each epoch once.
+    let mut long = tiny(3, 2, 1);
+    long["limit_train"] = json!(1024);
+    long["fp64"] = json!(false);
+    let sweep = in_netns(&ctl, || {
+        coordinator.submit(json!({"name": "cancelled", "train": long}))
+    });
+    let alloc = sbatch(&hosts, &url, "worker-nodes.sbatch", &[&output]);
+    in_netns(&ctl, || coordinator.wait_first_epoch(sweep));
+    let cancelled = hosts
+        .command("ctl", "scancel")
+        .arg(&alloc)
+        .status()
+        .unwrap();
+    assert!(cancelled.success());
+    let id = in_netns(&ctl, || coordinator.get(&format!("/api/sweeps/{sweep}")))["jobs"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let ended = in_netns(&ctl, || {
+        let mut stall = Stall::new(STALL);
+        loop {
+            let d = coordinator.get(&format!("/api/jobs/{id}"));
+            if d["attempts"][0]["outcome"].is_string() {
+                return d;
+            }
+            stall.check(
+                &serde_json::Value::Null,
+                "the cancelled attempt did not end",
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    assert_eq!(ended["attempts"][0]["outcome"], "released", "{ended}");
+    wait_gone(&hosts, &alloc);
+    sbatch(&hosts, &url, "worker-nodes.sbatch", &[&output]);
+    let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
+    let job = job_of(&hosts, &coordinator, &done);
+    assert_eq!(job["status"], JobStatus::Completed.as_str(), "{job}");
+    let epochs: Vec<i64> = job["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["epoch"].as_i64().unwrap())
+        .collect();
+    assert_eq!(epochs, vec![1, 2, 3], "every epoch once: {job}");
+}
+
+/// The tiny network on synthetic data in fp64, as one job of `nnodes` workers with `nproc` ranks
+/// each.
+fn tiny(epochs: i64, nnodes: i64, nproc: i64) -> serde_json::Value {
+    json!({"dataset": "synthetic", "epochs": epochs, "model_widths": [8, 16, 32, 64], "model_depth": 1,
+           "model_heads": 2, "limit_train": 512, "limit_test": 128, "batch_size": 32, "fp64": true,
+           "dist_backend": "gloo", "nnodes": nnodes, "nproc_per_node": nproc})
+}
+
+/// A job's document, read from the controller's namespace.
+fn job_of(hosts: &Hosts, coordinator: &Coordinator, done: &serde_json::Value) -> serde_json::Value {
+    let id = done["jobs"][0]["id"].as_i64().unwrap();
+    in_netns(&hosts.netns_path("ctl"), || {
+        coordinator.get(&format!("/api/jobs/{id}"))
+    })
+}
+
+/// Each epoch's (train loss, test loss, accuracy).
+fn curve(job: &serde_json::Value) -> Vec<(f64, f64, f64)> {
+    job["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let x = |k: &str| m[k].as_f64().unwrap();
+            (x("train_loss"), x("test_loss"), x("accuracy"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_two_node_job_runs_as_one_gang_across_hosts_equal_to_two_ranks_on_one_worker() {
+    if let Some(why) = missing(&[]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = Hosts::up(dir.path());
+    let coordinator = hosts.coordinator(&[]);
+    let ctl = hosts.netns_path("ctl");
+    let sweep = in_netns(&ctl, || {
+        coordinator.submit(json!({"name": "gang", "train": tiny(2, 2, 1)}))
+    });
+    // Each worker advertises its own host's address: the one on its route to the coordinator.
+    let workers: Vec<Worker> = ["n1", "n2"]
+        .iter()
+        .map(|h| hosts.worker(h, &coordinator.url, &["--exit-when-idle"]))
+        .collect();
+    let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
+    let job = job_of(&hosts, &coordinator, &done);
+    assert_eq!(job["status"], JobStatus::Completed.as_str(), "{job}");
+    assert_eq!(job["summary"]["world_size"], 2, "{job}");
+    assert_eq!(
+        job["summary"]["rank_param_max_diff"], 0.0,
+        "identical replicas: {job}"
+    );
+    let members: Vec<(i64, &str)> = job["attempts"][0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["node_rank"].as_i64().unwrap(),
+                m["worker"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let mut hosts_of: Vec<&str> = members.iter().map(|m| m.1).collect();
+    hosts_of.sort();
+    assert_eq!(hosts_of, ["n1", "n2"], "one member on each host: {job}");
+    assert_eq!(
+        job["attempts"].as_array().unwrap().len(),
+        1,
+        "one attempt: {job}"
+    );
+    drop(workers);
+
+    // The same job as 2 ranks on one worker: the same numbers, to fp64's rounding.
+    let sweep = in_netns(&ctl, || {
+        coordinator.submit(json!({"name": "one", "train": tiny(2, 1, 2)}))
+    });
+    let _one = hosts.worker(
+        "n1",
+        &coordinator.url,
+        &["--exit-when-idle", "--cpu-ranks", "2"],
+    );
+    let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
+    let alone = job_of(&hosts, &coordinator, &done);
+    assert_eq!(alone["status"], JobStatus::Completed.as_str(), "{alone}");
+    assert_eq!(alone["summary"]["world_size"], 2, "{alone}");
+    let wall = |j: &serde_json::Value| {
+        j["attempts"][0]["ended_at"].as_i64().unwrap()
+            - j["attempts"][0]["started_at"].as_i64().unwrap()
+    };
+    eprintln!(
+        "wall time: 2 nodes x 1 rank {} ms, 1 worker x 2 ranks {} ms",
+        wall(&job),
+        wall(&alone)
+    );
+    let (gang, one) = (curve(&job), curve(&alone));
+    assert_eq!(gang.len(), 2);
+    for (g, o) in gang.iter().zip(&one) {
+        for (a, b) in [(g.0, o.0), (g.1, o.1), (g.2, o.2)] {
+            assert!(
+                (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                "{gang:?} vs {one:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_killed_member_ends_the_attempt_for_the_gang_and_the_retry_resumes() {
+    if let Some(why) = missing(&[]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = Hosts::up(dir.path());
+    let lease_seconds = 10;
+    let coordinator = hosts.coordinator(&["--lease-seconds", &lease_seconds.to_string()]);
+    let ctl = hosts.netns_path("ctl");
+    let mut train = tiny(4, 2, 1);
+    train["limit_train"] = json!(1024);
+    train["fp64"] = json!(false);
+    let sweep = in_netns(&ctl, || {
+        coordinator.submit(json!({"name": "killed", "train": train}))
+    });
+    let mut n1 = hosts.worker("n1", &coordinator.url, &[]);
+    let n2 = hosts.worker("n2", &coordinator.url, &[]);
+    // Once epoch 2 is recorded, epoch 1's checkpoint (sent before it) is the coordinator's.
+    in_netns(&ctl, || {
+        let mut stall = Stall::new(STALL);
+        loop {
+            let s = coordinator.get(&format!("/api/sweeps/{sweep}"));
+            if s["jobs"][0]["epoch"].as_i64().unwrap_or(0) >= 2 {
+                return;
+            }
+            stall.check(&s, "epoch 2 not recorded");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // SIGKILL the member on n2 (whichever node it is): nothing of it says goodbye.
+    let id = in_netns(&ctl, || coordinator.get(&format!("/api/sweeps/{sweep}")))["jobs"][0]["id"]
+        .as_i64()
+        .unwrap();
+    drop(n2);
+    let killed = std::time::Instant::now();
+    let ended = in_netns(&ctl, || {
+        let mut stall = Stall::new(STALL);
+        loop {
+            let d = coordinator.get(&format!("/api/jobs/{id}"));
+            if d["attempts"][0]["outcome"].is_string() {
+                return d;
+            }
+            stall.check(&serde_json::Value::Null, "the attempt did not end");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let took = killed.elapsed();
+    eprintln!(
+        "attempt ended {took:?} after the kill: {}",
+        ended["attempts"][0]["outcome"]
+    );
+    assert!(
+        took < Duration::from_secs(lease_seconds + 5),
+        "the attempt ended {took:?} after the kill: {ended}"
+    );
+    // The other member stops its ranks and is free again: with a new worker on n2 the retry forms
+    // and resumes from the last checkpoint.
+    let _n2 = hosts.worker("n2", &coordinator.url, &[]);
+    let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
+    eprintln!("done {:?} after the kill", killed.elapsed());
+    let job = job_of(&hosts, &coordinator, &done);
+    assert_eq!(job["status"], JobStatus::Completed.as_str(), "{job}");
+    let epochs: Vec<i64> = job["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["epoch"].as_i64().unwrap())
+        .collect();
+    assert_eq!(epochs, vec![1, 2, 3, 4], "every epoch once: {job}");
+    let attempts = job["attempts"].as_array().unwrap();
+    assert!(attempts.len() >= 2, "{job}");
+    let last = attempts.last().unwrap();
+    assert_eq!(last["members"].as_array().unwrap().len(), 2, "{job}");
+    // The retry resumed: its first reported epoch is after the first attempt's.
+    let first_of_retry = job["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["attempt"] == last["attempt"])
+        .map(|m| m["epoch"].as_i64().unwrap())
+        .min();
+    assert!(first_of_retry.is_some_and(|e| e >= 3), "{job}");
+    n1.kill().unwrap();
+}
+
+/// The coordinator's clock (they share this machine's).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Submits the array recipe with these task ids; the array's job id.
+fn sbatch_array(hosts: &Hosts, dir: &Path, url: &str, tasks: &str) -> String {
+    let output = format!("--output={}/array-%A_%a.out", dir.display());
+    sbatch(
+        hosts,
+        url,
+        "worker-array.sbatch",
+        &[&format!("--array={tasks}"), &output],
+    )
+}
+
+/// Submits a recipe of `deploy/slurm/` with these options; its job id.
+fn sbatch(hosts: &Hosts, url: &str, recipe: &str, options: &[&str]) -> String {
+    let dir = &hosts.dir;
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/slurm")
+        .join(recipe);
+    let out = hosts
+        .command("ctl", "sbatch")
+        .arg("--parsable")
+        .args(options)
+        .arg(&recipe)
+        .env("SWEEP_SERVER", url)
+        .env("SWEEP_TOKEN", TOKEN)
+        .env("SWEEP_WORK_DIR", dir.join("runs"))
+        .env("WORKER", worker_bin())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sbatch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Until Slurm no longer lists the job (or any task of the array).
+fn wait_gone(hosts: &Hosts, array: &str) {
+    let mut stall = Stall::new(Duration::from_secs(60));
+    loop {
+        let q = hosts
+            .command("ctl", "squeue")
+            .args(["-h", "-j", array])
+            .output()
+            .unwrap();
+        let left = String::from_utf8_lossy(&q.stdout).to_string();
+        if left.trim().is_empty() {
+            return;
+        }
+        stall.check(
+            &serde_json::Value::Null,
+            &format!("array tasks still queued: {left}"),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
