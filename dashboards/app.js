@@ -454,10 +454,13 @@ async function jobView(id) {
   const own = [...new Set(j.metrics.flatMap((m) => Object.keys(m.extra || {})))].sort();
   const ownCharts = own.map((k) => lineChart(k, "epoch", k, [{ name: k, xs: ep, ys: j.metrics.map((m) => (m.extra && m.extra[k] != null ? m.extra[k] : NaN)) }])).join("");
   if (logTail.job !== j.id) logTail = { job: j.id, attempt: null, next: 0, text: "", busy: false, again: false, follow: true };
-  const attempts = j.attempts.map((a) => `<tr><td class="num">${a.attempt}</td><td>${esc(a.worker)}</td><td>${when(a.started_at)}</td><td>${when(a.ended_at)}</td><td>${esc(a.outcome ?? "running")}</td><td>${esc(a.error)}</td></tr>`).join("");
+  // A gang's attempt names every member by node rank (node 0 first: it reports for the gang).
+  const workers = (a) => (a.members && a.members.length ? a.members.map((m) => `node ${m.node_rank}: ${esc(m.worker)}`).join("<br>") : esc(a.worker));
+  const attempts = j.attempts.map((a) => `<tr><td class="num">${a.attempt}</td><td>${workers(a)}</td><td>${when(a.started_at)}</td><td>${when(a.ended_at)}</td><td>${esc(a.outcome ?? "running")}</td><td>${esc(a.error)}</td></tr>`).join("");
   return `<p><a href="#/sweeps/${j.sweep_id}">← sweep ${j.sweep_id}</a></p>
     <h1>Job #${j.id} <span class="status">${esc(j.status)}</span></h1>
     <p>Epoch ${j.epoch}/${j.epochs}, attempt ${j.attempt}/${j.max_attempts}${j.worker ? `, worker ${esc(j.worker)}` : ""}</p>
+    ${j.waiting ? `<p role="status" id="gang-waiting"><strong>Gang forming:</strong> ${esc(j.waiting)}</p>` : ""}
     ${j.error ? `<p role="note"><strong>Error:</strong> ${esc(j.error)}</p>` : ""}
     <div class="grid2" id="curves">
       ${lineChart("Loss", "epoch", "cross-entropy", [{ name: "train", xs: ep, ys: col("train_loss") }, { name: "test", xs: ep, ys: col("test_loss") }])}

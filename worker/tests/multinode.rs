@@ -89,13 +89,26 @@ impl Hosts {
 
     /// `worker run` on `host`, named after it, its log in the test's directory.
     fn worker(&self, host: &str, url: &str, extra: &[&str]) -> Worker {
+        self.worker_on(None, host, url, extra)
+    }
+
+    /// [`Self::worker`], with its process held to one core when `core` says which: as a machine
+    /// of its own core would be (its trainer then runs one thread, not as many as this machine has).
+    fn worker_on(&self, core: Option<usize>, host: &str, url: &str, extra: &[&str]) -> Worker {
         let work = self.dir.join(format!("{host}-runs"));
         let log = (0..)
             .map(|i| self.dir.join(format!("{host}-worker-{i}.log")))
             .find(|p| !p.exists())
             .unwrap();
-        let child = self
-            .command(host, worker_bin())
+        let mut cmd = match core {
+            Some(c) => {
+                let mut cmd = self.command(host, "taskset");
+                cmd.args(["-c", &c.to_string()]).arg(worker_bin());
+                cmd
+            }
+            None => self.command(host, worker_bin()),
+        };
+        let child = cmd
             .args(["run", "--server", url, "--token", TOKEN, "--name", host])
             .args([
                 "--heartbeat-seconds",
@@ -545,10 +558,16 @@ fn a_two_node_job_runs_as_one_gang_across_hosts_equal_to_two_ranks_on_one_worker
     let sweep = in_netns(&ctl, || {
         coordinator.submit(json!({"name": "gang", "train": tiny(2, 2, 1)}))
     });
-    // Each worker advertises its own host's address: the one on its route to the coordinator.
+    // Each worker advertises its own host's address: the one on its route to the coordinator. Each
+    // has a core of its own where the machine has two, as two machines would.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers: Vec<Worker> = ["n1", "n2"]
         .iter()
-        .map(|h| hosts.worker(h, &coordinator.url, &["--exit-when-idle"]))
+        .enumerate()
+        .map(|(i, h)| {
+            let core = (cores >= 2).then_some(i);
+            hosts.worker_on(core, h, &coordinator.url, &["--exit-when-idle"])
+        })
         .collect();
     let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
     let job = job_of(&hosts, &coordinator, &done);
@@ -592,6 +611,13 @@ fn a_two_node_job_runs_as_one_gang_across_hosts_equal_to_two_ranks_on_one_worker
     let alone = job_of(&hosts, &coordinator, &done);
     assert_eq!(alone["status"], JobStatus::Completed.as_str(), "{alone}");
     assert_eq!(alone["summary"]["world_size"], 2, "{alone}");
+    let joined: Vec<i64> = job["attempts"][0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["joined_at"].as_i64().unwrap())
+        .collect();
+    eprintln!("the gang formed {} ms after node 0 claimed", joined[1] - joined[0]);
     let wall = |j: &serde_json::Value| {
         j["attempts"][0]["ended_at"].as_i64().unwrap()
             - j["attempts"][0]["started_at"].as_i64().unwrap()

@@ -352,6 +352,31 @@ async fn the_dashboard_shows_sweeps_and_updates_live_without_reload() {
     .await;
     let (_, sweep) = app.get(&format!("/api/sweeps/{id}?jobs=false")).await;
     assert_eq!(sweep["status"], SweepStatus::Cancelled.as_str());
+
+    // A job that spans nodes: while its gang forms the page says what it waits for; once formed,
+    // the attempt names each member by node.
+    app.submit("name = \"gang\"\n[train]\nnnodes = 2\n").await;
+    let a = app.claim_with(&crate::gangs::asks("gpu-a")).await.unwrap();
+    let p = page.clone();
+    blocking(move || {
+        p.eval(&format!("location.hash = '#/jobs/{}'", a.id));
+        p.wait(
+            "document.querySelector('#gang-waiting') && document.querySelector('#gang-waiting').innerText.includes('waiting for 1 more worker with 1 free rank')",
+            "the forming gang's wait",
+        );
+    })
+    .await;
+    app.claim_with(&crate::gangs::asks("gpu-b")).await.unwrap();
+    let p = page.clone();
+    blocking(move || {
+        p.eval("location.hash = '#/'");
+        p.eval(&format!("location.hash = '#/jobs/{}'", a.id));
+        p.wait(
+            "document.querySelector('#attempts') && document.querySelector('#attempts').innerText.includes('node 1: gpu-b') && !document.querySelector('#gang-waiting')",
+            "the gang's members",
+        );
+    })
+    .await;
     let png = std::fs::read(&shot).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     assert!(png.len() > 10_000, "an empty-looking screenshot");

@@ -18,7 +18,7 @@ seed = [1, 2]
 "#;
 
 /// A worker with 2 free ranks that offers a rendezvous.
-fn asks(worker: &str) -> ClaimRequest {
+pub(crate) fn asks(worker: &str) -> ClaimRequest {
     ClaimRequest {
         worker: worker.into(),
         capacity: Some(Capacity {
@@ -34,7 +34,12 @@ fn asks(worker: &str) -> ClaimRequest {
 }
 
 /// A member's write to `path` with its own secret.
-async fn write_as(app: &TestApp, c: &Claim, path: &str, body: Value) -> (StatusCode, Value) {
+pub(crate) async fn write_as(
+    app: &TestApp,
+    c: &Claim,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value) {
     let r = app
         .http
         .post(format!("{}{path}", app.base))
@@ -48,12 +53,12 @@ async fn write_as(app: &TestApp, c: &Claim, path: &str, body: Value) -> (StatusC
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-fn rank(c: &Claim) -> i64 {
+pub(crate) fn rank(c: &Claim) -> i64 {
     c.gang.as_ref().expect("a gang's part").node_rank
 }
 
 /// A member's heartbeat: the status, and how far its gang has formed.
-async fn beat(app: &TestApp, c: &Claim) -> (StatusCode, Option<GangState>) {
+pub(crate) async fn beat(app: &TestApp, c: &Claim) -> (StatusCode, Option<GangState>) {
     let body = json!({"attempt": c.attempt, "node_rank": rank(c)});
     let (s, v) = write_as(app, c, &routes::heartbeat(c.id), body).await;
     (
@@ -64,7 +69,7 @@ async fn beat(app: &TestApp, c: &Claim) -> (StatusCode, Option<GangState>) {
     )
 }
 
-async fn finish_as(app: &TestApp, c: &Claim, status: Outcome) -> StatusCode {
+pub(crate) async fn finish_as(app: &TestApp, c: &Claim, status: Outcome) -> StatusCode {
     let body = json!({"attempt": c.attempt, "status": status, "node_rank": rank(c),
                       "summary": {"world_size": 4}, "error": "boom"});
     write_as(app, c, &routes::finish(c.id), body).await.0

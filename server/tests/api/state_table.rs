@@ -148,6 +148,10 @@ async fn scenario(row: &Row) -> Option<JobStatus> {
         }
         "release (the worker gives it back)" => release(&app).await,
         "lease expires" => expire(&app).await,
+        "a member's lease expires, or a member other than node 0 finishes `failed`" => {
+            member_lost(&app).await
+        }
+        "not formed within `--gang-seconds`" => gang_not_formed().await,
         other => panic!(
             "the table's row ({}, {other}) has no scenario in this test",
             row.state
@@ -192,6 +196,63 @@ async fn release(app: &TestApp) -> Option<JobStatus> {
         assert_eq!(status(&app, job).await, ended);
     }
     Some(j.status)
+}
+
+/// A 2-node job's gang, formed from two claims: (job, node 0's claim, node 1's claim).
+async fn gang(app: &TestApp, attempts: i64) -> (i64, protocol::Claim, protocol::Claim) {
+    let sweep = app
+        .submit(&format!(
+            "name = \"gang\"\n[train]\nnnodes = 2\n[run]\nmax_attempts = {attempts}\n"
+        ))
+        .await
+        .id;
+    let a = app.claim_with(&crate::gangs::asks("a")).await.unwrap();
+    let b = app.claim_with(&crate::gangs::asks("b")).await.unwrap();
+    (sweep, a, b)
+}
+
+async fn member_lost(app: &TestApp) -> Option<JobStatus> {
+    let (_, a, _) = gang(app, 3).await;
+    app.clock.advance_ms(LEASE_MS / 2);
+    assert_eq!(crate::gangs::beat(app, &a).await.0, StatusCode::OK);
+    app.clock.advance_ms(LEASE_MS / 2 + 1);
+    server::startup::reap_once(&app.state).await.unwrap();
+    assert_eq!(
+        status(app, a.id).await,
+        JobStatus::Pending,
+        "node 1 was lost"
+    );
+    let app = spawn_app().await;
+    let (_, a, b) = gang(&app, 1).await;
+    crate::gangs::finish_as(&app, &b, Outcome::Failed).await;
+    assert_eq!(status(&app, a.id).await, JobStatus::Failed, "node 1 failed");
+    assert_eq!(crate::gangs::beat(&app, &a).await.0, StatusCode::CONFLICT);
+    None
+}
+
+async fn gang_not_formed() -> Option<JobStatus> {
+    let mut ended = None;
+    for cancelled in [false, true] {
+        let app = spawn_with(|c| c.gang_ms = 1_000).await;
+        let sweep = app
+            .submit("name = \"gang\"\n[train]\nnnodes = 2\n[run]\nmax_attempts = 1\n")
+            .await
+            .id;
+        let a = app.claim_with(&crate::gangs::asks("a")).await.unwrap();
+        if cancelled {
+            cancel(&app, sweep).await;
+        }
+        app.clock.advance_ms(1_001);
+        server::startup::reap_once(&app.state).await.unwrap();
+        let job = app.job_detail(a.id).await.job;
+        if cancelled {
+            assert_eq!(job.status, JobStatus::Cancelled);
+        } else {
+            assert_eq!(job.max_attempts, 2, "the attempt is not used up");
+            ended = Some(job.status);
+        }
+    }
+    ended
 }
 
 async fn expire(app: &TestApp) -> Option<JobStatus> {
@@ -250,7 +311,7 @@ async fn the_job_state_table_is_what_the_coordinator_does() {
     let rows = table();
     assert_eq!(
         rows.len(),
-        12,
+        14,
         "a row added or removed: give it a scenario here"
     );
     for row in &rows {
