@@ -23,8 +23,9 @@ CREATE TABLE gang_members (
     lease_expires_at INTEGER,
     PRIMARY KEY (job_id, attempt, node_rank)
 ) WITHOUT ROWID;
--- "Is this worker waiting in a forming gang?" at each of its claims.
-CREATE INDEX gang_members_worker ON gang_members (worker, job_id);
+-- "Is this worker waiting in a forming gang?" at each of its claims: only live members (an ended
+-- attempt's, and a member whose part is over, have no lease), so a worker's past gangs cost nothing.
+CREATE INDEX gang_members_live ON gang_members (worker, job_id) WHERE lease_expires_at IS NOT NULL;
 
 -- Pending jobs are counted by shape for claims (20261204000001): the number of nodes joins the
 -- shape, so a worker that cannot join a gang (no rendezvous, or already waiting in one) skips

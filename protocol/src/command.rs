@@ -18,10 +18,12 @@ pub struct CommandSpec {
     pub workdir: Option<String>,
     /// Devices (or CPU rank slots) the job needs on one worker.
     #[serde(default = "one")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1024))]
     pub ranks: i64,
     /// Workers the job spans (each with `ranks` free): every member runs the program with
     /// [`env::MASTER_ADDR`], [`env::MASTER_PORT`], [`env::NNODES`] and [`env::NODE_RANK`] set.
     #[serde(default = "one")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1024))]
     pub nnodes: i64,
 }
 

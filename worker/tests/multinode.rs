@@ -617,7 +617,10 @@ fn a_two_node_job_runs_as_one_gang_across_hosts_equal_to_two_ranks_on_one_worker
         .iter()
         .map(|m| m["joined_at"].as_i64().unwrap())
         .collect();
-    eprintln!("the gang formed {} ms after node 0 claimed", joined[1] - joined[0]);
+    eprintln!(
+        "the gang formed {} ms after node 0 claimed",
+        joined[1] - joined[0]
+    );
     let wall = |j: &serde_json::Value| {
         j["attempts"][0]["ended_at"].as_i64().unwrap()
             - j["attempts"][0]["started_at"].as_i64().unwrap()

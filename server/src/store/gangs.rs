@@ -38,7 +38,7 @@ pub(super) struct Claimant<'a> {
 pub(super) async fn waiting_in_a_gang(c: &mut SqliteConnection, worker: &str) -> Result<bool> {
     Ok(sqlx::query_scalar!(
         r#"SELECT EXISTS (SELECT 1 FROM gang_members m JOIN jobs j ON j.id = m.job_id AND j.attempt = m.attempt
-                          WHERE m.worker = ? AND j.gang_until IS NOT NULL) AS "waiting!: bool""#,
+                          WHERE m.worker = ? AND m.lease_expires_at IS NOT NULL AND j.gang_until IS NOT NULL) AS "waiting!: bool""#,
         worker
     )
     .fetch_one(&mut *c)
@@ -259,7 +259,7 @@ impl Store {
     pub async fn dissolve_unformed(&self, now: i64) -> Result<Vec<JobChange>> {
         let ranks = self.ranks.clone();
         let rows = self.writer.run(move |c| async move { let rows = sqlx::query!(
-            r#"UPDATE jobs SET
+            r#"UPDATE jobs INDEXED BY jobs_forming SET
                  status = CASE WHEN cancel_requested = 1 THEN 'cancelled'
                                WHEN stop_requested = 1 THEN 'pruned'
                                ELSE 'pending' END,
@@ -272,7 +272,7 @@ impl Store {
                  attempt_error = 'its gang did not form in time: ' ||
                      (SELECT count(*) FROM gang_members m WHERE m.job_id = jobs.id AND m.attempt = jobs.attempt) ||
                      ' of ' || nnodes || ' workers joined'
-               WHERE gang_until < ?1 AND status = 'running'
+               WHERE gang_until IS NOT NULL AND gang_until < ?1 AND status = 'running'
                RETURNING id AS "id!", sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!""#,
             now
         )

@@ -19,7 +19,8 @@ pub struct SweepFile {
     #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// Settings every job shares: `worker train` options, or with `command` the program's own
-    /// parameter names.
+    /// parameter names; and `nnodes` (1 to 1024, default 1): the workers each job spans, as one
+    /// gang of `nnodes` x `nproc_per_node` ranks (docs/cluster.md).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     #[schema(value_type = Object)]
     pub train: Map<String, Value>,

@@ -353,8 +353,17 @@ async fn the_dashboard_shows_sweeps_and_updates_live_without_reload() {
     let (_, sweep) = app.get(&format!("/api/sweeps/{id}?jobs=false")).await;
     assert_eq!(sweep["status"], SweepStatus::Cancelled.as_str());
 
-    // A job that spans nodes: while its gang forms the page says what it waits for; once formed,
-    // the attempt names each member by node.
+    a_gang_on_its_job_page(&app, &page).await;
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    assert!(png.len() > 10_000, "an empty-looking screenshot");
+    let errors = page.errors();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+}
+
+/// A job that spans nodes: while its gang forms the page says what it waits for; once formed,
+/// the attempt names each member by node.
+async fn a_gang_on_its_job_page(app: &TestApp, page: &Arc<Page>) {
     app.submit("name = \"gang\"\n[train]\nnnodes = 2\n").await;
     let a = app.claim_with(&crate::gangs::asks("gpu-a")).await.unwrap();
     let p = page.clone();
@@ -377,11 +386,6 @@ async fn the_dashboard_shows_sweeps_and_updates_live_without_reload() {
         );
     })
     .await;
-    let png = std::fs::read(&shot).unwrap();
-    assert_eq!(&png[1..4], b"PNG");
-    assert!(png.len() > 10_000, "an empty-looking screenshot");
-    let errors = page.errors();
-    assert!(errors.is_empty(), "console errors: {errors:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -454,6 +454,18 @@ async fn health_prometheus_and_openapi() {
         );
     }
     assert!(doc["components"]["schemas"]["MetricsReport"].is_object());
+    // Jobs that span nodes (#23): `nnodes` in the sweep file, the gang in the worker protocol.
+    let schemas = &doc["components"]["schemas"];
+    let train = schemas["SweepFile"]["properties"]["train"]["description"].as_str();
+    assert!(train.is_some_and(|d| d.contains("nnodes")), "{train:?}");
+    assert_eq!(
+        schemas["CommandSpec"]["properties"]["nnodes"]["maximum"],
+        1024
+    );
+    assert!(schemas["ClaimRequest"]["properties"]["rendezvous"].is_object());
+    assert!(schemas["Claim"]["properties"]["gang"].is_object());
+    assert!(schemas["HeartbeatReply"]["properties"]["gang"].is_object());
+    assert!(schemas["GangMember"]["properties"]["node_rank"].is_object());
     // The documented sweep file has exactly the top-level keys the parser accepts: a file setting
     // every documented key is accepted, and one with a key the document lacks is refused.
     let documented: Vec<String> = doc["components"]["schemas"]["SweepFile"]["properties"]
