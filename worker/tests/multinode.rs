@@ -304,6 +304,37 @@ fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// One test's hosts, with the coordinator on `ctl`. Fields drop in this order: the coordinator
+/// stops, then the namespaces and daemons go, then the directory, then the next test may start.
+struct Site {
+    coordinator: Coordinator,
+    hosts: Hosts,
+    dir: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Site {
+    /// None (after printing SKIPPED and why) where this machine cannot run a test that needs
+    /// `programs`; `serve` adds options to the coordinator's.
+    fn up(programs: &[&str], serve: &[&str]) -> Option<Site> {
+        if let Some(why) = missing(programs) {
+            // CI runs as root with the set-up script's packages; a developer's machine may not.
+            eprintln!("SKIPPED: {why}");
+            return None;
+        }
+        let serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = Hosts::up(dir.path());
+        let coordinator = hosts.coordinator(serve);
+        Some(Site {
+            coordinator,
+            hosts,
+            dir,
+            _serial: serial,
+        })
+    }
+}
+
 /// Why this machine cannot run the tests that need `programs`, if it cannot.
 fn missing(programs: &[&str]) -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
@@ -324,25 +355,19 @@ fn missing(programs: &[&str]) -> Option<String> {
 
 #[test]
 fn an_array_of_workers_under_slurm_drains_a_sweep_and_a_preempted_task_gives_its_job_back() {
-    if let Some(why) = missing(SLURM) {
-        // CI runs as root with the set-up script's packages; a developer's machine may not.
-        eprintln!("SKIPPED: {why}");
+    let Some(mut site) = Site::up(SLURM, &[]) else {
         return;
-    }
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let mut hosts = Hosts::up(dir.path());
-    // Dropped before the hosts (declared after them): the coordinator stops, then the namespaces go.
-    let coordinator = hosts.coordinator(&[]);
+    };
+    site.hosts.start_slurm();
+    let (hosts, coordinator, dir) = (&site.hosts, &site.coordinator, &site.dir);
     let url = coordinator.url.clone();
-    hosts.start_slurm();
     let ctl = hosts.netns_path("ctl");
     let train = json!({"dataset": "synthetic", "epochs": 1, "model_widths": [8, 16, 32, 64], "model_depth": 1,
                        "model_heads": 2, "limit_train": 256, "limit_test": 128});
     let sweep = in_netns(&ctl, || {
         coordinator.submit(json!({"name": "slurm", "train": train, "grid": {"seed": [1, 2, 3, 4]}}))
     });
-    let array = sbatch_array(&hosts, dir.path(), &url, "0-1");
+    let array = sbatch_array(hosts, dir.path(), &url, "0-1");
 
     let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
     assert_eq!(done["status"], SweepStatus::Finished.as_str(), "{done}");
@@ -368,7 +393,7 @@ fn an_array_of_workers_under_slurm_drains_a_sweep_and_a_preempted_task_gives_its
         );
     }
     // The tasks end by themselves once the sweep is drained (--exit-when-idle), freeing the nodes.
-    wait_gone(&hosts, &array);
+    wait_gone(hosts, &array);
 
     // Preemption: `scancel` of a task in its job's second epoch gives the job back (released, not
     // failed), and a new allocation resumes it from its checkpoint, each epoch recorded once.
@@ -378,7 +403,7 @@ fn an_array_of_workers_under_slurm_drains_a_sweep_and_a_preempted_task_gives_its
     let sweep = in_netns(&ctl, || {
         coordinator.submit(json!({"name": "preempted", "train": long}))
     });
-    let array = sbatch_array(&hosts, dir.path(), &url, "0-0");
+    let array = sbatch_array(hosts, dir.path(), &url, "0-0");
     in_netns(&ctl, || coordinator.wait_first_epoch(sweep));
     let cancelled = hosts
         .command("ctl", "scancel")
@@ -386,62 +411,41 @@ fn an_array_of_workers_under_slurm_drains_a_sweep_and_a_preempted_task_gives_its
         .status()
         .unwrap();
     assert!(cancelled.success());
-    let job = in_netns(&ctl, || {
-        let mut stall = Stall::new(STALL);
-        loop {
-            let s = coordinator.get(&format!("/api/sweeps/{sweep}"));
-            let id = s["jobs"][0]["id"].as_i64().unwrap();
-            let d = coordinator.get(&format!("/api/jobs/{id}"));
-            if d["attempts"][0]["outcome"].is_string() {
-                return d;
-            }
-            stall.check(&s, "the preempted attempt did not end");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
+    let job = first_attempt_ended(hosts, coordinator, sweep);
     assert_eq!(job["attempts"][0]["outcome"], "released", "{job}");
     assert_eq!(job["status"], JobStatus::Pending.as_str(), "{job}");
-    wait_gone(&hosts, &array);
-    sbatch_array(&hosts, dir.path(), &url, "0-0");
+    wait_gone(hosts, &array);
+    sbatch_array(hosts, dir.path(), &url, "0-0");
     let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
     let id = done["jobs"][0]["id"].as_i64().unwrap();
     let job = in_netns(&ctl, || coordinator.get(&format!("/api/jobs/{id}")));
     assert_eq!(job["status"], JobStatus::Completed.as_str(), "{job}");
-    let epochs: Vec<i64> = job["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["epoch"].as_i64().unwrap())
-        .collect();
+    let epochs = epochs(&job);
     assert_eq!(epochs, vec![1, 2], "every epoch once: {job}");
 }
 
 #[test]
 fn an_allocation_of_two_nodes_runs_a_two_node_job_and_its_cancel_gives_the_job_back() {
-    if let Some(why) = missing(SLURM) {
-        eprintln!("SKIPPED: {why}");
+    let Some(mut site) = Site::up(SLURM, &[]) else {
         return;
-    }
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let mut hosts = Hosts::up(dir.path());
-    let coordinator = hosts.coordinator(&[]);
+    };
+    let sbatched = std::time::Instant::now();
+    site.hosts.start_slurm();
+    let (hosts, coordinator, dir) = (&site.hosts, &site.coordinator, &site.dir);
     let url = coordinator.url.clone();
     let ctl = hosts.netns_path("ctl");
-    let sbatched = std::time::Instant::now();
-    hosts.start_slurm();
     let output = format!("--output={}/nodes-%j.out", dir.path().display());
     let sweep = in_netns(&ctl, || {
         coordinator.submit(json!({"name": "nodes", "train": tiny(1, 2, 1)}))
     });
     let submitted = now_ms();
-    let alloc = sbatch(&hosts, &url, "worker-nodes.sbatch", &[&output]);
+    let alloc = sbatch(hosts, &url, "worker-nodes.sbatch", &[&output]);
     let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
     eprintln!(
         "slurm up and the 2-node job done in {:?}",
         sbatched.elapsed()
     );
-    let job = job_of(&hosts, &coordinator, &done);
+    let job = job_of(hosts, coordinator, &done);
     let formed = job["attempts"][0]["members"]
         .as_array()
         .unwrap()
@@ -465,7 +469,7 @@ fn an_allocation_of_two_nodes_runs_a_two_node_job_and_its_cancel_gives_the_job_b
         [format!("n1-slurm-{alloc}-0"), format!("n2-slurm-{alloc}-1")],
         "{job}"
     );
-    wait_gone(&hosts, &alloc);
+    wait_gone(hosts, &alloc);
 
     // Cancelled mid-job: the gang gives the job back (released, not failed), and a new
     // allocation resumes it, each epoch once.
@@ -475,7 +479,7 @@ fn an_allocation_of_two_nodes_runs_a_two_node_job_and_its_cancel_gives_the_job_b
     let sweep = in_netns(&ctl, || {
         coordinator.submit(json!({"name": "cancelled", "train": long}))
     });
-    let alloc = sbatch(&hosts, &url, "worker-nodes.sbatch", &[&output]);
+    let alloc = sbatch(hosts, &url, "worker-nodes.sbatch", &[&output]);
     in_netns(&ctl, || coordinator.wait_first_epoch(sweep));
     let cancelled = hosts
         .command("ctl", "scancel")
@@ -483,35 +487,14 @@ fn an_allocation_of_two_nodes_runs_a_two_node_job_and_its_cancel_gives_the_job_b
         .status()
         .unwrap();
     assert!(cancelled.success());
-    let id = in_netns(&ctl, || coordinator.get(&format!("/api/sweeps/{sweep}")))["jobs"][0]["id"]
-        .as_i64()
-        .unwrap();
-    let ended = in_netns(&ctl, || {
-        let mut stall = Stall::new(STALL);
-        loop {
-            let d = coordinator.get(&format!("/api/jobs/{id}"));
-            if d["attempts"][0]["outcome"].is_string() {
-                return d;
-            }
-            stall.check(
-                &serde_json::Value::Null,
-                "the cancelled attempt did not end",
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
+    let ended = first_attempt_ended(hosts, coordinator, sweep);
     assert_eq!(ended["attempts"][0]["outcome"], "released", "{ended}");
-    wait_gone(&hosts, &alloc);
-    sbatch(&hosts, &url, "worker-nodes.sbatch", &[&output]);
+    wait_gone(hosts, &alloc);
+    sbatch(hosts, &url, "worker-nodes.sbatch", &[&output]);
     let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
-    let job = job_of(&hosts, &coordinator, &done);
+    let job = job_of(hosts, coordinator, &done);
     assert_eq!(job["status"], JobStatus::Completed.as_str(), "{job}");
-    let epochs: Vec<i64> = job["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["epoch"].as_i64().unwrap())
-        .collect();
+    let epochs = epochs(&job);
     assert_eq!(epochs, vec![1, 2, 3], "every epoch once: {job}");
 }
 
@@ -531,6 +514,33 @@ fn job_of(hosts: &Hosts, coordinator: &Coordinator, done: &serde_json::Value) ->
     })
 }
 
+/// The epochs a job's document records, in order.
+fn epochs(job: &serde_json::Value) -> Vec<i64> {
+    job["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["epoch"].as_i64().unwrap())
+        .collect()
+}
+
+/// The document of the sweep's first job once its first attempt has ended (following progress).
+fn first_attempt_ended(hosts: &Hosts, coordinator: &Coordinator, sweep: i64) -> serde_json::Value {
+    in_netns(&hosts.netns_path("ctl"), || {
+        let mut stall = Stall::new(STALL);
+        loop {
+            let s = coordinator.get(&format!("/api/sweeps/{sweep}"));
+            let id = s["jobs"][0]["id"].as_i64().unwrap();
+            let d = coordinator.get(&format!("/api/jobs/{id}"));
+            if d["attempts"][0]["outcome"].is_string() {
+                return d;
+            }
+            stall.check(&s, "the first attempt did not end");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
 /// Each epoch's (train loss, test loss, accuracy).
 fn curve(job: &serde_json::Value) -> Vec<(f64, f64, f64)> {
     job["metrics"]
@@ -546,14 +556,10 @@ fn curve(job: &serde_json::Value) -> Vec<(f64, f64, f64)> {
 
 #[test]
 fn a_two_node_job_runs_as_one_gang_across_hosts_equal_to_two_ranks_on_one_worker() {
-    if let Some(why) = missing(&[]) {
-        eprintln!("SKIPPED: {why}");
+    let Some(site) = Site::up(&[], &[]) else {
         return;
-    }
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = Hosts::up(dir.path());
-    let coordinator = hosts.coordinator(&[]);
+    };
+    let (hosts, coordinator) = (&site.hosts, &site.coordinator);
     let ctl = hosts.netns_path("ctl");
     let sweep = in_netns(&ctl, || {
         coordinator.submit(json!({"name": "gang", "train": tiny(2, 2, 1)}))
@@ -570,7 +576,7 @@ fn a_two_node_job_runs_as_one_gang_across_hosts_equal_to_two_ranks_on_one_worker
         })
         .collect();
     let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
-    let job = job_of(&hosts, &coordinator, &done);
+    let job = job_of(hosts, coordinator, &done);
     assert_eq!(job["status"], JobStatus::Completed.as_str(), "{job}");
     assert_eq!(job["summary"]["world_size"], 2, "{job}");
     assert_eq!(
@@ -608,7 +614,7 @@ fn a_two_node_job_runs_as_one_gang_across_hosts_equal_to_two_ranks_on_one_worker
         &["--exit-when-idle", "--cpu-ranks", "2"],
     );
     let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
-    let alone = job_of(&hosts, &coordinator, &done);
+    let alone = job_of(hosts, coordinator, &done);
     assert_eq!(alone["status"], JobStatus::Completed.as_str(), "{alone}");
     assert_eq!(alone["summary"]["world_size"], 2, "{alone}");
     let joined: Vec<i64> = job["attempts"][0]["members"]
@@ -644,15 +650,11 @@ fn a_two_node_job_runs_as_one_gang_across_hosts_equal_to_two_ranks_on_one_worker
 
 #[test]
 fn a_killed_member_ends_the_attempt_for_the_gang_and_the_retry_resumes() {
-    if let Some(why) = missing(&[]) {
-        eprintln!("SKIPPED: {why}");
-        return;
-    }
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = Hosts::up(dir.path());
     let lease_seconds = 10;
-    let coordinator = hosts.coordinator(&["--lease-seconds", &lease_seconds.to_string()]);
+    let Some(site) = Site::up(&[], &["--lease-seconds", &lease_seconds.to_string()]) else {
+        return;
+    };
+    let (hosts, coordinator) = (&site.hosts, &site.coordinator);
     let ctl = hosts.netns_path("ctl");
     let mut train = tiny(4, 2, 1);
     train["limit_train"] = json!(1024);
@@ -675,22 +677,9 @@ fn a_killed_member_ends_the_attempt_for_the_gang_and_the_retry_resumes() {
         }
     });
     // SIGKILL the member on n2 (whichever node it is): nothing of it says goodbye.
-    let id = in_netns(&ctl, || coordinator.get(&format!("/api/sweeps/{sweep}")))["jobs"][0]["id"]
-        .as_i64()
-        .unwrap();
     drop(n2);
     let killed = std::time::Instant::now();
-    let ended = in_netns(&ctl, || {
-        let mut stall = Stall::new(STALL);
-        loop {
-            let d = coordinator.get(&format!("/api/jobs/{id}"));
-            if d["attempts"][0]["outcome"].is_string() {
-                return d;
-            }
-            stall.check(&serde_json::Value::Null, "the attempt did not end");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
+    let ended = first_attempt_ended(hosts, coordinator, sweep);
     let took = killed.elapsed();
     eprintln!(
         "attempt ended {took:?} after the kill: {}",
@@ -705,14 +694,9 @@ fn a_killed_member_ends_the_attempt_for_the_gang_and_the_retry_resumes() {
     let _n2 = hosts.worker("n2", &coordinator.url, &[]);
     let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
     eprintln!("done {:?} after the kill", killed.elapsed());
-    let job = job_of(&hosts, &coordinator, &done);
+    let job = job_of(hosts, coordinator, &done);
     assert_eq!(job["status"], JobStatus::Completed.as_str(), "{job}");
-    let epochs: Vec<i64> = job["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["epoch"].as_i64().unwrap())
-        .collect();
+    let epochs = epochs(&job);
     assert_eq!(epochs, vec![1, 2, 3, 4], "every epoch once: {job}");
     let attempts = job["attempts"].as_array().unwrap();
     assert!(attempts.len() >= 2, "{job}");
