@@ -327,8 +327,12 @@ pub async fn finish(
     if let (Some(rank), false) = (member, req.status == protocol::Outcome::Failed) {
         return state.store.member_done(job, req.attempt, rank).await;
     }
-    let node_error =
-        member.map(|rank| format!("node {rank} of the gang: {}", error.unwrap_or("failed")));
+    let node_error = member.map(|rank| {
+        format!(
+            "node {rank} of the gang: {}",
+            error.unwrap_or("its ranks failed")
+        )
+    });
     let change = state
         .store
         .finish(

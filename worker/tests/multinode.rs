@@ -477,7 +477,7 @@ fn an_allocation_of_two_nodes_runs_a_two_node_job_and_its_cancel_gives_the_job_b
     long["limit_train"] = json!(1024);
     long["fp64"] = json!(false);
     let sweep = in_netns(&ctl, || {
-        coordinator.submit(json!({"name": "cancelled", "train": long}))
+        coordinator.submit(json!({"name": "scancelled", "train": long}))
     });
     let alloc = sbatch(hosts, &url, "worker-nodes.sbatch", &[&output]);
     in_netns(&ctl, || coordinator.wait_first_epoch(sweep));

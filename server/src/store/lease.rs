@@ -366,22 +366,27 @@ impl Store {
         let ranks = self.ranks.clone();
         let rows = self.writer.run(move |c| async move { let rows = sqlx::query!(
             // A cancelled (or stopped) job whose worker vanished ends cancelled (or pruned), not pending
-            // or failed.
+            // or failed. A gang still forming (`gang_until` set) never started: a member lost then
+            // costs no attempt, as a dissolution does not.
             r#"UPDATE jobs SET
                  status = CASE WHEN cancel_requested = 1 THEN 'cancelled'
                                WHEN stop_requested = 1 THEN 'pruned'
-                               WHEN attempt < max_attempts THEN 'pending'
+                               WHEN attempt < max_attempts OR gang_until IS NOT NULL THEN 'pending'
                                ELSE 'failed' END,
+                 max_attempts = CASE WHEN gang_until IS NOT NULL AND cancel_requested = 0 AND stop_requested = 0
+                                     THEN max_attempts + 1 ELSE max_attempts END,
                  error = CASE WHEN cancel_requested = 1 THEN 'cancelled; its worker stopped heartbeating'
                               WHEN stop_requested = 1 THEN error
-                              WHEN attempt < max_attempts THEN error
+                              WHEN attempt < max_attempts OR gang_until IS NOT NULL THEN error
                               ELSE 'lease expired on attempt ' || attempt || ' of ' || max_attempts || ' (worker ' || coalesce(worker, '?') || ' stopped heartbeating)' END,
-                 finished_at = CASE WHEN attempt < max_attempts AND cancel_requested = 0 AND stop_requested = 0 THEN NULL
+                 finished_at = CASE WHEN (attempt < max_attempts OR gang_until IS NOT NULL) AND cancel_requested = 0
+                                         AND stop_requested = 0 THEN NULL
                                     ELSE ?1 END,
 
                  worker = NULL, lease_expires_at = NULL,
                  attempt_ended_at = ?1, attempt_outcome = 'lease expired',
-                 attempt_error = 'no heartbeat before the lease ran out'
+                 attempt_error = CASE WHEN gang_until IS NOT NULL THEN 'a member of its forming gang stopped heartbeating'
+                                      ELSE 'no heartbeat before the lease ran out' END
                WHERE status = 'running' AND lease_expires_at < ?1
                RETURNING id AS "id!", sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!""#,
             now

@@ -225,7 +225,10 @@ async fn a_lost_or_failed_member_ends_the_attempt_for_every_member() {
     assert_eq!(finish_as(&app, &b2, Outcome::Failed).await, StatusCode::OK);
     let job = app.job_detail(a.id).await;
     assert_eq!(job.job.status, JobStatus::Pending);
-    assert_eq!(job.attempts[1].outcome.as_deref(), Some("failed"));
+    assert_eq!(
+        job.attempts[1].outcome.as_deref(),
+        Some(Outcome::Failed.as_str())
+    );
     assert!(
         job.attempts[1]
             .error
@@ -267,6 +270,29 @@ async fn a_gang_that_does_not_form_in_time_is_dissolved_without_counting_an_atte
     // The job forms again from new claims.
     let again = app.claim_with(&asks("b")).await.unwrap();
     assert_eq!((again.id, rank(&again)), (a.id, 0));
+}
+
+/// A member lost before its gang formed (no heartbeat through a lease, shorter than the gang's
+/// deadline): the job never started, so no attempt is used.
+#[tokio::test]
+async fn a_member_lost_while_its_gang_forms_costs_no_attempt() {
+    let app = spawn_app().await;
+    app.submit(TWO_NODES).await;
+    let a = app.claim_with(&asks("a")).await.unwrap();
+    let before = app.job_detail(a.id).await.job.max_attempts;
+    app.clock.advance_ms(LEASE_MS + 1);
+    assert_eq!(server::startup::reap_once(&app.state).await.unwrap(), 1);
+    let job = app.job_detail(a.id).await;
+    assert_eq!(job.job.status, JobStatus::Pending);
+    assert_eq!(
+        job.job.max_attempts,
+        before + 1,
+        "the attempt is given back"
+    );
+    assert_eq!(
+        job.attempts[0].error.as_deref(),
+        Some("a member of its forming gang stopped heartbeating")
+    );
 }
 
 /// `nnodes` is bounded where it is set, and the 422 names the field.
