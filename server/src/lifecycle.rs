@@ -354,6 +354,7 @@ pub async fn dissolve_unformed_gangs(state: &AppState) -> Result<usize> {
     let n = changes.len();
     for c in changes {
         tracing::warn!(job = c.job_id, "gang did not form in time: dissolved");
+        state.telemetry.gangs_dissolved.inc();
         changed(state, c).await;
     }
     Ok(n)

@@ -32,6 +32,8 @@ pub struct Telemetry {
     pub lease_expiries: Counter,
     /// TPE trials drawn when claimed.
     pub trials_drawn: Counter,
+    /// Gangs of multi-node jobs dissolved because they did not form in time.
+    pub gangs_dissolved: Counter,
     latency: Histogram,
     jobs: Family<StatusLabel, Gauge>,
     registry: Registry,
@@ -44,6 +46,7 @@ impl Default for Telemetry {
             empty_claims: Counter::default(),
             lease_expiries: Counter::default(),
             trials_drawn: Counter::default(),
+            gangs_dissolved: Counter::default(),
             latency: Histogram::new(BUCKETS),
             jobs: Family::default(),
             registry: Registry::default(),
@@ -71,6 +74,11 @@ impl Telemetry {
             "sweep_trials_drawn",
             "TPE trials drawn when claimed",
             self.trials_drawn.clone(),
+        );
+        r.register(
+            "sweep_gangs_dissolved",
+            "Gangs of multi-node jobs dissolved because they did not form in time",
+            self.gangs_dissolved.clone(),
         );
         r.register("sweep_jobs", "Jobs by status", self.jobs.clone());
         r.register(

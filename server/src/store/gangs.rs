@@ -186,6 +186,10 @@ impl Store {
                     nnodes: r.nnodes,
                 }),
             }),
+            // The attempt holds the job, but has no such node: a client's mistake, not a lost lease.
+            None if self.check_fence(job, attempt).await.is_ok() => Err(StoreError::Invalid(
+                format!("node_rank: job {job}'s attempt {attempt} has no node {node_rank} (a single-node job's heartbeats name none)"),
+            )),
             None => Err(self.fence_error(job, attempt).await),
         }
     }

@@ -267,6 +267,8 @@ async fn a_gang_that_does_not_form_in_time_is_dissolved_without_counting_an_atte
         Some("its gang did not form in time: 1 of 2 workers joined")
     );
     assert_eq!(beat(&app, &a).await.0, StatusCode::CONFLICT);
+    let prom = app.get_text("/metrics").await;
+    assert!(prom.contains("sweep_gangs_dissolved_total 1"), "{prom}");
     // The job forms again from new claims.
     let again = app.claim_with(&asks("b")).await.unwrap();
     assert_eq!((again.id, rank(&again)), (a.id, 0));
@@ -293,6 +295,19 @@ async fn a_member_lost_while_its_gang_forms_costs_no_attempt() {
         job.attempts[0].error.as_deref(),
         Some("a member of its forming gang stopped heartbeating")
     );
+}
+
+/// A single-node job's heartbeat that names a node is a mistake said as one (422), not a lost lease.
+#[tokio::test]
+async fn a_node_rank_on_a_single_node_job_is_refused_as_such() {
+    let app = spawn_app().await;
+    app.submit(TWO_JOBS).await;
+    let c = app.claim_with(&asks("a")).await.unwrap();
+    assert!(c.gang.is_none(), "a single-node job has no gang");
+    let body = json!({"attempt": c.attempt, "node_rank": 0});
+    let (s, v) = write_as(&app, &c, &routes::heartbeat(c.id), body).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v.to_string().contains("node_rank"), "{v}");
 }
 
 /// `nnodes` is bounded where it is set, and the 422 names the field.

@@ -63,6 +63,8 @@ pub struct Progress {
     pub epochs: u32,
     pub accuracy: Option<f64>,
     pub done: Option<String>,
+    /// While its gang forms: how many of how many workers have joined.
+    pub forming: Option<protocol::GangState>,
 }
 
 /// Builds `worker train` arguments from the job's params and where it was placed.
@@ -312,8 +314,11 @@ impl Supervisor {
                         "the job was cancelled or stopped while its gang formed".into(),
                     )
                 }
-                Ok(reply) if reply.gang.is_some_and(|g| g.formed()) => return GangWait::Formed,
-                Ok(_) => {}
+                Ok(reply) if reply.gang.is_some_and(|g| g.formed()) => {
+                    self.progress.lock().expect("not poisoned").forming = None;
+                    return GangWait::Formed;
+                }
+                Ok(reply) => self.progress.lock().expect("not poisoned").forming = reply.gang,
                 Err(CallError::LeaseLost(why)) => return GangWait::Gone(why),
                 Err(e) => {
                     tracing::warn!(job = self.job(), error = %e, "heartbeat failed while the gang forms")

@@ -423,7 +423,16 @@ impl Service {
                 .accuracy
                 .map(|x| format!("{:.2}%", 100.0 * x))
                 .unwrap_or_else(|| "-".into());
-            if self.tty {
+            if let Some(g) = p.forming {
+                let line = format!(
+                    "waiting for its gang: {} of {} workers joined",
+                    g.joined, g.nnodes
+                );
+                match self.tty {
+                    true => eprintln!("job {id}: {line}"),
+                    false => tracing::info!(job = id, "{line}"),
+                }
+            } else if self.tty {
                 eprintln!("job {id}: epoch {}/{} accuracy {acc}", p.epoch, p.epochs);
             } else {
                 tracing::info!(job = id, epoch = p.epoch, epochs = p.epochs, accuracy = %acc, "progress");
