@@ -767,6 +767,37 @@ mod tests {
         args[i + 1].clone()
     }
 
+    /// A gang member's trainer: `nnodes` leaves the run's options and becomes the launch's, with
+    /// the node's rank and the gang's rendezvous.
+    #[test]
+    fn a_gang_member_launches_its_node_of_the_run() {
+        let placement = Placement {
+            devices: vec![DeviceKind::Cpu(0)],
+            threads: 1,
+        };
+        let gang = GangPart {
+            nnodes: 2,
+            node_rank: 1,
+            master: protocol::Rendezvous {
+                addr: "10.0.0.7".into(),
+                port: 29500,
+            },
+        };
+        let params = serde_json::json!({"nnodes": 2, "nproc_per_node": 4});
+        let cmd = train_command(&opts(), &params, Some(&gang), &placement, Path::new("/w"))
+            .expect("nnodes is no option of the run");
+        let a: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(value_of(&a, "--nnodes"), "2");
+        assert_eq!(value_of(&a, "--node-rank"), "1");
+        assert_eq!(value_of(&a, "--master-addr"), "10.0.0.7");
+        assert_eq!(value_of(&a, "--master-port"), "29500");
+        assert_eq!(value_of(&a, "--nproc-per-node"), "4");
+        assert_eq!(a.iter().filter(|x| *x == "--nnodes").count(), 1);
+    }
+
     /// Paths in a sweep are names under this worker's roots; data source is the worker's own.
     #[test]
     fn sweep_paths_resolve_under_the_workers_roots() {
