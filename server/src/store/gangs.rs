@@ -132,6 +132,49 @@ pub(super) async fn add_member(
     Ok(())
 }
 
+/// Sets a member's lease (None: its part is over, it no longer holds the job's lease up) and the
+/// job's lease to the earliest of its live members'. While `attempt` holds the job and has that
+/// node: the job's cancel and stop flags and how far its gang has formed; None otherwise.
+async fn member_lease(
+    c: &mut SqliteConnection,
+    job: i64,
+    attempt: i64,
+    node_rank: i64,
+    until: Option<i64>,
+) -> Result<Option<(bool, bool, GangState)>> {
+    sqlx::query!(
+        "UPDATE gang_members SET lease_expires_at = ?4
+         WHERE job_id = ?1 AND attempt = ?2 AND node_rank = ?3 AND lease_expires_at IS NOT NULL",
+        job,
+        attempt,
+        node_rank,
+        until
+    )
+    .execute(&mut *c)
+    .await?;
+    let row = sqlx::query!(
+        r#"UPDATE jobs SET lease_expires_at = coalesce(
+               (SELECT min(m.lease_expires_at) FROM gang_members m WHERE m.job_id = jobs.id AND m.attempt = jobs.attempt),
+               lease_expires_at)
+           WHERE id = ?1 AND attempt = ?2 AND status = 'running'
+             AND EXISTS (SELECT 1 FROM gang_members m WHERE m.job_id = ?1 AND m.attempt = ?2 AND m.node_rank = ?3)
+           RETURNING cancel_requested AS "cancel!", stop_requested AS "stop!", nnodes AS "nnodes!",
+                     (SELECT count(*) FROM gang_members m WHERE m.job_id = ?1 AND m.attempt = ?2) AS "joined!: i64""#,
+        job,
+        attempt,
+        node_rank
+    )
+    .fetch_optional(&mut *c)
+    .await?;
+    Ok(row.map(|r| {
+        let gang = GangState {
+            joined: r.joined,
+            nnodes: r.nnodes,
+        };
+        (r.cancel != 0, r.stop != 0, gang)
+    }))
+}
+
 impl Store {
     /// A gang member's heartbeat: its own lease renewed, the job's lease the earliest of its
     /// members' (a member whose part is over no longer counts), and how far the gang has formed.
@@ -147,44 +190,15 @@ impl Store {
         let row = self
             .writer
             .run(move |c| {
-                async move {
-                    sqlx::query!(
-                        "UPDATE gang_members SET lease_expires_at = ?4
-                         WHERE job_id = ?1 AND attempt = ?2 AND node_rank = ?3 AND lease_expires_at IS NOT NULL",
-                        job,
-                        attempt,
-                        node_rank,
-                        until
-                    )
-                    .execute(&mut *c)
-                    .await?;
-                    Ok(sqlx::query!(
-                        r#"UPDATE jobs SET lease_expires_at = coalesce(
-                               (SELECT min(m.lease_expires_at) FROM gang_members m WHERE m.job_id = jobs.id AND m.attempt = jobs.attempt),
-                               lease_expires_at)
-                           WHERE id = ?1 AND attempt = ?2 AND status = 'running'
-                             AND EXISTS (SELECT 1 FROM gang_members m WHERE m.job_id = ?1 AND m.attempt = ?2 AND m.node_rank = ?3)
-                           RETURNING cancel_requested AS "cancel!", stop_requested AS "stop!", nnodes AS "nnodes!",
-                                     (SELECT count(*) FROM gang_members m WHERE m.job_id = ?1 AND m.attempt = ?2) AS "joined!: i64""#,
-                        job,
-                        attempt,
-                        node_rank
-                    )
-                    .fetch_optional(&mut *c)
-                    .await?)
-                }
-                .boxed()
+                async move { member_lease(c, job, attempt, node_rank, Some(until)).await }.boxed()
             })
             .await?;
         match row {
-            Some(r) => Ok(HeartbeatReply {
-                cancel: r.cancel != 0,
-                stop: r.stop != 0,
+            Some((cancel, stop, gang)) => Ok(HeartbeatReply {
+                cancel,
+                stop,
                 lease_expires_at: until,
-                gang: Some(GangState {
-                    joined: r.joined,
-                    nnodes: r.nnodes,
-                }),
+                gang: Some(gang),
             }),
             // The attempt holds the job, but has no such node: a client's mistake, not a lost lease.
             None if self.check_fence(job, attempt).await.is_ok() => Err(StoreError::Invalid(
@@ -201,24 +215,7 @@ impl Store {
             .writer
             .run(move |c| {
                 async move {
-                    sqlx::query!(
-                        "UPDATE gang_members SET lease_expires_at = NULL WHERE job_id = ? AND attempt = ? AND node_rank = ?",
-                        job,
-                        attempt,
-                        node_rank
-                    )
-                    .execute(&mut *c)
-                    .await?;
-                    sqlx::query!(
-                        "UPDATE jobs SET lease_expires_at = coalesce(
-                             (SELECT min(m.lease_expires_at) FROM gang_members m WHERE m.job_id = jobs.id AND m.attempt = jobs.attempt),
-                             lease_expires_at)
-                         WHERE id = ? AND attempt = ? AND status = 'running'",
-                        job,
-                        attempt
-                    )
-                    .execute(&mut *c)
-                    .await?;
+                    member_lease(c, job, attempt, node_rank, None).await?;
                     Ok(sqlx::query!(
                         r#"SELECT sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!" FROM jobs WHERE id = ?"#,
                         job

@@ -156,9 +156,14 @@ unsafe fn address_of(sa: *const libc::sockaddr) -> Option<std::net::IpAddr> {
 }
 
 pub fn free_port() -> Result<u16> {
+    free_port_on([127, 0, 0, 1].into())
+}
+
+/// A port free on `ip` now.
+pub fn free_port_on(ip: std::net::IpAddr) -> Result<u16> {
     // Bind port 0 and release it: the OS hands out a port nobody holds now. Rank 0's TCPStore binds
-    // it a moment later; a collision within that moment fails the rendezvous with a clear error.
-    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).context("no free local port")?;
+    // it later; a collision meanwhile fails the rendezvous with a clear error.
+    let l = std::net::TcpListener::bind((ip, 0)).context("no free port")?;
     Ok(l.local_addr()?.port())
 }
 

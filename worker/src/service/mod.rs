@@ -142,18 +142,13 @@ pub fn gpus_given(env: impl Fn(&str) -> Option<String>) -> Result<Vec<usize>> {
 
 /// This machine's address on the route to the coordinator at `server` (a URL).
 fn route_address(server: &str) -> Result<String> {
-    let rest = server.split_once("://").map_or(server, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let target = match authority.rsplit_once(':') {
-        Some((_, p)) if p.parse::<u16>().is_ok() => authority.to_string(),
-        _ => format!("{authority}:80"),
-    };
-    let peer = std::net::ToSocketAddrs::to_socket_addrs(&target)
+    let peer = url::Url::parse(server)
         .ok()
-        .and_then(|mut a| a.next())
+        .and_then(|u| u.socket_addrs(|| None).ok())
+        .and_then(|a| a.into_iter().next())
         .ok_or_else(|| {
             anyhow::anyhow!(
-                "cannot resolve the coordinator's address {target:?} (or give --advertise-addr)"
+                "cannot resolve the coordinator's address {server:?} (or give --advertise-addr)"
             )
         })?;
     Ok(crate::ddp::launch::source_address(peer)?.to_string())
@@ -362,11 +357,8 @@ impl Service {
     /// port free now (node 0's rank 0 binds it when the gang has formed). None when no port is
     /// free: the claim then takes no multi-node job.
     fn rendezvous(&self) -> Option<protocol::Rendezvous> {
-        let bind: std::net::IpAddr = self.advertise.parse().unwrap_or([0, 0, 0, 0].into());
-        let port = std::net::TcpListener::bind((bind, 0))
-            .and_then(|l| l.local_addr())
-            .ok()?
-            .port();
+        let bind = self.advertise.parse().unwrap_or([0, 0, 0, 0].into());
+        let port = crate::ddp::launch::free_port_on(bind).ok()?;
         Some(protocol::Rendezvous {
             addr: self.advertise.clone(),
             port,
