@@ -702,7 +702,9 @@ fn a_killed_member_ends_the_attempt_for_the_gang_and_the_retry_resumes() {
     assert!(attempts.len() >= 2, "{job}");
     let last = attempts.last().unwrap();
     assert_eq!(last["members"].as_array().unwrap().len(), 2, "{job}");
-    // The retry resumed: its first reported epoch is after the first attempt's.
+    // The retry resumed from a checkpoint: at least epoch 1's (sent before epoch 2 was recorded);
+    // epoch 2's may or may not have reached the coordinator before the kill, so the retry's first
+    // epoch is 2 or 3, never 1.
     let first_of_retry = job["metrics"]
         .as_array()
         .unwrap()
@@ -710,7 +712,7 @@ fn a_killed_member_ends_the_attempt_for_the_gang_and_the_retry_resumes() {
         .filter(|m| m["attempt"] == last["attempt"])
         .map(|m| m["epoch"].as_i64().unwrap())
         .min();
-    assert!(first_of_retry.is_some_and(|e| e >= 3), "{job}");
+    assert!(first_of_retry.is_some_and(|e| e >= 2), "{job}");
     n1.kill().unwrap();
 }
 
