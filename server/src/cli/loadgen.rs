@@ -40,6 +40,11 @@ pub struct LoadArgs {
     /// (1 free rank each) never fit: older pending jobs every claim must pass over. Cancelled after.
     #[arg(long, default_value_t = 0)]
     pub unfit: usize,
+    /// Whether the simulated workers' claims offer a rendezvous for multi-node jobs (as every
+    /// `worker run` does), one run per value: none, offered. The load has no multi-node job: this
+    /// measures what the gang checks cost every claim.
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    pub rendezvous: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +53,7 @@ pub struct LoadResult {
     /// How long submitting the sweep took.
     pub submit_seconds: f64,
     pub early_stop: String,
+    pub rendezvous: bool,
     pub cycles: usize,
     pub seconds: f64,
     pub p50_ms: f64,
@@ -87,14 +93,13 @@ pub(crate) fn start_server(token: &str) -> Result<Served> {
 }
 
 /// One run: submit `jobs` jobs, drain them with `workers` concurrent clients.
-/// One simulated worker: claim, three epochs of metrics, finish, until no job is left. Returns each
-/// cycle's latency and the number of failed calls.
+/// One simulated worker: claim (as `request`), three epochs of metrics, finish, until no job is
+/// left. Returns each cycle's latency and the number of failed calls.
 pub(crate) async fn simulated_worker(
     http: &reqwest::Client,
     base: &str,
     token: &str,
-    name: &str,
-    capacity: Option<protocol::Capacity>,
+    request: ClaimRequest,
     claimed: &Mutex<HashMap<i64, usize>>,
 ) -> (Vec<Duration>, usize) {
     let (mut latencies, mut errors) = (Vec::new(), 0usize);
@@ -105,12 +110,6 @@ pub(crate) async fn simulated_worker(
             .header(protocol::LEASE_SECRET_HEADER, secret)
             .json(&body)
             .send()
-    };
-    let request = ClaimRequest {
-        worker: name.to_string(),
-        capacity,
-        accepts_commands: false,
-        rendezvous: None,
     };
     loop {
         let c0 = Instant::now();
@@ -212,14 +211,43 @@ fn load_spec(workers: usize, jobs: usize, early_stop: &str) -> Result<Value> {
     Ok(spec)
 }
 
+/// One run's load: how many workers, which early-stopping rule, whether claims offer a rendezvous.
+#[derive(Debug, Clone, Copy)]
+pub struct Level<'a> {
+    pub workers: usize,
+    pub early_stop: &'a str,
+    pub rendezvous: bool,
+}
+
+/// A simulated worker's claim: `unfit` says it has one rank free (so 2-rank jobs never fit it); a
+/// rendezvous on a port nothing binds (no multi-node job is ever submitted).
+pub(crate) fn claim_request(w: usize, unfit: bool, rendezvous: bool) -> ClaimRequest {
+    ClaimRequest {
+        worker: format!("load-{w}"),
+        capacity: unfit.then_some(protocol::Capacity {
+            ranks: 1,
+            max_batch_size: None,
+        }),
+        accepts_commands: false,
+        rendezvous: rendezvous.then(|| protocol::Rendezvous {
+            addr: "127.0.0.1".into(),
+            port: 20_000 + (w % 40_000) as u16,
+        }),
+    }
+}
+
 pub async fn run_level(
     base: &str,
     token: &str,
-    workers: usize,
+    level: Level<'_>,
     jobs: usize,
-    early_stop: &str,
     unfit: usize,
 ) -> Result<LoadResult> {
+    let Level {
+        workers,
+        early_stop,
+        rendezvous,
+    } = level;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(workers.max(1))
         .build()?;
@@ -232,11 +260,6 @@ pub async fn run_level(
             Some(submit(&http, base, token, &spec).await?)
         }
     };
-    // With jobs that must not fit, the workers say they have one rank free.
-    let capacity = unfit_sweep.map(|_| protocol::Capacity {
-        ranks: 1,
-        max_batch_size: None,
-    });
     let spec = load_spec(workers, jobs, early_stop)?;
     let submitted = Instant::now();
     let sweep = submit(&http, base, token, &spec).await?;
@@ -251,16 +274,10 @@ pub async fn run_level(
             token.to_string(),
             claimed.clone(),
         );
+        // With jobs that must not fit, the workers say they have one rank free.
+        let request = claim_request(w, unfit_sweep.is_some(), rendezvous);
         tasks.push(tokio::spawn(async move {
-            simulated_worker(
-                &http,
-                &base,
-                &token,
-                &format!("load-{w}"),
-                capacity,
-                &claimed,
-            )
-            .await
+            simulated_worker(&http, &base, &token, request, &claimed).await
         }));
     }
     let (mut latencies, mut errors) = (Vec::<Duration>::new(), 0);
@@ -306,6 +323,7 @@ pub async fn run_level(
         workers,
         submit_seconds,
         early_stop: early_stop.to_string(),
+        rendezvous,
         cycles: latencies.len(),
         seconds,
         p50_ms: pct(0.50),
@@ -362,24 +380,42 @@ pub async fn run(a: &LoadArgs) -> Result<()> {
         .or_else(|| served.as_ref().map(|s| s.base.clone()))
         .expect("a server");
     println!(
-        "| workers | early stop | submit s | cycles | cycles/s | p50 ms | p99 ms | duplicate claims | pruned | lost jobs | errors | coordinator peak RSS MiB |"
+        "| workers | early stop | rendezvous | submit s | cycles | cycles/s | p50 ms | p99 ms | duplicate claims | pruned | lost jobs | errors | coordinator peak RSS MiB |"
     );
-    println!("|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let levels = a
-        .workers
+    println!("|---:|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let offers = a
+        .rendezvous
         .iter()
-        .flat_map(|&w| a.early_stop.iter().map(move |e| (w, e)));
-    for (w, rule) in levels {
-        let r = run_level(&base, &a.token, w, a.jobs, rule, a.unfit).await?;
+        .map(|r| match r.as_str() {
+            "none" => Ok(false),
+            "offered" => Ok(true),
+            other => bail!("--rendezvous: {other} (expected none or offered)"),
+        })
+        .collect::<Result<Vec<bool>>>()?;
+    let mut levels = vec![];
+    for &workers in &a.workers {
+        for early_stop in &a.early_stop {
+            for &rendezvous in &offers {
+                levels.push(Level {
+                    workers,
+                    early_stop,
+                    rendezvous,
+                });
+            }
+        }
+    }
+    for level in levels {
+        let r = run_level(&base, &a.token, level, a.jobs, a.unfit).await?;
         // The coordinator's peak so far (this run's and those before it on the same server).
         let rss = served
             .as_ref()
             .and_then(|s| peak_rss_mib(s.child.id()))
             .map_or("-".into(), |m| format!("{m:.0}"));
         println!(
-            "| {} | {} | {:.2} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {rss} |",
+            "| {} | {} | {} | {:.2} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {rss} |",
             r.workers,
             r.early_stop,
+            if r.rendezvous { "offered" } else { "none" },
             r.submit_seconds,
             r.cycles,
             r.cycles as f64 / r.seconds,

@@ -183,12 +183,17 @@ impl Api {
                 self.token.clone(),
                 claimed.clone(),
             );
-            let capacity = Some(Capacity {
-                ranks,
-                max_batch_size: None,
-            });
+            let request = protocol::ClaimRequest {
+                worker: format!("w{w}"),
+                capacity: Some(Capacity {
+                    ranks,
+                    max_batch_size: None,
+                }),
+                accepts_commands: false,
+                rendezvous: None,
+            };
             tasks.push(tokio::spawn(async move {
-                simulated_worker(&http, &base, &token, &format!("w{w}"), capacity, &claimed).await
+                simulated_worker(&http, &base, &token, request, &claimed).await
             }));
         }
         let mut latencies = vec![];

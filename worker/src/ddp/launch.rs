@@ -155,16 +155,48 @@ unsafe fn address_of(sa: *const libc::sockaddr) -> Option<std::net::IpAddr> {
     }
 }
 
+/// A port free on loopback now.
 pub fn free_port() -> Result<u16> {
-    free_port_on([127, 0, 0, 1].into())
+    // Bind port 0 and release it: the OS hands out a port nobody holds now. Rank 0's TCPStore binds
+    // it a moment later; a collision meanwhile fails the rendezvous with a clear error.
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).context("no free port")?;
+    Ok(l.local_addr()?.port())
 }
 
-/// A port free on `ip` now.
-pub fn free_port_on(ip: std::net::IpAddr) -> Result<u16> {
-    // Bind port 0 and release it: the OS hands out a port nobody holds now. Rank 0's TCPStore binds
-    // it later; a collision meanwhile fails the rendezvous with a clear error.
-    let l = std::net::TcpListener::bind((ip, 0)).context("no free port")?;
-    Ok(l.local_addr()?.port())
+/// A port kept from every other process until dropped: bound on `ip` but not listening, so no
+/// one else can bind it, and a peer that connects early is refused (c10d's client retries) instead
+/// of sitting in a backlog nobody accepts. A gang's node 0 holds the port it offered while the gang
+/// forms (up to `--gang-seconds`) and drops it just before its rank 0 binds it.
+#[derive(Debug)]
+pub struct PortHold {
+    _socket: socket2::Socket,
+    port: u16,
+}
+
+impl PortHold {
+    pub fn on(ip: std::net::IpAddr) -> Result<PortHold> {
+        let addr = std::net::SocketAddr::new(ip, 0);
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .context("no socket for a port")?;
+        socket.bind(&addr.into()).context("no free port")?;
+        let port = socket
+            .local_addr()?
+            .as_socket()
+            .context("the bound address is not an IP address")?
+            .port();
+        Ok(PortHold {
+            _socket: socket,
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 /// Starts the node's ranks as children of this process (same executable and arguments), waits for
@@ -365,6 +397,21 @@ fn prefix_lines(
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    /// While held, the port is nobody else's (a bind fails, a connect is refused); once dropped,
+    /// rank 0 can bind it.
+    #[test]
+    fn a_held_port_is_kept_from_others_until_dropped() {
+        let ip: std::net::IpAddr = [127, 0, 0, 1].into();
+        let hold = PortHold::on(ip).unwrap();
+        let port = hold.port();
+        assert_ne!(port, 0);
+        assert!(std::net::TcpListener::bind((ip, port)).is_err());
+        let refused = std::net::TcpStream::connect((ip, port)).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        drop(hold);
+        std::net::TcpListener::bind((ip, port)).unwrap();
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Result<Option<RankEnv>> {
         let m: HashMap<String, String> = pairs

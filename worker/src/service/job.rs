@@ -166,6 +166,8 @@ pub struct Supervisor {
     /// A metrics line had a non-finite loss.
     diverged: bool,
     halt: Option<Halt>,
+    /// Node 0's rendezvous port, kept from other processes until its ranks start.
+    rendezvous_port: Option<crate::ddp::launch::PortHold>,
 }
 
 impl Supervisor {
@@ -194,7 +196,14 @@ impl Supervisor {
             cancelled: false,
             diverged: false,
             halt: None,
+            rendezvous_port: None,
         }
+    }
+
+    /// Holds the gang's rendezvous port (this worker is its node 0) until the ranks start.
+    pub fn holding(mut self, port: Option<crate::ddp::launch::PortHold>) -> Self {
+        self.rendezvous_port = port;
+        self
     }
 
     fn job(&self) -> i64 {
@@ -240,6 +249,8 @@ impl Supervisor {
         if let Err(e) = self.restore_checkpoint(&stopping) {
             return self.end_without_child(e);
         }
+        // Rank 0 binds the port now.
+        self.rendezvous_port = None;
         let mut child = match self.start(&placement) {
             Ok(c) => c,
             Err(e) => return self.end_without_child(e),

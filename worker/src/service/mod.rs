@@ -8,6 +8,7 @@ pub mod output;
 pub mod program;
 pub mod slots;
 
+use crate::ddp::launch::PortHold;
 use anyhow::{bail, Result};
 use coordinator::{Claim, Coordinator};
 use slots::{DeviceKind, Slots};
@@ -226,6 +227,8 @@ struct Service {
     running: HashMap<i64, Running>,
     /// The address offered for gangs' rendezvous (`--advertise-addr`).
     advertise: String,
+    /// The port offered with it, held from claim to claim until a gang's node 0 takes it.
+    offered_port: Option<PortHold>,
     tty: bool,
     last_line: Instant,
     claim_after: Instant,
@@ -290,6 +293,7 @@ impl Service {
             },
             running: HashMap::new(),
             advertise,
+            offered_port: None,
             tty: std::io::stderr().is_terminal(),
             last_line: Instant::now(),
             claim_after: Instant::now(),
@@ -330,12 +334,13 @@ impl Service {
             return Round::NotDue;
         }
         for ask in self.slots.asks() {
+            let rendezvous = self.rendezvous();
             match self.coord.claim(
                 &self.name,
                 ask.ranks,
                 ask.max_batch_size,
                 self.args.allow_commands,
-                self.rendezvous(),
+                rendezvous,
             ) {
                 Ok(Some(claim)) => {
                     if self.supervise(claim) {
@@ -354,15 +359,34 @@ impl Service {
     }
 
     /// This worker's offer of a rendezvous for a gang it may start: its advertised address and a
-    /// port free now (node 0's rank 0 binds it when the gang has formed). None when no port is
-    /// free: the claim then takes no multi-node job.
-    fn rendezvous(&self) -> Option<protocol::Rendezvous> {
-        let bind = self.advertise.parse().unwrap_or([0, 0, 0, 0].into());
-        let port = crate::ddp::launch::free_port_on(bind).ok()?;
+    /// port it holds (the same from claim to claim; node 0's rank 0 binds it once the gang has
+    /// formed). None when no port is free: the claim then takes no multi-node job.
+    fn rendezvous(&mut self) -> Option<protocol::Rendezvous> {
+        if self.offered_port.is_none() {
+            let bind = self.advertise.parse().unwrap_or([0, 0, 0, 0].into());
+            self.offered_port = PortHold::on(bind)
+                .map_err(|e| tracing::warn!(error = %e, "no port to offer for a gang"))
+                .ok();
+        }
         Some(protocol::Rendezvous {
             addr: self.advertise.clone(),
-            port,
+            port: self.offered_port.as_ref()?.port(),
         })
+    }
+
+    /// The held port goes with a claim that made this worker a gang's node 0 (its supervisor lets
+    /// it go just before the ranks start); the next claim offers a new one.
+    fn port_for(&mut self, claim: &Claim) -> Option<PortHold> {
+        let master = claim
+            .gang
+            .as_ref()
+            .filter(|g| g.node_rank == 0)?
+            .master
+            .port;
+        match &self.offered_port {
+            Some(p) if p.port() == master => self.offered_port.take(),
+            _ => None,
+        }
     }
 
     /// Places a claimed job on free slots and starts its supervisor; false (and the job given back)
@@ -380,13 +404,15 @@ impl Service {
         tracing::info!(job = claim.id, attempt = claim.attempt, ?placement, params = %claim.params, "claimed");
         let progress = Arc::new(Mutex::new(job::Progress::default()));
         let id = claim.id;
+        let held = self.port_for(&claim);
         let sup = job::Supervisor::new(
             claim,
             program,
             self.coord.clone(),
             self.opts.clone(),
             progress.clone(),
-        );
+        )
+        .holding(held);
         let stopping = self.stopping.clone();
         let thread = std::thread::spawn(move || sup.run(placement, stopping));
         self.running.insert(id, Running { progress, thread });
