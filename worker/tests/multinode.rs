@@ -405,16 +405,8 @@ fn an_array_of_workers_under_slurm_drains_a_sweep_and_a_preempted_task_gives_its
     });
     let array = sbatch_array(hosts, dir.path(), &url, "0-0");
     in_netns(&ctl, || coordinator.wait_first_epoch(sweep));
-    let cancelled = hosts
-        .command("ctl", "scancel")
-        .arg(&array)
-        .status()
-        .unwrap();
-    assert!(cancelled.success());
-    let job = first_attempt_ended(hosts, coordinator, sweep);
-    assert_eq!(job["attempts"][0]["outcome"], "released", "{job}");
+    let job = scancel_gives_back(hosts, coordinator, &array, sweep);
     assert_eq!(job["status"], JobStatus::Pending.as_str(), "{job}");
-    wait_gone(hosts, &array);
     sbatch_array(hosts, dir.path(), &url, "0-0");
     let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
     let id = done["jobs"][0]["id"].as_i64().unwrap();
@@ -481,15 +473,7 @@ fn an_allocation_of_two_nodes_runs_a_two_node_job_and_its_cancel_gives_the_job_b
     });
     let alloc = sbatch(hosts, &url, "worker-nodes.sbatch", &[&output]);
     in_netns(&ctl, || coordinator.wait_first_epoch(sweep));
-    let cancelled = hosts
-        .command("ctl", "scancel")
-        .arg(&alloc)
-        .status()
-        .unwrap();
-    assert!(cancelled.success());
-    let ended = first_attempt_ended(hosts, coordinator, sweep);
-    assert_eq!(ended["attempts"][0]["outcome"], "released", "{ended}");
-    wait_gone(hosts, &alloc);
+    scancel_gives_back(hosts, coordinator, &alloc, sweep);
     sbatch(hosts, &url, "worker-nodes.sbatch", &[&output]);
     let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
     let job = job_of(hosts, coordinator, &done);
@@ -539,6 +523,27 @@ fn first_attempt_ended(hosts: &Hosts, coordinator: &Coordinator, sweep: i64) -> 
             std::thread::sleep(Duration::from_millis(100));
         }
     })
+}
+
+/// `scancel` of Slurm job `slurm_job` (an array or an allocation) running the sweep's first job:
+/// that attempt ends released (given back, not failed or expired), and Slurm lists the job no
+/// more. The job's document then.
+fn scancel_gives_back(
+    hosts: &Hosts,
+    coordinator: &Coordinator,
+    slurm_job: &str,
+    sweep: i64,
+) -> serde_json::Value {
+    let cancelled = hosts
+        .command("ctl", "scancel")
+        .arg(slurm_job)
+        .status()
+        .unwrap();
+    assert!(cancelled.success());
+    let job = first_attempt_ended(hosts, coordinator, sweep);
+    assert_eq!(job["attempts"][0]["outcome"], "released", "{job}");
+    wait_gone(hosts, slurm_job);
+    job
 }
 
 /// Each epoch's (train loss, test loss, accuracy).

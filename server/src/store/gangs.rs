@@ -227,12 +227,7 @@ impl Store {
             })
             .await?;
         match row {
-            Some(r) if r.attempt == attempt => Ok(JobChange {
-                job_id: job,
-                sweep_id: r.sweep_id,
-                status: status_of(&r.status)?,
-                attempt,
-            }),
+            Some(r) if r.attempt == attempt => change_of(job, r.sweep_id, &r.status, attempt),
             _ => Err(self.fence_error(job, attempt).await),
         }
     }
@@ -285,14 +280,7 @@ impl Store {
         Ok(rows) }.boxed())
         .await?;
         rows.into_iter()
-            .map(|r| {
-                Ok(JobChange {
-                    job_id: r.id,
-                    sweep_id: r.sweep_id,
-                    status: status_of(&r.status)?,
-                    attempt: r.attempt,
-                })
-            })
+            .map(|r| change_of(r.id, r.sweep_id, &r.status, r.attempt))
             .collect()
     }
 

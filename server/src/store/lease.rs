@@ -258,12 +258,7 @@ impl Store {
         Ok(row) }.boxed())
         .await?;
         if let Some(row) = row {
-            return Ok(JobChange {
-                job_id: job,
-                sweep_id: row.sweep_id,
-                status: status_of(&row.status)?,
-                attempt: row.attempt,
-            });
+            return change_of(job, row.sweep_id, &row.status, row.attempt);
         }
         // Idempotent: the same attempt finishing the same way again changes nothing.
         let done = sqlx::query!(
@@ -275,12 +270,9 @@ impl Store {
         .fetch_optional(&self.read)
         .await?;
         match done {
-            Some(d) if d.outcome.as_deref() == Some(outcome) => Ok(JobChange {
-                job_id: job,
-                sweep_id: d.sweep_id,
-                status: status_of(&d.status)?,
-                attempt: d.attempt,
-            }),
+            Some(d) if d.outcome.as_deref() == Some(outcome) => {
+                change_of(job, d.sweep_id, &d.status, d.attempt)
+            }
             _ => Err(self.fence_error(job, attempt).await),
         }
     }
@@ -332,12 +324,7 @@ impl Store {
             })
             .await?;
         match row {
-            Some(r) => Ok(JobChange {
-                job_id: job,
-                sweep_id: r.sweep_id,
-                status: status_of(&r.status)?,
-                attempt: r.attempt,
-            }),
+            Some(r) => change_of(job, r.sweep_id, &r.status, r.attempt),
             None => Err(self.fence_error(job, attempt).await),
         }
     }
@@ -399,14 +386,7 @@ impl Store {
         Ok(rows) }.boxed())
         .await?;
         rows.into_iter()
-            .map(|r| {
-                Ok(JobChange {
-                    job_id: r.id,
-                    sweep_id: r.sweep_id,
-                    status: status_of(&r.status)?,
-                    attempt: r.attempt,
-                })
-            })
+            .map(|r| change_of(r.id, r.sweep_id, &r.status, r.attempt))
             .collect()
     }
 }

@@ -91,6 +91,16 @@ fn status_of(s: &str) -> Result<JobStatus> {
     JobStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("job status {s:?}")))
 }
 
+/// A job's change as a transition's statement returned it (its status as stored).
+fn change_of(job_id: i64, sweep_id: i64, status: &str, attempt: i64) -> Result<JobChange> {
+    Ok(JobChange {
+        job_id,
+        sweep_id,
+        status: status_of(status)?,
+        attempt,
+    })
+}
+
 /// A stored JSON column (written by serde_json) read back; unreadable is an error.
 fn parse_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))

@@ -58,7 +58,7 @@ pub struct RunArgs {
     pub name: Option<String>,
     /// Where the other workers of a job that spans nodes reach this one's ranks when it is that
     /// job's node 0 (a host name or address; default: this machine's address on the route to the
-    /// coordinator). The port is picked free at each claim.
+    /// coordinator). The port is one this worker holds until such a job's ranks start.
     #[arg(long)]
     pub advertise_addr: Option<String>,
     #[arg(long, default_value_t = 5.0)]
@@ -374,19 +374,12 @@ impl Service {
         })
     }
 
-    /// The held port goes with a claim that made this worker a gang's node 0 (its supervisor lets
-    /// it go just before the ranks start); the next claim offers a new one.
+    /// The held port goes with a claim that made this worker a gang's node 0 (the gang meets at
+    /// the rendezvous this claim offered; its supervisor lets the port go just before the ranks
+    /// start); the next claim offers a new one.
     fn port_for(&mut self, claim: &Claim) -> Option<PortHold> {
-        let master = claim
-            .gang
-            .as_ref()
-            .filter(|g| g.node_rank == 0)?
-            .master
-            .port;
-        match &self.offered_port {
-            Some(p) if p.port() == master => self.offered_port.take(),
-            _ => None,
-        }
+        let node0 = claim.gang.as_ref().is_some_and(|g| g.node_rank == 0);
+        node0.then(|| self.offered_port.take()).flatten()
     }
 
     /// Places a claimed job on free slots and starts its supervisor; false (and the job given back)
