@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub mod command;
+pub mod credentials;
 pub mod train;
 pub mod views;
 pub use command::CommandSpec;

@@ -47,3 +47,13 @@ pub fn results(sweep: i64) -> String {
 pub fn figure(sweep: i64, name: &str) -> String {
     format!("/api/sweeps/{sweep}/figures/{name}.png")
 }
+
+/// Per-worker credentials: `POST` adds one (admin), `GET` lists them (admin).
+pub const WORKERS: &str = "/api/workers";
+/// An enrollment credential's holder mints a worker credential of its own.
+pub const ENROLL: &str = "/api/workers/enroll";
+
+/// `POST`: revoke a credential (admin): its leases end and it opens nothing from then on.
+pub fn revoke_worker(name: &str) -> String {
+    format!("/api/workers/{name}/revoke")
+}

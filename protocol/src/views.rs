@@ -74,6 +74,9 @@ pub struct JobRow {
     pub drawn_at: Option<i64>,
 }
 
+/// The longest text a job search ([`JobQuery::q`]) may look for.
+pub const MAX_QUERY_TEXT: usize = 200;
+
 /// Which page of a sweep's jobs, in what order, with what filter.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
@@ -88,7 +91,8 @@ pub struct JobQuery {
     pub desc: bool,
     /// Only jobs with this status.
     pub status: Option<String>,
-    /// Only jobs whose params or worker contain this text.
+    /// Only jobs whose params or worker contain this text (a literal, ASCII case ignored; at most
+    /// 200 bytes).
     pub q: Option<String>,
 }
 
@@ -140,7 +144,11 @@ pub struct JobDetail {
     #[serde(flatten)]
     pub job: JobRow,
     pub metrics: Vec<MetricsReport>,
+    /// A page of its attempts, oldest first (`?attempts_offset=&attempts_limit=`, 100 by default).
     pub attempts: Vec<AttemptRow>,
+    /// How many attempts it has had (the pages' total).
+    #[serde(default)]
+    pub attempts_total: i64,
     /// A multi-node job whose gang is forming: what it waits for ("waiting for 1 more worker with
     /// 4 free ranks"), so it does not look stuck.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -5,10 +5,15 @@
 // The coordinator and the protocol need no unsafe code; only the worker (libtorch, signals) does.
 #![forbid(unsafe_code)]
 
+pub mod checkpoints;
 pub mod cli;
+pub mod credentials;
+pub mod events;
 pub mod http;
 pub mod lifecycle;
+pub mod rendezvous;
 pub mod results;
+pub mod secrets;
 pub mod startup;
 pub mod state;
 pub mod store;

@@ -8,7 +8,7 @@ use protocol::{
     MetricsReport,
 };
 
-use crate::http::events::Event;
+use crate::events::Event;
 use crate::state::AppState;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,21 +21,28 @@ use crate::sweep::tpe::Trial;
 /// A TPE trial is drawn when a claim reaches it: the claim draws it and claims again. A drawn point
 /// that does not fit this worker stays pending for another; after [`MAX_DRAWS_PER_CLAIM`] draws
 /// the claim takes only jobs already drawn, so one claim never drains a sweep.
-pub async fn claim(state: &AppState, req: &ClaimRequest) -> Result<Option<Claim>> {
+pub async fn claim(
+    state: &AppState,
+    req: &ClaimRequest,
+    credential: Option<&crate::credentials::Credential>,
+) -> Result<Option<Claim>> {
     // The lease's secret: 256 random bits, kept only as a hash.
-    let secret = crate::http::auth::random_hex(32);
-    let secret_hash = crate::http::auth::hash_secret(&secret);
+    let secret = crate::secrets::random_hex(32);
+    let secret_hash = crate::secrets::hash_secret(&secret);
     let mut draws = 0;
     let mut claim = loop {
         let next = state
             .store
             .claim_next(
                 req,
-                draws >= MAX_DRAWS_PER_CLAIM,
+                credential,
                 &secret_hash,
-                state.clock.now_ms(),
-                state.lease_ms,
-                state.gang_ms,
+                crate::store::ClaimTerms {
+                    skip_undrawn: draws >= MAX_DRAWS_PER_CLAIM,
+                    now: state.clock.now_ms(),
+                    lease_ms: state.lease_ms,
+                    gang_ms: state.gang_ms,
+                },
             )
             .await?;
         match next {
@@ -102,7 +109,7 @@ pub async fn check_member_lease(
     if let Some(rank) = node_rank.filter(|&r| r != 0) {
         hash = state.store.member_secret(job, attempt, rank).await?;
     }
-    match crate::http::auth::secret_matches(hash.as_deref(), secret) {
+    match crate::secrets::secret_matches(hash.as_deref(), secret) {
         true => Ok(()),
         false => Err(StoreError::Forbidden(format!(
             "job {job}: a write of attempt {attempt} must carry that claim's lease secret"
@@ -110,16 +117,32 @@ pub async fn check_member_lease(
     }
 }
 
-/// A checkpoint read by a worker: `secret` must be the current attempt's (the admin token is
-/// checked by the caller).
+/// A checkpoint read by a worker: `secret` must be the current attempt's, and that attempt must
+/// hold the job now (the admin token is checked by the caller). A released or ended attempt's
+/// secret reads nothing: claiming a job only to read its checkpoint then leaves a claim behind.
 pub async fn check_lease_holder(state: &AppState, job: i64, secret: Option<&str>) -> Result<()> {
-    let (_, hash) = lease_of(state, job).await?;
-    match crate::http::auth::secret_matches(hash.as_deref(), secret) {
-        true => Ok(()),
-        false => Err(StoreError::Forbidden(format!(
-            "job {job}: its checkpoint is for the holder of its lease (or the admin token)"
-        ))),
+    let (attempt, hash) = lease_of(state, job).await?;
+    let refused = || {
+        StoreError::Forbidden(format!(
+            "job {job}: its checkpoint is for the attempt that holds its lease now (or the admin token)"
+        ))
+    };
+    if !crate::secrets::secret_matches(hash.as_deref(), secret) {
+        return Err(refused());
     }
+    state
+        .store
+        .check_fence(job, attempt)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => refused(),
+            other => other,
+        })
+}
+
+/// Ok when `attempt` holds `job` now (a checkpoint upload's fence, before and after its bytes).
+pub async fn check_holds(state: &AppState, job: i64, attempt: i64) -> Result<()> {
+    state.store.check_fence(job, attempt).await
 }
 
 /// The job's current attempt and its lease secret's hash, from memory as the last claim left
@@ -360,12 +383,40 @@ pub async fn dissolve_unformed_gangs(state: &AppState) -> Result<usize> {
     Ok(n)
 }
 
-/// Gives a running job back without failing it (a worker shutting down after a checkpoint).
-pub async fn release(state: &AppState, job: i64, attempt: i64, reason: &str) -> Result<JobChange> {
+/// Gives a running job back without failing it (a worker shutting down after a checkpoint). A
+/// gang's member (node `node_rank`, 0 when none is named) that gives it back may not be node 0 of
+/// the same job again for a gang window. A release with no epoch committed since its claim is
+/// idle; past `--free-idle-releases` of them, a release charges its attempt.
+pub async fn release(
+    state: &AppState,
+    job: i64,
+    attempt: i64,
+    node_rank: Option<i64>,
+    reason: &str,
+) -> Result<JobChange> {
     let now = state.clock.now_ms();
-    let change = state.store.release(job, attempt, reason, now).await?;
+    let rules = crate::store::Release {
+        node_rank: node_rank.unwrap_or(0),
+        barred_until: now + state.gang_ms,
+        free_idle_releases: state.free_idle_releases,
+    };
+    let change = state
+        .store
+        .release(job, attempt, reason, rules, now)
+        .await?;
     changed(state, change.clone()).await;
     Ok(change)
+}
+
+/// Stores a validated sweep with its jobs, and says so to listeners: its id and job count.
+pub async fn submit(state: &AppState, spec: &crate::sweep::SweepSpec) -> Result<(i64, usize)> {
+    let (id, jobs) = state.store.create_sweep(spec, state.clock.now_ms()).await?;
+    tracing::info!(sweep = id, name = %spec.name, jobs, "sweep submitted");
+    state.publish(Event::Sweep {
+        sweep_id: id,
+        status: protocol::SweepStatus::Pending,
+    });
+    Ok((id, jobs))
 }
 
 /// Cancels a sweep: its pending jobs at once, its running ones on their next heartbeat. Returns
@@ -401,7 +452,144 @@ async fn changed(state: &AppState, change: JobChange) {
     if change.status.is_final() {
         // Read from the store again if a late retry of its writes comes.
         state.leases.forget(change.job_id);
-        crate::http::artifacts::forget(state, change.job_id).await;
+        crate::checkpoints::forget(state, change.job_id).await;
     }
     state.publish(Event::Job(change));
+}
+
+/// Adds a credential (the admin's `server worker add`): its token is returned this once, and opens
+/// the coordinator as soon as this returns.
+pub async fn add_credential(
+    state: &AppState,
+    req: &protocol::credentials::NewCredential,
+) -> Result<protocol::credentials::IssuedCredential> {
+    use protocol::credentials::CredentialKind;
+    let kind = match req.enrollment {
+        Some(_) => CredentialKind::Enrollment,
+        None => CredentialKind::Worker,
+    };
+    let token = crate::credentials::new_token(kind);
+    let hash = crate::secrets::hash_secret(&token);
+    let now = state.clock.now_ms();
+    let e = req.enrollment;
+    let row = crate::store::credentials::NewRow {
+        name: req.name.clone(),
+        kind,
+        secret_hash: hash.clone(),
+        max_in_flight: e.map_or(req.max_in_flight, |e| e.max_in_flight),
+        uses_left: e.map(|e| e.uses),
+        expires_at: e.map(|e| now + e.expires_in_seconds * 1000),
+    };
+    state.store.add_credential(row.clone(), now).await?;
+    state.credentials.insert(
+        hash,
+        crate::credentials::Credential {
+            name: row.name.clone(),
+            kind,
+            // An enrollment credential holds no jobs; its cap is for those it mints.
+            max_in_flight: row.max_in_flight.filter(|_| kind == CredentialKind::Worker),
+        },
+    );
+    Ok(protocol::credentials::IssuedCredential {
+        name: row.name,
+        kind,
+        token,
+    })
+}
+
+/// A worker mints its own credential through an enrollment credential (`by`).
+pub async fn enroll(
+    state: &AppState,
+    by: &crate::credentials::Credential,
+    name: &str,
+) -> Result<protocol::credentials::IssuedCredential> {
+    use protocol::credentials::CredentialKind;
+    let token = crate::credentials::new_token(CredentialKind::Worker);
+    let hash = crate::secrets::hash_secret(&token);
+    let now = state.clock.now_ms();
+    let minted = state
+        .store
+        .enroll(&by.name, name, hash.clone(), now)
+        .await?;
+    state.credentials.insert(hash, minted);
+    Ok(protocol::credentials::IssuedCredential {
+        name: name.to_string(),
+        kind: CredentialKind::Worker,
+        token,
+    })
+}
+
+/// Revokes a credential: it opens nothing from the moment this returns, and every job it held is
+/// pending again without an attempt charged (its worker's later writes are refused).
+pub async fn revoke(state: &AppState, name: &str) -> Result<protocol::credentials::Revoked> {
+    let changes = state.store.revoke(name, state.clock.now_ms()).await?;
+    state.credentials.remove(name);
+    let released = changes.len();
+    for c in changes {
+        tracing::warn!(
+            job = c.job_id,
+            credential = name,
+            "credential revoked: job given back"
+        );
+        changed(state, c).await;
+    }
+    Ok(protocol::credentials::Revoked {
+        name: name.to_string(),
+        released,
+    })
+}
+
+/// Where a log chunk goes: its attempt, its byte offset, and the bytes the worker dropped before it.
+#[derive(Debug, Clone, Copy)]
+pub struct LogAt {
+    pub attempt: i64,
+    pub offset: i64,
+    pub gap: i64,
+}
+
+/// Why a log chunk was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The global log quota (`serve --max-logs-gib`) is full.
+    #[error("{0}")]
+    Full(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Appends a chunk of an attempt's output (the lease already checked): refused while every job's
+/// kept log together is at the global quota (read from memory, before anything else), counted
+/// against it once stored, and published.
+pub async fn append_log(
+    state: &AppState,
+    job: i64,
+    at: LogAt,
+    data: Vec<u8>,
+) -> std::result::Result<crate::store::logs::Appended, LogError> {
+    let used = state.telemetry.log_bytes.get();
+    if let Some(max) = state.max_logs_total.filter(|&m| used >= m) {
+        return Err(LogError::Full(format!(
+            "the coordinator's log quota is full ({used} of {max} bytes kept; serve --max-logs-gib): \
+             this output is dropped"
+        )));
+    }
+    let done = state
+        .store
+        .append_log(
+            job,
+            at.attempt,
+            at.offset,
+            at.gap,
+            data,
+            state.max_log_bytes,
+        )
+        .await?;
+    state.telemetry.log_bytes.inc_by(done.grown);
+    state.publish(Event::Log {
+        job_id: job,
+        sweep_id: done.sweep_id,
+        attempt: at.attempt,
+        next: done.end,
+    });
+    Ok(done)
 }

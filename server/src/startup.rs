@@ -22,17 +22,28 @@ pub struct ServeConfig {
     /// The worker-protocol token; else `worker_token_file`; else generated into `<db>.worker-token`.
     pub worker_token: Option<String>,
     pub worker_token_file: Option<PathBuf>,
+    /// Accept the shared worker token (false: only per-worker credentials speak the protocol).
+    pub shared_worker_token: bool,
     /// Host names served; empty: loopback names when bound to loopback, else any.
     pub allowed_hosts: Vec<String>,
     pub artifacts: PathBuf,
     pub lease_ms: i64,
     /// How long a multi-node job's gang may take to form before it is dissolved.
     pub gang_ms: i64,
+    /// Idle releases (no epoch committed since the claim) a job gets before they charge an attempt.
+    pub free_idle_releases: i64,
+    /// Where a gang's node 0 may name its rendezvous besides the address its claim came from.
+    pub rendezvous_networks: Vec<crate::rendezvous::Network>,
     pub private: bool,
+    /// Mark the dashboard's session cookie `Secure` (behind a TLS proxy).
+    pub secure_cookie: bool,
     /// How often expired leases are looked for.
     pub reap_every: Duration,
     pub clock: Clock,
     pub max_checkpoint_bytes: u64,
+    /// Every stored checkpoint together, and every kept log together, at most (None: no cap).
+    pub max_checkpoints_total: Option<u64>,
+    pub max_logs_total: Option<i64>,
     /// Keep the checkpoints of ended jobs (about 125 MB each for the study's network).
     pub keep_checkpoints: bool,
     pub max_log_bytes: i64,
@@ -63,15 +74,21 @@ impl ServeConfig {
             token_file: None,
             worker_token: None,
             worker_token_file: None,
+            shared_worker_token: true,
             allowed_hosts: vec![],
             artifacts,
             lease_ms: 30_000,
             gang_ms: 120_000,
+            free_idle_releases: 3,
+            rendezvous_networks: vec![],
             private: false,
+            secure_cookie: false,
             reap_every: Duration::from_secs(1),
             clock: Clock::System,
             // The full network's resume state (weights + momentum) is about 125 MB.
             max_checkpoint_bytes: 1 << 30,
+            max_checkpoints_total: None,
+            max_logs_total: None,
             keep_checkpoints: false,
             max_log_bytes: 8 << 20,
             busy_timeout: Duration::from_secs(10),
@@ -82,6 +99,34 @@ impl ServeConfig {
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
         }
+    }
+}
+
+/// Creates `dir` (and its parents) readable by the owner only where it does not exist yet: the
+/// database and checkpoints hold every sweep's results and lease hashes. An existing directory is
+/// left as the operator made it.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// Creates the database file mode 0600 before SQLite opens it (SQLite gives its `-wal` and `-shm`
+/// files the database file's mode); an existing file is left as it is.
+fn private_file(db: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", db.display())),
     }
 }
 
@@ -113,9 +158,9 @@ pub fn worker_token_path(db: &Path) -> PathBuf {
 impl Application {
     pub async fn build(cfg: ServeConfig) -> Result<Self> {
         if let Some(dir) = cfg.db.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+            private_dir(dir)?;
         }
+        private_file(&cfg.db)?;
         let store = Store::open_with(&cfg.db, cfg.busy_timeout)
             .await
             .with_context(|| format!("cannot open database {}", cfg.db.display()))?;
@@ -141,8 +186,8 @@ impl Application {
         if worker_token == token {
             anyhow::bail!("the worker token must differ from the admin token");
         }
-        std::fs::create_dir_all(&cfg.artifacts)
-            .with_context(|| format!("cannot create {}", cfg.artifacts.display()))?;
+        private_dir(&cfg.artifacts)?;
+        let credentials = crate::credentials::Registry::load(store.live_credentials().await?);
         let listener = TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -152,11 +197,16 @@ impl Application {
             clock: cfg.clock,
             lease_ms: cfg.lease_ms,
             gang_ms: cfg.gang_ms,
+            rendezvous_networks: cfg.rendezvous_networks.clone().into(),
+            free_idle_releases: cfg.free_idle_releases,
             tokens: Arc::new(crate::http::auth::Tokens {
                 admin: token,
                 worker: worker_token,
             }),
+            credentials: Arc::new(credentials),
+            shared_worker_token: cfg.shared_worker_token,
             sessions: Arc::new(crate::http::auth::Sessions::new(cfg.session_ttl)),
+            secure_cookie: cfg.secure_cookie,
             allowed_hosts: Arc::new(crate::http::auth::default_allowed_hosts(
                 &cfg.listen,
                 &cfg.allowed_hosts,
@@ -164,6 +214,9 @@ impl Application {
             private: cfg.private,
             figure_permits: Arc::new(tokio::sync::Semaphore::new(FIGURE_PERMITS)),
             figure_cache: Arc::default(),
+            read_permits: Arc::new(tokio::sync::Semaphore::new(
+                crate::store::READ_CONNECTIONS as usize,
+            )),
             sse_permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_event_streams)),
             sse_clients: Arc::new(crate::http::events::ClientStreams::new(
                 cfg.max_event_streams_per_client,
@@ -172,12 +225,21 @@ impl Application {
             telemetry: Arc::new(Default::default()),
             artifacts: cfg.artifacts.clone().into(),
             max_checkpoint_bytes: cfg.max_checkpoint_bytes,
+            max_checkpoints_total: cfg.max_checkpoints_total,
+            max_logs_total: cfg.max_logs_total,
             keep_checkpoints: cfg.keep_checkpoints,
             max_log_bytes: cfg.max_log_bytes,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             draws: Default::default(),
             leases: Default::default(),
         };
+        // The quotas' counts start from what is stored.
+        let checkpoints = crate::checkpoints::stored_bytes(&cfg.artifacts);
+        state.telemetry.checkpoint_bytes.set(checkpoints as i64);
+        state
+            .telemetry
+            .log_bytes
+            .set(state.store.log_bytes_total().await?);
         Ok(Application {
             listener,
             state,

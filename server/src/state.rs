@@ -44,10 +44,21 @@ pub struct AppState {
     pub lease_ms: i64,
     /// How long a multi-node job's gang may take to form (`serve --gang-seconds`).
     pub gang_ms: i64,
+    /// Idle releases (no epoch committed since the claim) a job gets before they charge an attempt.
+    pub free_idle_releases: i64,
+    /// Networks where a gang's node 0 may name its rendezvous besides its own address
+    /// (`serve --rendezvous-network`).
+    pub rendezvous_networks: Arc<[crate::rendezvous::Network]>,
     /// The admin and worker tokens (see `auth`).
     pub tokens: Arc<crate::http::auth::Tokens>,
+    /// Per-worker credentials, the live ones by their token's hash.
+    pub credentials: Arc<crate::credentials::Registry>,
+    /// The shared worker token opens the worker protocol (`serve --no-shared-worker-token`: no).
+    pub shared_worker_token: bool,
     /// Dashboard sessions (read-only) for `--private`.
     pub sessions: Arc<crate::http::auth::Sessions>,
+    /// The session cookie is marked `Secure` (served behind TLS).
+    pub secure_cookie: bool,
     /// Host names served (None: any).
     pub allowed_hosts: Arc<Option<Vec<String>>>,
     /// Reads need a token (or a session) too.
@@ -56,15 +67,20 @@ pub struct AppState {
     pub figure_permits: Arc<tokio::sync::Semaphore>,
     /// Drawn figures, reused while their sweep is unchanged.
     pub figure_cache: Arc<crate::results::figures::FigureCache>,
+    /// Anonymous and dashboard reads allowed at once (`http::bound_reads`).
+    pub read_permits: Arc<tokio::sync::Semaphore>,
     /// Open event streams allowed at once.
     pub sse_permits: Arc<tokio::sync::Semaphore>,
     /// Open event streams per client address (one client cannot take them all).
     pub sse_clients: Arc<crate::http::events::ClientStreams>,
-    pub events: broadcast::Sender<crate::http::events::Event>,
+    pub events: broadcast::Sender<crate::events::Event>,
     pub telemetry: Arc<Telemetry>,
     /// Uploaded checkpoints, one folder per job id.
     pub artifacts: Arc<std::path::Path>,
     pub max_checkpoint_bytes: u64,
+    /// Global quotas: every stored checkpoint together, every kept log together (None: none).
+    pub max_checkpoints_total: Option<u64>,
+    pub max_logs_total: Option<i64>,
     /// Keep checkpoints of ended jobs (default: deleted when the job ends).
     pub keep_checkpoints: bool,
     /// Log bytes kept per job (all its attempts); the oldest output is dropped first.

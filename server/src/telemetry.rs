@@ -34,6 +34,11 @@ pub struct Telemetry {
     pub trials_drawn: Counter,
     /// Gangs of multi-node jobs dissolved because they did not form in time.
     pub gangs_dissolved: Counter,
+    /// Anonymous or dashboard reads refused (too many at once, or too long).
+    pub reads_refused: Counter,
+    /// Bytes of stored checkpoints and of kept logs, against the global quotas.
+    pub checkpoint_bytes: Gauge,
+    pub log_bytes: Gauge,
     latency: Histogram,
     jobs: Family<StatusLabel, Gauge>,
     registry: Registry,
@@ -47,6 +52,9 @@ impl Default for Telemetry {
             lease_expiries: Counter::default(),
             trials_drawn: Counter::default(),
             gangs_dissolved: Counter::default(),
+            reads_refused: Counter::default(),
+            checkpoint_bytes: Gauge::default(),
+            log_bytes: Gauge::default(),
             latency: Histogram::new(BUCKETS),
             jobs: Family::default(),
             registry: Registry::default(),
@@ -79,6 +87,21 @@ impl Telemetry {
             "sweep_gangs_dissolved",
             "Gangs of multi-node jobs dissolved because they did not form in time",
             self.gangs_dissolved.clone(),
+        );
+        r.register(
+            "sweep_reads_refused",
+            "Anonymous or dashboard reads refused: too many at once, or too long",
+            self.reads_refused.clone(),
+        );
+        r.register(
+            "sweep_checkpoint_bytes",
+            "Bytes of stored checkpoints (the global quota: serve --max-checkpoints-gib)",
+            self.checkpoint_bytes.clone(),
+        );
+        r.register(
+            "sweep_log_bytes",
+            "Bytes of kept job logs (the global quota: serve --max-logs-gib)",
+            self.log_bytes.clone(),
         );
         r.register("sweep_jobs", "Jobs by status", self.jobs.clone());
         r.register(

@@ -41,7 +41,7 @@ pub enum Command {
         data_md5: String,
     },
     /// Pull jobs from a coordinator and run them until stopped (SIGTERM: checkpoint, report, exit).
-    Run(crate::service::RunArgs),
+    Run(Box<crate::service::RunArgs>),
 }
 
 /// Where the ranks of a multi-machine run meet (torchrun's flags of the same names).

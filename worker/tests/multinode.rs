@@ -367,6 +367,11 @@ fn an_array_of_workers_under_slurm_drains_a_sweep_and_a_preempted_task_gives_its
     let sweep = in_netns(&ctl, || {
         coordinator.submit(json!({"name": "slurm", "train": train, "grid": {"seed": [1, 2, 3, 4]}}))
     });
+    // The recipe as documented: one enrollment credential for the array, each task minting its own.
+    let enroll = json!({"name": "array", "enrollment": {"uses": 8, "expires_in_seconds": 3600}});
+    let issued = in_netns(&ctl, || coordinator.post("/api/workers", enroll));
+    let enroll_file = dir.path().join("array.enroll");
+    std::fs::write(&enroll_file, issued["token"].as_str().unwrap()).unwrap();
     let array = sbatch_array(hosts, dir.path(), &url, "0-1");
 
     let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
@@ -377,15 +382,15 @@ fn an_array_of_workers_under_slurm_drains_a_sweep_and_a_preempted_task_gives_its
             .all(|j| j["status"] == JobStatus::Completed.as_str()),
         "{done}"
     );
-    // Every job ran under one of the array's tasks, named as `squeue` names them, on a node of its
-    // own namespace.
+    // Every job ran under one of the array's tasks, named as `squeue` names them (after the
+    // enrollment credential that minted its own), on a node of its own namespace.
     let names: std::collections::BTreeSet<&str> =
         jobs.iter().map(|j| j["worker"].as_str().unwrap()).collect();
     for name in &names {
         let ok = ["n1", "n2"].iter().any(|n| {
             [0, 1]
                 .iter()
-                .any(|t| *name == format!("{n}-slurm-{array}_{t}-0"))
+                .any(|t| *name == format!("array-{n}-slurm-{array}_{t}-0"))
         });
         assert!(
             ok,
@@ -729,19 +734,34 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// Submits the array recipe with these task ids; the array's job id.
+/// Submits the array recipe with these task ids, its tasks enrolling with the credential in
+/// `dir/array.enroll`; the array's job id.
 fn sbatch_array(hosts: &Hosts, dir: &Path, url: &str, tasks: &str) -> String {
     let output = format!("--output={}/array-%A_%a.out", dir.display());
-    sbatch(
+    let enroll = dir.join("array.enroll");
+    sbatch_with(
         hosts,
         url,
         "worker-array.sbatch",
         &[&format!("--array={tasks}"), &output],
+        ("SWEEP_ENROLL_TOKEN_FILE", enroll.to_str().unwrap()),
     )
 }
 
-/// Submits a recipe of `deploy/slurm/` with these options; its job id.
+/// Submits a recipe of `deploy/slurm/` with these options and the shared token; its job id.
 fn sbatch(hosts: &Hosts, url: &str, recipe: &str, options: &[&str]) -> String {
+    sbatch_with(hosts, url, recipe, options, ("SWEEP_TOKEN", TOKEN))
+}
+
+/// Submits a recipe with these options and `auth` (the variable that says how its workers
+/// authenticate); its job id.
+fn sbatch_with(
+    hosts: &Hosts,
+    url: &str,
+    recipe: &str,
+    options: &[&str],
+    auth: (&str, &str),
+) -> String {
     let dir = &hosts.dir;
     let recipe = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy/slurm")
@@ -752,7 +772,8 @@ fn sbatch(hosts: &Hosts, url: &str, recipe: &str, options: &[&str]) -> String {
         .args(options)
         .arg(&recipe)
         .env("SWEEP_SERVER", url)
-        .env("SWEEP_TOKEN", TOKEN)
+        .env_remove("SWEEP_TOKEN")
+        .env(auth.0, auth.1)
         .env("SWEEP_WORK_DIR", dir.join("runs"))
         .env("WORKER", worker_bin())
         .output()

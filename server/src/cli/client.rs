@@ -64,6 +64,11 @@ impl Client {
             .context("unexpected answer to a submit")
     }
 
+    pub async fn post_json<B: serde::Serialize>(&self, path: &str, body: &B) -> Result<Value> {
+        let req = self.http.post(format!("{}{path}", self.base)).json(body);
+        Ok(self.send(req).await?.json().await?)
+    }
+
     pub async fn get_json(&self, path: &str) -> Result<Value> {
         Ok(self
             .send(self.http.get(format!("{}{path}", self.base)))
@@ -102,6 +107,8 @@ impl Client {
         let chosen = attempt.is_some();
         let mut attempt = attempt;
         let (mut offset, mut ended) = (0i64, false);
+        // Bytes held back from one read to the next: a character or a CR LF cut by a read's end.
+        let mut carry: Vec<u8> = vec![];
         loop {
             let mut path = format!("{}?offset={offset}", protocol::routes::log(job));
             if let Some(a) = attempt {
@@ -118,13 +125,18 @@ impl Client {
             };
             let next = header(log_headers::NEXT).unwrap_or(offset);
             attempt = attempt.or(header(log_headers::ATTEMPT));
-            out.write_all(&visible(&res.bytes().await?))?;
+            carry.extend_from_slice(&res.bytes().await?);
+            let (shown, used) = render(&carry, false);
+            out.write_all(&shown)?;
+            carry.drain(..used);
             out.flush()?;
             if next > offset {
                 offset = next;
                 continue; // more may be there already
             }
             if !follow || ended {
+                out.write_all(&render(&carry, true).0)?;
+                out.flush()?;
                 return Ok(());
             }
             // Caught up: the job's state, then one more read. Once it has ended, a read after
@@ -214,19 +226,58 @@ fn tpe_line(t: &protocol::views::TpeProgress) -> String {
 }
 
 /// A program's output as a terminal may show it: control characters other than newline, tab and
-/// carriage return are written visibly (`\x1b` as `^[`, DEL as `^?`), so a job's log cannot move the
-/// cursor, retitle the terminal or hide lines from whoever reads it (#24).
+/// a carriage return that ends a line (CR LF) are written visibly (`\x1b` as `^[`, DEL as `^?`, a
+/// bare CR as `^M`, a C1 control such as U+009B as `<U+009B>`, a byte that is not UTF-8 as
+/// `\xNN`), so a job's log cannot move the cursor, retitle the terminal, overwrite a line or
+/// hide lines from whoever reads it (#24, #34).
 pub fn visible(bytes: &[u8]) -> Vec<u8> {
+    render(bytes, true).0
+}
+
+/// [`visible`] of as much of `bytes` as can be decided now, and how many bytes that took; with
+/// `at_end` false, a character or CR LF that the end of `bytes` may cut is left for the next read.
+fn render(bytes: &[u8], at_end: bool) -> (Vec<u8>, usize) {
     let mut out = Vec::with_capacity(bytes.len());
-    for &b in bytes {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let len = utf8_len(b);
+        if !at_end && (i + len.max(2) > bytes.len()) && (b == b'\r' || len > 1) {
+            break; // cut: decide when the rest arrives
+        }
         match b {
-            b'\n' | b'\t' | b'\r' => out.push(b),
+            b'\n' | b'\t' => out.push(b),
+            b'\r' if bytes.get(i + 1) == Some(&b'\n') => out.push(b),
+            b'\r' => out.extend_from_slice(b"^M"),
             0..=0x1f => out.extend_from_slice(&[b'^', b + 0x40]),
             0x7f => out.extend_from_slice(b"^?"),
-            _ => out.push(b),
+            0x20..=0x7e => out.push(b),
+            _ => match std::str::from_utf8(&bytes[i..(i + len).min(bytes.len())]) {
+                Ok(c) if len > 1 => {
+                    let ch = c.chars().next().unwrap_or_default();
+                    match ('\u{80}'..='\u{9f}').contains(&ch) {
+                        true => out.extend_from_slice(format!("<U+{:04X}>", ch as u32).as_bytes()),
+                        false => out.extend_from_slice(c.as_bytes()),
+                    }
+                    i += len;
+                    continue;
+                }
+                _ => out.extend_from_slice(format!("\\x{b:02X}").as_bytes()),
+            },
         }
+        i += 1;
     }
-    out
+    (out, i)
+}
+
+/// How long the UTF-8 sequence a byte starts is (1 for ASCII and for a byte that starts none).
+fn utf8_len(b: u8) -> usize {
+    match b {
+        0xc2..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf4 => 4,
+        _ => 1,
+    }
 }
 
 #[cfg(test)]
@@ -238,5 +289,29 @@ mod tests {
             super::visible(log),
             b"ok\tline\n^[]0;owned^G^[[2Jgone^?\r\n".to_vec()
         );
+    }
+
+    /// C1 controls (U+009B is CSI to many terminals) and a bare CR (which overwrites the line
+    /// shown) are written visibly; text in any script and CR LF pass.
+    #[test]
+    fn c1_controls_and_a_bare_cr_are_shown_not_obeyed() {
+        let log = "épreuve ✓\r\nfake\rreal \u{9b}2J \u{85}end".as_bytes();
+        assert_eq!(
+            String::from_utf8(super::visible(log)).unwrap(),
+            "épreuve ✓\r\nfake^Mreal <U+009B>2J <U+0085>end"
+        );
+        assert_eq!(super::visible(b"a\x9bb\xff"), b"a\\x9Bb\\xFF".to_vec());
+    }
+
+    /// A character or CR LF cut by the end of one read is shown whole once the rest arrives.
+    #[test]
+    fn a_character_cut_between_reads_is_kept_for_the_next() {
+        let text = "x✓\r\n".as_bytes();
+        for cut in 0..=text.len() {
+            let (first, used) = super::render(&text[..cut], false);
+            let mut all = first;
+            all.extend(super::render(&text[used..], true).0);
+            assert_eq!(all, text.to_vec(), "cut at {cut}");
+        }
     }
 }

@@ -45,6 +45,14 @@ pub struct LoadArgs {
     /// measures what the gang checks cost every claim.
     #[arg(long, value_delimiter = ',', default_value = "none")]
     pub rendezvous: Vec<String>,
+    /// Anonymous readers running beside the workers, one run per value: each repeats the heaviest
+    /// read anyone may make (a 200-byte search that matches nothing over a sweep of
+    /// --reader-jobs jobs, a page of 500) until the run ends.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub readers: Vec<usize>,
+    /// Jobs of the sweep the readers search (submitted once, cancelled).
+    #[arg(long, default_value_t = 100_000)]
+    pub reader_jobs: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +70,10 @@ pub struct LoadResult {
     pub pruned: usize,
     pub lost: usize,
     pub errors: usize,
+    pub readers: usize,
+    /// Reads answered, and refused (503: too many at once, or too long).
+    pub reads: usize,
+    pub reads_refused: usize,
 }
 
 pub(crate) struct Served {
@@ -217,6 +229,9 @@ pub struct Level<'a> {
     pub workers: usize,
     pub early_stop: &'a str,
     pub rendezvous: bool,
+    /// Anonymous readers beside the workers, and the sweep they search.
+    pub readers: usize,
+    pub read_sweep: Option<i64>,
 }
 
 /// A simulated worker's claim: `unfit` says it has one rank free (so 2-rank jobs never fit it); a
@@ -247,6 +262,8 @@ pub async fn run_level(
         workers,
         early_stop,
         rendezvous,
+        readers,
+        read_sweep,
     } = level;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(workers.max(1))
@@ -280,6 +297,7 @@ pub async fn run_level(
             simulated_worker(&http, &base, &token, request, &claimed).await
         }));
     }
+    let reading = Readers::start(&http, base, read_sweep.map(|s| (s, readers)));
     let (mut latencies, mut errors) = (Vec::<Duration>::new(), 0);
     for t in tasks {
         let (l, e) = t.await?;
@@ -287,6 +305,7 @@ pub async fn run_level(
         errors += e;
     }
     let seconds = t0.elapsed().as_secs_f64();
+    let (reads, reads_refused) = reading.finish().await?;
     if let Some(id) = unfit_sweep {
         http.post(format!("{base}{}/cancel", routes::sweep(id)))
             .bearer_auth(token)
@@ -294,13 +313,7 @@ pub async fn run_level(
             .await?
             .error_for_status()?;
     }
-    latencies.sort();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map(|d| d.as_secs_f64() * 1e3)
-            .unwrap_or(0.0)
-    };
+    let (p50_ms, p99_ms) = percentiles(&mut latencies);
     let duplicates = claimed
         .lock()
         .expect("not poisoned")
@@ -326,13 +339,85 @@ pub async fn run_level(
         rendezvous,
         cycles: latencies.len(),
         seconds,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
+        p50_ms,
+        p99_ms,
         duplicates,
         pruned,
         lost: jobs.saturating_sub(completed + pruned),
         errors,
+        readers,
+        reads,
+        reads_refused,
     })
+}
+
+/// The 50th and 99th percentiles of `latencies`, in ms (0 for none).
+fn percentiles(latencies: &mut [Duration]) -> (f64, f64) {
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or(0.0)
+    };
+    (pct(0.50), pct(0.99))
+}
+
+/// The anonymous readers of a run, until it ends.
+struct Readers {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(usize, usize)>>,
+}
+
+impl Readers {
+    /// `n` readers of sweep `s` (from `read`), or none.
+    fn start(http: &reqwest::Client, base: &str, read: Option<(i64, usize)>) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = match read {
+            Some((sweep, n)) => (0..n)
+                .map(|_| tokio::spawn(reader(http.clone(), base.to_string(), sweep, stop.clone())))
+                .collect(),
+            None => vec![],
+        };
+        Readers { stop, tasks }
+    }
+
+    /// Stops them; the reads answered and refused.
+    async fn finish(self) -> Result<(usize, usize)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut refused) = (0, 0);
+        for t in self.tasks {
+            let (o, r) = t.await?;
+            ok += o;
+            refused += r;
+        }
+        Ok((ok, refused))
+    }
+}
+
+/// One anonymous reader: the heaviest read anyone may make, again and again until `stop`; how
+/// many were answered and how many refused (503).
+async fn reader(
+    http: reqwest::Client,
+    base: String,
+    sweep: i64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (usize, usize) {
+    // 200 bytes that no job's params or worker contain: every row is scanned.
+    let q = "~".repeat(protocol::views::MAX_QUERY_TEXT);
+    let url = format!("{base}/api/sweeps/{sweep}/jobs?limit=500&sort=accuracy&q={q}");
+    let (mut ok, mut refused) = (0, 0);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match http.get(&url).send().await {
+            Ok(r) if r.status().is_success() => {
+                let _ = r.bytes().await;
+                ok += 1;
+            }
+            Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => refused += 1,
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    (ok, refused)
 }
 
 /// A process's peak resident memory (`VmHWM`), in MiB.
@@ -369,6 +454,20 @@ fn optuna(a: &LoadArgs, workers: usize) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// A sweep of `jobs` jobs for the readers to search, cancelled at once; its id.
+async fn reader_sweep(base: &str, token: &str, jobs: usize) -> Result<i64> {
+    let http = reqwest::Client::new();
+    let seeds: Vec<usize> = (0..jobs).collect();
+    let spec = json!({"name": "searched", "train": {"epochs": 3}, "grid": {"seed": seeds}});
+    let id = submit(&http, base, token, &spec).await?;
+    http.post(format!("{base}{}/cancel", routes::sweep(id)))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(id)
+}
+
 pub async fn run(a: &LoadArgs) -> Result<()> {
     let served = match &a.server {
         Some(_) => None,
@@ -380,9 +479,14 @@ pub async fn run(a: &LoadArgs) -> Result<()> {
         .or_else(|| served.as_ref().map(|s| s.base.clone()))
         .expect("a server");
     println!(
-        "| workers | early stop | rendezvous | submit s | cycles | cycles/s | p50 ms | p99 ms | duplicate claims | pruned | lost jobs | errors | coordinator peak RSS MiB |"
+        "| workers | early stop | rendezvous | readers | submit s | cycles | cycles/s | p50 ms | p99 ms | duplicate claims | pruned | lost jobs | errors | reads (refused) | coordinator peak RSS MiB |"
     );
-    println!("|---:|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // The sweep the readers search: submitted once (cancelled, so no worker claims its jobs).
+    let read_sweep = match a.readers.iter().any(|&r| r > 0) {
+        true => Some(reader_sweep(&base, &a.token, a.reader_jobs).await?),
+        false => None,
+    };
     let offers = a
         .rendezvous
         .iter()
@@ -396,11 +500,15 @@ pub async fn run(a: &LoadArgs) -> Result<()> {
     for &workers in &a.workers {
         for early_stop in &a.early_stop {
             for &rendezvous in &offers {
-                levels.push(Level {
-                    workers,
-                    early_stop,
-                    rendezvous,
-                });
+                for &readers in &a.readers {
+                    levels.push(Level {
+                        workers,
+                        early_stop,
+                        rendezvous,
+                        readers,
+                        read_sweep,
+                    });
+                }
             }
         }
     }
@@ -412,10 +520,11 @@ pub async fn run(a: &LoadArgs) -> Result<()> {
             .and_then(|s| peak_rss_mib(s.child.id()))
             .map_or("-".into(), |m| format!("{m:.0}"));
         println!(
-            "| {} | {} | {} | {:.2} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {rss} |",
+            "| {} | {} | {} | {} | {:.2} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} ({}) | {rss} |",
             r.workers,
             r.early_stop,
             if r.rendezvous { "offered" } else { "none" },
+            r.readers,
             r.submit_seconds,
             r.cycles,
             r.cycles as f64 / r.seconds,
@@ -424,7 +533,9 @@ pub async fn run(a: &LoadArgs) -> Result<()> {
             r.duplicates,
             r.pruned,
             r.lost,
-            r.errors
+            r.errors,
+            r.reads,
+            r.reads_refused
         );
     }
     drop(served);

@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// A file holding the worker token.
     #[arg(long, conflicts_with = "worker_token")]
     worker_token_file: Option<PathBuf>,
+    /// Refuse the shared worker token: only per-worker credentials (`server worker add`) speak the
+    /// worker protocol (docs/security.md says what each credential can do).
+    #[arg(long)]
+    no_shared_worker_token: bool,
     /// Host names (in the Host header) this coordinator answers to; repeat for several.
     /// Default: the loopback names when listening on loopback, any name otherwise.
     #[arg(long = "allowed-host")]
@@ -94,9 +98,23 @@ pub struct ServeArgs {
     /// dissolved (the job pending again, no attempt counted).
     #[arg(long, default_value_t = 120)]
     gang_seconds: u64,
+    /// Releases a job gets free while they follow no progress (no epoch committed since their
+    /// claim); past these, a release charges its attempt as a failure does. A release after
+    /// progress (preemption, the end of an allocation) is always free.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i64).range(0..=1_000_000))]
+    free_idle_releases: i64,
+    /// A network (CIDR, e.g. 10.20.0.0/16) where a gang's node 0 may name its rendezvous besides
+    /// the address its claim came from; repeat for several. c10d's rendezvous is unauthenticated:
+    /// name only the cluster's isolated network (docs/security.md).
+    #[arg(long = "rendezvous-network", value_parser = clap::value_parser!(crate::rendezvous::Network))]
+    rendezvous_networks: Vec<crate::rendezvous::Network>,
     /// Reads need the token too.
     #[arg(long)]
     private: bool,
+    /// Mark the dashboard's session cookie `Secure` (set it when users reach the coordinator
+    /// through a TLS proxy; the coordinator itself speaks plain HTTP).
+    #[arg(long)]
+    secure_cookie: bool,
     /// Keep the checkpoints of ended jobs (default: deleted when the job ends; they only serve
     /// resumes, and the study's network makes them about 125 MB each).
     #[arg(long)]
@@ -104,6 +122,14 @@ pub struct ServeArgs {
     /// Largest checkpoint a worker may upload, in MiB.
     #[arg(long, default_value_t = 1024)]
     max_checkpoint_mib: u64,
+    /// Every stored checkpoint together at most, in GiB (default: no cap). Past it, uploads are
+    /// refused (413) and jobs go on from their last stored checkpoint.
+    #[arg(long)]
+    max_checkpoints_gib: Option<f64>,
+    /// Every job's kept log together at most, in GiB (default: no cap). Past it, appends are
+    /// refused (413) and the worker counts the output as dropped.
+    #[arg(long)]
+    max_logs_gib: Option<f64>,
     /// Log kept per job (stdout and stderr of all its attempts), in MiB: the oldest output is
     /// dropped first.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -141,6 +167,9 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Per-worker credentials (admin): add, list, revoke.
+    #[command(subcommand)]
+    Worker(WorkerCommand),
     /// Sweeps, or the jobs of one sweep.
     Status {
         sweep: Option<i64>,
@@ -218,8 +247,120 @@ pub enum Command {
     },
 }
 
+/// `server worker ...`: each a thin client of the admin API (`/api/workers`).
+#[derive(Debug, Subcommand)]
+pub enum WorkerCommand {
+    /// Add a worker's own credential and print its token (shown this once; only its hash is kept).
+    /// The worker's claims must name NAME, or NAME and a suffix (NAME-1234).
+    Add {
+        name: String,
+        /// Jobs this worker may hold at once (default: no cap).
+        #[arg(long)]
+        max_in_flight: Option<i64>,
+        /// An enrollment credential instead: it mints worker credentials named NAME-SUFFIX
+        /// (`worker run --enroll-token-file`), --uses times, until --expires-hours from now.
+        #[arg(long, requires_all = ["uses", "expires_hours"])]
+        enrollment: bool,
+        #[arg(long, requires = "enrollment")]
+        uses: Option<i64>,
+        #[arg(long, requires = "enrollment")]
+        expires_hours: Option<f64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Every credential (never its token), with the jobs each holds now.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke a credential: its jobs go back to pending at once (no attempt charged) and its
+    /// token is refused from then on.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+async fn worker_command(cmd: WorkerCommand) -> Result<()> {
+    use protocol::credentials::{CredentialRow, EnrollmentLimits, IssuedCredential, NewCredential};
+    match cmd {
+        WorkerCommand::Add {
+            name,
+            max_in_flight,
+            enrollment,
+            uses,
+            expires_hours,
+            remote,
+        } => {
+            let enrollment = match (enrollment, uses, expires_hours) {
+                (true, Some(uses), Some(h)) => Some(EnrollmentLimits {
+                    uses,
+                    expires_in_seconds: (h * 3600.0).round() as i64,
+                    max_in_flight,
+                }),
+                _ => None,
+            };
+            let body = NewCredential {
+                name,
+                max_in_flight: max_in_flight.filter(|_| enrollment.is_none()),
+                enrollment,
+            };
+            let client = Client::new(&remote.server, remote.token);
+            let issued: IssuedCredential =
+                serde_json::from_value(client.post_json(routes::WORKERS, &body).await?)?;
+            eprintln!(
+                "{} credential {} added; its token (shown once):",
+                issued.kind.as_str(),
+                issued.name
+            );
+            println!("{}", issued.token);
+            Ok(())
+        }
+        WorkerCommand::List { remote } => {
+            let client = Client::new(&remote.server, remote.token);
+            let rows: Vec<CredentialRow> =
+                serde_json::from_value(client.get_json(routes::WORKERS).await?)?;
+            println!(
+                "{:<32} {:<10} {:>8} {:>8}  state",
+                "name", "kind", "running", "cap"
+            );
+            for r in rows {
+                let state = match (r.revoked_at, r.uses_left, &r.enrolled_by) {
+                    (Some(_), _, _) => "revoked".to_string(),
+                    (None, Some(n), _) => format!("{n} uses left"),
+                    (None, None, Some(by)) => format!("enrolled by {by}"),
+                    (None, None, None) => "live".to_string(),
+                };
+                let cap = r.max_in_flight.map_or("-".into(), |c| c.to_string());
+                println!(
+                    "{:<32} {:<10} {:>8} {:>8}  {state}",
+                    r.name,
+                    r.kind.as_str(),
+                    r.running,
+                    cap
+                );
+            }
+            Ok(())
+        }
+        WorkerCommand::Revoke { name, remote } => {
+            let client = Client::new(&remote.server, remote.token);
+            let v = client
+                .post_json(&routes::revoke_worker(&name), &serde_json::json!({}))
+                .await?;
+            let r: protocol::credentials::Revoked = serde_json::from_value(v)?;
+            println!(
+                "revoked {}; {} job(s) it held went back to pending",
+                r.name, r.released
+            );
+            Ok(())
+        }
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Worker(cmd) => worker_command(cmd).await,
         Command::Serve(args) => serve(args).await,
         Command::Loadgen(args) => crate::cli::loadgen::run(&args).await,
         Command::TpeBench(args) => crate::cli::tpe_bench::run(&args).await,
@@ -329,6 +470,13 @@ async fn serve(a: ServeArgs) -> Result<()> {
     }
     cfg.lease_ms = a.lease_seconds as i64 * 1000;
     cfg.gang_ms = a.gang_seconds.min(7 * 24 * 3600) as i64 * 1000;
+    cfg.rendezvous_networks = a.rendezvous_networks.clone();
+    cfg.free_idle_releases = a.free_idle_releases;
+    let gib = |g: f64| (g.max(0.0) * (1u64 << 30) as f64) as u64;
+    cfg.max_checkpoints_total = a.max_checkpoints_gib.map(gib);
+    cfg.max_logs_total = a.max_logs_gib.map(|g| gib(g).min(i64::MAX as u64) as i64);
+    cfg.shared_worker_token = !a.no_shared_worker_token;
+    cfg.secure_cookie = a.secure_cookie;
     cfg.private = a.private;
     cfg.max_checkpoint_bytes = a.max_checkpoint_mib << 20;
     cfg.keep_checkpoints = a.keep_checkpoints;

@@ -22,10 +22,10 @@ pub struct AttemptQuery {
 }
 
 fn job_dir(state: &AppState, job: i64) -> std::path::PathBuf {
-    state.artifacts.join(format!("job-{job}"))
+    crate::checkpoints::job_dir(&state.artifacts, job)
 }
 
-pub const FILE: &str = "resume.safetensors";
+use crate::checkpoints::FILE;
 
 /// Upload the job's latest checkpoint (raw bytes).
 #[utoipa::path(put, path = "/api/jobs/{id}/checkpoint", tag = "worker protocol", params(("id" = i64, Path), AttemptQuery),
@@ -36,10 +36,15 @@ pub async fn upload(
     Path(id): Path<i64>,
     Query(q): Query<AttemptQuery>,
     LeaseSecret(secret): LeaseSecret,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     crate::lifecycle::check_lease(&state, id, q.attempt, secret.as_deref()).await?;
-    state.store.check_fence(id, q.attempt).await?;
+    crate::lifecycle::check_holds(&state, id, q.attempt).await?;
+    // The global quota from the cheapest signal first: the declared length, before any byte.
+    let old = crate::checkpoints::size_of(&state, id).await;
+    let declared = content_length(&headers).unwrap_or(0);
+    crate::checkpoints::room_for(&state, declared, old).map_err(ApiError::QuotaFull)?;
     let dir = job_dir(&state, id);
     tokio::fs::create_dir_all(&dir)
         .await
@@ -59,6 +64,9 @@ pub async fn upload(
             if size > state.max_checkpoint_bytes {
                 return Err(ApiError::TooLarge(state.max_checkpoint_bytes as usize));
             }
+            if size > declared {
+                crate::checkpoints::room_for(&state, size, old).map_err(ApiError::QuotaFull)?;
+            }
             file.write_all(&chunk)
                 .await
                 .map_err(|e| ApiError::Internal(e.into()))?;
@@ -67,7 +75,7 @@ pub async fn upload(
             .await
             .map_err(|e| ApiError::Internal(e.into()))?;
         // The attempt may have lost its lease while uploading: then the file is not kept.
-        state.store.check_fence(id, q.attempt).await?;
+        crate::lifecycle::check_holds(&state, id, q.attempt).await?;
         tokio::fs::rename(&tmp, dir.join(FILE))
             .await
             .map_err(|e| ApiError::Internal(e.into()))?;
@@ -81,6 +89,7 @@ pub async fn upload(
         let _ = tokio::fs::remove_file(&tmp).await;
     }
     let size = result?;
+    crate::checkpoints::replaced(&state, old, size);
     Ok(axum::Json(serde_json::json!({ "bytes": size })).into_response())
 }
 
@@ -123,16 +132,10 @@ async fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
         .map_err(std::io::Error::other)?
 }
 
-/// Deletes the checkpoint of a job that has ended (nothing will resume it), unless the coordinator
-/// keeps them. Failure to delete is logged, never an error for the worker that finished the job.
-pub async fn forget(state: &AppState, job: i64) {
-    if state.keep_checkpoints {
-        return;
-    }
-    let dir = job_dir(state, job);
-    match tokio::fs::remove_dir_all(&dir).await {
-        Ok(()) => tracing::debug!(job, "checkpoint deleted"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(job, error = %e, "cannot delete the checkpoint"),
-    }
+/// The request's declared body length, if it says one.
+fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }

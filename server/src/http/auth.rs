@@ -4,7 +4,12 @@
 //!   everything: submit and cancel sweeps, and speak the worker protocol.
 //! - The **worker token** (`--worker-token`, `--worker-token-file`, or generated into
 //!   `<db>.worker-token`) may only speak the worker protocol (claim, heartbeat, metrics, finish,
-//!   release, checkpoints) and read. Every worker host holds it, so it must not submit sweeps.
+//!   release, checkpoints) and read. Every worker host holds it, so it must not submit sweeps;
+//!   `--no-shared-worker-token` refuses it altogether.
+//! - A **worker credential** (`server worker add NAME`, or minted through an enrollment
+//!   credential) has the worker token's rights, under its own name only (the claim checks the
+//!   name); revoked, it opens nothing. An **enrollment credential** may only mint worker
+//!   credentials (`POST /api/workers/enroll`). The credentials' own routes are the admin's.
 //! - Reads are open unless the coordinator is `--private`; then they need either token or a
 //!   **session cookie**, which `POST /api/session` sets after the dashboard's user typed the admin
 //!   token once. The cookie grants reads only (a cookie rides along with any request the browser
@@ -24,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::http::error::ApiError;
+use crate::secrets::{constant_time_eq, random_hex};
 use crate::state::AppState;
 
 pub const SESSION_COOKIE: &str = "sweep_session";
@@ -39,10 +45,17 @@ pub struct Tokens {
 
 /// What a request is allowed, from its credentials (the middleware leaves it in the request's
 /// extensions for handlers that decide more finely).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
     Admin,
+    /// The shared worker token.
     Worker,
+    /// A worker's own credential: the worker protocol under its name.
+    Credential(std::sync::Arc<crate::credentials::Credential>),
+    /// An enrollment credential: mints worker credentials, nothing else.
+    Enrollment(std::sync::Arc<crate::credentials::Credential>),
+    /// The shared worker token where `--no-shared-worker-token` refuses it.
+    RefusedSharedToken,
     /// A dashboard session cookie: reads.
     Session,
     Anonymous,
@@ -109,6 +122,12 @@ fn is_worker_route(method: &Method, path: &str) -> bool {
     }
 }
 
+/// The credentials' own routes: the admin's alone (a listing names every worker), except the
+/// enrollment an enrollment credential makes.
+fn is_admin_route(path: &str) -> bool {
+    path.starts_with(protocol::routes::WORKERS) && path != protocol::routes::ENROLL
+}
+
 /// Files that carry no data: served to anyone, so a `--private` dashboard can load and ask for
 /// the token.
 fn is_public(path: &str) -> bool {
@@ -132,7 +151,16 @@ fn access(state: &AppState, req: &Request) -> Access {
             return Access::Admin;
         }
         if constant_time_eq(t.as_bytes(), state.tokens.worker.as_bytes()) {
-            return Access::Worker;
+            return match state.shared_worker_token {
+                true => Access::Worker,
+                false => Access::RefusedSharedToken,
+            };
+        }
+        if let Some(c) = state.credentials.get(t) {
+            return match c.kind {
+                protocol::credentials::CredentialKind::Worker => Access::Credential(c),
+                protocol::credentials::CredentialKind::Enrollment => Access::Enrollment(c),
+            };
         }
     }
     if session_cookie(req).is_some_and(|id| state.sessions.contains(id, state.clock.now_ms())) {
@@ -161,23 +189,38 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
         return next.run(req).await;
     }
     let who = access(&state, &req);
-    let granted = match who {
+    let granted = match &who {
         Access::Admin => true,
-        Access::Worker => is_read || is_worker_route(method, path),
+        _ if is_admin_route(path) => false,
+        Access::Worker | Access::Credential(_) => is_read || is_worker_route(method, path),
+        Access::Enrollment(_) => method == Method::POST && path == protocol::routes::ENROLL,
         Access::Session => is_read,
-        Access::Anonymous => is_read && !state.private,
+        Access::Anonymous | Access::RefusedSharedToken => is_read && !state.private,
     };
     if !granted {
-        return if who == Access::Anonymous || (who == Access::Session && !is_read) {
-            ApiError::Unauthorized.into_response()
-        } else {
-            ApiError::Forbidden("this token may only speak the worker protocol".into())
-                .into_response()
-        };
+        return refusal(&who, is_read).into_response();
     }
     let mut req = req;
     req.extensions_mut().insert(who);
     next.run(req).await
+}
+
+/// Why a request was not granted, for its 401 or 403.
+fn refusal(who: &Access, is_read: bool) -> ApiError {
+    match who {
+        Access::Anonymous => ApiError::Unauthorized,
+        Access::Session if !is_read => ApiError::Unauthorized,
+        Access::RefusedSharedToken => ApiError::UnauthorizedBecause(
+            "the shared worker token is refused here (server serve --no-shared-worker-token): use this worker's own credential (server worker add NAME)".into(),
+        ),
+        Access::Enrollment(_) => ApiError::Forbidden(
+            "an enrollment credential only mints worker credentials (POST /api/workers/enroll)".into(),
+        ),
+        Access::Worker | Access::Credential(_) | Access::Session => {
+            ApiError::Forbidden("this token may only speak the worker protocol".into())
+        }
+        Access::Admin => ApiError::Forbidden("the admin token may do everything".into()),
+    }
 }
 
 /// The `X-Lease-Secret` header of a worker write (None when absent or not text).
@@ -197,24 +240,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for LeaseSecret {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         Ok(LeaseSecret(secret))
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// A lease secret's stored form: a copy of the database does not hand out leases.
-pub fn hash_secret(secret: &str) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(secret.as_bytes()).to_vec()
-}
-
-/// Whether `secret` hashes to `stored`, compared in constant time (nothing stored or given: no).
-pub fn secret_matches(stored: Option<&[u8]>, secret: Option<&str>) -> bool {
-    match (stored, secret) {
-        (Some(stored), Some(secret)) => constant_time_eq(&hash_secret(secret), stored),
-        _ => false,
     }
 }
 
@@ -239,7 +264,8 @@ pub async fn create_session(
     let id = state.sessions.create(state.clock.now_ms());
     let max_age = state.sessions.ttl_ms / 1000;
     Ok(with_cookie(&format!(
-        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}"
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        secure(&state)
     )))
 }
 
@@ -251,8 +277,18 @@ pub async fn end_session(State(state): State<AppState>, req: Request) -> Respons
         state.sessions.end(id);
     }
     with_cookie(&format!(
-        "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+        "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        secure(&state)
     ))
+}
+
+/// `; Secure` behind a TLS proxy (`serve --secure-cookie`): the browser then never sends the
+/// cookie over plain HTTP. Off by default, as the coordinator itself speaks plain HTTP.
+fn secure(state: &AppState) -> &'static str {
+    match state.secure_cookie {
+        true => "; Secure",
+        false => "",
+    }
 }
 
 fn with_cookie(cookie: &str) -> Response {
@@ -387,15 +423,6 @@ fn create_token_file(path: &Path) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
     writeln!(f, "{token}")?;
     Ok(token)
-}
-
-/// `bytes` random bytes from the thread's CSPRNG as hex digits: generated tokens and session ids
-/// (16 bytes), lease secrets (32).
-pub fn random_hex(bytes: usize) -> String {
-    use rand::RngCore;
-    let mut buf = vec![0u8; bytes];
-    rand::thread_rng().fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `<db>.<suffix>`: where generated tokens live.

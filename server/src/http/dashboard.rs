@@ -47,6 +47,15 @@ pub async fn jobs_page(
     Path(id): Path<i64>,
     Query(q): Query<JobQuery>,
 ) -> Result<Json<JobPage>, ApiError> {
+    if q.q
+        .as_ref()
+        .is_some_and(|t| t.len() > protocol::views::MAX_QUERY_TEXT)
+    {
+        return Err(ApiError::Unprocessable(format!(
+            "q: at most {} bytes of text to look for",
+            protocol::views::MAX_QUERY_TEXT
+        )));
+    }
     Ok(Json(state.store.jobs_page(id, &q).await?))
 }
 

@@ -14,6 +14,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// 401 with the reason (a revoked credential, a refused shared token).
+    #[error("{0}")]
+    UnauthorizedBecause(String),
     /// A valid token without the right (the worker token outside the worker protocol).
     #[error("{0}")]
     Forbidden(String),
@@ -23,6 +26,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("the body is larger than {0} bytes")]
     TooLarge(usize),
+    /// A global quota is full (413: a worker drops the write and goes on, rather than retrying).
+    #[error("{0}")]
+    QuotaFull(String),
     /// Nothing was stored (the database could not take the write); the client may retry.
     #[error("{0}")]
     Unavailable(String),
@@ -60,11 +66,11 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::UnauthorizedBecause(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(_) | ApiError::QuotaFull(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(cause) => {
                 tracing::error!(error = ?cause, "request failed");

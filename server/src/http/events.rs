@@ -2,7 +2,6 @@
 use axum::extract::{ConnectInfo, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
-use serde::Serialize;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -10,37 +9,8 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt;
 
 use crate::state::AppState;
-use protocol::{JobChange, MetricsReport};
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum Event {
-    Job(JobChange),
-    Metrics {
-        job_id: i64,
-        sweep_id: i64,
-        #[serde(flatten)]
-        metrics: MetricsReport,
-    },
-    Sweep {
-        sweep_id: i64,
-        status: protocol::SweepStatus,
-    },
-    /// A job's log grew: its attempt's output now ends at `next` (read it from the log route).
-    Log {
-        job_id: i64,
-        sweep_id: i64,
-        attempt: i64,
-        next: i64,
-    },
-}
-
-impl AppState {
-    /// Publishes an event; nobody listening is fine.
-    pub fn publish(&self, e: Event) {
-        let _ = self.events.send(e);
-    }
-}
+pub use crate::events::Event;
 
 /// Event streams open per client address, each counted while its stream lives.
 #[derive(Debug)]

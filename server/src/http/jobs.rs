@@ -15,13 +15,26 @@ use protocol::{
     MetricsReport, ReleaseRequest,
 };
 
-#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = i64, Path)),
+/// Which attempts of a job to list.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct AttemptsPage {
+    /// Attempts to skip, oldest first (default 0).
+    pub attempts_offset: Option<i64>,
+    /// At most this many (default 100, at most 1,000).
+    pub attempts_limit: Option<i64>,
+}
+
+/// A job, its metrics and a page of its attempts.
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = i64, Path), AttemptsPage),
     responses((status = 200, body = JobDetail), (status = 404)))]
 pub(super) async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<i64>,
+    axum::extract::Query(page): axum::extract::Query<AttemptsPage>,
 ) -> ApiResult<Json<JobDetail>> {
-    Ok(Json(state.store.get_job(id).await?))
+    let offset = page.attempts_offset.unwrap_or(0).max(0);
+    let limit = page.attempts_limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(state.store.get_job(id, offset, limit).await?))
 }
 
 /// How many jobs are pending and running over every sweep: what an idle worker asks before it
@@ -39,12 +52,39 @@ pub(super) async fn unfinished(
     responses((status = 200, body = Claim), (status = 204)), security(("bearer" = [])))]
 pub(super) async fn claim(
     State(state): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    access: Option<axum::Extension<super::auth::Access>>,
     AppJson(req): AppJson<ClaimRequest>,
 ) -> ApiResult<Response> {
     if req.worker.trim().is_empty() || req.worker.len() > 200 {
         return Err(ApiError::Unprocessable(
             "worker: must be a non-empty name of at most 200 bytes".into(),
         ));
+    }
+    // A worker's own credential is its identity: it claims under its name only.
+    let credential = match access.map(|a| a.0) {
+        Some(super::auth::Access::Credential(c)) => Some(c),
+        _ => None,
+    };
+    match &credential {
+        Some(c) if !protocol::credentials::name_fits(&c.name, &req.worker) => {
+            return Err(ApiError::Forbidden(format!(
+                "worker: this credential is worker {name}'s; its claims name {name} or {name}-SUFFIX, not {}",
+                req.worker,
+                name = c.name
+            )));
+        }
+        Some(_) => {}
+        // A shared token may not pass for a worker that has a credential of its own (its name
+        // would then block that worker's gangs, or hide behind its name).
+        None => {
+            if let Some(owner) = state.credentials.owner_of(&req.worker) {
+                return Err(ApiError::Forbidden(format!(
+                    "worker: the name {} belongs to worker credential {owner}; claim with that credential",
+                    req.worker
+                )));
+            }
+        }
     }
     if let Some(r) = &req.rendezvous {
         let bad = |c: char| c.is_whitespace() || c.is_control() || "/?#@".contains(c);
@@ -53,8 +93,13 @@ pub(super) async fn claim(
                 "rendezvous: a host name or address of at most 255 bytes, and a port from 1".into(),
             ));
         }
+        // Only where the claimant is (or the operator's gang network): see `rendezvous`.
+        let peer = peer.map(|p| p.0 .0.ip());
+        crate::rendezvous::check(&r.addr, peer, &state.rendezvous_networks)
+            .await
+            .map_err(ApiError::Unprocessable)?;
     }
-    match crate::lifecycle::claim(&state, &req).await? {
+    match crate::lifecycle::claim(&state, &req, credential.as_deref()).await? {
         Some(c) => Ok(Json(c).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
@@ -161,7 +206,7 @@ pub(super) async fn release(
         .map(|r| truncate(r, 2000))
         .unwrap_or("released by its worker");
     Ok(Json(
-        crate::lifecycle::release(&state, id, req.attempt, reason).await?,
+        crate::lifecycle::release(&state, id, req.attempt, req.node_rank, reason).await?,
     ))
 }
 

@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use protocol::{log_headers, LogPosition};
 
 use crate::http::error::ApiError;
-use crate::http::events::Event;
 use crate::state::AppState;
 
 /// Most bytes one read returns (a client reads on from `x-log-next`).
@@ -42,16 +41,17 @@ pub async fn append(
             "gap: the bytes dropped before offset, from 0 to offset".into(),
         ));
     }
-    let done = state
-        .store
-        .append_log(id, attempt, offset, gap, body.to_vec(), state.max_log_bytes)
-        .await?;
-    state.publish(Event::Log {
-        job_id: id,
-        sweep_id: done.sweep_id,
+    let at = crate::lifecycle::LogAt {
         attempt,
-        next: done.end,
-    });
+        offset,
+        gap,
+    };
+    let done = crate::lifecycle::append_log(&state, id, at, body.to_vec())
+        .await
+        .map_err(|e| match e {
+            crate::lifecycle::LogError::Full(why) => ApiError::QuotaFull(why),
+            crate::lifecycle::LogError::Store(e) => e.into(),
+        })?;
     Ok((
         axum::http::StatusCode::NO_CONTENT,
         [

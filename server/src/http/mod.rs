@@ -9,6 +9,7 @@ pub mod events;
 pub mod jobs;
 pub mod logs;
 pub mod sweeps;
+pub mod workers;
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -36,11 +37,15 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
           jobs::claim, jobs::unfinished, jobs::heartbeat, jobs::report_metrics, jobs::finish, jobs::release,
           dashboard::jobs_page, dashboard::grid, dashboard::curves,
           artifacts::upload, artifacts::download, logs::append, logs::read,
-          events::stream, healthz, prometheus, openapi, auth::create_session, auth::end_session),
+          events::stream, healthz, prometheus, openapi, auth::create_session, auth::end_session,
+          workers::add, workers::list, workers::revoke, workers::enroll),
     components(schemas(crate::sweep::SweepFile, SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
                        HeartbeatReply, MetricsReport, MetricsReply, FinishRequest, ReleaseRequest, JobChange, JobStatus, protocol::SweepStatus, Outcome, protocol::views::Created, protocol::views::JobRow,
                         protocol::views::AttemptRow, protocol::views::JobPage, auth::SessionRequest, protocol::views::GridCell, protocol::views::Series, protocol::views::Unfinished,
-                        protocol::Rendezvous, protocol::GangPart, protocol::GangState, protocol::views::GangMember)),
+                        protocol::Rendezvous, protocol::GangPart, protocol::GangState, protocol::views::GangMember,
+                        protocol::credentials::NewCredential, protocol::credentials::EnrollmentLimits, protocol::credentials::EnrollRequest,
+                        protocol::credentials::IssuedCredential, protocol::credentials::CredentialKind, protocol::credentials::CredentialRow,
+                        protocol::credentials::Revoked)),
     modifiers(&BearerAuth, &CommonResponses)
 )]
 pub struct ApiDoc;
@@ -144,6 +149,12 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route("/api/jobs/{id}/metrics", post(jobs::report_metrics))
         .route("/api/jobs/{id}/finish", post(jobs::finish))
         .route("/api/jobs/{id}/release", post(jobs::release))
+        .route(
+            protocol::routes::WORKERS,
+            post(workers::add).get(workers::list),
+        )
+        .route(protocol::routes::ENROLL, post(workers::enroll))
+        .route("/api/workers/{name}/revoke", post(workers::revoke))
         .route("/api/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
@@ -159,6 +170,10 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         .merge(streaming)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            bound_reads,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             auth::authorize,
         ))
         .layer(axum::middleware::from_fn_with_state(
@@ -171,6 +186,45 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// How long an anonymous or dashboard read may wait for its turn, and then take.
+const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const READ_TIME: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Reads that anyone may make (anonymous, or a dashboard session) run at most
+/// `store::READ_CONNECTIONS` at once (503 when none frees within a second) and answer within 15 s
+/// (503 past it). They use the users' read pool; the worker protocol's writes read through a pool
+/// of their own and write through the writer, so no number of such reads holds a worker up.
+async fn bound_reads(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let anyone = matches!(
+        req.extensions().get::<auth::Access>(),
+        None | Some(
+            auth::Access::Anonymous | auth::Access::Session | auth::Access::RefusedSharedToken
+        )
+    );
+    let path = req.uri().path();
+    let bounded = anyone && path.starts_with("/api/") && path != "/api/events";
+    if !bounded {
+        return next.run(req).await;
+    }
+    let permit = tokio::time::timeout(READ_WAIT, state.read_permits.clone().acquire_owned()).await;
+    let Ok(Ok(_permit)) = permit else {
+        state.telemetry.reads_refused.inc();
+        return ApiError::Unavailable("too many reads at once; retry in a moment".into())
+            .into_response();
+    };
+    match tokio::time::timeout(READ_TIME, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => {
+            state.telemetry.reads_refused.inc();
+            ApiError::Unavailable(format!(
+                "the read took longer than {} s; narrow it (a page, a filter) or retry",
+                READ_TIME.as_secs()
+            ))
+            .into_response()
+        }
+    }
 }
 
 async fn observe_latency(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -8,7 +8,6 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::events::Event;
 use super::ApiResult;
 use crate::results::export::{Export, Format, TableOptions};
 use crate::state::AppState;
@@ -52,15 +51,7 @@ pub(super) async fn submit_sweep(
     .await
     .map_err(|e| ApiError::Internal(e.into()))??;
     check_warm_start(&state, &spec).await?;
-    let (id, jobs) = state
-        .store
-        .create_sweep(&spec, state.clock.now_ms())
-        .await?;
-    tracing::info!(sweep = id, name = %spec.name, jobs, "sweep submitted");
-    state.publish(Event::Sweep {
-        sweep_id: id,
-        status: protocol::SweepStatus::Pending,
-    });
+    let (id, jobs) = crate::lifecycle::submit(&state, &spec).await?;
     Ok((StatusCode::CREATED, Json(Created { id, jobs })))
 }
 
@@ -70,10 +61,28 @@ async fn check_warm_start(state: &AppState, spec: &SweepSpec) -> ApiResult<()> {
     let Some(search) = &spec.search else {
         return Ok(());
     };
-    let warm = search.tpe.as_ref().map_or(&[][..], |o| &o.warm_start[..]);
+    let Some(tpe) = search.tpe.as_ref() else {
+        return Ok(());
+    };
+    let warm = &tpe.warm_start[..];
     let keys = |s: &crate::sweep::search::Search| -> std::collections::BTreeSet<String> {
         s.space.iter().map(|(k, _)| k.clone()).collect()
     };
+    // What one draw may cost, from the cheapest signal: the history's size times the candidates.
+    let mut history = search.trials;
+    for &other in warm {
+        history += state.store.sweep_jobs(other).await.unwrap_or(0);
+    }
+    let cost = history.saturating_mul(tpe.ei_candidates);
+    let budget = crate::sweep::tpe::Options::MAX_DRAW_COST;
+    if cost > budget {
+        return Err(ApiError::Unprocessable(format!(
+            "search.ei_candidates: a draw would weigh {history} trials of history (its own and \
+             warm_start's) against {} candidates, {cost} units, above the budget of {budget}; \
+             fewer candidates or a smaller history",
+            tpe.ei_candidates
+        )));
+    }
     for (i, &other) in warm.iter().enumerate() {
         let field = format!("search.warm_start[{i}]");
         let other_spec = match state.store.sweep_spec(other).await {

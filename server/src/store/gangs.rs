@@ -28,6 +28,8 @@ pub(super) struct Claimant<'a> {
     pub max_batch: Option<i64>,
     pub accepts_commands: bool,
     pub rendezvous: &'a Rendezvous,
+    /// The worker's own credential's name (None: a shared token).
+    pub credential: Option<&'a str>,
     pub secret_hash: &'a [u8],
     pub now: i64,
     /// The new member's lease.
@@ -115,8 +117,8 @@ pub(super) async fn add_member(
 ) -> Result<()> {
     let port = i64::from(w.rendezvous.port);
     sqlx::query!(
-        "INSERT INTO gang_members (job_id, attempt, node_rank, worker, addr, port, secret_hash, joined_at, lease_expires_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO gang_members (job_id, attempt, node_rank, worker, addr, port, secret_hash, joined_at, lease_expires_at, credential)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         job,
         attempt,
         node_rank,
@@ -125,7 +127,8 @@ pub(super) async fn add_member(
         port,
         w.secret_hash,
         w.now,
-        w.until
+        w.until,
+        w.credential
     )
     .execute(&mut *c)
     .await?;
@@ -187,9 +190,10 @@ impl Store {
         lease_ms: i64,
     ) -> Result<HeartbeatReply> {
         let until = now + lease_ms;
+        // Two statements (the member's lease, then the job's from its members'): both or neither.
         let row = self
             .writer
-            .run(move |c| {
+            .run_many(move |c| {
                 async move { member_lease(c, job, attempt, node_rank, Some(until)).await }.boxed()
             })
             .await?;
@@ -213,7 +217,7 @@ impl Store {
     pub async fn member_done(&self, job: i64, attempt: i64, node_rank: i64) -> Result<JobChange> {
         let row = self
             .writer
-            .run(move |c| {
+            .run_many(move |c| {
                 async move {
                     member_lease(c, job, attempt, node_rank, None).await?;
                     Ok(sqlx::query!(
@@ -245,7 +249,7 @@ impl Store {
             attempt,
             node_rank
         )
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.worker_read)
         .await?)
     }
 
@@ -254,7 +258,7 @@ impl Store {
     /// on their next heartbeat (409) and free their slots.
     pub async fn dissolve_unformed(&self, now: i64) -> Result<Vec<JobChange>> {
         let ranks = self.ranks.clone();
-        let rows = self.writer.run(move |c| async move { let rows = sqlx::query!(
+        let rows = self.writer.run(move |one| async move { let rows = one.fetch_all(sqlx::query!(
             r#"UPDATE jobs INDEXED BY jobs_forming SET
                  status = CASE WHEN cancel_requested = 1 THEN 'cancelled'
                                WHEN stop_requested = 1 THEN 'pruned'
@@ -271,25 +275,34 @@ impl Store {
                WHERE gang_until IS NOT NULL AND gang_until < ?1 AND status = 'running'
                RETURNING id AS "id!", sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!""#,
             now
-        )
-        .fetch_all(&mut *c)
+        ))
         .await?;
         for r in &rows {
-            super::lease::attempt_ended(c, &ranks, r.sweep_id, r.id, status_of(&r.status)?).await?;
+            super::lease::attempt_ended(&ranks, r.sweep_id, r.id, status_of(&r.status)?);
         }
         Ok(rows) }.boxed())
         .await?;
-        rows.into_iter()
+        let changes = rows
+            .into_iter()
             .map(|r| change_of(r.id, r.sweep_id, &r.status, r.attempt))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.settle_all(&changes).await?;
+        Ok(changes)
     }
 
-    /// A job's gang members, every attempt's, by attempt and node rank.
-    pub(super) async fn members_of(&self, job: i64) -> Result<Vec<(i64, GangMember)>> {
+    /// A job's gang members of attempts `first..=last`, by attempt and node rank.
+    pub(super) async fn members_of(
+        &self,
+        job: i64,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<(i64, GangMember)>> {
         Ok(sqlx::query!(
             r#"SELECT attempt, node_rank, worker, joined_at, lease_expires_at IS NULL AS "done!: bool"
-               FROM gang_members WHERE job_id = ? ORDER BY attempt, node_rank"#,
-            job
+               FROM gang_members WHERE job_id = ? AND attempt BETWEEN ? AND ? ORDER BY attempt, node_rank"#,
+            job,
+            first,
+            last
         )
         .fetch_all(&self.read)
         .await?

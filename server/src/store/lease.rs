@@ -10,8 +10,9 @@ impl Store {
     /// coordinator was down, and must not lose their jobs for it.
     pub async fn extend_running_leases(&self, now: i64, lease_ms: i64) -> Result<u64> {
         let until = now + lease_ms;
+        // Two statements: both or neither.
         self.writer
-            .run(move |c| {
+            .run_many(move |c| {
                 async move {
                     let r = sqlx::query!("UPDATE jobs SET lease_expires_at = max(lease_expires_at, ?) WHERE status = 'running'", until)
                         .execute(&mut *c)
@@ -42,55 +43,47 @@ impl Store {
     pub async fn claim_next(
         &self,
         req: &protocol::ClaimRequest,
-        skip_undrawn: bool,
+        credential: Option<&crate::credentials::Credential>,
         secret_hash: &[u8],
-        now: i64,
-        lease_ms: i64,
-        gang_ms: i64,
+        terms: ClaimTerms,
     ) -> Result<ClaimNext> {
+        let ClaimTerms {
+            skip_undrawn,
+            now,
+            lease_ms,
+            gang_ms,
+        } = terms;
         let until = now + lease_ms;
         let secret_hash = secret_hash.to_vec();
         let req = req.clone();
-        let (taken, undrawn) = self
-            .writer
-            .run(move |c| {
+        let credential = credential.cloned();
+        // Several statements (the probes, the take, a gang member's row, the command): under a
+        // savepoint, and the reply is built inside, so a claim whose reply cannot be made leaves
+        // nothing behind (no attempt handed out that no worker ever learns of).
+        self.writer
+            .run_many(move |c| {
                 async move {
                     let asked = Asked {
                         req: &req,
+                        credential: credential.as_ref(),
                         secret_hash: &secret_hash,
                         skip_undrawn,
                         now,
                         until,
                         gang_ms,
                     };
-                    take_next(c, &asked).await
+                    let (taken, undrawn) = take_next(c, &asked).await?;
+                    match (taken, undrawn) {
+                        (Some(row), _) => Ok(ClaimNext::Claimed(Box::new(
+                            claim_reply(c, row, until, lease_ms).await?,
+                        ))),
+                        (None, Some(sweep)) => Ok(ClaimNext::Undrawn(sweep)),
+                        (None, None) => Ok(ClaimNext::Nothing),
+                    }
                 }
                 .boxed()
             })
-            .await?;
-        let Some(row) = taken else {
-            return Ok(match undrawn {
-                Some(sweep) => ClaimNext::Undrawn(sweep),
-                None => ClaimNext::Nothing,
-            });
-        };
-        // A sweep's command never changes: read after the claim, from the read pool.
-        let command = match row.is_command {
-            true => self.command_of_sweep(row.sweep_id).await?,
-            false => None,
-        };
-        Ok(ClaimNext::Claimed(Box::new(Claim {
-            id: row.id,
-            sweep_id: row.sweep_id,
-            attempt: row.attempt,
-            params: parse_json("jobs.params", &row.params)?,
-            lease_expires_at: until,
-            lease_ms: Some(lease_ms),
-            command,
-            // The caller, which made the secret, fills it in.
-            lease_secret: String::new(),
-            gang: row.gang,
-        })))
+            .await
     }
 
     /// A job's current attempt and the hash of that attempt's lease secret (None before its first
@@ -100,7 +93,7 @@ impl Store {
             "SELECT attempt, lease_secret_hash FROM jobs WHERE id = ?",
             job
         )
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.worker_read)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
         Ok((row.attempt, row.lease_secret_hash))
@@ -111,19 +104,10 @@ impl Store {
         self.fence_error(job, attempt).await
     }
 
-    async fn command_of_sweep(&self, sweep: i64) -> Result<Option<protocol::CommandSpec>> {
-        let text = sqlx::query_scalar!("SELECT command FROM sweeps WHERE id = ?", sweep)
-            .fetch_optional(&self.read)
-            .await?
-            .flatten();
-        // A command job handed out without its command would run as a trainer job: an error instead.
-        text.map(|t| parse_json("sweeps.command", &t)).transpose()
-    }
-
     /// The fence: Ok if `attempt` holds `job` (running), else why not.
     pub(super) async fn fence_error(&self, job: i64, attempt: i64) -> StoreError {
         match sqlx::query!("SELECT status, attempt FROM jobs WHERE id = ?", job)
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.worker_read)
             .await
         {
             Ok(None) => StoreError::NotFound(format!("job {job}")),
@@ -142,16 +126,15 @@ impl Store {
         let until = now + lease_ms;
         let row = self
             .writer
-            .run(move |c| {
+            .run(move |one| {
                 async move {
-                    Ok(sqlx::query!(
+                    Ok(one.fetch_optional(sqlx::query!(
                         r#"UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND attempt = ? AND status = 'running'
                            RETURNING cancel_requested AS "cancel!", stop_requested AS "stop!""#,
                         until,
                         job,
                         attempt
-                    )
-                    .fetch_optional(&mut *c)
+                    ))
                     .await?)
                 }
                 .boxed()
@@ -174,7 +157,7 @@ impl Store {
         let report = m.clone();
         let stored = self
             .writer
-            .run(move |c| async move { insert_metrics(c, job, &report, now).await }.boxed())
+            .run(move |one| async move { insert_metrics(one, job, &report, now).await }.boxed())
             .await?;
         match stored {
             Some(sweep_id) => Ok(sweep_id),
@@ -190,7 +173,7 @@ impl Store {
             "SELECT sweep_id, status, attempt, epochs FROM jobs WHERE id = ?",
             job
         )
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.worker_read)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
         if row.attempt != attempt || row.status != JobStatus::Running.as_str() {
@@ -221,7 +204,7 @@ impl Store {
         let outcome = outcome.as_str();
         let (outcome_s, error_s) = (outcome.to_string(), error.map(str::to_string));
         let ranks = self.ranks.clone();
-        let row = self.writer.run(move |c| async move { let (outcome, error) = (outcome_s, error_s); let row = sqlx::query!(
+        let row = self.writer.run(move |one| async move { let (outcome, error) = (outcome_s, error_s); let row = one.fetch_optional(sqlx::query!(
             // `failed` with attempts left goes back to pending, unless the job's sweep was cancelled
             // meanwhile (then it ends cancelled: a retry would run a cancelled job) or an early-stopping
             // decision stopped it (then it ends pruned, as does a run that completed after the stop
@@ -249,16 +232,17 @@ impl Store {
             now,
             summary,
             error
-        )
-        .fetch_optional(&mut *c)
+        ))
         .await?;
         if let Some(row) = &row {
-            attempt_ended(c, &ranks, row.sweep_id, job, status_of(&row.status)?).await?;
+            attempt_ended(&ranks, row.sweep_id, job, status_of(&row.status)?);
         }
         Ok(row) }.boxed())
         .await?;
         if let Some(row) = row {
-            return change_of(job, row.sweep_id, &row.status, row.attempt);
+            let change = change_of(job, row.sweep_id, &row.status, row.attempt)?;
+            self.settle(&change).await?;
+            return Ok(change);
         }
         // Idempotent: the same attempt finishing the same way again changes nothing.
         let done = sqlx::query!(
@@ -267,7 +251,7 @@ impl Store {
             job,
             attempt
         )
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.worker_read)
         .await?;
         match done {
             Some(d) if d.outcome.as_deref() == Some(outcome) => {
@@ -284,39 +268,57 @@ impl Store {
         job: i64,
         attempt: i64,
         reason: &str,
+        rules: Release,
         now: i64,
     ) -> Result<JobChange> {
         let reason = reason.to_string();
         let ranks = self.ranks.clone();
         let row = self
             .writer
-            .run(move |c| {
+            .run(move |one| {
                 async move {
-                    let row = sqlx::query!(
+                    let row = one.fetch_optional(sqlx::query!(
                         // Released after a cancel or a stop: the job ends (cancelled or pruned) instead of
-                        // waiting for a claim.
+                        // waiting for a claim. An idle release (no epoch committed since the claim) past
+                        // the free ones is charged: its attempt counts, and the last one fails the job.
                         r#"UPDATE jobs SET
                              status = CASE WHEN cancel_requested = 1 THEN 'cancelled'
                                            WHEN stop_requested = 1 THEN 'pruned'
+                                           WHEN epoch <= claim_epoch AND idle_releases >= ?7 AND attempt >= max_attempts THEN 'failed'
                                            ELSE 'pending' END,
                              max_attempts = CASE WHEN cancel_requested = 1 OR stop_requested = 1 THEN max_attempts
+                                                 WHEN epoch <= claim_epoch AND idle_releases >= ?7 THEN max_attempts
                                                  ELSE max_attempts + 1 END,
+                             idle_releases = idle_releases + (epoch <= claim_epoch),
                              finished_at = CASE WHEN cancel_requested = 1 OR stop_requested = 1 THEN ?3
+                                                WHEN epoch <= claim_epoch AND idle_releases >= ?7 AND attempt >= max_attempts THEN ?3
                                                 ELSE finished_at END,
-                             worker = CASE WHEN cancel_requested = 1 OR stop_requested = 1 THEN worker END,
+                             error = CASE WHEN cancel_requested = 0 AND stop_requested = 0 AND epoch <= claim_epoch
+                                               AND idle_releases >= ?7 AND attempt >= max_attempts
+                                          THEN 'given back ' || (idle_releases + 1) || ' times with no epoch committed since its claim; the last ' ||
+                                               (idle_releases + 1 - ?7) || ' of them charged an attempt (serve --free-idle-releases ' || ?7 || ')'
+                                          ELSE error END,
+                             worker = CASE WHEN cancel_requested = 1 OR stop_requested = 1 THEN worker
+                                           WHEN epoch <= claim_epoch AND idle_releases >= ?7 AND attempt >= max_attempts THEN worker END,
                              lease_expires_at = NULL,
-                             attempt_ended_at = ?3, attempt_outcome = 'released', attempt_error = ?4
+                             attempt_ended_at = ?3, attempt_outcome = 'released', attempt_error = ?4,
+                             gang_barred = CASE WHEN nnodes > 1 THEN
+                                 (SELECT m.worker FROM gang_members m WHERE m.job_id = ?1 AND m.attempt = ?2 AND m.node_rank = ?5)
+                                 ELSE gang_barred END,
+                             gang_barred_until = CASE WHEN nnodes > 1 THEN ?6 ELSE gang_barred_until END
                            WHERE id = ?1 AND attempt = ?2 AND status = 'running'
                            RETURNING sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!""#,
                         job,
                         attempt,
                         now,
-                        reason
-                    )
-                    .fetch_optional(&mut *c)
+                        reason,
+                        rules.node_rank,
+                        rules.barred_until,
+                        rules.free_idle_releases
+                    ))
                     .await?;
                     if let Some(r) = &row {
-                        attempt_ended(c, &ranks, r.sweep_id, job, status_of(&r.status)?).await?;
+                        attempt_ended(&ranks, r.sweep_id, job, status_of(&r.status)?);
                     }
                     Ok(row)
                 }
@@ -324,7 +326,11 @@ impl Store {
             })
             .await?;
         match row {
-            Some(r) => change_of(job, r.sweep_id, &r.status, r.attempt),
+            Some(r) => {
+                let change = change_of(job, r.sweep_id, &r.status, r.attempt)?;
+                self.settle(&change).await?;
+                Ok(change)
+            }
             None => Err(self.fence_error(job, attempt).await),
         }
     }
@@ -332,7 +338,7 @@ impl Store {
     /// Ok when `attempt` holds `job` now (for writes outside the database, like checkpoint files).
     pub async fn check_fence(&self, job: i64, attempt: i64) -> Result<()> {
         let row = sqlx::query!("SELECT status, attempt FROM jobs WHERE id = ?", job)
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.worker_read)
             .await?;
         match row {
             Some(r) if r.attempt == attempt && r.status == JobStatus::Running.as_str() => Ok(()),
@@ -342,7 +348,7 @@ impl Store {
 
     pub async fn job_exists(&self, job: i64) -> Result<bool> {
         Ok(sqlx::query_scalar!("SELECT id FROM jobs WHERE id = ?", job)
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.worker_read)
             .await?
             .is_some())
     }
@@ -351,7 +357,7 @@ impl Store {
     /// next attempt), or fails it when it has used all its attempts.
     pub async fn requeue_expired(&self, now: i64) -> Result<Vec<JobChange>> {
         let ranks = self.ranks.clone();
-        let rows = self.writer.run(move |c| async move { let rows = sqlx::query!(
+        let rows = self.writer.run(move |one| async move { let rows = one.fetch_all(sqlx::query!(
             // A cancelled (or stopped) job whose worker vanished ends cancelled (or pruned), not pending
             // or failed. A gang still forming (`gang_until` set) never started: a member lost then
             // costs no attempt, as a dissolution does not.
@@ -365,35 +371,60 @@ impl Store {
                  error = CASE WHEN cancel_requested = 1 THEN 'cancelled; its worker stopped heartbeating'
                               WHEN stop_requested = 1 THEN error
                               WHEN attempt < max_attempts OR gang_until IS NOT NULL THEN error
-                              ELSE 'lease expired on attempt ' || attempt || ' of ' || max_attempts || ' (worker ' || coalesce(worker, '?') || ' stopped heartbeating)' END,
+                              ELSE 'lease expired on attempt ' || attempt || ' of ' || max_attempts || ' (' ||
+                                   coalesce((SELECT 'node ' || m.node_rank || ' of its gang, worker ' || m.worker
+                                             FROM gang_members m WHERE m.job_id = jobs.id AND m.attempt = jobs.attempt
+                                               AND m.lease_expires_at < ?1 ORDER BY m.lease_expires_at, m.node_rank LIMIT 1),
+                                            'worker ' || coalesce(worker, '?')) || ', stopped heartbeating)' END,
                  finished_at = CASE WHEN (attempt < max_attempts OR gang_until IS NOT NULL) AND cancel_requested = 0
                                          AND stop_requested = 0 THEN NULL
                                     ELSE ?1 END,
 
                  worker = NULL, lease_expires_at = NULL,
                  attempt_ended_at = ?1, attempt_outcome = 'lease expired',
-                 attempt_error = CASE WHEN gang_until IS NOT NULL THEN 'a member of its forming gang stopped heartbeating'
-                                      ELSE 'no heartbeat before the lease ran out' END
+                 -- A gang's attempt names the member that lapsed (its lease is the one that ran
+                 -- out), never a node that kept heartbeating.
+                 attempt_error = coalesce(
+                     (SELECT 'node ' || m.node_rank || ' of the gang (worker ' || m.worker || ') stopped heartbeating'
+                             || CASE WHEN gang_until IS NOT NULL THEN ' while it formed' ELSE '' END
+                      FROM gang_members m WHERE m.job_id = jobs.id AND m.attempt = jobs.attempt
+                        AND m.lease_expires_at < ?1 ORDER BY m.lease_expires_at, m.node_rank LIMIT 1),
+                     CASE WHEN gang_until IS NOT NULL THEN 'a member of its forming gang stopped heartbeating'
+                          ELSE 'no heartbeat before the lease ran out' END)
                WHERE status = 'running' AND lease_expires_at < ?1
                RETURNING id AS "id!", sweep_id AS "sweep_id!", status AS "status!", attempt AS "attempt!""#,
             now
-        )
-        .fetch_all(&mut *c)
+        ))
         .await?;
         for r in &rows {
-            attempt_ended(c, &ranks, r.sweep_id, r.id, status_of(&r.status)?).await?;
+            attempt_ended(&ranks, r.sweep_id, r.id, status_of(&r.status)?);
         }
         Ok(rows) }.boxed())
         .await?;
-        rows.into_iter()
+        let changes = rows
+            .into_iter()
             .map(|r| change_of(r.id, r.sweep_id, &r.status, r.attempt))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.settle_all(&changes).await?;
+        Ok(changes)
     }
+}
+
+/// The terms of a claim: whether it passes over TPE trials still to be drawn, when it is made,
+/// how long its lease lasts and how long a gang it starts may take to form.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimTerms {
+    pub skip_undrawn: bool,
+    pub now: i64,
+    pub lease_ms: i64,
+    pub gang_ms: i64,
 }
 
 /// What a claim asks for, inside the writer.
 struct Asked<'a> {
     req: &'a protocol::ClaimRequest,
+    /// The worker's own credential (None: a shared token).
+    credential: Option<&'a crate::credentials::Credential>,
     secret_hash: &'a [u8],
     skip_undrawn: bool,
     now: i64,
@@ -408,6 +439,9 @@ async fn take_next(
     c: &mut SqliteConnection,
     a: &Asked<'_>,
 ) -> Result<(Option<gangs::Taken>, Option<i64>)> {
+    if !within_cap(c, a.credential).await? {
+        return Ok((None, None));
+    }
     let (ranks, max_batch) = match a.req.capacity {
         Some(cap) => (Some(cap.ranks), cap.max_batch_size),
         None => (None, None),
@@ -418,6 +452,7 @@ async fn take_next(
         max_batch,
         accepts_commands: a.req.accepts_commands,
         rendezvous,
+        credential: a.credential.map(|c| c.name.as_str()),
         secret_hash: a.secret_hash,
         now: a.now,
         until: a.until,
@@ -443,6 +478,7 @@ async fn take_next(
                        AND k.is_command = p.is_command AND k.drawn = p.drawn AND k.nnodes = p.nnodes
                        AND k.cancel_requested = 0 AND k.stop_requested = 0
                        AND NOT EXISTS (SELECT 1 FROM sweeps s WHERE s.id = k.sweep_id AND s.cancelled_at IS NOT NULL)
+                       AND NOT (k.nnodes > 1 AND k.gang_barred IS ?6 AND coalesce(k.gang_barred_until > ?7, 0))
                      ORDER BY k.id LIMIT 1) AS first
              FROM pending_shapes p
              WHERE p.jobs > 0 AND (?1 IS NULL OR p.nproc <= ?1) AND (?2 IS NULL OR p.batch_size <= ?2)
@@ -451,7 +487,9 @@ async fn take_next(
         max_batch,
         a.req.accepts_commands,
         a.skip_undrawn,
-        gangs_ok
+        gangs_ok,
+        a.req.worker,
+        a.now
     )
     .fetch_optional(&mut *c)
     .await?;
@@ -465,6 +503,34 @@ async fn take_next(
     Ok((take(c, a, oldest.id, w.as_ref()).await?, None))
 }
 
+/// Whether a claim under `credential` may take one more job: the credential is still live (a
+/// revoke that committed between the request's check and this claim wins) and holds fewer jobs
+/// than its cap, as node 0 or as any other live member of a gang.
+async fn within_cap(
+    c: &mut SqliteConnection,
+    credential: Option<&crate::credentials::Credential>,
+) -> Result<bool> {
+    let Some(cred) = credential else {
+        return Ok(true);
+    };
+    let row = sqlx::query!(
+        r#"SELECT (SELECT revoked_at IS NULL FROM credentials WHERE name = ?1) AS "live: bool",
+                  (SELECT count(*) FROM jobs INDEXED BY jobs_running_by_credential WHERE credential = ?1 AND status = 'running')
+                  + (SELECT count(*) FROM gang_members m INDEXED BY gang_members_live_by_credential
+                     WHERE m.credential = ?1 AND m.lease_expires_at IS NOT NULL AND m.node_rank > 0) AS "held!: i64""#,
+        cred.name
+    )
+    .fetch_one(&mut *c)
+    .await?;
+    if row.live != Some(true) {
+        return Err(StoreError::Forbidden(format!(
+            "worker credential {} was revoked",
+            cred.name
+        )));
+    }
+    Ok(cred.max_in_flight.is_none_or(|cap| row.held < cap))
+}
+
 /// Takes pending job `id`: the next attempt number (the fencing token) in the same statement; a
 /// multi-node job's gang starts forming with `w` as node 0, with a deadline.
 async fn take(
@@ -474,10 +540,11 @@ async fn take(
     w: Option<&gangs::Claimant<'_>>,
 ) -> Result<Option<gangs::Taken>> {
     let gang_until = a.now + a.gang_ms;
+    let credential = a.credential.map(|c| c.name.as_str());
     let row = sqlx::query!(
         r#"UPDATE jobs SET status = 'running', attempt = attempt + 1, worker = ?1, lease_expires_at = ?2, claimed_at = ?3,
                started_at = coalesce(started_at, ?3), lease_secret_hash = ?4,
-               gang_until = CASE WHEN nnodes > 1 THEN ?6 END
+               gang_until = CASE WHEN nnodes > 1 THEN ?6 END, credential = ?7, claim_epoch = epoch
            WHERE id = ?5 AND status = 'pending' AND drawn_at IS NOT NULL
            RETURNING id AS "id!", sweep_id AS "sweep_id!", attempt AS "attempt!", params AS "params!",
                      is_command AS "is_command!: bool", nnodes AS "nnodes!""#,
@@ -486,7 +553,8 @@ async fn take(
         a.now,
         a.secret_hash,
         id,
-        gang_until
+        gang_until,
+        credential
     )
     .fetch_optional(&mut *c)
     .await?;
@@ -514,31 +582,79 @@ async fn take(
     }))
 }
 
+/// The claim's reply, built inside its transaction from the job it took: the params and, for a
+/// command job, its sweep's command (a command job handed out without its command would run as a
+/// trainer job: an error, and the claim with it).
+async fn claim_reply(
+    c: &mut SqliteConnection,
+    row: gangs::Taken,
+    until: i64,
+    lease_ms: i64,
+) -> Result<Claim> {
+    let command = match row.is_command {
+        true => {
+            let text = sqlx::query_scalar!("SELECT command FROM sweeps WHERE id = ?", row.sweep_id)
+                .fetch_optional(&mut *c)
+                .await?
+                .flatten()
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("sweep {}'s command is missing", row.sweep_id))
+                })?;
+            Some(parse_json("sweeps.command", &text)?)
+        }
+        false => None,
+    };
+    Ok(Claim {
+        id: row.id,
+        sweep_id: row.sweep_id,
+        attempt: row.attempt,
+        params: parse_json("jobs.params", &row.params)?,
+        lease_expires_at: until,
+        lease_ms: Some(lease_ms),
+        command,
+        // The caller, which made the secret, fills it in.
+        lease_secret: String::new(),
+        gang: row.gang,
+    })
+}
+
 /// Early stopping's values follow an attempt's end (finish, release, lease expiry), inside the
 /// batch that ended it: a job that ended for good leaves the open values (in memory: nothing there
-/// can fail), and a sweep with no job left pending or running drops its values altogether (its kept
-/// counts say so: one row read on the writer's connection, only when a job ended for good).
-pub(super) async fn attempt_ended(
-    c: &mut SqliteConnection,
-    ranks: &ranks::Ranks,
-    sweep: i64,
-    job: i64,
-    status: JobStatus,
-) -> Result<()> {
+/// can fail). Once committed, [`Store::settle`] drops a finished sweep's values altogether.
+pub(super) fn attempt_ended(ranks: &ranks::Ranks, sweep: i64, job: i64, status: JobStatus) {
     ranks.with(sweep, |s| s.job_ended(job, status));
-    if !status.is_final() {
-        return Ok(());
+}
+
+impl Store {
+    /// After a job ended for good: a sweep with no job left pending or running drops early
+    /// stopping's values (its kept counts say so: one row, read after the commit; a sweep whose
+    /// jobs have all ended never gets an open one again, so the read cannot be overtaken).
+    pub(super) async fn settle(&self, change: &JobChange) -> Result<()> {
+        if !change.status.is_final() {
+            return Ok(());
+        }
+        let open = sqlx::query_scalar!(
+            r#"SELECT pending + running AS "n!: i64" FROM sweep_counts WHERE sweep_id = ?"#,
+            change.sweep_id
+        )
+        .fetch_optional(&self.worker_read)
+        .await?;
+        if open == Some(0) {
+            self.ranks.forget(change.sweep_id);
+        }
+        Ok(())
     }
-    let open = sqlx::query_scalar!(
-        r#"SELECT pending + running AS "n!: i64" FROM sweep_counts WHERE sweep_id = ?"#,
-        sweep
-    )
-    .fetch_optional(&mut *c)
-    .await?;
-    if open == Some(0) {
-        ranks.forget(sweep);
+
+    /// [`Store::settle`] for each sweep of `changes`, once.
+    pub(super) async fn settle_all(&self, changes: &[JobChange]) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for c in changes.iter().filter(|c| c.status.is_final()) {
+            if seen.insert(c.sweep_id) {
+                self.settle(c).await?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Why `attempt` does not hold `job`, from the job's status and current attempt.
@@ -558,14 +674,14 @@ pub(super) fn not_holding(job: i64, attempt: i64, status: &str, current: i64) ->
 /// the primary key, and the job's epoch follows by trigger (`epoch_recorded`). The sweep's id when
 /// a row was written; None when nothing was (see [`Store::metrics_not_stored`]).
 pub(super) async fn insert_metrics(
-    c: &mut SqliteConnection,
+    one: One<'_>,
     job: i64,
     m: &MetricsReport,
     now: i64,
 ) -> Result<Option<i64>> {
     let extra = (!m.extra.is_empty())
         .then(|| serde_json::to_string(&m.extra).expect("a map of numbers serialises"));
-    Ok(sqlx::query_scalar!(
+    Ok(one.fetch_optional_scalar(sqlx::query_scalar!(
                         r#"INSERT INTO metrics (job_id, sweep_id, epoch, attempt, lr, train_loss, test_loss, accuracy, precision,
                                                 recall, f1, images_per_sec, seconds, recorded_at, extra)
                            SELECT id, sweep_id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14 FROM jobs
@@ -591,7 +707,6 @@ pub(super) async fn insert_metrics(
                         m.seconds,
                         now,
                         extra
-                    )
-    .fetch_optional(&mut *c)
+                    ))
     .await?)
 }

@@ -11,6 +11,8 @@ pub struct Appended {
     pub sweep_id: i64,
     pub end: i64,
     pub stored: i64,
+    /// How much the job's kept bytes grew (the new bytes less what trimming dropped).
+    pub grown: i64,
 }
 
 /// A read: bytes from `offset` (later than asked when older output was dropped), up to `next`.
@@ -50,6 +52,15 @@ impl LogRead {
 }
 
 impl Store {
+    /// Every job's kept log bytes together (read once at start, for the global quota).
+    pub async fn log_bytes_total(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar!(r#"SELECT coalesce(sum(log_bytes), 0) AS "n!: i64" FROM jobs"#)
+                .fetch_one(&self.read)
+                .await?,
+        )
+    }
+
     pub async fn append_log(
         &self,
         job: i64,
@@ -81,6 +92,7 @@ impl Store {
                             sweep_id,
                             end,
                             stored: 0,
+                            grown: 0,
                         });
                     }
                     let len = new.len() as i64;
@@ -100,13 +112,15 @@ impl Store {
                     )
                     .fetch_one(&mut *c)
                     .await?;
-                    if kept > max_bytes {
-                        trim(c, job, kept - max_bytes, (attempt, start)).await?;
-                    }
+                    let trimmed = match kept > max_bytes {
+                        true => trim(c, job, kept - max_bytes, (attempt, start)).await?,
+                        false => 0,
+                    };
                     Ok(Appended {
                         sweep_id,
                         end: start + len,
                         stored: len,
+                        grown: len - trimmed,
                     })
                 }
                 .boxed()
@@ -204,8 +218,9 @@ async fn log_end(c: &mut SqliteConnection, job: i64, attempt: i64) -> Result<i64
     .unwrap_or(0))
 }
 
-/// Drops the job's oldest chunks until `excess` bytes are gone, stopping before `newest`.
-async fn trim(c: &mut SqliteConnection, job: i64, excess: i64, newest: (i64, i64)) -> Result<()> {
+/// Drops the job's oldest chunks until `excess` bytes are gone, stopping before `newest`; how many
+/// bytes it dropped.
+async fn trim(c: &mut SqliteConnection, job: i64, excess: i64, newest: (i64, i64)) -> Result<i64> {
     let oldest = sqlx::query!(
         r#"SELECT attempt, start, length(data) AS "len!: i64" FROM logs WHERE job_id = ?
            ORDER BY attempt, start LIMIT ?"#,
@@ -223,7 +238,7 @@ async fn trim(c: &mut SqliteConnection, job: i64, excess: i64, newest: (i64, i64
         last = Some((r.attempt, r.start));
     }
     let Some((attempt, start)) = last else {
-        return Ok(());
+        return Ok(0);
     };
     sqlx::query!(
         "DELETE FROM logs WHERE job_id = ?1 AND (attempt < ?2 OR (attempt = ?2 AND start <= ?3))",
@@ -240,5 +255,5 @@ async fn trim(c: &mut SqliteConnection, job: i64, excess: i64, newest: (i64, i64
     )
     .execute(&mut *c)
     .await?;
-    Ok(())
+    Ok(removed)
 }

@@ -28,14 +28,16 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::store::writer::Writer;
+use crate::store::writer::{One, Writer};
 use crate::sweep::SweepSpec;
 use futures::FutureExt;
 use protocol::{Claim, HeartbeatReply, JobChange, JobShape, JobStatus, MetricsReport, SweepStatus};
 use sqlx::{ConnectOptions, SqliteConnection};
 
+pub mod credentials;
 mod gangs;
 mod lease;
+pub use lease::ClaimTerms;
 pub mod logs;
 mod ranks;
 mod reads;
@@ -77,12 +79,29 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Connections of the users' read pool: what the HTTP edge lets run at once (`http::reads`).
+pub const READ_CONNECTIONS: u32 = 8;
+
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Reads of users and the dashboard (bounded at the HTTP edge, see `http::reads`).
     read: SqlitePool,
+    /// Reads of the worker protocol's writes (fences, lease checks): a small pool of their own, so
+    /// no number of slow user reads can keep a worker's write waiting for a connection.
+    worker_read: SqlitePool,
     writer: Writer,
     /// Early stopping's ordered values, changed only inside the writer's batches.
     ranks: std::sync::Arc<ranks::Ranks>,
+}
+
+/// A release's rules (see [`Store::release`]): who gives a gang's attempt back (its node) and
+/// until when that worker may not be the same job's node 0 again; how many idle releases (no
+/// epoch committed since the claim) a job gets free before they charge their attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Release {
+    pub node_rank: i64,
+    pub barred_until: i64,
+    pub free_idle_releases: i64,
 }
 
 /// A stored status word as the enum. The table's CHECK constraint admits only these words; another
@@ -126,16 +145,23 @@ impl Store {
         let mut write: SqliteConnection = opts.clone().connect().await?;
         sqlx::migrate!("../migrations").run(&mut write).await?;
         // No ping before each acquire: on a local file it only adds a round trip to every request.
+        // Reads map the file (up to 1 GiB) instead of copying pages into each connection's own
+        // 2 MB cache: a read that scans a 100,000-job sweep is served from the OS's pages.
+        let read_opts = opts.read_only(true).pragma("mmap_size", "1073741824");
         let read = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(READ_CONNECTIONS)
             .test_before_acquire(false)
-            // Reads map the file (up to 1 GiB) instead of copying pages into each connection's
-            // own 2 MB cache: a read that scans a 100,000-job sweep is served from the OS's pages.
-            .connect_with(opts.read_only(true).pragma("mmap_size", "1073741824"))
+            .connect_with(read_opts.clone())
+            .await?;
+        let worker_read = SqlitePoolOptions::new()
+            .max_connections(2)
+            .test_before_acquire(false)
+            .connect_with(read_opts)
             .await?;
         let ranks = std::sync::Arc::new(ranks::Ranks::default());
         Ok(Store {
             read,
+            worker_read,
             writer: Writer::spawn_observed(write, ranks.clone()),
             ranks,
         })
@@ -144,7 +170,7 @@ impl Store {
     /// The write connection's `PRAGMA synchronous` (2 is FULL): what durability an answer promises.
     pub async fn synchronous(&self) -> Result<i64> {
         self.writer
-            .run(|c| {
+            .run_many(|c| {
                 async move {
                     Ok(sqlx::query_scalar::<_, i64>("PRAGMA synchronous")
                         .fetch_one(&mut *c)

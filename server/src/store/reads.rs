@@ -176,6 +176,14 @@ impl Store {
         self.sweep_name(sweep).await.map(|_| ())
     }
 
+    /// How many jobs a sweep has (its kept count), or NotFound.
+    pub async fn sweep_jobs(&self, sweep: i64) -> Result<i64> {
+        sqlx::query_scalar!("SELECT total FROM sweep_counts WHERE sweep_id = ?", sweep)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))
+    }
+
     /// The sweep's name (by its key), or NotFound.
     pub async fn sweep_name(&self, sweep: i64) -> Result<String> {
         sqlx::query_scalar!("SELECT name FROM sweeps WHERE id = ?", sweep)
@@ -244,6 +252,8 @@ impl Store {
     pub async fn jobs_page(&self, sweep: i64, q: &JobQuery) -> Result<JobPage> {
         self.sweep_exists(sweep).await?;
         let status = q.status.as_deref().filter(|s| !s.is_empty());
+        // Matched as a literal (no wildcards), ASCII case ignored; its length is bounded at the
+        // edge (`MAX_QUERY_TEXT`), so one search costs a scan of the sweep's rows, never more.
         let text = q.q.as_deref().filter(|s| !s.is_empty());
         let sort = q.sort.as_deref().unwrap_or("idx");
         let desc = q.desc as i64;
@@ -265,7 +275,7 @@ impl Store {
             Some(_) => sqlx::query_scalar!(
                 r#"SELECT count(*) AS "n!: i64" FROM jobs j
                    WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.status = ?2)
-                     AND (?3 IS NULL OR j.params LIKE '%' || ?3 || '%' OR coalesce(j.worker, '') LIKE '%' || ?3 || '%')"#,
+                     AND (?3 IS NULL OR instr(lower(j.params), lower(?3)) > 0 OR instr(lower(coalesce(j.worker, '')), lower(?3)) > 0)"#,
                 sweep,
                 status,
                 text
@@ -283,7 +293,7 @@ impl Store {
                       m.precision, m.recall, m.f1, m.images_per_sec, m.seconds, m.extra
                FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
                WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.status = ?2)
-                 AND (?3 IS NULL OR j.params LIKE '%' || ?3 || '%' OR coalesce(j.worker, '') LIKE '%' || ?3 || '%')
+                 AND (?3 IS NULL OR instr(lower(j.params), lower(?3)) > 0 OR instr(lower(coalesce(j.worker, '')), lower(?3)) > 0)
                ORDER BY
                  CASE WHEN ?5 = 0 THEN (CASE ?4
                    WHEN 'batch_size' THEN json_extract(j.params, '$.batch_size') WHEN 'lr' THEN json_extract(j.params, '$.lr')
@@ -409,7 +419,9 @@ impl Store {
         Ok(out)
     }
 
-    pub async fn get_job(&self, job: i64) -> Result<JobDetail> {
+    /// A job with its metrics and a page of its attempts (`offset` attempts skipped, at most
+    /// `limit`, oldest first): a job given back thousands of times still answers in one page.
+    pub async fn get_job(&self, job: i64, offset: i64, limit: i64) -> Result<JobDetail> {
         let row = self
             .jobs_by_id(&[job])
             .await?
@@ -442,8 +454,11 @@ impl Store {
         })
         .collect::<Result<_>>()?;
         let mut attempts: Vec<AttemptRow> = sqlx::query!(
-            "SELECT attempt, worker, started_at, ended_at, outcome, error FROM attempts WHERE job_id = ? ORDER BY attempt",
-            job
+            "SELECT attempt, worker, started_at, ended_at, outcome, error FROM attempts WHERE job_id = ?
+             ORDER BY attempt LIMIT ? OFFSET ?",
+            job,
+            limit,
+            offset
         )
         .fetch_all(&self.read)
         .await?
@@ -458,8 +473,9 @@ impl Store {
             members: vec![],
         })
         .collect();
-        // The running attempt lives in the job row until it ends.
-        if row.status == JobStatus::Running {
+        // The running attempt lives in the job row until it ends (the last: on the last page).
+        let page = (offset + 1)..=(offset + limit);
+        if row.status == JobStatus::Running && page.contains(&row.attempt) {
             let claimed_at = sqlx::query_scalar!("SELECT claimed_at FROM jobs WHERE id = ?", job)
                 .fetch_one(&self.read)
                 .await?;
@@ -473,13 +489,14 @@ impl Store {
                 members: vec![],
             });
         }
-        for (attempt, member) in self.members_of(job).await? {
+        for (attempt, member) in self.members_of(job, *page.start(), *page.end()).await? {
             if let Some(a) = attempts.iter_mut().find(|a| a.attempt == attempt) {
                 a.members.push(member);
             }
         }
         let waiting = self.gang_waiting(&row).await?;
         Ok(JobDetail {
+            attempts_total: row.attempt,
             job: row,
             metrics,
             attempts,

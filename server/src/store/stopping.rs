@@ -11,7 +11,7 @@ impl Store {
     /// Whether the job has been told to stop.
     pub async fn stop_requested(&self, job: i64) -> Result<bool> {
         let flag = sqlx::query_scalar!("SELECT stop_requested FROM jobs WHERE id = ?", job)
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.worker_read)
             .await?;
         Ok(flag.unwrap_or(0) != 0)
     }
@@ -23,7 +23,7 @@ impl Store {
             "SELECT s.early_stop FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE j.id = ?",
             job
         )
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.worker_read)
         .await?
         .flatten();
         text.as_deref()
@@ -49,7 +49,9 @@ impl Store {
             .writer
             .run_many(move |c| {
                 async move {
-                    let Some(sweep) = super::lease::insert_metrics(c, job, &report, now).await?
+                    let Some(sweep) =
+                        super::lease::insert_metrics(One::within(&mut *c), job, &report, now)
+                            .await?
                     else {
                         return Ok(None);
                     };

@@ -117,9 +117,9 @@ impl Store {
     ) -> Result<bool> {
         let text = Value::Object(params.clone()).to_string();
         self.writer
-            .run(move |c| {
+            .run(move |one| {
                 async move {
-                    let r = sqlx::query!(
+                    let r = one.execute(sqlx::query!(
                         "UPDATE jobs SET params = ?, batch_size = ?, nproc = ?, epochs = ?, nnodes = ?, drawn_at = ?
                          WHERE id = ? AND drawn_at IS NULL AND status = 'pending'",
                         text,
@@ -129,8 +129,7 @@ impl Store {
                         shape.nnodes,
                         now,
                         job
-                    )
-                    .execute(&mut *c)
+                    ))
                     .await?;
                     Ok(r.rows_affected() == 1)
                 }

@@ -3,15 +3,19 @@
 //! Under load a batch carries dozens of writes for the price of one commit; alone, a write waits for
 //! nobody. An answer is never sent for a write that was not committed.
 //!
-//! Each write is atomic on its own. A write of one statement is atomic by SQLite's own rule (a
-//! failing statement undoes itself); a write of several ([`Writer::run_many`]) runs under a
-//! SAVEPOINT, and one that fails half-way is rolled back to it, so its earlier statements never
-//! reach the batch's commit. (Hot writes are single statements: a savepoint costs three more round
-//! trips to SQLite's thread per write, which halved the load benchmark's throughput.) When the transaction
-//! cannot even begin (the file locked by another process past the busy timeout), no write of the
-//! batch runs, and each caller gets `NotCommitted`.
+//! Each write is atomic on its own, by construction. [`Writer::run`] hands its closure a [`One`],
+//! which executes exactly one statement (each of its methods consumes it), and a statement is
+//! atomic by SQLite's own rule (a failing statement undoes itself). A write of several statements
+//! must use [`Writer::run_many`], whose closure gets the connection under a SAVEPOINT: one that
+//! fails half-way is rolled back to it, so its earlier statements never reach the batch's commit.
+//! (Hot writes are single statements: a savepoint costs two more round trips to SQLite's thread
+//! per write.) When the transaction cannot even begin (the file locked by another process past the
+//! busy timeout), no write of the batch runs, and each caller gets `NotCommitted`.
 use futures::future::BoxFuture;
-use sqlx::{Connection, SqliteConnection};
+use sqlx::query::QueryScalar;
+use sqlx::query::{Map, Query};
+use sqlx::sqlite::{SqliteQueryResult, SqliteRow};
+use sqlx::{Connection, FromRow, IntoArguments, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::StoreError;
@@ -65,16 +69,15 @@ impl Writer {
         Writer { ops: tx }
     }
 
-    /// Runs `f`, which executes **one** SQL statement, inside the next batch's transaction; its
-    /// result is returned once that commits.
+    /// Runs `f`, which executes one SQL statement through the [`One`] it is given, inside the next
+    /// batch's transaction; its result is returned once that commits.
     pub async fn run<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<R, StoreError>>
-            + Send
-            + 'static,
+        F: for<'c> FnOnce(One<'c>) -> BoxFuture<'c, Result<R, StoreError>> + Send + 'static,
     {
-        self.submit(f, false).await
+        self.submit(move |c: &mut SqliteConnection| f(One(c)), false)
+            .await
     }
 
     /// Runs `f`, which may execute several statements, atomically inside the next batch's
@@ -121,6 +124,73 @@ impl Writer {
             .await
             .map_err(|_| StoreError::NotCommitted)?;
         rx.await.map_err(|_| StoreError::NotCommitted)?
+    }
+}
+
+/// The one statement of a [`Writer::run`] write: each method executes a statement and consumes
+/// it, so a second statement in the same write does not compile (it needs [`Writer::run_many`]).
+#[derive(Debug)]
+pub struct One<'c>(&'c mut SqliteConnection);
+
+impl<'c> One<'c> {
+    /// One statement of a [`Writer::run_many`] write (already under its savepoint), for a helper
+    /// that both kinds of write share.
+    pub fn within(c: &'c mut SqliteConnection) -> Self {
+        One(c)
+    }
+
+    /// A statement that returns no rows.
+    pub async fn execute<'q, A>(self, q: Query<'q, Sqlite, A>) -> sqlx::Result<SqliteQueryResult>
+    where
+        A: 'q + IntoArguments<'q, Sqlite>,
+    {
+        q.execute(self.0).await
+    }
+
+    /// A statement that returns at most one row (`RETURNING`, or a read on the write connection).
+    pub async fn fetch_optional<'q, F, O, A>(
+        self,
+        q: Map<'q, Sqlite, F, A>,
+    ) -> sqlx::Result<Option<O>>
+    where
+        F: FnMut(SqliteRow) -> sqlx::Result<O> + Send,
+        O: Send + Unpin,
+        A: 'q + Send + IntoArguments<'q, Sqlite>,
+    {
+        q.fetch_optional(self.0).await
+    }
+
+    /// A statement that returns at most one value (`query_scalar!`).
+    pub async fn fetch_optional_scalar<'q, O, A>(
+        self,
+        q: QueryScalar<'q, Sqlite, O, A>,
+    ) -> sqlx::Result<Option<O>>
+    where
+        O: Send + Unpin,
+        A: 'q + Send + IntoArguments<'q, Sqlite>,
+        (O,): Send + Unpin + for<'r> FromRow<'r, SqliteRow>,
+    {
+        q.fetch_optional(self.0).await
+    }
+
+    /// A statement that returns exactly one row.
+    pub async fn fetch_one<'q, F, O, A>(self, q: Map<'q, Sqlite, F, A>) -> sqlx::Result<O>
+    where
+        F: FnMut(SqliteRow) -> sqlx::Result<O> + Send,
+        O: Send + Unpin,
+        A: 'q + Send + IntoArguments<'q, Sqlite>,
+    {
+        q.fetch_one(self.0).await
+    }
+
+    /// A statement that returns any number of rows.
+    pub async fn fetch_all<'q, F, O, A>(self, q: Map<'q, Sqlite, F, A>) -> sqlx::Result<Vec<O>>
+    where
+        F: FnMut(SqliteRow) -> sqlx::Result<O> + Send,
+        O: Send + Unpin,
+        A: 'q + Send + IntoArguments<'q, Sqlite>,
+    {
+        q.fetch_all(self.0).await
     }
 }
 
@@ -237,11 +307,9 @@ mod tests {
             }
             .boxed()
         });
-        let fine = w.run(|c| {
+        let fine = w.run(|one| {
             async move {
-                sqlx::query("INSERT INTO t VALUES (2)")
-                    .execute(&mut *c)
-                    .await?;
+                one.execute(sqlx::query("INSERT INTO t VALUES (2)")).await?;
                 Ok(())
             }
             .boxed()
@@ -272,11 +340,9 @@ mod tests {
         let told = std::sync::Arc::new(Told::default());
         let (w, _dir, _path) = writer_observed(told.clone()).await;
         let insert = |x: i64| {
-            w.run(move |c| {
+            w.run(move |one| {
                 async move {
-                    sqlx::query("INSERT INTO t VALUES (?)")
-                        .bind(x)
-                        .execute(&mut *c)
+                    one.execute(sqlx::query("INSERT INTO t VALUES (?)").bind(x))
                         .await?;
                     Ok(())
                 }

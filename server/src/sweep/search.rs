@@ -350,7 +350,10 @@ fn tpe_options(
             format!("must be from 1 to {}", O::MAX_EI_CANDIDATES),
         );
     }
-    let warm_start = file.warm_start.unwrap_or_default();
+    // A sweep named twice would count its history twice: once is what it means.
+    let mut warm_start = file.warm_start.unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    warm_start.retain(|id| seen.insert(*id));
     if warm_start.len() > O::MAX_WARM_START {
         return err(
             "search.warm_start",

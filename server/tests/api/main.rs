@@ -7,6 +7,7 @@ mod figures;
 mod gangs;
 mod hardening;
 mod helpers;
+mod identity;
 mod jobs;
 mod leases;
 mod results;

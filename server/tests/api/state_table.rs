@@ -147,6 +147,9 @@ async fn scenario(row: &Row) -> Option<JobStatus> {
             Some(status(&app, job).await)
         }
         "release (the worker gives it back)" => release(&app).await,
+        "release with no epoch committed since its claim, past the free ones (`--free-idle-releases`, 3)" => {
+            idle_releases(&app).await
+        }
         "lease expires" => expire(&app).await,
         "a member's lease expires, or a member other than node 0 finishes `failed`" => {
             member_lost(&app).await
@@ -179,6 +182,33 @@ async fn finish_as_told(app: &TestApp) -> Option<JobStatus> {
         "a stop was requested"
     );
     None
+}
+
+/// Claim and give back with no progress, again and again: three releases are free, then each uses
+/// its attempt up, and the last fails the job. A release after a committed epoch stays free.
+async fn idle_releases(app: &TestApp) -> Option<JobStatus> {
+    let (_, job) = running(app, 1, false).await;
+    for attempt in 1..=3 {
+        assert_eq!(app.release(job, attempt).await.0, StatusCode::OK);
+        assert_eq!(
+            app.job_detail(job).await.job.max_attempts,
+            1 + attempt,
+            "free"
+        );
+        assert_eq!(app.claim("w").await.unwrap().attempt, attempt + 1);
+    }
+    // A release that follows progress is free, whatever came before.
+    assert_eq!(app.metrics(job, 4, 1, Some(1.0), 0.5).await, StatusCode::OK);
+    app.release(job, 4).await;
+    assert_eq!(app.job_detail(job).await.job.max_attempts, 5);
+    assert_eq!(app.claim("w").await.unwrap().attempt, 5);
+    app.release(job, 5).await;
+    let j = app.job_detail(job).await.job;
+    assert!(
+        j.error.as_deref().unwrap().contains("no epoch committed"),
+        "{j:?}"
+    );
+    Some(j.status)
 }
 
 async fn release(app: &TestApp) -> Option<JobStatus> {
@@ -311,7 +341,7 @@ async fn the_job_state_table_is_what_the_coordinator_does() {
     let rows = table();
     assert_eq!(
         rows.len(),
-        14,
+        15,
         "a row added or removed: give it a scenario here"
     );
     for row in &rows {

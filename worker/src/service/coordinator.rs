@@ -96,6 +96,20 @@ impl Coordinator {
             .map_err(|e| CallError::Unavailable(e.to_string()))
     }
 
+    /// Mints a worker credential with this coordinator's token (an enrollment credential).
+    pub fn enroll(
+        &self,
+        suffix: &str,
+    ) -> Result<protocol::credentials::IssuedCredential, CallError> {
+        let body = protocol::credentials::EnrollRequest {
+            suffix: suffix.to_string(),
+        };
+        let v = self
+            .post(routes::ENROLL, &body)?
+            .ok_or_else(|| CallError::Refused("an empty answer to an enrollment".into()))?;
+        serde_json::from_value(v).map_err(|e| CallError::Refused(e.to_string()))
+    }
+
     /// The oldest pending job that fits `capacity`, or None.
     pub fn claim(
         &self,

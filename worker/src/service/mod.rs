@@ -9,7 +9,7 @@ pub mod program;
 pub mod slots;
 
 use crate::ddp::launch::PortHold;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use coordinator::{Claim, Coordinator};
 use slots::{DeviceKind, Slots};
 use std::collections::HashMap;
@@ -24,8 +24,21 @@ pub struct RunArgs {
     /// The coordinator, e.g. http://127.0.0.1:8080.
     #[arg(long, env = "SWEEP_SERVER")]
     pub server: String,
-    #[arg(long, env = "SWEEP_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// The token this worker speaks with: its own credential (`server worker add NAME`, the name
+    /// then given as --name) or the coordinator's shared worker token (`<db>.worker-token`).
+    #[arg(
+        long,
+        env = "SWEEP_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "enroll_token_file"
+    )]
+    pub token: Option<String>,
+    /// A file holding an enrollment credential (`server worker add PREFIX --enrollment ...`): at
+    /// start the worker mints a credential of its own, named PREFIX-<its name>, and speaks with it
+    /// (what the Slurm recipes use: one admin-issued secret for a whole array, each task its own
+    /// identity).
+    #[arg(long, env = "SWEEP_ENROLL_TOKEN_FILE", conflicts_with = "token")]
+    pub enroll_token_file: Option<PathBuf>,
     /// GPUs to use, e.g. 0,1 (one rank per GPU), or `auto`: those this process was given
     /// (`CUDA_VISIBLE_DEVICES`, else `SLURM_JOB_GPUS`, as Slurm sets them for a task).
     #[arg(long, value_parser = parse_gpus, conflicts_with = "cpu_ranks")]
@@ -158,6 +171,18 @@ fn route_address(server: &str) -> Result<String> {
 /// The worker's name unless `--name` gives one: under Slurm its node, job, array task and task
 /// (`gpu7-slurm-4242_3-0`: array job 4242's task 3, as `squeue` writes it; each array task also has
 /// a job id of its own, which is not the one users see), elsewhere its host and process id.
+/// Mints this worker's own credential with the enrollment credential in `file`: its name (the
+/// enrollment's name, a dash, `suffix`) and its token, kept in memory only.
+fn enroll(server: &str, file: &std::path::Path, suffix: &str) -> Result<(String, String)> {
+    let secret = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the enrollment credential {}", file.display()))?;
+    let issued = Coordinator::new(server, secret.trim())
+        .enroll(suffix)
+        .with_context(|| format!("enrolling at {server} with {}", file.display()))?;
+    tracing::info!(name = %issued.name, "enrolled: this worker speaks with its own credential");
+    Ok((issued.name, issued.token))
+}
+
 fn default_name(env: impl Fn(&str) -> Option<String>) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -265,12 +290,17 @@ impl Service {
             Some(addr) => addr.clone(),
             None => route_address(&a.server)?,
         };
+        let (name, token) = match (&a.enroll_token_file, &a.token) {
+            (Some(file), _) => enroll(&a.server, file, &name)?,
+            (None, Some(token)) => (name, token.clone()),
+            (None, None) => bail!("give --token (or SWEEP_TOKEN) or --enroll-token-file"),
+        };
         tracing::info!(%name, server = %a.server, cores, %advertise, "worker started");
         Ok(Service {
             args: a.clone(),
             slots: Slots::new(kinds, a.slots_per_device, a.pack_max_batch, cores),
             name,
-            coord: Coordinator::new(&a.server, &a.token),
+            coord: Coordinator::new(&a.server, &token),
             stopping,
             opts: job::JobOptions {
                 exe: std::env::current_exe()?,

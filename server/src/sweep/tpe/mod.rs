@@ -37,6 +37,10 @@ impl Options {
     pub const DEFAULT_EI_CANDIDATES: i64 = 24;
     pub const MAX_EI_CANDIDATES: i64 = 10_000;
     pub const MAX_WARM_START: usize = 16;
+    /// The most work one draw may take, as finished trials in its history (its own and its
+    /// warm-start sweeps') times `ei_candidates`: a claim that reaches a trial draws it, so the draw
+    /// must stay short (about 50 ns a unit here: 50,000,000 is about 2.5 s on one core).
+    pub const MAX_DRAW_COST: i64 = 50_000_000;
 }
 
 /// Where a trial of the history stands, as the model ranks it.
