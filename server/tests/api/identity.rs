@@ -675,3 +675,54 @@ async fn a_jobs_attempts_are_paged() {
         "the running one last"
     );
 }
+
+/// `server worker add | list | revoke`: the admin's daily commands, each a client of the API. (A
+/// runtime of several threads: the command blocks one while the coordinator answers on another.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_commands_add_list_and_revoke() {
+    let app = spawn_app().await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+            .arg("worker")
+            .args(args)
+            .args(["--server", &app.base])
+            .env("SWEEP_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let token = cli(&["add", "node9", "--max-in-flight", "2"]);
+    assert!(token.trim().starts_with("swk_"), "{token}");
+    let enroll = cli(&[
+        "add",
+        "arr",
+        "--enrollment",
+        "--uses",
+        "3",
+        "--expires-hours",
+        "1",
+    ]);
+    assert!(enroll.trim().starts_with("swe_"), "{enroll}");
+    app.submit(TWO_JOBS).await;
+    assert_eq!(
+        claim_as(&app, token.trim(), "node9").await.0,
+        StatusCode::OK
+    );
+    let list = cli(&["list"]);
+    let row = list.lines().find(|l| l.starts_with("node9")).unwrap();
+    assert!(
+        row.contains(" 1 ") && row.contains(" 2 ") && row.contains("live"),
+        "{list}"
+    );
+    assert!(list.contains("3 uses left"), "{list}");
+    let revoked = cli(&["revoke", "node9"]);
+    assert!(revoked.contains("1 job(s)"), "{revoked}");
+    assert!(cli(&["list"])
+        .lines()
+        .any(|l| l.starts_with("node9") && l.ends_with("revoked")));
+}
