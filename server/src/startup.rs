@@ -130,6 +130,13 @@ fn private_file(db: &Path) -> Result<()> {
     }
 }
 
+/// Anonymous and dashboard reads served at once: half the cores (at least one), so the heaviest of
+/// them (a search over a 100,000-job sweep is a scan) leave the other half to the workers' writes.
+fn anonymous_reads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores / 2).clamp(1, crate::store::READ_CONNECTIONS as usize)
+}
+
 /// Figures drawn at once: drawing is single-threaded CPU work, so this bounds the cores they take.
 pub const FIGURE_PERMITS: usize = 2;
 
@@ -214,9 +221,7 @@ impl Application {
             private: cfg.private,
             figure_permits: Arc::new(tokio::sync::Semaphore::new(FIGURE_PERMITS)),
             figure_cache: Arc::default(),
-            read_permits: Arc::new(tokio::sync::Semaphore::new(
-                crate::store::READ_CONNECTIONS as usize,
-            )),
+            read_permits: Arc::new(tokio::sync::Semaphore::new(anonymous_reads())),
             sse_permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_event_streams)),
             sse_clients: Arc::new(crate::http::events::ClientStreams::new(
                 cfg.max_event_streams_per_client,

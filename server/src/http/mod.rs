@@ -192,8 +192,8 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
 const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 const READ_TIME: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Reads that anyone may make (anonymous, or a dashboard session) run at most
-/// `store::READ_CONNECTIONS` at once (503 when none frees within a second) and answer within 15 s
+/// Reads that anyone may make (anonymous, or a dashboard session) run at most half the cores at
+/// once (`AppState::read_permits`; 503 when none frees within a second) and answer within 15 s
 /// (503 past it). They use the users' read pool; the worker protocol's writes read through a pool
 /// of their own and write through the writer, so no number of such reads holds a worker up.
 async fn bound_reads(State(state): State<AppState>, req: Request, next: Next) -> Response {

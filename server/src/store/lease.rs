@@ -630,7 +630,8 @@ impl Store {
     /// stopping's values (its kept counts say so: one row, read after the commit; a sweep whose
     /// jobs have all ended never gets an open one again, so the read cannot be overtaken).
     pub(super) async fn settle(&self, change: &JobChange) -> Result<()> {
-        if !change.status.is_final() {
+        // The cheapest signal first: only a sweep whose values are in memory has any to drop.
+        if !change.status.is_final() || !self.ranks.is_loaded(change.sweep_id) {
             return Ok(());
         }
         let open = sqlx::query_scalar!(

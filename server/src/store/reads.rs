@@ -79,6 +79,18 @@ impl TryFrom<JobSql> for JobRow {
     }
 }
 
+/// `text` for a LIKE pattern with `ESCAPE '\'`: its `%`, `_` and `\` match themselves.
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for ch in text.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
 impl Store {
     pub async fn list_sweeps(&self) -> Result<Vec<SweepRow>> {
         self.sweeps(None).await
@@ -252,9 +264,14 @@ impl Store {
     pub async fn jobs_page(&self, sweep: i64, q: &JobQuery) -> Result<JobPage> {
         self.sweep_exists(sweep).await?;
         let status = q.status.as_deref().filter(|s| !s.is_empty());
-        // Matched as a literal (no wildcards), ASCII case ignored; its length is bounded at the
-        // edge (`MAX_QUERY_TEXT`), so one search costs a scan of the sweep's rows, never more.
-        let text = q.q.as_deref().filter(|s| !s.is_empty());
+        // Matched as a literal (its wildcards escaped), ASCII case ignored as LIKE does; its length
+        // is bounded at the edge (`protocol::views::MAX_QUERY_TEXT`), so one search costs a scan
+        // of the sweep's rows, never more.
+        let text =
+            q.q.as_deref()
+                .filter(|s| !s.is_empty())
+                .map(|t| format!("%{}%", escape_like(t)));
+        let text = text.as_deref();
         let sort = q.sort.as_deref().unwrap_or("idx");
         let desc = q.desc as i64;
         let limit = if q.limit <= 0 { 50 } else { q.limit.min(500) };
@@ -275,7 +292,7 @@ impl Store {
             Some(_) => sqlx::query_scalar!(
                 r#"SELECT count(*) AS "n!: i64" FROM jobs j
                    WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.status = ?2)
-                     AND (?3 IS NULL OR instr(lower(j.params), lower(?3)) > 0 OR instr(lower(coalesce(j.worker, '')), lower(?3)) > 0)"#,
+                     AND (?3 IS NULL OR j.params LIKE ?3 ESCAPE '\' OR coalesce(j.worker, '') LIKE ?3 ESCAPE '\')"#,
                 sweep,
                 status,
                 text
@@ -293,7 +310,7 @@ impl Store {
                       m.precision, m.recall, m.f1, m.images_per_sec, m.seconds, m.extra
                FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
                WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.status = ?2)
-                 AND (?3 IS NULL OR instr(lower(j.params), lower(?3)) > 0 OR instr(lower(coalesce(j.worker, '')), lower(?3)) > 0)
+                 AND (?3 IS NULL OR j.params LIKE ?3 ESCAPE '\' OR coalesce(j.worker, '') LIKE ?3 ESCAPE '\')
                ORDER BY
                  CASE WHEN ?5 = 0 THEN (CASE ?4
                    WHEN 'batch_size' THEN json_extract(j.params, '$.batch_size') WHEN 'lr' THEN json_extract(j.params, '$.lr')

@@ -134,7 +134,7 @@ async fn a_job_search_is_a_literal_of_at_most_200_bytes() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert!(v["error"].as_str().unwrap().starts_with("q:"), "{v}");
     // `%` and `_` are characters, not wildcards: nothing here contains them.
-    for literal in ["%", "_", "%%"] {
+    for literal in ["%", "_", "%%", "\\"] {
         let (s, v) = page(literal.into()).await;
         assert_eq!(
             (s, v["total"].as_i64()),
