@@ -4,8 +4,6 @@
 use protocol::{JobChange, MetricsReport};
 use serde::Serialize;
 
-use crate::state::AppState;
-
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Event {
@@ -27,11 +25,4 @@ pub enum Event {
         attempt: i64,
         next: i64,
     },
-}
-
-impl AppState {
-    /// Publishes an event; nobody listening is fine.
-    pub fn publish(&self, e: Event) {
-        let _ = self.events.send(e);
-    }
 }

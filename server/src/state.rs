@@ -93,3 +93,10 @@ pub struct AppState {
     /// Each claimed job's attempt and lease-secret hash, so a worker write's check reads no row.
     pub leases: Arc<crate::lifecycle::Leases>,
 }
+
+impl AppState {
+    /// Publishes an event; nobody listening is fine.
+    pub fn publish(&self, e: crate::events::Event) {
+        let _ = self.events.send(e);
+    }
+}

@@ -323,7 +323,7 @@ async fn worker_command(cmd: WorkerCommand) -> Result<()> {
                 serde_json::from_value(client.get_json(routes::WORKERS).await?)?;
             println!(
                 "{:<32} {:<10} {:>8} {:>8}  state",
-                "name", "kind", "running", "cap"
+                "name", "kind", "holds", "cap"
             );
             for r in rows {
                 let state = match (r.revoked_at, r.uses_left, &r.enrolled_by) {

@@ -323,7 +323,7 @@ async fn a_credential_holds_at_most_its_cap_of_jobs_at_once() {
             Method::POST,
             &routes::finish(first.id),
             Some(&capped.token),
-            Some(json!({"attempt": first.attempt, "status": "completed"})),
+            Some(json!({"attempt": first.attempt, "status": Outcome::Completed})),
         )
         .await;
     assert_eq!(s, StatusCode::OK);
@@ -522,26 +522,13 @@ async fn a_checkpoint_is_read_only_by_the_attempt_that_holds_the_job() {
     assert_eq!(read(again.lease_secret, WORKER_TOKEN).await, StatusCode::OK);
 }
 
-const TPE: &str = r#"
-name = "tpe"
-[train]
-dataset = "synthetic"
-epochs = 1
-[search]
-method = "tpe"
-trials = 20
-seed = 3
-[search.space]
-lr = { log_uniform = [1e-5, 1.0] }
-"#;
-
 /// A TPE draw has a cost budget (history x candidates) checked at submit, where the number is
 /// known, never at a claim; a warm-start sweep named twice counts once.
 #[tokio::test]
 async fn a_tpe_draw_that_would_cost_too_much_is_refused_at_submit() {
     let app = spawn_app().await;
-    let first = app.submit(TPE).await.id;
-    let big = TPE.replace("trials = 20", "trials = 100000\nei_candidates = 10000");
+    let first = app.submit(crate::tpe::TPE).await.id;
+    let big = crate::tpe::TPE.replace("trials = 14", "trials = 100000\nei_candidates = 10000");
     let (s, v) = app.submit_toml(&big).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     let e = v["error"].as_str().unwrap();
@@ -550,7 +537,7 @@ async fn a_tpe_draw_that_would_cost_too_much_is_refused_at_submit() {
         "{e}"
     );
     let repeated = format!("{first}, ").repeat(16);
-    let warm = TPE.replace(
+    let warm = crate::tpe::TPE.replace(
         "seed = 3",
         &format!(
             "seed = 3\nwarm_start = [{}]",

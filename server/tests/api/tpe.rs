@@ -324,7 +324,7 @@ fn tpe_learns_to_avoid_the_region_that_diverges() {
     );
 }
 
-const TPE: &str = r#"
+pub(crate) const TPE: &str = r#"
 name = "tpe"
 [train]
 dataset = "synthetic"
