@@ -61,31 +61,7 @@ pub(super) async fn claim(
             "worker: must be a non-empty name of at most 200 bytes".into(),
         ));
     }
-    // A worker's own credential is its identity: it claims under its name only.
-    let credential = match access.map(|a| a.0) {
-        Some(super::auth::Access::Credential(c)) => Some(c),
-        _ => None,
-    };
-    match &credential {
-        Some(c) if !protocol::credentials::name_fits(&c.name, &req.worker) => {
-            return Err(ApiError::Forbidden(format!(
-                "worker: this credential is worker {name}'s; its claims name {name} or {name}-SUFFIX, not {}",
-                req.worker,
-                name = c.name
-            )));
-        }
-        Some(_) => {}
-        // A shared token may not pass for a worker that has a credential of its own (its name
-        // would then block that worker's gangs, or hide behind its name).
-        None => {
-            if let Some(owner) = state.credentials.owner_of(&req.worker) {
-                return Err(ApiError::Forbidden(format!(
-                    "worker: the name {} belongs to worker credential {owner}; claim with that credential",
-                    req.worker
-                )));
-            }
-        }
-    }
+    let credential = claimant(&state, access.map(|a| a.0), &req.worker)?;
     if let Some(r) = &req.rendezvous {
         let bad = |c: char| c.is_whitespace() || c.is_control() || "/?#@".contains(c);
         if r.addr.is_empty() || r.addr.len() > 255 || r.addr.contains(bad) || r.port == 0 {
@@ -102,6 +78,32 @@ pub(super) async fn claim(
     match crate::lifecycle::claim(&state, &req, credential.as_deref()).await? {
         Some(c) => Ok(Json(c).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+/// The credential a claim is made under, checked against the name it gives: a worker's own
+/// credential claims under its name (or its name and a suffix) only; a shared token may not pass for
+/// a worker that has a credential of its own (that name would block the worker's gangs, or hide
+/// behind it).
+fn claimant(
+    state: &AppState,
+    access: Option<super::auth::Access>,
+    worker: &str,
+) -> ApiResult<Option<std::sync::Arc<crate::credentials::Credential>>> {
+    match access {
+        Some(super::auth::Access::Credential(c)) if !protocol::credentials::name_fits(&c.name, worker) => {
+            Err(ApiError::Forbidden(format!(
+                "worker: this credential is worker {name}'s; its claims name {name} or {name}-SUFFIX, not {worker}",
+                name = c.name
+            )))
+        }
+        Some(super::auth::Access::Credential(c)) => Ok(Some(c)),
+        _ => match state.credentials.owner_of(worker) {
+            Some(owner) => Err(ApiError::Forbidden(format!(
+                "worker: the name {worker} belongs to worker credential {owner}; claim with that credential"
+            ))),
+            None => Ok(None),
+        },
     }
 }
 
