@@ -34,8 +34,16 @@ impl Client {
         if !res.status().is_success() {
             let status = res.status();
             let body: Value = res.json().await.unwrap_or(Value::Null);
+            // A 401 says where the token comes from, which is what a newcomer is missing.
+            let hint = match status {
+                reqwest::StatusCode::UNAUTHORIZED => {
+                    " (give the admin token: the SWEEP_TOKEN variable or --token; a coordinator \
+                     that generated one wrote it to <db>.token beside its database)"
+                }
+                _ => "",
+            };
             bail!(
-                "{status}: {}",
+                "{status}: {}{hint}",
                 body.get("error")
                     .and_then(Value::as_str)
                     .unwrap_or("(no message)")

@@ -167,6 +167,12 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Cancel a sweep: its pending jobs end at once, its running ones at their next heartbeat.
+    Cancel {
+        sweep: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Per-worker credentials (admin): add, list, revoke.
     #[command(subcommand)]
     Worker(WorkerCommand),
@@ -358,9 +364,26 @@ async fn worker_command(cmd: WorkerCommand) -> Result<()> {
     }
 }
 
+/// `server cancel SWEEP`: what ended now, and what stops at its next heartbeat.
+async fn cancel(sweep: i64, remote: Remote) -> Result<()> {
+    let client = Client::new(&remote.server, remote.token);
+    let v = client
+        .post_json(
+            &format!("{}/cancel", routes::sweep(sweep)),
+            &serde_json::json!({}),
+        )
+        .await?;
+    println!(
+        "sweep {sweep} cancelled: {} pending job(s) ended now, {} running job(s) stop at their next heartbeat",
+        v["cancelled_pending"], v["stopping_running"]
+    );
+    Ok(())
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Worker(cmd) => worker_command(cmd).await,
+        Command::Cancel { sweep, remote } => cancel(sweep, remote).await,
         Command::Serve(args) => serve(args).await,
         Command::Loadgen(args) => crate::cli::loadgen::run(&args).await,
         Command::TpeBench(args) => crate::cli::tpe_bench::run(&args).await,

@@ -163,6 +163,7 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
             post(auth::create_session).delete(auth::end_session),
         )
         .merge(logs)
+        .fallback(no_such_route)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
@@ -232,6 +233,15 @@ async fn observe_latency(State(state): State<AppState>, req: Request, next: Next
     let res = next.run(req).await;
     state.telemetry.observe(t0.elapsed().as_secs_f64());
     res
+}
+
+/// Every error is JSON, a path that names nothing included (a client reading `error` finds it).
+async fn no_such_route(req: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "no such route: {} {} (the API's routes are in /api/openapi.json)",
+        req.method(),
+        req.uri().path()
+    ))
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]

@@ -145,7 +145,8 @@ pub(super) async fn get_sweep(
     Ok(Json(state.store.sweep_detail(id, inline as i64).await?))
 }
 
-/// Cancel a sweep: pending jobs at once, running jobs on their next heartbeat.
+/// Cancel a sweep: pending jobs at once (`cancelled_pending`), running jobs on their next
+/// heartbeat (`stopping_running`: they end `cancelled` once their workers hear of it).
 #[utoipa::path(post, path = "/api/sweeps/{id}/cancel", tag = "sweeps", params(("id" = i64, Path)),
     responses((status = 200), (status = 404)), security(("bearer" = [])))]
 pub(super) async fn cancel_sweep(
@@ -153,7 +154,10 @@ pub(super) async fn cancel_sweep(
     Path(id): Path<i64>,
 ) -> ApiResult<Json<Value>> {
     let n = crate::lifecycle::cancel_sweep(&state, id).await?;
-    Ok(Json(serde_json::json!({ "cancelled_pending": n })))
+    let running = state.store.running_of(id).await?;
+    Ok(Json(
+        serde_json::json!({ "cancelled_pending": n, "stopping_running": running }),
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

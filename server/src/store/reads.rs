@@ -196,6 +196,14 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))
     }
 
+    /// How many of a sweep's jobs are running (its kept count), or NotFound.
+    pub async fn running_of(&self, sweep: i64) -> Result<i64> {
+        sqlx::query_scalar!("SELECT running FROM sweep_counts WHERE sweep_id = ?", sweep)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))
+    }
+
     /// The sweep's name (by its key), or NotFound.
     pub async fn sweep_name(&self, sweep: i64) -> Result<String> {
         sqlx::query_scalar!("SELECT name FROM sweeps WHERE id = ?", sweep)

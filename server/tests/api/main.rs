@@ -1,5 +1,6 @@
 //! The coordinator end to end: the real server on a random port over a fresh SQLite file per test.
 mod commands;
+mod daily;
 mod dashboard;
 mod durability;
 mod early_stop;
