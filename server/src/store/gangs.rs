@@ -282,12 +282,11 @@ impl Store {
         }
         Ok(rows) }.boxed())
         .await?;
-        let changes = rows
-            .into_iter()
-            .map(|r| change_of(r.id, r.sweep_id, &r.status, r.attempt))
-            .collect::<Result<Vec<_>>>()?;
-        self.settle_all(&changes).await?;
-        Ok(changes)
+        self.ended(
+            rows.into_iter()
+                .map(|r| (r.id, r.sweep_id, r.status, r.attempt)),
+        )
+        .await
     }
 
     /// A job's gang members of attempts `first..=last`, by attempt and node rank.

@@ -401,12 +401,11 @@ impl Store {
         }
         Ok(rows) }.boxed())
         .await?;
-        let changes = rows
-            .into_iter()
-            .map(|r| change_of(r.id, r.sweep_id, &r.status, r.attempt))
-            .collect::<Result<Vec<_>>>()?;
-        self.settle_all(&changes).await?;
-        Ok(changes)
+        self.ended(
+            rows.into_iter()
+                .map(|r| (r.id, r.sweep_id, r.status, r.attempt)),
+        )
+        .await
     }
 }
 
@@ -646,15 +645,23 @@ impl Store {
         Ok(())
     }
 
-    /// [`Store::settle`] for each sweep of `changes`, once.
-    pub(super) async fn settle_all(&self, changes: &[JobChange]) -> Result<()> {
+    /// The changes a bulk transition's rows (job, sweep, status, attempt) stand for, with
+    /// [`Store::settle`] run once for each sweep a job of them ended for good.
+    pub(super) async fn ended(
+        &self,
+        rows: impl IntoIterator<Item = (i64, i64, String, i64)>,
+    ) -> Result<Vec<JobChange>> {
+        let changes = rows
+            .into_iter()
+            .map(|(job, sweep, status, attempt)| change_of(job, sweep, &status, attempt))
+            .collect::<Result<Vec<_>>>()?;
         let mut seen = std::collections::HashSet::new();
         for c in changes.iter().filter(|c| c.status.is_final()) {
             if seen.insert(c.sweep_id) {
                 self.settle(c).await?;
             }
         }
-        Ok(())
+        Ok(changes)
     }
 }
 

@@ -173,16 +173,6 @@ impl<'c> One<'c> {
         q.fetch_optional(self.0).await
     }
 
-    /// A statement that returns exactly one row.
-    pub async fn fetch_one<'q, F, O, A>(self, q: Map<'q, Sqlite, F, A>) -> sqlx::Result<O>
-    where
-        F: FnMut(SqliteRow) -> sqlx::Result<O> + Send,
-        O: Send + Unpin,
-        A: 'q + Send + IntoArguments<'q, Sqlite>,
-    {
-        q.fetch_one(self.0).await
-    }
-
     /// A statement that returns any number of rows.
     pub async fn fetch_all<'q, F, O, A>(self, q: Map<'q, Sqlite, F, A>) -> sqlx::Result<Vec<O>>
     where

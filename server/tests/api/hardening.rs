@@ -694,7 +694,7 @@ async fn the_event_stream_outlives_the_request_time_limit() {
 }
 
 /// Trades the admin token for a dashboard session: the `Set-Cookie` header.
-async fn sign_in(app: &TestApp) -> String {
+pub(crate) async fn sign_in(app: &TestApp) -> String {
     let r = app
         .http
         .post(format!("{}/api/session", app.base))

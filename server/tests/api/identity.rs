@@ -456,14 +456,7 @@ async fn the_database_and_checkpoints_are_created_private() {
 async fn the_session_cookie_is_secure_when_asked() {
     for (secure, wanted) in [(false, false), (true, true)] {
         let app = spawn_with(|c| c.secure_cookie = secure).await;
-        let r = app
-            .http
-            .post(format!("{}/api/session", app.base))
-            .json(&json!({"token": TOKEN}))
-            .send()
-            .await
-            .unwrap();
-        let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+        let cookie = crate::hardening::sign_in(&app).await;
         assert_eq!(cookie.contains("; Secure"), wanted, "{cookie}");
     }
 }
