@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` (the main job) and `make test` (the tests).
 # Both run scripts/setup.sh first, which installs what is missing and is a no-op afterwards.
-.PHONY: setup demo test lint sqlx-check bench
+.PHONY: setup demo demo-view test lint sqlx-check bench
 
 setup:
 	@bash scripts/setup.sh
@@ -9,6 +9,11 @@ setup:
 demo:
 	@bash scripts/setup.sh demo
 	@bash scripts/demo.sh
+
+# The demo's sweeps in the browser again, after `make demo` has stopped.
+demo-view:
+	@bash scripts/setup.sh demo
+	@bash scripts/demo-view.sh
 
 test: setup
 	cargo test --workspace --all-targets

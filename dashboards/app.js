@@ -78,6 +78,9 @@ function fmtLr(x) {
 const pct = (x) => (x == null ? "" : (100 * x).toFixed(2) + "%");
 const num = (x, d = 4) => (x == null ? "" : Number.isNaN(x) ? "NaN" : x.toFixed(d));
 const when = (ms) => (ms ? new Date(ms).toLocaleString() : "");
+// A command job that names no epochs may run any number (the coordinator's bound, 100,000): no total.
+const UNBOUNDED_EPOCHS = 100000;
+const epochOf = (j) => (j.epochs >= UNBOUNDED_EPOCHS ? `${j.epoch}` : `${j.epoch}/${j.epochs}`);
 function dur(s) {
   if (s == null || !isFinite(s)) return "";
   s = Math.round(s);
@@ -340,12 +343,12 @@ function jobTable(page, gridKeys) {
   }).join("");
   const rows = page.jobs.map((j) => {
     const m = j.latest || {};
-    const eta = j.status === "running" && m.seconds ? (j.epochs - j.epoch) * m.seconds : null;
+    const eta = j.status === "running" && m.seconds && j.epochs < UNBOUNDED_EPOCHS ? (j.epochs - j.epoch) * m.seconds : null;
     const extra = gridKeys.filter((k) => k !== "batch_size" && k !== "lr").map((k) => `${k}=${JSON.stringify(j.params[k])}`).join(" ");
     return `<tr><td><a href="#/jobs/${j.id}">#${j.id}</a> <span class="muted">${esc(extra)}</span></td>
       <td class="num">${esc(typeof j.params.batch_size === "string" ? j.params.batch_size : JSON.stringify(j.params.batch_size ?? ""))}</td><td class="num">${fmtLr(j.params.lr)}</td>
       <td><span class="status">${esc(j.status)}</span></td><td class="num">${j.attempt}/${j.max_attempts}</td>
-      <td class="num">${j.epoch}/${j.epochs}</td><td class="num">${num(m.test_loss)}</td><td class="num">${pct(m.accuracy)}</td>
+      <td class="num">${epochOf(j)}</td><td class="num">${num(m.test_loss)}</td><td class="num">${pct(m.accuracy)}</td>
       <td class="num">${num(m.images_per_sec, 1)}</td><td class="num">${dur(eta)}</td><td>${esc(j.worker)}</td></tr>`;
   }).join("");
   const last = Math.min(page.offset + page.jobs.length, page.total);
@@ -459,7 +462,7 @@ async function jobView(id) {
   const attempts = j.attempts.map((a) => `<tr><td class="num">${a.attempt}</td><td>${workers(a)}</td><td>${when(a.started_at)}</td><td>${when(a.ended_at)}</td><td>${esc(a.outcome ?? "running")}</td><td>${esc(a.error)}</td></tr>`).join("");
   return `<p><a href="#/sweeps/${j.sweep_id}">← sweep ${j.sweep_id}</a></p>
     <h1>Job #${j.id} <span class="status">${esc(j.status)}</span></h1>
-    <p>Epoch ${j.epoch}/${j.epochs}, attempt ${j.attempt}/${j.max_attempts}${j.worker ? `, worker ${esc(j.worker)}` : ""}</p>
+    <p>Epoch ${epochOf(j)}, attempt ${j.attempt}/${j.max_attempts}${j.worker ? `, worker ${esc(j.worker)}` : ""}</p>
     ${j.waiting ? `<p role="status" id="gang-waiting"><strong>Gang forming:</strong> ${esc(j.waiting)}</p>` : ""}
     ${j.error ? `<p role="note"><strong>Error:</strong> ${esc(j.error)}</p>` : ""}
     <div class="grid2" id="curves">

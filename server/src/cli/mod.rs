@@ -43,7 +43,9 @@ use crate::startup::{Application, ServeConfig};
 #[command(
     name = "server",
     version,
-    about = "The sweep coordinator: sweeps and jobs in SQLite, a REST API, results"
+    about = "The sweep coordinator: sweeps and jobs in SQLite, a REST API, a dashboard, results",
+    after_help = "Benchmarks and scale tests (each with its own --help): loadgen, tpe-bench, synth.\n\
+                  The daily loop, step by step: docs/running.md (\"The first hour\")."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -52,9 +54,11 @@ pub struct Cli {
 
 #[derive(Debug, clap::Args)]
 pub struct Remote {
-    /// The coordinator's address.
+    /// The coordinator's root URL, as `server serve` printed it (no scheme means http://).
     #[arg(long, env = "SWEEP_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
+    /// The admin token: `serve --token`, or the one it generated into <db>.token beside its
+    /// database (reads need none unless it serves with --private).
     #[arg(long, env = "SWEEP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
@@ -62,8 +66,12 @@ pub struct Remote {
 /// `server serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
+    /// The SQLite database file (created when missing); its tokens are kept beside it
+    /// (<db>.token, <db>.worker-token) and its checkpoints in <db>.artifacts/.
     #[arg(long, default_value = "sweeps.db")]
     db: PathBuf,
+    /// Address and port to listen on (port 0: any free one; the URL is printed as stdout's first
+    /// line). 0.0.0.0 makes it reachable from other machines.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Admin bearer token (every right). Prefer the SWEEP_TOKEN environment variable or
@@ -145,20 +153,39 @@ pub struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the coordinator.
+    /// Run the coordinator (and its dashboard, at the URL it prints).
     Serve(ServeArgs),
     /// Submit a sweep file (TOML, or JSON by extension).
     Submit {
+        /// The sweep file (sweeps/ has examples; docs/sweep-files.md describes each field).
         file: PathBuf,
         /// Print only the new sweep's id (for scripts).
         #[arg(long)]
         print_id: bool,
+        /// Check the file and show the jobs it would make, storing nothing.
+        #[arg(long, conflicts_with = "print_id")]
+        dry_run: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Sweeps, or the jobs of one sweep (the parameters that vary first).
+    Status {
+        /// A sweep's id (default: every sweep, a line each).
+        sweep: Option<i64>,
+        /// Redraw until the sweep has ended (Ctrl-C stops it sooner).
+        #[arg(long, short)]
+        watch: bool,
+        /// Seconds between redraws.
+        #[arg(long, default_value_t = 2.0, requires = "watch")]
+        every: f64,
         #[command(flatten)]
         remote: Remote,
     },
     /// A job's log (stdout and stderr of its attempt, the latest by default).
     Logs {
+        /// The job's id (`server status SWEEP` lists them).
         job: i64,
+        /// Which attempt's log (default: the latest).
         #[arg(long)]
         attempt: Option<i64>,
         /// Keep printing as the job produces output, until it ends.
@@ -169,69 +196,18 @@ pub enum Command {
     },
     /// Cancel a sweep: its pending jobs end at once, its running ones at their next heartbeat.
     Cancel {
+        /// The sweep's id.
         sweep: i64,
         #[command(flatten)]
         remote: Remote,
-    },
-    /// Per-worker credentials (admin): add, list, revoke.
-    #[command(subcommand)]
-    Worker(WorkerCommand),
-    /// Sweeps, or the jobs of one sweep.
-    Status {
-        sweep: Option<i64>,
-        #[command(flatten)]
-        remote: Remote,
-    },
-    /// Draw the study's figures of a sweep (lr, loss, acc, batch_and_loss, batch_and_acc) as PNG files.
-    Plot {
-        sweep: i64,
-        #[arg(long, default_value = "images")]
-        out: PathBuf,
-        /// Headline run of lr/loss/acc (a job id).
-        #[arg(long)]
-        job: Option<i64>,
-        /// lr of the per-batch-size figures.
-        #[arg(long)]
-        lr: Option<f64>,
-        #[command(flatten)]
-        remote: Remote,
-    },
-    /// Benchmark: simulated workers (claim, 3 metrics, finish) against a real coordinator.
-    Loadgen(crate::cli::loadgen::LoadArgs),
-    /// Benchmark: one TPE draw at N finished trials beside Optuna's TPESampler, a whole TPE claim
-    /// through a real coordinator, and other sweeps' claim rate while TPE draws.
-    TpeBench(crate::cli::tpe_bench::TpeBenchArgs),
-    /// Refresh a README from a sweep in one go: its results block (the provenance line, then the
-    /// study's table beside ours, cell by cell) and the five figures.
-    Publish {
-        sweep: i64,
-        #[arg(long, default_value = "README.md")]
-        readme: PathBuf,
-        /// A named block (`<!-- results:NAME:begin -->` ... `<!-- results:NAME:end -->`) instead of
-        /// the unnamed one, so one README holds several sweeps' results.
-        #[arg(long)]
-        block: Option<String>,
-        /// Where the figures go (default: images, or images/NAME for a named block).
-        #[arg(long)]
-        images: Option<PathBuf>,
-        #[command(flatten)]
-        remote: Remote,
-    },
-    /// Scale testing: add a finished synthetic sweep (the study's 10 batch sizes x 2 lrs, repeated
-    /// up to --jobs jobs, each with --epochs epochs of made-up metrics) to a database file.
-    Synth {
-        #[arg(long, default_value = "sweeps.db")]
-        db: PathBuf,
-        #[arg(long, default_value_t = 10_000)]
-        jobs: usize,
-        #[arg(long, default_value_t = 300)]
-        epochs: i64,
     },
     /// A sweep's results: markdown (the study's table), csv or json; or rewrite a README's results block.
     Export {
+        /// The sweep's id.
         sweep: i64,
-        #[arg(long, default_value = "markdown")]
-        format: crate::results::export::Format,
+        /// markdown (the study's table), csv (a row per job) or json.
+        #[arg(long, default_value = "markdown", value_parser = ["markdown", "csv", "json"])]
+        format: String,
         /// Precision, recall, F1, epochs and wall-time columns.
         #[arg(long)]
         extra: bool,
@@ -251,6 +227,62 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Draw the study's figures of a sweep (lr, loss, acc, batch_and_loss, batch_and_acc) as PNG files.
+    Plot {
+        /// The sweep's id.
+        sweep: i64,
+        /// The directory the PNG files go to.
+        #[arg(long, default_value = "images")]
+        out: PathBuf,
+        /// Headline run of lr/loss/acc (a job id).
+        #[arg(long)]
+        job: Option<i64>,
+        /// lr of the per-batch-size figures.
+        #[arg(long)]
+        lr: Option<f64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Refresh a README from a sweep in one go: its results block (the provenance line, then the
+    /// study's table beside ours, cell by cell) and the five figures.
+    Publish {
+        /// The sweep's id.
+        sweep: i64,
+        /// The README whose results block is rewritten.
+        #[arg(long, default_value = "README.md")]
+        readme: PathBuf,
+        /// A named block (`<!-- results:NAME:begin -->` ... `<!-- results:NAME:end -->`) instead of
+        /// the unnamed one, so one README holds several sweeps' results.
+        #[arg(long)]
+        block: Option<String>,
+        /// Where the figures go (default: images, or images/NAME for a named block).
+        #[arg(long)]
+        images: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Per-worker credentials (admin): add, list, revoke.
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+    /// Benchmark: simulated workers (claim, 3 metrics, finish) against a real coordinator.
+    #[command(hide = true)]
+    Loadgen(crate::cli::loadgen::LoadArgs),
+    /// Benchmark: one TPE draw at N finished trials beside Optuna's TPESampler, a whole TPE claim
+    /// through a real coordinator, and other sweeps' claim rate while TPE draws.
+    #[command(hide = true)]
+    TpeBench(crate::cli::tpe_bench::TpeBenchArgs),
+    /// Scale testing: add a finished synthetic sweep (the study's 10 batch sizes x 2 lrs, repeated
+    /// up to --jobs jobs, each with --epochs epochs of made-up metrics) to a database file.
+    #[command(hide = true)]
+    Synth {
+        /// The database file to add the sweep to.
+        #[arg(long, default_value = "sweeps.db")]
+        db: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 300)]
+        epochs: i64,
+    },
 }
 
 /// `server worker ...`: each a thin client of the admin API (`/api/workers`).
@@ -259,6 +291,7 @@ pub enum WorkerCommand {
     /// Add a worker's own credential and print its token (shown this once; only its hash is kept).
     /// The worker's claims must name NAME, or NAME and a suffix (NAME-1234).
     Add {
+        /// The worker's name (`worker run --name NAME`), or an enrollment's prefix.
         name: String,
         /// Jobs this worker may hold at once (default: no cap).
         #[arg(long)]
@@ -282,6 +315,7 @@ pub enum WorkerCommand {
     /// Revoke a credential: its jobs go back to pending at once (no attempt charged) and its
     /// token is refused from then on.
     Revoke {
+        /// The credential's name (`server worker list`).
         name: String,
         #[command(flatten)]
         remote: Remote,
@@ -364,6 +398,38 @@ async fn worker_command(cmd: WorkerCommand) -> Result<()> {
     }
 }
 
+/// `server submit FILE`: the new sweep (and what its file may not mean as written), or with
+/// `--dry-run` the jobs it would make.
+async fn submit(
+    file: &std::path::Path,
+    print_id: bool,
+    dry_run: bool,
+    remote: Remote,
+) -> Result<()> {
+    let client = Client::new(&remote.server, remote.token);
+    if dry_run {
+        let plan = client.dry_run(file).await?;
+        print!("{}", crate::cli::client::dry_run_text(&plan));
+        return Ok(());
+    }
+    let r = client.submit(file).await?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    if print_id {
+        println!("{}", r.id);
+    } else {
+        println!("submitted sweep {} with {} jobs", r.id, r.jobs);
+        println!(
+            "follow it: server status {} --watch, or the dashboard at {}/#/sweeps/{}",
+            r.id,
+            remote.server.trim_end_matches('/'),
+            r.id
+        );
+    }
+    Ok(())
+}
+
 /// `server cancel SWEEP`: what ended now, and what stops at its next heartbeat.
 async fn cancel(sweep: i64, remote: Remote) -> Result<()> {
     let client = Client::new(&remote.server, remote.token);
@@ -417,18 +483,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Submit {
             file,
             print_id,
+            dry_run,
             remote,
-        } => {
-            let r = Client::new(&remote.server, remote.token)
-                .submit(&file)
-                .await?;
-            if print_id {
-                println!("{}", r.id);
-            } else {
-                println!("submitted sweep {} with {} jobs", r.id, r.jobs);
-            }
-            Ok(())
-        }
+        } => submit(&file, print_id, dry_run, remote).await,
         Command::Logs {
             job,
             attempt,
@@ -439,13 +496,21 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .logs(job, attempt, follow, &mut std::io::stdout())
                 .await
         }
-        Command::Status { sweep, remote } => {
-            print!(
-                "{}",
-                Client::new(&remote.server, remote.token)
-                    .status(sweep)
-                    .await?
-            );
+        Command::Status {
+            sweep,
+            watch,
+            every,
+            remote,
+        } => {
+            let client = Client::new(&remote.server, remote.token);
+            if watch {
+                let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+                let every = std::time::Duration::from_secs_f64(every.clamp(0.2, 3600.0));
+                return client
+                    .watch(sweep, every, tty, &mut std::io::stdout())
+                    .await;
+            }
+            print!("{}", client.status(sweep).await?);
             Ok(())
         }
         Command::Export {
@@ -462,11 +527,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let query = format!("extra={extra}&chinese={chinese}&compare={compare}");
             match readme {
                 None => {
-                    let path = format!(
-                        "{}?format={}&{query}",
-                        routes::results(sweep),
-                        format.as_str()
-                    );
+                    let path = format!("{}?format={format}&{query}", routes::results(sweep));
                     print!("{}", client.get_text(&path).await?);
                 }
                 Some(file) => {

@@ -133,7 +133,13 @@ fn is_admin_route(path: &str) -> bool {
 fn is_public(path: &str) -> bool {
     matches!(
         path,
-        "/healthz" | "/" | "/app.js" | "/style.css" | "/api/session"
+        "/healthz"
+            | "/"
+            | "/app.js"
+            | "/style.css"
+            | "/api/session"
+            | "/docs"
+            | "/docs/rapidoc-min.js"
     )
 }
 

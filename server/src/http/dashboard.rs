@@ -14,6 +14,9 @@ use protocol::views::{GridCell, JobPage, JobQuery, Series};
 const INDEX: &str = include_str!("../../../dashboards/index.html");
 const APP_JS: &str = include_str!("../../../dashboards/app.js");
 const STYLE: &str = include_str!("../../../dashboards/style.css");
+/// The API explorer at `/docs`: RapiDoc, vendored gzip-compressed (dashboards/README.md).
+const DOCS: &str = include_str!("../../../dashboards/docs.html");
+const RAPIDOC_GZ: &[u8] = include_bytes!("../../../dashboards/vendor/rapidoc-min.js.gz");
 
 fn asset(ctype: &'static str, body: &'static str) -> Response {
     (
@@ -37,6 +40,42 @@ pub async fn app_js() -> Response {
 
 pub async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
+}
+
+pub async fn docs() -> Response {
+    asset("text/html; charset=utf-8", DOCS)
+}
+
+/// RapiDoc's script as stored (gzip) to a client that accepts it, every browser does; else
+/// decompressed once and kept.
+pub async fn rapidoc(headers: axum::http::HeaderMap) -> Response {
+    static PLAIN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    let js = "text/javascript; charset=utf-8";
+    if gzip {
+        let h = [
+            (header::CONTENT_TYPE, js),
+            (header::CONTENT_ENCODING, "gzip"),
+            (header::VARY, "accept-encoding"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ];
+        return (h, RAPIDOC_GZ).into_response();
+    }
+    let plain = PLAIN.get_or_init(|| {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(RAPIDOC_GZ), &mut out)
+            .expect("the vendored script is valid gzip (a test reads it)");
+        out
+    });
+    let h = [
+        (header::CONTENT_TYPE, js),
+        (header::VARY, "accept-encoding"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
+    (h, plain.as_slice()).into_response()
 }
 
 /// A page of a sweep's jobs, filtered and sorted.

@@ -142,6 +142,8 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route("/", get(dashboard::index))
         .route("/app.js", get(dashboard::app_js))
         .route("/style.css", get(dashboard::style))
+        .route("/docs", get(dashboard::docs))
+        .route("/docs/rapidoc-min.js", get(dashboard::rapidoc))
         .route("/api/jobs/claim", post(jobs::claim))
         .route("/api/jobs/unfinished", get(jobs::unfinished))
         .route("/api/jobs/{id}", get(jobs::get_job))
@@ -181,6 +183,7 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
             state.clone(),
             auth::guard_host_and_headers,
         ))
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             observe_latency,
@@ -226,6 +229,44 @@ async fn bound_reads(State(state): State<AppState>, req: Request, next: Next) ->
             .into_response()
         }
     }
+}
+
+/// Every error a client gets is JSON with an `error` field, also those no handler of ours wrote
+/// (axum's 405 and its extractors' rejections, the timeout's 408): their text, or the status's
+/// reason when they have none, with the method and path of a 405.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    // Such bodies are a line of text; more is not an error message.
+    let text = axum::body::to_bytes(body, 16 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let error = match (status, text.is_empty()) {
+        (StatusCode::METHOD_NOT_ALLOWED, _) => {
+            format!("{reason}: {method} {path} (the API's routes are in /api/openapi.json)")
+        }
+        (_, true) => reason,
+        (_, false) => text,
+    };
+    let mut res = (status, Json(serde_json::json!({ "error": error }))).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            res.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    res
 }
 
 async fn observe_latency(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -12,18 +12,21 @@ use super::ApiResult;
 use crate::results::export::{Export, Format, TableOptions};
 use crate::state::AppState;
 use crate::sweep::{SweepSpec, MAX_BODY};
-use protocol::views::{Created, SweepDetail, SweepRow};
+use protocol::views::{Created, DryRun, SweepDetail, SweepRow};
 
 /// Submit a sweep: JSON, or TOML with `Content-Type: application/toml`. Rejected whole (422, the field
-/// named) if any part is wrong; nothing is stored then.
+/// named) if any part is wrong; nothing is stored then. `?dry_run=true` checks it and answers the
+/// jobs it would make (200, a [`DryRun`]), storing nothing.
 #[utoipa::path(post, path = "/api/sweeps", tag = "sweeps", request_body(content = crate::sweep::SweepFile, description = "sweep spec (JSON, or TOML with Content-Type: application/toml)"),
-    responses((status = 201, body = Created), (status = 400), (status = 401), (status = 422)),
+    params(("dry_run" = Option<bool>, Query, description = "check the spec and list its jobs; store nothing")),
+    responses((status = 201, body = Created), (status = 200, body = DryRun, description = "with dry_run=true"), (status = 400), (status = 401), (status = 422)),
     security(("bearer" = [])))]
 pub(super) async fn submit_sweep(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Query(q): Query<SubmitQuery>,
     body: axum::body::Body,
-) -> ApiResult<(StatusCode, Json<Created>)> {
+) -> ApiResult<Response> {
     // Read at most one byte past the limit ourselves, so an oversized spec gets the same JSON 422
     // naming the field as every other bad spec (axum's own limit answers 413 in plain text).
     let too_big = || ApiError::Unprocessable(format!("body: larger than {MAX_BODY} bytes (1 MiB)"));
@@ -41,18 +44,77 @@ pub(super) async fn submit_sweep(
         .is_some_and(|c| c.contains("toml"));
     // Parsing and validating up to a megabyte is CPU work (linear, but not free): off the async
     // threads, so other requests keep being answered meanwhile.
-    let spec = tokio::task::spawn_blocking(move || {
-        if toml {
-            SweepSpec::from_toml(&text)
-        } else {
-            SweepSpec::from_json(&text)
-        }
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))??;
+    let spec = tokio::task::spawn_blocking(move || parse_spec(&text, toml))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
     check_warm_start(&state, &spec).await?;
+    if q.dry_run {
+        return Ok(Json(spec.dry_run()).into_response());
+    }
     let (id, jobs) = crate::lifecycle::submit(&state, &spec).await?;
-    Ok((StatusCode::CREATED, Json(Created { id, jobs })))
+    let warnings = spec.warnings();
+    Ok((StatusCode::CREATED, Json(Created { id, jobs, warnings })).into_response())
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct SubmitQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// The spec in a submit's body, with the two usual slips of a hand-made request named: TOML sent
+/// without its content type, and TOML whose line breaks were lost (`curl -d @file` strips them).
+fn parse_spec(text: &str, toml: bool) -> ApiResult<SweepSpec> {
+    const SEND_TOML: &str = "send it with `Content-Type: application/toml` \
+        (curl: -H 'Content-Type: application/toml' --data-binary @sweep.toml)";
+    if toml && lost_its_newlines(text) {
+        return Err(ApiError::BadRequest(format!(
+            "this TOML has no line breaks: curl's -d strips them; {SEND_TOML}"
+        )));
+    }
+    if toml {
+        return Ok(SweepSpec::from_toml(text)?);
+    }
+    match SweepSpec::from_json(text) {
+        Err(crate::sweep::ParseError::Syntax { .. }) if looks_like_toml(text) => {
+            Err(ApiError::BadRequest(format!(
+                "the body is not valid JSON, and it looks like TOML: {SEND_TOML}"
+            )))
+        }
+        other => Ok(other?),
+    }
+}
+
+/// TOML's shapes at the start of a line: `[table]`, `[[table]]` or `key = value`.
+fn looks_like_toml(text: &str) -> bool {
+    let t = text.trim_start();
+    if t.starts_with('{') {
+        return false;
+    }
+    t.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .take(3)
+        .any(|l| {
+            let table = l.starts_with('[') && l.ends_with(']');
+            let key = l
+                .split_once('=')
+                .is_some_and(|(k, _)| !k.trim().is_empty() && !k.contains(['"', '{', ':']));
+            table || key
+        })
+}
+
+/// A TOML sweep file always spans lines; one on a single line with a table header or a comment
+/// after its start, or several `key =`, lost its line breaks on the way.
+fn lost_its_newlines(text: &str) -> bool {
+    let t = text.trim();
+    if t.contains('\n') || t.is_empty() {
+        return false;
+    }
+    let tables = t.get(1..).is_some_and(|rest| {
+        rest.contains("[train]") || rest.contains("[grid]") || rest.contains("[search")
+    });
+    tables || t.starts_with('#') || t.matches(" = ").count() > 1
 }
 
 /// A TPE sweep's `warm_start` names sweeps that exist and search the same keys (their finished

@@ -194,6 +194,55 @@ impl SweepSpec {
             .collect()
     }
 
+    /// What the file may not mean as written: said beside the new sweep, never refused.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = vec![];
+        if self.search.is_none() && self.grids.is_empty() && self.command.is_none() {
+            let data = match self.train.get("dataset").and_then(Value::as_str) {
+                Some("synthetic") => "synthetic data",
+                _ => "CIFAR-10's 50,000 training images unless [train] limits them",
+            };
+            w.push(format!(
+                "no [grid] and no [search]: this sweep is {} job(s) of [train]'s settings alone \
+                 (the study's full network on {data}); a [grid] table lists the values to sweep",
+                self.repeats
+            ));
+        }
+        if self.command.is_some() {
+            w.push(
+                "a command sweep: only workers started with `worker run --allow-commands` take its \
+                 jobs"
+                    .into(),
+            );
+        }
+        w
+    }
+
+    /// A submit with `?dry_run=true`: the jobs this spec makes (a TPE sweep's are drawn as it
+    /// runs: their count only), nothing stored.
+    pub fn dry_run(&self) -> protocol::views::DryRun {
+        const LISTED: usize = 1000;
+        let jobs = self.expand();
+        let count = match &self.search {
+            Some(s) => s.trials as usize,
+            None => jobs.len(),
+        };
+        let names: std::collections::BTreeSet<&String> =
+            jobs.iter().flat_map(|j| j.keys()).collect();
+        let varying = names
+            .into_iter()
+            .filter(|k| jobs.iter().any(|j| j.get(*k) != jobs[0].get(*k)))
+            .cloned()
+            .collect();
+        protocol::views::DryRun {
+            name: self.name.clone(),
+            jobs: count,
+            varying,
+            params: jobs.into_iter().take(LISTED).map(Value::Object).collect(),
+            warnings: self.warnings(),
+        }
+    }
+
     /// The spec in the file's own shape, every default filled in: what is stored and shown.
     pub fn to_file(&self) -> SweepFile {
         let table = |g: &Grid| -> Map<String, Value> {

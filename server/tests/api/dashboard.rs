@@ -816,3 +816,31 @@ async fn a_jobs_page_tails_its_log_live_and_charts_its_own_metrics() {
     })
     .await;
 }
+
+/// The API explorer at /docs renders the coordinator's own OpenAPI document in a real browser,
+/// from the binary alone (no CDN: the test machine reaches nothing else), under the dashboard's
+/// content security policy, without a console error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_explorer_loads_the_coordinators_own_spec() {
+    let app = spawn_app().await;
+    let base = app.base.clone();
+    blocking(move || {
+        let page = Page::open(&format!("{base}/docs"));
+        let shown = "(() => { const d = document.querySelector('rapi-doc'); \
+                     return d && d.shadowRoot && d.shadowRoot.textContent.includes('/api/sweeps/{id}/cancel'); })()";
+        page.wait(shown, "the explorer listing the API's routes");
+        let errors = page.errors();
+        assert!(errors.is_empty(), "{errors:#?}");
+        page.screenshot("api-explorer.png");
+    })
+    .await;
+}
+
+/// The page's bound for a command job's unnamed epochs is the coordinator's (it shows `epoch 3`,
+/// not `3/100000`).
+#[test]
+fn the_pages_unbounded_epochs_are_the_coordinators() {
+    let js = include_str!("../../../dashboards/app.js");
+    let line = format!("const UNBOUNDED_EPOCHS = {};", protocol::train::MAX_EPOCHS);
+    assert!(js.contains(&line), "app.js should say {line}");
+}

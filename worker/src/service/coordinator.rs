@@ -17,9 +17,13 @@ pub enum CallError {
     /// The coordinator is unreachable or failing (network, 5xx): keep the write and retry later.
     #[error("coordinator unavailable: {0}")]
     Unavailable(String),
-    /// Any other refusal (401, 404, 422): retrying will not help.
+    /// Any other refusal (422, a bad reply): retrying will not help.
     #[error("refused: {0}")]
     Refused(String),
+    /// 401, 403 or 404: the worker's token, its role or its `--server` address is wrong; nothing
+    /// it sends will be taken until that is fixed.
+    #[error("{code} {body}")]
+    Denied { code: u16, body: String },
 }
 
 pub use protocol::Claim;
@@ -53,6 +57,10 @@ impl Coordinator {
             ureq::Error::Status(code, r) if code >= 500 => {
                 CallError::Unavailable(format!("{code} {}", r.into_string().unwrap_or_default()))
             }
+            ureq::Error::Status(code @ (401 | 403 | 404), r) => CallError::Denied {
+                code,
+                body: r.into_string().unwrap_or_default(),
+            },
             ureq::Error::Status(code, r) => {
                 CallError::Refused(format!("{code} {}", r.into_string().unwrap_or_default()))
             }
@@ -134,6 +142,21 @@ impl Coordinator {
                 .map_err(|e| CallError::Refused(e.to_string())),
             None => Ok(None),
         }
+    }
+
+    /// What `/healthz` answers (the coordinator's says `ok`), without the token: whether `--server`
+    /// names a coordinator at all.
+    pub fn healthz(&self) -> Result<String, CallError> {
+        self.agent
+            .get(&format!("{}/healthz", self.base))
+            .call()
+            .map_err(Self::classify)?
+            .into_string()
+            .map_err(|e| CallError::Unavailable(e.to_string()))
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// Jobs pending or running across all sweeps (for `--exit-when-idle`).

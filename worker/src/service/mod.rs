@@ -1,6 +1,7 @@
 //! `worker run`: turns this machine into capacity for a coordinator. It claims jobs while it has
 //! free devices, runs each as `worker train` child processes under a supervisor thread (the parent
 //! never builds a model, so a crashing child cannot take it down), and claims the next.
+pub mod checks;
 pub mod coordinator;
 pub mod job;
 pub mod outbox;
@@ -21,11 +22,13 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// The coordinator, e.g. http://127.0.0.1:8080.
-    #[arg(long, env = "SWEEP_SERVER")]
+    /// The coordinator's root URL, as `server serve` printed it (e.g. http://127.0.0.1:8080; no
+    /// scheme means http://).
+    #[arg(long, env = "SWEEP_SERVER", value_parser = checks::parse_server)]
     pub server: String,
-    /// The token this worker speaks with: its own credential (`server worker add NAME`, the name
-    /// then given as --name) or the coordinator's shared worker token (`<db>.worker-token`).
+    /// The worker token this worker speaks with (not the admin token): its own credential
+    /// (`server worker add NAME` prints it; give the name as --name) or the coordinator's shared
+    /// worker token (the file `<db>.worker-token` beside its database).
     #[arg(
         long,
         env = "SWEEP_TOKEN",
@@ -82,6 +85,11 @@ pub struct RunArgs {
     /// Exit once the coordinator has no pending or running job left (for scripts and tests).
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// Stop claiming (and exit, once running jobs end) after this many jobs in a row failed
+    /// before their first epoch or could not run here (missing data, a trainer that cannot
+    /// start): a worker that cannot work stops instead of failing a sweep. 0: never.
+    #[arg(long, default_value_t = 3)]
+    pub max_early_failures: u32,
     /// Run command jobs (a sweep's `[command]`: any program its submitter names). Without this
     /// flag the worker is never handed one.
     #[arg(long)]
@@ -218,6 +226,9 @@ pub fn run(a: &RunArgs) -> Result<()> {
             tracing::info!("stopped");
             return Ok(());
         }
+        if let (Some(why), true) = (&service.halted, service.running.is_empty()) {
+            bail!("this worker stopped claiming: {why}");
+        }
         let round = service.claim_when_due();
         if round == Round::Empty && service.done_when_idle() {
             tracing::info!("nothing left to do: exiting (--exit-when-idle)");
@@ -257,6 +268,13 @@ struct Service {
     tty: bool,
     last_line: Instant,
     claim_after: Instant,
+    /// Jobs failing before their first epoch, in a row (`--max-early-failures`).
+    breaker: checks::Breaker,
+    /// Backoff while the coordinator is unreachable, and what its refusals mean.
+    contact: checks::Contact,
+    /// Why this worker claims no more (its breaker tripped, or the coordinator refused it for
+    /// good): it exits with this once its running jobs end.
+    halted: Option<String>,
 }
 
 impl Service {
@@ -277,11 +295,11 @@ impl Service {
         if kinds.is_empty() {
             bail!("--cpu-ranks must be at least 1");
         }
+        checks::preflight(a)?;
         let stopping = Arc::new(AtomicBool::new(false));
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             signal_hook::flag::register(sig, stopping.clone())?;
         }
-        std::fs::create_dir_all(&a.work_dir)?;
         let name = a
             .name
             .clone()
@@ -327,6 +345,9 @@ impl Service {
             tty: std::io::stderr().is_terminal(),
             last_line: Instant::now(),
             claim_after: Instant::now(),
+            breaker: checks::Breaker::new(a.max_early_failures),
+            contact: checks::Contact::default(),
+            halted: None,
         })
     }
 
@@ -334,7 +355,8 @@ impl Service {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Joins supervisors that have ended and frees their slots.
+    /// Joins supervisors that have ended, frees their slots, says how each ended (a failure at
+    /// WARN, with its reason), and feeds the circuit breaker.
     fn reap_finished(&mut self) {
         let done: Vec<i64> = self
             .running
@@ -343,16 +365,19 @@ impl Service {
             .map(|(&id, _)| id)
             .collect();
         for id in done {
-            if let Some(r) = self.running.remove(&id) {
-                let _ = r.thread.join();
-                self.slots.release(id);
-                let p = r.progress.lock().expect("not poisoned");
-                tracing::info!(
-                    job = id,
-                    epoch = p.epoch,
-                    outcome = p.done.as_deref().unwrap_or("?"),
-                    "job ended"
-                );
+            let Some(r) = self.running.remove(&id) else {
+                continue;
+            };
+            let _ = r.thread.join();
+            self.slots.release(id);
+            let p = r.progress.lock().expect("not poisoned").clone();
+            let end = p
+                .done
+                .unwrap_or(job::End::Lost("its supervisor ended early".into()));
+            log_end(id, p.epoch, &end);
+            if let Some(why) = self.breaker.record(&end, p.epoch) {
+                tracing::error!("stopping claiming: {why}");
+                self.halted.get_or_insert(why);
             }
         }
     }
@@ -360,7 +385,7 @@ impl Service {
     /// Asks for one job per round, for the largest slot first. After a round with nothing, waits
     /// `--idle-seconds` before asking again.
     fn claim_when_due(&mut self) -> Round {
-        if self.stopping() || Instant::now() < self.claim_after {
+        if self.stopping() || self.halted.is_some() || Instant::now() < self.claim_after {
             return Round::NotDue;
         }
         for ask in self.slots.asks() {
@@ -373,14 +398,21 @@ impl Service {
                 rendezvous,
             ) {
                 Ok(Some(claim)) => {
+                    self.contact.reached();
                     if self.supervise(claim) {
                         return Round::Claimed;
                     }
                 }
-                Ok(None) => {}
+                Ok(None) => self.contact.reached(),
                 Err(e) => {
-                    tracing::warn!(error = %e, "claim failed");
-                    break;
+                    match self.contact.failed(&self.coord, &e) {
+                        Ok(wait) => self.claim_after = Instant::now() + wait,
+                        Err(why) => {
+                            tracing::error!("{why}");
+                            self.halted = Some(why);
+                        }
+                    }
+                    return Round::NotDue;
                 }
             }
         }
@@ -424,7 +456,7 @@ impl Service {
             let _ = self.coord.release(claim.lease(), "did not fit this worker");
             return false;
         };
-        tracing::info!(job = claim.id, attempt = claim.attempt, ?placement, params = %claim.params, "claimed");
+        tracing::info!(job = claim.id, attempt = claim.attempt, %placement, params = %claim.params, "claimed");
         let progress = Arc::new(Mutex::new(job::Progress::default()));
         let id = claim.id;
         let held = self.port_for(&claim);
@@ -474,11 +506,40 @@ impl Service {
                     false => tracing::info!(job = id, "{line}"),
                 }
             } else if self.tty {
-                eprintln!("job {id}: epoch {}/{} accuracy {acc}", p.epoch, p.epochs);
+                let of = match p.epochs {
+                    0 => String::new(), // a command job that names no epochs
+                    n => format!("/{n}"),
+                };
+                eprintln!("job {id}: epoch {}{of} accuracy {acc}", p.epoch);
             } else {
                 tracing::info!(job = id, epoch = p.epoch, epochs = p.epochs, accuracy = %acc, "progress");
             }
         }
+    }
+}
+
+/// A job's end in the worker's log: a failure, or a job this worker could not run, at WARN with
+/// its reason; the others at INFO.
+fn log_end(id: i64, epoch: u32, end: &job::End) {
+    use protocol::Outcome;
+    match end {
+        job::End::Reported(Outcome::Failed, error) => tracing::warn!(
+            job = id,
+            epoch,
+            outcome = Outcome::Failed.as_str(),
+            error = error.as_deref().unwrap_or("no error given"),
+            "job failed"
+        ),
+        job::End::Reported(outcome, _) => {
+            tracing::info!(job = id, epoch, outcome = outcome.as_str(), "job ended")
+        }
+        job::End::Released(why) => tracing::info!(job = id, epoch, %why, "job given back"),
+        job::End::WorkerFault(why) => tracing::warn!(
+            job = id,
+            %why,
+            "this worker could not run the job: given back (no attempt spent)"
+        ),
+        job::End::Lost(why) => tracing::warn!(job = id, epoch, %why, "job taken from this worker"),
     }
 }
 

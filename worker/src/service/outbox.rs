@@ -141,7 +141,7 @@ impl Outbox {
                     self.retry_at = None;
                 }
                 Err(CallError::LeaseLost(why)) => return Err(why),
-                Err(CallError::Refused(e)) => {
+                Err(e @ (CallError::Refused(_) | CallError::Denied { .. })) => {
                     tracing::error!(error = %e, "the coordinator refused a write; dropping it");
                 }
                 Err(CallError::Unavailable(_)) => unreachable!("handled above"),

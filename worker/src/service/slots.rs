@@ -35,6 +35,34 @@ pub struct Placement {
     pub threads: usize,
 }
 
+/// As the worker's log writes it: `gpu 0,1 (4 threads each)`, `cpu slot 0 (2 threads)`.
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (gpus, cpus): (Vec<_>, Vec<_>) = self
+            .devices
+            .iter()
+            .partition(|d| matches!(d, DeviceKind::Gpu(_)));
+        let list = |ds: Vec<&DeviceKind>| {
+            ds.iter()
+                .map(|d| match d {
+                    DeviceKind::Gpu(i) | DeviceKind::Cpu(i) => i.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let (what, slots) = match gpus.is_empty() {
+            true => ("cpu slot", list(cpus)),
+            false => ("gpu", list(gpus)),
+        };
+        let each = if self.devices.len() > 1 { " each" } else { "" };
+        let threads = match self.threads {
+            1 => "1 thread".to_string(),
+            n => format!("{n} threads"),
+        };
+        write!(f, "{what} {slots} ({threads}{each})")
+    }
+}
+
 /// One claim to try: the capacity to advertise.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Ask {
