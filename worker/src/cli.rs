@@ -7,7 +7,9 @@ use std::path::PathBuf;
 #[command(
     name = "worker",
     version,
-    about = "A sweep's worker: `worker run` pulls jobs from a coordinator and runs them; `worker train` runs one training of the study's network"
+    about = "A sweep's worker: `worker run` pulls jobs from a coordinator and runs them; `worker train` runs one training of the study's network",
+    after_help = "Benchmarks (each with its own --help): bench, bench-ddp.\n\
+                  Starting workers, step by step: docs/running.md (\"The first hour\")."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -16,6 +18,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Pull jobs from a coordinator and run them until stopped (SIGTERM: checkpoint, report, exit).
+    Run(Box<crate::service::RunArgs>),
+    /// Make sure CIFAR-10 is in --data-dir: download and verify the official archive when it is not.
+    FetchData {
+        /// The directory that gets data_batch_1..5.bin and test_batch.bin.
+        #[arg(long, default_value = "data/cifar-10-batches-bin")]
+        data_dir: PathBuf,
+        /// Where the archive comes from.
+        #[arg(long, default_value = crate::data::CIFAR10_URL)]
+        data_url: String,
+        /// Its expected md5.
+        #[arg(long, default_value = crate::data::CIFAR10_MD5)]
+        data_md5: String,
+    },
     /// Train one run of the study's network (resumes when --out holds an unfinished run).
     Train {
         #[command(flatten)]
@@ -27,30 +43,24 @@ pub enum Command {
         #[command(flatten)]
         launch: LaunchArgs,
     },
-    /// Training and eval throughput of the full network beside PyTorch eager.
+    /// Benchmark: training and eval throughput of the full network beside PyTorch eager.
+    #[command(hide = true)]
     Bench(crate::bench::BenchArgs),
-    /// All-reduce bandwidth and DDP step cost (launches its own ranks).
+    /// Benchmark: all-reduce bandwidth and DDP step cost (launches its own ranks).
+    #[command(hide = true)]
     BenchDdp(crate::ddp::bench::BenchDdpArgs),
-    /// Make sure CIFAR-10 is in --data-dir: download and verify the official archive when it is not.
-    FetchData {
-        #[arg(long, default_value = "data/cifar-10-batches-bin")]
-        data_dir: PathBuf,
-        #[arg(long, default_value = crate::data::CIFAR10_URL)]
-        data_url: String,
-        #[arg(long, default_value = crate::data::CIFAR10_MD5)]
-        data_md5: String,
-    },
-    /// Pull jobs from a coordinator and run them until stopped (SIGTERM: checkpoint, report, exit).
-    Run(Box<crate::service::RunArgs>),
 }
 
 /// Where the ranks of a multi-machine run meet (torchrun's flags of the same names).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LaunchArgs {
+    /// Machines the run spans.
     #[arg(long, default_value_t = 1)]
     pub nnodes: usize,
+    /// This machine's place among them (0 holds the rendezvous).
     #[arg(long, default_value_t = 0)]
     pub node_rank: usize,
+    /// Where node 0's rank 0 listens for the others.
     #[arg(long, default_value = "127.0.0.1")]
     pub master_addr: String,
     /// 0: a free port (one machine only).

@@ -24,6 +24,7 @@ pub struct TrainConfig {
     /// Directory of the CIFAR-10 binary files; downloaded (md5-verified) when it holds none.
     #[arg(long, default_value = D::DATA_DIR)]
     pub data_dir: PathBuf,
+    /// Epochs to train.
     #[arg(long, default_value_t = D::EPOCHS)]
     pub epochs: u32,
     /// Initial learning rate.
@@ -32,12 +33,16 @@ pub struct TrainConfig {
     /// Batch size per process (the study's `--batch-size`).
     #[arg(long, default_value_t = D::BATCH_SIZE)]
     pub batch_size: u32,
+    /// SGD momentum.
     #[arg(long, default_value_t = D::MOMENTUM)]
     pub momentum: f64,
+    /// SGD weight decay (L2).
     #[arg(long, default_value_t = D::WEIGHT_DECAY)]
     pub weight_decay: f64,
+    /// Epochs of linear lr warm-up.
     #[arg(long, default_value_t = D::WARMUP_EPOCHS)]
     pub warmup_epochs: u32,
+    /// The warm-up's starting fraction of the lr.
     #[arg(long, default_value_t = D::WARMUP_FACTOR)]
     pub warmup_factor: f64,
     /// Epochs after which the lr is multiplied by gamma.
@@ -49,8 +54,10 @@ pub struct TrainConfig {
     /// Evaluate on the whole test set every N epochs (and always after the last one).
     #[arg(long, default_value_t = D::EVAL_INTERVAL)]
     pub eval_interval: u32,
+    /// Batch size of evaluation.
     #[arg(long, default_value_t = D::EVAL_BATCH_SIZE)]
     pub eval_batch_size: u32,
+    /// Seed of the weights' initialisation, the data order and augmentation.
     #[arg(long, default_value_t = D::SEED)]
     pub seed: u64,
     /// cpu, cuda or cuda:N.
@@ -82,6 +89,7 @@ pub struct TrainConfig {
     /// Number of attention blocks.
     #[arg(long, default_value_t = D::MODEL_DEPTH)]
     pub model_depth: usize,
+    /// Heads of each attention block.
     #[arg(long, default_value_t = D::MODEL_HEADS)]
     pub model_heads: i64,
     /// Intra-op threads (default: all cores).

@@ -228,7 +228,8 @@ fn fetch_and_unpack(
     let response = agent
         .get(url)
         .call()
-        .map_err(|e| anyhow!("downloading {url} failed: {e}"))?;
+        // ureq's error names the URL.
+        .map_err(|e| anyhow!("download failed: {e}"))?;
     let mut reader = response.into_reader();
     let mut file =
         fs::File::create(partial).with_context(|| format!("cannot write {}", partial.display()))?;
@@ -363,7 +364,11 @@ pub fn load(cfg: &crate::config::TrainConfig) -> Result<Dataset> {
                             .unwrap_or_else(|_| cfg.data_dir.clone())
                             .display()
                             .to_string(),
-                        why: format!("{e:#}"),
+                        // One line: it ends a log line and a job's attempt.
+                        why: format!("{e:#}")
+                            .split_whitespace()
+                            .collect::<Vec<_>>()
+                            .join(" "),
                     }
                 })?;
             }

@@ -43,9 +43,9 @@ fn log_of(work: &Path) -> String {
     std::fs::read_to_string(work.with_extension("log")).unwrap_or_default()
 }
 
-/// The worker: its data directory holds no CIFAR-10 and the data cannot be fetched. Each
-/// job it takes goes back (no attempt spent), its log says why at WARN, and after
-/// `--max-early-failures` of them it stops claiming and exits saying what to fix.
+/// The worker: its data directory holds no CIFAR-10 and the data cannot be fetched. The
+/// job it takes goes back (no attempt spent), its log says why at WARN, and it stops claiming at
+/// once (the next job would fail the same way) and exits saying what to fix.
 #[test]
 fn a_worker_without_its_data_spends_no_attempt_and_stops_claiming() {
     let _serial = serial();
@@ -63,21 +63,16 @@ fn a_worker_without_its_data_spends_no_attempt_and_stops_claiming() {
             data.to_str().unwrap(),
             "--data-url",
             "http://127.0.0.1:1/cifar-10-binary.tar.gz",
-            "--max-early-failures",
-            "3",
         ],
     );
     let status = exit_of(&mut w, Duration::from_secs(120));
     let log = log_of(&work);
-    assert!(
-        !status.success(),
-        "the breaker ends the worker with an error: {log}"
-    );
+    assert!(!status.success(), "the worker ends with an error: {log}");
     assert!(
         log.contains("stopped claiming")
-            && log.contains("3 jobs in a row")
-            && log.contains("--max-early-failures")
-            && log.contains("no CIFAR-10"),
+            && log.contains("this machine cannot run the jobs it is given")
+            && log.contains("no CIFAR-10 in")
+            && log.contains("--data-dir"),
         "{log}"
     );
     assert!(
@@ -86,14 +81,13 @@ fn a_worker_without_its_data_spends_no_attempt_and_stops_claiming() {
     );
     let s = c.get(&format!("/api/sweeps/{sweep}"));
     let jobs = s["jobs"].as_array().unwrap();
-    let mut given_back = 0;
     for j in jobs {
         assert_eq!(j["status"], JobStatus::Pending.as_str(), "{j}");
         let left = j["max_attempts"].as_i64().unwrap() - j["attempt"].as_i64().unwrap();
         assert_eq!(left, 2, "no attempt spent: {j}");
-        given_back += j["attempt"].as_i64().unwrap();
     }
-    assert_eq!(given_back, 3, "three claims, each given back: {s}");
+    let claims: i64 = jobs.iter().map(|j| j["attempt"].as_i64().unwrap()).sum();
+    assert_eq!(claims, 1, "one claim, given back, then no more: {s}");
     let taken = jobs
         .iter()
         .find(|j| j["attempt"].as_i64() > Some(0))
@@ -101,9 +95,47 @@ fn a_worker_without_its_data_spends_no_attempt_and_stops_claiming() {
     let d = c.get(&format!("/api/jobs/{}", taken["id"]));
     let why = d["attempts"][0]["error"].as_str().unwrap_or_default();
     assert!(
-        why.contains("this worker cannot run the job") && why.contains("no CIFAR-10"),
+        why.starts_with("this worker cannot run the job: no CIFAR-10 in") && !why.contains('\n'),
         "{d}"
     );
+}
+
+/// A trainer that fails before its first epoch on every job (here: a weights file that is not
+/// there): after `--max-early-failures` in a row the worker stops claiming, before it has failed
+/// the whole sweep.
+#[test]
+fn a_worker_whose_jobs_keep_failing_early_stops_after_a_few() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 30);
+    let sweep = c.submit(json!({
+        "name": "broken",
+        "train": {"dataset": "synthetic", "epochs": 1, "model_widths": [8, 16, 32, 64],
+                  "model_depth": 1, "model_heads": 2, "limit_train": 64, "limit_test": 32,
+                  "init_from": "missing/weights.safetensors"},
+        "grid": {"seed": [0, 1, 2, 3, 4, 5]},
+        "run": {"max_attempts": 1}
+    }));
+    let work = dir.path().join("w");
+    let mut w = worker(&c.url, &work, &["--max-early-failures", "2"]);
+    assert!(!exit_of(&mut w, Duration::from_secs(120)).success());
+    let log = log_of(&work);
+    assert!(
+        log.contains("2 jobs in a row failed before their first epoch")
+            && log.contains("missing/weights.safetensors"),
+        "{log}"
+    );
+    let s = c.get(&format!("/api/sweeps/{sweep}"));
+    let failed = JobStatus::Failed.as_str();
+    let n = |st: &str| {
+        s["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["status"] == st)
+            .count()
+    };
+    assert_eq!((n(failed), n(JobStatus::Pending.as_str())), (2, 4), "{s}");
 }
 
 /// A `--data-dir` that does not exist, a work directory that cannot be written: refused before

@@ -388,6 +388,13 @@ fn pending_hint(d: &SweepDetail) -> Option<String> {
     if s.pending == 0 || s.pending < s.total {
         return None;
     }
+    if let Some(j) = d.jobs.iter().find(|j| j.attempt > 0) {
+        return Some(format!(
+            "all pending: job {} was claimed {} time(s) and given back; its attempts say why \
+             (the dashboard's #/jobs/{}, or GET /api/jobs/{})",
+            j.id, j.attempt, j.id, j.id
+        ));
+    }
     Some(match d.spec.get("command").is_some_and(|c| !c.is_null()) {
         true => "all pending: command jobs run only on a worker started with \
                  `worker run --allow-commands` (docs/command-jobs.md)"

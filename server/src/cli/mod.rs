@@ -100,6 +100,7 @@ pub struct ServeArgs {
     /// Where uploaded checkpoints are kept (default: <db>.artifacts/).
     #[arg(long)]
     artifacts: Option<PathBuf>,
+    /// How long a claimed job stays its worker's without a heartbeat before it is given to another.
     #[arg(long, default_value_t = 30)]
     lease_seconds: u64,
     /// How long a job that spans nodes waits for all its workers to join before its gang is
@@ -278,8 +279,10 @@ pub enum Command {
         /// The database file to add the sweep to.
         #[arg(long, default_value = "sweeps.db")]
         db: PathBuf,
+        /// Jobs in the synthetic sweep.
         #[arg(long, default_value_t = 10_000)]
         jobs: usize,
+        /// Epochs of made-up metrics per job.
         #[arg(long, default_value_t = 300)]
         epochs: i64,
     },
@@ -300,8 +303,10 @@ pub enum WorkerCommand {
         /// (`worker run --enroll-token-file`), --uses times, until --expires-hours from now.
         #[arg(long, requires_all = ["uses", "expires_hours"])]
         enrollment: bool,
+        /// With --enrollment: how many worker credentials it may mint.
         #[arg(long, requires = "enrollment")]
         uses: Option<i64>,
+        /// With --enrollment: hours it stays valid.
         #[arg(long, requires = "enrollment")]
         expires_hours: Option<f64>,
         #[command(flatten)]

@@ -97,8 +97,8 @@ fn absolute(p: &Path) -> String {
         .to_string()
 }
 
-/// Counts jobs in a row that failed before their first epoch, or could not run here at all; at
-/// `--max-early-failures` the worker stops claiming and says why (0: never).
+/// Counts jobs in a row that failed before their first epoch; at `--max-early-failures` the worker
+/// stops claiming and says why (0: never). A job that could not run here at all stops it at once.
 #[derive(Debug, Default)]
 pub struct Breaker {
     limit: u32,
@@ -114,29 +114,34 @@ impl Breaker {
         }
     }
 
-    /// Takes a job's end (and the epochs it reached); Some(why the worker stops) once tripped.
+    /// Takes a job's end (and the epochs it reached); Some(why the worker stops) once tripped. A
+    /// job this machine could not run at all trips it at once: the next would fail the same way,
+    /// and each try spends one of the job's free releases.
     pub fn record(&mut self, end: &End, epoch: u32) -> Option<String> {
-        let early = match end {
-            End::WorkerFault(why) => Some(why.clone()),
+        let why = match end {
+            End::WorkerFault(why) => {
+                return Some(format!(
+                    "this machine cannot run the jobs it is given: {why}. The job went back to \
+                     pending with no attempt spent; fix that and start the worker again"
+                ))
+            }
             End::Reported(Outcome::Failed, error) if epoch == 0 => {
-                Some(error.clone().unwrap_or_default())
+                error.clone().unwrap_or_default()
             }
             // Given back or taken away: says nothing of this worker either way.
             End::Released(_) | End::Lost(_) => return None,
-            _ => None,
-        };
-        let Some(why) = early else {
-            self.in_a_row = 0;
-            return None;
+            _ => {
+                self.in_a_row = 0;
+                return None;
+            }
         };
         self.in_a_row += 1;
-        self.last = Some(
-            why.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .to_string(),
-        );
+        let last = why
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        self.last = Some(last.trim().trim_start_matches("error: ").to_string());
         (self.limit > 0 && self.in_a_row >= self.limit).then(|| {
             format!(
                 "{} jobs in a row failed before their first epoch on this worker (the last: {}); \
@@ -277,11 +282,17 @@ mod tests {
             "failed after an epoch: the job's own"
         );
         assert_eq!(b.record(&End::Released("shutdown".into()), 0), None);
-        assert_eq!(b.record(&End::WorkerFault("no CIFAR-10".into()), 0), None);
+        assert_eq!(b.record(&failed, 0), None);
         let why = b.record(&failed, 0).expect("two in a row trip it");
         assert!(
             why.contains("2 jobs in a row") && why.contains("boom"),
             "{why}"
+        );
+        let mut b = Breaker::new(3);
+        let why = b.record(&End::WorkerFault("no CIFAR-10 in /d".into()), 0);
+        assert!(
+            why.is_some_and(|w| w.contains("no CIFAR-10 in /d")),
+            "a job this machine cannot run trips it at once"
         );
         let mut never = Breaker::new(0);
         for _ in 0..10 {

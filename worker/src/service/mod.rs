@@ -59,7 +59,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "runs")]
     pub work_dir: PathBuf,
     /// This machine's CIFAR-10 directory, passed to every job (data location is the machine's
-    /// business). A sweep's `data_dir` names a directory below it (relative, never `..`).
+    /// business; default: data/cifar-10-batches-bin under the directory the worker starts in).
+    /// A sweep's `data_dir` names a directory below it (relative, never `..`).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Where jobs fetch CIFAR-10 from when their data directory is empty (the worker's setting,
@@ -77,6 +78,7 @@ pub struct RunArgs {
     /// coordinator). The port is one this worker holds until such a job's ranks start.
     #[arg(long)]
     pub advertise_addr: Option<String>,
+    /// Seconds between a running job's heartbeats, at most (at least three per lease).
     #[arg(long, default_value_t = 5.0)]
     pub heartbeat_seconds: f64,
     /// Seconds between claims while idle.
@@ -86,8 +88,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub exit_when_idle: bool,
     /// Stop claiming (and exit, once running jobs end) after this many jobs in a row failed
-    /// before their first epoch or could not run here (missing data, a trainer that cannot
-    /// start): a worker that cannot work stops instead of failing a sweep. 0: never.
+    /// before their first epoch: a worker that cannot work stops instead of failing a sweep. 0:
+    /// never. (A job this machine cannot run at all, its data missing or the trainer unable to
+    /// start, is given back free and stops the worker at once.)
     #[arg(long, default_value_t = 3)]
     pub max_early_failures: u32,
     /// Run command jobs (a sweep's `[command]`: any program its submitter names). Without this

@@ -188,8 +188,7 @@ impl Supervisor {
             // Our trainer found no data on this machine and could not fetch it: the machine's
             // trouble, not the job's. It goes back, and the worker learns what to fix.
             crate::EXIT_NO_DATA if !command => {
-                let why = self.read.output.tail().join("\n");
-                let why = why.trim().trim_start_matches("error: ").to_string();
+                let why = last_error(&self.read.output.tail());
                 let reason = format!("this worker cannot run the job: {why}");
                 (Write::Release(reason), End::WorkerFault(why))
             }
@@ -206,6 +205,24 @@ impl Supervisor {
     }
 }
 
+/// The program's own account of its failure: from its last `error: ...` line to its end, on one
+/// line (our trainer ends with one), else its last line.
+fn last_error(tail: &[String]) -> String {
+    let lines: Vec<&str> = tail
+        .iter()
+        .flat_map(|chunk| chunk.lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.iter().rposition(|l| l.starts_with("error: ")) {
+        Some(at) => lines[at..]
+            .join(" ")
+            .trim_start_matches("error: ")
+            .to_string(),
+        None => lines.last().map_or("no output".into(), |l| l.to_string()),
+    }
+}
+
 /// The exit code, or minus the signal that killed it.
 fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
@@ -213,4 +230,20 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .code()
         .or_else(|| status.signal().map(|s| -s))
         .unwrap_or(-1)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_reason_is_the_programs_last_error_line() {
+        let tail = vec![
+            "INFO downloading CIFAR-10\nerror: no CIFAR-10 in /d".to_string(),
+            "".to_string(),
+        ];
+        assert_eq!(super::last_error(&tail), "no CIFAR-10 in /d");
+        let wrapped = ["error: no data (\nDns failed): fix it".to_string()];
+        assert_eq!(super::last_error(&wrapped), "no data ( Dns failed): fix it");
+        assert_eq!(super::last_error(&["a\nb".to_string()]), "b");
+        assert_eq!(super::last_error(&[]), "no output");
+    }
 }
