@@ -284,6 +284,15 @@ function budget(s) {
   return `<p class="muted" id="budget">Epochs run: ${s.epochs_spent} of ${s.epochs_budget}${rule ? saved : ""}.${what}</p>`;
 }
 
+// Why a sweep whose jobs all wait may wait for ever (as `server status` says it).
+function pendingHint(s) {
+  if (!s.pending || s.pending < s.total) return "";
+  const why = s.spec && s.spec.command
+    ? "command jobs run only on a worker started with <code>worker run --allow-commands</code>"
+    : "no worker has claimed one yet: start one with <code>worker run --server URL --token WORKER_TOKEN</code> (docs/running.md)";
+  return `<p class="muted" id="pending-hint">All pending: ${why}.</p>`;
+}
+
 // ---------- views ----------
 
 function progressBar(s) {
@@ -405,6 +414,7 @@ async function sweepView(id) {
   return `<p><a href="#/">← all sweeps</a></p>
     <h1>${esc(s.name)} <span class="status">${esc(s.status)}</span></h1>
     ${progressBar(s)}
+    ${pendingHint(s)}
     ${budget(s)}
     <div class="toolbar">
       <a href="${base}?format=markdown" download="sweep-${id}.md">Markdown</a>

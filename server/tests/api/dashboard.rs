@@ -743,6 +743,12 @@ lr = ["<i id='ital'>fast</i>", 0]
             page.eval("document.querySelectorAll('#bold, #ital').length"),
             0
         );
+        // A command job that names no epochs has no total to count to.
+        let text = page.text();
+        assert!(
+            text.contains("Epoch 0, attempt") && !text.contains("100000"),
+            "{text}"
+        );
         assert!(
             page.errors().is_empty(),
             "console errors: {:?}",
@@ -843,4 +849,30 @@ fn the_pages_unbounded_epochs_are_the_coordinators() {
     let js = include_str!("../../../dashboards/app.js");
     let line = format!("const UNBOUNDED_EPOCHS = {};", protocol::train::MAX_EPOCHS);
     assert!(js.contains(&line), "app.js should say {line}");
+}
+
+/// A command sweep no worker takes says why on its page (only `--allow-commands` workers run it),
+/// as `server status` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sweep_that_waits_says_which_worker_it_needs() {
+    let app = spawn_app().await;
+    let id = app
+        .submit("name = \"cmd\"\n[command]\nargv = [\"run\"]\n")
+        .await
+        .id;
+    let url = format!("{}/#/sweeps/{id}", app.base);
+    blocking(move || {
+        let page = Page::open(&url);
+        page.wait(
+            "document.querySelector('#pending-hint') !== null",
+            "the hint",
+        );
+        let hint = page.eval("document.querySelector('#pending-hint').innerText");
+        assert!(
+            hint.as_str().unwrap().contains("--allow-commands"),
+            "{hint}"
+        );
+        assert!(page.errors().is_empty(), "{:?}", page.errors());
+    })
+    .await;
 }
