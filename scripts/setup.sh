@@ -74,6 +74,6 @@ if full; then
   echo "setup: building (the first build takes several minutes on 2 cores: libtorch's bindings, the test targets)"
   cargo build --workspace --all-targets
 else
-  echo "setup: building the server and worker binaries (the first build takes about 7 minutes on 2 cores)"
+  echo "setup: building the server and worker binaries (the first build: 7 to 15 minutes on 2 cores, cargo prints each crate it compiles)"
   cargo build -p server -p worker --bins
 fi

@@ -7,6 +7,7 @@ pub mod job;
 pub mod outbox;
 pub mod output;
 pub mod program;
+pub mod settings;
 pub mod slots;
 
 use crate::ddp::launch::PortHold;
@@ -337,7 +338,7 @@ impl Service {
                     .transpose()?,
                 stop_grace: Duration::from_secs_f64(a.stop_grace_seconds.max(0.0)),
                 pass_env: a.pass_env.clone(),
-                restore: program::RestoreLimits {
+                restore: settings::RestoreLimits {
                     max_bytes: a.restore_max_mib.saturating_mul(1 << 20),
                     max_entries: a.restore_max_entries,
                 },

@@ -3,7 +3,7 @@
 //! treats both alike; this module holds where they differ: how each starts, how its metric lines
 //! read, what its checkpoint is, and how it is asked to stop.
 use super::coordinator::Claim;
-use super::job::JobOptions;
+use super::settings::{relative_name, train_command, JobOptions, RestoreLimits};
 use super::slots::{DeviceKind, Placement};
 use crate::checkpoint::RESUME_FILE;
 use protocol::command::env;
@@ -89,7 +89,7 @@ impl Program {
     ) -> anyhow::Result<Command> {
         let mut cmd = match self {
             Program::Trainer => {
-                super::job::train_command(opts, &claim.params, claim.gang.as_ref(), placement, out)?
+                train_command(opts, &claim.params, claim.gang.as_ref(), placement, out)?
             }
             Program::Command { spec, argv } => command_job(opts, claim, spec, argv, out)?,
         };
@@ -142,7 +142,7 @@ fn command_job(
         anyhow::bail!("this worker does not run command jobs (worker run --allow-commands)");
     };
     let dir = match &spec.workdir {
-        Some(w) => root.join(super::job::relative_name("command.workdir", w)?),
+        Some(w) => root.join(relative_name("command.workdir", w)?),
         None => root.clone(),
     };
     let (program, args) = argv
@@ -269,23 +269,6 @@ fn non_finite_as_marker(line: &str) -> String {
         rest = &rest[c.len_utf8()..];
     }
     out
-}
-
-/// What a restored archive may unpack to (`worker run --restore-max-mib`, `--restore-max-entries`):
-/// the archive comes from the coordinator, where any holder of a job's lease may have put it.
-#[derive(Debug, Clone, Copy)]
-pub struct RestoreLimits {
-    pub max_bytes: u64,
-    pub max_entries: u64,
-}
-
-impl Default for RestoreLimits {
-    fn default() -> Self {
-        RestoreLimits {
-            max_bytes: 4 << 30,
-            max_entries: 100_000,
-        }
-    }
 }
 
 /// Packs the command's checkpoint directory, with the epoch it follows, into the archive that is

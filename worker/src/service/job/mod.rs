@@ -16,12 +16,10 @@ mod watch;
 
 use super::coordinator::{Claim, Coordinator};
 use super::outbox::{Outbox, Write};
-use super::program;
 pub use super::program::Program;
+pub use super::settings::JobOptions;
 use super::slots::Placement;
 use collect::Reading;
-pub(crate) use launch::relative_name;
-pub use launch::train_command;
 use protocol::{JobShape, MetricsReport, Outcome};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,27 +33,6 @@ pub const EXIT_INTERRUPTED: i32 = crate::EXIT_INTERRUPTED;
 /// Log a worker holds for an unreachable coordinator; the oldest is dropped beyond it (the
 /// coordinator keeps only the newest output anyway).
 const MAX_LOG_QUEUED: usize = 16 << 20;
-
-#[derive(Debug, Clone)]
-pub struct JobOptions {
-    pub exe: PathBuf,
-    pub work_dir: PathBuf,
-    pub data_dir: Option<PathBuf>,
-    pub data_url: String,
-    pub data_md5: String,
-    pub heartbeat: Duration,
-    pub poll: Duration,
-    /// Where command jobs run (`--command-root`); None: this worker runs none.
-    pub command_root: Option<PathBuf>,
-    /// How long a command job has to exit after its stop file appears, before SIGTERM (and as
-    /// long again before SIGKILL).
-    pub stop_grace: Duration,
-    /// Variables of the worker's environment a command job also gets, beyond the allowlist
-    /// (`--pass-env NAME`).
-    pub pass_env: Vec<String>,
-    /// Caps on a restored command checkpoint (`--restore-max-mib`, `--restore-max-entries`).
-    pub restore: program::RestoreLimits,
-}
 
 /// What the supervisor reports to the worker's main loop as it goes.
 #[derive(Debug, Clone, Default)]
