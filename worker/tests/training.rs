@@ -200,7 +200,8 @@ fn bad_flags_and_missing_data_get_one_clear_line() {
     assert_eq!(code, Some(1));
     assert!(err.contains("--lr") && !err.contains("panicked"), "{err}");
 
-    // An empty data directory and an unreachable archive URL: a download error that names the URL.
+    // An empty data directory and an unreachable archive URL: a download error that names the URL,
+    // with the exit code of a machine that lacks the data (a supervising worker gives the job back).
     let empty = out.path().join("empty");
     let (code, err) = run(&[
         "train",
@@ -211,9 +212,9 @@ fn bad_flags_and_missing_data_get_one_clear_line() {
         "--data-url",
         "http://127.0.0.1:9/cifar.tar.gz",
     ]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(worker::EXIT_NO_DATA));
     assert!(
-        err.contains("127.0.0.1:9") && !err.contains("panicked"),
+        err.contains("127.0.0.1:9") && err.contains("no CIFAR-10 in") && !err.contains("panicked"),
         "{err}"
     );
     assert_eq!(
