@@ -225,3 +225,45 @@ pub struct SweepDetail {
     pub spec: Value,
     pub jobs: Vec<JobRow>,
 }
+
+/// `GET /api/sweeps/{id}/importance`: which parameter mattered for a metric, as Optuna's
+/// PED-ANOVA computes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Importance {
+    /// `ped_anova`.
+    pub method: String,
+    pub metric: String,
+    /// `min` or `max`.
+    pub mode: String,
+    /// The completed jobs with a finite value that were counted.
+    pub trials: usize,
+    pub left_out: LeftOut,
+    /// Each parameter's share (they sum to 1), largest first.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub importances: serde_json::Map<String, Value>,
+    /// The best counted job, with its value of each parameter.
+    pub best: Option<BestTrial>,
+    /// Set when the answer rests on too few jobs to be stable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// The ended jobs an importance leaves out, by why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeftOut {
+    pub diverged: usize,
+    pub pruned: usize,
+    /// Completed without a finite value of the metric.
+    pub no_value: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BestTrial {
+    pub job: i64,
+    pub value: f64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub params: serde_json::Map<String, Value>,
+}

@@ -225,6 +225,15 @@ pub enum Command {
         /// With --readme: the named block (<!-- results:NAME:begin -->) instead.
         #[arg(long, requires = "readme")]
         block: Option<String>,
+        /// Which parameter mattered instead (PED-ANOVA, as Optuna computes it): a markdown table.
+        #[arg(long, conflicts_with_all = ["readme", "compare"])]
+        importance: bool,
+        /// With --importance: the metric (default: the sweep's objective, else accuracy).
+        #[arg(long, requires = "importance")]
+        metric: Option<String>,
+        /// With --importance: min or max (default: the metric's).
+        #[arg(long, requires = "importance", value_parser = ["min", "max"])]
+        mode: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -435,6 +444,27 @@ async fn submit(
     Ok(())
 }
 
+/// `server export SWEEP --importance`: which parameter mattered, as a markdown table.
+async fn print_importance(
+    client: &Client,
+    sweep: i64,
+    metric: Option<&str>,
+    mode: Option<&str>,
+) -> Result<()> {
+    let mut query = vec![];
+    if let Some(m) = metric {
+        query.push(format!("metric={m}"));
+    }
+    if let Some(m) = mode {
+        query.push(format!("mode={m}"));
+    }
+    let path = format!("{}/importance?{}", routes::sweep(sweep), query.join("&"));
+    let imp: protocol::views::Importance = serde_json::from_value(client.get_json(&path).await?)
+        .context("unexpected answer to an importance")?;
+    print!("{}", crate::results::importance::markdown(&imp));
+    Ok(())
+}
+
 /// `server cancel SWEEP`: what ended now, and what stops at its next heartbeat.
 async fn cancel(sweep: i64, remote: Remote) -> Result<()> {
     let client = Client::new(&remote.server, remote.token);
@@ -526,9 +556,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             compare,
             readme,
             block,
+            importance,
+            metric,
+            mode,
             remote,
         } => {
             let client = Client::new(&remote.server, remote.token);
+            if importance {
+                return print_importance(&client, sweep, metric.as_deref(), mode.as_deref()).await;
+            }
             let query = format!("extra={extra}&chinese={chinese}&compare={compare}");
             match readme {
                 None => {

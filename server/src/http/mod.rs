@@ -1,6 +1,7 @@
 //! The HTTP boundary: the router, the OpenAPI document, and one module per resource (sweeps, the
 //! worker protocol's jobs, logs, checkpoints, the dashboard's views, events), with auth and the one
 //! error type.
+pub mod analysis;
 pub mod artifacts;
 pub mod auth;
 pub mod dashboard;
@@ -35,7 +36,7 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
     info(title = "sweep coordinator", description = "Hyperparameter sweeps of the study's CIFAR-10 trainer: sweeps, jobs under leases, metrics, results."),
     paths(sweeps::submit_sweep, sweeps::list_sweeps, sweeps::get_sweep, sweeps::cancel_sweep, jobs::get_job, sweeps::results, sweeps::figure,
           jobs::claim, jobs::unfinished, jobs::heartbeat, jobs::report_metrics, jobs::finish, jobs::release,
-          dashboard::jobs_page, dashboard::grid, dashboard::curves,
+          dashboard::jobs_page, dashboard::grid, dashboard::curves, analysis::importance,
           artifacts::upload, artifacts::download, logs::append, logs::read,
           events::stream, healthz, prometheus, openapi, auth::create_session, auth::end_session,
           workers::add, workers::list, workers::revoke, workers::enroll),
@@ -45,7 +46,7 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
                         protocol::Rendezvous, protocol::GangPart, protocol::GangState, protocol::views::GangMember,
                         protocol::credentials::NewCredential, protocol::credentials::EnrollmentLimits, protocol::credentials::EnrollRequest,
                         protocol::credentials::IssuedCredential, protocol::credentials::CredentialKind, protocol::credentials::CredentialRow,
-                        protocol::credentials::Revoked)),
+                        protocol::credentials::Revoked, protocol::views::Importance, protocol::views::LeftOut, protocol::views::BestTrial, protocol::views::DryRun)),
     modifiers(&BearerAuth, &CommonResponses)
 )]
 pub struct ApiDoc;
@@ -139,6 +140,7 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route("/api/sweeps/{id}/jobs", get(dashboard::jobs_page))
         .route("/api/sweeps/{id}/grid", get(dashboard::grid))
         .route("/api/sweeps/{id}/curves", get(dashboard::curves))
+        .route("/api/sweeps/{id}/importance", get(analysis::importance))
         .route("/", get(dashboard::index))
         .route("/app.js", get(dashboard::app_js))
         .route("/style.css", get(dashboard::style))

@@ -2,4 +2,5 @@
 //! the README block and the figures.
 pub mod export;
 pub mod figures;
+pub mod importance;
 pub mod study;

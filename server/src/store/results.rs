@@ -24,6 +24,15 @@ pub struct JobKey {
     pub shape: usize,
 }
 
+/// An ended job as analysis reads it: its parameters and its final value of one metric.
+#[derive(Debug, Clone)]
+pub struct AnalysisTrial {
+    pub id: i64,
+    pub status: JobStatus,
+    pub value: Option<f64>,
+    pub params: Map<String, Value>,
+}
+
 /// A sweep's keys: one per job in grid order, and the distinct (param names, own metric names) of
 /// its jobs (a handful, however many jobs), which the CSV's columns come from.
 #[derive(Debug, Clone, Default)]
@@ -154,5 +163,40 @@ impl Store {
             .map(|j| (j.id, j))
             .collect();
         Ok(ids.iter().filter_map(|id| rows.remove(id)).collect())
+    }
+
+    /// The ended jobs of a sweep as analysis reads them (importance): id, status, params and the
+    /// value of `metric` at the last epoch each reported (None when it reported none, or none
+    /// finite). One row: SQLite builds the list as one JSON array, as the TPE history does.
+    pub async fn analysis_trials(&self, sweep: i64, metric: &str) -> Result<Vec<AnalysisTrial>> {
+        let text = sqlx::query_scalar!(
+            r#"SELECT json_group_array(json_array(j.id, j.status,
+                      CASE WHEN v BETWEEN -1.7e308 AND 1.7e308 THEN v END, json(j.params))) AS "trials!: String"
+               FROM (SELECT j.id, j.status, j.params,
+                            CASE ?2 WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
+                                    WHEN 'train_loss' THEN m.train_loss WHEN 'precision' THEN m.precision
+                                    WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1 WHEN 'lr' THEN m.lr
+                                    WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'seconds' THEN m.seconds
+                                    ELSE json_extract(m.extra, '$."' || ?2 || '"') END AS v
+                     FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+                     WHERE j.sweep_id = ?1 AND j.status IN ('completed', 'pruned', 'diverged')) j"#,
+            sweep,
+            metric
+        )
+        .fetch_one(&self.read)
+        .await?;
+        type Row = (i64, String, Option<f64>, Map<String, Value>);
+        let rows: Vec<Row> = parse_json("the sweep's ended jobs", &text)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, status, value, params) in rows {
+            out.push(AnalysisTrial {
+                id,
+                status: status_of(&status)?,
+                value: value.filter(|v| v.is_finite()),
+                params,
+            });
+        }
+        out.sort_by_key(|t| t.id);
+        Ok(out)
     }
 }

@@ -562,7 +562,7 @@ pub(crate) fn same_value(a: &Value, b: &Value) -> bool {
 }
 
 /// A key under which equal values are equal: numbers by value (1 and 1.0 are one value).
-fn value_key(v: &Value) -> String {
+pub(crate) fn value_key(v: &Value) -> String {
     match v.as_f64() {
         Some(x) => format!("n{x:e}"),
         None => v.to_string(),

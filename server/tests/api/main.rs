@@ -9,6 +9,7 @@ mod gangs;
 mod hardening;
 mod helpers;
 mod identity;
+mod importance;
 mod jobs;
 mod leases;
 mod results;
