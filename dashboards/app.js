@@ -293,6 +293,33 @@ function pendingHint(s) {
   return `<p class="muted" id="pending-hint">All pending: ${why}.</p>`;
 }
 
+// Which parameter mattered: GET /api/sweeps/{id}/importance (PED-ANOVA, as Optuna computes it), a
+// bar per parameter. Only for a sweep with two axes or more, once two jobs have completed; asked
+// again only when more jobs have completed, and at most every 30 s (on a 100,000-job sweep one
+// answer takes about a second of the coordinator's time).
+async function importanceView(id, s) {
+  const spec = s.spec || {};
+  const grids = [].concat(spec.grid || []);
+  const axes = new Set(grids.flatMap((g) => Object.keys(g)).concat(Object.keys((spec.search && spec.search.space) || {})));
+  if (axes.size < 2 || s.completed < 2) return "";
+  const cached = ui.importance;
+  const fresh = cached && cached.id === id && (cached.completed === s.completed || Date.now() - cached.at < 30000);
+  if (!fresh) {
+    let imp = null;
+    try { imp = await api(`/api/sweeps/${id}/importance`); } catch (_) { /* too few counted jobs yet */ }
+    ui.importance = { id, completed: s.completed, at: Date.now(), imp };
+  }
+  const imp = ui.importance.imp;
+  if (!imp) return "";
+  const W = 320;
+  const rows = Object.entries(imp.importances).map(([k, v]) => `<tr><td>${esc(k)}</td>
+    <td><svg width="${W}" height="14" role="img" aria-label="${esc(k)} ${(100 * v).toFixed(1)}%"><rect width="${Math.max(1, Math.round(W * v))}" height="14" fill="#0969da"></rect></svg></td>
+    <td class="num">${(100 * v).toFixed(1)}%</td></tr>`).join("");
+  const left = imp.left_out.diverged + imp.left_out.pruned + imp.left_out.no_value;
+  const note = `PED-ANOVA over ${imp.trials} completed jobs, judged on ${esc(imp.metric)} (${esc(imp.mode)})${left ? `; ${left} left out (diverged, pruned or without a value)` : ""}.${imp.warning ? ` ${esc(imp.warning)}.` : ""}`;
+  return `<h2>Which parameter mattered</h2><p class="muted">${note}</p><table id="importance">${rows}</table>`;
+}
+
 // ---------- views ----------
 
 function progressBar(s) {
@@ -411,6 +438,7 @@ async function sweepView(id) {
       ? `<h2>TPE: ${t.drawn} of ${t.trials} trials drawn${t.best_value != null ? `; best ${esc(t.metric)} ${+t.best_value.toPrecision(6)} (job #${t.best_job})` : ""}</h2><div class="grid2" id="search">${history(t, all)}${scatter(space, all)}${parallel(space, all)}</div>`
       : `<h2>Random search: ${s.total} sampled points</h2><div class="grid2" id="search">${scatter(space, all)}${parallel(space, all)}</div>`;
   }
+  const mattered = await importanceView(id, s);
   return `<p><a href="#/">← all sweeps</a></p>
     <h1>${esc(s.name)} <span class="status">${esc(s.status)}</span></h1>
     ${progressBar(s)}
@@ -423,6 +451,7 @@ async function sweepView(id) {
       <button id="cancel"${["finished", "cancelled"].includes(s.status) ? " disabled" : ""}>Cancel sweep…</button>
     </div>
     ${overview}
+    ${mattered}
     ${ui.lr == null ? "" : `<h2>Learning curves at lr <select id="lr" aria-label="learning rate">${lrs.map((lr) => `<option value="${lr}"${lr === ui.lr ? " selected" : ""}>${fmtLr(lr)}</option>`).join("")}</select></h2>
     <div class="grid2" id="curves">
       ${lineChart("Test loss", "epoch", "test loss", kept("test_loss"))}

@@ -395,7 +395,7 @@ pub fn of_sweep(
         });
     let warning = (got.target_trials < STABLE_TARGET).then(|| {
         format!(
-            "only {} job(s) in the best 10%: importances from fewer than {STABLE_TARGET} are unstable",
+            "Only {} job(s) in the best 10%: importances from fewer than {STABLE_TARGET} are unstable",
             got.target_trials
         )
     });
@@ -431,7 +431,7 @@ pub fn markdown(imp: &Importance) -> String {
             .unwrap_or_default()
     );
     if let Some(w) = &imp.warning {
-        out.push_str(&format!("Warning: {w}.\n"));
+        out.push_str(&format!("{w}.\n"));
     }
     out.push_str("\n| parameter | importance | the best job's value |\n|---|---:|---|\n");
     for (name, share) in &imp.importances {

@@ -876,3 +876,62 @@ async fn a_command_sweep_that_waits_says_which_worker_it_needs() {
     })
     .await;
 }
+
+/// A search's page shows which parameter mattered, as the API computes it: a bar per parameter,
+/// the one the results turn on first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_shows_which_parameter_mattered() {
+    let app = spawn_app().await;
+    let id = app
+        .submit(
+            r#"
+name = "which"
+[train]
+dataset = "synthetic"
+epochs = 1
+[search]
+method = "random"
+trials = 20
+seed = 5
+[search.space]
+lr = { log_uniform = [1e-4, 1e-1] }
+momentum = { uniform = [0.8, 0.99] }
+"#,
+        )
+        .await
+        .id;
+    for c in claim_all(&app).await {
+        let lr = c.params["lr"].as_f64().unwrap();
+        let acc = 0.9 - 0.1 * (lr.log10() + 2.5).abs();
+        app.metrics(c.id, c.attempt, 1, Some(1.0), acc).await;
+        app.finish(c.id, c.attempt, Outcome::Completed).await;
+    }
+    let (_, want) = app.get(&format!("/api/sweeps/{id}/importance")).await;
+    let first = want["importances"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    assert_eq!(first, "lr", "{want}");
+    let url = format!("{}/#/sweeps/{id}", app.base);
+    blocking(move || {
+        let page = Page::open(&url);
+        page.wait(
+            "document.querySelectorAll('#importance rect').length === 2",
+            "a bar per parameter",
+        );
+        let first = page.eval("document.querySelector('#importance tr').innerText");
+        let first = first.as_str().unwrap().trim().to_string();
+        assert!(first.starts_with("lr"), "{first}");
+        assert!(
+            page.text().contains("PED-ANOVA over 20 completed jobs"),
+            "{}",
+            page.text()
+        );
+        assert!(page.errors().is_empty(), "{:?}", page.errors());
+        page.screenshot("dashboard-importance.png");
+    })
+    .await;
+}
