@@ -1,7 +1,7 @@
 //! `server submit | status | export`: thin terminal clients of the REST API.
 use anyhow::{bail, Context, Result};
 use protocol::routes;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::path::Path;
 
 use protocol::views::{JobDetail, SweepDetail, SweepRow};
@@ -241,9 +241,14 @@ impl Client {
                     // A TPE sweep's progress on the same line, so one grep finds all of a sweep.
                     let tpe = s.tpe.as_ref().map(|t| format!("; {}", tpe_line(t)));
                     out.push_str(&format!(
-                        "{:>4}  {:<28} {:<10} {} jobs: {} pending, {} running, {} completed, {} diverged, {} failed, {} cancelled, {} pruned; {}/{} epochs{}\n",
-                        s.id, s.name, s.status.as_str(), s.total, s.pending, s.running, s.completed, s.diverged,
-                        s.failed, s.cancelled, s.pruned, s.epochs_spent, s.epochs_budget, tpe.unwrap_or_default()
+                        "{:>4}  {:<28} {:<10} {}; {}/{} epochs{}\n",
+                        s.id,
+                        s.name,
+                        s.status.as_str(),
+                        job_counts(&s),
+                        s.epochs_spent,
+                        s.epochs_budget,
+                        tpe.unwrap_or_default()
                     ));
                 }
             }
@@ -261,9 +266,11 @@ impl Client {
 pub fn sweep_status(d: &SweepDetail) -> String {
     let s = &d.sweep;
     let mut out = format!(
-        "sweep {} {} ({}): {} jobs: {} pending, {} running, {} completed, {} diverged, {} failed, {} cancelled, {} pruned\n",
-        s.id, s.name, s.status, s.total, s.pending, s.running, s.completed, s.diverged, s.failed,
-        s.cancelled, s.pruned
+        "sweep {} {} ({}): {}\n",
+        s.id,
+        s.name,
+        s.status,
+        job_counts(s)
     );
     if let Some(t) = &s.tpe {
         out.push_str(&format!("  {}\n", tpe_line(t)));
@@ -304,6 +311,14 @@ pub fn sweep_status(d: &SweepDetail) -> String {
     out
 }
 
+/// "6 jobs: 2 pending, 1 running, 3 completed, ...": a sweep's jobs by status.
+fn job_counts(s: &SweepRow) -> String {
+    format!(
+        "{} jobs: {} pending, {} running, {} completed, {} diverged, {} failed, {} cancelled, {} pruned",
+        s.total, s.pending, s.running, s.completed, s.diverged, s.failed, s.cancelled, s.pruned
+    )
+}
+
 /// `server submit --dry-run`: the count, the warnings, and a line per job (its varying parameters).
 pub fn dry_run_text(plan: &protocol::views::DryRun) -> String {
     let mut out = format!(
@@ -336,30 +351,15 @@ pub fn dry_run_text(plan: &protocol::views::DryRun) -> String {
 
 /// The time of day (UTC) a watched frame was drawn.
 fn clock_utc() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let day = secs % 86_400;
-    format!(
-        "{:02}:{:02}:{:02} UTC",
-        day / 3600,
-        day % 3600 / 60,
-        day % 60
-    )
+    let t = time::OffsetDateTime::now_utc();
+    format!("{:02}:{:02}:{:02} UTC", t.hour(), t.minute(), t.second())
 }
 
 /// The parameter names whose values differ between jobs, and the text of those all share.
 fn split_params(jobs: &[protocol::views::JobRow]) -> (Vec<String>, String) {
-    let mut names = std::collections::BTreeSet::new();
-    for j in jobs {
-        if let Some(p) = j.params.as_object() {
-            names.extend(p.keys().cloned());
-        }
-    }
-    let (varying, shared): (Vec<String>, Vec<String>) = names.into_iter().partition(|k| {
-        jobs.iter()
-            .any(|j| j.params.get(k) != jobs[0].params.get(k))
-    });
+    let points: Vec<&Map<String, Value>> =
+        jobs.iter().filter_map(|j| j.params.as_object()).collect();
+    let (varying, shared) = crate::sweep::split_keys(&points);
     let shared_text = match jobs.first() {
         Some(first) => param_text(&first.params, &shared),
         None => String::new(),

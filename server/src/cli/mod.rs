@@ -207,8 +207,8 @@ pub enum Command {
         /// The sweep's id.
         sweep: i64,
         /// markdown (the study's table), csv (a row per job) or json.
-        #[arg(long, default_value = "markdown", value_parser = ["markdown", "csv", "json"])]
-        format: String,
+        #[arg(long, default_value = "markdown", value_parser = format_parser())]
+        format: crate::results::export::Format,
         /// Precision, recall, F1, epochs and wall-time columns.
         #[arg(long)]
         extra: bool,
@@ -295,6 +295,14 @@ pub enum Command {
         #[arg(long, default_value_t = 300)]
         epochs: i64,
     },
+}
+
+/// `--format`: the results' formats from their one list, each named in `--help`.
+fn format_parser() -> impl clap::builder::TypedValueParser<Value = crate::results::export::Format> {
+    use crate::results::export::Format;
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Format::ALL.map(Format::as_str))
+        .map(|s| s.parse::<Format>().expect("one of Format::ALL"))
 }
 
 /// `server worker ...`: each a thin client of the admin API (`/api/workers`).

@@ -39,6 +39,13 @@ impl Format {
     }
 }
 
+/// As `?format=` and `--format` name it.
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl std::str::FromStr for Format {
     type Err = String;
 

@@ -13,6 +13,7 @@
 use crate::store::AnalysisTrial;
 use crate::sweep::early_stop::Mode;
 use crate::sweep::search::Distribution;
+use crate::sweep::tpe::parzen::log_sum_exp;
 use crate::sweep::tpe::truncnorm::log_gauss_mass;
 use crate::sweep::value_key;
 use crate::sweep::SweepSpec;
@@ -285,14 +286,6 @@ fn scott_bandwidth(obs: &[f64], w: &[f64]) -> f64 {
     1.059 * (iqr / 1.34).min(var.sqrt()) * total.powf(-0.2)
 }
 
-fn log_sum_exp(v: &[f64]) -> f64 {
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if max == f64::NEG_INFINITY {
-        return max;
-    }
-    max + v.iter().map(|x| (x - max).exp()).sum::<f64>().ln()
-}
-
 // ---------- a sweep's importance: its axes, its objective, the trials that count ----------
 
 /// A sweep's parameters: its search space as drawn, or its grid keys as choices among the values
@@ -456,12 +449,14 @@ fn short(x: f64) -> String {
     if x == 0.0 || !x.is_finite() {
         return x.to_string();
     }
+    if !(1e-3..1e6).contains(&x.abs()) {
+        return format!("{x:.3e}");
+    }
     let digits = (3 - x.abs().log10().floor() as i32).max(0) as usize;
     let s = format!("{x:.digits$}");
-    match s.contains('.') && (1e-3..1e6).contains(&x.abs()) {
+    match s.contains('.') {
         true => s.trim_end_matches('0').trim_end_matches('.').to_string(),
-        false if (1e-3..1e6).contains(&x.abs()) => s,
-        false => format!("{x:.3e}"),
+        false => s,
     }
 }
 

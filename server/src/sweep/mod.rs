@@ -227,13 +227,7 @@ impl SweepSpec {
             Some(s) => s.trials as usize,
             None => jobs.len(),
         };
-        let names: std::collections::BTreeSet<&String> =
-            jobs.iter().flat_map(|j| j.keys()).collect();
-        let varying = names
-            .into_iter()
-            .filter(|k| jobs.iter().any(|j| j.get(*k) != jobs[0].get(*k)))
-            .cloned()
-            .collect();
+        let (varying, _) = split_keys(&jobs.iter().collect::<Vec<_>>());
         protocol::views::DryRun {
             name: self.name.clone(),
             jobs: count,
@@ -559,6 +553,15 @@ fn grid_points(g: &Grid) -> Option<usize> {
 /// Whether two values are one value (numbers by value: 1 and 1.0 are one).
 pub(crate) fn same_value(a: &Value, b: &Value) -> bool {
     value_key(a) == value_key(b)
+}
+
+/// The parameter names of `points` (sorted) that differ between them, and those all share.
+pub fn split_keys(points: &[&Map<String, Value>]) -> (Vec<String>, Vec<String>) {
+    let names: std::collections::BTreeSet<&String> = points.iter().flat_map(|p| p.keys()).collect();
+    names
+        .into_iter()
+        .cloned()
+        .partition(|k| points.iter().any(|p| p.get(k) != points[0].get(k)))
 }
 
 /// A key under which equal values are equal: numbers by value (1 and 1.0 are one value).

@@ -3,7 +3,7 @@
 //! the coordinator's refusals read as what to fix (a wrong token, role or address ends the worker;
 //! an unreachable coordinator is retried with backoff, and said so).
 use super::coordinator::{CallError, Coordinator};
-use super::job::End;
+use super::job::{last_error, End};
 use super::RunArgs;
 use anyhow::{bail, Context, Result};
 use protocol::Outcome;
@@ -103,15 +103,11 @@ fn absolute(p: &Path) -> String {
 pub struct Breaker {
     limit: u32,
     in_a_row: u32,
-    last: Option<String>,
 }
 
 impl Breaker {
     pub fn new(limit: u32) -> Self {
-        Breaker {
-            limit,
-            ..Default::default()
-        }
+        Breaker { limit, in_a_row: 0 }
     }
 
     /// Takes a job's end (and the epochs it reached); Some(why the worker stops) once tripped. A
@@ -136,19 +132,13 @@ impl Breaker {
             }
         };
         self.in_a_row += 1;
-        let last = why
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        self.last = Some(last.trim().trim_start_matches("error: ").to_string());
         (self.limit > 0 && self.in_a_row >= self.limit).then(|| {
             format!(
                 "{} jobs in a row failed before their first epoch on this worker (the last: {}); \
                  fix that and start the worker again (--max-early-failures sets how many stop it, \
                  0 never)",
                 self.in_a_row,
-                self.last.as_deref().unwrap_or("no error given")
+                last_error(std::slice::from_ref(&why))
             )
         })
     }

@@ -182,7 +182,8 @@ fn pick(p: &[f64], u: f64) -> usize {
     p.len() - 1
 }
 
-fn log_sum_exp(v: &[f64]) -> f64 {
+/// ln of the sum of the exponentials of `v`, without overflow (-inf when all are).
+pub(crate) fn log_sum_exp(v: &[f64]) -> f64 {
     let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if m == f64::NEG_INFINITY {
         return m;

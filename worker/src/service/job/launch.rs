@@ -117,7 +117,8 @@ impl Supervisor {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| {
-                let why = format!("cannot start the {what} ({}): {e}", self.opts.exe.display());
+                let exe = cmd.get_program().to_string_lossy();
+                let why = format!("cannot start the {what} ({exe}): {e}");
                 match self.program() {
                     Program::Trainer => Fault::Worker(why),
                     Program::Command { .. } => Fault::Job(why),

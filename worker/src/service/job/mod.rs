@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+pub use watch::last_error;
 use watch::Stops;
 
 /// Exit code of a trainer stopped by SIGTERM after committing its epoch (see `train.rs`).
@@ -60,6 +61,13 @@ pub enum End {
     WorkerFault(String),
     /// The coordinator took the job from this attempt (its lease ran out, its gang dissolved).
     Lost(String),
+}
+
+/// Giving a job back because this worker cannot run it: the release the coordinator records (its
+/// attempt's error says why) and the end the worker counts.
+fn worker_fault(why: String) -> (Write, End) {
+    let reason = format!("this worker cannot run the job: {why}");
+    (Write::Release(reason), End::WorkerFault(why))
 }
 
 /// Whose trouble it is when a job cannot start: the job's (it fails, as it would anywhere) or this
@@ -247,9 +255,9 @@ impl Supervisor {
     /// worker's gives it back, with what to fix, and spends no attempt (the coordinator's free
     /// releases; the worker's circuit breaker stops it claiming after a few).
     fn end_early(mut self, fault: Fault) {
+        // Said once, when the worker reaps the job (its `End` carries the reason).
         let (write, end) = match fault {
             Fault::Job(error) => {
-                tracing::warn!(job = self.job(), %error, "job failed before it started");
                 let write = Write::Finish {
                     status: Outcome::Failed,
                     summary: None,
@@ -257,11 +265,7 @@ impl Supervisor {
                 };
                 (write, End::Reported(Outcome::Failed, Some(error)))
             }
-            Fault::Worker(why) => {
-                tracing::warn!(job = self.job(), %why, "this worker cannot run the job: giving it back");
-                let reason = format!("this worker cannot run the job: {why}");
-                (Write::Release(reason), End::WorkerFault(why))
-            }
+            Fault::Worker(why) => worker_fault(why),
         };
         self.outbox.push(write);
         self.drain_until_done(&AtomicBool::new(false), end);

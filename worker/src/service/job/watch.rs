@@ -188,9 +188,7 @@ impl Supervisor {
             // Our trainer found no data on this machine and could not fetch it: the machine's
             // trouble, not the job's. It goes back, and the worker learns what to fix.
             crate::EXIT_NO_DATA if !command => {
-                let why = last_error(&self.read.output.tail());
-                let reason = format!("this worker cannot run the job: {why}");
-                (Write::Release(reason), End::WorkerFault(why))
+                super::worker_fault(last_error(&self.read.output.tail()))
             }
             c => {
                 let what = self.program().name();
@@ -207,7 +205,7 @@ impl Supervisor {
 
 /// The program's own account of its failure: from its last `error: ...` line to its end, on one
 /// line (our trainer ends with one), else its last line.
-fn last_error(tail: &[String]) -> String {
+pub fn last_error(tail: &[String]) -> String {
     let lines: Vec<&str> = tail
         .iter()
         .flat_map(|chunk| chunk.lines())
