@@ -1,11 +1,16 @@
-//! Results in the study's format: a markdown table laid out as the study's first README lays it out
-//! (batch size ascending, then lr descending; the best row of each lr in bold; a diverged run's loss
-//! `NaN` beside the accuracy of its diverged weights; empty cells where nothing was reported), CSV
-//! and JSON with every field, and the README block.
+//! A sweep's results: for the study's kind of sweep, a markdown table laid out as the study's first
+//! README lays it out (batch size ascending, then lr descending; the best row of each lr in bold; a
+//! diverged run's loss `NaN` beside the accuracy of its diverged weights; empty cells where nothing
+//! was reported); for any other, the table of its own axes and metrics ([`crate::results::table`]);
+//! CSV and JSON with every field; and the README block. A search's rows come best first by its
+//! objective.
 use serde_json::{Map, Value};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
+use crate::results::shape::{self, better};
+use crate::results::table::Table;
 use crate::store::{JobKey, SweepKeys};
+use crate::sweep::early_stop::Mode;
 use protocol::views::{JobRow, SweepDetail, SweepRow, TpeProgress};
 use protocol::{JobStatus, MetricsReport};
 
@@ -80,32 +85,7 @@ pub fn format_lr(lr: f64) -> String {
 
 /// Grid keys other than lr and batch_size that vary across the sweep's jobs: extra columns.
 fn other_axes(spec: &Value) -> Vec<String> {
-    let mut keys: Vec<String> = vec![];
-    let tables: Vec<&Map<String, Value>> = match spec.get("grid") {
-        Some(Value::Object(g)) => vec![g],
-        Some(Value::Array(list)) => list.iter().filter_map(Value::as_object).collect(),
-        _ => vec![],
-    };
-    // A random search's drawn options are columns too.
-    let space = spec.pointer("/search/space").and_then(Value::as_object);
-    for k in tables
-        .iter()
-        .flat_map(|g| g.keys())
-        .chain(space.into_iter().flat_map(|s| s.keys()))
-    {
-        if !keys.contains(k) {
-            keys.push(k.clone());
-        }
-    }
-    if spec
-        .pointer("/run/repeats")
-        .and_then(Value::as_i64)
-        .unwrap_or(1)
-        > 1
-        && !keys.iter().any(|k| k == "seed")
-    {
-        keys.push("seed".into());
-    }
+    let mut keys = shape::axes(spec);
     keys.retain(|k| k != "lr" && k != "batch_size");
     keys
 }
@@ -140,6 +120,55 @@ fn trials_in_order(keys: &[JobKey]) -> Vec<&JobKey> {
     jobs
 }
 
+/// The metric a sweep's rows are ranked by, and which way is better: its objective (a TPE
+/// search's, else its early-stopping rule's, else accuracy), where some drawn job reported it.
+fn objective(spec: &Value, drawn: &[&JobKey]) -> Option<(String, Mode)> {
+    let parsed = crate::sweep::SweepSpec::from_value(spec).ok()?;
+    let (metric, mode) = crate::results::importance::objective(&parsed);
+    drawn
+        .iter()
+        .any(|j| j.latest.as_ref().is_some_and(|m| m.get(&metric).is_some()))
+        .then_some((metric, mode))
+}
+
+/// A search's jobs best first: completed ones with a finite value of the objective, by it; then
+/// the others (running, pruned, diverged, failed, without a value) in the order drawn.
+fn best_first<'a>(drawn: Vec<&'a JobKey>, metric: &str, mode: Mode) -> Vec<&'a JobKey> {
+    let value = |j: &JobKey| {
+        (j.status == JobStatus::Completed)
+            .then(|| j.latest.as_ref()?.get(metric))
+            .flatten()
+            .filter(|v| v.is_finite())
+    };
+    let (mut ranked, rest): (Vec<&JobKey>, Vec<&JobKey>) =
+        drawn.into_iter().partition(|j| value(j).is_some());
+    // Stable: equal values keep the order drawn.
+    ranked.sort_by(|a, b| {
+        let (x, y) = (value(a).unwrap_or_default(), value(b).unwrap_or_default());
+        match (better(mode, x, y), better(mode, y, x)) {
+            (true, _) => std::cmp::Ordering::Less,
+            (_, true) => std::cmp::Ordering::Greater,
+            _ => std::cmp::Ordering::Equal,
+        }
+    });
+    ranked.extend(rest);
+    ranked
+}
+
+/// The named metrics (but the epoch's seconds) some job reported at its last epoch: the CSV's and
+/// JSON's metric fields.
+fn reported_named(jobs: &[&JobKey]) -> Vec<&'static str> {
+    protocol::NAMED_METRICS
+        .iter()
+        .map(|m| m.name)
+        .filter(|n| *n != "seconds")
+        .filter(|n| {
+            jobs.iter()
+                .any(|j| j.latest.as_ref().is_some_and(|m| m.get(n).is_some()))
+        })
+        .collect()
+}
+
 pub(crate) fn final_loss(j: &JobRow) -> Option<f64> {
     j.latest.as_ref().and_then(|m| m.test_loss)
 }
@@ -155,7 +184,7 @@ fn best_of_each_lr(jobs: &[&JobKey]) -> HashSet<i64> {
     // (lr, best job, completed runs at that lr)
     let mut best: Vec<(f64, &JobKey, usize)> = vec![];
     for j in jobs.iter().filter(|j| j.status == JobStatus::Completed) {
-        let Some(acc) = j.accuracy else {
+        let Some(acc) = j.accuracy() else {
             continue;
         };
         let lr = job_lr(j);
@@ -163,10 +192,10 @@ fn best_of_each_lr(jobs: &[&JobKey]) -> HashSet<i64> {
             Some(slot) => {
                 slot.2 += 1;
                 let (a0, l0) = (
-                    slot.1.accuracy.unwrap_or(-1.0),
-                    slot.1.test_loss.unwrap_or(f64::INFINITY),
+                    slot.1.accuracy().unwrap_or(-1.0),
+                    slot.1.test_loss().unwrap_or(f64::INFINITY),
                 );
-                if acc > a0 || (acc == a0 && j.test_loss.unwrap_or(f64::INFINITY) < l0) {
+                if acc > a0 || (acc == a0 && j.test_loss().unwrap_or(f64::INFINITY) < l0) {
                     slot.1 = j;
                 }
             }
@@ -233,12 +262,19 @@ pub struct Export {
     opts: TableOptions,
     /// The job ids in the order their rows are written.
     pub order: Vec<i64>,
+    /// The study's table: the best run of each lr, bold.
     best: HashSet<i64>,
-    /// Markdown: the grid's other keys, as columns.
+    /// The study's table: the grid's other keys, as columns.
     axes: Vec<String>,
+    /// Any other sweep's markdown table.
+    table: Option<Table>,
     /// CSV: every field any row has, in the order they first appear.
     columns: Vec<String>,
+    /// CSV and JSON: the named metrics some job reported (the others get no column).
+    reported: Vec<&'static str>,
     tpe: Option<TpeProgress>,
+    /// A TPE sweep's trial numbers (the order drawn), by job id.
+    trials: HashMap<i64, usize>,
     written: usize,
     marks: BTreeSet<char>,
 }
@@ -252,16 +288,31 @@ impl Export {
         opts: &TableOptions,
     ) -> Export {
         let tpe = sweep.tpe.clone().filter(|_| format != Format::Markdown);
-        let ordered = match tpe {
-            Some(_) => trials_in_order(&keys.jobs),
-            None => sorted_jobs(&keys.jobs),
+        let drawn = trials_in_order(&keys.jobs);
+        let trials = drawn.iter().enumerate().map(|(i, j)| (j.id, i)).collect();
+        let study = shape::is_study_grid(spec);
+        let objective = objective(spec, &drawn);
+        let objective = objective.as_ref().map(|(m, mode)| (m.as_str(), *mode));
+        let ordered = match (study, spec.get("search").is_some(), objective) {
+            (true, _, _) => sorted_jobs(&keys.jobs),
+            (false, true, Some((metric, mode))) => best_first(drawn, metric, mode),
+            (false, true, None) => drawn,
+            // A grid of other keys: in grid order.
+            (false, false, _) => keys.jobs.iter().filter(|j| j.drawn_at.is_some()).collect(),
         };
-        let best = match format {
-            Format::Markdown => best_of_each_lr(&ordered),
-            _ => HashSet::new(),
+        let best = match format == Format::Markdown && study {
+            true => best_of_each_lr(&ordered),
+            false => HashSet::new(),
         };
+        let table = (format == Format::Markdown && !study).then(|| Table {
+            axes: shape::axes(spec),
+            metrics: shape::metric_columns(&ordered, objective, opts.extra),
+            objective: objective.map(|(m, _)| m.to_string()),
+            extra: opts.extra,
+        });
+        let reported = reported_named(&ordered);
         let columns = match format {
-            Format::Csv => csv_columns(&ordered, keys, tpe.as_ref()),
+            Format::Csv => csv_columns(&ordered, keys, tpe.as_ref(), &reported),
             _ => vec![],
         };
         Export {
@@ -270,8 +321,11 @@ impl Export {
             order: ordered.iter().map(|j| j.id).collect(),
             best,
             axes: other_axes(spec),
+            table,
             columns,
+            reported,
             tpe,
+            trials,
             written: 0,
             marks: BTreeSet::new(),
         }
@@ -284,7 +338,10 @@ impl Export {
     /// What comes before the first row: the table's head, the CSV's header, JSON's `[`.
     pub fn head(&self) -> String {
         match self.format {
-            Format::Markdown => markdown_head(&self.axes, &self.opts),
+            Format::Markdown => match &self.table {
+                Some(t) => t.head(),
+                None => markdown_head(&self.axes, &self.opts),
+            },
             Format::Csv => self.columns.join(",") + "\n",
             Format::Json => "[".into(),
         }
@@ -294,22 +351,26 @@ impl Export {
     pub fn rows(&mut self, jobs: &[JobRow]) -> String {
         let mut out = String::new();
         for j in jobs {
+            let trial = self.trials.get(&j.id).copied().unwrap_or_default();
             match self.format {
-                Format::Markdown => {
-                    let (row, mark) =
-                        markdown_row(j, &self.axes, &self.opts, self.best.contains(&j.id));
-                    self.marks.extend(mark);
-                    out.push_str(&row);
-                }
+                Format::Markdown => match &self.table {
+                    Some(t) => out.push_str(&t.row(j)),
+                    None => {
+                        let bold = self.best.contains(&j.id);
+                        let (row, mark) = markdown_row(j, &self.axes, &self.opts, bold);
+                        self.marks.extend(mark);
+                        out.push_str(&row);
+                    }
+                },
                 Format::Csv => {
-                    let r = record(j, self.tpe.as_ref(), self.written);
+                    let r = record(j, self.tpe.as_ref(), trial, &self.reported);
                     out.push_str(&csv_row(&r, &self.columns));
                 }
                 Format::Json => {
                     if self.written > 0 {
                         out.push(',');
                     }
-                    let r = record(j, self.tpe.as_ref(), self.written);
+                    let r = record(j, self.tpe.as_ref(), trial, &self.reported);
                     out.push_str(&Value::Object(r).to_string());
                 }
             }
@@ -419,7 +480,7 @@ pub(crate) fn table_row(cells: &[String]) -> String {
     row
 }
 
-fn format_duration(secs: f64) -> String {
+pub(crate) fn format_duration(secs: f64) -> String {
     let s = secs.round() as i64;
     if s >= 3600 {
         format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
@@ -431,7 +492,12 @@ fn format_duration(secs: f64) -> String {
 /// One flat record per job with every field. A TPE sweep's lead with the trial number (`trial`: the
 /// order it was drawn in), its objective (the search's metric at the last epoch) and whether it is
 /// the best so far.
-fn record(j: &JobRow, tpe: Option<&TpeProgress>, trial: usize) -> Map<String, Value> {
+fn record(
+    j: &JobRow,
+    tpe: Option<&TpeProgress>,
+    trial: usize,
+    reported: &[&str],
+) -> Map<String, Value> {
     let mut r = Map::new();
     if let Some(t) = tpe {
         let objective = j.latest.as_ref().and_then(|m| m.get(&t.metric));
@@ -454,10 +520,9 @@ fn record(j: &JobRow, tpe: Option<&TpeProgress>, trial: usize) -> Map<String, Va
         r.insert(k.clone(), v.clone());
     }
     let m = j.latest.as_ref();
-    // The named metrics but the epoch's seconds; the lr as `lr_last` (the grid's lr is the
-    // starting one).
+    // The named metrics some job reported; the lr as `lr_last` (the grid's lr is the starting one).
     let named = m.map_or_else(|| MetricsReport::default().named(), MetricsReport::named);
-    for (metric, v) in named.iter().filter(|(n, _)| n.name != "seconds") {
+    for (metric, v) in named.iter().filter(|(n, _)| reported.contains(&n.name)) {
         let k = match metric.name {
             "lr" => "lr_last",
             name => name,
@@ -493,7 +558,12 @@ fn record(j: &JobRow, tpe: Option<&TpeProgress>, trial: usize) -> Map<String, Va
 
 /// The keys [`record`] writes for a job with these params and own metrics, in its order: those of
 /// the record of a job that has just these names (so the two cannot disagree).
-fn record_columns(tpe: Option<&TpeProgress>, params: &[String], own: &[String]) -> Vec<String> {
+fn record_columns(
+    tpe: Option<&TpeProgress>,
+    params: &[String],
+    own: &[String],
+    reported: &[&str],
+) -> Vec<String> {
     let skeleton = JobRow {
         id: 0,
         sweep_id: 0,
@@ -514,7 +584,7 @@ fn record_columns(tpe: Option<&TpeProgress>, params: &[String], own: &[String]) 
         }),
         drawn_at: None,
     };
-    record(&skeleton, tpe, 0)
+    record(&skeleton, tpe, 0, reported)
         .into_iter()
         .map(|(k, _)| k)
         .collect()
@@ -522,7 +592,12 @@ fn record_columns(tpe: Option<&TpeProgress>, params: &[String], own: &[String]) 
 
 /// Every column any row has, in the order they first appear (rows in export order): from each
 /// distinct shape of names once, not from the rows.
-fn csv_columns(ordered: &[&JobKey], keys: &SweepKeys, tpe: Option<&TpeProgress>) -> Vec<String> {
+fn csv_columns(
+    ordered: &[&JobKey],
+    keys: &SweepKeys,
+    tpe: Option<&TpeProgress>,
+    reported: &[&str],
+) -> Vec<String> {
     let mut cols: Vec<String> = vec![];
     let mut done = HashSet::new();
     for j in ordered {
@@ -530,14 +605,14 @@ fn csv_columns(ordered: &[&JobKey], keys: &SweepKeys, tpe: Option<&TpeProgress>)
             continue;
         }
         let (params, own) = &keys.shapes[j.shape];
-        for c in record_columns(tpe, params, own) {
+        for c in record_columns(tpe, params, own, reported) {
             if !cols.contains(&c) {
                 cols.push(c);
             }
         }
     }
     if cols.is_empty() {
-        cols = record_columns(tpe, &[], &[]);
+        cols = record_columns(tpe, &[], &[], reported);
     }
     cols
 }

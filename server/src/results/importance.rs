@@ -10,6 +10,7 @@
 //! the Pearson divergence between the two, scaled by the share of trials the parameter was
 //! active in. A parameter whose values are spread the same way among the best trials as among all
 //! trials does not matter.
+use crate::results::shape::short;
 use crate::store::AnalysisTrial;
 use crate::sweep::early_stop::Mode;
 use crate::sweep::search::Distribution;
@@ -442,22 +443,6 @@ pub fn markdown(imp: &Importance) -> String {
         ));
     }
     out
-}
-
-/// A number to 4 significant digits, without trailing zeros.
-fn short(x: f64) -> String {
-    if x == 0.0 || !x.is_finite() {
-        return x.to_string();
-    }
-    if !(1e-3..1e6).contains(&x.abs()) {
-        return format!("{x:.3e}");
-    }
-    let digits = (3 - x.abs().log10().floor() as i32).max(0) as usize;
-    let s = format!("{x:.digits$}");
-    match s.contains('.') {
-        true => s.trim_end_matches('0').trim_end_matches('.').to_string(),
-        false => s,
-    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,9 @@ struct JobSql {
 }
 
 /// A program's own metrics as `metrics.extra` stores them (a JSON object; absent: none).
-fn own_metrics(stored: Option<&str>) -> Result<std::collections::BTreeMap<String, Option<f64>>> {
+pub(super) fn own_metrics(
+    stored: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, Option<f64>>> {
     stored.map_or(Ok(Default::default()), |e| parse_json("metrics.extra", e))
 }
 

@@ -3,6 +3,7 @@
 //! draws), then the full rows a page at a time, by id.
 use std::collections::HashMap;
 
+use super::reads::own_metrics;
 use super::*;
 
 /// One job as exports and figures decide on it: its grid point, status, and final values.
@@ -16,10 +17,9 @@ pub struct JobKey {
     pub attempt: i64,
     pub epoch: i64,
     pub drawn_at: Option<i64>,
-    /// Whether an epoch was recorded, and the latest epoch's accuracy and test loss.
-    pub reported: bool,
-    pub accuracy: Option<f64>,
-    pub test_loss: Option<f64>,
+    /// Its latest epoch's metrics (None: none recorded): the exports' columns, their best values
+    /// and a search's order come from these.
+    pub latest: Option<MetricsReport>,
     /// Index into [`SweepKeys::shapes`]: the names of its params and of its program's own metrics.
     pub shape: usize,
 }
@@ -28,6 +28,8 @@ pub struct JobKey {
 #[derive(Debug, Clone)]
 pub struct AnalysisTrial {
     pub id: i64,
+    /// When its point was drawn (its trial number is its rank by this).
+    pub drawn_at: Option<i64>,
     pub status: JobStatus,
     pub value: Option<f64>,
     pub params: Map<String, Value>,
@@ -44,7 +46,6 @@ pub struct SweepKeys {
 impl JobKey {
     /// The key of a job already read whole, its names being `shape`.
     pub fn of(j: &JobRow, shape: usize) -> JobKey {
-        let latest = j.latest.as_ref();
         JobKey {
             id: j.id,
             batch_size: j.params.get("batch_size").and_then(Value::as_i64),
@@ -53,11 +54,24 @@ impl JobKey {
             attempt: j.attempt,
             epoch: j.epoch,
             drawn_at: j.drawn_at,
-            reported: latest.is_some(),
-            accuracy: latest.and_then(|m| m.accuracy),
-            test_loss: latest.and_then(|m| m.test_loss),
+            latest: j.latest.clone(),
             shape,
         }
+    }
+
+    /// Whether an epoch was recorded.
+    pub fn reported(&self) -> bool {
+        self.latest.is_some()
+    }
+
+    /// The latest epoch's accuracy.
+    pub fn accuracy(&self) -> Option<f64> {
+        self.latest.as_ref().and_then(|m| m.accuracy)
+    }
+
+    /// The latest epoch's test loss.
+    pub fn test_loss(&self) -> Option<f64> {
+        self.latest.as_ref().and_then(|m| m.test_loss)
     }
 }
 
@@ -105,10 +119,10 @@ impl Store {
                     AS "batch_size: i64",
                   CASE WHEN json_type(j.params, '$.lr') IN ('integer', 'real') THEN CAST(json_extract(j.params, '$.lr') AS REAL) END
                     AS "lr: f64",
-                  j.status, j.attempt, j.epoch, j.drawn_at, m.epoch IS NOT NULL AS "reported!: bool",
-                  m.accuracy, m.test_loss,
-                  CASE WHEN ?2 THEN (SELECT json_group_array(key) FROM json_each(j.params)) ELSE '[]' END AS "params!: String",
-                  CASE WHEN ?2 THEN (SELECT json_group_array(key) FROM json_each(m.extra)) ELSE '[]' END AS "own!: String"
+                  j.status, j.attempt, j.epoch, j.drawn_at, m.epoch AS "m_epoch?", m.attempt AS "m_attempt?",
+                  m.lr AS m_lr, m.train_loss, m.test_loss, m.accuracy, m.precision, m.recall, m.f1,
+                  m.images_per_sec, m.seconds, m.extra,
+                  CASE WHEN ?2 THEN (SELECT json_group_array(key) FROM json_each(j.params)) ELSE '[]' END AS "params!: String"
                FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
                WHERE j.sweep_id = ?1 ORDER BY j.idx"#,
             sweep,
@@ -118,20 +132,40 @@ impl Store {
         .await?;
         let mut keys = SweepKeys::default();
         // Most jobs share their names, stored alike: each distinct text is parsed once.
-        let mut parsed: HashMap<(String, String), usize> = HashMap::new();
+        let mut parsed: HashMap<String, Vec<String>> = HashMap::new();
         keys.jobs.reserve(rows.len());
         for r in rows {
-            let shape = match parsed.entry((r.params, r.own)) {
-                std::collections::hash_map::Entry::Occupied(e) => *e.get(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let (params, own) = e.key();
-                    let names = (
-                        parse_json("jobs.params", params)?,
-                        parse_json("metrics.extra", own)?,
-                    );
-                    *e.insert(keys.shape(names))
+            let params = match parsed.get(&r.params) {
+                Some(p) => p.clone(),
+                None => {
+                    let p: Vec<String> = parse_json("jobs.params", &r.params)?;
+                    parsed.insert(r.params, p.clone());
+                    p
                 }
             };
+            let latest = match r.m_epoch {
+                Some(epoch) => Some(MetricsReport {
+                    epoch,
+                    attempt: r.m_attempt.unwrap_or(0),
+                    lr: r.m_lr,
+                    train_loss: r.train_loss,
+                    test_loss: r.test_loss,
+                    accuracy: r.accuracy,
+                    precision: r.precision,
+                    recall: r.recall,
+                    f1: r.f1,
+                    images_per_sec: r.images_per_sec,
+                    seconds: r.seconds,
+                    extra: own_metrics(r.extra.as_deref())?,
+                    diverged: false,
+                }),
+                None => None,
+            };
+            let own = latest
+                .iter()
+                .flat_map(|m| m.extra.keys().cloned())
+                .collect();
+            let shape = keys.shape((params, own));
             keys.jobs.push(JobKey {
                 id: r.id,
                 batch_size: r.batch_size,
@@ -140,9 +174,7 @@ impl Store {
                 attempt: r.attempt,
                 epoch: r.epoch,
                 drawn_at: r.drawn_at,
-                reported: r.reported,
-                accuracy: r.accuracy,
-                test_loss: r.test_loss,
+                latest,
                 shape,
             });
         }
@@ -171,8 +203,8 @@ impl Store {
     pub async fn analysis_trials(&self, sweep: i64, metric: &str) -> Result<Vec<AnalysisTrial>> {
         let text = sqlx::query_scalar!(
             r#"SELECT json_group_array(json_array(j.id, j.status,
-                      CASE WHEN v BETWEEN -1.7e308 AND 1.7e308 THEN v END, json(j.params))) AS "trials!: String"
-               FROM (SELECT j.id, j.status, j.params,
+                      CASE WHEN v BETWEEN -1.7e308 AND 1.7e308 THEN v END, json(j.params), j.drawn_at)) AS "trials!: String"
+               FROM (SELECT j.id, j.status, j.params, j.drawn_at,
                             CASE ?2 WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
                                     WHEN 'train_loss' THEN m.train_loss WHEN 'precision' THEN m.precision
                                     WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1 WHEN 'lr' THEN m.lr
@@ -185,12 +217,13 @@ impl Store {
         )
         .fetch_one(&self.read)
         .await?;
-        type Row = (i64, String, Option<f64>, Map<String, Value>);
+        type Row = (i64, String, Option<f64>, Map<String, Value>, Option<i64>);
         let rows: Vec<Row> = parse_json("the sweep's ended jobs", &text)?;
         let mut out = Vec::with_capacity(rows.len());
-        for (id, status, value, params) in rows {
+        for (id, status, value, params, drawn_at) in rows {
             out.push(AnalysisTrial {
                 id,
+                drawn_at,
                 status: status_of(&status)?,
                 value: value.filter(|v| v.is_finite()),
                 params,

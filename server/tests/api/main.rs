@@ -1,4 +1,5 @@
 //! The coordinator end to end: the real server on a random port over a fresh SQLite file per test.
+mod any_sweep;
 mod commands;
 mod daily;
 mod dashboard;

@@ -412,10 +412,20 @@ async fn trials_are_drawn_when_claimed_and_the_same_seed_gives_the_same_trials()
     let (_, records) = app
         .get(&format!("/api/sweeps/{}/results?format=json", b.id))
         .await;
-    let records = records.as_array().unwrap();
+    let mut records = records.as_array().unwrap().clone();
     assert_eq!(records.len(), 14);
+    // Best first by the objective; each numbered by the order it was drawn in.
+    let objectives: Vec<f64> = records
+        .iter()
+        .map_while(|r| r["objective"].as_f64())
+        .collect();
+    assert!(
+        objectives.windows(2).all(|w| w[0] >= w[1]),
+        "{objectives:?}"
+    );
+    records.sort_by_key(|r| r["trial"].as_i64());
     for (i, r) in records.iter().enumerate() {
-        assert_eq!(r["trial"], i, "in the order drawn");
+        assert_eq!(r["trial"], i, "numbered in the order drawn");
         assert_eq!(r["lr"], second[i]["lr"]);
     }
     let marked: Vec<_> = records.iter().filter(|r| r["best"] == true).collect();

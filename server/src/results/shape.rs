@@ -1,0 +1,209 @@
+//! A sweep's own shape: its axes (grid keys, search space, the seed of repeats) and the metrics its
+//! jobs reported, each with the direction that is better. Exports and views take their columns from
+//! here, never from the study's layout, which is one layout among others ([`is_study_grid`]).
+use serde_json::{Map, Value};
+
+use crate::store::JobKey;
+use crate::sweep::early_stop::Mode;
+use protocol::JobStatus;
+
+/// A stored spec's axes in the order written: its grid keys, then its search space's, then `seed`
+/// when it repeats each point.
+pub fn axes(spec: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = vec![];
+    let space = spec.pointer("/search/space").and_then(Value::as_object);
+    for k in grid_tables(spec)
+        .iter()
+        .flat_map(|g| g.keys())
+        .chain(space.into_iter().flat_map(|s| s.keys()))
+    {
+        if !keys.contains(k) {
+            keys.push(k.clone());
+        }
+    }
+    let repeats = spec.pointer("/run/repeats").and_then(Value::as_i64);
+    if repeats.unwrap_or(1) > 1 && !keys.iter().any(|k| k == "seed") {
+        keys.push("seed".into());
+    }
+    keys
+}
+
+/// `[grid]`, or each table of `[[grid]]`.
+fn grid_tables(spec: &Value) -> Vec<&Map<String, Value>> {
+    match spec.get("grid") {
+        Some(Value::Object(g)) => vec![g],
+        Some(Value::Array(list)) => list.iter().filter_map(Value::as_object).collect(),
+        _ => vec![],
+    }
+}
+
+/// Whether a sweep is the study's kind, laid out as the study's table (batch size x lr rows): the
+/// trainer's jobs over a grid that varies the batch size or the lr. A search, a command's jobs or a
+/// grid over other keys get the table of any sweep instead.
+pub fn is_study_grid(spec: &Value) -> bool {
+    spec.get("search").is_none()
+        && spec.get("command").is_none()
+        && grid_tables(spec)
+            .iter()
+            .any(|g| g.contains_key("batch_size") || g.contains_key("lr"))
+}
+
+/// One metric some job reported at its last epoch, as a column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricColumn {
+    pub name: String,
+    /// Which way is better: the objective's mode, else as `[early_stop]` defaults it.
+    pub mode: Mode,
+    /// The best value among completed jobs, where at least two completed jobs have one (a lone
+    /// result is not the best of anything) and they differ.
+    pub best: Option<f64>,
+}
+
+impl MetricColumn {
+    /// A fraction shown as a percentage (accuracy, precision, recall, F1).
+    pub fn percent(&self) -> bool {
+        is_fraction(&self.name)
+    }
+
+    /// Its header: what it is, which split a loss is, and its unit.
+    pub fn header(&self) -> String {
+        match self.name.as_str() {
+            "accuracy" => "accuracy (%)".into(),
+            "precision" => "precision (%)".into(),
+            "recall" => "recall (%)".into(),
+            "f1" => "F1 (%)".into(),
+            "test_loss" => "test loss".into(),
+            "train_loss" => "train loss".into(),
+            "images_per_sec" => "images/s".into(),
+            "seconds" => "epoch time (s)".into(),
+            "lr" => "last lr".into(),
+            own => own.into(),
+        }
+    }
+}
+
+/// Whether a named metric is a fraction in [0, 1].
+pub fn is_fraction(name: &str) -> bool {
+    matches!(name, "accuracy" | "precision" | "recall" | "f1")
+}
+
+/// The named metrics in the order a table shows them: the results first, the test split's loss
+/// before the training one's; the schedule and the clock last.
+const SHOWN_ORDER: [&str; 9] = [
+    "accuracy",
+    "test_loss",
+    "train_loss",
+    "precision",
+    "recall",
+    "f1",
+    "images_per_sec",
+    "seconds",
+    "lr",
+];
+
+/// The metrics any of these jobs reported at its last epoch: the objective first (when reported),
+/// then the named ones ([`SHOWN_ORDER`]), then a program's own by name. `lr` and `seconds` (the
+/// schedule and the clock, not results) only when `all`.
+pub fn metric_columns(
+    jobs: &[&JobKey],
+    objective: Option<(&str, Mode)>,
+    all: bool,
+) -> Vec<MetricColumn> {
+    let reported = |name: &str| {
+        jobs.iter()
+            .any(|j| j.latest.as_ref().is_some_and(|m| m.get(name).is_some()))
+    };
+    let mut names: Vec<String> = vec![];
+    if let Some((o, _)) = objective.filter(|(o, _)| reported(o)) {
+        names.push(o.to_string());
+    }
+    let named = SHOWN_ORDER
+        .iter()
+        .copied()
+        .filter(|n| all || !matches!(*n, "lr" | "seconds"))
+        .filter(|n| reported(n))
+        .map(String::from);
+    let mut own: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| j.latest.as_ref())
+        .flat_map(|m| m.extra.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k))
+        .cloned()
+        .collect();
+    own.sort();
+    own.dedup();
+    for n in named.chain(own) {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let mode = match objective {
+                Some((o, mode)) if o == name => mode,
+                _ => Mode::default_for(&name),
+            };
+            let best = best_completed(jobs, &name, mode);
+            MetricColumn { name, mode, best }
+        })
+        .collect()
+}
+
+/// The best finite value of a metric among completed jobs, where at least two have one and not
+/// all are equal (then none stands out).
+fn best_completed(jobs: &[&JobKey], name: &str, mode: Mode) -> Option<f64> {
+    let values: Vec<f64> = jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Completed)
+        .filter_map(|j| j.latest.as_ref()?.get(name))
+        .filter(|v| v.is_finite())
+        .collect();
+    if values.len() < 2 || values.iter().all(|v| *v == values[0]) {
+        return None;
+    }
+    values.into_iter().reduce(|a, b| match better(mode, b, a) {
+        true => b,
+        false => a,
+    })
+}
+
+/// Whether `a` is better than `b` in this mode.
+pub fn better(mode: Mode, a: f64, b: f64) -> bool {
+    match mode {
+        Mode::Min => a < b,
+        Mode::Max => a > b,
+    }
+}
+
+/// A number to 4 significant digits, without trailing zeros; very large or small ones in
+/// exponent form (a blow-up reads 7.652e18, not nineteen digits).
+pub fn short(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return x.to_string();
+    }
+    if !(1e-3..1e6).contains(&x.abs()) {
+        let e = format!("{x:.3e}");
+        let (mantissa, exp) = e.split_once('e').expect("exponent form");
+        let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+        return format!("{mantissa}e{exp}");
+    }
+    let digits = (3 - x.abs().log10().floor() as i32).max(0) as usize;
+    let s = format!("{x:.digits$}");
+    match s.contains('.') {
+        true => s.trim_end_matches('0').trim_end_matches('.').to_string(),
+        false => s,
+    }
+}
+
+/// A parameter's value as a table cell: a number to 4 significant digits, a string unquoted.
+pub fn value_cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => i.to_string(),
+            None => n.as_f64().map(short).unwrap_or_else(|| n.to_string()),
+        },
+        Value::Null => String::new(),
+        v => v.to_string(),
+    }
+}

@@ -1,0 +1,109 @@
+//! The markdown table of any sweep that is not the study's kind ([`crate::results::shape`]): a row
+//! per job with its id, its axes, its status, the objective and every other metric some job
+//! reported; numbers to 4 significant digits, fractions as percentages, strings as written; the
+//! best completed value of each metric column in bold; a missing value blank.
+use crate::results::shape::{short, value_cell, MetricColumn};
+use protocol::views::JobRow;
+use protocol::JobStatus;
+
+/// Epochs at or above this mean "until the program stops" (a command's open-ended run).
+const UNBOUNDED_EPOCHS: i64 = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub axes: Vec<String>,
+    pub metrics: Vec<MetricColumn>,
+    /// The objective's name, when it is one of `metrics` (its column comes first).
+    pub objective: Option<String>,
+    /// Epochs and wall-time columns.
+    pub extra: bool,
+}
+
+impl Table {
+    pub fn head(&self) -> String {
+        let mut head: Vec<String> = vec!["job".into()];
+        head.extend(self.axes.iter().map(|a| escape(a)));
+        head.push("status".into());
+        for m in &self.metrics {
+            let mut h = escape(&m.header());
+            if self.objective.as_deref() == Some(m.name.as_str()) {
+                h.push_str(&format!(" (objective, {})", m.mode.as_str()));
+            }
+            head.push(h);
+        }
+        if self.extra {
+            head.extend(["epochs".into(), "wall time".into()]);
+        }
+        let rule: Vec<&str> = head
+            .iter()
+            .enumerate()
+            .map(|(i, _)| match i <= self.axes.len() {
+                true => "---",
+                false => "---:",
+            })
+            .collect();
+        format!("| {} |\n|{}|\n", head.join(" | "), rule.join("|"))
+    }
+
+    pub fn row(&self, j: &JobRow) -> String {
+        let mut cells = vec![j.id.to_string()];
+        cells.extend(
+            self.axes
+                .iter()
+                .map(|a| escape(&j.params.get(a).map(value_cell).unwrap_or_default())),
+        );
+        cells.push(status_cell(j));
+        let latest = j.latest.as_ref();
+        for m in &self.metrics {
+            let v = latest
+                .and_then(|r| r.get(&m.name))
+                .filter(|v| v.is_finite());
+            cells.push(metric_cell(m, v, j.status == JobStatus::Completed));
+        }
+        if self.extra {
+            cells.push(match j.epochs >= UNBOUNDED_EPOCHS {
+                true => j.epoch.to_string(),
+                false => format!("{}/{}", j.epoch, j.epochs),
+            });
+            cells.push(match (j.started_at, j.finished_at) {
+                (Some(s), Some(f)) => super::export::format_duration((f - s) as f64 / 1000.0),
+                _ => String::new(),
+            });
+        }
+        super::export::table_row(&cells)
+    }
+}
+
+/// A job's status, with the epoch it is at (running) or stopped at (pruned).
+fn status_cell(j: &JobRow) -> String {
+    let at = match j.epochs >= UNBOUNDED_EPOCHS {
+        true => j.epoch.to_string(),
+        false => format!("{}/{}", j.epoch, j.epochs),
+    };
+    match j.status {
+        JobStatus::Running if j.epoch > 0 => format!("running (epoch {at})"),
+        JobStatus::Pruned => format!("pruned at epoch {}", j.epoch),
+        s => s.to_string(),
+    }
+}
+
+/// A metric's cell: blank without a finite value, a fraction as a percentage, bold when it is the
+/// column's best among completed jobs.
+fn metric_cell(m: &MetricColumn, v: Option<f64>, completed: bool) -> String {
+    let Some(v) = v else {
+        return String::new();
+    };
+    let text = match m.percent() {
+        true => format!("{:.2}", 100.0 * v),
+        false => short(v),
+    };
+    match completed && m.best == Some(v) {
+        true => format!("**{text}**"),
+        false => text,
+    }
+}
+
+/// A cell's text in a markdown table: a `|` would split the cell, a newline the row.
+fn escape(s: &str) -> String {
+    s.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
