@@ -267,3 +267,126 @@ pub struct BestTrial {
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub params: serde_json::Map<String, Value>,
 }
+
+/// One of a sweep's axes as the analysis views draw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Axis {
+    pub name: String,
+    /// `linear`, `log` (a log-uniform space, or grid numbers that span a decade or more) or
+    /// `choice` (strings, booleans, or choices of a search).
+    pub scale: String,
+    /// Whole numbers only.
+    pub int: bool,
+    /// Its range (numbers) or its values in order (choices, and a grid's values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices: Option<Vec<Value>>,
+}
+
+/// A metric some job of a sweep reported at its last epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MetricInfo {
+    pub name: String,
+    /// What a table heads it with (`test loss`, `accuracy (%)`, a program's own name).
+    pub label: String,
+    /// Which way is better: `min` or `max`.
+    pub mode: String,
+    /// A fraction (accuracy, precision, recall, F1), shown as a percentage.
+    pub percent: bool,
+    /// Jobs with a finite value, and their range.
+    pub jobs: usize,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// `GET /api/sweeps/{id}/shape`: what a sweep varies and what its jobs reported, which every
+/// view and export takes its columns from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SweepShape {
+    pub axes: Vec<Axis>,
+    pub metrics: Vec<MetricInfo>,
+    /// The metric the sweep is judged by (its TPE objective, else its early-stopping rule's, else
+    /// accuracy), where some job reported it; else the first metric reported. And its mode.
+    pub objective: String,
+    pub mode: String,
+    /// Laid out as the study's table (batch size x lr).
+    pub study_grid: bool,
+}
+
+/// One counted job in a slice or contour plot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Point {
+    pub job: i64,
+    /// Its trial number: its rank in the order the sweep's points were drawn.
+    pub trial: usize,
+    pub value: f64,
+    /// Its value of each plotted parameter (absent where it has none).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub params: serde_json::Map<String, Value>,
+}
+
+/// `GET /api/sweeps/{id}/slice`: the metric against each parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Slice {
+    pub metric: String,
+    pub mode: String,
+    /// Completed jobs with a finite value.
+    pub trials: usize,
+    /// The points returned: all of them, or the best `points` when there are more.
+    pub kept: usize,
+    pub left_out: LeftOut,
+    pub axes: Vec<Axis>,
+    /// One per kept job, best first (each plot reads its parameter from `params`).
+    pub points: Vec<Point>,
+}
+
+/// `GET /api/sweeps/{id}/contour`: the metric over two parameters, interpolated on a grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Contour {
+    pub metric: String,
+    pub mode: String,
+    pub trials: usize,
+    pub kept: usize,
+    pub left_out: LeftOut,
+    pub x: Axis,
+    pub y: Axis,
+    /// How the surface was made, in words.
+    pub method: String,
+    /// The cells' centres along each axis: numbers (log-spaced on a log axis) or a choice's values.
+    pub xs: Vec<Value>,
+    pub ys: Vec<Value>,
+    /// `z[i][j]`: the surface at (xs[j], ys[i]); `counts[i][j]`: the jobs measured in that cell
+    /// (0: interpolated).
+    pub z: Vec<Vec<f64>>,
+    pub counts: Vec<Vec<u32>>,
+    pub points: Vec<Point>,
+}
+
+/// One job in a comparison.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Compared {
+    #[serde(flatten)]
+    pub job: JobRow,
+    pub sweep_name: String,
+    /// Every epoch it recorded, in order (its latest attempt's).
+    pub metrics: Vec<MetricsReport>,
+}
+
+/// `GET /api/compare?jobs=...`: 2 to 5 jobs side by side.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Comparison {
+    pub jobs: Vec<Compared>,
+    /// The parameters whose values differ among them (one absent from some counts as differing).
+    pub differing: Vec<String>,
+}

@@ -1,18 +1,20 @@
-//! Analysis of a sweep beyond its table: which parameter mattered (importance). Each view has
-//! its route and is computed here, so what the dashboard draws the API also gives.
+//! Analysis of a sweep beyond its table: its shape, which parameter mattered (importance), the
+//! metric against each parameter (slice) and over two (contour), and jobs side by side (compare).
+//! Each view has its route and is computed here, so what the dashboard draws the API also gives.
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::ApiResult;
-use crate::results::importance;
+use crate::results::{importance, views};
 use crate::state::AppState;
 use crate::sweep::early_stop::Mode;
-use protocol::views::Importance;
+use crate::sweep::SweepSpec;
+use protocol::views::{Compared, Comparison, Contour, Importance, Slice, SweepShape};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct ImportanceQuery {
+pub struct MetricQuery {
     /// The metric (a named one such as `accuracy` or `test_loss`, or a command job's own; default:
     /// the sweep's objective, else accuracy).
     pub metric: Option<String>,
@@ -21,22 +23,18 @@ pub struct ImportanceQuery {
     pub mode: Option<String>,
 }
 
-/// Which parameter mattered for a metric: PED-ANOVA over the sweep's completed jobs, as Optuna
-/// 5.0's default importance evaluator computes it (shares summing to 1, largest first).
-#[utoipa::path(get, path = "/api/sweeps/{id}/importance", tag = "analysis", params(("id" = i64, Path), ImportanceQuery),
-    responses((status = 200, body = Importance), (status = 404), (status = 422, description = "an unknown metric or mode, or fewer than 2 completed jobs with a value")))]
-pub(super) async fn importance(
-    State(state): State<AppState>,
-    Path(id): Path<i64>,
-    Query(q): Query<ImportanceQuery>,
-) -> ApiResult<Json<Importance>> {
-    let spec = state.store.sweep_spec(id).await?;
-    let (objective, objective_mode) = importance::objective(&spec);
-    let metric = match q.metric {
-        Some(m) => checked_metric(m)?,
+/// The metric and mode a view judges by: those asked for, else the sweep's objective.
+fn metric_and_mode(
+    spec: &SweepSpec,
+    metric: Option<&str>,
+    mode: Option<&str>,
+) -> ApiResult<(String, Mode)> {
+    let (objective, objective_mode) = importance::objective(spec);
+    let metric = match metric {
+        Some(m) => checked_metric(m.to_string())?,
         None => objective.clone(),
     };
-    let mode = match q.mode.as_deref() {
+    let mode = match mode {
         Some("min") => Mode::Min,
         Some("max") => Mode::Max,
         Some(other) => {
@@ -47,13 +45,230 @@ pub(super) async fn importance(
         None if metric == objective => objective_mode,
         None => Mode::default_for(&metric),
     };
+    Ok((metric, mode))
+}
+
+/// Runs a view's computation off the async threads (it is linear in the jobs, and a 100,000-job
+/// sweep takes a good part of a second); its Err is why there is no view (422).
+async fn compute<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(ApiError::Unprocessable)
+}
+
+/// What a sweep varies (its axes, each with its scale) and what its jobs reported (each metric
+/// with its range and which way is better): the columns of every view and export.
+#[utoipa::path(get, path = "/api/sweeps/{id}/shape", tag = "analysis", params(("id" = i64, Path)),
+    responses((status = 200, body = SweepShape), (status = 404)))]
+pub(super) async fn shape(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<SweepShape>> {
+    let spec = state.store.sweep_spec(id).await?;
+    let stored = state.store.sweep_detail(id, 0).await?.spec;
+    let keys = state.store.job_keys(id, false).await?;
+    compute(move || Ok(views::shape(&stored, &spec, &keys.jobs)))
+        .await
+        .map(Json)
+}
+
+/// Which parameter mattered for a metric: PED-ANOVA over the sweep's completed jobs, as Optuna
+/// 5.0's default importance evaluator computes it (shares summing to 1, largest first).
+#[utoipa::path(get, path = "/api/sweeps/{id}/importance", tag = "analysis", params(("id" = i64, Path), MetricQuery),
+    responses((status = 200, body = Importance), (status = 404), (status = 422, description = "an unknown metric or mode, or fewer than 2 completed jobs with a value")))]
+pub(super) async fn importance(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<MetricQuery>,
+) -> ApiResult<Json<Importance>> {
+    let spec = state.store.sweep_spec(id).await?;
+    let (metric, mode) = metric_and_mode(&spec, q.metric.as_deref(), q.mode.as_deref())?;
     let trials = state.store.analysis_trials(id, &metric).await?;
-    // Linear in the jobs (a grid of at most 50 cells a parameter): off the async threads all the same.
-    let answer =
-        tokio::task::spawn_blocking(move || importance::of_sweep(&spec, &trials, &metric, mode))
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-    answer.map(Json).map_err(ApiError::Unprocessable)
+    compute(move || importance::of_sweep(&spec, &trials, &metric, mode))
+        .await
+        .map(Json)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct SliceQuery {
+    /// The metric (default: the sweep's objective, else accuracy).
+    pub metric: Option<String>,
+    /// `min` or `max` (default: the objective's mode; for another metric, min for a loss or
+    /// `seconds`, else max).
+    pub mode: Option<String>,
+    /// Points at most (default and largest 2,000): beyond, the best are kept.
+    #[param(minimum = 1, maximum = 2000)]
+    pub points: Option<usize>,
+}
+
+/// The metric against each parameter: one point per completed job (the best 2,000 at most), each
+/// with its trial number, and each axis with its scale (log for a log space, categories for
+/// choices).
+#[utoipa::path(get, path = "/api/sweeps/{id}/slice", tag = "analysis", params(("id" = i64, Path), SliceQuery),
+    responses((status = 200, body = Slice), (status = 404), (status = 422, description = "an unknown metric or mode, or fewer than 2 completed jobs with a value")))]
+pub(super) async fn slice(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<SliceQuery>,
+) -> ApiResult<Json<Slice>> {
+    let spec = state.store.sweep_spec(id).await?;
+    let (metric, mode) = metric_and_mode(&spec, q.metric.as_deref(), q.mode.as_deref())?;
+    let limit = points_limit(q.points)?;
+    let trials = state.store.analysis_trials(id, &metric).await?;
+    compute(move || views::slice(&spec, &trials, &metric, mode, limit))
+        .await
+        .map(Json)
+}
+
+fn points_limit(points: Option<usize>) -> ApiResult<usize> {
+    match points.unwrap_or(views::MAX_POINTS) {
+        n @ 1..=views::MAX_POINTS => Ok(n),
+        n => Err(ApiError::Unprocessable(format!(
+            "points: {n} is not within 1..={}",
+            views::MAX_POINTS
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ContourQuery {
+    /// The metric (default: the sweep's objective, else accuracy).
+    pub metric: Option<String>,
+    /// `min` or `max` (default: the objective's mode; for another metric, min for a loss or
+    /// `seconds`, else max).
+    pub mode: Option<String>,
+    /// The parameter across (default: the most important; lr for the study's grid).
+    pub x: Option<String>,
+    /// The parameter up (default: the second most important; batch_size for the study's grid).
+    pub y: Option<String>,
+    /// Cells along a numerical axis (default 30, at most 100; a choice has a cell per value).
+    #[param(minimum = 2, maximum = 100)]
+    pub size: Option<usize>,
+    /// Points at most (default and largest 2,000).
+    #[param(minimum = 1, maximum = 2000)]
+    pub points: Option<usize>,
+}
+
+/// The metric over two parameters: the completed jobs' values averaged per cell of a fixed grid,
+/// the empty cells interpolated (harmonically) on the server; the method and size say so.
+#[utoipa::path(get, path = "/api/sweeps/{id}/contour", tag = "analysis", params(("id" = i64, Path), ContourQuery),
+    responses((status = 200, body = Contour), (status = 404), (status = 422, description = "an unknown metric, mode or parameter, fewer than two parameters, or fewer than 2 completed jobs with a value")))]
+pub(super) async fn contour(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<ContourQuery>,
+) -> ApiResult<Json<Contour>> {
+    let spec = state.store.sweep_spec(id).await?;
+    let (metric, mode) = metric_and_mode(&spec, q.metric.as_deref(), q.mode.as_deref())?;
+    let limit = points_limit(q.points)?;
+    let size = match q.size.unwrap_or(views::CONTOUR_SIZE) {
+        n @ 2..=views::MAX_CONTOUR_SIZE => n,
+        n => {
+            return Err(ApiError::Unprocessable(format!(
+                "size: {n} is not within 2..={}",
+                views::MAX_CONTOUR_SIZE
+            )))
+        }
+    };
+    let trials = state.store.analysis_trials(id, &metric).await?;
+    compute(move || {
+        let (x, y) = match (q.x, q.y) {
+            (Some(x), Some(y)) => (x, y),
+            (x, y) => {
+                let (dx, dy) = contour_axes(&spec, &trials, &metric, mode)?;
+                (x.unwrap_or(dx), y.unwrap_or(dy))
+            }
+        };
+        views::contour(&spec, &trials, &metric, mode, (&x, &y), size, limit)
+    })
+    .await
+    .map(Json)
+}
+
+/// The two parameters a contour shows unless asked: lr across and batch size up for the study's
+/// grid, the only two of a sweep that has two, else the two most important.
+fn contour_axes(
+    spec: &SweepSpec,
+    trials: &[crate::store::AnalysisTrial],
+    metric: &str,
+    mode: Mode,
+) -> Result<(String, String), String> {
+    let names: Vec<String> = importance::axes(spec).into_iter().map(|(k, _)| k).collect();
+    let has = |k: &str| names.iter().any(|n| n == k);
+    match names.len() {
+        0 | 1 => Err(format!(
+            "a contour needs two parameters; this sweep has {}",
+            match names.first() {
+                Some(n) => format!("one ({n})"),
+                None => "none".into(),
+            }
+        )),
+        _ if has("lr") && has("batch_size") && spec.search.is_none() => {
+            Ok(("lr".into(), "batch_size".into()))
+        }
+        2 => Ok((names[0].clone(), names[1].clone())),
+        _ => {
+            let imp = importance::of_sweep(spec, trials, metric, mode)?;
+            let mut top = imp.importances.keys();
+            let x = top.next().cloned().unwrap_or_default();
+            Ok((x, top.next().cloned().unwrap_or_default()))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct CompareQuery {
+    /// 2 to 5 job ids, comma-separated (`1,7,12`).
+    pub jobs: String,
+}
+
+/// Jobs side by side, from any sweeps: each with its parameters, summary and every epoch it
+/// recorded, and the parameters that differ among them.
+#[utoipa::path(get, path = "/api/compare", tag = "analysis", params(CompareQuery),
+    responses((status = 200, body = Comparison), (status = 404, description = "a job that does not exist"), (status = 422, description = "not 2 to 5 job ids")))]
+pub(super) async fn compare(
+    State(state): State<AppState>,
+    Query(q): Query<CompareQuery>,
+) -> ApiResult<Json<Comparison>> {
+    let ids = compared_ids(&q.jobs)?;
+    let mut jobs = Vec::with_capacity(ids.len());
+    for id in ids {
+        let detail = state.store.get_job(id, 0, 1).await?;
+        let sweep_name = state.store.sweep_name(detail.job.sweep_id).await?;
+        jobs.push(Compared {
+            job: detail.job,
+            sweep_name,
+            metrics: detail.metrics,
+        });
+    }
+    let rows: Vec<&protocol::views::JobRow> = jobs.iter().map(|c| &c.job).collect();
+    let differing = views::differing(&rows);
+    Ok(Json(Comparison { jobs, differing }))
+}
+
+/// Most jobs one comparison shows (more lines than that on one chart cannot be told apart).
+pub const MAX_COMPARED: usize = 5;
+
+/// `1,7,12` as distinct ids, 2 to [`MAX_COMPARED`] of them.
+fn compared_ids(list: &str) -> ApiResult<Vec<i64>> {
+    let mut ids: Vec<i64> = vec![];
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let id: i64 = part
+            .parse()
+            .map_err(|_| ApiError::Unprocessable(format!("jobs: {part:?} is not a job id")))?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    match ids.len() {
+        2..=MAX_COMPARED => Ok(ids),
+        n => Err(ApiError::Unprocessable(format!(
+            "jobs: compare takes 2 to {MAX_COMPARED} distinct job ids, got {n}"
+        ))),
+    }
 }
 
 /// A metric's name as a report may carry it ([`protocol::is_metric_name`]): it is read from the

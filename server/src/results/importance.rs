@@ -18,8 +18,7 @@ use crate::sweep::tpe::parzen::log_sum_exp;
 use crate::sweep::tpe::truncnorm::log_gauss_mass;
 use crate::sweep::value_key;
 use crate::sweep::SweepSpec;
-use protocol::views::{BestTrial, Importance, LeftOut};
-use protocol::JobStatus;
+use protocol::views::{BestTrial, Importance};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 
@@ -340,29 +339,7 @@ pub fn of_sweep(
     metric: &str,
     mode: Mode,
 ) -> Result<Importance, String> {
-    let count = |s: JobStatus| trials.iter().filter(|t| t.status == s).count();
-    let left_out = LeftOut {
-        diverged: count(JobStatus::Diverged),
-        pruned: count(JobStatus::Pruned),
-        no_value: trials
-            .iter()
-            .filter(|t| t.status == JobStatus::Completed && t.value.is_none())
-            .count(),
-    };
-    let counted: Vec<(&AnalysisTrial, f64)> = trials
-        .iter()
-        .filter(|t| t.status == JobStatus::Completed)
-        .filter_map(|t| t.value.map(|v| (t, v)))
-        .collect();
-    if counted.len() < 2 {
-        let why = match trials.iter().any(|t| t.value.is_some()) {
-            true => format!("{} completed job(s) with a finite {metric}", counted.len()),
-            false => format!("no ended job reported `{metric}`"),
-        };
-        return Err(format!(
-            "importance needs at least 2 completed jobs with a value of the metric: {why}"
-        ));
-    }
+    let (left_out, counted) = crate::results::views::counted(trials, metric, "importance")?;
     let space = axes(spec);
     let input: Vec<Trial> = counted
         .iter()

@@ -7,3 +7,4 @@ pub mod importance;
 pub mod shape;
 pub mod study;
 pub mod table;
+pub mod views;

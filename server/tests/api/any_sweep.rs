@@ -254,3 +254,260 @@ async fn a_searchs_exports_are_best_first_to_four_digits() {
     assert_eq!(json_ids, want);
     assert_eq!(rows[0]["lr"].as_f64(), Some(ranked[0].2));
 }
+
+/// A finished random search over lr (log) and momentum: accuracy rises with lr, momentum does
+/// not matter; one job diverged. Returns the sweep id and the completed (job, accuracy) pairs.
+async fn random_search(app: &TestApp) -> (i64, Vec<(i64, f64)>) {
+    let sweep = app
+        .submit(&RANDOM.replace("trials = 8", "trials = 24"))
+        .await
+        .id;
+    let mut done = vec![];
+    while let Some(c) = app.claim("w").await {
+        if done.len() == 5 {
+            app.metrics(c.id, c.attempt, 1, None, 0.1).await;
+            app.finish(c.id, c.attempt, Outcome::Diverged).await;
+            done.push((c.id, f64::NAN));
+            continue;
+        }
+        let lr = c.params["lr"].as_f64().unwrap();
+        let acc = 0.5 + 0.1 * (lr.log10() + 4.0);
+        app.metrics(c.id, c.attempt, 1, Some(1.0 - acc), acc).await;
+        app.finish(c.id, c.attempt, Outcome::Completed).await;
+        done.push((c.id, acc));
+    }
+    done.retain(|(_, a)| !a.is_nan());
+    (sweep, done)
+}
+
+#[tokio::test]
+async fn a_sweeps_shape_names_its_own_axes_and_metrics() {
+    let app = spawn_app().await;
+    let sweep = command_sweep(&app).await;
+    let (s, v) = app.get(&format!("/api/sweeps/{sweep}/shape")).await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{v}");
+    let axes: Vec<(&str, &str)> = v["axes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap(), a["scale"].as_str().unwrap()))
+        .collect();
+    assert_eq!(axes, [("alpha", "linear"), ("depth", "choice")], "{v}");
+    let metrics: Vec<&str> = v["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(metrics, ["score", "tokens"], "{v}");
+    assert_eq!(
+        (v["objective"].as_str(), v["study_grid"].as_bool()),
+        (Some("score"), Some(false))
+    );
+    assert_eq!(v["metrics"][0]["max"], 0.95, "{v}");
+    // The study's grid is laid out as the study's.
+    let study = crate::results::golden_sweep(&app).await;
+    let (_, v) = app.get(&format!("/api/sweeps/{study}/shape")).await;
+    assert_eq!(v["study_grid"], true, "{v}");
+    assert_eq!(v["axes"][1]["scale"], "log", "lr spans two decades: {v}");
+    assert_eq!(v["metrics"][0]["name"], "accuracy", "{v}");
+    assert_eq!(v["metrics"][0]["percent"], true, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slice_plots_each_parameter_best_first_and_keep_the_best() {
+    let app = spawn_app().await;
+    let (sweep, done) = random_search(&app).await;
+    let (s, v) = app.get(&format!("/api/sweeps/{sweep}/slice")).await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{v}");
+    assert_eq!(v["trials"], done.len());
+    assert_eq!(v["left_out"]["diverged"], 1);
+    assert_eq!(
+        (
+            v["axes"][0]["name"].as_str(),
+            v["axes"][0]["scale"].as_str()
+        ),
+        (Some("lr"), Some("log"))
+    );
+    assert_eq!(v["axes"][1]["scale"], "linear");
+    let values: Vec<f64> = v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values.len(), done.len());
+    assert!(
+        values.windows(2).all(|w| w[0] >= w[1]),
+        "best first: {values:?}"
+    );
+    let mut trials: Vec<i64> = v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["trial"].as_i64().unwrap())
+        .collect();
+    trials.sort();
+    trials.dedup();
+    assert_eq!(trials.len(), done.len(), "one trial number each");
+    assert!(v["points"][0]["params"]["lr"].is_number());
+    // At most `points`, keeping the best.
+    let (_, few) = app
+        .get(&format!("/api/sweeps/{sweep}/slice?points=3"))
+        .await;
+    assert_eq!(
+        (few["kept"].as_u64(), few["trials"].as_u64()),
+        (Some(3), Some(done.len() as u64))
+    );
+    let mut best: Vec<f64> = done.iter().map(|d| d.1).collect();
+    best.sort_by(|a, b| b.total_cmp(a));
+    // (SQLite writes a real in JSON to 15 significant digits.)
+    assert!((few["points"][2]["value"].as_f64().unwrap() - best[2]).abs() < 1e-12);
+    // Another metric, its own mode.
+    let (_, loss) = app
+        .get(&format!("/api/sweeps/{sweep}/slice?metric=test_loss"))
+        .await;
+    assert_eq!(loss["mode"], "min");
+    assert!((loss["points"][0]["value"].as_f64().unwrap() - (1.0 - best[0])).abs() < 1e-12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contour_is_measured_where_jobs_ran_and_interpolated_between() {
+    let app = spawn_app().await;
+    let (sweep, done) = random_search(&app).await;
+    let (s, v) = app.get(&format!("/api/sweeps/{sweep}/contour")).await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["x"]["name"].as_str(), v["y"]["name"].as_str()),
+        (Some("lr"), Some("momentum"))
+    );
+    let z = v["z"].as_array().unwrap();
+    assert_eq!((z.len(), z[0].as_array().unwrap().len()), (30, 30));
+    let counts: u64 = v["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|c| c.as_u64().unwrap()))
+        .sum();
+    assert_eq!(counts, done.len() as u64, "every counted job in one cell");
+    assert!(v["method"].as_str().unwrap().contains("harmonic"), "{v}");
+    // Every value of the surface lies within the measured range (an interpolation, not a model).
+    let (lo, hi) = done
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), d| (l.min(d.1), h.max(d.1)));
+    for row in z {
+        for c in row.as_array().unwrap() {
+            let c = c.as_f64().unwrap();
+            assert!(c >= lo - 1e-9 && c <= hi + 1e-9, "{c} outside {lo}..{hi}");
+        }
+    }
+    // lr matters: the surface rises along x (its left column below its right, row by row).
+    let first = z[15].as_array().unwrap();
+    assert!(first[0].as_f64() < first[29].as_f64(), "{first:?}");
+    let (_, small) = app
+        .get(&format!(
+            "/api/sweeps/{sweep}/contour?x=momentum&y=lr&size=5"
+        ))
+        .await;
+    assert_eq!(small["xs"].as_array().unwrap().len(), 5, "{small}");
+    assert_eq!(small["x"]["name"], "momentum");
+    // The study's grid: lr across, batch size up, a cell per grid value.
+    let study = crate::results::golden_sweep(&app).await;
+    let (s, g) = app.get(&format!("/api/sweeps/{study}/contour")).await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{g}");
+    assert_eq!(
+        (g["x"]["name"].as_str(), g["y"]["name"].as_str()),
+        (Some("lr"), Some("batch_size"))
+    );
+    assert_eq!(g["xs"], serde_json::json!([1e-4, 1e-2]));
+    assert_eq!(g["ys"].as_array().unwrap().len(), 9);
+}
+
+#[tokio::test]
+async fn compare_puts_jobs_side_by_side_and_marks_what_differs() {
+    let app = spawn_app().await;
+    let sweep = command_sweep(&app).await;
+    let jobs = app.sweep(sweep).await.jobs;
+    let (a, b) = (jobs[0].id, jobs[1].id);
+    let (s, v) = app.get(&format!("/api/compare?jobs={a},{b}")).await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{v}");
+    assert_eq!(v["differing"], serde_json::json!(["depth"]), "{v}");
+    assert_eq!(v["jobs"][0]["id"], a);
+    assert_eq!(v["jobs"][0]["sweep_name"], "alpha-depth");
+    assert_eq!(
+        v["jobs"][1]["metrics"].as_array().unwrap().len(),
+        2,
+        "every epoch"
+    );
+    assert_eq!(v["jobs"][1]["metrics"][1]["extra"]["score"], 0.8);
+}
+
+/// Each bad request is refused naming what is wrong: never a blank plot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_view_requests_are_refused_naming_what() {
+    let app = spawn_app().await;
+    let (sweep, done) = random_search(&app).await;
+    let one_axis = app
+        .submit("name = \"one\"\n[train]\ndataset = \"synthetic\"\nepochs = 1\n[grid]\nlr = [0.1, 0.01]\n")
+        .await
+        .id;
+    while let Some(c) = app.claim("w").await {
+        app.metrics(c.id, c.attempt, 1, Some(1.0), 0.5).await;
+        app.finish(c.id, c.attempt, Outcome::Completed).await;
+    }
+    let fresh = app.submit(RANDOM).await.id;
+    let (a, b) = (done[0].0, done[1].0);
+    let cases = [
+        (
+            format!("/api/sweeps/{sweep}/slice?metric=bleu"),
+            422,
+            "no ended job reported `bleu`",
+        ),
+        (
+            format!("/api/sweeps/{sweep}/slice?mode=up"),
+            422,
+            "neither min nor max",
+        ),
+        (format!("/api/sweeps/{sweep}/slice?points=0"), 422, "points"),
+        (
+            format!("/api/sweeps/{fresh}/slice"),
+            422,
+            "at least 2 completed jobs",
+        ),
+        (
+            format!("/api/sweeps/{sweep}/contour?x=depth&y=lr"),
+            422,
+            "\"depth\" is not one of the sweep's: lr, momentum",
+        ),
+        (
+            format!("/api/sweeps/{sweep}/contour?x=lr&y=lr"),
+            422,
+            "two parameters",
+        ),
+        (format!("/api/sweeps/{sweep}/contour?size=1"), 422, "size"),
+        (
+            format!("/api/sweeps/{one_axis}/contour"),
+            422,
+            "needs two parameters; this sweep has one (lr)",
+        ),
+        ("/api/sweeps/999/slice".to_string(), 404, "999"),
+        ("/api/sweeps/999/contour".to_string(), 404, "999"),
+        ("/api/sweeps/999/shape".to_string(), 404, "999"),
+        (format!("/api/compare?jobs={a}"), 422, "2 to 5"),
+        ("/api/compare?jobs=1,2,3,4,5,6".to_string(), 422, "got 6"),
+        (
+            "/api/compare?jobs=1,x".to_string(),
+            422,
+            "\"x\" is not a job id",
+        ),
+        (format!("/api/compare?jobs={a},{b},9999"), 404, "job 9999"),
+    ];
+    for (path, status, says) in cases {
+        let (s, v) = app.get(&path).await;
+        assert_eq!(s.as_u16(), status, "{path}: {v}");
+        assert!(
+            v["error"].as_str().unwrap_or_default().contains(says),
+            "{path}: {v}"
+        );
+    }
+}
