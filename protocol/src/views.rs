@@ -390,3 +390,31 @@ pub struct Comparison {
     /// The parameters whose values differ among them (one absent from some counts as differing).
     pub differing: Vec<String>,
 }
+
+/// One job's curve of one metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RunLine {
+    pub job: i64,
+    pub status: JobStatus,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub params: Value,
+    /// Its latest value of the metric (what it is ranked by).
+    pub last: f64,
+    pub epoch: Vec<i64>,
+    /// The metric at each epoch of `epoch` (null where not reported or not finite).
+    pub value: Vec<Option<f64>>,
+}
+
+/// `GET /api/sweeps/{id}/runs`: the curves of a sweep's runs for one metric, overlaid: the best
+/// `limit` by their latest value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Runs {
+    pub metric: String,
+    pub mode: String,
+    /// Jobs with a finite latest value (those `lines` were chosen from).
+    pub total: usize,
+    /// Best first.
+    pub lines: Vec<RunLine>,
+}

@@ -11,7 +11,9 @@ use crate::results::{importance, views};
 use crate::state::AppState;
 use crate::sweep::early_stop::Mode;
 use crate::sweep::SweepSpec;
-use protocol::views::{Compared, Comparison, Contour, Importance, Slice, SweepShape};
+use protocol::views::{
+    Compared, Comparison, Contour, Importance, RunLine, Runs, Slice, SweepShape,
+};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct MetricQuery {
@@ -217,6 +219,72 @@ fn contour_axes(
             Ok((x, top.next().cloned().unwrap_or_default()))
         }
     }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct RunsQuery {
+    /// The metric (default: the sweep's objective, else accuracy).
+    pub metric: Option<String>,
+    /// `min` or `max` (default: the objective's mode; for another metric, min for a loss or
+    /// `seconds`, else max).
+    pub mode: Option<String>,
+    /// Lines at most (default 50, at most 200): the best by their latest value.
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<usize>,
+    /// About how many epochs per line (default 150; 2 to 2,000).
+    #[param(minimum = 2, maximum = 2000)]
+    pub points: Option<i64>,
+}
+
+/// Most lines one overlay draws.
+pub const MAX_RUNS: usize = 200;
+
+/// The curves of a sweep's runs for one metric, overlaid: the best `limit` jobs by their latest
+/// value (running ones included), each downsampled to about `points` epochs.
+#[utoipa::path(get, path = "/api/sweeps/{id}/runs", tag = "analysis", params(("id" = i64, Path), RunsQuery),
+    responses((status = 200, body = Runs), (status = 404), (status = 422, description = "an unknown metric or mode, or a limit out of range")))]
+pub(super) async fn runs(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<RunsQuery>,
+) -> ApiResult<Json<Runs>> {
+    let spec = state.store.sweep_spec(id).await?;
+    let (metric, mode) = metric_and_mode(&spec, q.metric.as_deref(), q.mode.as_deref())?;
+    let limit = match q.limit.unwrap_or(50) {
+        n @ 1..=MAX_RUNS => n,
+        n => {
+            return Err(ApiError::Unprocessable(format!(
+                "limit: {n} is not within 1..={MAX_RUNS}"
+            )))
+        }
+    };
+    let keys = state.store.job_keys(id, false).await?;
+    let (total, best) = views::best_runs(&keys.jobs, &metric, mode, limit);
+    let epochs = keys.jobs.iter().map(|j| j.epoch).max().unwrap_or(1);
+    let points = q.points.unwrap_or(150).clamp(2, 2000);
+    let stride = epochs.saturating_add(points - 1) / points;
+    let ids: Vec<i64> = best.iter().map(|(id, _)| *id).collect();
+    let rows = state.store.jobs_by_id(&ids).await?;
+    let curves = state.store.run_curves(&ids, &metric, stride.max(1)).await?;
+    let lines = rows
+        .into_iter()
+        .zip(curves)
+        .zip(best)
+        .map(|((row, (_, epoch, value)), (_, last))| RunLine {
+            job: row.id,
+            status: row.status,
+            params: row.params,
+            last,
+            epoch,
+            value,
+        })
+        .collect();
+    Ok(Json(Runs {
+        metric,
+        mode: mode.as_str().into(),
+        total,
+        lines,
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

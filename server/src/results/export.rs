@@ -7,7 +7,7 @@
 use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::results::shape::{self, better};
+use crate::results::shape;
 use crate::results::table::Table;
 use crate::store::{JobKey, SweepKeys};
 use crate::sweep::early_stop::Mode;
@@ -144,12 +144,11 @@ fn best_first<'a>(drawn: Vec<&'a JobKey>, metric: &str, mode: Mode) -> Vec<&'a J
         drawn.into_iter().partition(|j| value(j).is_some());
     // Stable: equal values keep the order drawn.
     ranked.sort_by(|a, b| {
-        let (x, y) = (value(a).unwrap_or_default(), value(b).unwrap_or_default());
-        match (better(mode, x, y), better(mode, y, x)) {
-            (true, _) => std::cmp::Ordering::Less,
-            (_, true) => std::cmp::Ordering::Greater,
-            _ => std::cmp::Ordering::Equal,
-        }
+        shape::best_first(
+            mode,
+            value(a).unwrap_or_default(),
+            value(b).unwrap_or_default(),
+        )
     });
     ranked.extend(rest);
     ranked

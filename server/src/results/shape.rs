@@ -167,6 +167,15 @@ fn best_completed(jobs: &[&JobKey], name: &str, mode: Mode) -> Option<f64> {
     })
 }
 
+/// The order that puts better values first (equal ones: Equal, so a stable sort keeps their order).
+pub fn best_first(mode: Mode, a: f64, b: f64) -> std::cmp::Ordering {
+    match (better(mode, a, b), better(mode, b, a)) {
+        (true, _) => std::cmp::Ordering::Less,
+        (_, true) => std::cmp::Ordering::Greater,
+        _ => std::cmp::Ordering::Equal,
+    }
+}
+
 /// Whether `a` is better than `b` in this mode.
 pub fn better(mode: Mode, a: f64, b: f64) -> bool {
     match mode {

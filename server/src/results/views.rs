@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 
 use crate::results::importance;
-use crate::results::shape::{self, better};
+use crate::results::shape;
 use crate::store::{AnalysisTrial, JobKey};
 use crate::sweep::early_stop::Mode;
 use crate::sweep::search::Distribution;
@@ -160,13 +160,7 @@ fn points(
     drawn.sort_by_key(|t| (t.drawn_at, t.id));
     let trial: HashMap<i64, usize> = drawn.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
     let mut best: Vec<&Counted> = counted.iter().collect();
-    best.sort_by(
-        |a, b| match (better(mode, a.1, b.1), better(mode, b.1, a.1)) {
-            (true, _) => std::cmp::Ordering::Less,
-            (_, true) => std::cmp::Ordering::Greater,
-            _ => a.0.id.cmp(&b.0.id),
-        },
-    );
+    best.sort_by(|a, b| shape::best_first(mode, a.1, b.1).then(a.0.id.cmp(&b.0.id)));
     best.truncate(limit);
     best.into_iter()
         .map(|(t, v)| Point {
@@ -375,6 +369,25 @@ fn harmonic_fill(sum: &[f64], count: &[u32], nx: usize, ny: usize) -> Vec<f64> {
         }
     }
     z
+}
+
+/// The jobs with a finite latest value of the metric (how many), and the best `limit` of them,
+/// best first: (job id, value).
+pub fn best_runs(
+    jobs: &[JobKey],
+    metric: &str,
+    mode: Mode,
+    limit: usize,
+) -> (usize, Vec<(i64, f64)>) {
+    let mut valued: Vec<(i64, f64)> = jobs
+        .iter()
+        .filter_map(|j| Some((j.id, j.latest.as_ref()?.get(metric)?)))
+        .filter(|(_, v)| v.is_finite())
+        .collect();
+    let total = valued.len();
+    valued.sort_by(|a, b| shape::best_first(mode, a.1, b.1).then(a.0.cmp(&b.0)));
+    valued.truncate(limit);
+    (total, valued)
 }
 
 /// The parameters whose values differ among these jobs, in the order first seen (one a job lacks

@@ -197,6 +197,43 @@ impl Store {
         Ok(ids.iter().filter_map(|id| rows.remove(id)).collect())
     }
 
+    /// One metric of these jobs, epoch by epoch (every `stride`-th epoch, plus the first and the
+    /// latest): (job id, epoch, value; None where not reported or not finite). A query per job,
+    /// by its key: a few hundred jobs at most.
+    pub async fn run_curves(
+        &self,
+        jobs: &[i64],
+        metric: &str,
+        stride: i64,
+    ) -> Result<Vec<(i64, Vec<i64>, Vec<Option<f64>>)>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for &job in jobs {
+            let rows = sqlx::query!(
+                r#"SELECT m.epoch,
+                          CASE ?2 WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
+                                  WHEN 'train_loss' THEN m.train_loss WHEN 'precision' THEN m.precision
+                                  WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1 WHEN 'lr' THEN m.lr
+                                  WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'seconds' THEN m.seconds
+                                  ELSE json_extract(m.extra, '$."' || ?2 || '"') END AS "value: f64"
+                   FROM metrics m JOIN jobs j ON j.id = m.job_id
+                   WHERE m.job_id = ?1 AND (m.epoch % ?3 = 0 OR m.epoch = 1 OR m.epoch = j.epoch)
+                   ORDER BY m.epoch"#,
+                job,
+                metric,
+                stride
+            )
+            .fetch_all(&self.read)
+            .await?;
+            let epochs = rows.iter().map(|r| r.epoch).collect();
+            let values = rows
+                .iter()
+                .map(|r| r.value.filter(|v| v.is_finite()))
+                .collect();
+            out.push((job, epochs, values));
+        }
+        Ok(out)
+    }
+
     /// The ended jobs of a sweep as analysis reads them (importance): id, status, params and the
     /// value of `metric` at the last epoch each reported (None when it reported none, or none
     /// finite). One row: SQLite builds the list as one JSON array, as the TPE history does.

@@ -442,6 +442,37 @@ async fn compare_puts_jobs_side_by_side_and_marks_what_differs() {
     assert_eq!(v["jobs"][1]["metrics"][1]["extra"]["score"], 0.8);
 }
 
+/// Every run's curve of one metric, overlaid: the best by their latest value, running ones too.
+#[tokio::test]
+async fn the_runs_overlay_is_the_best_curves_of_a_metric() {
+    let app = spawn_app().await;
+    let sweep = command_sweep(&app).await;
+    let (s, v) = app
+        .get(&format!("/api/sweeps/{sweep}/runs?metric=score"))
+        .await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["total"].as_u64(), v["mode"].as_str()),
+        (Some(3), Some("max"))
+    );
+    let lines = v["lines"].as_array().unwrap();
+    let lasts: Vec<f64> = lines.iter().map(|l| l["last"].as_f64().unwrap()).collect();
+    assert_eq!(lasts.len(), 3);
+    assert!(
+        (lasts[0] - 0.95).abs() < 1e-12,
+        "the running job leads: {v}"
+    );
+    assert!(lasts.windows(2).all(|w| w[0] >= w[1]), "{lasts:?}");
+    assert_eq!(lines[0]["status"], protocol::JobStatus::Running.as_str());
+    assert_eq!(lines[1]["epoch"], serde_json::json!([1, 2]));
+    assert_eq!(lines[1]["params"]["depth"], "deep");
+    let (_, one) = app
+        .get(&format!("/api/sweeps/{sweep}/runs?metric=tokens&limit=1"))
+        .await;
+    assert_eq!(one["lines"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(one["mode"], "max");
+}
+
 /// Each bad request is refused naming what is wrong: never a blank plot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_view_requests_are_refused_naming_what() {
@@ -493,6 +524,12 @@ async fn bad_view_requests_are_refused_naming_what() {
         ("/api/sweeps/999/slice".to_string(), 404, "999"),
         ("/api/sweeps/999/contour".to_string(), 404, "999"),
         ("/api/sweeps/999/shape".to_string(), 404, "999"),
+        (format!("/api/sweeps/{sweep}/runs?limit=0"), 422, "limit"),
+        (
+            format!("/api/sweeps/{sweep}/runs?metric=a%20b"),
+            422,
+            "not a metric's name",
+        ),
         (format!("/api/compare?jobs={a}"), 422, "2 to 5"),
         ("/api/compare?jobs=1,2,3,4,5,6".to_string(), 422, "got 6"),
         (
