@@ -1,5 +1,5 @@
 // The sweep dashboard: plain JavaScript, no libraries, charts drawn as SVG. Views are chosen by the
-// URL hash (#/, #/sweeps/ID, #/jobs/ID); data comes from the coordinator's REST API and every
+// URL hash (#/, #/sweeps/ID, #/jobs/ID, #/compare?jobs=1,2); data comes from the coordinator's REST API and every
 // server-sent event schedules a refresh of what is on screen (at most one per second); a job's
 // log is appended to as its `log` events arrive.
 "use strict";
@@ -11,7 +11,7 @@ const COLORS = ["#0969da", "#cf222e", "#1a7f37", "#8250df", "#bf8700", "#1b7c83"
 const DASHES = ["", "6 3", "2 3", "8 3 2 3", "1 2", "10 4"];
 
 // What the user chose on the sweep page survives refreshes.
-const ui = { sweep: null, lr: null, sort: "idx", desc: false, status: "", q: "", offset: 0, limit: 50 };
+const ui = { sweep: null, lr: null, sort: "idx", desc: false, status: "", q: "", offset: 0, limit: 50, metric: null, colourBy: "", cx: null, cy: null, compare: [], sweepFilter: "" };
 
 function esc(s) {
   return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
@@ -109,13 +109,18 @@ function lineChart(title, xlabel, ylabel, series, opts = {}) {
   let [x0, x1] = [Math.min(...pts.map((p) => p[0])), Math.max(...pts.map((p) => p[0]))];
   let [y0, y1] = [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
   if (opts.yZero) y0 = Math.min(0, y0);
+  // Values over three decades or more (a loss that blew up) on a log scale, so the rest stay
+  // readable; labels to 4 significant digits.
+  const log = y0 > 0 && y1 / y0 >= 1000;
+  const fy = log ? Math.log10 : (y) => y;
   if (y1 === y0) { y1 = y0 + (Math.abs(y0) || 1) * 0.1; }
   if (x1 === x0) x1 = x0 + 1;
   const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
-  const sy = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
-  let g = `<text x="${L}" y="18" font-weight="600">${esc(title)}</text>`;
-  for (const v of ticks(y0, y1)) {
-    g += `<line x1="${L}" x2="${W - R}" y1="${sy(v)}" y2="${sy(v)}" stroke="#eee"/><text x="${L - 6}" y="${sy(v) + 4}" text-anchor="end">${+v.toPrecision(4)}</text>`;
+  const sy = (y) => H - B - ((fy(y) - fy(y0)) / (fy(y1) - fy(y0))) * (H - T - B);
+  let g = `<text x="${L}" y="18" font-weight="600">${esc(title)}${log ? " (log scale)" : ""}</text>`;
+  const yticks = log ? Array.from({ length: Math.floor(Math.log10(y1)) - Math.ceil(Math.log10(y0)) + 1 }, (_, i) => 10 ** (Math.ceil(Math.log10(y0)) + i)) : ticks(y0, y1);
+  for (const v of yticks) {
+    g += `<line x1="${L}" x2="${W - R}" y1="${sy(v)}" y2="${sy(v)}" stroke="#eee"/><text x="${L - 6}" y="${sy(v) + 4}" text-anchor="end">${fmtNum(v)}</text>`;
   }
   for (const v of ticks(x0, x1)) {
     g += `<line x1="${sx(v)}" x2="${sx(v)}" y1="${H - B}" y2="${H - B + 4}" stroke="#333"/><text x="${sx(v)}" y="${H - B + 16}" text-anchor="middle">${v}</text>`;
@@ -170,67 +175,70 @@ function axisFor(key, dist, values) {
 
 const heat = (t) => (t == null ? "#9aa3ad" : `hsl(${Math.round(10 + 110 * t)} 70% 42%)`);
 
-// The final accuracy of each job as a colour, lowest red to highest green.
-function colourer(jobs) {
-  const accs = jobs.map((j) => j.latest && j.latest.accuracy).filter((a) => a != null);
-  const lo = Math.min(...accs), hi = Math.max(...accs);
-  return (j) => {
-    const a = j.latest && j.latest.accuracy;
-    return heat(a == null ? null : hi > lo ? (a - lo) / (hi - lo) : 1);
-  };
+// A job's latest value of a metric (a named one or a program's own).
+const valueOf = (j, name) => { const m = j.latest; if (!m) return null; const v = m[name] ?? (m.extra || {})[name]; return v == null || !isFinite(v) ? null : v; };
+
+// Each job's final value of the sweep's metric as a colour, worst red to best green, and the
+// scale's legend.
+function colourer(jobs, metric) {
+  const s = colourScale(jobs.map((j) => valueOf(j, metric.name)), metric.mode, metric.label, (v) => metricText(metric, v));
+  return { colour: (j) => s.colour(valueOf(j, metric.name)), legend: s.legend };
 }
 
-const jobTitle = (j, keys) => `#${j.id} ${j.status}${j.status === "pruned" ? ` at epoch ${j.epoch}` : ""}: ${keys.map((k) => `${k}=${JSON.stringify(j.params[k])}`).join(" ")}, accuracy ${pct(j.latest && j.latest.accuracy) || "–"}`;
+const jobTitle = (j, keys, metric) => `#${j.id} ${j.status}${j.status === "pruned" ? ` at epoch ${j.epoch}` : ""}: ${keys.map((k) => `${k}=${JSON.stringify(j.params[k])}`).join(" ")}, ${metric.name} ${metricText(metric, valueOf(j, metric.name)) || "–"}`;
 
-// The sampled points on the first two drawn parameters, coloured by final accuracy; a pruned job
-// is a ring.
-function scatter(space, jobs) {
+// The sampled points on the first two drawn parameters, coloured by the sweep's metric; a pruned
+// job is a ring.
+function scatter(space, jobs, metric) {
   const keys = Object.keys(space);
   const W = 560, H = 340, L = 62, R = 36, T = 28, B = 48;
   const x = axisFor(keys[0], space[keys[0]], jobs.map((j) => j.params[keys[0]]));
   const y = keys[1] ? axisFor(keys[1], space[keys[1]], jobs.map((j) => j.params[keys[1]]))
-    : { label: "accuracy", pos: (v) => v, ticks: [[0, "0%"], [1, "100%"]] };
-  const yOf = (j) => (keys[1] ? j.params[keys[1]] : (j.latest && j.latest.accuracy) || 0);
+    : (() => { const v = valueScale(jobs.map((j) => valueOf(j, metric.name)), metric.percent); return { label: metric.label, pos: (x) => v.pos(x), ticks: v.ticks }; })();
+  const yOf = (j) => (keys[1] ? j.params[keys[1]] : valueOf(j, metric.name));
   // Inset from the axes, so points at the ends of a range stay whole.
   const sx = (t) => L + 10 + t * (W - L - R - 20), sy = (t) => H - B - 10 - t * (H - T - B - 20);
-  const colour = colourer(jobs);
-  let g = `<text x="${L}" y="18" font-weight="600">Sampled points, coloured by final accuracy</text>`;
+  const { colour, legend } = colourer(jobs, metric);
+  let g = `<text x="${L}" y="18" font-weight="600">Sampled points, coloured by ${esc(metric.label)}</text>`;
   g += `<line x1="${L}" x2="${W - R}" y1="${H - B}" y2="${H - B}" stroke="#333"/><line x1="${L}" x2="${L}" y1="${T}" y2="${H - B}" stroke="#333"/>`;
   for (const [t, label] of x.ticks) g += `<text x="${sx(t)}" y="${H - B + 16}" text-anchor="middle">${esc(label)}</text>`;
   for (const [t, label] of y.ticks) g += `<text x="${L - 6}" y="${sy(t) + 4}" text-anchor="end">${esc(label)}</text>`;
   g += `<text x="${(L + W - R) / 2}" y="${H - 8}" text-anchor="middle">${esc(x.label)}</text>`;
   g += `<text transform="translate(14 ${(T + H - B) / 2}) rotate(-90)" text-anchor="middle">${esc(y.label)}</text>`;
   for (const j of jobs) {
-    const c = colour(j), ring = j.status === "pruned";
-    g += `<circle cx="${sx(x.pos(j.params[keys[0]])).toFixed(1)}" cy="${sy(y.pos(yOf(j))).toFixed(1)}" r="5" fill="${ring ? "none" : c}" stroke="${c}" stroke-width="2"><title>${esc(jobTitle(j, keys))}</title></circle>`;
+    const c = colour(j), ring = j.status === "pruned", yv = yOf(j);
+    // Without a value yet (the y axis being the metric), at the foot of the axis.
+    const ty = yv == null ? 0 : y.pos(yv);
+    g += `<circle cx="${sx(x.pos(j.params[keys[0]])).toFixed(1)}" cy="${sy(ty).toFixed(1)}" r="5" fill="${ring ? "none" : c}" stroke="${c}" stroke-width="2"><title>${esc(jobTitle(j, keys, metric))}</title></circle>`;
   }
-  return `<figure><svg class="chart" id="scatter" viewBox="0 0 ${W} ${H}" role="img" aria-label="sampled points coloured by final accuracy">${g}</svg>
-    <figcaption class="muted">filled: ran to its end or still running; ring: pruned; grey: no accuracy yet.</figcaption></figure>`;
+  return `<figure><svg class="chart" id="scatter" viewBox="0 0 ${W} ${H}" role="img" aria-label="sampled points coloured by ${esc(metric.label)}">${g}</svg>
+    <figcaption class="muted">filled: ran to its end or still running; ring: pruned; grey: no value yet. ${legend}</figcaption></figure>`;
 }
 
-// Parallel coordinates: one vertical axis per drawn parameter and one for final accuracy; each job
-// a line across them.
-function parallel(space, jobs) {
+// Parallel coordinates: one vertical axis per drawn parameter and one for the sweep's metric,
+// scaled to the values reported (never a fixed 0-100%); each job a line across them.
+function parallel(space, jobs, metric) {
   const keys = Object.keys(space);
   const axes = keys.map((k) => axisFor(k, space[k], jobs.map((j) => j.params[k])));
-  axes.push({ label: "accuracy", pos: (v) => v, ticks: [[0, "0%"], [1, "100%"]] });
+  const v = valueScale(jobs.map((j) => valueOf(j, metric.name)), metric.percent);
+  axes.push({ label: metric.label, pos: (x) => v.pos(x), ticks: [v.ticks[0], v.ticks[v.ticks.length - 1]] });
   const W = 560, H = 340, L = 40, R = 48, T = 60, B = 30;
   const ax = (i) => L + (axes.length > 1 ? (i / (axes.length - 1)) * (W - L - R) : 0);
   const sy = (t) => H - B - t * (H - T - B);
-  const colour = colourer(jobs);
+  const { colour, legend } = colourer(jobs, metric);
   let g = `<text x="8" y="18" font-weight="600">All parameters, one line per job</text>`;
   for (const j of jobs) {
-    const vals = keys.map((k) => j.params[k]).concat([(j.latest && j.latest.accuracy) ?? null]);
+    const vals = keys.map((k) => j.params[k]).concat([valueOf(j, metric.name)]);
     const d = vals.map((v, i) => (v == null ? null : `${ax(i).toFixed(1)},${sy(axes[i].pos(v)).toFixed(1)}`)).filter(Boolean);
-    if (d.length > 1) g += `<polyline points="${d.join(" ")}" fill="none" stroke="${colour(j)}" stroke-width="1.4" stroke-opacity=".75"${j.status === "pruned" ? ` stroke-dasharray="4 3"` : ""}><title>${esc(jobTitle(j, keys))}</title></polyline>`;
+    if (d.length > 1) g += `<polyline points="${d.join(" ")}" fill="none" stroke="${colour(j)}" stroke-width="1.4" stroke-opacity=".75"${j.status === "pruned" ? ` stroke-dasharray="4 3"` : ""}><title>${esc(jobTitle(j, keys, metric))}</title></polyline>`;
   }
   axes.forEach((a, i) => {
     g += `<line x1="${ax(i)}" x2="${ax(i)}" y1="${T}" y2="${H - B}" stroke="#333"/><text x="${ax(i)}" y="${T - 22}" text-anchor="middle" font-weight="600">${esc(a.label)}</text>`;
     // Labels of an axis's two ends: below its foot and above its head.
     for (const [t, label] of a.ticks) g += `<text x="${ax(i) + 4}" y="${sy(t) + (t === 0 ? 14 : -4)}">${esc(label)}</text>`;
   });
-  return `<figure><svg class="chart" id="parallel" viewBox="0 0 ${W} ${H}" role="img" aria-label="parallel coordinates of the drawn parameters and final accuracy">${g}</svg>
-    <figcaption class="muted">dashed: pruned.</figcaption></figure>`;
+  return `<figure><svg class="chart" id="parallel" viewBox="0 0 ${W} ${H}" role="img" aria-label="parallel coordinates of the drawn parameters and ${esc(metric.label)}">${g}</svg>
+    <figcaption class="muted">dashed: pruned. ${legend}</figcaption></figure>`;
 }
 
 // ---------- TPE: the optimisation history ----------
@@ -277,7 +285,8 @@ function history(t, trials) {
 
 // Epochs run against running every job to its end: what early stopping saved.
 function budget(s) {
-  if (!s.epochs_budget) return "";
+  // Open-ended command jobs (no epochs given) have no budget to run against.
+  if (!s.epochs_budget || s.epochs_budget / Math.max(1, s.total) >= UNBOUNDED_EPOCHS) return "";
   const saved = s.status === "finished" ? ` (${(100 * (1 - s.epochs_spent / s.epochs_budget)).toFixed(1)}% saved)` : "";
   const rule = s.spec && s.spec.early_stop;
   const what = rule ? ` Early stopping: ${esc(rule.method)} on ${esc(rule.metric)} (${esc(rule.mode)}); ${s.pruned} pruned.` : "";
@@ -293,31 +302,36 @@ function pendingHint(s) {
   return `<p class="muted" id="pending-hint">All pending: ${why}.</p>`;
 }
 
-// Which parameter mattered: GET /api/sweeps/{id}/importance (PED-ANOVA, as Optuna computes it), a
-// bar per parameter. Only for a sweep with two axes or more, once two jobs have completed; asked
-// again only when more jobs have completed, and at most every 30 s (on a 100,000-job sweep one
-// answer takes about a second of the coordinator's time).
-async function importanceView(id, s) {
-  const spec = s.spec || {};
-  const grids = [].concat(spec.grid || []);
-  const axes = new Set(grids.flatMap((g) => Object.keys(g)).concat(Object.keys((spec.search && spec.search.space) || {})));
-  if (axes.size < 2 || s.completed < 2) return "";
-  const cached = ui.importance;
-  const fresh = cached && cached.id === id && (cached.completed === s.completed || Date.now() - cached.at < 30000);
-  if (!fresh) {
-    let imp = null;
-    try { imp = await api(`/api/sweeps/${id}/importance`); } catch (_) { /* too few counted jobs yet */ }
-    ui.importance = { id, completed: s.completed, at: Date.now(), imp };
-  }
-  const imp = ui.importance.imp;
-  if (!imp) return "";
-  const W = 320;
-  const rows = Object.entries(imp.importances).map(([k, v]) => `<tr><td>${esc(k)}</td>
-    <td><svg width="${W}" height="14" role="img" aria-label="${esc(k)} ${(100 * v).toFixed(1)}%"><rect width="${Math.max(1, Math.round(W * v))}" height="14" fill="#0969da"></rect></svg></td>
-    <td class="num">${(100 * v).toFixed(1)}%</td></tr>`).join("");
-  const left = imp.left_out.diverged + imp.left_out.pruned + imp.left_out.no_value;
-  const note = `PED-ANOVA over ${imp.trials} completed jobs, judged on ${esc(imp.metric)} (${esc(imp.mode)})${left ? `; ${left} left out (diverged, pruned or without a value)` : ""}.${imp.warning ? ` ${esc(imp.warning)}.` : ""}`;
-  return `<h2>Which parameter mattered</h2><p class="muted">${note}</p><table id="importance">${rows}</table>`;
+// An analysis answer, asked again only when more jobs have completed, and at most every 30 s (on a
+// 100,000-job sweep one answer takes about a second of the coordinator's time). An error (too few
+// jobs with a value of this metric, say) is shown as what it says, never as a blank plot.
+const analysisCache = new Map();
+async function analysis(path, s) {
+  const c = analysisCache.get(path);
+  if (c && (c.completed === s.completed || Date.now() - c.at < 30000)) return c.answer;
+  let answer;
+  try { answer = { ok: await api(path) }; } catch (e) { answer = { error: e.message.replace(/^[^:]*: /, "") }; }
+  analysisCache.set(path, { completed: s.completed, at: Date.now(), answer });
+  return answer;
+}
+
+// The analysis of a sweep, for the metric picked (default its objective): which parameter
+// mattered (two axes or more), the metric against each parameter (slice), and over two (contour).
+async function analysisView(id, s, shape, metric) {
+  if (!metric || !shape.axes.length || s.completed < 2) return "";
+  const q = `metric=${encodeURIComponent(metric.name)}&mode=${metric.mode}`;
+  const pair = ui.cx && ui.cy && ui.cx !== ui.cy ? `&x=${encodeURIComponent(ui.cx)}&y=${encodeURIComponent(ui.cy)}` : "";
+  const two = shape.axes.length >= 2;
+  const [imp, sl, ct] = await Promise.all([
+    two ? analysis(`/api/sweeps/${id}/importance?${q}`, s) : null,
+    analysis(`/api/sweeps/${id}/slice?${q}`, s),
+    two ? analysis(`/api/sweeps/${id}/contour?${q}${pair}`, s) : null,
+  ]);
+  const shown = (a, draw, what) => (!a ? "" : a.ok ? draw(a.ok) : `<p class="muted" id="${what}-error">${esc(what)}: ${esc(a.error)}</p>`);
+  return `<h2>Analysis <span class="toolbar">${metricPicker(shape, metric.name)}</span></h2>
+    ${shown(imp, importanceBars, "importance")}
+    ${shown(sl, (x) => slicePlots(x, metric), "slice")}
+    ${shown(ct, (x) => contourPlot(x, metric, shape), "contour")}`;
 }
 
 // ---------- views ----------
@@ -331,16 +345,31 @@ function progressBar(s) {
 
 async function sweepsView() {
   const sweeps = await api("/api/sweeps");
-  const rows = sweeps.map((s) => `<tr>
+  const f = ui.sweepFilter.trim().toLowerCase();
+  const shown = sweeps.filter((s) => !f || `#${s.id} ${s.name} ${s.status}`.toLowerCase().includes(f));
+  // How long it ran: to its last job's end once finished, to now while it runs.
+  const elapsed = (s) => dur(((["finished", "cancelled"].includes(s.status) ? s.last_finished_at || s.created_at : Date.now()) - s.created_at) / 1000);
+  const rows = shown.map((s) => `<tr>
+    <td class="num">${s.id}</td>
     <td><a href="#/sweeps/${s.id}">${esc(s.name)}</a></td>
     <td>${when(s.created_at)}</td>
+    <td class="num">${elapsed(s)}</td>
     <td><span class="status">${esc(s.status)}</span></td>
     <td>${progressBar(s)}</td>
     <td class="num">${s.total}</td>
     <td class="num">${pct(s.best_accuracy)}</td></tr>`).join("");
+  const empty = sweeps.length ? "No sweep matches the filter." : "No sweeps yet: submit one with <code>server submit sweeps/FILE.toml</code>.";
   return `<h1>Sweeps</h1>
-    <div class="scroll"><table id="sweeps"><thead><tr><th>Name</th><th>Created</th><th>Status</th><th>Progress</th><th class="num">Jobs</th><th class="num">Best accuracy</th></tr></thead>
-    <tbody>${rows || `<tr><td colspan="6" class="muted">No sweeps yet: submit one with <code>server submit sweeps/FILE.toml</code>.</td></tr>`}</tbody></table></div>`;
+    <div class="toolbar"><label>Filter <input id="sweep-filter" type="search" value="${esc(ui.sweepFilter)}" placeholder="id, name or status"></label>
+      <span class="muted">${shown.length} of ${sweeps.length}</span></div>
+    <div class="scroll"><table id="sweeps"><thead><tr><th class="num">ID</th><th>Name</th><th>Created</th><th class="num">Elapsed</th><th>Status</th><th>Progress</th><th class="num">Jobs</th><th class="num">Best accuracy</th></tr></thead>
+    <tbody>${rows || `<tr><td colspan="8" class="muted">${empty}</td></tr>`}</tbody></table></div>`;
+}
+
+function wireSweeps() {
+  const f = view.querySelector("#sweep-filter");
+  let timer = null;
+  f?.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => { ui.sweepFilter = f.value; render(); }, 200); });
 }
 
 function heatmap(cells) {
@@ -363,84 +392,126 @@ function heatmap(cells) {
     <thead><tr><th>batch \\ lr</th>${lrs.map((lr) => `<th scope="col">${fmtLr(lr)}</th>`).join("")}</tr></thead><tbody>${body}</tbody></table></div>`;
 }
 
-const COLUMNS = [
-  ["idx", "Job"], ["batch_size", "Batch", true], ["lr", "lr", true], ["status", "Status"], ["attempt", "Attempt", true],
-  ["epoch", "Epoch", true], ["test_loss", "Test loss", true], ["accuracy", "Accuracy", true],
-  ["images_per_sec", "Images/s", true], [null, "ETA", true], ["worker", "Worker"],
-];
+// The named metrics the job page can sort by in SQL; any other is a program's own (`metric:NAME`).
+const SORTABLE = ["test_loss", "train_loss", "accuracy", "precision", "recall", "f1", "images_per_sec"];
 
-function jobTable(page, gridKeys) {
-  const head = COLUMNS.map(([key, label, isNum]) => {
+// The job table's columns, from the sweep's own shape: its axes, then status, then its objective,
+// accuracy, test loss and a program's own metrics. [sort key, label, numeric, what it shows].
+function tableColumns(shape) {
+  const cols = [["idx", "Job"]];
+  for (const a of shape.axes) cols.push([["batch_size", "lr"].includes(a.name) ? a.name : `param:${a.name}`, a.name, a.scale !== "choice", { param: a.name }]);
+  cols.push(["status", "Status"], ["attempt", "Attempt", true], ["epoch", "Epoch", true]);
+  const named = (n) => SORTABLE.includes(n) || n === "lr" || n === "seconds";
+  const shown = shape.metrics.filter((m) => m.name === shape.objective || ["accuracy", "test_loss"].includes(m.name) || !named(m.name)).slice(0, 6);
+  for (const m of shown) if (m.name !== "lr" && m.name !== "seconds") cols.push([SORTABLE.includes(m.name) ? m.name : `metric:${m.name}`, m.label, true, { metric: m }]);
+  const ips = shape.metrics.find((m) => m.name === "images_per_sec");
+  if (ips && !shown.includes(ips)) cols.push(["images_per_sec", "Images/s", true, { metric: ips }]);
+  cols.push([null, "ETA", true], ["worker", "Worker"]);
+  return cols;
+}
+
+// A parameter's value in a cell: an lr as the study writes it, other numbers to 4 digits, text as text.
+const paramText = (k, v) => (v == null ? "" : k === "lr" && typeof v === "number" ? fmtLr(v) : typeof v === "number" ? fmtNum(v) : esc(typeof v === "string" ? v : JSON.stringify(v)));
+
+function jobTable(page, shape) {
+  const cols = tableColumns(shape);
+  const head = `<th><span class="sr-only">compare</span></th>` + cols.map(([key, label, isNum]) => {
     const cls = isNum ? ` class="num"` : "";
-    if (!key) return `<th${cls}>${label}</th>`;
+    if (!key) return `<th${cls}>${esc(label)}</th>`;
     const sorted = ui.sort === key;
     const aria = sorted ? ` aria-sort="${ui.desc ? "descending" : "ascending"}"` : "";
-    return `<th${cls}${aria}><button data-sort="${key}">${label}${sorted ? (ui.desc ? " ▼" : " ▲") : ""}</button></th>`;
+    return `<th${cls}${aria}><button data-sort="${esc(key)}">${esc(label)}${sorted ? (ui.desc ? " ▼" : " ▲") : ""}</button></th>`;
   }).join("");
   const rows = page.jobs.map((j) => {
     const m = j.latest || {};
     const eta = j.status === "running" && m.seconds && j.epochs < UNBOUNDED_EPOCHS ? (j.epochs - j.epoch) * m.seconds : null;
-    const extra = gridKeys.filter((k) => k !== "batch_size" && k !== "lr").map((k) => `${k}=${JSON.stringify(j.params[k])}`).join(" ");
-    return `<tr><td><a href="#/jobs/${j.id}">#${j.id}</a> <span class="muted">${esc(extra)}</span></td>
-      <td class="num">${esc(typeof j.params.batch_size === "string" ? j.params.batch_size : JSON.stringify(j.params.batch_size ?? ""))}</td><td class="num">${fmtLr(j.params.lr)}</td>
-      <td><span class="status">${esc(j.status)}</span></td><td class="num">${j.attempt}/${j.max_attempts}</td>
-      <td class="num">${epochOf(j)}</td><td class="num">${num(m.test_loss)}</td><td class="num">${pct(m.accuracy)}</td>
-      <td class="num">${num(m.images_per_sec, 1)}</td><td class="num">${dur(eta)}</td><td>${esc(j.worker)}</td></tr>`;
+    const cells = cols.map(([key, , isNum, what]) => {
+      const cls = isNum ? ` class="num"` : "";
+      if (key === "idx") return `<td><a href="#/jobs/${j.id}">#${j.id}</a></td>`;
+      if (what && what.param) return `<td${cls}>${paramText(what.param, j.params[what.param])}</td>`;
+      if (what && what.metric) return `<td${cls}>${esc(metricText(what.metric, valueOf(j, what.metric.name)))}</td>`;
+      if (key === "status") return `<td><span class="status">${esc(j.status)}</span></td>`;
+      if (key === "attempt") return `<td${cls}>${j.attempt}/${j.max_attempts}</td>`;
+      if (key === "epoch") return `<td${cls}>${epochOf(j)}</td>`;
+      if (key === "worker") return `<td>${esc(j.worker)}</td>`;
+      return `<td${cls}>${dur(eta)}</td>`;
+    }).join("");
+    const ticked = ui.compare.includes(j.id) ? " checked" : "";
+    return `<tr><td><input type="checkbox" data-compare="${j.id}" aria-label="compare job ${j.id}"${ticked}></td>${cells}</tr>`;
   }).join("");
   const last = Math.min(page.offset + page.jobs.length, page.total);
+  const n = ui.compare.length;
+  const compare = n >= 2 ? `<a id="compare-link" href="#/compare?jobs=${ui.compare.join(",")}">Compare ${n} jobs</a>` : `<span class="muted" id="compare-link">tick 2 to 5 jobs to compare</span>`;
   return `<div class="toolbar">
       <label>Filter <input id="q" type="search" value="${esc(ui.q)}" placeholder="params or worker"></label>
       <label>Status <select id="status">${["", "pending", "running", "completed", "pruned", "diverged", "failed", "cancelled"].map((s) => `<option value="${s}"${s === ui.status ? " selected" : ""}>${s || "any"}</option>`).join("")}</select></label>
       <span class="muted" id="range">${page.total ? `${page.offset + 1}–${last} of ${page.total}` : "no jobs match"}</span>
       <button id="prev"${page.offset === 0 ? " disabled" : ""}>Previous</button>
-      <button id="next"${last >= page.total ? " disabled" : ""}>Next</button></div>
+      <button id="next"${last >= page.total ? " disabled" : ""}>Next</button>
+      ${compare}</div>
     <div class="scroll"><table id="jobs"><thead><tr>${head}</tr></thead><tbody>${rows}</tbody></table></div>`;
 }
 
-async function sweepView(id) {
-  if (ui.sweep !== id) Object.assign(ui, { sweep: id, lr: null, sort: "idx", desc: false, status: "", q: "", offset: 0 });
-  const qs = new URLSearchParams({ offset: ui.offset, limit: ui.limit, sort: ui.sort, desc: ui.desc, status: ui.status, q: ui.q });
-  // The curves at the lr the page will most likely show (the one chosen, else the study's 0.01) are
-  // fetched beside the rest, not after: on a large sweep each request takes a few hundred ms.
-  const guess = ui.lr ?? 0.01;
-  const guessed = api(`/api/sweeps/${id}/curves?lr=${guess}&points=150`).catch(() => null);
-  const [s, cells, page] = await Promise.all([
-    api(`/api/sweeps/${id}?jobs=false`), api(`/api/sweeps/${id}/grid`), api(`/api/sweeps/${id}/jobs?${qs}`),
-  ]);
+// The study's grid: its final accuracy by batch size x lr, and the learning curves at one lr.
+async function studyView(id, cells, guess, guessed) {
   // Only positive learning rates have curves (a command sweep's `lr` may be anything, or absent):
   // without one the page leaves the curves out instead of failing whole.
   const lrs = [...new Set(cells.map((c) => c.lr))].filter((lr) => typeof lr === "number" && lr > 0 && isFinite(lr)).sort((a, b) => b - a);
   if (ui.lr == null || !lrs.includes(ui.lr)) ui.lr = lrs.includes(0.01) ? 0.01 : lrs[0] ?? null;
   const series = ui.lr == null ? []
     : (ui.lr === guess && (await guessed)) || await api(`/api/sweeps/${id}/curves?lr=${ui.lr}&points=150`);
-  const line = (key) => series.map((c) => ({
-    name: `batch ${c.batch_size}`, xs: c.epoch, ys: c[key].map((v) => (v == null ? NaN : v)),
+  const line = (key, scale = 1) => series.map((c) => ({
+    name: `batch ${c.batch_size}`, xs: c.epoch, ys: c[key].map((v) => (v == null ? NaN : scale * v)),
     note: c.status === "diverged" ? "diverged" : c.status === "running" ? "running" : "",
   }));
-  const kept = (key) => line(key).filter((l) => l.note !== "diverged");
+  const kept = (key, scale) => line(key, scale).filter((l) => l.note !== "diverged");
   const gone = line("accuracy").filter((l) => l.note === "diverged").map((l) => l.name);
   const goneNote = gone.length ? `<p class="muted">Left out (diverged): ${esc(gone.join(", "))}</p>` : "";
   const st = series[0] ? stairs(series[0].epoch, series[0].lr) : { xs: [], ys: [] };
-  // `grid` is one table, or a list of tables whose products are united ([[grid]]).
-  const grids = [].concat((s.spec && s.spec.grid) || []);
-  const drawn = Object.keys((s.spec && s.spec.search && s.spec.search.space) || {});
-  const gridKeys = [...new Set(grids.flatMap((g) => Object.keys(g)).concat(drawn))];
+  const curves = ui.lr == null ? "" : `<h2>Learning curves at lr <select id="lr" aria-label="learning rate">${lrs.map((lr) => `<option value="${lr}"${lr === ui.lr ? " selected" : ""}>${fmtLr(lr)}</option>`).join("")}</select></h2>
+    <div class="grid2" id="curves">
+      ${lineChart("Test loss", "epoch", "test loss", kept("test_loss"))}
+      ${lineChart("Test accuracy (%)", "epoch", "accuracy (%)", kept("accuracy", 100))}
+      ${lineChart("Learning rate", "epoch", "lr", [{ name: "lr schedule", xs: st.xs, ys: st.ys }], { yZero: true, step: true })}
+    </div>${goneNote}`;
+  return { overview: `<h2>Final accuracy, batch size × learning rate</h2>${heatmap(cells)}`, curves };
+}
+
+async function sweepView(id) {
+  if (ui.sweep !== id) Object.assign(ui, { sweep: id, lr: null, sort: "idx", desc: false, status: "", q: "", offset: 0, metric: null, colourBy: "", cx: null, cy: null, compare: [] });
+  const qs = new URLSearchParams({ offset: ui.offset, limit: ui.limit, sort: ui.sort, desc: ui.desc, status: ui.status, q: ui.q });
+  // The curves at the lr the page will most likely show (the one chosen, else the study's 0.01) are
+  // fetched beside the rest, not after: on a large sweep each request takes a few hundred ms.
+  const guess = ui.lr ?? 0.01;
+  const guessed = api(`/api/sweeps/${id}/curves?lr=${guess}&points=150`).catch(() => null);
+  const [s, shape, page] = await Promise.all([
+    api(`/api/sweeps/${id}?jobs=false`), api(`/api/sweeps/${id}/shape`), api(`/api/sweeps/${id}/jobs?${qs}`),
+  ]);
+  const metric = shape.metrics.find((m) => m.name === ui.metric) || shape.metrics.find((m) => m.name === shape.objective) || shape.metrics[0] || null;
+  ui.metric = metric && metric.name;
   const base = `/api/sweeps/${id}/results`;
-  // A random search has no grid to colour: its points, and all its parameters, instead.
+  let overview = "", curves = "";
+  if (shape.study_grid) {
+    ({ overview, curves } = await studyView(id, await api(`/api/sweeps/${id}/grid`), guess, guessed));
+  } else if (metric) {
+    // Any other sweep: every run's curve of the metric, overlaid.
+    const runs = await api(`/api/sweeps/${id}/runs?metric=${encodeURIComponent(metric.name)}&mode=${metric.mode}&limit=30&points=100`);
+    curves = `<h2>Learning curves</h2><div class="single" id="curves">${runsChart(runs, metric, shape, ui.colourBy)}</div>`;
+  }
+  // A search has no grid to colour: its points, and all its parameters, instead.
   const space = s.spec && s.spec.search && s.spec.search.space;
-  let overview = `<h2>Final accuracy, batch size × learning rate</h2>${heatmap(cells)}`;
-  if (space && Object.keys(space).length) {
+  if (space && Object.keys(space).length && metric) {
     // Only drawn trials have points (a TPE trial is drawn when claimed), in the order drawn.
     const all = (await api(`/api/sweeps/${id}`)).jobs.filter((j) => j.drawn_at != null)
       .sort((a, b) => a.drawn_at - b.drawn_at || a.id - b.id);
     const t = s.tpe;
     overview = t
-      ? `<h2>TPE: ${t.drawn} of ${t.trials} trials drawn${t.best_value != null ? `; best ${esc(t.metric)} ${+t.best_value.toPrecision(6)} (job #${t.best_job})` : ""}</h2><div class="grid2" id="search">${history(t, all)}${scatter(space, all)}${parallel(space, all)}</div>`
-      : `<h2>Random search: ${s.total} sampled points</h2><div class="grid2" id="search">${scatter(space, all)}${parallel(space, all)}</div>`;
+      ? `<h2>TPE: ${t.drawn} of ${t.trials} trials drawn${t.best_value != null ? `; best ${esc(t.metric)} ${fmtNum(t.best_value)} (job #${t.best_job})` : ""}</h2><div class="grid2" id="search">${history(t, all)}${scatter(space, all, metric)}${parallel(space, all, metric)}</div>`
+      : `<h2>Random search: ${s.total} sampled points</h2><div class="grid2" id="search">${scatter(space, all, metric)}${parallel(space, all, metric)}</div>`;
   }
-  const mattered = await importanceView(id, s);
+  const analysed = await analysisView(id, s, shape, metric);
   return `<p><a href="#/">← all sweeps</a></p>
-    <h1>${esc(s.name)} <span class="status">${esc(s.status)}</span></h1>
+    <h1>${esc(s.name)} <span class="muted">#${s.id}</span> <span class="status">${esc(s.status)}</span></h1>
     ${progressBar(s)}
     ${pendingHint(s)}
     ${budget(s)}
@@ -451,15 +522,10 @@ async function sweepView(id) {
       <button id="cancel"${["finished", "cancelled"].includes(s.status) ? " disabled" : ""}>Cancel sweep…</button>
     </div>
     ${overview}
-    ${mattered}
-    ${ui.lr == null ? "" : `<h2>Learning curves at lr <select id="lr" aria-label="learning rate">${lrs.map((lr) => `<option value="${lr}"${lr === ui.lr ? " selected" : ""}>${fmtLr(lr)}</option>`).join("")}</select></h2>
-    <div class="grid2" id="curves">
-      ${lineChart("Test loss", "epoch", "test loss", kept("test_loss"))}
-      ${lineChart("Test accuracy", "epoch", "accuracy", kept("accuracy"))}
-      ${lineChart("Learning rate", "epoch", "lr", [{ name: "lr schedule", xs: st.xs, ys: st.ys }], { yZero: true, step: true })}
-    </div>${goneNote}`}
+    ${curves}
+    ${analysed}
     <h2>Jobs</h2>
-    ${jobTable(page, gridKeys)}`;
+    ${jobTable(page, shape)}`;
 }
 
 function wireSweep(id) {
@@ -476,6 +542,23 @@ function wireSweep(id) {
   view.querySelector("#prev")?.addEventListener("click", () => { ui.offset = Math.max(0, ui.offset - ui.limit); rerender(); });
   view.querySelector("#next")?.addEventListener("click", () => { ui.offset += ui.limit; rerender(); });
   view.querySelector("#lr")?.addEventListener("change", (e) => { ui.lr = Number(e.target.value); rerender(); });
+  view.querySelector("#metric")?.addEventListener("change", (e) => { ui.metric = e.target.value; rerender(); });
+  view.querySelector("#colour-by")?.addEventListener("change", (e) => { ui.colourBy = e.target.value; rerender(); });
+  // Picking for one axis the parameter the other shows swaps the two.
+  const pickAxis = (mine, other) => (e) => {
+    const o = view.querySelector(other);
+    ui[mine] = e.target.value;
+    ui[mine === "cx" ? "cy" : "cx"] = o.value === e.target.value ? e.target.dataset.was : o.value;
+    rerender();
+  };
+  view.querySelector("#contour-x")?.addEventListener("change", pickAxis("cx", "#contour-y"));
+  view.querySelector("#contour-y")?.addEventListener("change", pickAxis("cy", "#contour-x"));
+  view.querySelectorAll("input[data-compare]").forEach((b) => b.addEventListener("change", () => {
+    const jid = +b.dataset.compare;
+    if (b.checked && ui.compare.length >= 5) { b.checked = false; showError(new Error("Compare takes at most 5 jobs: untick one first.")); return; }
+    ui.compare = b.checked ? ui.compare.concat([jid]) : ui.compare.filter((x) => x !== jid);
+    rerender();
+  }));
   view.querySelector("#cancel")?.addEventListener("click", async () => {
     const token = pageToken() || prompt("Coordinator token (to cancel the sweep):");
     if (!token) return;
@@ -487,8 +570,18 @@ function wireSweep(id) {
   });
 }
 
+// A stored spec's axes: its grid keys and its search space's.
+const specAxes = (spec) => [...new Set([].concat((spec && spec.grid) || []).flatMap((g) => Object.keys(g)).concat(Object.keys((spec && spec.search && spec.search.space) || {})))];
+
 async function jobView(id) {
   const j = await api(`/api/jobs/${id}`);
+  const s = await api(`/api/sweeps/${j.sweep_id}?jobs=false`);
+  // What this job varies first (the sweep's axes), then what every job of the sweep shares.
+  const axes = specAxes(s.spec).filter((k) => k in j.params);
+  const shared = Object.keys(j.params).filter((k) => !axes.includes(k));
+  const varying = axes.map((k) => `${esc(k)}=${paramText(k, j.params[k])}`).join(", ");
+  const paramRows = axes.map((k) => `<tr class="varies"><th scope="row">${esc(k)}</th><td>${paramText(k, j.params[k])}</td></tr>`).join("")
+    + shared.map((k) => `<tr><th scope="row">${esc(k)}</th><td class="muted">${paramText(k, j.params[k])}</td></tr>`).join("");
   const col = (k) => j.metrics.map((m) => (m[k] == null ? NaN : m[k]));
   const ep = j.metrics.map((m) => m.epoch);
   const st = stairs(ep, j.metrics.map((m) => m.lr));
@@ -499,22 +592,23 @@ async function jobView(id) {
   // A gang's attempt names every member by node rank (node 0 first: it reports for the gang).
   const workers = (a) => (a.members && a.members.length ? a.members.map((m) => `node ${m.node_rank}: ${esc(m.worker)}`).join("<br>") : esc(a.worker));
   const attempts = j.attempts.map((a) => `<tr><td class="num">${a.attempt}</td><td>${workers(a)}</td><td>${when(a.started_at)}</td><td>${when(a.ended_at)}</td><td>${esc(a.outcome ?? "running")}</td><td>${esc(a.error)}</td></tr>`).join("");
-  return `<p><a href="#/sweeps/${j.sweep_id}">← sweep ${j.sweep_id}</a></p>
-    <h1>Job #${j.id} <span class="status">${esc(j.status)}</span></h1>
+  return `<p><a href="#/sweeps/${j.sweep_id}">← sweep ${esc(s.name)} (#${j.sweep_id})</a></p>
+    <h1>Job #${j.id} of ${esc(s.name)} <span class="status">${esc(j.status)}</span></h1>
+    ${varying ? `<p id="varying"><strong>${varying}</strong></p>` : ""}
     <p>Epoch ${epochOf(j)}, attempt ${j.attempt}/${j.max_attempts}${j.worker ? `, worker ${esc(j.worker)}` : ""}</p>
+    <details open><summary>Parameters</summary><table id="params">${paramRows}</table></details>
     ${j.waiting ? `<p role="status" id="gang-waiting"><strong>Gang forming:</strong> ${esc(j.waiting)}</p>` : ""}
     ${j.error ? `<p role="note"><strong>Error:</strong> ${esc(j.error)}</p>` : ""}
     <div class="grid2" id="curves">
       ${lineChart("Loss", "epoch", "cross-entropy", [{ name: "train", xs: ep, ys: col("train_loss") }, { name: "test", xs: ep, ys: col("test_loss") }])}
-      ${lineChart("Test accuracy", "epoch", "accuracy", [{ name: "accuracy", xs: ep, ys: col("accuracy") }])}
+      ${lineChart("Test accuracy (%)", "epoch", "accuracy (%)", [{ name: "accuracy", xs: ep, ys: col("accuracy").map((v) => 100 * v) }])}
       ${lineChart("Learning rate", "epoch", "lr", [{ name: "lr", xs: st.xs, ys: st.ys }], { yZero: true })}
       ${ownCharts}
     </div>
     <h2>Log <span class="muted" id="log-attempt">${logTail.attempt ? `attempt ${logTail.attempt}` : ""}</span></h2>
     <pre id="log" class="log" tabindex="0" aria-live="off">${esc(logTail.text || "(no output yet)")}</pre>
     <h2>Attempts</h2>
-    <div class="scroll"><table id="attempts"><thead><tr><th class="num">#</th><th>Worker</th><th>Started</th><th>Ended</th><th>Outcome</th><th>Error</th></tr></thead><tbody>${attempts}</tbody></table></div>
-    <h2>Parameters</h2><pre>${esc(JSON.stringify(j.params, null, 2))}</pre>`;
+    <div class="scroll"><table id="attempts"><thead><tr><th class="num">#</th><th>Worker</th><th>Started</th><th>Ended</th><th>Outcome</th><th>Error</th></tr></thead><tbody>${attempts}</tbody></table></div>`;
 }
 
 // ---------- a job's log, tailed live ----------
@@ -573,7 +667,14 @@ async function render() {
       let html, wire = () => {};
       if ((m = hash.match(/^#\/sweeps\/(\d+)/))) { const id = +m[1]; html = await sweepView(id); wire = () => wireSweep(id); }
       else if ((m = hash.match(/^#\/jobs\/(\d+)/))) { const id = +m[1]; html = await jobView(id); wire = () => tailLog(id); }
-      else html = await sweepsView();
+      else if ((m = hash.match(/^#\/compare\?(.*)$/))) {
+        // The selection lives in the URL, so a comparison can be linked.
+        const p = new URLSearchParams(m[1]);
+        const ids = (p.get("jobs") || "").split(",").filter(Boolean);
+        html = await compareView(ids, p.get("metric"));
+        wire = () => view.querySelector("#compare-metric")?.addEventListener("change", (e) => { location.hash = `#/compare?jobs=${ids.join(",")}&metric=${encodeURIComponent(e.target.value)}`; });
+      }
+      else { html = await sweepsView(); wire = wireSweeps; }
       // Keep focus and caret in the filter box across live refreshes.
       const focused = document.activeElement && document.activeElement.id;
       view.innerHTML = html;

@@ -105,7 +105,8 @@ pub struct JobQuery {
     /// At most 500 (default 50).
     pub limit: i64,
     /// idx (grid order), batch_size, lr, status, attempt, epoch, test_loss, train_loss, accuracy,
-    /// images_per_sec or worker.
+    /// precision, recall, f1, images_per_sec, worker, `param:NAME` (any parameter) or
+    /// `metric:NAME` (a program's own metric).
     pub sort: Option<String>,
     pub desc: bool,
     /// Only jobs with this status.
@@ -196,6 +197,10 @@ pub struct SweepRow {
     pub epochs_spent: i64,
     pub epochs_budget: i64,
     pub best_accuracy: Option<f64>,
+    /// When its last job ended (ms since the epoch; None before any did): with `created_at`, how
+    /// long a finished sweep took.
+    #[serde(default)]
+    pub last_finished_at: Option<i64>,
     /// TPE sweeps: trials drawn of `trials`, and the best so far on the search's metric.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpe: Option<TpeProgress>,

@@ -136,6 +136,7 @@ fn is_public(path: &str) -> bool {
         "/healthz"
             | "/"
             | "/app.js"
+            | "/analysis.js"
             | "/style.css"
             | "/api/session"
             | "/docs"

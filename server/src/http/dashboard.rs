@@ -13,6 +13,7 @@ use protocol::views::{GridCell, JobPage, JobQuery, Series};
 
 const INDEX: &str = include_str!("../../../dashboards/index.html");
 const APP_JS: &str = include_str!("../../../dashboards/app.js");
+const ANALYSIS_JS: &str = include_str!("../../../dashboards/analysis.js");
 const STYLE: &str = include_str!("../../../dashboards/style.css");
 /// The API explorer at `/docs`: RapiDoc, vendored gzip-compressed (dashboards/README.md).
 const DOCS: &str = include_str!("../../../dashboards/docs.html");
@@ -36,6 +37,11 @@ pub async fn index() -> Response {
 
 pub async fn app_js() -> Response {
     asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+/// The analysis views' drawing (slice, contour, runs, compare), loaded before `app.js`.
+pub async fn analysis_js() -> Response {
+    asset("text/javascript; charset=utf-8", ANALYSIS_JS)
 }
 
 pub async fn style() -> Response {
@@ -93,6 +99,15 @@ pub async fn jobs_page(
         return Err(ApiError::Unprocessable(format!(
             "q: at most {} bytes of text to look for",
             protocol::views::MAX_QUERY_TEXT
+        )));
+    }
+    let named = q.sort.as_deref().and_then(|s| {
+        s.strip_prefix("param:")
+            .or_else(|| s.strip_prefix("metric:"))
+    });
+    if let Some(name) = named.filter(|n| !protocol::is_metric_name(n)) {
+        return Err(ApiError::Unprocessable(format!(
+            "sort: {name:?} is not a name to sort by (letters, digits and _.-/, at most 64)"
         )));
     }
     Ok(Json(state.store.jobs_page(id, &q).await?))

@@ -149,6 +149,7 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route("/api/compare", get(analysis::compare))
         .route("/", get(dashboard::index))
         .route("/app.js", get(dashboard::app_js))
+        .route("/analysis.js", get(dashboard::analysis_js))
         .route("/style.css", get(dashboard::style))
         .route("/docs", get(dashboard::docs))
         .route("/docs/rapidoc-min.js", get(dashboard::rapidoc))

@@ -111,6 +111,7 @@ impl Store {
                  c.epochs_spent AS "epochs_spent!: i64", c.epochs_budget AS "epochs_budget!: i64",
                  (SELECT max(m.accuracy) FROM jobs j JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
                   WHERE j.sweep_id = s.id) AS "best_accuracy: f64",
+                 (SELECT max(j.finished_at) FROM jobs j WHERE j.sweep_id = s.id) AS "last_finished_at: i64",
                  c.drawn AS "drawn!: i64",
                  coalesce(json_extract(s.spec, '$.search.method') = 'tpe', 0) AS "is_tpe!: bool",
                  json_extract(s.spec, '$.search.metric') AS "metric: String",
@@ -154,6 +155,7 @@ impl Store {
                 epochs_spent: r.epochs_spent,
                 epochs_budget: r.epochs_budget,
                 best_accuracy: r.best_accuracy,
+                last_finished_at: r.last_finished_at,
                 tpe,
             });
         }
@@ -311,7 +313,8 @@ impl Store {
             .await?,
         };
         // The sort key is chosen by CASE so the statement stays one compile-checked query; unknown
-        // keys fall back to grid order.
+        // keys fall back to grid order. `param:NAME` and `metric:NAME` (a program's own) are read
+        // by name from the stored JSON (the name checked at the edge: no quote can reach the path).
         let rows = sqlx::query_as!(
             JobSql,
             r#"SELECT j.id AS "id!", j.sweep_id, j.params, j.status, j.attempt, j.max_attempts, j.epoch, j.epochs,
@@ -322,16 +325,20 @@ impl Store {
                WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.status = ?2)
                  AND (?3 IS NULL OR j.params LIKE ?3 ESCAPE '\' OR coalesce(j.worker, '') LIKE ?3 ESCAPE '\')
                ORDER BY
-                 CASE WHEN ?5 = 0 THEN (CASE ?4
+                 CASE WHEN ?5 = 0 THEN (CASE WHEN ?4 LIKE 'param:%' THEN json_extract(j.params, '$."' || substr(?4, 7) || '"')
+                   WHEN ?4 LIKE 'metric:%' THEN json_extract(m.extra, '$."' || substr(?4, 8) || '"') ELSE (CASE ?4
                    WHEN 'batch_size' THEN json_extract(j.params, '$.batch_size') WHEN 'lr' THEN json_extract(j.params, '$.lr')
                    WHEN 'status' THEN j.status WHEN 'attempt' THEN j.attempt WHEN 'epoch' THEN j.epoch
                    WHEN 'test_loss' THEN m.test_loss WHEN 'train_loss' THEN m.train_loss WHEN 'accuracy' THEN m.accuracy
-                   WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'worker' THEN j.worker ELSE j.idx END) END ASC,
-                 CASE WHEN ?5 = 1 THEN (CASE ?4
+                   WHEN 'precision' THEN m.precision WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1
+                   WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'worker' THEN j.worker ELSE j.idx END) END) END ASC,
+                 CASE WHEN ?5 = 1 THEN (CASE WHEN ?4 LIKE 'param:%' THEN json_extract(j.params, '$."' || substr(?4, 7) || '"')
+                   WHEN ?4 LIKE 'metric:%' THEN json_extract(m.extra, '$."' || substr(?4, 8) || '"') ELSE (CASE ?4
                    WHEN 'batch_size' THEN json_extract(j.params, '$.batch_size') WHEN 'lr' THEN json_extract(j.params, '$.lr')
                    WHEN 'status' THEN j.status WHEN 'attempt' THEN j.attempt WHEN 'epoch' THEN j.epoch
                    WHEN 'test_loss' THEN m.test_loss WHEN 'train_loss' THEN m.train_loss WHEN 'accuracy' THEN m.accuracy
-                   WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'worker' THEN j.worker ELSE j.idx END) END DESC,
+                   WHEN 'precision' THEN m.precision WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1
+                   WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'worker' THEN j.worker ELSE j.idx END) END) END DESC,
                  j.idx
                LIMIT ?6 OFFSET ?7"#,
             sweep,

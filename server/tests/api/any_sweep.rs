@@ -31,7 +31,7 @@ fn own(attempt: i64, epoch: i64, metrics: &[(&str, Option<f64>)]) -> MetricsRepo
 /// Runs the command grid: (alpha, depth) scores 0.5 + alpha (+0.2 when deep); (0.25, shallow)
 /// fails having reported nothing, (0.25, deep) stays running after one epoch; the first job's
 /// tokens differ from the second's. Returns the sweep id.
-async fn command_sweep(app: &TestApp) -> i64 {
+pub(crate) async fn command_sweep(app: &TestApp) -> i64 {
     let sweep = app.submit(COMMAND_GRID).await.id;
     while let Some(c) = app.claim_with(&commands_allowed("w")).await {
         let alpha = c.params["alpha"].as_f64().unwrap();
@@ -257,7 +257,7 @@ async fn a_searchs_exports_are_best_first_to_four_digits() {
 
 /// A finished random search over lr (log) and momentum: accuracy rises with lr, momentum does
 /// not matter; one job diverged. Returns the sweep id and the completed (job, accuracy) pairs.
-async fn random_search(app: &TestApp) -> (i64, Vec<(i64, f64)>) {
+pub(crate) async fn random_search(app: &TestApp) -> (i64, Vec<(i64, f64)>) {
     let sweep = app
         .submit(&RANDOM.replace("trials = 8", "trials = 24"))
         .await
@@ -525,6 +525,11 @@ async fn bad_view_requests_are_refused_naming_what() {
         ("/api/sweeps/999/contour".to_string(), 404, "999"),
         ("/api/sweeps/999/shape".to_string(), 404, "999"),
         (format!("/api/sweeps/{sweep}/runs?limit=0"), 422, "limit"),
+        (
+            format!("/api/sweeps/{sweep}/jobs?sort=param:a%22b"),
+            422,
+            "not a name to sort by",
+        ),
         (
             format!("/api/sweeps/{sweep}/runs?metric=a%20b"),
             422,

@@ -328,7 +328,7 @@ async fn the_dashboard_shows_sweeps_and_updates_live_without_reload() {
         p.eval("document.querySelector('button[data-sort=\"accuracy\"]').focus()");
         p.eval("document.activeElement.click()");
         p.wait(
-            "document.querySelector('th[aria-sort]') && document.querySelector('th[aria-sort]').innerText.includes('Accuracy')",
+            "document.querySelector('th[aria-sort]') && document.querySelector('th[aria-sort]').innerText.includes('accuracy (%)')",
             "the table sorted by accuracy",
         );
         // The job page: its curves and attempts.
@@ -932,6 +932,149 @@ momentum = { uniform = [0.8, 0.99] }
         );
         assert!(page.errors().is_empty(), "{:?}", page.errors());
         page.screenshot("dashboard-importance.png");
+    })
+    .await;
+}
+
+/// A command sweep over `alpha x depth` reporting its own `score`: no phantom grid cell, its own
+/// metric charted (every run's curve, a slice per parameter,
+/// the contour over its two), its columns in the table; the sweep list names it with its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sweep_is_charted_on_its_own_axes_and_metric() {
+    let app = spawn_app().await;
+    let id = crate::any_sweep::command_sweep(&app).await;
+    let base = app.base.clone();
+    blocking(move || {
+        let page = Page::open(&format!("{base}/#/sweeps/{id}"));
+        page.wait(
+            "document.querySelectorAll('#runs path').length === 2 && document.querySelectorAll('#runs circle').length === 1",
+            "a curve per run with a score (a dot for the one with one epoch)",
+        );
+        assert!(page
+            .eval("document.querySelector('#heatmap') === null")
+            .as_bool()
+            .unwrap());
+        let text = page.text();
+        assert!(
+            !text.contains("32 × 1e-2") && !text.contains("batch \\ lr"),
+            "{text}"
+        );
+        page.wait(
+            "document.querySelectorAll('#slice svg').length === 2",
+            "a slice per parameter",
+        );
+        page.wait(
+            "document.querySelectorAll('#contour rect').length === 4",
+            "the contour's 2 x 2 cells",
+        );
+        let head = page.eval("document.querySelector('#jobs thead').innerText");
+        let head = head.as_str().unwrap();
+        for col in ["alpha", "depth", "score", "tokens"] {
+            assert!(head.contains(col), "{col} missing from {head}");
+        }
+        assert!(
+            !head.contains("batch_size") && !head.contains("Batch"),
+            "{head}"
+        );
+        // Sorted by its own metric, in SQL: the best score first when descending.
+        page.eval("document.querySelector('button[data-sort=\"metric:score\"]').click()");
+        page.wait(
+            "document.querySelector('th[aria-sort]') !== null",
+            "sorted by score",
+        );
+        page.eval("document.querySelector('button[data-sort=\"metric:score\"]').click()");
+        page.wait(
+            "document.querySelector('th[aria-sort=\"descending\"]') !== null",
+            "descending",
+        );
+        page.wait(
+            "document.querySelector('#jobs tbody tr').innerText.includes('0.95')",
+            "the best score first",
+        );
+        // A colour scale on every coloured plot.
+        let legends = page.eval("String(document.querySelectorAll('svg.legend').length)");
+        assert!(
+            legends.as_str().unwrap().parse::<usize>().unwrap() >= 3,
+            "{legends}"
+        );
+        assert!(page.errors().is_empty(), "{:?}", page.errors());
+        page.eval("document.querySelector('#curves').scrollIntoView()");
+        page.screenshot("dashboard-command-sweep.png");
+        let list = Page::open(&format!("{base}/#/"));
+        list.wait(
+            "document.querySelector('#sweeps tbody td') !== null",
+            "the sweep list",
+        );
+        let row = list.eval("document.querySelector('#sweeps tbody tr').innerText");
+        assert!(row.as_str().unwrap().starts_with(&format!("{id}")), "{row}");
+    })
+    .await;
+}
+
+/// The analysis views of a search follow the metric picked, and the contour the parameters picked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_analysis_views_follow_the_metric_and_parameters_picked() {
+    let app = spawn_app().await;
+    let (id, done) = crate::any_sweep::random_search(&app).await;
+    let base = app.base.clone();
+    let n = done.len();
+    blocking(move || {
+        let page = Page::open(&format!("{base}/#/sweeps/{id}"));
+        page.wait("document.querySelectorAll('#importance rect').length === 2", "importance");
+        page.wait("document.querySelectorAll('#slice svg').length === 2", "the slices");
+        let dots = page.eval("String(document.querySelectorAll('#slice svg[data-axis=\"lr\"] circle').length)");
+        assert_eq!(dots.as_str().unwrap(), n.to_string(), "a dot per completed job");
+        page.wait("document.querySelectorAll('#contour rect').length === 900", "a 30 x 30 contour");
+        assert!(page.text().contains("harmonic interpolation"), "the method said");
+        let log = page.eval("document.querySelector('#slice svg[data-axis=\"lr\"]').textContent");
+        assert!(log.as_str().unwrap().contains("lr (log)"), "{log}");
+        // Another metric: every view follows.
+        page.eval("const s = document.querySelector('#metric'); s.value = 'test_loss'; s.dispatchEvent(new Event('change'))");
+        page.wait("document.querySelector('#slice svg').textContent.includes('test_loss against lr')", "the slice on test loss");
+        page.wait("document.querySelector('#importance') && document.body.innerText.includes('judged on test_loss (min)')", "importance on test loss");
+        // The contour's axes swapped.
+        page.eval("const x = document.querySelector('#contour-x'); x.value = 'momentum'; x.dispatchEvent(new Event('change'))");
+        page.wait("document.querySelector('#contour').getAttribute('aria-label').includes('over momentum and')", "momentum across");
+        assert!(page.errors().is_empty(), "{:?}", page.errors());
+        page.eval("document.querySelector('#importance').scrollIntoView()");
+        page.screenshot("dashboard-analysis.png");
+    })
+    .await;
+}
+
+/// Ticking jobs in the table links a comparison; the link alone opens it again: curves overlaid
+/// for a metric picked, parameters with the differing ones marked, summaries side by side. A job
+/// page is titled with its sweep and its varying parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_ticked_in_the_table_are_compared_by_a_link() {
+    let app = spawn_app().await;
+    let id = crate::any_sweep::command_sweep(&app).await;
+    let jobs = app.sweep(id).await.jobs;
+    let (a, b) = (jobs[0].id, jobs[1].id);
+    let base = app.base.clone();
+    blocking(move || {
+        let page = Page::open(&format!("{base}/#/sweeps/{id}"));
+        page.wait("document.querySelector('input[data-compare]') !== null", "the table");
+        page.eval(&format!("document.querySelector('input[data-compare=\"{a}\"]').click()"));
+        page.wait("document.querySelector('#compare-link').innerText.includes('tick')", "one ticked");
+        page.eval(&format!("document.querySelector('input[data-compare=\"{b}\"]').click()"));
+        page.wait("document.querySelector('a#compare-link') !== null", "the link");
+        let href = page.eval("document.querySelector('a#compare-link').getAttribute('href')");
+        assert_eq!(href.as_str().unwrap(), format!("#/compare?jobs={a},{b}"));
+        let linked = Page::open(&format!("{base}/#/compare?jobs={a},{b}&metric=score"));
+        linked.wait("document.querySelectorAll('#compare-curves path').length === 2", "two curves");
+        let differs = linked.eval("document.querySelector('#compare-params tr.differs').innerText");
+        assert!(differs.as_str().unwrap().starts_with("depth"), "{differs}");
+        let summary = linked.eval("document.querySelector('#compare-summary').innerText");
+        assert!(summary.as_str().unwrap().contains("0.8"), "{summary}");
+        linked.eval("const s = document.querySelector('#compare-metric'); s.value = 'tokens'; s.dispatchEvent(new Event('change'))");
+        linked.wait("location.hash.includes('metric=tokens')", "the metric in the URL");
+        assert!(linked.errors().is_empty(), "{:?}", linked.errors());
+        linked.screenshot("dashboard-compare.png");
+        let job = Page::open(&format!("{base}/#/jobs/{b}"));
+        job.wait("document.querySelector('h1') && document.querySelector('h1').innerText.includes('alpha-depth')", "the job's title");
+        let varying = job.eval("document.querySelector('#varying').innerText");
+        assert_eq!(varying.as_str().unwrap(), "alpha=0.1, depth=deep");
     })
     .await;
 }

@@ -1,5 +1,5 @@
 //! The coordinator end to end: the real server on a random port over a fresh SQLite file per test.
-mod any_sweep;
+pub(crate) mod any_sweep;
 mod commands;
 mod daily;
 mod dashboard;
