@@ -405,10 +405,15 @@ fn pending_hint(d: &SweepDetail) -> Option<String> {
     })
 }
 
-/// "TPE: 12 of 40 trials drawn; best accuracy (max) 0.8123, job 17".
+/// "TPE: 12 of 40 trials drawn; best accuracy (max) 81.23%, job 17" (a fraction in percent, as
+/// everywhere; another metric to 6 decimals).
 fn tpe_line(t: &protocol::views::TpeProgress) -> String {
+    let value = |v: f64| match crate::results::shape::is_fraction(&t.metric) {
+        true => format!("{:.2}%", 100.0 * v),
+        false => format!("{}", (v * 1e6).round() / 1e6),
+    };
     let best = match (t.best_value, t.best_job) {
-        (Some(v), Some(job)) => format!("best {} ({}) {v:.6}, job {job}", t.metric, t.mode),
+        (Some(v), Some(job)) => format!("best {} ({}) {}, job {job}", t.metric, t.mode, value(v)),
         _ => format!("no completed trial yet ({} {})", t.metric, t.mode),
     };
     format!("TPE: {} of {} trials drawn; {best}", t.drawn, t.trials)

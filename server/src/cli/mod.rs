@@ -466,11 +466,19 @@ async fn print_importance(
     if let Some(m) = mode {
         query.push(format!("mode={m}"));
     }
-    let path = format!("{}/importance?{}", routes::sweep(sweep), query.join("&"));
+    print!(
+        "{}",
+        importance_table(client, sweep, &query.join("&")).await?
+    );
+    Ok(())
+}
+
+/// The importance of a sweep's parameters as markdown (`query`: its metric and mode, if asked).
+async fn importance_table(client: &Client, sweep: i64, query: &str) -> Result<String> {
+    let path = format!("{}/importance?{query}", routes::sweep(sweep));
     let imp: protocol::views::Importance = serde_json::from_value(client.get_json(&path).await?)
         .context("unexpected answer to an importance")?;
-    print!("{}", crate::results::importance::markdown(&imp));
-    Ok(())
+    Ok(crate::results::importance::markdown(&imp))
 }
 
 /// `server cancel SWEEP`: what ended now, and what stops at its next heartbeat.
@@ -726,7 +734,18 @@ async fn rewrite_readme(
             .await?,
     )
     .context("unexpected sweep document")?;
-    let body = format!("{}\n\n{table}", crate::results::export::provenance(&detail));
+    let mut body = format!("{}\n\n{table}", crate::results::export::provenance(&detail));
+    // A sweep over more than one parameter: which of them mattered, under its table. Without an
+    // answer (fewer than 2 completed jobs), the block says so rather than failing the publish.
+    let axes = crate::sweep::SweepSpec::from_value(&detail.spec)
+        .map(|s| crate::results::importance::axes(&s).len())
+        .unwrap_or(0);
+    if axes > 1 {
+        match importance_table(client, sweep, "").await {
+            Ok(t) => body.push_str(&format!("\n{t}")),
+            Err(e) => body.push_str(&format!("\nNo importance yet: {e:#}.\n")),
+        }
+    }
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let new = crate::results::export::rewrite_block(&text, block, &body)

@@ -398,7 +398,15 @@ pub fn markdown(imp: &Importance) -> String {
         imp.left_out.diverged,
         imp.left_out.pruned,
         imp.left_out.no_value,
-        best.map(|b| format!(" The best: job {} ({} {}).", b.job, imp.metric, short(b.value)))
+        best.map(|b| format!(
+            " The best: job {} ({} {}).",
+            b.job,
+            imp.metric,
+            match crate::results::shape::is_fraction(&imp.metric) {
+                true => format!("{:.2}%", 100.0 * b.value),
+                false => short(b.value),
+            }
+        ))
             .unwrap_or_default()
     );
     if let Some(w) = &imp.warning {

@@ -277,6 +277,12 @@ async fn the_readme_block_is_rewritten_in_place_and_idempotently() {
     assert!(!once.contains("old table"));
     assert!(once.contains(include_str!("../golden/results.md").trim_end()));
     assert!(once.contains("Data: "), "{once}");
+    // Over two parameters: which of them mattered, under the table.
+    assert!(
+        once.contains("| parameter | importance | the best job's value |")
+            && once.contains("PED-ANOVA over 7 completed job(s)"),
+        "{once}"
+    );
     assert!(
         once.contains("Sweep `golden`")
             && once.contains("device Cpu")
