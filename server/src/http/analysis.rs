@@ -71,10 +71,8 @@ pub(super) async fn shape(
 ) -> ApiResult<Json<SweepShape>> {
     let spec = state.store.sweep_spec(id).await?;
     let stored = state.store.sweep_detail(id, 0).await?.spec;
-    let keys = state.store.job_keys(id, false).await?;
-    compute(move || Ok(views::shape(&stored, &spec, &keys.jobs)))
-        .await
-        .map(Json)
+    let ranges = state.store.metric_ranges(id).await?;
+    Ok(Json(views::shape(&stored, &spec, &ranges)))
 }
 
 /// Which parameter mattered for a metric: PED-ANOVA over the sweep's completed jobs, as Optuna
@@ -258,13 +256,15 @@ pub(super) async fn runs(
             )))
         }
     };
-    let keys = state.store.job_keys(id, false).await?;
-    let (total, best) = views::best_runs(&keys.jobs, &metric, mode, limit);
-    let epochs = keys.jobs.iter().map(|j| j.epoch).max().unwrap_or(1);
-    let points = q.points.unwrap_or(150).clamp(2, 2000);
-    let stride = epochs.saturating_add(points - 1) / points;
+    let (total, best) = state
+        .store
+        .best_runs(id, &metric, mode == Mode::Min, limit as i64)
+        .await?;
     let ids: Vec<i64> = best.iter().map(|(id, _)| *id).collect();
     let rows = state.store.jobs_by_id(&ids).await?;
+    let epochs = rows.iter().map(|j| j.epoch).max().unwrap_or(1);
+    let points = q.points.unwrap_or(150).clamp(2, 2000);
+    let stride = epochs.saturating_add(points - 1) / points;
     let curves = state.store.run_curves(&ids, &metric, stride.max(1)).await?;
     let lines = rows
         .into_iter()

@@ -257,7 +257,12 @@ pub(super) async fn results(
         chinese: q.chinese,
         compare: q.compare,
     };
-    let keys = state.store.job_keys(id, format == Format::Csv).await?;
+    // The study's comparison reads accuracy and loss only; an export, every metric.
+    let parts = crate::store::KeyParts {
+        names: format == Format::Csv,
+        metrics: !(format == Format::Markdown && opts.compare),
+    };
+    let keys = state.store.job_keys(id, parts).await?;
     if format == Format::Markdown && opts.compare {
         let table = crate::results::study::compare(&keys.jobs);
         return Ok(([(header::CONTENT_TYPE, format.content_type())], table).into_response());
@@ -321,7 +326,10 @@ pub(super) async fn figure(
 ) -> ApiResult<Response> {
     use crate::results::figures::{self, FigureError};
     let name = file.strip_suffix(".png").unwrap_or(&file).to_string();
-    let keys = state.store.job_keys(id, false).await?;
+    let keys = state
+        .store
+        .job_keys(id, crate::store::KeyParts::default())
+        .await?;
     let opts = figures::FigureOptions {
         job: q.job,
         lr: q.lr,

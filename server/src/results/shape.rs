@@ -101,52 +101,70 @@ const SHOWN_ORDER: [&str; 9] = [
     "lr",
 ];
 
-/// The metrics any of these jobs reported at its last epoch: the objective first (when reported),
-/// then the named ones ([`SHOWN_ORDER`]), then a program's own by name. `lr` and `seconds` (the
-/// schedule and the clock, not results) only when `all`.
+/// Metric names in the order tables and pickers show them: the objective first (when among them),
+/// then the named ones ([`SHOWN_ORDER`]; `lr` and `seconds`, the schedule and the clock, only
+/// when `all`), then a program's own by name.
+pub fn ordered(names: &[String], objective: Option<&str>, all: bool) -> Vec<String> {
+    let has = |n: &str| names.iter().any(|x| x == n);
+    let mut out: Vec<String> = vec![];
+    if let Some(o) = objective.filter(|o| has(o)) {
+        out.push(o.to_string());
+    }
+    let named = SHOWN_ORDER
+        .iter()
+        .filter(|n| all || !matches!(**n, "lr" | "seconds"))
+        .filter(|n| has(n))
+        .map(|n| n.to_string());
+    let mut own: Vec<String> = names
+        .iter()
+        .filter(|n| !protocol::is_named_metric(n))
+        .cloned()
+        .collect();
+    own.sort();
+    for n in named.chain(own) {
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// The metrics any of these jobs reported at its last epoch, as columns in [`ordered`]'s order,
+/// each with the direction that is better and its best completed value.
 pub fn metric_columns(
     jobs: &[&JobKey],
     objective: Option<(&str, Mode)>,
     all: bool,
 ) -> Vec<MetricColumn> {
-    let reported = |name: &str| {
-        jobs.iter()
-            .any(|j| j.latest.as_ref().is_some_and(|m| m.get(name).is_some()))
-    };
-    let mut names: Vec<String> = vec![];
-    if let Some((o, _)) = objective.filter(|(o, _)| reported(o)) {
-        names.push(o.to_string());
-    }
-    let named = SHOWN_ORDER
-        .iter()
-        .copied()
-        .filter(|n| all || !matches!(*n, "lr" | "seconds"))
-        .filter(|n| reported(n))
-        .map(String::from);
-    let mut own: Vec<String> = jobs
-        .iter()
-        .filter_map(|j| j.latest.as_ref())
-        .flat_map(|m| m.extra.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k))
-        .cloned()
-        .collect();
-    own.sort();
-    own.dedup();
-    for n in named.chain(own) {
-        if !names.contains(&n) {
-            names.push(n);
+    let mut reported: Vec<String> = vec![];
+    for m in jobs.iter().filter_map(|j| j.latest.as_ref()) {
+        let named = m.named().into_iter().filter(|(_, v)| v.is_some());
+        let own = m.extra.iter().filter(|(_, v)| v.is_some());
+        for name in named
+            .map(|(n, _)| n.name)
+            .chain(own.map(|(k, _)| k.as_str()))
+        {
+            if !reported.iter().any(|r| r == name) {
+                reported.push(name.to_string());
+            }
         }
     }
-    names
+    ordered(&reported, objective.map(|(o, _)| o), all)
         .into_iter()
         .map(|name| {
-            let mode = match objective {
-                Some((o, mode)) if o == name => mode,
-                _ => Mode::default_for(&name),
-            };
+            let mode = mode_of(&name, objective);
             let best = best_completed(jobs, &name, mode);
             MetricColumn { name, mode, best }
         })
         .collect()
+}
+
+/// Which way a metric is better: the objective's mode, else as `[early_stop]` defaults it.
+pub fn mode_of(name: &str, objective: Option<(&str, Mode)>) -> Mode {
+    match objective {
+        Some((o, mode)) if o == name => mode,
+        _ => Mode::default_for(name),
+    }
 }
 
 /// The best finite value of a metric among completed jobs, where at least two have one and not

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::results::importance;
 use crate::results::shape;
-use crate::store::{AnalysisTrial, JobKey};
+use crate::store::AnalysisTrial;
 use crate::sweep::early_stop::Mode;
 use crate::sweep::search::Distribution;
 use crate::sweep::{value_key, SweepSpec};
@@ -64,32 +64,33 @@ pub fn axis(name: &str, dist: &Distribution) -> Axis {
 }
 
 /// A sweep's shape: its axes as the views draw them, and each metric its jobs reported with its
-/// range (the objective first).
-pub fn shape(stored: &Value, spec: &SweepSpec, jobs: &[JobKey]) -> SweepShape {
+/// range (`ranges`: name, jobs, min, max), the objective first.
+pub fn shape(stored: &Value, spec: &SweepSpec, ranges: &[(String, usize, f64, f64)]) -> SweepShape {
     let (objective, mode) = importance::objective(spec);
-    let all: Vec<&JobKey> = jobs.iter().collect();
-    let metrics: Vec<MetricInfo> = shape::metric_columns(&all, Some((&objective, mode)), true)
+    let names: Vec<String> = ranges.iter().map(|r| r.0.clone()).collect();
+    let metrics: Vec<MetricInfo> = shape::ordered(&names, Some(&objective), true)
         .into_iter()
-        .map(|c| {
-            let values: Vec<f64> = jobs
-                .iter()
-                .filter_map(|j| j.latest.as_ref()?.get(&c.name))
-                .filter(|v| v.is_finite())
-                .collect();
-            MetricInfo {
-                label: c.header(),
-                mode: c.mode.as_str().into(),
-                percent: c.percent(),
-                jobs: values.len(),
-                min: values.iter().copied().reduce(f64::min),
-                max: values.iter().copied().reduce(f64::max),
-                name: c.name,
-            }
+        .filter_map(|name| {
+            let (_, jobs, min, max) = ranges.iter().find(|r| r.0 == name)?;
+            let column = shape::MetricColumn {
+                mode: shape::mode_of(&name, Some((&objective, mode))),
+                name,
+                best: None,
+            };
+            Some(MetricInfo {
+                label: column.header(),
+                mode: column.mode.as_str().into(),
+                percent: column.percent(),
+                jobs: *jobs,
+                min: Some(*min),
+                max: Some(*max),
+                name: column.name,
+            })
         })
         .collect();
     // Judged by its objective where some job reported it, else by the first metric reported (a
     // command sweep without an objective has only its own).
-    let (objective, mode) = match metrics.iter().any(|m: &MetricInfo| m.name == objective) {
+    let (objective, mode) = match metrics.iter().any(|m| m.name == objective) {
         true => (objective, mode),
         false => match metrics.first() {
             Some(m) => (m.name.clone(), Mode::default_for(&m.name)),
@@ -369,25 +370,6 @@ fn harmonic_fill(sum: &[f64], count: &[u32], nx: usize, ny: usize) -> Vec<f64> {
         }
     }
     z
-}
-
-/// The jobs with a finite latest value of the metric (how many), and the best `limit` of them,
-/// best first: (job id, value).
-pub fn best_runs(
-    jobs: &[JobKey],
-    metric: &str,
-    mode: Mode,
-    limit: usize,
-) -> (usize, Vec<(i64, f64)>) {
-    let mut valued: Vec<(i64, f64)> = jobs
-        .iter()
-        .filter_map(|j| Some((j.id, j.latest.as_ref()?.get(metric)?)))
-        .filter(|(_, v)| v.is_finite())
-        .collect();
-    let total = valued.len();
-    valued.sort_by(|a, b| shape::best_first(mode, a.1, b.1).then(a.0.cmp(&b.0)));
-    valued.truncate(limit);
-    (total, valued)
 }
 
 /// The parameters whose values differ among these jobs, in the order first seen (one a job lacks

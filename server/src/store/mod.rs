@@ -43,7 +43,7 @@ mod ranks;
 mod reads;
 pub use reads::CurvePoint;
 mod results;
-pub use results::{AnalysisTrial, JobKey, SweepKeys, ROWS_PER_PAGE};
+pub use results::{AnalysisTrial, JobKey, KeyParts, SweepKeys, ROWS_PER_PAGE};
 mod stopping;
 mod sweeps;
 mod trials;

@@ -3,6 +3,8 @@
 //! draws), then the full rows a page at a time, by id.
 use std::collections::HashMap;
 
+use futures::{StreamExt, TryStreamExt};
+
 use super::reads::own_metrics;
 use super::*;
 
@@ -41,6 +43,18 @@ pub struct AnalysisTrial {
 pub struct SweepKeys {
     pub jobs: Vec<JobKey>,
     pub shapes: Vec<(Vec<String>, Vec<String>)>,
+}
+
+/// What [`Store::job_keys`] reads beyond each job's point, status, accuracy and test loss: each
+/// reading costs the read of every job (about 0.5 s at 100,000 jobs in a debug build), so a
+/// caller asks for what it uses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyParts {
+    /// The names each job's row has (the CSV's columns).
+    pub names: bool,
+    /// Every metric of the latest epoch (an export's columns, bold cells and order; figures
+    /// need only accuracy and loss).
+    pub metrics: bool,
 }
 
 impl JobKey {
@@ -104,15 +118,116 @@ impl SweepKeys {
     }
 }
 
+/// A job's key as read, before its names are matched to the sweep's shapes.
+struct KeyRow {
+    id: i64,
+    batch_size: Option<i64>,
+    lr: Option<f64>,
+    status: JobStatus,
+    attempt: i64,
+    epoch: i64,
+    drawn_at: Option<i64>,
+    latest: Option<MetricsReport>,
+    /// Its params' names as a JSON array (`[]` when not asked for).
+    params: String,
+}
+
+/// The keys of these rows, each with the index of its (param names, own metric names) among the
+/// sweep's shapes: most jobs share their names, stored alike, so each distinct pair is parsed and
+/// looked up once.
+fn assemble_keys(rows: Vec<KeyRow>) -> Result<SweepKeys> {
+    let mut keys = SweepKeys::default();
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    keys.jobs.reserve(rows.len());
+    for r in rows {
+        let own: Vec<&String> = r.latest.iter().flat_map(|m| m.extra.keys()).collect();
+        let own_key = own
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join("\0");
+        let shape = match seen.entry((r.params, own_key)) {
+            std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let params: Vec<String> = parse_json("jobs.params", &e.key().0)?;
+                let own = own.into_iter().cloned().collect();
+                *e.insert(keys.shape((params, own)))
+            }
+        };
+        keys.jobs.push(JobKey {
+            id: r.id,
+            batch_size: r.batch_size,
+            lr: r.lr,
+            status: r.status,
+            attempt: r.attempt,
+            epoch: r.epoch,
+            drawn_at: r.drawn_at,
+            latest: r.latest,
+            shape,
+        });
+    }
+    Ok(keys)
+}
+
 /// Full rows fetched per page: bounded memory, and each query short.
 pub const ROWS_PER_PAGE: usize = 1000;
 
 impl Store {
-    /// The keys of a sweep's jobs in grid order (about 100 bytes a job); NotFound without the sweep.
-    /// `names`: also the names each job's row has (the CSV's columns; they cost most of the read,
-    /// so only the CSV asks for them: without, every job has the one empty shape).
-    pub async fn job_keys(&self, sweep: i64, names: bool) -> Result<SweepKeys> {
+    /// The keys of a sweep's jobs in grid order (about 100 bytes a job, more with their metrics);
+    /// NotFound without the sweep. `parts` says what beyond the accuracy and test loss they carry.
+    pub async fn job_keys(&self, sweep: i64, parts: KeyParts) -> Result<SweepKeys> {
         self.sweep_exists(sweep).await?;
+        let rows = match parts.metrics {
+            true => self.key_rows_with_metrics(sweep, parts.names).await?,
+            false => self.key_rows(sweep, parts.names).await?,
+        };
+        assemble_keys(rows)
+    }
+
+    /// Each job's key with its latest accuracy and test loss only. Two queries rather than one
+    /// with optional columns: sqlx allocates every column of every row, so columns a caller does
+    /// not use cost it all the same (a third of a second at 100,000 jobs). Rows are converted as
+    /// they stream in: only the keys are ever held, never 100,000 rows of SQL values.
+    async fn key_rows(&self, sweep: i64, names: bool) -> Result<Vec<KeyRow>> {
+        let rows = sqlx::query!(
+            r#"SELECT j.id AS "id!",
+                  CASE json_type(j.params, '$.batch_size') WHEN 'integer' THEN json_extract(j.params, '$.batch_size') END
+                    AS "batch_size: i64",
+                  CASE WHEN json_type(j.params, '$.lr') IN ('integer', 'real') THEN CAST(json_extract(j.params, '$.lr') AS REAL) END
+                    AS "lr: f64",
+                  j.status, j.attempt, j.epoch, j.drawn_at, m.epoch AS "m_epoch?", m.test_loss, m.accuracy,
+                  CASE WHEN ?2 THEN (SELECT json_group_array(key) FROM json_each(j.params)) ELSE '[]' END AS "params!: String"
+               FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+               WHERE j.sweep_id = ?1 ORDER BY j.idx"#,
+            sweep,
+            names
+        )
+        .fetch(&self.read);
+        rows.map(|r| {
+            let r = r?;
+            Ok(KeyRow {
+                latest: r.m_epoch.map(|epoch| MetricsReport {
+                    epoch,
+                    test_loss: r.test_loss,
+                    accuracy: r.accuracy,
+                    ..Default::default()
+                }),
+                id: r.id,
+                batch_size: r.batch_size,
+                lr: r.lr,
+                status: status_of(&r.status)?,
+                attempt: r.attempt,
+                epoch: r.epoch,
+                drawn_at: r.drawn_at,
+                params: r.params,
+            })
+        })
+        .try_collect()
+        .await
+    }
+
+    /// Each job's key with every metric of its latest epoch (an export's columns and order).
+    async fn key_rows_with_metrics(&self, sweep: i64, names: bool) -> Result<Vec<KeyRow>> {
         let rows = sqlx::query!(
             r#"SELECT j.id AS "id!",
                   CASE json_type(j.params, '$.batch_size') WHEN 'integer' THEN json_extract(j.params, '$.batch_size') END
@@ -128,21 +243,9 @@ impl Store {
             sweep,
             names
         )
-        .fetch_all(&self.read)
-        .await?;
-        let mut keys = SweepKeys::default();
-        // Most jobs share their names, stored alike: each distinct text is parsed once.
-        let mut parsed: HashMap<String, Vec<String>> = HashMap::new();
-        keys.jobs.reserve(rows.len());
-        for r in rows {
-            let params = match parsed.get(&r.params) {
-                Some(p) => p.clone(),
-                None => {
-                    let p: Vec<String> = parse_json("jobs.params", &r.params)?;
-                    parsed.insert(r.params, p.clone());
-                    p
-                }
-            };
+        .fetch(&self.read);
+        rows.map(|r| {
+            let r = r?;
             let latest = match r.m_epoch {
                 Some(epoch) => Some(MetricsReport {
                     epoch,
@@ -161,12 +264,8 @@ impl Store {
                 }),
                 None => None,
             };
-            let own = latest
-                .iter()
-                .flat_map(|m| m.extra.keys().cloned())
-                .collect();
-            let shape = keys.shape((params, own));
-            keys.jobs.push(JobKey {
+            Ok(KeyRow {
+                latest,
                 id: r.id,
                 batch_size: r.batch_size,
                 lr: r.lr,
@@ -174,11 +273,11 @@ impl Store {
                 attempt: r.attempt,
                 epoch: r.epoch,
                 drawn_at: r.drawn_at,
-                latest,
-                shape,
-            });
-        }
-        Ok(keys)
+                params: r.params,
+            })
+        })
+        .try_collect()
+        .await
     }
 
     /// The full rows of these jobs (at most a page), in the order given; ids without a job are
@@ -195,6 +294,86 @@ impl Store {
             .map(|j| (j.id, j))
             .collect();
         Ok(ids.iter().filter_map(|id| rows.remove(id)).collect())
+    }
+
+    /// Each metric some job of the sweep reported at its latest epoch: (name, jobs with a value,
+    /// min, max); the named ones in their order, then a program's own by name. Two aggregate
+    /// queries (a scan of the sweep's latest epochs in SQLite), whatever the sweep's size.
+    pub async fn metric_ranges(&self, sweep: i64) -> Result<Vec<(String, usize, f64, f64)>> {
+        self.sweep_exists(sweep).await?;
+        let named = sqlx::query!(
+            r#"SELECT json_array(
+                 json_array(count(m.lr), min(m.lr), max(m.lr)),
+                 json_array(count(m.train_loss), min(m.train_loss), max(m.train_loss)),
+                 json_array(count(m.test_loss), min(m.test_loss), max(m.test_loss)),
+                 json_array(count(m.accuracy), min(m.accuracy), max(m.accuracy)),
+                 json_array(count(m.precision), min(m.precision), max(m.precision)),
+                 json_array(count(m.recall), min(m.recall), max(m.recall)),
+                 json_array(count(m.f1), min(m.f1), max(m.f1)),
+                 json_array(count(m.images_per_sec), min(m.images_per_sec), max(m.images_per_sec)),
+                 json_array(count(m.seconds), min(m.seconds), max(m.seconds))) AS "ranges!: String"
+               FROM jobs j JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+               WHERE j.sweep_id = ?"#,
+            sweep
+        )
+        .fetch_one(&self.read)
+        .await?;
+        type Range = (usize, Option<f64>, Option<f64>);
+        let ranges: Vec<Range> = parse_json("metric ranges", &named.ranges)?;
+        let mut out: Vec<(String, usize, f64, f64)> = protocol::NAMED_METRICS
+            .iter()
+            .zip(ranges)
+            .filter_map(|(m, (n, lo, hi))| Some((m.name.to_string(), n, lo?, hi?)))
+            .filter(|r| r.1 > 0)
+            .collect();
+        // One text (sqlx cannot type json_each's columns directly): [[name, n, min, max], ...].
+        let own = sqlx::query_scalar!(
+            r#"SELECT json_group_array(json_array(k, n, lo, hi)) AS "own!: String" FROM (
+                 SELECT key AS k, count(value) AS n, min(value) AS lo, max(value) AS hi
+                 FROM (SELECT m.extra FROM jobs j JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+                       WHERE j.sweep_id = ? AND m.extra IS NOT NULL) x, json_each(x.extra)
+                 WHERE type IN ('integer', 'real')
+                 GROUP BY key ORDER BY key)"#,
+            sweep
+        )
+        .fetch_one(&self.read)
+        .await?;
+        let own: Vec<(String, usize, f64, f64)> = parse_json("own metric ranges", &own)?;
+        out.extend(own);
+        Ok(out)
+    }
+
+    /// The jobs of a sweep with a value of `metric` at their latest epoch (how many), and the best
+    /// `limit` of them (lowest first when `lower`): (job id, value). The ranking is SQLite's.
+    pub async fn best_runs(
+        &self,
+        sweep: i64,
+        metric: &str,
+        lower: bool,
+        limit: i64,
+    ) -> Result<(usize, Vec<(i64, f64)>)> {
+        let rows = sqlx::query!(
+            r#"WITH v AS (
+                 SELECT j.id, CASE ?2 WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
+                                   WHEN 'train_loss' THEN m.train_loss WHEN 'precision' THEN m.precision
+                                   WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1 WHEN 'lr' THEN m.lr
+                                   WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'seconds' THEN m.seconds
+                                   ELSE json_extract(m.extra, '$."' || ?2 || '"') END AS value
+                 FROM jobs j JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+                 WHERE j.sweep_id = ?1)
+               SELECT v.id AS "id!: i64", v.value AS "value!: f64", (SELECT count(*) FROM v WHERE value IS NOT NULL) AS "total!: i64"
+               FROM v WHERE v.value IS NOT NULL
+               ORDER BY CASE WHEN ?3 THEN v.value END ASC, CASE WHEN NOT ?3 THEN v.value END DESC, v.id
+               LIMIT ?4"#,
+            sweep,
+            metric,
+            lower,
+            limit
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let total = rows.first().map_or(0, |r| r.total as usize);
+        Ok((total, rows.into_iter().map(|r| (r.id, r.value)).collect()))
     }
 
     /// One metric of these jobs, epoch by epoch (every `stride`-th epoch, plus the first and the
