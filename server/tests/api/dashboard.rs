@@ -1078,3 +1078,38 @@ async fn jobs_ticked_in_the_table_are_compared_by_a_link() {
     })
     .await;
 }
+
+/// A finite blow-up (a test loss of 7.65e18) reads as a number to 4 digits in the table, and its
+/// chart goes to a log axis instead of flattening every other epoch against zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blown_up_loss_reads_as_a_number_on_a_log_axis() {
+    let app = spawn_app().await;
+    let id = app.submit(GRID).await.id;
+    let c = app.claim("w").await.unwrap();
+    app.metrics(c.id, c.attempt, 1, Some(2.1), 0.3).await;
+    app.metrics(c.id, c.attempt, 2, Some(7_651_539_064_971_319_296.0), 0.1)
+        .await;
+    let base = app.base.clone();
+    let job = c.id;
+    blocking(move || {
+        let page = Page::open(&format!("{base}/#/sweeps/{id}"));
+        page.wait("document.querySelector('#jobs') !== null", "the table");
+        let text = page.text();
+        assert!(!text.contains("7651539064971319296"), "{text}");
+        assert!(text.contains("7.652e18"), "{text}");
+        let job_page = Page::open(&format!("{base}/#/jobs/{job}"));
+        job_page.wait(
+            "document.querySelector('#curves') !== null",
+            "the job's charts",
+        );
+        let loss = job_page.eval("document.querySelector('#curves svg').textContent");
+        let loss = loss.as_str().unwrap();
+        assert!(
+            loss.contains("(log scale)") && loss.contains("1e18"),
+            "{loss}"
+        );
+        assert!(!job_page.text().contains("7651539064971319296"));
+        assert!(job_page.errors().is_empty(), "{:?}", job_page.errors());
+    })
+    .await;
+}
