@@ -257,17 +257,19 @@ pub(super) async fn results(
         chinese: q.chinese,
         compare: q.compare,
     };
-    // The study's comparison reads accuracy and loss only; an export, every metric.
+    // The study's comparison reads accuracy and loss only; an export, every metric's facts and
+    // each job's value of the objective (its order).
+    let d = state.store.sweep_detail(id, 0).await?;
+    let objective = crate::results::export::objective_of(&d.spec).0;
     let parts = crate::store::KeyParts {
         names: format == Format::Csv,
-        metrics: !(format == Format::Markdown && opts.compare),
+        metrics: (!(format == Format::Markdown && opts.compare)).then_some(objective.as_str()),
     };
     let keys = state.store.job_keys(id, parts).await?;
     if format == Format::Markdown && opts.compare {
         let table = crate::results::study::compare(&keys.jobs);
         return Ok(([(header::CONTENT_TYPE, format.content_type())], table).into_response());
     }
-    let d = state.store.sweep_detail(id, 0).await?;
     let export = Export::plan(&d.sweep, &d.spec, &keys, format, &opts);
     let ctype = export.content_type();
     Ok((

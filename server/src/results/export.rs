@@ -7,7 +7,7 @@
 use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::results::shape;
+use crate::results::shape::{self, MetricFacts};
 use crate::results::table::Table;
 use crate::store::{JobKey, SweepKeys};
 use crate::sweep::early_stop::Mode;
@@ -120,25 +120,28 @@ fn trials_in_order(keys: &[JobKey]) -> Vec<&JobKey> {
     jobs
 }
 
-/// The metric a sweep's rows are ranked by, and which way is better: its objective (a TPE
-/// search's, else its early-stopping rule's, else accuracy), where some drawn job reported it.
-fn objective(spec: &Value, drawn: &[&JobKey]) -> Option<(String, Mode)> {
-    let parsed = crate::sweep::SweepSpec::from_value(spec).ok()?;
-    let (metric, mode) = crate::results::importance::objective(&parsed);
-    drawn
-        .iter()
-        .any(|j| j.latest.as_ref().is_some_and(|m| m.get(&metric).is_some()))
-        .then_some((metric, mode))
+/// The metric a sweep is judged by, and which way is better: its objective (a TPE search's, else
+/// its early-stopping rule's, else accuracy). What its keys are read with
+/// ([`crate::store::KeyParts::metrics`]).
+pub fn objective_of(spec: &Value) -> (String, Mode) {
+    match crate::sweep::SweepSpec::from_value(spec) {
+        Ok(parsed) => crate::results::importance::objective(&parsed),
+        Err(_) => ("accuracy".into(), Mode::Max),
+    }
+}
+
+/// The objective a sweep's rows are ranked by, where some job reported it.
+fn objective(spec: &Value, facts: &MetricFacts) -> Option<(String, Mode)> {
+    let (metric, mode) = objective_of(spec);
+    facts.reported(&metric).then_some((metric, mode))
 }
 
 /// A search's jobs best first: completed ones with a finite value of the objective, by it; then
 /// the others (running, pruned, diverged, failed, without a value) in the order drawn.
-fn best_first<'a>(drawn: Vec<&'a JobKey>, metric: &str, mode: Mode) -> Vec<&'a JobKey> {
+fn best_first(drawn: Vec<&JobKey>, mode: Mode) -> Vec<&JobKey> {
     let value = |j: &JobKey| {
-        (j.status == JobStatus::Completed)
-            .then(|| j.latest.as_ref()?.get(metric))
-            .flatten()
-            .filter(|v| v.is_finite())
+        j.objective
+            .filter(|v| j.status == JobStatus::Completed && v.is_finite())
     };
     let (mut ranked, rest): (Vec<&JobKey>, Vec<&JobKey>) =
         drawn.into_iter().partition(|j| value(j).is_some());
@@ -156,15 +159,11 @@ fn best_first<'a>(drawn: Vec<&'a JobKey>, metric: &str, mode: Mode) -> Vec<&'a J
 
 /// The named metrics (but the epoch's seconds) some job reported at its last epoch: the CSV's and
 /// JSON's metric fields.
-fn reported_named(jobs: &[&JobKey]) -> Vec<&'static str> {
+fn reported_named(facts: &MetricFacts) -> Vec<&'static str> {
     protocol::NAMED_METRICS
         .iter()
         .map(|m| m.name)
-        .filter(|n| *n != "seconds")
-        .filter(|n| {
-            jobs.iter()
-                .any(|j| j.latest.as_ref().is_some_and(|m| m.get(n).is_some()))
-        })
+        .filter(|n| *n != "seconds" && facts.reported(n))
         .collect()
 }
 
@@ -183,7 +182,7 @@ fn best_of_each_lr(jobs: &[&JobKey]) -> HashSet<i64> {
     // (lr, best job, completed runs at that lr)
     let mut best: Vec<(f64, &JobKey, usize)> = vec![];
     for j in jobs.iter().filter(|j| j.status == JobStatus::Completed) {
-        let Some(acc) = j.accuracy() else {
+        let Some(acc) = j.accuracy else {
             continue;
         };
         let lr = job_lr(j);
@@ -191,10 +190,10 @@ fn best_of_each_lr(jobs: &[&JobKey]) -> HashSet<i64> {
             Some(slot) => {
                 slot.2 += 1;
                 let (a0, l0) = (
-                    slot.1.accuracy().unwrap_or(-1.0),
-                    slot.1.test_loss().unwrap_or(f64::INFINITY),
+                    slot.1.accuracy.unwrap_or(-1.0),
+                    slot.1.test_loss.unwrap_or(f64::INFINITY),
                 );
-                if acc > a0 || (acc == a0 && j.test_loss().unwrap_or(f64::INFINITY) < l0) {
+                if acc > a0 || (acc == a0 && j.test_loss.unwrap_or(f64::INFINITY) < l0) {
                     slot.1 = j;
                 }
             }
@@ -290,11 +289,11 @@ impl Export {
         let drawn = trials_in_order(&keys.jobs);
         let trials = drawn.iter().enumerate().map(|(i, j)| (j.id, i)).collect();
         let study = shape::is_study_grid(spec);
-        let objective = objective(spec, &drawn);
+        let objective = objective(spec, &keys.facts);
         let objective = objective.as_ref().map(|(m, mode)| (m.as_str(), *mode));
         let ordered = match (study, spec.get("search").is_some(), objective) {
             (true, _, _) => sorted_jobs(&keys.jobs),
-            (false, true, Some((metric, mode))) => best_first(drawn, metric, mode),
+            (false, true, Some((_, mode))) => best_first(drawn, mode),
             (false, true, None) => drawn,
             // A grid of other keys: in grid order.
             (false, false, _) => keys.jobs.iter().filter(|j| j.drawn_at.is_some()).collect(),
@@ -305,11 +304,11 @@ impl Export {
         };
         let table = (format == Format::Markdown && !study).then(|| Table {
             axes: shape::axes(spec),
-            metrics: shape::metric_columns(&ordered, objective, opts.extra),
+            metrics: shape::metric_columns(&keys.facts, objective, opts.extra),
             objective: objective.map(|(m, _)| m.to_string()),
             extra: opts.extra,
         });
-        let reported = reported_named(&ordered);
+        let reported = reported_named(&keys.facts);
         let columns = match format {
             Format::Csv => csv_columns(&ordered, keys, tpe.as_ref(), &reported),
             _ => vec![],
@@ -427,7 +426,7 @@ fn markdown_row(
     opts: &TableOptions,
     bold: bool,
 ) -> (String, Option<char>) {
-    let k = &JobKey::of(j, 0);
+    let k = &JobKey::of(j, 0, None);
     let mut cells = vec![job_batch(k).to_string(), format_lr(job_lr(k))];
     cells.extend(
         axes.iter()
@@ -652,7 +651,7 @@ fn neutralise_formula(s: &str) -> String {
 /// A whole export of a sweep held in memory (its content type and text): what the streamed
 /// response writes, in one string.
 pub fn render(d: &SweepDetail, format: Format, opts: &TableOptions) -> (&'static str, String) {
-    let keys = SweepKeys::of(&d.jobs);
+    let keys = SweepKeys::of(&d.jobs, &objective_of(&d.spec).0);
     if format == Format::Markdown && opts.compare {
         return (
             format.content_type(),

@@ -109,7 +109,7 @@ fn headline<'a>(jobs: &'a [JobKey], opts: &FigureOptions) -> Option<&'a JobKey> 
         return jobs.iter().find(|j| j.id == id);
     }
     jobs.iter()
-        .find(|j| batch(j) == 32 && j.lr == Some(1e-2) && j.reported())
+        .find(|j| batch(j) == 32 && j.lr == Some(1e-2) && j.reported)
         .or_else(|| {
             jobs.iter()
                 .filter(|j| j.status != JobStatus::Diverged)
@@ -118,7 +118,7 @@ fn headline<'a>(jobs: &'a [JobKey], opts: &FigureOptions) -> Option<&'a JobKey> 
 }
 
 fn acc_of(j: &JobKey) -> f64 {
-    j.accuracy().unwrap_or(-1.0)
+    j.accuracy.unwrap_or(-1.0)
 }
 
 /// One line of a chart: label and (x, y) points.

@@ -3,9 +3,8 @@
 //! here, never from the study's layout, which is one layout among others ([`is_study_grid`]).
 use serde_json::{Map, Value};
 
-use crate::store::JobKey;
 use crate::sweep::early_stop::Mode;
-use protocol::JobStatus;
+use protocol::{JobStatus, MetricsReport};
 
 /// A stored spec's axes in the order written: its grid keys, then its search space's, then `seed`
 /// when it repeats each point.
@@ -129,31 +128,88 @@ pub fn ordered(names: &[String], objective: Option<&str>, all: bool) -> Vec<Stri
     out
 }
 
-/// The metrics any of these jobs reported at its last epoch, as columns in [`ordered`]'s order,
-/// each with the direction that is better and its best completed value.
-pub fn metric_columns(
-    jobs: &[&JobKey],
-    objective: Option<(&str, Mode)>,
-    all: bool,
-) -> Vec<MetricColumn> {
-    let mut reported: Vec<String> = vec![];
-    for m in jobs.iter().filter_map(|j| j.latest.as_ref()) {
-        let named = m.named().into_iter().filter(|(_, v)| v.is_some());
-        let own = m.extra.iter().filter(|(_, v)| v.is_some());
-        for name in named
-            .map(|(n, _)| n.name)
-            .chain(own.map(|(k, _)| k.as_str()))
-        {
-            if !reported.iter().any(|r| r == name) {
-                reported.push(name.to_string());
+/// What a sweep's jobs reported at their last epoch, metric by metric, gathered job by job as the
+/// keys are read (never every job's metrics held at once): which metrics any job reported, and
+/// the range of each among completed jobs (its best, and whether they differ at all).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricFacts {
+    facts: Vec<Fact>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Fact {
+    name: String,
+    /// Jobs with a value (any status).
+    reported: usize,
+    /// Completed jobs with a finite value, and their range.
+    completed: usize,
+    min: f64,
+    max: f64,
+}
+
+impl MetricFacts {
+    /// One job's latest epoch.
+    pub fn add(&mut self, status: JobStatus, m: &MetricsReport) {
+        let named = m.named().into_iter().map(|(n, v)| (n.name, v));
+        let own = m.extra.iter().map(|(k, v)| (k.as_str(), *v));
+        for (name, v) in named.chain(own) {
+            let Some(v) = v else { continue };
+            let at = match self.facts.iter().position(|f| f.name == name) {
+                Some(i) => i,
+                None => {
+                    self.facts.push(Fact {
+                        name: name.to_string(),
+                        reported: 0,
+                        completed: 0,
+                        min: f64::INFINITY,
+                        max: f64::NEG_INFINITY,
+                    });
+                    self.facts.len() - 1
+                }
+            };
+            let f = &mut self.facts[at];
+            f.reported += 1;
+            if status == JobStatus::Completed && v.is_finite() {
+                f.completed += 1;
+                f.min = f.min.min(v);
+                f.max = f.max.max(v);
             }
         }
     }
-    ordered(&reported, objective.map(|(o, _)| o), all)
+
+    /// Whether some job reported `name`.
+    pub fn reported(&self, name: &str) -> bool {
+        self.facts.iter().any(|f| f.name == name)
+    }
+
+    /// The names some job reported, in the order first seen.
+    pub fn names(&self) -> Vec<String> {
+        self.facts.iter().map(|f| f.name.clone()).collect()
+    }
+
+    /// The best value of `name` among completed jobs, where at least two have one and not all are
+    /// equal (then none stands out: a lone result is not the best of anything).
+    pub fn best(&self, name: &str, mode: Mode) -> Option<f64> {
+        let f = self.facts.iter().find(|f| f.name == name)?;
+        (f.completed >= 2 && f.min < f.max).then_some(match mode {
+            Mode::Min => f.min,
+            Mode::Max => f.max,
+        })
+    }
+}
+
+/// The metrics some job reported at its last epoch, as columns in [`ordered`]'s order, each with
+/// the direction that is better and its best completed value.
+pub fn metric_columns(
+    facts: &MetricFacts,
+    objective: Option<(&str, Mode)>,
+    all: bool,
+) -> Vec<MetricColumn> {
+    ordered(&facts.names(), objective.map(|(o, _)| o), all)
         .into_iter()
         .map(|name| {
             let mode = mode_of(&name, objective);
-            let best = best_completed(jobs, &name, mode);
+            let best = facts.best(&name, mode);
             MetricColumn { name, mode, best }
         })
         .collect()
@@ -165,24 +221,6 @@ pub fn mode_of(name: &str, objective: Option<(&str, Mode)>) -> Mode {
         Some((o, mode)) if o == name => mode,
         _ => Mode::default_for(name),
     }
-}
-
-/// The best finite value of a metric among completed jobs, where at least two have one and not
-/// all are equal (then none stands out).
-fn best_completed(jobs: &[&JobKey], name: &str, mode: Mode) -> Option<f64> {
-    let values: Vec<f64> = jobs
-        .iter()
-        .filter(|j| j.status == JobStatus::Completed)
-        .filter_map(|j| j.latest.as_ref()?.get(name))
-        .filter(|v| v.is_finite())
-        .collect();
-    if values.len() < 2 || values.iter().all(|v| *v == values[0]) {
-        return None;
-    }
-    values.into_iter().reduce(|a, b| match better(mode, b, a) {
-        true => b,
-        false => a,
-    })
 }
 
 /// The order that puts better values first (equal ones: Equal, so a stable sort keeps their order).

@@ -142,7 +142,7 @@ fn ours(jobs: &[&JobKey]) -> Option<Ours> {
         return None;
     }
     let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-    let accuracy_of = |js: &[&JobKey]| mean(js.iter().filter_map(|j| j.accuracy()).collect());
+    let accuracy_of = |js: &[&JobKey]| mean(js.iter().filter_map(|j| j.accuracy).collect());
     let accuracy = if trained.is_empty() {
         accuracy_of(&diverged)
     } else {
@@ -151,7 +151,7 @@ fn ours(jobs: &[&JobKey]) -> Option<Ours> {
     Some(Ours {
         runs,
         diverged: diverged.len(),
-        loss: mean(trained.iter().filter_map(|j| j.test_loss()).collect()),
+        loss: mean(trained.iter().filter_map(|j| j.test_loss).collect()),
         accuracy,
     })
 }

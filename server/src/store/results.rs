@@ -3,10 +3,11 @@
 //! draws), then the full rows a page at a time, by id.
 use std::collections::HashMap;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 
 use super::reads::own_metrics;
 use super::*;
+use crate::results::shape::MetricFacts;
 
 /// One job as exports and figures decide on it: its grid point, status, and final values.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,9 +20,13 @@ pub struct JobKey {
     pub attempt: i64,
     pub epoch: i64,
     pub drawn_at: Option<i64>,
-    /// Its latest epoch's metrics (None: none recorded): the exports' columns, their best values
-    /// and a search's order come from these.
-    pub latest: Option<MetricsReport>,
+    /// Whether an epoch was recorded, and the latest epoch's accuracy and test loss.
+    pub reported: bool,
+    pub accuracy: Option<f64>,
+    pub test_loss: Option<f64>,
+    /// Its latest value of the sweep's objective (what a search's rows are ordered by), when the
+    /// keys were read with one ([`KeyParts::metrics`]).
+    pub objective: Option<f64>,
     /// Index into [`SweepKeys::shapes`]: the names of its params and of its program's own metrics.
     pub shape: usize,
 }
@@ -37,29 +42,33 @@ pub struct AnalysisTrial {
     pub params: Map<String, Value>,
 }
 
-/// A sweep's keys: one per job in grid order, and the distinct (param names, own metric names) of
-/// its jobs (a handful, however many jobs), which the CSV's columns come from.
+/// A sweep's keys: one per job in grid order, the distinct (param names, own metric names) of its
+/// jobs (a handful, however many jobs), which the CSV's columns come from, and what its jobs
+/// reported metric by metric (an export's columns and bold cells).
 #[derive(Debug, Clone, Default)]
 pub struct SweepKeys {
     pub jobs: Vec<JobKey>,
     pub shapes: Vec<(Vec<String>, Vec<String>)>,
+    pub facts: MetricFacts,
 }
 
 /// What [`Store::job_keys`] reads beyond each job's point, status, accuracy and test loss: each
-/// reading costs the read of every job (about 0.5 s at 100,000 jobs in a debug build), so a
-/// caller asks for what it uses.
+/// reading costs the read of every job (a few tenths of a second at 100,000 jobs), so a caller
+/// asks for what it uses.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct KeyParts {
+pub struct KeyParts<'a> {
     /// The names each job's row has (the CSV's columns).
     pub names: bool,
-    /// Every metric of the latest epoch (an export's columns, bold cells and order; figures
-    /// need only accuracy and loss).
-    pub metrics: bool,
+    /// Some(objective): every metric of each latest epoch, gathered into the keys' facts, and
+    /// each job's value of the objective (an export's columns, bold cells and order; figures and
+    /// the comparison need only accuracy and loss).
+    pub metrics: Option<&'a str>,
 }
 
 impl JobKey {
     /// The key of a job already read whole, its names being `shape`.
-    pub fn of(j: &JobRow, shape: usize) -> JobKey {
+    pub fn of(j: &JobRow, shape: usize, objective: Option<&str>) -> JobKey {
+        let latest = j.latest.as_ref();
         JobKey {
             id: j.id,
             batch_size: j.params.get("batch_size").and_then(Value::as_i64),
@@ -68,30 +77,19 @@ impl JobKey {
             attempt: j.attempt,
             epoch: j.epoch,
             drawn_at: j.drawn_at,
-            latest: j.latest.clone(),
+            reported: latest.is_some(),
+            accuracy: latest.and_then(|m| m.accuracy),
+            test_loss: latest.and_then(|m| m.test_loss),
+            objective: objective.and_then(|o| latest?.get(o)),
             shape,
         }
-    }
-
-    /// Whether an epoch was recorded.
-    pub fn reported(&self) -> bool {
-        self.latest.is_some()
-    }
-
-    /// The latest epoch's accuracy.
-    pub fn accuracy(&self) -> Option<f64> {
-        self.latest.as_ref().and_then(|m| m.accuracy)
-    }
-
-    /// The latest epoch's test loss.
-    pub fn test_loss(&self) -> Option<f64> {
-        self.latest.as_ref().and_then(|m| m.test_loss)
     }
 }
 
 impl SweepKeys {
-    /// The keys of jobs already in memory (tests, and sweeps small enough to have been read whole).
-    pub fn of(jobs: &[JobRow]) -> SweepKeys {
+    /// The keys of jobs already in memory (tests, and sweeps small enough to have been read
+    /// whole), with every metric's facts and each job's value of `objective`.
+    pub fn of(jobs: &[JobRow], objective: &str) -> SweepKeys {
         let mut keys = SweepKeys::default();
         for j in jobs {
             let params = j.params.as_object().into_iter().flatten();
@@ -100,7 +98,10 @@ impl SweepKeys {
                 params.map(|(k, _)| k.clone()).collect(),
                 own.cloned().collect(),
             ));
-            keys.jobs.push(JobKey::of(j, shape));
+            if let Some(m) = &j.latest {
+                keys.facts.add(j.status, m);
+            }
+            keys.jobs.push(JobKey::of(j, shape, Some(objective)));
         }
         keys
     }
@@ -132,29 +133,45 @@ struct KeyRow {
     params: String,
 }
 
-/// The keys of these rows, each with the index of its (param names, own metric names) among the
-/// sweep's shapes: most jobs share their names, stored alike, so each distinct pair is parsed and
-/// looked up once.
-fn assemble_keys(rows: Vec<KeyRow>) -> Result<SweepKeys> {
-    let mut keys = SweepKeys::default();
-    let mut seen: HashMap<(String, String), usize> = HashMap::new();
-    keys.jobs.reserve(rows.len());
-    for r in rows {
-        let own: Vec<&String> = r.latest.iter().flat_map(|m| m.extra.keys()).collect();
+/// Builds a sweep's keys one row at a time as they stream in: each job's names matched to the
+/// sweep's shapes (most jobs share their names, stored alike, so each distinct pair is parsed and
+/// looked up once), its latest metrics folded into the facts and dropped (only the keys are ever
+/// held, never 100,000 rows of metrics).
+struct Assembler<'a> {
+    keys: SweepKeys,
+    seen: HashMap<(String, String), usize>,
+    objective: Option<&'a str>,
+}
+
+impl<'a> Assembler<'a> {
+    fn new(objective: Option<&'a str>) -> Self {
+        Assembler {
+            keys: SweepKeys::default(),
+            seen: HashMap::new(),
+            objective,
+        }
+    }
+
+    fn push(&mut self, r: KeyRow) -> Result<()> {
+        let latest = r.latest.as_ref();
+        let own: Vec<&String> = latest.iter().flat_map(|m| m.extra.keys()).collect();
         let own_key = own
             .iter()
             .map(|k| k.as_str())
             .collect::<Vec<_>>()
             .join("\0");
-        let shape = match seen.entry((r.params, own_key)) {
+        let shape = match self.seen.entry((r.params, own_key)) {
             std::collections::hash_map::Entry::Occupied(e) => *e.get(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let params: Vec<String> = parse_json("jobs.params", &e.key().0)?;
                 let own = own.into_iter().cloned().collect();
-                *e.insert(keys.shape((params, own)))
+                *e.insert(self.keys.shape((params, own)))
             }
         };
-        keys.jobs.push(JobKey {
+        if let (Some(m), Some(_)) = (latest, self.objective) {
+            self.keys.facts.add(r.status, m);
+        }
+        self.keys.jobs.push(JobKey {
             id: r.id,
             batch_size: r.batch_size,
             lr: r.lr,
@@ -162,11 +179,14 @@ fn assemble_keys(rows: Vec<KeyRow>) -> Result<SweepKeys> {
             attempt: r.attempt,
             epoch: r.epoch,
             drawn_at: r.drawn_at,
-            latest: r.latest,
+            reported: latest.is_some(),
+            accuracy: latest.and_then(|m| m.accuracy),
+            test_loss: latest.and_then(|m| m.test_loss),
+            objective: self.objective.and_then(|o| latest?.get(o)),
             shape,
         });
+        Ok(())
     }
-    Ok(keys)
 }
 
 /// Full rows fetched per page: bounded memory, and each query short.
@@ -175,21 +195,25 @@ pub const ROWS_PER_PAGE: usize = 1000;
 impl Store {
     /// The keys of a sweep's jobs in grid order (about 100 bytes a job, more with their metrics);
     /// NotFound without the sweep. `parts` says what beyond the accuracy and test loss they carry.
-    pub async fn job_keys(&self, sweep: i64, parts: KeyParts) -> Result<SweepKeys> {
+    pub async fn job_keys(&self, sweep: i64, parts: KeyParts<'_>) -> Result<SweepKeys> {
         self.sweep_exists(sweep).await?;
-        let rows = match parts.metrics {
-            true => self.key_rows_with_metrics(sweep, parts.names).await?,
-            false => self.key_rows(sweep, parts.names).await?,
+        let mut keys = Assembler::new(parts.metrics);
+        match parts.metrics {
+            Some(_) => {
+                self.key_rows_with_metrics(sweep, parts.names, &mut keys)
+                    .await?
+            }
+            None => self.key_rows(sweep, parts.names, &mut keys).await?,
         };
-        assemble_keys(rows)
+        Ok(keys.keys)
     }
 
     /// Each job's key with its latest accuracy and test loss only. Two queries rather than one
     /// with optional columns: sqlx allocates every column of every row, so columns a caller does
     /// not use cost it all the same (a third of a second at 100,000 jobs). Rows are converted as
     /// they stream in: only the keys are ever held, never 100,000 rows of SQL values.
-    async fn key_rows(&self, sweep: i64, names: bool) -> Result<Vec<KeyRow>> {
-        let rows = sqlx::query!(
+    async fn key_rows(&self, sweep: i64, names: bool, keys: &mut Assembler<'_>) -> Result<()> {
+        let mut rows = sqlx::query!(
             r#"SELECT j.id AS "id!",
                   CASE json_type(j.params, '$.batch_size') WHEN 'integer' THEN json_extract(j.params, '$.batch_size') END
                     AS "batch_size: i64",
@@ -203,9 +227,8 @@ impl Store {
             names
         )
         .fetch(&self.read);
-        rows.map(|r| {
-            let r = r?;
-            Ok(KeyRow {
+        while let Some(r) = rows.try_next().await? {
+            keys.push(KeyRow {
                 latest: r.m_epoch.map(|epoch| MetricsReport {
                     epoch,
                     test_loss: r.test_loss,
@@ -220,15 +243,19 @@ impl Store {
                 epoch: r.epoch,
                 drawn_at: r.drawn_at,
                 params: r.params,
-            })
-        })
-        .try_collect()
-        .await
+            })?;
+        }
+        Ok(())
     }
 
     /// Each job's key with every metric of its latest epoch (an export's columns and order).
-    async fn key_rows_with_metrics(&self, sweep: i64, names: bool) -> Result<Vec<KeyRow>> {
-        let rows = sqlx::query!(
+    async fn key_rows_with_metrics(
+        &self,
+        sweep: i64,
+        names: bool,
+        keys: &mut Assembler<'_>,
+    ) -> Result<()> {
+        let mut rows = sqlx::query!(
             r#"SELECT j.id AS "id!",
                   CASE json_type(j.params, '$.batch_size') WHEN 'integer' THEN json_extract(j.params, '$.batch_size') END
                     AS "batch_size: i64",
@@ -244,8 +271,7 @@ impl Store {
             names
         )
         .fetch(&self.read);
-        rows.map(|r| {
-            let r = r?;
+        while let Some(r) = rows.try_next().await? {
             let latest = match r.m_epoch {
                 Some(epoch) => Some(MetricsReport {
                     epoch,
@@ -264,7 +290,7 @@ impl Store {
                 }),
                 None => None,
             };
-            Ok(KeyRow {
+            keys.push(KeyRow {
                 latest,
                 id: r.id,
                 batch_size: r.batch_size,
@@ -274,10 +300,9 @@ impl Store {
                 epoch: r.epoch,
                 drawn_at: r.drawn_at,
                 params: r.params,
-            })
-        })
-        .try_collect()
-        .await
+            })?;
+        }
+        Ok(())
     }
 
     /// The full rows of these jobs (at most a page), in the order given; ids without a job are

@@ -95,8 +95,11 @@ impl SweepSpec {
         Ok(SweepFile::from_value(v)?.validate()?)
     }
 
+    /// A stored spec (validated whole when it was submitted): its fields read and checked again,
+    /// its points not multiplied out again (on a 100,000-job grid that costs tens of MB and a
+    /// good part of a second, on every analysis request and export).
     pub fn from_value(v: &Value) -> Result<Self, SpecError> {
-        SweepFile::from_value(v.clone())?.validate()
+        SweepFile::from_value(v.clone())?.validate_fields()
     }
 
     /// The names every job's parameters have: `[train]`'s, those of every grid table (a name only
@@ -274,6 +277,13 @@ impl SweepFile {
     /// Everything the file's types cannot say, checked in the order a reader would look, cheapest
     /// signals first (sizes before values): the result is a sweep that cannot be wrong.
     pub fn validate(self) -> Result<SweepSpec, SpecError> {
+        let spec = self.validate_fields()?;
+        spec.check_points()?;
+        Ok(spec)
+    }
+
+    /// Every check but those on the sweep's points (all of a file's fields).
+    fn validate_fields(self) -> Result<SweepSpec, SpecError> {
         let name = self.name;
         if name.trim().is_empty() {
             return err("name", "must not be empty");
@@ -333,7 +343,7 @@ impl SweepFile {
             Some(s) => check_search_bytes(&train, s, repeats)?,
             None => check_stored_bytes(&train, &grids, repeats)?,
         }
-        let spec = SweepSpec {
+        Ok(SweepSpec {
             name,
             train,
             grids,
@@ -342,28 +352,33 @@ impl SweepFile {
             command,
             max_attempts,
             repeats,
-        };
-        // The points, drawn or multiplied out once, for the checks that need them.
-        let several_tables = spec.grids.len() > 1 && spec.search.is_none();
-        let mut points = match several_tables || spec.command.is_none() {
-            true => spec.points(),
+        })
+    }
+}
+
+impl SweepSpec {
+    /// The checks on a sweep's points, drawn or multiplied out once: distinct across `[[grid]]`
+    /// tables, each a combination the trainer runs, a command's placeholders all named.
+    fn check_points(&self) -> Result<(), SpecError> {
+        let several_tables = self.grids.len() > 1 && self.search.is_none();
+        let mut points = match several_tables || self.command.is_none() {
+            true => self.points(),
             false => vec![],
         };
-        if let Some(s) = spec
+        if let Some(s) = self
             .search
             .as_ref()
-            .filter(|s| s.tpe.is_some() && spec.command.is_none())
+            .filter(|s| s.tpe.is_some() && self.command.is_none())
         {
-            points.extend(s.rule_points(&spec.train));
+            points.extend(s.rule_points(&self.train));
         }
         if several_tables {
             check_points_distinct(&points)?;
         }
-        match &spec.command {
-            Some(command) => command::check_placeholders(command, &spec.parameter_names())?,
-            None => spec.check_combinations(&points)?,
+        match &self.command {
+            Some(command) => command::check_placeholders(command, &self.parameter_names()),
+            None => self.check_combinations(&points),
         }
-        Ok(spec)
     }
 }
 

@@ -61,14 +61,15 @@ async fn a_random_search_becomes_its_trials_the_same_for_the_same_seed() {
         .submit_toml(&RANDOM.replace("seed = 0", "seed = 1"))
         .await;
     assert_ne!(params_of(&app, &c).await, first);
-    // The stored spec keeps the search; the study-format export shows the drawn options.
+    // The stored spec keeps the search; the export shows the drawn options (a search's own
+    // table: its job ids and axes, no study columns).
     let (_, sw) = app.get(&format!("/api/sweeps/{}", a["id"])).await;
     assert_eq!(sw["spec"]["search"]["trials"], 40);
     let md = app
         .get_text(&format!("/api/sweeps/{}/results", a["id"]))
         .await;
     assert!(
-        md.starts_with("| batch_size | initial lr | momentum | warmup_epochs |"),
+        md.starts_with("| job | lr | batch_size | momentum | warmup_epochs | status |"),
         "{md}"
     );
     // Trials are ordinary jobs: a worker claims them.
