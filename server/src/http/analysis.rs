@@ -86,7 +86,10 @@ pub(super) async fn importance(
 ) -> ApiResult<Json<Importance>> {
     let spec = state.store.sweep_spec(id).await?;
     let (metric, mode) = metric_and_mode(&spec, q.metric.as_deref(), q.mode.as_deref())?;
-    let trials = state.store.analysis_trials(id, &metric).await?;
+    let trials = state
+        .store
+        .analysis_trials(id, &metric, &axis_names(&spec))
+        .await?;
     compute(move || importance::of_sweep(&spec, &trials, &metric, mode))
         .await
         .map(Json)
@@ -117,7 +120,10 @@ pub(super) async fn slice(
     let spec = state.store.sweep_spec(id).await?;
     let (metric, mode) = metric_and_mode(&spec, q.metric.as_deref(), q.mode.as_deref())?;
     let limit = points_limit(q.points)?;
-    let trials = state.store.analysis_trials(id, &metric).await?;
+    let trials = state
+        .store
+        .analysis_trials(id, &metric, &axis_names(&spec))
+        .await?;
     compute(move || views::slice(&spec, &trials, &metric, mode, limit))
         .await
         .map(Json)
@@ -173,7 +179,10 @@ pub(super) async fn contour(
             )))
         }
     };
-    let trials = state.store.analysis_trials(id, &metric).await?;
+    let trials = state
+        .store
+        .analysis_trials(id, &metric, &axis_names(&spec))
+        .await?;
     compute(move || {
         let (x, y) = match (q.x, q.y) {
             (Some(x), Some(y)) => (x, y),
@@ -337,6 +346,11 @@ fn compared_ids(list: &str) -> ApiResult<Vec<i64>> {
             "jobs: compare takes 2 to {MAX_COMPARED} distinct job ids, got {n}"
         ))),
     }
+}
+
+/// The names of a sweep's axes: the only parameters analysis reads.
+fn axis_names(spec: &SweepSpec) -> Vec<String> {
+    importance::axes(spec).into_iter().map(|(k, _)| k).collect()
 }
 
 /// A metric's name as a report may carry it ([`protocol::is_metric_name`]): it is read from the

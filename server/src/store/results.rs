@@ -438,10 +438,18 @@ impl Store {
         Ok(out)
     }
 
-    /// The ended jobs of a sweep as analysis reads them (importance): id, status, params and the
-    /// value of `metric` at the last epoch each reported (None when it reported none, or none
-    /// finite). One row: SQLite builds the list as one JSON array, as the TPE history does.
-    pub async fn analysis_trials(&self, sweep: i64, metric: &str) -> Result<Vec<AnalysisTrial>> {
+    /// The ended jobs of a sweep as analysis reads them (importance, slice, contour): id, status,
+    /// the parameters named in `axes` (the others dropped as each row is read), and the value of
+    /// `metric` at the last epoch each reported (None when it reported none, or none finite).
+    /// SQLite builds the list as one JSON text, as the TPE history does (a row at a time through
+    /// sqlx costs twice the time); each row's parameters are parsed from it one at a time, so
+    /// only the trials are held, each with its few axes.
+    pub async fn analysis_trials(
+        &self,
+        sweep: i64,
+        metric: &str,
+        axes: &[String],
+    ) -> Result<Vec<AnalysisTrial>> {
         let text = sqlx::query_scalar!(
             r#"SELECT json_group_array(json_array(j.id, j.status,
                       CASE WHEN v BETWEEN -1.7e308 AND 1.7e308 THEN v END, json(j.params), j.drawn_at)) AS "trials!: String"
@@ -458,16 +466,25 @@ impl Store {
         )
         .fetch_one(&self.read)
         .await?;
-        type Row = (i64, String, Option<f64>, Map<String, Value>, Option<i64>);
-        let rows: Vec<Row> = parse_json("the sweep's ended jobs", &text)?;
+        // Each row's parameters left as text until their turn (borrowed from `text`).
+        type Row<'a> = (
+            i64,
+            String,
+            Option<f64>,
+            &'a serde_json::value::RawValue,
+            Option<i64>,
+        );
+        let rows: Vec<Row> = serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("the sweep's ended jobs: {e}")))?;
         let mut out = Vec::with_capacity(rows.len());
         for (id, status, value, params, drawn_at) in rows {
+            let all: Map<String, Value> = parse_json("jobs.params", params.get())?;
             out.push(AnalysisTrial {
                 id,
                 drawn_at,
                 status: status_of(&status)?,
                 value: value.filter(|v| v.is_finite()),
-                params,
+                params: all.into_iter().filter(|(k, _)| axes.contains(k)).collect(),
             });
         }
         out.sort_by_key(|t| t.id);
