@@ -383,14 +383,19 @@ function heatmap(cells) {
     if (!c) return `<td class="muted">–</td>`;
     if (c.diverged > 0 && c.diverged === c.jobs) return `<td class="nan" title="diverged">NaN</td>`;
     if (c.accuracy == null) return `<td class="muted">${c.running ? "running" : "pending"}</td>`;
-    const t = hi > lo ? (c.accuracy - lo) / (hi - lo) : 1;
-    const bg = `hsl(${Math.round(10 + 110 * t)} 70% ${Math.round(88 - 18 * t)}%)`;
+    const bg = cellColour(hi > lo ? (c.accuracy - lo) / (hi - lo) : 1);
     const partial = c.epoch < c.epochs ? ` <small class="muted">(epoch ${c.epoch}/${c.epochs})</small>` : "";
     return `<td style="background:${bg}">${pct(c.accuracy)}${partial}</td>`;
   }).join("")}</tr>`).join("");
+  const legend = accs.length ? `<p class="muted"><svg class="legend" width="220" height="30" role="img" aria-label="colour scale: accuracy from ${pct(lo)} to ${pct(hi)}">
+    <defs><linearGradient id="heat-scale"><stop offset="0" stop-color="${cellColour(0)}"/><stop offset="1" stop-color="${cellColour(1)}"/></linearGradient></defs>
+    <rect x="0" y="2" width="140" height="10" fill="url(#heat-scale)"/><text x="0" y="26">${pct(lo)}</text><text x="140" y="26" text-anchor="end">${pct(hi)}</text><text x="148" y="11">accuracy</text></svg></p>` : "";
   return `<div class="scroll"><table class="heat" id="heatmap" aria-label="final accuracy by batch size and learning rate">
-    <thead><tr><th>batch \\ lr</th>${lrs.map((lr) => `<th scope="col">${fmtLr(lr)}</th>`).join("")}</tr></thead><tbody>${body}</tbody></table></div>`;
+    <thead><tr><th>batch \\ lr</th>${lrs.map((lr) => `<th scope="col">${fmtLr(lr)}</th>`).join("")}</tr></thead><tbody>${body}</tbody></table></div>${legend}`;
 }
+
+// A heatmap cell's background: pale red (lowest) to green (highest).
+const cellColour = (t) => `hsl(${Math.round(10 + 110 * t)} 70% ${Math.round(88 - 18 * t)}%)`;
 
 // The named metrics the job page can sort by in SQL; any other is a program's own (`metric:NAME`).
 const SORTABLE = ["test_loss", "train_loss", "accuracy", "precision", "recall", "f1", "images_per_sec"];
@@ -441,7 +446,8 @@ function jobTable(page, shape) {
   }).join("");
   const last = Math.min(page.offset + page.jobs.length, page.total);
   const n = ui.compare.length;
-  const compare = n >= 2 ? `<a id="compare-link" href="#/compare?jobs=${ui.compare.join(",")}">Compare ${n} jobs</a>` : `<span class="muted" id="compare-link">tick 2 to 5 jobs to compare</span>`;
+  const compare = (n >= 2 ? `<a id="compare-link" href="#/compare?jobs=${ui.compare.join(",")}">Compare ${n} jobs</a>` : `<span class="muted" id="compare-link">tick 2 to 5 jobs (of any sweeps) to compare</span>`)
+    + (n ? ` <button id="compare-clear" title="jobs ticked: ${ui.compare.map((x) => `#${x}`).join(" ")}">Untick ${n}</button>` : "");
   return `<div class="toolbar">
       <label>Filter <input id="q" type="search" value="${esc(ui.q)}" placeholder="params or worker"></label>
       <label>Status <select id="status">${["", "pending", "running", "completed", "pruned", "diverged", "failed", "cancelled"].map((s) => `<option value="${s}"${s === ui.status ? " selected" : ""}>${s || "any"}</option>`).join("")}</select></label>
@@ -478,7 +484,8 @@ async function studyView(id, cells, guess, guessed) {
 }
 
 async function sweepView(id) {
-  if (ui.sweep !== id) Object.assign(ui, { sweep: id, lr: null, sort: "idx", desc: false, status: "", q: "", offset: 0, metric: null, colourBy: "", cx: null, cy: null, compare: [] });
+  // Jobs ticked to compare stay ticked from one sweep to the next: a comparison may span sweeps.
+  if (ui.sweep !== id) Object.assign(ui, { sweep: id, lr: null, sort: "idx", desc: false, status: "", q: "", offset: 0, metric: null, colourBy: "", cx: null, cy: null });
   const qs = new URLSearchParams({ offset: ui.offset, limit: ui.limit, sort: ui.sort, desc: ui.desc, status: ui.status, q: ui.q });
   // The curves at the lr the page will most likely show (the one chosen, else the study's 0.01) are
   // fetched beside the rest, not after: on a large sweep each request takes a few hundred ms.
@@ -491,12 +498,15 @@ async function sweepView(id) {
   ui.metric = metric && metric.name;
   const base = `/api/sweeps/${id}/results`;
   let overview = "", curves = "";
+  // Every run's curve of the metric, overlaid (the best 30): any sweep's learning curves; the
+  // study's grid keeps its curves at one lr beside them.
+  const runs = metric ? await api(`/api/sweeps/${id}/runs?metric=${encodeURIComponent(metric.name)}&mode=${metric.mode}&limit=30&points=100`) : null;
+  const overlay = runs ? `<div class="single" id="runs-overlay">${runsChart(runs, metric, shape, ui.colourBy)}</div>` : "";
   if (shape.study_grid) {
     ({ overview, curves } = await studyView(id, await api(`/api/sweeps/${id}/grid`), guess, guessed));
-  } else if (metric) {
-    // Any other sweep: every run's curve of the metric, overlaid.
-    const runs = await api(`/api/sweeps/${id}/runs?metric=${encodeURIComponent(metric.name)}&mode=${metric.mode}&limit=30&points=100`);
-    curves = `<h2>Learning curves</h2><div class="single" id="curves">${runsChart(runs, metric, shape, ui.colourBy)}</div>`;
+    curves += overlay ? `<h2>Every run</h2>${overlay}` : "";
+  } else if (overlay) {
+    curves = `<h2>Learning curves</h2>${overlay}`;
   }
   // A search has no grid to colour: its points, and all its parameters, instead.
   const space = s.spec && s.spec.search && s.spec.search.space;
@@ -553,6 +563,7 @@ function wireSweep(id) {
   };
   view.querySelector("#contour-x")?.addEventListener("change", pickAxis("cx", "#contour-y"));
   view.querySelector("#contour-y")?.addEventListener("change", pickAxis("cy", "#contour-x"));
+  view.querySelector("#compare-clear")?.addEventListener("click", () => { ui.compare = []; rerender(); });
   view.querySelectorAll("input[data-compare]").forEach((b) => b.addEventListener("change", () => {
     const jid = +b.dataset.compare;
     if (b.checked && ui.compare.length >= 5) { b.checked = false; showError(new Error("Compare takes at most 5 jobs: untick one first.")); return; }

@@ -322,6 +322,15 @@ async fn the_dashboard_shows_sweeps_and_updates_live_without_reload() {
             "the new accuracy in the heatmap",
         );
         assert_eq!(p.eval("window.__stay"), 42, "the page reloaded");
+        // The heatmap's colour scale, and every run's curve beside the study's curves at one lr.
+        assert!(p
+            .eval("document.querySelector('svg.legend[aria-label*=\"accuracy\"]') !== null")
+            .as_bool()
+            .unwrap());
+        p.wait(
+            "document.querySelectorAll('#runs-overlay path').length >= 3",
+            "every run overlaid",
+        );
         assert!(p.text().contains("Test loss"));
         let shot = p.screenshot("dashboard-sweep.png");
         // Sorting is a keyboard-usable button in the header.
@@ -998,7 +1007,7 @@ async fn a_command_sweep_is_charted_on_its_own_axes_and_metric() {
             "{legends}"
         );
         assert!(page.errors().is_empty(), "{:?}", page.errors());
-        page.eval("document.querySelector('#curves').scrollIntoView()");
+        page.eval("document.querySelector('#runs-overlay').scrollIntoView()");
         page.screenshot("dashboard-command-sweep.png");
         let list = Page::open(&format!("{base}/#/"));
         list.wait(
@@ -1042,21 +1051,26 @@ async fn the_analysis_views_follow_the_metric_and_parameters_picked() {
     .await;
 }
 
-/// Ticking jobs in the table links a comparison; the link alone opens it again: curves overlaid
+/// Ticking jobs in the tables of two sweeps links a comparison; the link alone opens it again: curves overlaid
 /// for a metric picked, parameters with the differing ones marked, summaries side by side. A job
 /// page is titled with its sweep and its varying parameters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_ticked_in_the_table_are_compared_by_a_link() {
     let app = spawn_app().await;
     let id = crate::any_sweep::command_sweep(&app).await;
-    let jobs = app.sweep(id).await.jobs;
-    let (a, b) = (jobs[0].id, jobs[1].id);
+    let other = crate::any_sweep::command_sweep(&app).await;
+    // Jobs of two sweeps: the first of one (alpha 0.1, shallow), the second of the other (0.1, deep).
+    let a = app.sweep(id).await.jobs[0].id;
+    let b = app.sweep(other).await.jobs[1].id;
     let base = app.base.clone();
     blocking(move || {
         let page = Page::open(&format!("{base}/#/sweeps/{id}"));
         page.wait("document.querySelector('input[data-compare]') !== null", "the table");
         page.eval(&format!("document.querySelector('input[data-compare=\"{a}\"]').click()"));
         page.wait("document.querySelector('#compare-link').innerText.includes('tick')", "one ticked");
+        // The tick stays while another sweep's page is open.
+        page.eval(&format!("location.hash = '#/sweeps/{other}'"));
+        page.wait(&format!("document.querySelector('input[data-compare=\"{b}\"]') !== null"), "the other sweep's table");
         page.eval(&format!("document.querySelector('input[data-compare=\"{b}\"]').click()"));
         page.wait("document.querySelector('a#compare-link') !== null", "the link");
         let href = page.eval("document.querySelector('a#compare-link').getAttribute('href')");
