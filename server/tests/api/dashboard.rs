@@ -248,6 +248,19 @@ impl Page {
     }
 }
 
+/// The study grid's page: the heatmap's colour scale, and every run's curve beside the study's
+/// curves at one lr.
+fn the_study_page_has_its_scale_and_every_run(p: &Page) {
+    assert!(p
+        .eval("document.querySelector('svg.legend[aria-label*=\"accuracy\"]') !== null")
+        .as_bool()
+        .unwrap());
+    p.wait(
+        "document.querySelectorAll('#runs-overlay path').length >= 3",
+        "every run overlaid",
+    );
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
 }
@@ -322,15 +335,7 @@ async fn the_dashboard_shows_sweeps_and_updates_live_without_reload() {
             "the new accuracy in the heatmap",
         );
         assert_eq!(p.eval("window.__stay"), 42, "the page reloaded");
-        // The heatmap's colour scale, and every run's curve beside the study's curves at one lr.
-        assert!(p
-            .eval("document.querySelector('svg.legend[aria-label*=\"accuracy\"]') !== null")
-            .as_bool()
-            .unwrap());
-        p.wait(
-            "document.querySelectorAll('#runs-overlay path').length >= 3",
-            "every run overlaid",
-        );
+        the_study_page_has_its_scale_and_every_run(&p);
         assert!(p.text().contains("Test loss"));
         let shot = p.screenshot("dashboard-sweep.png");
         // Sorting is a keyboard-usable button in the header.
