@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::results::shape::{self, MetricFacts};
-use crate::results::table::Table;
+use crate::results::table::{format_duration, table_row, Table};
 use crate::store::{JobKey, SweepKeys};
 use crate::sweep::early_stop::Mode;
 use protocol::views::{JobRow, SweepDetail, SweepRow, TpeProgress};
@@ -462,29 +462,6 @@ fn markdown_notes(marks: &BTreeSet<char>) -> String {
         });
     }
     out
-}
-
-/// One markdown row; an empty cell is written `| |`, as the study writes the rows it left empty.
-pub(crate) fn table_row(cells: &[String]) -> String {
-    let mut row = String::from("|");
-    for c in cells {
-        if c.is_empty() {
-            row.push_str(" |");
-        } else {
-            row.push_str(&format!(" {c} |"));
-        }
-    }
-    row.push('\n');
-    row
-}
-
-pub(crate) fn format_duration(secs: f64) -> String {
-    let s = secs.round() as i64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    } else {
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
 }
 
 /// One flat record per job with every field. A TPE sweep's lead with the trial number (`trial`: the

@@ -18,7 +18,8 @@ use crate::sweep::tpe::parzen::log_sum_exp;
 use crate::sweep::tpe::truncnorm::log_gauss_mass;
 use crate::sweep::value_key;
 use crate::sweep::SweepSpec;
-use protocol::views::{BestTrial, Importance};
+use protocol::views::{BestTrial, Importance, LeftOut};
+use protocol::JobStatus;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 
@@ -330,6 +331,42 @@ pub fn objective(spec: &SweepSpec) -> (String, Mode) {
     ("accuracy".into(), Mode::Max)
 }
 
+/// A counted job and its value of the metric.
+pub type Counted<'a> = (&'a AnalysisTrial, f64);
+
+/// The ended jobs a view counts (completed, with a finite value of the metric) and those it leaves
+/// out, by why. Err below 2 counted: a view of fewer says nothing.
+pub fn counted<'a>(
+    trials: &'a [AnalysisTrial],
+    metric: &str,
+    what: &str,
+) -> Result<(LeftOut, Vec<Counted<'a>>), String> {
+    let count = |s: JobStatus| trials.iter().filter(|t| t.status == s).count();
+    let left_out = LeftOut {
+        diverged: count(JobStatus::Diverged),
+        pruned: count(JobStatus::Pruned),
+        no_value: trials
+            .iter()
+            .filter(|t| t.status == JobStatus::Completed && t.value.is_none())
+            .count(),
+    };
+    let counted: Vec<Counted> = trials
+        .iter()
+        .filter(|t| t.status == JobStatus::Completed)
+        .filter_map(|t| t.value.map(|v| (t, v)))
+        .collect();
+    if counted.len() < 2 {
+        let why = match trials.iter().any(|t| t.value.is_some()) {
+            true => format!("{} completed job(s) with a finite {metric}", counted.len()),
+            false => format!("no ended job reported `{metric}`"),
+        };
+        return Err(format!(
+            "{what} needs at least 2 completed jobs with a value of the metric: {why}"
+        ));
+    }
+    Ok((left_out, counted))
+}
+
 /// The importance of each of the sweep's parameters for `metric`: over its completed jobs with a
 /// finite value (diverged and pruned ones are left out, and counted). Err: why there is no
 /// answer (fewer than 2 such jobs, or none that reported the metric).
@@ -339,7 +376,7 @@ pub fn of_sweep(
     metric: &str,
     mode: Mode,
 ) -> Result<Importance, String> {
-    let (left_out, counted) = crate::results::views::counted(trials, metric, "importance")?;
+    let (left_out, counted) = counted(trials, metric, "importance")?;
     let space = axes(spec);
     let input: Vec<Trial> = counted
         .iter()

@@ -244,7 +244,7 @@ pub fn compare(jobs: &[JobKey]) -> String {
         let o = ours(&cell);
         let ([o_div, o_loss, o_acc], several) = our_cells(o.as_ref());
         folded |= several;
-        out.push_str(&export::table_row(&[
+        out.push_str(&crate::results::table::table_row(&[
             batch.to_string(),
             format_lr(lr),
             s_loss,

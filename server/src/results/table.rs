@@ -66,11 +66,11 @@ impl Table {
                 false => format!("{}/{}", j.epoch, j.epochs),
             });
             cells.push(match (j.started_at, j.finished_at) {
-                (Some(s), Some(f)) => super::export::format_duration((f - s) as f64 / 1000.0),
+                (Some(s), Some(f)) => format_duration((f - s) as f64 / 1000.0),
                 _ => String::new(),
             });
         }
-        super::export::table_row(&cells)
+        table_row(&cells)
     }
 }
 
@@ -106,4 +106,28 @@ fn metric_cell(m: &MetricColumn, v: Option<f64>, completed: bool) -> String {
 /// A cell's text in a markdown table: a `|` would split the cell, a newline the row.
 fn escape(s: &str) -> String {
     s.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+/// One markdown row; an empty cell is written `| |`, as the study writes the rows it left empty.
+pub(crate) fn table_row(cells: &[String]) -> String {
+    let mut row = String::from("|");
+    for c in cells {
+        if c.is_empty() {
+            row.push_str(" |");
+        } else {
+            row.push_str(&format!(" {c} |"));
+        }
+    }
+    row.push('\n');
+    row
+}
+
+/// A wall time as the tables write it: `3m07s`, `2h05m`.
+pub(crate) fn format_duration(secs: f64) -> String {
+    let s = secs.round() as i64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
 }

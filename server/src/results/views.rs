@@ -4,14 +4,13 @@
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 
-use crate::results::importance;
+use crate::results::importance::{self, counted, Counted};
 use crate::results::shape;
 use crate::store::AnalysisTrial;
 use crate::sweep::early_stop::Mode;
 use crate::sweep::search::Distribution;
 use crate::sweep::{value_key, SweepSpec};
-use protocol::views::{Axis, Contour, JobRow, LeftOut, MetricInfo, Point, Slice, SweepShape};
-use protocol::JobStatus;
+use protocol::views::{Axis, Contour, JobRow, MetricInfo, Point, Slice, SweepShape};
 
 /// Points a plot gets at most: beyond, the best are kept (a browser draws 2,000 circles at ease,
 /// not 100,000).
@@ -109,45 +108,6 @@ pub fn shape(stored: &Value, spec: &SweepSpec, ranges: &[(String, usize, f64, f6
     }
 }
 
-/// A counted job and its value of the metric.
-pub type Counted<'a> = (&'a AnalysisTrial, f64);
-
-/// The cell of a value on one axis (None: off the axis).
-type CellOf = Box<dyn Fn(&Value) -> Option<usize>>;
-
-/// The ended jobs a view counts (completed, with a finite value of the metric) and those it leaves
-/// out, by why. Err below 2 counted: a view of fewer says nothing.
-pub fn counted<'a>(
-    trials: &'a [AnalysisTrial],
-    metric: &str,
-    what: &str,
-) -> Result<(LeftOut, Vec<Counted<'a>>), String> {
-    let count = |s: JobStatus| trials.iter().filter(|t| t.status == s).count();
-    let left_out = LeftOut {
-        diverged: count(JobStatus::Diverged),
-        pruned: count(JobStatus::Pruned),
-        no_value: trials
-            .iter()
-            .filter(|t| t.status == JobStatus::Completed && t.value.is_none())
-            .count(),
-    };
-    let counted: Vec<Counted> = trials
-        .iter()
-        .filter(|t| t.status == JobStatus::Completed)
-        .filter_map(|t| t.value.map(|v| (t, v)))
-        .collect();
-    if counted.len() < 2 {
-        let why = match trials.iter().any(|t| t.value.is_some()) {
-            true => format!("{} completed job(s) with a finite {metric}", counted.len()),
-            false => format!("no ended job reported `{metric}`"),
-        };
-        return Err(format!(
-            "{what} needs at least 2 completed jobs with a value of the metric: {why}"
-        ));
-    }
-    Ok((left_out, counted))
-}
-
 /// The counted jobs as points, best first, at most `limit`; each numbered by its rank in the
 /// order the ended jobs were drawn.
 fn points(
@@ -202,6 +162,9 @@ pub fn slice(
         points,
     })
 }
+
+/// The cell of a value on one axis (None: off the axis).
+type CellOf = Box<dyn Fn(&Value) -> Option<usize>>;
 
 /// Where a contour axis puts a value: its cells' centres, and the cell of a value.
 struct Cells {
