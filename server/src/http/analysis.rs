@@ -69,8 +69,8 @@ pub(super) async fn shape(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> ApiResult<Json<SweepShape>> {
-    let spec = state.store.sweep_spec(id).await?;
-    let stored = state.store.sweep_detail(id, 0).await?.spec;
+    // One read of the spec (the sweep's row would also scan its jobs for a best accuracy).
+    let (stored, spec) = state.store.stored_spec(id).await?;
     let ranges = state.store.metric_ranges(id).await?;
     Ok(Json(views::shape(&stored, &spec, &ranges)))
 }

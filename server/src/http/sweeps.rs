@@ -11,6 +11,7 @@ use super::error::ApiError;
 use super::ApiResult;
 use crate::results::export::{Export, Format, TableOptions};
 use crate::state::AppState;
+use crate::store::KeyParts;
 use crate::sweep::{SweepSpec, MAX_BODY};
 use protocol::views::{Created, DryRun, SweepDetail, SweepRow};
 
@@ -257,19 +258,20 @@ pub(super) async fn results(
         chinese: q.chinese,
         compare: q.compare,
     };
-    // The study's comparison reads accuracy and loss only; an export, every metric's facts and
-    // each job's value of the objective (its order).
-    let d = state.store.sweep_detail(id, 0).await?;
-    let objective = crate::results::export::objective_of(&d.spec).0;
-    let parts = crate::store::KeyParts {
-        names: format == Format::Csv,
-        metrics: (!(format == Format::Markdown && opts.compare)).then_some(objective.as_str()),
-    };
-    let keys = state.store.job_keys(id, parts).await?;
     if format == Format::Markdown && opts.compare {
+        // The study's comparison reads accuracy and loss only.
+        let keys = state.store.job_keys(id, KeyParts::default()).await?;
         let table = crate::results::study::compare(&keys.jobs);
         return Ok(([(header::CONTENT_TYPE, format.content_type())], table).into_response());
     }
+    // An export: every metric's facts and each job's value of the objective (its order).
+    let d = state.store.sweep_detail(id, 0).await?;
+    let objective = crate::results::export::objective_of(&d.spec).0;
+    let parts = KeyParts {
+        names: format == Format::Csv,
+        metrics: Some(&objective),
+    };
+    let keys = state.store.job_keys(id, parts).await?;
     let export = Export::plan(&d.sweep, &d.spec, &keys, format, &opts);
     let ctype = export.content_type();
     Ok((
@@ -328,10 +330,7 @@ pub(super) async fn figure(
 ) -> ApiResult<Response> {
     use crate::results::figures::{self, FigureError};
     let name = file.strip_suffix(".png").unwrap_or(&file).to_string();
-    let keys = state
-        .store
-        .job_keys(id, crate::store::KeyParts::default())
-        .await?;
+    let keys = state.store.job_keys(id, KeyParts::default()).await?;
     let opts = figures::FigureOptions {
         job: q.job,
         lr: q.lr,

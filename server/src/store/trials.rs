@@ -25,12 +25,20 @@ pub struct StoredTrial {
 impl Store {
     /// A sweep's validated spec, as stored.
     pub async fn sweep_spec(&self, sweep: i64) -> Result<SweepSpec> {
+        Ok(self.stored_spec(sweep).await?.1)
+    }
+
+    /// A sweep's spec as stored (its JSON, which the dashboard and the exports' layout read) and
+    /// as read back (the typed spec), from one read.
+    pub async fn stored_spec(&self, sweep: i64) -> Result<(Value, SweepSpec)> {
         let text = sqlx::query_scalar!("SELECT spec FROM sweeps WHERE id = ?", sweep)
             .fetch_optional(&self.read)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))?;
         let v: Value = parse_json("sweeps.spec", &text)?;
-        SweepSpec::from_value(&v).map_err(|e| StoreError::Corrupt(format!("sweep {sweep}: {e}")))
+        let spec = SweepSpec::from_value(&v)
+            .map_err(|e| StoreError::Corrupt(format!("sweep {sweep}: {e}")))?;
+        Ok((v, spec))
     }
 
     /// The sweep's next placeholder (job id, trial number), if any is left pending.
