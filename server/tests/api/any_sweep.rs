@@ -559,50 +559,36 @@ async fn bad_view_requests_are_refused_naming_what() {
 /// cells, same columns (own metrics included), in every format.
 #[tokio::test]
 async fn a_searchs_paged_exports_equal_the_whole_sweep_rendered_at_once() {
-    use server::results::export::{render, Format, TableOptions};
-    use sqlx::Connection;
+    use server::results::export::{Format, TableOptions};
     let app = spawn_app().await;
     let id = app
         .submit(&RANDOM.replace("trials = 8", "trials = 2500"))
         .await
         .id;
-    let store = &app.state.store;
-    store
-        .fill_synthetic(id, 2, 1_800_000_000_000)
-        .await
-        .unwrap();
-    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", app.db.display()))
-        .await
-        .unwrap();
-    for sql in [
-        "UPDATE jobs SET status = 'diverged' WHERE id % 97 = 0",
-        "UPDATE jobs SET status = 'running' WHERE id % 89 = 0",
-        "UPDATE metrics SET extra = '{\"bleu\": 0.25}' WHERE job_id % 7 = 0 AND epoch = 2",
-        "UPDATE metrics SET precision = NULL, recall = NULL",
-    ] {
-        sqlx::query(sql).execute(&mut db).await.unwrap();
-    }
-    let whole = store.get_sweep(id).await.unwrap();
-    assert!(whole.jobs.len() > 2 * server::store::ROWS_PER_PAGE);
+    let whole = synthetic_sweep(
+        &app,
+        id,
+        2,
+        &[
+            "UPDATE jobs SET status = 'diverged' WHERE id % 97 = 0",
+            "UPDATE jobs SET status = 'running' WHERE id % 89 = 0",
+            "UPDATE metrics SET extra = '{\"bleu\": 0.25}' WHERE job_id % 7 = 0 AND epoch = 2",
+            "UPDATE metrics SET precision = NULL, recall = NULL",
+        ],
+    )
+    .await;
     let extra = TableOptions {
         extra: true,
         ..Default::default()
     };
-    for (query, format, opts) in [
+    let cases = vec![
         ("format=markdown", Format::Markdown, TableOptions::default()),
         ("format=markdown&extra=true", Format::Markdown, extra),
         ("format=csv", Format::Csv, TableOptions::default()),
         ("format=json", Format::Json, TableOptions::default()),
-    ] {
-        let got = app
-            .get_text(&format!("/api/sweeps/{id}/results?{query}"))
-            .await;
-        let (_, want) = render(&whole, format, &opts);
-        assert!(
-            got == want,
-            "{query}: the paged export differs from the whole"
-        );
-        if format == Format::Markdown {
+    ];
+    for (query, got) in paged_exports_equal_the_whole(&app, &whole, cases).await {
+        if query.starts_with("format=markdown") {
             let head = got.lines().next().unwrap();
             assert!(
                 head.contains("bleu") && !head.contains("precision"),

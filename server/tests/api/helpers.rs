@@ -343,3 +343,58 @@ pub(crate) fn python_reference(script: &str, input: &Value) -> Value {
     server::cli::python_json(&root.join(".venv/bin/python"), &here, input)
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
+
+/// A finished synthetic sweep of `epochs` epochs a job, then `updates` (SQL on the database file)
+/// to vary it; the whole sweep read back at once, checked to span several pages of rows.
+pub(crate) async fn synthetic_sweep(
+    app: &TestApp,
+    id: i64,
+    epochs: i64,
+    updates: &[&str],
+) -> protocol::views::SweepDetail {
+    use sqlx::Connection;
+    let store = &app.state.store;
+    store
+        .fill_synthetic(id, epochs, 1_800_000_000_000)
+        .await
+        .unwrap();
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", app.db.display()))
+        .await
+        .unwrap();
+    for sql in updates {
+        sqlx::query(sql).execute(&mut db).await.unwrap();
+    }
+    let whole = store.get_sweep(id).await.unwrap();
+    assert!(
+        whole.jobs.len() > 2 * server::store::ROWS_PER_PAGE,
+        "several pages"
+    );
+    whole
+}
+
+/// Each export the API streams a page at a time equals the whole sweep rendered at once in
+/// memory; the texts, by query.
+pub(crate) async fn paged_exports_equal_the_whole(
+    app: &TestApp,
+    whole: &protocol::views::SweepDetail,
+    cases: Vec<(
+        &str,
+        server::results::export::Format,
+        server::results::export::TableOptions,
+    )>,
+) -> Vec<(String, String)> {
+    let id = whole.sweep.id;
+    let mut out = vec![];
+    for (query, format, opts) in cases {
+        let got = app
+            .get_text(&format!("/api/sweeps/{id}/results?{query}"))
+            .await;
+        let (_, want) = server::results::export::render(whole, format, &opts);
+        assert!(
+            got == want,
+            "{query}: the paged export differs from the whole"
+        );
+        out.push((query.to_string(), got));
+    }
+    out
+}

@@ -477,8 +477,7 @@ async fn server_cli(args: Vec<OsString>) {
 #[tokio::test]
 async fn paged_exports_equal_the_whole_sweep_rendered_at_once() {
     use serde_json::Value;
-    use server::results::export::{render, Format, TableOptions};
-    use sqlx::Connection;
+    use server::results::export::{Format, TableOptions};
     let app = spawn_app().await;
     let seeds: Vec<String> = (1..=330).map(|s| s.to_string()).collect();
     let id = app
@@ -488,28 +487,19 @@ async fn paged_exports_equal_the_whole_sweep_rendered_at_once() {
         ))
         .await
         .id;
-    let store = &app.state.store;
-    store
-        .fill_synthetic(id, 3, 1_800_000_000_000)
-        .await
-        .unwrap();
-    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", app.db.display()))
-        .await
-        .unwrap();
-    for sql in [
-        "UPDATE jobs SET status = 'diverged' WHERE id % 97 = 0",
-        "UPDATE jobs SET status = 'running' WHERE id % 89 = 0",
-        "UPDATE jobs SET status = 'pending', error = '=cmd|x, \"quoted\"' WHERE id % 83 = 0",
-        "UPDATE metrics SET extra = '{\"seed\": 1.5, \"val/bleu\": 0.25}' WHERE job_id % 7 = 0 AND epoch = 3",
-        "UPDATE metrics SET accuracy = 0.9 WHERE job_id % 11 = 0",
-    ] {
-        sqlx::query(sql).execute(&mut db).await.unwrap();
-    }
-    let whole = store.get_sweep(id).await.unwrap();
-    assert!(
-        whole.jobs.len() > 2 * server::store::ROWS_PER_PAGE,
-        "several pages"
-    );
+    let whole = synthetic_sweep(
+        &app,
+        id,
+        3,
+        &[
+            "UPDATE jobs SET status = 'diverged' WHERE id % 97 = 0",
+            "UPDATE jobs SET status = 'running' WHERE id % 89 = 0",
+            "UPDATE jobs SET status = 'pending', error = '=cmd|x, \"quoted\"' WHERE id % 83 = 0",
+            "UPDATE metrics SET extra = '{\"seed\": 1.5, \"val/bleu\": 0.25}' WHERE job_id % 7 = 0 AND epoch = 3",
+            "UPDATE metrics SET accuracy = 0.9 WHERE job_id % 11 = 0",
+        ],
+    )
+    .await;
     let cases = [
         ("format=markdown", Format::Markdown, TableOptions::default()),
         (
@@ -532,16 +522,7 @@ async fn paged_exports_equal_the_whole_sweep_rendered_at_once() {
         ("format=csv", Format::Csv, TableOptions::default()),
         ("format=json", Format::Json, TableOptions::default()),
     ];
-    for (query, format, opts) in cases {
-        let got = app
-            .get_text(&format!("/api/sweeps/{id}/results?{query}"))
-            .await;
-        let (_, want) = render(&whole, format, &opts);
-        assert!(
-            got == want,
-            "{query}: the paged export differs from the whole"
-        );
-    }
+    paged_exports_equal_the_whole(&app, &whole, cases.into()).await;
     let json: Vec<serde_json::Map<String, Value>> = serde_json::from_str(
         &app.get_text(&format!("/api/sweeps/{id}/results?format=json"))
             .await,
