@@ -8,6 +8,7 @@
 pub mod checkpoints;
 pub mod cli;
 pub mod credentials;
+pub mod draw;
 pub mod events;
 pub mod http;
 pub mod lifecycle;

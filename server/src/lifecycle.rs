@@ -11,11 +11,9 @@ use protocol::{
 use crate::events::Event;
 use crate::state::AppState;
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use crate::store::{ClaimNext, Result, Store, StoreError};
+use crate::store::{ClaimNext, Result, StoreError};
 use crate::sweep::early_stop::EarlyStop;
-use crate::sweep::tpe::Trial;
 
 /// Hands the oldest pending job that fits to `req.worker` under a lease (None: nothing fits).
 /// A TPE trial is drawn when a claim reaches it: the claim draws it and claims again. A drawn point
@@ -49,7 +47,7 @@ pub async fn claim(
             ClaimNext::Claimed(c) => break Some(*c),
             ClaimNext::Nothing => break None,
             ClaimNext::Undrawn(sweep) => {
-                draw(state, sweep).await?;
+                crate::draw::draw(state, sweep).await?;
                 draws += 1;
             }
         }
@@ -182,101 +180,6 @@ impl Leases {
 
 /// Draws a claim may make before it takes only jobs already drawn.
 pub const MAX_DRAWS_PER_CLAIM: usize = 4;
-
-/// One lock per TPE sweep, so its draws happen one at a time and each sees the points of all
-/// before it (constant liar); other sweeps' claims never wait on it. The lock guards the sweep's
-/// [`KnownPoints`].
-#[derive(Debug, Default)]
-pub struct DrawLocks(std::sync::Mutex<HashMap<i64, Arc<tokio::sync::Mutex<KnownPoints>>>>);
-
-impl DrawLocks {
-    fn of(&self, sweep: i64) -> Arc<tokio::sync::Mutex<KnownPoints>> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(sweep).or_default().clone()
-    }
-}
-
-/// The points of a TPE sweep's history in the model's terms, by (sweep, trial number): a drawn
-/// point never changes, so each is read and converted once (None: a warm-start trial outside the
-/// space). Only outcomes are read again at each draw.
-#[derive(Debug, Default)]
-pub struct KnownPoints(HashMap<(i64, i64), Option<Vec<f64>>>);
-
-impl KnownPoints {
-    fn numbers_of(&self, sweep: i64) -> Vec<i64> {
-        self.0
-            .keys()
-            .filter(|k| k.0 == sweep)
-            .map(|k| k.1)
-            .collect()
-    }
-}
-
-/// Draws the next trial of TPE sweep `sweep` from its history now, and writes it into its
-/// placeholder. The model runs on a blocking thread and holds no database lock: other claims go
-/// on meanwhile. Does nothing when no placeholder is left (another claim drew the last).
-pub async fn draw(state: &AppState, sweep: i64) -> Result<()> {
-    let lock = state.draws.of(sweep);
-    let mut known = lock.lock().await;
-    let Some((job, number)) = state.store.next_undrawn(sweep).await? else {
-        return Ok(());
-    };
-    let spec = state.store.sweep_spec(sweep).await?;
-    let Some((search, options)) = spec
-        .search
-        .as_ref()
-        .and_then(|s| s.tpe.as_ref().map(|o| (s, o)))
-    else {
-        return Err(StoreError::Corrupt(format!(
-            "sweep {sweep} has undrawn trials but no TPE search"
-        )));
-    };
-    let sampler = search.sampler().expect("a TPE search");
-    // Warm-start trials first (older), then the sweep's own.
-    let mut outcomes = vec![];
-    for &source in options.warm_start.iter().chain([&sweep]) {
-        let rows = state
-            .store
-            .trial_history(
-                source,
-                &options.metric,
-                source != sweep,
-                &known.numbers_of(source),
-            )
-            .await?;
-        for t in rows {
-            if let Some(params) = &t.params {
-                known.0.insert((source, t.idx), sampler.to_internal(params));
-            }
-            outcomes.push(((source, t.idx), t.outcome));
-        }
-    }
-    let trials: Vec<Trial> = outcomes
-        .into_iter()
-        .filter_map(|(key, outcome)| {
-            let x = known.0.get(&key)?.clone()?;
-            Some(Trial { x, outcome })
-        })
-        .collect();
-    let point =
-        tokio::task::spawn_blocking(move || sampler.to_params(&sampler.suggest(&trials, number)))
-            .await
-            .map_err(|e| StoreError::Corrupt(format!("the sampler stopped: {e}")))?;
-    let mut params = spec.train.clone();
-    params.extend(point);
-    let shape = Store::shape_of(&spec, &params);
-    let now = state.clock.now_ms();
-    if state.store.write_drawn(job, &params, shape, now).await? {
-        state.telemetry.trials_drawn.inc();
-        state.publish(Event::Job(JobChange {
-            job_id: job,
-            sweep_id: sweep,
-            status: JobStatus::Pending,
-            attempt: 0,
-        }));
-    }
-    Ok(())
-}
 
 /// Records one epoch's report and, under the sweep's early-stopping rule, judges the job on it
 /// (in the same transaction); the reply says whether the job is to stop.

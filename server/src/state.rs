@@ -89,7 +89,7 @@ pub struct AppState {
     /// wait forever on a dashboard's never-ending response.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// One lock per TPE sweep: its trials are drawn one at a time, each seeing the others.
-    pub draws: Arc<crate::lifecycle::DrawLocks>,
+    pub draws: Arc<crate::draw::DrawLocks>,
     /// Each claimed job's attempt and lease-secret hash, so a worker write's check reads no row.
     pub leases: Arc<crate::lifecycle::Leases>,
 }

@@ -87,7 +87,8 @@ fn history(n: usize) -> Vec<Trial> {
             let value = (x[0].log10() + 2.0).powi(2) + (x[2] - 0.9).powi(2) + 0.01 * x[4];
             Trial {
                 x,
-                outcome: Outcome::Complete(value),
+                outcome: Outcome::Complete(vec![value]),
+                violation: 0.0,
             }
         })
         .collect()
@@ -101,16 +102,17 @@ fn median_ms(mut v: Vec<Duration>) -> f64 {
 /// Part 1, ours: the median time of `draws` draws from `history`.
 fn our_draw_ms(history: &[Trial], draws: usize) -> f64 {
     let options = Options {
-        metric: "value".into(),
-        mode: crate::sweep::early_stop::Mode::Min,
         startup_trials: 10,
         ei_candidates: 24,
         multivariate: true,
         constant_liar: true,
-        warm_start: vec![],
-        enqueue: vec![],
     };
-    let tpe = Tpe::new(&space(), 0, &options);
+    let tpe = Tpe::new(
+        &space(),
+        0,
+        &options,
+        &[crate::sweep::early_stop::Mode::Min],
+    );
     let times = (0..draws)
         .map(|i| {
             let t0 = Instant::now();
@@ -125,9 +127,9 @@ fn our_draw_ms(history: &[Trial], draws: usize) -> f64 {
 fn optuna_draw_ms(a: &TpeBenchArgs, history: &[Trial]) -> Result<f64> {
     let trials: Vec<Value> = history
         .iter()
-        .map(|t| match t.outcome {
+        .map(|t| match &t.outcome {
             Outcome::Complete(v) => {
-                json!({"x": t.x, "state": protocol::JobStatus::Completed.as_str(), "value": v})
+                json!({"x": t.x, "state": protocol::JobStatus::Completed.as_str(), "value": v[0]})
             }
             _ => unreachable!("the bench's histories are completed trials"),
         })

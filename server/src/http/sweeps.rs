@@ -118,16 +118,16 @@ fn lost_its_newlines(text: &str) -> bool {
     tables || t.starts_with('#') || t.matches(" = ").count() > 1
 }
 
-/// A TPE sweep's `warm_start` names sweeps that exist and search the same keys (their finished
+/// A drawn search's `warm_start` names sweeps that exist and search the same keys (their finished
 /// trials become history): what the spec alone cannot tell.
 async fn check_warm_start(state: &AppState, spec: &SweepSpec) -> ApiResult<()> {
     let Some(search) = &spec.search else {
         return Ok(());
     };
-    let Some(tpe) = search.tpe.as_ref() else {
+    let Some(model) = search.model.as_ref() else {
         return Ok(());
     };
-    let warm = &tpe.warm_start[..];
+    let warm = &search.warm_start[..];
     let keys = |s: &crate::sweep::search::Search| -> std::collections::BTreeSet<String> {
         s.space.iter().map(|(k, _)| k.clone()).collect()
     };
@@ -136,14 +136,19 @@ async fn check_warm_start(state: &AppState, spec: &SweepSpec) -> ApiResult<()> {
     for &other in warm {
         history += state.store.sweep_jobs(other).await.unwrap_or(0);
     }
-    let cost = history.saturating_mul(tpe.ei_candidates);
+    let ei_candidates = match model {
+        crate::sweep::search::Model::Tpe(tpe) => tpe.ei_candidates,
+        // NSGA-II reads its history once and ranks one generation: far below TPE's candidates.
+        crate::sweep::search::Model::Nsga2(_) => 1,
+    };
+    let cost = history.saturating_mul(ei_candidates);
     let budget = crate::sweep::tpe::Options::MAX_DRAW_COST;
     if cost > budget {
         return Err(ApiError::Unprocessable(format!(
             "search.ei_candidates: a draw would weigh {history} trials of history (its own and \
              warm_start's) against {} candidates, {cost} units, above the budget of {budget}; \
              fewer candidates or a smaller history",
-            tpe.ei_candidates
+            ei_candidates
         )));
     }
     for (i, &other) in warm.iter().enumerate() {

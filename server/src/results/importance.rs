@@ -322,8 +322,8 @@ pub fn axes(spec: &SweepSpec) -> Vec<(String, Distribution)> {
 /// The metric and mode a sweep is judged by unless asked otherwise: its TPE objective, else its
 /// early-stopping rule's metric, else accuracy (max).
 pub fn objective(spec: &SweepSpec) -> (String, Mode) {
-    if let Some(tpe) = spec.search.as_ref().and_then(|s| s.tpe.as_ref()) {
-        return (tpe.metric.clone(), tpe.mode);
+    if let Some(first) = spec.search.as_ref().and_then(|s| s.objectives.first()) {
+        return first.clone();
     }
     if let Some(rule) = &spec.early_stop {
         return (rule.metric.clone(), rule.mode);

@@ -2,7 +2,7 @@
 //! placeholder, reads the history the sampler learns from, and writes the drawn point into the
 //! placeholder; the drawing itself happens outside the writer ([`crate::lifecycle::draw`]).
 use super::*;
-use crate::sweep::tpe::Outcome;
+use std::collections::BTreeMap;
 
 /// What a claim found.
 #[derive(Debug)]
@@ -16,10 +16,17 @@ pub enum ClaimNext {
 /// One trial of a history, as stored: its parameters and where it stands.
 #[derive(Debug, Clone)]
 pub struct StoredTrial {
+    /// Its job, and its trial number in its sweep.
+    pub job: i64,
     pub idx: i64,
     /// None when the caller already knows them.
     pub params: Option<Map<String, Value>>,
-    pub outcome: Outcome,
+    pub status: JobStatus,
+    /// The last epoch it reported, and each asked metric's finite value there.
+    pub epoch: i64,
+    pub values: Vec<Option<f64>>,
+    /// NSGA-II: the generation it was drawn in.
+    pub generation: Option<i64>,
 }
 
 impl Store {
@@ -53,7 +60,7 @@ impl Store {
         Ok(row.map(|r| (r.id, r.idx)))
     }
 
-    /// The drawn trials of `sweep` in trial order, each judged on `metric` at the last epoch it
+    /// The drawn trials of `sweep` in trial order, each with `metrics` at the last epoch it
     /// reported. Failed and cancelled trials are left out; with `finished_only` (a warm start's
     /// history) so are trials still pending or running. A trial's params come back only if its
     /// number is not in `known` (drawn params never change: the caller keeps them).
@@ -63,55 +70,103 @@ impl Store {
     pub async fn trial_history(
         &self,
         sweep: i64,
-        metric: &str,
+        metrics: &[String],
         finished_only: bool,
         known: &[i64],
     ) -> Result<Vec<StoredTrial>> {
         let known = serde_json::to_string(known).expect("plain data");
+        let names = serde_json::to_string(metrics).expect("plain data");
         let text = sqlx::query_scalar!(
-            r#"SELECT json_group_array(json_array(j.idx, j.status, j.epoch,
-                      -- Finite values only: JSON has no infinity.
-                      CASE WHEN v BETWEEN -1.7e308 AND 1.7e308 THEN v END,
-                      CASE WHEN j.idx IN (SELECT value FROM json_each(?3)) THEN NULL ELSE json(j.params) END)) AS "history!: String"
-               FROM (SELECT j.idx, j.status, j.epoch, j.params,
-                            CASE ?2 WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
+            r#"SELECT json_group_array(json_array(j.id, j.idx, j.status, j.epoch, j.generation,
+                      (SELECT json_group_array(
+                              -- Clamped: JSON has no infinity (read back as not finite).
+                              min(max(CASE n.value WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
                                     WHEN 'train_loss' THEN m.train_loss WHEN 'precision' THEN m.precision
                                     WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1 WHEN 'lr' THEN m.lr
                                     WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'seconds' THEN m.seconds
-                                    ELSE json_extract(m.extra, '$."' || ?2 || '"') END AS v
-                     FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
-                     WHERE j.sweep_id = ?1 AND j.drawn_at IS NOT NULL
-                       AND j.status IN ('completed', 'pruned', 'diverged', 'pending', 'running')) j"#,
+                                    ELSE json_extract(m.extra, '$."' || n.value || '"') END, -1.7e308), 1.7e308))
+                       FROM json_each(?2) n),
+                      CASE WHEN j.idx IN (SELECT value FROM json_each(?3)) THEN NULL ELSE json(j.params) END)) AS "history!: String"
+               FROM jobs j LEFT JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+               WHERE j.sweep_id = ?1 AND j.drawn_at IS NOT NULL
+                 AND j.status IN ('completed', 'pruned', 'diverged', 'pending', 'running')"#,
             sweep,
-            metric,
+            names,
             known
         )
         .fetch_one(&self.read)
         .await?;
-        type Row = (i64, String, i64, Option<f64>, Option<Map<String, Value>>);
+        type Row = (
+            i64,
+            i64,
+            String,
+            i64,
+            Option<i64>,
+            Vec<Option<f64>>,
+            Option<Map<String, Value>>,
+        );
         let mut rows: Vec<Row> = parse_json("the trial history", &text)?;
-        rows.sort_by_key(|r| r.0);
+        rows.sort_by_key(|r| r.1);
         let mut out = Vec::with_capacity(rows.len());
-        for (idx, status, epoch, value, params) in rows {
-            let value = value.filter(|v| v.is_finite());
-            let outcome = match status_of(&status)? {
-                JobStatus::Completed => match value {
-                    Some(v) => Outcome::Complete(v),
-                    // Completed without its metric: nothing to learn from (as a failed trial).
-                    None => continue,
-                },
-                JobStatus::Pruned => Outcome::Pruned(value.map(|v| (epoch, v))),
-                JobStatus::Diverged => Outcome::Diverged,
-                _ if finished_only => continue,
-                _ => Outcome::Running,
-            };
+        for (job, idx, status, epoch, generation, values, params) in rows {
+            let status = status_of(&status)?;
+            if finished_only && !status.is_final() {
+                continue;
+            }
             out.push(StoredTrial {
+                job,
                 idx,
                 params,
-                outcome,
+                status,
+                epoch,
+                values: values.into_iter().map(finite).collect(),
+                generation,
             });
         }
         Ok(out)
+    }
+
+    /// An NSGA-II sweep's parents, by generation, as chosen so far (job ids).
+    pub async fn nsga2_parents(&self, sweep: i64) -> Result<BTreeMap<i64, Vec<i64>>> {
+        let rows = sqlx::query!(
+            "SELECT generation, parents FROM nsga2_parents WHERE sweep_id = ?",
+            sweep
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    r.generation,
+                    parse_json("nsga2_parents.parents", &r.parents)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Keeps the parents chosen for a generation (the first choice stands).
+    pub async fn keep_nsga2_parents(
+        &self,
+        sweep: i64,
+        generation: i64,
+        parents: &[i64],
+    ) -> Result<()> {
+        let text = serde_json::to_string(parents).expect("plain data");
+        self.writer
+            .run(move |one| {
+                async move {
+                    one.execute(sqlx::query!(
+                        "INSERT OR IGNORE INTO nsga2_parents (sweep_id, generation, parents) VALUES (?, ?, ?)",
+                        sweep,
+                        generation,
+                        text
+                    ))
+                    .await?;
+                    Ok(())
+                }
+                .boxed()
+            })
+            .await
     }
 
     /// Writes the drawn point into the placeholder (still pending and undrawn); false if it is
@@ -121,6 +176,7 @@ impl Store {
         job: i64,
         params: &Map<String, Value>,
         shape: JobShape,
+        generation: Option<i64>,
         now: i64,
     ) -> Result<bool> {
         let text = Value::Object(params.clone()).to_string();
@@ -128,7 +184,7 @@ impl Store {
             .run(move |one| {
                 async move {
                     let r = one.execute(sqlx::query!(
-                        "UPDATE jobs SET params = ?, batch_size = ?, nproc = ?, epochs = ?, nnodes = ?, drawn_at = ?
+                        "UPDATE jobs SET params = ?, batch_size = ?, nproc = ?, epochs = ?, nnodes = ?, drawn_at = ?, generation = ?
                          WHERE id = ? AND drawn_at IS NULL AND status = 'pending'",
                         text,
                         shape.batch_size,
@@ -136,6 +192,7 @@ impl Store {
                         shape.epochs,
                         shape.nnodes,
                         now,
+                        generation,
                         job
                     ))
                     .await?;
@@ -145,4 +202,9 @@ impl Store {
             })
             .await
     }
+}
+
+/// A value read through the clamped JSON: the clamp's bounds stand for infinities.
+pub(crate) fn finite(v: Option<f64>) -> Option<f64> {
+    v.filter(|v| v.abs() < 1.7e308)
 }

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::early_stop::Mode;
+use super::objectives::{Constraint, Objective};
 use super::search::Distribution;
 use super::SpecError;
 
@@ -76,23 +77,31 @@ impl<'de> Deserialize<'de> for GridFile {
 #[serde(deny_unknown_fields)]
 pub struct SearchFile {
     pub method: SearchMethod,
-    /// Random search and TPE: how many trials (trials x repeats at most 100,000).
+    /// A search: how many trials (trials x repeats at most 100,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 100000)]
     pub trials: Option<i64>,
-    /// Random search and TPE: the seed of the draws (0 by default).
+    /// A search: the seed of the draws (0 by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<i64>,
-    /// Random search and TPE: option -> distribution.
+    /// A search: option -> distribution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<std::collections::HashMap<String, Distribution>>)]
     pub space: Option<IndexMap<String, Distribution>>,
-    /// TPE: the reported metric a trial is judged by (`accuracy` by default).
+    /// Random, TPE and NSGA-II: the reported metric a trial is judged by, for one objective
+    /// (TPE and NSGA-II: `accuracy` by default). Not with `objectives`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<String>,
-    /// TPE: whether larger or smaller is better (by default: smaller for losses and seconds).
+    /// Whether larger or smaller is better (by default: smaller for losses and seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    /// Several objectives at once (1 to 4, metrics distinct), instead of `metric` and `mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objectives: Option<Vec<Objective>>,
+    /// Feasible when each metric is <= its `max` (or >= its `min`); infeasible trials rank after
+    /// feasible ones, by how far past.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraints: Option<Vec<Constraint>>,
     /// TPE: random trials before the model is used (10 by default; 0 to trials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0, maximum = 100000)]
@@ -107,10 +116,24 @@ pub struct SearchFile {
     /// TPE: trials still running count as bad points (true by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub constant_liar: Option<bool>,
-    /// TPE: sweeps (ids) whose finished trials are history; same space keys; at most 16.
+    /// NSGA-II: trials in a generation (50 by default, at most `trials`; 2 to 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 2, maximum = 10000)]
+    pub population: Option<i64>,
+    /// NSGA-II: the probability that a child mixes two parents (0.9 by default), else copies one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crossover_prob: Option<f64>,
+    /// NSGA-II: the probability a mixed parameter keeps the first parent's value (0.5 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swapping_prob: Option<f64>,
+    /// NSGA-II: the probability each parameter is redrawn from its space (by default 1 / the
+    /// number of parameters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutation_prob: Option<f64>,
+    /// TPE and NSGA-II: sweeps (ids) whose finished trials are history; same space keys; at most 16.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_start: Option<Vec<i64>>,
-    /// TPE: points evaluated first, in order (each names every key of the space); they count
+    /// TPE and NSGA-II: points evaluated first, in order (each names every key of the space); they count
     /// toward `trials`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
@@ -123,6 +146,18 @@ pub enum SearchMethod {
     Grid,
     Random,
     Tpe,
+    Nsga2,
+}
+
+impl SearchMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchMethod::Grid => "grid",
+            SearchMethod::Random => "random",
+            SearchMethod::Tpe => "tpe",
+            SearchMethod::Nsga2 => "nsga2",
+        }
+    }
 }
 
 /// `[early_stop]`: the rule that stops jobs early (docs/sweep-files.md).

@@ -2,6 +2,9 @@
 //! by a pure function. A bad spec is rejected whole, with the offending field named.
 pub mod command;
 pub mod early_stop;
+pub mod nsga2;
+pub mod objectives;
+pub mod pareto;
 pub mod search;
 pub mod tpe;
 
@@ -305,23 +308,20 @@ impl SweepFile {
         let grids = check_grids(self.grid, &train, keys)?;
         let (max_attempts, repeats) = check_run(self.run)?;
         let search = search::validate(self.search, &train, has_grid, repeats, keys)?;
+        let several = search.as_ref().is_some_and(|s| s.objectives.len() > 1);
+        if several && self.early_stop.as_ref().is_some_and(|r| r.metric.is_none()) {
+            // Optuna refuses pruning with several objectives; a rule must say what it judges.
+            return err(
+                "early_stop.metric",
+                "a search with several objectives stops jobs on one metric only: name it",
+            );
+        }
         let early_stop = early_stop::EarlyStop::validate(self.early_stop)?;
         if let Some(rule) = early_stop.as_ref().filter(|_| command.is_none()) {
             // Our trainer reports the named metrics only; a rule on another would never judge.
             if !protocol::is_named_metric(&rule.metric) {
                 return err(
                     "early_stop.metric",
-                    format!(
-                        "must be one of {} (a command job's own metric names are allowed in sweeps with [command])",
-                        protocol::named_metric_names().join(", ")
-                    ),
-                );
-            }
-        }
-        if let Some(o) = search.as_ref().and_then(|s| s.tpe.as_ref()) {
-            if command.is_none() && !protocol::is_named_metric(&o.metric) {
-                return err(
-                    "search.metric",
                     format!(
                         "must be one of {} (a command job's own metric names are allowed in sweeps with [command])",
                         protocol::named_metric_names().join(", ")
@@ -368,7 +368,7 @@ impl SweepSpec {
         if let Some(s) = self
             .search
             .as_ref()
-            .filter(|s| s.tpe.is_some() && self.command.is_none())
+            .filter(|s| s.model.is_some() && self.command.is_none())
         {
             points.extend(s.rule_points(&self.train));
         }

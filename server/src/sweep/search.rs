@@ -21,7 +21,8 @@ use serde_json::{Map, Value};
 
 use super::early_stop::Mode;
 use super::file::{SearchFile, SearchMethod};
-use super::{check_value, err, tpe, Keys, SpecError, MAX_JOBS, MAX_SEED};
+use super::objectives::{self, Constraint, Objective};
+use super::{check_value, err, nsga2, tpe, Keys, SpecError, MAX_JOBS, MAX_SEED};
 
 /// Where one option's values come from; in a file `{ log_uniform = [lo, hi] }` and so on.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -57,23 +58,96 @@ impl Distribution {
     }
 }
 
-/// A validated `[search]`: random (every trial drawn at submit) or TPE (`tpe` set: each trial
-/// drawn when claimed, see [`super::tpe`]).
+/// The most sweeps a model's `warm_start` names.
+pub const MAX_WARM_START: usize = 16;
+
+/// A validated `[search]`: random (every trial drawn at submit) or a model (`model` set: each
+/// trial drawn when claimed, by TPE or NSGA-II).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Search {
     pub trials: i64,
     pub seed: i64,
     /// In the order written: the order of draws.
     pub space: Vec<(String, Distribution)>,
-    pub tpe: Option<tpe::Options>,
+    /// What trials are judged by, in order: none for a random search that names no metric.
+    pub objectives: Vec<(String, Mode)>,
+    pub constraints: Vec<Constraint>,
+    pub model: Option<Model>,
+    /// A model's: sweeps whose finished trials are history (same space keys).
+    pub warm_start: Vec<i64>,
+    /// A model's: points evaluated first, in order; each a full assignment of the space.
+    pub enqueue: Vec<Map<String, Value>>,
+}
+
+/// The model that draws a search's trials when they are claimed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Model {
+    Tpe(tpe::Options),
+    Nsga2(nsga2::Options),
+}
+
+/// A model over one search's space, ready to draw.
+#[derive(Debug, Clone)]
+pub enum Sampler {
+    Tpe(tpe::Tpe),
+    Nsga2(nsga2::Nsga2),
+}
+
+impl Sampler {
+    fn space(&self) -> &[(String, Distribution)] {
+        match self {
+            Sampler::Tpe(t) => &t.space,
+            Sampler::Nsga2(n) => &n.space,
+        }
+    }
+
+    /// A trial's parameters in the model's terms (None: a warm-start trial outside the space).
+    pub fn to_internal(&self, params: &Map<String, Value>) -> Option<Vec<f64>> {
+        to_internal(self.space(), params)
+    }
+
+    /// The model's values as the trial's parameters.
+    pub fn to_params(&self, x: &[f64]) -> Map<String, Value> {
+        to_params(self.space(), x)
+    }
+}
+
+/// A trial's parameters in a model's terms: numbers as they are, a choice by its index. None when
+/// a value is missing or outside the space (a warm-start trial that cannot be read).
+pub fn to_internal(
+    space: &[(String, Distribution)],
+    params: &Map<String, Value>,
+) -> Option<Vec<f64>> {
+    space
+        .iter()
+        .map(|(k, d)| d.internal(params.get(k)?))
+        .collect()
+}
+
+/// A model's values as a trial's parameters.
+pub fn to_params(space: &[(String, Distribution)], x: &[f64]) -> Map<String, Value> {
+    space
+        .iter()
+        .zip(x)
+        .map(|((k, d), &v)| {
+            let value = match d {
+                Distribution::Choice(values) => values[v as usize].clone(),
+                Distribution::Int(lo, hi) => Value::from((v as i64).clamp(*lo, *hi)),
+                Distribution::Uniform(lo, hi) | Distribution::LogUniform(lo, hi) => {
+                    Value::from(v.clamp(*lo, *hi))
+                }
+            };
+            (k.clone(), value)
+        })
+        .collect()
 }
 
 impl Search {
     /// The trials known at submit, `train` with one value per key of the space: all of a random
     /// search's, drawn now; a TPE search's enqueued points (the rest are drawn when claimed).
     pub fn sample(&self, train: &Map<String, Value>) -> Vec<Map<String, Value>> {
-        if let Some(tpe) = &self.tpe {
-            return tpe
+        if self.model.is_some() {
+            return self
                 .enqueue
                 .iter()
                 .map(|p| {
@@ -95,12 +169,25 @@ impl Search {
             .collect()
     }
 
-    /// TPE: how many trials are left to draw when claimed.
+    /// A model's: how many trials are left to draw when claimed.
     pub fn undrawn(&self) -> i64 {
-        match &self.tpe {
-            Some(tpe) => self.trials - tpe.enqueue.len() as i64,
+        match &self.model {
+            Some(_) => self.trials - self.enqueue.len() as i64,
             None => 0,
         }
+    }
+
+    /// Each objective's mode, in order.
+    pub fn modes(&self) -> Vec<Mode> {
+        self.objectives.iter().map(|o| o.1).collect()
+    }
+
+    /// The metrics a draw reads: the objectives', then the constraints'.
+    pub fn judged_metrics(&self) -> Vec<String> {
+        let objectives = self.objectives.iter().map(|o| o.0.clone());
+        objectives
+            .chain(self.constraints.iter().map(|c| c.metric.clone()))
+            .collect()
     }
 
     /// `train` with the smallest value of each key of the space (by number; a choice's first if
@@ -161,32 +248,59 @@ impl Search {
         points
     }
 
-    /// The sampler of a TPE search.
-    pub fn sampler(&self) -> Option<tpe::Tpe> {
-        self.tpe
-            .as_ref()
-            .map(|o| tpe::Tpe::new(&self.space, self.seed, o))
+    /// The sampler of a search drawn when claimed.
+    pub fn sampler(&self) -> Option<Sampler> {
+        let modes = self.modes();
+        Some(match self.model.as_ref()? {
+            Model::Tpe(o) => Sampler::Tpe(tpe::Tpe::new(&self.space, self.seed, o, &modes)),
+            Model::Nsga2(o) => Sampler::Nsga2(nsga2::Nsga2::new(&self.space, self.seed, o, &modes)),
+        })
     }
 
-    /// As submitted, for storage and display (every default filled in).
+    /// As submitted, for storage and display (every default filled in): one objective as
+    /// `metric` and `mode`, several as `objectives`.
     pub fn to_file(&self) -> SearchFile {
-        let tpe = self.tpe.as_ref();
+        let tpe = match &self.model {
+            Some(Model::Tpe(o)) => Some(o),
+            _ => None,
+        };
+        let nsga2 = match &self.model {
+            Some(Model::Nsga2(o)) => Some(o),
+            _ => None,
+        };
+        let one = (self.objectives.len() == 1).then(|| self.objectives[0].clone());
+        let several = (self.objectives.len() > 1).then(|| {
+            self.objectives
+                .iter()
+                .map(|(metric, mode)| Objective {
+                    metric: metric.clone(),
+                    mode: Some(*mode),
+                })
+                .collect()
+        });
         SearchFile {
-            method: match tpe {
-                Some(_) => SearchMethod::Tpe,
+            method: match &self.model {
+                Some(Model::Tpe(_)) => SearchMethod::Tpe,
+                Some(Model::Nsga2(_)) => SearchMethod::Nsga2,
                 None => SearchMethod::Random,
             },
             trials: Some(self.trials),
             seed: Some(self.seed),
             space: Some(self.space.iter().cloned().collect()),
-            metric: tpe.map(|o| o.metric.clone()),
-            mode: tpe.map(|o| o.mode),
+            metric: one.as_ref().map(|o| o.0.clone()),
+            mode: one.map(|o| o.1),
+            objectives: several,
+            constraints: Some(self.constraints.clone()).filter(|c| !c.is_empty()),
             startup_trials: tpe.map(|o| o.startup_trials),
             ei_candidates: tpe.map(|o| o.ei_candidates),
             multivariate: tpe.map(|o| o.multivariate),
             constant_liar: tpe.map(|o| o.constant_liar),
-            warm_start: tpe.map(|o| o.warm_start.clone()).filter(|w| !w.is_empty()),
-            enqueue: tpe.map(|o| o.enqueue.clone()).filter(|e| !e.is_empty()),
+            population: nsga2.map(|o| o.population),
+            crossover_prob: nsga2.map(|o| o.crossover_prob),
+            swapping_prob: nsga2.map(|o| o.swapping_prob),
+            mutation_prob: nsga2.and_then(|o| o.mutation_prob),
+            warm_start: Some(self.warm_start.clone()).filter(|w| !w.is_empty()),
+            enqueue: Some(self.enqueue.clone()).filter(|e| !e.is_empty()),
         }
     }
 }
@@ -227,13 +341,40 @@ pub fn validate(
             "a search draws its values from [search.space]; leave [grid] out",
         );
     }
-    let tpe_file = file.method == SearchMethod::Tpe;
-    if tpe_file && repeats > 1 {
+    let modelled = file.method != SearchMethod::Random;
+    if modelled && repeats > 1 {
         return err(
             "run.repeats",
-            "must be 1 with method = \"tpe\" (each trial is its own point)",
+            format!(
+                "must be 1 with method = \"{}\" (each trial is its own point)",
+                file.method.as_str()
+            ),
         );
     }
+    let (trials, seed) = trials_and_seed(&file, repeats)?;
+    let space = check_space(file.space.take(), train, keys)?;
+    let objectives = objectives::objectives(&file, modelled.then_some("accuracy"), keys)?;
+    let constraints = objectives::constraints(&file, keys)?;
+    let model = match file.method {
+        SearchMethod::Tpe => Some(Model::Tpe(tpe_options(&file, objectives.len())?)),
+        SearchMethod::Nsga2 => Some(Model::Nsga2(nsga2_options(&file, trials)?)),
+        _ => None,
+    };
+    let (warm_start, enqueue) = drawn_first(file, trials, &space)?;
+    Ok(Some(Search {
+        trials,
+        seed,
+        space,
+        objectives,
+        constraints,
+        model,
+        warm_start,
+        enqueue,
+    }))
+}
+
+/// `trials` (1 to the most jobs, with repeats) and `seed` (0 by default).
+fn trials_and_seed(file: &SearchFile, repeats: i64) -> Result<(i64, i64), SpecError> {
     let trials = match file.trials {
         None => return err("search.trials", "missing"),
         Some(n) if n >= 1 && n.saturating_mul(repeats) <= MAX_JOBS as i64 => n,
@@ -254,13 +395,23 @@ pub fn validate(
             )
         }
     };
-    let Some(space) = file.space.take() else {
+    Ok((trials, seed))
+}
+
+/// `[search.space]`: at least one option, none also in `[train]`, every distribution one the
+/// option accepts.
+fn check_space(
+    space: Option<indexmap::IndexMap<String, Distribution>>,
+    train: &Map<String, Value>,
+    keys: Keys,
+) -> Result<Vec<(String, Distribution)>, SpecError> {
+    let Some(space) = space else {
         return err("search.space", "missing (a table of option = distribution)");
     };
     if space.is_empty() {
         return err("search.space", "must name at least one option");
     }
-    let space = space
+    space
         .into_iter()
         .map(|(k, d)| {
             let field = format!("search.space.{k}");
@@ -273,69 +424,70 @@ pub fn validate(
             check_distribution(&field, &k, &d, keys)?;
             Ok((k, d))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let tpe = match tpe_file {
-        true => Some(tpe_options(file, trials, &space)?),
-        false => None,
-    };
-    Ok(Some(Search {
-        trials,
-        seed,
-        space,
-        tpe,
-    }))
+        .collect()
 }
 
-/// Each method's own keys: a grid takes none of a search's, random none of TPE's.
+/// Each method's own keys: a grid takes none of a search's, random none of a model's, TPE none of
+/// NSGA-II's and the reverse.
 fn check_keys_of_method(file: &SearchFile) -> Result<(), SpecError> {
     let search = [
         ("trials", file.trials.is_some()),
         ("seed", file.seed.is_some()),
         ("space", file.space.is_some()),
-    ];
-    let tpe = [
         ("metric", file.metric.is_some()),
         ("mode", file.mode.is_some()),
+        ("objectives", file.objectives.is_some()),
+        ("constraints", file.constraints.is_some()),
+    ];
+    let model = [
+        ("warm_start", file.warm_start.is_some()),
+        ("enqueue", file.enqueue.is_some()),
+    ];
+    let tpe = [
         ("startup_trials", file.startup_trials.is_some()),
         ("ei_candidates", file.ei_candidates.is_some()),
         ("multivariate", file.multivariate.is_some()),
         ("constant_liar", file.constant_liar.is_some()),
-        ("warm_start", file.warm_start.is_some()),
-        ("enqueue", file.enqueue.is_some()),
+    ];
+    let nsga2 = [
+        ("population", file.population.is_some()),
+        ("crossover_prob", file.crossover_prob.is_some()),
+        ("swapping_prob", file.swapping_prob.is_some()),
+        ("mutation_prob", file.mutation_prob.is_some()),
     ];
     let given = |keys: &[(&'static str, bool)]| keys.iter().find(|(_, set)| *set).map(|(k, _)| *k);
+    const SEARCH: &str =
+        "only for method = \"random\", \"tpe\" or \"nsga2\" (a grid's axes are in [grid])";
+    const MODEL: &str = "only for method = \"tpe\" or \"nsga2\"";
+    const TPE: &str = "only for method = \"tpe\"";
+    const NSGA2: &str = "only for method = \"nsga2\"";
     let refused = match file.method {
         SearchMethod::Grid => given(&search)
-            .map(|k| {
-                (
-                    k,
-                    "only for method = \"random\" or \"tpe\" (a grid's axes are in [grid])",
-                )
-            })
-            .or(given(&tpe).map(|k| (k, "only for method = \"tpe\""))),
-        SearchMethod::Random => given(&tpe).map(|k| (k, "only for method = \"tpe\"")),
+            .map(|k| (k, SEARCH))
+            .or(given(&model).map(|k| (k, MODEL))),
+        SearchMethod::Random => given(&model).map(|k| (k, MODEL)),
         SearchMethod::Tpe => None,
+        SearchMethod::Nsga2 => None,
     };
+    let refused = refused
+        .or(match file.method {
+            SearchMethod::Tpe => None,
+            _ => given(&tpe).map(|k| (k, TPE)),
+        })
+        .or(match file.method {
+            SearchMethod::Nsga2 => None,
+            _ => given(&nsga2).map(|k| (k, NSGA2)),
+        });
     match refused {
         Some((k, why)) => err(format!("search.{k}"), why),
         None => Ok(()),
     }
 }
 
-/// TPE's own keys, defaults filled in (Optuna 5.0's).
-fn tpe_options(
-    file: SearchFile,
-    trials: i64,
-    space: &[(String, Distribution)],
-) -> Result<tpe::Options, SpecError> {
+/// TPE's own keys, defaults filled in (Optuna 5.0's; `multivariate` true with one objective, as
+/// before, and false with several, as Optuna's).
+fn tpe_options(file: &SearchFile, objectives: usize) -> Result<tpe::Options, SpecError> {
     use tpe::Options as O;
-    let metric = file.metric.unwrap_or_else(|| "accuracy".to_string());
-    if !protocol::is_metric_name(&metric) {
-        return err(
-            "search.metric",
-            "must name a reported metric (letters, digits, _ . - /)",
-        );
-    }
     let startup_trials = file.startup_trials.unwrap_or(O::DEFAULT_STARTUP_TRIALS);
     if !(0..=MAX_JOBS as i64).contains(&startup_trials) {
         return err(
@@ -350,14 +502,70 @@ fn tpe_options(
             format!("must be from 1 to {}", O::MAX_EI_CANDIDATES),
         );
     }
+    Ok(O {
+        startup_trials,
+        ei_candidates,
+        multivariate: file.multivariate.unwrap_or(objectives <= 1),
+        constant_liar: file.constant_liar.unwrap_or(true),
+    })
+}
+
+/// NSGA-II's own keys, defaults filled in (Optuna 5.0's).
+fn nsga2_options(file: &SearchFile, trials: i64) -> Result<nsga2::Options, SpecError> {
+    use nsga2::Options as O;
+    let population = file.population.unwrap_or(O::DEFAULT_POPULATION.min(trials));
+    if !(O::MIN_POPULATION..=O::MAX_POPULATION).contains(&population) {
+        return err(
+            "search.population",
+            format!(
+                "must be from {} to {}",
+                O::MIN_POPULATION,
+                O::MAX_POPULATION
+            ),
+        );
+    }
+    if population > trials {
+        return err(
+            "search.population",
+            format!("{population} is more than the {trials} trials (a generation would never end)"),
+        );
+    }
+    let probability = |key: &str, v: Option<f64>| -> Result<Option<f64>, SpecError> {
+        match v {
+            Some(p) if !(0.0..=1.0).contains(&p) => err(
+                format!("search.{key}"),
+                "must be a probability, from 0 to 1",
+            ),
+            v => Ok(v),
+        }
+    };
+    Ok(O {
+        population,
+        crossover_prob: probability("crossover_prob", file.crossover_prob)?
+            .unwrap_or(O::DEFAULT_CROSSOVER_PROB),
+        swapping_prob: probability("swapping_prob", file.swapping_prob)?
+            .unwrap_or(O::DEFAULT_SWAPPING_PROB),
+        mutation_prob: probability("mutation_prob", file.mutation_prob)?,
+    })
+}
+
+type Points = Vec<Map<String, Value>>;
+
+/// A model's `warm_start` (each sweep once, at most 16) and `enqueue` (at most `trials` points,
+/// each a full point of the space).
+fn drawn_first(
+    file: SearchFile,
+    trials: i64,
+    space: &[(String, Distribution)],
+) -> Result<(Vec<i64>, Points), SpecError> {
     // A sweep named twice would count its history twice: once is what it means.
     let mut warm_start = file.warm_start.unwrap_or_default();
     let mut seen = std::collections::HashSet::new();
     warm_start.retain(|id| seen.insert(*id));
-    if warm_start.len() > O::MAX_WARM_START {
+    if warm_start.len() > MAX_WARM_START {
         return err(
             "search.warm_start",
-            format!("at most {} sweeps", O::MAX_WARM_START),
+            format!("at most {MAX_WARM_START} sweeps"),
         );
     }
     if let Some(i) = warm_start.iter().position(|id| *id < 1) {
@@ -373,16 +581,7 @@ fn tpe_options(
     for (i, point) in enqueue.iter().enumerate() {
         check_enqueued(&format!("search.enqueue[{i}]"), point, space)?;
     }
-    Ok(O {
-        mode: file.mode.unwrap_or_else(|| Mode::default_for(&metric)),
-        metric,
-        startup_trials,
-        ei_candidates,
-        multivariate: file.multivariate.unwrap_or(true),
-        constant_liar: file.constant_liar.unwrap_or(true),
-        warm_start,
-        enqueue,
-    })
+    Ok((warm_start, enqueue))
 }
 
 /// An enqueued point names every key of the space, no other, each with a value its distribution

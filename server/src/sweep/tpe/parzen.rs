@@ -92,14 +92,40 @@ pub fn trial_weights(n: usize) -> Vec<f64> {
     w
 }
 
+/// The mixture's weights over `trial` weights and the prior's (last), normalised.
+fn normalised(mut weights: Vec<f64>) -> Vec<f64> {
+    weights.push(if weights.is_empty() {
+        1.0
+    } else {
+        PRIOR_WEIGHT
+    });
+    let total: f64 = weights.iter().sum();
+    weights.iter_mut().for_each(|w| *w /= total);
+    weights
+}
+
+/// The mixture's weights when every one of `n` trials weighs the same (the good model with
+/// several objectives, as Optuna 5.0 builds it), the prior's last.
+pub fn uniform_weights(n: usize) -> Vec<f64> {
+    normalised(vec![1.0; n])
+}
+
 impl Estimator {
     /// The model of `observations` (rows in the order the trials were created, one value per dim).
     pub fn new(observations: &[Vec<f64>], dims: &[Dim]) -> Self {
-        let n = observations.len();
-        let mut weights = trial_weights(n);
-        weights.push(if n == 0 { 1.0 } else { PRIOR_WEIGHT });
-        let total: f64 = weights.iter().sum();
-        weights.iter_mut().for_each(|w| *w /= total);
+        Self::weighted(
+            observations,
+            dims,
+            normalised(trial_weights(observations.len())),
+        )
+    }
+
+    /// As [`Estimator::new`], every trial weighing the same.
+    pub fn uniform(observations: &[Vec<f64>], dims: &[Dim]) -> Self {
+        Self::weighted(observations, dims, uniform_weights(observations.len()))
+    }
+
+    fn weighted(observations: &[Vec<f64>], dims: &[Dim], weights: Vec<f64>) -> Self {
         let dims = dims
             .iter()
             .enumerate()
