@@ -206,19 +206,74 @@ pub struct SweepRow {
     pub tpe: Option<TpeProgress>,
 }
 
-/// A TPE sweep's progress (`[search] method = "tpe"`).
+/// A search's progress (`[search]` with a metric or objectives; the name is TPE's, which had it
+/// first).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TpeProgress {
-    /// The metric trials are judged by, and whether larger (`max`) or smaller (`min`) is better.
+    /// `random`, `tpe` or `nsga2`.
+    #[serde(default)]
+    pub method: String,
+    /// The metric trials are judged by (the first objective's), and whether larger (`max`) or
+    /// smaller (`min`) is better.
     pub metric: String,
     pub mode: String,
-    /// Trials drawn so far, of `trials` (the rest are drawn when claimed).
+    /// Trials drawn so far, of `trials` (a model's are drawn when claimed).
     pub drawn: i64,
     pub trials: i64,
-    /// The best completed trial so far: its job and value.
+    /// The best completed trial so far: its job and value (one objective).
     pub best_job: Option<i64>,
     pub best_value: Option<f64>,
+    /// Several objectives: all of them, and how many trials are on the front so far (no single
+    /// trial is best).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objectives: Option<Vec<ObjectiveView>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub front: Option<i64>,
+}
+
+/// One objective: a metric and which way is better (`max` or `min`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ObjectiveView {
+    pub metric: String,
+    pub mode: String,
+}
+
+/// `GET /api/sweeps/{id}/pareto`: the completed trials no other feasible completed trial
+/// dominates on the objectives, feasible ones only; with `all`, every trial that reported each
+/// objective too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ParetoView {
+    pub objectives: Vec<ObjectiveView>,
+    /// The search's constraints, as `metric >= min` or `metric <= max`.
+    pub constraints: Vec<String>,
+    /// Completed trials that reported every objective, and how many of them are on the front.
+    pub judged: i64,
+    pub front_size: i64,
+    /// By the first objective, best first.
+    pub trials: Vec<ParetoTrial>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ParetoTrial {
+    pub job_id: i64,
+    /// Its trial number in the sweep (the order drawn).
+    pub trial: i64,
+    /// Each objective's value, in the objectives' order.
+    pub values: Vec<f64>,
+    pub feasible: bool,
+    /// The sum of its constraints' violations (0 when feasible; null when a constraint's metric
+    /// was never reported: infinitely far).
+    pub violation: Option<f64>,
+    /// On the front.
+    pub front: bool,
+    /// The front's trials: their parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub params: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

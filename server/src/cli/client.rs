@@ -406,8 +406,26 @@ fn pending_hint(d: &SweepDetail) -> Option<String> {
 }
 
 /// "TPE: 12 of 40 trials drawn; best accuracy (max) 81.23%, job 17" (a fraction in percent, as
-/// everywhere; another metric to 6 decimals).
+/// everywhere; another metric to 6 decimals); with several objectives "NSGA-II: 12 of 40 trials
+/// drawn; front of 5 on accuracy (max), seconds (min)".
 fn tpe_line(t: &protocol::views::TpeProgress) -> String {
+    let method = match t.method.as_str() {
+        "nsga2" => "NSGA-II",
+        "random" => "random",
+        _ => "TPE",
+    };
+    if let (Some(front), Some(objectives)) = (t.front, &t.objectives) {
+        let on: Vec<String> = objectives
+            .iter()
+            .map(|o| format!("{} ({})", o.metric, o.mode))
+            .collect();
+        return format!(
+            "{method}: {} of {} trials drawn; front of {front} on {}",
+            t.drawn,
+            t.trials,
+            on.join(", ")
+        );
+    }
     let value = |v: f64| match crate::results::shape::is_fraction(&t.metric) {
         true => format!("{:.2}%", 100.0 * v),
         false => format!("{}", (v * 1e6).round() / 1e6),
@@ -416,7 +434,7 @@ fn tpe_line(t: &protocol::views::TpeProgress) -> String {
         (Some(v), Some(job)) => format!("best {} ({}) {}, job {job}", t.metric, t.mode, value(v)),
         _ => format!("no completed trial yet ({} {})", t.metric, t.mode),
     };
-    format!("TPE: {} of {} trials drawn; {best}", t.drawn, t.trials)
+    format!("{method}: {} of {} trials drawn; {best}", t.drawn, t.trials)
 }
 
 /// A program's output as a terminal may show it: control characters other than newline, tab and

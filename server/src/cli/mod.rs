@@ -203,40 +203,7 @@ pub enum Command {
         remote: Remote,
     },
     /// A sweep's results: markdown (the study's table), csv or json; or rewrite a README's results block.
-    Export {
-        /// The sweep's id.
-        sweep: i64,
-        /// markdown (the study's table), csv (a row per job) or json.
-        #[arg(long, default_value = "markdown", value_parser = format_parser())]
-        format: crate::results::export::Format,
-        /// Precision, recall, F1, epochs and wall-time columns.
-        #[arg(long)]
-        extra: bool,
-        /// The study's Chinese headings.
-        #[arg(long)]
-        chinese: bool,
-        /// The study's table (its first README, SEED.md) beside this sweep's, cell by cell, with the
-        /// difference in points.
-        #[arg(long)]
-        compare: bool,
-        /// Rewrite the block between <!-- results:begin --> and <!-- results:end --> of this file.
-        #[arg(long)]
-        readme: Option<PathBuf>,
-        /// With --readme: the named block (<!-- results:NAME:begin -->) instead.
-        #[arg(long, requires = "readme")]
-        block: Option<String>,
-        /// Which parameter mattered instead (PED-ANOVA, as Optuna computes it): a markdown table.
-        #[arg(long, conflicts_with_all = ["readme", "compare"])]
-        importance: bool,
-        /// With --importance: the metric (default: the sweep's objective, else accuracy).
-        #[arg(long, requires = "importance")]
-        metric: Option<String>,
-        /// With --importance: min or max (default: the metric's).
-        #[arg(long, requires = "importance", value_parser = ["min", "max"])]
-        mode: Option<String>,
-        #[command(flatten)]
-        remote: Remote,
-    },
+    Export(ExportArgs),
     /// Draw the study's figures of a sweep (lr, loss, acc, batch_and_loss, batch_and_acc) as PNG files.
     Plot {
         /// The sweep's id.
@@ -481,6 +448,93 @@ async fn importance_table(client: &Client, sweep: i64, query: &str) -> Result<St
     Ok(crate::results::importance::markdown(&imp))
 }
 
+/// `server export`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The sweep's id.
+    sweep: i64,
+    /// markdown (the study's table), csv (a row per job) or json.
+    #[arg(long, default_value = "markdown", value_parser = format_parser())]
+    format: crate::results::export::Format,
+    /// Precision, recall, F1, epochs and wall-time columns.
+    #[arg(long)]
+    extra: bool,
+    /// The study's Chinese headings.
+    #[arg(long)]
+    chinese: bool,
+    /// The study's table (its first README, SEED.md) beside this sweep's, cell by cell, with the
+    /// difference in points.
+    #[arg(long)]
+    compare: bool,
+    /// Rewrite the block between <!-- results:begin --> and <!-- results:end --> of this file.
+    #[arg(long)]
+    readme: Option<PathBuf>,
+    /// With --readme: the named block (<!-- results:NAME:begin -->) instead.
+    #[arg(long, requires = "readme")]
+    block: Option<String>,
+    /// Which parameter mattered instead (PED-ANOVA, as Optuna computes it): a markdown table.
+    #[arg(long, conflicts_with_all = ["readme", "compare"])]
+    importance: bool,
+    /// With --importance: the metric (default: the sweep's objective, else accuracy).
+    #[arg(long, requires = "importance")]
+    metric: Option<String>,
+    /// With --importance: min or max (default: the metric's).
+    #[arg(long, requires = "importance", value_parser = ["min", "max"])]
+    mode: Option<String>,
+    /// The front instead (the trials no feasible trial dominates on the objectives): a
+    /// markdown table sorted by the first objective.
+    #[arg(long, conflicts_with_all = ["readme", "compare", "importance"])]
+    pareto: bool,
+    /// With --pareto: the objectives, as metric[:max|min],... (default: the search's).
+    #[arg(long, requires = "pareto")]
+    objectives: Option<String>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// `server export`: the results (or a README's block rewritten), the importance, or the front.
+async fn export(a: ExportArgs) -> Result<()> {
+    let client = Client::new(&a.remote.server, a.remote.token);
+    if a.importance {
+        return print_importance(&client, a.sweep, a.metric.as_deref(), a.mode.as_deref()).await;
+    }
+    if a.pareto {
+        return print_front(&client, a.sweep, a.objectives.as_deref()).await;
+    }
+    let query = format!(
+        "extra={}&chinese={}&compare={}",
+        a.extra, a.chinese, a.compare
+    );
+    match a.readme {
+        None => {
+            let path = format!("{}?format={}&{query}", routes::results(a.sweep), a.format);
+            print!("{}", client.get_text(&path).await?);
+            Ok(())
+        }
+        Some(file) => rewrite_readme(&client, a.sweep, &file, a.block.as_deref(), &query).await,
+    }
+}
+
+/// `server export SWEEP --pareto`: the front as a markdown table.
+async fn print_front(client: &Client, sweep: i64, objectives: Option<&str>) -> Result<()> {
+    let query = match objectives {
+        Some(o) => format!("?objectives={}", urlencoding(o)),
+        None => String::new(),
+    };
+    let path = format!("{}/pareto{query}", routes::sweep(sweep));
+    let view: protocol::views::ParetoView = serde_json::from_value(client.get_json(&path).await?)
+        .context("unexpected answer to a front")?;
+    print!("{}", crate::results::front::markdown(&view));
+    Ok(())
+}
+
+/// A query value's reserved characters escaped (metric names are letters, digits, `_ . - /`).
+fn urlencoding(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace(' ', "%20")
+}
+
 /// `server cancel SWEEP`: what ended now, and what stops at its next heartbeat.
 async fn cancel(sweep: i64, remote: Remote) -> Result<()> {
     let client = Client::new(&remote.server, remote.token);
@@ -564,35 +618,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             print!("{}", client.status(sweep).await?);
             Ok(())
         }
-        Command::Export {
-            sweep,
-            format,
-            extra,
-            chinese,
-            compare,
-            readme,
-            block,
-            importance,
-            metric,
-            mode,
-            remote,
-        } => {
-            let client = Client::new(&remote.server, remote.token);
-            if importance {
-                return print_importance(&client, sweep, metric.as_deref(), mode.as_deref()).await;
-            }
-            let query = format!("extra={extra}&chinese={chinese}&compare={compare}");
-            match readme {
-                None => {
-                    let path = format!("{}?format={format}&{query}", routes::results(sweep));
-                    print!("{}", client.get_text(&path).await?);
-                }
-                Some(file) => {
-                    rewrite_readme(&client, sweep, &file, block.as_deref(), &query).await?;
-                }
-            }
-            Ok(())
-        }
+        Command::Export(args) => export(args).await,
     }
 }
 

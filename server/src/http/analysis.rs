@@ -7,12 +7,12 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::ApiResult;
-use crate::results::{importance, views};
+use crate::results::{front, importance, views};
 use crate::state::AppState;
 use crate::sweep::early_stop::Mode;
 use crate::sweep::SweepSpec;
 use protocol::views::{
-    Compared, Comparison, Contour, Importance, RunLine, Runs, Slice, SweepShape,
+    Compared, Comparison, Contour, Importance, ParetoView, RunLine, Runs, Slice, SweepShape,
 };
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -59,6 +59,82 @@ async fn compute<T: Send + 'static>(
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
         .map_err(ApiError::Unprocessable)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ParetoQuery {
+    /// The objectives, as `metric[:max|min],...` (default: the search's; a sweep without
+    /// objectives, a grid for one, must name them).
+    pub objectives: Option<String>,
+    /// Every completed trial that reported each objective too, not only the front (at most
+    /// 5,000, by non-domination rank), each marked `front` or not.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// The front: the completed trials no other feasible completed trial dominates on the
+/// objectives, feasible ones only, with their parameters; by the first objective, best first.
+#[utoipa::path(get, path = "/api/sweeps/{id}/pareto", tag = "analysis", params(("id" = i64, Path), ParetoQuery),
+    responses((status = 200, body = ParetoView), (status = 404), (status = 422)))]
+pub(super) async fn pareto(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<ParetoQuery>,
+) -> ApiResult<Json<ParetoView>> {
+    let spec = state.store.sweep_spec(id).await?;
+    let search = spec.search.as_ref();
+    let objectives = match q.objectives.as_deref() {
+        Some(text) => front::parse_objectives(text).map_err(ApiError::Unprocessable)?,
+        None => match search.map(|s| s.objectives.clone()).unwrap_or_default() {
+            o if !o.is_empty() => o,
+            _ => {
+                return Err(ApiError::Unprocessable(format!(
+                "objectives: sweep {id} names none; ask for some, as objectives=accuracy,seconds"
+            )))
+            }
+        },
+    };
+    let constraints = search.map(|s| s.constraints.clone()).unwrap_or_default();
+    let mut view = front_view(&state, id, objectives, constraints, q.all).await?;
+    let ids: Vec<i64> = view
+        .trials
+        .iter()
+        .filter(|t| t.front)
+        .map(|t| t.job_id)
+        .collect();
+    let mut params = state.store.params_of(&ids).await?;
+    for t in view.trials.iter_mut().filter(|t| t.front) {
+        t.params = params.remove(&t.job_id);
+    }
+    Ok(Json(view))
+}
+
+/// A sweep's front on `objectives` under `constraints` (without parameters).
+pub(super) async fn front_view(
+    state: &AppState,
+    sweep: i64,
+    objectives: Vec<(String, Mode)>,
+    constraints: Vec<crate::sweep::objectives::Constraint>,
+    all: bool,
+) -> ApiResult<ParetoView> {
+    let mut metrics: Vec<String> = objectives.iter().map(|o| o.0.clone()).collect();
+    metrics.extend(constraints.iter().map(|c| c.metric.clone()));
+    let rows = state.store.completed_values(sweep, &metrics).await?;
+    compute(move || Ok(front::front(&objectives, &constraints, &rows, all))).await
+}
+
+/// A search with several objectives: its front's jobs (the exports' `pareto` column).
+pub(super) async fn front_jobs(
+    state: &AppState,
+    sweep: i64,
+    spec: &SweepSpec,
+) -> ApiResult<Option<std::collections::HashSet<i64>>> {
+    let Some(search) = spec.search.as_ref().filter(|s| s.objectives.len() > 1) else {
+        return Ok(None);
+    };
+    let (objectives, constraints) = (search.objectives.clone(), search.constraints.clone());
+    let view = front_view(state, sweep, objectives, constraints, false).await?;
+    Ok(Some(view.trials.iter().map(|t| t.job_id).collect()))
 }
 
 /// What a sweep varies (its axes, each with its scale) and what its jobs reported (each metric

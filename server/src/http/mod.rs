@@ -36,7 +36,7 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
     info(title = "sweep coordinator", description = "Hyperparameter sweeps of the study's CIFAR-10 trainer: sweeps, jobs under leases, metrics, results."),
     paths(sweeps::submit_sweep, sweeps::list_sweeps, sweeps::get_sweep, sweeps::cancel_sweep, jobs::get_job, sweeps::results, sweeps::figure,
           jobs::claim, jobs::unfinished, jobs::heartbeat, jobs::report_metrics, jobs::finish, jobs::release,
-          dashboard::jobs_page, dashboard::grid, dashboard::curves, analysis::shape, analysis::importance, analysis::slice, analysis::contour, analysis::runs, analysis::compare,
+          dashboard::jobs_page, dashboard::grid, dashboard::curves, analysis::shape, analysis::importance, analysis::slice, analysis::contour, analysis::runs, analysis::pareto, analysis::compare,
           artifacts::upload, artifacts::download, logs::append, logs::read,
           events::stream, healthz, prometheus, openapi, auth::create_session, auth::end_session,
           workers::add, workers::list, workers::revoke, workers::enroll),
@@ -46,7 +46,7 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
                         protocol::Rendezvous, protocol::GangPart, protocol::GangState, protocol::views::GangMember,
                         protocol::credentials::NewCredential, protocol::credentials::EnrollmentLimits, protocol::credentials::EnrollRequest,
                         protocol::credentials::IssuedCredential, protocol::credentials::CredentialKind, protocol::credentials::CredentialRow,
-                        protocol::credentials::Revoked, protocol::views::Importance, protocol::views::LeftOut, protocol::views::BestTrial, protocol::views::DryRun,
+                        protocol::credentials::Revoked, protocol::views::Importance, protocol::views::ParetoView, protocol::views::ParetoTrial, protocol::views::ObjectiveView, protocol::views::LeftOut, protocol::views::BestTrial, protocol::views::DryRun,
                         protocol::views::SweepShape, protocol::views::Axis, protocol::views::MetricInfo, protocol::views::Point, protocol::views::Slice, protocol::views::Contour, protocol::views::Compared, protocol::views::Comparison, protocol::views::RunLine, protocol::views::Runs)),
     modifiers(&BearerAuth, &CommonResponses)
 )]
@@ -146,6 +146,7 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route("/api/sweeps/{id}/slice", get(analysis::slice))
         .route("/api/sweeps/{id}/contour", get(analysis::contour))
         .route("/api/sweeps/{id}/runs", get(analysis::runs))
+        .route("/api/sweeps/{id}/pareto", get(analysis::pareto))
         .route("/api/compare", get(analysis::compare))
         .route("/", get(dashboard::index))
         .route("/app.js", get(dashboard::app_js))

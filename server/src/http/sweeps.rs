@@ -277,7 +277,13 @@ pub(super) async fn results(
         metrics: Some(&objective),
     };
     let keys = state.store.job_keys(id, parts).await?;
-    let export = Export::plan(&d.sweep, &d.spec, &keys, format, &opts);
+    let mut export = Export::plan(&d.sweep, &d.spec, &keys, format, &opts);
+    if !crate::results::shape::is_study_grid(&d.spec) {
+        let spec = state.store.sweep_spec(id).await?;
+        if let Some(front) = super::analysis::front_jobs(&state, id, &spec).await? {
+            export = export.with_front(front);
+        }
+    }
     let ctype = export.content_type();
     Ok((
         [(header::CONTENT_TYPE, ctype)],

@@ -130,6 +130,19 @@ pub fn objective_of(spec: &Value) -> (String, Mode) {
     }
 }
 
+/// Every objective of a sweep's search (several, or its one), else [`objective_of`]'s.
+pub fn objectives_of(spec: &Value) -> Vec<(String, Mode)> {
+    let several = crate::sweep::SweepSpec::from_value(spec)
+        .ok()
+        .and_then(|s| s.search)
+        .map(|s| s.objectives)
+        .unwrap_or_default();
+    match several.is_empty() {
+        true => vec![objective_of(spec)],
+        false => several,
+    }
+}
+
 /// The objective a sweep's rows are ranked by, where some job reported it.
 fn objective(spec: &Value, facts: &MetricFacts) -> Option<(String, Mode)> {
     let (metric, mode) = objective_of(spec);
@@ -271,6 +284,8 @@ pub struct Export {
     /// CSV and JSON: the named metrics some job reported (the others get no column).
     reported: Vec<&'static str>,
     tpe: Option<TpeProgress>,
+    /// Several objectives: the front's jobs.
+    front: Option<HashSet<i64>>,
     /// A TPE sweep's trial numbers (the order drawn), by job id.
     trials: HashMap<i64, usize>,
     written: usize,
@@ -302,10 +317,16 @@ impl Export {
             true => best_of_each_lr(&ordered),
             false => HashSet::new(),
         };
+        let objectives: Vec<(String, Mode)> = objectives_of(spec)
+            .into_iter()
+            .filter(|(m, _)| keys.facts.reported(m))
+            .collect();
+        let judged: Vec<(&str, Mode)> = objectives.iter().map(|(m, o)| (m.as_str(), *o)).collect();
         let table = (format == Format::Markdown && !study).then(|| Table {
             axes: shape::axes(spec),
-            metrics: shape::metric_columns(&keys.facts, objective, opts.extra),
-            objective: objective.map(|(m, _)| m.to_string()),
+            metrics: shape::metric_columns(&keys.facts, &judged, opts.extra),
+            objectives: objectives.iter().map(|o| o.0.clone()).collect(),
+            front: None,
             extra: opts.extra,
         });
         let reported = reported_named(&keys.facts);
@@ -324,9 +345,30 @@ impl Export {
             reported,
             tpe,
             trials,
+            front: None,
             written: 0,
             marks: BTreeSet::new(),
         }
+    }
+
+    /// Several objectives: the front's rows first (each part keeps its order) and a `pareto`
+    /// column (markdown: `yes` on the front; CSV and JSON: true or false).
+    pub fn with_front(mut self, front: HashSet<i64>) -> Export {
+        let (on, off): (Vec<i64>, Vec<i64>) = self.order.iter().partition(|id| front.contains(id));
+        self.order = on.into_iter().chain(off).collect();
+        if let Some(t) = &mut self.table {
+            t.front = Some(front.clone());
+        }
+        if self.format == Format::Csv {
+            let at = self
+                .columns
+                .iter()
+                .position(|c| c == "status")
+                .map_or(0, |i| i + 1);
+            self.columns.insert(at, "pareto".into());
+        }
+        self.front = Some(front);
+        self
     }
 
     pub fn content_type(&self) -> &'static str {
@@ -361,20 +403,29 @@ impl Export {
                     }
                 },
                 Format::Csv => {
-                    let r = record(j, self.tpe.as_ref(), trial, &self.reported);
+                    let r = self.record(j, trial);
                     out.push_str(&csv_row(&r, &self.columns));
                 }
                 Format::Json => {
                     if self.written > 0 {
                         out.push(',');
                     }
-                    let r = record(j, self.tpe.as_ref(), trial, &self.reported);
+                    let r = self.record(j, trial);
                     out.push_str(&Value::Object(r).to_string());
                 }
             }
             self.written += 1;
         }
         out
+    }
+
+    /// A job's CSV and JSON record, marked on the front or not when the sweep has one.
+    fn record(&self, j: &JobRow, trial: usize) -> Map<String, Value> {
+        let mut r = record(j, self.tpe.as_ref(), trial, &self.reported);
+        if let Some(front) = &self.front {
+            r.insert("pareto".into(), front.contains(&j.id).into());
+        }
+        r
     }
 
     /// What comes after the last row: the table's notes on its marks, JSON's `]`.

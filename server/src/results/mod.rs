@@ -3,6 +3,7 @@
 //! figures and the analysis views.
 pub mod export;
 pub mod figures;
+pub mod front;
 pub mod importance;
 pub mod shape;
 pub mod study;

@@ -100,15 +100,16 @@ const SHOWN_ORDER: [&str; 9] = [
     "lr",
 ];
 
-/// Metric names in the order tables and pickers show them: the objective first (when among them),
-/// then the named ones ([`SHOWN_ORDER`]; `lr` and `seconds`, the schedule and the clock, only
+/// Metric names in the order tables and pickers show them: the objectives first (those among
+/// them, in order), then the named ones ([`SHOWN_ORDER`]; `lr` and `seconds`, the schedule and the clock, only
 /// when `all`), then a program's own by name.
-pub fn ordered(names: &[String], objective: Option<&str>, all: bool) -> Vec<String> {
+pub fn ordered(names: &[String], objectives: &[&str], all: bool) -> Vec<String> {
     let has = |n: &str| names.iter().any(|x| x == n);
-    let mut out: Vec<String> = vec![];
-    if let Some(o) = objective.filter(|o| has(o)) {
-        out.push(o.to_string());
-    }
+    let mut out: Vec<String> = objectives
+        .iter()
+        .filter(|o| has(o))
+        .map(|o| o.to_string())
+        .collect();
     let named = SHOWN_ORDER
         .iter()
         .filter(|n| all || !matches!(**n, "lr" | "seconds"))
@@ -202,24 +203,25 @@ impl MetricFacts {
 /// the direction that is better and its best completed value.
 pub fn metric_columns(
     facts: &MetricFacts,
-    objective: Option<(&str, Mode)>,
+    objectives: &[(&str, Mode)],
     all: bool,
 ) -> Vec<MetricColumn> {
-    ordered(&facts.names(), objective.map(|(o, _)| o), all)
+    let names: Vec<&str> = objectives.iter().map(|o| o.0).collect();
+    ordered(&facts.names(), &names, all)
         .into_iter()
         .map(|name| {
-            let mode = mode_of(&name, objective);
+            let mode = mode_of(&name, objectives);
             let best = facts.best(&name, mode);
             MetricColumn { name, mode, best }
         })
         .collect()
 }
 
-/// Which way a metric is better: the objective's mode, else as `[early_stop]` defaults it.
-pub fn mode_of(name: &str, objective: Option<(&str, Mode)>) -> Mode {
-    match objective {
-        Some((o, mode)) if o == name => mode,
-        _ => Mode::default_for(name),
+/// Which way a metric is better: its objective's mode, else as `[early_stop]` defaults it.
+pub fn mode_of(name: &str, objectives: &[(&str, Mode)]) -> Mode {
+    match objectives.iter().find(|o| o.0 == name) {
+        Some((_, mode)) => *mode,
+        None => Mode::default_for(name),
     }
 }
 

@@ -13,8 +13,10 @@ const UNBOUNDED_EPOCHS: i64 = 100_000;
 pub struct Table {
     pub axes: Vec<String>,
     pub metrics: Vec<MetricColumn>,
-    /// The objective's name, when it is one of `metrics` (its column comes first).
-    pub objective: Option<String>,
+    /// The objectives' names among `metrics` (their columns come first).
+    pub objectives: Vec<String>,
+    /// Several objectives: the front's jobs (a `pareto` column marks them).
+    pub front: Option<std::collections::HashSet<i64>>,
     /// Epochs and wall-time columns.
     pub extra: bool,
 }
@@ -24,9 +26,12 @@ impl Table {
         let mut head: Vec<String> = vec!["job".into()];
         head.extend(self.axes.iter().map(|a| escape(a)));
         head.push("status".into());
+        if self.front.is_some() {
+            head.push("pareto".into());
+        }
         for m in &self.metrics {
             let mut h = escape(&m.header());
-            if self.objective.as_deref() == Some(m.name.as_str()) {
+            if self.objectives.contains(&m.name) {
                 h.push_str(&format!(" (objective, {})", m.mode.as_str()));
             }
             head.push(h);
@@ -53,6 +58,9 @@ impl Table {
                 .map(|a| escape(&j.params.get(a).map(value_cell).unwrap_or_default())),
         );
         cells.push(status_cell(j));
+        if let Some(front) = &self.front {
+            cells.push(if front.contains(&j.id) { "yes" } else { "" }.into());
+        }
         let latest = j.latest.as_ref();
         for m in &self.metrics {
             let v = latest

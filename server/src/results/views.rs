@@ -67,12 +67,12 @@ pub fn axis(name: &str, dist: &Distribution) -> Axis {
 pub fn shape(stored: &Value, spec: &SweepSpec, ranges: &[(String, usize, f64, f64)]) -> SweepShape {
     let (objective, mode) = importance::objective(spec);
     let names: Vec<String> = ranges.iter().map(|r| r.0.clone()).collect();
-    let metrics: Vec<MetricInfo> = shape::ordered(&names, Some(&objective), true)
+    let metrics: Vec<MetricInfo> = shape::ordered(&names, &[&objective], true)
         .into_iter()
         .filter_map(|name| {
             let (_, jobs, min, max) = ranges.iter().find(|r| r.0 == name)?;
             let column = shape::MetricColumn {
-                mode: shape::mode_of(&name, Some((&objective, mode))),
+                mode: shape::mode_of(&name, &[(&objective, mode)]),
                 name,
                 best: None,
             };

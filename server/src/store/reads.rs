@@ -1,5 +1,7 @@
 //! Read models, from the read pool: never the writer.
 use super::*;
+use crate::sweep::early_stop::Mode;
+use crate::sweep::objectives::{Constraint, Objective};
 
 /// A jobs row as SQL returns it (shared by the queries that list jobs).
 struct JobSql {
@@ -81,6 +83,14 @@ impl TryFrom<JobSql> for JobRow {
     }
 }
 
+/// What a sweep's search judges its trials by, as its stored spec says.
+struct Judged {
+    metric: Option<String>,
+    mode: Option<String>,
+    objectives: Option<String>,
+    constraints: Option<String>,
+}
+
 /// `text` for a LIKE pattern with `ESCAPE '\'`: its `%`, `_` and `\` match themselves.
 fn escape_like(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
@@ -113,9 +123,11 @@ impl Store {
                   WHERE j.sweep_id = s.id) AS "best_accuracy: f64",
                  (SELECT max(j.finished_at) FROM jobs j WHERE j.sweep_id = s.id) AS "last_finished_at: i64",
                  c.drawn AS "drawn!: i64",
-                 coalesce(json_extract(s.spec, '$.search.method') = 'tpe', 0) AS "is_tpe!: bool",
+                 json_extract(s.spec, '$.search.method') AS "method: String",
                  json_extract(s.spec, '$.search.metric') AS "metric: String",
-                 json_extract(s.spec, '$.search.mode') AS "mode: String"
+                 json_extract(s.spec, '$.search.mode') AS "mode: String",
+                 json_extract(s.spec, '$.search.objectives') AS "objectives: String",
+                 json_extract(s.spec, '$.search.constraints') AS "constraints: String"
                FROM sweeps s JOIN sweep_counts c ON c.sweep_id = s.id
                WHERE ?1 IS NULL OR s.id = ?1
                ORDER BY s.id DESC"#,
@@ -125,19 +137,18 @@ impl Store {
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let tpe = match (r.is_tpe, r.metric, r.mode) {
-                (true, Some(metric), Some(mode)) => {
-                    let best = self.best_trial(r.id, &metric, mode == "max").await?;
-                    Some(TpeProgress {
-                        drawn: r.drawn,
-                        trials: r.total,
-                        best_job: best.map(|b| b.0),
-                        best_value: best.map(|b| b.1),
-                        metric,
-                        mode,
-                    })
+            let judged = Judged {
+                metric: r.metric,
+                mode: r.mode,
+                objectives: r.objectives,
+                constraints: r.constraints,
+            };
+            let tpe = match r.method.filter(|m| m != "grid") {
+                Some(method) => {
+                    let counts = (r.drawn, r.total);
+                    self.search_progress(r.id, method, judged, counts).await?
                 }
-                _ => None,
+                None => None,
             };
             out.push(SweepRow {
                 status: SweepStatus::of(r.cancelled_at.is_some(), r.pending, r.running, r.total),
@@ -160,6 +171,57 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// A search's progress: its best trial on its one objective, or the size of its front on
+    /// several; None for a search that names no objective.
+    async fn search_progress(
+        &self,
+        sweep: i64,
+        method: String,
+        judged: Judged,
+        (drawn, trials): (i64, i64),
+    ) -> Result<Option<TpeProgress>> {
+        let progress = |metric: String, mode: String| TpeProgress {
+            method: method.clone(),
+            metric,
+            mode,
+            drawn,
+            trials,
+            best_job: None,
+            best_value: None,
+            objectives: None,
+            front: None,
+        };
+        if let (Some(metric), Some(mode)) = (judged.metric, judged.mode) {
+            let best = self.best_trial(sweep, &metric, mode == "max").await?;
+            return Ok(Some(TpeProgress {
+                best_job: best.map(|b| b.0),
+                best_value: best.map(|b| b.1),
+                ..progress(metric, mode)
+            }));
+        }
+        let Some(text) = judged.objectives else {
+            return Ok(None);
+        };
+        let objectives: Vec<Objective> = parse_json("sweeps.spec objectives", &text)?;
+        let constraints: Vec<Constraint> = match judged.constraints {
+            Some(text) => parse_json("sweeps.spec constraints", &text)?,
+            None => vec![],
+        };
+        let modes: Vec<(String, Mode)> = objectives
+            .iter()
+            .map(|o| (o.metric.clone(), o.mode()))
+            .collect();
+        let mut metrics: Vec<String> = modes.iter().map(|o| o.0.clone()).collect();
+        metrics.extend(constraints.iter().map(|c| c.metric.clone()));
+        let rows = self.completed_values(sweep, &metrics).await?;
+        let view = crate::results::front::front(&modes, &constraints, &rows, false);
+        Ok(Some(TpeProgress {
+            objectives: Some(view.objectives.clone()),
+            front: Some(view.front_size),
+            ..progress(modes[0].0.clone(), modes[0].1.as_str().to_string())
+        }))
     }
 
     /// The best completed trial of a sweep on `metric` at its last epoch: (job, value).

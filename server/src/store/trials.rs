@@ -126,6 +126,54 @@ impl Store {
         Ok(out)
     }
 
+    /// Every completed trial of `sweep`: (job, trial number, `metrics` at its last epoch,
+    /// finite or None). One row, as [`Store::trial_history`] reads it (a front of 100,000 trials
+    /// reads them all).
+    pub async fn completed_values(
+        &self,
+        sweep: i64,
+        metrics: &[String],
+    ) -> Result<Vec<crate::results::front::Completed>> {
+        let names = serde_json::to_string(metrics).expect("plain data");
+        let text = sqlx::query_scalar!(
+            r#"SELECT json_group_array(json_array(j.id, j.idx,
+                      (SELECT json_group_array(
+                              min(max(CASE n.value WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
+                                    WHEN 'train_loss' THEN m.train_loss WHEN 'precision' THEN m.precision
+                                    WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1 WHEN 'lr' THEN m.lr
+                                    WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'seconds' THEN m.seconds
+                                    ELSE json_extract(m.extra, '$."' || n.value || '"') END, -1.7e308), 1.7e308))
+                       FROM json_each(?2) n))) AS "rows!: String"
+               FROM jobs j JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
+               WHERE j.sweep_id = ?1 AND j.status = 'completed'"#,
+            sweep,
+            names
+        )
+        .fetch_one(&self.read)
+        .await?;
+        let mut rows: Vec<crate::results::front::Completed> =
+            parse_json("the completed trials", &text)?;
+        for r in &mut rows {
+            r.2 = r.2.iter().map(|v| finite(*v)).collect();
+        }
+        rows.sort_by_key(|r| r.1);
+        Ok(rows)
+    }
+
+    /// The parameters of these jobs, by id.
+    pub async fn params_of(&self, jobs: &[i64]) -> Result<std::collections::HashMap<i64, Value>> {
+        let ids = serde_json::to_string(jobs).expect("plain data");
+        let rows = sqlx::query!(
+            r#"SELECT id AS "id!", params FROM jobs WHERE id IN (SELECT value FROM json_each(?))"#,
+            ids
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.id, parse_json("jobs.params", &r.params)?)))
+            .collect()
+    }
+
     /// An NSGA-II sweep's parents, by generation, as chosen so far (job ids).
     pub async fn nsga2_parents(&self, sweep: i64) -> Result<BTreeMap<i64, Vec<i64>>> {
         let rows = sqlx::query!(

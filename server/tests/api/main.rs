@@ -13,6 +13,7 @@ mod identity;
 mod importance;
 mod jobs;
 mod leases;
+mod objectives;
 mod pareto;
 mod results;
 mod search;
