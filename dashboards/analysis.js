@@ -240,3 +240,47 @@ async function compareView(ids, metricName) {
     <h2>Summary</h2>
     <div class="scroll"><table id="compare-summary">${head}${summary}</table></div>`;
 }
+
+// ---------- the front: several objectives (/pareto?all=true) ----------
+
+// Every trial that reported each objective, on two of them: the front gold and joined (two
+// objectives; with more, the front's points on this pair), infeasible trials grey; a point links
+// to its job.
+function paretoPlot(p, xi, yi, shape) {
+  const W = 560, H = 380, L = 66, R = 14, T = 28, B = 50;
+  const ox = p.objectives[xi], oy = p.objectives[yi];
+  const percent = (o) => ((shape.metrics.find((m) => m.name === o.metric) || {}).percent);
+  const xs = p.trials.map((t) => t.values[xi]), ys = p.trials.map((t) => t.values[yi]);
+  const x = valueScale(xs, percent(ox)), y = valueScale(ys, percent(oy));
+  const sx = (v) => L + 8 + x.pos(v) * (W - L - R - 16), sy = (v) => H - B - 8 - y.pos(v) * (H - T - B - 16);
+  const title = `${oy.metric} (${oy.mode}) against ${ox.metric} (${ox.mode})`;
+  let g = `<text x="${L}" y="18" font-weight="600">${esc(title)}</text>`;
+  g += `<line x1="${L}" x2="${W - R}" y1="${H - B}" y2="${H - B}" stroke="#333"/><line x1="${L}" x2="${L}" y1="${T}" y2="${H - B}" stroke="#333"/>`;
+  for (const [t, label] of x.ticks) g += `<text x="${L + 8 + t * (W - L - R - 16)}" y="${H - B + 16}" text-anchor="middle">${esc(label)}</text>`;
+  for (const [t, label] of y.ticks) g += `<text x="${L - 6}" y="${H - B - 8 - t * (H - T - B - 16) + 4}" text-anchor="end">${esc(label)}</text>`;
+  g += `<text x="${(L + W - R) / 2}" y="${H - 8}" text-anchor="middle">${esc(ox.metric)} (${esc(ox.mode)})</text>`;
+  const front = p.trials.filter((t) => t.front).sort((a, b) => a.values[xi] - b.values[xi]);
+  if (p.objectives.length === 2 && front.length > 1) {
+    const d = front.map((t, i) => `${i ? "L" : "M"}${sx(t.values[xi]).toFixed(1)},${sy(t.values[yi]).toFixed(1)}`).join("");
+    g += `<path class="front-line" d="${d}" fill="none" stroke="#b07d00" stroke-width="1.6"/>`;
+  }
+  // The front drawn last, so no other point hides it.
+  const order = p.trials.filter((t) => !t.front).concat(front);
+  for (const t of order) {
+    const [fill, r, cls] = t.front ? ["#f2b705", 6, "front"] : t.feasible ? ["#5b6b7b", 4, "trial"] : ["#c4c9cf", 4, "infeasible"];
+    const why = t.feasible ? "" : t.violation == null ? "; infeasible (a constraint's metric never reported)" : `; infeasible by ${fmtNum(t.violation)}`;
+    const vals = p.objectives.map((o, i) => `${o.metric} ${fmtNum(t.values[i])}`).join(", ");
+    g += `<a href="#/jobs/${t.job_id}"><circle class="${cls}" data-job="${t.job_id}" cx="${sx(t.values[xi]).toFixed(1)}" cy="${sy(t.values[yi]).toFixed(1)}" r="${r}" fill="${fill}" stroke="#222" stroke-width="${t.front ? 1.5 : 0.4}"><title>job #${t.job_id} (trial ${t.trial}): ${esc(vals)}${why}</title></circle></a>`;
+  }
+  return `<svg class="chart" id="pareto" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(title)}: the front of ${p.front_size} trials">${g}</svg>`;
+}
+
+// The front's section: the plot, an axis picker with three or four objectives, and what it shows.
+function paretoView(p, shape, xi, yi) {
+  const pick = (id, chosen) => `<select id="${id}" aria-label="${id}">${p.objectives.map((o, i) => `<option value="${i}"${i === chosen ? " selected" : ""}>${esc(o.metric)} (${esc(o.mode)})</option>`).join("")}</select>`;
+  const picker = p.objectives.length > 2 ? `<label>x ${pick("pareto-x", xi)}</label> <label>y ${pick("pareto-y", yi)}</label>` : "";
+  const cons = p.constraints.length ? `; feasible when ${p.constraints.map(esc).join(" and ")} (grey: infeasible)` : "";
+  const shown = p.trials.length < p.judged ? ` (the best ${p.trials.length} shown)` : "";
+  return `<figure>${picker ? `<div class="toolbar">${picker}</div>` : ""}${paretoPlot(p, xi, yi, shape)}
+    <figcaption class="muted" id="pareto-caption">Gold: the front, ${p.front_size} of ${p.judged} completed trials${shown}${cons}. Click a point to open its job.</figcaption></figure>`;
+}

@@ -485,7 +485,7 @@ async function studyView(id, cells, guess, guessed) {
 
 async function sweepView(id) {
   // Jobs ticked to compare stay ticked from one sweep to the next: a comparison may span sweeps.
-  if (ui.sweep !== id) Object.assign(ui, { sweep: id, lr: null, sort: "idx", desc: false, status: "", q: "", offset: 0, metric: null, colourBy: "", cx: null, cy: null });
+  if (ui.sweep !== id) Object.assign(ui, { sweep: id, lr: null, sort: "idx", desc: false, status: "", q: "", offset: 0, metric: null, colourBy: "", cx: null, cy: null, px: null, py: null });
   const qs = new URLSearchParams({ offset: ui.offset, limit: ui.limit, sort: ui.sort, desc: ui.desc, status: ui.status, q: ui.q });
   // The curves at the lr the page will most likely show (the one chosen, else the study's 0.01) are
   // fetched beside the rest, not after: on a large sweep each request takes a few hundred ms.
@@ -515,9 +515,18 @@ async function sweepView(id) {
     const all = (await api(`/api/sweeps/${id}`)).jobs.filter((j) => j.drawn_at != null)
       .sort((a, b) => a.drawn_at - b.drawn_at || a.id - b.id);
     const t = s.tpe;
-    overview = t
-      ? `<h2>TPE: ${t.drawn} of ${t.trials} trials drawn${t.best_value != null ? `; best ${esc(t.metric)} ${fmtNum(t.best_value)} (job #${t.best_job})` : ""}</h2><div class="grid2" id="search">${history(t, all)}${scatter(space, all, metric)}${parallel(space, all, metric)}</div>`
-      : `<h2>Random search: ${s.total} sampled points</h2><div class="grid2" id="search">${scatter(space, all, metric)}${parallel(space, all, metric)}</div>`;
+    const method = { nsga2: "NSGA-II", random: "Random search", tpe: "TPE" }[t && t.method] || "TPE";
+    if (t && t.objectives) {
+      // Several objectives: no best trial, a front; its plot first.
+      const p = await api(`/api/sweeps/${id}/pareto?all=true`);
+      const [xi, yi] = [ui.px ?? 0, ui.py ?? 1];
+      const on = t.objectives.map((o) => `${esc(o.metric)} (${esc(o.mode)})`).join(", ");
+      overview = `<h2>${method}: ${t.drawn} of ${t.trials} trials drawn; front of ${t.front} on ${on}</h2><div class="grid2" id="search">${paretoView(p, shape, xi, yi)}${scatter(space, all, metric)}${parallel(space, all, metric)}</div>`;
+    } else {
+      overview = t
+        ? `<h2>${method}: ${t.drawn} of ${t.trials} trials drawn${t.best_value != null ? `; best ${esc(t.metric)} ${fmtNum(t.best_value)} (job #${t.best_job})` : ""}</h2><div class="grid2" id="search">${history(t, all)}${scatter(space, all, metric)}${parallel(space, all, metric)}</div>`
+        : `<h2>Random search: ${s.total} sampled points</h2><div class="grid2" id="search">${scatter(space, all, metric)}${parallel(space, all, metric)}</div>`;
+    }
   }
   const analysed = await analysisView(id, s, shape, metric);
   return `<p><a href="#/">← all sweeps</a></p>
@@ -561,6 +570,17 @@ function wireSweep(id) {
     ui[mine === "cx" ? "cy" : "cx"] = o.value === e.target.value ? e.target.dataset.was : o.value;
     rerender();
   };
+  // The front's axes: picking for one the objective the other shows swaps them.
+  const pickObjective = (mine) => (e) => {
+    const other = mine === "px" ? "py" : "px";
+    const was = ui[mine] ?? (mine === "px" ? 0 : 1);
+    const v = +e.target.value;
+    if ((ui[other] ?? (other === "px" ? 0 : 1)) === v) ui[other] = was;
+    ui[mine] = v;
+    rerender();
+  };
+  view.querySelector("#pareto-x")?.addEventListener("change", pickObjective("px"));
+  view.querySelector("#pareto-y")?.addEventListener("change", pickObjective("py"));
   view.querySelector("#contour-x")?.addEventListener("change", pickAxis("cx", "#contour-y"));
   view.querySelector("#contour-y")?.addEventListener("change", pickAxis("cy", "#contour-x"));
   view.querySelector("#compare-clear")?.addEventListener("click", () => { ui.compare = []; rerender(); });

@@ -734,6 +734,12 @@ async fn write_figures(
         std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
         println!("wrote {}", path.display());
     }
+    // A search with several objectives: its front too (a sweep without one has no such figure).
+    if let Ok(bytes) = client.get_bytes(&routes::figure(sweep, "pareto")).await {
+        let path = out.join("pareto.png");
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
     Ok(())
 }
 
@@ -766,6 +772,17 @@ async fn rewrite_readme(
     let axes = crate::sweep::SweepSpec::from_value(&detail.spec)
         .map(|s| crate::results::importance::axes(&s).len())
         .unwrap_or(0);
+    // Several objectives: the front under the table (the trade-off, not one winner).
+    let several = crate::sweep::SweepSpec::from_value(&detail.spec)
+        .ok()
+        .and_then(|s| s.search)
+        .is_some_and(|s| s.objectives.len() > 1);
+    if several {
+        let path = format!("{}/pareto", routes::sweep(sweep));
+        let view: protocol::views::ParetoView =
+            serde_json::from_value(client.get_json(&path).await?).context("unexpected front")?;
+        body.push_str(&format!("\n{}", crate::results::front::markdown(&view)));
+    }
     if axes > 1 {
         match importance_table(client, sweep, "").await {
             Ok(t) => body.push_str(&format!("\n{t}")),

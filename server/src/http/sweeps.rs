@@ -330,7 +330,25 @@ pub struct FigureQuery {
     pub lr: Option<f64>,
 }
 
-/// A figure as PNG: lr.png, loss.png, acc.png, batch_and_loss.png, batch_and_acc.png.
+/// `pareto.png`: a search's front on its first two objectives (404 without several objectives).
+async fn front_figure(state: &AppState, id: i64) -> ApiResult<Response> {
+    let spec = state.store.sweep_spec(id).await?;
+    let Some(search) = spec.search.filter(|s| s.objectives.len() > 1) else {
+        return Err(ApiError::NotFound(format!(
+            "sweep {id} has no front: its search names fewer than two objectives"
+        )));
+    };
+    let view =
+        super::analysis::front_view(state, id, search.objectives, search.constraints, true).await?;
+    let png = tokio::task::spawn_blocking(move || crate::results::figures::front_png(&view))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| ApiError::NotFound(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+/// A figure as PNG: lr.png, loss.png, acc.png, batch_and_loss.png, batch_and_acc.png; and a
+/// search's front, pareto.png.
 #[utoipa::path(get, path = "/api/sweeps/{id}/figures/{file}", tag = "sweeps",
     params(("id" = i64, Path), ("file" = String, Path, description = "e.g. batch_and_acc.png"), FigureQuery),
     responses((status = 200, content_type = "image/png"), (status = 404)))]
@@ -341,6 +359,9 @@ pub(super) async fn figure(
 ) -> ApiResult<Response> {
     use crate::results::figures::{self, FigureError};
     let name = file.strip_suffix(".png").unwrap_or(&file).to_string();
+    if name == "pareto" {
+        return front_figure(&state, id).await;
+    }
     let keys = state.store.job_keys(id, KeyParts::default()).await?;
     let opts = figures::FigureOptions {
         job: q.job,

@@ -401,3 +401,102 @@ fn encode_png(buf: &[u8], w: u32, h: u32) -> Result<Vec<u8>, FigureError> {
     writer.finish().map_err(err)?;
     Ok(png_bytes)
 }
+
+/// The front of a sweep with several objectives as PNG (`pareto.png`): every trial that reported
+/// the first two objectives, the front gold and joined, infeasible trials grey.
+pub fn front_png(v: &protocol::views::ParetoView) -> Result<Vec<u8>, FigureError> {
+    let (ox, oy) = match &v.objectives[..] {
+        [x, y, ..] => (x, y),
+        _ => return Err(FigureError::NoData("a front needs two objectives".into())),
+    };
+    let all: Vec<(f64, f64)> = v
+        .trials
+        .iter()
+        .map(|t| (t.values[0], t.values[1]))
+        .collect();
+    if all.is_empty() {
+        return Err(FigureError::NoData(
+            "no completed trial reported both objectives".into(),
+        ));
+    }
+    let span = |f: &dyn Fn(&(f64, f64)) -> f64| {
+        let lo = all.iter().map(f).fold(f64::INFINITY, f64::min);
+        let hi = all.iter().map(f).fold(f64::NEG_INFINITY, f64::max);
+        let pad = ((hi - lo) * 0.06).max(hi.abs().max(1e-9) * 0.01);
+        (lo - pad)..(hi + pad)
+    };
+    let (xs, ys) = (span(&|p| p.0), span(&|p| p.1));
+    let mut front: Vec<(f64, f64)> = v
+        .trials
+        .iter()
+        .filter(|t| t.front)
+        .map(|t| (t.values[0], t.values[1]))
+        .collect();
+    front.sort_by(|a, b| a.0.total_cmp(&b.0));
+    font()?;
+    let (w, h) = SIZE;
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    {
+        let err = |e: &dyn std::fmt::Display| FigureError::Draw(e.to_string());
+        let root = BitMapBackend::with_buffer(&mut buf, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let title = format!(
+            "The front: {} of {} trials ({} {}, {} {})",
+            v.front_size, v.judged, ox.metric, ox.mode, oy.metric, oy.mode
+        );
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 17))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(xs, ys)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(format!("{} ({})", ox.metric, ox.mode))
+            .y_desc(format!("{} ({})", oy.metric, oy.mode))
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 15))
+            .draw()
+            .map_err(|e| err(&e))?;
+        let grey = RGBColor(196, 201, 207);
+        let slate = RGBColor(91, 107, 123);
+        let gold = RGBColor(242, 183, 5);
+        let dots = |feasible: bool| {
+            v.trials
+                .iter()
+                .filter(move |t| !t.front && t.feasible == feasible)
+                .map(|t| (t.values[0], t.values[1]))
+        };
+        chart
+            .draw_series(dots(false).map(|p| Circle::new(p, 4, grey.filled())))
+            .map_err(|e| err(&e))?
+            .label("infeasible")
+            .legend(move |(x, y)| Circle::new((x + 9, y), 4, grey.filled()));
+        chart
+            .draw_series(dots(true).map(|p| Circle::new(p, 4, slate.filled())))
+            .map_err(|e| err(&e))?
+            .label("trial")
+            .legend(move |(x, y)| Circle::new((x + 9, y), 4, slate.filled()));
+        if v.objectives.len() == 2 {
+            chart
+                .draw_series(LineSeries::new(front.iter().copied(), gold.stroke_width(2)))
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .draw_series(front.iter().map(|p| Circle::new(*p, 6, gold.filled())))
+            .map_err(|e| err(&e))?
+            .label("the front")
+            .legend(move |(x, y)| Circle::new((x + 9, y), 6, gold.filled()));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    encode_png(&buf, w, h)
+}

@@ -1132,3 +1132,48 @@ async fn a_blown_up_loss_reads_as_a_number_on_a_log_axis() {
     })
     .await;
 }
+
+/// A search with several objectives shows its front: every trial on two objectives, the front
+/// gold and (two objectives) joined, infeasible trials grey, a point opening its job; with three
+/// objectives an axis picker redraws the pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_with_several_objectives_shows_its_front() {
+    let app = spawn_app().await;
+    let three = "  { metric = \"test_loss\", mode = \"min\" },\n]";
+    let (two_id, three_id) = (
+        crate::objectives::finished_front_search(&app, "]").await,
+        crate::objectives::finished_front_search(&app, three).await,
+    );
+    let (_, p) = app
+        .get(&format!("/api/sweeps/{two_id}/pareto?all=true"))
+        .await;
+    let (front, judged) = (
+        p["front_size"].as_i64().unwrap(),
+        p["judged"].as_i64().unwrap(),
+    );
+    let base = app.base.clone();
+    blocking(move || {
+        let page = Page::open(&format!("{base}/#/sweeps/{two_id}"));
+        page.wait(&format!("document.querySelectorAll('#pareto circle').length === {judged}"), "a point per trial");
+        let gold = page.eval("String(document.querySelectorAll('#pareto circle.front').length)");
+        assert_eq!(gold.as_str().unwrap(), front.to_string());
+        let grey = page.eval("String(document.querySelectorAll('#pareto circle.infeasible').length)");
+        assert_ne!(grey.as_str().unwrap(), "0", "infeasible trials greyed");
+        assert_eq!(page.eval("String(!!document.querySelector('#pareto path.front-line'))").as_str(), Some("true"));
+        let heading = page.eval("document.querySelector('#search').previousElementSibling.innerText");
+        assert!(heading.as_str().unwrap().contains(&format!("front of {front} on accuracy (max), seconds (min)")), "{heading}");
+        page.eval("document.querySelector('#pareto').scrollIntoView()");
+        page.screenshot("dashboard-pareto.png");
+        // A point opens its job.
+        let job = page.eval("document.querySelector('#pareto circle.front').dataset.job");
+        page.eval("document.querySelector('#pareto circle.front').dispatchEvent(new MouseEvent('click', {bubbles: true}))");
+        page.wait(&format!("location.hash === '#/jobs/{}'", job.as_str().unwrap()), "the job's page");
+        // Three objectives: the picker draws another pair.
+        page.eval(&format!("location.hash = '#/sweeps/{three_id}'"));
+        page.wait("document.querySelector('#pareto-x') !== null", "an axis picker");
+        page.eval("const x = document.querySelector('#pareto-x'); x.value = '2'; x.dispatchEvent(new Event('change'))");
+        page.wait("document.querySelector('#pareto').getAttribute('aria-label').includes('against test_loss (min)')", "test loss across");
+        assert!(page.errors().is_empty(), "{:?}", page.errors());
+    })
+    .await;
+}

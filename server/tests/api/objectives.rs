@@ -386,6 +386,26 @@ async fn where_a_user_looks(
     );
 }
 
+/// A finished random search of 30 trials on accuracy and seconds (and whatever `more` adds to
+/// the objectives' list, which it ends), feasible when images_per_sec >= 140: its id.
+pub(crate) async fn finished_front_search(app: &TestApp, more: &str) -> i64 {
+    let toml = NSGA2
+        .replace("method = \"nsga2\"", "method = \"random\"")
+        .replace("population = 6\n", "")
+        .replace("trials = 24", "trials = 30")
+        .replace(
+            "  { metric = \"seconds\", mode = \"min\" },\n]",
+            &format!("  {{ metric = \"seconds\", mode = \"min\" }},\n{more}"),
+        )
+        .replace(
+            "[search.space]",
+            "[[search.constraints]]\nmetric = \"images_per_sec\"\nmin = 140\n[search.space]",
+        );
+    let id = app.submit(&toml).await.id;
+    assert_eq!(drain(app).await.len(), 30);
+    id
+}
+
 /// Every bad input of several objectives is a 422 naming the field, and nothing is stored.
 #[tokio::test]
 async fn bad_multi_objective_searches_are_refused_naming_the_field() {
