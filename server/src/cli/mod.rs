@@ -1,6 +1,7 @@
 //! The `server` command line: `serve`, and the terminal clients.
 pub mod client;
 pub mod loadgen;
+pub mod pareto_bench;
 pub mod tpe_bench;
 
 /// Runs a Python script that reads one JSON document on stdin and writes one on stdout (the Optuna
@@ -248,6 +249,9 @@ pub enum Command {
     /// through a real coordinator, and other sweeps' claim rate while TPE draws.
     #[command(hide = true)]
     TpeBench(crate::cli::tpe_bench::TpeBenchArgs),
+    /// One multi-objective draw (TPE, NSGA-II) beside Optuna's samplers on the same histories,
+    /// and the front endpoint of a large sweep (docs/search.md#several-objectives).
+    ParetoBench(crate::cli::pareto_bench::ParetoBenchArgs),
     /// Scale testing: add a finished synthetic sweep (the study's 10 batch sizes x 2 lrs, repeated
     /// up to --jobs jobs, each with --epochs epochs of made-up metrics) to a database file.
     #[command(hide = true)]
@@ -558,6 +562,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Loadgen(args) => crate::cli::loadgen::run(&args).await,
         Command::TpeBench(args) => crate::cli::tpe_bench::run(&args).await,
+        Command::ParetoBench(args) => crate::cli::pareto_bench::run(&args).await,
         Command::Synth { db, jobs, epochs } => synth(&db, jobs, epochs).await,
         Command::Plot {
             sweep,
@@ -722,7 +727,12 @@ async fn write_figures(
     if let Some(l) = lr {
         query.push(format!("lr={l}"));
     }
-    for name in crate::results::figures::NAMES {
+    // The study's five figures are of the study's kind of sweep (a grid over batch size and lr).
+    let spec = client
+        .get_json(&format!("{}?jobs=false", routes::sweep(sweep)))
+        .await?;
+    let study = crate::results::shape::is_study_grid(&spec["spec"]);
+    for name in crate::results::figures::NAMES.into_iter().filter(|_| study) {
         let bytes = client
             .get_bytes(&format!(
                 "{}?{}",

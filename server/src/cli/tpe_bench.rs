@@ -44,7 +44,7 @@ pub struct TpeBenchArgs {
 }
 
 /// The bench's 5 parameters: two log scales, a float, an integer and a choice of 9.
-fn space() -> Vec<(String, Distribution)> {
+pub(crate) fn space() -> Vec<(String, Distribution)> {
     vec![
         ("lr".into(), Distribution::LogUniform(1e-5, 1.0)),
         ("weight_decay".into(), Distribution::LogUniform(1e-6, 1e-2)),
@@ -62,7 +62,7 @@ fn space() -> Vec<(String, Distribution)> {
     ]
 }
 
-fn optuna_space() -> Value {
+pub(crate) fn optuna_space() -> Value {
     json!([
         {"name": "lr", "kind": "log", "lo": 1e-5, "hi": 1.0},
         {"name": "weight_decay", "kind": "log", "lo": 1e-6, "hi": 1e-2},

@@ -263,14 +263,15 @@ pub(super) async fn results(
         chinese: q.chinese,
         compare: q.compare,
     };
-    if format == Format::Markdown && opts.compare {
+    let d = state.store.sweep_detail(id, 0).await?;
+    // The study's comparison is of the study's kind of sweep; any other gets its own table.
+    if format == Format::Markdown && opts.compare && crate::results::shape::is_study_grid(&d.spec) {
         // The study's comparison reads accuracy and loss only.
         let keys = state.store.job_keys(id, KeyParts::default()).await?;
         let table = crate::results::study::compare(&keys.jobs);
         return Ok(([(header::CONTENT_TYPE, format.content_type())], table).into_response());
     }
     // An export: every metric's facts and each job's value of the objective (its order).
-    let d = state.store.sweep_detail(id, 0).await?;
     let objective = crate::results::export::objective_of(&d.spec).0;
     let parts = KeyParts {
         names: format == Format::Csv,

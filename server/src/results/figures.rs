@@ -468,11 +468,13 @@ pub fn front_png(v: &protocol::views::ParetoView) -> Result<Vec<u8>, FigureError
                 .filter(move |t| !t.front && t.feasible == feasible)
                 .map(|t| (t.values[0], t.values[1]))
         };
-        chart
-            .draw_series(dots(false).map(|p| Circle::new(p, 4, grey.filled())))
-            .map_err(|e| err(&e))?
-            .label("infeasible")
-            .legend(move |(x, y)| Circle::new((x + 9, y), 4, grey.filled()));
+        if !v.constraints.is_empty() {
+            chart
+                .draw_series(dots(false).map(|p| Circle::new(p, 4, grey.filled())))
+                .map_err(|e| err(&e))?
+                .label("infeasible")
+                .legend(move |(x, y)| Circle::new((x + 9, y), 4, grey.filled()));
+        }
         chart
             .draw_series(dots(true).map(|p| Circle::new(p, 4, slate.filled())))
             .map_err(|e| err(&e))?

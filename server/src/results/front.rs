@@ -5,7 +5,7 @@
 //! exports call [`front`].
 use protocol::views::{ObjectiveView, ParetoTrial, ParetoView};
 
-use crate::results::shape::{short, value_cell};
+use crate::results::shape::{is_fraction, short, value_cell};
 use crate::results::table::table_row;
 
 use crate::sweep::early_stop::Mode;
@@ -149,11 +149,16 @@ pub fn markdown(v: &ParetoView) -> String {
     });
     let mut head = vec!["job".to_string(), "trial".to_string()];
     head.extend(axes.iter().cloned());
-    head.extend(
-        v.objectives
-            .iter()
-            .map(|o| format!("{} ({})", o.metric, o.mode)),
-    );
+    // Fractions as percentages, as every table shows them.
+    let percent: Vec<bool> = v
+        .objectives
+        .iter()
+        .map(|o| is_fraction(&o.metric))
+        .collect();
+    head.extend(v.objectives.iter().zip(&percent).map(|(o, p)| match p {
+        true => format!("{} (%) ({})", o.metric, o.mode),
+        false => format!("{} ({})", o.metric, o.mode),
+    }));
     let mut out = format!(
         "The front: {} of {} completed trials{}.\n\n",
         v.front_size,
@@ -174,7 +179,10 @@ pub fn markdown(v: &ParetoView) -> String {
                 .map(value_cell)
                 .unwrap_or_default()
         }));
-        cells.extend(t.values.iter().map(|x| short(*x)));
+        cells.extend(t.values.iter().zip(&percent).map(|(x, p)| match p {
+            true => format!("{:.2}", 100.0 * x),
+            false => short(*x),
+        }));
         out.push_str(&table_row(&cells));
     }
     out

@@ -178,6 +178,29 @@ impl Store {
     }
 }
 
+impl Store {
+    /// `pareto-bench`: a synthetic sweep's epoch time and throughput varied by job (the synthetic
+    /// fill writes one of each), so its front is a trade-off and its constraint bites.
+    pub async fn vary_seconds_for_bench(&self, sweep: i64) -> Result<u64> {
+        self.writer
+            .run_many(move |c| {
+                async move {
+                    let r = sqlx::query!(
+                        "UPDATE metrics SET seconds = 10.0 + ((job_id * 7919) % 997) / 10.0,
+                                            images_per_sec = 400.0 + (job_id * 31) % 300
+                         WHERE sweep_id = ?",
+                        sweep
+                    )
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(r.rows_affected())
+                }
+                .boxed()
+            })
+            .await
+    }
+}
+
 /// What the scheduler reads from a command job: its `[command] ranks` and `nnodes`; the epochs its parameters
 /// name (else any number of them, so no report of such a program is refused for its epoch); and
 /// a batch size that never fits a shared device (an arbitrary program is not packed beside
