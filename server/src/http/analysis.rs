@@ -117,10 +117,11 @@ pub(super) async fn front_view(
     constraints: Vec<crate::sweep::objectives::Constraint>,
     all: bool,
 ) -> ApiResult<ParetoView> {
-    let mut metrics: Vec<String> = objectives.iter().map(|o| o.0.clone()).collect();
-    metrics.extend(constraints.iter().map(|c| c.metric.clone()));
-    let rows = state.store.completed_values(sweep, &metrics).await?;
-    compute(move || Ok(front::front(&objectives, &constraints, &rows, all))).await
+    let view = state
+        .store
+        .front(sweep, &objectives, &constraints, all)
+        .await?;
+    Ok((*view).clone())
 }
 
 /// A search with several objectives: its front's jobs (the exports' `pareto` column).

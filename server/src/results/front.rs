@@ -51,7 +51,9 @@ pub fn front(
         .map(|r| total_violation(constraints, &r.2[k..]))
         .collect();
     let constrained = (!constraints.is_empty()).then_some(violations.as_slice());
-    let ranks = pareto::ranks(&loss, constrained, None);
+    // Only the ranks a view needs are peeled: the front's, or enough for the points kept.
+    let needed = if all { MAX_POINTS } else { 1 };
+    let ranks = pareto::ranks(&loss, constrained, Some(needed));
     let on_front = |i: usize| ranks[i] == 0 && violations[i] <= 0.0;
     let mut picked: Vec<usize> = (0..judged.len()).filter(|&i| all || on_front(i)).collect();
     if picked.len() > MAX_POINTS {

@@ -92,6 +92,8 @@ pub struct Store {
     writer: Writer,
     /// Early stopping's ordered values, changed only inside the writer's batches.
     ranks: std::sync::Arc<ranks::Ranks>,
+    /// Fronts of several objectives, each kept while its sweep's completed count is unchanged.
+    fronts: std::sync::Arc<trials::FrontCache>,
 }
 
 /// A release's rules (see [`Store::release`]): who gives a gang's attempt back (its node) and
@@ -164,6 +166,7 @@ impl Store {
             worker_read,
             writer: Writer::spawn_observed(write, ranks.clone()),
             ranks,
+            fronts: Default::default(),
         })
     }
 

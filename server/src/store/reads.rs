@@ -213,10 +213,7 @@ impl Store {
             .iter()
             .map(|o| (o.metric.clone(), o.mode()))
             .collect();
-        let mut metrics: Vec<String> = modes.iter().map(|o| o.0.clone()).collect();
-        metrics.extend(constraints.iter().map(|c| c.metric.clone()));
-        let rows = self.completed_values(sweep, &metrics).await?;
-        let view = crate::results::front::front(&modes, &constraints, &rows, false);
+        let view = self.front(sweep, &modes, &constraints, false).await?;
         Ok(Some(TpeProgress {
             objectives: Some(view.objectives.clone()),
             front: Some(view.front_size),

@@ -179,6 +179,30 @@ impl Store {
 }
 
 impl Store {
+    /// `pareto-bench`: one job of a synthetic sweep set running (`done` false) or completed again,
+    /// finished at `now` (`done` true): a trial completing, as far as a front can tell.
+    pub async fn flip_for_bench(&self, job: i64, done: bool, now: i64) -> Result<()> {
+        self.writer
+            .run_many(move |c| {
+                async move {
+                    sqlx::query!(
+                        "UPDATE jobs SET status = CASE WHEN ?2 THEN 'completed' ELSE 'running' END,
+                                         claimed_at = ?3, attempt_ended_at = ?3,
+                                         finished_at = CASE WHEN ?2 THEN ?3 END
+                         WHERE id = ?1",
+                        job,
+                        done,
+                        now
+                    )
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                }
+                .boxed()
+            })
+            .await
+    }
+
     /// `pareto-bench`: a synthetic sweep's epoch time and throughput varied by job (the synthetic
     /// fill writes one of each), so its front is a trade-off and its constraint bites.
     pub async fn vary_seconds_for_bench(&self, sweep: i64) -> Result<u64> {

@@ -29,7 +29,95 @@ pub struct StoredTrial {
     pub generation: Option<i64>,
 }
 
+/// Fronts computed, by (sweep, what was asked), each with the completed trials' values it was
+/// computed from: a completed trial's values never change, so when trials complete only theirs
+/// are read (those finished since the last read, less a minute for finishes still committing,
+/// each once), and while none has the front is kept as it is (the dashboard and `server status`
+/// ask every few seconds). Bounded: past [`FrontCache::CAPACITY`] entries it starts over.
+#[derive(Debug, Default)]
+pub(super) struct FrontCache(std::sync::Mutex<std::collections::HashMap<(i64, String), Kept>>);
+
+#[derive(Debug, Clone)]
+struct Kept {
+    /// The sweep's completed count when read.
+    completed: i64,
+    /// The latest `finished_at` among `rows`.
+    finished: i64,
+    rows: std::sync::Arc<Vec<crate::results::front::Completed>>,
+    view: std::sync::Arc<protocol::views::ParetoView>,
+}
+
+impl FrontCache {
+    /// A 100,000-trial sweep's values take about 10 MB.
+    pub(super) const CAPACITY: usize = 16;
+    /// How long a finish may take from its timestamp to its commit and still be read.
+    const SETTLE_MS: i64 = 60_000;
+}
+
 impl Store {
+    /// A sweep's front on `objectives` under `constraints` (with `all`, every trial too), without
+    /// parameters: computed from its completed trials' values, or kept from the last time while no
+    /// trial has completed since.
+    pub async fn front(
+        &self,
+        sweep: i64,
+        objectives: &[(String, crate::sweep::early_stop::Mode)],
+        constraints: &[crate::sweep::objectives::Constraint],
+        all: bool,
+    ) -> Result<std::sync::Arc<protocol::views::ParetoView>> {
+        let completed = sqlx::query_scalar!(
+            "SELECT completed FROM sweep_counts WHERE sweep_id = ?",
+            sweep
+        )
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))?;
+        let key = (sweep, format!("{objectives:?} {constraints:?} {all}"));
+        let kept = {
+            let cache = self.fronts.0.lock().unwrap_or_else(|e| e.into_inner());
+            cache.get(&key).cloned()
+        };
+        if let Some(k) = kept.as_ref().filter(|k| k.completed == completed) {
+            return Ok(k.view.clone());
+        }
+        let mut metrics: Vec<String> = objectives.iter().map(|o| o.0.clone()).collect();
+        metrics.extend(constraints.iter().map(|c| c.metric.clone()));
+        let since = kept
+            .as_ref()
+            .map_or(i64::MIN, |k| k.finished.saturating_sub(FrontCache::SETTLE_MS));
+        let (fresh, finished) = self.completed_values(sweep, &metrics, since).await?;
+        let (o, c) = (objectives.to_vec(), constraints.to_vec());
+        let old = kept.map(|k| (k.rows, k.finished));
+        // Linear in the trials (a 100,000-trial sweep takes tens of ms): off the async threads.
+        let (rows, finished, view) = tokio::task::spawn_blocking(move || {
+            let (rows, finished) = match old {
+                Some((rows, was)) => {
+                    let seen: std::collections::HashSet<i64> = rows.iter().map(|r| r.0).collect();
+                    let mut all = (*rows).clone();
+                    all.extend(fresh.into_iter().filter(|r| !seen.contains(&r.0)));
+                    (all, finished.max(was))
+                }
+                None => (fresh, finished),
+            };
+            let view = crate::results::front::front(&o, &c, &rows, all);
+            (std::sync::Arc::new(rows), finished, std::sync::Arc::new(view))
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("the front's computation stopped: {e}")))?;
+        let mut cache = self.fronts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= FrontCache::CAPACITY {
+            cache.clear();
+        }
+        let k = Kept {
+            completed,
+            finished,
+            rows,
+            view: view.clone(),
+        };
+        cache.insert(key, k);
+        Ok(view)
+    }
+
     /// A sweep's validated spec, as stored.
     pub async fn sweep_spec(&self, sweep: i64) -> Result<SweepSpec> {
         Ok(self.stored_spec(sweep).await?.1)
@@ -126,38 +214,90 @@ impl Store {
         Ok(out)
     }
 
-    /// Every completed trial of `sweep`: (job, trial number, `metrics` at its last epoch,
-    /// finite or None). One row, as [`Store::trial_history`] reads it (a front of 100,000 trials
-    /// reads them all).
+    /// Every completed trial of `sweep` that finished at or after `since`: (job, trial number,
+    /// `metrics` at its last epoch, finite or None), and the latest `finished_at` among them. Read
+    /// three metrics at a time, each a column of one JSON array SQLite builds (a front of 100,000
+    /// trials reads them all; a row of its own per metric costs SQLite twice the time).
     pub async fn completed_values(
         &self,
         sweep: i64,
         metrics: &[String],
-    ) -> Result<Vec<crate::results::front::Completed>> {
-        let names = serde_json::to_string(metrics).expect("plain data");
+        since: i64,
+    ) -> Result<(Vec<crate::results::front::Completed>, i64)> {
+        let mut out: Vec<crate::results::front::Completed> = vec![];
+        let mut latest = i64::MIN;
+        for (k, chunk) in metrics.chunks(3).enumerate() {
+            let (rows, finished) = self.three_values(sweep, chunk, since).await?;
+            if k == 0 {
+                (out, latest) = (rows, finished);
+                continue;
+            }
+            // A trial completed between two reads is left out until the next.
+            let mut by_job: std::collections::HashMap<i64, Vec<Option<f64>>> =
+                rows.into_iter().map(|r| (r.0, r.2)).collect();
+            out.retain_mut(|r| match by_job.remove(&r.0) {
+                Some(more) => {
+                    r.2.extend(more);
+                    true
+                }
+                None => false,
+            });
+        }
+        Ok((out, latest))
+    }
+
+    /// [`Store::completed_values`] of up to three metrics (a missing slot reads NULL).
+    async fn three_values(
+        &self,
+        sweep: i64,
+        metrics: &[String],
+        since: i64,
+    ) -> Result<(Vec<crate::results::front::Completed>, i64)> {
+        let slot = |i: usize| metrics.get(i).cloned();
+        let (a, b, c) = (slot(0), slot(1), slot(2));
         let text = sqlx::query_scalar!(
-            r#"SELECT json_group_array(json_array(j.id, j.idx,
-                      (SELECT json_group_array(
-                              min(max(CASE n.value WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
-                                    WHEN 'train_loss' THEN m.train_loss WHEN 'precision' THEN m.precision
-                                    WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1 WHEN 'lr' THEN m.lr
-                                    WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'seconds' THEN m.seconds
-                                    ELSE json_extract(m.extra, '$."' || n.value || '"') END, -1.7e308), 1.7e308))
-                       FROM json_each(?2) n))) AS "rows!: String"
+            r#"SELECT json_group_array(json_array(j.id, j.idx, j.finished_at,
+                      -- Clamped: JSON has no infinity (read back as not finite).
+                      min(max(CASE ?2 WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
+                            WHEN 'train_loss' THEN m.train_loss WHEN 'precision' THEN m.precision
+                            WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1 WHEN 'lr' THEN m.lr
+                            WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'seconds' THEN m.seconds
+                            ELSE json_extract(m.extra, '$."' || ?2 || '"') END, -1.7e308), 1.7e308),
+                      min(max(CASE ?3 WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
+                            WHEN 'train_loss' THEN m.train_loss WHEN 'precision' THEN m.precision
+                            WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1 WHEN 'lr' THEN m.lr
+                            WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'seconds' THEN m.seconds
+                            ELSE json_extract(m.extra, '$."' || ?3 || '"') END, -1.7e308), 1.7e308),
+                      min(max(CASE ?4 WHEN 'accuracy' THEN m.accuracy WHEN 'test_loss' THEN m.test_loss
+                            WHEN 'train_loss' THEN m.train_loss WHEN 'precision' THEN m.precision
+                            WHEN 'recall' THEN m.recall WHEN 'f1' THEN m.f1 WHEN 'lr' THEN m.lr
+                            WHEN 'images_per_sec' THEN m.images_per_sec WHEN 'seconds' THEN m.seconds
+                            ELSE json_extract(m.extra, '$."' || ?4 || '"') END, -1.7e308), 1.7e308))) AS "rows!: String"
                FROM jobs j JOIN metrics m ON m.job_id = j.id AND m.epoch = j.epoch
-               WHERE j.sweep_id = ?1 AND j.status = 'completed'"#,
+               WHERE j.sweep_id = ?1 AND j.status = 'completed' AND coalesce(j.finished_at, 0) >= ?5"#,
             sweep,
-            names
+            a,
+            b,
+            c,
+            since
         )
         .fetch_one(&self.read)
         .await?;
-        let mut rows: Vec<crate::results::front::Completed> =
-            parse_json("the completed trials", &text)?;
-        for r in &mut rows {
-            r.2 = r.2.iter().map(|v| finite(*v)).collect();
-        }
-        rows.sort_by_key(|r| r.1);
-        Ok(rows)
+        type Row = (i64, i64, Option<i64>, Option<f64>, Option<f64>, Option<f64>);
+        let rows: Vec<Row> = parse_json("the completed trials", &text)?;
+        let latest = rows.iter().filter_map(|r| r.2).max().unwrap_or(i64::MIN);
+        let mut out: Vec<crate::results::front::Completed> = rows
+            .into_iter()
+            .map(|(job, idx, _, x, y, z)| {
+                let values = [x, y, z][..metrics.len()]
+                    .iter()
+                    .map(|v| finite(*v))
+                    .collect();
+                (job, idx, values)
+            })
+            .collect();
+        out.sort_by_key(|r| r.1);
+        Ok((out, latest))
     }
 
     /// The parameters of these jobs, by id.

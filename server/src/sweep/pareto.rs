@@ -33,17 +33,23 @@ fn lex(a: &[f64], b: &[f64]) -> Ordering {
         .unwrap_or(Ordering::Equal)
 }
 
-/// The distinct points of `loss`, sorted lexicographically, and each point's index among them.
-fn unique_sorted(loss: &[Vec<f64>]) -> (Vec<Vec<f64>>, Vec<usize>) {
-    let mut order: Vec<usize> = (0..loss.len()).collect();
-    order.sort_by(|&a, &b| lex(&loss[a], &loss[b]));
-    let mut unique: Vec<Vec<f64>> = vec![];
-    let mut inverse = vec![0; loss.len()];
-    for i in order {
-        if unique.last().is_none_or(|u| lex(u, &loss[i]).is_ne()) {
-            unique.push(loss[i].clone());
+/// The distinct points among `loss[idx]`, sorted lexicographically (each by the index of its
+/// first occurrence in `loss`), and each position of `idx`'s index among them. Indices, never
+/// copies: a front of 100,000 trials sorts 100,000 of them.
+fn unique_sorted(loss: &[Vec<f64>], idx: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..idx.len()).collect();
+    order.sort_by(|&a, &b| lex(&loss[idx[a]], &loss[idx[b]]));
+    let mut unique: Vec<usize> = vec![];
+    let mut inverse = vec![0; idx.len()];
+    for k in order {
+        let i = idx[k];
+        if unique
+            .last()
+            .is_none_or(|&u| lex(&loss[u], &loss[i]).is_ne())
+        {
+            unique.push(i);
         }
-        inverse[i] = unique.len() - 1;
+        inverse[k] = unique.len() - 1;
     }
     (unique, inverse)
 }
@@ -78,15 +84,16 @@ fn front_of_sorted(points: &[&[f64]]) -> Vec<bool> {
     on
 }
 
-/// Each point's non-domination rank (0: the front), over distinct points; equal points share a
-/// rank. Once `n_below` distinct points are ranked, every other point gets the next rank (enough
-/// for a split at `n_below`; `None`: rank everything). One objective: the dense rank of values.
-fn nondomination_ranks(loss: &[Vec<f64>], n_below: Option<usize>) -> Vec<usize> {
-    if loss.is_empty() || n_below == Some(0) {
-        return vec![0; loss.len()];
+/// The non-domination rank (0: the front) of each of `loss[idx]`, over distinct points; equal
+/// points share a rank. Once `n_below` distinct points are ranked, every other point gets the
+/// next rank (enough for a split at `n_below`; `None`: rank everything). One objective: the dense
+/// rank of values.
+fn nondomination_ranks(loss: &[Vec<f64>], idx: &[usize], n_below: Option<usize>) -> Vec<usize> {
+    if idx.is_empty() || n_below == Some(0) {
+        return vec![0; idx.len()];
     }
-    let (unique, inverse) = unique_sorted(loss);
-    if unique[0].len() == 1 {
+    let (unique, inverse) = unique_sorted(loss, idx);
+    if loss[unique[0]].len() == 1 {
         return inverse;
     }
     let n_below = n_below.unwrap_or(unique.len()).min(unique.len());
@@ -94,20 +101,20 @@ fn nondomination_ranks(loss: &[Vec<f64>], n_below: Option<usize>) -> Vec<usize> 
     let mut left: Vec<usize> = (0..unique.len()).collect();
     let mut rank = 0;
     while unique.len() - left.len() < n_below {
-        let points: Vec<&[f64]> = left.iter().map(|&i| unique[i].as_slice()).collect();
+        let points: Vec<&[f64]> = left.iter().map(|&u| loss[unique[u]].as_slice()).collect();
         let on = front_of_sorted(&points);
         let mut rest = vec![];
-        for (k, &i) in left.iter().enumerate() {
+        for (k, &u) in left.iter().enumerate() {
             match on[k] {
-                true => ranks[i] = rank,
-                false => rest.push(i),
+                true => ranks[u] = rank,
+                false => rest.push(u),
             }
         }
         left = rest;
         rank += 1;
     }
-    for i in left {
-        ranks[i] = rank;
+    for u in left {
+        ranks[u] = rank;
     }
     inverse.into_iter().map(|u| ranks[u]).collect()
 }
@@ -117,23 +124,24 @@ fn nondomination_ranks(loss: &[Vec<f64>], n_below: Option<usize>) -> Vec<usize> 
 /// `n_below` bounds the work as in [`nondomination_ranks`].
 pub fn ranks(loss: &[Vec<f64>], violations: Option<&[f64]>, n_below: Option<usize>) -> Vec<usize> {
     let n_below = n_below.filter(|n| *n > 0).unwrap_or(loss.len());
+    let all: Vec<usize> = (0..loss.len()).collect();
     let Some(violations) = violations else {
-        return nondomination_ranks(loss, Some(n_below));
+        return nondomination_ranks(loss, &all, Some(n_below));
     };
     let (feasible, infeasible): (Vec<usize>, Vec<usize>) =
-        (0..loss.len()).partition(|&i| violations[i] <= 0.0);
+        all.into_iter().partition(|&i| violations[i] <= 0.0);
     let mut out = vec![0; loss.len()];
-    let pick = |idx: &[usize]| -> Vec<Vec<f64>> { idx.iter().map(|&i| loss[i].clone()).collect() };
-    let feasible_ranks = nondomination_ranks(&pick(&feasible), Some(n_below));
+    let feasible_ranks = nondomination_ranks(loss, &feasible, Some(n_below));
     let top = feasible_ranks.iter().max().map_or(0, |r| r + 1);
     for (&i, r) in feasible.iter().zip(&feasible_ranks) {
         out[i] = *r;
     }
     let left = n_below.saturating_sub(feasible.len());
     let by_violation: Vec<Vec<f64>> = infeasible.iter().map(|&i| vec![violations[i]]).collect();
+    let positions: Vec<usize> = (0..infeasible.len()).collect();
     let infeasible_ranks = match left {
         0 => vec![0; infeasible.len()],
-        n => nondomination_ranks(&by_violation, Some(n)),
+        n => nondomination_ranks(&by_violation, &positions, Some(n)),
     };
     for (&i, r) in infeasible.iter().zip(&infeasible_ranks) {
         out[i] = top + r;
@@ -143,7 +151,8 @@ pub fn ranks(loss: &[Vec<f64>], violations: Option<&[f64]>, n_below: Option<usiz
 
 /// Which points are on the front: every point no other point dominates (equal points both are).
 pub fn front(loss: &[Vec<f64>]) -> Vec<bool> {
-    nondomination_ranks(loss, Some(1))
+    let all: Vec<usize> = (0..loss.len()).collect();
+    nondomination_ranks(loss, &all, Some(1))
         .into_iter()
         .map(|r| r == 0)
         .collect()
@@ -264,12 +273,14 @@ pub fn hssp(loss: &[Vec<f64>], k: usize, reference: &[f64]) -> Vec<usize> {
     if k >= n {
         return (0..n).collect();
     }
-    let (unique, inverse) = unique_sorted(loss);
+    let all: Vec<usize> = (0..n).collect();
+    let (unique, inverse) = unique_sorted(loss, &all);
     // The first index of each distinct point.
     let mut first = vec![usize::MAX; unique.len()];
     for (i, &u) in inverse.iter().enumerate() {
         first[u] = first[u].min(i);
     }
+    let unique: Vec<Vec<f64>> = unique.iter().map(|&i| loss[i].clone()).collect();
     let mut chosen: Vec<usize> = if unique.len() < k {
         let mut c = first.clone();
         let repeats = (0..n).filter(|i| !first.contains(i));
