@@ -8,7 +8,6 @@
 //!    two objectives and a constraint: the first request after start (cold) and the median of the
 //!    next ones (warm: SQLite's pages cached).
 use anyhow::{Context, Result};
-use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,19 +46,13 @@ fn space() -> Vec<(String, Distribution)> {
     super::tpe_bench::space()
 }
 
-/// `n` finished trials at random points, with `m` conflicting objectives (all minimised), each
-/// in generation `i / 50` as NSGA-II would have drawn them.
+/// `n` finished trials at tpe-bench's random points, with `m` conflicting objectives (all
+/// minimised), each in generation `i / 50` as NSGA-II would have drawn them.
 fn history(n: usize, m: usize) -> Vec<(Vec<f64>, Vec<f64>)> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64((n * 10 + m) as u64);
-    (0..n)
-        .map(|_| {
-            let x = vec![
-                rng.gen_range(1e-5f64.ln()..0.0).exp(),
-                rng.gen_range(1e-6f64.ln()..1e-2f64.ln()).exp(),
-                rng.gen_range(0.5..0.99),
-                rng.gen_range(0..=10) as f64,
-                rng.gen_range(0..9) as f64,
-            ];
+    super::tpe_bench::history(n)
+        .into_iter()
+        .map(|t| {
+            let x = t.x;
             let a = (x[0].log10() + 2.0).powi(2) + (x[2] - 0.9).powi(2);
             let values = [a, -x[0].log10() + 0.1 * x[4], x[3] + x[1] * 100.0][..m].to_vec();
             (x, values)

@@ -73,7 +73,7 @@ pub(crate) fn optuna_space() -> Value {
 }
 
 /// A history of `n` completed trials at random points, valued by a smooth function of them.
-fn history(n: usize) -> Vec<Trial> {
+pub(crate) fn history(n: usize) -> Vec<Trial> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(n as u64);
     (0..n)
         .map(|_| {

@@ -82,9 +82,9 @@ impl Store {
         }
         let mut metrics: Vec<String> = objectives.iter().map(|o| o.0.clone()).collect();
         metrics.extend(constraints.iter().map(|c| c.metric.clone()));
-        let since = kept
-            .as_ref()
-            .map_or(i64::MIN, |k| k.finished.saturating_sub(FrontCache::SETTLE_MS));
+        let since = kept.as_ref().map_or(i64::MIN, |k| {
+            k.finished.saturating_sub(FrontCache::SETTLE_MS)
+        });
         let (fresh, finished) = self.completed_values(sweep, &metrics, since).await?;
         let (o, c) = (objectives.to_vec(), constraints.to_vec());
         let old = kept.map(|k| (k.rows, k.finished));
@@ -100,7 +100,11 @@ impl Store {
                 None => (fresh, finished),
             };
             let view = crate::results::front::front(&o, &c, &rows, all);
-            (std::sync::Arc::new(rows), finished, std::sync::Arc::new(view))
+            (
+                std::sync::Arc::new(rows),
+                finished,
+                std::sync::Arc::new(view),
+            )
         })
         .await
         .map_err(|e| StoreError::Corrupt(format!("the front's computation stopped: {e}")))?;

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::early_stop::Mode;
-use super::file::SearchFile;
 use super::{err, Keys, SpecError};
 
 /// The most objectives a search takes (Optuna's samplers take more; a front of more than four is
@@ -80,11 +79,19 @@ pub fn total_violation(constraints: &[Constraint], values: &[Option<f64>]) -> f6
         .sum()
 }
 
-/// The objectives of `file`: `objectives`, or `metric` (with `mode`) as one, or `default` when
-/// neither is given. Both at once is refused, as are zero or more than four, a metric named twice,
+/// What `[search]` says it is judged by: `objectives`, or `metric` (with `mode`) as one.
+#[derive(Debug, Clone, Copy)]
+pub struct Given<'a> {
+    pub objectives: Option<&'a [Objective]>,
+    pub metric: Option<&'a str>,
+    pub mode: Option<Mode>,
+}
+
+/// The objectives `[search]` gives: `objectives`, or `metric` (with `mode`) as one, or `default`
+/// when neither is given. Both at once is refused, as are zero or more than four, a metric named twice,
 /// and (trainer sweeps) a metric the trainer never reports.
 pub fn objectives(
-    file: &SearchFile,
+    file: Given,
     default: Option<&str>,
     keys: Keys,
 ) -> Result<Vec<(String, Mode)>, SpecError> {
@@ -94,7 +101,7 @@ pub fn objectives(
             "give either metric (and mode) for one objective, or objectives; not both",
         );
     }
-    let given: Vec<(String, Objective)> = match (&file.objectives, &file.metric) {
+    let given: Vec<(String, Objective)> = match (file.objectives, file.metric) {
         (Some(list), _) => list
             .iter()
             .enumerate()
@@ -103,7 +110,7 @@ pub fn objectives(
         (None, Some(metric)) => vec![(
             "search.metric".into(),
             Objective {
-                metric: metric.clone(),
+                metric: metric.to_string(),
                 mode: file.mode,
             },
         )],
@@ -136,9 +143,9 @@ pub fn objectives(
     Ok(out)
 }
 
-/// The constraints of `file`, each with exactly one finite bound on a metric a job reports.
-pub fn constraints(file: &SearchFile, keys: Keys) -> Result<Vec<Constraint>, SpecError> {
-    let list = file.constraints.clone().unwrap_or_default();
+/// `[[search.constraints]]`, each with exactly one finite bound on a metric a job reports.
+pub fn constraints(list: Option<&[Constraint]>, keys: Keys) -> Result<Vec<Constraint>, SpecError> {
+    let list = list.unwrap_or_default().to_vec();
     if list.len() > MAX_CONSTRAINTS {
         return err(
             "search.constraints",

@@ -353,8 +353,13 @@ pub fn validate(
     }
     let (trials, seed) = trials_and_seed(&file, repeats)?;
     let space = check_space(file.space.take(), train, keys)?;
-    let objectives = objectives::objectives(&file, modelled.then_some("accuracy"), keys)?;
-    let constraints = objectives::constraints(&file, keys)?;
+    let given = objectives::Given {
+        objectives: file.objectives.as_deref(),
+        metric: file.metric.as_deref(),
+        mode: file.mode,
+    };
+    let objectives = objectives::objectives(given, modelled.then_some("accuracy"), keys)?;
+    let constraints = objectives::constraints(file.constraints.as_deref(), keys)?;
     let model = match file.method {
         SearchMethod::Tpe => Some(Model::Tpe(tpe_options(&file, objectives.len())?)),
         SearchMethod::Nsga2 => Some(Model::Nsga2(nsga2_options(&file, trials)?)),

@@ -47,21 +47,10 @@ from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.study._multi_objective import _fast_non_domination_rank
 from optuna.trial import TrialState, create_trial
 
+# The same space as the TPE parity script's (this directory is on the path when run as a script).
+from optuna_tpe import distribution, external
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def distribution(p):
-    if p["kind"] == "float":
-        return FloatDistribution(p["lo"], p["hi"])
-    if p["kind"] == "log":
-        return FloatDistribution(p["lo"], p["hi"], log=True)
-    if p["kind"] == "int":
-        return IntDistribution(int(p["lo"]), int(p["hi"]))
-    return CategoricalDistribution(list(range(p["n"])))
-
-
-def external(p, x):
-    return int(x) if p["kind"] in ("int", "choice") else float(x)
 
 
 def frozen(i, values, violation=None, state=TrialState.COMPLETE, params=None, space=None, iv=None):
