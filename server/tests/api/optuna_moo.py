@@ -7,7 +7,8 @@ the caller) unless "directions" says otherwise.
   {"op": "ranks", "loss": [[...]], "penalty": [...] | null, "n_below": n | null}
     -> {"ranks": [...]}: _fast_non_domination_rank
   {"op": "crowding", "values": [[...]]}
-    -> {"order": [i...]}: the order _crowding_distance_sort leaves trial i in
+    -> {"order": [i...], "distances": [d or null (infinite)...]}: the order _crowding_distance_sort
+       leaves the trials in, and each trial's _calc_crowding_distance
   {"op": "elite", "values": [[...]], "directions": ["minimize"|"maximize"], "penalty": [...] | null,
    "population": n}
     -> {"elite": [i...]}: NSGAIIElitePopulationSelectionStrategy's survivors (sorted)
@@ -41,6 +42,7 @@ from optuna.samplers.nsgaii._child_generation_strategy import NSGAIIChildGenerat
 from optuna.samplers.nsgaii._crossovers._uniform import UniformCrossover
 from optuna.samplers.nsgaii._elite_population_selection_strategy import (
     NSGAIIElitePopulationSelectionStrategy,
+    _calc_crowding_distance,
     _crowding_distance_sort,
 )
 from optuna.samplers._lazy_random_state import LazyRandomState
@@ -78,8 +80,11 @@ def ranks(req):
 
 def crowding(req):
     pop = [frozen(i, v) for i, v in enumerate(req["values"])]
+    dist = _calc_crowding_distance(list(pop))
     _crowding_distance_sort(pop)
-    return {"order": [t.number for t in pop]}
+    # JSON has no infinity: an end of the range (infinitely far) is null.
+    distances = [dist[i] if math.isfinite(dist[i]) else None for i in range(len(pop))]
+    return {"order": [t.number for t in pop], "distances": distances}
 
 
 def directions(req):

@@ -65,18 +65,26 @@ fn ranks_equal_optunas() {
     }
 }
 
-/// The order NSGA-II cuts a rank by (crowding distance, Optuna's tie order) and the survivors it
+/// Crowding distances, the order NSGA-II cuts a rank by (Optuna's tie order) and the survivors it
 /// keeps equal Optuna's.
 #[test]
 fn crowding_and_survivors_equal_optunas() {
     for (n, m, seed) in [(30, 2, 5), (41, 3, 6), (25, 4, 7)] {
         let (values, violations) = point_set(n, m, seed);
         let want = optuna(&json!({"op": "crowding", "values": values}));
-        assert_eq!(
-            pareto::crowding_order(&values),
-            ints(&want["order"]),
-            "{n}x{m}"
-        );
+        let order = pareto::crowding_order(&values);
+        assert_eq!(order, ints(&want["order"]), "{n}x{m}");
+        let (_, ours) = pareto::crowding_distances_in_order(&values);
+        let theirs = want["distances"].as_array().unwrap();
+        for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+            match b.as_f64() {
+                Some(b) => assert!(
+                    (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+                    "{n}x{m} #{i}: {a} vs {b}"
+                ),
+                None => assert!(a.is_infinite(), "{n}x{m} #{i}: {a} vs infinity"),
+            }
+        }
         let modes: Vec<Mode> = (0..m)
             .map(|i| if i % 2 == 0 { Mode::Min } else { Mode::Max })
             .collect();
@@ -185,17 +193,23 @@ fn mo_history(n: usize, m: usize, seed: u64) -> Vec<Trial> {
         .collect()
 }
 
+/// A trial as the script reads it; the states are our status words.
 fn to_optuna(t: &Trial) -> Value {
     let v = t.violation;
+    let (completed, pruned, running) = (
+        JobStatus::Completed.as_str(),
+        JobStatus::Pruned.as_str(),
+        JobStatus::Running.as_str(),
+    );
     match &t.outcome {
         Outcome::Complete(values) => {
-            json!({"x": t.x, "state": "completed", "values": values, "violation": v})
+            json!({"x": t.x, "state": completed, "values": values, "violation": v})
         }
         Outcome::Pruned(Some((e, value))) => {
-            json!({"x": t.x, "state": "pruned", "epoch": e, "value": value, "violation": v})
+            json!({"x": t.x, "state": pruned, "epoch": e, "value": value, "violation": v})
         }
-        Outcome::Pruned(None) => json!({"x": t.x, "state": "pruned", "violation": v}),
-        _ => json!({"x": t.x, "state": "running"}),
+        Outcome::Pruned(None) => json!({"x": t.x, "state": pruned, "violation": v}),
+        _ => json!({"x": t.x, "state": running}),
     }
 }
 
@@ -313,7 +327,7 @@ fn nsga2_children_are_distributed_as_optunas() {
     let draws = 4000;
     let want = optuna(
         &json!({"op": "children", "space": theirs, "directions": ["minimize", "minimize"],
-        "parents": members.iter().map(|m| json!({"x": m.x, "state": "completed", "values": m.values})).collect::<Vec<_>>(),
+        "parents": members.iter().map(|m| json!({"x": m.x, "state": JobStatus::Completed.as_str(), "values": m.values})).collect::<Vec<_>>(),
         "draws": draws, "crossover_prob": 0.9, "swapping_prob": 0.5, "seed": 3}),
     );
     let nsga2 = Nsga2::new(&space, 5, &options(6), &[Mode::Min, Mode::Min]);
