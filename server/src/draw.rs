@@ -191,27 +191,14 @@ async fn breed(
         .collect();
     let mut chosen: BTreeMap<i64, Vec<i64>> = state.store.nsga2_parents(sweep).await?;
     let before: Vec<i64> = chosen.keys().copied().collect();
-    let (parents, generation, chosen) = blocking(move || {
-        let generation = nsga2.generation_of(&members);
-        let parents = nsga2.parents_of(generation, &members, &mut chosen);
-        let parents: Vec<Member> = members
-            .into_iter()
-            .filter(|m| parents.contains(&m.number))
-            .collect();
-        (parents, generation, chosen)
+    let ((x, generation), chosen) = blocking(move || {
+        let drawn = nsga2.draw(&members, &mut chosen, number);
+        (drawn, chosen)
     })
     .await?;
+    // Parents chosen by this draw are kept before its point is written.
     for (g, p) in chosen.iter().filter(|(g, _)| !before.contains(g)) {
         state.store.keep_nsga2_parents(sweep, *g, p).await?;
     }
-    let sampler = search.sampler();
-    let Some(Sampler::Nsga2(nsga2)) = sampler else {
-        unreachable!("an NSGA-II search");
-    };
-    let x = blocking(move || {
-        let refs: Vec<&Member> = parents.iter().collect();
-        nsga2.suggest(&refs, number)
-    })
-    .await?;
     Ok((x, generation))
 }

@@ -121,11 +121,7 @@ fn our_draws_ms(h: &[(Vec<f64>, Vec<f64>)], m: usize, draws: usize) -> (f64, f64
     let mut chosen = BTreeMap::new();
     nsga2.parents_of(nsga2.generation_of(&members), &members, &mut chosen);
     let nsga2_ms = time(draws, |i| {
-        let g = nsga2.generation_of(&members);
-        let ids = nsga2.parents_of(g, &members, &mut chosen);
-        let ids: std::collections::HashSet<i64> = ids.into_iter().collect();
-        let parents: Vec<&Member> = members.iter().filter(|m| ids.contains(&m.number)).collect();
-        std::hint::black_box(nsga2.suggest(&parents, n + i));
+        std::hint::black_box(nsga2.draw(&members, &mut chosen, n + i));
     });
     (tpe_ms, nsga2_ms)
 }

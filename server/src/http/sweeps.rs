@@ -280,7 +280,9 @@ pub(super) async fn results(
     let keys = state.store.job_keys(id, parts).await?;
     let mut export = Export::plan(&d.sweep, &d.spec, &keys, format, &opts);
     if !crate::results::shape::is_study_grid(&d.spec) {
-        let spec = state.store.sweep_spec(id).await?;
+        // The typed spec from the stored one already read (not a second read of the sweep).
+        let spec = SweepSpec::from_value(&d.spec)
+            .map_err(|e| crate::store::StoreError::Corrupt(format!("sweep {id}: {e}")))?;
         if let Some(front) = super::analysis::front_jobs(&state, id, &spec).await? {
             export = export.with_front(front);
         }

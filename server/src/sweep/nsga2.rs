@@ -161,6 +161,24 @@ impl Nsga2 {
         }
     }
 
+    /// Trial `number` drawn from the completed `members`: its generation, that generation's
+    /// parents (from `chosen`, or chosen now and added to it), the child. Returns (the child's
+    /// values in the model's terms, its generation).
+    pub fn draw(
+        &self,
+        members: &[Member],
+        chosen: &mut BTreeMap<i64, Vec<i64>>,
+        number: i64,
+    ) -> (Vec<f64>, i64) {
+        let generation = self.generation_of(members);
+        let ids: std::collections::HashSet<i64> = self
+            .parents_of(generation, members, chosen)
+            .into_iter()
+            .collect();
+        let parents: Vec<&Member> = members.iter().filter(|m| ids.contains(&m.number)).collect();
+        (self.suggest(&parents, number), generation)
+    }
+
     /// Trial `number`'s values in the model's terms, from its generation's `parents` (none:
     /// generation 0, drawn at random).
     pub fn suggest(&self, parents: &[&Member], number: i64) -> Vec<f64> {

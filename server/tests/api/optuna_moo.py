@@ -50,7 +50,7 @@ from optuna.study._multi_objective import _fast_non_domination_rank
 from optuna.trial import TrialState, create_trial
 
 # The same space as the TPE parity script's (this directory is on the path when run as a script).
-from optuna_tpe import distribution, external
+from optuna_tpe import distribution, external, suggest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -199,14 +199,7 @@ def time_draws(req):
     def ask_and_suggest():
         trial = study.ask()
         for p in req["space"]:
-            if p["kind"] == "float":
-                trial.suggest_float(p["name"], p["lo"], p["hi"])
-            elif p["kind"] == "log":
-                trial.suggest_float(p["name"], p["lo"], p["hi"], log=True)
-            elif p["kind"] == "int":
-                trial.suggest_int(p["name"], int(p["lo"]), int(p["hi"]))
-            else:
-                trial.suggest_categorical(p["name"], list(range(p["n"])))
+            suggest(trial, p)
         return trial
 
     # One untimed draw: NSGA-II chooses (and caches) its parents, as a running study has them.

@@ -407,10 +407,7 @@ fn our_nsga2(name: &str, trials: usize, seed: i64, population: i64) -> Vec<Vec<f
     );
     let (mut members, mut chosen) = (Vec::<Member>::new(), BTreeMap::new());
     for number in 0..trials as i64 {
-        let generation = nsga2.generation_of(&members);
-        let ids = nsga2.parents_of(generation, &members, &mut chosen);
-        let parents: Vec<&Member> = members.iter().filter(|m| ids.contains(&m.number)).collect();
-        let x = nsga2.suggest(&parents, number);
+        let (x, generation) = nsga2.draw(&members, &mut chosen, number);
         let values = problem(name, &x);
         members.push(Member {
             number,
