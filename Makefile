@@ -17,6 +17,7 @@ demo-view:
 
 test: setup
 	cargo test --workspace --all-targets
+	.venv/bin/python -m pytest -q clients/python/tests
 
 lint: setup
 	cargo fmt --all --check

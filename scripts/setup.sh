@@ -42,6 +42,17 @@ if full && ! .venv/bin/python -c "import optuna" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check "optuna==$OPTUNA_VERSION"
 fi
 
+# The Python package (clients/python; examples/pytorch/train.py reports through it), editable so
+# its tests run the checkout's code; pytest and pandas for those tests.
+if ! .venv/bin/python -c "import seed_sweeps, requests" 2>/dev/null; then
+  echo "setup: installing the Python package seed-sweeps (clients/python) into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -e ./clients/python
+fi
+if full && ! .venv/bin/python -c "import pytest, pandas" 2>/dev/null; then
+  echo "setup: installing pytest and pandas into .venv (the Python package's tests)"
+  .venv/bin/pip install -q --disable-pip-version-check pytest pandas
+fi
+
 # Multi-GPU (`cargo build --features worker/nccl`): ProcessGroupNCCL's headers need two header-only
 # CUDA packages that torch does not pull in. NCCL=1 scripts/setup.sh installs them.
 if [ "${NCCL:-0}" = 1 ] && [ ! -f .venv/cuda-headers/nvidia/cu13/include/cccl/nv/target ]; then

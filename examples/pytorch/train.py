@@ -1,28 +1,28 @@
 """The study's CIFAR-10 network in plain PyTorch, as a command job of the sweep coordinator.
 
-Written for this project as an example of sweeping a program that is not ours: it speaks the
-worker's environment contract (see docs/command-jobs.md) and nothing else.
+Written for this project as an example of sweeping a program that is not ours: it reports through
+the Python package (clients/python, docs/python.md), three lines over a plain training loop:
 
-  SWEEP_METRICS         append one JSON line per epoch: epoch, lr, train_loss, test_loss, accuracy, ...
-  SWEEP_CHECKPOINT_DIR  save model + optimiser + epoch after each epoch; resume from it when present
-  SWEEP_STOP_FILE       when it exists, stop after the epoch (saved), exit 0
-  exit code 3           the loss became non-finite (diverged)
+  job = seed_sweeps.job(...)            the job's parameters, and where a resume starts
+  job.load()                            model + optimiser as the last reported epoch left them
+  job.report(epoch, state=..., **m)     saves the state, then the epoch's metrics; True: stop now
+  exit code 3                           the loss became non-finite (diverged)
 
-Without those variables it runs on its own (metrics.jsonl and checkpoint/ in the working
-directory). Its flags are `worker train`'s, so one sweep can run both over the same grid.
+Without a worker around it runs on its own (reports printed). Its flags are `worker train`'s, so one
+sweep can run both over the same grid.
 
 Same network (residual stages, then self-attention blocks), data (the official CIFAR-10 binary
 records), SGD with momentum and weight decay, warmup then step decay, crop + flip + Cutout. Not the
 same: no colour jitter, one process (no DDP), PyTorch's own initialisation and data order.
 """
 import argparse
-import json
 import math
 import os
 import sys
 import time
 
 import numpy as np
+import seed_sweeps
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -169,25 +169,19 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    metrics_path = os.environ.get("SWEEP_METRICS", "metrics.jsonl")
-    ckpt_dir = os.environ.get("SWEEP_CHECKPOINT_DIR", "checkpoint")
-    stop_file = os.environ.get("SWEEP_STOP_FILE")
-    os.makedirs(ckpt_dir, exist_ok=True)
-    ckpt = os.path.join(ckpt_dir, "state.pt")
+    job = seed_sweeps.job(argv=[])  # the flags above are the parameters; the job saves and reports
 
     train_x, train_y = read_split(a.data_dir, [f"data_batch_{i}.bin" for i in range(1, 6) if os.path.exists(os.path.join(a.data_dir, f"data_batch_{i}.bin"))], a.limit_train)
     test_x, test_y = read_split(a.data_dir, ["test_batch.bin"], a.limit_test)
     net = Net(a.model_widths, a.model_depth, a.model_heads)
     opt = torch.optim.SGD(net.parameters(), lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
-    start = 0
-    if os.path.exists(ckpt):
-        state = torch.load(ckpt)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        start = state["epoch"]
-        print(f"resuming after epoch {start}", flush=True)
+    saved = job.load()
+    if saved is not None:
+        net.load_state_dict(saved["net"])
+        opt.load_state_dict(saved["opt"])
+        print(f"resuming after epoch {job.start_epoch - 1}", flush=True)
 
-    for epoch in range(start + 1, a.epochs + 1):
+    for epoch in range(job.start_epoch, a.epochs + 1):
         t0 = time.time()
         lr = lr_at(a, epoch)
         for group in opt.param_groups:
@@ -207,20 +201,17 @@ def main():
         train_loss = total / seen
         train_seconds = time.time() - t0
         test_loss, accuracy = (math.nan, 0.0) if not math.isfinite(train_loss) else evaluate(net, test_x, test_y, a.eval_batch_size)
-        line = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "test_loss": test_loss, "accuracy": accuracy,
+        line = {"lr": lr, "train_loss": train_loss, "test_loss": test_loss, "accuracy": accuracy,
                 "images_per_sec": seen / train_seconds, "seconds": time.time() - t0}
         if not math.isfinite(train_loss):
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(line) + "\n")  # NaN as Python writes it: the worker reads it
+            job.report(epoch, **line)  # NaN is reported as it is: the worker ends the job diverged
             print(f"epoch {epoch}: the loss is not finite; stopping", flush=True)
             sys.exit(3)
-        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch}, ckpt + ".tmp")
-        os.replace(ckpt + ".tmp", ckpt)  # the checkpoint first, then its line
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        # The state is saved before the line is written: a resume starts after the last reported epoch.
+        stop = job.report(epoch, state={"net": net.state_dict(), "opt": opt.state_dict()}, **line)
         print(f"epoch {epoch}: train loss {train_loss:.4f}, test loss {test_loss:.4f}, "
               f"accuracy {100 * accuracy:.2f}%, lr {lr:.2e}, {line['images_per_sec']:.0f} img/s", flush=True)
-        if stop_file and os.path.exists(stop_file):
+        if stop:
             print("asked to stop: leaving after a saved epoch", flush=True)
             return
 

@@ -59,6 +59,39 @@ pub mod env {
     pub const MASTER_PORT: &str = "MASTER_PORT";
     pub const NNODES: &str = "NNODES";
     pub const NODE_RANK: &str = "NODE_RANK";
+
+    /// Every variable a command job is started with, and what it holds: what `worker contract
+    /// --json` prints and a client library reads (its tests check that it reads no other).
+    pub const VARIABLES: [(&str, &str); 10] = [
+        (JOB_ID, "the job's id on the coordinator"),
+        (
+            ATTEMPT,
+            "the attempt: 1 on the first run, higher on a retry or a resume",
+        ),
+        (PARAMS, "the job's parameters as a JSON object"),
+        (
+            METRICS,
+            "a file to append one JSON object per line to: epoch (1-based) and numeric metrics",
+        ),
+        (
+            CHECKPOINT_DIR,
+            "a directory uploaded after each metrics line and put back before a resume",
+        ),
+        (
+            STOP_FILE,
+            "created when the job should stop (cancelled, pruned, the worker stopping)",
+        ),
+        (
+            MASTER_ADDR,
+            "where the job's ranks meet (this machine for a single-node job)",
+        ),
+        (MASTER_PORT, "the rendezvous port"),
+        (NNODES, "the workers the job spans"),
+        (
+            NODE_RANK,
+            "this worker's node in the job (0 on a single-node job)",
+        ),
+    ];
 }
 
 /// A placeholder in `argv` that names no parameter of the job, or a lone brace.

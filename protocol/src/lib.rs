@@ -153,6 +153,79 @@ impl std::fmt::Display for SweepStatus {
     }
 }
 
+/// The REST API's version, `MAJOR.MINOR`: a client written for `M.N` works with a coordinator of
+/// the same major and a minor of at least `N` (minors only add routes and optional fields). Said by
+/// `/healthz` (its [`API_VERSION_HEADER`], and a JSON body when asked for one) and by OpenAPI's
+/// `info.version`. 1.1 added ask and tell.
+pub const API_VERSION: &str = "1.1";
+/// The header `/healthz` states [`API_VERSION`] in.
+pub const API_VERSION_HEADER: &str = "x-api-version";
+
+/// `POST /api/sweeps/{id}/ask`: a trial of an external sweep (`[run] external = true`) for the
+/// caller's own loop, under the same exactly-once claim a worker makes. The answer is a [`Claim`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AskRequest {
+    /// The lease's length (default: the coordinator's `--lease-seconds`; at most a day); heartbeats
+    /// renew it by at least the coordinator's lease.
+    #[serde(default, deserialize_with = "integer::exact_opt")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86400))]
+    pub lease_seconds: Option<i64>,
+    /// Who asks (shown in the job's attempts; default `ask`). A worker credential asks under its name.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
+    pub worker: Option<String>,
+}
+
+/// How a told trial ended (Optuna's `TrialState` of a finished trial).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum TellState {
+    /// With its value(s): `null` for a value that is not a number (NaN) ends it `diverged`.
+    #[default]
+    Completed,
+    /// Retried (asked again) while the sweep's `[run] max_attempts` allow, as a worker's failure.
+    Failed,
+    /// Stopped early (after the early-stopping rule said so, or by the caller's own decision).
+    Pruned,
+}
+
+/// A field that is there, `null` included (serde's `Option` would read `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// `POST /api/sweeps/{id}/tell`, with the ask's `X-Lease-Secret`: a trial's final value(s), recorded
+/// as its objectives' metrics at its last reported epoch (1 if it reported none), and its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TellRequest {
+    #[serde(deserialize_with = "integer::exact")]
+    pub job_id: i64,
+    #[serde(deserialize_with = "integer::exact")]
+    pub attempt: i64,
+    /// The value of a sweep with one objective (`null`: NaN).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
+    pub value: Option<Value>,
+    /// The values of a sweep with several objectives, in their order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<f64>>))]
+    pub values: Option<Vec<Value>>,
+    #[serde(default)]
+    pub state: TellState,
+    /// Why it failed (kept as the job's error, at most 8 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// How a worker ends an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

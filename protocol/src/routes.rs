@@ -57,3 +57,14 @@ pub const ENROLL: &str = "/api/workers/enroll";
 pub fn revoke_worker(name: &str) -> String {
     format!("/api/workers/{name}/revoke")
 }
+
+/// `POST`: a trial of an external sweep for the caller's own loop (`AskRequest` -> `Claim`, 204
+/// while none is free, 410 once the sweep is done).
+pub fn ask(sweep: i64) -> String {
+    format!("/api/sweeps/{sweep}/ask")
+}
+
+/// `POST`: a trial's value(s) and end (`TellRequest`).
+pub fn tell(sweep: i64) -> String {
+    format!("/api/sweeps/{sweep}/tell")
+}

@@ -24,6 +24,18 @@ pub async fn claim(
     req: &ClaimRequest,
     credential: Option<&crate::credentials::Credential>,
 ) -> Result<Option<Claim>> {
+    claim_in(state, req, credential, None, state.lease_ms).await
+}
+
+/// A claim, of any sweep's job a worker may run (`sweep` None) or of one external sweep's trial
+/// (an ask), under a lease of `lease_ms`.
+async fn claim_in(
+    state: &AppState,
+    req: &ClaimRequest,
+    credential: Option<&crate::credentials::Credential>,
+    sweep: Option<i64>,
+    lease_ms: i64,
+) -> Result<Option<Claim>> {
     // The lease's secret: 256 random bits, kept only as a hash.
     let secret = crate::secrets::random_hex(32);
     let secret_hash = crate::secrets::hash_secret(&secret);
@@ -38,8 +50,9 @@ pub async fn claim(
                 crate::store::ClaimTerms {
                     skip_undrawn: draws >= MAX_DRAWS_PER_CLAIM,
                     now: state.clock.now_ms(),
-                    lease_ms: state.lease_ms,
+                    lease_ms,
                     gang_ms: state.gang_ms,
+                    sweep,
                 },
             )
             .await?;
@@ -495,4 +508,88 @@ pub async fn append_log(
         next: done.end,
     });
     Ok(done)
+}
+
+/// What an ask gets: a trial, nothing now (others' trials are out and may come back), or nothing
+/// ever again (the sweep is done or cancelled).
+#[derive(Debug)]
+pub enum Asked {
+    Trial(Box<Claim>),
+    NotNow,
+    Done(String),
+}
+
+/// A trial of external sweep `sweep` for the caller's own loop: the claim's exactly-once take, scoped
+/// to the sweep (a TPE or NSGA-II trial drawn at that moment), under a lease of `lease_ms`.
+pub async fn ask(
+    state: &AppState,
+    sweep: i64,
+    req: &ClaimRequest,
+    credential: Option<&crate::credentials::Credential>,
+    lease_ms: i64,
+) -> Result<Asked> {
+    let spec = state.store.sweep_spec(sweep).await?;
+    if !spec.external {
+        return Err(StoreError::Invalid(format!(
+            "sweep {sweep} is run by workers; only a sweep with [run] external = true is asked for trials"
+        )));
+    }
+    if let Some(c) = claim_in(state, req, credential, Some(sweep), lease_ms).await? {
+        return Ok(Asked::Trial(Box::new(c)));
+    }
+    let open = state.store.open_jobs(sweep).await?;
+    Ok(match open {
+        o if o.cancelled => Asked::Done(format!("sweep {sweep} was cancelled")),
+        o if o.pending + o.running == 0 => {
+            Asked::Done(format!("sweep {sweep} is done: every trial has ended"))
+        }
+        _ => Asked::NotNow,
+    })
+}
+
+/// The metrics a told value is recorded as: the sweep's objectives, else its early-stopping
+/// metric, else `value` (Optuna's name for a study's one value).
+pub fn told_metrics(spec: &crate::sweep::SweepSpec) -> Vec<String> {
+    let objectives: Vec<String> = spec
+        .search
+        .iter()
+        .flat_map(|s| s.objectives.iter().map(|(m, _)| m.clone()))
+        .collect();
+    if !objectives.is_empty() {
+        return objectives;
+    }
+    match &spec.early_stop {
+        Some(rule) => vec![rule.metric.clone()],
+        None => vec!["value".into()],
+    }
+}
+
+/// A tell: the trial's value(s) (already checked, at its attempt) merged into its last reported
+/// epoch, then its end. Two writes, each fenced by the attempt: a tell retried after the first
+/// committed writes the same values again and then finishes.
+pub async fn tell(
+    state: &AppState,
+    job: i64,
+    attempt: i64,
+    values: Option<MetricsReport>,
+    outcome: protocol::Outcome,
+    error: Option<&str>,
+) -> Result<JobChange> {
+    if let Some(m) = values {
+        let now = state.clock.now_ms();
+        let sweep_id = state.store.tell_values(job, &m, now).await?;
+        state.publish(Event::Metrics {
+            job_id: job,
+            sweep_id,
+            metrics: m,
+        });
+    }
+    let req = FinishRequest {
+        attempt,
+        status: outcome,
+        summary: None,
+        error: error.map(str::to_string),
+        node_rank: None,
+    };
+    finish(state, job, &req, error).await
 }

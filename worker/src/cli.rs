@@ -43,6 +43,13 @@ pub enum Command {
         #[command(flatten)]
         launch: LaunchArgs,
     },
+    /// Print the environment contract of command jobs: the variables a program is started with
+    /// (docs/command-jobs.md), and the exit code that means diverged.
+    Contract {
+        /// As JSON (what a client library checks itself against).
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmark: training and eval throughput of the full network beside PyTorch eager.
     #[command(hide = true)]
     Bench(crate::bench::BenchArgs),
@@ -113,6 +120,10 @@ pub fn main() -> i32 {
             out,
             launch,
         } => train(&config, &out, &launch),
+        Command::Contract { json } => {
+            print_contract(json);
+            Ok(0)
+        }
         Command::Bench(args) => crate::bench::run(&args).map(|()| 0),
         Command::BenchDdp(args) => crate::ddp::bench::run(&args).map(|()| 0),
         Command::Run(args) => crate::service::run(&args).map(|()| 0),
@@ -146,4 +157,25 @@ pub fn main() -> i32 {
             }
         }
     }
+}
+
+/// `worker contract`: protocol's one definition of the command-job contract, printed.
+fn print_contract(json: bool) {
+    use protocol::command::env;
+    if json {
+        let variables: Vec<_> = env::VARIABLES
+            .iter()
+            .map(|(name, what)| serde_json::json!({"name": name, "description": what}))
+            .collect();
+        let doc = serde_json::json!({"variables": variables, "exit_diverged": env::EXIT_DIVERGED});
+        println!("{doc}");
+        return;
+    }
+    for (name, what) in env::VARIABLES {
+        println!("{name:<22} {what}");
+    }
+    println!(
+        "exit code {}            diverged (0 completed, anything else failed)",
+        env::EXIT_DIVERGED
+    );
 }

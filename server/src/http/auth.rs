@@ -108,6 +108,11 @@ impl Sessions {
 
 /// The worker protocol's routes: the only writes a worker token may make.
 fn is_worker_route(method: &Method, path: &str) -> bool {
+    // Ask and tell: a trial of an external sweep is a claim and its finish, by whoever runs the loop.
+    if let Some(rest) = path.strip_prefix("/api/sweeps/") {
+        let action = rest.split_once('/').map(|(_, a)| a).unwrap_or("");
+        return method == Method::POST && matches!(action, "ask" | "tell");
+    }
     let Some(rest) = path.strip_prefix("/api/jobs/") else {
         return false;
     };

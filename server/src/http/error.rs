@@ -24,6 +24,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// What was asked for is over for good (an external sweep with no trial left to ask).
+    #[error("{0}")]
+    Gone(String),
     #[error("the body is larger than {0} bytes")]
     TooLarge(usize),
     /// A global quota is full (413: a worker drops the write and goes on, rather than retrying).
@@ -70,6 +73,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooLarge(_) | ApiError::QuotaFull(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(cause) => {

@@ -85,7 +85,7 @@ pub(super) async fn claim(
 /// credential claims under its name (or its name and a suffix) only; a shared token may not pass for
 /// a worker that has a credential of its own (that name would block the worker's gangs, or hide
 /// behind it).
-fn claimant(
+pub(super) fn claimant(
     state: &AppState,
     access: Option<super::auth::Access>,
     worker: &str,
@@ -139,7 +139,7 @@ pub(super) async fn report_metrics(
 /// Every reported value is checked before it is stored: a wrong number would otherwise reach the
 /// figures, the exports and the early-stopping decisions of every later reader. (The epoch's upper
 /// bound, the job's own epochs, is checked by the store.)
-fn check_metrics(m: &MetricsReport) -> ApiResult<()> {
+pub(super) fn check_metrics(m: &MetricsReport) -> ApiResult<()> {
     if m.epoch < 1 {
         return Err(ApiError::Unprocessable("epoch: must be at least 1".into()));
     }
@@ -213,7 +213,7 @@ pub(super) async fn release(
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary (errors carry stderr tails of any size).
-fn truncate(s: &str, max: usize) -> &str {
+pub(super) fn truncate(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;

@@ -3,6 +3,7 @@
 //! error type.
 pub mod analysis;
 pub mod artifacts;
+pub mod asks;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
@@ -35,12 +36,12 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
 #[openapi(
     info(title = "sweep coordinator", description = "Hyperparameter sweeps of the study's CIFAR-10 trainer: sweeps, jobs under leases, metrics, results."),
     paths(sweeps::submit_sweep, sweeps::list_sweeps, sweeps::get_sweep, sweeps::cancel_sweep, jobs::get_job, sweeps::results, sweeps::figure,
-          jobs::claim, jobs::unfinished, jobs::heartbeat, jobs::report_metrics, jobs::finish, jobs::release,
+          asks::ask, asks::tell, jobs::claim, jobs::unfinished, jobs::heartbeat, jobs::report_metrics, jobs::finish, jobs::release,
           dashboard::jobs_page, dashboard::grid, dashboard::curves, analysis::shape, analysis::importance, analysis::slice, analysis::contour, analysis::runs, analysis::pareto, analysis::compare,
           artifacts::upload, artifacts::download, logs::append, logs::read,
           events::stream, healthz, prometheus, openapi, auth::create_session, auth::end_session,
           workers::add, workers::list, workers::revoke, workers::enroll),
-    components(schemas(crate::sweep::SweepFile, SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
+    components(schemas(crate::sweep::SweepFile, protocol::AskRequest, protocol::TellRequest, protocol::TellState, SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
                        HeartbeatReply, MetricsReport, MetricsReply, FinishRequest, ReleaseRequest, JobChange, JobStatus, protocol::SweepStatus, Outcome, protocol::views::Created, protocol::views::JobRow,
                         protocol::views::AttemptRow, protocol::views::JobPage, auth::SessionRequest, protocol::views::GridCell, protocol::views::Series, protocol::views::Unfinished,
                         protocol::Rendezvous, protocol::GangPart, protocol::GangState, protocol::views::GangMember,
@@ -99,6 +100,8 @@ struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        // The API's own version, not the crate's: what a client checks itself against.
+        openapi.info.version = protocol::API_VERSION.to_string();
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
@@ -136,6 +139,8 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         )
         .route("/api/sweeps/{id}", get(sweeps::get_sweep))
         .route("/api/sweeps/{id}/cancel", post(sweeps::cancel_sweep))
+        .route("/api/sweeps/{id}/ask", post(asks::ask))
+        .route("/api/sweeps/{id}/tell", post(asks::tell))
         .route("/api/sweeps/{id}/results", get(sweeps::results))
         .route("/api/sweeps/{id}/figures/{file}", get(sweeps::figure))
         .route("/api/sweeps/{id}/jobs", get(dashboard::jobs_page))
@@ -295,9 +300,23 @@ async fn no_such_route(req: Request) -> ApiError {
     ))
 }
 
+/// `ok`, with the API's version in `x-api-version`; asked for JSON (`Accept: application/json`),
+/// `{"status": "ok", "api_version": ...}` (a client checks it against its own before anything else).
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
-async fn healthz() -> &'static str {
-    "ok"
+async fn healthz(headers: axum::http::HeaderMap) -> Response {
+    let version = [(protocol::API_VERSION_HEADER, protocol::API_VERSION)];
+    let json = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    match json {
+        true => (
+            version,
+            Json(serde_json::json!({"status": "ok", "api_version": protocol::API_VERSION})),
+        )
+            .into_response(),
+        false => (version, "ok").into_response(),
+    }
 }
 
 /// Prometheus text: jobs by status, claims, lease expiries, request latency.

@@ -52,6 +52,7 @@ impl Store {
             now,
             lease_ms,
             gang_ms,
+            sweep,
         } = terms;
         let until = now + lease_ms;
         let secret_hash = secret_hash.to_vec();
@@ -72,7 +73,10 @@ impl Store {
                         until,
                         gang_ms,
                     };
-                    let (taken, undrawn) = take_next(c, &asked).await?;
+                    let (taken, undrawn) = match sweep {
+                        Some(sweep) => take_asked(c, &asked, sweep).await?,
+                        None => take_next(c, &asked).await?,
+                    };
                     match (taken, undrawn) {
                         (Some(row), _) => Ok(ClaimNext::Claimed(Box::new(
                             claim_reply(c, row, until, lease_ms).await?,
@@ -129,8 +133,9 @@ impl Store {
             .run(move |one| {
                 async move {
                     Ok(one.fetch_optional(sqlx::query!(
-                        r#"UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND attempt = ? AND status = 'running'
-                           RETURNING cancel_requested AS "cancel!", stop_requested AS "stop!""#,
+                        // Never shortened: an ask may have taken a longer lease than a heartbeat renews.
+                        r#"UPDATE jobs SET lease_expires_at = max(coalesce(lease_expires_at, 0), ?1) WHERE id = ?2 AND attempt = ?3 AND status = 'running'
+                           RETURNING cancel_requested AS "cancel!", stop_requested AS "stop!", lease_expires_at AS "until!""#,
                         until,
                         job,
                         attempt
@@ -144,7 +149,7 @@ impl Store {
             Some(r) => Ok(HeartbeatReply {
                 cancel: r.cancel != 0,
                 stop: r.stop != 0,
-                lease_expires_at: until,
+                lease_expires_at: r.until,
                 gang: None,
             }),
             None => Err(self.fence_error(job, attempt).await),
@@ -417,6 +422,8 @@ pub struct ClaimTerms {
     pub now: i64,
     pub lease_ms: i64,
     pub gang_ms: i64,
+    /// An ask: only this sweep's trials (an external sweep's), whatever their shape.
+    pub sweep: Option<i64>,
 }
 
 /// What a claim asks for, inside the writer.
@@ -481,7 +488,7 @@ async fn take_next(
                      ORDER BY k.id LIMIT 1) AS first
              FROM pending_shapes p
              WHERE p.jobs > 0 AND (?1 IS NULL OR p.nproc <= ?1) AND (?2 IS NULL OR p.batch_size <= ?2)
-               AND (?3 OR p.is_command = 0) AND (?4 = 0 OR p.drawn = 1) AND (?5 OR p.nnodes = 1)))"#,
+               AND (p.is_command = 0 OR (?3 AND p.is_command = 1)) AND (?4 = 0 OR p.drawn = 1) AND (?5 OR p.nnodes = 1)))"#,
         ranks,
         max_batch,
         a.req.accepts_commands,
@@ -500,6 +507,32 @@ async fn take_next(
         return Ok((None, Some(oldest.sweep_id)));
     }
     Ok((take(c, a, oldest.id, w.as_ref()).await?, None))
+}
+
+/// An ask's take: the oldest pending trial of `sweep` (an external sweep's: no worker claims them,
+/// so shapes do not matter), drawn first when it is still to be drawn (then its sweep is named).
+async fn take_asked(
+    c: &mut SqliteConnection,
+    a: &Asked<'_>,
+    sweep: i64,
+) -> Result<(Option<gangs::Taken>, Option<i64>)> {
+    if !within_cap(c, a.credential).await? {
+        return Ok((None, None));
+    }
+    let oldest = sqlx::query!(
+        r#"SELECT j.id AS "id!", j.drawn_at IS NOT NULL AS "drawn!: bool" FROM jobs j INDEXED BY jobs_sweep_status
+           WHERE j.sweep_id = ?1 AND j.status = 'pending' AND j.cancel_requested = 0 AND j.stop_requested = 0
+             AND NOT EXISTS (SELECT 1 FROM sweeps s WHERE s.id = ?1 AND s.cancelled_at IS NOT NULL)
+           ORDER BY j.id LIMIT 1"#,
+        sweep
+    )
+    .fetch_optional(&mut *c)
+    .await?;
+    match oldest {
+        None => Ok((None, None)),
+        Some(o) if !o.drawn => Ok((None, Some(sweep))),
+        Some(o) => Ok((take(c, a, o.id, None).await?, None)),
+    }
 }
 
 /// Whether a claim under `credential` may take one more job: the credential is still live (a
@@ -546,7 +579,7 @@ async fn take(
                gang_until = CASE WHEN nnodes > 1 THEN ?6 END, credential = ?7, claim_epoch = epoch
            WHERE id = ?5 AND status = 'pending' AND drawn_at IS NOT NULL
            RETURNING id AS "id!", sweep_id AS "sweep_id!", attempt AS "attempt!", params AS "params!",
-                     is_command AS "is_command!: bool", nnodes AS "nnodes!""#,
+                     is_command = 1 AS "is_command!: bool", nnodes AS "nnodes!""#,
         a.req.worker,
         a.until,
         a.now,

@@ -5,6 +5,8 @@
 //! anyway); reads through a pool of several (WAL lets them run alongside).
 //!
 //! The statements are grouped by what they change:
+//! - [`asks`]: ask and tell: an external sweep's open jobs, a told value merged into the
+//!   trial's last epoch.
 //! - [`lease`]: the lease state machine of a job: claim, heartbeat, metrics, finish, release,
 //!   requeue of expired leases, and the fence every worker write passes.
 //! - [`gangs`]: jobs that span nodes: a forming gang joined, members' heartbeats and ends, a
@@ -34,6 +36,8 @@ use futures::FutureExt;
 use protocol::{Claim, HeartbeatReply, JobChange, JobShape, JobStatus, MetricsReport, SweepStatus};
 use sqlx::{ConnectOptions, SqliteConnection};
 
+mod asks;
+pub use asks::Open;
 pub mod credentials;
 mod gangs;
 mod lease;

@@ -663,13 +663,18 @@ impl Store {
             .collect())
     }
 
-    /// Pending and running jobs over every sweep.
+    /// Pending and running jobs over every sweep a worker may run: an external sweep's trials are
+    /// asked for by its own loop, and no idle worker waits for them.
     pub async fn unfinished(&self) -> Result<Unfinished> {
-        let totals = self.status_totals().await?;
-        let of = |status| totals.iter().find(|(s, _)| *s == status).map_or(0, |t| t.1);
+        let r = sqlx::query!(
+            r#"SELECT coalesce(sum(c.pending), 0) AS "pending!: i64", coalesce(sum(c.running), 0) AS "running!: i64"
+               FROM sweep_counts c JOIN sweeps s ON s.id = c.sweep_id WHERE s.external = 0"#
+        )
+        .fetch_one(&self.read)
+        .await?;
         Ok(Unfinished {
-            pending: of(JobStatus::Pending),
-            running: of(JobStatus::Running),
+            pending: r.pending,
+            running: r.running,
         })
     }
 

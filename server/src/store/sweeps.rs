@@ -7,6 +7,7 @@ impl Store {
         let jobs = spec.expand();
         let spec_json = spec.to_value().to_string();
         let (name, max_attempts) = (spec.name.clone(), spec.max_attempts);
+        let external = spec.external;
         let early_stop = spec
             .early_stop
             .as_ref()
@@ -15,7 +16,13 @@ impl Store {
             .command
             .as_ref()
             .map(|c| serde_json::to_string(c).expect("plain data"));
-        let is_command = command.is_some();
+        // The job's kind, in the column the claim's shapes index: 0 our trainer, 1 a command, 2 a
+        // trial of the caller's own loop (asked for, never claimed by a worker).
+        let is_command: i64 = match (spec.external, command.is_some()) {
+            (true, _) => 2,
+            (false, true) => 1,
+            (false, false) => 0,
+        };
         // TPE: the trials not enqueued are placeholders, drawn when claimed. Their shape is the
         // smallest a draw can have, so every worker that could run some draw can claim them.
         let undrawn = spec.search.as_ref().map_or(0, |s| s.undrawn());
@@ -54,12 +61,13 @@ impl Store {
             .run_many(move |c| {
                 async move {
                     let sweep_id = sqlx::query_scalar!(
-                        r#"INSERT INTO sweeps (name, spec, early_stop, command, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id AS "id!""#,
+                        r#"INSERT INTO sweeps (name, spec, early_stop, command, created_at, external) VALUES (?, ?, ?, ?, ?, ?) RETURNING id AS "id!""#,
                         name,
                         spec_json,
                         early_stop,
                         command,
-                        now
+                        now,
+                        external
                     )
                     .fetch_one(&mut *c)
                     .await?;
@@ -137,6 +145,7 @@ impl Store {
     pub fn shape_of(spec: &SweepSpec, params: &Map<String, Value>) -> JobShape {
         match &spec.command {
             Some(c) => command_shape(params, c.ranks, c.nnodes),
+            None if spec.external => command_shape(params, 1, 1),
             None => JobShape::of(params),
         }
     }

@@ -189,7 +189,8 @@ pub enum EarlyStopMethod {
     Median,
 }
 
-/// `[run]`: attempts per job (3 by default) and runs per point (1 by default, seeds seed, seed+1...).
+/// `[run]`: attempts per job (3 by default), runs per point (1 by default, seeds seed, seed+1...),
+/// and whether the trials are the caller's own (`external`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunFile {
@@ -197,6 +198,10 @@ pub struct RunFile {
     pub max_attempts: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeats: Option<i64>,
+    /// The trials run in the user's own loop (ask and tell, docs/python.md), never by a worker:
+    /// no `[command]`, and the parameters are free names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<bool>,
 }
 
 impl SweepFile {

@@ -63,6 +63,9 @@ pub struct SweepSpec {
     pub command: Option<protocol::CommandSpec>,
     pub max_attempts: i64,
     pub repeats: i64,
+    /// `[run] external = true`: the caller's own loop asks for the trials and tells their values;
+    /// no worker claims them.
+    pub external: bool,
 }
 
 /// Why the input could not be read at all (400), as opposed to read and found wrong (422).
@@ -203,7 +206,11 @@ impl SweepSpec {
     /// What the file may not mean as written: said beside the new sweep, never refused.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = vec![];
-        if self.search.is_none() && self.grids.is_empty() && self.command.is_none() {
+        if self.search.is_none()
+            && self.grids.is_empty()
+            && self.command.is_none()
+            && !self.external
+        {
             let data = match self.train.get("dataset").and_then(Value::as_str) {
                 Some("synthetic") => "synthetic data",
                 _ => "CIFAR-10's 50,000 training images unless [train] limits them",
@@ -218,6 +225,14 @@ impl SweepSpec {
             w.push(
                 "a command sweep: only workers started with `worker run --allow-commands` take its \
                  jobs"
+                    .into(),
+            );
+        }
+        if self.external {
+            w.push(
+                "an external sweep: no worker runs its trials; your own loop asks for them and \
+                 tells their values (POST /api/sweeps/ID/ask and /tell, or seed_sweeps' ask, tell \
+                 and optimize)"
                     .into(),
             );
         }
@@ -265,6 +280,7 @@ impl SweepSpec {
             run: Some(RunFile {
                 max_attempts: Some(self.max_attempts),
                 repeats: Some(self.repeats),
+                external: self.external.then_some(true),
             }),
             command: self.command.clone(),
         }
@@ -295,7 +311,14 @@ impl SweepFile {
             return err("name", format!("longer than {MAX_NAME} characters"));
         }
         let command = command::validate(self.command)?;
-        let keys = if command.is_some() {
+        let external = self.run.is_some_and(|r| r.external == Some(true));
+        if external && command.is_some() {
+            return err(
+                "run.external",
+                "an external sweep's trials run in your own loop, not as a program: drop [command] or external",
+            );
+        }
+        let keys = if command.is_some() || external {
             Keys::Free
         } else {
             Keys::Trainer
@@ -317,7 +340,10 @@ impl SweepFile {
             );
         }
         let early_stop = early_stop::EarlyStop::validate(self.early_stop)?;
-        if let Some(rule) = early_stop.as_ref().filter(|_| command.is_none()) {
+        if let Some(rule) = early_stop
+            .as_ref()
+            .filter(|_| command.is_none() && !external)
+        {
             // Our trainer reports the named metrics only; a rule on another would never judge.
             if !protocol::is_named_metric(&rule.metric) {
                 return err(
@@ -352,6 +378,7 @@ impl SweepFile {
             command,
             max_attempts,
             repeats,
+            external,
         })
     }
 }
@@ -361,14 +388,15 @@ impl SweepSpec {
     /// tables, each a combination the trainer runs, a command's placeholders all named.
     fn check_points(&self) -> Result<(), SpecError> {
         let several_tables = self.grids.len() > 1 && self.search.is_none();
-        let mut points = match several_tables || self.command.is_none() {
+        let trainer = self.command.is_none() && !self.external;
+        let mut points = match several_tables || trainer {
             true => self.points(),
             false => vec![],
         };
         if let Some(s) = self
             .search
             .as_ref()
-            .filter(|s| s.model.is_some() && self.command.is_none())
+            .filter(|s| s.model.is_some() && trainer)
         {
             points.extend(s.rule_points(&self.train));
         }
@@ -377,6 +405,7 @@ impl SweepSpec {
         }
         match &self.command {
             Some(command) => command::check_placeholders(command, &self.parameter_names()),
+            None if self.external => Ok(()),
             None => self.check_combinations(&points),
         }
     }
@@ -408,6 +437,7 @@ fn check_run(run: Option<RunFile>) -> Result<(i64, i64), SpecError> {
     let run = run.unwrap_or(RunFile {
         max_attempts: None,
         repeats: None,
+        external: None,
     });
     let max_attempts = run.max_attempts.unwrap_or(3);
     if !(1..=100).contains(&max_attempts) {

@@ -1,5 +1,6 @@
 //! The coordinator end to end: the real server on a random port over a fresh SQLite file per test.
 pub(crate) mod any_sweep;
+mod asks;
 mod commands;
 mod daily;
 mod dashboard;
