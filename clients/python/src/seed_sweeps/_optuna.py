@@ -1,11 +1,8 @@
 """A sweep as an Optuna study, so optuna-dashboard, optuna.visualization and optuna.importance open
 any of our sweeps. Where Optuna's view then differs from ours: docs/python.md."""
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ._errors import SweepError
-
-if TYPE_CHECKING:
-    from ._client import Sweep
 
 #: Our final job statuses as Optuna's trial states (a diverged trial is a failure to Optuna).
 STATES = {"completed": "COMPLETE", "pruned": "PRUNED", "diverged": "FAIL", "failed": "FAIL", "cancelled": "FAIL"}
@@ -26,7 +23,7 @@ def _distributions(optuna: Any, axes: List[Dict[str, Any]]) -> Dict[str, Any]:
     return out
 
 
-def _objectives(sweep: "Sweep", shape: Dict[str, Any]) -> List[Tuple[str, str]]:
+def _objectives(sweep: Any, shape: Dict[str, Any]) -> List[Tuple[str, str]]:
     """(metric, mode) per objective: a search's several, else the shape's one."""
     search = (sweep.info().get("spec") or {}).get("search") or {}
     listed = search.get("objectives")
@@ -60,8 +57,9 @@ def _intermediate(metrics: List[Dict[str, Any]], name: str) -> Dict[int, float]:
     return out
 
 
-def to_optuna(sweep: "Sweep", storage: str, study_name: Optional[str] = None) -> Any:
-    """Write `sweep` into `storage` as a new Optuna study and return it: every ended trial with its
+def to_optuna(sweep: Any, storage: str, study_name: Optional[str] = None) -> Any:
+    """Write `sweep` (a `Sweep`, duck-typed: this module imports nothing of the client's) into
+    `storage` as a new Optuna study and return it: every ended trial with its
     params on the sweep's axes, value(s), intermediate values per epoch (one objective) and state;
     our job id and status as user attributes. Pending and running jobs are left out."""
     try:
