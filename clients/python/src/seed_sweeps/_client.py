@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _contract as env
-from ._errors import SweepError, TrialPruned
+from ._errors import ApiError, SweepError, TrialPruned
 from ._http import Http, check_version, dumps
 
 _UNSET: Any = object()  # tell's value not given (None is NaN: the trial diverged)
@@ -197,9 +197,9 @@ class Sweep:
             body["worker"] = worker
         try:
             r = self._http.call("POST", f"/api/sweeps/{self.id}/ask", ok_empty=True, json=body)
-        except SweepError as e:
-            if getattr(e, "status", None) == 410:
-                raise SweepDone(str(getattr(e, "message", e))) from None
+        except ApiError as e:
+            if e.status == 410:
+                raise SweepDone(e.message) from None
             raise
         if r.status_code == 204:
             return None
@@ -227,7 +227,7 @@ class Sweep:
             "POST",
             f"/api/sweeps/{self.id}/tell",
             data=dumps(body).encode(),
-            headers={"Content-Type": "application/json", "X-Lease-Secret": trial.lease_secret},
+            headers=trial._headers(),
         )
 
     def optimize(
@@ -459,14 +459,7 @@ class _Optimizer:
         if result is None:
             self.sweep.tell(trial, state="failed", error="the objective returned None: return its value (NaN: diverged)")
         elif isinstance(result, (list, tuple)):
-            self.sweep.tell(trial, values=[_nan_to_none(v) for v in result])
+            self.sweep.tell(trial, values=result)  # NaN is sent as null by tell
         else:
-            self.sweep.tell(trial, value=_nan_to_none(result))
-
-
-def _nan_to_none(v: Any) -> Optional[float]:
-    if v is None:
-        return None
-    f = float(v)
-    return None if f != f else f
+            self.sweep.tell(trial, value=result)
 
