@@ -283,6 +283,35 @@ pub struct ClaimRequest {
     /// it, the worker is never handed a job with `nnodes` > 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rendezvous: Option<Rendezvous>,
+    /// When the worker gives back whatever it runs (Unix time in ms, by the coordinator's clock:
+    /// its allocation's end less its margins, `worker run --end-time`). A job is handed out only
+    /// if its expected time to its next committed epoch fits before it; none: any job.
+    #[serde(
+        default,
+        deserialize_with = "integer::exact_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deadline: Option<i64>,
+}
+
+/// Pending work of one shape (`GET /api/jobs/pending-shapes`): what a worker allocation needs to
+/// run it. An autoscaler sizes a cluster from these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PendingShape {
+    /// Workers (nodes) one job spans.
+    pub nnodes: i64,
+    /// Ranks on each of them.
+    pub nproc_per_node: i64,
+    /// A `[command]` job (run only by `worker run --allow-commands`).
+    pub command: bool,
+    /// GPUs each node needs: `nproc_per_node` when the job's `device` is `cuda`, 0 when it is
+    /// `cpu`, none when the job does not say (the worker's devices decide).
+    pub gpus_per_node: Option<i64>,
+    /// Pending jobs of this shape.
+    pub jobs: i64,
+    /// Seconds per epoch the coordinator expects of them (from their sweep's reports), if known.
+    pub epoch_seconds: Option<f64>,
 }
 
 /// The address and port where a multi-node job's ranks meet (c10d's `MASTER_ADDR`/`MASTER_PORT`).

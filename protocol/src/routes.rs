@@ -3,6 +3,8 @@ pub const SWEEPS: &str = "/api/sweeps";
 pub const CLAIM: &str = "/api/jobs/claim";
 /// Pending and running jobs over every sweep, read from counts kept per sweep.
 pub const UNFINISHED: &str = "/api/jobs/unfinished";
+/// Pending jobs counted by what they need of a worker (`[PendingShape]`), for an autoscaler.
+pub const PENDING_SHAPES: &str = "/api/jobs/pending-shapes";
 
 pub fn heartbeat(job: i64) -> String {
     format!("/api/jobs/{job}/heartbeat")

@@ -169,8 +169,9 @@ pub struct JobDetail {
     /// How many attempts it has had (the pages' total).
     #[serde(default)]
     pub attempts_total: i64,
-    /// A multi-node job whose gang is forming: what it waits for ("waiting for 1 more worker with
-    /// 4 free ranks"), so it does not look stuck.
+    /// Why the job waits, so it does not look stuck: a multi-node job whose gang is forming ("waiting
+    /// for 1 more worker with 4 free ranks"), or a pending job a worker near the end of its
+    /// allocation passed over ("needs about 42 min per epoch; the worker had 9 min left").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
 }
@@ -477,4 +478,32 @@ pub struct Runs {
     pub total: usize,
     /// Best first.
     pub lines: Vec<RunLine>,
+}
+
+/// A duration in ms as the coordinator shows and stores it in a passed-over job's reason: whole
+/// seconds under two minutes, else whole minutes (so the reason changes, and is written, rarely).
+pub fn shown_ms(ms: i64) -> i64 {
+    match ms {
+        ..120_000 => (ms + 500) / 1000 * 1000,
+        _ => (ms + 30_000) / 60_000 * 60_000,
+    }
+}
+
+/// A duration as words: "42 s", "9 min", "3 h 5 min".
+pub fn duration_words(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        ..120 => format!("{s} s"),
+        ..7200 => format!("{} min", (s + 30) / 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600 + 30) / 60),
+    }
+}
+
+/// Why a worker near its end passed a job over.
+pub fn passed_over(need_ms: i64, left_ms: i64) -> String {
+    format!(
+        "needs about {} per epoch; the worker had {} left",
+        duration_words(need_ms),
+        duration_words(left_ms)
+    )
 }

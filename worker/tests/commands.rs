@@ -507,3 +507,91 @@ fn a_checkpoint_archive_with_a_link_is_refused_with_its_entry_named() {
     assert!(error.contains("`checkpoint` is a symbolic link"), "{error}");
     assert!(epochs_of(&c, id).is_empty(), "the program never ran");
 }
+
+/// A worker that knows its end (`--end-time`, 40 s ahead) gives its command job back before it:
+/// the program commits the epoch it is in and leaves through its stop file, the job is released
+/// (pending again, no attempt used) and the worker exits 0 before its end; a second worker resumes
+/// the job from its checkpoint directory, every epoch recorded once.
+#[test]
+fn a_worker_gives_its_job_back_before_its_end_time_and_the_next_resumes_it() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("s.db"), "127.0.0.1:0", 10);
+    let sweep = c.submit(json!({
+        "name": "ends", "command": job_py(&["--epochs", "{epochs}", "--sleep", "5"]),
+        "train": {"epochs": 8},
+    }));
+    let end = now_unix_ms() + 40_000;
+    let root = fixtures();
+    let end_arg = (end / 1000).to_string();
+    // Give back at the end less 4 s of margin and 6 s of grace (longer than an epoch).
+    let mut a = worker(
+        &c.url,
+        &dir.path().join("a"),
+        &[
+            "--allow-commands",
+            "--command-root",
+            root.to_str().unwrap(),
+            "--end-time",
+            &end_arg,
+            "--end-margin-seconds",
+            "4",
+            "--stop-grace-seconds",
+            "6",
+        ],
+    );
+    let status = a.wait().unwrap();
+    let exited = now_unix_ms();
+    let log = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
+    assert!(status.success(), "the worker exits 0: {log}");
+    assert!(exited < end - (end % 1000), "it left before its end: {log}");
+    assert!(
+        log.contains("left in the allocation") || log.contains("allocation ends in"),
+        "{log}"
+    );
+
+    let s = c.get(&format!("/api/sweeps/{sweep}"));
+    let job = &s["jobs"][0];
+    assert_eq!(job["status"], JobStatus::Pending.as_str(), "{s}");
+    let id = job["id"].as_i64().unwrap();
+    let left = job["max_attempts"].as_i64().unwrap() - job["attempt"].as_i64().unwrap();
+    assert_eq!(left, 3, "no attempt used by the give-back: {job}");
+    let first = c.get(&format!("/api/jobs/{id}"));
+    assert_eq!(first["attempts"][0]["outcome"], "released", "{first}");
+    let done_first = epochs_of(&c, id);
+    assert!(
+        done_first.len() >= 4 && done_first.len() < 8,
+        "most of 30 s of 5 s epochs were committed before the give-back: {first}"
+    );
+    let mut b = command_worker(&c.url, &dir.path().join("b"), &["--exit-when-idle"]);
+    let s = c.wait_sweep(sweep, STALL);
+    b.wait().unwrap();
+    assert_eq!(s["jobs"][0]["status"], JobStatus::Completed.as_str(), "{s}");
+    assert_eq!(
+        epochs_of(&c, id),
+        (1..=8).collect::<Vec<_>>(),
+        "every epoch once"
+    );
+    let detail = c.get(&format!("/api/jobs/{id}"));
+    let resumed = detail["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["attempt"] != 1)
+        .unwrap()["extra"]["resumed_from"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(
+        resumed as usize,
+        done_first.len(),
+        "nothing committed was redone: {detail}"
+    );
+    assert_eq!(detail["attempt"], 2, "{detail}");
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}

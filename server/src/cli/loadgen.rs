@@ -238,6 +238,7 @@ pub struct Level<'a> {
 /// rendezvous on a port nothing binds (no multi-node job is ever submitted).
 pub(crate) fn claim_request(w: usize, unfit: bool, rendezvous: bool) -> ClaimRequest {
     ClaimRequest {
+        deadline: None,
         worker: format!("load-{w}"),
         capacity: unfit.then_some(protocol::Capacity {
             ranks: 1,

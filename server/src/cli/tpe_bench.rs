@@ -154,6 +154,7 @@ impl Api {
     /// Claims with `ranks` free; true if a job came back.
     async fn claim(&self, worker: &str, ranks: i64) -> Result<bool> {
         let req = ClaimRequest {
+            deadline: None,
             worker: worker.into(),
             capacity: Some(Capacity {
                 ranks,
@@ -186,6 +187,7 @@ impl Api {
                 claimed.clone(),
             );
             let request = protocol::ClaimRequest {
+                deadline: None,
                 worker: format!("w{w}"),
                 capacity: Some(Capacity {
                     ranks,

@@ -52,6 +52,7 @@ pub(super) async fn ask(
     }
     let credential = super::jobs::claimant(&state, access, &worker)?;
     let claim = ClaimRequest {
+        deadline: None,
         worker,
         capacity: None,
         accepts_commands: false,

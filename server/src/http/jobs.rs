@@ -47,6 +47,16 @@ pub(super) async fn unfinished(
     Ok(Json(state.store.unfinished().await?))
 }
 
+/// Pending jobs by what they need of a worker allocation (nodes, ranks per node, command, GPUs):
+/// what `server autoscale slurm` sizes the cluster from.
+#[utoipa::path(get, path = "/api/jobs/pending-shapes", tag = "worker protocol",
+    responses((status = 200, body = Vec<protocol::PendingShape>)), security(("bearer" = [])))]
+pub(super) async fn pending_shapes(
+    State(state): State<AppState>,
+) -> ApiResult<Json<Vec<protocol::PendingShape>>> {
+    Ok(Json(state.store.pending_shapes().await?))
+}
+
 /// Take the oldest pending job that fits; 204 when none does.
 #[utoipa::path(post, path = "/api/jobs/claim", tag = "worker protocol", request_body = ClaimRequest,
     responses((status = 200, body = Claim), (status = 204)), security(("bearer" = [])))]

@@ -36,7 +36,7 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
 #[openapi(
     info(title = "sweep coordinator", description = "Hyperparameter sweeps of the study's CIFAR-10 trainer: sweeps, jobs under leases, metrics, results."),
     paths(sweeps::submit_sweep, sweeps::list_sweeps, sweeps::get_sweep, sweeps::cancel_sweep, jobs::get_job, sweeps::results, sweeps::figure,
-          asks::ask, asks::tell, jobs::claim, jobs::unfinished, jobs::heartbeat, jobs::report_metrics, jobs::finish, jobs::release,
+          asks::ask, asks::tell, jobs::claim, jobs::unfinished, jobs::pending_shapes, jobs::heartbeat, jobs::report_metrics, jobs::finish, jobs::release,
           dashboard::jobs_page, dashboard::grid, dashboard::curves, analysis::shape, analysis::importance, analysis::slice, analysis::contour, analysis::runs, analysis::pareto, analysis::compare,
           artifacts::upload, artifacts::download, logs::append, logs::read,
           events::stream, healthz, prometheus, openapi, auth::create_session, auth::end_session,
@@ -44,7 +44,7 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
     components(schemas(crate::sweep::SweepFile, protocol::AskRequest, protocol::TellRequest, protocol::TellState, SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
                        HeartbeatReply, MetricsReport, MetricsReply, FinishRequest, ReleaseRequest, JobChange, JobStatus, protocol::SweepStatus, Outcome, protocol::views::Created, protocol::views::JobRow,
                         protocol::views::AttemptRow, protocol::views::JobPage, auth::SessionRequest, protocol::views::GridCell, protocol::views::Series, protocol::views::Unfinished,
-                        protocol::Rendezvous, protocol::GangPart, protocol::GangState, protocol::views::GangMember,
+                        protocol::Rendezvous, protocol::GangPart, protocol::GangState, protocol::views::GangMember, protocol::PendingShape,
                         protocol::credentials::NewCredential, protocol::credentials::EnrollmentLimits, protocol::credentials::EnrollRequest,
                         protocol::credentials::IssuedCredential, protocol::credentials::CredentialKind, protocol::credentials::CredentialRow,
                         protocol::credentials::Revoked, protocol::views::Importance, protocol::views::ParetoView, protocol::views::ParetoTrial, protocol::views::ObjectiveView, protocol::views::LeftOut, protocol::views::BestTrial, protocol::views::DryRun,
@@ -161,6 +161,7 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route("/docs/rapidoc-min.js", get(dashboard::rapidoc))
         .route("/api/jobs/claim", post(jobs::claim))
         .route("/api/jobs/unfinished", get(jobs::unfinished))
+        .route(protocol::routes::PENDING_SHAPES, get(jobs::pending_shapes))
         .route("/api/jobs/{id}", get(jobs::get_job))
         .route("/api/jobs/{id}/heartbeat", post(jobs::heartbeat))
         .route("/api/jobs/{id}/metrics", post(jobs::report_metrics))

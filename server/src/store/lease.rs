@@ -473,10 +473,37 @@ async fn take_next(
             return Ok((Some(joined), None));
         }
     }
-    // The oldest pending job that fits: per shape of pending job that fits the worker, its oldest
-    // job (one index probe each), and the oldest of those. A cancel sticks: a job whose sweep was
-    // cancelled is never handed out again, whatever raced the cancel.
-    let oldest = sqlx::query!(
+    let oldest = match a.req.deadline {
+        None => oldest_fitting(c, a, ranks, max_batch, gangs_ok).await?,
+        Some(deadline) => {
+            let left = deadline - a.now;
+            let oldest = oldest_in_time(c, a, (ranks, max_batch, gangs_ok), left).await?;
+            passed_over(c, a, (ranks, max_batch, gangs_ok), left).await?;
+            oldest
+        }
+    };
+    let Some(oldest) = oldest else {
+        return Ok((None, None));
+    };
+    // The oldest that fits is still to be drawn: its sweep is named, nothing is taken.
+    if !oldest.drawn {
+        return Ok((None, Some(oldest.sweep_id)));
+    }
+    Ok((take(c, a, oldest.id, w.as_ref()).await?, None))
+}
+
+/// The oldest pending job a claim may take: per shape of pending job that fits the worker, its
+/// oldest job (one index probe each), and the oldest of those. A cancel sticks: a job whose sweep
+/// was cancelled is never handed out again, whatever raced the cancel.
+async fn oldest_fitting(
+    c: &mut SqliteConnection,
+    a: &Asked<'_>,
+    ranks: Option<i64>,
+    max_batch: Option<i64>,
+    gangs_ok: bool,
+) -> Result<Option<Oldest>> {
+    Ok(sqlx::query_as!(
+        Oldest,
         r#"SELECT j.id AS "id!", j.sweep_id AS "sweep_id!", j.drawn_at IS NOT NULL AS "drawn!: bool"
            FROM jobs j WHERE j.id = (SELECT min(first) FROM (
              SELECT (SELECT k.id FROM jobs k INDEXED BY jobs_pending_shape
@@ -498,15 +525,107 @@ async fn take_next(
         a.now
     )
     .fetch_optional(&mut *c)
+    .await?)
+}
+
+/// Pending jobs a claim with a deadline looks at in each shape before it gives the shape up: jobs
+/// of one sweep and shape share an estimate, so only a queue of many long jobs ahead of short ones
+/// in the same shape hides the short ones (bounded, so no claim scans a sweep of 100,000 jobs).
+const FIT_LOOKAHEAD: i64 = 256;
+
+/// [`oldest_fitting`] for a worker that gives its jobs back `left` ms from now: the oldest job of
+/// each shape whose expected time to its next epoch (its own, else its sweep's for its shape,
+/// else none: it fits) is at most `left`, among the first [`FIT_LOOKAHEAD`] of the shape.
+async fn oldest_in_time(
+    c: &mut SqliteConnection,
+    a: &Asked<'_>,
+    (ranks, max_batch, gangs_ok): (Option<i64>, Option<i64>, bool),
+    left: i64,
+) -> Result<Option<Oldest>> {
+    Ok(sqlx::query_as!(
+        Oldest,
+        r#"SELECT j.id AS "id!", j.sweep_id AS "sweep_id!", j.drawn_at IS NOT NULL AS "drawn!: bool"
+           FROM jobs j WHERE j.id = (SELECT min(first) FROM (
+             SELECT (SELECT f.id FROM (
+                       SELECT k.id, k.sweep_id, k.epoch_ms FROM jobs k INDEXED BY jobs_pending_shape
+                       WHERE k.status = 'pending' AND k.nproc = p.nproc AND k.batch_size = p.batch_size
+                         AND k.is_command = p.is_command AND k.drawn = p.drawn AND k.nnodes = p.nnodes
+                         AND k.cancel_requested = 0 AND k.stop_requested = 0
+                         AND NOT EXISTS (SELECT 1 FROM sweeps s WHERE s.id = k.sweep_id AND s.cancelled_at IS NOT NULL)
+                         AND NOT (k.nnodes > 1 AND k.gang_barred IS ?6 AND coalesce(k.gang_barred_until > ?7, 0))
+                       ORDER BY k.id LIMIT ?9) f
+                     WHERE coalesce(f.epoch_ms, (SELECT e.epoch_ms FROM epoch_estimates e
+                                                 WHERE e.sweep_id = f.sweep_id AND e.nproc = p.nproc AND e.batch_size = p.batch_size
+                                                   AND e.is_command = p.is_command AND e.nnodes = p.nnodes), 0) <= ?8
+                     ORDER BY f.id LIMIT 1) AS first
+             FROM pending_shapes p
+             WHERE p.jobs > 0 AND (?1 IS NULL OR p.nproc <= ?1) AND (?2 IS NULL OR p.batch_size <= ?2)
+               AND (p.is_command = 0 OR (?3 AND p.is_command = 1)) AND (?4 = 0 OR p.drawn = 1) AND (?5 OR p.nnodes = 1)))"#,
+        ranks,
+        max_batch,
+        a.req.accepts_commands,
+        a.skip_undrawn,
+        gangs_ok,
+        a.req.worker,
+        a.now,
+        left,
+        FIT_LOOKAHEAD
+    )
+    .fetch_optional(&mut *c)
+    .await?)
+}
+
+/// Says on the oldest pending job of each shape the worker could run why it was passed over, when
+/// its next epoch is expected to take longer than the `left` ms the worker had. Rounded as shown
+/// (seconds under two minutes, else minutes) and written only when that changes, not per claim.
+async fn passed_over(
+    c: &mut SqliteConnection,
+    a: &Asked<'_>,
+    (ranks, max_batch, gangs_ok): (Option<i64>, Option<i64>, bool),
+    left: i64,
+) -> Result<()> {
+    let heads = sqlx::query!(
+        r#"SELECT f.id AS "id!", coalesce(f.epoch_ms, (SELECT e.epoch_ms FROM epoch_estimates e
+                     WHERE e.sweep_id = f.sweep_id AND e.nproc = f.nproc AND e.batch_size = f.batch_size
+                       AND e.is_command = f.is_command AND e.nnodes = f.nnodes)) AS "need: i64"
+           FROM pending_shapes p JOIN jobs f ON f.id = (
+             SELECT k.id FROM jobs k INDEXED BY jobs_pending_shape
+             WHERE k.status = 'pending' AND k.nproc = p.nproc AND k.batch_size = p.batch_size
+               AND k.is_command = p.is_command AND k.drawn = p.drawn AND k.nnodes = p.nnodes
+             ORDER BY k.id LIMIT 1)
+           WHERE p.jobs > 0 AND p.drawn = 1 AND (?1 IS NULL OR p.nproc <= ?1) AND (?2 IS NULL OR p.batch_size <= ?2)
+             AND (p.is_command = 0 OR (?3 AND p.is_command = 1)) AND (?4 OR p.nnodes = 1)"#,
+        ranks,
+        max_batch,
+        a.req.accepts_commands,
+        gangs_ok,
+    )
+    .fetch_all(&mut *c)
     .await?;
-    let Some(oldest) = oldest else {
-        return Ok((None, None));
-    };
-    // The oldest that fits is still to be drawn: its sweep is named, nothing is taken.
-    if !oldest.drawn {
-        return Ok((None, Some(oldest.sweep_id)));
+    let shown_left = protocol::views::shown_ms(left.max(0));
+    for head in heads {
+        let Some(need) = head.need.filter(|&n| n > left) else {
+            continue;
+        };
+        let shown_need = protocol::views::shown_ms(need);
+        sqlx::query!(
+            "UPDATE jobs SET passed_need_ms = ?2, passed_left_ms = ?3
+             WHERE id = ?1 AND status = 'pending' AND (passed_need_ms IS NOT ?2 OR passed_left_ms IS NOT ?3)",
+            head.id,
+            shown_need,
+            shown_left
+        )
+        .execute(&mut *c)
+        .await?;
     }
-    Ok((take(c, a, oldest.id, w.as_ref()).await?, None))
+    Ok(())
+}
+
+/// The oldest pending job a claim found.
+struct Oldest {
+    id: i64,
+    sweep_id: i64,
+    drawn: bool,
 }
 
 /// An ask's take: the oldest pending trial of `sweep` (an external sweep's: no worker claims them,
@@ -576,7 +695,8 @@ async fn take(
     let row = sqlx::query!(
         r#"UPDATE jobs SET status = 'running', attempt = attempt + 1, worker = ?1, lease_expires_at = ?2, claimed_at = ?3,
                started_at = coalesce(started_at, ?3), lease_secret_hash = ?4,
-               gang_until = CASE WHEN nnodes > 1 THEN ?6 END, credential = ?7, claim_epoch = epoch
+               gang_until = CASE WHEN nnodes > 1 THEN ?6 END, credential = ?7, claim_epoch = epoch,
+               passed_need_ms = NULL, passed_left_ms = NULL
            WHERE id = ?5 AND status = 'pending' AND drawn_at IS NOT NULL
            RETURNING id AS "id!", sweep_id AS "sweep_id!", attempt AS "attempt!", params AS "params!",
                      is_command = 1 AS "is_command!: bool", nnodes AS "nnodes!""#,

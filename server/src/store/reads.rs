@@ -597,8 +597,19 @@ impl Store {
         })
     }
 
-    /// What a forming gang waits for, in words; None when the job is not forming a gang.
+    /// What a forming gang waits for, or why a worker near its end passed a pending job over, in
+    /// words; None when neither.
     async fn gang_waiting(&self, row: &JobRow) -> Result<Option<String>> {
+        if row.status == JobStatus::Pending {
+            let passed = sqlx::query!(
+                r#"SELECT passed_need_ms AS "need!", passed_left_ms AS "left!" FROM jobs
+                   WHERE id = ? AND passed_need_ms IS NOT NULL AND passed_left_ms IS NOT NULL"#,
+                row.id
+            )
+            .fetch_optional(&self.read)
+            .await?;
+            return Ok(passed.map(|p| protocol::views::passed_over(p.need, p.left)));
+        }
         if row.status != JobStatus::Running {
             return Ok(None);
         }
@@ -676,6 +687,37 @@ impl Store {
             pending: r.pending,
             running: r.running,
         })
+    }
+
+    /// Pending jobs a worker may run, counted by what they need of a worker allocation (nodes,
+    /// ranks per node, a command or not, GPUs), with the longest epoch expected of each shape. One
+    /// pass over the pending jobs' index, on the read pool (for an autoscaler's polls).
+    pub async fn pending_shapes(&self) -> Result<Vec<protocol::PendingShape>> {
+        let rows = sqlx::query!(
+            r#"SELECT nnodes AS "nnodes!", nproc AS "nproc!", is_command AS "is_command!",
+                      CASE WHEN json_extract(params, '$.device') LIKE 'cuda%' THEN nproc
+                           WHEN json_extract(params, '$.device') = 'cpu' THEN 0 END AS "gpus: i64",
+                      count(*) AS "jobs!: i64",
+                      max(coalesce(epoch_ms, (SELECT e.epoch_ms FROM epoch_estimates e
+                          WHERE e.sweep_id = j.sweep_id AND e.nproc = j.nproc AND e.batch_size = j.batch_size
+                            AND e.is_command = j.is_command AND e.nnodes = j.nnodes))) AS "epoch_ms: i64"
+               FROM jobs j INDEXED BY jobs_pending_shape
+               WHERE status = 'pending' AND is_command < 2 AND cancel_requested = 0 AND stop_requested = 0
+               GROUP BY 1, 2, 3, 4 ORDER BY 1 DESC, 2 DESC, 3, 4"#
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| protocol::PendingShape {
+                nnodes: r.nnodes,
+                nproc_per_node: r.nproc,
+                command: r.is_command == 1,
+                gpus_per_node: r.gpus,
+                jobs: r.jobs,
+                epoch_seconds: r.epoch_ms.map(|ms| ms as f64 / 1000.0),
+            })
+            .collect())
     }
 
     /// Every status's total over every sweep, summed from the counts kept per sweep.

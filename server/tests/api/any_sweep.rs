@@ -74,6 +74,7 @@ pub(crate) async fn command_sweep(app: &TestApp) -> i64 {
 /// A claim from a worker that runs command jobs.
 fn commands_allowed(worker: &str) -> protocol::ClaimRequest {
     protocol::ClaimRequest {
+        deadline: None,
         worker: worker.into(),
         capacity: None,
         accepts_commands: true,

@@ -25,6 +25,7 @@ async fn no_worker_claims_an_external_sweeps_trials_and_an_ask_takes_them_once()
     let app = spawn_app().await;
     let sweep = app.submit(EXTERNAL).await.id;
     let commands = protocol::ClaimRequest {
+        deadline: None,
         worker: "w".into(),
         capacity: None,
         accepts_commands: true,

@@ -21,6 +21,7 @@ seed = [1, 2]
 /// (every test worker here is on loopback; a rendezvous elsewhere is refused, see `identity`).
 pub(crate) fn asks(worker: &str) -> ClaimRequest {
     ClaimRequest {
+        deadline: None,
         worker: worker.into(),
         capacity: Some(Capacity {
             ranks: 2,

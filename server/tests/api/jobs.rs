@@ -296,6 +296,7 @@ async fn capacity_limits_what_a_claim_gets() {
     app.submit_toml("name = \"cap\"\n[train]\nnproc_per_node = 2\n[grid]\nbatch_size = [512, 8]\n")
         .await;
     let with = |ranks, max_batch_size| protocol::ClaimRequest {
+        deadline: None,
         rendezvous: None,
         worker: "w".into(),
         capacity: Some(protocol::Capacity {
@@ -599,6 +600,7 @@ async fn claims_take_the_oldest_job_that_fits_and_kept_counts_follow_every_trans
                 let commands = next(2) == 1;
                 let want = oldest_that_fits(&mut db, ranks, max_batch, commands).await;
                 let req = protocol::ClaimRequest {
+                    deadline: None,
                     rendezvous: None,
                     worker: format!("w{step}"),
                     capacity: Some(protocol::Capacity {

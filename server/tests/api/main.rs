@@ -4,6 +4,7 @@ mod asks;
 mod commands;
 mod daily;
 mod dashboard;
+mod deadlines;
 mod durability;
 mod early_stop;
 mod figures;

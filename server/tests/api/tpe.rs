@@ -513,6 +513,7 @@ async fn a_tpe_sweep_is_claimed_in_order_and_a_point_that_does_not_fit_waits() {
         .await;
     let grid = app.submit(TWO_JOBS).await;
     let small = protocol::ClaimRequest {
+        deadline: None,
         rendezvous: None,
         worker: "small".into(),
         capacity: Some(protocol::Capacity {

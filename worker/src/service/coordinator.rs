@@ -126,6 +126,7 @@ impl Coordinator {
         max_batch_size: Option<i64>,
         accepts_commands: bool,
         rendezvous: Option<protocol::Rendezvous>,
+        deadline: Option<i64>,
     ) -> Result<Option<Claim>, CallError> {
         let body = ClaimRequest {
             worker: worker.to_string(),
@@ -135,6 +136,7 @@ impl Coordinator {
             }),
             accepts_commands,
             rendezvous,
+            deadline,
         };
         match self.post(routes::CLAIM, &body)? {
             Some(v) => serde_json::from_value(v)

@@ -1,6 +1,7 @@
 //! `worker run`: turns this machine into capacity for a coordinator. It claims jobs while it has
 //! free devices, runs each as `worker train` child processes under a supervisor thread (the parent
 //! never builds a model, so a crashing child cannot take it down), and claims the next.
+pub mod allocation;
 pub mod checks;
 pub mod coordinator;
 pub mod job;
@@ -88,6 +89,27 @@ pub struct RunArgs {
     /// Exit once the coordinator has no pending or running job left (for scripts and tests).
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// Exit once nothing this worker can run has been pending for this many seconds, while it
+    /// runs nothing (`--exit-when-idle` waits for every job of every shape): what an autoscaler's
+    /// workers use, so each shape's allocations end when its work is done.
+    #[arg(long, value_name = "SECONDS")]
+    pub exit_when_nothing_fits: Option<f64>,
+    /// When this worker's allocation ends: RFC 3339 (2026-12-07T18:00:00Z) or Unix seconds, or
+    /// `none`. Default: under Slurm, the job's end (SLURM_JOB_END_TIME, else what squeue or
+    /// scontrol report). The worker claims only jobs whose next epoch is expected to commit
+    /// before its end less --end-margin-seconds, gives back what it runs at that point less
+    /// --stop-grace-seconds, and exits 0.
+    #[arg(long, env = "SWEEP_END_TIME", value_parser = allocation::parse_end_flag)]
+    pub end_time: Option<allocation::EndFlag>,
+    /// Seconds kept free before the end: a job's process start and checkpoint restore, and what a
+    /// give-back needs to reach the coordinator.
+    #[arg(long, default_value_t = 30.0)]
+    pub end_margin_seconds: f64,
+    /// With an end time: claim nothing once fewer than this many seconds are left before the
+    /// end less its margin (the coordinator already passes over jobs that are expected not to
+    /// fit; this is for operators who want more).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_claim_seconds: f64,
     /// Stop claiming (and exit, once running jobs end) after this many jobs in a row failed
     /// before their first epoch: a worker that cannot work stops instead of failing a sweep. 0:
     /// never. (A job this machine cannot run at all, its data missing or the trainer unable to
@@ -225,6 +247,7 @@ struct Running {
 pub fn run(a: &RunArgs) -> Result<()> {
     let mut service = Service::start(a)?;
     loop {
+        service.give_back_when_due();
         service.reap_finished();
         if service.stopping() && service.running.is_empty() {
             tracing::info!("stopped");
@@ -236,6 +259,12 @@ pub fn run(a: &RunArgs) -> Result<()> {
         let round = service.claim_when_due();
         if round == Round::Empty && service.done_when_idle() {
             tracing::info!("nothing left to do: exiting (--exit-when-idle)");
+            return Ok(());
+        }
+        if service.nothing_fits_for_long(round) {
+            tracing::info!(
+                "nothing this worker can run is pending: exiting (--exit-when-nothing-fits)"
+            );
             return Ok(());
         }
         service.report_progress();
@@ -279,6 +308,10 @@ struct Service {
     /// Why this worker claims no more (its breaker tripped, or the coordinator refused it for
     /// good): it exits with this once its running jobs end.
     halted: Option<String>,
+    /// When its allocation ends (`--end-time`, or Slurm's).
+    end: Option<allocation::End>,
+    /// Since when it has run nothing and found nothing to claim (`--exit-when-nothing-fits`).
+    idle_since: Option<Instant>,
 }
 
 impl Service {
@@ -317,7 +350,16 @@ impl Service {
             (None, Some(token)) => (name, token.clone()),
             (None, None) => bail!("give --token (or SWEEP_TOKEN) or --enroll-token-file"),
         };
+        let end = allocation::discover(
+            a.end_time,
+            |k| std::env::var(k).ok(),
+            allocation::run_program,
+        )?;
         tracing::info!(%name, server = %a.server, cores, %advertise, "worker started");
+        if let Some(e) = &end {
+            let left = protocol::views::duration_words(e.at_ms - allocation::now_ms());
+            tracing::info!(source = %e.source, "the allocation ends in {left}: jobs that do not fit are left to others, and what runs is given back before the end");
+        }
         Ok(Service {
             args: a.clone(),
             slots: Slots::new(kinds, a.slots_per_device, a.pack_max_batch, cores),
@@ -352,6 +394,58 @@ impl Service {
             breaker: checks::Breaker::new(a.max_early_failures),
             contact: checks::Contact::default(),
             halted: None,
+            end,
+            idle_since: None,
+        })
+    }
+
+    /// Unix ms when running jobs are given back: the end less the margin and the stop grace.
+    fn give_back_at(&self) -> Option<i64> {
+        let a = &self.args;
+        let before = (a.end_margin_seconds.max(0.0) + a.stop_grace_seconds.max(0.0)) * 1000.0;
+        self.end.as_ref().map(|e| e.at_ms - before as i64)
+    }
+
+    /// The claim's deadline: by when a job's next epoch must have committed (the end less the
+    /// margin); None without an end.
+    fn deadline(&self) -> Option<i64> {
+        let margin = self.args.end_margin_seconds.max(0.0) * 1000.0;
+        self.end.as_ref().map(|e| e.at_ms - margin as i64)
+    }
+
+    /// At the give-back point, stops as a SIGTERM would: each running job commits its epoch and
+    /// is released (no attempt used), and the worker exits 0 once they have.
+    fn give_back_when_due(&mut self) {
+        let Some(at) = self.give_back_at() else {
+            return;
+        };
+        if self.stopping() || allocation::now_ms() < at {
+            return;
+        }
+        tracing::info!(
+            jobs = self.running.len(),
+            "the allocation's end is near: giving back what runs and exiting"
+        );
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// `--exit-when-nothing-fits`: nothing running and nothing claimed for that long.
+    fn nothing_fits_for_long(&mut self, round: Round) -> bool {
+        let Some(secs) = self.args.exit_when_nothing_fits else {
+            return false;
+        };
+        if !self.running.is_empty() || self.slots.busy() || round == Round::Claimed {
+            self.idle_since = None;
+            return false;
+        }
+        let since = *self.idle_since.get_or_insert_with(Instant::now);
+        since.elapsed().as_secs_f64() >= secs
+    }
+
+    /// Whether too little is left before the deadline to claim anything (`--min-claim-seconds`).
+    fn too_late_to_claim(&self) -> bool {
+        self.deadline().is_some_and(|d| {
+            (d - allocation::now_ms()) as f64 / 1000.0 < self.args.min_claim_seconds.max(0.0)
         })
     }
 
@@ -392,6 +486,11 @@ impl Service {
         if self.stopping() || self.halted.is_some() || Instant::now() < self.claim_after {
             return Round::NotDue;
         }
+        if self.too_late_to_claim() {
+            self.claim_after = Instant::now() + Duration::from_secs_f64(self.args.idle_seconds);
+            return Round::Empty;
+        }
+        let deadline = self.deadline();
         for ask in self.slots.asks() {
             let rendezvous = self.rendezvous();
             match self.coord.claim(
@@ -400,6 +499,7 @@ impl Service {
                 ask.max_batch_size,
                 self.args.allow_commands,
                 rendezvous,
+                deadline,
             ) {
                 Ok(Some(claim)) => {
                     self.contact.reached();
@@ -494,6 +594,14 @@ impl Service {
             return;
         }
         self.last_line = Instant::now();
+        let left = self
+            .end
+            .as_ref()
+            .map(|e| {
+                let words = protocol::views::duration_words(e.at_ms - allocation::now_ms());
+                format!(" ({words} left in the allocation)")
+            })
+            .unwrap_or_default();
         for (id, r) in &self.running {
             let p = r.progress.lock().expect("not poisoned");
             let acc = p
@@ -506,17 +614,17 @@ impl Service {
                     g.joined, g.nnodes
                 );
                 match self.tty {
-                    true => eprintln!("job {id}: {line}"),
-                    false => tracing::info!(job = id, "{line}"),
+                    true => eprintln!("job {id}: {line}{left}"),
+                    false => tracing::info!(job = id, "{line}{left}"),
                 }
             } else if self.tty {
                 let of = match p.epochs {
                     0 => String::new(), // a command job that names no epochs
                     n => format!("/{n}"),
                 };
-                eprintln!("job {id}: epoch {}{of} accuracy {acc}", p.epoch);
+                eprintln!("job {id}: epoch {}{of} accuracy {acc}{left}", p.epoch);
             } else {
-                tracing::info!(job = id, epoch = p.epoch, epochs = p.epochs, accuracy = %acc, "progress");
+                tracing::info!(job = id, epoch = p.epoch, epochs = p.epochs, accuracy = %acc, "progress{left}");
             }
         }
     }

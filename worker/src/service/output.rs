@@ -95,18 +95,17 @@ impl Output {
 fn read_lines(stream: Box<dyn Read + Send>, log: &(Mutex<Log>, Condvar), job: i64) {
     let mut reader = BufReader::with_capacity(MAX_LINE, stream);
     loop {
-        // A whole line, or what fits in the buffer: never more than MAX_LINE held per stream.
-        let line = match reader.fill_buf() {
-            Ok([]) | Err(_) => break,
-            Ok(buf) => {
-                let end = buf
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(buf.len(), |i| i + 1);
-                buf[..end].to_vec()
-            }
-        };
-        reader.consume(line.len());
+        // A whole line, or MAX_LINE bytes of one: never more held per stream. Not what one read
+        // returned: a program's unbuffered stderr writes a line in pieces (Rust's `eprintln!` one
+        // write per argument), and a line cut there would lose its `error: ` to the tail.
+        let mut line = Vec::new();
+        match (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         tracing::debug!(job, "job: {text}");
         let mut l = log.0.lock().expect("not poisoned");
