@@ -628,7 +628,7 @@ async function jobView(id) {
     ${varying ? `<p id="varying"><strong>${varying}</strong></p>` : ""}
     <p>Epoch ${epochOf(j)}, attempt ${j.attempt}/${j.max_attempts}${j.worker ? `, worker ${esc(j.worker)}` : ""}</p>
     <details open><summary>Parameters</summary><table id="params">${paramRows}</table></details>
-    ${j.waiting ? `<p role="status" id="gang-waiting"><strong>Gang forming:</strong> ${esc(j.waiting)}</p>` : ""}
+    ${j.waiting ? `<p role="status" id="gang-waiting"><strong>${j.status === "pending" ? "Passed over near a worker's end" : "Gang forming"}:</strong> ${esc(j.waiting)}</p>` : ""}
     ${j.error ? `<p role="note"><strong>Error:</strong> ${esc(j.error)}</p>` : ""}
     <div class="grid2" id="curves">
       ${lineChart("Loss", "epoch", "cross-entropy", [{ name: "train", xs: ep, ys: col("train_loss") }, { name: "test", xs: ep, ys: col("test_loss") }])}

@@ -485,7 +485,7 @@ pub struct Runs {
 pub fn shown_ms(ms: i64) -> i64 {
     match ms {
         ..120_000 => (ms + 500) / 1000 * 1000,
-        _ => (ms + 30_000) / 60_000 * 60_000,
+        120_000.. => (ms + 30_000) / 60_000 * 60_000,
     }
 }
 
@@ -494,7 +494,7 @@ pub fn duration_words(ms: i64) -> String {
     let s = ms.max(0) / 1000;
     match s {
         ..120 => format!("{s} s"),
-        ..7200 => format!("{} min", (s + 30) / 60),
+        120..7200 => format!("{} min", (s + 30) / 60),
         _ => format!("{} h {} min", s / 3600, (s % 3600 + 30) / 60),
     }
 }

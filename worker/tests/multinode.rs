@@ -744,23 +744,23 @@ fn sbatch_array(hosts: &Hosts, dir: &Path, url: &str, tasks: &str) -> String {
         url,
         "worker-array.sbatch",
         &[&format!("--array={tasks}"), &output],
-        ("SWEEP_ENROLL_TOKEN_FILE", enroll.to_str().unwrap()),
+        &[("SWEEP_ENROLL_TOKEN_FILE", enroll.to_str().unwrap())],
     )
 }
 
 /// Submits a recipe of `deploy/slurm/` with these options and the shared token; its job id.
 fn sbatch(hosts: &Hosts, url: &str, recipe: &str, options: &[&str]) -> String {
-    sbatch_with(hosts, url, recipe, options, ("SWEEP_TOKEN", TOKEN))
+    sbatch_with(hosts, url, recipe, options, &[("SWEEP_TOKEN", TOKEN)])
 }
 
-/// Submits a recipe with these options and `auth` (the variable that says how its workers
-/// authenticate); its job id.
+/// Submits a recipe with these options and variables (among them the one that says how its
+/// workers authenticate); its job id.
 fn sbatch_with(
     hosts: &Hosts,
     url: &str,
     recipe: &str,
     options: &[&str],
-    auth: (&str, &str),
+    env: &[(&str, &str)],
 ) -> String {
     let dir = &hosts.dir;
     let recipe = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -773,7 +773,7 @@ fn sbatch_with(
         .arg(&recipe)
         .env("SWEEP_SERVER", url)
         .env_remove("SWEEP_TOKEN")
-        .env(auth.0, auth.1)
+        .envs(env.iter().copied())
         .env("SWEEP_WORK_DIR", dir.join("runs"))
         .env("WORKER", worker_bin())
         .output()
@@ -805,4 +805,331 @@ fn wait_gone(hosts: &Hosts, array: &str) {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// The fixtures' command job (`job.py`): `epochs` epochs of `seconds` each, resuming from its
+/// checkpoint directory and leaving through its stop file after the epoch it is in.
+fn command_sweep(name: &str, epochs: u32, seconds: u32) -> serde_json::Value {
+    json!({"name": name, "train": {"epochs": epochs},
+           "command": {"argv": ["python3", "job.py", "--epochs", "{epochs}", "--sleep", seconds.to_string()]}})
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Slurm job `id`'s end as Slurm reports it (asked in UTC, the zone this test parses), once the
+/// job runs: Unix ms.
+fn slurm_end(hosts: &Hosts, id: &str) -> i64 {
+    let mut stall = Stall::new(Duration::from_secs(60));
+    loop {
+        let out = hosts
+            .command("ctl", "squeue")
+            .args(["-h", "-j", id, "-o", "%T|%e"])
+            .env("TZ", "UTC")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if let Some(("RUNNING", end)) = text.split_once('|') {
+            return utc_ms(end);
+        }
+        stall.check(
+            &serde_json::Value::Null,
+            &format!("job {id} not running: {text:?}"),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` in UTC as Unix ms.
+fn utc_ms(s: &str) -> i64 {
+    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    let (y, mp) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + (153 * mp + 2) / 5 + d - 1;
+    let days = era * 146_097 + doe - 719_468;
+    (days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)) * 1000
+}
+
+/// What a time-limited allocation did with a job longer than itself.
+struct Limited {
+    /// The job's document once done.
+    job: serde_json::Value,
+    /// The first allocation's end, as Slurm reported it (Unix ms).
+    slurm_end: i64,
+    /// When the first attempt ended, and when its last epoch was seen committed.
+    ended_at: i64,
+    last_commit: i64,
+    /// The first allocation's worker log.
+    log: String,
+}
+
+/// A command job of `epochs` epochs of `seconds` each under allocations of `--time=2` (minutes),
+/// in a zone that is not UTC (squeue prints local time without one): the first allocation's worker
+/// learns its end from Slurm (`aware`, with a grace of an epoch), or ignores it (`--end-time none`:
+/// the time limit's SIGTERM stops it, with a grace inside Slurm's KillWait), and a second
+/// allocation finishes the job.
+fn time_limited(site: &Site, name: &str, aware: bool, (epochs, seconds): (u32, u32)) -> Limited {
+    let (hosts, coordinator, dir) = (&site.hosts, &site.coordinator, &site.dir);
+    let ctl = hosts.netns_path("ctl");
+    let sweep = in_netns(&ctl, || {
+        coordinator.submit(command_sweep(name, epochs, seconds))
+    });
+    let mut worker_args = format!(
+        "--allow-commands --command-root {} --end-margin-seconds 5 --stop-grace-seconds {}",
+        fixtures().display(),
+        if aware { seconds + 2 } else { 8 }
+    );
+    if !aware {
+        worker_args.push_str(" --end-time none");
+    }
+    let output = format!("--output={}/{name}-%j.out", dir.path().display());
+    let env = [
+        ("SWEEP_TOKEN", TOKEN),
+        ("WORKER_ARGS", &worker_args),
+        ("TZ", "XYZ-8"),
+    ];
+    let options = ["--nodes=1", "--time=2", output.as_str()];
+    let alloc = sbatch_with(
+        hosts,
+        &coordinator.url,
+        "worker-nodes.sbatch",
+        &options,
+        &env,
+    );
+    let end = slurm_end(hosts, &alloc);
+    // Follow the first attempt, noting when each epoch is first seen committed.
+    let (mut seen, mut last_commit) = (0, 0);
+    let first = in_netns(&ctl, || loop {
+        let s = coordinator.get(&format!("/api/sweeps/{sweep}"));
+        let id = s["jobs"][0]["id"].as_i64().unwrap();
+        let d = coordinator.get(&format!("/api/jobs/{id}"));
+        if d["epoch"].as_i64().unwrap_or(0) > seen {
+            (seen, last_commit) = (d["epoch"].as_i64().unwrap(), now_ms());
+        }
+        if d["attempts"][0]["outcome"].is_string() {
+            return d;
+        }
+        assert!(
+            now_ms() < end + 120_000,
+            "the first attempt never ended: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    wait_gone(hosts, &alloc);
+    let log =
+        std::fs::read_to_string(dir.path().join(format!("{name}-{alloc}.out"))).unwrap_or_default();
+    let second = sbatch_with(
+        hosts,
+        &coordinator.url,
+        "worker-nodes.sbatch",
+        &options,
+        &env,
+    );
+    let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
+    // Its worker ends once nothing is left: a later run's job must not start on it.
+    wait_gone(hosts, &second);
+    Limited {
+        job: job_of(hosts, coordinator, &done),
+        slurm_end: end,
+        ended_at: first["attempts"][0]["ended_at"].as_i64().unwrap(),
+        last_commit,
+        log,
+    }
+}
+
+/// Test 2 of #39: an allocation with `--time=2` whose worker learns its end from Slurm (22.05 sets
+/// no variable: squeue, in local time without a zone) gives its job back before that end, with
+/// its epochs committed, and the next allocation resumes it, each epoch once. With
+/// SWEEP_SLURM_BENCH=1 it also runs the same job without end-time awareness and prints the work
+/// each way lost to the time limit (docs/benchmarks.md).
+#[test]
+fn a_time_limited_allocation_gives_its_job_back_before_the_end_slurm_reports() {
+    let Some(mut site) = Site::up(SLURM, &[]) else {
+        return;
+    };
+    site.hosts.start_slurm();
+    let r = time_limited(&site, "aware", true, (6, 20));
+    assert!(
+        r.log.contains("squeue (Slurm job"),
+        "the end came from Slurm: {}",
+        r.log
+    );
+    assert_eq!(r.job["status"], JobStatus::Completed.as_str(), "{}", r.job);
+    assert_eq!(r.job["attempts"][0]["outcome"], "released", "{}", r.job);
+    assert!(
+        r.ended_at < r.slurm_end,
+        "given back {} ms after the end Slurm reported: {}",
+        r.ended_at - r.slurm_end,
+        r.log
+    );
+    assert_eq!(
+        epochs(&r.job),
+        (1..=6).collect::<Vec<_>>(),
+        "each epoch once"
+    );
+    report("end-time aware, 6 epochs of 20 s", &r);
+    if std::env::var_os("SWEEP_SLURM_BENCH").is_some() {
+        // Epochs longer than the grace Slurm's KillWait allows a worker that learns of the limit
+        // from its SIGTERM.
+        for (name, aware) in [("aware35", true), ("unaware35", false)] {
+            let run = time_limited(&site, name, aware, (5, 35));
+            assert_eq!(epochs(&run.job), (1..=5).collect::<Vec<_>>());
+            report(name, &run);
+        }
+    }
+}
+
+/// What a time-limited run printed for docs/benchmarks.md.
+fn report(what: &str, r: &Limited) {
+    eprintln!(
+        "{what}: the first attempt ended {:.1} s before Slurm's end, {:.1} s after its last committed epoch (compute after it is lost); {} attempts",
+        (r.slurm_end - r.ended_at) as f64 / 1000.0,
+        (r.ended_at - r.last_commit) as f64 / 1000.0,
+        r.job["attempts"].as_array().map_or(0, Vec::len)
+    );
+}
+
+/// Test 3 of #39: `server autoscale slurm` on an empty cluster of two nodes drains a sweep of
+/// single-node jobs and one 2-node job with only allocations it submitted, never holding more
+/// than `--max-workers` nodes, and once the work is done nothing of its own is left in squeue.
+#[test]
+fn the_autoscaler_drains_a_sweep_with_only_its_own_allocations_and_leaves_nothing_behind() {
+    let Some(mut site) = Site::up(SLURM, &[]) else {
+        return;
+    };
+    site.hosts.start_slurm();
+    let (hosts, coordinator, dir) = (&site.hosts, &site.coordinator, &site.dir);
+    let ctl = hosts.netns_path("ctl");
+    let submitted = now_ms();
+    let singles = in_netns(&ctl, || {
+        coordinator
+            .submit(json!({"name": "singles", "train": tiny(1, 1, 1), "grid": {"seed": [1, 2, 3]}}))
+    });
+    let gang = in_netns(&ctl, || {
+        coordinator.submit(json!({"name": "gang", "train": tiny(1, 2, 1)}))
+    });
+    let log_path = dir.path().join("autoscale.log");
+    let _autoscaler = autoscaler(hosts, dir.path(), &coordinator.url, &log_path);
+
+    // Follow both sweeps, checking the autoscaler's allocations in squeue as they go.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut stall = Stall::new(STALL);
+    let mut first_claim = None;
+    loop {
+        let ours = squeue_ours(hosts);
+        let nodes: usize = ours.iter().map(|(_, n)| n).sum();
+        assert!(nodes <= 2, "more than --max-workers nodes: {ours:?}");
+        seen.extend(ours.into_iter().map(|(id, _)| id));
+        let (a, b) = in_netns(&ctl, || {
+            (
+                coordinator.get(&format!("/api/sweeps/{singles}")),
+                coordinator.get(&format!("/api/sweeps/{gang}")),
+            )
+        });
+        if first_claim.is_none() {
+            first_claim = [&a, &b]
+                .iter()
+                .flat_map(|s| s["jobs"].as_array().unwrap().iter())
+                .filter_map(|j| j["started_at"].as_i64())
+                .min();
+        }
+        let finished = |s: &serde_json::Value| s["status"] == SweepStatus::Finished.as_str();
+        if finished(&a) && finished(&b) {
+            break;
+        }
+        stall.check(&json!([a, b]), "the autoscaled cluster stopped draining");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    // Every job completed, each on a worker of an allocation the autoscaler submitted.
+    for sweep in [singles, gang] {
+        let s = in_netns(&ctl, || coordinator.get(&format!("/api/sweeps/{sweep}")));
+        for j in s["jobs"].as_array().unwrap() {
+            assert_eq!(j["status"], JobStatus::Completed.as_str(), "{s}");
+            let worker = j["worker"].as_str().unwrap();
+            let alloc = worker
+                .split("-slurm-")
+                .nth(1)
+                .and_then(|r| r.split('-').next())
+                .unwrap();
+            assert!(
+                seen.contains(alloc),
+                "{worker} is not on an allocation of the autoscaler's ({seen:?})"
+            );
+            assert!(
+                log().contains(&format!("job={alloc}")),
+                "the autoscaler's log names {alloc}: {}",
+                log()
+            );
+        }
+    }
+    let gang_job = in_netns(&ctl, || coordinator.get(&format!("/api/sweeps/{gang}")));
+    assert_eq!(gang_job["jobs"][0]["status"], JobStatus::Completed.as_str());
+    // Its workers exit once nothing they can run is pending; nothing of its own stays queued.
+    let mut stall = Stall::new(Duration::from_secs(60));
+    while !squeue_ours(hosts).is_empty() {
+        stall.check(
+            &serde_json::Value::Null,
+            &format!("allocations left: {:?}\n{}", squeue_ours(hosts), log()),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!(
+        "autoscaler: submit to first claim {} ms; {} allocations for 4 jobs",
+        first_claim.unwrap() - submitted,
+        seen.len()
+    );
+}
+
+/// `server autoscale slurm` on `ctl` with at most 2 nodes and 2 queued allocations, its workers
+/// sharing the test's token and leaving after 3 s with nothing they can run; its log at `log`.
+fn autoscaler(hosts: &Hosts, dir: &Path, url: &str, log: &Path) -> Worker {
+    let token_file = dir.join("worker.token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let template =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/slurm/worker-nodes.sbatch");
+    let mut cmd = hosts.command("ctl", server_bin());
+    cmd.current_dir(dir)
+        .args(["autoscale", "slurm", "--server", url, "--token", TOKEN])
+        .arg("--worker-token-file")
+        .arg(&token_file)
+        .arg("--template")
+        .arg(&template)
+        .args(["--max-workers", "2", "--max-pending-allocations", "2"])
+        .args([
+            "--interval",
+            "1",
+            "--nothing-fits-seconds",
+            "3",
+            "--startup-seconds",
+            "20",
+        ])
+        .env("WORKER", worker_bin())
+        .env("SWEEP_WORK_DIR", dir.join("runs"))
+        .stderr(std::fs::File::create(log).unwrap());
+    Worker(cmd.spawn().unwrap())
+}
+
+/// The autoscaler's allocations in squeue (its default job-name prefix): (job id, nodes).
+fn squeue_ours(hosts: &Hosts) -> Vec<(String, usize)> {
+    let out = hosts
+        .command("ctl", "squeue")
+        .args(["-h", "-o", "%i|%j|%D"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.trim().split('|').collect();
+            match f.as_slice() {
+                [id, name, nodes] if name.starts_with("sweep-auto-") => {
+                    Some((id.to_string(), nodes.parse().unwrap_or(1)))
+                }
+                _ => None,
+            }
+        })
+        .collect()
 }

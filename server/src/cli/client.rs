@@ -183,6 +183,11 @@ impl Client {
     }
 
     /// A read model of the API, typed as the server defines it.
+    /// Pending jobs by what they need of a worker allocation (for the autoscaler).
+    pub async fn pending_shapes(&self) -> Result<Vec<protocol::PendingShape>> {
+        self.get(routes::PENDING_SHAPES).await
+    }
+
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
         let value = self.get_json(path).await?;
         serde_json::from_value(value).with_context(|| format!("unexpected answer from {path}"))

@@ -1,4 +1,5 @@
 //! The `server` command line: `serve`, and the terminal clients.
+pub mod autoscale;
 pub mod client;
 pub mod loadgen;
 pub mod pareto_bench;
@@ -242,6 +243,11 @@ pub enum Command {
     /// Per-worker credentials (admin): add, list, revoke.
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// Size a cluster to the pending jobs: `autoscale slurm` submits worker allocations where a
+    /// shape of pending job lacks workers and cancels queued ones whose work has gone
+    /// (docs/cluster.md#a-coordinator-that-sizes-the-cluster).
+    #[command(subcommand)]
+    Autoscale(crate::cli::autoscale::AutoscaleCommand),
     /// Benchmark: simulated workers (claim, 3 metrics, finish) against a real coordinator.
     #[command(hide = true)]
     Loadgen(crate::cli::loadgen::LoadArgs),
@@ -558,6 +564,9 @@ async fn cancel(sweep: i64, remote: Remote) -> Result<()> {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Worker(cmd) => worker_command(cmd).await,
+        Command::Autoscale(crate::cli::autoscale::AutoscaleCommand::Slurm(args)) => {
+            crate::cli::autoscale::run(&args).await
+        }
         Command::Cancel { sweep, remote } => cancel(sweep, remote).await,
         Command::Serve(args) => serve(args).await,
         Command::Loadgen(args) => crate::cli::loadgen::run(&args).await,

@@ -34,6 +34,9 @@ pub(super) struct Claimant<'a> {
     pub now: i64,
     /// The new member's lease.
     pub until: i64,
+    /// Ms the worker has before it gives its jobs back (a claim's deadline): it joins only a gang
+    /// whose job's next epoch is expected to fit (as [`super::lease`]'s take judges a job).
+    pub left: Option<i64>,
 }
 
 /// The worker is a member of a gang still forming: it may not wait in a second one.
@@ -64,11 +67,15 @@ pub(super) async fn join_forming(
              AND (?1 IS NULL OR j.nproc <= ?1) AND (?2 IS NULL OR j.batch_size <= ?2) AND (?3 OR j.is_command = 0)
              AND j.cancel_requested = 0 AND j.stop_requested = 0
              AND NOT EXISTS (SELECT 1 FROM gang_members m WHERE m.job_id = j.id AND m.attempt = j.attempt AND m.worker = ?4)
+             AND (?5 IS NULL OR coalesce(j.epoch_ms, (SELECT e.epoch_ms FROM epoch_estimates e
+                    WHERE e.sweep_id = j.sweep_id AND e.nproc = j.nproc AND e.batch_size = j.batch_size
+                      AND e.is_command = j.is_command AND e.nnodes = j.nnodes), 0) <= ?5)
            ORDER BY j.id LIMIT 1"#,
         w.ranks,
         w.max_batch,
         w.accepts_commands,
-        w.worker
+        w.worker,
+        w.left
     )
     .fetch_optional(&mut *c)
     .await?;

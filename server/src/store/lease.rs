@@ -462,6 +462,7 @@ async fn take_next(
         secret_hash: a.secret_hash,
         now: a.now,
         until: a.until,
+        left: a.req.deadline.map(|d| d - a.now),
     });
     // A worker waits in at most one forming gang; while it does, multi-node jobs are not for it.
     let gangs_ok = match &w {

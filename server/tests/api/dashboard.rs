@@ -368,6 +368,7 @@ async fn the_dashboard_shows_sweeps_and_updates_live_without_reload() {
     assert_eq!(sweep["status"], SweepStatus::Cancelled.as_str());
 
     a_gang_on_its_job_page(&app, &page).await;
+    a_passed_over_job_on_its_page(&app, &page).await;
     let png = std::fs::read(&shot).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     assert!(png.len() > 10_000, "an empty-looking screenshot");
@@ -397,6 +398,33 @@ async fn a_gang_on_its_job_page(app: &TestApp, page: &Arc<Page>) {
         p.wait(
             "document.querySelector('#attempts') && document.querySelector('#attempts').innerText.includes('node 1: gpu-b') && !document.querySelector('#gang-waiting')",
             "the gang's members",
+        );
+    })
+    .await;
+}
+
+/// A job a worker near the end of its allocation passed over says why on its page.
+async fn a_passed_over_job_on_its_page(app: &TestApp, page: &Arc<Page>) {
+    app.submit("name = \"paced\"\n[train]\ndataset = \"synthetic\"\nepochs = 3\n")
+        .await;
+    let c = app.claim("w").await.unwrap();
+    app.clock.advance_ms(60_000);
+    app.metrics(c.id, c.attempt, 1, Some(1.0), 0.5).await;
+    app.release(c.id, c.attempt).await;
+    let near_end = protocol::ClaimRequest {
+        worker: "late".into(),
+        capacity: None,
+        accepts_commands: false,
+        rendezvous: None,
+        deadline: Some(app.clock.now_ms() + 30_000),
+    };
+    assert!(app.claim_with(&near_end).await.is_none());
+    let p = page.clone();
+    blocking(move || {
+        p.eval(&format!("location.hash = '#/jobs/{}'", c.id));
+        p.wait(
+            "document.querySelector('#gang-waiting') && document.querySelector('#gang-waiting').innerText.includes(\"Passed over near a worker's end: needs about 60 s per epoch; the worker had 30 s left\")",
+            "the passed-over job's reason",
         );
     })
     .await;

@@ -132,3 +132,30 @@ async fn pending_work_is_counted_by_what_it_needs_of_a_worker() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// A worker near its end joins a forming gang only if the gang's job is expected to fit: a member
+/// that must leave mid-epoch would end the attempt for every member.
+#[tokio::test]
+async fn a_worker_near_its_end_joins_no_gang_whose_epoch_does_not_fit() {
+    let app = spawn_app().await;
+    app.submit(
+        "name = \"gang\"\n[train]\ndataset = \"synthetic\"\nepochs = 2\nnnodes = 2\nnproc_per_node = 2\n[grid]\nseed = [1, 2]\n",
+    )
+    .await;
+    let asks = crate::gangs::asks;
+    let a = app.claim_with(&asks("gpu-a")).await.unwrap();
+    app.claim_with(&asks("gpu-b")).await.unwrap();
+    app.clock.advance_ms(60_000);
+    let report = serde_json::to_value(TestApp::report(a.attempt, 1, Some(1.0), 0.5)).unwrap();
+    let (status, body) =
+        crate::gangs::write_as(&app, &a, &protocol::routes::metrics(a.id), report).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The second job's gang starts forming; its sweep's epochs take a minute.
+    let c = app.claim_with(&asks("gpu-c")).await.unwrap();
+    assert_ne!(c.id, a.id);
+    let mut late = asks("gpu-d");
+    late.deadline = Some(app.clock.now_ms() + 30_000);
+    assert!(app.claim_with(&late).await.is_none(), "30 s left: no join");
+    let joined = app.claim_with(&asks("gpu-e")).await.unwrap();
+    assert_eq!((joined.id, joined.gang.unwrap().node_rank), (c.id, 1));
+}
