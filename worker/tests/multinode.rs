@@ -974,9 +974,9 @@ fn a_time_limited_allocation_gives_its_job_back_before_the_end_slurm_reports() {
     if std::env::var_os("SWEEP_SLURM_BENCH").is_some() {
         // Epochs longer than the grace Slurm's KillWait allows a worker that learns of the limit
         // from its SIGTERM.
-        for (name, aware) in [("aware35", true), ("unaware35", false)] {
-            let run = time_limited(&site, name, aware, (5, 35));
-            assert_eq!(epochs(&run.job), (1..=5).collect::<Vec<_>>());
+        for (name, aware) in [("aware-4x50", true), ("unaware-4x50", false)] {
+            let run = time_limited(&site, name, aware, (4, 50));
+            assert_eq!(epochs(&run.job), (1..=4).collect::<Vec<_>>());
             report(name, &run);
         }
     }

@@ -1,6 +1,7 @@
 //! The coordinator end to end: the real server on a random port over a fresh SQLite file per test.
 pub(crate) mod any_sweep;
 mod asks;
+mod autoscale;
 mod commands;
 mod daily;
 mod dashboard;
