@@ -921,16 +921,25 @@ fn time_limited(site: &Site, name: &str, aware: bool, (epochs, seconds): (u32, u
     wait_gone(hosts, &alloc);
     let log =
         std::fs::read_to_string(dir.path().join(format!("{name}-{alloc}.out"))).unwrap_or_default();
-    let second = sbatch_with(
-        hosts,
-        &coordinator.url,
-        "worker-nodes.sbatch",
-        &options,
-        &env,
-    );
-    let done = in_netns(&ctl, || coordinator.wait_sweep(sweep, STALL));
-    // Its worker ends once nothing is left: a later run's job must not start on it.
-    wait_gone(hosts, &second);
+    // Allocations one after another until the job is done (each ends by itself: its worker gives
+    // the job back before the end, or has nothing left), so no later run's job starts on one.
+    let sweep_doc = || in_netns(&ctl, || coordinator.get(&format!("/api/sweeps/{sweep}")));
+    let mut done = sweep_doc();
+    for _ in 0..4 {
+        if done["status"] == SweepStatus::Finished.as_str() {
+            break;
+        }
+        let next = sbatch_with(
+            hosts,
+            &coordinator.url,
+            "worker-nodes.sbatch",
+            &options,
+            &env,
+        );
+        wait_gone(hosts, &next);
+        done = sweep_doc();
+    }
+    assert_eq!(done["status"], SweepStatus::Finished.as_str(), "{done}");
     Limited {
         job: job_of(hosts, coordinator, &done),
         slurm_end: end,

@@ -139,6 +139,12 @@ impl Supervisor {
         }
     }
 
+    /// The program has reported the job's last epoch (a command job that names its epochs).
+    fn last_epoch_in(&self) -> bool {
+        let p = self.progress.lock().expect("not poisoned");
+        p.epochs > 0 && p.epoch >= p.epochs
+    }
+
     /// How the attempt ends, from the program's exit code and what it reported: the write that
     /// says so, and what the worker's log and circuit breaker make of it.
     pub(super) fn outcome(&self, code: i32, stopping: bool) -> (Write, End) {
@@ -167,8 +173,10 @@ impl Supervisor {
             }
             _ if diverged => finish(Outcome::Diverged, Some("non-finite loss".into())),
             _ if self.stops.pruned => finish(Outcome::Pruned, None),
-            // Told to stop by a shutdown, a command may exit 0 early: it resumes elsewhere.
-            _ if command && stopping && self.stops.halt.is_some() => {
+            // Told to stop by a shutdown, a command may exit 0 early: it resumes elsewhere. Unless
+            // its last epoch is in: then it is done (a give-back would leave a job with nothing
+            // left to run pending).
+            _ if command && stopping && self.stops.halt.is_some() && !self.last_epoch_in() => {
                 release("the worker shut down; the job resumes from its checkpoint")
             }
             0 => finish(Outcome::Completed, None),
