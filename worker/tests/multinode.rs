@@ -786,6 +786,16 @@ fn sbatch_with(
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Whether Slurm still lists the job.
+fn in_squeue(hosts: &Hosts, id: &str) -> bool {
+    let q = hosts
+        .command("ctl", "squeue")
+        .args(["-h", "-j", id])
+        .output()
+        .unwrap();
+    !String::from_utf8_lossy(&q.stdout).trim().is_empty()
+}
+
 /// Until Slurm no longer lists the job (or any task of the array).
 fn wait_gone(hosts: &Hosts, array: &str) {
     let mut stall = Stall::new(Duration::from_secs(60));
@@ -936,7 +946,16 @@ fn time_limited(site: &Site, name: &str, aware: bool, (epochs, seconds): (u32, u
             &options,
             &env,
         );
-        wait_gone(hosts, &next);
+        // Until the allocation is gone, following the job's progress (it runs for minutes).
+        let mut stall = Stall::new(STALL);
+        while in_squeue(hosts, &next) {
+            done = sweep_doc();
+            stall.check(
+                &done,
+                &format!("allocation {next} neither ran the job nor ended"),
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
         done = sweep_doc();
     }
     assert_eq!(done["status"], SweepStatus::Finished.as_str(), "{done}");
