@@ -358,11 +358,16 @@ struct DecisionLabel {
     decision: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
 /// The counts `--metrics-listen` serves.
 #[derive(Debug, Default)]
 struct Counts {
     decisions: Family<DecisionLabel, Counter>,
-    allocations: Family<DecisionLabel, Gauge>,
+    allocations: Family<StateLabel, Gauge>,
 }
 
 impl Counts {
@@ -382,7 +387,7 @@ impl Counts {
         );
         r.register(
             "autoscale_allocations",
-            "Its allocations in squeue by state (queued, running)",
+            "Its allocations in squeue: queued, or started",
             self.allocations.clone(),
         );
         r
@@ -514,10 +519,10 @@ impl Round<'_> {
         };
         for (state, n) in [
             ("queued", ours.iter().filter(|a| a.queued).count()),
-            ("running", ours.iter().filter(|a| !a.queued).count()),
+            ("started", ours.iter().filter(|a| !a.queued).count()),
         ] {
-            let label = DecisionLabel {
-                decision: state.into(),
+            let label = StateLabel {
+                state: state.into(),
             };
             self.counts.allocations.get_or_create(&label).set(n as i64);
         }
