@@ -10,6 +10,7 @@ use cluster::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use worker::service::allocation::now_ms;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -521,7 +522,7 @@ fn a_worker_gives_its_job_back_before_its_end_time_and_the_next_resumes_it() {
         "name": "ends", "command": job_py(&["--epochs", "{epochs}", "--sleep", "5"]),
         "train": {"epochs": 8},
     }));
-    let end = now_unix_ms() + 40_000;
+    let end = now_ms() + 40_000;
     let root = fixtures();
     let end_arg = (end / 1000).to_string();
     // Give back at the end less 4 s of margin and 6 s of grace (longer than an epoch).
@@ -541,7 +542,7 @@ fn a_worker_gives_its_job_back_before_its_end_time_and_the_next_resumes_it() {
         ],
     );
     let status = a.wait().unwrap();
-    let exited = now_unix_ms();
+    let exited = now_ms();
     let log = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
     assert!(status.success(), "the worker exits 0: {log}");
     assert!(exited < end - (end % 1000), "it left before its end: {log}");
@@ -587,11 +588,4 @@ fn a_worker_gives_its_job_back_before_its_end_time_and_the_next_resumes_it() {
         "nothing committed was redone: {detail}"
     );
     assert_eq!(detail["attempt"], 2, "{detail}");
-}
-
-fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }

@@ -13,6 +13,8 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+// The coordinator's clock is this machine's.
+use worker::service::allocation::{now_ms, parse_end_flag, EndFlag};
 
 /// What the Slurm tests run besides the namespaces' tools.
 const SLURM: &[&str] = &["slurmctld", "slurmd", "sbatch", "munged"];
@@ -726,14 +728,6 @@ fn a_killed_member_ends_the_attempt_for_the_gang_and_the_retry_resumes() {
     n1.kill().unwrap();
 }
 
-/// The coordinator's clock (they share this machine's).
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// Submits the array recipe with these task ids, its tasks enrolling with the credential in
 /// `dir/array.enroll`; the array's job id.
 fn sbatch_array(hosts: &Hosts, dir: &Path, url: &str, tasks: &str) -> String {
@@ -841,7 +835,11 @@ fn slurm_end(hosts: &Hosts, id: &str) -> i64 {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if let Some(("RUNNING", end)) = text.split_once('|') {
-            return utc_ms(end);
+            // Slurm's own form, read as RFC 3339 in UTC by the worker's parser.
+            match parse_end_flag(&format!("{end}Z")) {
+                Ok(EndFlag::At(ms)) => return ms,
+                other => panic!("squeue's end {end:?}: {other:?}"),
+            }
         }
         stall.check(
             &serde_json::Value::Null,
@@ -849,18 +847,6 @@ fn slurm_end(hosts: &Hosts, id: &str) -> i64 {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// `YYYY-MM-DDTHH:MM:SS` in UTC as Unix ms.
-fn utc_ms(s: &str) -> i64 {
-    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
-    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
-    let (y, mp) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + (153 * mp + 2) / 5 + d - 1;
-    let days = era * 146_097 + doe - 719_468;
-    (days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)) * 1000
 }
 
 /// What a time-limited allocation did with a job longer than itself.

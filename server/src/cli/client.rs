@@ -182,12 +182,12 @@ impl Client {
         Ok((j.job.status.is_final(), j.job.attempt))
     }
 
-    /// A read model of the API, typed as the server defines it.
     /// Pending jobs by what they need of a worker allocation (for the autoscaler).
     pub async fn pending_shapes(&self) -> Result<Vec<protocol::PendingShape>> {
         self.get(routes::PENDING_SHAPES).await
     }
 
+    /// A read model of the API, typed as the server defines it.
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
         let value = self.get_json(path).await?;
         serde_json::from_value(value).with_context(|| format!("unexpected answer from {path}"))

@@ -399,11 +399,11 @@ impl Service {
         })
     }
 
-    /// Unix ms when running jobs are given back: the end less the margin and the stop grace.
+    /// Unix ms when running jobs are given back: the claims' deadline less the stop grace, so the
+    /// epoch in progress has the grace to commit before the deadline.
     fn give_back_at(&self) -> Option<i64> {
-        let a = &self.args;
-        let before = (a.end_margin_seconds.max(0.0) + a.stop_grace_seconds.max(0.0)) * 1000.0;
-        self.end.as_ref().map(|e| e.at_ms - before as i64)
+        let grace = self.args.stop_grace_seconds.max(0.0) * 1000.0;
+        self.deadline().map(|d| d - grace as i64)
     }
 
     /// The claim's deadline: by when a job's next epoch must have committed (the end less the
