@@ -28,6 +28,10 @@ pub enum KeyType {
     IncreasingInts,
     /// Exactly four integers in 1..=65536.
     Widths,
+    /// The optimiser's settings from set epochs on: a list of at most 1000 tables, each with an
+    /// `epoch` (strictly increasing, 1..=MAX_EPOCHS) and at least one of `lr` (> 0), `momentum`
+    /// and `weight_decay` (>= 0).
+    Schedule,
 }
 
 /// Upper bounds of the options (generous: far beyond any run of the study).
@@ -72,6 +76,7 @@ pub const TRAIN_KEYS: &[(&str, KeyType)] = &[
     ("no_sync_bn", KeyType::Bool),
     ("dist_backend", KeyType::Choice(&["gloo", "nccl"])),
     ("dist_timeout", KeyType::Int(1, 7 * 24 * 3600)),
+    ("schedule", KeyType::Schedule),
 ];
 
 /// The one launch option a sweep sets beside the trainer's: how many workers a job spans. It is
@@ -155,6 +160,7 @@ pub fn check(key: &str, v: &Value, paths: Paths) -> Result<(), String> {
             }
             true
         }
+        KeyType::Schedule => return check_schedule(v),
         KeyType::Widths => {
             let nums: Option<Vec<i64>> = v.as_array().map(|a| {
                 a.iter()
@@ -170,6 +176,46 @@ pub fn check(key: &str, v: &Value, paths: Paths) -> Result<(), String> {
     } else {
         Err(format!("wrong type: expected {}", describe(ty)))
     }
+}
+
+/// `schedule`: each entry's keys, types and bounds, the epochs strictly increasing.
+fn check_schedule(v: &Value) -> Result<(), String> {
+    let Some(list) = v.as_array() else {
+        return Err("must be a list of tables: [{epoch, lr?, momentum?, weight_decay?}]".into());
+    };
+    if list.len() > 1000 {
+        return Err("at most 1000 entries".into());
+    }
+    let mut last = 0;
+    for (i, entry) in list.iter().enumerate() {
+        let Some(table) = entry.as_object() else {
+            return Err(format!("entry {i} must be a table"));
+        };
+        let epoch = table.get("epoch").and_then(Value::as_i64);
+        match epoch {
+            Some(e) if e > last && e <= MAX_EPOCHS => last = e,
+            _ => {
+                return Err(format!(
+                    "entry {i}: `epoch` must be an integer in 1..={MAX_EPOCHS}, each after the one before"
+                ))
+            }
+        }
+        if table.len() < 2 {
+            return Err(format!(
+                "entry {i} sets nothing: name lr, momentum or weight_decay"
+            ));
+        }
+        for (k, x) in table.iter().filter(|(k, _)| *k != "epoch") {
+            if !["lr", "momentum", "weight_decay"].contains(&k.as_str()) {
+                return Err(format!(
+                    "entry {i}: unknown key `{k}` (epoch, lr, momentum, weight_decay)"
+                ));
+            }
+            // The options' own types and bounds.
+            check(k, x, Paths::Any).map_err(|why| format!("entry {i}: {k} {why}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Strings: bounded in length; paths relative and inside their root; devices well formed.
@@ -212,6 +258,7 @@ fn describe(ty: &KeyType) -> &'static str {
         KeyType::Choice(_) => "one of the listed strings",
         KeyType::IncreasingInts => "a list of integers",
         KeyType::Widths => "four positive integers",
+        KeyType::Schedule => "a list of tables",
     }
 }
 
@@ -288,6 +335,21 @@ mod tests {
             ("momentum", json!(0), true),
             ("milestones", json!([60, 120]), true),
             ("milestones", json!([60, 60]), false),
+            (
+                "schedule",
+                json!([{"epoch": 3, "lr": 0.1}, {"epoch": 9, "momentum": 0}]),
+                true,
+            ),
+            (
+                "schedule",
+                json!([{"epoch": 3, "lr": 0.1}, {"epoch": 3, "lr": 0.2}]),
+                false,
+            ),
+            ("schedule", json!([{"epoch": 0, "lr": 0.1}]), false),
+            ("schedule", json!([{"epoch": 2}]), false),
+            ("schedule", json!([{"epoch": 2, "lr": 0}]), false),
+            ("schedule", json!([{"epoch": 2, "batch_size": 8}]), false),
+            ("schedule", json!({"epoch": 2, "lr": 0.1}), false),
             ("model_widths", json!([8, 16, 32, 64]), true),
             ("model_widths", json!([8, 16]), false),
             ("device", json!("cuda:1"), true),

@@ -120,6 +120,55 @@ pub struct TrainConfig {
     /// Seconds a rank waits for its peers (rendezvous and each collective) before failing.
     #[arg(long, default_value_t = D::DIST_TIMEOUT)]
     pub dist_timeout: u64,
+    /// The optimiser's settings from given epochs on (a population-based training's replay), as
+    /// JSON: `[{"epoch": 5, "lr": 0.012, "momentum": 0.85}, ...]`; each entry's lr is the base the
+    /// warm-up and milestones then apply to.
+    #[arg(long, value_parser = parse_schedule)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+}
+
+/// `--schedule`: changes of lr, momentum and weight decay at set epochs (strictly increasing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Schedule(pub Vec<ScheduleStep>);
+
+/// One `--schedule` entry: from `epoch` (1-based) on, the settings it names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleStep {
+    pub epoch: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+}
+
+/// The settings a schedule gives one epoch (None: the configuration's).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Scheduled {
+    pub lr: Option<f64>,
+    pub momentum: Option<f64>,
+    pub weight_decay: Option<f64>,
+}
+
+impl Schedule {
+    /// Each setting as the last entry at or before `epoch` that names it left it.
+    pub fn at(&self, epoch: u32) -> Scheduled {
+        let mut s = Scheduled::default();
+        for step in self.0.iter().filter(|s| s.epoch <= epoch) {
+            s.lr = step.lr.or(s.lr);
+            s.momentum = step.momentum.or(s.momentum);
+            s.weight_decay = step.weight_decay.or(s.weight_decay);
+        }
+        s
+    }
+}
+
+fn parse_schedule(text: &str) -> Result<Schedule, String> {
+    serde_json::from_str(text).map_err(|e| format!("not a schedule ({e}): {text}"))
 }
 
 impl Default for TrainConfig {
@@ -176,6 +225,11 @@ impl TrainConfig {
             match val {
                 serde_json::Value::Null | serde_json::Value::Bool(false) => {}
                 serde_json::Value::Bool(true) => args.push(flag),
+                serde_json::Value::Array(a) if a.iter().any(serde_json::Value::is_object) => {
+                    // A list of tables (--schedule) goes as JSON.
+                    args.push(flag);
+                    args.push(val.to_string());
+                }
                 serde_json::Value::Array(a) => {
                     args.push(flag);
                     args.push(
@@ -216,7 +270,13 @@ mod tests {
     /// setting, and nothing else is; the defaults the coordinator schedules by are the trainer's.
     #[test]
     fn the_options_are_the_protocols() {
-        let ours: std::collections::BTreeSet<String> = serde_json::to_value(TrainConfig::default())
+        // An unset schedule is left out of the configuration's JSON (runs' fingerprints before
+        // it existed still match); set, it is an option like the others.
+        let with_schedule = TrainConfig {
+            schedule: Some(Schedule(vec![])),
+            ..TrainConfig::default()
+        };
+        let ours: std::collections::BTreeSet<String> = serde_json::to_value(with_schedule)
             .unwrap()
             .as_object()
             .unwrap()
@@ -241,6 +301,36 @@ mod tests {
         d.validate().expect("the defaults are valid");
     }
 
+    #[test]
+    fn a_schedule_survives_the_command_line_and_carries_each_setting_forward() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            c: TrainConfig,
+        }
+        let text = r#"[{"epoch": 3, "lr": 0.1}, {"epoch": 5, "momentum": 0.5}]"#;
+        let c = TrainConfig {
+            schedule: Some(parse_schedule(text).unwrap()),
+            ..TrainConfig::default()
+        };
+        c.validate().unwrap();
+        // to_args starts with "train", which clap takes as the program's name.
+        assert_eq!(Wrap::parse_from(c.to_args()).c, c);
+        let s = c.schedule.unwrap();
+        assert_eq!(s.at(2), Scheduled::default());
+        assert_eq!(s.at(3).lr, Some(0.1));
+        assert_eq!(
+            s.at(9),
+            Scheduled {
+                lr: Some(0.1),
+                momentum: Some(0.5),
+                weight_decay: None
+            }
+        );
+        assert!(parse_schedule(r#"[{"epoch": 3, "beta": 1}]"#).is_err());
+    }
+
     /// The command line is checked with the protocol's bounds and combinations, each error naming
     /// its flag.
     #[test]
@@ -253,6 +343,25 @@ mod tests {
             (|c| c.lr = f64::NAN, "--lr"),
             (|c| c.milestones = vec![5, 5], "--milestones"),
             (|c| c.model_heads = 3, "--model-heads"),
+            (
+                |c| {
+                    c.schedule = Some(Schedule(vec![
+                        ScheduleStep {
+                            epoch: 3,
+                            lr: Some(0.1),
+                            momentum: None,
+                            weight_decay: None,
+                        },
+                        ScheduleStep {
+                            epoch: 2,
+                            lr: None,
+                            momentum: Some(0.5),
+                            weight_decay: None,
+                        },
+                    ]))
+                },
+                "--schedule",
+            ),
             (|c| c.seed = u64::MAX, "--seed"),
             (
                 |c| {

@@ -21,6 +21,12 @@ impl LrSchedule {
     /// (with the study's 1 epoch that means epoch 1 runs at lr x 0.01); after each milestone m, epochs
     /// m+1 onwards are multiplied by gamma once more.
     pub fn lr_at(&self, epoch: u32) -> f64 {
+        self.lr_with_base(epoch, self.base)
+    }
+
+    /// The lr of `epoch` had the schedule started from `base` (a `--schedule` entry's lr, or a
+    /// resume with a new lr: the same expression either way, so both give the same bits).
+    pub fn lr_with_base(&self, epoch: u32, base: f64) -> f64 {
         let e = epoch.saturating_sub(1);
         let warm = if e < self.warmup_epochs {
             let alpha = e as f64 / self.warmup_epochs as f64;
@@ -29,7 +35,7 @@ impl LrSchedule {
             1.0
         };
         let decays = self.milestones.iter().filter(|&&m| epoch > m).count() as i32;
-        self.base * warm * self.gamma.powi(decays)
+        base * warm * self.gamma.powi(decays)
     }
 }
 

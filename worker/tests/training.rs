@@ -262,3 +262,101 @@ fn a_training_step_blocks_on_nothing() {
     assert!(count.top > 100, "the step was counted: {count:?}");
     const { assert!(train::CHECK_EVERY >= 50) };
 }
+
+/// Population-based training's continuation: a run stopped after an epoch and resumed with a new
+/// lr, momentum and weight decay equals, bit for bit, one run whose `--schedule` changes them at the
+/// next epoch (the replay of a member's schedule); the new lr is the schedule's base from there.
+#[test]
+fn a_resume_with_new_optimiser_settings_equals_that_schedule_in_one_run() {
+    use worker::config::{Schedule, ScheduleStep, TrainConfig};
+    let cfg = TrainConfig {
+        epochs: 6,
+        seed: 5,
+        limit_train: Some(1024),
+        ..common::tiny(DatasetKind::Synthetic)
+    };
+    let cut = tempfile::tempdir().unwrap();
+    let mut child = Command::new(common::worker_bin())
+        .args(cfg.to_args())
+        .arg("--out")
+        .arg(cut.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while common::read_metrics(cut.path()).is_empty() {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SIGTERM: the trainer commits the epoch it is in and stops there.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    let k = common::read_metrics(cut.path()).len() as u32;
+    assert!((1..6).contains(&k), "stopped after epoch {k} of 6");
+
+    // Any other change is refused, and leaves the run as it was.
+    let other = TrainConfig {
+        batch_size: 16,
+        ..cfg.clone()
+    };
+    let refused = Command::new(common::worker_bin())
+        .args(other.to_args())
+        .arg("--out")
+        .arg(cut.path())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("another configuration"), "{said}");
+    assert_eq!(common::read_metrics(cut.path()).len() as u32, k);
+
+    let (lr, momentum, weight_decay) = (0.02, 0.5, 1e-3);
+    let changed = TrainConfig {
+        lr,
+        momentum,
+        weight_decay,
+        ..cfg.clone()
+    };
+    let ok = Command::new(common::worker_bin())
+        .args(changed.to_args())
+        .arg("--out")
+        .arg(cut.path())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "the resume with new settings runs");
+    let replay = TrainConfig {
+        schedule: Some(Schedule(vec![ScheduleStep {
+            epoch: k + 1,
+            lr: Some(lr),
+            momentum: Some(momentum),
+            weight_decay: Some(weight_decay),
+        }])),
+        ..cfg
+    };
+    let whole = tempfile::tempdir().unwrap();
+    let ok = Command::new(common::worker_bin())
+        .args(replay.to_args())
+        .arg("--out")
+        .arg(whole.path())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let (a, b) = (
+        common::read_metrics(whole.path()),
+        common::read_metrics(cut.path()),
+    );
+    assert_eq!(
+        b.iter().map(|m| m.epoch).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x.bits_eq_ignoring_time(y), "{x:?} != {y:?}");
+    }
+    // After the change the lr is the new base's (no warm-up left, no milestone passed).
+    assert_eq!(b[k as usize].lr, lr);
+    let wa = std::fs::read(whole.path().join("checkpoint.safetensors")).unwrap();
+    let wb = std::fs::read(cut.path().join("checkpoint.safetensors")).unwrap();
+    assert!(wa == wb, "final weights identical");
+}

@@ -32,8 +32,9 @@ pub struct LoadArgs {
     pub optuna_script: PathBuf,
     #[arg(long, default_value_t = 300)]
     pub optuna_trials: usize,
-    /// Early-stopping rules to run each level under, one run per value: none, asha, median (the
-    /// decision is taken at every report; pruned jobs stop reporting, as a worker's would).
+    /// Early-stopping rules to run each level under, one run per value: none, asha, median,
+    /// hyperband (the decision is taken at every report; pruned jobs stop reporting, as a
+    /// worker's would).
     #[arg(long, value_delimiter = ',', default_value = "none")]
     pub early_stop: Vec<String>,
     /// Also submit, before each run, a sweep of this many 2-rank jobs that the simulated workers
@@ -218,7 +219,11 @@ fn load_spec(workers: usize, jobs: usize, early_stop: &str) -> Result<Value> {
         "median" => {
             spec["early_stop"] = json!({"method": "median", "startup_trials": 5, "min_epochs": 1})
         }
-        other => bail!("--early-stop: {other} (expected none, asha or median)"),
+        "hyperband" => {
+            spec["early_stop"] =
+                json!({"method": "hyperband", "min_epochs": 1, "reduction_factor": 3})
+        }
+        other => bail!("--early-stop: {other} (expected none, asha, median or hyperband)"),
     }
     Ok(spec)
 }

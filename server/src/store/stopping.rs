@@ -4,7 +4,7 @@
 //! `pruned` (see [`lease`](super::lease)). The rules themselves are in [`crate::sweep::early_stop`].
 use super::ranks::{Ranks, SweepRanks};
 use super::*;
-use crate::sweep::early_stop::{self, EarlyStop, Method};
+use crate::sweep::early_stop::{self, EarlyStop, MaxEpochs, Method};
 use protocol::MetricsReport;
 
 impl Store {
@@ -109,7 +109,17 @@ async fn judge_in(
         return Ok(row.stop_requested != 0);
     }
     let stop = match rule.method {
-        Method::Asha { reduction_factor } => asha(c, ranks, rule, r, reduction_factor).await?,
+        Method::Asha { reduction_factor } => {
+            let plain = Bracket { rate: 0, key: 0 };
+            asha(c, ranks, rule, r, reduction_factor, plain).await?
+        }
+        Method::Hyperband {
+            reduction_factor,
+            max_epochs,
+        } => match bracket(c, rule, r, reduction_factor, max_epochs).await? {
+            Some(b) => asha(c, ranks, rule, r, reduction_factor, b).await?,
+            None => false,
+        },
         Method::Median { startup_trials } => median(c, ranks, rule, r, startup_trials).await?,
     };
     if stop {
@@ -123,6 +133,80 @@ async fn judge_in(
     Ok(stop)
 }
 
+/// Which successive halving a job is in: ASHA's one, or a Hyperband bracket's.
+#[derive(Debug, Clone, Copy)]
+struct Bracket {
+    /// Optuna's `min_early_stopping_rate`: the bracket's first rung is `min_epochs * eta^rate`.
+    rate: u32,
+    /// Added to the rung number where it is stored (`rungs.rung` and the in-memory rungs), so
+    /// each bracket's rungs hold only its own jobs' values: `rate * BRACKET_RUNGS`.
+    key: i64,
+}
+
+/// Room for a bracket's rungs in the stored rung number (a job has at most
+/// log2(MAX_EPOCHS) + 1 rungs).
+const BRACKET_RUNGS: i64 = 1000;
+
+/// Hyperband: the job's bracket as Optuna draws it (`early_stop::bracket_of`), once the largest
+/// resource is known; None when nothing is to be judged yet ("auto" before a job completed) or ever
+/// (no bracket: `max_epochs` below `min_epochs`).
+async fn bracket(
+    c: &mut SqliteConnection,
+    rule: &EarlyStop,
+    r: Judged,
+    eta: i64,
+    max_epochs: MaxEpochs,
+) -> Result<Option<Bracket>> {
+    let row = sqlx::query!(
+        "SELECT j.idx, j.epochs, s.name, s.hyperband_max
+         FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE j.id = ?",
+        r.job
+    )
+    .fetch_one(&mut *c)
+    .await?;
+    let max = match max_epochs {
+        MaxEpochs::Jobs => row.epochs,
+        MaxEpochs::Fixed(n) => n,
+        MaxEpochs::Auto => match row.hyperband_max {
+            Some(n) => n,
+            None => match auto_max(c, r.sweep).await? {
+                Some(n) => n,
+                None => return Ok(None),
+            },
+        },
+    };
+    let budgets = early_stop::bracket_budgets(rule.min_epochs, max, eta);
+    Ok(
+        early_stop::bracket_of(&row.name, row.idx, &budgets).map(|b| Bracket {
+            rate: b,
+            key: i64::from(b) * BRACKET_RUNGS,
+        }),
+    )
+}
+
+/// Optuna's "auto": the largest last epoch of the sweep's completed jobs + 1 (its steps count from
+/// 0), fixed in the sweep's row the first time a job is judged after one completed.
+async fn auto_max(c: &mut SqliteConnection, sweep: i64) -> Result<Option<i64>> {
+    let last = sqlx::query_scalar!(
+        r#"SELECT max(epoch) AS "last: i64" FROM jobs WHERE sweep_id = ? AND status = 'completed'"#,
+        sweep
+    )
+    .fetch_one(&mut *c)
+    .await?;
+    let Some(last) = last else {
+        return Ok(None);
+    };
+    let max = last + 1;
+    sqlx::query!(
+        "UPDATE sweeps SET hyperband_max = ? WHERE id = ? AND hyperband_max IS NULL",
+        max,
+        sweep
+    )
+    .execute(&mut *c)
+    .await?;
+    Ok(Some(max))
+}
+
 /// Successive halving: records the job's value at each rung its epoch has reached (its next rung
 /// is the number it has recorded), and stops it at the first rung where it is not in the top.
 /// The comparison is the in-memory rung's ([`Ranks`]): O(log n) in the values at the rung.
@@ -132,6 +216,7 @@ async fn asha(
     rule: &EarlyStop,
     r: Judged,
     eta: i64,
+    bracket: Bracket,
 ) -> Result<bool> {
     let (job, sweep, value) = (r.job, r.sweep, r.value);
     if !ranks.is_loaded(sweep) {
@@ -151,18 +236,22 @@ async fn asha(
         .await?;
     let max = rule.mode == early_stop::Mode::Max;
     loop {
-        let Some(at) = u32::try_from(rung).ok().and_then(|k| rule.rung_epoch(k)) else {
+        let at = u32::try_from(rung)
+            .ok()
+            .and_then(|k| rule.rung_epoch(k, bracket.rate));
+        let Some(at) = at else {
             return Ok(false);
         };
         if r.epoch < at {
             return Ok(false);
         }
+        let key = bracket.key + rung;
         let added = sqlx::query!(
             "INSERT INTO rungs (job_id, sweep_id, rung, value) VALUES (?, ?, ?, ?)
              ON CONFLICT (job_id, rung) DO NOTHING",
             job,
             sweep,
-            rung,
+            key,
             value
         )
         .execute(&mut *c)
@@ -173,9 +262,9 @@ async fn asha(
         let (n, better) = ranks
             .with(sweep, |s| {
                 if added == 1 {
-                    s.add_rung_value(job, rung, value);
+                    s.add_rung_value(job, key, value);
                 }
-                s.rung_counts(rung, value, max)
+                s.rung_counts(key, value, max)
             })
             .unwrap_or((0, 0));
         if !early_stop::goes_on(n, better, eta) {

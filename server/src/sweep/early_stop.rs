@@ -15,6 +15,16 @@
 //!   `min_epochs`; then a job stops when its best value so far is worse than the median of the
 //!   completed jobs' values at the same epoch (none there: no stop).
 //!
+//! - `hyperband`: `HyperbandPruner(min_resource=min_epochs, max_resource=max_epochs,
+//!   reduction_factor=eta)`. `floor(log_eta(max / min)) + 1` brackets; bracket b is successive
+//!   halving with `min_early_stopping_rate = b` (rungs at `min_epochs * eta^(b + k)`), comparing
+//!   only the jobs of its own bracket. A job's bracket is Optuna's draw: the CRC-32 of
+//!   `"{sweep name}_{job index}"` (Optuna's study name and trial number) modulo the brackets' total
+//!   budget, bracket b's budget being `ceil(n * eta^(n-1-b) / (n-b))`. `max_epochs = "auto"` is
+//!   Optuna's: nothing is judged (or recorded at a rung) until a job of the sweep has completed,
+//!   then the maximum is the largest last epoch of the completed jobs + 1, fixed for good (kept in
+//!   the sweep's row, so a restart does not change it). Absent, it is the judged job's `epochs`.
+//!
 //! Two choices of ours where Optuna has no counterpart: a report without the metric (an epoch
 //! without evaluation, or a diverged one, whose loss is NaN) is not judged; and diverged jobs are
 //! never compared with (they ended themselves; a NaN would make every comparison meaningless).
@@ -23,7 +33,7 @@
 //! values at an epoch, are kept ordered in memory beside SQLite (`store/ranks.rs`).
 use serde_json::Value;
 
-use super::file::{EarlyStopFile, EarlyStopMethod};
+use super::file::{EarlyStopFile, EarlyStopMethod, MaxEpochsFile};
 use super::{err, SpecError};
 
 /// Whether larger or smaller values of the metric are better.
@@ -60,6 +70,21 @@ pub enum Method {
     Asha { reduction_factor: i64 },
     /// The median rule.
     Median { startup_trials: i64 },
+    /// Hyperband: successive halving in brackets.
+    Hyperband {
+        reduction_factor: i64,
+        max_epochs: MaxEpochs,
+    },
+}
+
+/// Hyperband's largest resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxEpochs {
+    /// Each job's own `epochs` (the default).
+    Jobs,
+    Fixed(i64),
+    /// Optuna's "auto": from the first completed jobs.
+    Auto,
 }
 
 /// A validated `[early_stop]`.
@@ -95,14 +120,23 @@ impl EarlyStop {
         let mode = file.mode.unwrap_or_else(|| Mode::default_for(&metric));
         let min_epochs = int("min_epochs", file.min_epochs, 1, 1, super::MAX_EPOCHS)?;
         let method = match file.method {
-            EarlyStopMethod::Asha => {
+            EarlyStopMethod::Asha | EarlyStopMethod::Hyperband => {
                 only_for("startup_trials", file.startup_trials, "median")?;
-                Method::Asha {
-                    reduction_factor: int("reduction_factor", file.reduction_factor, 3, 2, 1000)?,
+                let reduction_factor = int("reduction_factor", file.reduction_factor, 3, 2, 1000)?;
+                match file.method {
+                    EarlyStopMethod::Hyperband => Method::Hyperband {
+                        reduction_factor,
+                        max_epochs: max_epochs(file.max_epochs, min_epochs)?,
+                    },
+                    _ => {
+                        only_for_hyperband(&file.max_epochs)?;
+                        Method::Asha { reduction_factor }
+                    }
                 }
             }
             EarlyStopMethod::Median => {
                 only_for("reduction_factor", file.reduction_factor, "asha")?;
+                only_for_hyperband(&file.max_epochs)?;
                 Method::Median {
                     startup_trials: int(
                         "startup_trials",
@@ -124,13 +158,26 @@ impl EarlyStop {
 
     /// As stored and shown (every default filled in).
     pub fn to_file(&self) -> EarlyStopFile {
-        let (method, reduction_factor, startup_trials) = match self.method {
+        let (method, reduction_factor, startup_trials, max_epochs) = match self.method {
             Method::Asha { reduction_factor } => {
-                (EarlyStopMethod::Asha, Some(reduction_factor), None)
+                (EarlyStopMethod::Asha, Some(reduction_factor), None, None)
             }
             Method::Median { startup_trials } => {
-                (EarlyStopMethod::Median, None, Some(startup_trials))
+                (EarlyStopMethod::Median, None, Some(startup_trials), None)
             }
+            Method::Hyperband {
+                reduction_factor,
+                max_epochs,
+            } => (
+                EarlyStopMethod::Hyperband,
+                Some(reduction_factor),
+                None,
+                match max_epochs {
+                    MaxEpochs::Jobs => None,
+                    MaxEpochs::Fixed(n) => Some(MaxEpochsFile::Epochs(n)),
+                    MaxEpochs::Auto => Some(MaxEpochsFile::Word("auto".into())),
+                },
+            ),
         };
         EarlyStopFile {
             method,
@@ -139,6 +186,7 @@ impl EarlyStop {
             min_epochs: Some(self.min_epochs),
             reduction_factor,
             startup_trials,
+            max_epochs,
         }
     }
 
@@ -157,11 +205,15 @@ impl EarlyStop {
             .ok_or_else(|| anyhow::anyhow!("the stored early-stopping rule is empty"))
     }
 
-    /// ASHA's rung `k` is reached at epoch `min_epochs * eta^k` (None past any epoch a job can have).
-    pub fn rung_epoch(&self, rung: u32) -> Option<i64> {
+    /// ASHA's rung `k` is reached at epoch `min_epochs * eta^k`, a Hyperband bracket's at
+    /// `min_epochs * eta^(bracket + k)` (None past any epoch a job can have).
+    pub fn rung_epoch(&self, rung: u32, bracket: u32) -> Option<i64> {
         match self.method {
-            Method::Asha { reduction_factor } => reduction_factor
-                .checked_pow(rung)
+            Method::Asha { reduction_factor }
+            | Method::Hyperband {
+                reduction_factor, ..
+            } => reduction_factor
+                .checked_pow(rung.checked_add(bracket)?)
                 .and_then(|p| p.checked_mul(self.min_epochs)),
             Method::Median { .. } => None,
         }
@@ -185,6 +237,68 @@ fn int(key: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Result<i64,
             format!("must be an integer in {lo}..={hi}"),
         ),
     }
+}
+
+fn max_epochs(v: Option<MaxEpochsFile>, min_epochs: i64) -> Result<MaxEpochs, SpecError> {
+    match v {
+        None => Ok(MaxEpochs::Jobs),
+        Some(MaxEpochsFile::Word(w)) if w == "auto" => Ok(MaxEpochs::Auto),
+        Some(MaxEpochsFile::Epochs(n)) if (min_epochs..=super::MAX_EPOCHS).contains(&n) => {
+            Ok(MaxEpochs::Fixed(n))
+        }
+        Some(_) => err(
+            "early_stop.max_epochs",
+            format!(
+                "must be \"auto\" or an integer in {min_epochs}..={} (at least min_epochs)",
+                super::MAX_EPOCHS
+            ),
+        ),
+    }
+}
+
+fn only_for_hyperband(v: &Option<MaxEpochsFile>) -> Result<(), SpecError> {
+    if v.is_some() {
+        return err("early_stop.max_epochs", "only for method = \"hyperband\"");
+    }
+    Ok(())
+}
+
+/// Hyperband's brackets as Optuna sizes them for a largest resource `max`: their number,
+/// `floor(log_eta(max / min)) + 1` computed in floating point as Python's `math.log(x, base)` does
+/// (none when `max < min`: nothing is ever stopped, as in Optuna), and each one's budget,
+/// `ceil(n * eta^s / (s + 1))` with `s = n - 1 - b`.
+pub fn bracket_budgets(min: i64, max: i64, eta: i64) -> Vec<i64> {
+    let ratio = max as f64 / min as f64;
+    let n = (ratio.ln() / (eta as f64).ln()).floor() + 1.0;
+    // NaN (a ratio that is not a number) and fewer than one bracket alike: none.
+    if n.is_nan() || n < 1.0 {
+        return vec![];
+    }
+    let n = n as i64;
+    (0..n)
+        .map(|b| {
+            let s = n - 1 - b;
+            let top = n.saturating_mul(eta.saturating_pow(s as u32));
+            (top + s) / (s + 1)
+        })
+        .collect()
+}
+
+/// A job's bracket: Optuna's `crc32("{study_name}_{trial_number}") % total budget`, walked through
+/// the brackets' budgets in order. None without brackets.
+pub fn bracket_of(sweep_name: &str, index: i64, budgets: &[i64]) -> Option<u32> {
+    let total: i64 = budgets.iter().sum();
+    if total <= 0 {
+        return None;
+    }
+    let mut n = i64::from(crc32fast::hash(format!("{sweep_name}_{index}").as_bytes())) % total;
+    for (b, budget) in budgets.iter().enumerate() {
+        n -= budget;
+        if n < 0 {
+            return Some(b as u32);
+        }
+    }
+    None
 }
 
 fn only_for(key: &str, v: Option<i64>, method: &str) -> Result<(), SpecError> {
@@ -248,6 +362,16 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_metric_and_optuna() {
+        let r = rule(serde_json::json!({"method": "hyperband", "max_epochs": "auto"}));
+        assert_eq!(
+            r.method,
+            Method::Hyperband {
+                reduction_factor: 3,
+                max_epochs: MaxEpochs::Auto
+            }
+        );
+        let stored = serde_json::to_string(&r.to_file()).unwrap();
+        assert_eq!(EarlyStop::from_stored(&stored).unwrap(), r);
         let r = rule(serde_json::json!({"method": "asha"}));
         assert_eq!(r.metric, "accuracy");
         assert_eq!(r.mode, Mode::Max);
@@ -268,8 +392,24 @@ mod tests {
     fn bad_rules_name_their_field() {
         for (v, field) in [
             (
-                serde_json::json!({"method": "hyperband"}),
+                serde_json::json!({"method": "hyperbands"}),
                 "early_stop.method",
+            ),
+            (
+                serde_json::json!({"method": "hyperband", "max_epochs": "many"}),
+                "early_stop.max_epochs",
+            ),
+            (
+                serde_json::json!({"method": "hyperband", "min_epochs": 3, "max_epochs": 2}),
+                "early_stop.max_epochs",
+            ),
+            (
+                serde_json::json!({"method": "asha", "max_epochs": 9}),
+                "early_stop.max_epochs",
+            ),
+            (
+                serde_json::json!({"method": "hyperband", "startup_trials": 2}),
+                "early_stop.startup_trials",
             ),
             (
                 serde_json::json!({"method": "asha", "metric": "val acc"}),
@@ -313,10 +453,30 @@ mod tests {
     fn rungs_grow_by_eta_and_never_overflow() {
         let r = rule(serde_json::json!({"method": "asha", "min_epochs": 2, "reduction_factor": 3}));
         assert_eq!(
-            (0..4).map(|k| r.rung_epoch(k).unwrap()).collect::<Vec<_>>(),
+            (0..4)
+                .map(|k| r.rung_epoch(k, 0).unwrap())
+                .collect::<Vec<_>>(),
             [2, 6, 18, 54]
         );
-        assert_eq!(r.rung_epoch(80), None);
+        assert_eq!(r.rung_epoch(1, 2), Some(54));
+        assert_eq!(r.rung_epoch(80, 0), None);
+    }
+
+    #[test]
+    fn hyperband_brackets_are_optunas() {
+        // Optuna 5.0, HyperbandPruner(min_resource=1, max_resource=27/81/10, reduction_factor=3):
+        // _trial_allocation_budgets.
+        assert_eq!(bracket_budgets(1, 27, 3), [27, 12, 6, 4]);
+        assert_eq!(bracket_budgets(1, 81, 3), [81, 34, 15, 8, 5]);
+        assert_eq!(bracket_budgets(1, 10, 3), [9, 5, 3]);
+        assert_eq!(bracket_budgets(1, 1, 3), [1]);
+        assert!(bracket_budgets(4, 3, 3).is_empty());
+        // Python's binascii.crc32(b"study_0") (the standard CRC-32).
+        assert_eq!(crc32fast::hash(b"study_0"), 368_277_276);
+        let b = bracket_budgets(1, 27, 3);
+        let picks: Vec<u32> = (0..200).filter_map(|i| bracket_of("s", i, &b)).collect();
+        assert_eq!(picks.len(), 200);
+        assert!((0..4).all(|k| picks.contains(&k)), "{picks:?}");
     }
 
     #[test]

@@ -180,6 +180,10 @@ pub struct EarlyStopFile {
     /// Median only: completed jobs before any stop (5 by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_trials: Option<i64>,
+    /// Hyperband only: the largest resource (Optuna's `max_resource`), an epoch count or
+    /// `"auto"` (nothing stopped until a job completes); absent: each job's own `epochs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_epochs: Option<MaxEpochsFile>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -187,6 +191,15 @@ pub struct EarlyStopFile {
 pub enum EarlyStopMethod {
     Asha,
     Median,
+    Hyperband,
+}
+
+/// `max_epochs`: a number of epochs or a word (only `"auto"` is one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum MaxEpochsFile {
+    Epochs(i64),
+    Word(String),
 }
 
 /// `[run]`: attempts per job (3 by default), runs per point (1 by default, seeds seed, seed+1...),

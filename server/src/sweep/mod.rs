@@ -5,6 +5,7 @@ pub mod early_stop;
 pub mod nsga2;
 pub mod objectives;
 pub mod pareto;
+pub mod pbt;
 pub mod search;
 pub mod tpe;
 

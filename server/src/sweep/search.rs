@@ -305,7 +305,7 @@ impl Search {
     }
 }
 
-fn draw(d: &Distribution, rng: &mut ChaCha8Rng) -> Value {
+pub(crate) fn draw(d: &Distribution, rng: &mut ChaCha8Rng) -> Value {
     match d {
         Distribution::LogUniform(lo, hi) => {
             let x: f64 = rng.gen_range(lo.ln()..hi.ln());

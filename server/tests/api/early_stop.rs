@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 /// One case: a rule, hand-made curves and the order their epochs arrive in.
 #[derive(Debug)]
 struct Scenario {
+    /// The sweep's name, and Optuna's study's (Hyperband's brackets hash it).
+    name: String,
     rule: Value,
     mode: &'static str,
     jobs: usize,
@@ -44,6 +46,7 @@ fn scenario(seed: u64, rule: Value, jobs: usize, epochs: i64) -> Scenario {
         next[j] += 1;
     }
     Scenario {
+        name: format!("early-stop-{seed}"),
         rule,
         mode,
         jobs,
@@ -59,6 +62,7 @@ fn optuna_decisions(s: &Scenario) -> Vec<(usize, i64, bool)> {
     input["jobs"] = s.jobs.into();
     input["epochs"] = s.epochs.into();
     input["events"] = json!(s.events);
+    input["name"] = json!(s.name);
     serde_json::from_value(python_reference("optuna_pruners.py", &input)).unwrap()
 }
 
@@ -66,7 +70,7 @@ fn optuna_decisions(s: &Scenario) -> Vec<(usize, i64, bool)> {
 /// scenario's order; a job told to stop finishes `pruned`, one at its last epoch `completed`.
 async fn our_decisions(app: &TestApp, s: &Scenario) -> Vec<(usize, i64, bool)> {
     let mut spec = json!({
-        "name": "early-stop",
+        "name": s.name,
         "train": {"epochs": s.epochs},
         "grid": {"seed": (0..s.jobs as i64).collect::<Vec<_>>()},
         "early_stop": s.rule,
@@ -111,6 +115,45 @@ async fn our_decisions(app: &TestApp, s: &Scenario) -> Vec<(usize, i64, bool)> {
 
 fn asha(min_epochs: i64, eta: i64, metric: &str) -> Value {
     json!({"method": "asha", "metric": metric, "min_epochs": min_epochs, "reduction_factor": eta})
+}
+
+fn hyperband(min_epochs: i64, eta: i64, max_epochs: Value, metric: &str) -> Value {
+    let mut rule = json!({"method": "hyperband", "metric": metric, "min_epochs": min_epochs,
+                          "reduction_factor": eta});
+    if !max_epochs.is_null() {
+        rule["max_epochs"] = max_epochs;
+    }
+    rule
+}
+
+/// Hyperband over several hundred reports in random order: each job's bracket is Optuna's draw
+/// from the sweep's name and the job's index, each bracket halves its own jobs only, and "auto"
+/// waits for the first completed job.
+#[tokio::test]
+async fn hyperband_decides_as_optunas_on_the_same_reports() {
+    let app = spawn_app().await;
+    let cases = [
+        (hyperband(1, 3, json!(9), "accuracy"), 20, 9),
+        (hyperband(1, 2, Value::Null, "test_loss"), 16, 8), // the jobs' epochs
+        (hyperband(1, 3, json!("auto"), "accuracy"), 15, 9),
+        (hyperband(2, 2, json!(16), "accuracy"), 12, 16),
+    ];
+    let (mut stops, mut reports, mut late_stops) = (0, 0, 0);
+    for (k, (rule, jobs, epochs)) in cases.into_iter().enumerate() {
+        for seed in 0..3 {
+            let s = scenario(1000 + 100 * k as u64 + seed, rule.clone(), jobs, epochs);
+            let ours = our_decisions(&app, &s).await;
+            assert_eq!(ours, optuna_decisions(&s), "{s:?}");
+            stops += ours.iter().filter(|d| d.2).count();
+            // A stop past the first rung of bracket 0 happens only in the later brackets' rungs.
+            late_stops += ours.iter().filter(|d| d.2 && d.1 > 2).count();
+            reports += ours.len();
+        }
+    }
+    assert!(
+        reports > 600 && stops > 30 && late_stops > 5,
+        "{stops} stops ({late_stops} after epoch 2) of {reports}"
+    );
 }
 
 fn median(startup: i64, warmup: i64, metric: &str) -> Value {

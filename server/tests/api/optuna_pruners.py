@@ -15,12 +15,20 @@ if sc["method"] == "asha":
         reduction_factor=sc["reduction_factor"],
         min_early_stopping_rate=0,
     )
+elif sc["method"] == "hyperband":
+    # Our max_epochs: a number, "auto", or absent (each job's epochs, all the same here).
+    pruner = optuna.pruners.HyperbandPruner(
+        min_resource=sc["min_epochs"],
+        max_resource=sc.get("max_epochs", sc["epochs"]),
+        reduction_factor=sc["reduction_factor"],
+    )
 else:
     pruner = optuna.pruners.MedianPruner(
         n_startup_trials=sc["startup_trials"], n_warmup_steps=sc["min_epochs"]
     )
 direction = "maximize" if sc["mode"] == "max" else "minimize"
-study = optuna.create_study(direction=direction, pruner=pruner)
+# Hyperband's brackets hash the study's name: the sweep's.
+study = optuna.create_study(study_name=sc["name"], direction=direction, pruner=pruner)
 trials = [study.ask() for _ in range(sc["jobs"])]
 done, out = set(), []
 for job, epoch, value in sc["events"]:

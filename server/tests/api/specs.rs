@@ -20,6 +20,8 @@ async fn bad_specs_are_rejected_with_the_field_named() {
         ("toml", "name = \"x\"\n[train]\nlr = 0.1\n[grid]\nlr = [0.2]\n", 422, "grid.lr"),
         ("toml", "name = \"x\"\n[train]\nmilestones = [60, 60]\n", 422, "train.milestones"),
         ("toml", "name = \"x\"\n[train]\nmodel_widths = [8, 16]\n", 422, "train.model_widths"),
+        ("toml", "name = \"x\"\n[train]\nschedule = [{ epoch = 3, batch_size = 8 }]\n", 422, "train.schedule"),
+        ("toml", "name = \"x\"\n[train]\nschedule = [{ epoch = 3, lr = 0.1 }, { epoch = 2, lr = 0.2 }]\n", 422, "train.schedule"),
         ("toml", "name = \"x\"\n[train]\ndataset = \"mnist\"\n", 422, "train.dataset"),
         ("toml", "name = \"x\"\n[run]\nmax_attempts = 0\n", 422, "run.max_attempts"),
         ("toml", "name = \"x\"\n[run]\nretries = 2\n", 422, "run.retries"),
@@ -75,6 +77,24 @@ async fn bad_specs_are_rejected_with_the_field_named() {
     let (_, list) = app.get("/api/sweeps").await;
     assert_eq!(list.as_array().unwrap().len(), 0, "nothing stored");
     assert!(app.claim("w").await.is_none());
+}
+
+/// A `schedule` (the optimiser's settings from set epochs on) reaches the job's params as
+/// written, for `worker train --schedule`.
+#[tokio::test]
+async fn a_schedule_in_train_reaches_the_jobs_params() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .submit_toml(
+            "name = \"replay\"\n[train]\nepochs = 9\nlr = 0.01\nschedule = [{ epoch = 4, lr = 0.012, momentum = 0.85 }]\n",
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let job = app.claim("w").await.expect("the job");
+    assert_eq!(
+        job.params["schedule"],
+        serde_json::json!([{"epoch": 4, "lr": 0.012, "momentum": 0.85}])
+    );
 }
 
 #[tokio::test]

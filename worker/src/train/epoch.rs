@@ -138,7 +138,7 @@ impl<'a> Trainer<'a> {
         let stop = stop_on_signals()?;
         let mut status = Status::Completed;
         for epoch in meta.epoch + 1..=self.cfg.epochs {
-            let lr = self.schedule.lr_at(epoch);
+            let lr = self.settings_at(model, epoch);
             let trained = self.train_epoch(model, meta, epoch, lr)?;
             self.first_step_at = self.first_step_at.or(trained.first_step_at);
             let last = epoch == self.cfg.epochs;
@@ -178,6 +178,21 @@ impl<'a> Trainer<'a> {
         }
         self.wait_for_checkpoint()?;
         Ok(status)
+    }
+
+    /// The lr of `epoch`, with the optimiser's momentum and weight decay set for it: the
+    /// configuration's, or the last `--schedule` entry's at or before the epoch that sets each.
+    fn settings_at(&self, model: &mut Model, epoch: u32) -> f64 {
+        let at = self
+            .cfg
+            .schedule
+            .as_ref()
+            .map(|s| s.at(epoch))
+            .unwrap_or_default();
+        model.sgd.momentum = at.momentum.unwrap_or(self.cfg.momentum);
+        model.sgd.weight_decay = at.weight_decay.unwrap_or(self.cfg.weight_decay);
+        self.schedule
+            .lr_with_base(epoch, at.lr.unwrap_or(self.schedule.base))
     }
 
     /// One pass over this rank's shard. A non-finite loss stops the weights at once (the update is

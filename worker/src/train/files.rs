@@ -14,6 +14,40 @@ pub(super) const RESUME_NEUTRAL: [&str; 8] = [
     "dist_timeout",
 ];
 
+/// Optimiser settings a resume may change: population-based training continues a run from a
+/// checkpoint with new values of these (docs/search.md, "Population-based training"). The run goes
+/// on from the checkpoint's epoch with the new values; the lr schedule (warm-up, milestones x gamma)
+/// applies to the new base lr as if it had been the base from the start: epoch e runs at
+/// `new_lr x warm-up(e) x gamma^(milestones before e)`. A finished run is never continued.
+pub(super) const RESUME_CHANGEABLE: [&str; 3] = ["lr", "momentum", "weight_decay"];
+
+/// Whether a resume state written under `saved` continues under `now` (both fingerprints): equal
+/// but for [`RESUME_CHANGEABLE`]. Returns the settings that changed, as "lr 0.01 -> 0.012".
+pub(super) fn continues(saved: &serde_json::Value, now: &serde_json::Value) -> Option<Vec<String>> {
+    let strip = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            for k in RESUME_CHANGEABLE {
+                m.remove(k);
+            }
+        }
+        v
+    };
+    if strip(saved) != strip(now) {
+        return None;
+    }
+    Some(
+        RESUME_CHANGEABLE
+            .iter()
+            .filter(|k| saved.get(**k) != now.get(**k))
+            .map(|k| {
+                let shown = |v: Option<&serde_json::Value>| v.map_or("-".into(), |v| v.to_string());
+                format!("{k} {} -> {}", shown(saved.get(*k)), shown(now.get(*k)))
+            })
+            .collect(),
+    )
+}
+
 /// What must match for a resume: the configuration less the neutral keys, and the world size
 /// (a different number of ranks is a different global batch).
 pub(super) fn fingerprint(cfg: &TrainConfig, world: usize) -> Result<serde_json::Value> {
@@ -149,10 +183,21 @@ pub(super) fn inspect_out(
     }
     if files.resume.exists() {
         *meta = checkpoint::load_resume(&model.params, &mut model.sgd.buffers, &files.resume)?;
-        if meta.config != fp {
+        let Some(changed) = continues(&meta.config, &fp) else {
             bail!("{out} holds a run with another configuration; use another --out");
+        };
+        if changed.is_empty() {
+            tracing::info!(epoch = meta.epoch, "resuming after epoch {}", meta.epoch);
+        } else {
+            tracing::info!(
+                epoch = meta.epoch,
+                "resuming after epoch {} with {}",
+                meta.epoch,
+                changed.join(", ")
+            );
         }
-        tracing::info!(epoch = meta.epoch, "resuming after epoch {}", meta.epoch);
+        // Later commits record the settings the run now goes on with.
+        meta.config = fp;
         return Ok(Start::Resumed);
     }
     Ok(Start::Fresh)
