@@ -199,7 +199,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let (events, _) = tokio::sync::broadcast::channel(4096);
-        let state = AppState {
+        let state = AppState::new(crate::state::Shared {
             store,
             clock: cfg.clock,
             lease_ms: cfg.lease_ms,
@@ -237,7 +237,7 @@ impl Application {
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             draws: Default::default(),
             leases: Default::default(),
-        };
+        });
         // The quotas' counts start from what is stored.
         let checkpoints = crate::checkpoints::stored_bytes(&cfg.artifacts);
         state.telemetry.checkpoint_bytes.set(checkpoints as i64);

@@ -317,14 +317,10 @@ fn a_resume_with_new_optimiser_settings_equals_that_schedule_in_one_run() {
         weight_decay,
         ..cfg.clone()
     };
-    let ok = Command::new(common::worker_bin())
-        .args(changed.to_args())
-        .arg("--out")
-        .arg(cut.path())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success(), "the resume with new settings runs");
+    assert!(
+        train_in(&changed, cut.path()),
+        "the resume with new settings runs"
+    );
     let replay = TrainConfig {
         schedule: Some(Schedule(vec![ScheduleStep {
             epoch: k + 1,
@@ -335,14 +331,7 @@ fn a_resume_with_new_optimiser_settings_equals_that_schedule_in_one_run() {
         ..cfg
     };
     let whole = tempfile::tempdir().unwrap();
-    let ok = Command::new(common::worker_bin())
-        .args(replay.to_args())
-        .arg("--out")
-        .arg(whole.path())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    assert!(train_in(&replay, whole.path()));
     let (a, b) = (
         common::read_metrics(whole.path()),
         common::read_metrics(cut.path()),
@@ -359,4 +348,16 @@ fn a_resume_with_new_optimiser_settings_equals_that_schedule_in_one_run() {
     let wa = std::fs::read(whole.path().join("checkpoint.safetensors")).unwrap();
     let wb = std::fs::read(cut.path().join("checkpoint.safetensors")).unwrap();
     assert!(wa == wb, "final weights identical");
+}
+
+/// `worker train` with `cfg` into `out`, to its end: whether it succeeded.
+fn train_in(cfg: &worker::config::TrainConfig, out: &std::path::Path) -> bool {
+    Command::new(common::worker_bin())
+        .args(cfg.to_args())
+        .arg("--out")
+        .arg(out)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
 }

@@ -157,7 +157,7 @@ async fn bad_searches_are_refused_naming_the_field() {
             "grid",
         ),
         (
-            json!({"name": "s", "early_stop": {"method": "hyperband"}}),
+            json!({"name": "s", "early_stop": {"method": "successive_halving"}}),
             "early_stop.method",
         ),
     ] {
