@@ -90,13 +90,7 @@ fn a_huge_lr_diverges_with_nan_recorded_and_its_own_exit_code() {
         epochs: 4,
         ..common::tiny(DatasetKind::Synthetic)
     };
-    let status = Command::new(common::worker_bin())
-        .args(cfg.to_args())
-        .arg("--out")
-        .arg(out.path())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = train_in(&cfg, out.path());
     assert_eq!(status.code(), Some(worker::EXIT_DIVERGED));
     let metrics = common::read_metrics(out.path());
     let last = metrics.last().expect("the diverged epoch is recorded");
@@ -121,44 +115,19 @@ fn killed_and_restarted_run_ends_with_the_uninterrupted_metrics() {
         limit_train: Some(512),
         ..common::tiny(DatasetKind::Synthetic)
     };
-    let args = cfg.to_args();
     let whole = tempfile::tempdir().unwrap();
-    let ok = Command::new(common::worker_bin())
-        .args(&args)
-        .arg("--out")
-        .arg(whole.path())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    assert!(train_in(&cfg, whole.path()).success());
 
     let cut = tempfile::tempdir().unwrap();
     for kill_after in [1, 3] {
-        let mut child = Command::new(common::worker_bin())
-            .args(&args)
-            .arg("--out")
-            .arg(cut.path())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while common::read_metrics(cut.path()).len() < kill_after {
-            assert!(Instant::now() < deadline, "no progress");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut child = train_command(&cfg, cut.path()).spawn().unwrap();
+        wait_for_epochs(cut.path(), kill_after);
         // Somewhere inside the next epoch (or while it writes its files).
         std::thread::sleep(Duration::from_millis(150 * kill_after as u64));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
-    let ok = Command::new(common::worker_bin())
-        .args(&args)
-        .arg("--out")
-        .arg(cut.path())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    assert!(train_in(&cfg, cut.path()).success());
     let (a, b) = (
         common::read_metrics(whole.path()),
         common::read_metrics(cut.path()),
@@ -276,18 +245,8 @@ fn a_resume_with_new_optimiser_settings_equals_that_schedule_in_one_run() {
         ..common::tiny(DatasetKind::Synthetic)
     };
     let cut = tempfile::tempdir().unwrap();
-    let mut child = Command::new(common::worker_bin())
-        .args(cfg.to_args())
-        .arg("--out")
-        .arg(cut.path())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while common::read_metrics(cut.path()).is_empty() {
-        assert!(Instant::now() < deadline, "no progress");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = train_command(&cfg, cut.path()).spawn().unwrap();
+    wait_for_epochs(cut.path(), 1);
     // SIGTERM: the trainer commits the epoch it is in and stops there.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
@@ -318,7 +277,7 @@ fn a_resume_with_new_optimiser_settings_equals_that_schedule_in_one_run() {
         ..cfg.clone()
     };
     assert!(
-        train_in(&changed, cut.path()),
+        train_in(&changed, cut.path()).success(),
         "the resume with new settings runs"
     );
     let replay = TrainConfig {
@@ -331,7 +290,7 @@ fn a_resume_with_new_optimiser_settings_equals_that_schedule_in_one_run() {
         ..cfg
     };
     let whole = tempfile::tempdir().unwrap();
-    assert!(train_in(&replay, whole.path()));
+    assert!(train_in(&replay, whole.path()).success());
     let (a, b) = (
         common::read_metrics(whole.path()),
         common::read_metrics(cut.path()),
@@ -350,14 +309,26 @@ fn a_resume_with_new_optimiser_settings_equals_that_schedule_in_one_run() {
     assert!(wa == wb, "final weights identical");
 }
 
-/// `worker train` with `cfg` into `out`, to its end: whether it succeeded.
-fn train_in(cfg: &worker::config::TrainConfig, out: &std::path::Path) -> bool {
-    Command::new(common::worker_bin())
-        .args(cfg.to_args())
+/// `worker train` with `cfg` into `out`, its log dropped.
+fn train_command(cfg: &worker::config::TrainConfig, out: &std::path::Path) -> Command {
+    let mut c = Command::new(common::worker_bin());
+    c.args(cfg.to_args())
         .arg("--out")
         .arg(out)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
+        .stderr(Stdio::null());
+    c
+}
+
+/// `worker train` with `cfg` into `out`, to its end: how it exited.
+fn train_in(cfg: &worker::config::TrainConfig, out: &std::path::Path) -> std::process::ExitStatus {
+    train_command(cfg, out).status().unwrap()
+}
+
+/// Until `dir`'s metrics file has `n` epochs (a run's progress, not a fixed time).
+fn wait_for_epochs(dir: &std::path::Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while common::read_metrics(dir).len() < n {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

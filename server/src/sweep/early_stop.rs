@@ -119,24 +119,26 @@ impl EarlyStop {
         };
         let mode = file.mode.unwrap_or_else(|| Mode::default_for(&metric));
         let min_epochs = int("min_epochs", file.min_epochs, 1, 1, super::MAX_EPOCHS)?;
+        let eta = || int("reduction_factor", file.reduction_factor, 3, 2, 1000);
         let method = match file.method {
-            EarlyStopMethod::Asha | EarlyStopMethod::Hyperband => {
-                only_for("startup_trials", file.startup_trials, "median")?;
-                let reduction_factor = int("reduction_factor", file.reduction_factor, 3, 2, 1000)?;
-                match file.method {
-                    EarlyStopMethod::Hyperband => Method::Hyperband {
-                        reduction_factor,
-                        max_epochs: max_epochs(file.max_epochs, min_epochs)?,
-                    },
-                    _ => {
-                        only_for_hyperband(&file.max_epochs)?;
-                        Method::Asha { reduction_factor }
-                    }
+            EarlyStopMethod::Asha => {
+                only_for("startup_trials", file.startup_trials.is_some(), "median")?;
+                only_for("max_epochs", file.max_epochs.is_some(), "hyperband")?;
+                Method::Asha {
+                    reduction_factor: eta()?,
+                }
+            }
+            EarlyStopMethod::Hyperband => {
+                only_for("startup_trials", file.startup_trials.is_some(), "median")?;
+                Method::Hyperband {
+                    reduction_factor: eta()?,
+                    max_epochs: max_epochs(file.max_epochs.clone(), min_epochs)?,
                 }
             }
             EarlyStopMethod::Median => {
-                only_for("reduction_factor", file.reduction_factor, "asha")?;
-                only_for_hyperband(&file.max_epochs)?;
+                let said = file.reduction_factor.is_some();
+                only_for("reduction_factor", said, "asha\" or \"hyperband")?;
+                only_for("max_epochs", file.max_epochs.is_some(), "hyperband")?;
                 Method::Median {
                     startup_trials: int(
                         "startup_trials",
@@ -256,13 +258,6 @@ fn max_epochs(v: Option<MaxEpochsFile>, min_epochs: i64) -> Result<MaxEpochs, Sp
     }
 }
 
-fn only_for_hyperband(v: &Option<MaxEpochsFile>) -> Result<(), SpecError> {
-    if v.is_some() {
-        return err("early_stop.max_epochs", "only for method = \"hyperband\"");
-    }
-    Ok(())
-}
-
 /// Hyperband's brackets as Optuna sizes them for a largest resource `max`: their number,
 /// `floor(log_eta(max / min)) + 1` computed in floating point as Python's `math.log(x, base)` does
 /// (none when `max < min`: nothing is ever stopped, as in Optuna), and each one's budget,
@@ -301,8 +296,9 @@ pub fn bracket_of(sweep_name: &str, index: i64, budgets: &[i64]) -> Option<u32> 
     None
 }
 
-fn only_for(key: &str, v: Option<i64>, method: &str) -> Result<(), SpecError> {
-    if v.is_some() {
+/// A key given (`said`) that only `method` reads is refused, naming it.
+fn only_for(key: &str, said: bool, method: &str) -> Result<(), SpecError> {
+    if said {
         return err(
             format!("early_stop.{key}"),
             format!("only for method = \"{method}\""),

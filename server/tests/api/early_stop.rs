@@ -113,6 +113,30 @@ async fn our_decisions(app: &TestApp, s: &Scenario) -> Vec<(usize, i64, bool)> {
     out
 }
 
+/// Each case (rule, jobs, epochs) over 3 seeded scenarios, each its own sweep on one coordinator
+/// (other sweeps' jobs never count): our decisions must equal Optuna's; all of them, returned.
+async fn equal_to_optunas(
+    app: &TestApp,
+    cases: Vec<(Value, usize, i64)>,
+    first_seed: u64,
+) -> Vec<(usize, i64, bool)> {
+    let mut all = vec![];
+    for (k, (rule, jobs, epochs)) in cases.into_iter().enumerate() {
+        for seed in 0..3 {
+            let s = scenario(
+                first_seed + 100 * k as u64 + seed,
+                rule.clone(),
+                jobs,
+                epochs,
+            );
+            let ours = our_decisions(app, &s).await;
+            assert_eq!(ours, optuna_decisions(&s), "{s:?}");
+            all.extend(ours);
+        }
+    }
+    all
+}
+
 fn asha(min_epochs: i64, eta: i64, metric: &str) -> Value {
     json!({"method": "asha", "metric": metric, "min_epochs": min_epochs, "reduction_factor": eta})
 }
@@ -132,24 +156,16 @@ fn hyperband(min_epochs: i64, eta: i64, max_epochs: Value, metric: &str) -> Valu
 #[tokio::test]
 async fn hyperband_decides_as_optunas_on_the_same_reports() {
     let app = spawn_app().await;
-    let cases = [
+    let cases = vec![
         (hyperband(1, 3, json!(9), "accuracy"), 20, 9),
         (hyperband(1, 2, Value::Null, "test_loss"), 16, 8), // the jobs' epochs
         (hyperband(1, 3, json!("auto"), "accuracy"), 15, 9),
         (hyperband(2, 2, json!(16), "accuracy"), 12, 16),
     ];
-    let (mut stops, mut reports, mut late_stops) = (0, 0, 0);
-    for (k, (rule, jobs, epochs)) in cases.into_iter().enumerate() {
-        for seed in 0..3 {
-            let s = scenario(1000 + 100 * k as u64 + seed, rule.clone(), jobs, epochs);
-            let ours = our_decisions(&app, &s).await;
-            assert_eq!(ours, optuna_decisions(&s), "{s:?}");
-            stops += ours.iter().filter(|d| d.2).count();
-            // A stop past the first rung of bracket 0 happens only in the later brackets' rungs.
-            late_stops += ours.iter().filter(|d| d.2 && d.1 > 2).count();
-            reports += ours.len();
-        }
-    }
+    let all = equal_to_optunas(&app, cases, 1000).await;
+    let (reports, stops) = (all.len(), all.iter().filter(|d| d.2).count());
+    // A stop past the first rung of bracket 0 happens only in the later brackets' rungs.
+    let late_stops = all.iter().filter(|d| d.2 && d.1 > 2).count();
     assert!(
         reports > 600 && stops > 30 && late_stops > 5,
         "{stops} stops ({late_stops} after epoch 2) of {reports}"
@@ -163,7 +179,7 @@ fn median(startup: i64, warmup: i64, metric: &str) -> Value {
 #[tokio::test]
 async fn asha_and_median_decide_as_optunas_pruners_on_the_same_reports() {
     let app = spawn_app().await;
-    let cases = [
+    let cases = vec![
         (asha(1, 3, "accuracy"), 7, 9),
         (asha(1, 2, "test_loss"), 5, 8),
         (asha(2, 3, "accuracy"), 2, 6), // fewer jobs than eta: only the best goes on
@@ -172,17 +188,8 @@ async fn asha_and_median_decide_as_optunas_pruners_on_the_same_reports() {
         (median(0, 2, "test_loss"), 6, 5),
         (median(5, 1, "accuracy"), 4, 4), // never enough completed jobs: no stop
     ];
-    let (mut stops, mut reports) = (0, 0);
-    for (k, (rule, jobs, epochs)) in cases.into_iter().enumerate() {
-        for seed in 0..3 {
-            // Every scenario is its own sweep on one coordinator: other sweeps' jobs never count.
-            let s = scenario(100 * k as u64 + seed, rule.clone(), jobs, epochs);
-            let ours = our_decisions(&app, &s).await;
-            assert_eq!(ours, optuna_decisions(&s), "{s:?}");
-            stops += ours.iter().filter(|d| d.2).count();
-            reports += ours.len();
-        }
-    }
+    let all = equal_to_optunas(&app, cases, 0).await;
+    let (reports, stops) = (all.len(), all.iter().filter(|d| d.2).count());
     // The comparison means something only if both kinds of decision occur often.
     assert!(
         stops > 20 && reports - stops > 100,

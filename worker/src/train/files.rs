@@ -15,7 +15,7 @@ pub(super) const RESUME_NEUTRAL: [&str; 8] = [
 ];
 
 /// Optimiser settings a resume may change: population-based training continues a run from a
-/// checkpoint with new values of these (docs/search.md, "Population-based training"). The run goes
+/// checkpoint with new values of these (docs/trainer.md, "Changing the optimiser's settings"). The run goes
 /// on from the checkpoint's epoch with the new values; the lr schedule (warm-up, milestones x gamma)
 /// applies to the new base lr as if it had been the base from the start: epoch e runs at
 /// `new_lr x warm-up(e) x gamma^(milestones before e)`. A finished run is never continued.
