@@ -144,6 +144,32 @@ function lineChart(title, xlabel, ylabel, series, opts = {}) {
   return `<figure><svg class="chart" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(title)}">${g}</svg><figcaption class="muted">${legend}</figcaption></figure>`;
 }
 
+// A PBT population: every member's metric by epoch, each exploit drawn as a jump from the donor's
+// point into the member's next epoch; then each explored value as a step line per member (its
+// segments: the values it held from each epoch on). The first 50 members by job id.
+function populationCharts(p, keys) {
+  const pct = ["accuracy", "precision", "recall", "f1"].includes(p.metric);
+  const val = (v) => (v == null ? NaN : pct ? 100 * v : v);
+  const byJob = new Map(p.members.map((m) => [m.job_id, m]));
+  const at = (m, e) => { const q = m && m.points.find((x) => x[0] === e); return q ? val(q[1]) : NaN; };
+  const series = p.members.map((m) => ({ name: `#${m.job_id}`, xs: m.points.map((x) => x[0]), ys: m.points.map((x) => val(x[1])) }));
+  const jumps = p.members.flatMap((m) => m.segments.slice(1).map((g) => ({
+    name: `#${m.job_id} ← #${g.donor} at ${g.from_epoch}`,
+    xs: [g.from_epoch, g.from_epoch + 1], ys: [at(byJob.get(g.donor), g.from_epoch), at(m, g.from_epoch + 1)],
+  })));
+  const shown = p.total > p.members.length ? ` (the first ${p.members.length} of ${p.total})` : "";
+  let out = lineChart(`${p.metric}${pct ? " (%)" : ""} by epoch, exploits as jumps${shown}`, "epoch", p.metric, [...series, ...jumps]);
+  for (const k of keys) {
+    const steps = p.members.map((m) => {
+      const last = m.points.length ? m.points[m.points.length - 1][0] : 1;
+      const st = stairs(m.segments.map((g) => g.from_epoch + 1).concat([last + 1]), m.segments.map((g) => g.params[k]).concat([m.segments[m.segments.length - 1].params[k]]));
+      return { name: `#${m.job_id}`, xs: st.xs, ys: st.ys };
+    });
+    out += lineChart(`${k} by epoch (each member's schedule)`, "epoch", k, steps);
+  }
+  return out;
+}
+
 // A staircase: each value holds until the next epoch.
 function stairs(xs, ys) {
   const X = [], Y = [];
@@ -516,7 +542,13 @@ async function sweepView(id) {
       .sort((a, b) => a.drawn_at - b.drawn_at || a.id - b.id);
     const t = s.tpe;
     const method = { nsga2: "NSGA-II", random: "Random search", tpe: "TPE" }[t && t.method] || "TPE";
-    if (t && t.objectives) {
+    if (t && t.method === "pbt") {
+      const p = await api(`/api/sweeps/${id}/population?limit=50`);
+      const pct = ["accuracy", "precision", "recall", "f1"].includes(t.metric);
+      const best = t.best_value == null ? "" : pct ? `${(100 * t.best_value).toFixed(2)}%` : fmtNum(t.best_value);
+      overview = `<h2>Population-based training: a population of ${t.trials}${best ? `; best completed ${esc(t.metric)} ${best} (job #${t.best_job})` : ""}</h2>
+        <div class="grid2" id="population">${populationCharts(p, Object.keys(space))}</div>`;
+    } else if (t && t.objectives) {
       // Several objectives: no best trial, a front; its plot first.
       const p = await api(`/api/sweeps/${id}/pareto?all=true`);
       const [xi, yi] = [ui.px ?? 0, ui.py ?? 1];
@@ -622,6 +654,13 @@ async function jobView(id) {
   if (logTail.job !== j.id) logTail = { job: j.id, attempt: null, next: 0, text: "", busy: false, again: false, follow: true };
   // A gang's attempt names every member by node rank (node 0 first: it reports for the gang).
   const workers = (a) => (a.members && a.members.length ? a.members.map((m) => `node ${m.node_rank}: ${esc(m.worker)}`).join("<br>") : esc(a.worker));
+  // A PBT member's jumps: each exploit's donor, the epoch it continued from, its new values.
+  const segs = j.segments || [];
+  const segKeys = axes.length ? axes : Object.keys((segs[0] || {}).params || {});
+  const segmentRows = segs.map((g) => `<tr><td class="num">${g.segment}</td><td class="num">${g.at_epoch}</td><td><a href="#/jobs/${g.donor}">#${g.donor}</a></td><td class="num">${g.from_epoch}</td><td>${segKeys.map((k) => `${esc(k)}=${paramText(k, g.params[k])}`).join(", ")}</td><td class="num">${g.replaced.length}</td></tr>`).join("");
+  const segments = segs.length ? `<h2>Population-based training</h2>
+    <p class="muted">Each row: on its report of an epoch this member copied a donor's checkpoint and continued after the donor's epoch with the donor's values, explored. Epochs it went back over are kept as "replaced".</p>
+    <div class="scroll"><table id="segments"><thead><tr><th class="num">#</th><th class="num">At epoch</th><th>Donor</th><th class="num">From epoch</th><th>Values</th><th class="num">Replaced</th></tr></thead><tbody>${segmentRows}</tbody></table></div>` : "";
   const attempts = j.attempts.map((a) => `<tr><td class="num">${a.attempt}</td><td>${workers(a)}</td><td>${when(a.started_at)}</td><td>${when(a.ended_at)}</td><td>${esc(a.outcome ?? "running")}</td><td>${esc(a.error)}</td></tr>`).join("");
   return `<p><a href="#/sweeps/${j.sweep_id}">← sweep ${esc(s.name)} (#${j.sweep_id})</a></p>
     <h1>Job #${j.id} of ${esc(s.name)} <span class="status">${esc(j.status)}</span></h1>
@@ -636,6 +675,7 @@ async function jobView(id) {
       ${lineChart("Learning rate", "epoch", "lr", [{ name: "lr", xs: st.xs, ys: st.ys }], { yZero: true })}
       ${ownCharts}
     </div>
+    ${segments}
     <h2>Log <span class="muted" id="log-attempt">${logTail.attempt ? `attempt ${logTail.attempt}` : ""}</span></h2>
     <pre id="log" class="log" tabindex="0" aria-live="off">${esc(logTail.text || "(no output yet)")}</pre>
     <h2>Attempts</h2>

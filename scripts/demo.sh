@@ -57,7 +57,8 @@ echo "demo: coordinator at $URL (database $DEMO/sweeps.db); the dashboard is liv
 ID=$("$BIN/server" submit "$SWEEP" --print-id)
 echo "demo: submitted $SWEEP as sweep $ID"
 START=$(date +%s)
-"$BIN/worker" run --cpu-ranks 2 --work-dir "$DEMO/runs" --data-dir "$DATA" --exit-when-idle 2>"$DEMO/worker.log" &
+# DEMO_RANKS=N: jobs at once (a PBT population trains together: sweeps/demo-cpu-pbt.toml says 6).
+"$BIN/worker" run --cpu-ranks "${DEMO_RANKS:-2}" --work-dir "$DEMO/runs" --data-dir "$DATA" --exit-when-idle 2>"$DEMO/worker.log" &
 WORKER_PID=$!
 while kill -0 "$WORKER_PID" 2>/dev/null; do
   sleep 10

@@ -82,6 +82,10 @@ pub const TRAIN_KEYS: &[(&str, KeyType)] = &[
 /// The one launch option a sweep sets beside the trainer's: how many workers a job spans. It is
 /// not a `worker train` option of the run (`--nnodes` places the ranks, it changes no number):
 /// the worker passes it with the node's rank and the rendezvous its gang agreed on.
+/// The options a run may change when it resumes (the optimiser's): all population-based training
+/// may change in our trainer; anything else is the run's shape or its model.
+pub const CHANGEABLE_ON_RESUME: [&str; 3] = ["lr", "momentum", "weight_decay"];
+
 pub const NNODES: &str = "nnodes";
 /// Bounds of `nnodes` (`[train]` and `[command]`).
 pub const MAX_NNODES: i64 = 1024;

@@ -174,6 +174,87 @@ pub struct JobDetail {
     /// allocation passed over ("needs about 42 min per epoch; the worker had 9 min left").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// A population-based training member's segments after its first, oldest first: each began
+    /// when it copied a donor's checkpoint (docs/search.md, "Population-based training").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<Segment>,
+}
+
+/// A PBT sweep's best completed member and the schedule that made its weights: its lineage
+/// through the donors it copied (each step the epochs one member trained with one set of params),
+/// and, for our trainer, a sweep file that replays it as one plain run (`[train] schedule`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ScheduleView {
+    pub sweep_id: i64,
+    pub job_id: i64,
+    pub metric: String,
+    pub mode: String,
+    pub value: Option<f64>,
+    pub steps: Vec<ScheduleStep>,
+    /// The replay as a sweep file (TOML); None for a command sweep (its program reads no schedule).
+    pub replay: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ScheduleStep {
+    pub first_epoch: i64,
+    pub last_epoch: i64,
+    /// The member that trained these epochs.
+    pub job_id: i64,
+    /// The values of the PBT space's keys.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A PBT sweep's members for the dashboard's population view (the first `limit` by job id): each
+/// member's metric by epoch (its current record), and its segments, segment 0 its initial draw.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PopulationView {
+    pub metric: String,
+    pub total: i64,
+    pub members: Vec<PopulationMember>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PopulationMember {
+    pub job_id: i64,
+    pub status: JobStatus,
+    /// (epoch, value) of its current record.
+    pub points: Vec<(i64, Option<f64>)>,
+    /// Segment 0 (its initial values) first, then one per exploit: from which epoch, with which
+    /// values of the space, copied from which donor (itself for segment 0).
+    pub segments: Vec<PopulationSegment>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PopulationSegment {
+    pub from_epoch: i64,
+    pub at_epoch: i64,
+    pub donor: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A PBT member's segment: from `from_epoch` on (the donor's point) it trained with `params`, the
+/// donor's explored, decided on its report of `at_epoch`. `replaced` holds the epochs past
+/// `from_epoch` that the segment before it had recorded (kept, not overwritten).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Segment {
+    pub segment: i64,
+    pub from_epoch: i64,
+    pub at_epoch: i64,
+    pub donor: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    pub decided_at: i64,
+    #[serde(default)]
+    pub replaced: Vec<MetricsReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -12,8 +12,7 @@ use crate::events::Event;
 use crate::state::AppState;
 use std::collections::HashMap;
 
-use crate::store::{ClaimNext, Result, StoreError};
-use crate::sweep::early_stop::EarlyStop;
+use crate::store::{ClaimNext, Judges, PbtOutcome, Result, StoreError};
 
 /// Hands the oldest pending job that fits to `req.worker` under a lease (None: nothing fits).
 /// A TPE trial is drawn when a claim reaches it: the claim draws it and claims again. A drawn point
@@ -198,20 +197,22 @@ pub const MAX_DRAWS_PER_CLAIM: usize = 4;
 /// (in the same transaction); the reply says whether the job is to stop.
 pub async fn report(state: &AppState, job: i64, m: MetricsReport) -> Result<MetricsReply> {
     let now = state.clock.now_ms();
-    let rule = state.store.early_stop_rule_of_job(job).await?;
-    let (sweep_id, stop) = match (judged_on(rule.as_ref(), &m), rule) {
-        (Some(value), Some(rule)) => {
-            state
-                .store
-                .record_and_judge(job, &m, now, value, rule)
-                .await?
-        }
-        // Not judged: the stop flag as an earlier report left it (only a rule sets it).
-        (_, rule) => {
-            let sweep = state.store.record_metrics(job, &m, now).await?;
-            let stop = rule.is_some() && state.store.stop_requested(job).await?;
-            (sweep, stop)
-        }
+    let (sweep_id, stop) = match state.store.judges_of_job(job).await? {
+        Judges::Stop(rule) => match judged_on(&rule.metric, &m) {
+            Some(value) => {
+                state
+                    .store
+                    .record_and_judge(job, &m, now, value, rule)
+                    .await?
+            }
+            // Not judged: the stop flag as an earlier report left it (only a rule sets it).
+            None => {
+                let sweep = state.store.record_metrics(job, &m, now).await?;
+                (sweep, state.store.stop_requested(job).await?)
+            }
+        },
+        Judges::Pbt(rules) => (pbt_step(state, job, &m, now, *rules).await?, false),
+        Judges::None => (state.store.record_metrics(job, &m, now).await?, false),
     };
     state.publish(Event::Metrics {
         job_id: job,
@@ -221,12 +222,45 @@ pub async fn report(state: &AppState, job: i64, m: MetricsReport) -> Result<Metr
     Ok(MetricsReply { ok: true, stop })
 }
 
-/// The value a report is judged on under the rule, if it can be judged: one without the rule's
-/// metric (no evaluation that epoch) or marked `diverged` (its loss was non-finite: the run ends
-/// itself) is not.
-fn judged_on(rule: Option<&EarlyStop>, m: &MetricsReport) -> Option<f64> {
-    let rule = rule?;
-    m.get(&rule.metric).filter(|x| x.is_finite() && !m.diverged)
+/// A PBT member's report: stored and decided; an exploit ends the attempt (the old worker's next
+/// write gets 409) and the donor's pinned checkpoint is copied into the member's slot before
+/// anyone can read it (`checkpoints::settle_copy`, also redone when read and at start-up).
+async fn pbt_step(
+    state: &AppState,
+    job: i64,
+    m: &MetricsReport,
+    now: i64,
+    rules: crate::sweep::pbt::Stored,
+) -> Result<i64> {
+    let Some(value) = judged_on(&rules.metric, m) else {
+        return state.store.record_metrics(job, m, now).await;
+    };
+    let (sweep, outcome) = state
+        .store
+        .record_and_decide(job, m, now, value, rules)
+        .await?;
+    if let PbtOutcome::Exploited {
+        change,
+        donor,
+        epoch,
+    } = outcome
+    {
+        tracing::info!(
+            job,
+            donor,
+            epoch,
+            "exploit: the member continues from its donor's checkpoint"
+        );
+        crate::checkpoints::settle_copy(state, job).await;
+        changed(state, change).await;
+    }
+    crate::checkpoints::prune_pins(state, job).await;
+    Ok(sweep)
+}
+
+/// The judged metric's value in a report; none when missing, not finite or diverged.
+fn judged_on(metric: &str, m: &MetricsReport) -> Option<f64> {
+    m.get(metric).filter(|x| x.is_finite() && !m.diverged)
 }
 
 /// Renews a lease: the job's, or a gang member's own (then the reply says how far the gang has
@@ -368,6 +402,8 @@ async fn changed(state: &AppState, change: JobChange) {
     if change.status.is_final() {
         // Read from the store again if a late retry of its writes comes.
         state.leases.forget(change.job_id);
+        // A PBT donor's pin a member is still owed is copied before the donor's files go.
+        crate::checkpoints::settle_copies_from(state, change.job_id).await;
         crate::checkpoints::forget(state, change.job_id).await;
     }
     state.publish(Event::Job(change));

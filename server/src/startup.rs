@@ -237,10 +237,13 @@ impl Application {
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             draws: Default::default(),
             leases: Default::default(),
+            pbt_files: Default::default(),
         });
         // The quotas' counts start from what is stored.
         let checkpoints = crate::checkpoints::stored_bytes(&cfg.artifacts);
         state.telemetry.checkpoint_bytes.set(checkpoints as i64);
+        // An exploit's copy a crash interrupted is made before any worker can read the slot.
+        crate::checkpoints::settle_copies_from(&state, None).await;
         state
             .telemetry
             .log_bytes

@@ -96,6 +96,8 @@ pub struct Shared {
     pub sse_clients: Arc<crate::http::events::ClientStreams>,
     pub events: broadcast::Sender<crate::events::Event>,
     pub telemetry: Arc<Telemetry>,
+    /// PBT's pins and copies, one at a time (they are rare: one per decision at most).
+    pub pbt_files: tokio::sync::Mutex<()>,
     /// Uploaded checkpoints, one folder per job id.
     pub artifacts: Arc<std::path::Path>,
     pub max_checkpoint_bytes: u64,

@@ -222,31 +222,36 @@ impl Snapshot {
 /// header length, a JSON header giving each entry's byte range, then the data) without loading
 /// the ~125 MB of tensors: the worker only needs to know which epoch it restores.
 pub fn read_resume_meta(path: &Path) -> Result<ResumeMeta> {
-    use std::io::{Read, Seek, SeekFrom};
     let mut f =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    read_resume_meta_from(&mut f).with_context(|| path.display().to_string())
+}
+
+/// [`read_resume_meta`] from an open file, read from its start.
+pub fn read_resume_meta_from(mut f: impl std::io::Read + std::io::Seek) -> Result<ResumeMeta> {
+    use std::io::SeekFrom;
+    f.seek(SeekFrom::Start(0))?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len)?;
     let len = u64::from_le_bytes(len);
-    anyhow::ensure!(len <= 100 << 20, "{}: implausible header", path.display());
+    anyhow::ensure!(len <= 100 << 20, "implausible header");
     let mut header = vec![0u8; len as usize];
     f.read_exact(&mut header)?;
-    let header: serde_json::Value = serde_json::from_slice(&header)
-        .with_context(|| format!("{}: bad safetensors header", path.display()))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).context("bad safetensors header")?;
     let range = header
         .pointer("/meta/data_offsets")
         .and_then(serde_json::Value::as_array)
         .and_then(|r| Some((r.first()?.as_u64()?, r.get(1)?.as_u64()?)))
-        .with_context(|| format!("{}: no meta entry", path.display()))?;
+        .context("no meta entry")?;
     anyhow::ensure!(
         range.0 <= range.1 && range.1 - range.0 <= 100 << 20,
-        "{}: bad meta range",
-        path.display()
+        "bad meta range"
     );
     f.seek(SeekFrom::Start(8 + len + range.0))?;
     let mut bytes = vec![0u8; (range.1 - range.0) as usize];
     f.read_exact(&mut bytes)?;
-    serde_json::from_slice(&bytes).with_context(|| format!("{}: bad meta", path.display()))
+    serde_json::from_slice(&bytes).context("bad meta")
 }
 
 /// Restores weights and momentum; returns the metadata.

@@ -417,8 +417,23 @@ fn tpe_line(t: &protocol::views::TpeProgress) -> String {
     let method = match t.method.as_str() {
         "nsga2" => "NSGA-II",
         "random" => "random",
+        "pbt" => "PBT",
         _ => "TPE",
     };
+    if t.method == "pbt" {
+        // A population trains at once: every member is drawn at submit.
+        let best = match (t.best_value, t.best_job) {
+            (Some(v), Some(job)) => {
+                let v = match crate::results::shape::is_fraction(&t.metric) {
+                    true => format!("{:.2}%", 100.0 * v),
+                    false => format!("{}", (v * 1e6).round() / 1e6),
+                };
+                format!("best completed {} ({}) {v}, job {job}", t.metric, t.mode)
+            }
+            _ => format!("no completed member yet ({} {})", t.metric, t.mode),
+        };
+        return format!("{method}: a population of {}; {best}", t.trials);
+    }
     if let (Some(front), Some(objectives)) = (t.front, &t.objectives) {
         let on: Vec<String> = objectives
             .iter()

@@ -91,9 +91,16 @@ impl Drop for Served {
 }
 
 pub(crate) fn start_server(token: &str) -> Result<Served> {
+    start_server_with(token, &[])
+}
+
+/// `start_server` with more `serve` options.
+pub(crate) fn start_server_with(token: &str, extra: &[&str]) -> Result<Served> {
     let dir = tempfile::tempdir()?;
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--token", token, "--db"])
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--token", token])
+        .args(extra)
+        .arg("--db")
         .arg(dir.path().join("load.db"))
         .stderr(Stdio::null());
     let (child, base) =

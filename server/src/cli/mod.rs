@@ -3,6 +3,7 @@ pub mod autoscale;
 pub mod client;
 pub mod loadgen;
 pub mod pareto_bench;
+pub mod pbt_bench;
 pub mod tpe_bench;
 
 /// Runs a Python script that reads one JSON document on stdin and writes one on stdout (the Optuna
@@ -255,6 +256,10 @@ pub enum Command {
     /// through a real coordinator, and other sweeps' claim rate while TPE draws.
     #[command(hide = true)]
     TpeBench(crate::cli::tpe_bench::TpeBenchArgs),
+    /// Benchmark: a population-based training decision at N members, by the rules alone and as a
+    /// metrics report through a real coordinator beside a plain sweep's.
+    #[command(hide = true)]
+    PbtBench(crate::cli::pbt_bench::PbtBenchArgs),
     /// One multi-objective draw (TPE, NSGA-II) beside Optuna's samplers on the same histories,
     /// and the front endpoint of a large sweep (docs/search.md#several-objectives).
     ParetoBench(crate::cli::pareto_bench::ParetoBenchArgs),
@@ -498,6 +503,10 @@ pub struct ExportArgs {
     /// With --pareto: the objectives, as metric[:max|min],... (default: the search's).
     #[arg(long, requires = "pareto")]
     objectives: Option<String>,
+    /// A PBT sweep's best member's schedule instead (its params by epoch range, through the
+    /// checkpoints it copied): a markdown table, then a sweep file that replays it as one run.
+    #[arg(long, conflicts_with_all = ["readme", "compare", "importance", "pareto"])]
+    schedule: bool,
     #[command(flatten)]
     remote: Remote,
 }
@@ -510,6 +519,9 @@ async fn export(a: ExportArgs) -> Result<()> {
     }
     if a.pareto {
         return print_front(&client, a.sweep, a.objectives.as_deref()).await;
+    }
+    if a.schedule {
+        return print_schedule(&client, a.sweep).await;
     }
     let query = format!(
         "extra={}&chinese={}&compare={}",
@@ -539,6 +551,47 @@ async fn print_front(client: &Client, sweep: i64, objectives: Option<&str>) -> R
 }
 
 /// A query value's reserved characters escaped (metric names are letters, digits, `_ . - /`).
+/// A PBT sweep's best member's schedule: a table of epoch ranges, then the replay sweep file.
+async fn print_schedule(client: &Client, sweep: i64) -> Result<()> {
+    let path = format!("{}/schedule", routes::sweep(sweep));
+    let v: protocol::views::ScheduleView = serde_json::from_str(&client.get_text(&path).await?)?;
+    let keys: Vec<&String> = v
+        .steps
+        .first()
+        .map(|s| s.params.keys().collect())
+        .unwrap_or_default();
+    let value = match (v.value, crate::results::shape::is_fraction(&v.metric)) {
+        (Some(x), true) => format!("{:.2}%", 100.0 * x),
+        (Some(x), false) => format!("{x}"),
+        (None, _) => "-".into(),
+    };
+    println!(
+        "The best member: job {} ({} {} {value}); its weights came from this schedule:\n",
+        v.job_id, v.metric, v.mode
+    );
+    let head: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    println!("| epochs | trained by job | {} |", head.join(" | "));
+    println!("|---|---:|{}", "---:|".repeat(keys.len()));
+    for s in &v.steps {
+        let values: Vec<String> = keys
+            .iter()
+            .map(|k| s.params.get(*k).map_or("".into(), |x| x.to_string()))
+            .collect();
+        println!(
+            "| {}-{} | {} | {} |",
+            s.first_epoch,
+            s.last_epoch,
+            s.job_id,
+            values.join(" | ")
+        );
+    }
+    match v.replay {
+        Some(toml) => println!("\n{toml}"),
+        None => println!("\n(a command sweep: no replay file; its program reads no schedule)"),
+    }
+    Ok(())
+}
+
 fn urlencoding(s: &str) -> String {
     s.replace('%', "%25")
         .replace('/', "%2F")
@@ -571,6 +624,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Loadgen(args) => crate::cli::loadgen::run(&args).await,
         Command::TpeBench(args) => crate::cli::tpe_bench::run(&args).await,
+        Command::PbtBench(args) => crate::cli::pbt_bench::run(&args).await,
         Command::ParetoBench(args) => crate::cli::pareto_bench::run(&args).await,
         Command::Synth { db, jobs, epochs } => synth(&db, jobs, epochs).await,
         Command::Plot {

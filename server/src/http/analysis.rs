@@ -440,3 +440,108 @@ fn checked_metric(m: String) -> ApiResult<String> {
         ))),
     }
 }
+
+/// A PBT sweep's best completed member and the schedule behind its weights, with a sweep file that
+/// replays it as one run of our trainer (docs/pbt.md, "The schedule"). 404 for another sweep or
+/// before a member completes.
+#[utoipa::path(get, path = "/api/sweeps/{id}/schedule", tag = "analysis", params(("id" = i64, Path)),
+    responses((status = 200, body = protocol::views::ScheduleView), (status = 404)))]
+pub(super) async fn schedule(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<protocol::views::ScheduleView>> {
+    let Some(inputs) = state.store.pbt_lineage_inputs(id).await? else {
+        return Err(ApiError::NotFound(format!(
+            "sweep {id} is not a population-based training sweep (method = \"pbt\")"
+        )));
+    };
+    let Some(crate::store::BestMember {
+        job,
+        value,
+        last_epoch: last,
+        params,
+    }) = inputs.best
+    else {
+        return Err(ApiError::NotFound(format!(
+            "sweep {id} has no completed member yet"
+        )));
+    };
+    let space: Vec<String> = inputs
+        .stored
+        .rules
+        .space
+        .iter()
+        .map(|(k, _)| k.clone())
+        .collect();
+    let steps = crate::sweep::pbt::lineage(&inputs.segments, job, last);
+    let spec = state.store.sweep_spec(id).await?;
+    let replay = spec.command.is_none().then(|| {
+        let mut train = params.clone();
+        train.retain(|k, _| !space.contains(k));
+        let name = format!("{}-replay-job-{job}", spec.name);
+        crate::sweep::pbt::replay_toml(&name, &train, &space, &steps)
+    });
+    let steps = steps
+        .into_iter()
+        .map(|s| protocol::views::ScheduleStep {
+            first_epoch: s.first,
+            last_epoch: s.last,
+            job_id: s.job,
+            params: s
+                .params
+                .into_iter()
+                .filter(|(k, _)| space.contains(k))
+                .collect(),
+        })
+        .collect();
+    Ok(Json(protocol::views::ScheduleView {
+        sweep_id: id,
+        job_id: job,
+        metric: inputs.stored.metric.clone(),
+        mode: inputs.stored.rules.mode.as_str().to_string(),
+        value,
+        steps,
+        replay,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct PopulationQuery {
+    /// The metric drawn (default: the rules').
+    pub metric: Option<String>,
+    /// Members, the first by job id (100 by default, at most 1,000).
+    pub limit: Option<i64>,
+}
+
+/// A PBT sweep's population for the dashboard: each member's metric by epoch and its segments.
+#[utoipa::path(get, path = "/api/sweeps/{id}/population", tag = "analysis", params(("id" = i64, Path), PopulationQuery),
+    responses((status = 200, body = protocol::views::PopulationView), (status = 404)))]
+pub(super) async fn population(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<PopulationQuery>,
+) -> ApiResult<Json<protocol::views::PopulationView>> {
+    let metric = match q.metric {
+        Some(m) => m,
+        None => match state.store.pbt_lineage_inputs(id).await? {
+            Some(inputs) => inputs.stored.metric,
+            None => String::new(),
+        },
+    };
+    if metric.len() > 64
+        || !metric
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(ApiError::Unprocessable(
+            "metric: a metric's name (letters, digits, _)".into(),
+        ));
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    match state.store.pbt_population(id, &metric, limit).await? {
+        Some(view) => Ok(Json(view)),
+        None => Err(ApiError::NotFound(format!(
+            "sweep {id} is not a population-based training sweep (method = \"pbt\")"
+        ))),
+    }
+}

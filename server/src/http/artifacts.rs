@@ -17,8 +17,11 @@ use crate::http::error::ApiError;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct AttemptQuery {
+pub struct UploadQuery {
     pub attempt: i64,
+    /// The last epoch the checkpoint holds, when the worker knows it: population-based training
+    /// keeps a member's checkpoint of its perturbation point for others to copy.
+    pub epoch: Option<i64>,
 }
 
 fn job_dir(state: &AppState, job: i64) -> std::path::PathBuf {
@@ -28,13 +31,13 @@ fn job_dir(state: &AppState, job: i64) -> std::path::PathBuf {
 use crate::checkpoints::FILE;
 
 /// Upload the job's latest checkpoint (raw bytes).
-#[utoipa::path(put, path = "/api/jobs/{id}/checkpoint", tag = "worker protocol", params(("id" = i64, Path), AttemptQuery),
+#[utoipa::path(put, path = "/api/jobs/{id}/checkpoint", tag = "worker protocol", params(("id" = i64, Path), UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200), (status = 403), (status = 409), (status = 413)), security(("bearer" = [])))]
 pub async fn upload(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-    Query(q): Query<AttemptQuery>,
+    Query(q): Query<UploadQuery>,
     LeaseSecret(secret): LeaseSecret,
     headers: axum::http::HeaderMap,
     body: Body,
@@ -90,6 +93,9 @@ pub async fn upload(
     }
     let size = result?;
     crate::checkpoints::replaced(&state, old, size);
+    if let Some(epoch) = q.epoch {
+        crate::checkpoints::pin_if_wanted(&state, id, epoch).await;
+    }
     Ok(axum::Json(serde_json::json!({ "bytes": size })).into_response())
 }
 
@@ -109,6 +115,8 @@ pub async fn download(
     if access.map(|a| a.0) != Some(Access::Admin) {
         crate::lifecycle::check_lease_holder(&state, id, secret.as_deref()).await?;
     }
+    // An exploit's copy still owed is made first: the member resumes from its donor's weights.
+    crate::checkpoints::settle_copy(&state, id).await;
     let path = job_dir(&state, id).join(FILE);
     match tokio::fs::File::open(&path).await {
         Ok(f) => {

@@ -37,13 +37,13 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
     info(title = "sweep coordinator", description = "Hyperparameter sweeps of the study's CIFAR-10 trainer: sweeps, jobs under leases, metrics, results."),
     paths(sweeps::submit_sweep, sweeps::list_sweeps, sweeps::get_sweep, sweeps::cancel_sweep, jobs::get_job, sweeps::results, sweeps::figure,
           asks::ask, asks::tell, jobs::claim, jobs::unfinished, jobs::pending_shapes, jobs::heartbeat, jobs::report_metrics, jobs::finish, jobs::release,
-          dashboard::jobs_page, dashboard::grid, dashboard::curves, analysis::shape, analysis::importance, analysis::slice, analysis::contour, analysis::runs, analysis::pareto, analysis::compare,
+          dashboard::jobs_page, dashboard::grid, dashboard::curves, analysis::shape, analysis::importance, analysis::slice, analysis::contour, analysis::runs, analysis::pareto, analysis::schedule, analysis::population, analysis::compare,
           artifacts::upload, artifacts::download, logs::append, logs::read,
           events::stream, healthz, prometheus, openapi, auth::create_session, auth::end_session,
           workers::add, workers::list, workers::revoke, workers::enroll),
     components(schemas(crate::sweep::SweepFile, protocol::AskRequest, protocol::TellRequest, protocol::TellState, SweepRow, SweepDetail, JobDetail, Claim, Capacity, ClaimRequest, HeartbeatRequest,
                        HeartbeatReply, MetricsReport, MetricsReply, FinishRequest, ReleaseRequest, JobChange, JobStatus, protocol::SweepStatus, Outcome, protocol::views::Created, protocol::views::JobRow,
-                        protocol::views::AttemptRow, protocol::views::JobPage, auth::SessionRequest, protocol::views::GridCell, protocol::views::Series, protocol::views::Unfinished,
+                        protocol::views::AttemptRow, protocol::views::Segment, protocol::views::ScheduleView, protocol::views::ScheduleStep, protocol::views::PopulationView, protocol::views::PopulationMember, protocol::views::PopulationSegment, protocol::views::JobPage, auth::SessionRequest, protocol::views::GridCell, protocol::views::Series, protocol::views::Unfinished,
                         protocol::Rendezvous, protocol::GangPart, protocol::GangState, protocol::views::GangMember, protocol::PendingShape,
                         protocol::credentials::NewCredential, protocol::credentials::EnrollmentLimits, protocol::credentials::EnrollRequest,
                         protocol::credentials::IssuedCredential, protocol::credentials::CredentialKind, protocol::credentials::CredentialRow,
@@ -152,6 +152,8 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route("/api/sweeps/{id}/contour", get(analysis::contour))
         .route("/api/sweeps/{id}/runs", get(analysis::runs))
         .route("/api/sweeps/{id}/pareto", get(analysis::pareto))
+        .route("/api/sweeps/{id}/schedule", get(analysis::schedule))
+        .route("/api/sweeps/{id}/population", get(analysis::population))
         .route("/api/compare", get(analysis::compare))
         .route("/", get(dashboard::index))
         .route("/app.js", get(dashboard::app_js))

@@ -43,6 +43,8 @@ mod gangs;
 mod lease;
 pub use lease::ClaimTerms;
 pub mod logs;
+mod pbt;
+pub use pbt::{BestMember, Judges, LineageInputs, PbtOutcome};
 mod ranks;
 mod reads;
 pub use reads::CurvePoint;

@@ -10,8 +10,14 @@
 //!   own, so a job that ends diverged leaves the rungs here as the trigger takes it out there.
 //! - median: the completed jobs' values at each epoch, ordered (their median), the count of
 //!   completed jobs, and the values of jobs not ended yet, moved in when one completes.
+//! - population-based training: the members (score, point, usable pin, ended) and their params,
+//!   and the sweep's decision count; a decision is the rules' own (`sweep/pbt.rs`).
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+
+use serde_json::{Map, Value};
+
+use crate::sweep::pbt::{self as rules, Decision, Member, Seeded, Stored};
 
 const NIL: u32 = u32::MAX;
 
@@ -228,6 +234,8 @@ pub(super) enum SweepRanks {
         /// Values of jobs not ended yet, by job: (epoch, value).
         open: HashMap<i64, Vec<(i64, f64)>>,
     },
+    /// Population-based training's members (decided on by `store/pbt.rs`).
+    Pbt(Box<Population>),
 }
 
 impl SweepRanks {
@@ -279,7 +287,7 @@ impl SweepRanks {
             SweepRanks::Asha { rungs, .. } => rungs
                 .get(&rung)
                 .map_or((0, 0), |r| (r.len(), r.better_than(value, max))),
-            SweepRanks::Median { .. } => (0, 0),
+            SweepRanks::Median { .. } | SweepRanks::Pbt(_) => (0, 0),
         }
     }
 
@@ -298,7 +306,7 @@ impl SweepRanks {
                 completed,
                 ..
             } => (*completed, at_epoch.get(&epoch).and_then(Ranked::median)),
-            SweepRanks::Asha { .. } => (0, None),
+            SweepRanks::Asha { .. } | SweepRanks::Pbt(_) => (0, None),
         }
     }
 
@@ -332,6 +340,105 @@ impl SweepRanks {
                         at_epoch.entry(epoch).or_default().insert(value, job);
                     }
                 }
+            }
+            SweepRanks::Pbt(p) => p.ended(job),
+        }
+    }
+}
+
+/// A PBT sweep's members in memory, in population order (job id).
+#[derive(Debug)]
+pub(super) struct Population {
+    members: Vec<Member>,
+    at: HashMap<i64, usize>,
+    /// Each member's current params (what an exploit explores from).
+    params: Vec<Map<String, Value>>,
+    /// Decisions made: the next one draws from stream `decisions` of the sweep's seed.
+    decisions: i64,
+}
+
+/// What one due report decided, and what the store writes for it.
+#[derive(Debug)]
+pub(super) struct Decided {
+    pub(super) decision: Decision,
+    /// The member is in the top: its checkpoint of this epoch is to be pinned when it arrives.
+    pub(super) pinned: bool,
+    /// The member's state after the decision.
+    pub(super) member: Member,
+    /// The decision's number (its draws' stream).
+    pub(super) number: i64,
+}
+
+impl Population {
+    pub(super) fn new(
+        members: Vec<Member>,
+        params: Vec<Map<String, Value>>,
+        decisions: i64,
+    ) -> Self {
+        let at = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.job, i))
+            .collect();
+        Population {
+            members,
+            at,
+            params,
+            decisions,
+        }
+    }
+
+    /// A job ended for good: no longer ranked, never a donor again.
+    pub(super) fn ended(&mut self, job: i64) {
+        if let Some(&i) = self.at.get(&job) {
+            self.members[i].finished = true;
+        }
+    }
+
+    /// Ray's `on_trial_result` for `job`'s report, None when it is not due (or not a member). The
+    /// member's pin counts only once its checkpoint has arrived ([`Population::pin_arrived`]).
+    pub(super) fn decide(
+        &mut self,
+        job: i64,
+        epoch: i64,
+        value: f64,
+        stored: &Stored,
+    ) -> Option<Decided> {
+        let i = *self.at.get(&job)?;
+        if !rules::due(&stored.rules, epoch, self.members[i].perturbed_at) {
+            return None;
+        }
+        let number = self.decisions;
+        let mut draws = Seeded::new(stored.seed as u64, number as u64);
+        let (params, at) = (&self.params, &self.at);
+        let decision = rules::decide(
+            &mut self.members,
+            i,
+            epoch,
+            value,
+            &stored.rules,
+            |j| params[at[&j]].clone(),
+            &mut draws,
+        );
+        self.decisions += 1;
+        let pinned = self.members[i].pinned;
+        self.members[i].pinned = false;
+        if let Decision::Exploit { params, .. } = &decision {
+            self.params[i] = params.clone();
+        }
+        Some(Decided {
+            decision,
+            pinned,
+            member: self.members[i].clone(),
+            number,
+        })
+    }
+
+    /// `job`'s checkpoint of `epoch` is pinned: a donor from now on if that is still its point.
+    pub(super) fn pin_arrived(&mut self, job: i64, epoch: i64) {
+        if let Some(&i) = self.at.get(&job) {
+            if self.members[i].perturbed_at == epoch {
+                self.members[i].pinned = true;
             }
         }
     }

@@ -588,13 +588,73 @@ impl Store {
             }
         }
         let waiting = self.gang_waiting(&row).await?;
+        let segments = self.segments_of(job).await?;
         Ok(JobDetail {
             attempts_total: row.attempt,
             job: row,
             metrics,
             attempts,
             waiting,
+            segments,
         })
+    }
+
+    /// A PBT member's segments, each with the epochs of the segment before it that it replaced.
+    async fn segments_of(&self, job: i64) -> Result<Vec<protocol::views::Segment>> {
+        let rows = sqlx::query!(
+            "SELECT segment, from_epoch, at_epoch, donor, params, decided_at FROM pbt_segments
+             WHERE job_id = ? AND segment > 0 ORDER BY segment",
+            job
+        )
+        .fetch_all(&self.read)
+        .await?;
+        if rows.is_empty() {
+            return Ok(vec![]);
+        }
+        let archived = sqlx::query!(
+            "SELECT segment, epoch, attempt, lr, train_loss, test_loss, accuracy, precision, recall, f1,
+                    images_per_sec, seconds, extra
+             FROM metrics_archive WHERE job_id = ? ORDER BY segment, epoch",
+            job
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let mut segments = rows
+            .into_iter()
+            .map(|r| {
+                Ok(protocol::views::Segment {
+                    segment: r.segment,
+                    from_epoch: r.from_epoch,
+                    at_epoch: r.at_epoch,
+                    donor: r.donor,
+                    params: parse_json("pbt_segments.params", &r.params)?,
+                    decided_at: r.decided_at,
+                    replaced: vec![],
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for r in archived {
+            // Segment n's epochs were replaced by segment n + 1 (at index n).
+            let Some(s) = segments.get_mut(r.segment as usize) else {
+                continue;
+            };
+            s.replaced.push(MetricsReport {
+                epoch: r.epoch,
+                attempt: r.attempt,
+                lr: r.lr,
+                train_loss: r.train_loss,
+                test_loss: r.test_loss,
+                accuracy: r.accuracy,
+                precision: r.precision,
+                recall: r.recall,
+                f1: r.f1,
+                images_per_sec: r.images_per_sec,
+                seconds: r.seconds,
+                extra: own_metrics(r.extra.as_deref())?,
+                diverged: false,
+            });
+        }
+        Ok(segments)
     }
 
     /// What a forming gang waits for, or why a worker near its end passed a pending job over, in

@@ -16,22 +16,6 @@ impl Store {
         Ok(flag.unwrap_or(0) != 0)
     }
 
-    /// The rule of the sweep `job` belongs to, if it has one (None also for no such job: the
-    /// metrics write then says why).
-    pub async fn early_stop_rule_of_job(&self, job: i64) -> Result<Option<EarlyStop>> {
-        let text = sqlx::query_scalar!(
-            "SELECT s.early_stop FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE j.id = ?",
-            job
-        )
-        .fetch_optional(&self.worker_read)
-        .await?
-        .flatten();
-        text.as_deref()
-            .map(EarlyStop::from_stored)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("sweep of job {job}: {e}")))
-    }
-
     /// Stores one epoch's metrics (as [`Store::record_metrics`]) and judges the job on them, in
     /// one transaction: the decision costs no second trip through the writer. `value` is the
     /// rule's metric in `m`. Returns the sweep and whether the job is to stop (now or before).

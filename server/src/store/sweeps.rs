@@ -16,6 +16,11 @@ impl Store {
             .command
             .as_ref()
             .map(|c| serde_json::to_string(c).expect("plain data"));
+        let pbt = spec
+            .search
+            .as_ref()
+            .and_then(|s| s.pbt_stored())
+            .map(|p| serde_json::to_string(&p).expect("plain data"));
         // The job's kind, in the column the claim's shapes index: 0 our trainer, 1 a command, 2 a
         // trial of the caller's own loop (asked for, never claimed by a worker).
         let is_command: i64 = match (spec.external, command.is_some()) {
@@ -61,13 +66,14 @@ impl Store {
             .run_many(move |c| {
                 async move {
                     let sweep_id = sqlx::query_scalar!(
-                        r#"INSERT INTO sweeps (name, spec, early_stop, command, created_at, external) VALUES (?, ?, ?, ?, ?, ?) RETURNING id AS "id!""#,
+                        r#"INSERT INTO sweeps (name, spec, early_stop, command, created_at, external, pbt) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id AS "id!""#,
                         name,
                         spec_json,
                         early_stop,
                         command,
                         now,
-                        external
+                        external,
+                        pbt
                     )
                     .fetch_one(&mut *c)
                     .await?;
@@ -86,6 +92,14 @@ impl Store {
                     )
                     .execute(&mut *c)
                     .await?;
+                    if pbt.is_some() {
+                        sqlx::query!(
+                            "INSERT INTO pbt_members (job_id, sweep_id) SELECT id, sweep_id FROM jobs WHERE sweep_id = ?",
+                            sweep_id
+                        )
+                        .execute(&mut *c)
+                        .await?;
+                    }
                     Ok((sweep_id, count))
                 }
                 .boxed()

@@ -116,10 +116,26 @@ pub struct SearchFile {
     /// TPE: trials still running count as bad points (true by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub constant_liar: Option<bool>,
-    /// NSGA-II: trials in a generation (50 by default, at most `trials`; 2 to 10,000).
+    /// NSGA-II: trials in a generation (50 by default, at most `trials`; 2 to 10,000). PBT: the
+    /// jobs trained at once, each the full schedule (required; 2 to 10,000; no `trials`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 2, maximum = 10000)]
     pub population: Option<i64>,
+    /// PBT: epochs between a member's decisions (Ray Tune's `perturbation_interval`; 1 to 100,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100000)]
+    pub interval: Option<i64>,
+    /// PBT: the bottom fraction that copies the top one (0.25 by default; 0 to 0.5; 0 never
+    /// exploits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantile: Option<f64>,
+    /// PBT: the probability that an explored parameter is drawn again from the space (0.25 by
+    /// default), else it is scaled by a factor of `perturb` or moved to a neighbouring choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resample_probability: Option<f64>,
+    /// PBT: the factors a number is scaled by, one picked at random ([1.2, 0.8] by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perturb: Option<Vec<f64>>,
     /// NSGA-II: the probability that a child mixes two parents (0.9 by default), else copies one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crossover_prob: Option<f64>,
@@ -147,6 +163,7 @@ pub enum SearchMethod {
     Random,
     Tpe,
     Nsga2,
+    Pbt,
 }
 
 impl SearchMethod {
@@ -156,6 +173,7 @@ impl SearchMethod {
             SearchMethod::Random => "random",
             SearchMethod::Tpe => "tpe",
             SearchMethod::Nsga2 => "nsga2",
+            SearchMethod::Pbt => "pbt",
         }
     }
 }

@@ -341,6 +341,22 @@ impl SweepFile {
             );
         }
         let early_stop = early_stop::EarlyStop::validate(self.early_stop)?;
+        if search.as_ref().is_some_and(|s| s.pbt.is_some()) {
+            if early_stop.is_some() {
+                return err(
+                    "early_stop",
+                    "not with method = \"pbt\": its members are never stopped early, the bottom \
+                     ones copy the top ones",
+                );
+            }
+            if external {
+                return err(
+                    "run.external",
+                    "not with method = \"pbt\": the coordinator moves its members between \
+                     checkpoints, which an outside loop's trials do not have",
+                );
+            }
+        }
         if let Some(rule) = early_stop
             .as_ref()
             .filter(|_| command.is_none() && !external)

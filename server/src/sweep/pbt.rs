@@ -1,7 +1,8 @@
 //! Population-based training's rules (Jaderberg et al. 2017) as Ray Tune's asynchronous
 //! `PopulationBasedTraining` decides them, with `time_attr = training_iteration` (our epoch): pure
-//! functions over the population's state, which the coordinator keeps and runs them on at each
-//! metrics report (issue #40 wires them to the claim, the trainer's resume and the record).
+//! functions over the population's state, which the coordinator keeps (`store/pbt.rs`) and runs
+//! them on at each metrics report; and the lineage behind a member's weights, with the sweep file
+//! that replays it (docs/pbt.md).
 //!
 //! On a report of epoch `e` with the metric's value `v`, for member m:
 //! 1. **Due?** Only when `e - m.perturbed_at >= interval` (Ray: `perturbation_interval`); else
@@ -34,10 +35,183 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value};
 
 use super::early_stop::Mode;
-use super::search::Distribution;
+use super::file::SearchFile;
+use super::search::{Distribution, Search};
+use super::{err, Keys, SpecError};
+
+/// A PBT sweep's own `[search]` keys, defaults filled in.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Options {
+    pub interval: i64,
+    pub quantile: f64,
+    pub resample_probability: f64,
+    pub perturb: Vec<f64>,
+}
+
+impl Options {
+    pub const MIN_POPULATION: i64 = 2;
+    pub const MAX_POPULATION: i64 = 10_000;
+    pub const DEFAULT_QUANTILE: f64 = 0.25;
+    pub const DEFAULT_RESAMPLE_PROBABILITY: f64 = 0.25;
+    pub const DEFAULT_PERTURB: [f64; 2] = [1.2, 0.8];
+    pub const MAX_FACTORS: usize = 16;
+}
+
+/// What the coordinator keeps of a PBT sweep to decide on each report (`sweeps.pbt`): the rules,
+/// the metric they read and the seed of their draws.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Stored {
+    pub metric: String,
+    pub seed: i64,
+    pub rules: Rules,
+}
+
+impl Search {
+    /// A PBT sweep's rules as stored beside it (None for other searches).
+    pub fn pbt_stored(&self) -> Option<Stored> {
+        let o = self.pbt.as_ref()?;
+        let (metric, mode) = self.objectives.first()?.clone();
+        Some(Stored {
+            metric,
+            seed: self.seed,
+            rules: Rules {
+                interval: o.interval,
+                quantile: o.quantile,
+                resample_probability: o.resample_probability,
+                perturb: o.perturb.clone(),
+                mode,
+                space: self.space.clone(),
+            },
+        })
+    }
+}
+
+/// `[search] method = "pbt"` (its keys of other methods already refused): the population drawn
+/// at submit as a random search's trials are, and the rules' options. Our trainer may change only
+/// the optimiser's settings mid-run; a command any of its parameters but `epochs`.
+pub(super) fn validate(
+    mut file: SearchFile,
+    train: &Map<String, Value>,
+    repeats: i64,
+    keys: Keys,
+) -> Result<Search, SpecError> {
+    if repeats > 1 {
+        return err(
+            "run.repeats",
+            "must be 1 with method = \"pbt\" (each member is its own run)",
+        );
+    }
+    let population = match file.population {
+        None => return err("search.population", "missing (the jobs trained at once)"),
+        Some(n) if (Options::MIN_POPULATION..=Options::MAX_POPULATION).contains(&n) => n,
+        Some(_) => {
+            return err(
+                "search.population",
+                format!(
+                    "must be from {} to {}",
+                    Options::MIN_POPULATION,
+                    Options::MAX_POPULATION
+                ),
+            )
+        }
+    };
+    file.trials = Some(population);
+    let (trials, seed) = super::search::trials_and_seed(&file, 1)?;
+    let space = super::search::check_space(file.space.take(), train, keys)?;
+    for (k, _) in &space {
+        check_changeable(k, keys)?;
+    }
+    let given = super::objectives::Given {
+        objectives: None,
+        metric: file.metric.as_deref(),
+        mode: file.mode,
+    };
+    let objectives = super::objectives::objectives(given, Some("accuracy"), keys)?;
+    let options = options(&file)?;
+    Ok(Search {
+        trials,
+        seed,
+        space,
+        objectives,
+        constraints: vec![],
+        model: None,
+        warm_start: vec![],
+        enqueue: vec![],
+        pbt: Some(options),
+    })
+}
+
+/// A key PBT may change while a member trains.
+fn check_changeable(key: &str, keys: Keys) -> Result<(), SpecError> {
+    let field = format!("search.space.{key}");
+    match keys {
+        Keys::Trainer if !protocol::train::CHANGEABLE_ON_RESUME.contains(&key) => err(
+            field,
+            format!(
+                "the trainer cannot change {key} mid-run; PBT may change only {} (put {key} in \
+                 [train], or run a grid or a search over it)",
+                protocol::train::CHANGEABLE_ON_RESUME.join(", ")
+            ),
+        ),
+        _ if key == "epochs" => err(
+            field,
+            "epochs is the run's length, not something PBT may change",
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// `interval`, `quantile`, `resample_probability` and `perturb`, bounded, defaults filled in.
+fn options(file: &SearchFile) -> Result<Options, SpecError> {
+    let interval = match file.interval {
+        None => return err("search.interval", "missing (epochs between decisions)"),
+        Some(n) if (1..=protocol::train::MAX_EPOCHS).contains(&n) => n,
+        Some(_) => {
+            return err(
+                "search.interval",
+                format!("must be from 1 to {}", protocol::train::MAX_EPOCHS),
+            )
+        }
+    };
+    let quantile = file.quantile.unwrap_or(Options::DEFAULT_QUANTILE);
+    if !(0.0..=0.5).contains(&quantile) {
+        return err(
+            "search.quantile",
+            "must be from 0 to 0.5 (the bottom fraction copies the top one; 0 never exploits)",
+        );
+    }
+    let resample_probability = file
+        .resample_probability
+        .unwrap_or(Options::DEFAULT_RESAMPLE_PROBABILITY);
+    if !(0.0..=1.0).contains(&resample_probability) {
+        return err(
+            "search.resample_probability",
+            "must be a probability, from 0 to 1",
+        );
+    }
+    let perturb = file
+        .perturb
+        .clone()
+        .unwrap_or(Options::DEFAULT_PERTURB.to_vec());
+    if perturb.is_empty() || perturb.len() > Options::MAX_FACTORS {
+        return err(
+            "search.perturb",
+            format!("must list 1 to {} factors", Options::MAX_FACTORS),
+        );
+    }
+    if let Some(i) = perturb.iter().position(|f| !(f.is_finite() && *f > 0.0)) {
+        return err(format!("search.perturb[{i}]"), "must be a positive number");
+    }
+    Ok(Options {
+        interval,
+        quantile,
+        resample_probability,
+        perturb,
+    })
+}
 
 /// The `[search]` options of a PBT sweep that the rules read.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rules {
     /// Epochs between a member's decisions.
     pub interval: i64,
@@ -245,6 +419,101 @@ fn perturb_number(old: &Value, d: &Distribution, rules: &Rules, draws: &mut impl
     }
 }
 
+/// One segment of a member as the lineage reads it (segment 0: its own initial draw).
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub from_epoch: i64,
+    pub donor: i64,
+    pub params: Map<String, Value>,
+    pub decided_at: i64,
+}
+
+/// The epochs `first..=last` trained by `job` with `params`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub first: i64,
+    pub last: i64,
+    pub job: i64,
+    pub params: Map<String, Value>,
+}
+
+/// The schedule behind `job`'s weights at epoch `last`: the segment it was in then, preceded by
+/// the lineage of the donor it copied at that segment's start (the donor's weights as they were at
+/// that decision), back to a member's initial draw. `segments` holds each member's segments in
+/// decision order, segment 0 first.
+pub fn lineage(
+    segments: &std::collections::HashMap<i64, Vec<Segment>>,
+    job: i64,
+    last: i64,
+) -> Vec<Step> {
+    let mut steps = vec![];
+    let (mut job, mut last, mut before) = (job, last, i64::MAX);
+    // Each step goes to an earlier decision: at most as many steps as segments.
+    let bound: usize = segments.values().map(Vec::len).sum();
+    while steps.len() <= bound {
+        let Some(segs) = segments.get(&job) else {
+            break;
+        };
+        let Some((i, s)) = segs
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(i, s)| *i == 0 || (s.decided_at < before && s.from_epoch < last))
+        else {
+            break;
+        };
+        steps.push(Step {
+            first: s.from_epoch + 1,
+            last,
+            job,
+            params: s.params.clone(),
+        });
+        if i == 0 {
+            break;
+        }
+        (job, last, before) = (s.donor, s.from_epoch, s.decided_at);
+    }
+    steps.reverse();
+    steps
+}
+
+/// A sweep file that runs `steps` as one plain run of our trainer: `train` (the member's settings)
+/// with the first step's values, then `[train] schedule` entries where the values change.
+pub fn replay_toml(
+    name: &str,
+    train: &Map<String, Value>,
+    space: &[String],
+    steps: &[Step],
+) -> String {
+    let mut train = train.clone();
+    if let Some(first) = steps.first() {
+        train.extend(first.params.clone());
+    }
+    let schedule: Vec<Value> = steps
+        .windows(2)
+        .filter(|w| w[0].params != w[1].params)
+        .map(|w| {
+            let mut entry = Map::new();
+            entry.insert("epoch".into(), Value::from(w[1].first));
+            for k in space {
+                if let Some(v) = w[1].params.get(k) {
+                    entry.insert(k.clone(), v.clone());
+                }
+            }
+            Value::Object(entry)
+        })
+        .collect();
+    if !schedule.is_empty() {
+        train.insert("schedule".into(), Value::Array(schedule));
+    }
+    let file = serde_json::json!({"name": name, "train": train});
+    let text = toml::to_string(&file).unwrap_or_default();
+    format!(
+        "# The best member's schedule as one run (server export --schedule): its lineage through\n\
+         # the checkpoints it copied, each step's lr / momentum / weight decay from that epoch on.\n{text}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +559,33 @@ mod tests {
             pinned: false,
             finished: false,
         }
+    }
+
+    /// Member 3 copied member 1 at 4 (member 1 had copied member 2 at 2 before that, and copied
+    /// member 2 again at 6 after): 3's weights at 10 are 2's initial draw to 2, 1's second segment
+    /// from 3 to 4, 3's own from 5.
+    #[test]
+    fn a_lineage_follows_each_donor_as_it_was_when_copied() {
+        let seg = |from: i64, donor: i64, lr: f64, at: i64| Segment {
+            from_epoch: from,
+            donor,
+            params: [("lr".to_string(), json!(lr))].into_iter().collect(),
+            decided_at: at,
+        };
+        let mut s = std::collections::HashMap::new();
+        s.insert(
+            1,
+            vec![seg(0, 1, 0.1, 0), seg(2, 2, 0.02, 10), seg(6, 2, 0.03, 30)],
+        );
+        s.insert(2, vec![seg(0, 2, 0.2, 0)]);
+        s.insert(3, vec![seg(0, 3, 0.3, 0), seg(4, 1, 0.04, 20)]);
+        let steps: Vec<(i64, i64, i64, f64)> = lineage(&s, 3, 10)
+            .into_iter()
+            .map(|x| (x.first, x.last, x.job, x.params["lr"].as_f64().unwrap()))
+            .collect();
+        assert_eq!(steps, [(1, 2, 2, 0.2), (3, 4, 1, 0.02), (5, 10, 3, 0.04)]);
+        // A member that never copied anyone: its initial draw throughout.
+        assert_eq!(lineage(&s, 2, 8).len(), 1);
     }
 
     #[test]

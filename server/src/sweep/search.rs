@@ -77,6 +77,9 @@ pub struct Search {
     pub warm_start: Vec<i64>,
     /// A model's: points evaluated first, in order; each a full assignment of the space.
     pub enqueue: Vec<Map<String, Value>>,
+    /// Population-based training: the `population` (`trials`) drawn at submit, then changed while
+    /// they train (`sweep/pbt.rs`).
+    pub pbt: Option<super::pbt::Options>,
 }
 
 /// The model that draws a search's trials when they are claimed.
@@ -278,13 +281,15 @@ impl Search {
                 })
                 .collect()
         });
+        let pbt = self.pbt.as_ref();
         SearchFile {
-            method: match &self.model {
-                Some(Model::Tpe(_)) => SearchMethod::Tpe,
-                Some(Model::Nsga2(_)) => SearchMethod::Nsga2,
-                None => SearchMethod::Random,
+            method: match (&self.model, pbt) {
+                (Some(Model::Tpe(_)), _) => SearchMethod::Tpe,
+                (Some(Model::Nsga2(_)), _) => SearchMethod::Nsga2,
+                (None, Some(_)) => SearchMethod::Pbt,
+                (None, None) => SearchMethod::Random,
             },
-            trials: Some(self.trials),
+            trials: Some(self.trials).filter(|_| pbt.is_none()),
             seed: Some(self.seed),
             space: Some(self.space.iter().cloned().collect()),
             metric: one.as_ref().map(|o| o.0.clone()),
@@ -295,7 +300,11 @@ impl Search {
             ei_candidates: tpe.map(|o| o.ei_candidates),
             multivariate: tpe.map(|o| o.multivariate),
             constant_liar: tpe.map(|o| o.constant_liar),
-            population: nsga2.map(|o| o.population),
+            population: nsga2.map(|o| o.population).or(pbt.map(|_| self.trials)),
+            interval: pbt.map(|o| o.interval),
+            quantile: pbt.map(|o| o.quantile),
+            resample_probability: pbt.map(|o| o.resample_probability),
+            perturb: pbt.map(|o| o.perturb.clone()),
             crossover_prob: nsga2.map(|o| o.crossover_prob),
             swapping_prob: nsga2.map(|o| o.swapping_prob),
             mutation_prob: nsga2.and_then(|o| o.mutation_prob),
@@ -351,6 +360,9 @@ pub fn validate(
             ),
         );
     }
+    if file.method == SearchMethod::Pbt {
+        return super::pbt::validate(file, train, repeats, keys).map(Some);
+    }
     let (trials, seed) = trials_and_seed(&file, repeats)?;
     let space = check_space(file.space.take(), train, keys)?;
     let given = objectives::Given {
@@ -375,11 +387,12 @@ pub fn validate(
         model,
         warm_start,
         enqueue,
+        pbt: None,
     }))
 }
 
 /// `trials` (1 to the most jobs, with repeats) and `seed` (0 by default).
-fn trials_and_seed(file: &SearchFile, repeats: i64) -> Result<(i64, i64), SpecError> {
+pub(super) fn trials_and_seed(file: &SearchFile, repeats: i64) -> Result<(i64, i64), SpecError> {
     let trials = match file.trials {
         None => return err("search.trials", "missing"),
         Some(n) if n >= 1 && n.saturating_mul(repeats) <= MAX_JOBS as i64 => n,
@@ -405,7 +418,7 @@ fn trials_and_seed(file: &SearchFile, repeats: i64) -> Result<(i64, i64), SpecEr
 
 /// `[search.space]`: at least one option, none also in `[train]`, every distribution one the
 /// option accepts.
-fn check_space(
+pub(super) fn check_space(
     space: Option<indexmap::IndexMap<String, Distribution>>,
     train: &Map<String, Value>,
     keys: Keys,
@@ -455,17 +468,34 @@ fn check_keys_of_method(file: &SearchFile) -> Result<(), SpecError> {
         ("constant_liar", file.constant_liar.is_some()),
     ];
     let nsga2 = [
-        ("population", file.population.is_some()),
         ("crossover_prob", file.crossover_prob.is_some()),
         ("swapping_prob", file.swapping_prob.is_some()),
         ("mutation_prob", file.mutation_prob.is_some()),
     ];
+    let population = [("population", file.population.is_some())];
+    let pbt = [
+        ("interval", file.interval.is_some()),
+        ("quantile", file.quantile.is_some()),
+        ("resample_probability", file.resample_probability.is_some()),
+        ("perturb", file.perturb.is_some()),
+    ];
+    // A population trains at once, each member its own whole run: no trial count, no history or
+    // points of a model's, one metric.
+    let not_pbt = [
+        ("trials", file.trials.is_some()),
+        ("objectives", file.objectives.is_some()),
+        ("constraints", file.constraints.is_some()),
+    ];
     let given = |keys: &[(&'static str, bool)]| keys.iter().find(|(_, set)| *set).map(|(k, _)| *k);
     const SEARCH: &str =
-        "only for method = \"random\", \"tpe\" or \"nsga2\" (a grid's axes are in [grid])";
+        "only for method = \"random\", \"tpe\", \"nsga2\" or \"pbt\" (a grid's axes are in [grid])";
     const MODEL: &str = "only for method = \"tpe\" or \"nsga2\"";
     const TPE: &str = "only for method = \"tpe\"";
     const NSGA2: &str = "only for method = \"nsga2\"";
+    const POPULATION: &str = "only for method = \"nsga2\" or \"pbt\"";
+    const PBT: &str = "only for method = \"pbt\"";
+    const NOT_PBT: &str =
+        "not with method = \"pbt\" (its `population` trains at once, judged by one `metric`)";
     let refused = match file.method {
         SearchMethod::Grid => given(&search)
             .map(|k| (k, SEARCH))
@@ -473,7 +503,19 @@ fn check_keys_of_method(file: &SearchFile) -> Result<(), SpecError> {
         SearchMethod::Random => given(&model).map(|k| (k, MODEL)),
         SearchMethod::Tpe => None,
         SearchMethod::Nsga2 => None,
+        SearchMethod::Pbt => given(&not_pbt)
+            .map(|k| (k, NOT_PBT))
+            .or(given(&model).map(|k| (k, MODEL))),
     };
+    let refused = refused
+        .or(match file.method {
+            SearchMethod::Nsga2 | SearchMethod::Pbt => None,
+            _ => given(&population).map(|k| (k, POPULATION)),
+        })
+        .or(match file.method {
+            SearchMethod::Pbt => None,
+            _ => given(&pbt).map(|k| (k, PBT)),
+        });
     let refused = refused
         .or(match file.method {
             SearchMethod::Tpe => None,

@@ -1205,3 +1205,47 @@ async fn a_search_with_several_objectives_shows_its_front() {
     })
     .await;
 }
+
+/// A PBT sweep's page draws its population (every member's curve and each exploit's jump) and each
+/// explored value's schedule; an exploited member's page lists its jump with the donor linked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pbt_sweep_shows_its_population_and_a_member_its_jumps() {
+    let app = spawn_app().await;
+    let (id, a, b) = crate::pbt::two_members_b_copies_a(&app).await;
+    assert_eq!(app.job_detail(b).await.segments.len(), 1, "B exploited A");
+    let url = format!("{}/#/sweeps/{id}", app.base);
+    let page = blocking(move || Page::open(&url)).await;
+    blocking(move || {
+        page.wait(
+            "document.querySelectorAll('#population figure').length === 2",
+            "the metric's chart and lr's schedule",
+        );
+        let legend = page.eval("document.querySelector('#population figcaption').innerText");
+        assert!(
+            legend
+                .as_str()
+                .unwrap()
+                .contains(&format!("#{b} ← #{a} at 2")),
+            "{legend}"
+        );
+        let heading =
+            page.eval("document.querySelector('#population').previousElementSibling.innerText");
+        assert!(
+            heading.as_str().unwrap().contains("a population of 2"),
+            "{heading}"
+        );
+        page.eval(&format!("location.hash = '#/jobs/{b}'; 0"));
+        page.wait(
+            "document.querySelectorAll('#segments tbody tr').length === 1",
+            "B's jump",
+        );
+        let row = page.eval("document.querySelector('#segments tbody tr').innerText");
+        assert!(row.as_str().unwrap().contains(&format!("#{a}")), "{row}");
+        assert!(
+            page.errors().is_empty(),
+            "console errors: {:?}",
+            page.errors()
+        );
+    })
+    .await;
+}

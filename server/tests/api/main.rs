@@ -18,6 +18,7 @@ mod jobs;
 mod leases;
 mod objectives;
 mod pareto;
+mod pbt;
 mod results;
 mod search;
 mod specs;

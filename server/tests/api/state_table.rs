@@ -147,6 +147,7 @@ async fn scenario(row: &Row) -> Option<JobStatus> {
             Some(status(&app, job).await)
         }
         "release (the worker gives it back)" => release(&app).await,
+        "an exploit decided on its metrics report" => exploited(&app).await,
         "release with no epoch committed since its claim, past the free ones (`--free-idle-releases`, 3)" => {
             idle_releases(&app).await
         }
@@ -160,6 +161,20 @@ async fn scenario(row: &Row) -> Option<JobStatus> {
             row.state
         ),
     }
+}
+
+/// The smallest exploit (`pbt::two_members_b_copies_a`): B copies A.
+async fn exploited(app: &TestApp) -> Option<JobStatus> {
+    let (sweep, a, b) = crate::pbt::two_members_b_copies_a(app).await;
+    let detail = app.job_detail(b).await;
+    assert_eq!(
+        (detail.job.max_attempts, detail.job.epoch),
+        (4, 2),
+        "no attempt spent"
+    );
+    assert_eq!(detail.segments[0].donor, a);
+    assert_eq!(app.sweep(sweep).await.jobs.len(), 2);
+    Some(detail.job.status)
 }
 
 async fn finish_as_told(app: &TestApp) -> Option<JobStatus> {
@@ -341,7 +356,7 @@ async fn the_job_state_table_is_what_the_coordinator_does() {
     let rows = table();
     assert_eq!(
         rows.len(),
-        15,
+        16,
         "a row added or removed: give it a scenario here"
     );
     for row in &rows {

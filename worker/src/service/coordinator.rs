@@ -241,12 +241,19 @@ impl Coordinator {
         Ok(())
     }
 
-    pub fn upload_checkpoint(&self, lease: Lease, file: &Path) -> Result<(), CallError> {
+    /// Uploads `file`, saying which epoch it holds when `epoch_of` can read it from the open file.
+    pub fn upload_checkpoint(
+        &self,
+        lease: Lease,
+        file: &Path,
+        epoch_of: impl FnOnce(&mut std::fs::File) -> Option<i64>,
+    ) -> Result<(), CallError> {
         // Opened before sending: the trainer replaces the file by rename, so this handle stays whole.
-        let f = std::fs::File::open(file)
+        let mut f = std::fs::File::open(file)
             .map_err(|e| CallError::Refused(format!("{}: {e}", file.display())))?;
+        let epoch = epoch_of(&mut f).map_or(String::new(), |e| format!("&epoch={e}"));
         let path = format!(
-            "{}?attempt={}",
+            "{}?attempt={}{epoch}",
             routes::checkpoint(lease.job),
             lease.attempt
         );

@@ -75,6 +75,21 @@ impl Program {
         }
     }
 
+    /// The last epoch the opened checkpoint holds (the trainer's resume metadata, a command
+    /// archive's epoch entry), read from this handle so a file replaced meanwhile cannot answer
+    /// for it; the handle is put back at its start. None when it cannot be read.
+    pub fn checkpoint_epoch(&self, f: &mut std::fs::File) -> Option<i64> {
+        use std::io::{Seek, SeekFrom};
+        let epoch = match self {
+            Program::Trainer => crate::checkpoint::read_resume_meta_from(&mut *f)
+                .ok()
+                .map(|m| i64::from(m.epoch)),
+            Program::Command { .. } => archive_epoch(&mut *f),
+        };
+        f.seek(SeekFrom::Start(0)).ok()?;
+        epoch
+    }
+
     pub fn stop_file(out: &Path) -> PathBuf {
         out.join(STOP_FILE)
     }
@@ -349,6 +364,19 @@ fn append_tree(tar: &mut tar::Builder<std::fs::File>, dir: &Path) -> std::io::Re
         }
     }
     Ok(())
+}
+
+/// The epoch entry of a packed checkpoint (written first, so only the archive's head is read).
+fn archive_epoch(f: &mut std::fs::File) -> Option<i64> {
+    use std::io::Read;
+    let mut tar = tar::Archive::new(f);
+    let mut entry = tar.entries().ok()?.next()?.ok()?;
+    if entry.path().ok()?.as_os_str() != EPOCH_ENTRY || entry.size() > 64 {
+        return None;
+    }
+    let mut text = String::new();
+    entry.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
 }
 
 /// Puts a downloaded archive back as the checkpoint directory; the epoch it was taken after.

@@ -19,7 +19,7 @@ pub(super) const RESUME_NEUTRAL: [&str; 8] = [
 /// on from the checkpoint's epoch with the new values; the lr schedule (warm-up, milestones x gamma)
 /// applies to the new base lr as if it had been the base from the start: epoch e runs at
 /// `new_lr x warm-up(e) x gamma^(milestones before e)`. A finished run is never continued.
-pub(super) const RESUME_CHANGEABLE: [&str; 3] = ["lr", "momentum", "weight_decay"];
+pub(super) const RESUME_CHANGEABLE: [&str; 3] = protocol::train::CHANGEABLE_ON_RESUME;
 
 /// Whether a resume state written under `saved` continues under `now` (both fingerprints): equal
 /// but for [`RESUME_CHANGEABLE`]. Returns the settings that changed, as "lr 0.01 -> 0.012".

@@ -21,10 +21,30 @@ pub(super) enum GangWait {
 }
 
 impl Supervisor {
+    /// This job's directories of earlier attempts: nothing will read them again (a program still
+    /// writing there is being stopped; its attempt's writes are refused).
+    fn remove_earlier_attempts(&self) {
+        let prefix = format!("job-{}-", self.claim.id);
+        let Ok(entries) = std::fs::read_dir(&self.opts.work_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let earlier = name
+                .strip_prefix(&prefix)
+                .and_then(|a| a.parse::<i64>().ok())
+                .is_some_and(|a| a < self.claim.attempt);
+            if earlier {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
     /// The coordinator's checkpoint is the truth: an empty output directory, then its checkpoint
     /// (if it has one), retried while the coordinator is unreachable.
     pub(super) fn restore_checkpoint(&mut self, stopping: &AtomicBool) -> Result<(), Fault> {
         let (id, attempt) = (self.claim.id, self.claim.attempt);
+        self.remove_earlier_attempts();
         let _ = std::fs::remove_dir_all(&self.out);
         // The work directory is this worker's: a failure there is its own.
         std::fs::create_dir_all(&self.out).map_err(|e| {

@@ -103,7 +103,12 @@ impl Supervisor {
         opts: JobOptions,
         progress: Arc<Mutex<Progress>>,
     ) -> Self {
-        let out = opts.work_dir.join(format!("job-{}", claim.id));
+        // One directory per attempt: a job handed back to this worker while its old attempt's
+        // program is still being stopped (population-based training's exploit ends an attempt
+        // from the coordinator's side) never shares files with it.
+        let out = opts
+            .work_dir
+            .join(format!("job-{}-{}", claim.id, claim.attempt));
         Supervisor {
             program,
             claim,
@@ -204,6 +209,7 @@ impl Supervisor {
             Err(_) => self.out.clone(), // never uploaded: a job that did not start has none
         };
         let (coord, pruned) = (&self.coord, &mut self.stops.pruned);
+        let program = self.program.as_ref().ok();
         self.outbox.flush(Instant::now(), |w| match w {
             Write::Metrics(m) => {
                 let m = MetricsReport {
@@ -213,7 +219,9 @@ impl Supervisor {
                 *pruned |= coord.metrics(lease, &m)?.stop;
                 Ok(())
             }
-            Write::Upload => coord.upload_checkpoint(lease, &checkpoint),
+            Write::Upload => coord.upload_checkpoint(lease, &checkpoint, |f| {
+                program.and_then(|p| p.checkpoint_epoch(f))
+            }),
             Write::Log { offset, gap, data } => coord.append_log(lease, *offset, *gap, data),
             Write::Finish {
                 status,
