@@ -286,6 +286,10 @@ pub(super) async fn results(
         if let Some(front) = super::analysis::front_jobs(&state, id, &spec).await? {
             export = export.with_front(front);
         }
+        if let Some((keys, rows)) = state.store.pbt_schedule_rows(id).await? {
+            let cells = crate::results::export::schedule_cells(&keys, &rows);
+            export = export.with_schedules(cells);
+        }
     }
     let ctype = export.content_type();
     Ok((

@@ -286,6 +286,8 @@ pub struct Export {
     tpe: Option<TpeProgress>,
     /// Several objectives: the front's jobs.
     front: Option<HashSet<i64>>,
+    /// Population-based training: each exploited member's schedule.
+    schedules: Option<HashMap<i64, String>>,
     /// A TPE sweep's trial numbers (the order drawn), by job id.
     trials: HashMap<i64, usize>,
     written: usize,
@@ -327,6 +329,7 @@ impl Export {
             metrics: shape::metric_columns(&keys.facts, &judged, opts.extra),
             objectives: objectives.iter().map(|o| o.0.clone()).collect(),
             front: None,
+            schedules: None,
             extra: opts.extra,
         });
         let reported = reported_named(&keys.facts);
@@ -346,6 +349,7 @@ impl Export {
             tpe,
             trials,
             front: None,
+            schedules: None,
             written: 0,
             marks: BTreeSet::new(),
         }
@@ -368,6 +372,25 @@ impl Export {
             self.columns.insert(at, "pareto".into());
         }
         self.front = Some(front);
+        self
+    }
+
+    /// Population-based training: a `schedule` column after the status (markdown and CSV: the
+    /// member's values from each epoch on, its donors named; empty for a member that never
+    /// copied one; JSON: a `schedule` field).
+    pub fn with_schedules(mut self, schedules: HashMap<i64, String>) -> Export {
+        if let Some(t) = &mut self.table {
+            t.schedules = Some(schedules.clone());
+        }
+        if self.format == Format::Csv {
+            let at = self
+                .columns
+                .iter()
+                .position(|c| c == "status")
+                .map_or(0, |i| i + 1);
+            self.columns.insert(at, "schedule".into());
+        }
+        self.schedules = Some(schedules);
         self
     }
 
@@ -424,6 +447,10 @@ impl Export {
         let mut r = record(j, self.tpe.as_ref(), trial, &self.reported);
         if let Some(front) = &self.front {
             r.insert("pareto".into(), front.contains(&j.id).into());
+        }
+        if let Some(schedules) = &self.schedules {
+            let s = schedules.get(&j.id).cloned().unwrap_or_default();
+            r.insert("schedule".into(), s.into());
         }
         r
     }
@@ -853,4 +880,27 @@ pub fn rewrite_block(readme: &str, name: Option<&str>, block: &str) -> Result<St
         block.trim_end(),
         &readme[stop..]
     ))
+}
+
+/// Each exploited PBT member's schedule as one cell: "1: lr=0.01, momentum=0.9; 4 (#7's checkpoint
+/// of 3): lr=0.012, momentum=0.85", each segment from the first epoch it trained, its values of
+/// the space `keys`. A member that never copied another has no stored segment and no entry.
+pub fn schedule_cells(keys: &[String], rows: &[crate::store::ScheduleRow]) -> HashMap<i64, String> {
+    let mut out: HashMap<i64, String> = HashMap::new();
+    for (job, segment, from, donor, params) in rows {
+        let values: Vec<String> = keys
+            .iter()
+            .filter_map(|k| Some(format!("{k}={}", shape::value_cell(params.get(k)?))))
+            .collect();
+        let start = match segment {
+            0 => "1".to_string(),
+            _ => format!("{} (#{donor}'s checkpoint of {from})", from + 1),
+        };
+        let cell = out.entry(*job).or_default();
+        if !cell.is_empty() {
+            cell.push_str("; ");
+        }
+        cell.push_str(&format!("{start}: {}", values.join(", ")));
+    }
+    out
 }

@@ -17,6 +17,8 @@ pub struct Table {
     pub objectives: Vec<String>,
     /// Several objectives: the front's jobs (a `pareto` column marks them).
     pub front: Option<std::collections::HashSet<i64>>,
+    /// Population-based training: each exploited member's schedule (a `schedule` column).
+    pub schedules: Option<std::collections::HashMap<i64, String>>,
     /// Epochs and wall-time columns.
     pub extra: bool,
 }
@@ -28,6 +30,9 @@ impl Table {
         head.push("status".into());
         if self.front.is_some() {
             head.push("pareto".into());
+        }
+        if self.schedules.is_some() {
+            head.push("schedule".into());
         }
         for m in &self.metrics {
             let mut h = escape(&m.header());
@@ -60,6 +65,9 @@ impl Table {
         cells.push(status_cell(j));
         if let Some(front) = &self.front {
             cells.push(if front.contains(&j.id) { "yes" } else { "" }.into());
+        }
+        if let Some(schedules) = &self.schedules {
+            cells.push(escape(schedules.get(&j.id).map_or("", String::as_str)));
         }
         let latest = j.latest.as_ref();
         for m in &self.metrics {

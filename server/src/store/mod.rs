@@ -44,7 +44,7 @@ mod lease;
 pub use lease::ClaimTerms;
 pub mod logs;
 mod pbt;
-pub use pbt::{BestMember, Judges, LineageInputs, PbtOutcome};
+pub use pbt::{BestMember, Judges, LineageInputs, PbtOutcome, ScheduleRow};
 mod ranks;
 mod reads;
 pub use reads::CurvePoint;

@@ -596,3 +596,41 @@ impl Store {
         }))
     }
 }
+
+/// A member's segment as the exports list it: (job, segment, from epoch, donor, its values).
+pub type ScheduleRow = (i64, i64, i64, i64, Map<String, Value>);
+
+impl Store {
+    /// A PBT sweep's space keys and every stored segment of its members (segment 0, the initial
+    /// values, is stored with a member's first exploit), by job then segment. None for another
+    /// sweep.
+    pub async fn pbt_schedule_rows(
+        &self,
+        sweep: i64,
+    ) -> Result<Option<(Vec<String>, Vec<ScheduleRow>)>> {
+        let text = sqlx::query_scalar!("SELECT pbt FROM sweeps WHERE id = ?", sweep)
+            .fetch_optional(&self.read)
+            .await?
+            .flatten();
+        let Some(text) = text else {
+            return Ok(None);
+        };
+        let stored: Stored = parse_json("sweeps.pbt", &text)?;
+        let keys: Vec<String> = stored.rules.space.iter().map(|(k, _)| k.clone()).collect();
+        let rows = sqlx::query!(
+            "SELECT s.job_id, s.segment, s.from_epoch, s.donor, s.params
+             FROM pbt_segments s JOIN jobs j ON j.id = s.job_id
+             WHERE j.sweep_id = ? ORDER BY s.job_id, s.segment",
+            sweep
+        )
+        .fetch_all(&self.read)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let params: Map<String, Value> = parse_json("pbt_segments.params", &r.params)?;
+            Ok((r.job_id, r.segment, r.from_epoch, r.donor, params))
+        })
+        .collect::<Result<Vec<_>>>()?;
+        Ok(Some((keys, rows)))
+    }
+}

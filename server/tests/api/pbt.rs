@@ -396,6 +396,29 @@ async fn the_best_members_schedule_follows_its_donor_and_replays_as_one_run() {
         (params["epochs"].clone(), params["dataset"].clone()),
         (json!(6), json!("synthetic"))
     );
+    // The exports show each member's own schedule beside its (last segment's) values.
+    let md = app
+        .get_text(&format!("/api/sweeps/{sweep_id}/results"))
+        .await;
+    let b_row = md
+        .lines()
+        .find(|l| l.starts_with(&format!("| {b} |")))
+        .unwrap();
+    assert!(
+        md.lines().next().unwrap().contains("| status | schedule |"),
+        "{md}"
+    );
+    assert!(
+        b_row.contains(&format!("3 (#{a}'s checkpoint of 2): lr=")),
+        "{md}"
+    );
+    let csv = app
+        .get_text(&format!("/api/sweeps/{sweep_id}/results?format=csv"))
+        .await;
+    assert!(
+        csv.lines().next().unwrap().contains("status,schedule"),
+        "{csv}"
+    );
     // Not a PBT sweep: 404 saying so.
     let (s, e) = app
         .get(&format!("/api/sweeps/{}/schedule", created["id"]))
