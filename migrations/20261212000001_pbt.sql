@@ -39,8 +39,9 @@ CREATE TABLE pbt_segments (
     PRIMARY KEY (job_id, segment)
 ) WITHOUT ROWID;
 
--- The epochs of a segment past its successor's from_epoch: moved here when the exploit is decided,
--- so the next segment's reports of those epochs never overwrite them.
+-- The epochs past a new segment's from_epoch, moved here when its exploit is decided and filed
+-- under that segment (the one that replaces them), so its reports of those epochs never
+-- overwrite them.
 CREATE TABLE metrics_archive (
     job_id         INTEGER NOT NULL REFERENCES jobs (id),
     segment        INTEGER NOT NULL,

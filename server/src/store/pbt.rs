@@ -8,8 +8,8 @@
 //! An exploit ends the member's attempt as a release does (pending, no attempt spent; the old
 //! worker's next write gets 409 and its program is stopped), with the donor's explored params, the
 //! job's epoch set back (or forward) to the donor's point, a segment row, and the member's epochs
-//! past that point moved to `metrics_archive`, so the next segment's reports of those epochs never
-//! overwrite them. The copy of the donor's pinned checkpoint into the member's slot is file work
+//! past that point moved to `metrics_archive` under the new segment, so its reports of those epochs
+//! never overwrite them. The copy of the donor's pinned checkpoint into the member's slot is file work
 //! done after the commit (`checkpoints.rs`); `pbt_members.copy_from` says it is owed until done.
 use std::collections::HashMap;
 
@@ -275,7 +275,7 @@ async fn at_last_epoch(c: &mut SqliteConnection, r: Step) -> Result<bool> {
 }
 
 /// The member takes `donor`'s pin of `epoch` and `params`: its attempt ends as a release does, its
-/// epochs past `epoch` are archived under the segment that wrote them, a segment begins.
+/// epochs past `epoch` are archived under the new segment, which begins.
 async fn exploit(
     c: &mut SqliteConnection,
     r: Step,
@@ -290,18 +290,17 @@ async fn exploit(
     )
     .fetch_one(&mut *c)
     .await?;
-    // A stored epoch was written by the last segment that began before it.
+    // Filed under the segment that replaces them (an older segment's epochs too, when the jump
+    // goes back past where the last one began).
     sqlx::query!(
         "INSERT INTO metrics_archive (job_id, segment, epoch, attempt, lr, train_loss, test_loss, accuracy,
                                       precision, recall, f1, images_per_sec, seconds, recorded_at, extra)
-         SELECT m.job_id, (SELECT coalesce(max(s.segment), 0) FROM pbt_segments s
-                           WHERE s.job_id = m.job_id AND s.from_epoch < m.epoch),
-                m.epoch, m.attempt, m.lr, m.train_loss, m.test_loss, m.accuracy, m.precision, m.recall,
-                m.f1, m.images_per_sec, m.seconds, m.recorded_at, m.extra
-         FROM metrics m WHERE m.job_id = ?1 AND m.epoch > ?2
-         ON CONFLICT (job_id, segment, epoch) DO NOTHING",
+         SELECT m.job_id, ?3, m.epoch, m.attempt, m.lr, m.train_loss, m.test_loss, m.accuracy, m.precision,
+                m.recall, m.f1, m.images_per_sec, m.seconds, m.recorded_at, m.extra
+         FROM metrics m WHERE m.job_id = ?1 AND m.epoch > ?2",
         job,
-        epoch
+        epoch,
+        segment
     )
     .execute(&mut *c)
     .await?;

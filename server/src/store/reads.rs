@@ -634,8 +634,8 @@ impl Store {
             })
             .collect::<Result<Vec<_>>>()?;
         for r in archived {
-            // Segment n's epochs were replaced by segment n + 1 (at index n).
-            let Some(s) = segments.get_mut(r.segment as usize) else {
+            // Filed under the segment that replaced them: segment n is at index n - 1.
+            let Some(s) = segments.get_mut((r.segment - 1) as usize) else {
                 continue;
             };
             s.replaced.push(MetricsReport {
