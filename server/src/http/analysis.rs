@@ -521,24 +521,16 @@ pub(super) async fn population(
     Path(id): Path<i64>,
     Query(q): Query<PopulationQuery>,
 ) -> ApiResult<Json<protocol::views::PopulationView>> {
-    let metric = match q.metric {
-        Some(m) => m,
-        None => match state.store.pbt_lineage_inputs(id).await? {
-            Some(inputs) => inputs.stored.metric,
-            None => String::new(),
-        },
-    };
-    if metric.len() > 64
-        || !metric
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    let metric = q.metric.as_deref();
+    if metric
+        .is_some_and(|m| m.len() > 64 || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
     {
         return Err(ApiError::Unprocessable(
             "metric: a metric's name (letters, digits, _)".into(),
         ));
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    match state.store.pbt_population(id, &metric, limit).await? {
+    match state.store.pbt_population(id, metric, limit).await? {
         Some(view) => Ok(Json(view)),
         None => Err(ApiError::NotFound(format!(
             "sweep {id} is not a population-based training sweep (method = \"pbt\")"

@@ -423,16 +423,21 @@ pub struct BestMember {
 }
 
 impl Store {
-    /// None when the sweep is not a PBT sweep.
-    pub async fn pbt_lineage_inputs(&self, sweep: i64) -> Result<Option<LineageInputs>> {
+    /// A sweep's PBT rules as stored beside it (None for another sweep; 404 for no such sweep):
+    /// what every PBT read starts from.
+    pub async fn pbt_rules(&self, sweep: i64) -> Result<Option<Stored>> {
         let text = sqlx::query_scalar!("SELECT pbt FROM sweeps WHERE id = ?", sweep)
             .fetch_optional(&self.read)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))?;
-        let Some(text) = text else {
+        text.map(|t| parse_json("sweeps.pbt", &t)).transpose()
+    }
+
+    /// None when the sweep is not a PBT sweep.
+    pub async fn pbt_lineage_inputs(&self, sweep: i64) -> Result<Option<LineageInputs>> {
+        let Some(stored) = self.pbt_rules(sweep).await? else {
             return Ok(None);
         };
-        let stored: Stored = parse_json("sweeps.pbt", &text)?;
         let best = self.best_member(sweep, &stored).await?;
         let rows = sqlx::query!(
             r#"SELECT j.id AS "job!", coalesce(s.from_epoch, 0) AS "from_epoch!: i64",
@@ -508,24 +513,23 @@ impl Store {
 }
 
 impl Store {
-    /// The population view: the first `limit` members by job id, each with its metric by epoch and
+    /// The population view: the first `limit` members by job id, each with `metric` (by default the
+    /// rules') by epoch and
     /// its segments (segment 0 from the job's params when it never exploited). None when the sweep
     /// is not a PBT sweep.
     pub async fn pbt_population(
         &self,
         sweep: i64,
-        metric: &str,
+        metric: Option<&str>,
         limit: i64,
     ) -> Result<Option<protocol::views::PopulationView>> {
         use protocol::views::{PopulationMember, PopulationSegment, PopulationView};
-        let text = sqlx::query_scalar!("SELECT pbt FROM sweeps WHERE id = ?", sweep)
-            .fetch_optional(&self.read)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("sweep {sweep}")))?;
-        let Some(text) = text else {
+        let Some(stored) = self.pbt_rules(sweep).await? else {
             return Ok(None);
         };
-        let stored: Stored = parse_json("sweeps.pbt", &text)?;
+        // The rules' metric unless another is asked for.
+        let metric = metric.unwrap_or(&stored.metric).to_string();
+        let metric = metric.as_str();
         let keys: Vec<&String> = stored.rules.space.iter().map(|(k, _)| k).collect();
         let space = |p: Map<String, Value>| -> Map<String, Value> {
             p.into_iter().filter(|(k, _)| keys.contains(&k)).collect()
@@ -607,14 +611,9 @@ impl Store {
         &self,
         sweep: i64,
     ) -> Result<Option<(Vec<String>, Vec<ScheduleRow>)>> {
-        let text = sqlx::query_scalar!("SELECT pbt FROM sweeps WHERE id = ?", sweep)
-            .fetch_optional(&self.read)
-            .await?
-            .flatten();
-        let Some(text) = text else {
+        let Some(stored) = self.pbt_rules(sweep).await? else {
             return Ok(None);
         };
-        let stored: Stored = parse_json("sweeps.pbt", &text)?;
         let keys: Vec<String> = stored.rules.space.iter().map(|(k, _)| k.clone()).collect();
         let rows = sqlx::query!(
             "SELECT s.job_id, s.segment, s.from_epoch, s.donor, s.params
